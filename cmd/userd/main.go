@@ -1,0 +1,162 @@
+// Command userd keeps an application's users in sync with Clerk and owns
+// their plan and credits. See README.md.
+//
+//	userd [serve]              run the service (default)
+//	userd migrate up|down|status
+//	userd version
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+	"time"
+
+	"github.com/alecthomas/kong"
+
+	"github.com/userd/userd/internal/app"
+	"github.com/userd/userd/internal/config"
+	"github.com/userd/userd/internal/migrate"
+)
+
+// version is stamped by `make build` (-ldflags "-X main.version=...").
+var version = ""
+
+type cli struct {
+	Serve   serveCmd   `cmd:"" default:"withargs" help:"Run userd (the default command)."`
+	Migrate migrateCmd `cmd:"" help:"Apply, roll back or show database migrations."`
+	Version versionCmd `cmd:"" help:"Print the version and exit."`
+}
+
+func main() {
+	var c cli
+	kctx := kong.Parse(&c,
+		kong.Name("userd"),
+		kong.Description("userd mirrors Clerk users into PostgreSQL and owns their plan and credits."),
+		kong.UsageOnError(),
+	)
+	if err := kctx.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "userd:", err)
+		os.Exit(1)
+	}
+}
+
+type serveCmd struct {
+	config.Serve `embed:""`
+}
+
+func (s *serveCmd) Run() error {
+	log := newLogger(os.Stderr, s.Log)
+	ctx := signalContext(log)
+	a, err := app.New(ctx, s.Serve, log)
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}
+
+// signalContext is cancelled by the first SIGINT or SIGTERM; a second one
+// exits at once.
+func signalContext(log *slog.Logger) context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		sig := <-sigs
+		log.Info("signal received; shutting down (send again to exit at once)", "signal", sig.String())
+		cancel()
+		<-sigs
+		log.Warn("second signal; exiting now")
+		os.Exit(130)
+	}()
+	return ctx
+}
+
+type migrateCmd struct {
+	config.Database `embed:""`
+	config.Log      `embed:""`
+
+	Up     struct{} `cmd:"" help:"Apply every pending migration."`
+	Down   struct{} `cmd:"" help:"Roll back the newest migration."`
+	Status struct{} `cmd:"" help:"List migrations and whether each is applied."`
+}
+
+func (m *migrateCmd) Run(kctx *kong.Context) error {
+	if err := m.Database.Validate(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	pool, err := app.OpenPool(ctx, m.Database)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	mg, err := migrate.New(pool)
+	if err != nil {
+		return err
+	}
+	defer mg.Close()
+	switch kctx.Command() {
+	case "migrate up":
+		n, err := mg.Up(ctx)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("applied %d migration(s)\n", n)
+	case "migrate down":
+		if err := mg.Down(ctx); err != nil {
+			return err
+		}
+		fmt.Println("rolled back one migration")
+	case "migrate status":
+		st, err := mg.Status(ctx)
+		if err != nil {
+			return err
+		}
+		for _, s := range st {
+			state := "pending"
+			if s.Applied {
+				state = "applied"
+			}
+			fmt.Printf("%05d  %-8s %s\n", s.Version, state, s.Name)
+		}
+	default:
+		return fmt.Errorf("unknown command %q", kctx.Command())
+	}
+	return nil
+}
+
+type versionCmd struct{}
+
+func (versionCmd) Run() error {
+	fmt.Println("userd", buildVersion())
+	return nil
+}
+
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
+}
+
+func newLogger(w io.Writer, cfg config.Log) *slog.Logger {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		level = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}

@@ -1,0 +1,14 @@
+// Package db embeds userd's SQL migrations so that the binary can apply them
+// on its own (`userd migrate`, or at start-up). The queries beside them in
+// queries/ are compiled by sqlc into gen/sqlc.
+//
+// To change the schema: add db/migrations/NNNNN_what.sql with a
+// "-- +goose Up" and a "-- +goose Down" section, then run `make generate`.
+package db
+
+import "embed"
+
+// Migrations holds migrations/*.sql.
+//
+//go:embed migrations/*.sql
+var Migrations embed.FS

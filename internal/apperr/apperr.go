@@ -1,0 +1,185 @@
+// Package apperr defines the small set of error kinds userd's domain speaks
+// and the one table that maps each kind to a gRPC code and an HTTP status.
+//
+// Layers below the transports return *Error (or wrap one); transports call
+// GRPCCode/HTTPStatus once, at the edge. Messages of kinds other than
+// Internal and Unavailable are meant for the caller; the wrapped cause never
+// is.
+package apperr
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+
+	"google.golang.org/grpc/codes"
+)
+
+// Kind classifies an error for callers.
+type Kind int
+
+const (
+	// KindInternal is anything unexpected. Callers see a generic message.
+	KindInternal Kind = iota
+	// KindInvalidArgument: the request is malformed; Violations say where.
+	KindInvalidArgument
+	// KindUnauthenticated: no valid credentials.
+	KindUnauthenticated
+	// KindPermissionDenied: valid credentials, operation not allowed.
+	KindPermissionDenied
+	// KindNotFound: the user does not exist or is not visible to the caller.
+	KindNotFound
+	// KindInsufficientCredits: a deduction larger than the balance.
+	KindInsufficientCredits
+	// KindConflict: an idempotency key reused with other parameters, or a
+	// unique value (email) held by another user.
+	KindConflict
+	// KindUnavailable: the database is unreachable or timed out; retry.
+	KindUnavailable
+	// KindCanceled: the caller went away.
+	KindCanceled
+)
+
+// Stable ErrorInfo reasons.
+const (
+	ReasonInsufficientCredits  = "INSUFFICIENT_CREDITS"
+	ReasonIdempotencyKeyReused = "IDEMPOTENCY_KEY_REUSED"
+	ReasonEmailInUse           = "EMAIL_IN_USE"
+	ReasonUserDeleted          = "USER_DELETED"
+)
+
+// Domain is the ErrorInfo domain of every reason above.
+const Domain = "userd"
+
+var kindTable = map[Kind]struct {
+	name string
+	grpc codes.Code
+	http int
+}{
+	KindInternal:            {"internal", codes.Internal, http.StatusInternalServerError},
+	KindInvalidArgument:     {"invalid argument", codes.InvalidArgument, http.StatusBadRequest},
+	KindUnauthenticated:     {"unauthenticated", codes.Unauthenticated, http.StatusUnauthorized},
+	KindPermissionDenied:    {"permission denied", codes.PermissionDenied, http.StatusForbidden},
+	KindNotFound:            {"not found", codes.NotFound, http.StatusNotFound},
+	KindInsufficientCredits: {"insufficient credits", codes.FailedPrecondition, http.StatusPaymentRequired},
+	KindConflict:            {"conflict", codes.AlreadyExists, http.StatusConflict},
+	KindUnavailable:         {"unavailable", codes.Unavailable, http.StatusServiceUnavailable},
+	// 499 is the de-facto "client closed request" status.
+	KindCanceled: {"canceled", codes.Canceled, 499},
+}
+
+func (k Kind) String() string { return kindTable[k].name }
+
+// GRPCCode is the gRPC status code of the kind.
+func (k Kind) GRPCCode() codes.Code { return kindTable[k].grpc }
+
+// HTTPStatus is the HTTP status of the kind.
+func (k Kind) HTTPStatus() int { return kindTable[k].http }
+
+// FieldViolation names one invalid request field.
+type FieldViolation struct {
+	Field       string
+	Description string
+}
+
+// Error is a classified error.
+type Error struct {
+	Kind Kind
+	// Message is safe to show to the caller (ignored for Internal).
+	Message string
+	// Reason is a stable machine-readable reason (ErrorInfo), or empty.
+	Reason string
+	// Metadata accompanies Reason.
+	Metadata map[string]string
+	// Violations lists bad fields for KindInvalidArgument.
+	Violations []FieldViolation
+	// Err is the cause; never shown to callers.
+	Err error
+}
+
+func (e *Error) Error() string {
+	msg := e.Message
+	if msg == "" {
+		msg = e.Kind.String()
+	}
+	if len(e.Violations) > 0 {
+		msg += ":"
+		for i, v := range e.Violations {
+			if i > 0 {
+				msg += ";"
+			}
+			msg += " " + v.Field + ": " + v.Description
+		}
+	}
+	if e.Err != nil {
+		return msg + ": " + e.Err.Error()
+	}
+	return msg
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// KindOf returns the kind of the first *Error in err's chain, or
+// KindInternal.
+func KindOf(err error) Kind {
+	if e, ok := As(err); ok {
+		return e.Kind
+	}
+	return KindInternal
+}
+
+// As returns the first *Error in err's chain.
+func As(err error) (*Error, bool) {
+	var e *Error
+	ok := errors.As(err, &e)
+	return e, ok
+}
+
+// InvalidArgument reports bad request fields.
+func InvalidArgument(violations ...FieldViolation) *Error {
+	return &Error{Kind: KindInvalidArgument, Message: "invalid request", Violations: violations}
+}
+
+// NotFound reports a missing or invisible user.
+func NotFound(msg string) *Error {
+	return &Error{Kind: KindNotFound, Message: msg}
+}
+
+// InsufficientCredits reports a deduction larger than the balance.
+func InsufficientCredits(required, available int64) *Error {
+	return &Error{
+		Kind:    KindInsufficientCredits,
+		Message: fmt.Sprintf("insufficient credits: %d required, %d available", required, available),
+		Reason:  ReasonInsufficientCredits,
+		Metadata: map[string]string{
+			"required":  strconv.FormatInt(required, 10),
+			"available": strconv.FormatInt(available, 10),
+		},
+	}
+}
+
+// Conflict reports a clash with existing state.
+func Conflict(reason, msg string) *Error {
+	return &Error{Kind: KindConflict, Message: msg, Reason: reason}
+}
+
+// Unavailable wraps a database failure that is worth retrying.
+func Unavailable(err error) *Error {
+	return &Error{Kind: KindUnavailable, Message: "service temporarily unavailable", Err: err}
+}
+
+// Canceled wraps a cancellation by the caller.
+func Canceled(err error) *Error {
+	return &Error{Kind: KindCanceled, Message: "request canceled", Err: err}
+}
+
+// Unauthenticated reports missing or invalid credentials.
+func Unauthenticated(msg string) *Error {
+	return &Error{Kind: KindUnauthenticated, Message: msg}
+}
+
+// PermissionDenied reports an operation the caller may not perform.
+func PermissionDenied(msg string) *Error {
+	return &Error{Kind: KindPermissionDenied, Message: msg}
+}

@@ -1,0 +1,96 @@
+// Package config holds userd's settings. Every setting is a field with a
+// flag name, an environment variable, a default and help text in its struct
+// tags (read by kong in cmd/userd); Validate checks what tags cannot.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/userd/userd/internal/users"
+)
+
+// Database says how to reach PostgreSQL.
+type Database struct {
+	URL      string `name:"database-url" env:"DATABASE_URL" help:"PostgreSQL URL, e.g. postgres://user:pass@host:5432/userd?sslmode=disable. Required."`
+	MaxConns int32  `name:"db-max-conns" env:"USERD_DB_MAX_CONNS" default:"16" help:"Maximum open database connections."`
+}
+
+// Validate checks the database settings.
+func (d Database) Validate() error {
+	if d.URL == "" {
+		return errors.New("DATABASE_URL (--database-url) is required: set it to a PostgreSQL URL such as postgres://postgres@127.0.0.1:5432/userd?sslmode=disable")
+	}
+	// The parse error may quote the URL, password included: do not wrap it.
+	if _, err := pgxpool.ParseConfig(d.URL); err != nil {
+		return errors.New("DATABASE_URL (--database-url) is not a valid PostgreSQL URL or DSN")
+	}
+	if d.MaxConns < 1 || d.MaxConns > 1000 {
+		return fmt.Errorf("USERD_DB_MAX_CONNS (--db-max-conns) must be between 1 and 1000, got %d", d.MaxConns)
+	}
+	return nil
+}
+
+// Serve is the configuration of `userd serve`.
+type Serve struct {
+	Database `embed:""`
+	Log      `embed:""`
+
+	AutoMigrate    bool          `name:"auto-migrate" env:"USERD_AUTO_MIGRATE" default:"true" negatable:"" help:"Apply pending migrations at start-up."`
+	GRPCAddr       string        `name:"grpc-addr" env:"USERD_GRPC_ADDR" default:":9090" help:"gRPC listen address (UserService, health, reflection)."`
+	InitialCredits int64         `name:"initial-credits" env:"USERD_INITIAL_CREDITS" default:"10" help:"Credits a new user starts with."`
+	ShutdownGrace  time.Duration `name:"shutdown-grace" env:"USERD_SHUTDOWN_GRACE" default:"20s" help:"How long in-flight calls may run after SIGTERM before they are cut."`
+}
+
+// Validate checks every setting and names the one to fix.
+func (s Serve) Validate() error {
+	if err := s.Database.Validate(); err != nil {
+		return err
+	}
+	if err := s.Log.Validate(); err != nil {
+		return err
+	}
+	if err := validAddr("USERD_GRPC_ADDR (--grpc-addr)", s.GRPCAddr); err != nil {
+		return err
+	}
+	if s.InitialCredits < 0 || s.InitialCredits > users.MaxAmount {
+		return fmt.Errorf("USERD_INITIAL_CREDITS (--initial-credits) must be between 0 and %d, got %d", int64(users.MaxAmount), s.InitialCredits)
+	}
+	if s.ShutdownGrace < 0 {
+		return fmt.Errorf("USERD_SHUTDOWN_GRACE (--shutdown-grace) must not be negative, got %s", s.ShutdownGrace)
+	}
+	return nil
+}
+
+func validAddr(name, addr string) error {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return fmt.Errorf("%s must be host:port or :port, got %q", name, addr)
+	}
+	return nil
+}
+
+// Log configures logging.
+type Log struct {
+	LogFormat string `name:"log-format" env:"USERD_LOG_FORMAT" default:"json" enum:"json,text" help:"Log format: json or text."`
+	LogLevel  string `name:"log-level" env:"USERD_LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Minimum log level."`
+}
+
+// Validate checks the log settings (kong enforces the enums; this covers
+// configs built in code).
+func (l Log) Validate() error {
+	switch l.LogFormat {
+	case "json", "text":
+	default:
+		return fmt.Errorf("USERD_LOG_FORMAT (--log-format) must be json or text, got %q", l.LogFormat)
+	}
+	switch l.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("USERD_LOG_LEVEL (--log-level) must be debug, info, warn or error, got %q", l.LogLevel)
+	}
+	return nil
+}

@@ -1,0 +1,121 @@
+package grpcapi
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"log/slog"
+	"runtime/debug"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// RequestIDHeader is the metadata key (and HTTP header) that carries a
+// request id. A caller-supplied id is kept if it is sane, else one is made.
+const RequestIDHeader = "x-request-id"
+
+type requestIDKey struct{}
+
+// RequestID returns the request id of ctx, or "".
+func RequestID(ctx context.Context) string {
+	id, _ := ctx.Value(requestIDKey{}).(string)
+	return id
+}
+
+// WithRequestID returns ctx carrying id.
+func WithRequestID(ctx context.Context, id string) context.Context {
+	return context.WithValue(ctx, requestIDKey{}, id)
+}
+
+func newRequestID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// saneRequestID accepts short ids of safe characters so that a caller cannot
+// inject into logs.
+func saneRequestID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c == '-' || c == '_' || c == '.' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+			return false
+		}
+	}
+	return true
+}
+
+// RequestIDInterceptor puts a request id into the context and the response
+// header.
+func RequestIDInterceptor() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		id := ""
+		if md, ok := metadata.FromIncomingContext(ctx); ok {
+			if v := md.Get(RequestIDHeader); len(v) > 0 && saneRequestID(v[0]) {
+				id = v[0]
+			}
+		}
+		if id == "" {
+			id = newRequestID()
+		}
+		_ = grpc.SetHeader(ctx, metadata.Pairs(RequestIDHeader, id))
+		return handler(WithRequestID(ctx, id), req)
+	}
+}
+
+// LoggingInterceptor logs one line per call: method, code, duration and
+// request id. It never logs requests or responses (they may carry personal
+// data).
+func LoggingInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		start := time.Now()
+		resp, err := handler(ctx, req)
+		code := status.Code(err)
+		level := slog.LevelInfo
+		switch code {
+		case codes.Internal, codes.Unknown, codes.DataLoss:
+			level = slog.LevelError
+		case codes.Unavailable:
+			level = slog.LevelWarn
+		}
+		log.Log(ctx, level, "grpc call",
+			"method", info.FullMethod,
+			"code", code.String(),
+			"duration_ms", float64(time.Since(start).Microseconds())/1000,
+			"request_id", RequestID(ctx))
+		return resp, err
+	}
+}
+
+// RecoveryInterceptor turns a panic in a handler into INTERNAL and logs it
+// with its stack.
+func RecoveryInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				log.ErrorContext(ctx, "panic in handler",
+					"method", info.FullMethod, "request_id", RequestID(ctx),
+					"panic", p, "stack", string(debug.Stack()))
+				err = status.Error(codes.Internal, "internal error (request id "+RequestID(ctx)+")")
+			}
+		}()
+		return handler(ctx, req)
+	}
+}
+
+// Interceptors returns the server's unary chain, outermost first.
+func Interceptors(log *slog.Logger) []grpc.UnaryServerInterceptor {
+	return []grpc.UnaryServerInterceptor{
+		RequestIDInterceptor(),
+		LoggingInterceptor(log),
+		RecoveryInterceptor(log),
+		ErrorInterceptor(log),
+	}
+}

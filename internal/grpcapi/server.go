@@ -1,0 +1,175 @@
+// Package grpcapi is the gRPC transport of userd.v1.UserService. Handlers
+// only translate between protobuf and the domain (internal/users); errors
+// are mapped to status codes once, in ErrorInterceptor.
+package grpcapi
+
+import (
+	"context"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	userdv1 "github.com/userd/userd/gen/userd/v1"
+	"github.com/userd/userd/internal/users"
+)
+
+// Server implements userdv1.UserServiceServer over the domain service.
+type Server struct {
+	userdv1.UnimplementedUserServiceServer
+	users *users.Service
+}
+
+var _ userdv1.UserServiceServer = (*Server)(nil)
+
+// NewServer returns a Server backed by svc.
+func NewServer(svc *users.Service) *Server {
+	return &Server{users: svc}
+}
+
+// GetUser implements userdv1.UserServiceServer.
+func (s *Server) GetUser(ctx context.Context, req *userdv1.GetUserRequest) (*userdv1.GetUserResponse, error) {
+	u, err := s.users.GetUser(ctx, users.Lookup{
+		ClerkUserID: req.GetClerkUserId(),
+		ID:          req.GetId(),
+		Email:       req.GetEmail(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &userdv1.GetUserResponse{User: userToProto(u)}, nil
+}
+
+// EnsureUser implements userdv1.UserServiceServer.
+func (s *Server) EnsureUser(ctx context.Context, req *userdv1.EnsureUserRequest) (*userdv1.EnsureUserResponse, error) {
+	u, created, err := s.users.EnsureUser(ctx, users.EnsureUserInput{
+		ClerkUserID: req.GetClerkUserId(),
+		Email:       req.GetEmail(),
+		FirstName:   req.GetFirstName(),
+		LastName:    req.GetLastName(),
+		ImageURL:    req.GetImageUrl(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &userdv1.EnsureUserResponse{User: userToProto(u), Created: created}, nil
+}
+
+// DeductCredits implements userdv1.UserServiceServer.
+func (s *Server) DeductCredits(ctx context.Context, req *userdv1.DeductCreditsRequest) (*userdv1.DeductCreditsResponse, error) {
+	t, err := s.users.DeductCredits(ctx, users.CreditChange{
+		ClerkUserID:    req.GetClerkUserId(),
+		Amount:         req.GetAmount(),
+		IdempotencyKey: req.GetIdempotencyKey(),
+		Reason:         req.GetReason(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &userdv1.DeductCreditsResponse{Transaction: transactionToProto(t), Balance: t.BalanceAfter}, nil
+}
+
+// GrantCredits implements userdv1.UserServiceServer.
+func (s *Server) GrantCredits(ctx context.Context, req *userdv1.GrantCreditsRequest) (*userdv1.GrantCreditsResponse, error) {
+	t, err := s.users.GrantCredits(ctx, users.CreditChange{
+		ClerkUserID:    req.GetClerkUserId(),
+		Amount:         req.GetAmount(),
+		IdempotencyKey: req.GetIdempotencyKey(),
+		Reason:         req.GetReason(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &userdv1.GrantCreditsResponse{Transaction: transactionToProto(t), Balance: t.BalanceAfter}, nil
+}
+
+// SetPlan implements userdv1.UserServiceServer.
+func (s *Server) SetPlan(ctx context.Context, req *userdv1.SetPlanRequest) (*userdv1.SetPlanResponse, error) {
+	res, err := s.users.SetPlan(ctx, users.SetPlanInput{
+		ClerkUserID:    req.GetClerkUserId(),
+		Plan:           planFromProto(req.GetPlan()),
+		BonusCredits:   req.GetBonusCredits(),
+		IdempotencyKey: req.GetIdempotencyKey(),
+		Reason:         req.GetReason(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := &userdv1.SetPlanResponse{
+		User:         userToProto(res.User),
+		PreviousPlan: planToProto(res.Change.PreviousPlan),
+	}
+	if res.Bonus != nil {
+		out.BonusTransaction = transactionToProto(*res.Bonus)
+	}
+	return out, nil
+}
+
+// ListCreditTransactions implements userdv1.UserServiceServer.
+func (s *Server) ListCreditTransactions(ctx context.Context, req *userdv1.ListCreditTransactionsRequest) (*userdv1.ListCreditTransactionsResponse, error) {
+	page, err := s.users.ListCreditTransactions(ctx, req.GetClerkUserId(), req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	out := &userdv1.ListCreditTransactionsResponse{
+		Transactions:  make([]*userdv1.CreditTransaction, len(page.Transactions)),
+		NextPageToken: page.NextPageToken,
+	}
+	for i, t := range page.Transactions {
+		out.Transactions[i] = transactionToProto(t)
+	}
+	return out, nil
+}
+
+func userToProto(u users.User) *userdv1.User {
+	return &userdv1.User{
+		Id:          u.ID.String(),
+		ClerkUserId: u.ClerkUserID,
+		Email:       u.Email,
+		FirstName:   u.FirstName,
+		LastName:    u.LastName,
+		ImageUrl:    u.ImageURL,
+		Plan:        planToProto(u.Plan),
+		Credits:     u.Credits,
+		CreateTime:  timestamppb.New(u.CreatedAt),
+		UpdateTime:  timestamppb.New(u.UpdatedAt),
+	}
+}
+
+func transactionToProto(t users.Transaction) *userdv1.CreditTransaction {
+	return &userdv1.CreditTransaction{
+		Id:             t.ID,
+		UserId:         t.UserID.String(),
+		Delta:          t.Delta,
+		BalanceAfter:   t.BalanceAfter,
+		Kind:           txKindToProto[t.Kind],
+		Reason:         t.Reason,
+		IdempotencyKey: t.IdempotencyKey,
+		CreateTime:     timestamppb.New(t.CreatedAt),
+	}
+}
+
+var (
+	planToProtoMap = map[users.Plan]userdv1.Plan{
+		users.PlanFree:       userdv1.Plan_PLAN_FREE,
+		users.PlanPro:        userdv1.Plan_PLAN_PRO,
+		users.PlanEnterprise: userdv1.Plan_PLAN_ENTERPRISE,
+	}
+	txKindToProto = map[users.TxKind]userdv1.TransactionKind{
+		users.TxInitial:   userdv1.TransactionKind_TRANSACTION_KIND_INITIAL,
+		users.TxDeduct:    userdv1.TransactionKind_TRANSACTION_KIND_DEDUCT,
+		users.TxGrant:     userdv1.TransactionKind_TRANSACTION_KIND_GRANT,
+		users.TxPlanBonus: userdv1.TransactionKind_TRANSACTION_KIND_PLAN_BONUS,
+	}
+)
+
+func planToProto(p users.Plan) userdv1.Plan { return planToProtoMap[p] }
+
+// planFromProto maps unknown and unspecified values to "", which the domain
+// rejects as an invalid plan.
+func planFromProto(p userdv1.Plan) users.Plan {
+	for d, pp := range planToProtoMap {
+		if pp == p {
+			return d
+		}
+	}
+	return ""
+}

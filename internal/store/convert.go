@@ -1,0 +1,81 @@
+package store
+
+import (
+	"github.com/userd/userd/gen/sqlc"
+	"github.com/userd/userd/internal/users"
+)
+
+// nullable maps a zero value to SQL NULL: the domain uses "" and 0 for
+// "absent", the schema uses NULL.
+func nullable[T comparable](v T) *T {
+	var zero T
+	if v == zero {
+		return nil
+	}
+	return &v
+}
+
+func deref[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
+}
+
+func userOut(r sqlcdb.User, err error) (users.User, error) {
+	if err != nil {
+		return users.User{}, translate(err)
+	}
+	return users.User{
+		ID:             r.ID,
+		ClerkUserID:    r.ClerkUserID,
+		Email:          deref(r.Email),
+		FirstName:      deref(r.FirstName),
+		LastName:       deref(r.LastName),
+		ImageURL:       deref(r.ImageURL),
+		Plan:           users.Plan(r.Plan),
+		Credits:        r.Credits,
+		ClerkUpdatedAt: deref(r.ClerkUpdatedAt),
+		CreatedAt:      r.CreatedAt,
+		UpdatedAt:      r.UpdatedAt,
+		DeletedAt:      r.DeletedAt,
+	}, nil
+}
+
+func transactionOut(r sqlcdb.CreditTransaction, err error) (users.Transaction, error) {
+	if err != nil {
+		return users.Transaction{}, translate(err)
+	}
+	return transactionFrom(r), nil
+}
+
+func transactionFrom(r sqlcdb.CreditTransaction) users.Transaction {
+	return users.Transaction{
+		ID:             r.ID,
+		UserID:         r.UserID,
+		Delta:          r.Delta,
+		BalanceAfter:   r.BalanceAfter,
+		Kind:           users.TxKind(r.Kind),
+		Reason:         r.Reason,
+		IdempotencyKey: deref(r.IdempotencyKey),
+		CreatedAt:      r.CreatedAt,
+	}
+}
+
+func planChangeOut(r sqlcdb.PlanChange, err error) (users.PlanChange, error) {
+	if err != nil {
+		return users.PlanChange{}, translate(err)
+	}
+	return users.PlanChange{
+		ID:             r.ID,
+		UserID:         r.UserID,
+		PreviousPlan:   users.Plan(r.PreviousPlan),
+		Plan:           users.Plan(r.Plan),
+		BonusCredits:   r.BonusCredits,
+		TransactionID:  deref(r.TransactionID),
+		Reason:         r.Reason,
+		IdempotencyKey: r.IdempotencyKey,
+		CreatedAt:      r.CreatedAt,
+	}, nil
+}

@@ -1,0 +1,84 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/userd/userd/internal/apperr"
+	"github.com/userd/userd/internal/users"
+)
+
+// Constraint names the domain cares about (see db/migrations).
+const (
+	constraintEmailLive        = "users_email_live_key"
+	constraintTransactionKey   = "credit_transactions_user_key"
+	constraintPlanChangeKey    = "plan_changes_user_key"
+	sqlstateUniqueViolation    = "23505"
+	sqlstateSerialization      = "40001"
+	sqlstateDeadlock           = "40P01"
+	sqlstateClassConnection    = "08"
+	sqlstateClassResources     = "53"
+	sqlstateClassOperatorInter = "57" // admin/crash shutdown, cannot connect now
+)
+
+// translate maps a pgx error to the domain's vocabulary: missing rows and
+// known unique violations become users' sentinel errors; failures to reach
+// the database become apperr Unavailable (or Canceled); everything else is
+// returned as is, to surface as internal.
+func translate(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, pgx.ErrNoRows) {
+		return users.ErrNoRow
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch {
+		case pgErr.Code == sqlstateUniqueViolation && pgErr.ConstraintName == constraintEmailLive:
+			return users.ErrEmailInUse
+		case pgErr.Code == sqlstateUniqueViolation &&
+			(pgErr.ConstraintName == constraintTransactionKey || pgErr.ConstraintName == constraintPlanChangeKey):
+			return users.ErrIdempotencyKeyInUse
+		case retryable(err),
+			len(pgErr.Code) == 5 && (pgErr.Code[:2] == sqlstateClassConnection ||
+				pgErr.Code[:2] == sqlstateClassResources || pgErr.Code[:2] == sqlstateClassOperatorInter):
+			return apperr.Unavailable(err)
+		}
+		return err
+	}
+	switch {
+	case errors.Is(err, context.Canceled):
+		return apperr.Canceled(err)
+	case errors.Is(err, context.DeadlineExceeded), pgconn.Timeout(err):
+		return apperr.Unavailable(err)
+	case unreachable(err):
+		return apperr.Unavailable(err)
+	}
+	return err
+}
+
+// unreachable reports errors that mean the database could not be talked to.
+func unreachable(err error) bool {
+	var (
+		connectErr *pgconn.ConnectError
+		netErr     net.Error
+	)
+	return errors.As(err, &connectErr) ||
+		errors.As(err, &netErr) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, net.ErrClosed) ||
+		pgconn.SafeToRetry(err)
+}
+
+// retryable reports errors after which re-running the whole transaction is
+// expected to succeed.
+func retryable(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == sqlstateSerialization || pgErr.Code == sqlstateDeadlock)
+}

@@ -1,0 +1,98 @@
+package store_test
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/userd/userd/internal/apperr"
+	"github.com/userd/userd/internal/migrate"
+	"github.com/userd/userd/internal/store"
+	"github.com/userd/userd/internal/testdb"
+	"github.com/userd/userd/internal/users"
+)
+
+// TestUnreachableDatabaseIsUnavailable points the store at a port nobody
+// listens on: every operation must be Unavailable (retryable), never
+// internal.
+func TestUnreachableDatabaseIsUnavailable(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // now nothing listens there
+	pool, err := pgxpool.New(context.Background(), "postgres://postgres@"+addr+"/postgres?sslmode=disable&connect_timeout=2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	svc := users.NewService(store.New(pool), 10)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	_, err = svc.GetUser(ctx, users.Lookup{ClerkUserID: "user_x"})
+	if k := apperr.KindOf(err); k != apperr.KindUnavailable {
+		t.Errorf("GetUser: kind %v (%v), want unavailable", k, err)
+	}
+	_, err = svc.DeductCredits(ctx, users.CreditChange{ClerkUserID: "user_x", Amount: 1, IdempotencyKey: "k"})
+	if k := apperr.KindOf(err); k != apperr.KindUnavailable {
+		t.Errorf("DeductCredits: kind %v (%v), want unavailable", k, err)
+	}
+}
+
+// TestCallerDeadlineIsUnavailable: a query cut by the caller's deadline is a
+// timeout (Unavailable), not an internal error.
+func TestCallerDeadlineIsUnavailable(t *testing.T) {
+	t.Parallel()
+	svc := users.NewService(store.New(testdb.Pool(t)), 10)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Nanosecond)
+	defer cancel()
+	<-ctx.Done()
+	_, err := svc.GetUser(ctx, users.Lookup{ClerkUserID: "user_x"})
+	if k := apperr.KindOf(err); k != apperr.KindUnavailable {
+		t.Errorf("kind %v (%v), want unavailable", k, err)
+	}
+}
+
+// TestMigrationsRoundTrip rolls every migration back and applies them again
+// on a fresh database.
+func TestMigrationsRoundTrip(t *testing.T) {
+	t.Parallel()
+	pool := testdb.Pool(t)
+	ctx := context.Background()
+	m, err := migrate.New(pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	cur, latest, err := m.Versions(ctx)
+	if err != nil || cur != latest || latest == 0 {
+		t.Fatalf("fresh test database at version %d of %d (%v), want latest", cur, latest, err)
+	}
+	if err := m.DownTo(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	st, err := m.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range st {
+		if s.Applied {
+			t.Errorf("migration %d still applied after DownTo(0)", s.Version)
+		}
+	}
+	n, err := m.Up(ctx)
+	if err != nil || n != len(st) {
+		t.Fatalf("Up applied %d of %d: %v", n, len(st), err)
+	}
+	// The schema works after the round trip.
+	svc := users.NewService(store.New(pool), 10)
+	if _, _, err := svc.EnsureUser(ctx, users.EnsureUserInput{ClerkUserID: "user_after_roundtrip"}); err != nil {
+		t.Errorf("EnsureUser after round trip: %v", err)
+	}
+}

@@ -1,0 +1,445 @@
+package users
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+
+	"github.com/google/uuid"
+
+	"github.com/userd/userd/internal/apperr"
+)
+
+// DefaultInitialCredits is what a new user starts with unless configured.
+const DefaultInitialCredits = 10
+
+// Service implements userd's operations on users, credits and plans.
+type Service struct {
+	store          Store
+	initialCredits int64
+}
+
+// NewService returns a Service that gives new users initialCredits (>= 0).
+func NewService(store Store, initialCredits int64) *Service {
+	return &Service{store: store, initialCredits: initialCredits}
+}
+
+// Lookup names one user; exactly one field must be set.
+type Lookup struct {
+	ClerkUserID string
+	ID          string
+	Email       string
+}
+
+// GetUser returns the live user named by l.
+func (s *Service) GetUser(ctx context.Context, l Lookup) (User, error) {
+	var v violations
+	set := 0
+	for _, f := range []string{l.ClerkUserID, l.ID, l.Email} {
+		if f != "" {
+			set++
+		}
+	}
+	if set != 1 {
+		v.add("lookup", "exactly one of clerk_user_id, id or email must be set")
+		return User{}, v.err()
+	}
+	var (
+		u   User
+		err error
+	)
+	switch {
+	case l.ClerkUserID != "":
+		if v.clerkUserID("clerk_user_id", l.ClerkUserID); v.err() != nil {
+			return User{}, v.err()
+		}
+		u, err = s.store.GetLiveUserByClerkID(ctx, l.ClerkUserID)
+	case l.ID != "":
+		id, perr := uuid.Parse(l.ID)
+		if perr != nil {
+			v.add("id", "must be a UUID")
+			return User{}, v.err()
+		}
+		u, err = s.store.GetLiveUserByID(ctx, id)
+	default:
+		if v.email("email", l.Email, true); v.err() != nil {
+			return User{}, v.err()
+		}
+		u, err = s.store.GetLiveUserByEmail(ctx, l.Email)
+	}
+	if err != nil {
+		return User{}, userErr(err, "get user")
+	}
+	return u, nil
+}
+
+// EnsureUserInput is the profile a missing user is created with.
+type EnsureUserInput struct {
+	ClerkUserID string
+	Email       string
+	FirstName   string
+	LastName    string
+	ImageURL    string
+}
+
+func (in EnsureUserInput) validate() error {
+	var v violations
+	v.clerkUserID("clerk_user_id", in.ClerkUserID)
+	v.email("email", in.Email, false)
+	v.text("first_name", in.FirstName, MaxName)
+	v.text("last_name", in.LastName, MaxName)
+	v.imageURL("image_url", in.ImageURL)
+	return v.err()
+}
+
+// EnsureUser returns the user with in.ClerkUserID, creating it (plan FREE,
+// the initial credits as its first ledger entry) when no row exists. created
+// is true only for the call that inserted the row. A user deleted in Clerk is
+// NotFound and never recreated.
+func (s *Service) EnsureUser(ctx context.Context, in EnsureUserInput) (u User, created bool, err error) {
+	if err := in.validate(); err != nil {
+		return User{}, false, err
+	}
+	// Most calls are for users that exist: answer them without a
+	// transaction or a write.
+	u, err = s.store.GetUserByClerkIDIncludingDeleted(ctx, in.ClerkUserID)
+	switch {
+	case err == nil:
+		return existing(u)
+	case !errors.Is(err, ErrNoRow):
+		return User{}, false, userErr(err, "ensure user")
+	}
+	err = s.store.InTx(ctx, func(q Queries) error {
+		var txErr error
+		u, created, txErr = q.InsertUserIfAbsent(ctx, NewUser{
+			ClerkUserID: in.ClerkUserID,
+			Email:       in.Email,
+			FirstName:   in.FirstName,
+			LastName:    in.LastName,
+			ImageURL:    in.ImageURL,
+			Credits:     s.initialCredits,
+		})
+		if txErr != nil || !created {
+			return txErr
+		}
+		_, txErr = q.InsertCreditTransaction(ctx, Transaction{
+			UserID:       u.ID,
+			Delta:        s.initialCredits,
+			BalanceAfter: s.initialCredits,
+			Kind:         TxInitial,
+		})
+		return txErr
+	})
+	if err != nil {
+		return User{}, false, userErr(err, "ensure user")
+	}
+	if created {
+		return u, true, nil
+	}
+	// Another call inserted the row between our read and our insert.
+	u, err = s.store.GetUserByClerkIDIncludingDeleted(ctx, in.ClerkUserID)
+	if err != nil {
+		return User{}, false, userErr(err, "ensure user")
+	}
+	return existing(u)
+}
+
+func existing(u User) (User, bool, error) {
+	if u.DeletedAt != nil {
+		return User{}, false, &apperr.Error{
+			Kind:    apperr.KindNotFound,
+			Message: "user was deleted in Clerk",
+			Reason:  apperr.ReasonUserDeleted,
+		}
+	}
+	return u, false, nil
+}
+
+// CreditChange is a request to deduct or grant credits.
+type CreditChange struct {
+	ClerkUserID    string
+	Amount         int64
+	IdempotencyKey string
+	Reason         string
+}
+
+func (c CreditChange) validate() error {
+	var v violations
+	v.clerkUserID("clerk_user_id", c.ClerkUserID)
+	v.amount("amount", c.Amount, false)
+	v.idempotencyKey("idempotency_key", c.IdempotencyKey)
+	v.text("reason", c.Reason, MaxReason)
+	return v.err()
+}
+
+// DeductCredits subtracts c.Amount from the user's balance and records it in
+// the ledger, atomically. It never drives a balance negative: a balance
+// lower than the amount fails with KindInsufficientCredits and changes
+// nothing. A retry with the same key and parameters returns the original
+// entry.
+func (s *Service) DeductCredits(ctx context.Context, c CreditChange) (Transaction, error) {
+	return s.changeCredits(ctx, c, TxDeduct)
+}
+
+// GrantCredits adds c.Amount to the user's balance; otherwise as
+// DeductCredits.
+func (s *Service) GrantCredits(ctx context.Context, c CreditChange) (Transaction, error) {
+	return s.changeCredits(ctx, c, TxGrant)
+}
+
+func (s *Service) changeCredits(ctx context.Context, c CreditChange, kind TxKind) (Transaction, error) {
+	if err := c.validate(); err != nil {
+		return Transaction{}, err
+	}
+	delta := c.Amount
+	if kind == TxDeduct {
+		delta = -c.Amount
+	}
+	var t Transaction
+	err := s.store.InTx(ctx, func(q Queries) error {
+		u, err := q.LockLiveUserByClerkID(ctx, c.ClerkUserID)
+		if err != nil {
+			return err
+		}
+		// Under the row lock, a committed entry with this key is visible:
+		// racing retries are serialised here and all but the first replay.
+		prev, err := q.GetCreditTransactionByKey(ctx, u.ID, c.IdempotencyKey)
+		switch {
+		case err == nil:
+			if prev.Kind != kind || prev.Delta != delta || prev.Reason != c.Reason {
+				return keyReused()
+			}
+			t = prev
+			return nil
+		case !errors.Is(err, ErrNoRow):
+			return err
+		}
+		balance, err := applyDelta(u.Credits, delta)
+		if err != nil {
+			return err
+		}
+		if _, err := q.UpdateUserCredits(ctx, u.ID, balance); err != nil {
+			return err
+		}
+		t, err = q.InsertCreditTransaction(ctx, Transaction{
+			UserID:         u.ID,
+			Delta:          delta,
+			BalanceAfter:   balance,
+			Kind:           kind,
+			Reason:         c.Reason,
+			IdempotencyKey: c.IdempotencyKey,
+		})
+		return err
+	})
+	if err != nil {
+		return Transaction{}, userErr(err, strings.ToLower(string(kind))+" credits")
+	}
+	return t, nil
+}
+
+// applyDelta returns balance+delta, refusing a negative or overflowing
+// result.
+func applyDelta(balance, delta int64) (int64, error) {
+	if delta < 0 && balance < -delta {
+		return 0, apperr.InsufficientCredits(-delta, balance)
+	}
+	if delta > 0 && balance > math.MaxInt64-delta {
+		return 0, apperr.InvalidArgument(apperr.FieldViolation{
+			Field: "amount", Description: "would overflow the balance",
+		})
+	}
+	return balance + delta, nil
+}
+
+func keyReused() error {
+	return apperr.Conflict(apperr.ReasonIdempotencyKeyReused,
+		"idempotency key was already used for this user with different parameters")
+}
+
+// SetPlanInput is a request to change a user's plan.
+type SetPlanInput struct {
+	ClerkUserID    string
+	Plan           Plan
+	BonusCredits   int64
+	IdempotencyKey string
+	Reason         string
+}
+
+func (in SetPlanInput) validate() error {
+	var v violations
+	v.clerkUserID("clerk_user_id", in.ClerkUserID)
+	v.plan("plan", in.Plan)
+	v.amount("bonus_credits", in.BonusCredits, true)
+	v.idempotencyKey("idempotency_key", in.IdempotencyKey)
+	v.text("reason", in.Reason, MaxReason)
+	return v.err()
+}
+
+// SetPlanResult is the outcome of SetPlan.
+type SetPlanResult struct {
+	// User is the user as it is after the call.
+	User User
+	// Change is the applied change (the original one for a retry).
+	Change PlanChange
+	// Bonus is the ledger entry of the bonus credits, if any.
+	Bonus *Transaction
+}
+
+// SetPlan moves the user to in.Plan and grants in.BonusCredits in the same
+// transaction. A retry with the same key and parameters returns the original
+// change.
+func (s *Service) SetPlan(ctx context.Context, in SetPlanInput) (SetPlanResult, error) {
+	if err := in.validate(); err != nil {
+		return SetPlanResult{}, err
+	}
+	var res SetPlanResult
+	err := s.store.InTx(ctx, func(q Queries) error {
+		res = SetPlanResult{}
+		u, err := q.LockLiveUserByClerkID(ctx, in.ClerkUserID)
+		if err != nil {
+			return err
+		}
+		prev, err := q.GetPlanChangeByKey(ctx, u.ID, in.IdempotencyKey)
+		switch {
+		case err == nil:
+			if prev.Plan != in.Plan || prev.BonusCredits != in.BonusCredits || prev.Reason != in.Reason {
+				return keyReused()
+			}
+			res.User, res.Change = u, prev
+			if prev.TransactionID != 0 {
+				t, err := q.GetCreditTransactionByID(ctx, prev.TransactionID)
+				if err != nil {
+					return err
+				}
+				res.Bonus = &t
+			}
+			return nil
+		case !errors.Is(err, ErrNoRow):
+			return err
+		}
+		balance, err := applyDelta(u.Credits, in.BonusCredits)
+		if err != nil {
+			return err
+		}
+		change := PlanChange{
+			UserID:         u.ID,
+			PreviousPlan:   u.Plan,
+			Plan:           in.Plan,
+			BonusCredits:   in.BonusCredits,
+			Reason:         in.Reason,
+			IdempotencyKey: in.IdempotencyKey,
+		}
+		if in.BonusCredits > 0 {
+			t, err := q.InsertCreditTransaction(ctx, Transaction{
+				UserID:         u.ID,
+				Delta:          in.BonusCredits,
+				BalanceAfter:   balance,
+				Kind:           TxPlanBonus,
+				Reason:         in.Reason,
+				IdempotencyKey: in.IdempotencyKey,
+			})
+			if err != nil {
+				return err
+			}
+			res.Bonus = &t
+			change.TransactionID = t.ID
+		}
+		if res.User, err = q.UpdateUserPlanAndCredits(ctx, u.ID, in.Plan, balance); err != nil {
+			return err
+		}
+		res.Change, err = q.InsertPlanChange(ctx, change)
+		return err
+	})
+	if err != nil {
+		return SetPlanResult{}, userErr(err, "set plan")
+	}
+	return res, nil
+}
+
+// TransactionPage is one page of a user's ledger.
+type TransactionPage struct {
+	Transactions []Transaction
+	// NextPageToken is "" on the last page.
+	NextPageToken string
+}
+
+// ListCreditTransactions returns the user's ledger, newest first.
+func (s *Service) ListCreditTransactions(ctx context.Context, clerkUserID string, pageSize int32, pageToken string) (TransactionPage, error) {
+	var v violations
+	v.clerkUserID("clerk_user_id", clerkUserID)
+	switch {
+	case pageSize < 0 || pageSize > MaxPageSize:
+		v.add("page_size", "must be between 0 and 500")
+	case pageSize == 0:
+		pageSize = DefaultPageSize
+	}
+	before, err := decodePageToken(pageToken)
+	if err != nil {
+		v.add("page_token", "is not a token returned by this API")
+	}
+	if err := v.err(); err != nil {
+		return TransactionPage{}, err
+	}
+	u, err := s.store.GetLiveUserByClerkID(ctx, clerkUserID)
+	if err != nil {
+		return TransactionPage{}, userErr(err, "list credit transactions")
+	}
+	// One extra row tells whether another page follows.
+	ts, err := s.store.ListCreditTransactions(ctx, u.ID, before, pageSize+1)
+	if err != nil {
+		return TransactionPage{}, userErr(err, "list credit transactions")
+	}
+	page := TransactionPage{Transactions: ts}
+	if len(ts) > int(pageSize) {
+		page.Transactions = ts[:pageSize]
+		page.NextPageToken = encodePageToken(ts[pageSize-1].ID)
+	}
+	return page, nil
+}
+
+// Page tokens are opaque to callers: a version prefix and the id of the last
+// entry returned.
+const pageTokenPrefix = "ct1:"
+
+func encodePageToken(lastID int64) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(pageTokenPrefix + strconv.FormatInt(lastID, 10)))
+}
+
+func decodePageToken(tok string) (int64, error) {
+	if tok == "" {
+		return 0, nil
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil {
+		return 0, err
+	}
+	s, ok := strings.CutPrefix(string(raw), pageTokenPrefix)
+	if !ok {
+		return 0, errors.New("bad page token prefix")
+	}
+	id, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || id <= 0 {
+		return 0, errors.New("bad page token id")
+	}
+	return id, nil
+}
+
+// userErr turns a store error into what the caller sees: the store's
+// expected outcomes become domain errors, *apperr.Error passes through, and
+// anything else is wrapped as internal with the operation for context.
+func userErr(err error, op string) error {
+	switch {
+	case errors.Is(err, ErrNoRow):
+		return apperr.NotFound("user not found")
+	case errors.Is(err, ErrEmailInUse):
+		return apperr.Conflict(apperr.ReasonEmailInUse, "email is already used by another user")
+	case errors.Is(err, ErrIdempotencyKeyInUse):
+		return keyReused()
+	}
+	// An *apperr.Error (say, Unavailable) in the chain keeps its kind.
+	return fmt.Errorf("%s: %w", op, err)
+}
