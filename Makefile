@@ -10,6 +10,11 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 
 # `make run` and `make migrate` use this database (created if missing).
 DATABASE_URL      ?= postgres://postgres@127.0.0.1:5432/userd?sslmode=disable
+# `make run` signs webhooks with this development-only secret unless
+# CLERK_WEBHOOK_SECRET is set; `make demo-webhook` signs with the same one.
+CLERK_WEBHOOK_SECRET ?= whsec_dXNlcmQtbG9jYWwtZGV2ZWxvcG1lbnQtc2VjcmV0
+# Passed through the environment, never on a command line make echoes.
+export DATABASE_URL CLERK_WEBHOOK_SECRET
 # Tests create one fresh database per test on this server.
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable
 export TEST_DATABASE_URL
@@ -71,18 +76,22 @@ build: ## Build a static bin/userd with the version stamped in.
 
 .PHONY: createdb
 createdb: ## Create the database named in DATABASE_URL if it does not exist.
-	@db=$$(sed -E 's#^[a-z]+://[^/]*/([^?]*).*#\1#' <<<'$(DATABASE_URL)'); \
-	server=$$(sed -E "s#/$$db(\?|$$)#/postgres\1#" <<<'$(DATABASE_URL)'); \
+	@db=$$(sed -E 's#^[a-z]+://[^/]*/([^?]*).*#\1#' <<<"$$DATABASE_URL"); \
+	server=$$(sed -E "s#/$$db(\?|$$)#/postgres\1#" <<<"$$DATABASE_URL"); \
 	psql "$$server" -tAc "SELECT 1 FROM pg_database WHERE datname = '$$db'" | grep -q 1 || \
 	  psql "$$server" -c "CREATE DATABASE \"$$db\""
 
 .PHONY: run
 run: build createdb ## Run userd against DATABASE_URL (default: local PostgreSQL, database userd).
-	DATABASE_URL='$(DATABASE_URL)' $(BIN)/userd serve
+	$(BIN)/userd serve
+
+.PHONY: demo-webhook
+demo-webhook: build ## Post a signed sample user.created to the userd that `make run` started.
+	$(BIN)/userd send-clerk-event $(ARGS)
 
 .PHONY: migrate
 migrate: build createdb ## Apply pending migrations to DATABASE_URL (ARGS=down|status for others).
-	DATABASE_URL='$(DATABASE_URL)' $(BIN)/userd migrate $(or $(ARGS),up)
+	$(BIN)/userd migrate $(or $(ARGS),up)
 
 .PHONY: test
 test: ## Run every test with the race detector (needs PostgreSQL at TEST_DATABASE_URL).

@@ -7,10 +7,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -20,6 +23,7 @@ import (
 	"github.com/alecthomas/kong"
 
 	"github.com/userd/userd/internal/app"
+	"github.com/userd/userd/internal/clerkhook"
 	"github.com/userd/userd/internal/config"
 	"github.com/userd/userd/internal/migrate"
 )
@@ -31,6 +35,8 @@ type cli struct {
 	Serve   serveCmd   `cmd:"" default:"withargs" help:"Run userd (the default command)."`
 	Migrate migrateCmd `cmd:"" help:"Apply, roll back or show database migrations."`
 	Version versionCmd `cmd:"" help:"Print the version and exit."`
+
+	SendClerkEvent sendClerkEventCmd `cmd:"" name:"send-clerk-event" help:"Post a correctly signed sample Clerk event to a running userd (local demo without Clerk)."`
 }
 
 func main() {
@@ -128,6 +134,54 @@ func (m *migrateCmd) Run(kctx *kong.Context) error {
 		}
 	default:
 		return fmt.Errorf("unknown command %q", kctx.Command())
+	}
+	return nil
+}
+
+type sendClerkEventCmd struct {
+	URL       string `default:"http://localhost:8081/webhooks/clerk" help:"Webhook endpoint to post to."`
+	Secret    string `name:"clerk-webhook-secret" env:"CLERK_WEBHOOK_SECRET" required:"" help:"Signing secret to sign with (the first one when several are configured)."`
+	Type      string `default:"user.created" enum:"user.created,user.updated,user.deleted" help:"Event type."`
+	UserID    string `name:"user-id" default:"user_2demoSampleUser" help:"Clerk user id."`
+	Email     string `default:"ada@example.com" help:"Primary email (empty for none)."`
+	FirstName string `name:"first-name" default:"Ada" help:"First name."`
+	LastName  string `name:"last-name" default:"Lovelace" help:"Last name."`
+	MessageID string `name:"message-id" help:"Svix message id (default: a new one; reuse one to see deduplication)."`
+}
+
+func (c *sendClerkEventCmd) Run() error {
+	secrets, err := clerkhook.ParseSecrets(c.Secret)
+	if err != nil {
+		return err
+	}
+	if len(secrets) == 0 {
+		return errors.New("CLERK_WEBHOOK_SECRET is empty")
+	}
+	now := time.Now()
+	if c.MessageID == "" {
+		c.MessageID = fmt.Sprintf("msg_demo_%d", now.UnixNano())
+	}
+	body := clerkhook.SampleEvent(c.Type, clerkhook.SampleUser{
+		ID: c.UserID, Email: c.Email, FirstName: c.FirstName, LastName: c.LastName, UpdatedAt: now,
+	})
+	headers, err := clerkhook.SignHeaders(secrets[0], c.MessageID, now, body)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequest(http.MethodPost, c.URL, bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("build request: %w", err)
+	}
+	req.Header = headers
+	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+	if err != nil {
+		return fmt.Errorf("post to %s: %w", c.URL, err)
+	}
+	defer resp.Body.Close()
+	answer, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	fmt.Printf("%s %s (svix-id %s, user %s) -> %s %s", c.Type, c.URL, c.MessageID, c.UserID, resp.Status, answer)
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("userd answered %s", resp.Status)
 	}
 	return nil
 }

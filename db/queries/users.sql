@@ -44,3 +44,41 @@ UPDATE users
 SET plan = @plan, credits = @credits, updated_at = now()
 WHERE id = @id
 RETURNING *;
+
+-- LockUserByClerkIDIncludingDeleted locks the row, live or tombstone, that a
+-- Clerk event is about.
+-- name: LockUserByClerkIDIncludingDeleted :one
+SELECT * FROM users
+WHERE clerk_user_id = @clerk_user_id
+FOR UPDATE;
+
+-- LockLiveUserByEmailExcept locks the other live user, if any, that holds an
+-- email (case-insensitively).
+-- name: LockLiveUserByEmailExcept :one
+SELECT * FROM users
+WHERE lower(email) = lower(@email::text) AND deleted_at IS NULL AND clerk_user_id <> @clerk_user_id
+FOR UPDATE;
+
+-- UpdateUserProfile stores a newer Clerk state of the profile.
+-- name: UpdateUserProfile :one
+UPDATE users
+SET email = @email, first_name = @first_name, last_name = @last_name, image_url = @image_url,
+    clerk_updated_at = @clerk_updated_at, updated_at = now()
+WHERE id = @id
+RETURNING *;
+
+-- ClearUserEmail takes an email away from a user whose stored state is older
+-- than the state that now claims it. clerk_updated_at is kept, so the user's
+-- own newer events still apply.
+-- name: ClearUserEmail :exec
+UPDATE users SET email = NULL, updated_at = now() WHERE id = @id;
+
+-- TombstoneUser marks the user deleted, inserting a tombstone (no credits,
+-- no ledger) when the deletion arrives before any other event for the user.
+-- A deletion is final: an existing deleted_at is kept.
+-- name: TombstoneUser :one
+INSERT INTO users (clerk_user_id, plan, credits, deleted_at)
+VALUES (@clerk_user_id, 'FREE', 0, now())
+ON CONFLICT (clerk_user_id) DO UPDATE
+SET deleted_at = coalesce(users.deleted_at, now()), updated_at = now()
+RETURNING *;

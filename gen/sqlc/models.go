@@ -47,3 +47,11 @@ type User struct {
 	UpdatedAt      time.Time
 	DeletedAt      *time.Time
 }
+
+type WebhookEvent struct {
+	SvixID      string
+	EventType   string
+	ObjectID    string
+	Outcome     string
+	ProcessedAt time.Time
+}

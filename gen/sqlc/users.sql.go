@@ -11,6 +11,18 @@ import (
 	"github.com/google/uuid"
 )
 
+const clearUserEmail = `-- name: ClearUserEmail :exec
+UPDATE users SET email = NULL, updated_at = now() WHERE id = $1
+`
+
+// ClearUserEmail takes an email away from a user whose stored state is older
+// than the state that now claims it. clerk_updated_at is kept, so the user's
+// own newer events still apply.
+func (q *Queries) ClearUserEmail(ctx context.Context, db DBTX, id uuid.UUID) error {
+	_, err := db.Exec(ctx, clearUserEmail, id)
+	return err
+}
+
 const getLiveUserByClerkID = `-- name: GetLiveUserByClerkID :one
 
 SELECT id, clerk_user_id, email, first_name, last_name, image_url, plan, credits, clerk_updated_at, created_at, updated_at, deleted_at FROM users
@@ -190,6 +202,98 @@ func (q *Queries) LockLiveUserByClerkID(ctx context.Context, db DBTX, clerkUserI
 	return i, err
 }
 
+const lockLiveUserByEmailExcept = `-- name: LockLiveUserByEmailExcept :one
+SELECT id, clerk_user_id, email, first_name, last_name, image_url, plan, credits, clerk_updated_at, created_at, updated_at, deleted_at FROM users
+WHERE lower(email) = lower($1::text) AND deleted_at IS NULL AND clerk_user_id <> $2
+FOR UPDATE
+`
+
+type LockLiveUserByEmailExceptParams struct {
+	Email       string
+	ClerkUserID string
+}
+
+// LockLiveUserByEmailExcept locks the other live user, if any, that holds an
+// email (case-insensitively).
+func (q *Queries) LockLiveUserByEmailExcept(ctx context.Context, db DBTX, arg LockLiveUserByEmailExceptParams) (User, error) {
+	row := db.QueryRow(ctx, lockLiveUserByEmailExcept, arg.Email, arg.ClerkUserID)
+	var i User
+	err := row.Scan(
+		&i.ID,
+		&i.ClerkUserID,
+		&i.Email,
+		&i.FirstName,
+		&i.LastName,
+		&i.ImageURL,
+		&i.Plan,
+		&i.Credits,
+		&i.ClerkUpdatedAt,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.DeletedAt,
+	)
+	return i, err
+}
+
+const lockUserByClerkIDIncludingDeleted = `-- name: LockUserByClerkIDIncludingDeleted :one
+SELECT id, clerk_user_id, email, first_name, last_name, image_url, plan, credits, clerk_updated_at, created_at, updated_at, deleted_at FROM users
+WHERE clerk_user_id = $1
+FOR UPDATE
+`
+
+// LockUserByClerkIDIncludingDeleted locks the row, live or tombstone, that a
+// Clerk event is about.
+func (q *Queries) LockUserByClerkIDIncludingDeleted(ctx context.Context, db DBTX, clerkUserID string) (User, error) {
+	row := db.QueryRow(ctx, lockUserByClerkIDIncludingDeleted, clerkUserID)
+	var i User
+	err := row.Scan(
+		&i.ID,
+		&i.ClerkUserID,
+		&i.Email,
+		&i.FirstName,
+		&i.LastName,
+		&i.ImageURL,
+		&i.Plan,
+		&i.Credits,
+		&i.ClerkUpdatedAt,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.DeletedAt,
+	)
+	return i, err
+}
+
+const tombstoneUser = `-- name: TombstoneUser :one
+INSERT INTO users (clerk_user_id, plan, credits, deleted_at)
+VALUES ($1, 'FREE', 0, now())
+ON CONFLICT (clerk_user_id) DO UPDATE
+SET deleted_at = coalesce(users.deleted_at, now()), updated_at = now()
+RETURNING id, clerk_user_id, email, first_name, last_name, image_url, plan, credits, clerk_updated_at, created_at, updated_at, deleted_at
+`
+
+// TombstoneUser marks the user deleted, inserting a tombstone (no credits,
+// no ledger) when the deletion arrives before any other event for the user.
+// A deletion is final: an existing deleted_at is kept.
+func (q *Queries) TombstoneUser(ctx context.Context, db DBTX, clerkUserID string) (User, error) {
+	row := db.QueryRow(ctx, tombstoneUser, clerkUserID)
+	var i User
+	err := row.Scan(
+		&i.ID,
+		&i.ClerkUserID,
+		&i.Email,
+		&i.FirstName,
+		&i.LastName,
+		&i.ImageURL,
+		&i.Plan,
+		&i.Credits,
+		&i.ClerkUpdatedAt,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.DeletedAt,
+	)
+	return i, err
+}
+
 const updateUserCredits = `-- name: UpdateUserCredits :one
 UPDATE users
 SET credits = $1, updated_at = now()
@@ -237,6 +341,51 @@ type UpdateUserPlanAndCreditsParams struct {
 
 func (q *Queries) UpdateUserPlanAndCredits(ctx context.Context, db DBTX, arg UpdateUserPlanAndCreditsParams) (User, error) {
 	row := db.QueryRow(ctx, updateUserPlanAndCredits, arg.Plan, arg.Credits, arg.ID)
+	var i User
+	err := row.Scan(
+		&i.ID,
+		&i.ClerkUserID,
+		&i.Email,
+		&i.FirstName,
+		&i.LastName,
+		&i.ImageURL,
+		&i.Plan,
+		&i.Credits,
+		&i.ClerkUpdatedAt,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.DeletedAt,
+	)
+	return i, err
+}
+
+const updateUserProfile = `-- name: UpdateUserProfile :one
+UPDATE users
+SET email = $1, first_name = $2, last_name = $3, image_url = $4,
+    clerk_updated_at = $5, updated_at = now()
+WHERE id = $6
+RETURNING id, clerk_user_id, email, first_name, last_name, image_url, plan, credits, clerk_updated_at, created_at, updated_at, deleted_at
+`
+
+type UpdateUserProfileParams struct {
+	Email          *string
+	FirstName      *string
+	LastName       *string
+	ImageURL       *string
+	ClerkUpdatedAt *int64
+	ID             uuid.UUID
+}
+
+// UpdateUserProfile stores a newer Clerk state of the profile.
+func (q *Queries) UpdateUserProfile(ctx context.Context, db DBTX, arg UpdateUserProfileParams) (User, error) {
+	row := db.QueryRow(ctx, updateUserProfile,
+		arg.Email,
+		arg.FirstName,
+		arg.LastName,
+		arg.ImageURL,
+		arg.ClerkUpdatedAt,
+		arg.ID,
+	)
 	var i User
 	err := row.Scan(
 		&i.ID,

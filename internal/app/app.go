@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -19,6 +21,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
+	"github.com/userd/userd/internal/clerkhook"
 	"github.com/userd/userd/internal/config"
 	"github.com/userd/userd/internal/grpcapi"
 	"github.com/userd/userd/internal/migrate"
@@ -34,6 +37,9 @@ type App struct {
 	grpc   *grpc.Server
 	health *health.Server
 	grpcLn net.Listener
+	// webhook is nil when USERD_WEBHOOK_ADDR is "off".
+	webhook   *http.Server
+	webhookLn net.Listener
 }
 
 // New connects to the database, migrates it when configured to, and binds
@@ -77,7 +83,45 @@ func (a *App) init(ctx context.Context) error {
 		return fmt.Errorf("listen on USERD_GRPC_ADDR %s: %w", a.cfg.GRPCAddr, err)
 	}
 	a.grpcLn = ln
+
+	if a.cfg.WebhookAddr != config.Off {
+		secrets, err := a.cfg.WebhookSecrets()
+		if err != nil {
+			return err
+		}
+		hook, err := clerkhook.New(clerkhook.Config{Secrets: secrets, Tolerance: a.cfg.WebhookTolerance}, svc, a.log)
+		if err != nil {
+			return err
+		}
+		if a.webhookLn, err = net.Listen("tcp", a.cfg.WebhookAddr); err != nil {
+			return fmt.Errorf("listen on USERD_WEBHOOK_ADDR %s: %w", a.cfg.WebhookAddr, err)
+		}
+		a.webhook = newHTTPServer(hook.Routes(), a.log)
+	}
 	return nil
+}
+
+// newHTTPServer returns a server with timeouts that keep slow or idle
+// clients from holding connections.
+func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+}
+
+// WebhookAddr is the address the webhook listener is bound to, or nil when
+// it is off.
+func (a *App) WebhookAddr() net.Addr {
+	if a.webhookLn == nil {
+		return nil
+	}
+	return a.webhookLn.Addr()
 }
 
 // GRPCAddr is the address the gRPC listener is bound to.
@@ -89,16 +133,25 @@ func (a *App) Pool() *pgxpool.Pool { return a.pool }
 // Run serves until ctx is done, then stops accepting, lets in-flight calls
 // finish within the configured grace period and closes the pool.
 func (a *App) Run(ctx context.Context) error {
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() {
 		a.log.Info("serving gRPC", "addr", a.grpcLn.Addr().String())
-		errc <- a.grpc.Serve(a.grpcLn)
+		if err := a.grpc.Serve(a.grpcLn); err != nil {
+			errc <- fmt.Errorf("grpc server: %w", err)
+		}
 	}()
+	if a.webhook != nil {
+		go func() {
+			a.log.Info("serving Clerk webhook", "addr", a.webhookLn.Addr().String(), "path", clerkhook.Path)
+			if err := a.webhook.Serve(a.webhookLn); !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("webhook server: %w", err)
+			}
+		}()
+	}
 	var err error
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
-		err = fmt.Errorf("grpc server: %w", err)
 	}
 	a.shutdown()
 	return err
@@ -107,17 +160,31 @@ func (a *App) Run(ctx context.Context) error {
 func (a *App) shutdown() {
 	a.log.Info("shutting down", "grace", a.cfg.ShutdownGrace.String())
 	a.health.Shutdown()
-	stopped := make(chan struct{})
-	go func() {
-		a.grpc.GracefulStop()
-		close(stopped)
-	}()
-	select {
-	case <-stopped:
-	case <-time.After(a.cfg.ShutdownGrace):
-		a.log.Warn("grace period over; cutting remaining calls")
-		a.grpc.Stop()
+	graceCtx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownGrace)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		stopped := make(chan struct{})
+		go func() {
+			a.grpc.GracefulStop()
+			close(stopped)
+		}()
+		select {
+		case <-stopped:
+		case <-graceCtx.Done():
+			a.log.Warn("grace period over; cutting remaining gRPC calls")
+			a.grpc.Stop()
+		}
+	})
+	if a.webhook != nil {
+		wg.Go(func() {
+			if err := a.webhook.Shutdown(graceCtx); err != nil {
+				a.log.Warn("grace period over; cutting remaining webhook deliveries", "err", err)
+				_ = a.webhook.Close()
+			}
+		})
 	}
+	wg.Wait()
 	a.pool.Close()
 	a.log.Info("stopped")
 }

@@ -14,19 +14,27 @@ import (
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
 	"github.com/userd/userd/internal/app"
+	"github.com/userd/userd/internal/clerkhook"
 	"github.com/userd/userd/internal/config"
+	"github.com/userd/userd/internal/faultproxy"
 	"github.com/userd/userd/internal/store"
 	"github.com/userd/userd/internal/testdb"
 )
+
+// WebhookSecret is the signing secret Config sets (whsec_ + base64).
+const WebhookSecret = "whsec_dXNlcmQtdGVzdC13ZWJob29rLXNlY3JldC0wMQ=="
 
 // Instance is a running userd.
 type Instance struct {
 	App    *app.App
 	Conn   *grpc.ClientConn
 	Client userdv1.UserServiceClient
-	// Store reads and writes the instance's database directly, for
-	// assertions.
+	// Store reads and writes the instance's database directly (never
+	// through a fault proxy a tweak may have set), for assertions.
 	Store *store.Store
+	// WebhookURL is http://.../webhooks/clerk, or "" when the listener is
+	// off.
+	WebhookURL string
 }
 
 // Config returns the configuration Start uses before tweaks: a fresh
@@ -37,6 +45,8 @@ func Config(t testing.TB) config.Serve {
 		Log:            config.Log{LogFormat: "text", LogLevel: "error"},
 		AutoMigrate:    true,
 		GRPCAddr:       "127.0.0.1:0",
+		WebhookAddr:    "127.0.0.1:0",
+		Clerk:          config.Clerk{WebhookSecret: WebhookSecret, WebhookTolerance: 5 * time.Minute},
 		InitialCredits: 10,
 		ShutdownGrace:  5 * time.Second,
 	}
@@ -47,11 +57,32 @@ func Config(t testing.TB) config.Serve {
 func Start(t testing.TB, tweak func(*config.Serve)) *Instance {
 	t.Helper()
 	cfg := Config(t)
+	directURL := cfg.Database.URL
 	if tweak != nil {
 		tweak(&cfg)
 	}
+	return start(t, cfg, directURL)
+}
+
+// StartBehindProxy is Start with userd reaching its database through a
+// fault proxy, which the test can cut and restore.
+func StartBehindProxy(t testing.TB, tweak func(*config.Serve)) (*Instance, *faultproxy.Proxy) {
+	t.Helper()
+	cfg := Config(t)
+	directURL := cfg.Database.URL
+	proxy := faultproxy.New(t, directURL)
+	cfg.Database.URL = proxy.URL
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	return start(t, cfg, directURL), proxy
+}
+
+func start(t testing.TB, cfg config.Serve, directURL string) *Instance {
+	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
+	// A fuzz target must not log through f, so fuzz runs stay quiet.
+	if _, fuzzing := t.(*testing.F); testing.Verbose() && !fuzzing {
 		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -74,12 +105,16 @@ func Start(t testing.TB, tweak func(*config.Serve)) *Instance {
 			t.Errorf("userd stopped with: %v", err)
 		}
 	})
-	return &Instance{
+	in := &Instance{
 		App:    a,
 		Conn:   conn,
 		Client: userdv1.NewUserServiceClient(conn),
-		Store:  store.New(testdb.Connect(t, cfg.Database.URL)),
+		Store:  store.New(testdb.Connect(t, directURL)),
 	}
+	if addr := a.WebhookAddr(); addr != nil {
+		in.WebhookURL = "http://" + addr.String() + clerkhook.Path
+	}
+	return in
 }
 
 type testWriter struct{ t testing.TB }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/userd/userd/internal/clerkhook"
 	"github.com/userd/userd/internal/users"
 )
 
@@ -40,8 +41,10 @@ type Serve struct {
 	Database `embed:""`
 	Log      `embed:""`
 
-	AutoMigrate    bool          `name:"auto-migrate" env:"USERD_AUTO_MIGRATE" default:"true" negatable:"" help:"Apply pending migrations at start-up."`
-	GRPCAddr       string        `name:"grpc-addr" env:"USERD_GRPC_ADDR" default:":9090" help:"gRPC listen address (UserService, health, reflection)."`
+	AutoMigrate    bool   `name:"auto-migrate" env:"USERD_AUTO_MIGRATE" default:"true" negatable:"" help:"Apply pending migrations at start-up."`
+	GRPCAddr       string `name:"grpc-addr" env:"USERD_GRPC_ADDR" default:":9090" help:"gRPC listen address (UserService, health, reflection)."`
+	WebhookAddr    string `name:"webhook-addr" env:"USERD_WEBHOOK_ADDR" default:":8081" help:"Clerk webhook listen address (POST /webhooks/clerk only), or \"off\"."`
+	Clerk          `embed:""`
 	InitialCredits int64         `name:"initial-credits" env:"USERD_INITIAL_CREDITS" default:"10" help:"Credits a new user starts with."`
 	ShutdownGrace  time.Duration `name:"shutdown-grace" env:"USERD_SHUTDOWN_GRACE" default:"20s" help:"How long in-flight calls may run after SIGTERM before they are cut."`
 }
@@ -57,11 +60,44 @@ func (s Serve) Validate() error {
 	if err := validAddr("USERD_GRPC_ADDR (--grpc-addr)", s.GRPCAddr); err != nil {
 		return err
 	}
+	if s.WebhookAddr != Off {
+		if err := validAddr("USERD_WEBHOOK_ADDR (--webhook-addr)", s.WebhookAddr); err != nil {
+			return err
+		}
+	}
+	if err := s.Clerk.Validate(); err != nil {
+		return err
+	}
 	if s.InitialCredits < 0 || s.InitialCredits > users.MaxAmount {
 		return fmt.Errorf("USERD_INITIAL_CREDITS (--initial-credits) must be between 0 and %d, got %d", int64(users.MaxAmount), s.InitialCredits)
 	}
 	if s.ShutdownGrace < 0 {
 		return fmt.Errorf("USERD_SHUTDOWN_GRACE (--shutdown-grace) must not be negative, got %s", s.ShutdownGrace)
+	}
+	return nil
+}
+
+// Off switches a listener off.
+const Off = "off"
+
+// Clerk configures the Clerk integration.
+type Clerk struct {
+	WebhookSecret    string        `name:"clerk-webhook-secret" env:"CLERK_WEBHOOK_SECRET" help:"Signing secret(s) of the Clerk webhook endpoint (whsec_...), comma-separated to rotate. Unset: every delivery is rejected. Prefer the environment variable over the flag."`
+	WebhookTolerance time.Duration `name:"webhook-tolerance" env:"USERD_WEBHOOK_TOLERANCE" default:"5m" help:"Accepted distance between a delivery's svix-timestamp and now (replay window)."`
+}
+
+// WebhookSecrets returns the parsed signing secrets.
+func (c Clerk) WebhookSecrets() ([]string, error) {
+	return clerkhook.ParseSecrets(c.WebhookSecret)
+}
+
+// Validate checks the Clerk settings; messages never contain a secret.
+func (c Clerk) Validate() error {
+	if _, err := c.WebhookSecrets(); err != nil {
+		return err
+	}
+	if c.WebhookTolerance < time.Second || c.WebhookTolerance > time.Hour {
+		return fmt.Errorf("USERD_WEBHOOK_TOLERANCE (--webhook-tolerance) must be between 1s and 1h, got %s", c.WebhookTolerance)
 	}
 	return nil
 }

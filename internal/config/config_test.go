@@ -13,6 +13,8 @@ func valid() config.Serve {
 		Database:       config.Database{URL: "postgres://u:secretpw@localhost:5432/userd", MaxConns: 16},
 		Log:            config.Log{LogFormat: "json", LogLevel: "info"},
 		GRPCAddr:       ":9090",
+		WebhookAddr:    ":8081",
+		Clerk:          config.Clerk{WebhookSecret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", WebhookTolerance: 5 * time.Minute},
 		InitialCredits: 10,
 		ShutdownGrace:  20 * time.Second,
 	}
@@ -36,6 +38,11 @@ func TestValidate(t *testing.T) {
 		{"HugeInitialCredits", func(c *config.Serve) { c.InitialCredits = 1 << 62 }, "USERD_INITIAL_CREDITS"},
 		{"NegativeGrace", func(c *config.Serve) { c.ShutdownGrace = -time.Second }, "USERD_SHUTDOWN_GRACE"},
 		{"BadLogFormat", func(c *config.Serve) { c.LogFormat = "xml" }, "USERD_LOG_FORMAT"},
+		{"BadWebhookAddr", func(c *config.Serve) { c.WebhookAddr = "localhost" }, "USERD_WEBHOOK_ADDR"},
+		{"SecretWithoutPrefix", func(c *config.Serve) { c.WebhookSecret = "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" }, "CLERK_WEBHOOK_SECRET"},
+		{"SecretIsASignature", func(c *config.Serve) { c.WebhookSecret = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=" }, "CLERK_WEBHOOK_SECRET"},
+		{"SecondSecretNotBase64", func(c *config.Serve) { c.WebhookSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw,whsec_!!!" }, "secret #2"},
+		{"ZeroTolerance", func(c *config.Serve) { c.WebhookTolerance = 0 }, "USERD_WEBHOOK_TOLERANCE"},
 		{"BadLogLevel", func(c *config.Serve) { c.LogLevel = "loud" }, "USERD_LOG_LEVEL"},
 	}
 	for _, tc := range cases {
@@ -49,8 +56,8 @@ func TestValidate(t *testing.T) {
 			if !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error %q does not name %s", err, tc.want)
 			}
-			if strings.Contains(err.Error(), "secretpw") {
-				t.Errorf("error %q leaks the database password", err)
+			if strings.Contains(err.Error(), "secretpw") || strings.Contains(err.Error(), "MfKQ9r8") || strings.Contains(err.Error(), "g0hM9") {
+				t.Errorf("error %q leaks a secret", err)
 			}
 		})
 	}

@@ -193,3 +193,52 @@ func (s queries) GetPlanChangeByKey(ctx context.Context, userID uuid.UUID, key s
 	})
 	return planChangeOut(row, err)
 }
+
+func (s queries) LockUserByClerkIDIncludingDeleted(ctx context.Context, clerkUserID string) (users.User, error) {
+	row, err := s.q.LockUserByClerkIDIncludingDeleted(ctx, s.db, clerkUserID)
+	return userOut(row, err)
+}
+
+func (s queries) LockLiveUserByEmailExcept(ctx context.Context, email, clerkUserID string) (users.User, error) {
+	row, err := s.q.LockLiveUserByEmailExcept(ctx, s.db, sqlcdb.LockLiveUserByEmailExceptParams{
+		Email: email, ClerkUserID: clerkUserID,
+	})
+	return userOut(row, err)
+}
+
+func (s queries) UpdateUserProfile(ctx context.Context, id uuid.UUID, cu users.ClerkUser) (users.User, error) {
+	row, err := s.q.UpdateUserProfile(ctx, s.db, sqlcdb.UpdateUserProfileParams{
+		ID:             id,
+		Email:          nullable(cu.Email),
+		FirstName:      nullable(cu.FirstName),
+		LastName:       nullable(cu.LastName),
+		ImageURL:       nullable(cu.ImageURL),
+		ClerkUpdatedAt: nullable(cu.UpdatedAt),
+	})
+	return userOut(row, err)
+}
+
+func (s queries) ClearUserEmail(ctx context.Context, id uuid.UUID) error {
+	return translate(s.q.ClearUserEmail(ctx, s.db, id))
+}
+
+func (s queries) TombstoneUser(ctx context.Context, clerkUserID string) error {
+	_, err := s.q.TombstoneUser(ctx, s.db, clerkUserID)
+	return translate(err)
+}
+
+func (s queries) ClaimWebhookEvent(ctx context.Context, messageID, eventType, objectID string) (bool, error) {
+	_, err := s.q.InsertWebhookEvent(ctx, s.db, sqlcdb.InsertWebhookEventParams{
+		SvixID: messageID, EventType: eventType, ObjectID: objectID, Outcome: "pending",
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	return err == nil, translate(err)
+}
+
+func (s queries) SetWebhookEventOutcome(ctx context.Context, messageID, outcome string) error {
+	return translate(s.q.UpdateWebhookEventOutcome(ctx, s.db, sqlcdb.UpdateWebhookEventOutcomeParams{
+		SvixID: messageID, Outcome: outcome,
+	}))
+}

@@ -115,22 +115,12 @@ func (s *Service) EnsureUser(ctx context.Context, in EnsureUserInput) (u User, c
 	}
 	err = s.store.InTx(ctx, func(q Queries) error {
 		var txErr error
-		u, created, txErr = q.InsertUserIfAbsent(ctx, NewUser{
+		u, created, txErr = s.createUser(ctx, q, NewUser{
 			ClerkUserID: in.ClerkUserID,
 			Email:       in.Email,
 			FirstName:   in.FirstName,
 			LastName:    in.LastName,
 			ImageURL:    in.ImageURL,
-			Credits:     s.initialCredits,
-		})
-		if txErr != nil || !created {
-			return txErr
-		}
-		_, txErr = q.InsertCreditTransaction(ctx, Transaction{
-			UserID:       u.ID,
-			Delta:        s.initialCredits,
-			BalanceAfter: s.initialCredits,
-			Kind:         TxInitial,
 		})
 		return txErr
 	})
@@ -146,6 +136,23 @@ func (s *Service) EnsureUser(ctx context.Context, in EnsureUserInput) (u User, c
 		return User{}, false, userErr(err, "ensure user")
 	}
 	return existing(u)
+}
+
+// createUser inserts the user with the initial credits and their ledger
+// entry, unless a row for the Clerk id exists (created == false, no error).
+func (s *Service) createUser(ctx context.Context, q Queries, nu NewUser) (u User, created bool, err error) {
+	nu.Credits = s.initialCredits
+	u, created, err = q.InsertUserIfAbsent(ctx, nu)
+	if err != nil || !created {
+		return u, false, err
+	}
+	_, err = q.InsertCreditTransaction(ctx, Transaction{
+		UserID:       u.ID,
+		Delta:        s.initialCredits,
+		BalanceAfter: s.initialCredits,
+		Kind:         TxInitial,
+	})
+	return u, err == nil, err
 }
 
 func existing(u User) (User, bool, error) {

@@ -134,6 +134,24 @@ type Queries interface {
 
 	InsertPlanChange(ctx context.Context, c PlanChange) (PlanChange, error)
 	GetPlanChangeByKey(ctx context.Context, userID uuid.UUID, key string) (PlanChange, error)
+
+	// LockUserByClerkIDIncludingDeleted locks the user's row, live or
+	// tombstone.
+	LockUserByClerkIDIncludingDeleted(ctx context.Context, clerkUserID string) (User, error)
+	// LockLiveUserByEmailExcept locks the live user other than clerkUserID
+	// that holds email (case-insensitively), or returns ErrNoRow.
+	LockLiveUserByEmailExcept(ctx context.Context, email, clerkUserID string) (User, error)
+	// UpdateUserProfile stores cu's profile fields and version.
+	UpdateUserProfile(ctx context.Context, id uuid.UUID, cu ClerkUser) (User, error)
+	ClearUserEmail(ctx context.Context, id uuid.UUID) error
+	// TombstoneUser marks the user deleted, creating a tombstone row when
+	// none exists; an earlier deletion time is kept.
+	TombstoneUser(ctx context.Context, clerkUserID string) error
+
+	// ClaimWebhookEvent records a Svix message id; fresh is false when it was
+	// already recorded (by a committed transaction).
+	ClaimWebhookEvent(ctx context.Context, messageID, eventType, objectID string) (fresh bool, err error)
+	SetWebhookEventOutcome(ctx context.Context, messageID, outcome string) error
 }
 
 // Store is the storage the domain needs.

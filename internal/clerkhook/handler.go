@@ -1,0 +1,273 @@
+// Package clerkhook is the Clerk webhook endpoint: it verifies Svix
+// signatures over the raw body, parses Clerk's user events and hands them to
+// the domain service — the same one gRPC uses; it holds no SQL and no
+// business rules of its own.
+//
+// Delivery is at least once and in any order; the domain makes the effect
+// exactly once (message ids are recorded with the change) and order-safe
+// (Clerk's updated_at versions each state; deletions are final). This
+// handler's part is to answer 2xx only after the change committed, 5xx when
+// the database failed (Svix retries), and 4xx for what can never be applied.
+package clerkhook
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	svix "github.com/svix/svix-webhooks/go"
+
+	"github.com/userd/userd/internal/apperr"
+	"github.com/userd/userd/internal/users"
+)
+
+// Path is where Clerk posts.
+const Path = "/webhooks/clerk"
+
+// MaxBodyBytes bounds a delivery; Clerk's user events are a few KiB.
+const MaxBodyBytes = 1 << 20
+
+// DefaultTolerance is how far a delivery's svix-timestamp may be from now,
+// the window Svix's own libraries use against replays.
+const DefaultTolerance = 5 * time.Minute
+
+// Domain is what the handler needs from the users service.
+type Domain interface {
+	ApplyClerkUser(ctx context.Context, ev users.ClerkEvent) (users.EventOutcome, error)
+	DeleteClerkUser(ctx context.Context, messageID, eventType, clerkUserID string) (users.EventOutcome, error)
+}
+
+// Config configures the handler.
+type Config struct {
+	// Secrets are the endpoint's signing secrets ("whsec_..."); a delivery
+	// signed with any of them is accepted, so a secret can be rotated. None:
+	// every delivery is rejected.
+	Secrets []string
+	// Tolerance is the accepted clock distance of svix-timestamp.
+	Tolerance time.Duration
+	// Timeout bounds the database work of one delivery; past it the answer
+	// is 503 and Svix retries.
+	Timeout time.Duration
+}
+
+// Handler serves POST /webhooks/clerk.
+type Handler struct {
+	verifiers []*svix.Webhook
+	cfg       Config
+	domain    Domain
+	log       *slog.Logger
+	now       func() time.Time
+}
+
+// ParseSecrets splits a comma-separated CLERK_WEBHOOK_SECRET value and checks
+// each secret's form without ever printing it.
+func ParseSecrets(value string) ([]string, error) {
+	var out []string
+	for i, s := range strings.Split(value, ",") {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		if _, err := newVerifier(s); err != nil {
+			return nil, fmt.Errorf("CLERK_WEBHOOK_SECRET: secret #%d: %w", i+1, err)
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+func newVerifier(secret string) (*svix.Webhook, error) {
+	switch {
+	case strings.HasPrefix(secret, "v1,"):
+		return nil, errors.New(`looks like a signature ("v1,..."), not a signing secret: copy the "whsec_..." value from the Clerk dashboard`)
+	case !strings.HasPrefix(secret, "whsec_"):
+		return nil, errors.New(`must start with "whsec_" (copy it from the Clerk dashboard, Webhooks, your endpoint, Signing Secret)`)
+	}
+	wh, err := svix.NewWebhook(secret)
+	if err != nil {
+		return nil, errors.New(`is not "whsec_" followed by base64`)
+	}
+	return wh, nil
+}
+
+// New returns the handler. Secrets must have passed ParseSecrets.
+func New(cfg Config, domain Domain, log *slog.Logger) (*Handler, error) {
+	if cfg.Tolerance <= 0 {
+		cfg.Tolerance = DefaultTolerance
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 10 * time.Second
+	}
+	h := &Handler{cfg: cfg, domain: domain, log: log, now: time.Now}
+	for _, s := range cfg.Secrets {
+		wh, err := newVerifier(s)
+		if err != nil {
+			return nil, err
+		}
+		h.verifiers = append(h.verifiers, wh)
+	}
+	if len(h.verifiers) == 0 {
+		log.Warn("CLERK_WEBHOOK_SECRET is not set: " + Path + " rejects every delivery with 503 " +
+			"(Svix keeps retrying them); set it to the endpoint's whsec_ signing secret from the Clerk dashboard")
+	}
+	return h, nil
+}
+
+// Routes returns the webhook listener's mux: POST /webhooks/clerk and
+// nothing else (other methods 405, other paths 404).
+func (h *Handler) Routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("POST "+Path, h)
+	return mux
+}
+
+// rejection is a delivery refused before any database work.
+type rejection struct {
+	status int
+	reason string
+}
+
+var (
+	rejectNoSecret     = rejection{http.StatusServiceUnavailable, "secret_not_configured"}
+	rejectTooLarge     = rejection{http.StatusRequestEntityTooLarge, "body_too_large"}
+	rejectNoHeaders    = rejection{http.StatusBadRequest, "missing_headers"}
+	rejectBadTimestamp = rejection{http.StatusBadRequest, "malformed_timestamp"}
+	rejectBadSignature = rejection{http.StatusUnauthorized, "bad_signature"}
+	rejectOutOfWindow  = rejection{http.StatusBadRequest, "timestamp_out_of_tolerance"}
+	rejectUnreadable   = rejection{http.StatusBadRequest, "unreadable_body"}
+)
+
+// ServeHTTP verifies, parses and applies one delivery.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := h.now()
+	msgID := firstHeader(r.Header, "svix-id", "webhook-id")
+	body, rej, ok := h.verify(w, r)
+	if !ok {
+		// Never log the body or the signature.
+		h.log.Warn("webhook rejected", "reason", rej.reason, "status", rej.status, "svix_id", logSafe(msgID),
+			"remote", r.RemoteAddr)
+		writeJSON(w, rej.status, map[string]string{"error": rej.reason})
+		return
+	}
+	ev, err := parseEvent(body)
+	if err != nil {
+		h.log.Warn("webhook rejected", "reason", "bad_payload", "status", http.StatusBadRequest, "svix_id", msgID, "err", err)
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "bad_payload"})
+		return
+	}
+
+	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.Timeout)
+	defer cancel()
+	var outcome users.EventOutcome
+	switch {
+	case ev.User != nil:
+		outcome, err = h.domain.ApplyClerkUser(ctx, users.ClerkEvent{MessageID: msgID, Type: ev.Type, User: *ev.User})
+	case ev.Type == typeUserDeleted:
+		outcome, err = h.domain.DeleteClerkUser(ctx, msgID, ev.Type, ev.DeletedID)
+	default:
+		h.log.Info("webhook ignored", "svix_id", msgID, "type", ev.Type)
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ignored"})
+		return
+	}
+	if err != nil {
+		h.fail(w, msgID, ev.Type, err)
+		return
+	}
+	h.log.Info("webhook applied", "svix_id", msgID, "type", ev.Type, "outcome", string(outcome),
+		"duration_ms", float64(h.now().Sub(start).Microseconds())/1000)
+	writeJSON(w, http.StatusOK, map[string]string{"status": string(outcome)})
+}
+
+// verify reads the body and checks headers, signature and timestamp.
+func (h *Handler) verify(w http.ResponseWriter, r *http.Request) ([]byte, rejection, bool) {
+	if len(h.verifiers) == 0 {
+		return nil, rejectNoSecret, false
+	}
+	if r.ContentLength > MaxBodyBytes {
+		return nil, rejectTooLarge, false
+	}
+	id := firstHeader(r.Header, "svix-id", "webhook-id")
+	ts := firstHeader(r.Header, "svix-timestamp", "webhook-timestamp")
+	sig := firstHeader(r.Header, "svix-signature", "webhook-signature")
+	if id == "" || ts == "" || sig == "" {
+		return nil, rejectNoHeaders, false
+	}
+	sent, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil {
+		return nil, rejectBadTimestamp, false
+	}
+	body, err := readBody(w, r)
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return nil, rejectTooLarge, false
+		}
+		return nil, rejectUnreadable, false
+	}
+	// The signature covers the raw bytes: verify before decoding anything.
+	signed := false
+	for _, v := range h.verifiers {
+		if v.VerifyIgnoringTimestamp(body, r.Header) == nil {
+			signed = true
+			break
+		}
+	}
+	if !signed {
+		return nil, rejectBadSignature, false
+	}
+	if d := h.now().Sub(time.Unix(sent, 0)); d > h.cfg.Tolerance || d < -h.cfg.Tolerance {
+		return nil, rejectOutOfWindow, false
+	}
+	return body, rejection{}, true
+}
+
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	return io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+}
+
+// fail answers a delivery the domain could not apply: 400 for events that
+// can never be applied, 503 for database trouble and 500 otherwise — both
+// of which Svix retries.
+func (h *Handler) fail(w http.ResponseWriter, msgID, typ string, err error) {
+	switch kind := apperr.KindOf(err); kind {
+	case apperr.KindInvalidArgument:
+		h.log.Warn("webhook rejected", "reason", "invalid_event", "status", http.StatusBadRequest, "svix_id", msgID, "type", typ, "err", err)
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_event"})
+	case apperr.KindUnavailable, apperr.KindCanceled:
+		h.log.Warn("webhook failed; Svix will retry", "status", http.StatusServiceUnavailable, "svix_id", msgID, "type", typ, "err", err)
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "unavailable"})
+	default:
+		h.log.Error("webhook failed; Svix will retry", "status", http.StatusInternalServerError, "svix_id", msgID, "type", typ, "err", err)
+		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "internal"})
+	}
+}
+
+func firstHeader(h http.Header, names ...string) string {
+	for _, n := range names {
+		if v := h.Get(n); v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// logSafe cuts an unverified header value to a loggable size.
+func logSafe(s string) string {
+	if len(s) > 64 {
+		s = s[:64] + "..."
+	}
+	return strconv.Quote(s)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}

@@ -1,0 +1,237 @@
+package users
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/userd/userd/internal/apperr"
+)
+
+// ClerkUser is the part of a Clerk user object that userd mirrors, as of
+// Clerk's UpdatedAt.
+type ClerkUser struct {
+	ID        string
+	Email     string // primary email, "" when the user has none
+	FirstName string
+	LastName  string
+	ImageURL  string
+	// UpdatedAt is Clerk's updated_at in ms: the version of this state.
+	UpdatedAt int64
+}
+
+// ClerkEvent is one verified webhook delivery about a user.
+type ClerkEvent struct {
+	// MessageID is the Svix message id; a redelivery carries the same id.
+	MessageID string
+	// Type is the Clerk event type (for the record).
+	Type string
+	// User is the state carried by user.created and user.updated.
+	User ClerkUser
+}
+
+// EventOutcome says what applying a Clerk event did.
+type EventOutcome string
+
+// Outcomes of ApplyClerkUser and DeleteClerkUser.
+const (
+	// OutcomeCreated: the user did not exist and was created.
+	OutcomeCreated EventOutcome = "created"
+	// OutcomeUpdated: a newer state replaced the stored one.
+	OutcomeUpdated EventOutcome = "updated"
+	// OutcomeStale: the stored state is as new or newer; nothing changed.
+	OutcomeStale EventOutcome = "stale"
+	// OutcomeUserDeleted: the user is deleted; the event cannot revive it.
+	OutcomeUserDeleted EventOutcome = "ignored_deleted"
+	// OutcomeDeleted: the user was marked deleted (or a tombstone made).
+	OutcomeDeleted EventOutcome = "deleted"
+	// OutcomeDuplicate: this message id was already applied.
+	OutcomeDuplicate EventOutcome = "duplicate"
+)
+
+// maxEmailConflictRetries bounds how often ApplyClerkUser re-runs when a
+// concurrent event took the email between its check and its write.
+const maxEmailConflictRetries = 3
+
+func (e ClerkEvent) validate() error {
+	var v violations
+	if e.MessageID == "" || len(e.MessageID) > 255 {
+		v.add("svix-id", "must be 1 to 255 characters")
+	}
+	v.clerkUserID("data.id", e.User.ID)
+	if e.User.UpdatedAt <= 0 {
+		v.add("data.updated_at", "must be a positive timestamp in milliseconds")
+	}
+	if len(e.User.Email) > MaxEmail {
+		v.add("data.email_addresses", "primary email must be at most 320 bytes")
+	}
+	return v.err()
+}
+
+// sanitizeClerkText makes text from Clerk storable: PostgreSQL text cannot
+// hold NUL bytes or invalid UTF-8, and a signed event must not be refused
+// forever for either. Overlong values are cut, not refused, for the same
+// reason.
+func sanitizeClerkText(s string, max int) string {
+	s = strings.ToValidUTF8(strings.ReplaceAll(s, "\x00", ""), "\uFFFD")
+	if len(s) <= max {
+		return s
+	}
+	s = s[:max]
+	for !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+// ApplyClerkUser applies a user.created or user.updated event: it creates
+// the user (FREE, initial credits in the ledger) if missing, or stores the
+// carried state if it is newer than the stored one. A deleted user stays
+// deleted. When another live user holds the email, the newer state wins:
+// if the holder's state is older it loses the email, otherwise this user is
+// stored without it (its own later event will settle it). The event is
+// recorded under its message id in the same transaction, so a redelivery is
+// answered with OutcomeDuplicate and changes nothing.
+func (s *Service) ApplyClerkUser(ctx context.Context, ev ClerkEvent) (EventOutcome, error) {
+	if err := ev.validate(); err != nil {
+		return "", err
+	}
+	ev.User.Email = sanitizeClerkText(ev.User.Email, MaxEmail)
+	ev.User.FirstName = sanitizeClerkText(ev.User.FirstName, MaxName)
+	ev.User.LastName = sanitizeClerkText(ev.User.LastName, MaxName)
+	ev.User.ImageURL = sanitizeClerkText(ev.User.ImageURL, MaxImageURL)
+
+	var (
+		outcome EventOutcome
+		err     error
+	)
+	for range maxEmailConflictRetries {
+		err = s.store.InTx(ctx, func(q Queries) error {
+			var txErr error
+			outcome, txErr = s.applyClerkUser(ctx, q, ev)
+			return txErr
+		})
+		if !errors.Is(err, ErrEmailInUse) {
+			break
+		}
+	}
+	if errors.Is(err, ErrEmailInUse) {
+		// Concurrent events kept taking the email; Svix will redeliver.
+		return "", apperr.Unavailable(fmt.Errorf("apply clerk user %s: %w", ev.User.ID, err))
+	}
+	if err != nil {
+		return "", userErr(err, "apply clerk user "+ev.User.ID)
+	}
+	return outcome, nil
+}
+
+func (s *Service) applyClerkUser(ctx context.Context, q Queries, ev ClerkEvent) (EventOutcome, error) {
+	fresh, err := q.ClaimWebhookEvent(ctx, ev.MessageID, ev.Type, ev.User.ID)
+	if err != nil || !fresh {
+		return OutcomeDuplicate, err
+	}
+	outcome, err := s.upsertClerkUser(ctx, q, ev.User)
+	if err != nil {
+		return "", err
+	}
+	return outcome, q.SetWebhookEventOutcome(ctx, ev.MessageID, string(outcome))
+}
+
+func (s *Service) upsertClerkUser(ctx context.Context, q Queries, cu ClerkUser) (EventOutcome, error) {
+	u, err := q.LockUserByClerkIDIncludingDeleted(ctx, cu.ID)
+	exists := err == nil
+	if err != nil && !errors.Is(err, ErrNoRow) {
+		return "", err
+	}
+	switch {
+	case exists && u.DeletedAt != nil:
+		return OutcomeUserDeleted, nil
+	case exists && u.ClerkUpdatedAt >= cu.UpdatedAt:
+		return OutcomeStale, nil
+	}
+	email, err := s.claimEmail(ctx, q, cu)
+	if err != nil {
+		return "", err
+	}
+	if exists {
+		_, err := q.UpdateUserProfile(ctx, u.ID, ClerkUser{
+			ID: cu.ID, Email: email, FirstName: cu.FirstName, LastName: cu.LastName,
+			ImageURL: cu.ImageURL, UpdatedAt: cu.UpdatedAt,
+		})
+		return OutcomeUpdated, err
+	}
+	_, created, err := s.createUser(ctx, q, NewUser{
+		ClerkUserID:    cu.ID,
+		Email:          email,
+		FirstName:      cu.FirstName,
+		LastName:       cu.LastName,
+		ImageURL:       cu.ImageURL,
+		ClerkUpdatedAt: cu.UpdatedAt,
+	})
+	if err != nil {
+		return "", err
+	}
+	if !created {
+		// Another transaction created the user after our lock attempt
+		// found nothing; start over to see its row.
+		return s.upsertClerkUser(ctx, q, cu)
+	}
+	return OutcomeCreated, nil
+}
+
+// claimEmail resolves a clash on cu.Email with another live user and returns
+// the email cu may store ("" if it must wait for its own newer event).
+func (s *Service) claimEmail(ctx context.Context, q Queries, cu ClerkUser) (string, error) {
+	if cu.Email == "" {
+		return "", nil
+	}
+	holder, err := q.LockLiveUserByEmailExcept(ctx, cu.Email, cu.ID)
+	switch {
+	case errors.Is(err, ErrNoRow):
+		return cu.Email, nil
+	case err != nil:
+		return "", err
+	case holder.ClerkUpdatedAt > cu.UpdatedAt:
+		return "", nil
+	}
+	if err := q.ClearUserEmail(ctx, holder.ID); err != nil {
+		return "", fmt.Errorf("take email from %s: %w", holder.ClerkUserID, err)
+	}
+	return cu.Email, nil
+}
+
+// DeleteClerkUser applies user.deleted: the user is marked deleted (a
+// tombstone is made if no row exists yet, so that no late event can create
+// it). Its ledger is kept. Recorded under the message id like
+// ApplyClerkUser.
+func (s *Service) DeleteClerkUser(ctx context.Context, messageID, eventType, clerkUserID string) (EventOutcome, error) {
+	var v violations
+	if messageID == "" || len(messageID) > 255 {
+		v.add("svix-id", "must be 1 to 255 characters")
+	}
+	v.clerkUserID("data.id", clerkUserID)
+	if err := v.err(); err != nil {
+		return "", err
+	}
+	outcome := OutcomeDeleted
+	err := s.store.InTx(ctx, func(q Queries) error {
+		fresh, err := q.ClaimWebhookEvent(ctx, messageID, eventType, clerkUserID)
+		if err != nil {
+			return err
+		}
+		if !fresh {
+			outcome = OutcomeDuplicate
+			return nil
+		}
+		if err := q.TombstoneUser(ctx, clerkUserID); err != nil {
+			return err
+		}
+		return q.SetWebhookEventOutcome(ctx, messageID, string(OutcomeDeleted))
+	})
+	if err != nil {
+		return "", userErr(err, "delete clerk user "+clerkUserID)
+	}
+	return outcome, nil
+}
