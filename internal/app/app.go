@@ -11,18 +11,24 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/test/bufconn"
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
+	"github.com/userd/userd/internal/auth"
+	"github.com/userd/userd/internal/clerk"
 	"github.com/userd/userd/internal/clerkhook"
 	"github.com/userd/userd/internal/config"
+	"github.com/userd/userd/internal/gateway"
 	"github.com/userd/userd/internal/grpcapi"
 	"github.com/userd/userd/internal/migrate"
 	"github.com/userd/userd/internal/store"
@@ -37,6 +43,13 @@ type App struct {
 	grpc   *grpc.Server
 	health *health.Server
 	grpcLn net.Listener
+	// inproc carries the REST gateway's calls to the gRPC server without
+	// a network hop, through the same interceptors as any gRPC call.
+	inproc     *bufconn.Listener
+	inprocConn *grpc.ClientConn
+	// api is nil when USERD_HTTP_ADDR is "off".
+	api   *http.Server
+	apiLn net.Listener
 	// webhook is nil when USERD_WEBHOOK_ADDR is "off".
 	webhook   *http.Server
 	webhookLn net.Listener
@@ -67,22 +80,44 @@ func (a *App) init(ctx context.Context) error {
 		}
 	}
 	svc := users.NewService(store.New(a.pool), a.cfg.InitialCredits)
+	authn, profiles, err := a.authentication(ctx)
+	if err != nil {
+		return err
+	}
 
 	a.grpc = grpc.NewServer(
-		grpc.ChainUnaryInterceptor(grpcapi.Interceptors(a.log)...),
+		grpc.ChainUnaryInterceptor(grpcapi.Interceptors(a.log, authn)...),
 		grpc.MaxRecvMsgSize(1<<20),
 	)
-	userdv1.RegisterUserServiceServer(a.grpc, grpcapi.NewServer(svc))
+	userdv1.RegisterUserServiceServer(a.grpc, grpcapi.NewServer(svc, profiles))
 	a.health = health.NewServer()
 	healthpb.RegisterHealthServer(a.grpc, a.health)
 	a.health.SetServingStatus(userdv1.UserService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	reflection.Register(a.grpc)
 
-	ln, err := net.Listen("tcp", a.cfg.GRPCAddr)
-	if err != nil {
-		return fmt.Errorf("listen on USERD_GRPC_ADDR %s: %w", a.cfg.GRPCAddr, err)
+	if a.cfg.GRPCAddr != config.Off {
+		if a.grpcLn, err = net.Listen("tcp", a.cfg.GRPCAddr); err != nil {
+			return fmt.Errorf("listen on USERD_GRPC_ADDR %s: %w", a.cfg.GRPCAddr, err)
+		}
 	}
-	a.grpcLn = ln
+
+	if a.cfg.HTTPAddr != config.Off {
+		a.inproc = bufconn.Listen(1 << 20)
+		a.inprocConn, err = grpc.NewClient("passthrough:///userd-inprocess",
+			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return a.inproc.DialContext(ctx) }),
+			grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return fmt.Errorf("in-process gRPC connection: %w", err)
+		}
+		api, err := gateway.New(ctx, a.inprocConn, gateway.Config{CORSOrigins: splitList(a.cfg.CORSOrigins)})
+		if err != nil {
+			return fmt.Errorf("REST gateway: %w", err)
+		}
+		if a.apiLn, err = net.Listen("tcp", a.cfg.HTTPAddr); err != nil {
+			return fmt.Errorf("listen on USERD_HTTP_ADDR %s: %w", a.cfg.HTTPAddr, err)
+		}
+		a.api = newHTTPServer(api, a.log)
+	}
 
 	if a.cfg.WebhookAddr != config.Off {
 		secrets, err := a.cfg.WebhookSecrets()
@@ -99,6 +134,48 @@ func (a *App) init(ctx context.Context) error {
 		a.webhook = newHTTPServer(hook.Routes(), a.log)
 	}
 	return nil
+}
+
+// authentication builds the authenticator and the profile source of end
+// users' EnsureUser from the configuration.
+func (a *App) authentication(ctx context.Context) (*auth.Authenticator, clerk.Profiles, error) {
+	tokens, err := auth.ParseServiceTokens(a.cfg.ServiceTokens)
+	if err != nil {
+		return nil, clerk.Profiles{}, err
+	}
+	var sessions *auth.SessionVerifier
+	scfg := auth.SessionConfig{
+		PEMKey:            a.cfg.JWTKey,
+		JWKSURL:           a.cfg.JWKSURL,
+		MinRefresh:        a.cfg.JWKSMinRefresh,
+		Issuer:            a.cfg.Issuer,
+		AuthorizedParties: a.cfg.Parties(),
+		Leeway:            a.cfg.JWTLeeway,
+	}
+	if scfg.Enabled() {
+		if sessions, err = auth.NewSessionVerifier(ctx, scfg); err != nil {
+			return nil, clerk.Profiles{}, err
+		}
+	} else {
+		a.log.Info("end users cannot sign in: set CLERK_JWKS_URL or CLERK_JWT_KEY to accept Clerk session tokens")
+	}
+	var profiles clerk.Profiles
+	if a.cfg.SecretKey != "" {
+		if profiles.API, err = clerk.NewAPI(a.cfg.APIURL, a.cfg.SecretKey); err != nil {
+			return nil, clerk.Profiles{}, err
+		}
+	}
+	return auth.NewAuthenticator(tokens, sessions, a.log), profiles, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // newHTTPServer returns a server with timeouts that keep slow or idle
@@ -124,8 +201,23 @@ func (a *App) WebhookAddr() net.Addr {
 	return a.webhookLn.Addr()
 }
 
-// GRPCAddr is the address the gRPC listener is bound to.
-func (a *App) GRPCAddr() net.Addr { return a.grpcLn.Addr() }
+// GRPCAddr is the address the gRPC listener is bound to, or nil when it
+// is off.
+func (a *App) GRPCAddr() net.Addr {
+	if a.grpcLn == nil {
+		return nil
+	}
+	return a.grpcLn.Addr()
+}
+
+// HTTPAddr is the address the HTTP API listener is bound to, or nil when
+// it is off.
+func (a *App) HTTPAddr() net.Addr {
+	if a.apiLn == nil {
+		return nil
+	}
+	return a.apiLn.Addr()
+}
 
 // Pool is the app's database pool (for tests and tools).
 func (a *App) Pool() *pgxpool.Pool { return a.pool }
@@ -133,13 +225,28 @@ func (a *App) Pool() *pgxpool.Pool { return a.pool }
 // Run serves until ctx is done, then stops accepting, lets in-flight calls
 // finish within the configured grace period and closes the pool.
 func (a *App) Run(ctx context.Context) error {
-	errc := make(chan error, 2)
-	go func() {
-		a.log.Info("serving gRPC", "addr", a.grpcLn.Addr().String())
-		if err := a.grpc.Serve(a.grpcLn); err != nil {
-			errc <- fmt.Errorf("grpc server: %w", err)
+	errc := make(chan error, 4)
+	for _, ln := range []net.Listener{a.grpcLn, a.inproc} {
+		if ln == nil {
+			continue
 		}
-	}()
+		go func() {
+			if ln == a.grpcLn {
+				a.log.Info("serving gRPC", "addr", ln.Addr().String())
+			}
+			if err := a.grpc.Serve(ln); err != nil {
+				errc <- fmt.Errorf("grpc server: %w", err)
+			}
+		}()
+	}
+	if a.api != nil {
+		go func() {
+			a.log.Info("serving HTTP API", "addr", a.apiLn.Addr().String())
+			if err := a.api.Serve(a.apiLn); !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("HTTP API server: %w", err)
+			}
+		}()
+	}
 	if a.webhook != nil {
 		go func() {
 			a.log.Info("serving Clerk webhook", "addr", a.webhookLn.Addr().String(), "path", clerkhook.Path)
@@ -176,15 +283,23 @@ func (a *App) shutdown() {
 			a.grpc.Stop()
 		}
 	})
-	if a.webhook != nil {
+	for _, srv := range []*http.Server{a.api, a.webhook} {
+		if srv == nil {
+			continue
+		}
 		wg.Go(func() {
-			if err := a.webhook.Shutdown(graceCtx); err != nil {
-				a.log.Warn("grace period over; cutting remaining webhook deliveries", "err", err)
-				_ = a.webhook.Close()
+			if err := srv.Shutdown(graceCtx); err != nil {
+				a.log.Warn("grace period over; cutting remaining HTTP requests", "err", err)
+				_ = srv.Close()
 			}
 		})
 	}
+	// The gateway's calls end before the gRPC server stops; close its
+	// connection after both.
 	wg.Wait()
+	if a.inprocConn != nil {
+		_ = a.inprocConn.Close()
+	}
 	a.pool.Close()
 	a.log.Info("stopped")
 }

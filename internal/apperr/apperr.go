@@ -77,6 +77,16 @@ func (k Kind) GRPCCode() codes.Code { return kindTable[k].grpc }
 // HTTPStatus is the HTTP status of the kind.
 func (k Kind) HTTPStatus() int { return kindTable[k].http }
 
+// KindForCode returns the kind whose gRPC code is code, if any kind has it.
+func KindForCode(code codes.Code) (Kind, bool) {
+	for k, row := range kindTable {
+		if row.grpc == code {
+			return k, true
+		}
+	}
+	return 0, false
+}
+
 // FieldViolation names one invalid request field.
 type FieldViolation struct {
 	Field       string

@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
 	"github.com/userd/userd/internal/app"
@@ -24,6 +25,10 @@ import (
 // WebhookSecret is the signing secret Config sets (whsec_ + base64).
 const WebhookSecret = "whsec_dXNlcmQtdGVzdC13ZWJob29rLXNlY3JldC0wMQ=="
 
+// ServiceToken is the token of the service "tests" that Config configures
+// and Instance.Client sends unless a call carries its own authorization.
+const ServiceToken = "test-service-token-0123456789abcdef"
+
 // Instance is a running userd.
 type Instance struct {
 	App    *app.App
@@ -35,18 +40,26 @@ type Instance struct {
 	// WebhookURL is http://.../webhooks/clerk, or "" when the listener is
 	// off.
 	WebhookURL string
+	// HTTPURL is the HTTP API's base URL (http://host:port), or "" when the
+	// listener is off.
+	HTTPURL string
 }
 
 // Config returns the configuration Start uses before tweaks: a fresh
 // database and loopback listeners on free ports.
 func Config(t testing.TB) config.Serve {
 	return config.Serve{
-		Database:       config.Database{URL: testdb.URL(t), MaxConns: 16},
-		Log:            config.Log{LogFormat: "text", LogLevel: "error"},
-		AutoMigrate:    true,
-		GRPCAddr:       "127.0.0.1:0",
-		WebhookAddr:    "127.0.0.1:0",
-		Clerk:          config.Clerk{WebhookSecret: WebhookSecret, WebhookTolerance: 5 * time.Minute},
+		Database:      config.Database{URL: testdb.URL(t), MaxConns: 16},
+		Log:           config.Log{LogFormat: "text", LogLevel: "error"},
+		AutoMigrate:   true,
+		GRPCAddr:      "127.0.0.1:0",
+		HTTPAddr:      "127.0.0.1:0",
+		WebhookAddr:   "127.0.0.1:0",
+		ServiceTokens: "tests=" + ServiceToken,
+		Clerk: config.Clerk{
+			WebhookSecret: WebhookSecret, WebhookTolerance: 5 * time.Minute,
+			APIURL: "https://api.clerk.invalid", JWTLeeway: 5 * time.Second, JWKSMinRefresh: 30 * time.Second,
+		},
 		InitialCredits: 10,
 		ShutdownGrace:  5 * time.Second,
 	}
@@ -93,7 +106,8 @@ func start(t testing.TB, cfg config.Serve, directURL string) *Instance {
 	}
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
-	conn, err := grpc.NewClient(a.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(a.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithUnaryInterceptor(serviceToken))
 	if err != nil {
 		cancel()
 		t.Fatalf("dial userd: %v", err)
@@ -114,7 +128,19 @@ func start(t testing.TB, cfg config.Serve, directURL string) *Instance {
 	if addr := a.WebhookAddr(); addr != nil {
 		in.WebhookURL = "http://" + addr.String() + clerkhook.Path
 	}
+	if addr := a.HTTPAddr(); addr != nil {
+		in.HTTPURL = "http://" + addr.String()
+	}
 	return in
+}
+
+// serviceToken authenticates calls as the service "tests" unless the call
+// set its own authorization metadata.
+func serviceToken(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	if md, ok := metadata.FromOutgoingContext(ctx); !ok || len(md.Get("authorization")) == 0 {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+ServiceToken)
+	}
+	return invoker(ctx, method, req, reply, cc, opts...)
 }
 
 type testWriter struct{ t testing.TB }

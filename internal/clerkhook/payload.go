@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/userd/userd/internal/clerk"
 	"github.com/userd/userd/internal/users"
 )
 
@@ -16,20 +17,6 @@ type envelope struct {
 	Object     string          `json:"object"`
 	InstanceID string          `json:"instance_id"`
 	Data       json.RawMessage `json:"data"`
-}
-
-// clerkUser is the part of Clerk's User object userd reads.
-type clerkUser struct {
-	ID                    string  `json:"id"`
-	PrimaryEmailAddressID *string `json:"primary_email_address_id"`
-	EmailAddresses        []struct {
-		ID           string `json:"id"`
-		EmailAddress string `json:"email_address"`
-	} `json:"email_addresses"`
-	FirstName *string `json:"first_name"`
-	LastName  *string `json:"last_name"`
-	ImageURL  string  `json:"image_url"`
-	UpdatedAt int64   `json:"updated_at"`
 }
 
 // deletedObject is the data of user.deleted.
@@ -70,19 +57,12 @@ func parseEvent(body []byte) (event, error) {
 	ev := event{Type: env.Type}
 	switch env.Type {
 	case typeUserCreated, typeUserUpdated:
-		var cu clerkUser
+		var cu clerk.User
 		if err := json.Unmarshal(env.Data, &cu); err != nil {
 			return event{}, fmt.Errorf("%w: %s data is not a user: %v", errBadPayload, env.Type, err)
 		}
-		u := &users.ClerkUser{
-			ID:        cu.ID,
-			Email:     cu.primaryEmail(),
-			FirstName: deref(cu.FirstName),
-			LastName:  deref(cu.LastName),
-			ImageURL:  cu.ImageURL,
-			UpdatedAt: cu.UpdatedAt,
-		}
-		ev.User = u
+		u := cu.Domain()
+		ev.User = &u
 	case typeUserDeleted:
 		var d deletedObject
 		if err := json.Unmarshal(env.Data, &d); err != nil {
@@ -94,25 +74,4 @@ func parseEvent(body []byte) (event, error) {
 		ev.DeletedID = d.ID
 	}
 	return ev, nil
-}
-
-// primaryEmail is the address whose id is primary_email_address_id — not
-// the first one in the list — or "" when the user has none.
-func (cu clerkUser) primaryEmail() string {
-	if cu.PrimaryEmailAddressID == nil {
-		return ""
-	}
-	for _, e := range cu.EmailAddresses {
-		if e.ID == *cu.PrimaryEmailAddressID {
-			return e.EmailAddress
-		}
-	}
-	return ""
-}
-
-func deref(p *string) string {
-	if p == nil {
-		return ""
-	}
-	return *p
 }

@@ -7,10 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/userd/userd/internal/auth"
 	"github.com/userd/userd/internal/clerkhook"
 	"github.com/userd/userd/internal/users"
 )
@@ -43,6 +46,9 @@ type Serve struct {
 
 	AutoMigrate    bool   `name:"auto-migrate" env:"USERD_AUTO_MIGRATE" default:"true" negatable:"" help:"Apply pending migrations at start-up."`
 	GRPCAddr       string `name:"grpc-addr" env:"USERD_GRPC_ADDR" default:":9090" help:"gRPC listen address (UserService, health, reflection)."`
+	HTTPAddr       string `name:"http-addr" env:"USERD_HTTP_ADDR" default:":8080" help:"HTTP API listen address (REST gateway under /v1, /openapi.json), or \"off\"."`
+	CORSOrigins    string `name:"cors-origins" env:"USERD_CORS_ORIGINS" help:"Comma-separated browser origins allowed to call the HTTP API (CORS); none when empty."`
+	ServiceTokens  string `name:"service-tokens" env:"USERD_SERVICE_TOKENS" help:"Backend service credentials: comma-separated name=token (or name=sha256:<hex of token>). Prefer the environment variable."`
 	WebhookAddr    string `name:"webhook-addr" env:"USERD_WEBHOOK_ADDR" default:":8081" help:"Clerk webhook listen address (POST /webhooks/clerk only), or \"off\"."`
 	Clerk          `embed:""`
 	InitialCredits int64         `name:"initial-credits" env:"USERD_INITIAL_CREDITS" default:"10" help:"Credits a new user starts with."`
@@ -58,6 +64,14 @@ func (s Serve) Validate() error {
 		return err
 	}
 	if err := validAddr("USERD_GRPC_ADDR (--grpc-addr)", s.GRPCAddr); err != nil {
+		return err
+	}
+	if s.HTTPAddr != Off {
+		if err := validAddr("USERD_HTTP_ADDR (--http-addr)", s.HTTPAddr); err != nil {
+			return err
+		}
+	}
+	if _, err := auth.ParseServiceTokens(s.ServiceTokens); err != nil {
 		return err
 	}
 	if s.WebhookAddr != Off {
@@ -82,8 +96,27 @@ const Off = "off"
 
 // Clerk configures the Clerk integration.
 type Clerk struct {
-	WebhookSecret    string        `name:"clerk-webhook-secret" env:"CLERK_WEBHOOK_SECRET" help:"Signing secret(s) of the Clerk webhook endpoint (whsec_...), comma-separated to rotate. Unset: every delivery is rejected. Prefer the environment variable over the flag."`
-	WebhookTolerance time.Duration `name:"webhook-tolerance" env:"USERD_WEBHOOK_TOLERANCE" default:"5m" help:"Accepted distance between a delivery's svix-timestamp and now (replay window)."`
+	WebhookSecret     string        `name:"clerk-webhook-secret" env:"CLERK_WEBHOOK_SECRET" help:"Signing secret(s) of the Clerk webhook endpoint (whsec_...), comma-separated to rotate. Unset: every delivery is rejected. Prefer the environment variable over the flag."`
+	WebhookTolerance  time.Duration `name:"webhook-tolerance" env:"USERD_WEBHOOK_TOLERANCE" default:"5m" help:"Accepted distance between a delivery's svix-timestamp and now (replay window)."`
+	JWTKey            string        `name:"clerk-jwt-key" env:"CLERK_JWT_KEY" help:"PEM public key of the Clerk instance, to verify session tokens without network."`
+	JWKSURL           string        `name:"clerk-jwks-url" env:"CLERK_JWKS_URL" help:"JWKS URL of the Clerk instance (https://<frontend-api>/.well-known/jwks.json), cached."`
+	Issuer            string        `name:"clerk-issuer" env:"CLERK_ISSUER" help:"Required iss of session tokens (the instance's Frontend API URL); unchecked when empty."`
+	AuthorizedParties string        `name:"clerk-authorized-parties" env:"CLERK_AUTHORIZED_PARTIES" help:"Comma-separated origins allowed as the azp of session tokens; unchecked when empty."`
+	SecretKey         string        `name:"clerk-secret-key" env:"CLERK_SECRET_KEY" help:"Clerk Backend API secret key (sk_...), to fetch a signing-in user's profile before its webhook arrives."`
+	APIURL            string        `name:"clerk-api-url" env:"CLERK_API_URL" default:"https://api.clerk.com" help:"Clerk Backend API base URL."`
+	JWTLeeway         time.Duration `name:"jwt-leeway" env:"USERD_JWT_LEEWAY" default:"5s" help:"Clock leeway for the exp and nbf of session tokens."`
+	JWKSMinRefresh    time.Duration `name:"jwks-min-refresh" env:"USERD_JWKS_MIN_REFRESH" default:"30s" help:"Least time between JWKS fetches caused by tokens with an unknown kid."`
+}
+
+// Parties returns the authorized parties as a list.
+func (c Clerk) Parties() []string {
+	var out []string
+	for _, p := range strings.Split(c.AuthorizedParties, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // WebhookSecrets returns the parsed signing secrets.
@@ -98,6 +131,34 @@ func (c Clerk) Validate() error {
 	}
 	if c.WebhookTolerance < time.Second || c.WebhookTolerance > time.Hour {
 		return fmt.Errorf("USERD_WEBHOOK_TOLERANCE (--webhook-tolerance) must be between 1s and 1h, got %s", c.WebhookTolerance)
+	}
+	if c.JWTKey != "" && c.JWKSURL != "" {
+		return errors.New("set only one of CLERK_JWT_KEY (--clerk-jwt-key) and CLERK_JWKS_URL (--clerk-jwks-url)")
+	}
+	if c.JWKSURL != "" {
+		if err := absoluteURL("CLERK_JWKS_URL (--clerk-jwks-url)", c.JWKSURL); err != nil {
+			return err
+		}
+	}
+	if err := absoluteURL("CLERK_API_URL (--clerk-api-url)", c.APIURL); err != nil {
+		return err
+	}
+	if c.SecretKey != "" && !strings.HasPrefix(c.SecretKey, "sk_") {
+		return errors.New(`CLERK_SECRET_KEY (--clerk-secret-key) must start with "sk_" (Clerk dashboard, API keys)`)
+	}
+	if c.JWTLeeway < 0 || c.JWTLeeway > time.Minute {
+		return fmt.Errorf("USERD_JWT_LEEWAY (--jwt-leeway) must be between 0 and 1m, got %s", c.JWTLeeway)
+	}
+	if c.JWKSMinRefresh < time.Second {
+		return fmt.Errorf("USERD_JWKS_MIN_REFRESH (--jwks-min-refresh) must be at least 1s, got %s", c.JWKSMinRefresh)
+	}
+	return nil
+}
+
+func absoluteURL(name, s string) error {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return fmt.Errorf("%s must be an absolute http(s) URL", name)
 	}
 	return nil
 }

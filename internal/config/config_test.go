@@ -10,11 +10,17 @@ import (
 
 func valid() config.Serve {
 	return config.Serve{
-		Database:       config.Database{URL: "postgres://u:secretpw@localhost:5432/userd", MaxConns: 16},
-		Log:            config.Log{LogFormat: "json", LogLevel: "info"},
-		GRPCAddr:       ":9090",
-		WebhookAddr:    ":8081",
-		Clerk:          config.Clerk{WebhookSecret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", WebhookTolerance: 5 * time.Minute},
+		Database:      config.Database{URL: "postgres://u:secretpw@localhost:5432/userd", MaxConns: 16},
+		Log:           config.Log{LogFormat: "json", LogLevel: "info"},
+		GRPCAddr:      ":9090",
+		HTTPAddr:      ":8080",
+		WebhookAddr:   ":8081",
+		ServiceTokens: "billing=tok-0123456789abcdef0123456789,worker=sha256:" + strings.Repeat("ab", 32),
+		Clerk: config.Clerk{
+			WebhookSecret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", WebhookTolerance: 5 * time.Minute,
+			JWKSURL: "https://clerk.example.com/.well-known/jwks.json", APIURL: "https://api.clerk.com",
+			SecretKey: "sk_test_abc", JWTLeeway: 5 * time.Second, JWKSMinRefresh: 30 * time.Second,
+		},
 		InitialCredits: 10,
 		ShutdownGrace:  20 * time.Second,
 	}
@@ -43,6 +49,18 @@ func TestValidate(t *testing.T) {
 		{"SecretIsASignature", func(c *config.Serve) { c.WebhookSecret = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=" }, "CLERK_WEBHOOK_SECRET"},
 		{"SecondSecretNotBase64", func(c *config.Serve) { c.WebhookSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw,whsec_!!!" }, "secret #2"},
 		{"ZeroTolerance", func(c *config.Serve) { c.WebhookTolerance = 0 }, "USERD_WEBHOOK_TOLERANCE"},
+		{"BadHTTPAddr", func(c *config.Serve) { c.HTTPAddr = "8080" }, "USERD_HTTP_ADDR"},
+		{"ShortServiceToken", func(c *config.Serve) { c.ServiceTokens = "billing=secretpw" }, "USERD_SERVICE_TOKENS"},
+		{"ServiceTokenNoName", func(c *config.Serve) { c.ServiceTokens = "=tok-0123456789abcdef0123456789" }, "USERD_SERVICE_TOKENS"},
+		{"ServiceTokenTwice", func(c *config.Serve) {
+			c.ServiceTokens = "a=tok-0123456789abcdef0123456789,a=tok-0123456789abcdef0123456780"
+		}, "USERD_SERVICE_TOKENS"},
+		{"ServiceTokenBadHash", func(c *config.Serve) { c.ServiceTokens = "a=sha256:xyz" }, "USERD_SERVICE_TOKENS"},
+		{"BothJWTKeySources", func(c *config.Serve) { c.JWTKey = "MIIB" }, "CLERK_JWT_KEY"},
+		{"RelativeJWKSURL", func(c *config.Serve) { c.JWKSURL = "/jwks" }, "CLERK_JWKS_URL"},
+		{"SecretKeyNotSK", func(c *config.Serve) { c.SecretKey = "pk_test_secretpw" }, "CLERK_SECRET_KEY"},
+		{"HugeLeeway", func(c *config.Serve) { c.JWTLeeway = time.Hour }, "USERD_JWT_LEEWAY"},
+		{"TinyJWKSRefresh", func(c *config.Serve) { c.JWKSMinRefresh = time.Millisecond }, "USERD_JWKS_MIN_REFRESH"},
 		{"BadLogLevel", func(c *config.Serve) { c.LogLevel = "loud" }, "USERD_LOG_LEVEL"},
 	}
 	for _, tc := range cases {

@@ -6,29 +6,43 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	userdv1 "github.com/userd/userd/gen/userd/v1"
+	"github.com/userd/userd/internal/auth"
 )
 
 // RequestIDHeader is the metadata key (and HTTP header) that carries a
 // request id. A caller-supplied id is kept if it is sane, else one is made.
 const RequestIDHeader = "x-request-id"
 
-type requestIDKey struct{}
+// callInfo is what the interceptors learn about a call, shared through
+// the context so that the logging interceptor (outside) can report the
+// principal the auth interceptor (inside) found.
+type callInfo struct {
+	requestID string
+	principal string
+}
+
+type callInfoKey struct{}
+
+func infoOf(ctx context.Context) *callInfo {
+	ci, _ := ctx.Value(callInfoKey{}).(*callInfo)
+	return ci
+}
 
 // RequestID returns the request id of ctx, or "".
 func RequestID(ctx context.Context) string {
-	id, _ := ctx.Value(requestIDKey{}).(string)
-	return id
-}
-
-// WithRequestID returns ctx carrying id.
-func WithRequestID(ctx context.Context, id string) context.Context {
-	return context.WithValue(ctx, requestIDKey{}, id)
+	if ci := infoOf(ctx); ci != nil {
+		return ci.requestID
+	}
+	return ""
 }
 
 func newRequestID() string {
@@ -66,12 +80,12 @@ func RequestIDInterceptor() grpc.UnaryServerInterceptor {
 			id = newRequestID()
 		}
 		_ = grpc.SetHeader(ctx, metadata.Pairs(RequestIDHeader, id))
-		return handler(WithRequestID(ctx, id), req)
+		return handler(context.WithValue(ctx, callInfoKey{}, &callInfo{requestID: id}), req)
 	}
 }
 
-// LoggingInterceptor logs one line per call: method, code, duration and
-// request id. It never logs requests or responses (they may carry personal
+// LoggingInterceptor logs one line per call: method, code, duration,
+// principal and request id. It never logs requests or responses (they may carry personal
 // data).
 func LoggingInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
@@ -85,10 +99,15 @@ func LoggingInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 		case codes.Unavailable:
 			level = slog.LevelWarn
 		}
+		principal := ""
+		if ci := infoOf(ctx); ci != nil {
+			principal = ci.principal
+		}
 		log.Log(ctx, level, "grpc call",
 			"method", info.FullMethod,
 			"code", code.String(),
 			"duration_ms", float64(time.Since(start).Microseconds())/1000,
+			"principal", principal,
 			"request_id", RequestID(ctx))
 		return resp, err
 	}
@@ -110,12 +129,41 @@ func RecoveryInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 	}
 }
 
-// Interceptors returns the server's unary chain, outermost first.
-func Interceptors(log *slog.Logger) []grpc.UnaryServerInterceptor {
+// AuthInterceptor authenticates every UserService call from its
+// authorization metadata (gRPC clients and the REST gateway alike) and puts
+// the principal in the context. Health and reflection are other services
+// and need no credentials.
+func AuthInterceptor(authn *auth.Authenticator) grpc.UnaryServerInterceptor {
+	prefix := "/" + userdv1.UserService_ServiceDesc.ServiceName + "/"
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if !strings.HasPrefix(info.FullMethod, prefix) {
+			return handler(ctx, req)
+		}
+		header := ""
+		if md, ok := metadata.FromIncomingContext(ctx); ok {
+			if v := md.Get("authorization"); len(v) > 0 {
+				header = v[0]
+			}
+		}
+		p, err := authn.Authenticate(header)
+		if err != nil {
+			return nil, err
+		}
+		if ci := infoOf(ctx); ci != nil {
+			ci.principal = p.Name()
+		}
+		return handler(auth.WithPrincipal(ctx, p), req)
+	}
+}
+
+// Interceptors returns the server's unary chain, outermost first: errors
+// from authentication are mapped like any other.
+func Interceptors(log *slog.Logger, authn *auth.Authenticator) []grpc.UnaryServerInterceptor {
 	return []grpc.UnaryServerInterceptor{
 		RequestIDInterceptor(),
 		LoggingInterceptor(log),
 		RecoveryInterceptor(log),
 		ErrorInterceptor(log),
+		AuthInterceptor(authn),
 	}
 }

@@ -9,58 +9,97 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
+	"github.com/userd/userd/internal/auth"
 	"github.com/userd/userd/internal/users"
 )
 
-// Server implements userdv1.UserServiceServer over the domain service.
+// Server implements userdv1.UserServiceServer over the domain service. It
+// authorizes (see authz.go) and translates; the rules are the domain's.
 type Server struct {
 	userdv1.UnimplementedUserServiceServer
-	users *users.Service
+	users    *users.Service
+	profiles Profiles
 }
 
 var _ userdv1.UserServiceServer = (*Server)(nil)
 
-// NewServer returns a Server backed by svc.
-func NewServer(svc *users.Service) *Server {
-	return &Server{users: svc}
+// NewServer returns a Server backed by svc; profiles serves end users'
+// EnsureUser.
+func NewServer(svc *users.Service, profiles Profiles) *Server {
+	return &Server{users: svc, profiles: profiles}
 }
 
 // GetUser implements userdv1.UserServiceServer.
 func (s *Server) GetUser(ctx context.Context, req *userdv1.GetUserRequest) (*userdv1.GetUserResponse, error) {
-	u, err := s.users.GetUser(ctx, users.Lookup{
-		ClerkUserID: req.GetClerkUserId(),
-		ID:          req.GetId(),
-		Email:       req.GetEmail(),
-	})
+	l := users.Lookup{ClerkUserID: req.GetClerkUserId(), ID: req.GetId(), Email: req.GetEmail()}
+	if l.ClerkUserID != "" {
+		id, err := ownUser(ctx, l.ClerkUserID)
+		if err != nil {
+			return nil, err
+		}
+		l.ClerkUserID = id
+	}
+	u, err := s.users.GetUser(ctx, l)
 	if err != nil {
+		return nil, err
+	}
+	if err := visible(ctx, u); err != nil {
 		return nil, err
 	}
 	return &userdv1.GetUserResponse{User: userToProto(u)}, nil
 }
 
-// EnsureUser implements userdv1.UserServiceServer.
+// EnsureUser implements userdv1.UserServiceServer. A service passes the
+// profile; an end user's profile comes only from Clerk (a session token
+// claim or the Backend API), never from the request.
 func (s *Server) EnsureUser(ctx context.Context, req *userdv1.EnsureUserRequest) (*userdv1.EnsureUserResponse, error) {
-	u, created, err := s.users.EnsureUser(ctx, users.EnsureUserInput{
-		ClerkUserID: req.GetClerkUserId(),
-		Email:       req.GetEmail(),
-		FirstName:   req.GetFirstName(),
-		LastName:    req.GetLastName(),
-		ImageURL:    req.GetImageUrl(),
-	})
+	id, err := ownUser(ctx, req.GetClerkUserId())
+	if err != nil {
+		return nil, err
+	}
+	var (
+		u       users.User
+		created bool
+	)
+	if p, _ := principal(ctx); p.Kind == auth.KindUser {
+		u, created, err = s.users.EnsureClerkUser(ctx, id, s.profiles.For(p))
+	} else {
+		u, created, err = s.users.EnsureUser(ctx, users.EnsureUserInput{
+			ClerkUserID: id,
+			Email:       req.GetEmail(),
+			FirstName:   req.GetFirstName(),
+			LastName:    req.GetLastName(),
+			ImageURL:    req.GetImageUrl(),
+		})
+	}
 	if err != nil {
 		return nil, err
 	}
 	return &userdv1.EnsureUserResponse{User: userToProto(u), Created: created}, nil
 }
 
+// creditChange authorizes and translates a deduct or grant request.
+func creditChange(ctx context.Context, clerkUserID string, amount int64, key, reason string) (users.CreditChange, error) {
+	if err := servicesOnly(ctx); err != nil {
+		return users.CreditChange{}, err
+	}
+	id, err := ownUser(ctx, clerkUserID)
+	if err != nil {
+		return users.CreditChange{}, err
+	}
+	if key, err = idempotencyKey(ctx, key); err != nil {
+		return users.CreditChange{}, err
+	}
+	return users.CreditChange{ClerkUserID: id, Amount: amount, IdempotencyKey: key, Reason: reason}, nil
+}
+
 // DeductCredits implements userdv1.UserServiceServer.
 func (s *Server) DeductCredits(ctx context.Context, req *userdv1.DeductCreditsRequest) (*userdv1.DeductCreditsResponse, error) {
-	t, err := s.users.DeductCredits(ctx, users.CreditChange{
-		ClerkUserID:    req.GetClerkUserId(),
-		Amount:         req.GetAmount(),
-		IdempotencyKey: req.GetIdempotencyKey(),
-		Reason:         req.GetReason(),
-	})
+	c, err := creditChange(ctx, req.GetClerkUserId(), req.GetAmount(), req.GetIdempotencyKey(), req.GetReason())
+	if err != nil {
+		return nil, err
+	}
+	t, err := s.users.DeductCredits(ctx, c)
 	if err != nil {
 		return nil, err
 	}
@@ -69,12 +108,11 @@ func (s *Server) DeductCredits(ctx context.Context, req *userdv1.DeductCreditsRe
 
 // GrantCredits implements userdv1.UserServiceServer.
 func (s *Server) GrantCredits(ctx context.Context, req *userdv1.GrantCreditsRequest) (*userdv1.GrantCreditsResponse, error) {
-	t, err := s.users.GrantCredits(ctx, users.CreditChange{
-		ClerkUserID:    req.GetClerkUserId(),
-		Amount:         req.GetAmount(),
-		IdempotencyKey: req.GetIdempotencyKey(),
-		Reason:         req.GetReason(),
-	})
+	c, err := creditChange(ctx, req.GetClerkUserId(), req.GetAmount(), req.GetIdempotencyKey(), req.GetReason())
+	if err != nil {
+		return nil, err
+	}
+	t, err := s.users.GrantCredits(ctx, c)
 	if err != nil {
 		return nil, err
 	}
@@ -83,11 +121,22 @@ func (s *Server) GrantCredits(ctx context.Context, req *userdv1.GrantCreditsRequ
 
 // SetPlan implements userdv1.UserServiceServer.
 func (s *Server) SetPlan(ctx context.Context, req *userdv1.SetPlanRequest) (*userdv1.SetPlanResponse, error) {
+	if err := servicesOnly(ctx); err != nil {
+		return nil, err
+	}
+	id, err := ownUser(ctx, req.GetClerkUserId())
+	if err != nil {
+		return nil, err
+	}
+	key, err := idempotencyKey(ctx, req.GetIdempotencyKey())
+	if err != nil {
+		return nil, err
+	}
 	res, err := s.users.SetPlan(ctx, users.SetPlanInput{
-		ClerkUserID:    req.GetClerkUserId(),
+		ClerkUserID:    id,
 		Plan:           planFromProto(req.GetPlan()),
 		BonusCredits:   req.GetBonusCredits(),
-		IdempotencyKey: req.GetIdempotencyKey(),
+		IdempotencyKey: key,
 		Reason:         req.GetReason(),
 	})
 	if err != nil {
@@ -105,7 +154,11 @@ func (s *Server) SetPlan(ctx context.Context, req *userdv1.SetPlanRequest) (*use
 
 // ListCreditTransactions implements userdv1.UserServiceServer.
 func (s *Server) ListCreditTransactions(ctx context.Context, req *userdv1.ListCreditTransactionsRequest) (*userdv1.ListCreditTransactionsResponse, error) {
-	page, err := s.users.ListCreditTransactions(ctx, req.GetClerkUserId(), req.GetPageSize(), req.GetPageToken())
+	id, err := ownUser(ctx, req.GetClerkUserId())
+	if err != nil {
+		return nil, err
+	}
+	page, err := s.users.ListCreditTransactions(ctx, id, req.GetPageSize(), req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}

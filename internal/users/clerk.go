@@ -70,6 +70,15 @@ func (e ClerkEvent) validate() error {
 	return v.err()
 }
 
+// sanitized returns cu with every text field storable.
+func (cu ClerkUser) sanitized() ClerkUser {
+	cu.Email = sanitizeClerkText(cu.Email, MaxEmail)
+	cu.FirstName = sanitizeClerkText(cu.FirstName, MaxName)
+	cu.LastName = sanitizeClerkText(cu.LastName, MaxName)
+	cu.ImageURL = sanitizeClerkText(cu.ImageURL, MaxImageURL)
+	return cu
+}
+
 // sanitizeClerkText makes text from Clerk storable: PostgreSQL text cannot
 // hold NUL bytes or invalid UTF-8, and a signed event must not be refused
 // forever for either. Overlong values are cut, not refused, for the same
@@ -98,10 +107,7 @@ func (s *Service) ApplyClerkUser(ctx context.Context, ev ClerkEvent) (EventOutco
 	if err := ev.validate(); err != nil {
 		return "", err
 	}
-	ev.User.Email = sanitizeClerkText(ev.User.Email, MaxEmail)
-	ev.User.FirstName = sanitizeClerkText(ev.User.FirstName, MaxName)
-	ev.User.LastName = sanitizeClerkText(ev.User.LastName, MaxName)
-	ev.User.ImageURL = sanitizeClerkText(ev.User.ImageURL, MaxImageURL)
+	ev.User = ev.User.sanitized()
 
 	var (
 		outcome EventOutcome

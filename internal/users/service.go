@@ -99,39 +99,96 @@ func (in EnsureUserInput) validate() error {
 // EnsureUser returns the user with in.ClerkUserID, creating it (plan FREE,
 // the initial credits as its first ledger entry) when no row exists. created
 // is true only for the call that inserted the row. A user deleted in Clerk is
-// NotFound and never recreated.
-func (s *Service) EnsureUser(ctx context.Context, in EnsureUserInput) (u User, created bool, err error) {
+// NotFound and never recreated. The profile is the caller's word: an email
+// held by another live user is a Conflict.
+func (s *Service) EnsureUser(ctx context.Context, in EnsureUserInput) (User, bool, error) {
 	if err := in.validate(); err != nil {
 		return User{}, false, err
 	}
+	return s.ensure(ctx, in.ClerkUserID, func(context.Context) (ClerkUser, error) {
+		return ClerkUser{ID: in.ClerkUserID, Email: in.Email, FirstName: in.FirstName, LastName: in.LastName, ImageURL: in.ImageURL}, nil
+	})
+}
+
+// ProfileSource fetches a user's profile from Clerk (its Backend API, or the
+// verified claims of the user's session token), versioned by UpdatedAt > 0.
+type ProfileSource func(ctx context.Context) (ClerkUser, error)
+
+// EnsureClerkUser is EnsureUser for a user known only by its Clerk id, as on
+// a user's first sign-in before the webhook arrived: fetch is called only
+// when the user is missing, and its profile is Clerk's own, so an email
+// clash resolves as for webhook events (the newer state keeps the email).
+func (s *Service) EnsureClerkUser(ctx context.Context, clerkUserID string, fetch ProfileSource) (User, bool, error) {
+	var v violations
+	if v.clerkUserID("clerk_user_id", clerkUserID); v.err() != nil {
+		return User{}, false, v.err()
+	}
+	return s.ensure(ctx, clerkUserID, func(ctx context.Context) (ClerkUser, error) {
+		cu, err := fetch(ctx)
+		switch {
+		case err != nil:
+			return ClerkUser{}, err
+		case cu.ID != clerkUserID:
+			return ClerkUser{}, fmt.Errorf("profile source returned user %q for %q", cu.ID, clerkUserID)
+		case cu.UpdatedAt <= 0:
+			return ClerkUser{}, fmt.Errorf("profile source returned no version for %q", clerkUserID)
+		}
+		return cu.sanitized(), nil
+	})
+}
+
+// ensure returns the user, creating it from profile() when missing. A
+// profile with UpdatedAt > 0 is Clerk's state of that version.
+func (s *Service) ensure(ctx context.Context, clerkUserID string, profile ProfileSource) (u User, created bool, err error) {
 	// Most calls are for users that exist: answer them without a
 	// transaction or a write.
-	u, err = s.store.GetUserByClerkIDIncludingDeleted(ctx, in.ClerkUserID)
+	u, err = s.store.GetUserByClerkIDIncludingDeleted(ctx, clerkUserID)
 	switch {
 	case err == nil:
 		return existing(u)
 	case !errors.Is(err, ErrNoRow):
 		return User{}, false, userErr(err, "ensure user")
 	}
+	cu, err := profile(ctx)
+	if err != nil {
+		return User{}, false, userErr(err, "ensure user: fetch profile")
+	}
 	err = s.store.InTx(ctx, func(q Queries) error {
+		email := cu.Email
+		if cu.UpdatedAt > 0 {
+			var txErr error
+			if email, txErr = s.claimEmail(ctx, q, cu); txErr != nil {
+				return txErr
+			}
+		}
 		var txErr error
 		u, created, txErr = s.createUser(ctx, q, NewUser{
-			ClerkUserID: in.ClerkUserID,
-			Email:       in.Email,
-			FirstName:   in.FirstName,
-			LastName:    in.LastName,
-			ImageURL:    in.ImageURL,
+			ClerkUserID:    cu.ID,
+			Email:          email,
+			FirstName:      cu.FirstName,
+			LastName:       cu.LastName,
+			ImageURL:       cu.ImageURL,
+			ClerkUpdatedAt: cu.UpdatedAt,
 		})
 		return txErr
 	})
-	if err != nil {
+	switch {
+	case errors.Is(err, ErrEmailInUse):
+		// A concurrent call for the same user may have won: its row holds
+		// the email, and PostgreSQL reports that unique index rather than
+		// the Clerk id one. Only if no row for this user exists is the
+		// email really someone else's.
+		if u, gerr := s.store.GetUserByClerkIDIncludingDeleted(ctx, clerkUserID); gerr == nil {
+			return existing(u)
+		}
 		return User{}, false, userErr(err, "ensure user")
-	}
-	if created {
+	case err != nil:
+		return User{}, false, userErr(err, "ensure user")
+	case created:
 		return u, true, nil
 	}
 	// Another call inserted the row between our read and our insert.
-	u, err = s.store.GetUserByClerkIDIncludingDeleted(ctx, in.ClerkUserID)
+	u, err = s.store.GetUserByClerkIDIncludingDeleted(ctx, clerkUserID)
 	if err != nil {
 		return User{}, false, userErr(err, "ensure user")
 	}

@@ -1,0 +1,126 @@
+// Package gateway serves userd.v1.UserService as REST/JSON (grpc-gateway)
+// for the frontend. It forwards every call to the gRPC server through an
+// in-process connection, so authentication, authorization, validation and
+// error mapping are exactly the gRPC ones; it only adds the HTTP status of
+// DESIGN.md's error table and serves the OpenAPI document.
+package gateway
+
+import (
+	"context"
+	"net/http"
+	"strings"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/rs/cors"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/grpclog"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/userd/userd/gen/openapi"
+	userdv1 "github.com/userd/userd/gen/userd/v1"
+	"github.com/userd/userd/internal/apperr"
+	"github.com/userd/userd/internal/grpcapi"
+)
+
+// MaxBodyBytes bounds a REST request body.
+const MaxBodyBytes = 1 << 20
+
+// Config configures the gateway.
+type Config struct {
+	// CORSOrigins are the browser origins allowed to call the API.
+	CORSOrigins []string
+}
+
+// New returns the HTTP API handler: /v1/... and GET /openapi.json.
+func New(ctx context.Context, conn *grpc.ClientConn, cfg Config) (http.Handler, error) {
+	mux := runtime.NewServeMux(
+		runtime.WithErrorHandler(writeError),
+		runtime.WithIncomingHeaderMatcher(incomingHeader),
+		runtime.WithOutgoingHeaderMatcher(outgoingHeader),
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
+			// Zero balances and empty names are shown, not omitted.
+			MarshalOptions:   protojson.MarshalOptions{EmitDefaultValues: true},
+			UnmarshalOptions: protojson.UnmarshalOptions{},
+		}),
+	)
+	if err := userdv1.RegisterUserServiceHandler(ctx, mux, conn); err != nil {
+		return nil, err
+	}
+	root := http.NewServeMux()
+	root.Handle("/v1/", limitBody(mux))
+	root.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(openapi.JSON)
+	})
+	if len(cfg.CORSOrigins) == 0 {
+		return root, nil
+	}
+	return cors.New(cors.Options{
+		AllowedOrigins: cfg.CORSOrigins,
+		AllowedMethods: []string{http.MethodGet, http.MethodPost},
+		AllowedHeaders: []string{"Authorization", "Content-Type", "Idempotency-Key", "X-Request-Id"},
+		ExposedHeaders: []string{"X-Request-Id"},
+		MaxAge:         600,
+	}).Handler(root), nil
+}
+
+func limitBody(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > MaxBodyBytes {
+			writeStatus(w, http.StatusRequestEntityTooLarge, &runtime.JSONPb{},
+				status.New(codes.InvalidArgument, "request body larger than 1 MiB"))
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+		h.ServeHTTP(w, r)
+	})
+}
+
+// incomingHeader forwards, besides Authorization (always forwarded), the
+// idempotency key and the request id.
+func incomingHeader(key string) (string, bool) {
+	switch strings.ToLower(key) {
+	case grpcapi.IdempotencyKeyHeader:
+		return grpcapi.IdempotencyKeyHeader, true
+	case grpcapi.RequestIDHeader:
+		return grpcapi.RequestIDHeader, true
+	}
+	return runtime.DefaultHeaderMatcher(key)
+}
+
+func outgoingHeader(key string) (string, bool) {
+	if key == grpcapi.RequestIDHeader {
+		return "X-Request-Id", true
+	}
+	return "", false
+}
+
+// writeError writes the status as JSON ({"code", "message", "details"})
+// with the HTTP status of userd's error table: 402 for insufficient
+// credits, 409 for conflicts, 503 for an unavailable database.
+func writeError(_ context.Context, _ *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, _ *http.Request, err error) {
+	st := status.Convert(err)
+	code := runtime.HTTPStatusFromCode(st.Code())
+	if k, ok := apperr.KindForCode(st.Code()); ok {
+		code = k.HTTPStatus()
+	}
+	writeStatus(w, code, m, st)
+}
+
+func writeStatus(w http.ResponseWriter, code int, m runtime.Marshaler, st *status.Status) {
+	pb := st.Proto()
+	body, merr := m.Marshal(pb)
+	if merr != nil {
+		grpclog.Errorf("marshal error status: %v", merr)
+		body = []byte(`{"code":13,"message":"internal error"}`)
+		code = http.StatusInternalServerError
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if code == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="userd"`)
+	}
+	w.WriteHeader(code)
+	_, _ = w.Write(body)
+}

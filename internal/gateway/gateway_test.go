@@ -1,0 +1,481 @@
+package gateway_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	userdv1 "github.com/userd/userd/gen/userd/v1"
+	"github.com/userd/userd/internal/apptest"
+	"github.com/userd/userd/internal/clerkhook"
+	"github.com/userd/userd/internal/clerktest"
+	"github.com/userd/userd/internal/config"
+	"github.com/userd/userd/internal/users"
+)
+
+type bundle struct {
+	in    *apptest.Instance
+	clerk *clerktest.Clerk
+}
+
+// setup runs userd trusting a fake Clerk's JWKS and Backend API.
+func setup(t *testing.T, tweak func(*config.Serve, *clerktest.Clerk)) bundle {
+	t.Helper()
+	fake := clerktest.New(t)
+	fake.SetUser(clerkhook.SampleUser{ID: "user_alice", Email: "alice@example.com", FirstName: "Alice", UpdatedAt: time.Now()})
+	fake.SetUser(clerkhook.SampleUser{ID: "user_bob", Email: "bob@example.com", FirstName: "Bob", UpdatedAt: time.Now()})
+	in := apptest.Start(t, func(c *config.Serve) {
+		c.JWKSURL = fake.JWKSURL()
+		c.Issuer = fake.Issuer()
+		c.AuthorizedParties = clerktest.Party + ",https://admin.example.com"
+		c.SecretKey = clerktest.SecretKey
+		c.APIURL = fake.APIURL()
+		if tweak != nil {
+			tweak(c, fake)
+		}
+	})
+	return bundle{in: in, clerk: fake}
+}
+
+type response struct {
+	status int
+	header http.Header
+	body   map[string]any
+}
+
+// call sends a REST request with a bearer token ("" for none).
+func (b bundle) call(t *testing.T, method, path, token string, body any, headers ...string) response {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		raw, err := json.Marshal(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rd = bytes.NewReader(raw)
+	}
+	req, err := http.NewRequest(method, b.in.HTTPURL+path, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	out := response{status: resp.StatusCode, header: resp.Header}
+	if len(raw) > 0 {
+		if err := json.Unmarshal(raw, &out.body); err != nil {
+			t.Fatalf("%s %s: body is not JSON: %q", method, path, raw)
+		}
+	}
+	return out
+}
+
+func withToken(token string) context.Context {
+	return metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+token)
+}
+
+func field(m map[string]any, path ...string) any {
+	var v any = m
+	for _, p := range path {
+		mm, ok := v.(map[string]any)
+		if !ok {
+			return nil
+		}
+		v = mm[p]
+	}
+	return v
+}
+
+func TestEndUserSignsInBeforeTheWebhook(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	alice := b.clerk.UserToken("user_alice")
+
+	if r := b.call(t, "GET", "/v1/users/me", alice, nil); r.status != http.StatusNotFound {
+		t.Errorf("GET me before ensure: %d %v", r.status, r.body)
+	}
+	// The body's profile is ignored: the email comes from Clerk.
+	r := b.call(t, "POST", "/v1/users/me:ensure", alice, map[string]any{"email": "mallory@example.com"})
+	if r.status != http.StatusOK || field(r.body, "created") != true ||
+		field(r.body, "user", "email") != "alice@example.com" || field(r.body, "user", "firstName") != "Alice" ||
+		field(r.body, "user", "credits") != "10" || field(r.body, "user", "clerkUserId") != "user_alice" {
+		t.Fatalf("POST me:ensure: %d %v", r.status, r.body)
+	}
+	if b.clerk.APIHits.Load() != 1 {
+		t.Errorf("Backend API called %d times, want 1", b.clerk.APIHits.Load())
+	}
+	r = b.call(t, "POST", "/v1/users/me:ensure", alice, nil)
+	if r.status != http.StatusOK || field(r.body, "created") != false || b.clerk.APIHits.Load() != 1 {
+		t.Errorf("second ensure: %d %v (API hits %d)", r.status, r.body, b.clerk.APIHits.Load())
+	}
+	if r := b.call(t, "GET", "/v1/users/me", alice, nil); r.status != http.StatusOK || field(r.body, "user", "email") != "alice@example.com" {
+		t.Errorf("GET me: %d %v", r.status, r.body)
+	}
+	if r := b.call(t, "GET", "/v1/users/user_alice", alice, nil); r.status != http.StatusOK {
+		t.Errorf("GET own id: %d %v", r.status, r.body)
+	}
+	r = b.call(t, "GET", "/v1/users/me/credit-transactions", alice, nil)
+	txs, _ := r.body["transactions"].([]any)
+	if r.status != http.StatusOK || len(txs) != 1 || field(txs[0].(map[string]any), "kind") != "TRANSACTION_KIND_INITIAL" {
+		t.Errorf("GET me/credit-transactions: %d %v", r.status, r.body)
+	}
+	// The same token over gRPC.
+	got, err := b.in.Client.GetUser(withToken(alice), &userdv1.GetUserRequest{Lookup: &userdv1.GetUserRequest_ClerkUserId{ClerkUserId: "me"}})
+	if err != nil || got.GetUser().GetEmail() != "alice@example.com" {
+		t.Errorf("gRPC GetUser(me): %v, %v", got, err)
+	}
+}
+
+func TestEmailClaimAvoidsTheBackendAPI(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	claims := b.clerk.Claims("user_carol")
+	claims["email"] = "carol@example.com"
+	r := b.call(t, "POST", "/v1/users/me:ensure", b.clerk.Token(claims, "kid-1"), nil)
+	if r.status != http.StatusOK || field(r.body, "user", "email") != "carol@example.com" || b.clerk.APIHits.Load() != 0 {
+		t.Errorf("ensure with email claim: %d %v (API hits %d)", r.status, r.body, b.clerk.APIHits.Load())
+	}
+	// The webhook, with Clerk's full profile, still replaces the claims' one.
+	u, err := b.in.Store.GetLiveUserByClerkID(context.Background(), "user_carol")
+	if err != nil || u.ClerkUpdatedAt != 1 {
+		t.Errorf("claims profile stored with version %d (%v), want 1", u.ClerkUpdatedAt, err)
+	}
+}
+
+func TestServiceOverREST(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	svc := apptest.ServiceToken
+	r := b.call(t, "POST", "/v1/users/user_dave:ensure", svc, map[string]any{"email": "dave@example.com", "firstName": "Dave"})
+	if r.status != http.StatusOK || field(r.body, "created") != true || field(r.body, "user", "email") != "dave@example.com" {
+		t.Fatalf("ensure: %d %v", r.status, r.body)
+	}
+	id, _ := field(r.body, "user", "id").(string)
+	for _, path := range []string{"/v1/users/user_dave", "/v1/users:lookup?email=DAVE@example.com", "/v1/users:lookup?id=" + id} {
+		if r := b.call(t, "GET", path, svc, nil); r.status != http.StatusOK || field(r.body, "user", "id") != id {
+			t.Errorf("GET %s: %d %v", path, r.status, r.body)
+		}
+	}
+	deduct := func() response {
+		return b.call(t, "POST", "/v1/users/user_dave/credits:deduct", svc, map[string]any{"amount": 4, "reason": "job"},
+			"Idempotency-Key", "job-7", "X-Request-Id", "req-abc")
+	}
+	first := deduct()
+	if first.status != http.StatusOK || first.body["balance"] != "6" || field(first.body, "transaction", "idempotencyKey") != "job-7" {
+		t.Fatalf("deduct: %d %v", first.status, first.body)
+	}
+	if first.header.Get("X-Request-Id") != "req-abc" {
+		t.Errorf("X-Request-Id = %q, want the caller's", first.header.Get("X-Request-Id"))
+	}
+	if again := deduct(); again.status != http.StatusOK || field(again.body, "transaction", "id") != field(first.body, "transaction", "id") {
+		t.Errorf("retry with the same Idempotency-Key: %d %v", again.status, again.body)
+	}
+	r = b.call(t, "POST", "/v1/users/user_dave/credits:deduct", svc, map[string]any{"amount": 4, "idempotencyKey": "other"},
+		"Idempotency-Key", "job-7")
+	if r.status != http.StatusBadRequest {
+		t.Errorf("key in body and header differ: %d %v", r.status, r.body)
+	}
+	r = b.call(t, "POST", "/v1/users/user_dave/credits:deduct", svc, map[string]any{"amount": 5}, "Idempotency-Key", "job-7")
+	if r.status != http.StatusConflict || !strings.Contains(fmt.Sprint(r.body["details"]), "IDEMPOTENCY_KEY_REUSED") {
+		t.Errorf("key reused with another amount: %d %v", r.status, r.body)
+	}
+	if r := b.call(t, "POST", "/v1/users/user_dave/credits:grant", svc, map[string]any{"amount": 10, "idempotencyKey": "g1"}); r.status != http.StatusOK || r.body["balance"] != "16" {
+		t.Errorf("grant: %d %v", r.status, r.body)
+	}
+	r = b.call(t, "POST", "/v1/users/user_dave/plan", svc, map[string]any{"plan": "PLAN_PRO", "bonusCredits": 5, "idempotencyKey": "p1"})
+	if r.status != http.StatusOK || field(r.body, "user", "plan") != "PLAN_PRO" || field(r.body, "user", "credits") != "21" {
+		t.Errorf("plan: %d %v", r.status, r.body)
+	}
+	r = b.call(t, "GET", "/v1/users/user_dave/credit-transactions?pageSize=2", svc, nil)
+	if txs, _ := r.body["transactions"].([]any); r.status != http.StatusOK || len(txs) != 2 || r.body["nextPageToken"] == "" {
+		t.Errorf("list: %d %v", r.status, r.body)
+	}
+	if r := b.call(t, "GET", "/v1/users/me", svc, nil); r.status != http.StatusBadRequest {
+		t.Errorf("service asking for me: %d %v", r.status, r.body)
+	}
+	if r := b.call(t, "GET", "/v1/users/user_nobody", svc, nil); r.status != http.StatusNotFound || r.body["code"] != float64(codes.NotFound) {
+		t.Errorf("unknown user: %d %v", r.status, r.body)
+	}
+}
+
+func TestInsufficientCreditsIs402(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	svc := apptest.ServiceToken
+	b.call(t, "POST", "/v1/users/user_erin:ensure", svc, map[string]any{})
+	r := b.call(t, "POST", "/v1/users/user_erin/credits:deduct", svc, map[string]any{"amount": 11, "idempotencyKey": "big"})
+	if r.status != http.StatusPaymentRequired || r.body["code"] != float64(codes.FailedPrecondition) {
+		t.Fatalf("got %d %v, want 402", r.status, r.body)
+	}
+	details, _ := r.body["details"].([]any)
+	found := false
+	for _, d := range details {
+		dm, _ := d.(map[string]any)
+		if dm["reason"] == "INSUFFICIENT_CREDITS" && field(dm, "metadata", "required") == "11" && field(dm, "metadata", "available") == "10" {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("details lack ErrorInfo INSUFFICIENT_CREDITS {required 11, available 10}: %v", r.body)
+	}
+}
+
+// TestAttacks: every forged, stale or misdirected credential is refused
+// with 401 / UNAUTHENTICATED on both transports, and touches nothing.
+func TestAttacks(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	c := b.clerk
+	victim := "user_alice"
+	claims := func(mut func(jwt.MapClaims)) jwt.MapClaims {
+		cl := c.Claims(victim)
+		if mut != nil {
+			mut(cl)
+		}
+		return cl
+	}
+	valid := c.UserToken(victim)
+	parts := strings.Split(valid, ".")
+	tamperedPayload, _ := json.Marshal(claims(func(cl jwt.MapClaims) { cl["sub"] = "user_bob" }))
+	pubPEM := []byte(c.PublicKeyPEM("kid-1"))
+	hs256 := jwt.NewWithClaims(jwt.SigningMethodHS256, claims(nil))
+	hs256.Header["kid"] = "kid-1"
+	hsToken, _ := hs256.SignedString(pubPEM)
+	noneToken, _ := jwt.NewWithClaims(jwt.SigningMethodNone, claims(nil)).SignedString(jwt.UnsafeAllowNoneSignatureType)
+
+	cases := []struct {
+		name, header string
+	}{
+		{"NoHeader", ""},
+		{"NotBearer", "Basic " + base64.StdEncoding.EncodeToString([]byte("user:pass"))},
+		{"BearerWithoutToken", "Bearer"},
+		{"BearerBlank", "Bearer    "},
+		{"Garbage", "Bearer not.a.jwt"},
+		{"AlgNone", "Bearer " + noneToken},
+		{"HS256WithPublicKeyAsSecret", "Bearer " + hsToken},
+		{"Expired", "Bearer " + c.Token(claims(func(cl jwt.MapClaims) {
+			cl["exp"] = time.Now().Add(-time.Minute).Unix()
+			cl["iat"] = time.Now().Add(-2 * time.Minute).Unix()
+		}), "kid-1")},
+		{"NotYetValid", "Bearer " + c.Token(claims(func(cl jwt.MapClaims) { cl["nbf"] = time.Now().Add(time.Minute).Unix() }), "kid-1")},
+		{"NoExpiry", "Bearer " + c.Token(claims(func(cl jwt.MapClaims) { delete(cl, "exp") }), "kid-1")},
+		{"WrongIssuer", "Bearer " + c.Token(claims(func(cl jwt.MapClaims) { cl["iss"] = "https://evil.example.com" }), "kid-1")},
+		{"WrongAuthorizedParty", "Bearer " + c.Token(claims(func(cl jwt.MapClaims) { cl["azp"] = "https://evil.example.com" }), "kid-1")},
+		{"NoAuthorizedParty", "Bearer " + c.Token(claims(func(cl jwt.MapClaims) { delete(cl, "azp") }), "kid-1")},
+		{"SubjectNotAUser", "Bearer " + c.Token(claims(func(cl jwt.MapClaims) { cl["sub"] = "org_1" }), "kid-1")},
+		{"UnknownKid", "Bearer " + clerktest.Sign(t, claims(nil), "kid-unknown", clerktest.NewKey(t))},
+		{"TamperedPayload", "Bearer " + parts[0] + "." + base64.RawURLEncoding.EncodeToString(tamperedPayload) + "." + parts[2]},
+		{"SignedByAnotherKey", "Bearer " + clerktest.Sign(t, claims(nil), "kid-1", clerktest.NewKey(t))},
+		{"WrongServiceToken", "Bearer " + strings.Replace(apptest.ServiceToken, "0", "1", 1)},
+		{"ServiceTokenPrefix", "Bearer " + apptest.ServiceToken[:len(apptest.ServiceToken)-1]},
+	}
+	apiHits := c.APIHits.Load()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, route := range []struct{ method, path string }{
+				{"POST", "/v1/users/me:ensure"},
+				{"GET", "/v1/users/me"},
+				{"POST", "/v1/users/user_alice:ensure"},
+			} {
+				req, _ := http.NewRequest(route.method, b.in.HTTPURL+route.path, strings.NewReader("{}"))
+				if tc.header != "" {
+					req.Header.Set("Authorization", tc.header)
+				}
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusUnauthorized || !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "Bearer") {
+					t.Errorf("REST %s %s: %d, want 401 with WWW-Authenticate", route.method, route.path, resp.StatusCode)
+				}
+			}
+			ctx := context.Background()
+			if tc.header != "" {
+				ctx = metadata.AppendToOutgoingContext(ctx, "authorization", tc.header)
+			} else {
+				ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "")
+			}
+			_, err := b.in.Client.EnsureUser(ctx, &userdv1.EnsureUserRequest{ClerkUserId: "me"})
+			if status.Code(err) != codes.Unauthenticated {
+				t.Errorf("gRPC EnsureUser: %v, want UNAUTHENTICATED", err)
+			}
+		})
+	}
+	if _, err := b.in.Store.GetUserByClerkIDIncludingDeleted(context.Background(), victim); !errors.Is(err, users.ErrNoRow) {
+		t.Errorf("an attack created the victim's user (err %v)", err)
+	}
+	if c.APIHits.Load() != apiHits {
+		t.Errorf("attacks reached Clerk's Backend API %d times", c.APIHits.Load()-apiHits)
+	}
+}
+
+// TestCrossUserAccess: an end user sees and touches only itself; other
+// users are NOT_FOUND on every route; credits and plans are service-only.
+func TestCrossUserAccess(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	svc := apptest.ServiceToken
+	bob := b.call(t, "POST", "/v1/users/user_bob:ensure", svc, map[string]any{"email": "bob@example.com"})
+	bobID, _ := field(bob.body, "user", "id").(string)
+	alice := b.clerk.UserToken("user_alice")
+	b.call(t, "POST", "/v1/users/me:ensure", alice, nil)
+
+	for _, route := range []struct{ method, path string }{
+		{"GET", "/v1/users/user_bob"},
+		{"GET", "/v1/users/user_nobody"},
+		{"POST", "/v1/users/user_bob:ensure"},
+		{"GET", "/v1/users/user_bob/credit-transactions"},
+		{"GET", "/v1/users:lookup?email=bob@example.com"},
+		{"GET", "/v1/users:lookup?id=" + bobID},
+	} {
+		if r := b.call(t, route.method, route.path, alice, map[string]any{}); r.status != http.StatusNotFound {
+			t.Errorf("alice %s %s: %d %v, want 404", route.method, route.path, r.status, r.body)
+		}
+	}
+	for _, target := range []string{"me", "user_alice", "user_bob"} {
+		for _, route := range []struct {
+			path string
+			body map[string]any
+		}{
+			{"/credits:deduct", map[string]any{"amount": 1, "idempotencyKey": "k"}},
+			{"/credits:grant", map[string]any{"amount": 1000, "idempotencyKey": "k"}},
+			{"/plan", map[string]any{"plan": "PLAN_ENTERPRISE", "idempotencyKey": "k"}},
+		} {
+			if r := b.call(t, "POST", "/v1/users/"+target+route.path, alice, route.body); r.status != http.StatusForbidden {
+				t.Errorf("alice POST %s%s: %d %v, want 403", target, route.path, r.status, r.body)
+			}
+		}
+	}
+	// The same rules over gRPC.
+	ctx := withToken(alice)
+	_, err := b.in.Client.GetUser(ctx, &userdv1.GetUserRequest{Lookup: &userdv1.GetUserRequest_Email{Email: "bob@example.com"}})
+	if status.Code(err) != codes.NotFound {
+		t.Errorf("gRPC GetUser(bob's email): %v", err)
+	}
+	_, err = b.in.Client.ListCreditTransactions(ctx, &userdv1.ListCreditTransactionsRequest{ClerkUserId: "user_bob"})
+	if status.Code(err) != codes.NotFound {
+		t.Errorf("gRPC ListCreditTransactions(bob): %v", err)
+	}
+	_, err = b.in.Client.GrantCredits(ctx, &userdv1.GrantCreditsRequest{ClerkUserId: "me", Amount: 1000, IdempotencyKey: "k"})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("gRPC GrantCredits(me): %v", err)
+	}
+	// Nothing changed for either.
+	for _, id := range []string{"user_alice", "user_bob"} {
+		u, err := b.in.Store.GetLiveUserByClerkID(context.Background(), id)
+		if err != nil || u.Credits != 10 || u.Plan != users.PlanFree {
+			t.Errorf("%s = %+v, %v; want untouched", id, u, err)
+		}
+	}
+}
+
+func TestOpenAPIDocument(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	r := b.call(t, "GET", "/openapi.json", "", nil)
+	if r.status != http.StatusOK {
+		t.Fatalf("GET /openapi.json: %d", r.status)
+	}
+	paths, _ := r.body["paths"].(map[string]any)
+	for _, p := range []string{
+		"/v1/users/{clerkUserId}", "/v1/users/{clerkUserId}:ensure", "/v1/users/{clerkUserId}/credits:deduct",
+		"/v1/users/{clerkUserId}/credits:grant", "/v1/users/{clerkUserId}/plan", "/v1/users/{clerkUserId}/credit-transactions",
+		"/v1/users:lookup",
+	} {
+		if _, ok := paths[p]; !ok {
+			keys := make([]string, 0, len(paths))
+			for k := range paths {
+				keys = append(keys, k)
+			}
+			t.Errorf("OpenAPI lacks %s (has %v)", p, keys)
+		}
+	}
+}
+
+func TestPEMKeyNeedsNoNetwork(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(c *config.Serve, fake *clerktest.Clerk) {
+		c.JWKSURL = ""
+		c.JWTKey = fake.PublicKeyPEM("kid-1")
+	})
+	if r := b.call(t, "POST", "/v1/users/me:ensure", b.clerk.UserToken("user_alice"), nil); r.status != http.StatusOK {
+		t.Errorf("ensure with a PEM-verified token: %d %v", r.status, r.body)
+	}
+	other := clerktest.Sign(t, b.clerk.Claims("user_alice"), "kid-1", clerktest.NewKey(t))
+	if r := b.call(t, "GET", "/v1/users/me", other, nil); r.status != http.StatusUnauthorized {
+		t.Errorf("token of another key: %d", r.status)
+	}
+	if n := b.clerk.JWKSHits.Load(); n != 0 {
+		t.Errorf("JWKS fetched %d times in PEM mode", n)
+	}
+}
+
+// TestJWKSRotation: a token signed with a key Clerk just published is
+// accepted after one refetch; a flood of unknown kids causes no more.
+func TestJWKSRotation(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(c *config.Serve, _ *clerktest.Clerk) { c.JWKSMinRefresh = time.Hour })
+	alice := b.clerk.UserToken("user_alice")
+	if r := b.call(t, "GET", "/v1/users/me", alice, nil); r.status != http.StatusNotFound {
+		t.Fatalf("known kid: %d %v", r.status, r.body)
+	}
+	before := b.clerk.JWKSHits.Load()
+	b.clerk.AddKey("kid-2")
+	rotated := b.clerk.Token(b.clerk.Claims("user_alice"), "kid-2")
+	if r := b.call(t, "GET", "/v1/users/me", rotated, nil); r.status != http.StatusNotFound {
+		t.Errorf("new kid after rotation: %d %v, want 404 (authenticated, no user yet)", r.status, r.body)
+	}
+	afterRotation := b.clerk.JWKSHits.Load()
+	if afterRotation != before+1 {
+		t.Errorf("JWKS fetched %d times for the new kid, want 1", afterRotation-before)
+	}
+	for i := range 30 {
+		tok := clerktest.Sign(t, b.clerk.Claims("user_alice"), fmt.Sprintf("kid-flood-%d", i), b.clerk.Key("kid-1"))
+		if r := b.call(t, "GET", "/v1/users/me", tok, nil); r.status != http.StatusUnauthorized {
+			t.Errorf("unknown kid %d: %d", i, r.status)
+		}
+	}
+	if n := b.clerk.JWKSHits.Load() - afterRotation; n != 0 {
+		t.Errorf("a flood of unknown kids fetched the JWKS %d more times, want 0 within the refresh interval", n)
+	}
+}
+
+func TestNothingConfiguredRefusesEveryCall(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(c *config.Serve, _ *clerktest.Clerk) {
+		c.ServiceTokens, c.JWKSURL, c.SecretKey = "", "", ""
+	})
+	if r := b.call(t, "GET", "/v1/users/user_alice", apptest.ServiceToken, nil); r.status != http.StatusUnauthorized {
+		t.Errorf("REST: %d", r.status)
+	}
+	if _, err := b.in.Client.GetUser(context.Background(), &userdv1.GetUserRequest{Lookup: &userdv1.GetUserRequest_ClerkUserId{ClerkUserId: "user_alice"}}); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("gRPC: %v", err)
+	}
+	// Health needs no credentials.
+	if r := b.call(t, "GET", "/openapi.json", "", nil); r.status != http.StatusOK {
+		t.Errorf("openapi: %d", r.status)
+	}
+}
