@@ -8,8 +8,9 @@ BIN       := bin
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 
-# `make run` and `make migrate` use this database (created if missing).
-DATABASE_URL      ?= postgres://postgres@127.0.0.1:5432/userd?sslmode=disable
+# `make run` and `make migrate` use this database (created if missing); when
+# it is empty, userd runs its embedded PostgreSQL (in USERD_DATA_DIR).
+DATABASE_URL      ?=
 # `make run` signs webhooks with this development-only secret unless
 # CLERK_WEBHOOK_SECRET is set; `make demo-webhook` signs with the same one.
 CLERK_WEBHOOK_SECRET ?= whsec_dXNlcmQtbG9jYWwtZGV2ZWxvcG1lbnQtc2VjcmV0
@@ -18,9 +19,9 @@ CLERK_WEBHOOK_SECRET ?= whsec_dXNlcmQtbG9jYWwtZGV2ZWxvcG1lbnQtc2VjcmV0
 USERD_SERVICE_TOKENS ?= dev=userd-local-development-token
 # Passed through the environment, never on a command line make echoes.
 export DATABASE_URL CLERK_WEBHOOK_SECRET USERD_SERVICE_TOKENS
-# Tests create one fresh database per test on this server.
-TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable
-export TEST_DATABASE_URL
+# Tests create one fresh database per test on TEST_DATABASE_URL; unset, on
+# the local server at 127.0.0.1:5432 if one answers, else on an embedded one
+# (internal/testdb).
 
 # Code generators, pinned in tools/go.mod and built into bin/: nothing is
 # downloaded at generation time beyond the Go module proxy.
@@ -82,14 +83,15 @@ build: ## Build a static bin/userd with the version stamped in.
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/userd ./cmd/userd
 
 .PHONY: createdb
-createdb: ## Create the database named in DATABASE_URL if it does not exist.
-	@db=$$(sed -E 's#^[a-z]+://[^/]*/([^?]*).*#\1#' <<<"$$DATABASE_URL"); \
+createdb: ## Create the database named in DATABASE_URL if it does not exist (nothing when embedded).
+	@[ -n "$$DATABASE_URL" ] || exit 0; \
+	db=$$(sed -E 's#^[a-z]+://[^/]*/([^?]*).*#\1#' <<<"$$DATABASE_URL"); \
 	server=$$(sed -E "s#/$$db(\?|$$)#/postgres\1#" <<<"$$DATABASE_URL"); \
 	psql "$$server" -tAc "SELECT 1 FROM pg_database WHERE datname = '$$db'" | grep -q 1 || \
 	  psql "$$server" -c "CREATE DATABASE \"$$db\""
 
 .PHONY: run
-run: build createdb ## Run userd against DATABASE_URL (default: local PostgreSQL, database userd).
+run: build createdb ## Run userd (embedded PostgreSQL unless DATABASE_URL is set).
 	$(BIN)/userd serve
 
 .PHONY: demo-webhook
@@ -101,7 +103,7 @@ migrate: build createdb ## Apply pending migrations to DATABASE_URL (ARGS=down|s
 	$(BIN)/userd migrate $(or $(ARGS),up)
 
 .PHONY: test
-test: ## Run every test with the race detector (needs PostgreSQL at TEST_DATABASE_URL).
+test: ## Run every test with the race detector (TEST_DATABASE_URL, the local server, or an embedded one).
 	$(GO) test -race -count=1 ./...
 
 .PHONY: lint

@@ -98,12 +98,12 @@ func (m *migrateCmd) Run(kctx *kong.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	pool, err := app.OpenPool(ctx, m.Database)
+	db, err := app.OpenDatabase(ctx, m.Database, newLogger(os.Stderr, m.Log))
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	mg, err := migrate.New(pool)
+	defer db.Close()
+	mg, err := migrate.New(db.Pool)
 	if err != nil {
 		return err
 	}

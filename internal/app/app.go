@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -31,6 +33,7 @@ import (
 	"github.com/userd/userd/internal/gateway"
 	"github.com/userd/userd/internal/grpcapi"
 	"github.com/userd/userd/internal/migrate"
+	"github.com/userd/userd/internal/pgembed"
 	"github.com/userd/userd/internal/store"
 	"github.com/userd/userd/internal/users"
 )
@@ -39,6 +42,7 @@ import (
 type App struct {
 	cfg    config.Serve
 	log    *slog.Logger
+	db     *Database
 	pool   *pgxpool.Pool
 	grpc   *grpc.Server
 	health *health.Server
@@ -61,16 +65,25 @@ func New(ctx context.Context, cfg config.Serve, log *slog.Logger) (*App, error) 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	pool, err := OpenPool(ctx, cfg.Database)
+	db, err := OpenDatabase(ctx, cfg.Database, log)
 	if err != nil {
 		return nil, err
 	}
-	a := &App{cfg: cfg, log: log, pool: pool}
+	a := &App{cfg: cfg, log: log, db: db, pool: db.Pool}
 	if err := a.init(ctx); err != nil {
-		pool.Close()
+		a.closeListeners()
+		db.Close()
 		return nil, err
 	}
 	return a, nil
+}
+
+func (a *App) closeListeners() {
+	for _, ln := range []net.Listener{a.grpcLn, a.apiLn, a.webhookLn} {
+		if ln != nil {
+			_ = ln.Close()
+		}
+	}
 }
 
 func (a *App) init(ctx context.Context) error {
@@ -300,29 +313,84 @@ func (a *App) shutdown() {
 	if a.inprocConn != nil {
 		_ = a.inprocConn.Close()
 	}
-	a.pool.Close()
+	a.db.Close()
 	a.log.Info("stopped")
 }
 
-// OpenPool connects to the configured database and checks that it answers.
-func OpenPool(ctx context.Context, cfg config.Database) (*pgxpool.Pool, error) {
-	pcfg, err := pgxpool.ParseConfig(cfg.URL)
+// Database is an open pool and, without DATABASE_URL, the embedded server
+// behind it.
+type Database struct {
+	Pool     *pgxpool.Pool
+	embedded *pgembed.Server
+	log      *slog.Logger
+}
+
+// OpenDatabase connects to DATABASE_URL, or starts the embedded PostgreSQL
+// when it is empty, and checks that the database answers.
+func OpenDatabase(ctx context.Context, cfg config.Database, log *slog.Logger) (*Database, error) {
+	db := &Database{log: log}
+	url := cfg.URL
+	if cfg.Embedded() {
+		dir := cfg.DataDir
+		if dir == "" {
+			dir = pgembed.DefaultDataDir()
+		}
+		logFile, err := openPGLog(dir)
+		if err != nil {
+			return nil, err
+		}
+		log.Info("DATABASE_URL is empty: starting the embedded PostgreSQL", "data_dir", dir)
+		start := time.Now()
+		if db.embedded, err = pgembed.Start(ctx, pgembed.Config{DataDir: dir, BinDir: cfg.PGBinDir, Log: logFile}); err != nil {
+			return nil, err
+		}
+		log.Info("embedded PostgreSQL ready", "took", time.Since(start).Round(time.Millisecond).String(),
+			"log", filepath.Join(dir, "pg", "postgres.log"))
+		url = db.embedded.URL
+	}
+	pcfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
+		db.Close()
 		return nil, errors.New("DATABASE_URL is not a valid PostgreSQL URL")
 	}
 	pcfg.MaxConns = cfg.MaxConns
-	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
-	if err != nil {
+	if db.Pool, err = pgxpool.NewWithConfig(ctx, pcfg); err != nil {
+		db.Close()
 		return nil, fmt.Errorf("open database pool: %w", err)
 	}
 	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if err := pool.Ping(pingCtx); err != nil {
-		pool.Close()
+	if err := db.Pool.Ping(pingCtx); err != nil {
+		db.Close()
 		return nil, fmt.Errorf("connect to database %s@%s:%d/%s: %w",
 			pcfg.ConnConfig.User, pcfg.ConnConfig.Host, pcfg.ConnConfig.Port, pcfg.ConnConfig.Database, err)
 	}
-	return pool, nil
+	return db, nil
+}
+
+func openPGLog(dataDir string) (*os.File, error) {
+	if err := os.MkdirAll(filepath.Join(dataDir, "pg"), 0o700); err != nil {
+		return nil, fmt.Errorf("USERD_DATA_DIR %s: %w", dataDir, err)
+	}
+	f, err := os.OpenFile(filepath.Join(dataDir, "pg", "postgres.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open embedded PostgreSQL log: %w", err)
+	}
+	return f, nil
+}
+
+// Close closes the pool and stops the embedded server, if any.
+func (db *Database) Close() {
+	if db.Pool != nil {
+		db.Pool.Close()
+	}
+	if db.embedded != nil {
+		if err := db.embedded.Stop(); err != nil {
+			db.log.Error("stopping the embedded PostgreSQL", "err", err)
+		} else {
+			db.log.Info("embedded PostgreSQL stopped")
+		}
+	}
 }
 
 func migrateUp(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {

@@ -20,18 +20,22 @@ import (
 
 // Database says how to reach PostgreSQL.
 type Database struct {
-	URL      string `name:"database-url" env:"DATABASE_URL" help:"PostgreSQL URL, e.g. postgres://user:pass@host:5432/userd?sslmode=disable. Required."`
+	URL      string `name:"database-url" env:"DATABASE_URL" help:"PostgreSQL URL, e.g. postgres://user:pass@host:5432/userd?sslmode=disable. Empty: run an embedded PostgreSQL in USERD_DATA_DIR."`
 	MaxConns int32  `name:"db-max-conns" env:"USERD_DB_MAX_CONNS" default:"16" help:"Maximum open database connections."`
+	DataDir  string `name:"data-dir" env:"USERD_DATA_DIR" help:"Directory of the embedded PostgreSQL (used when DATABASE_URL is empty). Default: /var/lib/userd for root, else ~/.local/share/userd."`
+	PGBinDir string `name:"pg-bin-dir" env:"USERD_PG_BIN_DIR" help:"Directory of the pg_ctl and initdb the embedded PostgreSQL uses. Default: found on the machine, else downloaded."`
 }
+
+// Embedded reports whether userd runs its own PostgreSQL.
+func (d Database) Embedded() bool { return d.URL == "" }
 
 // Validate checks the database settings.
 func (d Database) Validate() error {
-	if d.URL == "" {
-		return errors.New("DATABASE_URL (--database-url) is required: set it to a PostgreSQL URL such as postgres://postgres@127.0.0.1:5432/userd?sslmode=disable")
-	}
 	// The parse error may quote the URL, password included: do not wrap it.
-	if _, err := pgxpool.ParseConfig(d.URL); err != nil {
-		return errors.New("DATABASE_URL (--database-url) is not a valid PostgreSQL URL or DSN")
+	if d.URL != "" {
+		if _, err := pgxpool.ParseConfig(d.URL); err != nil {
+			return errors.New("DATABASE_URL (--database-url) is not a valid PostgreSQL URL or DSN")
+		}
 	}
 	if d.MaxConns < 1 || d.MaxConns > 1000 {
 		return fmt.Errorf("USERD_DB_MAX_CONNS (--db-max-conns) must be between 1 and 1000, got %d", d.MaxConns)

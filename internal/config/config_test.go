@@ -36,7 +36,6 @@ func TestValidate(t *testing.T) {
 		change func(*config.Serve)
 		want   string // the setting the message must name
 	}{
-		{"NoDatabaseURL", func(c *config.Serve) { c.Database.URL = "" }, "DATABASE_URL"},
 		{"BadDatabaseURL", func(c *config.Serve) { c.Database.URL = "postgres://u:secretpw@host:notaport/db" }, "DATABASE_URL"},
 		{"ZeroMaxConns", func(c *config.Serve) { c.Database.MaxConns = 0 }, "USERD_DB_MAX_CONNS"},
 		{"BadGRPCAddr", func(c *config.Serve) { c.GRPCAddr = "9090" }, "USERD_GRPC_ADDR"},

@@ -2,43 +2,104 @@
 // cloned from a template that pgtestdb builds once per migration set (named
 // by migrate.Hash) with the same migration code production uses.
 //
-// TEST_DATABASE_URL names the server (default
-// postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable). When it
-// cannot be reached the test fails, with a message saying how to fix it: a
-// database test never skips.
+// TEST_DATABASE_URL names the server. When it is unset, tests use the
+// default postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable if a
+// server answers there, and otherwise (outside CI) an embedded PostgreSQL
+// started with the same mechanism as `userd serve` (internal/pgembed) in
+// $TMPDIR/userd-test-postgres, shared by all test processes and left running
+// for the next run. Under CI=true, or when TEST_DATABASE_URL is set, an
+// unreachable server fails the test: a database test never skips.
 package testdb
 
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver pgtestdb uses
 	"github.com/peterldowns/pgtestdb"
 
 	"github.com/userd/userd/internal/migrate"
+	"github.com/userd/userd/internal/pgembed"
 )
 
 // DefaultURL is the server tests use when TEST_DATABASE_URL is unset.
 const DefaultURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
 
+var (
+	serverOnce sync.Once
+	serverURL  string
+	serverErr  error
+)
+
 // ServerURL is the server tests create their databases on.
-func ServerURL() string {
+func ServerURL() (string, error) {
+	serverOnce.Do(func() { serverURL, serverErr = findServer() })
+	return serverURL, serverErr
+}
+
+func findServer() (string, error) {
 	if u := os.Getenv("TEST_DATABASE_URL"); u != "" {
-		return u
+		return u, nil
 	}
-	return DefaultURL
+	if os.Getenv("CI") == "true" || reachable(DefaultURL) {
+		return DefaultURL, nil
+	}
+	return embeddedServer()
+}
+
+func reachable(url string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return false
+	}
+	_ = conn.Close(ctx)
+	return true
+}
+
+// embeddedServer starts (or adopts) the shared embedded test server. A file
+// lock keeps the test processes of one `go test ./...` from starting it
+// twice.
+func embeddedServer() (string, error) {
+	dir := filepath.Join(os.TempDir(), "userd-test-postgres")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return "", err
+	}
+	defer lock.Close() // closing releases the lock
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return "", err
+	}
+	srv, err := pgembed.Start(context.Background(), pgembed.Config{DataDir: dir})
+	if err != nil {
+		return "", fmt.Errorf("no PostgreSQL at %s and the embedded one failed to start: %w", DefaultURL, err)
+	}
+	return srv.URL, nil
 }
 
 // URL creates a fresh migrated database for t and returns its URL. The
 // database is dropped when t passes.
 func URL(t testing.TB) string {
 	t.Helper()
-	pcfg, err := pgxpool.ParseConfig(ServerURL())
+	server, err := ServerURL()
+	if err != nil {
+		t.Fatalf("test database: %v", err)
+	}
+	pcfg, err := pgxpool.ParseConfig(server)
 	if err != nil {
 		t.Fatalf("TEST_DATABASE_URL is not a valid PostgreSQL URL: %v", err)
 	}

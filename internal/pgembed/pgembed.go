@@ -1,0 +1,328 @@
+// Package pgembed runs a PostgreSQL server for userd when no DATABASE_URL
+// is given, with fergusstrange/embedded-postgres, keeping its data in a
+// directory that survives restarts.
+//
+// It uses PostgreSQL binaries already on the machine (pg_config, the
+// Debian/Ubuntu layout, PATH) and only lets the library download binaries
+// when there are none. PostgreSQL refuses to run as root, so when userd is
+// root the server runs as an unprivileged account (the existing "postgres",
+// or a "userd-pg" system account created for it) through small wrapper
+// scripts around pg_ctl and initdb (setpriv). The wrappers also start the
+// server in its own session (setsid), so a Ctrl-C in userd's terminal
+// reaches userd, which then stops the server cleanly.
+//
+// A server left running by a userd that was killed is adopted by the next
+// start (its port is read from postmaster.pid) and stopped when that userd
+// stops, so no postgres process outlives userd.
+package pgembed
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	embeddedpostgres "github.com/fergusstrange/embedded-postgres"
+	"github.com/jackc/pgx/v5"
+)
+
+// Config configures the embedded server.
+type Config struct {
+	// DataDir holds everything: pg/data (PGDATA), the password, wrappers.
+	DataDir string
+	// BinDir, if set, is the directory of pg_ctl and initdb to use.
+	BinDir string
+	// Log receives PostgreSQL's output.
+	Log io.Writer
+}
+
+// Server is a running embedded PostgreSQL.
+type Server struct {
+	// URL connects to the userd database as the userd role.
+	URL     string
+	dataDir string
+	pgCtl   string // pg_ctl to stop with (a wrapper when needed)
+	ep      *embeddedpostgres.EmbeddedPostgres
+}
+
+const (
+	dbName   = "userd"
+	dbUser   = "userd"
+	fallback = embeddedpostgres.V16 // downloaded when the machine has no PostgreSQL
+)
+
+// DefaultDataDir is where data lives unless USERD_DATA_DIR says otherwise:
+// /var/lib/userd for root (the server's account must be able to reach
+// it), $XDG_DATA_HOME/userd or ~/.local/share/userd otherwise.
+func DefaultDataDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/userd"
+	}
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return filepath.Join(d, "userd")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "share", "userd")
+	}
+	return ".userd"
+}
+
+// Start starts (or adopts) the server and returns it once it accepts
+// connections.
+func Start(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.Log == nil {
+		cfg.Log = io.Discard
+	}
+	dataDir, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("USERD_DATA_DIR: %w", err)
+	}
+	pgDir := filepath.Join(dataDir, "pg")
+	for _, d := range []string{dataDir, pgDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("create data directory: %w", err)
+		}
+	}
+	password, err := readOrCreatePassword(filepath.Join(pgDir, "password"))
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{dataDir: filepath.Join(pgDir, "data")}
+
+	binDir, major, err := findBinaries(cfg.BinDir)
+	if err != nil {
+		return nil, err
+	}
+	version := fallback
+	binariesPath := filepath.Join(pgDir, "binaries") // the library's layout: <path>/bin/pg_ctl
+	if binDir != "" {
+		if version, err = versionFor(major); err != nil {
+			return nil, err
+		}
+		if binariesPath, err = prepareWrappers(dataDir, pgDir, binDir); err != nil {
+			return nil, err
+		}
+	} else if os.Geteuid() == 0 {
+		return nil, errors.New("no PostgreSQL binaries found and userd runs as root: install PostgreSQL " +
+			"(e.g. apt-get install postgresql) or set USERD_PG_BIN_DIR, or set DATABASE_URL")
+	}
+	if err := guardVersion(s.dataDir, version); err != nil {
+		return nil, err
+	}
+	s.pgCtl = filepath.Join(binariesPath, "bin", "pg_ctl")
+
+	if port, ok := runningPort(s.dataDir); ok {
+		// Left running by a userd that did not stop: adopt it.
+		s.URL = url(password, port)
+		if err := ping(ctx, s.URL); err == nil {
+			return s, nil
+		}
+		_ = s.stopRunning()
+	}
+
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	s.URL = url(password, port)
+	s.ep = embeddedpostgres.NewDatabase(embeddedpostgres.DefaultConfig().
+		Version(version).
+		Port(port).
+		Username(dbUser).
+		Password(password).
+		Database(dbName).
+		DataPath(s.dataDir).
+		RuntimePath(filepath.Join(pgDir, "runtime")).
+		CachePath(filepath.Join(pgDir, "cache")).
+		BinariesPath(binariesPath).
+		Locale("C").
+		Encoding("UTF8").
+		StartParameters(map[string]string{"listen_addresses": "127.0.0.1", "unix_socket_directories": ""}).
+		StartTimeout(60 * time.Second).
+		Logger(cfg.Log))
+	if err := s.ep.Start(); err != nil {
+		return nil, fmt.Errorf("start embedded PostgreSQL in %s: %w", s.dataDir, err)
+	}
+	return s, nil
+}
+
+// Stop stops the server and waits for it to exit.
+func (s *Server) Stop() error {
+	if s.ep != nil {
+		if err := s.ep.Stop(); err == nil {
+			return nil
+		}
+	}
+	return s.stopRunning()
+}
+
+// stopRunning stops whatever server runs on the data directory.
+func (s *Server) stopRunning() error {
+	if _, ok := runningPort(s.dataDir); !ok {
+		return nil
+	}
+	out, err := exec.Command(s.pgCtl, "stop", "-w", "-m", "fast", "-D", s.dataDir).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("stop embedded PostgreSQL: %v: %s", err, out)
+	}
+	return nil
+}
+
+func url(password string, port uint32) string {
+	return fmt.Sprintf("postgres://%s:%s@127.0.0.1:%d/%s?sslmode=disable", dbUser, password, port, dbName)
+}
+
+func ping(ctx context.Context, u string) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, u)
+	if err != nil {
+		return err
+	}
+	return conn.Close(ctx)
+}
+
+func readOrCreatePassword(path string) (string, error) {
+	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) >= 16 {
+		return strings.TrimSpace(string(b)), nil
+	}
+	var b [18]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	pw := hex.EncodeToString(b[:])
+	if err := os.WriteFile(path, []byte(pw+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write embedded database password: %w", err)
+	}
+	return pw, nil
+}
+
+func freePort() (uint32, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("find a free port for embedded PostgreSQL: %w", err)
+	}
+	defer ln.Close()
+	return uint32(ln.Addr().(*net.TCPAddr).Port), nil
+}
+
+// runningPort reads postmaster.pid and reports the port of a live server.
+func runningPort(dataDir string) (uint32, bool) {
+	f, err := os.Open(filepath.Join(dataDir, "postmaster.pid"))
+	if err != nil {
+		return 0, false
+	}
+	defer f.Close()
+	var lines []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+	}
+	if len(lines) < 4 {
+		return 0, false
+	}
+	pid, err1 := strconv.Atoi(strings.TrimSpace(lines[0]))
+	port, err2 := strconv.ParseUint(strings.TrimSpace(lines[3]), 10, 16)
+	if err1 != nil || err2 != nil || pid <= 0 {
+		return 0, false
+	}
+	// Signal 0 checks that the process exists (EPERM: exists, not ours).
+	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
+		return 0, false // stale pid file: postgres itself clears it on start
+	}
+	return uint32(port), true
+}
+
+var majorRe = regexp.MustCompile(`\(PostgreSQL\) (\d+)`)
+
+// findBinaries returns the directory of pg_ctl and initdb and their major
+// version, or "" when the machine has none.
+func findBinaries(configured string) (string, int, error) {
+	var candidates []string
+	if configured != "" {
+		candidates = []string{configured}
+	} else {
+		if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
+			candidates = append(candidates, strings.TrimSpace(string(out)))
+		}
+		// Debian and Ubuntu keep server binaries out of PATH; newest first.
+		dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+		sort.Slice(dirs, func(i, j int) bool { return versionOfDir(dirs[i]) > versionOfDir(dirs[j]) })
+		candidates = append(candidates, dirs...)
+		if p, err := exec.LookPath("pg_ctl"); err == nil {
+			candidates = append(candidates, filepath.Dir(p))
+		}
+	}
+	for _, dir := range candidates {
+		pgCtl := filepath.Join(dir, "pg_ctl")
+		if _, err := os.Stat(filepath.Join(dir, "initdb")); err != nil {
+			continue
+		}
+		out, err := exec.Command(pgCtl, "--version").Output()
+		if err != nil {
+			continue
+		}
+		m := majorRe.FindStringSubmatch(string(out))
+		if m == nil {
+			continue
+		}
+		major, _ := strconv.Atoi(m[1])
+		return dir, major, nil
+	}
+	if configured != "" {
+		return "", 0, fmt.Errorf("USERD_PG_BIN_DIR %s holds no usable pg_ctl and initdb", configured)
+	}
+	return "", 0, nil
+}
+
+func versionOfDir(dir string) int {
+	n, _ := strconv.Atoi(filepath.Base(filepath.Dir(dir)))
+	return n
+}
+
+func versionFor(major int) (embeddedpostgres.PostgresVersion, error) {
+	switch major {
+	case 13:
+		return embeddedpostgres.V13, nil
+	case 14:
+		return embeddedpostgres.V14, nil
+	case 15:
+		return embeddedpostgres.V15, nil
+	case 16:
+		return embeddedpostgres.V16, nil
+	case 17:
+		return embeddedpostgres.V17, nil
+	case 18:
+		return embeddedpostgres.V18, nil
+	}
+	return "", fmt.Errorf("PostgreSQL %d is not supported for the embedded database (13 to 18 are)", major)
+}
+
+// guardVersion refuses to start on a data directory of another major
+// version: the library would wipe it and initialise a new one.
+func guardVersion(dataDir string, version embeddedpostgres.PostgresVersion) error {
+	b, err := os.ReadFile(filepath.Join(dataDir, "PG_VERSION"))
+	if err != nil {
+		return nil // no cluster yet
+	}
+	have := strings.TrimSpace(string(b))
+	if !strings.HasPrefix(string(version), have+".") {
+		return fmt.Errorf("the embedded database in %s is PostgreSQL %s but the binaries found are %s: "+
+			"point USERD_PG_BIN_DIR at PostgreSQL %s binaries, or move the directory away to start afresh",
+			dataDir, have, version, have)
+	}
+	return nil
+}
