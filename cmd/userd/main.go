@@ -26,6 +26,7 @@ import (
 	"github.com/userd/userd/internal/clerkhook"
 	"github.com/userd/userd/internal/config"
 	"github.com/userd/userd/internal/migrate"
+	"github.com/userd/userd/internal/telemetry"
 )
 
 // version is stamped by `make build` (-ldflags "-X main.version=...").
@@ -59,6 +60,18 @@ type serveCmd struct {
 func (s *serveCmd) Run() error {
 	log := newLogger(os.Stderr, s.Log)
 	ctx := signalContext(log)
+	stopTracing, err := telemetry.StartTracing(ctx, buildVersion())
+	if err != nil {
+		return err
+	}
+	defer func() {
+		flushCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := stopTracing(flushCtx); err != nil {
+			log.Warn("flushing traces", "err", err)
+		}
+	}()
+	log.Info("starting userd", "version", buildVersion(), "tracing", telemetry.TracingEnabled())
 	a, err := app.New(ctx, s.Serve, log)
 	if err != nil {
 		return err
@@ -204,13 +217,5 @@ func buildVersion() string {
 }
 
 func newLogger(w io.Writer, cfg config.Log) *slog.Logger {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
-		level = slog.LevelInfo
-	}
-	opts := &slog.HandlerOptions{Level: level}
-	if cfg.LogFormat == "text" {
-		return slog.New(slog.NewTextHandler(w, opts))
-	}
-	return slog.New(slog.NewJSONHandler(w, opts))
+	return telemetry.NewLogger(w, cfg.LogFormat, cfg.LogLevel)
 }

@@ -17,11 +17,14 @@ import (
 	"sync"
 	"time"
 
+	"github.com/exaring/otelpgx"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/test/bufconn"
 
@@ -32,9 +35,11 @@ import (
 	"github.com/userd/userd/internal/config"
 	"github.com/userd/userd/internal/gateway"
 	"github.com/userd/userd/internal/grpcapi"
+	"github.com/userd/userd/internal/httpmw"
 	"github.com/userd/userd/internal/migrate"
 	"github.com/userd/userd/internal/pgembed"
 	"github.com/userd/userd/internal/store"
+	"github.com/userd/userd/internal/telemetry"
 	"github.com/userd/userd/internal/users"
 )
 
@@ -57,6 +62,10 @@ type App struct {
 	// webhook is nil when USERD_WEBHOOK_ADDR is "off".
 	webhook   *http.Server
 	webhookLn net.Listener
+	// ops is nil when USERD_OPS_ADDR is "off".
+	ops     *http.Server
+	opsLn   net.Listener
+	metrics *telemetry.Metrics
 }
 
 // New connects to the database, migrates it when configured to, and binds
@@ -79,7 +88,7 @@ func New(ctx context.Context, cfg config.Serve, log *slog.Logger) (*App, error) 
 }
 
 func (a *App) closeListeners() {
-	for _, ln := range []net.Listener{a.grpcLn, a.apiLn, a.webhookLn} {
+	for _, ln := range []net.Listener{a.grpcLn, a.apiLn, a.webhookLn, a.opsLn} {
 		if ln != nil {
 			_ = ln.Close()
 		}
@@ -92,21 +101,33 @@ func (a *App) init(ctx context.Context) error {
 			return err
 		}
 	}
+	a.metrics = telemetry.NewMetrics()
+	a.metrics.RegisterPool(a.pool)
 	svc := users.NewService(store.New(a.pool), a.cfg.InitialCredits)
+	svc.SetObserver(a.metrics)
 	authn, profiles, err := a.authentication(ctx)
 	if err != nil {
 		return err
 	}
 
+	interceptors := grpcapi.Interceptors(a.log, authn)
+	// Metrics sit outside the error mapping, so they count final codes.
+	interceptors = append(interceptors[:2:2], append([]grpc.UnaryServerInterceptor{a.metrics.GRPC.UnaryServerInterceptor()}, interceptors[2:]...)...)
 	a.grpc = grpc.NewServer(
-		grpc.ChainUnaryInterceptor(grpcapi.Interceptors(a.log, authn)...),
+		grpc.StatsHandler(otelgrpc.NewServerHandler()),
+		grpc.ChainUnaryInterceptor(interceptors...),
 		grpc.MaxRecvMsgSize(1<<20),
+		grpc.MaxConcurrentStreams(1000),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionIdle: 5 * time.Minute, Time: 2 * time.Minute, Timeout: 20 * time.Second,
+		}),
 	)
 	userdv1.RegisterUserServiceServer(a.grpc, grpcapi.NewServer(svc, profiles))
 	a.health = health.NewServer()
 	healthpb.RegisterHealthServer(a.grpc, a.health)
-	a.health.SetServingStatus(userdv1.UserService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	reflection.Register(a.grpc)
+	a.metrics.GRPC.InitializeMetrics(a.grpc)
 
 	if a.cfg.GRPCAddr != config.Off {
 		if a.grpcLn, err = net.Listen("tcp", a.cfg.GRPCAddr); err != nil {
@@ -118,7 +139,8 @@ func (a *App) init(ctx context.Context) error {
 		a.inproc = bufconn.Listen(1 << 20)
 		a.inprocConn, err = grpc.NewClient("passthrough:///userd-inprocess",
 			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return a.inproc.DialContext(ctx) }),
-			grpc.WithTransportCredentials(insecure.NewCredentials()))
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithStatsHandler(otelgrpc.NewClientHandler()))
 		if err != nil {
 			return fmt.Errorf("in-process gRPC connection: %w", err)
 		}
@@ -129,7 +151,11 @@ func (a *App) init(ctx context.Context) error {
 		if a.apiLn, err = net.Listen("tcp", a.cfg.HTTPAddr); err != nil {
 			return fmt.Errorf("listen on USERD_HTTP_ADDR %s: %w", a.cfg.HTTPAddr, err)
 		}
-		a.api = newHTTPServer(api, a.log)
+		a.api = newHTTPServer(httpmw.Wrap(api, httpmw.Options{
+			Listener: "api", Log: a.log, Metrics: a.metrics, AccessLog: true,
+			// REST calls are logged by the gRPC layer, with the principal.
+			Skip: func(r *http.Request) bool { return strings.HasPrefix(r.URL.Path, "/v1/") },
+		}), a.log)
 	}
 
 	if a.cfg.WebhookAddr != config.Off {
@@ -137,16 +163,37 @@ func (a *App) init(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		hook, err := clerkhook.New(clerkhook.Config{Secrets: secrets, Tolerance: a.cfg.WebhookTolerance}, svc, a.log)
+		hook, err := clerkhook.New(clerkhook.Config{
+			Secrets: secrets, Tolerance: a.cfg.WebhookTolerance, Recorder: a.metrics,
+		}, svc, a.log)
 		if err != nil {
 			return err
 		}
 		if a.webhookLn, err = net.Listen("tcp", a.cfg.WebhookAddr); err != nil {
 			return fmt.Errorf("listen on USERD_WEBHOOK_ADDR %s: %w", a.cfg.WebhookAddr, err)
 		}
-		a.webhook = newHTTPServer(hook.Routes(), a.log)
+		// The handler logs each delivery itself, with its svix id.
+		a.webhook = newHTTPServer(httpmw.Wrap(hook.Routes(), httpmw.Options{
+			Listener: "webhook", Log: a.log, Metrics: a.metrics,
+		}), a.log)
+	}
+
+	if a.cfg.OpsAddr != config.Off {
+		if a.opsLn, err = net.Listen("tcp", a.cfg.OpsAddr); err != nil {
+			return fmt.Errorf("listen on USERD_OPS_ADDR %s: %w", a.cfg.OpsAddr, err)
+		}
+		a.ops = newHTTPServer(a.opsRoutes(), a.log)
 	}
 	return nil
+}
+
+// OpsAddr is the address the operations listener is bound to, or nil when
+// it is off.
+func (a *App) OpsAddr() net.Addr {
+	if a.opsLn == nil {
+		return nil
+	}
+	return a.opsLn.Addr()
 }
 
 // authentication builds the authenticator and the profile source of end
@@ -252,14 +299,24 @@ func (a *App) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	if a.api != nil {
+	for _, h := range []struct {
+		name string
+		srv  *http.Server
+		ln   net.Listener
+	}{{"HTTP API", a.api, a.apiLn}, {"operations", a.ops, a.opsLn}} {
+		if h.srv == nil {
+			continue
+		}
 		go func() {
-			a.log.Info("serving HTTP API", "addr", a.apiLn.Addr().String())
-			if err := a.api.Serve(a.apiLn); !errors.Is(err, http.ErrServerClosed) {
-				errc <- fmt.Errorf("HTTP API server: %w", err)
+			a.log.Info("serving "+h.name, "addr", h.ln.Addr().String())
+			if err := h.srv.Serve(h.ln); !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("%s server: %w", h.name, err)
 			}
 		}()
 	}
+	monitorCtx, stopMonitor := context.WithCancel(ctx)
+	defer stopMonitor()
+	go a.monitorDatabase(monitorCtx)
 	if a.webhook != nil {
 		go func() {
 			a.log.Info("serving Clerk webhook", "addr", a.webhookLn.Addr().String(), "path", clerkhook.Path)
@@ -296,7 +353,7 @@ func (a *App) shutdown() {
 			a.grpc.Stop()
 		}
 	})
-	for _, srv := range []*http.Server{a.api, a.webhook} {
+	for _, srv := range []*http.Server{a.api, a.webhook, a.ops} {
 		if srv == nil {
 			continue
 		}
@@ -354,6 +411,7 @@ func OpenDatabase(ctx context.Context, cfg config.Database, log *slog.Logger) (*
 		return nil, errors.New("DATABASE_URL is not a valid PostgreSQL URL")
 	}
 	pcfg.MaxConns = cfg.MaxConns
+	pcfg.ConnConfig.Tracer = otelpgx.NewTracer()
 	if db.Pool, err = pgxpool.NewWithConfig(ctx, pcfg); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open database pool: %w", err)

@@ -43,6 +43,8 @@ type Instance struct {
 	// HTTPURL is the HTTP API's base URL (http://host:port), or "" when the
 	// listener is off.
 	HTTPURL string
+	// OpsURL is the operations listener's base URL, or "" when it is off.
+	OpsURL string
 }
 
 // Config returns the configuration Start uses before tweaks: a fresh
@@ -54,6 +56,7 @@ func Config(t testing.TB) config.Serve {
 		AutoMigrate:   true,
 		GRPCAddr:      "127.0.0.1:0",
 		HTTPAddr:      "127.0.0.1:0",
+		OpsAddr:       "127.0.0.1:0",
 		WebhookAddr:   "127.0.0.1:0",
 		ServiceTokens: "tests=" + ServiceToken,
 		Clerk: config.Clerk{
@@ -130,6 +133,9 @@ func start(t testing.TB, cfg config.Serve, directURL string) *Instance {
 	}
 	if addr := a.HTTPAddr(); addr != nil {
 		in.HTTPURL = "http://" + addr.String()
+	}
+	if addr := a.OpsAddr(); addr != nil {
+		in.OpsURL = "http://" + addr.String()
 	}
 	return in
 }

@@ -55,7 +55,18 @@ type Config struct {
 	// Timeout bounds the database work of one delivery; past it the answer
 	// is 503 and Svix retries.
 	Timeout time.Duration
+	// Recorder counts deliveries by type and outcome; nil counts nothing.
+	Recorder Recorder
 }
+
+// Recorder counts deliveries (telemetry.Metrics implements it).
+type Recorder interface {
+	WebhookEvent(eventType, outcome string)
+}
+
+type noRecorder struct{}
+
+func (noRecorder) WebhookEvent(string, string) {}
 
 // Handler serves POST /webhooks/clerk.
 type Handler struct {
@@ -105,6 +116,9 @@ func New(cfg Config, domain Domain, log *slog.Logger) (*Handler, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 10 * time.Second
 	}
+	if cfg.Recorder == nil {
+		cfg.Recorder = noRecorder{}
+	}
 	h := &Handler{cfg: cfg, domain: domain, log: log, now: time.Now}
 	for _, s := range cfg.Secrets {
 		wh, err := newVerifier(s)
@@ -153,12 +167,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// Never log the body or the signature.
 		h.log.Warn("webhook rejected", "reason", rej.reason, "status", rej.status, "svix_id", logSafe(msgID),
 			"remote", r.RemoteAddr)
+		h.cfg.Recorder.WebhookEvent("unverified", rej.reason)
 		writeJSON(w, rej.status, map[string]string{"error": rej.reason})
 		return
 	}
 	ev, err := parseEvent(body)
 	if err != nil {
 		h.log.Warn("webhook rejected", "reason", "bad_payload", "status", http.StatusBadRequest, "svix_id", msgID, "err", err)
+		h.cfg.Recorder.WebhookEvent("unparsed", "bad_payload")
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "bad_payload"})
 		return
 	}
@@ -173,6 +189,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		outcome, err = h.domain.DeleteClerkUser(ctx, msgID, ev.Type, ev.DeletedID)
 	default:
 		h.log.Info("webhook ignored", "svix_id", msgID, "type", ev.Type)
+		h.cfg.Recorder.WebhookEvent(ev.Type, "ignored")
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ignored"})
 		return
 	}
@@ -182,6 +199,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	h.log.Info("webhook applied", "svix_id", msgID, "type", ev.Type, "outcome", string(outcome),
 		"duration_ms", float64(h.now().Sub(start).Microseconds())/1000)
+	h.cfg.Recorder.WebhookEvent(ev.Type, string(outcome))
 	writeJSON(w, http.StatusOK, map[string]string{"status": string(outcome)})
 }
 
@@ -236,15 +254,18 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 // can never be applied, 503 for database trouble and 500 otherwise — both
 // of which Svix retries.
 func (h *Handler) fail(w http.ResponseWriter, msgID, typ string, err error) {
-	switch kind := apperr.KindOf(err); kind {
+	switch apperr.KindOf(err) {
 	case apperr.KindInvalidArgument:
 		h.log.Warn("webhook rejected", "reason", "invalid_event", "status", http.StatusBadRequest, "svix_id", msgID, "type", typ, "err", err)
+		h.cfg.Recorder.WebhookEvent(typ, "invalid_event")
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_event"})
 	case apperr.KindUnavailable, apperr.KindCanceled:
 		h.log.Warn("webhook failed; Svix will retry", "status", http.StatusServiceUnavailable, "svix_id", msgID, "type", typ, "err", err)
+		h.cfg.Recorder.WebhookEvent(typ, "unavailable")
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "unavailable"})
 	default:
 		h.log.Error("webhook failed; Svix will retry", "status", http.StatusInternalServerError, "svix_id", msgID, "type", typ, "err", err)
+		h.cfg.Recorder.WebhookEvent(typ, "internal")
 		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "internal"})
 	}
 }

@@ -53,6 +53,8 @@ type Serve struct {
 	HTTPAddr       string `name:"http-addr" env:"USERD_HTTP_ADDR" default:":8080" help:"HTTP API listen address (REST gateway under /v1, /openapi.json), or \"off\"."`
 	CORSOrigins    string `name:"cors-origins" env:"USERD_CORS_ORIGINS" help:"Comma-separated browser origins allowed to call the HTTP API (CORS); none when empty."`
 	ServiceTokens  string `name:"service-tokens" env:"USERD_SERVICE_TOKENS" help:"Backend service credentials: comma-separated name=token (or name=sha256:<hex of token>). Prefer the environment variable."`
+	OpsAddr        string `name:"ops-addr" env:"USERD_OPS_ADDR" default:":9091" help:"Operations listen address (/healthz, /readyz, /metrics), or \"off\"."`
+	Pprof          bool   `name:"pprof" env:"USERD_PPROF" default:"false" help:"Serve /debug/pprof on the operations listener."`
 	WebhookAddr    string `name:"webhook-addr" env:"USERD_WEBHOOK_ADDR" default:":8081" help:"Clerk webhook listen address (POST /webhooks/clerk only), or \"off\"."`
 	Clerk          `embed:""`
 	InitialCredits int64         `name:"initial-credits" env:"USERD_INITIAL_CREDITS" default:"10" help:"Credits a new user starts with."`
@@ -77,6 +79,11 @@ func (s Serve) Validate() error {
 	}
 	if _, err := auth.ParseServiceTokens(s.ServiceTokens); err != nil {
 		return err
+	}
+	if s.OpsAddr != Off {
+		if err := validAddr("USERD_OPS_ADDR (--ops-addr)", s.OpsAddr); err != nil {
+			return err
+		}
 	}
 	if s.WebhookAddr != Off {
 		if err := validAddr("USERD_WEBHOOK_ADDR (--webhook-addr)", s.WebhookAddr); err != nil {
@@ -176,7 +183,7 @@ func validAddr(name, addr string) error {
 
 // Log configures logging.
 type Log struct {
-	LogFormat string `name:"log-format" env:"USERD_LOG_FORMAT" default:"json" enum:"json,text" help:"Log format: json or text."`
+	LogFormat string `name:"log-format" env:"USERD_LOG_FORMAT" default:"auto" enum:"auto,json,text" help:"Log format: json, text, or auto (text on a terminal, else json)."`
 	LogLevel  string `name:"log-level" env:"USERD_LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Minimum log level."`
 }
 
@@ -184,9 +191,9 @@ type Log struct {
 // configs built in code).
 func (l Log) Validate() error {
 	switch l.LogFormat {
-	case "json", "text":
+	case "auto", "json", "text":
 	default:
-		return fmt.Errorf("USERD_LOG_FORMAT (--log-format) must be json or text, got %q", l.LogFormat)
+		return fmt.Errorf("USERD_LOG_FORMAT (--log-format) must be auto, json or text, got %q", l.LogFormat)
 	}
 	switch l.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -14,6 +14,7 @@ func valid() config.Serve {
 		Log:           config.Log{LogFormat: "json", LogLevel: "info"},
 		GRPCAddr:      ":9090",
 		HTTPAddr:      ":8080",
+		OpsAddr:       ":9091",
 		WebhookAddr:   ":8081",
 		ServiceTokens: "billing=tok-0123456789abcdef0123456789,worker=sha256:" + strings.Repeat("ab", 32),
 		Clerk: config.Clerk{
@@ -48,6 +49,7 @@ func TestValidate(t *testing.T) {
 		{"SecretIsASignature", func(c *config.Serve) { c.WebhookSecret = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=" }, "CLERK_WEBHOOK_SECRET"},
 		{"SecondSecretNotBase64", func(c *config.Serve) { c.WebhookSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw,whsec_!!!" }, "secret #2"},
 		{"ZeroTolerance", func(c *config.Serve) { c.WebhookTolerance = 0 }, "USERD_WEBHOOK_TOLERANCE"},
+		{"BadOpsAddr", func(c *config.Serve) { c.OpsAddr = "metrics" }, "USERD_OPS_ADDR"},
 		{"BadHTTPAddr", func(c *config.Serve) { c.HTTPAddr = "8080" }, "USERD_HTTP_ADDR"},
 		{"ShortServiceToken", func(c *config.Serve) { c.ServiceTokens = "billing=secretpw" }, "USERD_SERVICE_TOKENS"},
 		{"ServiceTokenNoName", func(c *config.Serve) { c.ServiceTokens = "=tok-0123456789abcdef0123456789" }, "USERD_SERVICE_TOKENS"},

@@ -2,8 +2,6 @@ package grpcapi
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"log/slog"
 	"runtime/debug"
 	"strings"
@@ -12,10 +10,12 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
 	"github.com/userd/userd/internal/auth"
+	"github.com/userd/userd/internal/requestid"
 )
 
 // RequestIDHeader is the metadata key (and HTTP header) that carries a
@@ -45,39 +45,18 @@ func RequestID(ctx context.Context) string {
 	return ""
 }
 
-func newRequestID() string {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
-
-// saneRequestID accepts short ids of safe characters so that a caller cannot
-// inject into logs.
-func saneRequestID(id string) bool {
-	if id == "" || len(id) > 64 {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if !(c == '-' || c == '_' || c == '.' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
-			return false
-		}
-	}
-	return true
-}
-
 // RequestIDInterceptor puts a request id into the context and the response
 // header.
 func RequestIDInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		id := ""
 		if md, ok := metadata.FromIncomingContext(ctx); ok {
-			if v := md.Get(RequestIDHeader); len(v) > 0 && saneRequestID(v[0]) {
+			if v := md.Get(RequestIDHeader); len(v) > 0 && requestid.Valid(v[0]) {
 				id = v[0]
 			}
 		}
 		if id == "" {
-			id = newRequestID()
+			id = requestid.New()
 		}
 		_ = grpc.SetHeader(ctx, metadata.Pairs(RequestIDHeader, id))
 		return handler(context.WithValue(ctx, callInfoKey{}, &callInfo{requestID: id}), req)
@@ -103,7 +82,12 @@ func LoggingInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 		if ci := infoOf(ctx); ci != nil {
 			principal = ci.principal
 		}
-		log.Log(ctx, level, "grpc call",
+		transport := "grpc"
+		if p, ok := peer.FromContext(ctx); ok && p.Addr != nil && p.Addr.Network() == "bufconn" {
+			transport = "rest" // through the in-process gateway connection
+		}
+		log.Log(ctx, level, "call",
+			"transport", transport,
 			"method", info.FullMethod,
 			"code", code.String(),
 			"duration_ms", float64(time.Since(start).Microseconds())/1000,

@@ -130,6 +130,9 @@ func (s *Service) ApplyClerkUser(ctx context.Context, ev ClerkEvent) (EventOutco
 	if err != nil {
 		return "", userErr(err, "apply clerk user "+ev.User.ID)
 	}
+	if outcome == OutcomeCreated {
+		s.userCreated(SourceWebhook)
+	}
 	return outcome, nil
 }
 

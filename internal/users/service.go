@@ -21,11 +21,39 @@ const DefaultInitialCredits = 10
 type Service struct {
 	store          Store
 	initialCredits int64
+	observer       Observer
 }
+
+// Observer learns of committed changes (for metrics). Replays and rolled
+// back attempts are not reported.
+type Observer interface {
+	CreditsMoved(kind TxKind, amount int64)
+	UserCreated(source string)
+}
+
+type noObserver struct{}
+
+func (noObserver) CreditsMoved(TxKind, int64) {}
+func (noObserver) UserCreated(string)         {}
+
+// Sources of UserCreated.
+const (
+	SourceAPI     = "api"
+	SourceWebhook = "webhook"
+)
 
 // NewService returns a Service that gives new users initialCredits (>= 0).
 func NewService(store Store, initialCredits int64) *Service {
-	return &Service{store: store, initialCredits: initialCredits}
+	return &Service{store: store, initialCredits: initialCredits, observer: noObserver{}}
+}
+
+// SetObserver reports committed changes to o.
+func (s *Service) SetObserver(o Observer) { s.observer = o }
+
+// userCreated reports a committed creation.
+func (s *Service) userCreated(source string) {
+	s.observer.UserCreated(source)
+	s.observer.CreditsMoved(TxInitial, s.initialCredits)
 }
 
 // Lookup names one user; exactly one field must be set.
@@ -185,6 +213,7 @@ func (s *Service) ensure(ctx context.Context, clerkUserID string, profile Profil
 	case err != nil:
 		return User{}, false, userErr(err, "ensure user")
 	case created:
+		s.userCreated(SourceAPI)
 		return u, true, nil
 	}
 	// Another call inserted the row between our read and our insert.
@@ -263,8 +292,12 @@ func (s *Service) changeCredits(ctx context.Context, c CreditChange, kind TxKind
 	if kind == TxDeduct {
 		delta = -c.Amount
 	}
-	var t Transaction
+	var (
+		t        Transaction
+		replayed bool
+	)
 	err := s.store.InTx(ctx, func(q Queries) error {
+		replayed = false
 		u, err := q.LockLiveUserByClerkID(ctx, c.ClerkUserID)
 		if err != nil {
 			return err
@@ -277,7 +310,7 @@ func (s *Service) changeCredits(ctx context.Context, c CreditChange, kind TxKind
 			if prev.Kind != kind || prev.Delta != delta || prev.Reason != c.Reason {
 				return keyReused()
 			}
-			t = prev
+			t, replayed = prev, true
 			return nil
 		case !errors.Is(err, ErrNoRow):
 			return err
@@ -301,6 +334,9 @@ func (s *Service) changeCredits(ctx context.Context, c CreditChange, kind TxKind
 	})
 	if err != nil {
 		return Transaction{}, userErr(err, strings.ToLower(string(kind))+" credits")
+	}
+	if !replayed {
+		s.observer.CreditsMoved(kind, c.Amount)
 	}
 	return t, nil
 }
@@ -360,9 +396,12 @@ func (s *Service) SetPlan(ctx context.Context, in SetPlanInput) (SetPlanResult, 
 	if err := in.validate(); err != nil {
 		return SetPlanResult{}, err
 	}
-	var res SetPlanResult
+	var (
+		res      SetPlanResult
+		replayed bool
+	)
 	err := s.store.InTx(ctx, func(q Queries) error {
-		res = SetPlanResult{}
+		res, replayed = SetPlanResult{}, false
 		u, err := q.LockLiveUserByClerkID(ctx, in.ClerkUserID)
 		if err != nil {
 			return err
@@ -373,7 +412,7 @@ func (s *Service) SetPlan(ctx context.Context, in SetPlanInput) (SetPlanResult, 
 			if prev.Plan != in.Plan || prev.BonusCredits != in.BonusCredits || prev.Reason != in.Reason {
 				return keyReused()
 			}
-			res.User, res.Change = u, prev
+			res.User, res.Change, replayed = u, prev, true
 			if prev.TransactionID != 0 {
 				t, err := q.GetCreditTransactionByID(ctx, prev.TransactionID)
 				if err != nil {
@@ -420,6 +459,9 @@ func (s *Service) SetPlan(ctx context.Context, in SetPlanInput) (SetPlanResult, 
 	})
 	if err != nil {
 		return SetPlanResult{}, userErr(err, "set plan")
+	}
+	if !replayed && in.BonusCredits > 0 {
+		s.observer.CreditsMoved(TxPlanBonus, in.BonusCredits)
 	}
 	return res, nil
 }

@@ -1,0 +1,241 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	userdv1 "github.com/userd/userd/gen/userd/v1"
+)
+
+const e2eToken = "e2e-service-token-0123456789abcdef"
+
+// buildUserd compiles the binary under test with a stamped version.
+func buildUserd(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "userd")
+	out, err := exec.Command("go", "build", "-ldflags", "-X main.version=v0.0.0-e2e", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// syncBuffer collects a process's output safely.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type userdProcess struct {
+	cmd  *exec.Cmd
+	logs *syncBuffer
+	done chan error
+}
+
+type endpoints struct{ grpc, http, webhook, ops string }
+
+func startUserd(t *testing.T, bin, dataDir string, ep endpoints) *userdProcess {
+	t.Helper()
+	cmd := exec.Command(bin, "serve")
+	cmd.Env = append(os.Environ(),
+		"DATABASE_URL=",
+		"USERD_DATA_DIR="+dataDir,
+		"USERD_GRPC_ADDR="+ep.grpc, "USERD_HTTP_ADDR="+ep.http,
+		"USERD_WEBHOOK_ADDR="+ep.webhook, "USERD_OPS_ADDR="+ep.ops,
+		"USERD_SERVICE_TOKENS=e2e="+e2eToken,
+		"USERD_LOG_FORMAT=json", "USERD_SHUTDOWN_GRACE=5s",
+	)
+	p := &userdProcess{cmd: cmd, logs: &syncBuffer{}, done: make(chan error, 1)}
+	cmd.Stdout, cmd.Stderr = p.logs, p.logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		resp, err := http.Get("http://" + ep.ops + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return p
+			}
+		}
+		select {
+		case err := <-p.done:
+			t.Fatalf("userd exited before it was ready: %v\n%s", err, p.logs)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("userd not ready after 90s:\n%s", p.logs)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// stop signals userd and waits for a clean exit.
+func (p *userdProcess) stop(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-p.done:
+		if err != nil {
+			t.Fatalf("userd exited with %v after %v:\n%s", err, sig, p.logs)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("userd still running 30s after %v:\n%s", sig, p.logs)
+	}
+}
+
+// postgresFor lists the pids of processes whose command line names dir.
+func postgresFor(t *testing.T, dir string) []int {
+	t.Helper()
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		if c := string(cmdline); strings.Contains(c, "postgres") && strings.Contains(c, dir) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+func client(t *testing.T, addr string) (userdv1.UserServiceClient, context.Context) {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+e2eToken)
+	return userdv1.NewUserServiceClient(conn), ctx
+}
+
+// TestEmbeddedDatabaseEndToEnd runs the real binary with no DATABASE_URL:
+// fresh data directory → serve → write → restart → the data is there →
+// SIGTERM → no postgres left; then a crash (SIGKILL) followed by a new start
+// adopts the orphaned server, and SIGINT leaves nothing behind either. As
+// root (as on this project's machines) it also proves the server runs as
+// an unprivileged account.
+func TestEmbeddedDatabaseEndToEnd(t *testing.T) {
+	bin := buildUserd(t)
+	out, err := exec.Command(bin, "version").Output()
+	if err != nil || strings.TrimSpace(string(out)) != "userd v0.0.0-e2e" {
+		t.Errorf("userd version = %q, %v", out, err)
+	}
+
+	base := t.TempDir()
+	// The server's account must reach the data directory when we are root.
+	if err := os.Chmod(filepath.Dir(base), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dataDir := filepath.Join(base, "data")
+	ep := endpoints{freePort(t), freePort(t), freePort(t), freePort(t)}
+	t.Cleanup(func() {
+		for _, pid := range postgresFor(t, dataDir) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+
+	first := startUserd(t, bin, dataDir, ep)
+	c, ctx := client(t, ep.grpc)
+	if _, err := c.EnsureUser(ctx, &userdv1.EnsureUserRequest{ClerkUserId: "user_embedded", Email: "e@example.com"}); err != nil {
+		t.Fatalf("EnsureUser: %v\n%s", err, first.logs)
+	}
+	if _, err := c.DeductCredits(ctx, &userdv1.DeductCreditsRequest{ClerkUserId: "user_embedded", Amount: 4, IdempotencyKey: "k"}); err != nil {
+		t.Fatal(err)
+	}
+	if pids := postgresFor(t, dataDir); len(pids) == 0 {
+		t.Fatal("no postgres process for the data directory while userd runs")
+	} else if os.Geteuid() == 0 {
+		st, err := os.Stat(filepath.Join("/proc", strconv.Itoa(pids[0])))
+		if err == nil && st.Sys().(*syscall.Stat_t).Uid == 0 {
+			t.Error("the embedded postgres runs as root")
+		}
+	}
+	first.stop(t, syscall.SIGTERM)
+	if pids := postgresFor(t, dataDir); len(pids) != 0 {
+		t.Errorf("postgres processes %v left after SIGTERM", pids)
+	}
+	if strings.Contains(first.logs.String(), e2eToken) {
+		t.Error("the logs contain the service token")
+	}
+
+	second := startUserd(t, bin, dataDir, ep)
+	got, err := c.GetUser(ctx, &userdv1.GetUserRequest{Lookup: &userdv1.GetUserRequest_ClerkUserId{ClerkUserId: "user_embedded"}})
+	if err != nil || got.GetUser().GetCredits() != 6 || got.GetUser().GetEmail() != "e@example.com" {
+		t.Fatalf("after a restart: %v, %v", got, err)
+	}
+	// A crash: userd dies without stopping its database.
+	if err := second.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-second.done
+	if len(postgresFor(t, dataDir)) == 0 {
+		t.Log("postgres went down with userd")
+	}
+
+	third := startUserd(t, bin, dataDir, ep)
+	if _, err := c.GetUser(ctx, &userdv1.GetUserRequest{Lookup: &userdv1.GetUserRequest_ClerkUserId{ClerkUserId: "user_embedded"}}); err != nil {
+		t.Fatalf("after a crash and restart: %v\n%s", err, third.logs)
+	}
+	third.stop(t, syscall.SIGINT)
+	if pids := postgresFor(t, dataDir); len(pids) != 0 {
+		t.Errorf("postgres processes %v left after a crash, a restart and SIGINT", pids)
+	}
+}

@@ -1,0 +1,112 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/pprof"
+	"time"
+
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	userdv1 "github.com/userd/userd/gen/userd/v1"
+	"github.com/userd/userd/internal/migrate"
+)
+
+// dbCheckInterval is how often the health of the database is probed.
+const dbCheckInterval = time.Second
+
+// opsRoutes serves the operations listener: liveness, readiness, metrics
+// and, when enabled, pprof.
+func (a *App) opsRoutes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeOpsJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := a.ready(r.Context()); err != nil {
+			writeOpsJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": err.Error()})
+			return
+		}
+		writeOpsJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+	mux.Handle("GET /metrics", a.metrics.Handler())
+	if a.cfg.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	return mux
+}
+
+// readyError is a readiness failure safe to show on /readyz.
+type readyError string
+
+func (e readyError) Error() string { return string(e) }
+
+// ready reports whether userd can serve: the database answers and its
+// schema is at the version this binary expects.
+func (a *App) ready(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := a.pool.Ping(ctx); err != nil {
+		return readyError("database unreachable")
+	}
+	m, err := migrate.New(a.pool)
+	if err != nil {
+		return readyError("cannot read the schema version")
+	}
+	defer m.Close()
+	cur, latest, err := m.Versions(ctx)
+	switch {
+	case err != nil:
+		return readyError("cannot read the schema version")
+	case cur != latest:
+		return readyError("database schema is not at the expected version: run userd migrate up")
+	}
+	return nil
+}
+
+// monitorDatabase keeps grpc.health.v1 in step with the database: SERVING
+// while it answers, NOT_SERVING while it does not.
+func (a *App) monitorDatabase(ctx context.Context) {
+	set := func(s healthpb.HealthCheckResponse_ServingStatus) {
+		a.health.SetServingStatus("", s)
+		a.health.SetServingStatus(userdv1.UserService_ServiceDesc.ServiceName, s)
+	}
+	up := true
+	set(healthpb.HealthCheckResponse_SERVING)
+	t := time.NewTicker(dbCheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pingCtx, cancel := context.WithTimeout(ctx, dbCheckInterval)
+		err := a.pool.Ping(pingCtx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		switch {
+		case err != nil && up:
+			a.log.Warn("database unreachable: health NOT_SERVING", "err", err)
+			set(healthpb.HealthCheckResponse_NOT_SERVING)
+		case err == nil && !up:
+			a.log.Info("database reachable again: health SERVING")
+			set(healthpb.HealthCheckResponse_SERVING)
+		}
+		up = err == nil
+	}
+}
+
+func writeOpsJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}

@@ -1,0 +1,152 @@
+// Package telemetry holds userd's observability: Prometheus metrics (served
+// on the ops listener), OpenTelemetry tracing (exported over OTLP when the
+// standard OTEL_* variables name an endpoint) and the slog setup that puts
+// trace ids in logs.
+package telemetry
+
+import (
+	"net/http"
+
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/userd/userd/internal/users"
+)
+
+// Metrics are userd's Prometheus collectors, on a registry of their own.
+type Metrics struct {
+	Registry *prometheus.Registry
+	// GRPC instruments the gRPC server (per method and code).
+	GRPC *grpcprom.ServerMetrics
+
+	httpRequests  *prometheus.CounterVec
+	httpDuration  *prometheus.HistogramVec
+	webhookEvents *prometheus.CounterVec
+	credits       *prometheus.CounterVec
+	usersCreated  *prometheus.CounterVec
+}
+
+// latencyBuckets suit a service whose calls take about a millisecond.
+var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}
+
+// NewMetrics registers every collector.
+func NewMetrics() *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		GRPC: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
+			grpcprom.WithHistogramBuckets(latencyBuckets))),
+		httpRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "userd_http_requests_total",
+			Help: "HTTP requests by listener (api, webhook), method and status code.",
+		}, []string{"listener", "method", "code"}),
+		httpDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "userd_http_request_duration_seconds",
+			Help:    "HTTP request latency by listener.",
+			Buckets: latencyBuckets,
+		}, []string{"listener"}),
+		webhookEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "userd_webhook_events_total",
+			Help: "Clerk webhook deliveries by event type and outcome (created, updated, stale, deleted, duplicate, ignored, rejected reasons, failed).",
+		}, []string{"type", "outcome"}),
+		credits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "userd_credits_total",
+			Help: "Credits moved by committed ledger entries, by kind (deduct, grant, plan_bonus, initial); replays are not counted.",
+		}, []string{"kind"}),
+		usersCreated: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "userd_users_created_total",
+			Help: "Users created, by source (api, webhook).",
+		}, []string{"source"}),
+	}
+	m.Registry.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.GRPC, m.httpRequests, m.httpDuration, m.webhookEvents, m.credits, m.usersCreated,
+	)
+	return m
+}
+
+// Handler serves /metrics.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry})
+}
+
+// InstrumentHTTP counts and times the requests of one listener.
+func (m *Metrics) InstrumentHTTP(listener string, h http.Handler) http.Handler {
+	labels := prometheus.Labels{"listener": listener}
+	return promhttp.InstrumentHandlerCounter(m.httpRequests.MustCurryWith(labels),
+		promhttp.InstrumentHandlerDuration(m.httpDuration.MustCurryWith(labels), h))
+}
+
+// WebhookEvent counts one delivery.
+func (m *Metrics) WebhookEvent(eventType, outcome string) {
+	m.webhookEvents.WithLabelValues(eventType, outcome).Inc()
+}
+
+// CreditsMoved implements users.Observer.
+func (m *Metrics) CreditsMoved(kind users.TxKind, amount int64) {
+	if amount < 0 {
+		amount = -amount
+	}
+	m.credits.WithLabelValues(kindLabel(kind)).Add(float64(amount))
+}
+
+// UserCreated implements users.Observer.
+func (m *Metrics) UserCreated(source string) {
+	m.usersCreated.WithLabelValues(source).Inc()
+}
+
+func kindLabel(k users.TxKind) string {
+	switch k {
+	case users.TxDeduct:
+		return "deduct"
+	case users.TxGrant:
+		return "grant"
+	case users.TxPlanBonus:
+		return "plan_bonus"
+	case users.TxInitial:
+		return "initial"
+	}
+	return "other"
+}
+
+// RegisterPool exports the pgx pool's statistics.
+func (m *Metrics) RegisterPool(pool *pgxpool.Pool) {
+	m.Registry.MustRegister(poolCollector{pool: pool})
+}
+
+type poolCollector struct{ pool *pgxpool.Pool }
+
+var (
+	poolConns = prometheus.NewDesc("userd_db_pool_connections",
+		"Database pool connections by state (idle, acquired, constructing).", []string{"state"}, nil)
+	poolMax = prometheus.NewDesc("userd_db_pool_max_connections",
+		"Largest size the database pool may grow to.", nil, nil)
+	poolAcquires = prometheus.NewDesc("userd_db_pool_acquires_total",
+		"Connections acquired from the pool.", nil, nil)
+	poolEmptyAcquires = prometheus.NewDesc("userd_db_pool_empty_acquires_total",
+		"Acquires that had to wait because the pool was empty.", nil, nil)
+	poolAcquireWait = prometheus.NewDesc("userd_db_pool_acquire_wait_seconds_total",
+		"Total time spent waiting for a pool connection.", nil, nil)
+)
+
+func (poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{poolConns, poolMax, poolAcquires, poolEmptyAcquires, poolAcquireWait} {
+		ch <- d
+	}
+}
+
+func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.pool.Stat()
+	ch <- prometheus.MustNewConstMetric(poolConns, prometheus.GaugeValue, float64(s.IdleConns()), "idle")
+	ch <- prometheus.MustNewConstMetric(poolConns, prometheus.GaugeValue, float64(s.AcquiredConns()), "acquired")
+	ch <- prometheus.MustNewConstMetric(poolConns, prometheus.GaugeValue, float64(s.ConstructingConns()), "constructing")
+	ch <- prometheus.MustNewConstMetric(poolMax, prometheus.GaugeValue, float64(s.MaxConns()))
+	ch <- prometheus.MustNewConstMetric(poolAcquires, prometheus.CounterValue, float64(s.AcquireCount()))
+	ch <- prometheus.MustNewConstMetric(poolEmptyAcquires, prometheus.CounterValue, float64(s.EmptyAcquireCount()))
+	ch <- prometheus.MustNewConstMetric(poolAcquireWait, prometheus.CounterValue, s.AcquireDuration().Seconds())
+}
+
+var _ users.Observer = (*Metrics)(nil)
