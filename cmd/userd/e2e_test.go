@@ -71,11 +71,13 @@ type userdProcess struct {
 
 type endpoints struct{ grpc, http, webhook, ops string }
 
-func startUserd(t *testing.T, bin, dataDir string, ep endpoints) *userdProcess {
+// startUserd runs the binary and waits until it is ready. databaseURL ""
+// means the embedded PostgreSQL in dataDir.
+func startUserd(t *testing.T, bin, databaseURL, dataDir string, ep endpoints) *userdProcess {
 	t.Helper()
 	cmd := exec.Command(bin, "serve")
 	cmd.Env = append(os.Environ(),
-		"DATABASE_URL=",
+		"DATABASE_URL="+databaseURL,
 		"USERD_DATA_DIR="+dataDir,
 		"USERD_GRPC_ADDR="+ep.grpc, "USERD_HTTP_ADDR="+ep.http,
 		"USERD_WEBHOOK_ADDR="+ep.webhook, "USERD_OPS_ADDR="+ep.ops,
@@ -192,7 +194,7 @@ func TestEmbeddedDatabaseEndToEnd(t *testing.T) {
 		}
 	})
 
-	first := startUserd(t, bin, dataDir, ep)
+	first := startUserd(t, bin, "", dataDir, ep)
 	c, ctx := client(t, ep.grpc)
 	if _, err := c.EnsureUser(ctx, &userdv1.EnsureUserRequest{ClerkUserId: "user_embedded", Email: "e@example.com"}); err != nil {
 		t.Fatalf("EnsureUser: %v\n%s", err, first.logs)
@@ -216,7 +218,7 @@ func TestEmbeddedDatabaseEndToEnd(t *testing.T) {
 		t.Error("the logs contain the service token")
 	}
 
-	second := startUserd(t, bin, dataDir, ep)
+	second := startUserd(t, bin, "", dataDir, ep)
 	got, err := c.GetUser(ctx, &userdv1.GetUserRequest{Lookup: &userdv1.GetUserRequest_ClerkUserId{ClerkUserId: "user_embedded"}})
 	if err != nil || got.GetUser().GetCredits() != 6 || got.GetUser().GetEmail() != "e@example.com" {
 		t.Fatalf("after a restart: %v, %v", got, err)
@@ -230,7 +232,7 @@ func TestEmbeddedDatabaseEndToEnd(t *testing.T) {
 		t.Log("postgres went down with userd")
 	}
 
-	third := startUserd(t, bin, dataDir, ep)
+	third := startUserd(t, bin, "", dataDir, ep)
 	if _, err := c.GetUser(ctx, &userdv1.GetUserRequest{Lookup: &userdv1.GetUserRequest_ClerkUserId{ClerkUserId: "user_embedded"}}); err != nil {
 		t.Fatalf("after a crash and restart: %v\n%s", err, third.logs)
 	}
