@@ -106,6 +106,14 @@ migrate: build createdb ## Apply pending migrations to DATABASE_URL (ARGS=down|s
 test: ## Run every test with the race detector (TEST_DATABASE_URL, the local server, or an embedded one).
 	$(GO) test -race -count=1 ./...
 
+.PHONY: bench
+bench: build ## Measure userd against pgbench on the same SQL; writes BENCHMARKS.md (ARGS=-rounds 1 -d 2s for a quick look).
+	$(GO) run ./cmd/userd-bench -userd $(BIN)/userd $(ARGS)
+
+.PHONY: bench-go
+bench-go: ## Go benchmarks of the hot paths (token verification, webhook verification and parsing, store operations).
+	$(GO) test -run '^$$' -bench . -benchmem ./internal/auth ./internal/clerkhook ./internal/store
+
 .PHONY: lint
 lint: $(TOOLS_STAMP) ## go vet, gofmt and buf lint.
 	$(GO) vet ./...

@@ -86,13 +86,16 @@ func LoggingInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 		if p, ok := peer.FromContext(ctx); ok && p.Addr != nil && p.Addr.Network() == "bufconn" {
 			transport = "rest" // through the in-process gateway connection
 		}
-		log.Log(ctx, level, "call",
-			"transport", transport,
-			"method", info.FullMethod,
-			"code", code.String(),
-			"duration_ms", float64(time.Since(start).Microseconds())/1000,
-			"principal", principal,
-			"request_id", RequestID(ctx))
+		if !log.Enabled(ctx, level) {
+			return resp, err
+		}
+		log.LogAttrs(ctx, level, "call",
+			slog.String("transport", transport),
+			slog.String("method", info.FullMethod),
+			slog.String("code", code.String()),
+			slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000),
+			slog.String("principal", principal),
+			slog.String("request_id", RequestID(ctx)))
 		return resp, err
 	}
 }

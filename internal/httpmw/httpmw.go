@@ -30,8 +30,9 @@ type Options struct {
 	Skip      func(*http.Request) bool
 }
 
-// Wrap returns h with the shared middleware, outermost first: tracing,
-// metrics, request id, access log, recovery.
+// Wrap returns h with the shared middleware, outermost first: tracing
+// (when an OTLP endpoint is configured), metrics, request id, access log,
+// recovery.
 func Wrap(h http.Handler, o Options) http.Handler {
 	h = recoverPanics(h, o.Log)
 	if o.AccessLog {
@@ -40,6 +41,9 @@ func Wrap(h http.Handler, o Options) http.Handler {
 	h = requestID(h)
 	if o.Metrics != nil {
 		h = o.Metrics.InstrumentHTTP(o.Listener, h)
+	}
+	if !telemetry.TracingEnabled() {
+		return h
 	}
 	return otelhttp.NewHandler(h, o.Listener)
 }
