@@ -116,7 +116,7 @@ func (a *App) init(ctx context.Context) error {
 	interceptors = append(interceptors[:2:2], append([]grpc.UnaryServerInterceptor{a.metrics.GRPC.UnaryServerInterceptor()}, interceptors[2:]...)...)
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(interceptors...),
-		grpc.MaxRecvMsgSize(1<<20),
+		grpc.MaxRecvMsgSize(1 << 20),
 		grpc.MaxConcurrentStreams(1000),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{

@@ -63,4 +63,3 @@ func BenchmarkParseEvent(b *testing.B) {
 		}
 	}
 }
-
