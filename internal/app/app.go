@@ -22,12 +22,10 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
-	"google.golang.org/grpc/test/bufconn"
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
 	"github.com/userd/userd/internal/auth"
@@ -53,10 +51,6 @@ type App struct {
 	grpc   *grpc.Server
 	health *health.Server
 	grpcLn net.Listener
-	// inproc carries the REST gateway's calls to the gRPC server without
-	// a network hop, through the same interceptors as any gRPC call.
-	inproc     *bufconn.Listener
-	inprocConn *grpc.ClientConn
 	// api is nil when USERD_HTTP_ADDR is "off".
 	api   *http.Server
 	apiLn net.Listener
@@ -132,7 +126,8 @@ func (a *App) init(ctx context.Context) error {
 		opts = append(opts, grpc.StatsHandler(otelgrpc.NewServerHandler()))
 	}
 	a.grpc = grpc.NewServer(opts...)
-	userdv1.RegisterUserServiceServer(a.grpc, grpcapi.NewServer(svc, profiles))
+	userService := grpcapi.NewServer(svc, profiles)
+	userdv1.RegisterUserServiceServer(a.grpc, userService)
 	a.health = health.NewServer()
 	healthpb.RegisterHealthServer(a.grpc, a.health)
 	reflection.Register(a.grpc)
@@ -145,19 +140,7 @@ func (a *App) init(ctx context.Context) error {
 	}
 
 	if a.cfg.HTTPAddr != config.Off {
-		a.inproc = bufconn.Listen(1 << 20)
-		dialOpts := []grpc.DialOption{
-			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return a.inproc.DialContext(ctx) }),
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
-		}
-		if telemetry.TracingEnabled() {
-			dialOpts = append(dialOpts, grpc.WithStatsHandler(otelgrpc.NewClientHandler()))
-		}
-		a.inprocConn, err = grpc.NewClient("passthrough:///userd-inprocess", dialOpts...)
-		if err != nil {
-			return fmt.Errorf("in-process gRPC connection: %w", err)
-		}
-		api, err := gateway.New(ctx, a.inprocConn, gateway.Config{CORSOrigins: splitList(a.cfg.CORSOrigins)})
+		api, err := gateway.New(ctx, grpcapi.Chained(userService, interceptors), gateway.Config{CORSOrigins: splitList(a.cfg.CORSOrigins)})
 		if err != nil {
 			return fmt.Errorf("REST gateway: %w", err)
 		}
@@ -299,15 +282,10 @@ func (a *App) Pool() *pgxpool.Pool { return a.pool }
 // finish within the configured grace period and closes the pool.
 func (a *App) Run(ctx context.Context) error {
 	errc := make(chan error, 4)
-	for _, ln := range []net.Listener{a.grpcLn, a.inproc} {
-		if ln == nil {
-			continue
-		}
+	if a.grpcLn != nil {
 		go func() {
-			if ln == a.grpcLn {
-				a.log.Info("serving gRPC", "addr", ln.Addr().String())
-			}
-			if err := a.grpc.Serve(ln); err != nil {
+			a.log.Info("serving gRPC", "addr", a.grpcLn.Addr().String())
+			if err := a.grpc.Serve(a.grpcLn); err != nil {
 				errc <- fmt.Errorf("grpc server: %w", err)
 			}
 		}()
@@ -377,12 +355,7 @@ func (a *App) shutdown() {
 			}
 		})
 	}
-	// The gateway's calls end before the gRPC server stops; close its
-	// connection after both.
 	wg.Wait()
-	if a.inprocConn != nil {
-		_ = a.inprocConn.Close()
-	}
 	a.db.Close()
 	a.log.Info("stopped")
 }

@@ -1,8 +1,9 @@
 // Package gateway serves userd.v1.UserService as REST/JSON (grpc-gateway)
-// for the frontend. It forwards every call to the gRPC server through an
-// in-process connection, so authentication, authorization, validation and
-// error mapping are exactly the gRPC ones; it only adds the HTTP status of
-// DESIGN.md's error table and serves the OpenAPI document.
+// for the frontend. It calls the gRPC server's implementation directly,
+// through the same interceptor chain (grpcapi.Chained), so authentication,
+// authorization, validation and error mapping are exactly the gRPC ones; it
+// only adds the HTTP status of DESIGN.md's error table and serves the
+// OpenAPI document.
 package gateway
 
 import (
@@ -12,7 +13,6 @@ import (
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/rs/cors"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/grpclog"
 	"google.golang.org/grpc/status"
@@ -34,7 +34,7 @@ type Config struct {
 }
 
 // New returns the HTTP API handler: /v1/... and GET /openapi.json.
-func New(ctx context.Context, conn *grpc.ClientConn, cfg Config) (http.Handler, error) {
+func New(ctx context.Context, srv userdv1.UserServiceServer, cfg Config) (http.Handler, error) {
 	mux := runtime.NewServeMux(
 		runtime.WithErrorHandler(writeError),
 		runtime.WithIncomingHeaderMatcher(incomingHeader),
@@ -45,7 +45,7 @@ func New(ctx context.Context, conn *grpc.ClientConn, cfg Config) (http.Handler, 
 			UnmarshalOptions: protojson.UnmarshalOptions{},
 		}),
 	)
-	if err := userdv1.RegisterUserServiceHandler(ctx, mux, conn); err != nil {
+	if err := userdv1.RegisterUserServiceHandlerServer(ctx, mux, srv); err != nil {
 		return nil, err
 	}
 	root := http.NewServeMux()

@@ -10,7 +10,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
@@ -83,8 +82,8 @@ func LoggingInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 			principal = ci.principal
 		}
 		transport := "grpc"
-		if p, ok := peer.FromContext(ctx); ok && p.Addr != nil && p.Addr.Network() == "bufconn" {
-			transport = "rest" // through the in-process gateway connection
+		if fromREST(ctx) {
+			transport = "rest"
 		}
 		if !log.Enabled(ctx, level) {
 			return resp, err

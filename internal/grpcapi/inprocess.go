@@ -1,0 +1,74 @@
+package grpcapi
+
+import (
+	"context"
+
+	"google.golang.org/grpc"
+
+	userdv1 "github.com/userd/userd/gen/userd/v1"
+)
+
+type restKey struct{}
+
+// fromREST reports whether the call came through the REST gateway.
+func fromREST(ctx context.Context) bool { return ctx.Value(restKey{}) != nil }
+
+// Chained returns srv with the interceptor chain applied to direct calls,
+// for the REST gateway: its calls are authenticated, authorized, mapped,
+// logged and counted exactly like gRPC calls, without a second trip
+// through a gRPC transport (which cost half of a REST call: pprof, make
+// bench).
+func Chained(srv userdv1.UserServiceServer, interceptors []grpc.UnaryServerInterceptor) userdv1.UserServiceServer {
+	return chained{srv: srv, chain: chainUnary(interceptors)}
+}
+
+type chained struct {
+	userdv1.UnimplementedUserServiceServer
+	srv   userdv1.UserServiceServer
+	chain grpc.UnaryServerInterceptor
+}
+
+// call runs one method through the chain.
+func call[Req, Resp any](c chained, ctx context.Context, method string, req Req, h func(context.Context, Req) (Resp, error)) (Resp, error) {
+	ctx = context.WithValue(ctx, restKey{}, true)
+	resp, err := c.chain(ctx, req, &grpc.UnaryServerInfo{Server: c.srv, FullMethod: method},
+		func(ctx context.Context, req any) (any, error) { return h(ctx, req.(Req)) })
+	out, _ := resp.(Resp)
+	return out, err
+}
+
+// chainUnary composes interceptors, the first outermost, as grpc does.
+func chainUnary(ics []grpc.UnaryServerInterceptor) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		h := handler
+		for i := len(ics) - 1; i >= 0; i-- {
+			ic, next := ics[i], h
+			h = func(ctx context.Context, req any) (any, error) { return ic(ctx, req, info, next) }
+		}
+		return h(ctx, req)
+	}
+}
+
+func (c chained) GetUser(ctx context.Context, req *userdv1.GetUserRequest) (*userdv1.GetUserResponse, error) {
+	return call(c, ctx, userdv1.UserService_GetUser_FullMethodName, req, c.srv.GetUser)
+}
+
+func (c chained) EnsureUser(ctx context.Context, req *userdv1.EnsureUserRequest) (*userdv1.EnsureUserResponse, error) {
+	return call(c, ctx, userdv1.UserService_EnsureUser_FullMethodName, req, c.srv.EnsureUser)
+}
+
+func (c chained) DeductCredits(ctx context.Context, req *userdv1.DeductCreditsRequest) (*userdv1.DeductCreditsResponse, error) {
+	return call(c, ctx, userdv1.UserService_DeductCredits_FullMethodName, req, c.srv.DeductCredits)
+}
+
+func (c chained) GrantCredits(ctx context.Context, req *userdv1.GrantCreditsRequest) (*userdv1.GrantCreditsResponse, error) {
+	return call(c, ctx, userdv1.UserService_GrantCredits_FullMethodName, req, c.srv.GrantCredits)
+}
+
+func (c chained) SetPlan(ctx context.Context, req *userdv1.SetPlanRequest) (*userdv1.SetPlanResponse, error) {
+	return call(c, ctx, userdv1.UserService_SetPlan_FullMethodName, req, c.srv.SetPlan)
+}
+
+func (c chained) ListCreditTransactions(ctx context.Context, req *userdv1.ListCreditTransactionsRequest) (*userdv1.ListCreditTransactionsResponse, error) {
+	return call(c, ctx, userdv1.UserService_ListCreditTransactions_FullMethodName, req, c.srv.ListCreditTransactions)
+}
