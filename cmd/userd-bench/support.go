@@ -126,14 +126,16 @@ func writePgbenchScripts(users int) (map[string]string, error) {
 	scripts := map[string]string{
 		// GetUser / EnsureUser of an existing user: one SELECT by Clerk id.
 		"get_user": n + "SELECT * FROM users WHERE clerk_user_id = 'user_bench' || :n AND deleted_at IS NULL;\n",
-		// DeductCredits: lock the user, look the key up, update, insert.
+		// DeductCredits: lock the user and look the key up, then set the
+		// balance and insert the entry (db/queries, LockLiveUserWithKeyedTransaction
+		// and ApplyCreditTransaction).
 		"deduct": n + "\\set k random(1, 1000000000000)\n" +
 			"BEGIN;\n" +
-			"SELECT id AS uid, credits AS cr FROM users WHERE clerk_user_id = 'user_bench' || :n AND deleted_at IS NULL FOR UPDATE \\gset\n" +
-			"SELECT * FROM credit_transactions WHERE user_id = :uid AND idempotency_key = 'pgb' || :k || '-' || :client_id;\n" +
-			"UPDATE users SET credits = :cr - 1, updated_at = now() WHERE id = :uid RETURNING *;\n" +
+			"SELECT users.id AS uid, users.credits AS cr, t.id AS tid FROM users LEFT JOIN credit_transactions t ON t.user_id = users.id AND t.idempotency_key = 'pgb' || :k || '-' || :client_id " +
+			"WHERE users.clerk_user_id = 'user_bench' || :n AND users.deleted_at IS NULL FOR UPDATE OF users \\gset\n" +
+			"WITH balance AS (UPDATE users SET credits = :cr - 1, updated_at = now() WHERE users.id = :uid RETURNING id AS balance_user_id) " +
 			"INSERT INTO credit_transactions (user_id, delta, balance_after, kind, reason, idempotency_key) " +
-			"VALUES (:uid, -1, :cr - 1, 'DEDUCT', '', 'pgb' || :k || '-' || :client_id) RETURNING *;\n" +
+			"SELECT balance.balance_user_id, -1, :cr - 1, 'DEDUCT', '', 'pgb' || :k || '-' || :client_id FROM balance RETURNING *;\n" +
 			"COMMIT;\n",
 		// ApplyClerkUser for a new user.
 		"webhook_create": "\\set k random(1, 1000000000000)\n" +

@@ -5,9 +5,17 @@ INSERT INTO credit_transactions (user_id, delta, balance_after, kind, reason, id
 VALUES (@user_id, @delta, @balance_after, @kind, @reason, @idempotency_key)
 RETURNING *;
 
--- name: GetCreditTransactionByKey :one
-SELECT * FROM credit_transactions
-WHERE user_id = @user_id AND idempotency_key = @idempotency_key::text;
+-- ApplyCreditTransaction sets the user's balance and records the entry in
+-- one round trip.
+-- name: ApplyCreditTransaction :one
+WITH balance AS (
+    UPDATE users SET credits = @balance_after, updated_at = now()
+    WHERE users.id = @user_id::uuid
+    RETURNING id AS balance_user_id
+)
+INSERT INTO credit_transactions (user_id, delta, balance_after, kind, reason, idempotency_key)
+SELECT balance.balance_user_id, @delta, @balance_after, @kind, @reason, @idempotency_key FROM balance
+RETURNING *;
 
 -- name: GetCreditTransactionByID :one
 SELECT * FROM credit_transactions

@@ -33,12 +33,6 @@ VALUES (@clerk_user_id, @email, @first_name, @last_name, @image_url, 'FREE', @cr
 ON CONFLICT (clerk_user_id) DO NOTHING
 RETURNING *;
 
--- name: UpdateUserCredits :one
-UPDATE users
-SET credits = @credits, updated_at = now()
-WHERE id = @id
-RETURNING *;
-
 -- name: UpdateUserPlanAndCredits :one
 UPDATE users
 SET plan = @plan, credits = @credits, updated_at = now()
@@ -82,3 +76,18 @@ VALUES (@clerk_user_id, 'FREE', 0, now())
 ON CONFLICT (clerk_user_id) DO UPDATE
 SET deleted_at = coalesce(users.deleted_at, now()), updated_at = now()
 RETURNING *;
+
+-- LockLiveUserWithKeyedTransaction takes the user's row lock and, in the
+-- same round trip, finds the ledger entry the user already has under an
+-- idempotency key. The entry comes from the statement's snapshot: an entry
+-- committed by a racing transaction while this one waited for the lock is
+-- not seen, and its insert then fails on credit_transactions_user_key (the
+-- caller retries once and replays it).
+-- name: LockLiveUserWithKeyedTransaction :one
+SELECT sqlc.embed(users),
+       t.id AS tx_id, t.delta AS tx_delta, t.balance_after AS tx_balance_after,
+       t.kind AS tx_kind, t.reason AS tx_reason, t.created_at AS tx_created_at
+FROM users
+LEFT JOIN credit_transactions t ON t.user_id = users.id AND t.idempotency_key = @idempotency_key::text
+WHERE users.clerk_user_id = @clerk_user_id AND users.deleted_at IS NULL
+FOR UPDATE OF users;

@@ -11,13 +11,37 @@ import (
 	"github.com/google/uuid"
 )
 
-const getCreditTransactionByID = `-- name: GetCreditTransactionByID :one
-SELECT id, user_id, delta, balance_after, kind, reason, idempotency_key, created_at FROM credit_transactions
-WHERE id = $1
+const applyCreditTransaction = `-- name: ApplyCreditTransaction :one
+WITH balance AS (
+    UPDATE users SET credits = $2, updated_at = now()
+    WHERE users.id = $6::uuid
+    RETURNING id AS balance_user_id
+)
+INSERT INTO credit_transactions (user_id, delta, balance_after, kind, reason, idempotency_key)
+SELECT balance.balance_user_id, $1, $2, $3, $4, $5 FROM balance
+RETURNING id, user_id, delta, balance_after, kind, reason, idempotency_key, created_at
 `
 
-func (q *Queries) GetCreditTransactionByID(ctx context.Context, db DBTX, id int64) (CreditTransaction, error) {
-	row := db.QueryRow(ctx, getCreditTransactionByID, id)
+type ApplyCreditTransactionParams struct {
+	Delta          int64
+	BalanceAfter   int64
+	Kind           string
+	Reason         string
+	IdempotencyKey *string
+	UserID         uuid.UUID
+}
+
+// ApplyCreditTransaction sets the user's balance and records the entry in
+// one round trip.
+func (q *Queries) ApplyCreditTransaction(ctx context.Context, db DBTX, arg ApplyCreditTransactionParams) (CreditTransaction, error) {
+	row := db.QueryRow(ctx, applyCreditTransaction,
+		arg.Delta,
+		arg.BalanceAfter,
+		arg.Kind,
+		arg.Reason,
+		arg.IdempotencyKey,
+		arg.UserID,
+	)
 	var i CreditTransaction
 	err := row.Scan(
 		&i.ID,
@@ -32,18 +56,13 @@ func (q *Queries) GetCreditTransactionByID(ctx context.Context, db DBTX, id int6
 	return i, err
 }
 
-const getCreditTransactionByKey = `-- name: GetCreditTransactionByKey :one
+const getCreditTransactionByID = `-- name: GetCreditTransactionByID :one
 SELECT id, user_id, delta, balance_after, kind, reason, idempotency_key, created_at FROM credit_transactions
-WHERE user_id = $1 AND idempotency_key = $2::text
+WHERE id = $1
 `
 
-type GetCreditTransactionByKeyParams struct {
-	UserID         uuid.UUID
-	IdempotencyKey string
-}
-
-func (q *Queries) GetCreditTransactionByKey(ctx context.Context, db DBTX, arg GetCreditTransactionByKeyParams) (CreditTransaction, error) {
-	row := db.QueryRow(ctx, getCreditTransactionByKey, arg.UserID, arg.IdempotencyKey)
+func (q *Queries) GetCreditTransactionByID(ctx context.Context, db DBTX, id int64) (CreditTransaction, error) {
+	row := db.QueryRow(ctx, getCreditTransactionByID, id)
 	var i CreditTransaction
 	err := row.Scan(
 		&i.ID,

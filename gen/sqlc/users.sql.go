@@ -7,6 +7,7 @@ package sqlcdb
 
 import (
 	"context"
+	"time"
 
 	"github.com/google/uuid"
 )
@@ -235,6 +236,63 @@ func (q *Queries) LockLiveUserByEmailExcept(ctx context.Context, db DBTX, arg Lo
 	return i, err
 }
 
+const lockLiveUserWithKeyedTransaction = `-- name: LockLiveUserWithKeyedTransaction :one
+SELECT users.id, users.clerk_user_id, users.email, users.first_name, users.last_name, users.image_url, users.plan, users.credits, users.clerk_updated_at, users.created_at, users.updated_at, users.deleted_at,
+       t.id AS tx_id, t.delta AS tx_delta, t.balance_after AS tx_balance_after,
+       t.kind AS tx_kind, t.reason AS tx_reason, t.created_at AS tx_created_at
+FROM users
+LEFT JOIN credit_transactions t ON t.user_id = users.id AND t.idempotency_key = $1::text
+WHERE users.clerk_user_id = $2 AND users.deleted_at IS NULL
+FOR UPDATE OF users
+`
+
+type LockLiveUserWithKeyedTransactionParams struct {
+	IdempotencyKey string
+	ClerkUserID    string
+}
+
+type LockLiveUserWithKeyedTransactionRow struct {
+	User           User
+	TxID           *int64
+	TxDelta        *int64
+	TxBalanceAfter *int64
+	TxKind         *string
+	TxReason       *string
+	TxCreatedAt    *time.Time
+}
+
+// LockLiveUserWithKeyedTransaction takes the user's row lock and, in the
+// same round trip, finds the ledger entry the user already has under an
+// idempotency key. The entry comes from the statement's snapshot: an entry
+// committed by a racing transaction while this one waited for the lock is
+// not seen, and its insert then fails on credit_transactions_user_key (the
+// caller retries once and replays it).
+func (q *Queries) LockLiveUserWithKeyedTransaction(ctx context.Context, db DBTX, arg LockLiveUserWithKeyedTransactionParams) (LockLiveUserWithKeyedTransactionRow, error) {
+	row := db.QueryRow(ctx, lockLiveUserWithKeyedTransaction, arg.IdempotencyKey, arg.ClerkUserID)
+	var i LockLiveUserWithKeyedTransactionRow
+	err := row.Scan(
+		&i.User.ID,
+		&i.User.ClerkUserID,
+		&i.User.Email,
+		&i.User.FirstName,
+		&i.User.LastName,
+		&i.User.ImageURL,
+		&i.User.Plan,
+		&i.User.Credits,
+		&i.User.ClerkUpdatedAt,
+		&i.User.CreatedAt,
+		&i.User.UpdatedAt,
+		&i.User.DeletedAt,
+		&i.TxID,
+		&i.TxDelta,
+		&i.TxBalanceAfter,
+		&i.TxKind,
+		&i.TxReason,
+		&i.TxCreatedAt,
+	)
+	return i, err
+}
+
 const lockUserByClerkIDIncludingDeleted = `-- name: LockUserByClerkIDIncludingDeleted :one
 SELECT id, clerk_user_id, email, first_name, last_name, image_url, plan, credits, clerk_updated_at, created_at, updated_at, deleted_at FROM users
 WHERE clerk_user_id = $1
@@ -276,38 +334,6 @@ RETURNING id, clerk_user_id, email, first_name, last_name, image_url, plan, cred
 // A deletion is final: an existing deleted_at is kept.
 func (q *Queries) TombstoneUser(ctx context.Context, db DBTX, clerkUserID string) (User, error) {
 	row := db.QueryRow(ctx, tombstoneUser, clerkUserID)
-	var i User
-	err := row.Scan(
-		&i.ID,
-		&i.ClerkUserID,
-		&i.Email,
-		&i.FirstName,
-		&i.LastName,
-		&i.ImageURL,
-		&i.Plan,
-		&i.Credits,
-		&i.ClerkUpdatedAt,
-		&i.CreatedAt,
-		&i.UpdatedAt,
-		&i.DeletedAt,
-	)
-	return i, err
-}
-
-const updateUserCredits = `-- name: UpdateUserCredits :one
-UPDATE users
-SET credits = $1, updated_at = now()
-WHERE id = $2
-RETURNING id, clerk_user_id, email, first_name, last_name, image_url, plan, credits, clerk_updated_at, created_at, updated_at, deleted_at
-`
-
-type UpdateUserCreditsParams struct {
-	Credits int64
-	ID      uuid.UUID
-}
-
-func (q *Queries) UpdateUserCredits(ctx context.Context, db DBTX, arg UpdateUserCreditsParams) (User, error) {
-	row := db.QueryRow(ctx, updateUserCredits, arg.Credits, arg.ID)
 	var i User
 	err := row.Scan(
 		&i.ID,

@@ -124,11 +124,6 @@ func (s queries) InsertUserIfAbsent(ctx context.Context, u users.NewUser) (users
 	return out, err == nil, err
 }
 
-func (s queries) UpdateUserCredits(ctx context.Context, id uuid.UUID, credits int64) (users.User, error) {
-	row, err := s.q.UpdateUserCredits(ctx, s.db, sqlcdb.UpdateUserCreditsParams{ID: id, Credits: credits})
-	return userOut(row, err)
-}
-
 func (s queries) UpdateUserPlanAndCredits(ctx context.Context, id uuid.UUID, plan users.Plan, credits int64) (users.User, error) {
 	row, err := s.q.UpdateUserPlanAndCredits(ctx, s.db, sqlcdb.UpdateUserPlanAndCreditsParams{
 		ID: id, Plan: string(plan), Credits: credits,
@@ -148,9 +143,34 @@ func (s queries) InsertCreditTransaction(ctx context.Context, t users.Transactio
 	return transactionOut(row, err)
 }
 
-func (s queries) GetCreditTransactionByKey(ctx context.Context, userID uuid.UUID, key string) (users.Transaction, error) {
-	row, err := s.q.GetCreditTransactionByKey(ctx, s.db, sqlcdb.GetCreditTransactionByKeyParams{
-		UserID: userID, IdempotencyKey: key,
+func (s queries) LockLiveUserWithKeyedTransaction(ctx context.Context, clerkUserID, key string) (users.User, *users.Transaction, error) {
+	row, err := s.q.LockLiveUserWithKeyedTransaction(ctx, s.db, sqlcdb.LockLiveUserWithKeyedTransactionParams{
+		ClerkUserID: clerkUserID, IdempotencyKey: key,
+	})
+	u, err := userOut(row.User, err)
+	if err != nil || row.TxID == nil {
+		return u, nil, err
+	}
+	return u, &users.Transaction{
+		ID:             *row.TxID,
+		UserID:         u.ID,
+		Delta:          deref(row.TxDelta),
+		BalanceAfter:   deref(row.TxBalanceAfter),
+		Kind:           users.TxKind(deref(row.TxKind)),
+		Reason:         deref(row.TxReason),
+		IdempotencyKey: key,
+		CreatedAt:      deref(row.TxCreatedAt),
+	}, nil
+}
+
+func (s queries) ApplyCreditTransaction(ctx context.Context, t users.Transaction) (users.Transaction, error) {
+	row, err := s.q.ApplyCreditTransaction(ctx, s.db, sqlcdb.ApplyCreditTransactionParams{
+		UserID:         t.UserID,
+		Delta:          t.Delta,
+		BalanceAfter:   t.BalanceAfter,
+		Kind:           string(t.Kind),
+		Reason:         t.Reason,
+		IdempotencyKey: nullable(t.IdempotencyKey),
 	})
 	return transactionOut(row, err)
 }

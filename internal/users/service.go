@@ -295,43 +295,42 @@ func (s *Service) changeCredits(ctx context.Context, c CreditChange, kind TxKind
 	var (
 		t        Transaction
 		replayed bool
+		err      error
 	)
-	err := s.store.InTx(ctx, func(q Queries) error {
-		replayed = false
-		u, err := q.LockLiveUserByClerkID(ctx, c.ClerkUserID)
-		if err != nil {
-			return err
-		}
-		// Under the row lock, a committed entry with this key is visible:
-		// racing retries are serialised here and all but the first replay.
-		prev, err := q.GetCreditTransactionByKey(ctx, u.ID, c.IdempotencyKey)
-		switch {
-		case err == nil:
-			if prev.Kind != kind || prev.Delta != delta || prev.Reason != c.Reason {
-				return keyReused()
+	// A second attempt only when a racing retry with the same key
+	// committed while this one waited for the lock: it then replays.
+	for attempt := 0; attempt < 2; attempt++ {
+		err = s.store.InTx(ctx, func(q Queries) error {
+			replayed = false
+			u, prev, err := q.LockLiveUserWithKeyedTransaction(ctx, c.ClerkUserID, c.IdempotencyKey)
+			if err != nil {
+				return err
 			}
-			t, replayed = prev, true
-			return nil
-		case !errors.Is(err, ErrNoRow):
+			if prev != nil {
+				if prev.Kind != kind || prev.Delta != delta || prev.Reason != c.Reason {
+					return keyReused()
+				}
+				t, replayed = *prev, true
+				return nil
+			}
+			balance, err := applyDelta(u.Credits, delta)
+			if err != nil {
+				return err
+			}
+			t, err = q.ApplyCreditTransaction(ctx, Transaction{
+				UserID:         u.ID,
+				Delta:          delta,
+				BalanceAfter:   balance,
+				Kind:           kind,
+				Reason:         c.Reason,
+				IdempotencyKey: c.IdempotencyKey,
+			})
 			return err
-		}
-		balance, err := applyDelta(u.Credits, delta)
-		if err != nil {
-			return err
-		}
-		if _, err := q.UpdateUserCredits(ctx, u.ID, balance); err != nil {
-			return err
-		}
-		t, err = q.InsertCreditTransaction(ctx, Transaction{
-			UserID:         u.ID,
-			Delta:          delta,
-			BalanceAfter:   balance,
-			Kind:           kind,
-			Reason:         c.Reason,
-			IdempotencyKey: c.IdempotencyKey,
 		})
-		return err
-	})
+		if !errors.Is(err, ErrIdempotencyKeyInUse) {
+			break
+		}
+	}
 	if err != nil {
 		return Transaction{}, userErr(err, strings.ToLower(string(kind))+" credits")
 	}

@@ -122,11 +122,17 @@ type Queries interface {
 	// InsertUserIfAbsent returns inserted == false, and no error, when a row
 	// for the Clerk id already exists.
 	InsertUserIfAbsent(ctx context.Context, u NewUser) (user User, inserted bool, err error)
-	UpdateUserCredits(ctx context.Context, id uuid.UUID, credits int64) (User, error)
 	UpdateUserPlanAndCredits(ctx context.Context, id uuid.UUID, plan Plan, credits int64) (User, error)
 
 	InsertCreditTransaction(ctx context.Context, t Transaction) (Transaction, error)
-	GetCreditTransactionByKey(ctx context.Context, userID uuid.UUID, key string) (Transaction, error)
+	// LockLiveUserWithKeyedTransaction is LockLiveUserByClerkID that also
+	// returns the user's ledger entry under key, if any, in one round
+	// trip. An entry committed while the lock was awaited may be missed;
+	// inserting it again then fails with ErrIdempotencyKeyInUse.
+	LockLiveUserWithKeyedTransaction(ctx context.Context, clerkUserID, key string) (User, *Transaction, error)
+	// ApplyCreditTransaction sets the user's balance to t.BalanceAfter and
+	// inserts t, in one round trip.
+	ApplyCreditTransaction(ctx context.Context, t Transaction) (Transaction, error)
 	GetCreditTransactionByID(ctx context.Context, id int64) (Transaction, error)
 	// ListCreditTransactions returns up to limit entries with id < beforeID
 	// (any id when beforeID is 0), newest first.
