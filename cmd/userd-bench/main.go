@@ -38,6 +38,9 @@ import (
 	"github.com/userd/userd/internal/clerkhook"
 )
 
+// notesMarker starts the part of BENCHMARKS.md a run keeps.
+const notesMarker = "<!-- notes: kept by make bench -->"
+
 const (
 	serviceToken  = "bench-service-token-0123456789abcdef"
 	webhookSecret = "whsec_dXNlcmQtYmVuY2gtd2ViaG9vay1zZWNyZXQ="
@@ -200,6 +203,12 @@ func run(ctx context.Context) error {
 	report := render(scenarios, all, ceilings)
 	fmt.Print(report)
 	if *out != "" {
+		// Hand-written analysis below the marker survives a new run.
+		if old, err := os.ReadFile(*out); err == nil {
+			if i := bytes.Index(old, []byte(notesMarker)); i >= 0 {
+				report += "\n" + string(old[i:])
+			}
+		}
 		return os.WriteFile(*out, []byte(report), 0o644)
 	}
 	return nil

@@ -137,15 +137,18 @@ func writePgbenchScripts(users int) (map[string]string, error) {
 			"INSERT INTO credit_transactions (user_id, delta, balance_after, kind, reason, idempotency_key) " +
 			"SELECT balance.balance_user_id, -1, :cr - 1, 'DEDUCT', '', 'pgb' || :k || '-' || :client_id FROM balance RETURNING *;\n" +
 			"COMMIT;\n",
-		// ApplyClerkUser for a new user.
+		// ApplyClerkUser for a new user: lock the user and any email holder,
+		// insert the user with its initial ledger entry, record the message.
 		"webhook_create": "\\set k random(1, 1000000000000)\n" +
 			"BEGIN;\n" +
-			"INSERT INTO webhook_events (svix_id, event_type, object_id, outcome) VALUES ('pgbmsg' || :k || '-' || :client_id, 'user.created', 'user_pgb' || :k || '_' || :client_id, 'pending') ON CONFLICT (svix_id) DO NOTHING RETURNING svix_id;\n" +
-			"SELECT * FROM users WHERE clerk_user_id = 'user_pgb' || :k || '_' || :client_id FOR UPDATE;\n" +
-			"SELECT * FROM users WHERE lower(email) = lower('pgb' || :k || '_' || :client_id || '@bench.example') AND deleted_at IS NULL AND clerk_user_id <> 'user_pgb' || :k || '_' || :client_id FOR UPDATE;\n" +
-			"INSERT INTO users (clerk_user_id, email, plan, credits, clerk_updated_at) VALUES ('user_pgb' || :k || '_' || :client_id, 'pgb' || :k || '_' || :client_id || '@bench.example', 'FREE', 10, 1) ON CONFLICT (clerk_user_id) DO NOTHING RETURNING id AS nid \\gset\n" +
-			"INSERT INTO credit_transactions (user_id, delta, balance_after, kind, reason) VALUES (:nid, 10, 10, 'INITIAL', '') RETURNING *;\n" +
-			"UPDATE webhook_events SET outcome = 'created' WHERE svix_id = 'pgbmsg' || :k || '-' || :client_id;\n" +
+			"SELECT * FROM users WHERE clerk_user_id = 'user_pgb' || :k || '_' || :client_id " +
+			"OR (lower(email) = lower('pgb' || :k || '_' || :client_id || '@bench.example') AND deleted_at IS NULL) FOR UPDATE;\n" +
+			"WITH new_user AS (INSERT INTO users (clerk_user_id, email, plan, credits, clerk_updated_at) " +
+			"VALUES ('user_pgb' || :k || '_' || :client_id, 'pgb' || :k || '_' || :client_id || '@bench.example', 'FREE', 10, 1) " +
+			"ON CONFLICT (clerk_user_id) DO NOTHING RETURNING *), initial AS (INSERT INTO credit_transactions (user_id, delta, balance_after, kind) " +
+			"SELECT new_user.id, new_user.credits, new_user.credits, 'INITIAL' FROM new_user) SELECT * FROM new_user;\n" +
+			"INSERT INTO webhook_events (svix_id, event_type, object_id, outcome) VALUES ('pgbmsg' || :k || '-' || :client_id, 'user.created', " +
+			"'user_pgb' || :k || '_' || :client_id, 'created') ON CONFLICT (svix_id) DO NOTHING RETURNING svix_id;\n" +
 			"COMMIT;\n",
 	}
 	paths := map[string]string{}

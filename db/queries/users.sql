@@ -24,27 +24,27 @@ SELECT * FROM users
 WHERE clerk_user_id = @clerk_user_id AND deleted_at IS NULL
 FOR UPDATE;
 
--- InsertUserIfAbsent returns no row when the Clerk id already exists (live or
--- deleted); concurrent inserts for one id wait for each other and exactly one
--- returns the row.
--- name: InsertUserIfAbsent :one
-INSERT INTO users (clerk_user_id, email, first_name, last_name, image_url, plan, credits, clerk_updated_at)
-VALUES (@clerk_user_id, @email, @first_name, @last_name, @image_url, 'FREE', @credits, @clerk_updated_at)
-ON CONFLICT (clerk_user_id) DO NOTHING
-RETURNING *;
+-- InsertUserWithInitialCredits creates the user and the ledger entry of
+-- its initial credits in one round trip. It returns no row when the Clerk
+-- id already exists (live or deleted); concurrent inserts for one id wait
+-- for each other and exactly one returns the row.
+-- name: InsertUserWithInitialCredits :one
+WITH new_user AS (
+    INSERT INTO users (clerk_user_id, email, first_name, last_name, image_url, plan, credits, clerk_updated_at)
+    VALUES (@clerk_user_id, @email, @first_name, @last_name, @image_url, 'FREE', @credits, @clerk_updated_at)
+    ON CONFLICT (clerk_user_id) DO NOTHING
+    RETURNING *
+), initial AS (
+    INSERT INTO credit_transactions (user_id, delta, balance_after, kind)
+    SELECT new_user.id, new_user.credits, new_user.credits, 'INITIAL' FROM new_user
+)
+SELECT * FROM new_user;
 
 -- name: UpdateUserPlanAndCredits :one
 UPDATE users
 SET plan = @plan, credits = @credits, updated_at = now()
 WHERE id = @id
 RETURNING *;
-
--- LockUserByClerkIDIncludingDeleted locks the row, live or tombstone, that a
--- Clerk event is about.
--- name: LockUserByClerkIDIncludingDeleted :one
-SELECT * FROM users
-WHERE clerk_user_id = @clerk_user_id
-FOR UPDATE;
 
 -- LockLiveUserByEmailExcept locks the other live user, if any, that holds an
 -- email (case-insensitively).
@@ -91,3 +91,12 @@ FROM users
 LEFT JOIN credit_transactions t ON t.user_id = users.id AND t.idempotency_key = @idempotency_key::text
 WHERE users.clerk_user_id = @clerk_user_id AND users.deleted_at IS NULL
 FOR UPDATE OF users;
+
+-- LockUserAndEmailHolder locks, in one round trip, the row a Clerk event is
+-- about (live or tombstone) and the other live user, if any, holding the
+-- event's email.
+-- name: LockUserAndEmailHolder :many
+SELECT * FROM users
+WHERE clerk_user_id = @clerk_user_id
+   OR (@email::text <> '' AND lower(email) = lower(@email::text) AND deleted_at IS NULL)
+FOR UPDATE;

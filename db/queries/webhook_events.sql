@@ -1,16 +1,14 @@
 -- Queries on processed webhook deliveries.
 
--- InsertWebhookEvent returns no row when the message was already recorded;
--- a concurrent insert of the same id waits for the other transaction and
--- then returns no row if that one committed.
+-- InsertWebhookEvent records an applied message with its outcome. It
+-- returns no row when the message was already recorded; a concurrent insert
+-- of the same id waits for the other transaction and then returns no row if
+-- that one committed.
 -- name: InsertWebhookEvent :one
 INSERT INTO webhook_events (svix_id, event_type, object_id, outcome)
 VALUES (@svix_id, @event_type, @object_id, @outcome)
 ON CONFLICT (svix_id) DO NOTHING
 RETURNING svix_id;
-
--- name: UpdateWebhookEventOutcome :exec
-UPDATE webhook_events SET outcome = @outcome WHERE svix_id = @svix_id;
 
 -- name: GetWebhookEvent :one
 SELECT * FROM webhook_events WHERE svix_id = @svix_id;

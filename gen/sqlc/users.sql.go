@@ -127,14 +127,20 @@ func (q *Queries) GetUserByClerkIDIncludingDeleted(ctx context.Context, db DBTX,
 	return i, err
 }
 
-const insertUserIfAbsent = `-- name: InsertUserIfAbsent :one
-INSERT INTO users (clerk_user_id, email, first_name, last_name, image_url, plan, credits, clerk_updated_at)
-VALUES ($1, $2, $3, $4, $5, 'FREE', $6, $7)
-ON CONFLICT (clerk_user_id) DO NOTHING
-RETURNING id, clerk_user_id, email, first_name, last_name, image_url, plan, credits, clerk_updated_at, created_at, updated_at, deleted_at
+const insertUserWithInitialCredits = `-- name: InsertUserWithInitialCredits :one
+WITH new_user AS (
+    INSERT INTO users (clerk_user_id, email, first_name, last_name, image_url, plan, credits, clerk_updated_at)
+    VALUES ($1, $2, $3, $4, $5, 'FREE', $6, $7)
+    ON CONFLICT (clerk_user_id) DO NOTHING
+    RETURNING id, clerk_user_id, email, first_name, last_name, image_url, plan, credits, clerk_updated_at, created_at, updated_at, deleted_at
+), initial AS (
+    INSERT INTO credit_transactions (user_id, delta, balance_after, kind)
+    SELECT new_user.id, new_user.credits, new_user.credits, 'INITIAL' FROM new_user
+)
+SELECT id, clerk_user_id, email, first_name, last_name, image_url, plan, credits, clerk_updated_at, created_at, updated_at, deleted_at FROM new_user
 `
 
-type InsertUserIfAbsentParams struct {
+type InsertUserWithInitialCreditsParams struct {
 	ClerkUserID    string
 	Email          *string
 	FirstName      *string
@@ -144,11 +150,27 @@ type InsertUserIfAbsentParams struct {
 	ClerkUpdatedAt *int64
 }
 
-// InsertUserIfAbsent returns no row when the Clerk id already exists (live or
-// deleted); concurrent inserts for one id wait for each other and exactly one
-// returns the row.
-func (q *Queries) InsertUserIfAbsent(ctx context.Context, db DBTX, arg InsertUserIfAbsentParams) (User, error) {
-	row := db.QueryRow(ctx, insertUserIfAbsent,
+type InsertUserWithInitialCreditsRow struct {
+	ID             uuid.UUID
+	ClerkUserID    string
+	Email          *string
+	FirstName      *string
+	LastName       *string
+	ImageURL       *string
+	Plan           string
+	Credits        int64
+	ClerkUpdatedAt *int64
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
+	DeletedAt      *time.Time
+}
+
+// InsertUserWithInitialCredits creates the user and the ledger entry of
+// its initial credits in one round trip. It returns no row when the Clerk
+// id already exists (live or deleted); concurrent inserts for one id wait
+// for each other and exactly one returns the row.
+func (q *Queries) InsertUserWithInitialCredits(ctx context.Context, db DBTX, arg InsertUserWithInitialCreditsParams) (InsertUserWithInitialCreditsRow, error) {
+	row := db.QueryRow(ctx, insertUserWithInitialCredits,
 		arg.ClerkUserID,
 		arg.Email,
 		arg.FirstName,
@@ -157,7 +179,7 @@ func (q *Queries) InsertUserIfAbsent(ctx context.Context, db DBTX, arg InsertUse
 		arg.Credits,
 		arg.ClerkUpdatedAt,
 	)
-	var i User
+	var i InsertUserWithInitialCreditsRow
 	err := row.Scan(
 		&i.ID,
 		&i.ClerkUserID,
@@ -293,32 +315,52 @@ func (q *Queries) LockLiveUserWithKeyedTransaction(ctx context.Context, db DBTX,
 	return i, err
 }
 
-const lockUserByClerkIDIncludingDeleted = `-- name: LockUserByClerkIDIncludingDeleted :one
+const lockUserAndEmailHolder = `-- name: LockUserAndEmailHolder :many
 SELECT id, clerk_user_id, email, first_name, last_name, image_url, plan, credits, clerk_updated_at, created_at, updated_at, deleted_at FROM users
 WHERE clerk_user_id = $1
+   OR ($2::text <> '' AND lower(email) = lower($2::text) AND deleted_at IS NULL)
 FOR UPDATE
 `
 
-// LockUserByClerkIDIncludingDeleted locks the row, live or tombstone, that a
-// Clerk event is about.
-func (q *Queries) LockUserByClerkIDIncludingDeleted(ctx context.Context, db DBTX, clerkUserID string) (User, error) {
-	row := db.QueryRow(ctx, lockUserByClerkIDIncludingDeleted, clerkUserID)
-	var i User
-	err := row.Scan(
-		&i.ID,
-		&i.ClerkUserID,
-		&i.Email,
-		&i.FirstName,
-		&i.LastName,
-		&i.ImageURL,
-		&i.Plan,
-		&i.Credits,
-		&i.ClerkUpdatedAt,
-		&i.CreatedAt,
-		&i.UpdatedAt,
-		&i.DeletedAt,
-	)
-	return i, err
+type LockUserAndEmailHolderParams struct {
+	ClerkUserID string
+	Email       string
+}
+
+// LockUserAndEmailHolder locks, in one round trip, the row a Clerk event is
+// about (live or tombstone) and the other live user, if any, holding the
+// event's email.
+func (q *Queries) LockUserAndEmailHolder(ctx context.Context, db DBTX, arg LockUserAndEmailHolderParams) ([]User, error) {
+	rows, err := db.Query(ctx, lockUserAndEmailHolder, arg.ClerkUserID, arg.Email)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []User{}
+	for rows.Next() {
+		var i User
+		if err := rows.Scan(
+			&i.ID,
+			&i.ClerkUserID,
+			&i.Email,
+			&i.FirstName,
+			&i.LastName,
+			&i.ImageURL,
+			&i.Plan,
+			&i.Credits,
+			&i.ClerkUpdatedAt,
+			&i.CreatedAt,
+			&i.UpdatedAt,
+			&i.DeletedAt,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const tombstoneUser = `-- name: TombstoneUser :one

@@ -42,9 +42,10 @@ type InsertWebhookEventParams struct {
 }
 
 // Queries on processed webhook deliveries.
-// InsertWebhookEvent returns no row when the message was already recorded;
-// a concurrent insert of the same id waits for the other transaction and
-// then returns no row if that one committed.
+// InsertWebhookEvent records an applied message with its outcome. It
+// returns no row when the message was already recorded; a concurrent insert
+// of the same id waits for the other transaction and then returns no row if
+// that one committed.
 func (q *Queries) InsertWebhookEvent(ctx context.Context, db DBTX, arg InsertWebhookEventParams) (string, error) {
 	row := db.QueryRow(ctx, insertWebhookEvent,
 		arg.SvixID,
@@ -55,18 +56,4 @@ func (q *Queries) InsertWebhookEvent(ctx context.Context, db DBTX, arg InsertWeb
 	var svix_id string
 	err := row.Scan(&svix_id)
 	return svix_id, err
-}
-
-const updateWebhookEventOutcome = `-- name: UpdateWebhookEventOutcome :exec
-UPDATE webhook_events SET outcome = $1 WHERE svix_id = $2
-`
-
-type UpdateWebhookEventOutcomeParams struct {
-	Outcome string
-	SvixID  string
-}
-
-func (q *Queries) UpdateWebhookEventOutcome(ctx context.Context, db DBTX, arg UpdateWebhookEventOutcomeParams) error {
-	_, err := db.Exec(ctx, updateWebhookEventOutcome, arg.Outcome, arg.SvixID)
-	return err
 }

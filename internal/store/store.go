@@ -107,8 +107,8 @@ func (s queries) LockLiveUserByClerkID(ctx context.Context, clerkUserID string) 
 	return userOut(row, err)
 }
 
-func (s queries) InsertUserIfAbsent(ctx context.Context, u users.NewUser) (users.User, bool, error) {
-	row, err := s.q.InsertUserIfAbsent(ctx, s.db, sqlcdb.InsertUserIfAbsentParams{
+func (s queries) InsertUserWithInitialCredits(ctx context.Context, u users.NewUser) (users.User, bool, error) {
+	row, err := s.q.InsertUserWithInitialCredits(ctx, s.db, sqlcdb.InsertUserWithInitialCreditsParams{
 		ClerkUserID:    u.ClerkUserID,
 		Email:          nullable(u.Email),
 		FirstName:      nullable(u.FirstName),
@@ -120,7 +120,7 @@ func (s queries) InsertUserIfAbsent(ctx context.Context, u users.NewUser) (users
 	if errors.Is(err, pgx.ErrNoRows) {
 		return users.User{}, false, nil
 	}
-	out, err := userOut(row, err)
+	out, err := userOut(sqlcdb.User(row), err)
 	return out, err == nil, err
 }
 
@@ -214,9 +214,21 @@ func (s queries) GetPlanChangeByKey(ctx context.Context, userID uuid.UUID, key s
 	return planChangeOut(row, err)
 }
 
-func (s queries) LockUserByClerkIDIncludingDeleted(ctx context.Context, clerkUserID string) (users.User, error) {
-	row, err := s.q.LockUserByClerkIDIncludingDeleted(ctx, s.db, clerkUserID)
-	return userOut(row, err)
+func (s queries) LockUserAndEmailHolder(ctx context.Context, clerkUserID, email string) (*users.User, *users.User, error) {
+	rows, err := s.q.LockUserAndEmailHolder(ctx, s.db, sqlcdb.LockUserAndEmailHolderParams{ClerkUserID: clerkUserID, Email: email})
+	if err != nil {
+		return nil, nil, translate(err)
+	}
+	var self, holder *users.User
+	for _, r := range rows {
+		u, _ := userOut(r, nil)
+		if u.ClerkUserID == clerkUserID {
+			self = &u
+		} else {
+			holder = &u
+		}
+	}
+	return self, holder, nil
 }
 
 func (s queries) LockLiveUserByEmailExcept(ctx context.Context, email, clerkUserID string) (users.User, error) {
@@ -247,18 +259,12 @@ func (s queries) TombstoneUser(ctx context.Context, clerkUserID string) error {
 	return translate(err)
 }
 
-func (s queries) ClaimWebhookEvent(ctx context.Context, messageID, eventType, objectID string) (bool, error) {
+func (s queries) RecordWebhookEvent(ctx context.Context, messageID, eventType, objectID, outcome string) (bool, error) {
 	_, err := s.q.InsertWebhookEvent(ctx, s.db, sqlcdb.InsertWebhookEventParams{
-		SvixID: messageID, EventType: eventType, ObjectID: objectID, Outcome: "pending",
+		SvixID: messageID, EventType: eventType, ObjectID: objectID, Outcome: outcome,
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, nil
 	}
 	return err == nil, translate(err)
-}
-
-func (s queries) SetWebhookEventOutcome(ctx context.Context, messageID, outcome string) error {
-	return translate(s.q.UpdateWebhookEventOutcome(ctx, s.db, sqlcdb.UpdateWebhookEventOutcomeParams{
-		SvixID: messageID, Outcome: outcome,
-	}))
 }

@@ -123,6 +123,9 @@ func (s *Service) ApplyClerkUser(ctx context.Context, ev ClerkEvent) (EventOutco
 			break
 		}
 	}
+	if errors.Is(err, errDuplicate) {
+		return OutcomeDuplicate, nil
+	}
 	if errors.Is(err, ErrEmailInUse) {
 		// Concurrent events kept taking the email; Svix will redeliver.
 		return "", apperr.Unavailable(fmt.Errorf("apply clerk user %s: %w", ev.User.ID, err))
@@ -136,36 +139,44 @@ func (s *Service) ApplyClerkUser(ctx context.Context, ev ClerkEvent) (EventOutco
 	return outcome, nil
 }
 
+// errDuplicate rolls back the work of a delivery found to be a redelivery.
+var errDuplicate = errors.New("webhook message already applied")
+
 func (s *Service) applyClerkUser(ctx context.Context, q Queries, ev ClerkEvent) (EventOutcome, error) {
-	fresh, err := q.ClaimWebhookEvent(ctx, ev.MessageID, ev.Type, ev.User.ID)
-	if err != nil || !fresh {
-		return OutcomeDuplicate, err
-	}
 	outcome, err := s.upsertClerkUser(ctx, q, ev.User)
 	if err != nil {
 		return "", err
 	}
-	return outcome, q.SetWebhookEventOutcome(ctx, ev.MessageID, string(outcome))
+	// Recording the message last keeps the transaction short; a
+	// redelivery that raced this one finds the row (after waiting for this
+	// commit) and rolls back, so the effect is applied once.
+	fresh, err := q.RecordWebhookEvent(ctx, ev.MessageID, ev.Type, ev.User.ID, string(outcome))
+	switch {
+	case err != nil:
+		return "", err
+	case !fresh:
+		return OutcomeDuplicate, errDuplicate
+	}
+	return outcome, nil
 }
 
 func (s *Service) upsertClerkUser(ctx context.Context, q Queries, cu ClerkUser) (EventOutcome, error) {
-	u, err := q.LockUserByClerkIDIncludingDeleted(ctx, cu.ID)
-	exists := err == nil
-	if err != nil && !errors.Is(err, ErrNoRow) {
-		return "", err
-	}
-	switch {
-	case exists && u.DeletedAt != nil:
-		return OutcomeUserDeleted, nil
-	case exists && u.ClerkUpdatedAt >= cu.UpdatedAt:
-		return OutcomeStale, nil
-	}
-	email, err := s.claimEmail(ctx, q, cu)
+	self, holder, err := q.LockUserAndEmailHolder(ctx, cu.ID, cu.Email)
 	if err != nil {
 		return "", err
 	}
-	if exists {
-		_, err := q.UpdateUserProfile(ctx, u.ID, ClerkUser{
+	switch {
+	case self != nil && self.DeletedAt != nil:
+		return OutcomeUserDeleted, nil
+	case self != nil && self.ClerkUpdatedAt >= cu.UpdatedAt:
+		return OutcomeStale, nil
+	}
+	email, err := s.resolveEmail(ctx, q, cu, holder)
+	if err != nil {
+		return "", err
+	}
+	if self != nil {
+		_, err := q.UpdateUserProfile(ctx, self.ID, ClerkUser{
 			ID: cu.ID, Email: email, FirstName: cu.FirstName, LastName: cu.LastName,
 			ImageURL: cu.ImageURL, UpdatedAt: cu.UpdatedAt,
 		})
@@ -183,15 +194,15 @@ func (s *Service) upsertClerkUser(ctx context.Context, q Queries, cu ClerkUser) 
 		return "", err
 	}
 	if !created {
-		// Another transaction created the user after our lock attempt
-		// found nothing; start over to see its row.
+		// Another transaction created the user after our lock found
+		// nothing; start over to see its row.
 		return s.upsertClerkUser(ctx, q, cu)
 	}
 	return OutcomeCreated, nil
 }
 
-// claimEmail resolves a clash on cu.Email with another live user and returns
-// the email cu may store ("" if it must wait for its own newer event).
+// claimEmail finds the other live user holding cu.Email and resolves the
+// clash (see resolveEmail).
 func (s *Service) claimEmail(ctx context.Context, q Queries, cu ClerkUser) (string, error) {
 	if cu.Email == "" {
 		return "", nil
@@ -202,6 +213,18 @@ func (s *Service) claimEmail(ctx context.Context, q Queries, cu ClerkUser) (stri
 		return cu.Email, nil
 	case err != nil:
 		return "", err
+	}
+	return s.resolveEmail(ctx, q, cu, &holder)
+}
+
+// resolveEmail returns the email cu may store given the other live user
+// holding it (nil: none): the newer state keeps it. An older holder loses
+// it (its own newer event will bring its current email); a newer holder
+// keeps it and cu is stored without one until its own later event.
+func (s *Service) resolveEmail(ctx context.Context, q Queries, cu ClerkUser, holder *User) (string, error) {
+	switch {
+	case cu.Email == "" || holder == nil:
+		return cu.Email, nil
 	case holder.ClerkUpdatedAt > cu.UpdatedAt:
 		return "", nil
 	}
@@ -224,23 +247,21 @@ func (s *Service) DeleteClerkUser(ctx context.Context, messageID, eventType, cle
 	if err := v.err(); err != nil {
 		return "", err
 	}
-	outcome := OutcomeDeleted
 	err := s.store.InTx(ctx, func(q Queries) error {
-		fresh, err := q.ClaimWebhookEvent(ctx, messageID, eventType, clerkUserID)
-		if err != nil {
-			return err
-		}
-		if !fresh {
-			outcome = OutcomeDuplicate
-			return nil
-		}
 		if err := q.TombstoneUser(ctx, clerkUserID); err != nil {
 			return err
 		}
-		return q.SetWebhookEventOutcome(ctx, messageID, string(OutcomeDeleted))
+		fresh, err := q.RecordWebhookEvent(ctx, messageID, eventType, clerkUserID, string(OutcomeDeleted))
+		if err == nil && !fresh {
+			return errDuplicate
+		}
+		return err
 	})
+	if errors.Is(err, errDuplicate) {
+		return OutcomeDuplicate, nil
+	}
 	if err != nil {
 		return "", userErr(err, "delete clerk user "+clerkUserID)
 	}
-	return outcome, nil
+	return OutcomeDeleted, nil
 }

@@ -226,19 +226,9 @@ func (s *Service) ensure(ctx context.Context, clerkUserID string, profile Profil
 
 // createUser inserts the user with the initial credits and their ledger
 // entry, unless a row for the Clerk id exists (created == false, no error).
-func (s *Service) createUser(ctx context.Context, q Queries, nu NewUser) (u User, created bool, err error) {
+func (s *Service) createUser(ctx context.Context, q Queries, nu NewUser) (User, bool, error) {
 	nu.Credits = s.initialCredits
-	u, created, err = q.InsertUserIfAbsent(ctx, nu)
-	if err != nil || !created {
-		return u, false, err
-	}
-	_, err = q.InsertCreditTransaction(ctx, Transaction{
-		UserID:       u.ID,
-		Delta:        s.initialCredits,
-		BalanceAfter: s.initialCredits,
-		Kind:         TxInitial,
-	})
-	return u, err == nil, err
+	return q.InsertUserWithInitialCredits(ctx, nu)
 }
 
 func existing(u User) (User, bool, error) {

@@ -119,9 +119,10 @@ type Queries interface {
 	// LockLiveUserByClerkID locks the row until the transaction ends; every
 	// change of a user's balance or plan takes this lock first.
 	LockLiveUserByClerkID(ctx context.Context, clerkUserID string) (User, error)
-	// InsertUserIfAbsent returns inserted == false, and no error, when a row
-	// for the Clerk id already exists.
-	InsertUserIfAbsent(ctx context.Context, u NewUser) (user User, inserted bool, err error)
+	// InsertUserWithInitialCredits inserts the user and the INITIAL ledger
+	// entry of u.Credits; inserted == false, and no error, when a row for the
+	// Clerk id already exists.
+	InsertUserWithInitialCredits(ctx context.Context, u NewUser) (user User, inserted bool, err error)
 	UpdateUserPlanAndCredits(ctx context.Context, id uuid.UUID, plan Plan, credits int64) (User, error)
 
 	InsertCreditTransaction(ctx context.Context, t Transaction) (Transaction, error)
@@ -141,9 +142,9 @@ type Queries interface {
 	InsertPlanChange(ctx context.Context, c PlanChange) (PlanChange, error)
 	GetPlanChangeByKey(ctx context.Context, userID uuid.UUID, key string) (PlanChange, error)
 
-	// LockUserByClerkIDIncludingDeleted locks the user's row, live or
-	// tombstone.
-	LockUserByClerkIDIncludingDeleted(ctx context.Context, clerkUserID string) (User, error)
+	// LockUserAndEmailHolder locks the user's row (live or tombstone) and
+	// the other live user holding email, if any; either may be nil.
+	LockUserAndEmailHolder(ctx context.Context, clerkUserID, email string) (self, holder *User, err error)
 	// LockLiveUserByEmailExcept locks the live user other than clerkUserID
 	// that holds email (case-insensitively), or returns ErrNoRow.
 	LockLiveUserByEmailExcept(ctx context.Context, email, clerkUserID string) (User, error)
@@ -154,10 +155,10 @@ type Queries interface {
 	// none exists; an earlier deletion time is kept.
 	TombstoneUser(ctx context.Context, clerkUserID string) error
 
-	// ClaimWebhookEvent records a Svix message id; fresh is false when it was
-	// already recorded (by a committed transaction).
-	ClaimWebhookEvent(ctx context.Context, messageID, eventType, objectID string) (fresh bool, err error)
-	SetWebhookEventOutcome(ctx context.Context, messageID, outcome string) error
+	// RecordWebhookEvent records a Svix message id with its outcome; fresh
+	// is false when it was already recorded (by a committed transaction,
+	// which a concurrent one waits for).
+	RecordWebhookEvent(ctx context.Context, messageID, eventType, objectID, outcome string) (fresh bool, err error)
 }
 
 // Store is the storage the domain needs.
