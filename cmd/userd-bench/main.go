@@ -36,6 +36,7 @@ import (
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
 	"github.com/userd/userd/internal/clerkhook"
+	"github.com/userd/userd/internal/procstat"
 )
 
 // notesMarker starts the part of BENCHMARKS.md a run keeps.
@@ -271,17 +272,17 @@ func (b *bench) load(op func(i int) error) func(context.Context, *rate.Limiter) 
 		if b.profile != "" {
 			wg.Go(func() { saveProfile(b.opsURL, b.profile, *duration) })
 		}
-		cpu0 := cpuSeconds(b.userd.Process.Pid)
+		cpu0 := procstat.CPUSeconds(b.userd.Process.Pid)
 		measuring.Store(true)
 		start := time.Now()
 		peak := 0.0
 		for time.Since(start) < *duration {
-			peak = max(peak, rssMiB(b.userd.Process.Pid))
+			peak = max(peak, procstat.RSSMiB(b.userd.Process.Pid))
 			time.Sleep(50 * time.Millisecond)
 		}
 		measuring.Store(false)
 		elapsed := time.Since(start)
-		cpu := cpuSeconds(b.userd.Process.Pid) - cpu0
+		cpu := procstat.CPUSeconds(b.userd.Process.Pid) - cpu0
 		stop.Store(true)
 		wg.Wait()
 		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })

@@ -1,15 +1,12 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,28 +18,10 @@ import (
 	"google.golang.org/grpc/status"
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
+	"github.com/userd/userd/internal/procstat"
 	"github.com/userd/userd/internal/store"
 	"github.com/userd/userd/internal/testdb"
 )
-
-// rssMiB reads a process's resident set size.
-func rssMiB(t *testing.T, pid int) float64 {
-	t.Helper()
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")))
-			return float64(kb) / 1024
-		}
-	}
-	t.Fatal("no VmRSS")
-	return 0
-}
 
 // TestCrashKeepsAcknowledgedWrites kills userd with SIGKILL in the middle of
 // a write load and starts it again: every write it acknowledged is there
@@ -155,7 +134,7 @@ func TestAbusiveClients(t *testing.T) {
 	if _, err := c.EnsureUser(ctx, &userdv1.EnsureUserRequest{ClerkUserId: "user_victim"}); err != nil {
 		t.Fatal(err)
 	}
-	baseline := rssMiB(t, p.cmd.Process.Pid)
+	baseline := procstat.RSSMiB(p.cmd.Process.Pid)
 	served := func(what string) {
 		t.Helper()
 		callCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
@@ -249,7 +228,7 @@ func TestAbusiveClients(t *testing.T) {
 		t.Errorf("%d of %d slow-header connections were cut (of 100 tried)", closed, dialed)
 	}
 	served("after the abuse")
-	peak := rssMiB(t, p.cmd.Process.Pid)
+	peak := procstat.RSSMiB(p.cmd.Process.Pid)
 	for _, conn := range idle {
 		conn.Close()
 	}

@@ -70,6 +70,12 @@ func (e ClerkEvent) validate() error {
 	return v.err()
 }
 
+// withEmail returns cu storing email instead of its own (see resolveEmail).
+func (cu ClerkUser) withEmail(email string) ClerkUser {
+	cu.Email = email
+	return cu
+}
+
 // sanitized returns cu with every text field storable.
 func (cu ClerkUser) sanitized() ClerkUser {
 	cu.Email = sanitizeClerkText(cu.Email, MaxEmail)
@@ -176,20 +182,10 @@ func (s *Service) upsertClerkUser(ctx context.Context, q Queries, cu ClerkUser) 
 		return "", err
 	}
 	if self != nil {
-		_, err := q.UpdateUserProfile(ctx, self.ID, ClerkUser{
-			ID: cu.ID, Email: email, FirstName: cu.FirstName, LastName: cu.LastName,
-			ImageURL: cu.ImageURL, UpdatedAt: cu.UpdatedAt,
-		})
+		_, err := q.UpdateUserProfile(ctx, self.ID, cu.withEmail(email))
 		return OutcomeUpdated, err
 	}
-	_, created, err := s.createUser(ctx, q, NewUser{
-		ClerkUserID:    cu.ID,
-		Email:          email,
-		FirstName:      cu.FirstName,
-		LastName:       cu.LastName,
-		ImageURL:       cu.ImageURL,
-		ClerkUpdatedAt: cu.UpdatedAt,
-	})
+	_, created, err := s.createUser(ctx, q, cu.withEmail(email))
 	if err != nil {
 		return "", err
 	}

@@ -190,14 +190,7 @@ func (s *Service) ensure(ctx context.Context, clerkUserID string, profile Profil
 			}
 		}
 		var txErr error
-		u, created, txErr = s.createUser(ctx, q, NewUser{
-			ClerkUserID:    cu.ID,
-			Email:          email,
-			FirstName:      cu.FirstName,
-			LastName:       cu.LastName,
-			ImageURL:       cu.ImageURL,
-			ClerkUpdatedAt: cu.UpdatedAt,
-		})
+		u, created, txErr = s.createUser(ctx, q, cu.withEmail(email))
 		return txErr
 	})
 	switch {
@@ -224,11 +217,18 @@ func (s *Service) ensure(ctx context.Context, clerkUserID string, profile Profil
 	return existing(u)
 }
 
-// createUser inserts the user with the initial credits and their ledger
-// entry, unless a row for the Clerk id exists (created == false, no error).
-func (s *Service) createUser(ctx context.Context, q Queries, nu NewUser) (User, bool, error) {
-	nu.Credits = s.initialCredits
-	return q.InsertUserWithInitialCredits(ctx, nu)
+// createUser inserts cu with the initial credits and their ledger entry,
+// unless a row for the Clerk id exists (created == false, no error).
+func (s *Service) createUser(ctx context.Context, q Queries, cu ClerkUser) (User, bool, error) {
+	return q.InsertUserWithInitialCredits(ctx, NewUser{
+		ClerkUserID:    cu.ID,
+		Email:          cu.Email,
+		FirstName:      cu.FirstName,
+		LastName:       cu.LastName,
+		ImageURL:       cu.ImageURL,
+		Credits:        s.initialCredits,
+		ClerkUpdatedAt: cu.UpdatedAt,
+	})
 }
 
 func existing(u User) (User, bool, error) {
