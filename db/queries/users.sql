@@ -77,18 +77,20 @@ ON CONFLICT (clerk_user_id) DO UPDATE
 SET deleted_at = coalesce(users.deleted_at, now()), updated_at = now()
 RETURNING *;
 
--- LockLiveUserWithKeyedTransaction takes the user's row lock and, in the
--- same round trip, finds the ledger entry the user already has under an
--- idempotency key. The entry comes from the statement's snapshot: an entry
+-- LockLiveUserWithKey takes the user's row lock and, in the same round
+-- trip, finds what the user already did under an idempotency key: a ledger
+-- entry and/or a plan change. Both come from the statement's snapshot: one
 -- committed by a racing transaction while this one waited for the lock is
--- not seen, and its insert then fails on credit_transactions_user_key (the
--- caller retries once and replays it).
--- name: LockLiveUserWithKeyedTransaction :one
+-- not seen, and inserting it again then fails on the key's unique
+-- constraint (the caller retries once and then sees it).
+-- name: LockLiveUserWithKey :one
 SELECT sqlc.embed(users),
        t.id AS tx_id, t.delta AS tx_delta, t.balance_after AS tx_balance_after,
-       t.kind AS tx_kind, t.reason AS tx_reason, t.created_at AS tx_created_at
+       t.kind AS tx_kind, t.reason AS tx_reason, t.created_at AS tx_created_at,
+       pc.id AS plan_change_id
 FROM users
 LEFT JOIN credit_transactions t ON t.user_id = users.id AND t.idempotency_key = @idempotency_key::text
+LEFT JOIN plan_changes pc ON pc.user_id = users.id AND pc.idempotency_key = @idempotency_key::text
 WHERE users.clerk_user_id = @clerk_user_id AND users.deleted_at IS NULL
 FOR UPDATE OF users;
 

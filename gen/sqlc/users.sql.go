@@ -258,22 +258,24 @@ func (q *Queries) LockLiveUserByEmailExcept(ctx context.Context, db DBTX, arg Lo
 	return i, err
 }
 
-const lockLiveUserWithKeyedTransaction = `-- name: LockLiveUserWithKeyedTransaction :one
+const lockLiveUserWithKey = `-- name: LockLiveUserWithKey :one
 SELECT users.id, users.clerk_user_id, users.email, users.first_name, users.last_name, users.image_url, users.plan, users.credits, users.clerk_updated_at, users.created_at, users.updated_at, users.deleted_at,
        t.id AS tx_id, t.delta AS tx_delta, t.balance_after AS tx_balance_after,
-       t.kind AS tx_kind, t.reason AS tx_reason, t.created_at AS tx_created_at
+       t.kind AS tx_kind, t.reason AS tx_reason, t.created_at AS tx_created_at,
+       pc.id AS plan_change_id
 FROM users
 LEFT JOIN credit_transactions t ON t.user_id = users.id AND t.idempotency_key = $1::text
+LEFT JOIN plan_changes pc ON pc.user_id = users.id AND pc.idempotency_key = $1::text
 WHERE users.clerk_user_id = $2 AND users.deleted_at IS NULL
 FOR UPDATE OF users
 `
 
-type LockLiveUserWithKeyedTransactionParams struct {
+type LockLiveUserWithKeyParams struct {
 	IdempotencyKey string
 	ClerkUserID    string
 }
 
-type LockLiveUserWithKeyedTransactionRow struct {
+type LockLiveUserWithKeyRow struct {
 	User           User
 	TxID           *int64
 	TxDelta        *int64
@@ -281,17 +283,18 @@ type LockLiveUserWithKeyedTransactionRow struct {
 	TxKind         *string
 	TxReason       *string
 	TxCreatedAt    *time.Time
+	PlanChangeID   *int64
 }
 
-// LockLiveUserWithKeyedTransaction takes the user's row lock and, in the
-// same round trip, finds the ledger entry the user already has under an
-// idempotency key. The entry comes from the statement's snapshot: an entry
+// LockLiveUserWithKey takes the user's row lock and, in the same round
+// trip, finds what the user already did under an idempotency key: a ledger
+// entry and/or a plan change. Both come from the statement's snapshot: one
 // committed by a racing transaction while this one waited for the lock is
-// not seen, and its insert then fails on credit_transactions_user_key (the
-// caller retries once and replays it).
-func (q *Queries) LockLiveUserWithKeyedTransaction(ctx context.Context, db DBTX, arg LockLiveUserWithKeyedTransactionParams) (LockLiveUserWithKeyedTransactionRow, error) {
-	row := db.QueryRow(ctx, lockLiveUserWithKeyedTransaction, arg.IdempotencyKey, arg.ClerkUserID)
-	var i LockLiveUserWithKeyedTransactionRow
+// not seen, and inserting it again then fails on the key's unique
+// constraint (the caller retries once and then sees it).
+func (q *Queries) LockLiveUserWithKey(ctx context.Context, db DBTX, arg LockLiveUserWithKeyParams) (LockLiveUserWithKeyRow, error) {
+	row := db.QueryRow(ctx, lockLiveUserWithKey, arg.IdempotencyKey, arg.ClerkUserID)
+	var i LockLiveUserWithKeyRow
 	err := row.Scan(
 		&i.User.ID,
 		&i.User.ClerkUserID,
@@ -311,6 +314,7 @@ func (q *Queries) LockLiveUserWithKeyedTransaction(ctx context.Context, db DBTX,
 		&i.TxKind,
 		&i.TxReason,
 		&i.TxCreatedAt,
+		&i.PlanChangeID,
 	)
 	return i, err
 }

@@ -388,7 +388,7 @@ func OpenDatabase(ctx context.Context, cfg config.Database, log *slog.Logger) (*
 			return nil, err
 		}
 		log.Info("embedded PostgreSQL ready", "took", time.Since(start).Round(time.Millisecond).String(),
-			"log", filepath.Join(dir, "pg", "postgres.log"))
+			"log", filepath.Join(dir, "postgres.log"))
 		url = db.embedded.URL
 	}
 	pcfg, err := pgxpool.ParseConfig(url)
@@ -415,10 +415,10 @@ func OpenDatabase(ctx context.Context, cfg config.Database, log *slog.Logger) (*
 }
 
 func openPGLog(dataDir string) (*os.File, error) {
-	if err := os.MkdirAll(filepath.Join(dataDir, "pg"), 0o700); err != nil {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("USERD_DATA_DIR %s: %w", dataDir, err)
 	}
-	f, err := os.OpenFile(filepath.Join(dataDir, "pg", "postgres.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	f, err := os.OpenFile(filepath.Join(dataDir, "postgres.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open embedded PostgreSQL log: %w", err)
 	}

@@ -161,7 +161,7 @@ var (
 // ServeHTTP verifies, parses and applies one delivery.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := h.now()
-	msgID := firstHeader(r.Header, "svix-id", "webhook-id")
+	msgID, _, _ := deliveryHeaders(r.Header)
 	body, rej, ok := h.verify(w, r)
 	if !ok {
 		// Never log the body or the signature.
@@ -211,9 +211,7 @@ func (h *Handler) verify(w http.ResponseWriter, r *http.Request) ([]byte, reject
 	if r.ContentLength > MaxBodyBytes {
 		return nil, rejectTooLarge, false
 	}
-	id := firstHeader(r.Header, "svix-id", "webhook-id")
-	ts := firstHeader(r.Header, "svix-timestamp", "webhook-timestamp")
-	sig := firstHeader(r.Header, "svix-signature", "webhook-signature")
+	id, ts, sig := deliveryHeaders(r.Header)
 	if id == "" || ts == "" || sig == "" {
 		return nil, rejectNoHeaders, false
 	}
@@ -270,13 +268,17 @@ func (h *Handler) fail(w http.ResponseWriter, msgID, typ string, err error) {
 	}
 }
 
-func firstHeader(h http.Header, names ...string) string {
-	for _, n := range names {
-		if v := h.Get(n); v != "" {
-			return v
-		}
+// deliveryHeaders returns the id, timestamp and signature of a delivery
+// from one family of headers, exactly as the Svix library picks them: the
+// svix-* set when all three are present, else the webhook-* set. Mixing
+// families would let a replayed signature pass with a fresh svix-timestamp
+// and a new svix-id.
+func deliveryHeaders(h http.Header) (id, ts, sig string) {
+	id, ts, sig = h.Get("svix-id"), h.Get("svix-timestamp"), h.Get("svix-signature")
+	if id != "" && ts != "" && sig != "" {
+		return id, ts, sig
 	}
-	return ""
+	return h.Get("webhook-id"), h.Get("webhook-timestamp"), h.Get("webhook-signature")
 }
 
 // logSafe cuts an unverified header value to a loggable size.

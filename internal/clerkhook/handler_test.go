@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -255,6 +256,20 @@ func TestRejections(t *testing.T) {
 			d := good()
 			d.sentAt = time.Now().Add(6 * time.Minute)
 			return d.request(t, in.WebhookURL)
+		}, 400, "timestamp_out_of_tolerance"},
+		{"ReplayWithForgedSvixHeaders", func() *http.Request {
+			// A captured delivery's signature moved to webhook-* headers,
+			// with a fresh svix-timestamp and a new svix-id beside it.
+			d := good()
+			d.sentAt = time.Now().Add(-72 * time.Hour)
+			r := d.request(t, in.WebhookURL)
+			for _, n := range []string{"id", "timestamp", "signature"} {
+				r.Header.Set("webhook-"+n, r.Header.Get("svix-"+n))
+			}
+			r.Header.Del("svix-signature")
+			r.Header.Set("svix-id", "msg_forged")
+			r.Header.Set("svix-timestamp", strconv.FormatInt(time.Now().Unix(), 10))
+			return r
 		}, 400, "timestamp_out_of_tolerance"},
 		{"TooLargeDeclared", func() *http.Request {
 			d := good()

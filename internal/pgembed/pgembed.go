@@ -41,7 +41,11 @@ import (
 
 // Config configures the embedded server.
 type Config struct {
-	// DataDir holds everything: pg/data (PGDATA), the password, wrappers.
+	// DataDir holds everything. The server's own account owns only pg/
+	// (PGDATA is pg/data); the password, the log, the wrappers and the
+	// library's runtime and cache directories stay with userd's user, so
+	// that the database account can plant nothing root later runs, reads
+	// or writes.
 	DataDir string
 	// BinDir, if set, is the directory of pg_ctl and initdb to use.
 	BinDir string
@@ -96,7 +100,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("create data directory: %w", err)
 		}
 	}
-	password, err := readOrCreatePassword(filepath.Join(pgDir, "password"))
+	password, err := readOrCreatePassword(filepath.Join(dataDir, "password"))
 	if err != nil {
 		return nil, err
 	}
@@ -107,7 +111,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	version := fallback
-	binariesPath := filepath.Join(pgDir, "binaries") // the library's layout: <path>/bin/pg_ctl
+	binariesPath := filepath.Join(dataDir, "binaries") // the library's layout: <path>/bin/pg_ctl
 	if binDir != "" {
 		if version, err = versionFor(major); err != nil {
 			return nil, err
@@ -145,8 +149,8 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		Password(password).
 		Database(dbName).
 		DataPath(s.dataDir).
-		RuntimePath(filepath.Join(pgDir, "runtime")).
-		CachePath(filepath.Join(pgDir, "cache")).
+		RuntimePath(filepath.Join(dataDir, "runtime")).
+		CachePath(filepath.Join(dataDir, "cache")).
 		BinariesPath(binariesPath).
 		Locale("C").
 		Encoding("UTF8").
@@ -316,7 +320,13 @@ func versionFor(major int) (embeddedpostgres.PostgresVersion, error) {
 func guardVersion(dataDir string, version embeddedpostgres.PostgresVersion) error {
 	b, err := os.ReadFile(filepath.Join(dataDir, "PG_VERSION"))
 	if err != nil {
-		return nil // no cluster yet
+		// No cluster yet — unless the directory holds something: the
+		// library would wipe it to run initdb.
+		if entries, derr := os.ReadDir(dataDir); derr == nil && len(entries) > 0 {
+			return fmt.Errorf("%s is not empty but has no readable PG_VERSION (%v): refusing to initialise a "+
+				"database over it; move it away to start afresh", dataDir, err)
+		}
+		return nil
 	}
 	have := strings.TrimSpace(string(b))
 	if !strings.HasPrefix(string(version), have+".") {

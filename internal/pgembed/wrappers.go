@@ -16,12 +16,12 @@ type serverAccount struct {
 	uid, gid int
 }
 
-// prepareWrappers writes <pgDir>/wrappers/bin/{pg_ctl,initdb}, which run
+// prepareWrappers writes <dataDir>/wrappers/bin/{pg_ctl,initdb}, which run
 // the real binaries in a new session and, for root, as an unprivileged
 // account that then owns the server's directories. It returns the
 // wrappers' base path (the library's BinariesPath).
 func prepareWrappers(dataDir, pgDir, binDir string) (string, error) {
-	base := filepath.Join(pgDir, "wrappers")
+	base := filepath.Join(dataDir, "wrappers")
 	if err := os.MkdirAll(filepath.Join(base, "bin"), 0o755); err != nil {
 		return "", fmt.Errorf("create wrapper directory: %w", err)
 	}
@@ -92,8 +92,8 @@ func toAccount(u *user.User) (serverAccount, error) {
 	return serverAccount{name: u.Username, uid: uid, gid: gid}, nil
 }
 
-// handOver gives the server account the pg directory and lets it traverse
-// the data directory and its parents.
+// handOver gives the server account the pg directory (and nothing else)
+// and lets it traverse the data directory and its parents.
 func handOver(dataDir, pgDir string, acct serverAccount) error {
 	for dir := dataDir; ; dir = filepath.Dir(dir) {
 		info, err := os.Stat(dir)
@@ -114,12 +114,9 @@ func handOver(dataDir, pgDir string, acct serverAccount) error {
 			break
 		}
 	}
-	return filepath.Walk(pgDir, func(path string, info os.FileInfo, err error) error {
+	return filepath.Walk(pgDir, func(path string, _ os.FileInfo, err error) error {
 		if err != nil {
 			return err
-		}
-		if strings.HasPrefix(path, filepath.Join(pgDir, "wrappers")) {
-			return nil // root keeps the wrappers
 		}
 		return os.Lchown(path, acct.uid, acct.gid)
 	})

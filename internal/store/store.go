@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -24,6 +25,9 @@ import (
 // maxTxAttempts bounds how often InTx re-runs a transaction the database
 // asked to retry.
 const maxTxAttempts = 3
+
+// rollbackTimeout bounds a rollback on a connection that may be dead.
+const rollbackTimeout = 5 * time.Second
 
 // Store is users.Store over a pgx pool.
 type Store struct {
@@ -59,10 +63,17 @@ func (s *Store) inTxOnce(ctx context.Context, fn func(users.Queries) error) (err
 		return translate(fmt.Errorf("begin: %w", err))
 	}
 	defer func() {
-		if err != nil {
-			// The rollback error adds nothing: the connection is discarded
-			// by pgx when the rollback cannot be sent.
-			_ = tx.Rollback(context.WithoutCancel(ctx))
+		p := recover()
+		if err != nil || p != nil {
+			// Also on a panic: a transaction left open would hold its row
+			// locks and its connection until restart. The rollback error
+			// adds nothing: pgx discards a connection it cannot roll back.
+			rbCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+			_ = tx.Rollback(rbCtx)
+			cancel()
+		}
+		if p != nil {
+			panic(p)
 		}
 	}()
 	if err := fn(queries{db: tx, q: s.q}); err != nil {
@@ -143,24 +154,28 @@ func (s queries) InsertCreditTransaction(ctx context.Context, t users.Transactio
 	return transactionOut(row, err)
 }
 
-func (s queries) LockLiveUserWithKeyedTransaction(ctx context.Context, clerkUserID, key string) (users.User, *users.Transaction, error) {
-	row, err := s.q.LockLiveUserWithKeyedTransaction(ctx, s.db, sqlcdb.LockLiveUserWithKeyedTransactionParams{
+func (s queries) LockLiveUserWithKey(ctx context.Context, clerkUserID, key string) (users.User, users.KeyUse, error) {
+	row, err := s.q.LockLiveUserWithKey(ctx, s.db, sqlcdb.LockLiveUserWithKeyParams{
 		ClerkUserID: clerkUserID, IdempotencyKey: key,
 	})
 	u, err := userOut(row.User, err)
-	if err != nil || row.TxID == nil {
-		return u, nil, err
+	if err != nil {
+		return u, users.KeyUse{}, err
 	}
-	return u, &users.Transaction{
-		ID:             *row.TxID,
-		UserID:         u.ID,
-		Delta:          deref(row.TxDelta),
-		BalanceAfter:   deref(row.TxBalanceAfter),
-		Kind:           users.TxKind(deref(row.TxKind)),
-		Reason:         deref(row.TxReason),
-		IdempotencyKey: key,
-		CreatedAt:      deref(row.TxCreatedAt),
-	}, nil
+	use := users.KeyUse{PlanChangeID: deref(row.PlanChangeID)}
+	if row.TxID != nil {
+		use.Transaction = &users.Transaction{
+			ID:             *row.TxID,
+			UserID:         u.ID,
+			Delta:          deref(row.TxDelta),
+			BalanceAfter:   deref(row.TxBalanceAfter),
+			Kind:           users.TxKind(deref(row.TxKind)),
+			Reason:         deref(row.TxReason),
+			IdempotencyKey: key,
+			CreatedAt:      deref(row.TxCreatedAt),
+		}
+	}
+	return u, use, nil
 }
 
 func (s queries) ApplyCreditTransaction(ctx context.Context, t users.Transaction) (users.Transaction, error) {

@@ -96,3 +96,34 @@ func TestMigrationsRoundTrip(t *testing.T) {
 		t.Errorf("EnsureUser after round trip: %v", err)
 	}
 }
+
+// TestPanicInTransactionReleasesLocks: a panic inside InTx (recovered by
+// the transports) must roll back, or the user's row stays locked and the
+// connection lost until restart.
+func TestPanicInTransactionReleasesLocks(t *testing.T) {
+	t.Parallel()
+	st := store.New(testdb.Pool(t))
+	svc := users.NewService(st, 10)
+	ctx := context.Background()
+	if _, _, err := svc.EnsureUser(ctx, users.EnsureUserInput{ClerkUserID: "user_panic"}); err != nil {
+		t.Fatal(err)
+	}
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Error("the panic did not propagate")
+			}
+		}()
+		_ = st.InTx(ctx, func(q users.Queries) error {
+			if _, err := q.LockLiveUserByClerkID(ctx, "user_panic"); err != nil {
+				return err
+			}
+			panic("handler bug")
+		})
+	}()
+	callCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if _, err := svc.GrantCredits(callCtx, users.CreditChange{ClerkUserID: "user_panic", Amount: 1, IdempotencyKey: "after"}); err != nil {
+		t.Errorf("the row is still locked after a panic: %v", err)
+	}
+}

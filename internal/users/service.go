@@ -292,11 +292,14 @@ func (s *Service) changeCredits(ctx context.Context, c CreditChange, kind TxKind
 	for attempt := 0; attempt < 2; attempt++ {
 		err = s.store.InTx(ctx, func(q Queries) error {
 			replayed = false
-			u, prev, err := q.LockLiveUserWithKeyedTransaction(ctx, c.ClerkUserID, c.IdempotencyKey)
+			u, use, err := q.LockLiveUserWithKey(ctx, c.ClerkUserID, c.IdempotencyKey)
 			if err != nil {
 				return err
 			}
-			if prev != nil {
+			if use.PlanChangeID != 0 {
+				return keyReused() // the key named a plan change
+			}
+			if prev := use.Transaction; prev != nil {
 				if prev.Kind != kind || prev.Delta != delta || prev.Reason != c.Reason {
 					return keyReused()
 				}
@@ -388,64 +391,20 @@ func (s *Service) SetPlan(ctx context.Context, in SetPlanInput) (SetPlanResult, 
 	var (
 		res      SetPlanResult
 		replayed bool
+		err      error
 	)
-	err := s.store.InTx(ctx, func(q Queries) error {
-		res, replayed = SetPlanResult{}, false
-		u, err := q.LockLiveUserByClerkID(ctx, in.ClerkUserID)
-		if err != nil {
-			return err
+	// A second attempt only when a racing call with the same key committed
+	// while this one waited for the lock: it then sees it.
+	for attempt := 0; attempt < 2; attempt++ {
+		err = s.store.InTx(ctx, func(q Queries) error {
+			var txErr error
+			res, replayed, txErr = s.setPlanOnce(ctx, q, in)
+			return txErr
+		})
+		if !errors.Is(err, ErrIdempotencyKeyInUse) {
+			break
 		}
-		prev, err := q.GetPlanChangeByKey(ctx, u.ID, in.IdempotencyKey)
-		switch {
-		case err == nil:
-			if prev.Plan != in.Plan || prev.BonusCredits != in.BonusCredits || prev.Reason != in.Reason {
-				return keyReused()
-			}
-			res.User, res.Change, replayed = u, prev, true
-			if prev.TransactionID != 0 {
-				t, err := q.GetCreditTransactionByID(ctx, prev.TransactionID)
-				if err != nil {
-					return err
-				}
-				res.Bonus = &t
-			}
-			return nil
-		case !errors.Is(err, ErrNoRow):
-			return err
-		}
-		balance, err := applyDelta(u.Credits, in.BonusCredits)
-		if err != nil {
-			return err
-		}
-		change := PlanChange{
-			UserID:         u.ID,
-			PreviousPlan:   u.Plan,
-			Plan:           in.Plan,
-			BonusCredits:   in.BonusCredits,
-			Reason:         in.Reason,
-			IdempotencyKey: in.IdempotencyKey,
-		}
-		if in.BonusCredits > 0 {
-			t, err := q.InsertCreditTransaction(ctx, Transaction{
-				UserID:         u.ID,
-				Delta:          in.BonusCredits,
-				BalanceAfter:   balance,
-				Kind:           TxPlanBonus,
-				Reason:         in.Reason,
-				IdempotencyKey: in.IdempotencyKey,
-			})
-			if err != nil {
-				return err
-			}
-			res.Bonus = &t
-			change.TransactionID = t.ID
-		}
-		if res.User, err = q.UpdateUserPlanAndCredits(ctx, u.ID, in.Plan, balance); err != nil {
-			return err
-		}
-		res.Change, err = q.InsertPlanChange(ctx, change)
-		return err
-	})
+	}
 	if err != nil {
 		return SetPlanResult{}, userErr(err, "set plan")
 	}
@@ -453,6 +412,66 @@ func (s *Service) SetPlan(ctx context.Context, in SetPlanInput) (SetPlanResult, 
 		s.observer.CreditsMoved(TxPlanBonus, in.BonusCredits)
 	}
 	return res, nil
+}
+
+func (s *Service) setPlanOnce(ctx context.Context, q Queries, in SetPlanInput) (res SetPlanResult, replayed bool, err error) {
+	u, use, err := q.LockLiveUserWithKey(ctx, in.ClerkUserID, in.IdempotencyKey)
+	if err != nil {
+		return res, false, err
+	}
+	if use.PlanChangeID != 0 {
+		prev, err := q.GetPlanChangeByKey(ctx, u.ID, in.IdempotencyKey)
+		if err != nil {
+			return res, false, err
+		}
+		if prev.Plan != in.Plan || prev.BonusCredits != in.BonusCredits || prev.Reason != in.Reason {
+			return res, false, keyReused()
+		}
+		res.User, res.Change = u, prev
+		if prev.TransactionID != 0 {
+			t, err := q.GetCreditTransactionByID(ctx, prev.TransactionID)
+			if err != nil {
+				return res, false, err
+			}
+			res.Bonus = &t
+		}
+		return res, true, nil
+	}
+	if use.Transaction != nil {
+		return res, false, keyReused() // the key named a deduction or grant
+	}
+	balance, err := applyDelta(u.Credits, in.BonusCredits)
+	if err != nil {
+		return res, false, err
+	}
+	change := PlanChange{
+		UserID:         u.ID,
+		PreviousPlan:   u.Plan,
+		Plan:           in.Plan,
+		BonusCredits:   in.BonusCredits,
+		Reason:         in.Reason,
+		IdempotencyKey: in.IdempotencyKey,
+	}
+	if in.BonusCredits > 0 {
+		t, err := q.InsertCreditTransaction(ctx, Transaction{
+			UserID:         u.ID,
+			Delta:          in.BonusCredits,
+			BalanceAfter:   balance,
+			Kind:           TxPlanBonus,
+			Reason:         in.Reason,
+			IdempotencyKey: in.IdempotencyKey,
+		})
+		if err != nil {
+			return res, false, err
+		}
+		res.Bonus = &t
+		change.TransactionID = t.ID
+	}
+	if res.User, err = q.UpdateUserPlanAndCredits(ctx, u.ID, in.Plan, balance); err != nil {
+		return res, false, err
+	}
+	res.Change, err = q.InsertPlanChange(ctx, change)
+	return res, false, err
 }
 
 // TransactionPage is one page of a user's ledger.

@@ -409,6 +409,23 @@ func TestSetPlan(t *testing.T) {
 	if ts := checkInvariants(t, b, "user_plan"); len(ts) != 2 {
 		t.Errorf("ledger has %d entries, want 2", len(ts))
 	}
+
+	// One key names one operation, whichever table recorded it.
+	_, err = b.svc.GrantCredits(ctx, users.CreditChange{ClerkUserID: "user_plan", Amount: 1, IdempotencyKey: "downgrade-1"})
+	if e := wantKind(t, err, apperr.KindConflict); e.Reason != apperr.ReasonIdempotencyKeyReused {
+		t.Errorf("grant with a plan change's key: reason %q", e.Reason)
+	}
+	if _, err := b.svc.DeductCredits(ctx, users.CreditChange{ClerkUserID: "user_plan", Amount: 1, IdempotencyKey: "job-9"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.svc.SetPlan(ctx, users.SetPlanInput{ClerkUserID: "user_plan", Plan: users.PlanPro, IdempotencyKey: "job-9"})
+	wantKind(t, err, apperr.KindConflict)
+	if ts := checkInvariants(t, b, "user_plan"); len(ts) != 3 {
+		t.Errorf("ledger has %d entries after refused reuses, want 3", len(ts))
+	}
+	if u := mustUser(t, b, "user_plan"); u.Plan != users.PlanFree {
+		t.Errorf("plan = %s after a refused SetPlan, want FREE", u.Plan)
+	}
 }
 
 func TestListCreditTransactionsPages(t *testing.T) {

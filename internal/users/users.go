@@ -87,7 +87,15 @@ type PlanChange struct {
 	CreatedAt      time.Time
 }
 
-// NewUser is what InsertUserIfAbsent stores.
+// KeyUse is what a user already did under an idempotency key. One key
+// names one operation: a ledger entry of a deduction or grant, or a plan
+// change (whose bonus, if any, is a ledger entry under the same key).
+type KeyUse struct {
+	Transaction  *Transaction
+	PlanChangeID int64 // 0: none
+}
+
+// NewUser is what InsertUserWithInitialCredits stores.
 type NewUser struct {
 	ClerkUserID    string
 	Email          string
@@ -126,11 +134,11 @@ type Queries interface {
 	UpdateUserPlanAndCredits(ctx context.Context, id uuid.UUID, plan Plan, credits int64) (User, error)
 
 	InsertCreditTransaction(ctx context.Context, t Transaction) (Transaction, error)
-	// LockLiveUserWithKeyedTransaction is LockLiveUserByClerkID that also
-	// returns the user's ledger entry under key, if any, in one round
-	// trip. An entry committed while the lock was awaited may be missed;
-	// inserting it again then fails with ErrIdempotencyKeyInUse.
-	LockLiveUserWithKeyedTransaction(ctx context.Context, clerkUserID, key string) (User, *Transaction, error)
+	// LockLiveUserWithKey is LockLiveUserByClerkID that also returns what
+	// the user already did under key, in one round trip. A use committed
+	// while the lock was awaited may be missed; inserting it again then
+	// fails with ErrIdempotencyKeyInUse.
+	LockLiveUserWithKey(ctx context.Context, clerkUserID, key string) (User, KeyUse, error)
 	// ApplyCreditTransaction sets the user's balance to t.BalanceAfter and
 	// inserts t, in one round trip.
 	ApplyCreditTransaction(ctx context.Context, t Transaction) (Transaction, error)
