@@ -12,3 +12,14 @@ RETURNING svix_id;
 
 -- name: GetWebhookEvent :one
 SELECT * FROM webhook_events WHERE svix_id = @svix_id;
+
+-- DeleteWebhookEventsBefore forgets up to row_limit messages processed
+-- before a time, oldest first, so that pruning never holds long locks.
+-- name: DeleteWebhookEventsBefore :execrows
+DELETE FROM webhook_events AS w
+WHERE w.svix_id IN (
+    SELECT old.svix_id FROM webhook_events AS old
+    WHERE old.processed_at < @before::timestamptz
+    ORDER BY old.processed_at
+    LIMIT @row_limit::int
+);

@@ -7,7 +7,33 @@ package sqlcdb
 
 import (
 	"context"
+	"time"
 )
+
+const deleteWebhookEventsBefore = `-- name: DeleteWebhookEventsBefore :execrows
+DELETE FROM webhook_events AS w
+WHERE w.svix_id IN (
+    SELECT old.svix_id FROM webhook_events AS old
+    WHERE old.processed_at < $1::timestamptz
+    ORDER BY old.processed_at
+    LIMIT $2::int
+)
+`
+
+type DeleteWebhookEventsBeforeParams struct {
+	Before   time.Time
+	RowLimit int32
+}
+
+// DeleteWebhookEventsBefore forgets up to row_limit messages processed
+// before a time, oldest first, so that pruning never holds long locks.
+func (q *Queries) DeleteWebhookEventsBefore(ctx context.Context, db DBTX, arg DeleteWebhookEventsBeforeParams) (int64, error) {
+	result, err := db.Exec(ctx, deleteWebhookEventsBefore, arg.Before, arg.RowLimit)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
 
 const getWebhookEvent = `-- name: GetWebhookEvent :one
 SELECT svix_id, event_type, object_id, outcome, processed_at FROM webhook_events WHERE svix_id = $1

@@ -61,6 +61,7 @@ type App struct {
 	ops     *http.Server
 	opsLn   net.Listener
 	metrics *telemetry.Metrics
+	users   *users.Service
 }
 
 // New connects to the database, migrates it when configured to, and binds
@@ -100,6 +101,7 @@ func (a *App) init(ctx context.Context) error {
 	a.metrics.RegisterPool(a.pool)
 	svc := users.NewService(store.New(a.pool), a.cfg.InitialCredits)
 	svc.SetObserver(a.metrics)
+	a.users = svc
 	authn, profiles, err := a.authentication(ctx)
 	if err != nil {
 		return err
@@ -308,6 +310,9 @@ func (a *App) Run(ctx context.Context) error {
 	monitorCtx, stopMonitor := context.WithCancel(ctx)
 	defer stopMonitor()
 	go a.monitorDatabase(monitorCtx)
+	if a.webhook != nil {
+		go a.pruneWebhookEvents(monitorCtx, a.users)
+	}
 	if a.webhook != nil {
 		go func() {
 			a.log.Info("serving Clerk webhook", "addr", a.webhookLn.Addr().String(), "path", clerkhook.Path)

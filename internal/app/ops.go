@@ -110,3 +110,34 @@ func writeOpsJSON(w http.ResponseWriter, status int, v any) {
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
 }
+
+// pruneInterval is how often old webhook message ids are forgotten.
+const pruneInterval = time.Hour
+
+// pruneWebhookEvents forgets message ids older than the retention, at
+// start and then hourly. Every replica does it; the deletes are idempotent.
+func (a *App) pruneWebhookEvents(ctx context.Context, svc interface {
+	ForgetWebhookEvents(context.Context, time.Time) (int64, error)
+}) {
+	if a.cfg.WebhookRetention <= 0 {
+		return
+	}
+	t := time.NewTicker(pruneInterval)
+	defer t.Stop()
+	for {
+		n, err := svc.ForgetWebhookEvents(ctx, time.Now().Add(-a.cfg.WebhookRetention))
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			a.log.Warn("pruning webhook message ids", "err", err)
+		case n > 0:
+			a.log.Info("pruned webhook message ids", "count", n, "older_than", a.cfg.WebhookRetention.String())
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

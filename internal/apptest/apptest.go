@@ -60,7 +60,7 @@ func Config(t testing.TB) config.Serve {
 		WebhookAddr:   "127.0.0.1:0",
 		ServiceTokens: "tests=" + ServiceToken,
 		Clerk: config.Clerk{
-			WebhookSecret: WebhookSecret, WebhookTolerance: 5 * time.Minute,
+			WebhookSecret: WebhookSecret, WebhookTolerance: 5 * time.Minute, WebhookRetention: 168 * time.Hour,
 			APIURL: "https://api.clerk.invalid", JWTLeeway: 5 * time.Second, JWKSMinRefresh: 30 * time.Second,
 		},
 		InitialCredits: 10,

@@ -518,3 +518,33 @@ func TestEmailConflicts(t *testing.T) {
 		t.Errorf("C = %q, D = %q; want C without email, D with W@Example.com", c.GetEmail(), d.GetEmail())
 	}
 }
+
+// TestForgottenMessagesStayHarmless: after message ids are pruned, a late
+// replay of an old message is applied again but changes nothing.
+func TestForgottenMessagesStayHarmless(t *testing.T) {
+	t.Parallel()
+	in := apptest.Start(t, nil)
+	created := newDelivery("msg_old_create", "user.created", clerkhook.SampleUser{ID: "user_forget", Email: "old@example.com", UpdatedAt: at(1)})
+	updated := newDelivery("msg_old_update", "user.updated", clerkhook.SampleUser{ID: "user_forget", Email: "new@example.com", UpdatedAt: at(2)})
+	for _, d := range []delivery{created, updated} {
+		if code, out := post(t, in, d); code != http.StatusOK {
+			t.Fatalf("%s: %d %v", d.msgID, code, out)
+		}
+	}
+	svc := users.NewService(in.Store, 10)
+	n, err := svc.ForgetWebhookEvents(context.Background(), time.Now().Add(time.Minute))
+	if err != nil || n != 2 {
+		t.Fatalf("ForgetWebhookEvents = %d, %v; want 2", n, err)
+	}
+	created.sentAt = time.Now()
+	if code, out := post(t, in, created); code != http.StatusOK || out["status"] != "stale" {
+		t.Errorf("replayed old user.created: %d %v, want stale", code, out)
+	}
+	u, err := getUser(t, in, "user_forget")
+	if err != nil || u.GetEmail() != "new@example.com" || u.GetCredits() != 10 {
+		t.Errorf("after the replay: %v, %v", u, err)
+	}
+	if ts := ledgerOf(t, in, "user_forget"); len(ts) != 1 {
+		t.Errorf("ledger has %d rows, want 1", len(ts))
+	}
+}

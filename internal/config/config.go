@@ -109,6 +109,7 @@ const Off = "off"
 type Clerk struct {
 	WebhookSecret     string        `name:"clerk-webhook-secret" env:"CLERK_WEBHOOK_SECRET" help:"Signing secret(s) of the Clerk webhook endpoint (whsec_...), comma-separated to rotate. Unset: every delivery is rejected. Prefer the environment variable over the flag."`
 	WebhookTolerance  time.Duration `name:"webhook-tolerance" env:"USERD_WEBHOOK_TOLERANCE" default:"5m" help:"Accepted distance between a delivery's svix-timestamp and now (replay window)."`
+	WebhookRetention  time.Duration `name:"webhook-retention" env:"USERD_WEBHOOK_RETENTION" default:"168h" help:"How long processed Svix message ids are remembered for deduplication (Svix retries for about 27h); 0 keeps them forever."`
 	JWTKey            string        `name:"clerk-jwt-key" env:"CLERK_JWT_KEY" help:"PEM public key of the Clerk instance, to verify session tokens without network."`
 	JWKSURL           string        `name:"clerk-jwks-url" env:"CLERK_JWKS_URL" help:"JWKS URL of the Clerk instance (https://<frontend-api>/.well-known/jwks.json), cached."`
 	Issuer            string        `name:"clerk-issuer" env:"CLERK_ISSUER" help:"Required iss of session tokens (the instance's Frontend API URL); unchecked when empty."`
@@ -142,6 +143,9 @@ func (c Clerk) Validate() error {
 	}
 	if c.WebhookTolerance < time.Second || c.WebhookTolerance > time.Hour {
 		return fmt.Errorf("USERD_WEBHOOK_TOLERANCE (--webhook-tolerance) must be between 1s and 1h, got %s", c.WebhookTolerance)
+	}
+	if c.WebhookRetention != 0 && c.WebhookRetention < 48*time.Hour {
+		return fmt.Errorf("USERD_WEBHOOK_RETENTION (--webhook-retention) must be 0 (forever) or at least 48h, longer than Svix retries; got %s", c.WebhookRetention)
 	}
 	if c.JWTKey != "" && c.JWKSURL != "" {
 		return errors.New("set only one of CLERK_JWT_KEY (--clerk-jwt-key) and CLERK_JWKS_URL (--clerk-jwks-url)")

@@ -18,7 +18,7 @@ func valid() config.Serve {
 		WebhookAddr:   ":8081",
 		ServiceTokens: "billing=tok-0123456789abcdef0123456789,worker=sha256:" + strings.Repeat("ab", 32),
 		Clerk: config.Clerk{
-			WebhookSecret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", WebhookTolerance: 5 * time.Minute,
+			WebhookSecret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", WebhookTolerance: 5 * time.Minute, WebhookRetention: 168 * time.Hour,
 			JWKSURL: "https://clerk.example.com/.well-known/jwks.json", APIURL: "https://api.clerk.com",
 			SecretKey: "sk_test_abc", JWTLeeway: 5 * time.Second, JWKSMinRefresh: 30 * time.Second,
 		},
@@ -48,6 +48,7 @@ func TestValidate(t *testing.T) {
 		{"SecretWithoutPrefix", func(c *config.Serve) { c.WebhookSecret = "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" }, "CLERK_WEBHOOK_SECRET"},
 		{"SecretIsASignature", func(c *config.Serve) { c.WebhookSecret = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=" }, "CLERK_WEBHOOK_SECRET"},
 		{"SecondSecretNotBase64", func(c *config.Serve) { c.WebhookSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw,whsec_!!!" }, "secret #2"},
+		{"ShortRetention", func(c *config.Serve) { c.WebhookRetention = time.Hour }, "USERD_WEBHOOK_RETENTION"},
 		{"ZeroTolerance", func(c *config.Serve) { c.WebhookTolerance = 0 }, "USERD_WEBHOOK_TOLERANCE"},
 		{"BadOpsAddr", func(c *config.Serve) { c.OpsAddr = "metrics" }, "USERD_OPS_ADDR"},
 		{"BadHTTPAddr", func(c *config.Serve) { c.HTTPAddr = "8080" }, "USERD_HTTP_ADDR"},

@@ -283,3 +283,8 @@ func (s queries) RecordWebhookEvent(ctx context.Context, messageID, eventType, o
 	}
 	return err == nil, translate(err)
 }
+
+func (s queries) DeleteWebhookEventsBefore(ctx context.Context, before time.Time, limit int32) (int64, error) {
+	n, err := s.q.DeleteWebhookEventsBefore(ctx, s.db, sqlcdb.DeleteWebhookEventsBeforeParams{Before: before, RowLimit: limit})
+	return n, translate(err)
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/userd/userd/internal/apperr"
@@ -260,4 +261,26 @@ func (s *Service) DeleteClerkUser(ctx context.Context, messageID, eventType, cle
 		return "", userErr(err, "delete clerk user "+clerkUserID)
 	}
 	return OutcomeDeleted, nil
+}
+
+// pruneBatch bounds one DELETE of old message ids.
+const pruneBatch = 5000
+
+// ForgetWebhookEvents drops the record of messages processed before a
+// time, in batches, and returns how many it dropped. Svix stops retrying a
+// message after about 27 hours; a message redelivered after its record is
+// gone (a manual replay from Clerk's dashboard) is still harmless: its
+// state is stale or its user deleted, so it changes nothing.
+func (s *Service) ForgetWebhookEvents(ctx context.Context, before time.Time) (int64, error) {
+	var total int64
+	for {
+		n, err := s.store.DeleteWebhookEventsBefore(ctx, before, pruneBatch)
+		total += n
+		if err != nil {
+			return total, fmt.Errorf("forget webhook events: %w", err)
+		}
+		if n < pruneBatch {
+			return total, nil
+		}
+	}
 }

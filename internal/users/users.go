@@ -167,6 +167,9 @@ type Queries interface {
 	// is false when it was already recorded (by a committed transaction,
 	// which a concurrent one waits for).
 	RecordWebhookEvent(ctx context.Context, messageID, eventType, objectID, outcome string) (fresh bool, err error)
+	// DeleteWebhookEventsBefore forgets up to limit messages processed
+	// before a time and says how many it forgot.
+	DeleteWebhookEventsBefore(ctx context.Context, before time.Time, limit int32) (int64, error)
 }
 
 // Store is the storage the domain needs.
