@@ -120,16 +120,11 @@ func (s *Service) ApplyClerkUser(ctx context.Context, ev ClerkEvent) (EventOutco
 		outcome EventOutcome
 		err     error
 	)
-	for range maxEmailConflictRetries {
-		err = s.store.InTx(ctx, func(q Queries) error {
-			var txErr error
-			outcome, txErr = s.applyClerkUser(ctx, q, ev)
-			return txErr
-		})
-		if !errors.Is(err, ErrEmailInUse) {
-			break
-		}
-	}
+	err = s.inTxRetrying(ctx, ErrEmailInUse, maxEmailConflictRetries, func(q Queries) error {
+		var txErr error
+		outcome, txErr = s.applyClerkUser(ctx, q, ev)
+		return txErr
+	})
 	if errors.Is(err, errDuplicate) {
 		return OutcomeDuplicate, nil
 	}

@@ -217,6 +217,19 @@ func (s *Service) ensure(ctx context.Context, clerkUserID string, profile Profil
 	return existing(u)
 }
 
+// inTxRetrying runs fn in a transaction, and again (up to attempts in
+// all) while it fails with retryOn: a constraint a racing transaction won,
+// which the next attempt sees.
+func (s *Service) inTxRetrying(ctx context.Context, retryOn error, attempts int, fn func(Queries) error) error {
+	var err error
+	for range attempts {
+		if err = s.store.InTx(ctx, fn); !errors.Is(err, retryOn) {
+			return err
+		}
+	}
+	return err
+}
+
 // createUser inserts cu with the initial credits and their ledger entry,
 // unless a row for the Clerk id exists (created == false, no error).
 func (s *Service) createUser(ctx context.Context, q Queries, cu ClerkUser) (User, bool, error) {
@@ -289,41 +302,36 @@ func (s *Service) changeCredits(ctx context.Context, c CreditChange, kind TxKind
 	)
 	// A second attempt only when a racing retry with the same key
 	// committed while this one waited for the lock: it then replays.
-	for attempt := 0; attempt < 2; attempt++ {
-		err = s.store.InTx(ctx, func(q Queries) error {
-			replayed = false
-			u, use, err := q.LockLiveUserWithKey(ctx, c.ClerkUserID, c.IdempotencyKey)
-			if err != nil {
-				return err
-			}
-			if use.PlanChangeID != 0 {
-				return keyReused() // the key named a plan change
-			}
-			if prev := use.Transaction; prev != nil {
-				if prev.Kind != kind || prev.Delta != delta || prev.Reason != c.Reason {
-					return keyReused()
-				}
-				t, replayed = *prev, true
-				return nil
-			}
-			balance, err := applyDelta(u.Credits, delta)
-			if err != nil {
-				return err
-			}
-			t, err = q.ApplyCreditTransaction(ctx, Transaction{
-				UserID:         u.ID,
-				Delta:          delta,
-				BalanceAfter:   balance,
-				Kind:           kind,
-				Reason:         c.Reason,
-				IdempotencyKey: c.IdempotencyKey,
-			})
+	err = s.inTxRetrying(ctx, ErrIdempotencyKeyInUse, 2, func(q Queries) error {
+		replayed = false
+		u, use, err := q.LockLiveUserWithKey(ctx, c.ClerkUserID, c.IdempotencyKey)
+		if err != nil {
 			return err
-		})
-		if !errors.Is(err, ErrIdempotencyKeyInUse) {
-			break
 		}
-	}
+		if use.PlanChangeID != 0 {
+			return keyReused() // the key named a plan change
+		}
+		if prev := use.Transaction; prev != nil {
+			if prev.Kind != kind || prev.Delta != delta || prev.Reason != c.Reason {
+				return keyReused()
+			}
+			t, replayed = *prev, true
+			return nil
+		}
+		balance, err := applyDelta(u.Credits, delta)
+		if err != nil {
+			return err
+		}
+		t, err = q.ApplyCreditTransaction(ctx, Transaction{
+			UserID:         u.ID,
+			Delta:          delta,
+			BalanceAfter:   balance,
+			Kind:           kind,
+			Reason:         c.Reason,
+			IdempotencyKey: c.IdempotencyKey,
+		})
+		return err
+	})
 	if err != nil {
 		return Transaction{}, userErr(err, strings.ToLower(string(kind))+" credits")
 	}
@@ -395,16 +403,11 @@ func (s *Service) SetPlan(ctx context.Context, in SetPlanInput) (SetPlanResult, 
 	)
 	// A second attempt only when a racing call with the same key committed
 	// while this one waited for the lock: it then sees it.
-	for attempt := 0; attempt < 2; attempt++ {
-		err = s.store.InTx(ctx, func(q Queries) error {
-			var txErr error
-			res, replayed, txErr = s.setPlanOnce(ctx, q, in)
-			return txErr
-		})
-		if !errors.Is(err, ErrIdempotencyKeyInUse) {
-			break
-		}
-	}
+	err = s.inTxRetrying(ctx, ErrIdempotencyKeyInUse, 2, func(q Queries) error {
+		var txErr error
+		res, replayed, txErr = s.setPlanOnce(ctx, q, in)
+		return txErr
+	})
 	if err != nil {
 		return SetPlanResult{}, userErr(err, "set plan")
 	}
