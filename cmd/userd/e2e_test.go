@@ -81,7 +81,7 @@ func startUserd(t *testing.T, bin, databaseURL, dataDir string, ep endpoints) *u
 		"USERD_DATA_DIR="+dataDir,
 		"USERD_GRPC_ADDR="+ep.grpc, "USERD_HTTP_ADDR="+ep.http,
 		"USERD_WEBHOOK_ADDR="+ep.webhook, "USERD_OPS_ADDR="+ep.ops,
-		"USERD_SERVICE_TOKENS=e2e="+e2eToken,
+		"USERD_SERVICE_TOKENS=e2e="+e2eToken, "CLERK_WEBHOOK_SECRET="+e2eWebhookSecret,
 		"USERD_LOG_FORMAT=json", "USERD_SHUTDOWN_GRACE=5s",
 	)
 	p := &userdProcess{cmd: cmd, logs: &syncBuffer{}, done: make(chan error, 1)}

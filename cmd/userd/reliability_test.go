@@ -18,14 +18,19 @@ import (
 	"google.golang.org/grpc/status"
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
+	"github.com/userd/userd/internal/clerkhook"
 	"github.com/userd/userd/internal/procstat"
 	"github.com/userd/userd/internal/store"
 	"github.com/userd/userd/internal/testdb"
 )
 
+// e2eWebhookSecret is the signing secret startUserd configures.
+const e2eWebhookSecret = "whsec_dXNlcmQtZTJlLXdlYmhvb2stc2VjcmV0LTAx"
+
 // TestCrashKeepsAcknowledgedWrites kills userd with SIGKILL in the middle of
-// a write load and starts it again: every write it acknowledged is there
-// and the books balance.
+// a write load (credit changes over gRPC and signed user.created deliveries,
+// which are group-committed) and starts it again: every write it
+// acknowledged is there and the books balance.
 func TestCrashKeepsAcknowledgedWrites(t *testing.T) {
 	bin := buildUserd(t)
 	dbURL := testdb.URL(t)
@@ -81,14 +86,46 @@ func TestCrashKeepsAcknowledgedWrites(t *testing.T) {
 			}
 		})
 	}
+	// Webhook senders: each delivery creates a new user; a 200 is an
+	// acknowledgement that the user is committed.
+	var (
+		hookAcks []string
+		hookSeq  atomic.Int64
+	)
+	for range 8 {
+		wg.Go(func() {
+			httpc := &http.Client{Timeout: 3 * time.Second}
+			for {
+				id := fmt.Sprintf("user_crashhook%d", hookSeq.Add(1))
+				body := clerkhook.SampleEvent("user.created", clerkhook.SampleUser{ID: id, Email: id + "@example.com", UpdatedAt: time.Now()})
+				h, err := clerkhook.SignHeaders(e2eWebhookSecret, "msg_"+id, time.Now(), body)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				req, _ := http.NewRequest(http.MethodPost, "http://"+ep.webhook+clerkhook.Path, bytes.NewReader(body))
+				req.Header = h
+				resp, err := httpc.Do(req)
+				if err != nil {
+					return // userd is gone
+				}
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					mu.Lock()
+					hookAcks = append(hookAcks, id)
+					mu.Unlock()
+				}
+			}
+		})
+	}
 	time.Sleep(time.Until(killAt))
 	if err := p.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	<-p.done
 	wg.Wait()
-	if len(acks) == 0 {
-		t.Fatal("no write was acknowledged before the crash")
+	if len(acks) == 0 || len(hookAcks) == 0 {
+		t.Fatalf("%d writes and %d deliveries acknowledged before the crash, want some of each", len(acks), len(hookAcks))
 	}
 
 	startUserd(t, bin, dbURL, t.TempDir(), ep)
@@ -120,7 +157,12 @@ func TestCrashKeepsAcknowledgedWrites(t *testing.T) {
 			t.Errorf("acknowledged transaction %d of %s is lost", a.tx.GetId(), a.id)
 		}
 	}
-	t.Logf("%d writes acknowledged before SIGKILL; all present after the restart", len(acks))
+	for _, id := range hookAcks {
+		if _, err := st.GetLiveUserByClerkID(context.Background(), id); err != nil {
+			t.Errorf("acknowledged user.created of %s is lost: %v", id, err)
+		}
+	}
+	t.Logf("%d writes and %d webhook deliveries acknowledged before SIGKILL; all present after the restart", len(acks), len(hookAcks))
 }
 
 // TestAbusiveClients: slow headers, huge bodies, thousands of idle

@@ -1,10 +1,6 @@
 -- Queries on plan changes.
 
--- name: InsertPlanChange :one
-INSERT INTO plan_changes (user_id, previous_plan, plan, bonus_credits, transaction_id, reason, idempotency_key)
-VALUES (@user_id, @previous_plan, @plan, @bonus_credits, @transaction_id, @reason, @idempotency_key)
-RETURNING *;
-
--- name: GetPlanChangeByKey :one
-SELECT * FROM plan_changes
-WHERE user_id = @user_id AND idempotency_key = @idempotency_key;
+-- SetPlan changes the plan and grants the bonus in one round trip (see the
+-- function userd_set_plan in db/migrations).
+-- name: SetPlan :one
+SELECT * FROM userd_set_plan(@clerk_user_id::text, @plan::text, @bonus::bigint, @reason::text, @idempotency_key::text);

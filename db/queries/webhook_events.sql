@@ -1,18 +1,5 @@
 -- Queries on processed webhook deliveries.
 
--- InsertWebhookEvent records an applied message with its outcome. It
--- returns no row when the message was already recorded; a concurrent insert
--- of the same id waits for the other transaction and then returns no row if
--- that one committed.
--- name: InsertWebhookEvent :one
-INSERT INTO webhook_events (svix_id, event_type, object_id, outcome)
-VALUES (@svix_id, @event_type, @object_id, @outcome)
-ON CONFLICT (svix_id) DO NOTHING
-RETURNING svix_id;
-
--- name: GetWebhookEvent :one
-SELECT * FROM webhook_events WHERE svix_id = @svix_id;
-
 -- DeleteWebhookEventsBefore forgets up to row_limit messages processed
 -- before a time, oldest first, so that pruning never holds long locks.
 -- name: DeleteWebhookEventsBefore :execrows
@@ -23,3 +10,13 @@ WHERE w.svix_id IN (
     ORDER BY old.processed_at
     LIMIT @row_limit::int
 );
+
+-- ApplyClerkEvents applies a batch of Clerk deliveries in one round trip,
+-- each in its own subtransaction (see userd_apply_clerk_events in
+-- db/migrations); one row per event, in order.
+-- name: ApplyClerkEvents :many
+SELECT r.ordinal::integer AS ordinal, r.outcome::text AS outcome, coalesce(r.error_code, '')::text AS error_code
+FROM userd_apply_clerk_events(
+    @svix_ids::text[], @event_types::text[], @clerk_user_ids::text[], @deleted::boolean[],
+    @emails::text[], @first_names::text[], @last_names::text[], @image_urls::text[],
+    @updated_ats::bigint[], @initial_credits::bigint) AS r;

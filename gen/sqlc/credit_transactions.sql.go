@@ -7,117 +7,62 @@ package sqlcdb
 
 import (
 	"context"
+	"time"
 
 	"github.com/google/uuid"
 )
 
-const applyCreditTransaction = `-- name: ApplyCreditTransaction :one
-WITH balance AS (
-    UPDATE users SET credits = $2, updated_at = now()
-    WHERE users.id = $6::uuid
-    RETURNING id AS balance_user_id
-)
-INSERT INTO credit_transactions (user_id, delta, balance_after, kind, reason, idempotency_key)
-SELECT balance.balance_user_id, $1, $2, $3, $4, $5 FROM balance
-RETURNING id, user_id, delta, balance_after, kind, reason, idempotency_key, created_at
+const changeCredits = `-- name: ChangeCredits :one
+SELECT status, available, t_id, t_user_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at FROM userd_change_credits($1::text, $2::text, $3::bigint, $4::text, $5::text)
 `
 
-type ApplyCreditTransactionParams struct {
-	Delta          int64
-	BalanceAfter   int64
+type ChangeCreditsParams struct {
+	ClerkUserID    string
 	Kind           string
-	Reason         string
-	IdempotencyKey *string
-	UserID         uuid.UUID
-}
-
-// ApplyCreditTransaction sets the user's balance and records the entry in
-// one round trip.
-func (q *Queries) ApplyCreditTransaction(ctx context.Context, db DBTX, arg ApplyCreditTransactionParams) (CreditTransaction, error) {
-	row := db.QueryRow(ctx, applyCreditTransaction,
-		arg.Delta,
-		arg.BalanceAfter,
-		arg.Kind,
-		arg.Reason,
-		arg.IdempotencyKey,
-		arg.UserID,
-	)
-	var i CreditTransaction
-	err := row.Scan(
-		&i.ID,
-		&i.UserID,
-		&i.Delta,
-		&i.BalanceAfter,
-		&i.Kind,
-		&i.Reason,
-		&i.IdempotencyKey,
-		&i.CreatedAt,
-	)
-	return i, err
-}
-
-const getCreditTransactionByID = `-- name: GetCreditTransactionByID :one
-SELECT id, user_id, delta, balance_after, kind, reason, idempotency_key, created_at FROM credit_transactions
-WHERE id = $1
-`
-
-func (q *Queries) GetCreditTransactionByID(ctx context.Context, db DBTX, id int64) (CreditTransaction, error) {
-	row := db.QueryRow(ctx, getCreditTransactionByID, id)
-	var i CreditTransaction
-	err := row.Scan(
-		&i.ID,
-		&i.UserID,
-		&i.Delta,
-		&i.BalanceAfter,
-		&i.Kind,
-		&i.Reason,
-		&i.IdempotencyKey,
-		&i.CreatedAt,
-	)
-	return i, err
-}
-
-const insertCreditTransaction = `-- name: InsertCreditTransaction :one
-
-INSERT INTO credit_transactions (user_id, delta, balance_after, kind, reason, idempotency_key)
-VALUES ($1, $2, $3, $4, $5, $6)
-RETURNING id, user_id, delta, balance_after, kind, reason, idempotency_key, created_at
-`
-
-type InsertCreditTransactionParams struct {
-	UserID         uuid.UUID
 	Delta          int64
-	BalanceAfter   int64
-	Kind           string
 	Reason         string
-	IdempotencyKey *string
+	IdempotencyKey string
 }
 
-// Queries on the credit ledger.
-func (q *Queries) InsertCreditTransaction(ctx context.Context, db DBTX, arg InsertCreditTransactionParams) (CreditTransaction, error) {
-	row := db.QueryRow(ctx, insertCreditTransaction,
-		arg.UserID,
-		arg.Delta,
-		arg.BalanceAfter,
+type ChangeCreditsRow struct {
+	Status        *string
+	Available     *int64
+	TID           *int64
+	TUserID       *uuid.UUID
+	TDelta        *int64
+	TBalanceAfter *int64
+	TKind         *string
+	TReason       *string
+	TCreatedAt    *time.Time
+}
+
+// ChangeCredits deducts or grants in one round trip (see the function
+// userd_change_credits in db/migrations): the status says what happened.
+func (q *Queries) ChangeCredits(ctx context.Context, db DBTX, arg ChangeCreditsParams) (ChangeCreditsRow, error) {
+	row := db.QueryRow(ctx, changeCredits,
+		arg.ClerkUserID,
 		arg.Kind,
+		arg.Delta,
 		arg.Reason,
 		arg.IdempotencyKey,
 	)
-	var i CreditTransaction
+	var i ChangeCreditsRow
 	err := row.Scan(
-		&i.ID,
-		&i.UserID,
-		&i.Delta,
-		&i.BalanceAfter,
-		&i.Kind,
-		&i.Reason,
-		&i.IdempotencyKey,
-		&i.CreatedAt,
+		&i.Status,
+		&i.Available,
+		&i.TID,
+		&i.TUserID,
+		&i.TDelta,
+		&i.TBalanceAfter,
+		&i.TKind,
+		&i.TReason,
+		&i.TCreatedAt,
 	)
 	return i, err
 }
 
 const listCreditTransactions = `-- name: ListCreditTransactions :many
+
 SELECT id, user_id, delta, balance_after, kind, reason, idempotency_key, created_at FROM credit_transactions
 WHERE user_id = $1
   AND ($2::bigint = 0 OR id < $2::bigint)
@@ -131,6 +76,7 @@ type ListCreditTransactionsParams struct {
 	RowLimit int32
 }
 
+// Queries on the credit ledger.
 // ListCreditTransactions pages newest first: pass before_id = 0 for the first
 // page, then the id of the last entry seen.
 func (q *Queries) ListCreditTransactions(ctx context.Context, db DBTX, arg ListCreditTransactionsParams) ([]CreditTransaction, error) {
@@ -160,22 +106,4 @@ func (q *Queries) ListCreditTransactions(ctx context.Context, db DBTX, arg ListC
 		return nil, err
 	}
 	return items, nil
-}
-
-const sumCreditTransactions = `-- name: SumCreditTransactions :one
-SELECT coalesce(sum(delta), 0)::bigint AS total, count(*) AS entries
-FROM credit_transactions
-WHERE user_id = $1
-`
-
-type SumCreditTransactionsRow struct {
-	Total   int64
-	Entries int64
-}
-
-func (q *Queries) SumCreditTransactions(ctx context.Context, db DBTX, userID uuid.UUID) (SumCreditTransactionsRow, error) {
-	row := db.QueryRow(ctx, sumCreditTransactions, userID)
-	var i SumCreditTransactionsRow
-	err := row.Scan(&i.Total, &i.Entries)
-	return i, err
 }

@@ -21,6 +21,13 @@ type CreditTransaction struct {
 	CreatedAt      time.Time
 }
 
+type IdempotencyKey struct {
+	UserID         uuid.UUID
+	IdempotencyKey string
+	Operation      string
+	CreatedAt      time.Time
+}
+
 type PlanChange struct {
 	ID             int64
 	UserID         uuid.UUID

@@ -7,76 +7,88 @@ package sqlcdb
 
 import (
 	"context"
+	"time"
 
 	"github.com/google/uuid"
 )
 
-const getPlanChangeByKey = `-- name: GetPlanChangeByKey :one
-SELECT id, user_id, previous_plan, plan, bonus_credits, transaction_id, reason, idempotency_key, created_at FROM plan_changes
-WHERE user_id = $1 AND idempotency_key = $2
+const setPlan = `-- name: SetPlan :one
+
+SELECT status, u_id, u_clerk_user_id, u_email, u_first_name, u_last_name, u_image_url, u_plan, u_credits, u_clerk_updated_at, u_created_at, u_updated_at, pc_id, pc_previous_plan, pc_plan, pc_bonus_credits, pc_reason, pc_created_at, t_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at FROM userd_set_plan($1::text, $2::text, $3::bigint, $4::text, $5::text)
 `
 
-type GetPlanChangeByKeyParams struct {
-	UserID         uuid.UUID
-	IdempotencyKey string
-}
-
-func (q *Queries) GetPlanChangeByKey(ctx context.Context, db DBTX, arg GetPlanChangeByKeyParams) (PlanChange, error) {
-	row := db.QueryRow(ctx, getPlanChangeByKey, arg.UserID, arg.IdempotencyKey)
-	var i PlanChange
-	err := row.Scan(
-		&i.ID,
-		&i.UserID,
-		&i.PreviousPlan,
-		&i.Plan,
-		&i.BonusCredits,
-		&i.TransactionID,
-		&i.Reason,
-		&i.IdempotencyKey,
-		&i.CreatedAt,
-	)
-	return i, err
-}
-
-const insertPlanChange = `-- name: InsertPlanChange :one
-
-INSERT INTO plan_changes (user_id, previous_plan, plan, bonus_credits, transaction_id, reason, idempotency_key)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-RETURNING id, user_id, previous_plan, plan, bonus_credits, transaction_id, reason, idempotency_key, created_at
-`
-
-type InsertPlanChangeParams struct {
-	UserID         uuid.UUID
-	PreviousPlan   string
+type SetPlanParams struct {
+	ClerkUserID    string
 	Plan           string
-	BonusCredits   int64
-	TransactionID  *int64
+	Bonus          int64
 	Reason         string
 	IdempotencyKey string
 }
 
+type SetPlanRow struct {
+	Status          *string
+	UID             *uuid.UUID
+	UClerkUserID    *string
+	UEmail          *string
+	UFirstName      *string
+	ULastName       *string
+	UImageUrl       *string
+	UPlan           *string
+	UCredits        *int64
+	UClerkUpdatedAt *int64
+	UCreatedAt      *time.Time
+	UUpdatedAt      *time.Time
+	PcID            *int64
+	PcPreviousPlan  *string
+	PcPlan          *string
+	PcBonusCredits  *int64
+	PcReason        *string
+	PcCreatedAt     *time.Time
+	TID             *int64
+	TDelta          *int64
+	TBalanceAfter   *int64
+	TKind           *string
+	TReason         *string
+	TCreatedAt      *time.Time
+}
+
 // Queries on plan changes.
-func (q *Queries) InsertPlanChange(ctx context.Context, db DBTX, arg InsertPlanChangeParams) (PlanChange, error) {
-	row := db.QueryRow(ctx, insertPlanChange,
-		arg.UserID,
-		arg.PreviousPlan,
+// SetPlan changes the plan and grants the bonus in one round trip (see the
+// function userd_set_plan in db/migrations).
+func (q *Queries) SetPlan(ctx context.Context, db DBTX, arg SetPlanParams) (SetPlanRow, error) {
+	row := db.QueryRow(ctx, setPlan,
+		arg.ClerkUserID,
 		arg.Plan,
-		arg.BonusCredits,
-		arg.TransactionID,
+		arg.Bonus,
 		arg.Reason,
 		arg.IdempotencyKey,
 	)
-	var i PlanChange
+	var i SetPlanRow
 	err := row.Scan(
-		&i.ID,
-		&i.UserID,
-		&i.PreviousPlan,
-		&i.Plan,
-		&i.BonusCredits,
-		&i.TransactionID,
-		&i.Reason,
-		&i.IdempotencyKey,
-		&i.CreatedAt,
+		&i.Status,
+		&i.UID,
+		&i.UClerkUserID,
+		&i.UEmail,
+		&i.UFirstName,
+		&i.ULastName,
+		&i.UImageUrl,
+		&i.UPlan,
+		&i.UCredits,
+		&i.UClerkUpdatedAt,
+		&i.UCreatedAt,
+		&i.UUpdatedAt,
+		&i.PcID,
+		&i.PcPreviousPlan,
+		&i.PcPlan,
+		&i.PcBonusCredits,
+		&i.PcReason,
+		&i.PcCreatedAt,
+		&i.TID,
+		&i.TDelta,
+		&i.TBalanceAfter,
+		&i.TKind,
+		&i.TReason,
+		&i.TCreatedAt,
 	)
 	return i, err
 }

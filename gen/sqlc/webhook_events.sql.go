@@ -10,7 +10,69 @@ import (
 	"time"
 )
 
+const applyClerkEvents = `-- name: ApplyClerkEvents :many
+SELECT r.ordinal::integer AS ordinal, r.outcome::text AS outcome, coalesce(r.error_code, '')::text AS error_code
+FROM userd_apply_clerk_events(
+    $1::text[], $2::text[], $3::text[], $4::boolean[],
+    $5::text[], $6::text[], $7::text[], $8::text[],
+    $9::bigint[], $10::bigint) AS r
+`
+
+type ApplyClerkEventsParams struct {
+	SvixIds        []string
+	EventTypes     []string
+	ClerkUserIds   []string
+	Deleted        []bool
+	Emails         []string
+	FirstNames     []string
+	LastNames      []string
+	ImageUrls      []string
+	UpdatedAts     []int64
+	InitialCredits int64
+}
+
+type ApplyClerkEventsRow struct {
+	Ordinal   int32
+	Outcome   string
+	ErrorCode string
+}
+
+// ApplyClerkEvents applies a batch of Clerk deliveries in one round trip,
+// each in its own subtransaction (see userd_apply_clerk_events in
+// db/migrations); one row per event, in order.
+func (q *Queries) ApplyClerkEvents(ctx context.Context, db DBTX, arg ApplyClerkEventsParams) ([]ApplyClerkEventsRow, error) {
+	rows, err := db.Query(ctx, applyClerkEvents,
+		arg.SvixIds,
+		arg.EventTypes,
+		arg.ClerkUserIds,
+		arg.Deleted,
+		arg.Emails,
+		arg.FirstNames,
+		arg.LastNames,
+		arg.ImageUrls,
+		arg.UpdatedAts,
+		arg.InitialCredits,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []ApplyClerkEventsRow{}
+	for rows.Next() {
+		var i ApplyClerkEventsRow
+		if err := rows.Scan(&i.Ordinal, &i.Outcome, &i.ErrorCode); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const deleteWebhookEventsBefore = `-- name: DeleteWebhookEventsBefore :execrows
+
 DELETE FROM webhook_events AS w
 WHERE w.svix_id IN (
     SELECT old.svix_id FROM webhook_events AS old
@@ -25,6 +87,7 @@ type DeleteWebhookEventsBeforeParams struct {
 	RowLimit int32
 }
 
+// Queries on processed webhook deliveries.
 // DeleteWebhookEventsBefore forgets up to row_limit messages processed
 // before a time, oldest first, so that pruning never holds long locks.
 func (q *Queries) DeleteWebhookEventsBefore(ctx context.Context, db DBTX, arg DeleteWebhookEventsBeforeParams) (int64, error) {
@@ -33,53 +96,4 @@ func (q *Queries) DeleteWebhookEventsBefore(ctx context.Context, db DBTX, arg De
 		return 0, err
 	}
 	return result.RowsAffected(), nil
-}
-
-const getWebhookEvent = `-- name: GetWebhookEvent :one
-SELECT svix_id, event_type, object_id, outcome, processed_at FROM webhook_events WHERE svix_id = $1
-`
-
-func (q *Queries) GetWebhookEvent(ctx context.Context, db DBTX, svixID string) (WebhookEvent, error) {
-	row := db.QueryRow(ctx, getWebhookEvent, svixID)
-	var i WebhookEvent
-	err := row.Scan(
-		&i.SvixID,
-		&i.EventType,
-		&i.ObjectID,
-		&i.Outcome,
-		&i.ProcessedAt,
-	)
-	return i, err
-}
-
-const insertWebhookEvent = `-- name: InsertWebhookEvent :one
-
-INSERT INTO webhook_events (svix_id, event_type, object_id, outcome)
-VALUES ($1, $2, $3, $4)
-ON CONFLICT (svix_id) DO NOTHING
-RETURNING svix_id
-`
-
-type InsertWebhookEventParams struct {
-	SvixID    string
-	EventType string
-	ObjectID  string
-	Outcome   string
-}
-
-// Queries on processed webhook deliveries.
-// InsertWebhookEvent records an applied message with its outcome. It
-// returns no row when the message was already recorded; a concurrent insert
-// of the same id waits for the other transaction and then returns no row if
-// that one committed.
-func (q *Queries) InsertWebhookEvent(ctx context.Context, db DBTX, arg InsertWebhookEventParams) (string, error) {
-	row := db.QueryRow(ctx, insertWebhookEvent,
-		arg.SvixID,
-		arg.EventType,
-		arg.ObjectID,
-		arg.Outcome,
-	)
-	var svix_id string
-	err := row.Scan(&svix_id)
-	return svix_id, err
 }

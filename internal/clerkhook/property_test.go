@@ -3,8 +3,11 @@ package clerkhook_test
 import (
 	"flag"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -199,4 +202,34 @@ func TestDeliveryOrderDoesNotMatter(t *testing.T) {
 			t.Errorf("no delivery had outcome %q: the histories are too tame", o)
 		}
 	}
+	// The concurrent deliveries went through the group-commit batcher
+	// together, not one transaction each.
+	batches, events := batchStats(t, in)
+	t.Logf("group commit: %d events in %d batches (%.2f per batch)", events, batches, float64(events)/float64(batches))
+	if batches == 0 || events <= batches {
+		t.Errorf("%d events in %d batches: no batch carried more than one event", events, batches)
+	}
+}
+
+// batchStats reads the batch-size histogram from the ops listener: how many
+// batches committed and how many events they carried.
+func batchStats(t *testing.T, in *apptest.Instance) (batches, events int64) {
+	t.Helper()
+	resp, err := http.Get(in.OpsURL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(raw), "\n") {
+		name, value, _ := strings.Cut(line, " ")
+		n, _ := strconv.ParseFloat(value, 64)
+		switch name {
+		case "userd_clerk_batch_events_count":
+			batches = int64(n)
+		case "userd_clerk_batch_events_sum":
+			events = int64(n)
+		}
+	}
+	return batches, events
 }

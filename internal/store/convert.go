@@ -43,13 +43,6 @@ func userOut(r sqlcdb.User, err error) (users.User, error) {
 	}, nil
 }
 
-func transactionOut(r sqlcdb.CreditTransaction, err error) (users.Transaction, error) {
-	if err != nil {
-		return users.Transaction{}, translate(err)
-	}
-	return transactionFrom(r), nil
-}
-
 func transactionFrom(r sqlcdb.CreditTransaction) users.Transaction {
 	return users.Transaction{
 		ID:             r.ID,
@@ -61,21 +54,4 @@ func transactionFrom(r sqlcdb.CreditTransaction) users.Transaction {
 		IdempotencyKey: deref(r.IdempotencyKey),
 		CreatedAt:      r.CreatedAt,
 	}
-}
-
-func planChangeOut(r sqlcdb.PlanChange, err error) (users.PlanChange, error) {
-	if err != nil {
-		return users.PlanChange{}, translate(err)
-	}
-	return users.PlanChange{
-		ID:             r.ID,
-		UserID:         r.UserID,
-		PreviousPlan:   users.Plan(r.PreviousPlan),
-		Plan:           users.Plan(r.Plan),
-		BonusCredits:   r.BonusCredits,
-		TransactionID:  deref(r.TransactionID),
-		Reason:         r.Reason,
-		IdempotencyKey: r.IdempotencyKey,
-		CreatedAt:      r.CreatedAt,
-	}, nil
 }

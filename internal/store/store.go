@@ -1,11 +1,11 @@
 // Package store implements users.Store over PostgreSQL with pgx/v5 and the
 // sqlc-generated queries in gen/sqlc. It is the only package that touches
-// the database: it owns transactions, converts sqlc rows into domain types
+// the database: it calls the queries and server-side functions, converts sqlc rows into domain types
 // and translates PostgreSQL errors (missing rows, unique violations matched
 // by constraint name, connection failures) into the domain's errors.
 //
 // To add a query: write it in db/queries/<table>.sql, run `make generate`,
-// add a method here and to users.Queries.
+// add a method here and to users.Store.
 package store
 
 import (
@@ -22,103 +22,42 @@ import (
 	"github.com/userd/userd/internal/users"
 )
 
-// maxTxAttempts bounds how often InTx re-runs a transaction the database
-// asked to retry.
-const maxTxAttempts = 3
-
-// rollbackTimeout bounds a rollback on a connection that may be dead.
-const rollbackTimeout = 5 * time.Second
-
-// Store is users.Store over a pgx pool.
+// Store is users.Store over a pgx pool. Every method is one round trip:
+// writes are single statements or calls of the server-side functions the
+// migrations install, so no transaction spans two round trips.
 type Store struct {
-	queries
-	pool *pgxpool.Pool
+	db sqlcdb.DBTX
+	q  *sqlcdb.Queries
 }
 
 var _ users.Store = (*Store)(nil)
 
 // New returns a Store over pool.
 func New(pool *pgxpool.Pool) *Store {
-	return &Store{queries: queries{db: pool, q: sqlcdb.New()}, pool: pool}
+	return &Store{db: pool, q: sqlcdb.New()}
 }
 
-// InTx runs fn in a READ COMMITTED transaction and commits it. Correctness
-// rests on row locks and constraints, not on isolation level; a
-// serialization failure or deadlock reported by the database re-runs fn up
-// to maxTxAttempts times.
-func (s *Store) InTx(ctx context.Context, fn func(users.Queries) error) error {
-	var err error
-	for range maxTxAttempts {
-		err = s.inTxOnce(ctx, fn)
-		if !retryable(err) {
-			break
-		}
-	}
-	return err
-}
-
-func (s *Store) inTxOnce(ctx context.Context, fn func(users.Queries) error) (err error) {
-	tx, err := s.pool.Begin(ctx)
-	if err != nil {
-		return translate(fmt.Errorf("begin: %w", err))
-	}
-	defer func() {
-		p := recover()
-		if err != nil || p != nil {
-			// Also on a panic: a transaction left open would hold its row
-			// locks and its connection until restart. The rollback error
-			// adds nothing: pgx discards a connection it cannot roll back.
-			rbCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
-			_ = tx.Rollback(rbCtx)
-			cancel()
-		}
-		if p != nil {
-			panic(p)
-		}
-	}()
-	if err := fn(queries{db: tx, q: s.q}); err != nil {
-		return err
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return translate(fmt.Errorf("commit: %w", err))
-	}
-	return nil
-}
-
-// queries implements users.Queries over a pool or a transaction.
-type queries struct {
-	db sqlcdb.DBTX
-	q  *sqlcdb.Queries
-}
-
-var _ users.Queries = queries{}
-
-func (s queries) GetLiveUserByClerkID(ctx context.Context, clerkUserID string) (users.User, error) {
+func (s *Store) GetLiveUserByClerkID(ctx context.Context, clerkUserID string) (users.User, error) {
 	row, err := s.q.GetLiveUserByClerkID(ctx, s.db, clerkUserID)
 	return userOut(row, err)
 }
 
-func (s queries) GetLiveUserByID(ctx context.Context, id uuid.UUID) (users.User, error) {
+func (s *Store) GetLiveUserByID(ctx context.Context, id uuid.UUID) (users.User, error) {
 	row, err := s.q.GetLiveUserByID(ctx, s.db, id)
 	return userOut(row, err)
 }
 
-func (s queries) GetLiveUserByEmail(ctx context.Context, email string) (users.User, error) {
+func (s *Store) GetLiveUserByEmail(ctx context.Context, email string) (users.User, error) {
 	row, err := s.q.GetLiveUserByEmail(ctx, s.db, email)
 	return userOut(row, err)
 }
 
-func (s queries) GetUserByClerkIDIncludingDeleted(ctx context.Context, clerkUserID string) (users.User, error) {
+func (s *Store) GetUserByClerkIDIncludingDeleted(ctx context.Context, clerkUserID string) (users.User, error) {
 	row, err := s.q.GetUserByClerkIDIncludingDeleted(ctx, s.db, clerkUserID)
 	return userOut(row, err)
 }
 
-func (s queries) LockLiveUserByClerkID(ctx context.Context, clerkUserID string) (users.User, error) {
-	row, err := s.q.LockLiveUserByClerkID(ctx, s.db, clerkUserID)
-	return userOut(row, err)
-}
-
-func (s queries) InsertUserWithInitialCredits(ctx context.Context, u users.NewUser) (users.User, bool, error) {
+func (s *Store) InsertUserWithInitialCredits(ctx context.Context, u users.NewUser) (users.User, bool, error) {
 	row, err := s.q.InsertUserWithInitialCredits(ctx, s.db, sqlcdb.InsertUserWithInitialCreditsParams{
 		ClerkUserID:    u.ClerkUserID,
 		Email:          nullable(u.Email),
@@ -135,67 +74,88 @@ func (s queries) InsertUserWithInitialCredits(ctx context.Context, u users.NewUs
 	return out, err == nil, err
 }
 
-func (s queries) UpdateUserPlanAndCredits(ctx context.Context, id uuid.UUID, plan users.Plan, credits int64) (users.User, error) {
-	row, err := s.q.UpdateUserPlanAndCredits(ctx, s.db, sqlcdb.UpdateUserPlanAndCreditsParams{
-		ID: id, Plan: string(plan), Credits: credits,
+func (s *Store) ChangeCredits(ctx context.Context, w users.CreditWrite) (users.CreditWriteResult, error) {
+	row, err := s.q.ChangeCredits(ctx, s.db, sqlcdb.ChangeCreditsParams{
+		ClerkUserID:    w.ClerkUserID,
+		Kind:           string(w.Kind),
+		Delta:          w.Delta,
+		Reason:         w.Reason,
+		IdempotencyKey: w.IdempotencyKey,
 	})
-	return userOut(row, err)
-}
-
-func (s queries) InsertCreditTransaction(ctx context.Context, t users.Transaction) (users.Transaction, error) {
-	row, err := s.q.InsertCreditTransaction(ctx, s.db, sqlcdb.InsertCreditTransactionParams{
-		UserID:         t.UserID,
-		Delta:          t.Delta,
-		BalanceAfter:   t.BalanceAfter,
-		Kind:           string(t.Kind),
-		Reason:         t.Reason,
-		IdempotencyKey: nullable(t.IdempotencyKey),
-	})
-	return transactionOut(row, err)
-}
-
-func (s queries) LockLiveUserWithKey(ctx context.Context, clerkUserID, key string) (users.User, users.KeyUse, error) {
-	row, err := s.q.LockLiveUserWithKey(ctx, s.db, sqlcdb.LockLiveUserWithKeyParams{
-		ClerkUserID: clerkUserID, IdempotencyKey: key,
-	})
-	u, err := userOut(row.User, err)
 	if err != nil {
-		return u, users.KeyUse{}, err
+		return users.CreditWriteResult{}, translate(fmt.Errorf("change credits: %w", err))
 	}
-	use := users.KeyUse{PlanChangeID: deref(row.PlanChangeID)}
-	if row.TxID != nil {
-		use.Transaction = &users.Transaction{
-			ID:             *row.TxID,
-			UserID:         u.ID,
-			Delta:          deref(row.TxDelta),
-			BalanceAfter:   deref(row.TxBalanceAfter),
-			Kind:           users.TxKind(deref(row.TxKind)),
-			Reason:         deref(row.TxReason),
-			IdempotencyKey: key,
-			CreatedAt:      deref(row.TxCreatedAt),
+	res := users.CreditWriteResult{Status: users.WriteStatus(deref(row.Status)), Available: deref(row.Available)}
+	if row.TID != nil {
+		res.Transaction = users.Transaction{
+			ID:             *row.TID,
+			UserID:         deref(row.TUserID),
+			Delta:          deref(row.TDelta),
+			BalanceAfter:   deref(row.TBalanceAfter),
+			Kind:           users.TxKind(deref(row.TKind)),
+			Reason:         deref(row.TReason),
+			IdempotencyKey: w.IdempotencyKey,
+			CreatedAt:      deref(row.TCreatedAt),
 		}
 	}
-	return u, use, nil
+	return res, nil
 }
 
-func (s queries) ApplyCreditTransaction(ctx context.Context, t users.Transaction) (users.Transaction, error) {
-	row, err := s.q.ApplyCreditTransaction(ctx, s.db, sqlcdb.ApplyCreditTransactionParams{
-		UserID:         t.UserID,
-		Delta:          t.Delta,
-		BalanceAfter:   t.BalanceAfter,
-		Kind:           string(t.Kind),
-		Reason:         t.Reason,
-		IdempotencyKey: nullable(t.IdempotencyKey),
+func (s *Store) SetPlan(ctx context.Context, w users.PlanWrite) (users.PlanWriteResult, error) {
+	row, err := s.q.SetPlan(ctx, s.db, sqlcdb.SetPlanParams{
+		ClerkUserID:    w.ClerkUserID,
+		Plan:           string(w.Plan),
+		Bonus:          w.BonusCredits,
+		Reason:         w.Reason,
+		IdempotencyKey: w.IdempotencyKey,
 	})
-	return transactionOut(row, err)
+	if err != nil {
+		return users.PlanWriteResult{}, translate(fmt.Errorf("set plan: %w", err))
+	}
+	res := users.PlanWriteResult{Status: users.WriteStatus(deref(row.Status))}
+	if row.UID == nil || row.PcID == nil {
+		return res, nil
+	}
+	res.User = users.User{
+		ID:             *row.UID,
+		ClerkUserID:    deref(row.UClerkUserID),
+		Email:          deref(row.UEmail),
+		FirstName:      deref(row.UFirstName),
+		LastName:       deref(row.ULastName),
+		ImageURL:       deref(row.UImageUrl),
+		Plan:           users.Plan(deref(row.UPlan)),
+		Credits:        deref(row.UCredits),
+		ClerkUpdatedAt: deref(row.UClerkUpdatedAt),
+		CreatedAt:      deref(row.UCreatedAt),
+		UpdatedAt:      deref(row.UUpdatedAt),
+	}
+	res.Change = users.PlanChange{
+		ID:             *row.PcID,
+		UserID:         *row.UID,
+		PreviousPlan:   users.Plan(deref(row.PcPreviousPlan)),
+		Plan:           users.Plan(deref(row.PcPlan)),
+		BonusCredits:   deref(row.PcBonusCredits),
+		TransactionID:  deref(row.TID),
+		Reason:         deref(row.PcReason),
+		IdempotencyKey: w.IdempotencyKey,
+		CreatedAt:      deref(row.PcCreatedAt),
+	}
+	if row.TID != nil {
+		res.Bonus = &users.Transaction{
+			ID:             *row.TID,
+			UserID:         *row.UID,
+			Delta:          deref(row.TDelta),
+			BalanceAfter:   deref(row.TBalanceAfter),
+			Kind:           users.TxKind(deref(row.TKind)),
+			Reason:         deref(row.TReason),
+			IdempotencyKey: w.IdempotencyKey,
+			CreatedAt:      deref(row.TCreatedAt),
+		}
+	}
+	return res, nil
 }
 
-func (s queries) GetCreditTransactionByID(ctx context.Context, id int64) (users.Transaction, error) {
-	row, err := s.q.GetCreditTransactionByID(ctx, s.db, id)
-	return transactionOut(row, err)
-}
-
-func (s queries) ListCreditTransactions(ctx context.Context, userID uuid.UUID, beforeID int64, limit int32) ([]users.Transaction, error) {
+func (s *Store) ListCreditTransactions(ctx context.Context, userID uuid.UUID, beforeID int64, limit int32) ([]users.Transaction, error) {
 	rows, err := s.q.ListCreditTransactions(ctx, s.db, sqlcdb.ListCreditTransactionsParams{
 		UserID: userID, BeforeID: beforeID, RowLimit: limit,
 	})
@@ -209,82 +169,37 @@ func (s queries) ListCreditTransactions(ctx context.Context, userID uuid.UUID, b
 	return out, nil
 }
 
-func (s queries) InsertPlanChange(ctx context.Context, c users.PlanChange) (users.PlanChange, error) {
-	row, err := s.q.InsertPlanChange(ctx, s.db, sqlcdb.InsertPlanChangeParams{
-		UserID:         c.UserID,
-		PreviousPlan:   string(c.PreviousPlan),
-		Plan:           string(c.Plan),
-		BonusCredits:   c.BonusCredits,
-		TransactionID:  nullable(c.TransactionID),
-		Reason:         c.Reason,
-		IdempotencyKey: c.IdempotencyKey,
-	})
-	return planChangeOut(row, err)
-}
-
-func (s queries) GetPlanChangeByKey(ctx context.Context, userID uuid.UUID, key string) (users.PlanChange, error) {
-	row, err := s.q.GetPlanChangeByKey(ctx, s.db, sqlcdb.GetPlanChangeByKeyParams{
-		UserID: userID, IdempotencyKey: key,
-	})
-	return planChangeOut(row, err)
-}
-
-func (s queries) LockUserAndEmailHolder(ctx context.Context, clerkUserID, email string) (*users.User, *users.User, error) {
-	rows, err := s.q.LockUserAndEmailHolder(ctx, s.db, sqlcdb.LockUserAndEmailHolderParams{ClerkUserID: clerkUserID, Email: email})
+func (s *Store) ApplyClerkEvents(ctx context.Context, events []users.ClerkEventWrite, initialCredits int64) ([]users.ClerkEventResult, error) {
+	n := len(events)
+	p := sqlcdb.ApplyClerkEventsParams{
+		SvixIds:        make([]string, n),
+		EventTypes:     make([]string, n),
+		ClerkUserIds:   make([]string, n),
+		Deleted:        make([]bool, n),
+		Emails:         make([]string, n),
+		FirstNames:     make([]string, n),
+		LastNames:      make([]string, n),
+		ImageUrls:      make([]string, n),
+		UpdatedAts:     make([]int64, n),
+		InitialCredits: initialCredits,
+	}
+	for i, ev := range events {
+		p.SvixIds[i], p.EventTypes[i], p.ClerkUserIds[i], p.Deleted[i] = ev.MessageID, ev.Type, ev.User.ID, ev.Deleted
+		p.Emails[i], p.FirstNames[i], p.LastNames[i] = ev.User.Email, ev.User.FirstName, ev.User.LastName
+		p.ImageUrls[i], p.UpdatedAts[i] = ev.User.ImageURL, ev.User.UpdatedAt
+	}
+	rows, err := s.q.ApplyClerkEvents(ctx, s.db, p)
 	if err != nil {
-		return nil, nil, translate(err)
+		return nil, translate(fmt.Errorf("apply clerk events: %w", err))
 	}
-	var self, holder *users.User
-	for _, r := range rows {
-		u, _ := userOut(r, nil)
-		if u.ClerkUserID == clerkUserID {
-			self = &u
-		} else {
-			holder = &u
-		}
+	out := make([]users.ClerkEventResult, len(rows))
+	for i, r := range rows {
+		out[i] = users.ClerkEventResult{Outcome: users.EventOutcome(r.Outcome), ErrorCode: r.ErrorCode}
 	}
-	return self, holder, nil
+	return out, nil
 }
 
-func (s queries) LockLiveUserByEmailExcept(ctx context.Context, email, clerkUserID string) (users.User, error) {
-	row, err := s.q.LockLiveUserByEmailExcept(ctx, s.db, sqlcdb.LockLiveUserByEmailExceptParams{
-		Email: email, ClerkUserID: clerkUserID,
-	})
-	return userOut(row, err)
-}
-
-func (s queries) UpdateUserProfile(ctx context.Context, id uuid.UUID, cu users.ClerkUser) (users.User, error) {
-	row, err := s.q.UpdateUserProfile(ctx, s.db, sqlcdb.UpdateUserProfileParams{
-		ID:             id,
-		Email:          nullable(cu.Email),
-		FirstName:      nullable(cu.FirstName),
-		LastName:       nullable(cu.LastName),
-		ImageURL:       nullable(cu.ImageURL),
-		ClerkUpdatedAt: nullable(cu.UpdatedAt),
-	})
-	return userOut(row, err)
-}
-
-func (s queries) ClearUserEmail(ctx context.Context, id uuid.UUID) error {
-	return translate(s.q.ClearUserEmail(ctx, s.db, id))
-}
-
-func (s queries) TombstoneUser(ctx context.Context, clerkUserID string) error {
-	_, err := s.q.TombstoneUser(ctx, s.db, clerkUserID)
-	return translate(err)
-}
-
-func (s queries) RecordWebhookEvent(ctx context.Context, messageID, eventType, objectID, outcome string) (bool, error) {
-	_, err := s.q.InsertWebhookEvent(ctx, s.db, sqlcdb.InsertWebhookEventParams{
-		SvixID: messageID, EventType: eventType, ObjectID: objectID, Outcome: outcome,
-	})
-	if errors.Is(err, pgx.ErrNoRows) {
-		return false, nil
-	}
-	return err == nil, translate(err)
-}
-
-func (s queries) DeleteWebhookEventsBefore(ctx context.Context, before time.Time, limit int32) (int64, error) {
+func (s *Store) DeleteWebhookEventsBefore(ctx context.Context, before time.Time, limit int32) (int64, error) {
 	n, err := s.q.DeleteWebhookEventsBefore(ctx, s.db, sqlcdb.DeleteWebhookEventsBeforeParams{Before: before, RowLimit: limit})
 	return n, translate(err)
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/userd/userd/internal/apperr"
@@ -97,33 +98,38 @@ func TestMigrationsRoundTrip(t *testing.T) {
 	}
 }
 
-// TestPanicInTransactionReleasesLocks: a panic inside InTx (recovered by
-// the transports) must roll back, or the user's row stays locked and the
-// connection lost until restart.
-func TestPanicInTransactionReleasesLocks(t *testing.T) {
+// TestApplyClerkEventsIsolatesAFailingEvent: in a group-committed batch, an
+// event the database refuses fails alone (reported for retry, with its
+// SQLSTATE) and the others commit.
+func TestApplyClerkEventsIsolatesAFailingEvent(t *testing.T) {
 	t.Parallel()
 	st := store.New(testdb.Pool(t))
-	svc := users.NewService(st, 10)
 	ctx := context.Background()
-	if _, _, err := svc.EnsureUser(ctx, users.EnsureUserInput{ClerkUserID: "user_panic"}); err != nil {
+	events := []users.ClerkEventWrite{
+		{MessageID: "msg_ok1", Type: "user.created", User: users.ClerkUser{ID: "user_ok1", Email: "ok1@example.com", UpdatedAt: 1}},
+		// An empty Clerk id breaks a CHECK constraint: the domain never
+		// sends one, so it stands for any event the database refuses.
+		{MessageID: "msg_bad", Type: "user.created", User: users.ClerkUser{ID: "", UpdatedAt: 1}},
+		{MessageID: "msg_ok2", Type: "user.deleted", Deleted: true, User: users.ClerkUser{ID: "user_ok2"}},
+		{MessageID: "msg_ok1", Type: "user.created", User: users.ClerkUser{ID: "user_ok1", Email: "ok1@example.com", UpdatedAt: 1}},
+	}
+	got, err := st.ApplyClerkEvents(ctx, events, 10)
+	if err != nil {
 		t.Fatal(err)
 	}
-	func() {
-		defer func() {
-			if recover() == nil {
-				t.Error("the panic did not propagate")
-			}
-		}()
-		_ = st.InTx(ctx, func(q users.Queries) error {
-			if _, err := q.LockLiveUserByClerkID(ctx, "user_panic"); err != nil {
-				return err
-			}
-			panic("handler bug")
-		})
-	}()
-	callCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	if _, err := svc.GrantCredits(callCtx, users.CreditChange{ClerkUserID: "user_panic", Amount: 1, IdempotencyKey: "after"}); err != nil {
-		t.Errorf("the row is still locked after a panic: %v", err)
+	want := []users.ClerkEventResult{
+		{Outcome: users.OutcomeCreated},
+		{Outcome: users.OutcomeRetry, ErrorCode: "23514"},
+		{Outcome: users.OutcomeDeleted},
+		{Outcome: users.OutcomeDuplicate},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("results (-want +got):\n%s", diff)
+	}
+	if u, err := st.GetLiveUserByClerkID(ctx, "user_ok1"); err != nil || u.Credits != 10 {
+		t.Errorf("user_ok1 = %+v, %v; want created with 10 credits", u, err)
+	}
+	if u, err := st.GetUserByClerkIDIncludingDeleted(ctx, "user_ok2"); err != nil || u.DeletedAt == nil {
+		t.Errorf("user_ok2 = %+v, %v; want a tombstone", u, err)
 	}
 }

@@ -27,6 +27,7 @@ type Metrics struct {
 	webhookEvents *prometheus.CounterVec
 	credits       *prometheus.CounterVec
 	usersCreated  *prometheus.CounterVec
+	clerkBatches  prometheus.Histogram
 }
 
 // latencyBuckets suit a service whose calls take about a millisecond.
@@ -59,11 +60,16 @@ func NewMetrics() *Metrics {
 			Name: "userd_users_created_total",
 			Help: "Users created, by source (api, webhook).",
 		}, []string{"source"}),
+		clerkBatches: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "userd_clerk_batch_events",
+			Help:    "Clerk events per group-committed batch transaction (webhook deliveries and Clerk profiles applied together).",
+			Buckets: []float64{1, 2, 4, 8, 16, 32},
+		}),
 	}
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.GRPC, m.httpRequests, m.httpDuration, m.webhookEvents, m.credits, m.usersCreated,
+		m.GRPC, m.httpRequests, m.httpDuration, m.webhookEvents, m.credits, m.usersCreated, m.clerkBatches,
 	)
 	return m
 }
@@ -96,6 +102,11 @@ func (m *Metrics) CreditsMoved(kind users.TxKind, amount int64) {
 // UserCreated implements users.Observer.
 func (m *Metrics) UserCreated(source string) {
 	m.usersCreated.WithLabelValues(source).Inc()
+}
+
+// ClerkBatchApplied implements users.Observer.
+func (m *Metrics) ClerkBatchApplied(events int) {
+	m.clerkBatches.Observe(float64(events))
 }
 
 func kindLabel(k users.TxKind) string {

@@ -2,13 +2,10 @@ package users
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
 	"unicode/utf8"
-
-	"github.com/userd/userd/internal/apperr"
 )
 
 // ClerkUser is the part of a Clerk user object that userd mirrors, as of
@@ -50,11 +47,10 @@ const (
 	OutcomeDeleted EventOutcome = "deleted"
 	// OutcomeDuplicate: this message id was already applied.
 	OutcomeDuplicate EventOutcome = "duplicate"
+	// OutcomeRetry: applying the event failed and changed nothing; it may
+	// be applied again (the store's word, never a final outcome).
+	OutcomeRetry EventOutcome = "retry"
 )
-
-// maxEmailConflictRetries bounds how often ApplyClerkUser re-runs when a
-// concurrent event took the email between its check and its write.
-const maxEmailConflictRetries = 3
 
 func (e ClerkEvent) validate() error {
 	var v violations
@@ -69,12 +65,6 @@ func (e ClerkEvent) validate() error {
 		v.add("data.email_addresses", "primary email must be at most 320 bytes")
 	}
 	return v.err()
-}
-
-// withEmail returns cu storing email instead of its own (see resolveEmail).
-func (cu ClerkUser) withEmail(email string) ClerkUser {
-	cu.Email = email
-	return cu
 }
 
 // sanitized returns cu with every text field storable.
@@ -109,31 +99,16 @@ func sanitizeClerkText(s string, max int) string {
 // if the holder's state is older it loses the email, otherwise this user is
 // stored without it (its own later event will settle it). The event is
 // recorded under its message id in the same transaction, so a redelivery is
-// answered with OutcomeDuplicate and changes nothing.
+// answered with OutcomeDuplicate and changes nothing. Concurrent events are
+// committed together (see clerkBatcher); the call returns once its event's
+// batch committed.
 func (s *Service) ApplyClerkUser(ctx context.Context, ev ClerkEvent) (EventOutcome, error) {
 	if err := ev.validate(); err != nil {
 		return "", err
 	}
-	ev.User = ev.User.sanitized()
-
-	var (
-		outcome EventOutcome
-		err     error
-	)
-	err = s.inTxRetrying(ctx, ErrEmailInUse, maxEmailConflictRetries, func(q Queries) error {
-		var txErr error
-		outcome, txErr = s.applyClerkUser(ctx, q, ev)
-		return txErr
-	})
-	if errors.Is(err, errDuplicate) {
-		return OutcomeDuplicate, nil
-	}
-	if errors.Is(err, ErrEmailInUse) {
-		// Concurrent events kept taking the email; Svix will redeliver.
-		return "", apperr.Unavailable(fmt.Errorf("apply clerk user %s: %w", ev.User.ID, err))
-	}
+	outcome, err := s.clerk.apply(ctx, ClerkEventWrite{MessageID: ev.MessageID, Type: ev.Type, User: ev.User.sanitized()})
 	if err != nil {
-		return "", userErr(err, "apply clerk user "+ev.User.ID)
+		return "", fmt.Errorf("apply clerk user %s: %w", ev.User.ID, err)
 	}
 	if outcome == OutcomeCreated {
 		s.userCreated(SourceWebhook)
@@ -141,94 +116,9 @@ func (s *Service) ApplyClerkUser(ctx context.Context, ev ClerkEvent) (EventOutco
 	return outcome, nil
 }
 
-// errDuplicate rolls back the work of a delivery found to be a redelivery.
-var errDuplicate = errors.New("webhook message already applied")
-
-func (s *Service) applyClerkUser(ctx context.Context, q Queries, ev ClerkEvent) (EventOutcome, error) {
-	outcome, err := s.upsertClerkUser(ctx, q, ev.User)
-	if err != nil {
-		return "", err
-	}
-	// Recording the message last keeps the transaction short; a
-	// redelivery that raced this one finds the row (after waiting for this
-	// commit) and rolls back, so the effect is applied once.
-	fresh, err := q.RecordWebhookEvent(ctx, ev.MessageID, ev.Type, ev.User.ID, string(outcome))
-	switch {
-	case err != nil:
-		return "", err
-	case !fresh:
-		return OutcomeDuplicate, errDuplicate
-	}
-	return outcome, nil
-}
-
-func (s *Service) upsertClerkUser(ctx context.Context, q Queries, cu ClerkUser) (EventOutcome, error) {
-	self, holder, err := q.LockUserAndEmailHolder(ctx, cu.ID, cu.Email)
-	if err != nil {
-		return "", err
-	}
-	switch {
-	case self != nil && self.DeletedAt != nil:
-		return OutcomeUserDeleted, nil
-	case self != nil && self.ClerkUpdatedAt >= cu.UpdatedAt:
-		return OutcomeStale, nil
-	}
-	email, err := s.resolveEmail(ctx, q, cu, holder)
-	if err != nil {
-		return "", err
-	}
-	if self != nil {
-		_, err := q.UpdateUserProfile(ctx, self.ID, cu.withEmail(email))
-		return OutcomeUpdated, err
-	}
-	_, created, err := s.createUser(ctx, q, cu.withEmail(email))
-	if err != nil {
-		return "", err
-	}
-	if !created {
-		// Another transaction created the user after our lock found
-		// nothing; start over to see its row.
-		return s.upsertClerkUser(ctx, q, cu)
-	}
-	return OutcomeCreated, nil
-}
-
-// claimEmail finds the other live user holding cu.Email and resolves the
-// clash (see resolveEmail).
-func (s *Service) claimEmail(ctx context.Context, q Queries, cu ClerkUser) (string, error) {
-	if cu.Email == "" {
-		return "", nil
-	}
-	holder, err := q.LockLiveUserByEmailExcept(ctx, cu.Email, cu.ID)
-	switch {
-	case errors.Is(err, ErrNoRow):
-		return cu.Email, nil
-	case err != nil:
-		return "", err
-	}
-	return s.resolveEmail(ctx, q, cu, &holder)
-}
-
-// resolveEmail returns the email cu may store given the other live user
-// holding it (nil: none): the newer state keeps it. An older holder loses
-// it (its own newer event will bring its current email); a newer holder
-// keeps it and cu is stored without one until its own later event.
-func (s *Service) resolveEmail(ctx context.Context, q Queries, cu ClerkUser, holder *User) (string, error) {
-	switch {
-	case cu.Email == "" || holder == nil:
-		return cu.Email, nil
-	case holder.ClerkUpdatedAt > cu.UpdatedAt:
-		return "", nil
-	}
-	if err := q.ClearUserEmail(ctx, holder.ID); err != nil {
-		return "", fmt.Errorf("take email from %s: %w", holder.ClerkUserID, err)
-	}
-	return cu.Email, nil
-}
-
 // DeleteClerkUser applies user.deleted: the user is marked deleted (a
 // tombstone is made if no row exists yet, so that no late event can create
-// it). Its ledger is kept. Recorded under the message id like
+// it). Its ledger is kept. Recorded under the message id and batched like
 // ApplyClerkUser.
 func (s *Service) DeleteClerkUser(ctx context.Context, messageID, eventType, clerkUserID string) (EventOutcome, error) {
 	var v violations
@@ -239,23 +129,13 @@ func (s *Service) DeleteClerkUser(ctx context.Context, messageID, eventType, cle
 	if err := v.err(); err != nil {
 		return "", err
 	}
-	err := s.store.InTx(ctx, func(q Queries) error {
-		if err := q.TombstoneUser(ctx, clerkUserID); err != nil {
-			return err
-		}
-		fresh, err := q.RecordWebhookEvent(ctx, messageID, eventType, clerkUserID, string(OutcomeDeleted))
-		if err == nil && !fresh {
-			return errDuplicate
-		}
-		return err
+	outcome, err := s.clerk.apply(ctx, ClerkEventWrite{
+		MessageID: messageID, Type: eventType, Deleted: true, User: ClerkUser{ID: clerkUserID},
 	})
-	if errors.Is(err, errDuplicate) {
-		return OutcomeDuplicate, nil
-	}
 	if err != nil {
-		return "", userErr(err, "delete clerk user "+clerkUserID)
+		return "", fmt.Errorf("delete clerk user %s: %w", clerkUserID, err)
 	}
-	return OutcomeDeleted, nil
+	return outcome, nil
 }
 
 // pruneBatch bounds one DELETE of old message ids.

@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"math"
 	"strconv"
 	"strings"
 
@@ -22,6 +21,9 @@ type Service struct {
 	store          Store
 	initialCredits int64
 	observer       Observer
+	// clerk applies Clerk user states (webhook events, profiles fetched
+	// for EnsureUser) in group-committed batches.
+	clerk *clerkBatcher
 }
 
 // Observer learns of committed changes (for metrics). Replays and rolled
@@ -29,12 +31,16 @@ type Service struct {
 type Observer interface {
 	CreditsMoved(kind TxKind, amount int64)
 	UserCreated(source string)
+	// ClerkBatchApplied reports a group-committed batch of Clerk events
+	// and how many events it carried.
+	ClerkBatchApplied(events int)
 }
 
 type noObserver struct{}
 
 func (noObserver) CreditsMoved(TxKind, int64) {}
 func (noObserver) UserCreated(string)         {}
+func (noObserver) ClerkBatchApplied(int)      {}
 
 // Sources of UserCreated.
 const (
@@ -44,7 +50,13 @@ const (
 
 // NewService returns a Service that gives new users initialCredits (>= 0).
 func NewService(store Store, initialCredits int64) *Service {
-	return &Service{store: store, initialCredits: initialCredits, observer: noObserver{}}
+	s := &Service{store: store, initialCredits: initialCredits, observer: noObserver{}}
+	s.clerk = &clerkBatcher{
+		store:          store,
+		initialCredits: initialCredits,
+		applied:        func(n int) { s.observer.ClerkBatchApplied(n) },
+	}
+	return s
 }
 
 // SetObserver reports committed changes to o.
@@ -181,59 +193,50 @@ func (s *Service) ensure(ctx context.Context, clerkUserID string, profile Profil
 	if err != nil {
 		return User{}, false, userErr(err, "ensure user: fetch profile")
 	}
-	err = s.store.InTx(ctx, func(q Queries) error {
-		email := cu.Email
-		if cu.UpdatedAt > 0 {
-			var txErr error
-			if email, txErr = s.claimEmail(ctx, q, cu); txErr != nil {
-				return txErr
+	if cu.UpdatedAt > 0 {
+		// Clerk's own state: applied exactly like a webhook event, so that
+		// one place (the database function) holds the versioning and email
+		// rules.
+		outcome, err := s.clerk.apply(ctx, ClerkEventWrite{User: cu})
+		if err != nil {
+			return User{}, false, userErr(err, "ensure user")
+		}
+		created = outcome == OutcomeCreated
+	} else {
+		u, created, err = s.createUser(ctx, cu)
+		switch {
+		case errors.Is(err, ErrEmailInUse):
+			// A concurrent call for the same user may have won: its row
+			// holds the email, and PostgreSQL reports that unique index
+			// rather than the Clerk id one. Only if no row for this user
+			// exists is the email really someone else's.
+			if u, gerr := s.store.GetUserByClerkIDIncludingDeleted(ctx, clerkUserID); gerr == nil {
+				return existing(u)
 			}
+			return User{}, false, userErr(err, "ensure user")
+		case err != nil:
+			return User{}, false, userErr(err, "ensure user")
+		case created:
+			s.userCreated(SourceAPI)
+			return u, true, nil
 		}
-		var txErr error
-		u, created, txErr = s.createUser(ctx, q, cu.withEmail(email))
-		return txErr
-	})
-	switch {
-	case errors.Is(err, ErrEmailInUse):
-		// A concurrent call for the same user may have won: its row holds
-		// the email, and PostgreSQL reports that unique index rather than
-		// the Clerk id one. Only if no row for this user exists is the
-		// email really someone else's.
-		if u, gerr := s.store.GetUserByClerkIDIncludingDeleted(ctx, clerkUserID); gerr == nil {
-			return existing(u)
-		}
-		return User{}, false, userErr(err, "ensure user")
-	case err != nil:
-		return User{}, false, userErr(err, "ensure user")
-	case created:
-		s.userCreated(SourceAPI)
-		return u, true, nil
 	}
-	// Another call inserted the row between our read and our insert.
+	// Read back what was stored (or what a concurrent call stored first).
 	u, err = s.store.GetUserByClerkIDIncludingDeleted(ctx, clerkUserID)
 	if err != nil {
 		return User{}, false, userErr(err, "ensure user")
 	}
-	return existing(u)
-}
-
-// inTxRetrying runs fn in a transaction, and again (up to attempts in
-// all) while it fails with retryOn: a constraint a racing transaction won,
-// which the next attempt sees.
-func (s *Service) inTxRetrying(ctx context.Context, retryOn error, attempts int, fn func(Queries) error) error {
-	var err error
-	for range attempts {
-		if err = s.store.InTx(ctx, fn); !errors.Is(err, retryOn) {
-			return err
-		}
+	if created {
+		s.userCreated(SourceAPI)
+		return u, true, nil
 	}
-	return err
+	return existing(u)
 }
 
 // createUser inserts cu with the initial credits and their ledger entry,
 // unless a row for the Clerk id exists (created == false, no error).
-func (s *Service) createUser(ctx context.Context, q Queries, cu ClerkUser) (User, bool, error) {
-	return q.InsertUserWithInitialCredits(ctx, NewUser{
+func (s *Service) createUser(ctx context.Context, cu ClerkUser) (User, bool, error) {
+	return s.store.InsertUserWithInitialCredits(ctx, NewUser{
 		ClerkUserID:    cu.ID,
 		Email:          cu.Email,
 		FirstName:      cu.FirstName,
@@ -295,64 +298,42 @@ func (s *Service) changeCredits(ctx context.Context, c CreditChange, kind TxKind
 	if kind == TxDeduct {
 		delta = -c.Amount
 	}
-	var (
-		t        Transaction
-		replayed bool
-		err      error
-	)
-	// A second attempt only when a racing retry with the same key
-	// committed while this one waited for the lock: it then replays.
-	err = s.inTxRetrying(ctx, ErrIdempotencyKeyInUse, 2, func(q Queries) error {
-		replayed = false
-		u, use, err := q.LockLiveUserWithKey(ctx, c.ClerkUserID, c.IdempotencyKey)
-		if err != nil {
-			return err
-		}
-		if use.PlanChangeID != 0 {
-			return keyReused() // the key named a plan change
-		}
-		if prev := use.Transaction; prev != nil {
-			if prev.Kind != kind || prev.Delta != delta || prev.Reason != c.Reason {
-				return keyReused()
-			}
-			t, replayed = *prev, true
-			return nil
-		}
-		balance, err := applyDelta(u.Credits, delta)
-		if err != nil {
-			return err
-		}
-		t, err = q.ApplyCreditTransaction(ctx, Transaction{
-			UserID:         u.ID,
-			Delta:          delta,
-			BalanceAfter:   balance,
-			Kind:           kind,
-			Reason:         c.Reason,
-			IdempotencyKey: c.IdempotencyKey,
-		})
-		return err
+	res, err := s.store.ChangeCredits(ctx, CreditWrite{
+		ClerkUserID:    c.ClerkUserID,
+		Kind:           kind,
+		Delta:          delta,
+		Reason:         c.Reason,
+		IdempotencyKey: c.IdempotencyKey,
 	})
+	op := strings.ToLower(string(kind)) + " credits"
 	if err != nil {
-		return Transaction{}, userErr(err, strings.ToLower(string(kind))+" credits")
+		return Transaction{}, userErr(err, op)
 	}
-	if !replayed {
+	switch res.Status {
+	case WriteApplied:
 		s.observer.CreditsMoved(kind, c.Amount)
+		return res.Transaction, nil
+	case WriteReplayed:
+		return res.Transaction, nil
 	}
-	return t, nil
+	return Transaction{}, writeErr(res.Status, c.Amount, res.Available, "amount", op)
 }
 
-// applyDelta returns balance+delta, refusing a negative or overflowing
-// result.
-func applyDelta(balance, delta int64) (int64, error) {
-	if delta < 0 && balance < -delta {
-		return 0, apperr.InsufficientCredits(-delta, balance)
-	}
-	if delta > 0 && balance > math.MaxInt64-delta {
-		return 0, apperr.InvalidArgument(apperr.FieldViolation{
-			Field: "amount", Description: "would overflow the balance",
+// writeErr is the error of a keyed write that did not apply.
+func writeErr(st WriteStatus, amount, available int64, amountField, op string) error {
+	switch st {
+	case WriteNotFound:
+		return apperr.NotFound("user not found")
+	case WriteKeyReused:
+		return keyReused()
+	case WriteInsufficient:
+		return apperr.InsufficientCredits(amount, available)
+	case WriteOverflow:
+		return apperr.InvalidArgument(apperr.FieldViolation{
+			Field: amountField, Description: "would overflow the balance",
 		})
 	}
-	return balance + delta, nil
+	return fmt.Errorf("%s: unexpected write status %q", op, st)
 }
 
 func keyReused() error {
@@ -396,85 +377,26 @@ func (s *Service) SetPlan(ctx context.Context, in SetPlanInput) (SetPlanResult, 
 	if err := in.validate(); err != nil {
 		return SetPlanResult{}, err
 	}
-	var (
-		res      SetPlanResult
-		replayed bool
-		err      error
-	)
-	// A second attempt only when a racing call with the same key committed
-	// while this one waited for the lock: it then sees it.
-	err = s.inTxRetrying(ctx, ErrIdempotencyKeyInUse, 2, func(q Queries) error {
-		var txErr error
-		res, replayed, txErr = s.setPlanOnce(ctx, q, in)
-		return txErr
-	})
-	if err != nil {
-		return SetPlanResult{}, userErr(err, "set plan")
-	}
-	if !replayed && in.BonusCredits > 0 {
-		s.observer.CreditsMoved(TxPlanBonus, in.BonusCredits)
-	}
-	return res, nil
-}
-
-func (s *Service) setPlanOnce(ctx context.Context, q Queries, in SetPlanInput) (res SetPlanResult, replayed bool, err error) {
-	u, use, err := q.LockLiveUserWithKey(ctx, in.ClerkUserID, in.IdempotencyKey)
-	if err != nil {
-		return res, false, err
-	}
-	if use.PlanChangeID != 0 {
-		prev, err := q.GetPlanChangeByKey(ctx, u.ID, in.IdempotencyKey)
-		if err != nil {
-			return res, false, err
-		}
-		if prev.Plan != in.Plan || prev.BonusCredits != in.BonusCredits || prev.Reason != in.Reason {
-			return res, false, keyReused()
-		}
-		res.User, res.Change = u, prev
-		if prev.TransactionID != 0 {
-			t, err := q.GetCreditTransactionByID(ctx, prev.TransactionID)
-			if err != nil {
-				return res, false, err
-			}
-			res.Bonus = &t
-		}
-		return res, true, nil
-	}
-	if use.Transaction != nil {
-		return res, false, keyReused() // the key named a deduction or grant
-	}
-	balance, err := applyDelta(u.Credits, in.BonusCredits)
-	if err != nil {
-		return res, false, err
-	}
-	change := PlanChange{
-		UserID:         u.ID,
-		PreviousPlan:   u.Plan,
+	res, err := s.store.SetPlan(ctx, PlanWrite{
+		ClerkUserID:    in.ClerkUserID,
 		Plan:           in.Plan,
 		BonusCredits:   in.BonusCredits,
 		Reason:         in.Reason,
 		IdempotencyKey: in.IdempotencyKey,
+	})
+	if err != nil {
+		return SetPlanResult{}, userErr(err, "set plan")
 	}
-	if in.BonusCredits > 0 {
-		t, err := q.InsertCreditTransaction(ctx, Transaction{
-			UserID:         u.ID,
-			Delta:          in.BonusCredits,
-			BalanceAfter:   balance,
-			Kind:           TxPlanBonus,
-			Reason:         in.Reason,
-			IdempotencyKey: in.IdempotencyKey,
-		})
-		if err != nil {
-			return res, false, err
+	switch res.Status {
+	case WriteApplied:
+		if in.BonusCredits > 0 {
+			s.observer.CreditsMoved(TxPlanBonus, in.BonusCredits)
 		}
-		res.Bonus = &t
-		change.TransactionID = t.ID
+		return res.SetPlanResult, nil
+	case WriteReplayed:
+		return res.SetPlanResult, nil
 	}
-	if res.User, err = q.UpdateUserPlanAndCredits(ctx, u.ID, in.Plan, balance); err != nil {
-		return res, false, err
-	}
-	res.Change, err = q.InsertPlanChange(ctx, change)
-	return res, false, err
+	return SetPlanResult{}, writeErr(res.Status, in.BonusCredits, 0, "bonus_credits", "set plan")
 }
 
 // TransactionPage is one page of a user's ledger.

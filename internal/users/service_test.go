@@ -57,32 +57,51 @@ func ledger(t *testing.T, b bundle, u users.User) []users.Transaction {
 // and that no idempotency key appears twice. It returns the ledger.
 func checkInvariants(t *testing.T, b bundle, clerkID string) []users.Transaction {
 	t.Helper()
+	ts, problems := readInvariants(t, b, clerkID)
+	for _, p := range problems {
+		t.Error(p)
+	}
+	return ts
+}
+
+// invariantViolations is checkInvariants' findings, without failing.
+func invariantViolations(t *testing.T, b bundle, clerkID string) []string {
+	t.Helper()
+	_, problems := readInvariants(t, b, clerkID)
+	return problems
+}
+
+func readInvariants(t *testing.T, b bundle, clerkID string) ([]users.Transaction, []string) {
+	t.Helper()
 	u, err := b.store.GetUserByClerkIDIncludingDeleted(context.Background(), clerkID)
 	if err != nil {
 		t.Fatalf("get %s: %v", clerkID, err)
 	}
 	ts := ledger(t, b, u)
-	var sum int64
+	var (
+		sum      int64
+		problems []string
+	)
 	keys := map[string]bool{}
 	for i, tx := range ts {
 		sum += tx.Delta
 		if tx.BalanceAfter != sum {
-			t.Errorf("%s: entry %d (id %d) balance_after = %d, running sum = %d", clerkID, i, tx.ID, tx.BalanceAfter, sum)
+			problems = append(problems, fmt.Sprintf("%s: entry %d (id %d) balance_after = %d, running sum = %d", clerkID, i, tx.ID, tx.BalanceAfter, sum))
 		}
 		if sum < 0 {
-			t.Errorf("%s: balance went negative (%d) at entry id %d", clerkID, sum, tx.ID)
+			problems = append(problems, fmt.Sprintf("%s: balance went negative (%d) at entry id %d", clerkID, sum, tx.ID))
 		}
 		if tx.IdempotencyKey != "" {
 			if keys[tx.IdempotencyKey] {
-				t.Errorf("%s: idempotency key %q applied twice", clerkID, tx.IdempotencyKey)
+				problems = append(problems, fmt.Sprintf("%s: idempotency key %q applied twice", clerkID, tx.IdempotencyKey))
 			}
 			keys[tx.IdempotencyKey] = true
 		}
 	}
 	if u.Credits != sum {
-		t.Errorf("%s: credits = %d, ledger sum = %d", clerkID, u.Credits, sum)
+		problems = append(problems, fmt.Sprintf("%s: credits = %d, ledger sum = %d", clerkID, u.Credits, sum))
 	}
-	return ts
+	return ts, problems
 }
 
 func wantKind(t *testing.T, err error, want apperr.Kind) *apperr.Error {

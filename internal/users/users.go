@@ -87,12 +87,79 @@ type PlanChange struct {
 	CreatedAt      time.Time
 }
 
-// KeyUse is what a user already did under an idempotency key. One key
-// names one operation: a ledger entry of a deduction or grant, or a plan
-// change (whose bonus, if any, is a ledger entry under the same key).
-type KeyUse struct {
-	Transaction  *Transaction
-	PlanChangeID int64 // 0: none
+// WriteStatus is what a keyed write (ChangeCredits, SetPlan) did. The store
+// reports expected outcomes as a status, not an error, so that each write
+// is one round trip.
+type WriteStatus string
+
+// Write statuses.
+const (
+	// WriteApplied: the change was made.
+	WriteApplied WriteStatus = "applied"
+	// WriteReplayed: the key already applied the same parameters; the
+	// result is the original one and nothing changed.
+	WriteReplayed WriteStatus = "replayed"
+	// WriteKeyReused: the key already applied something else.
+	WriteKeyReused WriteStatus = "key_reused"
+	// WriteInsufficient: the balance is below the amount.
+	WriteInsufficient WriteStatus = "insufficient"
+	// WriteOverflow: the balance would overflow.
+	WriteOverflow WriteStatus = "overflow"
+	// WriteNotFound: no live user has the Clerk id.
+	WriteNotFound WriteStatus = "not_found"
+)
+
+// CreditWrite is a deduction (Delta < 0) or grant (Delta > 0) for the store.
+type CreditWrite struct {
+	ClerkUserID    string
+	Kind           TxKind
+	Delta          int64
+	Reason         string
+	IdempotencyKey string
+}
+
+// CreditWriteResult is what ChangeCredits did.
+type CreditWriteResult struct {
+	Status WriteStatus
+	// Available is the balance seen under the lock (after the change when
+	// applied); set unless Status is WriteNotFound or WriteKeyReused.
+	Available int64
+	// Transaction is the entry written (applied) or the original one
+	// (replayed).
+	Transaction Transaction
+}
+
+// PlanWrite is a plan change for the store.
+type PlanWrite struct {
+	ClerkUserID    string
+	Plan           Plan
+	BonusCredits   int64
+	Reason         string
+	IdempotencyKey string
+}
+
+// PlanWriteResult is what SetPlan did; User, Change and Bonus are set when
+// Status is WriteApplied or WriteReplayed.
+type PlanWriteResult struct {
+	Status WriteStatus
+	SetPlanResult
+}
+
+// ClerkEventWrite is one verified Clerk delivery for ApplyClerkEvents.
+type ClerkEventWrite struct {
+	MessageID string
+	Type      string
+	// Deleted marks user.deleted: only User.ID is used.
+	Deleted bool
+	User    ClerkUser
+}
+
+// ClerkEventResult is what applying one event did: an outcome, or
+// OutcomeRetry with the SQLSTATE of the failure (the event changed
+// nothing and may be applied again).
+type ClerkEventResult struct {
+	Outcome   EventOutcome
+	ErrorCode string
 }
 
 // NewUser is what InsertUserWithInitialCredits stores.
@@ -113,70 +180,41 @@ var (
 	ErrNoRow = errors.New("no such row")
 	// ErrEmailInUse: another live user holds the email.
 	ErrEmailInUse = errors.New("email held by another live user")
-	// ErrIdempotencyKeyInUse: the user already has an entry with this key.
+	// ErrIdempotencyKeyInUse: the user already has an entry with this key
+	// (a key written by a replica older than the one key space).
 	ErrIdempotencyKeyInUse = errors.New("idempotency key already used for this user")
 )
 
-// Queries are the storage operations, usable inside or outside a
-// transaction.
-type Queries interface {
+// Store is the storage the domain needs. Every write is one call (one
+// round trip, one statement or server-side function); the store reports
+// expected outcomes as values, not errors.
+type Store interface {
 	GetLiveUserByClerkID(ctx context.Context, clerkUserID string) (User, error)
 	GetLiveUserByID(ctx context.Context, id uuid.UUID) (User, error)
 	GetLiveUserByEmail(ctx context.Context, email string) (User, error)
 	GetUserByClerkIDIncludingDeleted(ctx context.Context, clerkUserID string) (User, error)
-	// LockLiveUserByClerkID locks the row until the transaction ends; every
-	// change of a user's balance or plan takes this lock first.
-	LockLiveUserByClerkID(ctx context.Context, clerkUserID string) (User, error)
 	// InsertUserWithInitialCredits inserts the user and the INITIAL ledger
 	// entry of u.Credits; inserted == false, and no error, when a row for the
 	// Clerk id already exists.
 	InsertUserWithInitialCredits(ctx context.Context, u NewUser) (user User, inserted bool, err error)
-	UpdateUserPlanAndCredits(ctx context.Context, id uuid.UUID, plan Plan, credits int64) (User, error)
 
-	InsertCreditTransaction(ctx context.Context, t Transaction) (Transaction, error)
-	// LockLiveUserWithKey is LockLiveUserByClerkID that also returns what
-	// the user already did under key, in one round trip. A use committed
-	// while the lock was awaited may be missed; inserting it again then
-	// fails with ErrIdempotencyKeyInUse.
-	LockLiveUserWithKey(ctx context.Context, clerkUserID, key string) (User, KeyUse, error)
-	// ApplyCreditTransaction sets the user's balance to t.BalanceAfter and
-	// inserts t, in one round trip.
-	ApplyCreditTransaction(ctx context.Context, t Transaction) (Transaction, error)
-	GetCreditTransactionByID(ctx context.Context, id int64) (Transaction, error)
+	// ChangeCredits applies a deduction or grant in one round trip: it
+	// locks the user, claims the key in the user's one key space, moves the
+	// balance and writes the ledger entry, or reports why not.
+	ChangeCredits(ctx context.Context, w CreditWrite) (CreditWriteResult, error)
+	// SetPlan changes the plan and grants the bonus in one round trip,
+	// under the same lock and key space as ChangeCredits.
+	SetPlan(ctx context.Context, w PlanWrite) (PlanWriteResult, error)
 	// ListCreditTransactions returns up to limit entries with id < beforeID
 	// (any id when beforeID is 0), newest first.
 	ListCreditTransactions(ctx context.Context, userID uuid.UUID, beforeID int64, limit int32) ([]Transaction, error)
 
-	InsertPlanChange(ctx context.Context, c PlanChange) (PlanChange, error)
-	GetPlanChangeByKey(ctx context.Context, userID uuid.UUID, key string) (PlanChange, error)
-
-	// LockUserAndEmailHolder locks the user's row (live or tombstone) and
-	// the other live user holding email, if any; either may be nil.
-	LockUserAndEmailHolder(ctx context.Context, clerkUserID, email string) (self, holder *User, err error)
-	// LockLiveUserByEmailExcept locks the live user other than clerkUserID
-	// that holds email (case-insensitively), or returns ErrNoRow.
-	LockLiveUserByEmailExcept(ctx context.Context, email, clerkUserID string) (User, error)
-	// UpdateUserProfile stores cu's profile fields and version.
-	UpdateUserProfile(ctx context.Context, id uuid.UUID, cu ClerkUser) (User, error)
-	ClearUserEmail(ctx context.Context, id uuid.UUID) error
-	// TombstoneUser marks the user deleted, creating a tombstone row when
-	// none exists; an earlier deletion time is kept.
-	TombstoneUser(ctx context.Context, clerkUserID string) error
-
-	// RecordWebhookEvent records a Svix message id with its outcome; fresh
-	// is false when it was already recorded (by a committed transaction,
-	// which a concurrent one waits for).
-	RecordWebhookEvent(ctx context.Context, messageID, eventType, objectID, outcome string) (fresh bool, err error)
+	// ApplyClerkEvents applies verified Clerk deliveries in one round trip
+	// and one transaction, each event on its own (one that fails leaves the
+	// others applied), and returns one result per event, in order. New
+	// users get initialCredits.
+	ApplyClerkEvents(ctx context.Context, events []ClerkEventWrite, initialCredits int64) ([]ClerkEventResult, error)
 	// DeleteWebhookEventsBefore forgets up to limit messages processed
 	// before a time and says how many it forgot.
 	DeleteWebhookEventsBefore(ctx context.Context, before time.Time, limit int32) (int64, error)
-}
-
-// Store is the storage the domain needs.
-type Store interface {
-	Queries
-	// InTx runs fn in one transaction, committing when fn returns nil. It may
-	// run fn again when the database asks for a retry (serialization
-	// failure, deadlock), so fn must not have effects outside the database.
-	InTx(ctx context.Context, fn func(q Queries) error) error
 }

@@ -1,0 +1,145 @@
+package users
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/userd/userd/internal/apperr"
+)
+
+// Group commit of Clerk events. Every commit waits for PostgreSQL to flush
+// its WAL, and a delivery's work is tiny next to that flush: committing
+// concurrent deliveries together is what lets webhook ingestion approach
+// the database's limit. The batcher never waits to fill a batch. A
+// delivery that finds fewer than maxBatchesInFlight batches running starts
+// one at once (so a lone delivery is applied as fast as without batching);
+// deliveries that arrive while the batches run queue up and go together in
+// the next one, up to maxBatch events.
+const (
+	// maxBatch bounds the events of one transaction. Each runs in its own
+	// subtransaction; PostgreSQL tracks up to 64 per transaction cheaply.
+	maxBatch = 32
+	// maxBatchesInFlight bounds the concurrent batch transactions (and so
+	// the connections webhook ingestion holds).
+	maxBatchesInFlight = 4
+	// maxEventAttempts bounds how often an event that failed inside its
+	// batch (a concurrent change of the same email, a deadlock between
+	// batches) is applied again before the delivery is answered as
+	// unavailable, which Svix retries.
+	maxEventAttempts = 3
+	// batchTimeout bounds one batch transaction: it serves many deliveries
+	// at once, so no single caller's deadline may cut it.
+	batchTimeout = 10 * time.Second
+)
+
+// clerkBatcher applies Clerk events through Store.ApplyClerkEvents in
+// group-committed batches.
+type clerkBatcher struct {
+	store          Store
+	initialCredits int64
+	// applied is told the size of each batch that committed.
+	applied func(events int)
+
+	mu       sync.Mutex
+	queue    []*pendingEvent
+	inFlight int
+}
+
+type pendingEvent struct {
+	ev       ClerkEventWrite
+	attempts int
+	// done is closed once outcome or err is set.
+	done    chan struct{}
+	outcome EventOutcome
+	err     error
+}
+
+// apply queues ev and waits until its batch committed (or failed). When ctx
+// ends first the answer is Unavailable; the event may still commit, which
+// is harmless: a redelivery is then a duplicate.
+func (b *clerkBatcher) apply(ctx context.Context, ev ClerkEventWrite) (EventOutcome, error) {
+	p := &pendingEvent{ev: ev, done: make(chan struct{})}
+	b.mu.Lock()
+	b.queue = append(b.queue, p)
+	startFlusher := b.inFlight < maxBatchesInFlight
+	if startFlusher {
+		b.inFlight++
+	}
+	b.mu.Unlock()
+	if startFlusher {
+		go b.flush()
+	}
+	select {
+	case <-p.done:
+		return p.outcome, p.err
+	case <-ctx.Done():
+		return "", apperr.Unavailable(fmt.Errorf("waiting for the batch: %w", ctx.Err()))
+	}
+}
+
+// flush runs batches until the queue is empty.
+func (b *clerkBatcher) flush() {
+	for {
+		b.mu.Lock()
+		n := min(len(b.queue), maxBatch)
+		if n == 0 {
+			b.inFlight--
+			b.mu.Unlock()
+			return
+		}
+		batch := slices.Clone(b.queue[:n])
+		b.queue = slices.Delete(b.queue, 0, n)
+		b.mu.Unlock()
+		b.run(batch)
+	}
+}
+
+// run applies one batch and answers or re-queues each event.
+func (b *clerkBatcher) run(batch []*pendingEvent) {
+	// Locks are taken in Clerk id order within a batch, so that two batches
+	// touching the same users rarely wait for each other in a cycle. A
+	// stable sort keeps one user's events in arrival order.
+	slices.SortStableFunc(batch, func(x, y *pendingEvent) int {
+		return strings.Compare(x.ev.User.ID, y.ev.User.ID)
+	})
+	events := make([]ClerkEventWrite, len(batch))
+	for i, p := range batch {
+		events[i] = p.ev
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
+	results, err := b.store.ApplyClerkEvents(ctx, events, b.initialCredits)
+	cancel()
+	if err == nil && len(results) != len(batch) {
+		err = fmt.Errorf("apply clerk events: %d results for %d events", len(results), len(batch))
+	}
+	if err == nil {
+		b.applied(len(batch))
+	}
+	var again []*pendingEvent
+	for i, p := range batch {
+		switch {
+		case err != nil:
+			p.err = err
+		case results[i].Outcome != OutcomeRetry:
+			p.outcome = results[i].Outcome
+		case p.attempts+1 < maxEventAttempts:
+			p.attempts++
+			again = append(again, p)
+			continue
+		default:
+			p.err = apperr.Unavailable(fmt.Errorf("event failed %d times, last with SQLSTATE %s",
+				maxEventAttempts, results[i].ErrorCode))
+		}
+		close(p.done)
+	}
+	if len(again) > 0 {
+		// First in line: these waited longest.
+		b.mu.Lock()
+		b.queue = append(again, b.queue...)
+		b.mu.Unlock()
+	}
+}
