@@ -290,10 +290,11 @@ $$;
 
 -- userd_delete_clerk_user applies one user.deleted delivery: the user is
 -- marked deleted, or a tombstone is made when no row exists yet, so that no
--- late event can create it. Its ledger is kept. Returns deleted, or
--- duplicate when the message id was applied before.
+-- late event can create it. Its ledger and plan history are kept; with
+-- p_erase its personal data (email, names, image) is erased. Returns
+-- deleted, or duplicate when the message id was applied before.
 -- +goose StatementBegin
-CREATE FUNCTION userd_delete_clerk_user(p_svix_id text, p_event_type text, p_clerk_user_id text)
+CREATE FUNCTION userd_delete_clerk_user(p_svix_id text, p_event_type text, p_clerk_user_id text, p_erase boolean)
 RETURNS text
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -306,7 +307,11 @@ BEGIN
     INSERT INTO users (clerk_user_id, plan, credits, deleted_at)
     VALUES (p_clerk_user_id, 'FREE', 0, now())
     ON CONFLICT (clerk_user_id) DO UPDATE
-    SET deleted_at = coalesce(users.deleted_at, now()), updated_at = now();
+    SET deleted_at = coalesce(users.deleted_at, now()), updated_at = now(),
+        email = CASE WHEN p_erase THEN NULL ELSE users.email END,
+        first_name = CASE WHEN p_erase THEN NULL ELSE users.first_name END,
+        last_name = CASE WHEN p_erase THEN NULL ELSE users.last_name END,
+        image_url = CASE WHEN p_erase THEN NULL ELSE users.image_url END;
     RETURN 'deleted';
 END
 $$;
@@ -316,14 +321,16 @@ $$;
 -- transaction (group commit): each event runs in its own subtransaction, so
 -- one that fails leaves the others applied. Events are in arrays of equal
 -- length; p_deleted[i] marks a user.deleted (only the id is read); an empty
--- svix id applies a user state without recording a message. It returns
+-- svix id applies a user state without recording a message; new users get
+-- p_initial_credits, and p_erase_deleted erases the personal data of users
+-- deleted. It returns
 -- one row per event, in order: the outcome, or 'retry' with the SQLSTATE (error_code) when
 -- the event failed and should be delivered again (Svix retries a 5xx).
 -- +goose StatementBegin
 CREATE FUNCTION userd_apply_clerk_events(
     p_svix_ids text[], p_event_types text[], p_clerk_user_ids text[], p_deleted boolean[],
     p_emails text[], p_first_names text[], p_last_names text[], p_image_urls text[],
-    p_updated_ats bigint[], p_initial_credits bigint,
+    p_updated_ats bigint[], p_initial_credits bigint, p_erase_deleted boolean,
     OUT ordinal integer, OUT outcome text, OUT error_code text)
 RETURNS SETOF record
 LANGUAGE plpgsql AS $$
@@ -335,7 +342,7 @@ BEGIN
         error_code := NULL;
         BEGIN
             IF p_deleted[i] THEN
-                outcome := userd_delete_clerk_user(p_svix_ids[i], p_event_types[i], p_clerk_user_ids[i]);
+                outcome := userd_delete_clerk_user(p_svix_ids[i], p_event_types[i], p_clerk_user_ids[i], p_erase_deleted);
             ELSE
                 outcome := userd_apply_clerk_user(nullif(p_svix_ids[i], ''), p_event_types[i], p_clerk_user_ids[i],
                     p_emails[i], p_first_names[i], p_last_names[i], p_image_urls[i], p_updated_ats[i],
@@ -352,9 +359,9 @@ $$;
 -- +goose StatementEnd
 
 -- +goose Down
-DROP FUNCTION userd_apply_clerk_events(text[], text[], text[], boolean[], text[], text[], text[], text[], bigint[], bigint);
+DROP FUNCTION userd_apply_clerk_events(text[], text[], text[], boolean[], text[], text[], text[], text[], bigint[], bigint, boolean);
 DROP FUNCTION userd_apply_clerk_user(text, text, text, text, text, text, text, bigint, bigint);
-DROP FUNCTION userd_delete_clerk_user(text, text, text);
+DROP FUNCTION userd_delete_clerk_user(text, text, text, boolean);
 DROP FUNCTION userd_set_plan(text, text, bigint, text, text);
 DROP FUNCTION userd_change_credits(text, text, bigint, text, text);
 DROP TABLE idempotency_keys;

@@ -19,4 +19,4 @@ SELECT r.ordinal::integer AS ordinal, r.outcome::text AS outcome, coalesce(r.err
 FROM userd_apply_clerk_events(
     @svix_ids::text[], @event_types::text[], @clerk_user_ids::text[], @deleted::boolean[],
     @emails::text[], @first_names::text[], @last_names::text[], @image_urls::text[],
-    @updated_ats::bigint[], @initial_credits::bigint) AS r;
+    @updated_ats::bigint[], @initial_credits::bigint, @erase_deleted::boolean) AS r;

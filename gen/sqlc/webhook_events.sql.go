@@ -15,7 +15,7 @@ SELECT r.ordinal::integer AS ordinal, r.outcome::text AS outcome, coalesce(r.err
 FROM userd_apply_clerk_events(
     $1::text[], $2::text[], $3::text[], $4::boolean[],
     $5::text[], $6::text[], $7::text[], $8::text[],
-    $9::bigint[], $10::bigint) AS r
+    $9::bigint[], $10::bigint, $11::boolean) AS r
 `
 
 type ApplyClerkEventsParams struct {
@@ -29,6 +29,7 @@ type ApplyClerkEventsParams struct {
 	ImageUrls      []string
 	UpdatedAts     []int64
 	InitialCredits int64
+	EraseDeleted   bool
 }
 
 type ApplyClerkEventsRow struct {
@@ -52,6 +53,7 @@ func (q *Queries) ApplyClerkEvents(ctx context.Context, db DBTX, arg ApplyClerkE
 		arg.ImageUrls,
 		arg.UpdatedAts,
 		arg.InitialCredits,
+		arg.EraseDeleted,
 	)
 	if err != nil {
 		return nil, err

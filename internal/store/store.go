@@ -169,7 +169,7 @@ func (s *Store) ListCreditTransactions(ctx context.Context, userID uuid.UUID, be
 	return out, nil
 }
 
-func (s *Store) ApplyClerkEvents(ctx context.Context, events []users.ClerkEventWrite, initialCredits int64) ([]users.ClerkEventResult, error) {
+func (s *Store) ApplyClerkEvents(ctx context.Context, events []users.ClerkEventWrite, opts users.ClerkApplyOptions) ([]users.ClerkEventResult, error) {
 	n := len(events)
 	p := sqlcdb.ApplyClerkEventsParams{
 		SvixIds:        make([]string, n),
@@ -181,7 +181,8 @@ func (s *Store) ApplyClerkEvents(ctx context.Context, events []users.ClerkEventW
 		LastNames:      make([]string, n),
 		ImageUrls:      make([]string, n),
 		UpdatedAts:     make([]int64, n),
-		InitialCredits: initialCredits,
+		InitialCredits: opts.InitialCredits,
+		EraseDeleted:   opts.EraseDeleted,
 	}
 	for i, ev := range events {
 		p.SvixIds[i], p.EventTypes[i], p.ClerkUserIds[i], p.Deleted[i] = ev.MessageID, ev.Type, ev.User.ID, ev.Deleted

@@ -113,7 +113,7 @@ func TestApplyClerkEventsIsolatesAFailingEvent(t *testing.T) {
 		{MessageID: "msg_ok2", Type: "user.deleted", Deleted: true, User: users.ClerkUser{ID: "user_ok2"}},
 		{MessageID: "msg_ok1", Type: "user.created", User: users.ClerkUser{ID: "user_ok1", Email: "ok1@example.com", UpdatedAt: 1}},
 	}
-	got, err := st.ApplyClerkEvents(ctx, events, 10)
+	got, err := st.ApplyClerkEvents(ctx, events, users.ClerkApplyOptions{InitialCredits: 10, EraseDeleted: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -39,8 +39,8 @@ const (
 // clerkBatcher applies Clerk events through Store.ApplyClerkEvents in
 // group-committed batches.
 type clerkBatcher struct {
-	store          Store
-	initialCredits int64
+	store Store
+	opts  ClerkApplyOptions
 	// applied is told the size of each batch that committed.
 	applied func(events int)
 
@@ -111,7 +111,7 @@ func (b *clerkBatcher) run(batch []*pendingEvent) {
 		events[i] = p.ev
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
-	results, err := b.store.ApplyClerkEvents(ctx, events, b.initialCredits)
+	results, err := b.store.ApplyClerkEvents(ctx, events, b.opts)
 	cancel()
 	if err == nil && len(results) != len(batch) {
 		err = fmt.Errorf("apply clerk events: %d results for %d events", len(results), len(batch))

@@ -52,12 +52,16 @@ const (
 func NewService(store Store, initialCredits int64) *Service {
 	s := &Service{store: store, initialCredits: initialCredits, observer: noObserver{}}
 	s.clerk = &clerkBatcher{
-		store:          store,
-		initialCredits: initialCredits,
-		applied:        func(n int) { s.observer.ClerkBatchApplied(n) },
+		store:   store,
+		opts:    ClerkApplyOptions{InitialCredits: initialCredits, EraseDeleted: true},
+		applied: func(n int) { s.observer.ClerkBatchApplied(n) },
 	}
 	return s
 }
+
+// KeepDeletedUserData keeps the email, names and image of users deleted in
+// Clerk (for teams that must); by default a deletion erases them.
+func (s *Service) KeepDeletedUserData(keep bool) { s.clerk.opts.EraseDeleted = !keep }
 
 // SetObserver reports committed changes to o.
 func (s *Service) SetObserver(o Observer) { s.observer = o }

@@ -154,6 +154,16 @@ type ClerkEventWrite struct {
 	User    ClerkUser
 }
 
+// ClerkApplyOptions are the settings ApplyClerkEvents applies events with.
+type ClerkApplyOptions struct {
+	// InitialCredits is what a new user gets.
+	InitialCredits int64
+	// EraseDeleted erases the personal data (email, names, image) of a
+	// user when its deletion is applied; the tombstone, ledger and plan
+	// history stay.
+	EraseDeleted bool
+}
+
 // ClerkEventResult is what applying one event did: an outcome, or
 // OutcomeRetry with the SQLSTATE of the failure (the event changed
 // nothing and may be applied again).
@@ -211,9 +221,8 @@ type Store interface {
 
 	// ApplyClerkEvents applies verified Clerk deliveries in one round trip
 	// and one transaction, each event on its own (one that fails leaves the
-	// others applied), and returns one result per event, in order. New
-	// users get initialCredits.
-	ApplyClerkEvents(ctx context.Context, events []ClerkEventWrite, initialCredits int64) ([]ClerkEventResult, error)
+	// others applied), and returns one result per event, in order.
+	ApplyClerkEvents(ctx context.Context, events []ClerkEventWrite, opts ClerkApplyOptions) ([]ClerkEventResult, error)
 	// DeleteWebhookEventsBefore forgets up to limit messages processed
 	// before a time and says how many it forgot.
 	DeleteWebhookEventsBefore(ctx context.Context, before time.Time, limit int32) (int64, error)
