@@ -248,6 +248,7 @@ func (a *App) authentication(ctx context.Context) (*auth.Authenticator, clerk.Pr
 		Issuer:            a.cfg.Issuer,
 		AuthorizedParties: a.cfg.Parties(),
 		Leeway:            a.cfg.JWTLeeway,
+		MaxLifetime:       a.cfg.JWTMaxLifetime,
 	}
 	if scfg.Enabled() {
 		if sessions, err = auth.NewSessionVerifier(ctx, scfg); err != nil {
