@@ -92,9 +92,10 @@ type App struct {
 	// api is nil when USERD_HTTP_ADDR is "off".
 	api   *http.Server
 	apiLn net.Listener
-	// webhook is nil when USERD_WEBHOOK_ADDR is "off".
+	// webhook and hook are nil when USERD_WEBHOOK_ADDR is "off".
 	webhook   *http.Server
 	webhookLn net.Listener
+	hook      *clerkhook.Handler
 	// ops is nil when USERD_OPS_ADDR is "off".
 	ops     *http.Server
 	opsLn   net.Listener
@@ -206,6 +207,7 @@ func (a *App) init(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		a.hook = hook
 		if a.webhookLn, err = net.Listen("tcp", a.cfg.WebhookAddr); err != nil {
 			return fmt.Errorf("listen on USERD_WEBHOOK_ADDR %s: %w", a.cfg.WebhookAddr, err)
 		}
@@ -408,6 +410,9 @@ func (a *App) shutdown() {
 		})
 	}
 	wg.Wait()
+	if a.hook != nil {
+		a.hook.Close()
+	}
 	a.db.Close()
 	a.log.Info("stopped")
 }
