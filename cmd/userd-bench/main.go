@@ -46,6 +46,9 @@ const (
 	serviceToken  = "bench-service-token-0123456789abcdef"
 	webhookSecret = "whsec_dXNlcmQtYmVuY2gtd2ViaG9vay1zZWNyZXQ="
 	issuer        = "https://clerk.bench.example"
+	// benchTokenLifetime is the lifetime of the session tokens the bench
+	// mints once for the whole run (Clerk's live 60 s and are refreshed).
+	benchTokenLifetime = 2 * time.Hour
 )
 
 var (
@@ -121,6 +124,8 @@ func run(ctx context.Context) error {
 		"USERD_GRPC_ADDR="+ports[0], "USERD_HTTP_ADDR="+ports[1], "USERD_WEBHOOK_ADDR="+ports[2], "USERD_OPS_ADDR="+ports[3],
 		"USERD_SERVICE_TOKENS=bench="+serviceToken, "CLERK_WEBHOOK_SECRET="+webhookSecret,
 		"CLERK_JWT_KEY="+pemKey, "CLERK_ISSUER="+issuer, "USERD_LOG_FORMAT=json", "USERD_LOG_LEVEL=info",
+		// The session tokens minted below must outlive the whole run.
+		"USERD_JWT_MAX_LIFETIME="+benchTokenLifetime.String(),
 		"USERD_PPROF="+strconv.FormatBool(*pprofDir != ""),
 	)
 	userd.Stdout, userd.Stderr = io.Discard, io.Discard
@@ -153,7 +158,7 @@ func run(ctx context.Context) error {
 			return fmt.Errorf("seed: %w", err)
 		}
 		tok := jwt.NewWithClaims(jwt.SigningMethodRS256, jwt.MapClaims{
-			"iss": issuer, "sub": id, "exp": time.Now().Add(2 * time.Hour).Unix(), "iat": time.Now().Unix(), "sid": "sess_" + id,
+			"iss": issuer, "sub": id, "exp": time.Now().Add(benchTokenLifetime).Unix(), "iat": time.Now().Unix(), "sid": "sess_" + id,
 		})
 		s, err := tok.SignedString(key)
 		if err != nil {

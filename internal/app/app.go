@@ -42,6 +42,44 @@ import (
 	"github.com/userd/userd/internal/users"
 )
 
+// Header limits. Authentication runs only once a call's message arrives,
+// so whatever a connection may make userd hold before that is available to
+// anyone who can reach the port.
+const (
+	// grpcMaxHeaderListSize bounds a call's metadata (HPACK accounting:
+	// name + value + 32 bytes per field). With grpc-go's default, 16 MiB,
+	// one connection sending 160 KB (40 streams repeating one HPACK-indexed
+	// 2.9 KB entry 4,000 times) grew userd from 25 to 500 MiB, held until
+	// the connection closed (TestHeaderLimits). The largest legitimate
+	// metadata is an end user's Clerk session token — at most ~4 KB, since
+	// browsers keep it in a 4 KB cookie — plus ~1 KB of pseudo-headers,
+	// content-type, te, user-agent, grpc-timeout, x-request-id and W3C
+	// tracing headers. 16 KiB leaves room for that three times over; it is
+	// gRPC C-core's hard limit and twice grpc-java's (and grpc-go's
+	// upcoming) 8 KiB default. A grpc-go client learns it from SETTINGS and
+	// fails a larger call itself, before sending; otherwise the server
+	// resets the stream, keeping none of it.
+	grpcMaxHeaderListSize = 16 << 10
+	// grpcMaxConcurrentStreams bounds the calls one connection has open at
+	// once, and with it what one connection can pin: streams × header list.
+	// RFC 9113 §6.5.2 recommends no less than 100; a userd call takes about
+	// a millisecond, so 100 streams carry ~100,000 calls/s per connection,
+	// and gRPC clients (grpc-go, grpc-java) queue calls beyond the limit
+	// instead of failing them.
+	grpcMaxConcurrentStreams = 100
+	// HTTP/1.1 header limits (net/http's MaxHeaderBytes; it reads 4 KiB
+	// more before answering 431). No amplification there (no HPACK: the
+	// listeners do not speak HTTP/2), so they only need to fit the callers.
+	// The API's callers include browsers, whose Cookie header may carry the
+	// __session token and other cookies beside an Authorization header:
+	// 32 KiB is what a default nginx in front would let through.
+	apiMaxHeaderBytes = 32 << 10
+	// Svix sends a handful of short headers (svix-id, svix-timestamp, one
+	// signature per active secret); probes and Prometheus fewer still.
+	webhookMaxHeaderBytes = 8 << 10
+	opsMaxHeaderBytes     = 8 << 10
+)
+
 // App is a configured, listening userd.
 type App struct {
 	cfg    config.Serve
@@ -54,9 +92,10 @@ type App struct {
 	// api is nil when USERD_HTTP_ADDR is "off".
 	api   *http.Server
 	apiLn net.Listener
-	// webhook is nil when USERD_WEBHOOK_ADDR is "off".
+	// webhook and hook are nil when USERD_WEBHOOK_ADDR is "off".
 	webhook   *http.Server
 	webhookLn net.Listener
+	hook      *clerkhook.Handler
 	// ops is nil when USERD_OPS_ADDR is "off".
 	ops     *http.Server
 	opsLn   net.Listener
@@ -113,7 +152,8 @@ func (a *App) init(ctx context.Context) error {
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(interceptors...),
 		grpc.MaxRecvMsgSize(1 << 20),
-		grpc.MaxConcurrentStreams(1000),
+		grpc.MaxHeaderListSize(grpcMaxHeaderListSize),
+		grpc.MaxConcurrentStreams(grpcMaxConcurrentStreams),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			MaxConnectionIdle: 5 * time.Minute, Time: 2 * time.Minute, Timeout: 20 * time.Second,
@@ -153,7 +193,7 @@ func (a *App) init(ctx context.Context) error {
 			Listener: "api", Log: a.log, Metrics: a.metrics, AccessLog: true,
 			// REST calls are logged by the gRPC layer, with the principal.
 			Skip: func(r *http.Request) bool { return strings.HasPrefix(r.URL.Path, "/v1/") },
-		}), a.log)
+		}), apiMaxHeaderBytes, a.log)
 	}
 
 	if a.cfg.WebhookAddr != config.Off {
@@ -167,20 +207,21 @@ func (a *App) init(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		a.hook = hook
 		if a.webhookLn, err = net.Listen("tcp", a.cfg.WebhookAddr); err != nil {
 			return fmt.Errorf("listen on USERD_WEBHOOK_ADDR %s: %w", a.cfg.WebhookAddr, err)
 		}
 		// The handler logs each delivery itself, with its svix id.
 		a.webhook = newHTTPServer(httpmw.Wrap(hook.Routes(), httpmw.Options{
 			Listener: "webhook", Log: a.log, Metrics: a.metrics,
-		}), a.log)
+		}), webhookMaxHeaderBytes, a.log)
 	}
 
 	if a.cfg.OpsAddr != config.Off {
 		if a.opsLn, err = net.Listen("tcp", a.cfg.OpsAddr); err != nil {
 			return fmt.Errorf("listen on USERD_OPS_ADDR %s: %w", a.cfg.OpsAddr, err)
 		}
-		a.ops = newHTTPServer(a.opsRoutes(), a.log)
+		a.ops = newHTTPServer(a.opsRoutes(), opsMaxHeaderBytes, a.log)
 	}
 	return nil
 }
@@ -209,6 +250,7 @@ func (a *App) authentication(ctx context.Context) (*auth.Authenticator, clerk.Pr
 		Issuer:            a.cfg.Issuer,
 		AuthorizedParties: a.cfg.Parties(),
 		Leeway:            a.cfg.JWTLeeway,
+		MaxLifetime:       a.cfg.JWTMaxLifetime,
 	}
 	if scfg.Enabled() {
 		if sessions, err = auth.NewSessionVerifier(ctx, scfg); err != nil {
@@ -236,16 +278,23 @@ func splitList(s string) []string {
 	return out
 }
 
-// newHTTPServer returns a server with timeouts that keep slow or idle
-// clients from holding connections.
-func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
+// newHTTPServer returns a plaintext HTTP/1.1 server with timeouts that keep
+// slow or idle clients from holding connections and a bound on the bytes of
+// request headers.
+func newHTTPServer(h http.Handler, maxHeaderBytes int, log *slog.Logger) *http.Server {
+	// Only HTTP/1.1, said explicitly: unencrypted HTTP/2 (h2c) would bring
+	// HPACK-compressed headers, and with them amplification, to listeners
+	// whose callers have no use for it.
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
 	return &http.Server{
 		Handler:           h,
+		Protocols:         &protocols,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
+		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 }
@@ -361,6 +410,9 @@ func (a *App) shutdown() {
 		})
 	}
 	wg.Wait()
+	if a.hook != nil {
+		a.hook.Close()
+	}
 	a.db.Close()
 	a.log.Info("stopped")
 }

@@ -55,6 +55,12 @@ func TestMetricsExposeEverySeries(t *testing.T) {
 	if resp, err := http.DefaultClient.Do(hreq); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("webhook: %v %v", resp, err)
 	}
+	forged, _ := http.NewRequest("POST", in.WebhookURL, strings.NewReader(string(body)))
+	forged.Header = h.Clone()
+	forged.Header.Set("svix-id", "msg_forged")
+	if resp, err := http.DefaultClient.Do(forged); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("forged webhook: %v %v", resp, err)
+	}
 
 	code, metrics := get(t, in.OpsURL+"/metrics")
 	if code != http.StatusOK {
@@ -66,6 +72,7 @@ func TestMetricsExposeEverySeries(t *testing.T) {
 		`userd_http_requests_total{code="200",listener="api",method="get"} 1`,
 		`userd_http_requests_total{code="200",listener="webhook",method="post"} 1`,
 		`userd_webhook_events_total{outcome="created",type="user.created"} 1`,
+		`userd_webhook_rejected_total{reason="bad_signature"} 1`,
 		`userd_credits_total{kind="deduct"} 3`,
 		`userd_credits_total{kind="grant"} 5`,
 		`userd_credits_total{kind="initial"} 20`,

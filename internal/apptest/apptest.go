@@ -61,7 +61,7 @@ func Config(t testing.TB) config.Serve {
 		ServiceTokens: "tests=" + ServiceToken,
 		Clerk: config.Clerk{
 			WebhookSecret: WebhookSecret, WebhookTolerance: 5 * time.Minute, WebhookRetention: 168 * time.Hour,
-			APIURL: "https://api.clerk.invalid", JWTLeeway: 5 * time.Second, JWKSMinRefresh: 30 * time.Second,
+			APIURL: "https://api.clerk.invalid", JWTLeeway: 5 * time.Second, JWTMaxLifetime: 5 * time.Minute, JWKSMinRefresh: 30 * time.Second,
 		},
 		InitialCredits: 10,
 		ShutdownGrace:  5 * time.Second,

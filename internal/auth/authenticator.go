@@ -50,6 +50,8 @@ func (a *Authenticator) Authenticate(authorization string) (Principal, error) {
 			msg = "token expired"
 		case errors.Is(err, jwt.ErrTokenNotValidYet):
 			msg = "token not valid yet"
+		case errors.Is(err, errLifetimeTooLong):
+			msg = "token lifetime too long"
 		}
 		return Principal{}, apperr.Unauthenticated(msg)
 	}

@@ -18,7 +18,15 @@ import (
 
 // SessionClaims are the claims userd reads from a Clerk session token.
 type SessionClaims struct {
-	jwt.RegisteredClaims
+	Issuer   string           `json:"iss,omitempty"`
+	Subject  string           `json:"sub,omitempty"`
+	Audience jwt.ClaimStrings `json:"aud,omitempty"`
+	ID       string           `json:"jti,omitempty"`
+	// ExpiresAt, NotBefore and IssuedAt are NumericDates that must be JSON
+	// numbers (timeClaim); nil when absent.
+	ExpiresAt timeClaim `json:"exp"`
+	NotBefore timeClaim `json:"nbf"`
+	IssuedAt  timeClaim `json:"iat"`
 	// AuthorizedParty is the origin the token was issued to.
 	AuthorizedParty string `json:"azp,omitempty"`
 	// SessionID is Clerk's session id.
@@ -28,6 +36,37 @@ type SessionClaims struct {
 	Email     string `json:"email,omitempty"`
 	FirstName string `json:"first_name,omitempty"`
 	LastName  string `json:"last_name,omitempty"`
+}
+
+// The jwt.Claims methods, for the parser's validation.
+
+func (c *SessionClaims) GetExpirationTime() (*jwt.NumericDate, error) { return c.ExpiresAt.Date, nil }
+func (c *SessionClaims) GetNotBefore() (*jwt.NumericDate, error)      { return c.NotBefore.Date, nil }
+func (c *SessionClaims) GetIssuedAt() (*jwt.NumericDate, error)       { return c.IssuedAt.Date, nil }
+func (c *SessionClaims) GetIssuer() (string, error)                   { return c.Issuer, nil }
+func (c *SessionClaims) GetSubject() (string, error)                  { return c.Subject, nil }
+func (c *SessionClaims) GetAudience() (jwt.ClaimStrings, error)       { return c.Audience, nil }
+
+// timeClaim is a NumericDate claim (exp, nbf, iat) that must be a JSON
+// number, as RFC 7519 §2 defines it: jwt.NumericDate alone also accepts a
+// numeric string ("exp": "4102444800") and leaves null as absent.
+type timeClaim struct {
+	Date *jwt.NumericDate
+}
+
+// errTimeClaimNotNumber is a time claim given as anything but a number.
+var errTimeClaimNotNumber = errors.New("exp, nbf and iat must be JSON numbers")
+
+func (c *timeClaim) UnmarshalJSON(b []byte) error {
+	if len(b) == 0 || b[0] != '-' && (b[0] < '0' || b[0] > '9') {
+		return errTimeClaimNotNumber
+	}
+	var d jwt.NumericDate
+	if err := d.UnmarshalJSON(b); err != nil {
+		return err
+	}
+	c.Date = &d
+	return nil
 }
 
 // SessionConfig says how to verify Clerk session tokens.
@@ -46,18 +85,30 @@ type SessionConfig struct {
 	AuthorizedParties []string
 	// Leeway for exp and nbf.
 	Leeway time.Duration
+	// MaxLifetime bounds a token's lifetime (exp - iat) and what it has
+	// left (exp - now); zero means DefaultMaxLifetime.
+	MaxLifetime time.Duration
 }
+
+// DefaultMaxLifetime is the default of SessionConfig.MaxLifetime. Clerk's
+// session tokens live 60 s, and so do JWT-template tokens unless their
+// template says otherwise (Clerk allows 30 s to 10 years): 5 minutes accepts
+// them with room for a template lifetime raised a little, and refuses a
+// token minted to live for hours or years, which would stay usable that
+// long if it leaked.
+const DefaultMaxLifetime = 5 * time.Minute
 
 // Enabled reports whether session tokens can be verified at all.
 func (c SessionConfig) Enabled() bool { return c.PEMKey != "" || c.JWKSURL != "" }
 
 // SessionVerifier verifies Clerk session tokens.
 type SessionVerifier struct {
-	keyfunc jwt.Keyfunc
-	parser  *jwt.Parser
-	parties map[string]bool
-	leeway  time.Duration
-	now     func() time.Time
+	keyfunc     jwt.Keyfunc
+	parser      *jwt.Parser
+	parties     map[string]bool
+	leeway      time.Duration
+	maxLifetime time.Duration
+	now         func() time.Time
 
 	// verified remembers tokens whose signature and claims passed, by
 	// SHA-256 of the token, until they expire: a frontend sends the same
@@ -72,7 +123,10 @@ const maxVerified = 10_000
 
 // NewSessionVerifier builds a verifier; ctx bounds the JWKS refresher.
 func NewSessionVerifier(ctx context.Context, cfg SessionConfig) (*SessionVerifier, error) {
-	v := &SessionVerifier{leeway: cfg.Leeway, now: time.Now, verified: map[[sha256.Size]byte]*SessionClaims{}}
+	v := &SessionVerifier{leeway: cfg.Leeway, maxLifetime: cfg.MaxLifetime, now: time.Now, verified: map[[sha256.Size]byte]*SessionClaims{}}
+	if v.maxLifetime <= 0 {
+		v.maxLifetime = DefaultMaxLifetime
+	}
 	switch {
 	case cfg.PEMKey != "":
 		key, err := parsePublicKey(cfg.PEMKey)
@@ -127,9 +181,26 @@ func NewSessionVerifier(ctx context.Context, cfg SessionConfig) (*SessionVerifie
 	return v, nil
 }
 
-// Verify checks the token's signature (RS256 only), exp, nbf, iss and azp
-// and returns its claims. A token verified before is only checked against
-// the clock again.
+// Errors of tokens refused for what their header or lifetime say.
+var (
+	errCritical        = errors.New(`the token header has "crit": userd understands no JWS extensions (RFC 7515 §4.1.11)`)
+	errLifetimeTooLong = errors.New("token lifetime exceeds USERD_JWT_MAX_LIFETIME")
+)
+
+// key refuses tokens that name critical header extensions — RFC 7515
+// requires that of a recipient that understands none of them — before any
+// key lookup or signature check, then finds the verification key.
+func (v *SessionVerifier) key(t *jwt.Token) (any, error) {
+	if _, ok := t.Header["crit"]; ok {
+		return nil, errCritical
+	}
+	return v.keyfunc(t)
+}
+
+// Verify checks the token's header (no crit), signature (RS256 only), time
+// claims (JSON numbers; exp required; exp and nbf against the clock),
+// lifetime, iss and azp, and returns its claims. A token verified before is
+// only checked against the clock again.
 func (v *SessionVerifier) Verify(token string) (*SessionClaims, error) {
 	key := sha256.Sum256([]byte(token))
 	now := v.now()
@@ -145,7 +216,10 @@ func (v *SessionVerifier) Verify(token string) (*SessionClaims, error) {
 		v.mu.Unlock()
 	}
 	claims := &SessionClaims{}
-	if _, err := v.parser.ParseWithClaims(token, claims, v.keyfunc); err != nil {
+	if _, err := v.parser.ParseWithClaims(token, claims, v.key); err != nil {
+		return nil, err
+	}
+	if err := v.checkLifetime(claims, now); err != nil {
 		return nil, err
 	}
 	if v.parties != nil && !v.parties[claims.AuthorizedParty] {
@@ -163,12 +237,30 @@ func (v *SessionVerifier) Verify(token string) (*SessionClaims, error) {
 	return claims, nil
 }
 
+// checkLifetime refuses a token issued to live longer than the maximum
+// (exp - iat), and, whatever its iat says (absent, or in the future), one
+// with more than the maximum left to live (exp - now, give or take the
+// leeway for clock skew).
+func (v *SessionVerifier) checkLifetime(c *SessionClaims, now time.Time) error {
+	exp := c.ExpiresAt.Date.Time // the parser requires exp
+	if iat := c.IssuedAt.Date; iat != nil {
+		if life := exp.Sub(iat.Time); life > v.maxLifetime {
+			return fmt.Errorf("%w: issued for %s, at most %s", errLifetimeTooLong, life, v.maxLifetime)
+		}
+	}
+	if left := exp.Sub(now); left > v.maxLifetime+v.leeway {
+		return fmt.Errorf("%w: valid for %s more, at most %s", errLifetimeTooLong, left.Round(time.Second), v.maxLifetime)
+	}
+	return nil
+}
+
 // current reports whether verified claims are still within exp and nbf.
 func (v *SessionVerifier) current(c *SessionClaims, now time.Time) bool {
-	if c.ExpiresAt == nil || !now.Before(c.ExpiresAt.Add(v.leeway)) {
+	exp, nbf := c.ExpiresAt.Date, c.NotBefore.Date
+	if exp == nil || !now.Before(exp.Add(v.leeway)) {
 		return false
 	}
-	return c.NotBefore == nil || !now.Before(c.NotBefore.Add(-v.leeway))
+	return nbf == nil || !now.Before(nbf.Add(-v.leeway))
 }
 
 // parsePublicKey reads an RSA public key in PEM, or the bare base64 body.

@@ -6,6 +6,8 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
+	"strconv"
 	"testing"
 	"time"
 
@@ -69,7 +71,7 @@ func BenchmarkVerifySessionToken(b *testing.B) {
 	b.Run("Fresh", func(b *testing.B) {
 		toks := make([]string, 64)
 		for i := range toks {
-			toks[i] = sign(b, key, time.Now().Add(time.Hour+time.Duration(i)*time.Second))
+			toks[i] = sign(b, key, time.Now().Add(time.Minute+time.Duration(i)*time.Second))
 		}
 		b.ReportAllocs()
 		for i := 0; b.Loop(); i++ {
@@ -80,7 +82,7 @@ func BenchmarkVerifySessionToken(b *testing.B) {
 		}
 	})
 	b.Run("Cached", func(b *testing.B) {
-		tok := sign(b, key, time.Now().Add(time.Hour))
+		tok := sign(b, key, time.Now().Add(4*time.Minute))
 		b.ReportAllocs()
 		for b.Loop() {
 			if _, err := v.Verify(tok); err != nil {
@@ -88,4 +90,103 @@ func BenchmarkVerifySessionToken(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestStrictTokens: what Clerk issues passes; a crit header, time claims
+// that are not numbers and lifetimes beyond the maximum are refused, each
+// for its own reason, though correctly signed.
+func TestStrictTokens(t *testing.T) {
+	t.Parallel()
+	v, key := newVerifier(t)
+	now := time.Now()
+	clerk := func(mut func(jwt.MapClaims)) jwt.MapClaims {
+		// A Clerk session token: 60 s lifetime, nbf 5 s back (allowed skew).
+		c := jwt.MapClaims{
+			"iss": "https://clerk.example", "sub": "user_1", "sid": "sess_1", "azp": "https://app.example",
+			"iat": now.Unix(), "nbf": now.Add(-5 * time.Second).Unix(), "exp": now.Add(time.Minute).Unix(),
+		}
+		if mut != nil {
+			mut(c)
+		}
+		return c
+	}
+	cases := []struct {
+		name   string
+		claims jwt.MapClaims
+		header map[string]any
+		want   error // nil: accepted
+	}{
+		{"ClerkSessionToken", clerk(nil), nil, nil},
+		{"LifetimeAtTheMaximum", clerk(func(c jwt.MapClaims) { c["exp"] = now.Add(DefaultMaxLifetime).Unix() }), nil, nil},
+		{"NoIssuedAtShortLived", clerk(func(c jwt.MapClaims) { delete(c, "iat") }), nil, nil},
+		{"FractionalTimes", clerk(func(c jwt.MapClaims) { c["exp"] = float64(now.Add(time.Minute).UnixMilli()) / 1000 }), nil, nil},
+		{"UnknownHeaderParameter", clerk(nil), map[string]any{"oiat": now.Unix()}, nil},
+
+		{"Crit", clerk(nil), map[string]any{"crit": []string{"exp"}}, errCritical},
+		{"CritEmpty", clerk(nil), map[string]any{"crit": []string{}}, errCritical},
+		{"ExpString", clerk(func(c jwt.MapClaims) { c["exp"] = strconv.FormatInt(now.Add(time.Minute).Unix(), 10) }), nil, errTimeClaimNotNumber},
+		{"NbfString", clerk(func(c jwt.MapClaims) { c["nbf"] = strconv.FormatInt(now.Unix(), 10) }), nil, errTimeClaimNotNumber},
+		{"IatString", clerk(func(c jwt.MapClaims) { c["iat"] = strconv.FormatInt(now.Unix(), 10) }), nil, errTimeClaimNotNumber},
+		{"IatBool", clerk(func(c jwt.MapClaims) { c["iat"] = true }), nil, errTimeClaimNotNumber},
+		{"NbfNull", clerk(func(c jwt.MapClaims) { c["nbf"] = nil }), nil, errTimeClaimNotNumber},
+		{"ExpObject", clerk(func(c jwt.MapClaims) { c["exp"] = map[string]any{"$date": now.Unix()} }), nil, errTimeClaimNotNumber},
+		{"LifetimeOverTheMaximum", clerk(func(c jwt.MapClaims) { c["exp"] = now.Add(DefaultMaxLifetime + time.Second).Unix() }), nil, errLifetimeTooLong},
+		{"HundredYears", clerk(func(c jwt.MapClaims) { c["exp"] = now.AddDate(100, 0, 0).Unix() }), nil, errLifetimeTooLong},
+		{"NoIssuedAtLongLived", clerk(func(c jwt.MapClaims) {
+			delete(c, "iat")
+			c["exp"] = now.Add(time.Hour).Unix()
+		}), nil, errLifetimeTooLong},
+		{"FutureIssuedAt", clerk(func(c jwt.MapClaims) {
+			c["iat"] = now.AddDate(100, 0, 0).Add(-time.Minute).Unix()
+			c["exp"] = now.AddDate(100, 0, 0).Unix()
+		}), nil, errLifetimeTooLong},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			tok := jwt.NewWithClaims(jwt.SigningMethodRS256, tc.claims)
+			for k, val := range tc.header {
+				tok.Header[k] = val
+			}
+			s, err := tok.SignedString(key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = v.Verify(s)
+			switch {
+			case tc.want == nil && err != nil:
+				t.Errorf("refused: %v", err)
+			case tc.want != nil && !errors.Is(err, tc.want):
+				t.Errorf("got %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestMaxLifetimeIsConfigurable: a longer maximum admits what the default
+// refuses, and no more.
+func TestMaxLifetimeIsConfigurable(t *testing.T) {
+	t.Parallel()
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, _ := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	v, err := NewSessionVerifier(context.Background(), SessionConfig{
+		PEMKey: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})), MaxLifetime: time.Hour,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	for _, tc := range []struct {
+		life time.Duration
+		ok   bool
+	}{{time.Hour, true}, {time.Hour + time.Minute, false}} {
+		s, _ := jwt.NewWithClaims(jwt.SigningMethodRS256, jwt.MapClaims{
+			"sub": "user_1", "iat": now.Unix(), "exp": now.Add(tc.life).Unix(),
+		}).SignedString(key)
+		if _, err := v.Verify(s); (err == nil) != tc.ok {
+			t.Errorf("lifetime %s with a 1h maximum: err %v, want accepted %v", tc.life, err, tc.ok)
+		}
+	}
 }

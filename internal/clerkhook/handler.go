@@ -20,9 +20,11 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	svix "github.com/svix/svix-webhooks/go"
+	"golang.org/x/time/rate"
 
 	"github.com/userd/userd/internal/apperr"
 	"github.com/userd/userd/internal/users"
@@ -55,26 +57,33 @@ type Config struct {
 	// Timeout bounds the database work of one delivery; past it the answer
 	// is 503 and Svix retries.
 	Timeout time.Duration
-	// Recorder counts deliveries by type and outcome; nil counts nothing.
+	// Recorder counts deliveries by type and outcome, and rejections by
+	// reason; nil counts nothing.
 	Recorder Recorder
 }
 
 // Recorder counts deliveries (telemetry.Metrics implements it).
 type Recorder interface {
+	// WebhookEvent counts a verified delivery by event type and outcome.
 	WebhookEvent(eventType, outcome string)
+	// WebhookRejected counts a delivery refused by verification (or for
+	// want of a secret), by reason.
+	WebhookRejected(reason string)
 }
 
 type noRecorder struct{}
 
 func (noRecorder) WebhookEvent(string, string) {}
+func (noRecorder) WebhookRejected(string)      {}
 
 // Handler serves POST /webhooks/clerk.
 type Handler struct {
-	verifiers []*svix.Webhook
-	cfg       Config
-	domain    Domain
-	log       *slog.Logger
-	now       func() time.Time
+	verifiers  []*svix.Webhook
+	cfg        Config
+	domain     Domain
+	log        *slog.Logger
+	rejections *rejectionLog
+	now        func() time.Time
 }
 
 // ParseSecrets splits a comma-separated CLERK_WEBHOOK_SECRET value and checks
@@ -119,7 +128,7 @@ func New(cfg Config, domain Domain, log *slog.Logger) (*Handler, error) {
 	if cfg.Recorder == nil {
 		cfg.Recorder = noRecorder{}
 	}
-	h := &Handler{cfg: cfg, domain: domain, log: log, now: time.Now}
+	h := &Handler{cfg: cfg, domain: domain, log: log, now: time.Now, rejections: newRejectionLog(log, rejectionSummaryEvery)}
 	for _, s := range cfg.Secrets {
 		wh, err := newVerifier(s)
 		if err != nil {
@@ -133,6 +142,10 @@ func New(cfg Config, domain Domain, log *slog.Logger) (*Handler, error) {
 	}
 	return h, nil
 }
+
+// Close logs the summary of rejections not logged yet, instead of leaving
+// it to a timer. Call it once the listener has stopped.
+func (h *Handler) Close() { h.rejections.summarize() }
 
 // Routes returns the webhook listener's mux: POST /webhooks/clerk and
 // nothing else (other methods 405, other paths 404).
@@ -164,10 +177,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	msgID, _, _ := deliveryHeaders(r.Header)
 	body, rej, ok := h.verify(w, r)
 	if !ok {
-		// Never log the body or the signature.
-		h.log.Warn("webhook rejected", "reason", rej.reason, "status", rej.status, "svix_id", logSafe(msgID),
-			"remote", r.RemoteAddr)
-		h.cfg.Recorder.WebhookEvent("unverified", rej.reason)
+		h.cfg.Recorder.WebhookRejected(rej.reason)
+		h.rejections.write(rej, msgID, r.RemoteAddr)
 		writeJSON(w, rej.status, map[string]string{"error": rej.reason})
 		return
 	}
@@ -203,7 +214,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": string(outcome)})
 }
 
-// verify reads the body and checks headers, signature and timestamp.
+// verify checks headers and timestamp, then reads the body and checks its
+// signature: what can be refused without reading a body (up to 1 MiB) and
+// hashing it is refused first, as the Svix library does.
 func (h *Handler) verify(w http.ResponseWriter, r *http.Request) ([]byte, rejection, bool) {
 	if len(h.verifiers) == 0 {
 		return nil, rejectNoSecret, false
@@ -218,6 +231,9 @@ func (h *Handler) verify(w http.ResponseWriter, r *http.Request) ([]byte, reject
 	sent, err := strconv.ParseInt(ts, 10, 64)
 	if err != nil {
 		return nil, rejectBadTimestamp, false
+	}
+	if d := h.now().Sub(time.Unix(sent, 0)); d > h.cfg.Tolerance || d < -h.cfg.Tolerance {
+		return nil, rejectOutOfWindow, false
 	}
 	body, err := readBody(w, r)
 	if err != nil {
@@ -238,10 +254,73 @@ func (h *Handler) verify(w http.ResponseWriter, r *http.Request) ([]byte, reject
 	if !signed {
 		return nil, rejectBadSignature, false
 	}
-	if d := h.now().Sub(time.Unix(sent, 0)); d > h.cfg.Tolerance || d < -h.cfg.Tolerance {
-		return nil, rejectOutOfWindow, false
-	}
 	return body, rejection{}, true
+}
+
+// Rejection logging: anyone can send deliveries, so a flood of forged ones
+// must not become a flood of log lines. The first rejectionLogBurst are
+// logged, then one every rejectionLogEvery; the others are counted and
+// summed up in one line at most every rejectionSummaryEvery. Metrics count
+// every one. Under a sustained flood that is 11 lines a minute.
+const (
+	rejectionLogBurst     = 10
+	rejectionLogEvery     = 6 * time.Second
+	rejectionSummaryEvery = time.Minute
+)
+
+type rejectionLog struct {
+	log     *slog.Logger
+	limiter *rate.Limiter
+	every   time.Duration
+
+	mu sync.Mutex
+	// unlogged counts rejections by reason since the last summary; nil
+	// when none is due, else summary is the timer that will log it.
+	unlogged map[string]int
+	summary  *time.Timer
+}
+
+func newRejectionLog(log *slog.Logger, summaryEvery time.Duration) *rejectionLog {
+	return &rejectionLog{log: log, limiter: rate.NewLimiter(rate.Every(rejectionLogEvery), rejectionLogBurst), every: summaryEvery}
+}
+
+// write logs one rejection, or counts it for the next summary.
+func (l *rejectionLog) write(rej rejection, msgID, remote string) {
+	if l.limiter.Allow() {
+		// Never the body or the signature.
+		l.log.Warn("webhook rejected", "reason", rej.reason, "status", rej.status, "svix_id", logSafe(msgID), "remote", remote)
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.unlogged == nil {
+		l.unlogged = map[string]int{}
+		l.summary = time.AfterFunc(l.every, l.summarize)
+	}
+	l.unlogged[rej.reason]++
+}
+
+// summarize logs how many rejections, by reason, were not logged, if any.
+func (l *rejectionLog) summarize() {
+	l.mu.Lock()
+	counts := l.unlogged
+	l.unlogged = nil
+	if l.summary != nil {
+		l.summary.Stop()
+		l.summary = nil
+	}
+	l.mu.Unlock()
+	if counts == nil {
+		return
+	}
+	total := 0
+	reasons := make([]any, 0, len(counts))
+	for reason, n := range counts {
+		total += n
+		reasons = append(reasons, slog.Int(reason, n))
+	}
+	l.log.Warn("webhook rejections not logged (rate limited); userd_webhook_rejected_total counts them all",
+		"count", total, "interval", l.every.String(), slog.Group("by_reason", reasons...))
 }
 
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {

@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +24,7 @@ import (
 	"github.com/userd/userd/internal/apptest"
 	"github.com/userd/userd/internal/clerkhook"
 	"github.com/userd/userd/internal/config"
+	"github.com/userd/userd/internal/telemetry"
 	"github.com/userd/userd/internal/users"
 )
 
@@ -546,5 +549,136 @@ func TestForgottenMessagesStayHarmless(t *testing.T) {
 	}
 	if ts := ledgerOf(t, in, "user_forget"); len(ts) != 1 {
 		t.Errorf("ledger has %d rows, want 1", len(ts))
+	}
+}
+
+// lineBuffer collects log output.
+type lineBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lineBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lineBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// untouchable is a domain that no rejected delivery may reach.
+type untouchable struct{ t *testing.T }
+
+func (d untouchable) ApplyClerkUser(context.Context, users.ClerkEvent) (users.EventOutcome, error) {
+	d.t.Error("a rejected delivery reached the domain")
+	return "", errors.New("unreachable")
+}
+
+func (d untouchable) DeleteClerkUser(context.Context, string, string, string) (users.EventOutcome, error) {
+	d.t.Error("a rejected delivery reached the domain")
+	return "", errors.New("unreachable")
+}
+
+// TestRejectionFloodIsSampled: 3,000 forged deliveries over loopback are
+// each refused and counted by reason in the metrics, but only a handful
+// are logged — a flood of them cannot flood the log.
+func TestRejectionFloodIsSampled(t *testing.T) {
+	t.Parallel()
+	logs := &lineBuffer{}
+	metrics := telemetry.NewMetrics()
+	h, err := clerkhook.New(clerkhook.Config{Secrets: []string{apptest.WebhookSecret}, Recorder: metrics},
+		untouchable{t}, slog.New(slog.NewJSONHandler(logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h.Routes())
+	defer srv.Close()
+	defer h.Close()
+
+	body := append(clerkhook.SampleEvent("user.created", clerkhook.SampleUser{ID: "user_flood", UpdatedAt: time.Now()}),
+		bytes.Repeat([]byte(" "), 16<<10)...)
+	forged := []struct {
+		reason string
+		n      int
+		req    func(i int) *http.Request
+	}{
+		{"bad_signature", 2000, func(i int) *http.Request {
+			d := delivery{msgID: fmt.Sprintf("msg_forged_%d", i), body: body, secret: "whsec_d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldA==", sentAt: time.Now()}
+			return d.request(t, srv.URL+clerkhook.Path)
+		}},
+		{"timestamp_out_of_tolerance", 500, func(i int) *http.Request {
+			d := delivery{msgID: fmt.Sprintf("msg_stale_%d", i), body: body, secret: apptest.WebhookSecret, sentAt: time.Now().Add(-time.Hour)}
+			return d.request(t, srv.URL+clerkhook.Path)
+		}},
+		{"missing_headers", 500, func(int) *http.Request {
+			req, _ := http.NewRequest(http.MethodPost, srv.URL+clerkhook.Path, bytes.NewReader(body))
+			return req
+		}},
+	}
+	start := time.Now()
+	var wg sync.WaitGroup
+	for _, f := range forged {
+		next := atomic.Int64{}
+		for range 4 {
+			wg.Go(func() {
+				for i := int(next.Add(1)); i <= f.n; i = int(next.Add(1)) {
+					resp, err := srv.Client().Do(f.req(i))
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode < 400 || resp.StatusCode >= 500 {
+						t.Errorf("%s: %d, want a 4xx", f.reason, resp.StatusCode)
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+
+	rec := httptest.NewRecorder()
+	metrics.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	for _, f := range forged {
+		if want := fmt.Sprintf("userd_webhook_rejected_total{reason=%q} %d\n", f.reason, f.n); !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("/metrics lacks %s", strings.TrimSpace(want))
+		}
+	}
+	lines := strings.Count(logs.String(), "\n")
+	// 10 at once, one per 6 s after that, a summary per minute.
+	limit := 10 + int(elapsed/(6*time.Second)) + int(elapsed/time.Minute) + 1
+	t.Logf("3000 forged deliveries in %s: %d log lines", elapsed.Round(time.Millisecond), lines)
+	if lines > limit {
+		t.Errorf("%d log lines for 3000 rejections in %s, want at most %d", lines, elapsed.Round(time.Millisecond), limit)
+	}
+	// Closing the handler logs what was not logged yet: every rejection is
+	// in the log, on a line of its own or in a summary.
+	h.Close()
+	logged, summed := 0, 0
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var entry struct {
+			Msg   string `json:"msg"`
+			Count int    `json:"count"`
+		}
+		if err := json.Unmarshal([]byte(line), &entry); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		if entry.Msg == "webhook rejected" {
+			logged++
+		} else {
+			summed += entry.Count
+		}
+	}
+	if logged+summed != 3000 {
+		t.Errorf("%d rejections logged and %d summed up, want 3000 in all", logged, summed)
+	}
+	if strings.Contains(logs.String(), "v1,") || strings.Contains(logs.String(), "user_flood") {
+		t.Error("a log line carries a signature or the body")
 	}
 }

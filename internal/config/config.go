@@ -117,6 +117,7 @@ type Clerk struct {
 	SecretKey         string        `name:"clerk-secret-key" env:"CLERK_SECRET_KEY" help:"Clerk Backend API secret key (sk_...), to fetch a signing-in user's profile before its webhook arrives."`
 	APIURL            string        `name:"clerk-api-url" env:"CLERK_API_URL" default:"https://api.clerk.com" help:"Clerk Backend API base URL."`
 	JWTLeeway         time.Duration `name:"jwt-leeway" env:"USERD_JWT_LEEWAY" default:"5s" help:"Clock leeway for the exp and nbf of session tokens."`
+	JWTMaxLifetime    time.Duration `name:"jwt-max-lifetime" env:"USERD_JWT_MAX_LIFETIME" default:"5m" help:"Longest lifetime (exp - iat) of an accepted session token, and the longest one may have left; Clerk's session tokens live 60s."`
 	JWKSMinRefresh    time.Duration `name:"jwks-min-refresh" env:"USERD_JWKS_MIN_REFRESH" default:"30s" help:"Least time between JWKS fetches caused by tokens with an unknown kid."`
 }
 
@@ -163,6 +164,9 @@ func (c Clerk) Validate() error {
 	}
 	if c.JWTLeeway < 0 || c.JWTLeeway > time.Minute {
 		return fmt.Errorf("USERD_JWT_LEEWAY (--jwt-leeway) must be between 0 and 1m, got %s", c.JWTLeeway)
+	}
+	if c.JWTMaxLifetime < time.Minute {
+		return fmt.Errorf("USERD_JWT_MAX_LIFETIME (--jwt-max-lifetime) must be at least 1m, the lifetime of Clerk's session tokens; got %s", c.JWTMaxLifetime)
 	}
 	if c.JWKSMinRefresh < time.Second {
 		return fmt.Errorf("USERD_JWKS_MIN_REFRESH (--jwks-min-refresh) must be at least 1s, got %s", c.JWKSMinRefresh)

@@ -20,7 +20,7 @@ func valid() config.Serve {
 		Clerk: config.Clerk{
 			WebhookSecret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", WebhookTolerance: 5 * time.Minute, WebhookRetention: 168 * time.Hour,
 			JWKSURL: "https://clerk.example.com/.well-known/jwks.json", APIURL: "https://api.clerk.com",
-			SecretKey: "sk_test_abc", JWTLeeway: 5 * time.Second, JWKSMinRefresh: 30 * time.Second,
+			SecretKey: "sk_test_abc", JWTLeeway: 5 * time.Second, JWTMaxLifetime: 5 * time.Minute, JWKSMinRefresh: 30 * time.Second,
 		},
 		InitialCredits: 10,
 		ShutdownGrace:  20 * time.Second,
@@ -62,6 +62,7 @@ func TestValidate(t *testing.T) {
 		{"RelativeJWKSURL", func(c *config.Serve) { c.JWKSURL = "/jwks" }, "CLERK_JWKS_URL"},
 		{"SecretKeyNotSK", func(c *config.Serve) { c.SecretKey = "pk_test_secretpw" }, "CLERK_SECRET_KEY"},
 		{"HugeLeeway", func(c *config.Serve) { c.JWTLeeway = time.Hour }, "USERD_JWT_LEEWAY"},
+		{"ShortJWTMaxLifetime", func(c *config.Serve) { c.JWTMaxLifetime = 30 * time.Second }, "USERD_JWT_MAX_LIFETIME"},
 		{"TinyJWKSRefresh", func(c *config.Serve) { c.JWKSMinRefresh = time.Millisecond }, "USERD_JWKS_MIN_REFRESH"},
 		{"BadLogLevel", func(c *config.Serve) { c.LogLevel = "loud" }, "USERD_LOG_LEVEL"},
 	}

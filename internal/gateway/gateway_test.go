@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -264,6 +265,15 @@ func TestAttacks(t *testing.T) {
 	hs256.Header["kid"] = "kid-1"
 	hsToken, _ := hs256.SignedString(pubPEM)
 	noneToken, _ := jwt.NewWithClaims(jwt.SigningMethodNone, claims(nil)).SignedString(jwt.UnsafeAllowNoneSignatureType)
+	// Signed by Clerk's key, but naming a critical extension userd does not
+	// understand (RFC 7515 §4.1.11: must be refused).
+	critical := jwt.NewWithClaims(jwt.SigningMethodRS256, claims(nil))
+	critical.Header["kid"] = "kid-1"
+	critical.Header["crit"] = []string{"https://evil.example.com/skip-checks"}
+	critical.Header["https://evil.example.com/skip-checks"] = true
+	criticalToken, _ := critical.SignedString(c.Key("kid-1"))
+	now := time.Now()
+	century := now.AddDate(100, 0, 0)
 
 	cases := []struct {
 		name, header string
@@ -281,6 +291,21 @@ func TestAttacks(t *testing.T) {
 		}), "kid-1")},
 		{"NotYetValid", "Bearer " + c.Token(claims(func(cl jwt.MapClaims) { cl["nbf"] = time.Now().Add(time.Minute).Unix() }), "kid-1")},
 		{"NoExpiry", "Bearer " + c.Token(claims(func(cl jwt.MapClaims) { delete(cl, "exp") }), "kid-1")},
+		{"CriticalHeader", "Bearer " + criticalToken},
+		{"ExpiryAsString", "Bearer " + c.Token(claims(func(cl jwt.MapClaims) { cl["exp"] = strconv.FormatInt(century.Unix(), 10) }), "kid-1")},
+		{"NotBeforeAsString", "Bearer " + c.Token(claims(func(cl jwt.MapClaims) { cl["nbf"] = strconv.FormatInt(now.Unix(), 10) }), "kid-1")},
+		{"IssuedAtAsString", "Bearer " + c.Token(claims(func(cl jwt.MapClaims) { cl["iat"] = strconv.FormatInt(now.Unix(), 10) }), "kid-1")},
+		{"ExpiryNull", "Bearer " + c.Token(claims(func(cl jwt.MapClaims) { cl["exp"] = nil }), "kid-1")},
+		{"LivesACentury", "Bearer " + c.Token(claims(func(cl jwt.MapClaims) { cl["exp"] = century.Unix() }), "kid-1")},
+		{"LivesLongerThanTheMaximum", "Bearer " + c.Token(claims(func(cl jwt.MapClaims) { cl["exp"] = now.Add(5*time.Minute + 30*time.Second).Unix() }), "kid-1")},
+		{"LivesLongWithoutIssuedAt", "Bearer " + c.Token(claims(func(cl jwt.MapClaims) {
+			delete(cl, "iat")
+			cl["exp"] = now.Add(time.Hour).Unix()
+		}), "kid-1")},
+		{"FutureIssuedAtHidesLifetime", "Bearer " + c.Token(claims(func(cl jwt.MapClaims) {
+			cl["iat"] = century.Add(-time.Minute).Unix()
+			cl["exp"] = century.Unix()
+		}), "kid-1")},
 		{"WrongIssuer", "Bearer " + c.Token(claims(func(cl jwt.MapClaims) { cl["iss"] = "https://evil.example.com" }), "kid-1")},
 		{"WrongAuthorizedParty", "Bearer " + c.Token(claims(func(cl jwt.MapClaims) { cl["azp"] = "https://evil.example.com" }), "kid-1")},
 		{"NoAuthorizedParty", "Bearer " + c.Token(claims(func(cl jwt.MapClaims) { delete(cl, "azp") }), "kid-1")},

@@ -25,6 +25,7 @@ type Metrics struct {
 	httpRequests  *prometheus.CounterVec
 	httpDuration  *prometheus.HistogramVec
 	webhookEvents *prometheus.CounterVec
+	webhookReject *prometheus.CounterVec
 	credits       *prometheus.CounterVec
 	usersCreated  *prometheus.CounterVec
 	clerkBatches  prometheus.Histogram
@@ -50,8 +51,12 @@ func NewMetrics() *Metrics {
 		}, []string{"listener"}),
 		webhookEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "userd_webhook_events_total",
-			Help: "Clerk webhook deliveries by event type and outcome (created, updated, stale, deleted, duplicate, ignored, rejected reasons, failed).",
+			Help: "Verified Clerk webhook deliveries by event type and outcome (created, updated, stale, deleted, ignored_deleted, duplicate, ignored, bad_payload, invalid_event, unavailable, internal).",
 		}, []string{"type", "outcome"}),
+		webhookReject: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "userd_webhook_rejected_total",
+			Help: "Clerk webhook deliveries refused before their content was trusted, by reason (bad_signature, timestamp_out_of_tolerance, missing_headers, malformed_timestamp, body_too_large, unreadable_body, secret_not_configured). Only a sample of them is logged.",
+		}, []string{"reason"}),
 		credits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "userd_credits_total",
 			Help: "Credits moved by committed ledger entries, by kind (deduct, grant, plan_bonus, initial); replays are not counted.",
@@ -69,7 +74,7 @@ func NewMetrics() *Metrics {
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.GRPC, m.httpRequests, m.httpDuration, m.webhookEvents, m.credits, m.usersCreated, m.clerkBatches,
+		m.GRPC, m.httpRequests, m.httpDuration, m.webhookEvents, m.webhookReject, m.credits, m.usersCreated, m.clerkBatches,
 	)
 	return m
 }
@@ -86,9 +91,14 @@ func (m *Metrics) InstrumentHTTP(listener string, h http.Handler) http.Handler {
 		promhttp.InstrumentHandlerDuration(m.httpDuration.MustCurryWith(labels), h))
 }
 
-// WebhookEvent counts one delivery.
+// WebhookEvent counts one verified delivery.
 func (m *Metrics) WebhookEvent(eventType, outcome string) {
 	m.webhookEvents.WithLabelValues(eventType, outcome).Inc()
+}
+
+// WebhookRejected counts one delivery refused by verification.
+func (m *Metrics) WebhookRejected(reason string) {
+	m.webhookReject.WithLabelValues(reason).Inc()
 }
 
 // CreditsMoved implements users.Observer.
