@@ -38,7 +38,7 @@ TOOLS_STAMP := $(BIN)/.tools-stamp
 PROTO_SRC  := buf.yaml buf.gen.yaml $(wildcard proto/userd/v1/*.proto proto/userd/v1/*.yaml)
 PROTO_OUT  := gen/userd/v1/user_service.pb.go
 SQLC_SRC   := sqlc.yaml $(wildcard db/migrations/*.sql db/queries/*.sql)
-SQLC_OUT   := gen/sqlc/db.go
+SQLC_OUT   := gen/sqlcdb/db.go
 
 .PHONY: help
 help: ## List targets.
@@ -63,7 +63,7 @@ $(PROTO_OUT): $(TOOLS_STAMP) $(PROTO_SRC)
 	@touch $@
 
 $(SQLC_OUT): $(TOOLS_STAMP) $(SQLC_SRC)
-	rm -rf gen/sqlc
+	rm -rf gen/sqlcdb
 	$(BIN)/sqlc generate
 	@touch $@
 

@@ -1,6 +1,6 @@
 // Package db embeds userd's SQL migrations so that the binary can apply them
 // on its own (`userd migrate`, or at start-up). The queries beside them in
-// queries/ are compiled by sqlc into gen/sqlc.
+// queries/ are compiled by sqlc into gen/sqlcdb.
 //
 // To change the schema: add db/migrations/NNNNN_what.sql with a
 // "-- +goose Up" and a "-- +goose Down" section, then run `make generate`.

@@ -1,7 +1,7 @@
 package store
 
 import (
-	"github.com/userd/userd/gen/sqlc"
+	"github.com/userd/userd/gen/sqlcdb"
 	"github.com/userd/userd/internal/users"
 )
 

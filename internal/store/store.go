@@ -1,5 +1,5 @@
 // Package store implements users.Store over PostgreSQL with pgx/v5 and the
-// sqlc-generated queries in gen/sqlc. It is the only package that touches
+// sqlc-generated queries in gen/sqlcdb. It is the only package that touches
 // the database: it calls the queries and server-side functions, converts sqlc rows into domain types
 // and translates PostgreSQL errors (missing rows, unique violations matched
 // by constraint name, connection failures) into the domain's errors.
@@ -18,7 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/userd/userd/gen/sqlc"
+	"github.com/userd/userd/gen/sqlcdb"
 	"github.com/userd/userd/internal/users"
 )
 
