@@ -145,6 +145,14 @@ func (m *migrateCmd) Run(kctx *kong.Context) error {
 			}
 			fmt.Printf("%05d  %-8s %s\n", s.Version, state, s.Name)
 		}
+		cur, latest, err := mg.Versions(ctx)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("schema version %d; this binary's newest migration %d\n", cur, latest)
+		if cur > latest {
+			fmt.Println("the database holds migrations of a newer userd release (expand/contract: this binary serves on it)")
+		}
 	default:
 		return fmt.Errorf("unknown command %q", kctx.Command())
 	}

@@ -101,6 +101,9 @@ type App struct {
 	opsLn   net.Listener
 	metrics *telemetry.Metrics
 	users   *users.Service
+	// migrator is built once: start-up migrates with it, /readyz reads the
+	// schema version through it.
+	migrator *migrate.Migrator
 }
 
 // New connects to the database, migrates it when configured to, and binds
@@ -116,6 +119,7 @@ func New(ctx context.Context, cfg config.Serve, log *slog.Logger) (*App, error) 
 	a := &App{cfg: cfg, log: log, db: db, pool: db.Pool}
 	if err := a.init(ctx); err != nil {
 		a.closeListeners()
+		a.closeMigrator()
 		db.Close()
 		return nil, err
 	}
@@ -130,9 +134,20 @@ func (a *App) closeListeners() {
 	}
 }
 
+func (a *App) closeMigrator() {
+	if a.migrator != nil {
+		_ = a.migrator.Close()
+	}
+}
+
 func (a *App) init(ctx context.Context) error {
+	m, err := migrate.New(a.pool)
+	if err != nil {
+		return err
+	}
+	a.migrator = m
 	if a.cfg.AutoMigrate {
-		if err := migrateUp(ctx, a.pool, a.log); err != nil {
+		if err := migrateUp(ctx, m, a.log); err != nil {
 			return err
 		}
 	}
@@ -413,6 +428,7 @@ func (a *App) shutdown() {
 	if a.hook != nil {
 		a.hook.Close()
 	}
+	a.closeMigrator()
 	a.db.Close()
 	a.log.Info("stopped")
 }
@@ -496,20 +512,21 @@ func (db *Database) Close() {
 	}
 }
 
-func migrateUp(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {
-	m, err := migrate.New(pool)
-	if err != nil {
-		return err
-	}
-	defer m.Close()
+// migrateUp applies pending migrations (under the migration lock, so
+// replicas starting together apply each one once) and logs the outcome.
+func migrateUp(ctx context.Context, m *migrate.Migrator, log *slog.Logger) error {
 	n, err := m.Up(ctx)
 	if err != nil {
 		return err
 	}
-	cur, _, err := m.Versions(ctx)
+	cur, latest, err := m.Versions(ctx)
 	if err != nil {
 		return err
 	}
-	log.Info("database schema ready", "applied", n, "version", cur)
+	log.Info("database schema ready", "applied", n, "version", cur, "binary_version", latest)
+	if cur > latest {
+		log.Info("the database schema is newer than this binary: a newer release migrated it; "+
+			"migrations are expand/contract, so this binary serves on it", "version", cur, "binary_version", latest)
+	}
 	return nil
 }

@@ -3,6 +3,8 @@ package app
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"net/http/pprof"
 	"time"
@@ -47,24 +49,23 @@ type readyError string
 func (e readyError) Error() string { return string(e) }
 
 // ready reports whether userd can serve: the database answers and its
-// schema is at the version this binary expects.
+// schema is at or beyond this binary's newest migration. Migrations are
+// expand/contract, so a newer schema (a newer release has migrated during a
+// rolling deploy) serves this binary; only an older one does not.
 func (a *App) ready(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if err := a.pool.Ping(ctx); err != nil {
 		return readyError("database unreachable")
 	}
-	m, err := migrate.New(a.pool)
-	if err != nil {
-		return readyError("cannot read the schema version")
-	}
-	defer m.Close()
-	cur, latest, err := m.Versions(ctx)
+	cur, latest, err := a.migrator.Versions(ctx)
 	switch {
+	case errors.Is(err, migrate.ErrNotMigrated):
+		return readyError("database schema not created: run userd migrate up")
 	case err != nil:
 		return readyError("cannot read the schema version")
-	case cur != latest:
-		return readyError("database schema is not at the expected version: run userd migrate up")
+	case cur < latest:
+		return readyError(fmt.Sprintf("database schema version %d is older than this binary's %d: run userd migrate up", cur, latest))
 	}
 	return nil
 }

@@ -8,11 +8,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/database"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
 	"github.com/userd/userd/internal/apptest"
 	"github.com/userd/userd/internal/clerkhook"
+	"github.com/userd/userd/internal/config"
+	"github.com/userd/userd/internal/migrate"
+	"github.com/userd/userd/internal/testdb"
 )
 
 func get(t *testing.T, url string) (int, string) {
@@ -123,4 +129,59 @@ func TestHealthFollowsTheDatabase(t *testing.T) {
 	start = time.Now()
 	waitFor(healthpb.HealthCheckResponse_SERVING, http.StatusOK)
 	t.Logf("SERVING %s after the restore", time.Since(start).Round(time.Millisecond))
+}
+
+// TestReadinessFollowsSchemaVersion: a replica started on a schema a newer
+// release has migrated (a rolling deploy) starts and stays ready; on a
+// schema older than its own it is not ready, and ready again once migrated.
+func TestReadinessFollowsSchemaVersion(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := testdb.URL(t)
+	pool := testdb.Connect(t, url)
+	m, err := migrate.New(pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	sqlDB := stdlib.OpenDBFromPool(pool)
+	defer sqlDB.Close()
+	versions, err := database.NewStore(database.DialectPostgres, goose.DefaultTablename)
+	if err != nil {
+		t.Fatal(err)
+	}
+	latest := m.Latest()
+	// The next release has applied its migration latest+1.
+	if err := versions.Insert(ctx, sqlDB, database.InsertRequest{Version: latest + 1}); err != nil {
+		t.Fatal(err)
+	}
+
+	in := apptest.Start(t, func(c *config.Serve) { c.Database.URL = url }) // auto-migrate on
+	readyz := func(want int, reason string) {
+		t.Helper()
+		code, body := get(t, in.OpsURL+"/readyz")
+		if code != want || !strings.Contains(body, reason) {
+			t.Errorf("/readyz = %d %s, want %d with %q", code, body, want, reason)
+		}
+	}
+	readyz(http.StatusOK, `"ready"`)
+	if _, err := in.Client.EnsureUser(ctx, &userdv1.EnsureUserRequest{ClerkUserId: "user_newer_schema"}); err != nil {
+		t.Errorf("EnsureUser on a newer schema: %v", err)
+	}
+	if cur, _, err := m.Versions(ctx); err != nil || cur != latest+1 {
+		t.Errorf("schema version after the start: %d (%v), want %d untouched", cur, err, latest+1)
+	}
+
+	// Rolled back below this binary's version: not ready.
+	if err := versions.Delete(ctx, sqlDB, latest+1); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.DownTo(ctx, latest-1); err != nil {
+		t.Fatal(err)
+	}
+	readyz(http.StatusServiceUnavailable, "is older than this binary")
+	if _, err := m.Up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	readyz(http.StatusOK, `"ready"`)
 }

@@ -1,6 +1,13 @@
 // Package migrate applies the embedded migrations in db/migrations with
 // goose. The same code migrates production databases (`userd migrate`, or at
 // start-up) and every test database.
+//
+// Any number of replicas may start at once: applying migrations takes a
+// PostgreSQL advisory lock (goose's session locker), so one replica
+// migrates while the others wait and then find nothing left to do.
+// Migrations are expand/contract: a binary works on a schema at or beyond
+// its own newest migration, so a replica started on a database that a newer
+// release has already migrated applies nothing and stays ready.
 package migrate
 
 import (
@@ -8,20 +15,42 @@ import (
 	"crypto/sha256"
 	"database/sql"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io/fs"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/database"
+	"github.com/pressly/goose/v3/lock"
 
 	"github.com/userd/userd/db"
+)
+
+// LockID is the key of the PostgreSQL advisory lock held while migrations
+// run: the first eight bytes of sha256("userd migrations") as a big-endian
+// int64. It is userd's own (not goose's default), so another
+// goose-migrated application on the same server never waits on it.
+const LockID int64 = -6006738922087832841
+
+// A replica that finds the lock taken polls it every second for up to ten
+// minutes (the longest migration we are prepared to wait for) before it
+// gives up and exits.
+const (
+	lockPoll     = 1   // seconds
+	lockAttempts = 600 // times
 )
 
 // Migrator applies userd's migrations to one database.
 type Migrator struct {
 	provider *goose.Provider
-	db       *sql.DB
+	store    database.Store
+	sqlDB    *sql.DB
+	latest   int64
+	// db is the handle New opened and Close closes.
+	db *sql.DB
 }
 
 // New returns a Migrator over the pool's database. Close it when done (the
@@ -44,11 +73,23 @@ func NewFromDB(sqlDB *sql.DB) (*Migrator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open embedded migrations: %w", err)
 	}
-	p, err := goose.NewProvider(goose.DialectPostgres, sqlDB, fsys)
+	store, err := database.NewStore(database.DialectPostgres, goose.DefaultTablename)
+	if err != nil {
+		return nil, fmt.Errorf("create migration store: %w", err)
+	}
+	locker, err := lock.NewPostgresSessionLocker(lock.WithLockID(LockID), lock.WithLockTimeout(lockPoll, lockAttempts))
+	if err != nil {
+		return nil, fmt.Errorf("create migration lock: %w", err)
+	}
+	p, err := goose.NewProvider("", sqlDB, fsys, goose.WithStore(store), goose.WithSessionLocker(locker))
 	if err != nil {
 		return nil, fmt.Errorf("create migration provider: %w", err)
 	}
-	return &Migrator{provider: p}, nil
+	m := &Migrator{provider: p, store: store, sqlDB: sqlDB}
+	if srcs := p.ListSources(); len(srcs) > 0 {
+		m.latest = srcs[len(srcs)-1].Version
+	}
+	return m, nil
 }
 
 // Close releases the handle New opened on the pool.
@@ -82,6 +123,10 @@ func Hash() (string, error) {
 }
 
 // Up applies every pending migration and returns how many it applied.
+// Nothing pending (the schema is at or beyond this binary's version) costs
+// one read and takes no lock; otherwise it waits for the migration lock
+// and applies what is still pending once it holds it, so replicas started
+// together apply each migration exactly once.
 func (m *Migrator) Up(ctx context.Context) (int, error) {
 	res, err := m.provider.Up(ctx)
 	if err != nil {
@@ -90,8 +135,13 @@ func (m *Migrator) Up(ctx context.Context) (int, error) {
 	return len(res), nil
 }
 
-// Down rolls back the newest applied migration.
+// Down rolls back the newest applied migration. It refuses when the
+// database holds migrations this binary does not know: only the release
+// that applied them can roll them back.
 func (m *Migrator) Down(ctx context.Context) error {
+	if err := m.refuseNewer(ctx); err != nil {
+		return err
+	}
 	if _, err := m.provider.Down(ctx); err != nil {
 		return fmt.Errorf("migrate down: %w", err)
 	}
@@ -100,6 +150,9 @@ func (m *Migrator) Down(ctx context.Context) error {
 
 // DownTo rolls back every migration newer than version (0: all of them).
 func (m *Migrator) DownTo(ctx context.Context, version int64) error {
+	if err := m.refuseNewer(ctx); err != nil {
+		return err
+	}
 	if _, err := m.provider.DownTo(ctx, version); err != nil {
 		return fmt.Errorf("migrate down to %d: %w", version, err)
 	}
@@ -126,16 +179,46 @@ func (m *Migrator) Status(ctx context.Context) ([]Status, error) {
 	return out, nil
 }
 
-// Versions reports the database's current version and the newest embedded
-// one; they are equal when the schema is up to date.
+// Latest is the version of the newest migration this binary carries.
+func (m *Migrator) Latest() int64 { return m.latest }
+
+const sqlstateUndefinedTable = "42P01"
+
+// ErrNotMigrated reports a database without userd's migration table.
+var ErrNotMigrated = errors.New("the database has no schema version table: run userd migrate up")
+
+// SchemaVersion reads the database's schema version (the highest applied
+// migration) with one query: no lock, nothing created, cheap enough for a
+// readiness probe.
+func (m *Migrator) SchemaVersion(ctx context.Context) (int64, error) {
+	v, err := m.store.GetLatestVersion(ctx, m.sqlDB)
+	if err == nil {
+		return v, nil
+	}
+	if errors.Is(err, database.ErrVersionNotFound) {
+		return 0, nil
+	}
+	if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) && pgErr.Code == sqlstateUndefinedTable {
+		return 0, ErrNotMigrated
+	}
+	return 0, fmt.Errorf("read schema version: %w", err)
+}
+
+// Versions reports the database's schema version and the newest embedded
+// one. The schema serves this binary when current >= latest.
 func (m *Migrator) Versions(ctx context.Context) (current, latest int64, err error) {
-	current, err = m.provider.GetDBVersion(ctx)
+	current, err = m.SchemaVersion(ctx)
+	return current, m.latest, err
+}
+
+func (m *Migrator) refuseNewer(ctx context.Context) error {
+	cur, err := m.SchemaVersion(ctx)
 	if err != nil {
-		return 0, 0, fmt.Errorf("read schema version: %w", err)
+		return err
 	}
-	srcs := m.provider.ListSources()
-	if len(srcs) > 0 {
-		latest = srcs[len(srcs)-1].Version
+	if cur > m.latest {
+		return fmt.Errorf("the database is at schema version %d, newer than this binary's %d: "+
+			"roll back with the userd release that applied it", cur, m.latest)
 	}
-	return current, latest, nil
+	return nil
 }

@@ -95,6 +95,18 @@ func embeddedServer() (string, error) {
 // database is dropped when t passes.
 func URL(t testing.TB) string {
 	t.Helper()
+	return pgtestdb.Custom(t, serverConfig(t), migrator{}).URL()
+}
+
+// EmptyURL creates a fresh database without any schema (not even goose's
+// version table) for t and returns its URL: what a first deploy meets.
+func EmptyURL(t testing.TB) string {
+	t.Helper()
+	return pgtestdb.Custom(t, serverConfig(t), pgtestdb.NoopMigrator{}).URL()
+}
+
+func serverConfig(t testing.TB) pgtestdb.Config {
+	t.Helper()
 	server, err := ServerURL()
 	if err != nil {
 		t.Fatalf("test database: %v", err)
@@ -114,7 +126,7 @@ func URL(t testing.TB) string {
 		Options:    "sslmode=disable",
 	}
 	checkReachable(t, conf)
-	return pgtestdb.Custom(t, conf, migrator{}).URL()
+	return conf
 }
 
 // Pool is URL plus a pgx pool closed at cleanup.
