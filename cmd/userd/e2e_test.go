@@ -65,15 +65,34 @@ func (s *syncBuffer) String() string {
 
 type userdProcess struct {
 	cmd  *exec.Cmd
+	ep   endpoints
 	logs *syncBuffer
-	done chan error
+	// exited is closed once the process has exited; err is then its
+	// exit status.
+	exited chan struct{}
+	err    error
 }
 
 type endpoints struct{ grpc, http, webhook, ops string }
 
+func newEndpoints(t *testing.T) endpoints {
+	t.Helper()
+	return endpoints{freePort(t), freePort(t), freePort(t), freePort(t)}
+}
+
 // startUserd runs the binary and waits until it is ready. databaseURL ""
-// means the embedded PostgreSQL in dataDir.
-func startUserd(t *testing.T, bin, databaseURL, dataDir string, ep endpoints) *userdProcess {
+// means the embedded PostgreSQL in dataDir. env entries (KEY=value) are
+// added to the environment and override the defaults.
+func startUserd(t *testing.T, bin, databaseURL, dataDir string, ep endpoints, env ...string) *userdProcess {
+	t.Helper()
+	p := launchUserd(t, bin, databaseURL, dataDir, ep, env...)
+	p.waitReady(t)
+	return p
+}
+
+// launchUserd runs the binary without waiting for it; it is killed when
+// the test ends if it still runs.
+func launchUserd(t *testing.T, bin, databaseURL, dataDir string, ep endpoints, env ...string) *userdProcess {
 	t.Helper()
 	cmd := exec.Command(bin, "serve")
 	cmd.Env = append(os.Environ(),
@@ -84,30 +103,45 @@ func startUserd(t *testing.T, bin, databaseURL, dataDir string, ep endpoints) *u
 		"USERD_SERVICE_TOKENS=e2e="+e2eToken, "CLERK_WEBHOOK_SECRET="+e2eWebhookSecret,
 		"USERD_LOG_FORMAT=json", "USERD_SHUTDOWN_GRACE=5s",
 	)
-	p := &userdProcess{cmd: cmd, logs: &syncBuffer{}, done: make(chan error, 1)}
+	cmd.Env = append(cmd.Env, env...)
+	p := &userdProcess{cmd: cmd, ep: ep, logs: &syncBuffer{}, exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.logs, p.logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { p.done <- cmd.Wait() }()
+	go func() {
+		p.err = cmd.Wait()
+		close(p.exited)
+	}()
 	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
+		select {
+		case <-p.exited:
+		default:
 			_ = cmd.Process.Kill()
-			<-p.done
+			<-p.exited
 		}
 	})
+	return p
+}
+
+// isReady reports whether /readyz answers 200.
+func (p *userdProcess) isReady() bool {
+	resp, err := http.Get("http://" + p.ep.ops + "/readyz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// waitReady waits until /readyz answers 200.
+func (p *userdProcess) waitReady(t *testing.T) {
+	t.Helper()
 	deadline := time.Now().Add(90 * time.Second)
-	for {
-		resp, err := http.Get("http://" + ep.ops + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return p
-			}
-		}
+	for !p.isReady() {
 		select {
-		case err := <-p.done:
-			t.Fatalf("userd exited before it was ready: %v\n%s", err, p.logs)
+		case <-p.exited:
+			t.Fatalf("userd exited before it was ready: %v\n%s", p.err, p.logs)
 		default:
 		}
 		if time.Now().After(deadline) {
@@ -117,19 +151,36 @@ func startUserd(t *testing.T, bin, databaseURL, dataDir string, ep endpoints) *u
 	}
 }
 
+// wait waits up to timeout for the process to exit and returns its exit
+// status.
+func (p *userdProcess) wait(t *testing.T, timeout time.Duration) error {
+	t.Helper()
+	select {
+	case <-p.exited:
+		return p.err
+	case <-time.After(timeout):
+		t.Fatalf("userd still running after %s:\n%s", timeout, p.logs)
+		return nil
+	}
+}
+
+// kill ends the process with SIGKILL, as a crash would.
+func (p *userdProcess) kill(t *testing.T) {
+	t.Helper()
+	if err := p.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-p.exited
+}
+
 // stop signals userd and waits for a clean exit.
 func (p *userdProcess) stop(t *testing.T, sig syscall.Signal) {
 	t.Helper()
 	if err := p.cmd.Process.Signal(sig); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-p.done:
-		if err != nil {
-			t.Fatalf("userd exited with %v after %v:\n%s", err, sig, p.logs)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("userd still running 30s after %v:\n%s", sig, p.logs)
+	if err := p.wait(t, 30*time.Second); err != nil {
+		t.Fatalf("userd exited with %v after %v:\n%s", err, sig, p.logs)
 	}
 }
 
@@ -187,7 +238,7 @@ func TestEmbeddedDatabaseEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	dataDir := filepath.Join(base, "data")
-	ep := endpoints{freePort(t), freePort(t), freePort(t), freePort(t)}
+	ep := newEndpoints(t)
 	t.Cleanup(func() {
 		for _, pid := range postgresFor(t, dataDir) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
@@ -224,10 +275,7 @@ func TestEmbeddedDatabaseEndToEnd(t *testing.T) {
 		t.Fatalf("after a restart: %v, %v", got, err)
 	}
 	// A crash: userd dies without stopping its database.
-	if err := second.cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	<-second.done
+	second.kill(t)
 	if len(postgresFor(t, dataDir)) == 0 {
 		t.Log("postgres went down with userd")
 	}

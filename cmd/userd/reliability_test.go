@@ -34,7 +34,7 @@ const e2eWebhookSecret = "whsec_dXNlcmQtZTJlLXdlYmhvb2stc2VjcmV0LTAx"
 func TestCrashKeepsAcknowledgedWrites(t *testing.T) {
 	bin := buildUserd(t)
 	dbURL := testdb.URL(t)
-	ep := endpoints{freePort(t), freePort(t), freePort(t), freePort(t)}
+	ep := newEndpoints(t)
 	p := startUserd(t, bin, dbURL, t.TempDir(), ep)
 	c, ctx := client(t, ep.grpc)
 	ids := []string{"user_crash0", "user_crash1", "user_crash2", "user_crash3"}
@@ -119,10 +119,7 @@ func TestCrashKeepsAcknowledgedWrites(t *testing.T) {
 		})
 	}
 	time.Sleep(time.Until(killAt))
-	if err := p.cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	<-p.done
+	p.kill(t)
 	wg.Wait()
 	if len(acks) == 0 || len(hookAcks) == 0 {
 		t.Fatalf("%d writes and %d deliveries acknowledged before the crash, want some of each", len(acks), len(hookAcks))
@@ -170,7 +167,7 @@ func TestCrashKeepsAcknowledgedWrites(t *testing.T) {
 // stop it serving others, and its memory stays bounded.
 func TestAbusiveClients(t *testing.T) {
 	bin := buildUserd(t)
-	ep := endpoints{freePort(t), freePort(t), freePort(t), freePort(t)}
+	ep := newEndpoints(t)
 	p := startUserd(t, bin, testdb.URL(t), t.TempDir(), ep)
 	c, ctx := client(t, ep.grpc)
 	if _, err := c.EnsureUser(ctx, &userdv1.EnsureUserRequest{ClerkUserId: "user_victim"}); err != nil {
