@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -20,6 +22,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
+	"github.com/userd/userd/internal/pgembed"
 )
 
 const e2eToken = "e2e-service-token-0123456789abcdef"
@@ -218,10 +221,11 @@ func client(t *testing.T, addr string) (userdv1.UserServiceClient, context.Conte
 
 // TestEmbeddedDatabaseEndToEnd runs the real binary with no DATABASE_URL:
 // fresh data directory → serve → write → restart → the data is there →
-// SIGTERM → no postgres left; then a crash (SIGKILL) followed by a new start
-// adopts the orphaned server, and SIGINT leaves nothing behind either. As
-// root (as on this project's machines) it also proves the server runs as
-// an unprivileged account.
+// SIGTERM → no postgres left; a second userd on the data directory in use
+// refuses to start and leaves the first one serving; then a crash (SIGKILL)
+// followed by a new start adopts the orphaned server, saying so, and SIGINT
+// leaves nothing behind either. As root (as on this project's machines) it
+// also proves the server runs as the dedicated account.
 func TestEmbeddedDatabaseEndToEnd(t *testing.T) {
 	bin := buildUserd(t)
 	out, err := exec.Command(bin, "version").Output()
@@ -253,13 +257,38 @@ func TestEmbeddedDatabaseEndToEnd(t *testing.T) {
 	if _, err := c.DeductCredits(ctx, &userdv1.DeductCreditsRequest{ClerkUserId: "user_embedded", Amount: 4, IdempotencyKey: "k"}); err != nil {
 		t.Fatal(err)
 	}
-	if pids := postgresFor(t, dataDir); len(pids) == 0 {
+	pgPIDs := postgresFor(t, dataDir)
+	if len(pgPIDs) == 0 {
 		t.Fatal("no postgres process for the data directory while userd runs")
 	} else if os.Geteuid() == 0 {
-		st, err := os.Stat(filepath.Join("/proc", strconv.Itoa(pids[0])))
-		if err == nil && st.Sys().(*syscall.Stat_t).Uid == 0 {
-			t.Error("the embedded postgres runs as root")
+		acct, err := user.Lookup(pgembed.AccountName)
+		if err != nil {
+			t.Fatalf("no %s account: %v", pgembed.AccountName, err)
 		}
+		st, err := os.Stat(filepath.Join("/proc", strconv.Itoa(pgPIDs[0])))
+		if err != nil || strconv.Itoa(int(st.Sys().(*syscall.Stat_t).Uid)) != acct.Uid {
+			t.Errorf("the embedded postgres does not run as %s (%v)", pgembed.AccountName, err)
+		}
+	}
+
+	// A second userd on the same data directory and addresses (a second
+	// `make run`) refuses to start, saying why, and leaves the first one
+	// and its PostgreSQL alone.
+	rival := launchUserd(t, bin, "", dataDir, ep)
+	if err := rival.wait(t, 30*time.Second); err == nil {
+		t.Errorf("a second userd on the data directory in use exited 0:\n%s", rival.logs)
+	}
+	if want := fmt.Sprintf("is used by another userd (pid %d)", first.cmd.Process.Pid); !strings.Contains(rival.logs.String(), want) {
+		t.Errorf("the second userd's output lacks %q:\n%s", want, rival.logs)
+	}
+	if !first.isReady() {
+		t.Errorf("the first userd is not ready after the second one's attempt:\n%s", first.logs)
+	}
+	if _, err := c.GetUser(ctx, &userdv1.GetUserRequest{Lookup: &userdv1.GetUserRequest_ClerkUserId{ClerkUserId: "user_embedded"}}); err != nil {
+		t.Errorf("the first userd does not serve after the second one's attempt: %v", err)
+	}
+	if now := postgresFor(t, dataDir); fmt.Sprint(now) != fmt.Sprint(pgPIDs) {
+		t.Errorf("postgres processes %v became %v after the second userd's attempt", pgPIDs, now)
 	}
 	first.stop(t, syscall.SIGTERM)
 	if pids := postgresFor(t, dataDir); len(pids) != 0 {
@@ -276,13 +305,17 @@ func TestEmbeddedDatabaseEndToEnd(t *testing.T) {
 	}
 	// A crash: userd dies without stopping its database.
 	second.kill(t)
-	if len(postgresFor(t, dataDir)) == 0 {
+	orphaned := len(postgresFor(t, dataDir)) > 0
+	if !orphaned {
 		t.Log("postgres went down with userd")
 	}
 
 	third := startUserd(t, bin, "", dataDir, ep)
 	if _, err := c.GetUser(ctx, &userdv1.GetUserRequest{Lookup: &userdv1.GetUserRequest_ClerkUserId{ClerkUserId: "user_embedded"}}); err != nil {
 		t.Fatalf("after a crash and restart: %v\n%s", err, third.logs)
+	}
+	if orphaned && !strings.Contains(third.logs.String(), "adopted the embedded PostgreSQL left running") {
+		t.Errorf("the restart after the crash does not say it adopted the orphaned PostgreSQL:\n%s", third.logs)
 	}
 	third.stop(t, syscall.SIGINT)
 	if pids := postgresFor(t, dataDir); len(pids) != 0 {

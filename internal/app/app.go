@@ -460,6 +460,10 @@ func OpenDatabase(ctx context.Context, cfg config.Database, log *slog.Logger) (*
 		if db.embedded, err = pgembed.Start(ctx, pgembed.Config{DataDir: dir, BinDir: cfg.PGBinDir, Log: logFile}); err != nil {
 			return nil, err
 		}
+		if pid := db.embedded.AdoptedPID(); pid != 0 {
+			log.Warn("adopted the embedded PostgreSQL left running by a userd that did not stop (killed or crashed); "+
+				"this userd stops it when it stops", "pid", pid, "data_dir", dir)
+		}
 		log.Info("embedded PostgreSQL ready", "took", time.Since(start).Round(time.Millisecond).String(),
 			"log", filepath.Join(dir, "postgres.log"))
 		url = db.embedded.URL
@@ -494,6 +498,10 @@ func openPGLog(dataDir string) (*os.File, error) {
 	f, err := os.OpenFile(filepath.Join(dataDir, "postgres.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open embedded PostgreSQL log: %w", err)
+	}
+	if err := f.Chmod(0o600); err != nil { // the server's log is userd's alone
+		f.Close()
+		return nil, fmt.Errorf("embedded PostgreSQL log: %w", err)
 	}
 	return f, nil
 }

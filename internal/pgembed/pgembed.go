@@ -5,15 +5,25 @@
 // It uses PostgreSQL binaries already on the machine (pg_config, the
 // Debian/Ubuntu layout, PATH) and only lets the library download binaries
 // when there are none. PostgreSQL refuses to run as root, so when userd is
-// root the server runs as an unprivileged account (the existing "postgres",
-// or a "userd-pg" system account created for it) through small wrapper
-// scripts around pg_ctl and initdb (setpriv). The wrappers also start the
-// server in its own session (setsid), so a Ctrl-C in userd's terminal
-// reaches userd, which then stops the server cleanly.
+// root the server runs as the dedicated system account "userd-pg" (created
+// when missing, no login shell, no home, owning nothing but the server's
+// files) through small wrapper scripts around pg_ctl and initdb (setpriv).
+// It never runs as the distribution's "postgres" account: whatever can act
+// as that account (the system cluster, any of its superusers through COPY
+// ... TO PROGRAM) could otherwise rewrite userd's pg_hba.conf. The wrappers
+// also start the server in its own session (setsid), so a Ctrl-C in
+// userd's terminal reaches userd, which then stops the server cleanly.
 //
-// A server left running by a userd that was killed is adopted by the next
-// start (its port is read from postmaster.pid) and stopped when that userd
-// stops, so no postgres process outlives userd.
+// The server listens on 127.0.0.1 only, has no Unix socket, and accepts
+// only SCRAM-SHA-256 password logins (see secure.go); no file of the data
+// directory is readable by other accounts.
+//
+// One userd at a time uses a data directory: Start takes an exclusive lock
+// on it (lock.go), held until Stop, so a second userd refuses to start and
+// leaves the first one's server alone. A server left running by a userd
+// that was killed is adopted by the next start (its port is read from
+// postmaster.pid) and stopped when that userd stops, so no postgres
+// process outlives userd.
 package pgembed
 
 import (
@@ -60,7 +70,17 @@ type Server struct {
 	dataDir string
 	pgCtl   string // pg_ctl to stop with (a wrapper when needed)
 	ep      *embeddedpostgres.EmbeddedPostgres
+	// lock is the data directory's lock, held until Stop or Detach.
+	lock *os.File
+	// adopted is the pid of a server a userd that did not stop left
+	// running, which this one adopted; 0 when this one started it.
+	adopted int
 }
+
+// AdoptedPID is the process id of the server Start adopted from a userd
+// that did not stop (it was killed, or crashed), or 0 when Start started
+// the server itself.
+func (s *Server) AdoptedPID() int { return s.adopted }
 
 const (
 	dbName   = "userd"
@@ -85,8 +105,9 @@ func DefaultDataDir() string {
 }
 
 // Start starts (or adopts) the server and returns it once it accepts
-// connections.
-func Start(ctx context.Context, cfg Config) (*Server, error) {
+// connections. It fails with ErrInUse, having touched nothing, when another
+// process holds the data directory.
+func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if cfg.Log == nil {
 		cfg.Log = io.Discard
 	}
@@ -94,17 +115,27 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("USERD_DATA_DIR: %w", err)
 	}
-	pgDir := filepath.Join(dataDir, "pg")
-	for _, d := range []string{dataDir, pgDir} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return nil, fmt.Errorf("create data directory: %w", err)
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data directory: %w", err)
+	}
+	lock, err := lockDataDir(dataDir)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{dataDir: filepath.Join(dataDir, "pg", "data"), lock: lock}
+	defer func() {
+		if err != nil {
+			s.Detach()
 		}
+	}()
+	pgDir := filepath.Join(dataDir, "pg")
+	if err := os.MkdirAll(pgDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data directory: %w", err)
 	}
 	password, err := readOrCreatePassword(filepath.Join(dataDir, "password"))
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{dataDir: filepath.Join(pgDir, "data")}
 
 	binDir, major, err := findBinaries(cfg.BinDir)
 	if err != nil {
@@ -112,26 +143,38 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	version := fallback
 	binariesPath := filepath.Join(dataDir, "binaries") // the library's layout: <path>/bin/pg_ctl
+	var acct *serverAccount
 	if binDir != "" {
 		if version, err = versionFor(major); err != nil {
 			return nil, err
 		}
-		if binariesPath, err = prepareWrappers(dataDir, pgDir, binDir); err != nil {
+		if binariesPath, acct, err = prepareWrappers(dataDir, pgDir, binDir); err != nil {
 			return nil, err
 		}
 	} else if os.Geteuid() == 0 {
 		return nil, errors.New("no PostgreSQL binaries found and userd runs as root: install PostgreSQL " +
 			"(e.g. apt-get install postgresql) or set USERD_PG_BIN_DIR, or set DATABASE_URL")
 	}
+	if acct == nil { // the server runs as userd's own user: nobody else needs in
+		if err := os.Chmod(dataDir, 0o700); err != nil {
+			return nil, err
+		}
+	}
 	if err := guardVersion(s.dataDir, version); err != nil {
 		return nil, err
 	}
 	s.pgCtl = filepath.Join(binariesPath, "bin", "pg_ctl")
 
-	if port, ok := runningPort(s.dataDir); ok {
-		// Left running by a userd that did not stop: adopt it.
+	if pid, port, ok := postmaster(s.dataDir); ok {
+		// Left running by a userd that did not stop (nothing else may
+		// run it: we hold the data directory): adopt it.
 		s.URL = url(password, port)
 		if err := ping(ctx, s.URL); err == nil {
+			s.adopted = pid
+			if err := s.secure(ctx, password, acct); err != nil {
+				_ = s.stopRunning()
+				return nil, err
+			}
 			return s, nil
 		}
 		_ = s.stopRunning()
@@ -160,11 +203,26 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err := s.ep.Start(); err != nil {
 		return nil, fmt.Errorf("start embedded PostgreSQL in %s: %w", s.dataDir, err)
 	}
+	if err := s.secure(ctx, password, acct); err != nil {
+		_ = s.Stop()
+		return nil, err
+	}
 	return s, nil
 }
 
-// Stop stops the server and waits for it to exit.
+// Detach releases the data directory and leaves the server running, for
+// the next Start (in this process or another) to adopt. Stop does both.
+func (s *Server) Detach() {
+	if s.lock != nil {
+		_ = s.lock.Close() // closing the descriptor releases the flock
+		s.lock = nil
+	}
+}
+
+// Stop stops the server, waits for it to exit and releases the data
+// directory.
 func (s *Server) Stop() error {
+	defer s.Detach()
 	if s.ep != nil {
 		if err := s.ep.Stop(); err == nil {
 			return nil
@@ -175,7 +233,7 @@ func (s *Server) Stop() error {
 
 // stopRunning stops whatever server runs on the data directory.
 func (s *Server) stopRunning() error {
-	if _, ok := runningPort(s.dataDir); !ok {
+	if _, _, ok := postmaster(s.dataDir); !ok {
 		return nil
 	}
 	out, err := exec.Command(s.pgCtl, "stop", "-w", "-m", "fast", "-D", s.dataDir).CombinedOutput()
@@ -199,8 +257,17 @@ func ping(ctx context.Context, u string) error {
 	return conn.Close(ctx)
 }
 
+// readOrCreatePassword reads the userd role's password, creating it on
+// the first start. The file is userd's own: mode 0600, owned by the user
+// userd runs as (fixed when an older userd left it otherwise).
 func readOrCreatePassword(path string) (string, error) {
 	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) >= 16 {
+		if err := os.Chmod(path, 0o600); err != nil {
+			return "", err
+		}
+		if err := os.Lchown(path, os.Geteuid(), os.Getegid()); err != nil && os.Geteuid() == 0 {
+			return "", err
+		}
 		return strings.TrimSpace(string(b)), nil
 	}
 	var b [18]byte
@@ -208,7 +275,7 @@ func readOrCreatePassword(path string) (string, error) {
 		return "", err
 	}
 	pw := hex.EncodeToString(b[:])
-	if err := os.WriteFile(path, []byte(pw+"\n"), 0o600); err != nil {
+	if err := writeOwned(path, []byte(pw+"\n"), nil); err != nil {
 		return "", fmt.Errorf("write embedded database password: %w", err)
 	}
 	return pw, nil
@@ -223,11 +290,12 @@ func freePort() (uint32, error) {
 	return uint32(ln.Addr().(*net.TCPAddr).Port), nil
 }
 
-// runningPort reads postmaster.pid and reports the port of a live server.
-func runningPort(dataDir string) (uint32, bool) {
+// postmaster reads postmaster.pid and reports the pid and port of a live
+// server.
+func postmaster(dataDir string) (pid int, port uint32, ok bool) {
 	f, err := os.Open(filepath.Join(dataDir, "postmaster.pid"))
 	if err != nil {
-		return 0, false
+		return 0, 0, false
 	}
 	defer f.Close()
 	var lines []string
@@ -236,18 +304,18 @@ func runningPort(dataDir string) (uint32, bool) {
 		lines = append(lines, sc.Text())
 	}
 	if len(lines) < 4 {
-		return 0, false
+		return 0, 0, false
 	}
 	pid, err1 := strconv.Atoi(strings.TrimSpace(lines[0]))
-	port, err2 := strconv.ParseUint(strings.TrimSpace(lines[3]), 10, 16)
+	p, err2 := strconv.ParseUint(strings.TrimSpace(lines[3]), 10, 16)
 	if err1 != nil || err2 != nil || pid <= 0 {
-		return 0, false
+		return 0, 0, false
 	}
 	// Signal 0 checks that the process exists (EPERM: exists, not ours).
 	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
-		return 0, false // stale pid file: postgres itself clears it on start
+		return 0, 0, false // stale pid file: postgres itself clears it on start
 	}
-	return uint32(port), true
+	return pid, uint32(p), true
 }
 
 var majorRe = regexp.MustCompile(`\(PostgreSQL\) (\d+)`)

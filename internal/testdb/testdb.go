@@ -88,6 +88,7 @@ func embeddedServer() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("no PostgreSQL at %s and the embedded one failed to start: %w", DefaultURL, err)
 	}
+	srv.Detach() // left running for the other test processes, which adopt it
 	return srv.URL, nil
 }
 
