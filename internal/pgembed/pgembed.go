@@ -28,6 +28,7 @@ package pgembed
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -223,12 +224,41 @@ func (s *Server) Detach() {
 // directory.
 func (s *Server) Stop() error {
 	defer s.Detach()
+	pid, _, running := postmaster(s.dataDir)
+	err := s.stop()
+	if err == nil && running {
+		waitExit(pid, 30*time.Second)
+	}
+	return err
+}
+
+func (s *Server) stop() error {
 	if s.ep != nil {
 		if err := s.ep.Stop(); err == nil {
 			return nil
 		}
 	}
 	return s.stopRunning()
+}
+
+// waitExit waits until process pid has exited (a zombie counts: it is its
+// parent's to reap). pg_ctl stop returns once postmaster.pid is gone, which
+// the postmaster removes just before it exits, so without this wait a
+// postgres process could outlive userd by a moment.
+func waitExit(pid int, timeout time.Duration) {
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			return
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+		if err != nil {
+			return
+		}
+		// "pid (comm) state ...": the state follows the last ')'.
+		if i := bytes.LastIndexByte(stat, ')'); i >= 0 && i+2 < len(stat) && stat[i+2] == 'Z' {
+			return
+		}
+	}
 }
 
 // stopRunning stops whatever server runs on the data directory.
