@@ -35,21 +35,36 @@ type Config struct {
 
 // New returns the HTTP API handler: /v1/... and GET /openapi.json.
 func New(ctx context.Context, srv userdv1.UserServiceServer, cfg Config) (http.Handler, error) {
+	methods, err := newMethodProbe(ctx)
+	if err != nil {
+		return nil, err
+	}
 	mux := runtime.NewServeMux(
 		runtime.WithErrorHandler(writeError),
+		runtime.WithRoutingErrorHandler(methods.routingError),
+		// One route, one method: a form POST is not a GET in disguise, and
+		// X-HTTP-Method-Override does not turn a POST into anything else.
+		runtime.WithDisablePathLengthFallback(),
+		runtime.WithDisableHTTPMethodOverride(),
 		runtime.WithIncomingHeaderMatcher(incomingHeader),
-		runtime.WithOutgoingHeaderMatcher(outgoingHeader),
+		// No gRPC header metadata becomes an HTTP header: the only one the
+		// server sets is x-request-id, and httpmw already answers with
+		// X-Request-Id (the same id, which the interceptor adopted from the
+		// request); forwarding it too sent the header twice.
+		runtime.WithOutgoingHeaderMatcher(func(string) (string, bool) { return "", false }),
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
 			// Zero balances and empty names are shown, not omitted.
-			MarshalOptions:   protojson.MarshalOptions{EmitDefaultValues: true},
-			UnmarshalOptions: protojson.UnmarshalOptions{},
+			MarshalOptions: protojson.MarshalOptions{EmitDefaultValues: true},
+			// A client built against a newer API may send fields this
+			// server does not know yet; gRPC ignores them too.
+			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: true},
 		}),
 	)
 	if err := userdv1.RegisterUserServiceHandlerServer(ctx, mux, srv); err != nil {
 		return nil, err
 	}
 	root := http.NewServeMux()
-	root.Handle("/v1/", limitBody(mux))
+	root.Handle("/v1/", limitBody(literalPlus(mux)))
 	root.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(openapi.JSON)
@@ -90,11 +105,18 @@ func incomingHeader(key string) (string, bool) {
 	return runtime.DefaultHeaderMatcher(key)
 }
 
-func outgoingHeader(key string) (string, bool) {
-	if key == grpcapi.RequestIDHeader {
-		return "X-Request-Id", true
-	}
-	return "", false
+// literalPlus makes a '+' in the query string a plus sign, as in RFC 3986,
+// not a space as in HTML form encoding: "?email=ada+tag@example.com"
+// finds ada+tag@example.com. No query parameter of the API can contain a
+// space (emails, UUIDs, page sizes and URL-safe page tokens), so no form
+// encoder's output is misread; "%2B" and "%20" keep their meaning.
+func literalPlus(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.RawQuery, "+") {
+			r.URL.RawQuery = strings.ReplaceAll(r.URL.RawQuery, "+", "%2B")
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // writeError writes the status as JSON ({"code", "message", "details"})

@@ -504,3 +504,96 @@ func TestNothingConfiguredRefusesEveryCall(t *testing.T) {
 		t.Errorf("openapi: %d", r.status)
 	}
 }
+
+// TestRESTConventions: what HTTP clients and their libraries expect of the
+// gateway beyond the gRPC mapping.
+func TestRESTConventions(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	svc := apptest.ServiceToken
+	if r := b.call(t, "POST", "/v1/users/user_plus:ensure", svc, map[string]any{"email": "ada+tag@example.com"}); r.status != http.StatusOK {
+		t.Fatalf("ensure: %d %v", r.status, r.body)
+	}
+
+	t.Run("OneRequestID", func(t *testing.T) {
+		for _, tc := range []struct {
+			name, method, path string
+			status             int
+		}{
+			{"Success", "GET", "/v1/users/user_plus", http.StatusOK},
+			{"Error", "GET", "/v1/users/user_nobody", http.StatusNotFound},
+			{"NoRoute", "GET", "/v1/nothing-here", http.StatusNotFound},
+		} {
+			for _, sent := range []string{"", "req-given-1"} {
+				var headers []string
+				if sent != "" {
+					headers = []string{"X-Request-Id", sent}
+				}
+				r := b.call(t, tc.method, tc.path, svc, nil, headers...)
+				ids := r.header.Values("X-Request-Id")
+				if r.status != tc.status || len(ids) != 1 || (sent != "" && ids[0] != sent) {
+					t.Errorf("%s (sent %q): %d with X-Request-Id %q, want %d with exactly one id", tc.name, sent, r.status, ids, tc.status)
+				}
+			}
+		}
+	})
+
+	t.Run("MethodNotAllowed", func(t *testing.T) {
+		for _, tc := range []struct{ method, path, allow string }{
+			{"DELETE", "/v1/users/user_plus", "GET"},
+			{"PUT", "/v1/users/user_plus/plan", "POST"},
+			{"GET", "/v1/users/user_plus/credits:deduct", "POST"},
+			{"POST", "/v1/users/user_plus/credit-transactions", "GET"},
+			{"POST", "/v1/users:lookup?email=a@example.com", "GET"},
+			// A form POST to a GET route is refused like any other POST
+			// (grpc-gateway would otherwise run the GET).
+			{"POST", "/v1/users/user_plus", "GET"},
+		} {
+			req, _ := http.NewRequest(tc.method, b.in.HTTPURL+tc.path, strings.NewReader("a=b"))
+			req.Header.Set("Authorization", "Bearer "+svc)
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			var st map[string]any
+			_ = json.Unmarshal(raw, &st)
+			if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != tc.allow || st["code"] != float64(codes.Unimplemented) {
+				t.Errorf("%s %s: %d Allow %q %s; want 405 Allow %q with a Status body", tc.method, tc.path, resp.StatusCode, resp.Header.Get("Allow"), raw, tc.allow)
+			}
+		}
+		// The balance is untouched by the refused calls.
+		if u, err := b.in.Store.GetLiveUserByClerkID(context.Background(), "user_plus"); err != nil || u.Credits != 10 || u.Plan != users.PlanFree {
+			t.Errorf("user after refused calls: %+v, %v", u, err)
+		}
+	})
+
+	t.Run("UnknownFieldsIgnored", func(t *testing.T) {
+		r := b.call(t, "POST", "/v1/users/user_plus/credits:deduct", svc,
+			map[string]any{"amount": "1", "idempotencyKey": "fwd-1", "currency": "usd", "metadata": map[string]any{"x": 1}})
+		if r.status != http.StatusOK || r.body["balance"] != "9" {
+			t.Errorf("deduct with unknown fields: %d %v, want 200 balance 9", r.status, r.body)
+		}
+		// Known fields are still checked.
+		if r := b.call(t, "POST", "/v1/users/user_plus/credits:deduct", svc, map[string]any{"amount": "one", "idempotencyKey": "fwd-2"}); r.status != http.StatusBadRequest {
+			t.Errorf("deduct with a malformed amount: %d %v, want 400", r.status, r.body)
+		}
+		if r := b.call(t, "GET", "/v1/users/user_plus/credit-transactions?pageSize=1&futureFilter=x", svc, nil); r.status != http.StatusOK {
+			t.Errorf("unknown query parameter: %d %v", r.status, r.body)
+		}
+	})
+
+	t.Run("PlusInQuery", func(t *testing.T) {
+		for _, q := range []string{"ada+tag@example.com", "ada%2Btag@example.com", "ADA%2bTAG@example.com"} {
+			if r := b.call(t, "GET", "/v1/users:lookup?email="+q, svc, nil); r.status != http.StatusOK || field(r.body, "user", "clerkUserId") != "user_plus" {
+				t.Errorf("lookup ?email=%s: %d %v", q, r.status, r.body)
+			}
+		}
+		// A percent-encoded space stays a space (and is no valid email).
+		if r := b.call(t, "GET", "/v1/users:lookup?email=ada%20tag@example.com", svc, nil); r.status != http.StatusBadRequest {
+			t.Errorf("lookup with a space: %d %v, want 400", r.status, r.body)
+		}
+	})
+}
