@@ -72,6 +72,7 @@ func (s *serveCmd) Run() error {
 		}
 	}()
 	log.Info("starting userd", "version", buildVersion(), "tracing", telemetry.TracingEnabled())
+	s.Serve.Version = buildVersion()
 	a, err := app.New(ctx, s.Serve, log)
 	if err != nil {
 		return err

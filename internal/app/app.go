@@ -197,7 +197,9 @@ func (a *App) init(ctx context.Context) error {
 	}
 
 	if a.cfg.HTTPAddr != config.Off {
-		api, err := gateway.New(ctx, grpcapi.Chained(userService, interceptors), gateway.Config{CORSOrigins: splitList(a.cfg.CORSOrigins)})
+		api, err := gateway.New(ctx, grpcapi.Chained(userService, interceptors), gateway.Config{
+			CORSOrigins: splitList(a.cfg.CORSOrigins), Version: a.cfg.Version,
+		})
 		if err != nil {
 			return fmt.Errorf("REST gateway: %w", err)
 		}

@@ -51,7 +51,7 @@ func TestMetricsExposeEverySeries(t *testing.T) {
 	}
 	req, _ := http.NewRequest("GET", in.HTTPURL+"/v1/users/user_m", nil)
 	req.Header.Set("Authorization", "Bearer "+apptest.ServiceToken)
-	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 200 {
+	if resp, err := in.HTTPClient(t).Do(req); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("REST GetUser: %v %v", resp, err)
 	}
 	body := clerkhook.SampleEvent("user.created", clerkhook.SampleUser{ID: "user_hooked", UpdatedAt: time.Now()})

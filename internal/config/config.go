@@ -59,6 +59,10 @@ type Serve struct {
 	Clerk          `embed:""`
 	InitialCredits int64         `name:"initial-credits" env:"USERD_INITIAL_CREDITS" default:"10" help:"Credits a new user starts with."`
 	ShutdownGrace  time.Duration `name:"shutdown-grace" env:"USERD_SHUTDOWN_GRACE" default:"20s" help:"How long in-flight calls may run after SIGTERM before they are cut."`
+
+	// Version is the binary's version (not a setting: cmd/userd sets it),
+	// shown as info.version of the served OpenAPI document.
+	Version string `kong:"-"`
 }
 
 // Validate checks every setting and names the one to fix.

@@ -8,6 +8,8 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 
@@ -31,6 +33,9 @@ const MaxBodyBytes = 1 << 20
 type Config struct {
 	// CORSOrigins are the browser origins allowed to call the API.
 	CORSOrigins []string
+	// Version replaces info.version of the served OpenAPI document (the
+	// committed one says "v1"); empty leaves it.
+	Version string
 }
 
 // New returns the HTTP API handler: /v1/... and GET /openapi.json.
@@ -65,9 +70,13 @@ func New(ctx context.Context, srv userdv1.UserServiceServer, cfg Config) (http.H
 	}
 	root := http.NewServeMux()
 	root.Handle("/v1/", limitBody(literalPlus(mux)))
+	doc, err := stampVersion(openapi.JSON, cfg.Version)
+	if err != nil {
+		return nil, err
+	}
 	root.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(openapi.JSON)
+		_, _ = w.Write(doc)
 	})
 	if len(cfg.CORSOrigins) == 0 {
 		return root, nil
@@ -79,6 +88,29 @@ func New(ctx context.Context, srv userdv1.UserServiceServer, cfg Config) (http.H
 		ExposedHeaders: []string{"X-Request-Id"},
 		MaxAge:         600,
 	}).Handler(root), nil
+}
+
+// stampVersion sets info.version of the OpenAPI document to the binary's
+// version, which the committed document cannot know.
+func stampVersion(doc []byte, version string) ([]byte, error) {
+	if version == "" {
+		return doc, nil
+	}
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(doc, &top); err != nil {
+		return nil, fmt.Errorf("embedded OpenAPI document: %w", err)
+	}
+	var info map[string]any
+	if err := json.Unmarshal(top["info"], &info); err != nil {
+		return nil, fmt.Errorf("embedded OpenAPI document's info: %w", err)
+	}
+	info["version"] = version
+	raw, err := json.Marshal(info)
+	if err != nil {
+		return nil, err
+	}
+	top["info"] = raw
+	return json.Marshal(top)
 }
 
 func limitBody(h http.Handler) http.Handler {

@@ -8,28 +8,36 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/google/go-cmp/cmp"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/userd/userd/gen/openapi"
 	userdv1 "github.com/userd/userd/gen/userd/v1"
 	"github.com/userd/userd/internal/apptest"
 	"github.com/userd/userd/internal/clerkhook"
 	"github.com/userd/userd/internal/clerktest"
 	"github.com/userd/userd/internal/config"
+	"github.com/userd/userd/internal/gateway"
 	"github.com/userd/userd/internal/users"
 )
 
 type bundle struct {
 	in    *apptest.Instance
 	clerk *clerktest.Clerk
+	// http checks every response against the OpenAPI document.
+	http *http.Client
 }
 
 // setup runs userd trusting a fake Clerk's JWKS and Backend API.
@@ -48,7 +56,7 @@ func setup(t *testing.T, tweak func(*config.Serve, *clerktest.Clerk)) bundle {
 			tweak(c, fake)
 		}
 	})
-	return bundle{in: in, clerk: fake}
+	return bundle{in: in, clerk: fake, http: in.HTTPClient(t)}
 }
 
 type response struct {
@@ -78,7 +86,7 @@ func (b bundle) call(t *testing.T, method, path, token string, body any, headers
 	for i := 0; i+1 < len(headers); i += 2 {
 		req.Header.Set(headers[i], headers[i+1])
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := b.http.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
@@ -328,7 +336,7 @@ func TestAttacks(t *testing.T) {
 				if tc.header != "" {
 					req.Header.Set("Authorization", tc.header)
 				}
-				resp, err := http.DefaultClient.Do(req)
+				resp, err := b.http.Do(req)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -417,25 +425,87 @@ func TestCrossUserAccess(t *testing.T) {
 	}
 }
 
+// TestOpenAPIDocument: /openapi.json is a valid OpenAPI 3 document (kin-openapi's
+// validator) that says what clients need beyond the proto; it is the
+// committed gen/openapi document with the binary's version.
 func TestOpenAPIDocument(t *testing.T) {
 	t.Parallel()
-	b := setup(t, nil)
-	r := b.call(t, "GET", "/openapi.json", "", nil)
-	if r.status != http.StatusOK {
-		t.Fatalf("GET /openapi.json: %d", r.status)
+	b := setup(t, func(c *config.Serve, _ *clerktest.Clerk) { c.Version = "v9.8.7-test" })
+	resp, err := b.http.Get(b.in.HTTPURL + "/openapi.json")
+	if err != nil {
+		t.Fatal(err)
 	}
-	paths, _ := r.body["paths"].(map[string]any)
-	for _, p := range []string{
-		"/v1/users/{clerkUserId}", "/v1/users/{clerkUserId}:ensure", "/v1/users/{clerkUserId}/credits:deduct",
-		"/v1/users/{clerkUserId}/credits:grant", "/v1/users/{clerkUserId}/plan", "/v1/users/{clerkUserId}/credit-transactions",
-		"/v1/users:lookup",
-	} {
-		if _, ok := paths[p]; !ok {
-			keys := make([]string, 0, len(paths))
-			for k := range paths {
-				keys = append(keys, k)
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "application/json" {
+		t.Fatalf("GET /openapi.json: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	doc, err := openapi3.NewLoader().LoadFromData(raw)
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	if err := doc.Validate(context.Background()); err != nil {
+		t.Fatalf("the served document is not valid OpenAPI: %v", err)
+	}
+	if !strings.HasPrefix(doc.OpenAPI, "3.") || doc.Info.Title != "userd" || doc.Info.Version != "v9.8.7-test" {
+		t.Errorf("openapi %q, title %q, version %q; want 3.x, userd, v9.8.7-test", doc.OpenAPI, doc.Info.Title, doc.Info.Version)
+	}
+	// Apart from the version, it is the committed document.
+	var served, committed map[string]any
+	_ = json.Unmarshal(raw, &served)
+	_ = json.Unmarshal(openapi.JSON, &committed)
+	served["info"].(map[string]any)["version"] = committed["info"].(map[string]any)["version"]
+	if diff := cmp.Diff(committed, served); diff != "" {
+		t.Errorf("served document differs from gen/openapi (-committed +served):\n%s", diff)
+	}
+
+	if s := doc.Components.SecuritySchemes; s["serviceToken"] == nil || s["sessionToken"] == nil || s["sessionToken"].Value.Scheme != "bearer" {
+		t.Errorf("security schemes: %v", s)
+	}
+	if len(doc.Security) == 0 {
+		t.Error("no global security requirement")
+	}
+	ops := map[string]*openapi3.Operation{}
+	for path, item := range doc.Paths.Map() {
+		for method, op := range item.Operations() {
+			ops[op.OperationID] = op
+			for _, code := range []int{200, 400, 401, 404, 500, 503, 504} {
+				if op.Responses.Status(code) == nil {
+					t.Errorf("%s %s does not document %d", method, path, code)
+				}
 			}
-			t.Errorf("OpenAPI lacks %s (has %v)", p, keys)
+		}
+	}
+	want := []string{"GetUser", "LookupUser", "EnsureUser", "DeductCredits", "GrantCredits", "SetPlan", "ListCreditTransactions"}
+	if len(ops) != len(want) {
+		t.Errorf("operations %v, want %v", slices.Sorted(maps.Keys(ops)), want)
+	}
+	for _, id := range want {
+		if ops[id] == nil {
+			t.Fatalf("no operation %s", id)
+		}
+	}
+	if r := ops["DeductCredits"].Responses.Status(402); r == nil || !strings.Contains(*r.Value.Description, "INSUFFICIENT_CREDITS") {
+		t.Errorf("DeductCredits 402: %+v", r)
+	}
+	for _, id := range []string{"DeductCredits", "GrantCredits", "SetPlan"} {
+		op := ops[id]
+		hasKey := false
+		for _, p := range op.Parameters {
+			hasKey = hasKey || p.Value.Name == "Idempotency-Key" && p.Value.In == "header"
+		}
+		if !hasKey || op.Responses.Status(403) == nil || op.Responses.Status(409) == nil || op.Security == nil || len(*op.Security) != 1 {
+			t.Errorf("%s: Idempotency-Key %v, 403/409 documented, services-only security %v", id, hasKey, op.Security)
+		}
+	}
+	if body := ops["EnsureUser"].RequestBody.Value; body.Required {
+		t.Error("EnsureUser's body is marked required; an empty body works")
+	}
+	for _, id := range []string{"GetUser", "EnsureUser", "ListCreditTransactions"} {
+		for _, p := range ops[id].Parameters {
+			if p.Value.Name == "clerkUserId" && !strings.Contains(p.Value.Description, `"me"`) {
+				t.Errorf("%s: clerkUserId does not document me: %q", id, p.Value.Description)
+			}
 		}
 	}
 }
@@ -552,7 +622,7 @@ func TestRESTConventions(t *testing.T) {
 			req, _ := http.NewRequest(tc.method, b.in.HTTPURL+tc.path, strings.NewReader("a=b"))
 			req.Header.Set("Authorization", "Bearer "+svc)
 			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-			resp, err := http.DefaultClient.Do(req)
+			resp, err := b.http.Do(req)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -585,6 +655,21 @@ func TestRESTConventions(t *testing.T) {
 		}
 	})
 
+	t.Run("BodyTooLarge", func(t *testing.T) {
+		big := strings.Repeat("x", gateway.MaxBodyBytes)
+		r := b.call(t, "POST", "/v1/users/user_plus/credits:grant", svc, map[string]any{"amount": "1", "idempotencyKey": "big", "reason": big})
+		if r.status != http.StatusRequestEntityTooLarge {
+			t.Errorf("grant with a body over 1 MiB: %d %v", r.status, r.body)
+		}
+	})
+
+	t.Run("PlanWithoutBonus", func(t *testing.T) {
+		r := b.call(t, "POST", "/v1/users/user_plus/plan", svc, map[string]any{"plan": "PLAN_PRO", "idempotencyKey": "plan-1"})
+		if _, has := r.body["bonusTransaction"]; r.status != http.StatusOK || has || r.body["previousPlan"] != "PLAN_FREE" {
+			t.Errorf("plan without bonus: %d %v", r.status, r.body)
+		}
+	})
+
 	t.Run("PlusInQuery", func(t *testing.T) {
 		for _, q := range []string{"ada+tag@example.com", "ada%2Btag@example.com", "ADA%2bTAG@example.com"} {
 			if r := b.call(t, "GET", "/v1/users:lookup?email="+q, svc, nil); r.status != http.StatusOK || field(r.body, "user", "clerkUserId") != "user_plus" {
@@ -596,4 +681,34 @@ func TestRESTConventions(t *testing.T) {
 			t.Errorf("lookup with a space: %d %v, want 400", r.status, r.body)
 		}
 	})
+}
+
+// TestRESTDuringOutage: with the database unreachable, REST answers a
+// documented error (503, or 504 past the deadline), not a hang.
+func TestRESTDuringOutage(t *testing.T) {
+	t.Parallel()
+	in, proxy := apptest.StartBehindProxy(t, nil)
+	client := in.HTTPClient(t)
+	get := func() int {
+		req, _ := http.NewRequest("GET", in.HTTPURL+"/v1/users/user_gone", nil)
+		req.Header.Set("Authorization", "Bearer "+apptest.ServiceToken)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := get(); code != http.StatusNotFound {
+		t.Fatalf("before the outage: %d, want 404", code)
+	}
+	proxy.Cut()
+	code := get()
+	for i := 0; code == http.StatusNotFound && i < 50; i++ {
+		time.Sleep(100 * time.Millisecond)
+		code = get()
+	}
+	if code != http.StatusServiceUnavailable && code != http.StatusGatewayTimeout {
+		t.Errorf("during the outage: %d, want 503 or 504", code)
+	}
 }

@@ -1,0 +1,204 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/grpc/codes"
+
+	"github.com/userd/userd/internal/apperr"
+)
+
+// errorResponse is one documented error status: the HTTP status of
+// apperr's table, the gRPC code in the body and what it means.
+type errorResponse struct {
+	name    string
+	status  int
+	code    codes.Code
+	meaning string
+	example map[string]any
+	headers openapi3.Headers
+}
+
+func (e errorResponse) response() *openapi3.Response {
+	desc := fmt.Sprintf("%s (gRPC %s): %s", http.StatusText(e.status), grpcCodeName(e.code), e.meaning)
+	media := openapi3.NewMediaType().WithSchemaRef(openapi3.NewSchemaRef("#/components/schemas/Status", nil))
+	if e.example != nil {
+		media.Example = e.example
+	}
+	headers := openapi3.Headers{"X-Request-Id": {Ref: "#/components/headers/X-Request-Id"}}
+	for k, v := range e.headers {
+		headers[k] = v
+	}
+	return &openapi3.Response{
+		Description: &desc,
+		Headers:     headers,
+		Content:     openapi3.Content{"application/json": media},
+	}
+}
+
+func grpcCodeName(c codes.Code) string {
+	// codes.Code.String is "FailedPrecondition"; the wire names are
+	// upper snake case, as in the proto and the README.
+	names := map[codes.Code]string{
+		codes.InvalidArgument: "INVALID_ARGUMENT", codes.Unauthenticated: "UNAUTHENTICATED",
+		codes.FailedPrecondition: "FAILED_PRECONDITION", codes.PermissionDenied: "PERMISSION_DENIED",
+		codes.NotFound: "NOT_FOUND", codes.AlreadyExists: "ALREADY_EXISTS", codes.Internal: "INTERNAL",
+		codes.Unavailable: "UNAVAILABLE", codes.DeadlineExceeded: "DEADLINE_EXCEEDED",
+	}
+	return names[c]
+}
+
+func kindError(name string, k apperr.Kind, meaning string) errorResponse {
+	return errorResponse{name: name, status: k.HTTPStatus(), code: k.GRPCCode(), meaning: meaning}
+}
+
+// errorResponses are the error statuses of the API, from apperr's table
+// (the one the gateway answers with) plus the gateway's own.
+var errorResponses = []errorResponse{
+	kindError("InvalidArgument", apperr.KindInvalidArgument,
+		"the request is malformed or a field is out of range; nothing changed. "+
+			"details holds a google.rpc.BadRequest whose fieldViolations name each invalid field."),
+	func() errorResponse {
+		e := kindError("Unauthenticated", apperr.KindUnauthenticated,
+			"no credentials, or a token that is invalid, expired or not for this service.")
+		e.headers = openapi3.Headers{"WWW-Authenticate": {Ref: "#/components/headers/WWW-Authenticate"}}
+		return e
+	}(),
+	func() errorResponse {
+		e := kindError("InsufficientCredits", apperr.KindInsufficientCredits,
+			"the balance is lower than the amount; nothing changed. details holds a "+
+				"google.rpc.ErrorInfo with reason "+apperr.ReasonInsufficientCredits+", domain "+
+				apperr.Domain+" and metadata required and available (decimal strings).")
+		e.example = map[string]any{
+			"code": int(e.code), "message": "insufficient credits: 25 required, 10 available",
+			"details": []any{map[string]any{
+				"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": apperr.ReasonInsufficientCredits,
+				"domain": apperr.Domain, "metadata": map[string]any{"required": "25", "available": "10"},
+			}},
+		}
+		return e
+	}(),
+	kindError("PermissionDenied", apperr.KindPermissionDenied,
+		"valid credentials that may not do this: credits and plans change only through backend services."),
+	kindError("NotFound", apperr.KindNotFound,
+		"no live user matches, or it is not the caller's own (an end user cannot tell the two apart). "+
+			"For EnsureUser of a user Clerk deleted, details holds an ErrorInfo with reason "+apperr.ReasonUserDeleted+"."),
+	kindError("Conflict", apperr.KindConflict,
+		"the idempotency key was used before with other parameters or another operation "+
+			"(ErrorInfo reason "+apperr.ReasonIdempotencyKeyReused+"; retrying cannot succeed), or, "+
+			"for EnsureUser, the email belongs to another live user (reason "+apperr.ReasonEmailInUse+")."),
+	{name: "PayloadTooLarge", status: http.StatusRequestEntityTooLarge, code: codes.InvalidArgument,
+		meaning: "the request body is larger than 1 MiB."},
+	kindError("Internal", apperr.KindInternal,
+		"an unexpected error; the message carries the request id, the cause is only in userd's log."),
+	kindError("Unavailable", apperr.KindUnavailable,
+		"the database is unreachable or timed out; nothing was committed. Safe to retry with the same idempotency key."),
+	{name: "DeadlineExceeded", status: runtime.HTTPStatusFromCode(codes.DeadlineExceeded), code: codes.DeadlineExceeded,
+		meaning: "the call did not finish within its deadline (the server's, or a shorter one the caller set " +
+			"with grpc-timeout). A mutation may or may not have been applied: retry with the same idempotency key."},
+}
+
+// operation is what openapigen adds to one operation.
+type operation struct {
+	summary string
+	// servicesOnly: end users are refused with 403.
+	servicesOnly bool
+	// keyed: the operation takes an idempotency key (Idempotency-Key).
+	keyed bool
+	// errors names the error responses the operation can answer.
+	errors []string
+	// me: the path's clerkUserId may be "me".
+	me bool
+	// optionalBody: an empty body is as good as {}.
+	optionalBody bool
+	// rename gives the operation a better id than the generator's.
+	rename string
+}
+
+var (
+	readErrors  = []string{"InvalidArgument", "Unauthenticated", "NotFound", "Internal", "Unavailable", "DeadlineExceeded"}
+	writeErrors = []string{"InvalidArgument", "Unauthenticated", "PermissionDenied", "NotFound", "Conflict",
+		"PayloadTooLarge", "Internal", "Unavailable", "DeadlineExceeded"}
+)
+
+// operations describes every operation by its generated id.
+var operations = map[string]operation{
+	"GetUser":  {summary: "Get a user by Clerk user id (or me)", errors: readErrors, me: true},
+	"GetUser2": {summary: "Look a user up by email or id", errors: readErrors, rename: "LookupUser"},
+	"EnsureUser": {summary: "Create a user if missing, and return it", me: true, optionalBody: true,
+		errors: []string{"InvalidArgument", "Unauthenticated", "NotFound", "Conflict", "PayloadTooLarge", "Internal", "Unavailable", "DeadlineExceeded"}},
+	"DeductCredits": {summary: "Spend credits", servicesOnly: true, keyed: true,
+		errors: append([]string{"InsufficientCredits"}, writeErrors...)},
+	"GrantCredits":           {summary: "Add credits", servicesOnly: true, keyed: true, errors: writeErrors},
+	"SetPlan":                {summary: "Change the plan, with optional bonus credits", servicesOnly: true, keyed: true, errors: writeErrors},
+	"ListCreditTransactions": {summary: "Page through the ledger, newest first", errors: readErrors, me: true},
+}
+
+func (s operation) apply(op *openapi3.Operation) error {
+	// protoc-gen-openapiv2 puts the whole proto comment in the summary.
+	op.Description, op.Summary = op.Summary, s.summary
+	if s.rename != "" {
+		op.OperationID = s.rename
+	}
+	if s.servicesOnly {
+		op.Security = &servicesOnly
+	}
+	for _, p := range op.Parameters {
+		switch {
+		case p.Value.In == openapi3.ParameterInPath && p.Value.Name == "clerkUserId" && s.me:
+			p.Value.Description = `Clerk user id ("user_..."), or "me" for the caller's own user ` +
+				"(session tokens only; a service must name the user)."
+			p.Value.Examples = openapi3.Examples{
+				"me":      {Value: &openapi3.Example{Summary: "the signed-in user", Value: "me"}},
+				"clerkId": {Value: &openapi3.Example{Summary: "a Clerk user id", Value: "user_2abcDEF"}},
+			}
+		case p.Value.In == openapi3.ParameterInPath && p.Value.Name == "clerkUserId":
+			p.Value.Description = `Clerk user id ("user_...") of the user.`
+		case p.Value.In == openapi3.ParameterInQuery && s.rename == "LookupUser":
+			p.Value.Description += " Exactly one of clerkUserId, id and email."
+		}
+	}
+	op.Parameters = append(op.Parameters, &openapi3.ParameterRef{Ref: "#/components/parameters/RequestId"})
+	if s.keyed {
+		op.Parameters = append(op.Parameters, &openapi3.ParameterRef{Ref: "#/components/parameters/IdempotencyKey"})
+	}
+	if op.RequestBody != nil {
+		op.RequestBody.Value.Required = !s.optionalBody
+		if s.optionalBody {
+			op.RequestBody.Value.Description = "Optional: an empty body is the same as {}. " +
+				"For a session token the profile comes from Clerk and the body is ignored."
+		}
+		delete(op.RequestBody.Value.Extensions, "x-originalParamName")
+	}
+
+	ok := op.Responses.Value("200")
+	if ok == nil || ok.Value == nil {
+		return fmt.Errorf("no 200 response")
+	}
+	ok.Value.Headers = openapi3.Headers{"X-Request-Id": {Ref: "#/components/headers/X-Request-Id"}}
+	desc := "The result."
+	ok.Value.Description = &desc
+
+	responses := openapi3.NewResponses()
+	responses.Delete("default")
+	responses.Set("200", ok)
+	for _, name := range s.errors {
+		i := slices.IndexFunc(errorResponses, func(e errorResponse) bool { return e.name == name })
+		if i < 0 {
+			return fmt.Errorf("unknown error response %q", name)
+		}
+		responses.Set(strconv.Itoa(errorResponses[i].status), &openapi3.ResponseRef{Ref: "#/components/responses/" + name})
+	}
+	otherDesc := "Any other error, e.g. 405 for a method the path does not support. The body is a Status."
+	responses.Set("default", &openapi3.ResponseRef{Value: &openapi3.Response{
+		Description: &otherDesc,
+		Content:     openapi3.NewContentWithJSONSchemaRef(openapi3.NewSchemaRef("#/components/schemas/Status", nil)),
+	}})
+	op.Responses = responses
+	return nil
+}
