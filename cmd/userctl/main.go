@@ -1,0 +1,315 @@
+// Command userctl is the operators' command line for userd, built on the
+// Go client (userdclient): look users up, ensure them, move credits,
+// change plans and page through ledgers.
+//
+//	userctl get user_2abc            userctl get --email ada@example.com
+//	userctl deduct user_2abc 3 --key job-42 --reason render
+//	userctl ledger user_2abc --json
+//
+// The address and token come from --addr/--token or USERD_ADDR/USERD_TOKEN.
+// Exit codes (for scripts): see exitCodes.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/alecthomas/kong"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	userdv1 "github.com/userd/userd/gen/userd/v1"
+	"github.com/userd/userd/userdclient"
+)
+
+// Exit codes.
+const (
+	exitOK                  = 0
+	exitError               = 1 // anything not below
+	exitUsage               = 2 // bad command line, or a request userd found invalid
+	exitNotFound            = 3 // no such (live) user
+	exitInsufficientCredits = 4 // the deduction is larger than the balance; nothing changed
+	exitConflict            = 5 // idempotency key reused with other parameters, or email in use
+	exitUnauthenticated     = 6 // token missing or not accepted
+	exitPermissionDenied    = 7 // the token may not do this
+	exitUnavailable         = 8 // userd or its database unreachable, or timed out: retry (same --key)
+)
+
+type cli struct {
+	Addr      string        `env:"USERD_ADDR" default:"localhost:9090" help:"userd's gRPC address (host:port)."`
+	Token     string        `env:"USERD_TOKEN" help:"Service token (or session token) sent as Authorization: Bearer. Prefer the environment variable."`
+	Plaintext bool          `env:"USERD_PLAINTEXT" help:"Connect without TLS (local development, or TLS terminated elsewhere)."`
+	Timeout   time.Duration `default:"10s" help:"Deadline of each command, retries included."`
+	JSON      bool          `name:"json" help:"Print the response as JSON (protojson) instead of a table."`
+
+	Get     getCmd     `cmd:"" help:"Show a user, by Clerk user id, --id or --email."`
+	Ensure  ensureCmd  `cmd:"" help:"Create a user if missing (on FREE, with the initial credits) and show it."`
+	Deduct  deductCmd  `cmd:"" help:"Spend credits; fails with exit code 4 when the balance is lower."`
+	Grant   grantCmd   `cmd:"" help:"Add credits."`
+	SetPlan setPlanCmd `cmd:"" name:"set-plan" help:"Change a user's plan, with optional bonus credits."`
+	Ledger  ledgerCmd  `cmd:"" help:"List a user's credit transactions, newest first, one page at a time."`
+}
+
+// env is what every command gets.
+type env struct {
+	ctx    context.Context
+	client *userdclient.Client
+	out    *printer
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+type exit int
+
+// run executes one command line and returns the exit code.
+func run(args []string, stdout, stderr io.Writer) (code int) {
+	var c cli
+	parser, err := kong.New(&c,
+		kong.Name("userctl"),
+		kong.Description("Operate userd: users, credits, plans. Exit codes: 0 ok, 1 error, 2 usage or invalid request, "+
+			"3 not found, 4 insufficient credits, 5 conflict (key reused, email in use), 6 unauthenticated, "+
+			"7 permission denied, 8 unavailable or timed out (retry with the same --key)."),
+		kong.Writers(stdout, stderr),
+		kong.Exit(func(code int) { panic(exit(code)) }),
+	)
+	if err != nil {
+		fmt.Fprintln(stderr, "userctl:", err)
+		return exitError
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			e, ok := p.(exit)
+			if !ok {
+				panic(p)
+			}
+			code = int(e)
+		}
+	}()
+	kctx, err := parser.Parse(args)
+	if err != nil {
+		fmt.Fprintln(stderr, "userctl:", err)
+		return exitUsage
+	}
+	if c.Timeout <= 0 {
+		fmt.Fprintln(stderr, "userctl: --timeout must be positive")
+		return exitUsage
+	}
+	opts := []userdclient.Option{userdclient.WithTimeout(c.Timeout)}
+	if c.Token != "" {
+		opts = append(opts, userdclient.WithToken(c.Token))
+	}
+	if c.Plaintext {
+		opts = append(opts, userdclient.WithInsecure())
+	}
+	client, err := userdclient.New(c.Addr, opts...)
+	if err != nil {
+		fmt.Fprintln(stderr, "userctl:", err)
+		return exitUsage
+	}
+	defer client.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), c.Timeout)
+	defer cancel()
+	e := &env{ctx: ctx, client: client, out: &printer{w: stdout, json: c.JSON}}
+	if err := kctx.Run(e); err != nil {
+		return report(stderr, err)
+	}
+	return exitOK
+}
+
+// report prints err for a human and returns its exit code.
+func report(w io.Writer, err error) int {
+	var usage usageError
+	if errors.As(err, &usage) {
+		fmt.Fprintln(w, "userctl:", err)
+		return exitUsage
+	}
+	var grpcErr interface{ GRPCStatus() *status.Status }
+	if !errors.As(err, &grpcErr) {
+		fmt.Fprintln(w, "userctl:", err)
+		return exitError
+	}
+	st := grpcErr.GRPCStatus()
+	fmt.Fprintf(w, "userctl: %s: %s\n", strings.ToLower(strings.ReplaceAll(codeName(st.Code()), "_", " ")), st.Message())
+	for _, v := range userdclient.FieldViolations(err) {
+		fmt.Fprintf(w, "  %s: %s\n", v.Field, v.Description)
+	}
+	if r := userdclient.Reason(err); r != "" {
+		fmt.Fprintf(w, "  reason: %s\n", r)
+	}
+	switch {
+	case st.Code() == codes.InvalidArgument:
+		return exitUsage
+	case userdclient.IsNotFound(err):
+		return exitNotFound
+	case st.Code() == codes.FailedPrecondition:
+		if _, _, ok := userdclient.IsInsufficientCredits(err); ok {
+			return exitInsufficientCredits
+		}
+	case st.Code() == codes.AlreadyExists:
+		return exitConflict
+	case userdclient.IsUnauthenticated(err):
+		return exitUnauthenticated
+	case userdclient.IsPermissionDenied(err):
+		return exitPermissionDenied
+	case st.Code() == codes.Unavailable, st.Code() == codes.DeadlineExceeded:
+		return exitUnavailable
+	}
+	return exitError
+}
+
+func codeName(c codes.Code) string {
+	names := map[codes.Code]string{
+		codes.InvalidArgument: "INVALID_ARGUMENT", codes.NotFound: "NOT_FOUND", codes.FailedPrecondition: "FAILED_PRECONDITION",
+		codes.AlreadyExists: "ALREADY_EXISTS", codes.Unauthenticated: "UNAUTHENTICATED", codes.PermissionDenied: "PERMISSION_DENIED",
+		codes.Unavailable: "UNAVAILABLE", codes.DeadlineExceeded: "DEADLINE_EXCEEDED", codes.Internal: "INTERNAL",
+	}
+	if n, ok := names[c]; ok {
+		return n
+	}
+	return c.String()
+}
+
+// usageError is a command line that cannot be sent.
+type usageError struct{ msg string }
+
+func (u usageError) Error() string { return u.msg }
+
+type getCmd struct {
+	ClerkUserID string `arg:"" optional:"" name:"clerk-user-id" help:"Clerk user id (user_...)."`
+	ID          string `name:"id" help:"userd id (UUID) instead."`
+	Email       string `help:"Primary email instead (case-insensitive)."`
+}
+
+func (g *getCmd) Run(e *env) error {
+	var (
+		u   *userdv1.User
+		err error
+	)
+	switch n := count(g.ClerkUserID, g.ID, g.Email); {
+	case n != 1:
+		return usageError{"name the user by exactly one of: a Clerk user id, --id, --email"}
+	case g.ID != "":
+		u, err = e.client.GetUserByID(e.ctx, g.ID)
+	case g.Email != "":
+		u, err = e.client.GetUserByEmail(e.ctx, g.Email)
+	default:
+		u, err = e.client.GetUserByClerkID(e.ctx, g.ClerkUserID)
+	}
+	if err != nil {
+		return err
+	}
+	return e.out.message(&userdv1.GetUserResponse{User: u}, func() { e.out.user(u) })
+}
+
+func count(s ...string) int {
+	n := 0
+	for _, v := range s {
+		if v != "" {
+			n++
+		}
+	}
+	return n
+}
+
+type ensureCmd struct {
+	ClerkUserID string `arg:"" name:"clerk-user-id" help:"Clerk user id (user_...)."`
+	Email       string `help:"Primary email."`
+	FirstName   string `name:"first-name" help:"Given name."`
+	LastName    string `name:"last-name" help:"Family name."`
+	ImageURL    string `name:"image-url" help:"Profile image URL."`
+}
+
+func (c *ensureCmd) Run(e *env) error {
+	res, err := e.client.EnsureUser(e.ctx, &userdv1.EnsureUserRequest{
+		ClerkUserId: c.ClerkUserID, Email: c.Email, FirstName: c.FirstName, LastName: c.LastName, ImageUrl: c.ImageURL,
+	})
+	if err != nil {
+		return err
+	}
+	return e.out.message(res, func() {
+		created := "no (it existed)"
+		if res.GetCreated() {
+			created = "yes"
+		}
+		e.out.user(res.GetUser(), row{"NEW", created})
+	})
+}
+
+// change is what deduct and grant share.
+type change struct {
+	ClerkUserID string `arg:"" name:"clerk-user-id" help:"Clerk user id (user_...)."`
+	Amount      int64  `arg:"" help:"Credits, 1 to 1000000000000."`
+	Key         string `required:"" help:"Idempotency key: repeating the command with the same key changes nothing (1-255 printable ASCII)."`
+	Reason      string `help:"Reason stored in the ledger."`
+}
+
+type deductCmd struct{ change }
+
+func (c *deductCmd) Run(e *env) error {
+	res, err := e.client.DeductCredits(e.ctx, &userdv1.DeductCreditsRequest{
+		ClerkUserId: c.ClerkUserID, Amount: c.Amount, IdempotencyKey: c.Key, Reason: c.Reason,
+	})
+	if err != nil {
+		return err
+	}
+	return e.out.message(res, func() { e.out.transactions([]*userdv1.CreditTransaction{res.GetTransaction()}) })
+}
+
+type grantCmd struct{ change }
+
+func (c *grantCmd) Run(e *env) error {
+	res, err := e.client.GrantCredits(e.ctx, &userdv1.GrantCreditsRequest{
+		ClerkUserId: c.ClerkUserID, Amount: c.Amount, IdempotencyKey: c.Key, Reason: c.Reason,
+	})
+	if err != nil {
+		return err
+	}
+	return e.out.message(res, func() { e.out.transactions([]*userdv1.CreditTransaction{res.GetTransaction()}) })
+}
+
+type setPlanCmd struct {
+	ClerkUserID string `arg:"" name:"clerk-user-id" help:"Clerk user id (user_...)."`
+	Plan        string `arg:"" enum:"free,pro,enterprise" help:"The new plan: free, pro or enterprise."`
+	Bonus       int64  `help:"Credits granted with the change."`
+	Key         string `required:"" help:"Idempotency key: repeating the command with the same key changes nothing."`
+	Reason      string `help:"Reason stored with the change."`
+}
+
+func (c *setPlanCmd) Run(e *env) error {
+	plan := userdv1.Plan(userdv1.Plan_value["PLAN_"+strings.ToUpper(c.Plan)])
+	res, err := e.client.SetPlan(e.ctx, &userdv1.SetPlanRequest{
+		ClerkUserId: c.ClerkUserID, Plan: plan, BonusCredits: c.Bonus, IdempotencyKey: c.Key, Reason: c.Reason,
+	})
+	if err != nil {
+		return err
+	}
+	return e.out.message(res, func() { e.out.user(res.GetUser(), row{"PREVIOUS PLAN", planName(res.GetPreviousPlan())}) })
+}
+
+type ledgerCmd struct {
+	ClerkUserID string `arg:"" name:"clerk-user-id" help:"Clerk user id (user_...)."`
+	PageSize    int32  `name:"page-size" default:"20" help:"Entries per page (1-500)."`
+	PageToken   string `name:"page-token" help:"Token of the page to show, printed under the previous one."`
+}
+
+func (c *ledgerCmd) Run(e *env) error {
+	res, err := e.client.ListCreditTransactions(e.ctx, &userdv1.ListCreditTransactionsRequest{
+		ClerkUserId: c.ClerkUserID, PageSize: c.PageSize, PageToken: c.PageToken,
+	})
+	if err != nil {
+		return err
+	}
+	return e.out.message(res, func() {
+		e.out.transactions(res.GetTransactions())
+		if next := res.GetNextPageToken(); next != "" {
+			fmt.Fprintf(e.out.w, "\nmore: userctl ledger %s --page-size %d --page-token %s\n", c.ClerkUserID, c.PageSize, next)
+		}
+	})
+}

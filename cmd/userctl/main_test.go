@@ -1,0 +1,113 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"net"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/userd/userd/internal/apptest"
+	"github.com/userd/userd/internal/clerkhook"
+	"github.com/userd/userd/internal/clerktest"
+	"github.com/userd/userd/internal/config"
+)
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func userctl(args ...string) result {
+	var out, errOut bytes.Buffer
+	code := run(args, &out, &errOut)
+	return result{code, out.String(), errOut.String()}
+}
+
+// TestCommands runs userctl against a real userd; the address and the
+// token come from the environment, as in a script.
+func TestCommands(t *testing.T) {
+	fake := clerktest.New(t)
+	fake.SetUser(clerkhook.SampleUser{ID: "user_enduser", Email: "end@example.com", UpdatedAt: time.Now()})
+	in := apptest.Start(t, func(c *config.Serve) {
+		c.JWKSURL, c.Issuer, c.AuthorizedParties = fake.JWKSURL(), fake.Issuer(), clerktest.Party
+	})
+	t.Setenv("USERD_ADDR", in.App.GRPCAddr().String())
+	t.Setenv("USERD_TOKEN", apptest.ServiceToken)
+	t.Setenv("USERD_PLAINTEXT", "true")
+
+	expect := func(t *testing.T, r result, code int, stdout ...string) {
+		t.Helper()
+		if r.code != code {
+			t.Errorf("exit code %d, want %d\nstdout: %s\nstderr: %s", r.code, code, r.stdout, r.stderr)
+		}
+		for _, s := range stdout {
+			if !regexp.MustCompile(s).MatchString(r.stdout + r.stderr) {
+				t.Errorf("output lacks %q:\nstdout: %s\nstderr: %s", s, r.stdout, r.stderr)
+			}
+		}
+	}
+
+	expect(t, userctl("ensure", "user_cli", "--email", "cli+ops@example.com", "--first-name", "Cee"), exitOK,
+		`NEW +yes`, `CREDITS +10`, `EMAIL +cli\+ops@example.com`, `PLAN +FREE`)
+	expect(t, userctl("ensure", "user_cli"), exitOK, `NEW +no`)
+	r := userctl("get", "user_cli", "--json")
+	expect(t, r, exitOK)
+	var got struct {
+		User struct{ ID, Credits string } `json:"user"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || got.User.Credits != "10" {
+		t.Fatalf("get --json: %v %q", err, r.stdout)
+	}
+	expect(t, userctl("get", "--email", "CLI+OPS@example.com"), exitOK, `CLERK ID +user_cli`)
+	expect(t, userctl("get", "--id", got.User.ID), exitOK, `CLERK ID +user_cli`)
+	expect(t, userctl("get", "user_nobody"), exitNotFound, `not found`)
+
+	expect(t, userctl("deduct", "user_cli", "4", "--key", "k1", "--reason", "render"), exitOK, `-4 +6 +k1 +render`)
+	expect(t, userctl("deduct", "user_cli", "4", "--key", "k1", "--reason", "render"), exitOK, `-4 +6 +k1`)
+	expect(t, userctl("deduct", "user_cli", "5", "--key", "k1"), exitConflict, `IDEMPOTENCY_KEY_REUSED`)
+	expect(t, userctl("deduct", "user_cli", "100", "--key", "k2"), exitInsufficientCredits, `100 required, 6 available`)
+	r = userctl("--json", "grant", "user_cli", "10", "--key", "g1")
+	var granted struct{ Balance string }
+	if err := json.Unmarshal([]byte(r.stdout), &granted); r.code != exitOK || err != nil || granted.Balance != "16" {
+		t.Errorf("grant --json: %d %v %q %s", r.code, err, r.stdout, r.stderr)
+	}
+	expect(t, userctl("set-plan", "user_cli", "pro", "--bonus", "5", "--key", "p1"), exitOK,
+		`PLAN +PRO`, `PREVIOUS PLAN +FREE`, `CREDITS +21`)
+
+	// The ledger, two entries a page, following the printed token.
+	r = userctl("ledger", "user_cli", "--page-size", "2")
+	expect(t, r, exitOK, `plan_bonus +\+5 +21`, `grant +\+10 +16`)
+	next := regexp.MustCompile(`--page-token (\S+)`).FindStringSubmatch(r.stdout)
+	if next == nil {
+		t.Fatalf("no next page token in %q", r.stdout)
+	}
+	r = userctl("ledger", "user_cli", "--page-size", "2", "--page-token", next[1])
+	expect(t, r, exitOK, `deduct +-4 +6 +k1`, `initial +\+10 +10`)
+	if strings.Contains(r.stdout, "more:") {
+		t.Errorf("the last page offers more: %q", r.stdout)
+	}
+
+	// What scripts tell apart.
+	expect(t, userctl("get"), exitUsage, `exactly one of`)
+	expect(t, userctl("deduct", "user_cli", "1"), exitUsage, `--key`)
+	expect(t, userctl("deduct", "user_cli", "0", "--key", "k3"), exitUsage, `amount`)
+	expect(t, userctl("set-plan", "user_cli", "gold", "--key", "k4"), exitUsage)
+	expect(t, userctl("--token", "wrong-token", "get", "user_cli"), exitUnauthenticated)
+	expect(t, userctl("--token", fake.UserToken("user_enduser"), "grant", "me", "5", "--key", "k5"), exitPermissionDenied)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close()
+	expect(t, userctl("--addr", closed, "--timeout", "1s", "get", "user_cli"), exitUnavailable)
+
+	// Nothing above moved credits beyond the successful commands.
+	u, err := in.Store.GetLiveUserByClerkID(t.Context(), "user_cli")
+	if err != nil || u.Credits != 21 {
+		t.Errorf("user_cli: %+v, %v; want 21 credits", u, err)
+	}
+}

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	userdv1 "github.com/userd/userd/gen/userd/v1"
+)
+
+// printer writes responses as tables for people or as JSON for scripts.
+type printer struct {
+	w    io.Writer
+	json bool
+}
+
+// message prints m as JSON, or calls table.
+func (p *printer) message(m proto.Message, table func()) error {
+	if !p.json {
+		table()
+		return nil
+	}
+	raw, err := protojson.MarshalOptions{Multiline: true, EmitDefaultValues: true}.Marshal(m)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(p.w, "%s\n", raw)
+	return err
+}
+
+type row struct{ key, value string }
+
+func (p *printer) user(u *userdv1.User, extra ...row) {
+	tw := tabwriter.NewWriter(p.w, 0, 0, 2, ' ', 0)
+	rows := []row{
+		{"CLERK ID", u.GetClerkUserId()},
+		{"ID", u.GetId()},
+		{"EMAIL", u.GetEmail()},
+		{"NAME", strings.TrimSpace(u.GetFirstName() + " " + u.GetLastName())},
+		{"PLAN", planName(u.GetPlan())},
+		{"CREDITS", strconv.FormatInt(u.GetCredits(), 10)},
+		{"CREATED", when(u.GetCreateTime())},
+		{"UPDATED", when(u.GetUpdateTime())},
+	}
+	for _, r := range append(rows, extra...) {
+		fmt.Fprintf(tw, "%s\t%s\n", r.key, r.value)
+	}
+	_ = tw.Flush()
+}
+
+func (p *printer) transactions(txs []*userdv1.CreditTransaction) {
+	tw := tabwriter.NewWriter(p.w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tTIME\tKIND\tDELTA\tBALANCE\tKEY\tREASON")
+	for _, t := range txs {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%+d\t%d\t%s\t%s\n", t.GetId(), when(t.GetCreateTime()),
+			strings.ToLower(strings.TrimPrefix(t.GetKind().String(), "TRANSACTION_KIND_")),
+			t.GetDelta(), t.GetBalanceAfter(), t.GetIdempotencyKey(), t.GetReason())
+	}
+	_ = tw.Flush()
+}
+
+func planName(p userdv1.Plan) string {
+	return strings.TrimPrefix(p.String(), "PLAN_")
+}
+
+func when(ts *timestamppb.Timestamp) string {
+	if ts == nil {
+		return ""
+	}
+	return ts.AsTime().UTC().Format(time.RFC3339)
+}
