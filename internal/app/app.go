@@ -198,7 +198,7 @@ func (a *App) init(ctx context.Context) error {
 
 	if a.cfg.HTTPAddr != config.Off {
 		api, err := gateway.New(ctx, grpcapi.Chained(userService, interceptors), gateway.Config{
-			CORSOrigins: splitList(a.cfg.CORSOrigins), Version: a.cfg.Version,
+			CORSOrigins: splitList(a.cfg.CORSOrigins), AuthorizedParties: a.cfg.Parties(), Version: a.cfg.Version,
 		})
 		if err != nil {
 			return fmt.Errorf("REST gateway: %w", err)

@@ -33,6 +33,9 @@ const MaxBodyBytes = 1 << 20
 type Config struct {
 	// CORSOrigins are the browser origins allowed to call the API.
 	CORSOrigins []string
+	// AuthorizedParties are the frontend origins (CLERK_AUTHORIZED_PARTIES)
+	// whose writes may be authenticated by the __session cookie.
+	AuthorizedParties []string
 	// Version replaces info.version of the served OpenAPI document (the
 	// committed one says "v1"); empty leaves it.
 	Version string
@@ -69,7 +72,7 @@ func New(ctx context.Context, srv userdv1.UserServiceServer, cfg Config) (http.H
 		return nil, err
 	}
 	root := http.NewServeMux()
-	root.Handle("/v1/", limitBody(literalPlus(mux)))
+	root.Handle("/v1/", limitBody(sessionCookie(literalPlus(mux), cfg.AuthorizedParties)))
 	doc, err := stampVersion(openapi.JSON, cfg.Version)
 	if err != nil {
 		return nil, err

@@ -712,3 +712,61 @@ func TestRESTDuringOutage(t *testing.T) {
 		t.Errorf("during the outage: %d, want 503 or 504", code)
 	}
 }
+
+// TestSessionCookie: a same-origin frontend may authenticate with Clerk's
+// __session cookie; a write so authenticated needs the frontend's Origin.
+func TestSessionCookie(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	alice := b.clerk.UserToken("user_alice")
+	cookie := func(token string) string { return gateway.SessionCookie + "=" + token }
+
+	if r := b.call(t, "GET", "/v1/users/me", "", nil, "Cookie", cookie(alice)); r.status != http.StatusNotFound {
+		t.Errorf("GET me with the cookie before ensure: %d %v, want 404 (authenticated, no user yet)", r.status, r.body)
+	}
+	for _, tc := range []struct {
+		name    string
+		headers []string
+	}{
+		{"NoOrigin", nil},
+		{"ForeignOrigin", []string{"Origin", "https://evil.example.com"}},
+		{"NullOrigin", []string{"Origin", "null"}},
+		{"OriginLookalike", []string{"Origin", clerktest.Party + ".evil.example.com"}},
+	} {
+		r := b.call(t, "POST", "/v1/users/me:ensure", "", nil, append([]string{"Cookie", cookie(alice)}, tc.headers...)...)
+		if r.status != http.StatusForbidden || r.body["code"] != float64(codes.PermissionDenied) {
+			t.Errorf("%s: cookie write answered %d %v, want 403", tc.name, r.status, r.body)
+		}
+	}
+	if _, err := b.in.Store.GetUserByClerkIDIncludingDeleted(context.Background(), "user_alice"); !errors.Is(err, users.ErrNoRow) {
+		t.Fatalf("a refused cookie write created the user (err %v)", err)
+	}
+	r := b.call(t, "POST", "/v1/users/me:ensure", "", nil, "Cookie", cookie(alice), "Origin", clerktest.Party)
+	if r.status != http.StatusOK || field(r.body, "user", "clerkUserId") != "user_alice" {
+		t.Fatalf("cookie write from the frontend's origin: %d %v", r.status, r.body)
+	}
+	if r := b.call(t, "GET", "/v1/users/me/credit-transactions", "", nil, "Cookie", cookie(alice)); r.status != http.StatusOK {
+		t.Errorf("ledger with the cookie: %d %v", r.status, r.body)
+	}
+	// The Authorization header wins over the cookie, and needs no Origin.
+	r = b.call(t, "POST", "/v1/users/user_frank:ensure", apptest.ServiceToken, nil, "Cookie", cookie(alice))
+	if r.status != http.StatusOK || field(r.body, "user", "clerkUserId") != "user_frank" {
+		t.Errorf("service token with alice's cookie: %d %v", r.status, r.body)
+	}
+	if r := b.call(t, "GET", "/v1/users/me", "", nil, "Cookie", cookie("not.a.jwt")); r.status != http.StatusUnauthorized {
+		t.Errorf("a forged cookie: %d %v, want 401", r.status, r.body)
+	}
+	// The cookie grants no more than the token: credits stay service-only.
+	r = b.call(t, "POST", "/v1/users/me/credits:grant", "", map[string]any{"amount": "5", "idempotencyKey": "c1"},
+		"Cookie", cookie(alice), "Origin", clerktest.Party)
+	if r.status != http.StatusForbidden {
+		t.Errorf("cookie grant: %d %v, want 403", r.status, r.body)
+	}
+
+	// With no authorized parties configured, no cookie write is accepted.
+	open := setup(t, func(c *config.Serve, _ *clerktest.Clerk) { c.AuthorizedParties = "" })
+	r = open.call(t, "POST", "/v1/users/me:ensure", "", nil, "Cookie", cookie(open.clerk.UserToken("user_bob")), "Origin", clerktest.Party)
+	if r.status != http.StatusForbidden {
+		t.Errorf("cookie write without CLERK_AUTHORIZED_PARTIES: %d %v, want 403", r.status, r.body)
+	}
+}

@@ -165,6 +165,7 @@ var (
 	anyCaller = openapi3.SecurityRequirements{
 		{"serviceToken": {}},
 		{"sessionToken": {}},
+		{"sessionCookie": {}},
 	}
 	servicesOnly = openapi3.SecurityRequirements{
 		{"serviceToken": {}},
@@ -184,6 +185,13 @@ func securitySchemes() openapi3.SecuritySchemes {
 			Description: "The signed-in user's Clerk session token (`await getToken()`): " +
 				"`Authorization: Bearer <jwt>`. May read and ensure only its own user " +
 				"(`me` or its own Clerk id); other users are 404, credits and plans 403.",
+		}},
+		"sessionCookie": {Value: &openapi3.SecurityScheme{
+			Type: "apiKey", In: "cookie", Name: "__session",
+			Description: "For a frontend served from the same origin: Clerk's `__session` cookie, " +
+				"holding the session token, with the same rights as sessionToken. An Authorization " +
+				"header wins over it. A write (POST) authenticated by the cookie must carry an " +
+				"`Origin` among CLERK_AUTHORIZED_PARTIES, else it is 403 (CSRF protection).",
 		}},
 	}
 }

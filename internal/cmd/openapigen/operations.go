@@ -84,7 +84,8 @@ var errorResponses = []errorResponse{
 		return e
 	}(),
 	kindError("PermissionDenied", apperr.KindPermissionDenied,
-		"valid credentials that may not do this: credits and plans change only through backend services."),
+		"valid credentials that may not do this: credits and plans change only through backend services; "+
+			"a write authenticated by the __session cookie needs an Origin among the authorized parties."),
 	kindError("NotFound", apperr.KindNotFound,
 		"no live user matches, or it is not the caller's own (an end user cannot tell the two apart). "+
 			"For EnsureUser of a user Clerk deleted, details holds an ErrorInfo with reason "+apperr.ReasonUserDeleted+"."),
@@ -131,7 +132,7 @@ var operations = map[string]operation{
 	"GetUser":  {summary: "Get a user by Clerk user id (or me)", errors: readErrors, me: true},
 	"GetUser2": {summary: "Look a user up by email or id", errors: readErrors, rename: "LookupUser"},
 	"EnsureUser": {summary: "Create a user if missing, and return it", me: true, optionalBody: true,
-		errors: []string{"InvalidArgument", "Unauthenticated", "NotFound", "Conflict", "PayloadTooLarge", "Internal", "Unavailable", "DeadlineExceeded"}},
+		errors: []string{"InvalidArgument", "Unauthenticated", "PermissionDenied", "NotFound", "Conflict", "PayloadTooLarge", "Internal", "Unavailable", "DeadlineExceeded"}},
 	"DeductCredits": {summary: "Spend credits", servicesOnly: true, keyed: true,
 		errors: append([]string{"InsufficientCredits"}, writeErrors...)},
 	"GrantCredits":           {summary: "Add credits", servicesOnly: true, keyed: true, errors: writeErrors},
