@@ -1,0 +1,124 @@
+/**
+ * Typed client of userd's HTTP API. The types are generated from userd's
+ * OpenAPI document (gen/openapi/userd.openapi.json) by openapi-typescript;
+ * requests go through openapi-fetch, so paths, parameters, bodies and
+ * responses are checked by the compiler.
+ *
+ *   const userd = createUserdClient({ baseUrl: "https://users.example.com", getToken });
+ *   const { data, error } = await userd.GET("/v1/users/{clerkUserId}", {
+ *     params: { path: { clerkUserId: "me" } },
+ *   });
+ */
+import createClient, { type Client, type Middleware } from "openapi-fetch";
+
+import type { components, paths } from "./schema.js";
+
+export type { components, paths } from "./schema.js";
+
+export type User = components["schemas"]["User"];
+export type Plan = components["schemas"]["Plan"];
+export type CreditTransaction = components["schemas"]["CreditTransaction"];
+export type TransactionKind = components["schemas"]["TransactionKind"];
+/** The body of every error response. */
+export type Status = components["schemas"]["Status"];
+export type ErrorInfo = components["schemas"]["ErrorInfo"];
+export type BadRequest = components["schemas"]["BadRequest"];
+
+export type UserdClient = Client<paths>;
+
+export interface UserdClientOptions {
+  /** Where userd's HTTP API is, e.g. "https://users.example.com" (no trailing /v1). */
+  baseUrl: string;
+  /**
+   * Returns the bearer token of each request: Clerk's getToken() for the
+   * signed-in user (from useAuth() or auth()), or a service token. Return
+   * null to send none, e.g. for a same-origin frontend that relies on the
+   * __session cookie.
+   */
+  getToken?: () => Promise<string | null | undefined> | string | null | undefined;
+  /** fetch to use (default: the global one). */
+  fetch?: typeof globalThis.fetch;
+  /** Headers sent with every request. */
+  headers?: Record<string, string>;
+}
+
+/** Returns a typed client of userd's HTTP API. */
+export function createUserdClient(options: UserdClientOptions): UserdClient {
+  const client = createClient<paths>({
+    baseUrl: options.baseUrl.replace(/\/+$/, ""),
+    fetch: options.fetch,
+    headers: options.headers,
+  });
+  const getToken = options.getToken;
+  if (getToken) {
+    const auth: Middleware = {
+      async onRequest({ request }) {
+        const token = await getToken();
+        if (token) {
+          request.headers.set("Authorization", `Bearer ${token}`);
+        }
+        return request;
+      },
+    };
+    client.use(auth);
+  }
+  return client;
+}
+
+/** The ErrorInfo detail of an error, if it has one. */
+export function errorInfo(error: Status | undefined): ErrorInfo | undefined {
+  for (const d of error?.details ?? []) {
+    if (d["@type"] === "type.googleapis.com/google.rpc.ErrorInfo") {
+      return d as ErrorInfo;
+    }
+  }
+  return undefined;
+}
+
+/** The stable reason of an error (e.g. "INSUFFICIENT_CREDITS"), or undefined. */
+export function errorReason(error: Status | undefined): string | undefined {
+  return errorInfo(error)?.reason;
+}
+
+/**
+ * For a 402 answer to a deduction: how many credits it needed and how
+ * many the user has (as bigint: credits are 64-bit). Otherwise undefined.
+ */
+export function insufficientCredits(
+  error: Status | undefined,
+): { required: bigint; available: bigint } | undefined {
+  const info = errorInfo(error);
+  if (info?.reason !== "INSUFFICIENT_CREDITS") {
+    return undefined;
+  }
+  return {
+    required: BigInt(info.metadata?.["required"] ?? "0"),
+    available: BigInt(info.metadata?.["available"] ?? "0"),
+  };
+}
+
+/** The invalid fields of a 400 answer. */
+export function fieldViolations(error: Status | undefined): { field: string; description: string }[] {
+  const out: { field: string; description: string }[] = [];
+  for (const d of error?.details ?? []) {
+    if (d["@type"] === "type.googleapis.com/google.rpc.BadRequest") {
+      for (const v of (d as BadRequest).fieldViolations) {
+        out.push({ field: v.field, description: v.description });
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * Whether the user can spend n credits now. (A deduction can still be
+ * refused if another lands first; the server decides.)
+ */
+export function hasCredits(user: Pick<User, "credits">, n: number | bigint): boolean {
+  return BigInt(user.credits) >= BigInt(n);
+}
+
+/** Whether the user is on a paid plan (PRO or ENTERPRISE). */
+export function isProOrHigher(user: Pick<User, "plan">): boolean {
+  return user.plan === "PLAN_PRO" || user.plan === "PLAN_ENTERPRISE";
+}

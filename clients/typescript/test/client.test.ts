@@ -1,0 +1,121 @@
+// Runs against a real userd: USERD_URL is its HTTP API, USERD_SESSION_TOKEN
+// a Clerk session token of USERD_CLERK_USER_ID it accepts, and
+// USERD_SERVICE_TOKEN a service token. clients/typescript/client_test.go
+// starts one and runs `npm test` with them.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import {
+  createUserdClient,
+  errorReason,
+  fieldViolations,
+  hasCredits,
+  insufficientCredits,
+  isProOrHigher,
+} from "../src/index.js";
+
+function env(name: string): string {
+  const v = process.env[name];
+  assert.ok(v, `${name} is not set: run this test through clients/typescript/client_test.go (go test)`);
+  return v;
+}
+
+const baseUrl = env("USERD_URL");
+const sessionToken = env("USERD_SESSION_TOKEN");
+const serviceToken = env("USERD_SERVICE_TOKEN");
+const clerkUserId = env("USERD_CLERK_USER_ID");
+
+test("a signed-in user ensures, reads itself and its ledger", async () => {
+  let calls = 0;
+  const userd = createUserdClient({
+    baseUrl,
+    getToken: async () => {
+      calls++;
+      return sessionToken;
+    },
+  });
+
+  const ensured = await userd.POST("/v1/users/{clerkUserId}:ensure", {
+    params: { path: { clerkUserId: "me" } },
+  });
+  assert.equal(ensured.response.status, 200, JSON.stringify(ensured.error));
+  assert.equal(ensured.data?.user.clerkUserId, clerkUserId);
+  assert.equal(ensured.response.headers.get("x-request-id")?.includes(","), false);
+
+  const me = await userd.GET("/v1/users/{clerkUserId}", {
+    params: { path: { clerkUserId: "me" }, header: { "X-Request-Id": "ts-test-1" } },
+  });
+  assert.ok(me.data, JSON.stringify(me.error));
+  assert.equal(me.response.headers.get("x-request-id"), "ts-test-1");
+  assert.equal(me.data.user.plan, "PLAN_FREE");
+  assert.ok(hasCredits(me.data.user, 10));
+  assert.ok(!hasCredits(me.data.user, 11n));
+  assert.ok(!isProOrHigher(me.data.user));
+
+  const ledger = await userd.GET("/v1/users/{clerkUserId}/credit-transactions", {
+    params: { path: { clerkUserId: "me" }, query: { pageSize: 10 } },
+  });
+  assert.ok(ledger.data, JSON.stringify(ledger.error));
+  assert.deepEqual(
+    ledger.data.transactions.map((t) => [t.kind, t.delta]),
+    [["TRANSACTION_KIND_INITIAL", "10"]],
+  );
+  assert.ok(calls >= 3, "getToken was not called for every request");
+
+  // Credits are the services' business.
+  const grant = await userd.POST("/v1/users/{clerkUserId}/credits:grant", {
+    params: { path: { clerkUserId: "me" }, header: { "Idempotency-Key": "ts-grant" } },
+    body: { amount: "1000" },
+  });
+  assert.equal(grant.response.status, 403);
+  assert.equal(grant.error?.code, 7);
+});
+
+test("a service sees typed errors", async () => {
+  const userd = createUserdClient({ baseUrl, getToken: () => serviceToken });
+  const user = await userd.GET("/v1/users:lookup", {
+    params: { query: { clerkUserId } },
+  });
+  assert.ok(user.data, JSON.stringify(user.error));
+
+  const tooMuch = await userd.POST("/v1/users/{clerkUserId}/credits:deduct", {
+    params: { path: { clerkUserId }, header: { "Idempotency-Key": "ts-deduct-1" } },
+    body: { amount: "25", reason: "render" },
+  });
+  assert.equal(tooMuch.response.status, 402);
+  assert.deepEqual(insufficientCredits(tooMuch.error), { required: 25n, available: 10n });
+
+  const bad = await userd.POST("/v1/users/{clerkUserId}/credits:deduct", {
+    params: { path: { clerkUserId } },
+    body: { amount: "0", idempotencyKey: "ts-deduct-2" },
+  });
+  assert.equal(bad.response.status, 400);
+  assert.deepEqual(fieldViolations(bad.error).map((v) => v.field), ["amount"]);
+
+  const plan = await userd.POST("/v1/users/{clerkUserId}/plan", {
+    params: { path: { clerkUserId } },
+    body: { plan: "PLAN_PRO", idempotencyKey: "ts-plan-1" },
+  });
+  assert.ok(plan.data, JSON.stringify(plan.error));
+  assert.ok(isProOrHigher(plan.data.user));
+
+  const reused = await userd.POST("/v1/users/{clerkUserId}/plan", {
+    params: { path: { clerkUserId } },
+    body: { plan: "PLAN_ENTERPRISE", idempotencyKey: "ts-plan-1" },
+  });
+  assert.equal(reused.response.status, 409);
+  assert.equal(errorReason(reused.error), "IDEMPOTENCY_KEY_REUSED");
+
+  const nobody = await userd.GET("/v1/users/{clerkUserId}", {
+    params: { path: { clerkUserId: "user_nobody" } },
+  });
+  assert.equal(nobody.response.status, 404);
+  assert.equal(nobody.error?.code, 5);
+});
+
+test("no token is 401", async () => {
+  const userd = createUserdClient({ baseUrl });
+  const r = await userd.GET("/v1/users/{clerkUserId}", { params: { path: { clerkUserId: "me" } } });
+  assert.equal(r.response.status, 401);
+  assert.match(r.response.headers.get("www-authenticate") ?? "", /^Bearer/);
+});
