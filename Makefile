@@ -86,8 +86,9 @@ check-generated: ## Regenerate everything and fail if gen/ or go.mod changed.
 	@cd tools && $(GO) mod tidy -diff || { echo "tools/go.mod is not tidy: run 'cd tools && go mod tidy'"; exit 1; }
 
 .PHONY: build
-build: ## Build a static bin/userd with the version stamped in.
+build: ## Build static bin/userd (version stamped in) and bin/userctl.
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/userd ./cmd/userd
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/userctl ./cmd/userctl
 
 .PHONY: createdb
 createdb: ## Create the database named in DATABASE_URL if it does not exist (nothing when embedded).
