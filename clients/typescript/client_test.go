@@ -32,11 +32,10 @@ func TestTypeScriptClient(t *testing.T) {
 		c.JWTKey = fake.PublicKeyPEM("kid-1")
 		c.Issuer = fake.Issuer()
 		c.AuthorizedParties = clerktest.Party
+		// Clerk's tokens live 60s; this one must outlive the compiler
+		// on a busy machine.
+		c.JWTMaxLifetime = 15 * time.Minute
 	})
-	// Long enough for npm ci and the compiler to run first.
-	claims := fake.Claims("user_typescript")
-	claims["exp"] = time.Now().Add(15 * time.Minute).Unix()
-	session := fake.Token(claims, "kid-1")
 
 	target, err := url.Parse(in.HTTPURL)
 	if err != nil {
@@ -51,6 +50,9 @@ func TestTypeScriptClient(t *testing.T) {
 	if stale(t) {
 		runNPM(t, npm, nil, "ci", "--ignore-scripts", "--no-audit", "--no-fund")
 	}
+	claims := fake.Claims("user_typescript")
+	claims["exp"] = time.Now().Add(10 * time.Minute).Unix()
+	session := fake.Token(claims, "kid-1")
 	runNPM(t, npm, []string{
 		"USERD_URL=" + proxy.URL,
 		"USERD_SESSION_TOKEN=" + session,
