@@ -23,7 +23,12 @@ const (
 	sqlstateDeadlock           = "40P01"
 	sqlstateClassConnection    = "08"
 	sqlstateClassResources     = "53"
-	sqlstateClassOperatorInter = "57" // admin/crash shutdown, cannot connect now
+	sqlstateClassOperatorInter = "57" // query_canceled (statement_timeout), admin/crash shutdown, cannot connect now
+	// The session timeouts (SessionTimeouts) end a call with these; each
+	// means "the database was too slow this time", so: retry.
+	sqlstateLockNotAvailable   = "55P03" // lock_timeout
+	sqlstateIdleInTxTimeout    = "25P03" // idle_in_transaction_session_timeout
+	sqlstateTransactionTimeout = "25P04" // transaction_timeout (PostgreSQL 17)
 )
 
 // translate maps a pgx error to the domain's vocabulary: missing rows and
@@ -46,6 +51,7 @@ func translate(err error) error {
 			(pgErr.ConstraintName == constraintTransactionKey || pgErr.ConstraintName == constraintPlanChangeKey):
 			return users.ErrIdempotencyKeyInUse
 		case retryable(err),
+			pgErr.Code == sqlstateLockNotAvailable, pgErr.Code == sqlstateIdleInTxTimeout, pgErr.Code == sqlstateTransactionTimeout,
 			len(pgErr.Code) == 5 && (pgErr.Code[:2] == sqlstateClassConnection ||
 				pgErr.Code[:2] == sqlstateClassResources || pgErr.Code[:2] == sqlstateClassOperatorInter):
 			return apperr.Unavailable(err)
