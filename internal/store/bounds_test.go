@@ -20,6 +20,9 @@ import (
 // far beyond every bound they set.
 const hangGuard = 20 * time.Second
 
+// slack is what an answer may take beyond its bound on a busy machine.
+const slack = time.Second
+
 // poolWith opens a pool of at most maxConns connections on url whose
 // sessions have the timeouts t.
 func poolWith(t *testing.T, url string, maxConns int32, timeouts store.SessionTimeouts) *pgxpool.Pool {
@@ -86,6 +89,59 @@ func holdRowLock(t *testing.T, pool *pgxpool.Pool, clerkID string) (release func
 	release = func() { _ = tx.Rollback(ctx) }
 	t.Cleanup(release)
 	return release
+}
+
+// TestAcquireWaitIsBounded: with every pool connection taken, a call
+// without a deadline waits at most the acquire timeout and fails
+// Unavailable — reads and transactions alike — and works again once a
+// connection is free.
+func TestAcquireWaitIsBounded(t *testing.T) {
+	t.Parallel()
+	const acquire = 300 * time.Millisecond
+	pool := poolWith(t, testdb.URL(t), 1, store.SessionTimeouts{})
+	svc := users.NewService(store.New(pool, store.AcquireTimeout(acquire)), 10)
+	ctx := context.Background()
+	if _, _, err := svc.EnsureUser(ctx, users.EnsureUserInput{ClerkUserID: "user_busy"}); err != nil {
+		t.Fatal(err)
+	}
+	held, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(held.Release) // before the pool closes, should the test fail
+	ops := []struct {
+		name string
+		op   func() error
+	}{
+		{"GetUser", func() error {
+			_, err := svc.GetUser(ctx, users.Lookup{ClerkUserID: "user_busy"})
+			return err
+		}},
+		{"DeductCredits", func() error {
+			_, err := svc.DeductCredits(ctx, users.CreditChange{ClerkUserID: "user_busy", Amount: 1, IdempotencyKey: "k"})
+			return err
+		}},
+		{"ListCreditTransactions", func() error {
+			_, err := svc.ListCreditTransactions(ctx, "user_busy", 10, "")
+			return err
+		}},
+	}
+	for _, o := range ops {
+		err, took, ok := timed(t, o.name, o.op)
+		if !ok {
+			continue
+		}
+		wantUnavailable(t, o.name, err, "")
+		if took > acquire+slack {
+			t.Errorf("%s with the pool exhausted took %s, beyond the %s acquire timeout", o.name, took, acquire)
+		}
+	}
+	held.Release()
+	for _, o := range ops {
+		if err := o.op(); err != nil {
+			t.Errorf("%s with a free connection: %v", o.name, err)
+		}
+	}
 }
 
 // TestSessionTimeouts: PostgreSQL itself ends a statement that waits too

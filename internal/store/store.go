@@ -33,8 +33,16 @@ type Store struct {
 var _ users.Store = (*Store)(nil)
 
 // New returns a Store over pool.
-func New(pool *pgxpool.Pool) *Store {
-	return &Store{db: pool, q: sqlcdb.New()}
+func New(pool *pgxpool.Pool, opts ...Option) *Store {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	var db sqlcdb.DBTX = pool
+	if o.acquireTimeout > 0 {
+		db = boundedPool{pool: pool, timeout: o.acquireTimeout}
+	}
+	return &Store{db: db, q: sqlcdb.New()}
 }
 
 func (s *Store) GetLiveUserByClerkID(ctx context.Context, clerkUserID string) (users.User, error) {
