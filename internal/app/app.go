@@ -112,7 +112,11 @@ func New(ctx context.Context, cfg config.Serve, log *slog.Logger) (*App, error) 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	db, err := OpenDatabase(ctx, cfg.Database, log)
+	db, err := OpenDatabase(ctx, cfg.Database, store.SessionTimeouts{
+		Statement:         cfg.DBStatementTimeout,
+		Lock:              cfg.DBLockTimeout,
+		IdleInTransaction: cfg.DBIdleInTransactionTimeout,
+	}, log)
 	if err != nil {
 		return nil, err
 	}
@@ -153,7 +157,7 @@ func (a *App) init(ctx context.Context) error {
 	}
 	a.metrics = telemetry.NewMetrics()
 	a.metrics.RegisterPool(a.pool)
-	svc := users.NewService(store.New(a.pool), a.cfg.InitialCredits)
+	svc := users.NewService(store.New(a.pool, store.AcquireTimeout(a.cfg.DBAcquireTimeout)), a.cfg.InitialCredits)
 	svc.SetObserver(a.metrics)
 	a.users = svc
 	authn, profiles, err := a.authentication(ctx)
@@ -161,7 +165,7 @@ func (a *App) init(ctx context.Context) error {
 		return err
 	}
 
-	interceptors := grpcapi.Interceptors(a.log, authn)
+	interceptors := grpcapi.Interceptors(a.log, authn, a.cfg.RequestTimeout)
 	// Metrics sit outside the error mapping, so they count final codes.
 	interceptors = append(interceptors[:2:2], append([]grpc.UnaryServerInterceptor{a.metrics.GRPC.UnaryServerInterceptor()}, interceptors[2:]...)...)
 	opts := []grpc.ServerOption{
@@ -219,7 +223,7 @@ func (a *App) init(ctx context.Context) error {
 			return err
 		}
 		hook, err := clerkhook.New(clerkhook.Config{
-			Secrets: secrets, Tolerance: a.cfg.WebhookTolerance, Recorder: a.metrics,
+			Secrets: secrets, Tolerance: a.cfg.WebhookTolerance, Timeout: a.cfg.RequestTimeout, Recorder: a.metrics,
 		}, svc, a.log)
 		if err != nil {
 			return err
@@ -346,6 +350,9 @@ func (a *App) HTTPAddr() net.Addr {
 // Pool is the app's database pool (for tests and tools).
 func (a *App) Pool() *pgxpool.Pool { return a.pool }
 
+// RequestTimeout is the bound of every call and webhook delivery.
+func (a *App) RequestTimeout() time.Duration { return a.cfg.RequestTimeout }
+
 // Run serves until ctx is done, then stops accepting, lets in-flight calls
 // finish within the configured grace period and closes the pool.
 func (a *App) Run(ctx context.Context) error {
@@ -444,8 +451,10 @@ type Database struct {
 }
 
 // OpenDatabase connects to DATABASE_URL, or starts the embedded PostgreSQL
-// when it is empty, and checks that the database answers.
-func OpenDatabase(ctx context.Context, cfg config.Database, log *slog.Logger) (*Database, error) {
+// when it is empty, and checks that the database answers. Every connection
+// of the pool gets the session timeouts (none for `userd migrate`, whose
+// migrations may legitimately run long).
+func OpenDatabase(ctx context.Context, cfg config.Database, session store.SessionTimeouts, log *slog.Logger) (*Database, error) {
 	db := &Database{log: log}
 	url := cfg.URL
 	if cfg.Embedded() {
@@ -476,6 +485,7 @@ func OpenDatabase(ctx context.Context, cfg config.Database, log *slog.Logger) (*
 		return nil, errors.New("DATABASE_URL is not a valid PostgreSQL URL")
 	}
 	pcfg.MaxConns = cfg.MaxConns
+	session.Apply(pcfg.ConnConfig)
 	if telemetry.TracingEnabled() {
 		pcfg.ConnConfig.Tracer = otelpgx.NewTracer()
 	}

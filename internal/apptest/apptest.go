@@ -65,6 +65,10 @@ func Config(t testing.TB) config.Serve {
 		},
 		InitialCredits: 10,
 		ShutdownGrace:  5 * time.Second,
+		Bounds: config.Bounds{
+			RequestTimeout: 10 * time.Second, DBAcquireTimeout: 2 * time.Second,
+			DBStatementTimeout: 5 * time.Second, DBLockTimeout: 2 * time.Second, DBIdleInTransactionTimeout: 10 * time.Second,
+		},
 	}
 }
 

@@ -59,10 +59,47 @@ type Serve struct {
 	Clerk          `embed:""`
 	InitialCredits int64         `name:"initial-credits" env:"USERD_INITIAL_CREDITS" default:"10" help:"Credits a new user starts with."`
 	ShutdownGrace  time.Duration `name:"shutdown-grace" env:"USERD_SHUTDOWN_GRACE" default:"20s" help:"How long in-flight calls may run after SIGTERM before they are cut."`
+	Bounds         `embed:""`
 
 	// Version is the binary's version (not a setting: cmd/userd sets it),
 	// shown as info.version of the served OpenAPI document.
 	Version string `kong:"-"`
+}
+
+// Bounds limit how long one call may take and how long it may wait for the
+// database, so that a hung or saturated database yields UNAVAILABLE/503
+// within a known time instead of a hang.
+type Bounds struct {
+	RequestTimeout             time.Duration `name:"request-timeout" env:"USERD_REQUEST_TIMEOUT" default:"10s" help:"Longest a gRPC or REST call or a webhook delivery may run; past it the answer is UNAVAILABLE/503. A client's shorter deadline wins."`
+	DBAcquireTimeout           time.Duration `name:"db-acquire-timeout" env:"USERD_DB_ACQUIRE_TIMEOUT" default:"2s" help:"Longest a call waits for a free database connection before answering UNAVAILABLE/503 (at most USERD_REQUEST_TIMEOUT)."`
+	DBStatementTimeout         time.Duration `name:"db-statement-timeout" env:"USERD_DB_STATEMENT_TIMEOUT" default:"5s" help:"PostgreSQL statement_timeout of userd's sessions; 0 leaves the server's setting."`
+	DBLockTimeout              time.Duration `name:"db-lock-timeout" env:"USERD_DB_LOCK_TIMEOUT" default:"2s" help:"PostgreSQL lock_timeout of userd's sessions; 0 leaves the server's setting."`
+	DBIdleInTransactionTimeout time.Duration `name:"db-idle-in-transaction-timeout" env:"USERD_DB_IDLE_IN_TRANSACTION_TIMEOUT" default:"10s" help:"PostgreSQL idle_in_transaction_session_timeout of userd's sessions; 0 leaves the server's setting."`
+}
+
+// Validate checks the bounds.
+func (b Bounds) Validate() error {
+	if b.RequestTimeout < 100*time.Millisecond || b.RequestTimeout > 10*time.Minute {
+		return fmt.Errorf("USERD_REQUEST_TIMEOUT (--request-timeout) must be between 100ms and 10m, got %s", b.RequestTimeout)
+	}
+	if b.DBAcquireTimeout <= 0 || b.DBAcquireTimeout > b.RequestTimeout {
+		return fmt.Errorf("USERD_DB_ACQUIRE_TIMEOUT (--db-acquire-timeout) must be positive and at most USERD_REQUEST_TIMEOUT (%s), got %s",
+			b.RequestTimeout, b.DBAcquireTimeout)
+	}
+	for _, s := range []struct {
+		name string
+		d    time.Duration
+	}{
+		{"USERD_DB_STATEMENT_TIMEOUT (--db-statement-timeout)", b.DBStatementTimeout},
+		{"USERD_DB_LOCK_TIMEOUT (--db-lock-timeout)", b.DBLockTimeout},
+		{"USERD_DB_IDLE_IN_TRANSACTION_TIMEOUT (--db-idle-in-transaction-timeout)", b.DBIdleInTransactionTimeout},
+	} {
+		// PostgreSQL counts these in whole milliseconds, and 0 is "off".
+		if s.d != 0 && (s.d < time.Millisecond || s.d%time.Millisecond != 0) {
+			return fmt.Errorf("%s must be 0 or a whole number of milliseconds, got %s", s.name, s.d)
+		}
+	}
+	return nil
 }
 
 // Validate checks every setting and names the one to fix.
@@ -103,7 +140,7 @@ func (s Serve) Validate() error {
 	if s.ShutdownGrace < 0 {
 		return fmt.Errorf("USERD_SHUTDOWN_GRACE (--shutdown-grace) must not be negative, got %s", s.ShutdownGrace)
 	}
-	return nil
+	return s.Bounds.Validate()
 }
 
 // Off switches a listener off.

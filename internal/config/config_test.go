@@ -24,6 +24,10 @@ func valid() config.Serve {
 		},
 		InitialCredits: 10,
 		ShutdownGrace:  20 * time.Second,
+		Bounds: config.Bounds{
+			RequestTimeout: 10 * time.Second, DBAcquireTimeout: 2 * time.Second,
+			DBStatementTimeout: 5 * time.Second, DBLockTimeout: 2 * time.Second, DBIdleInTransactionTimeout: 10 * time.Second,
+		},
 	}
 }
 
@@ -65,6 +69,13 @@ func TestValidate(t *testing.T) {
 		{"ShortJWTMaxLifetime", func(c *config.Serve) { c.JWTMaxLifetime = 30 * time.Second }, "USERD_JWT_MAX_LIFETIME"},
 		{"TinyJWKSRefresh", func(c *config.Serve) { c.JWKSMinRefresh = time.Millisecond }, "USERD_JWKS_MIN_REFRESH"},
 		{"BadLogLevel", func(c *config.Serve) { c.LogLevel = "loud" }, "USERD_LOG_LEVEL"},
+		{"ZeroRequestTimeout", func(c *config.Serve) { c.RequestTimeout = 0 }, "USERD_REQUEST_TIMEOUT"},
+		{"HugeRequestTimeout", func(c *config.Serve) { c.RequestTimeout = time.Hour }, "USERD_REQUEST_TIMEOUT"},
+		{"ZeroAcquireTimeout", func(c *config.Serve) { c.DBAcquireTimeout = 0 }, "USERD_DB_ACQUIRE_TIMEOUT"},
+		{"AcquireBeyondRequest", func(c *config.Serve) { c.DBAcquireTimeout = 11 * time.Second }, "USERD_DB_ACQUIRE_TIMEOUT"},
+		{"NegativeStatementTimeout", func(c *config.Serve) { c.DBStatementTimeout = -time.Second }, "USERD_DB_STATEMENT_TIMEOUT"},
+		{"SubMillisecondLockTimeout", func(c *config.Serve) { c.DBLockTimeout = 1500 * time.Microsecond }, "USERD_DB_LOCK_TIMEOUT"},
+		{"NegativeIdleInTxTimeout", func(c *config.Serve) { c.DBIdleInTransactionTimeout = -1 }, "USERD_DB_IDLE_IN_TRANSACTION_TIMEOUT"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

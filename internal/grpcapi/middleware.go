@@ -142,14 +142,30 @@ func AuthInterceptor(authn *auth.Authenticator) grpc.UnaryServerInterceptor {
 	}
 }
 
+// BoundInterceptor gives every call at most bound to run: a caller's
+// shorter deadline stays, a longer or missing one is cut to bound. Work
+// below honours the context, so a call waiting on a database that does not
+// answer ends at the bound as UNAVAILABLE (the store's translation of the
+// deadline), whether it came over gRPC, through the REST gateway (which
+// also takes a client's deadline from a Grpc-Timeout header) or not at all.
+func BoundInterceptor(bound time.Duration) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		ctx, cancel := context.WithTimeout(ctx, bound)
+		defer cancel()
+		return handler(ctx, req)
+	}
+}
+
 // Interceptors returns the server's unary chain, outermost first: errors
-// from authentication are mapped like any other.
-func Interceptors(log *slog.Logger, authn *auth.Authenticator) []grpc.UnaryServerInterceptor {
+// from authentication are mapped like any other, and every call's work is
+// bounded by requestTimeout.
+func Interceptors(log *slog.Logger, authn *auth.Authenticator, requestTimeout time.Duration) []grpc.UnaryServerInterceptor {
 	return []grpc.UnaryServerInterceptor{
 		RequestIDInterceptor(),
 		LoggingInterceptor(log),
 		RecoveryInterceptor(log),
 		ErrorInterceptor(log),
 		AuthInterceptor(authn),
+		BoundInterceptor(requestTimeout),
 	}
 }

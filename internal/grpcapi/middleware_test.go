@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -22,7 +23,7 @@ import (
 func chain(log *slog.Logger, handler grpc.UnaryHandler) error {
 	// Another service's method: authentication (tested end to end
 	// elsewhere) does not apply.
-	ics := grpcapi.Interceptors(log, auth.NewAuthenticator(auth.ServiceTokens{}, nil, log))
+	ics := grpcapi.Interceptors(log, auth.NewAuthenticator(auth.ServiceTokens{}, nil, log), time.Minute)
 	info := &grpc.UnaryServerInfo{FullMethod: "/test.v1.Probe/Call"}
 	h := handler
 	for i := len(ics) - 1; i >= 0; i-- {
@@ -73,5 +74,39 @@ func TestInterceptorsHideInternalsAndRecoverPanics(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestBoundInterceptor: a call without a deadline, or with a longer one,
+// runs under the bound; a caller's shorter deadline is kept.
+func TestBoundInterceptor(t *testing.T) {
+	t.Parallel()
+	const bound = time.Minute
+	ic := grpcapi.BoundInterceptor(bound)
+	info := &grpc.UnaryServerInfo{FullMethod: "/test.v1.Probe/Call"}
+	deadlineIn := func(ctx context.Context) time.Duration {
+		var left time.Duration
+		_, _ = ic(ctx, nil, info, func(ctx context.Context, _ any) (any, error) {
+			d, ok := ctx.Deadline()
+			if !ok {
+				t.Fatal("the handler's context has no deadline")
+			}
+			left = time.Until(d)
+			return nil, nil
+		})
+		return left
+	}
+	if left := deadlineIn(context.Background()); left > bound || left < bound-10*time.Second {
+		t.Errorf("no caller deadline: %s left, want the %s bound", left, bound)
+	}
+	longer, cancel := context.WithTimeout(context.Background(), time.Hour)
+	defer cancel()
+	if left := deadlineIn(longer); left > bound {
+		t.Errorf("caller deadline of 1h: %s left, want at most the %s bound", left, bound)
+	}
+	shorter, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if left := deadlineIn(shorter); left > time.Second {
+		t.Errorf("caller deadline of 1s: %s left, want the caller's", left)
 	}
 }
