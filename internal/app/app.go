@@ -190,6 +190,9 @@ func (a *App) init(ctx context.Context) error {
 	userService := grpcapi.NewServer(svc, profiles)
 	userdv1.RegisterUserServiceServer(a.grpc, userService)
 	a.health = health.NewServer()
+	// Known before the first call can arrive: the database answered when
+	// it was opened; monitorDatabase follows it from then on.
+	a.setServing(healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(a.grpc, a.health)
 	reflection.Register(a.grpc)
 	a.metrics.GRPC.InitializeMetrics(a.grpc)

@@ -70,15 +70,16 @@ func (a *App) ready(ctx context.Context) error {
 	return nil
 }
 
+// setServing sets the health of the server as a whole and of UserService.
+func (a *App) setServing(s healthpb.HealthCheckResponse_ServingStatus) {
+	a.health.SetServingStatus("", s)
+	a.health.SetServingStatus(userdv1.UserService_ServiceDesc.ServiceName, s)
+}
+
 // monitorDatabase keeps grpc.health.v1 in step with the database: SERVING
 // while it answers, NOT_SERVING while it does not.
 func (a *App) monitorDatabase(ctx context.Context) {
-	set := func(s healthpb.HealthCheckResponse_ServingStatus) {
-		a.health.SetServingStatus("", s)
-		a.health.SetServingStatus(userdv1.UserService_ServiceDesc.ServiceName, s)
-	}
 	up := true
-	set(healthpb.HealthCheckResponse_SERVING)
 	t := time.NewTicker(dbCheckInterval)
 	defer t.Stop()
 	for {
@@ -96,10 +97,10 @@ func (a *App) monitorDatabase(ctx context.Context) {
 		switch {
 		case err != nil && up:
 			a.log.Warn("database unreachable: health NOT_SERVING", "err", err)
-			set(healthpb.HealthCheckResponse_NOT_SERVING)
+			a.setServing(healthpb.HealthCheckResponse_NOT_SERVING)
 		case err == nil && !up:
 			a.log.Info("database reachable again: health SERVING")
-			set(healthpb.HealthCheckResponse_SERVING)
+			a.setServing(healthpb.HealthCheckResponse_SERVING)
 		}
 		up = err == nil
 	}
