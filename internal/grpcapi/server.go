@@ -16,7 +16,10 @@ import (
 // Server implements userdv1.UserServiceServer over the domain service. It
 // authorizes (see authz.go) and translates; the rules are the domain's.
 type Server struct {
-	userdv1.UnimplementedUserServiceServer
+	// Unsafe, not Unimplemented: an RPC added to the proto without an
+	// implementation here fails to compile instead of answering
+	// UNIMPLEMENTED.
+	userdv1.UnsafeUserServiceServer
 	users    *users.Service
 	profiles Profiles
 }
