@@ -205,7 +205,7 @@ func (a *App) init(ctx context.Context) error {
 
 	if a.cfg.HTTPAddr != config.Off {
 		api, err := gateway.New(ctx, grpcapi.Chained(userService, interceptors), gateway.Config{
-			CORSOrigins: splitList(a.cfg.CORSOrigins), AuthorizedParties: a.cfg.Parties(), Version: a.cfg.Version,
+			CORSOrigins: a.cfg.CORSOriginList(), AuthorizedParties: a.cfg.Parties(), Version: a.cfg.Version,
 		})
 		if err != nil {
 			return fmt.Errorf("REST gateway: %w", err)
@@ -292,16 +292,6 @@ func (a *App) authentication(ctx context.Context) (*auth.Authenticator, clerk.Pr
 	return auth.NewAuthenticator(tokens, sessions, a.log), profiles, nil
 }
 
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
-}
-
 // newHTTPServer returns a plaintext HTTP/1.1 server with timeouts that keep
 // slow or idle clients from holding connections and a bound on the bytes of
 // request headers.
@@ -349,9 +339,6 @@ func (a *App) HTTPAddr() net.Addr {
 	}
 	return a.apiLn.Addr()
 }
-
-// Pool is the app's database pool (for tests and tools).
-func (a *App) Pool() *pgxpool.Pool { return a.pool }
 
 // RequestTimeout is the bound of every call and webhook delivery.
 func (a *App) RequestTimeout() time.Duration { return a.cfg.RequestTimeout }

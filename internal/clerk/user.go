@@ -45,14 +45,15 @@ func (u User) Domain() users.ClerkUser {
 	return users.ClerkUser{
 		ID:        u.ID,
 		Email:     u.PrimaryEmail(),
-		FirstName: deref(u.FirstName),
-		LastName:  deref(u.LastName),
+		FirstName: orEmpty(u.FirstName),
+		LastName:  orEmpty(u.LastName),
 		ImageURL:  u.ImageURL,
 		UpdatedAt: u.UpdatedAt,
 	}
 }
 
-func deref(p *string) string {
+// orEmpty reads Clerk's nullable names: null is no name.
+func orEmpty(p *string) string {
 	if p == nil {
 		return ""
 	}

@@ -163,9 +163,15 @@ type Clerk struct {
 }
 
 // Parties returns the authorized parties as a list.
-func (c Clerk) Parties() []string {
+func (c Clerk) Parties() []string { return splitList(c.AuthorizedParties) }
+
+// CORSOriginList returns the CORS origins as a list.
+func (s Serve) CORSOriginList() []string { return splitList(s.CORSOrigins) }
+
+// splitList reads a comma-separated setting, ignoring blanks.
+func splitList(s string) []string {
 	var out []string
-	for _, p := range strings.Split(c.AuthorizedParties, ",") {
+	for _, p := range strings.Split(s, ",") {
 		if p = strings.TrimSpace(p); p != "" {
 			out = append(out, p)
 		}

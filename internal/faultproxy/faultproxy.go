@@ -115,13 +115,3 @@ func (p *Proxy) Thaw() {
 		}
 	}
 }
-
-// Ping reports whether the database answers through the proxy.
-func (p *Proxy) Ping(ctx context.Context) error {
-	conn, err := pgxpool.New(ctx, p.URL)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	return conn.Ping(ctx)
-}
