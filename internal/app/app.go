@@ -106,10 +106,31 @@ type App struct {
 	migrator *migrate.Migrator
 }
 
+// CheckSettings checks every setting before anything starts: what
+// config.Serve.Validate checks, and the values only their own packages can
+// parse (DATABASE_URL, USERD_SERVICE_TOKENS, CLERK_WEBHOOK_SECRET). Each
+// message names the setting and never contains a secret.
+func CheckSettings(cfg config.Serve) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if cfg.Database.URL != "" {
+		// The parse error may quote the URL, password included: do not wrap it.
+		if _, err := pgxpool.ParseConfig(cfg.Database.URL); err != nil {
+			return errors.New("DATABASE_URL (--database-url) is not a valid PostgreSQL URL or DSN")
+		}
+	}
+	if _, err := auth.ParseServiceTokens(cfg.ServiceTokens); err != nil {
+		return err
+	}
+	_, err := clerkhook.ParseSecrets(cfg.WebhookSecret)
+	return err
+}
+
 // New connects to the database, migrates it when configured to, and binds
 // the listeners. Call Run to serve.
 func New(ctx context.Context, cfg config.Serve, log *slog.Logger) (*App, error) {
-	if err := cfg.Validate(); err != nil {
+	if err := CheckSettings(cfg); err != nil {
 		return nil, err
 	}
 	db, err := OpenDatabase(ctx, cfg.Database, store.SessionTimeouts{
@@ -221,7 +242,7 @@ func (a *App) init(ctx context.Context) error {
 	}
 
 	if a.cfg.WebhookAddr != config.Off {
-		secrets, err := a.cfg.WebhookSecrets()
+		secrets, err := clerkhook.ParseSecrets(a.cfg.WebhookSecret)
 		if err != nil {
 			return err
 		}

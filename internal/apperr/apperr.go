@@ -1,19 +1,16 @@
-// Package apperr defines the small set of error kinds userd's domain speaks
-// and the one table that maps each kind to a gRPC code and an HTTP status.
+// Package apperr defines the small set of error kinds userd's domain speaks.
+// It knows no transport: internal/errstatus maps each kind to a gRPC code
+// and an HTTP status, once, at the edge.
 //
-// Layers below the transports return *Error (or wrap one); transports call
-// GRPCCode/HTTPStatus once, at the edge. Messages of kinds other than
-// Internal and Unavailable are meant for the caller; the wrapped cause never
-// is.
+// Layers below the transports return *Error (or wrap one). Messages of
+// kinds other than Internal and Unavailable are meant for the caller; the
+// wrapped cause never is.
 package apperr
 
 import (
 	"errors"
 	"fmt"
-	"net/http"
 	"strconv"
-
-	"google.golang.org/grpc/codes"
 )
 
 // Kind classifies an error for callers.
@@ -52,39 +49,24 @@ const (
 // Domain is the ErrorInfo domain of every reason above.
 const Domain = "userd"
 
-var kindTable = map[Kind]struct {
-	name string
-	grpc codes.Code
-	http int
-}{
-	KindInternal:            {"internal", codes.Internal, http.StatusInternalServerError},
-	KindInvalidArgument:     {"invalid argument", codes.InvalidArgument, http.StatusBadRequest},
-	KindUnauthenticated:     {"unauthenticated", codes.Unauthenticated, http.StatusUnauthorized},
-	KindPermissionDenied:    {"permission denied", codes.PermissionDenied, http.StatusForbidden},
-	KindNotFound:            {"not found", codes.NotFound, http.StatusNotFound},
-	KindInsufficientCredits: {"insufficient credits", codes.FailedPrecondition, http.StatusPaymentRequired},
-	KindConflict:            {"conflict", codes.AlreadyExists, http.StatusConflict},
-	KindUnavailable:         {"unavailable", codes.Unavailable, http.StatusServiceUnavailable},
-	// 499 is the de-facto "client closed request" status.
-	KindCanceled: {"canceled", codes.Canceled, 499},
+var kindNames = map[Kind]string{
+	KindInternal:            "internal",
+	KindInvalidArgument:     "invalid argument",
+	KindUnauthenticated:     "unauthenticated",
+	KindPermissionDenied:    "permission denied",
+	KindNotFound:            "not found",
+	KindInsufficientCredits: "insufficient credits",
+	KindConflict:            "conflict",
+	KindUnavailable:         "unavailable",
+	KindCanceled:            "canceled",
 }
 
-func (k Kind) String() string { return kindTable[k].name }
+func (k Kind) String() string { return kindNames[k] }
 
-// GRPCCode is the gRPC status code of the kind.
-func (k Kind) GRPCCode() codes.Code { return kindTable[k].grpc }
-
-// HTTPStatus is the HTTP status of the kind.
-func (k Kind) HTTPStatus() int { return kindTable[k].http }
-
-// KindForCode returns the kind whose gRPC code is code, if any kind has it.
-func KindForCode(code codes.Code) (Kind, bool) {
-	for k, row := range kindTable {
-		if row.grpc == code {
-			return k, true
-		}
-	}
-	return 0, false
+// Kinds lists every kind, for tables that must cover them all.
+func Kinds() []Kind {
+	return []Kind{KindInternal, KindInvalidArgument, KindUnauthenticated, KindPermissionDenied,
+		KindNotFound, KindInsufficientCredits, KindConflict, KindUnavailable, KindCanceled}
 }
 
 // FieldViolation names one invalid request field.

@@ -11,10 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/userd/userd/internal/auth"
-	"github.com/userd/userd/internal/clerkhook"
 	"github.com/userd/userd/internal/users"
 )
 
@@ -31,12 +27,6 @@ func (d Database) Embedded() bool { return d.URL == "" }
 
 // Validate checks the database settings.
 func (d Database) Validate() error {
-	// The parse error may quote the URL, password included: do not wrap it.
-	if d.URL != "" {
-		if _, err := pgxpool.ParseConfig(d.URL); err != nil {
-			return errors.New("DATABASE_URL (--database-url) is not a valid PostgreSQL URL or DSN")
-		}
-	}
 	if d.MaxConns < 1 || d.MaxConns > 1000 {
 		return fmt.Errorf("USERD_DB_MAX_CONNS (--db-max-conns) must be between 1 and 1000, got %d", d.MaxConns)
 	}
@@ -102,7 +92,9 @@ func (b Bounds) Validate() error {
 	return nil
 }
 
-// Validate checks every setting and names the one to fix.
+// Validate checks every setting and names the one to fix. Values only
+// their own packages can parse (DATABASE_URL, USERD_SERVICE_TOKENS,
+// CLERK_WEBHOOK_SECRET) are checked by internal/app before anything starts.
 func (s Serve) Validate() error {
 	if err := s.Database.Validate(); err != nil {
 		return err
@@ -117,9 +109,6 @@ func (s Serve) Validate() error {
 		if err := validAddr("USERD_HTTP_ADDR (--http-addr)", s.HTTPAddr); err != nil {
 			return err
 		}
-	}
-	if _, err := auth.ParseServiceTokens(s.ServiceTokens); err != nil {
-		return err
 	}
 	if s.OpsAddr != Off {
 		if err := validAddr("USERD_OPS_ADDR (--ops-addr)", s.OpsAddr); err != nil {
@@ -179,16 +168,8 @@ func splitList(s string) []string {
 	return out
 }
 
-// WebhookSecrets returns the parsed signing secrets.
-func (c Clerk) WebhookSecrets() ([]string, error) {
-	return clerkhook.ParseSecrets(c.WebhookSecret)
-}
-
 // Validate checks the Clerk settings; messages never contain a secret.
 func (c Clerk) Validate() error {
-	if _, err := c.WebhookSecrets(); err != nil {
-		return err
-	}
 	if c.WebhookTolerance < time.Second || c.WebhookTolerance > time.Hour {
 		return fmt.Errorf("USERD_WEBHOOK_TOLERANCE (--webhook-tolerance) must be between 1s and 1h, got %s", c.WebhookTolerance)
 	}

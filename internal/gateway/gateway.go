@@ -22,7 +22,7 @@ import (
 
 	"github.com/userd/userd/gen/openapi"
 	userdv1 "github.com/userd/userd/gen/userd/v1"
-	"github.com/userd/userd/internal/apperr"
+	"github.com/userd/userd/internal/errstatus"
 	"github.com/userd/userd/internal/grpcapi"
 )
 
@@ -160,8 +160,8 @@ func literalPlus(h http.Handler) http.Handler {
 func writeError(_ context.Context, _ *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, _ *http.Request, err error) {
 	st := status.Convert(err)
 	code := runtime.HTTPStatusFromCode(st.Code())
-	if k, ok := apperr.KindForCode(st.Code()); ok {
-		code = k.HTTPStatus()
+	if k, ok := errstatus.KindForCode(st.Code()); ok {
+		code = errstatus.HTTPStatus(k)
 	}
 	writeStatus(w, code, m, st)
 }

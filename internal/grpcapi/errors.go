@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/protoadapt"
 
 	"github.com/userd/userd/internal/apperr"
+	"github.com/userd/userd/internal/errstatus"
 )
 
 // ErrorInterceptor maps every error a handler returns to a gRPC status with
@@ -44,7 +45,7 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 	case apperr.KindUnavailable:
 		log.WarnContext(ctx, "database unavailable", "method", method, "request_id", RequestID(ctx), "err", err)
 	}
-	st := status.New(e.Kind.GRPCCode(), e.Message)
+	st := status.New(errstatus.GRPCCode(e.Kind), e.Message)
 	var details []protoadapt.MessageV1
 	if len(e.Violations) > 0 {
 		br := &errdetails.BadRequest{}

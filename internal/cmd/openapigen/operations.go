@@ -11,10 +11,11 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/userd/userd/internal/apperr"
+	"github.com/userd/userd/internal/errstatus"
 )
 
 // errorResponse is one documented error status: the HTTP status of
-// apperr's table, the gRPC code in the body and what it means.
+// errstatus's table, the gRPC code in the body and what it means.
 type errorResponse struct {
 	name    string
 	status  int
@@ -54,7 +55,7 @@ func grpcCodeName(c codes.Code) string {
 }
 
 func kindError(name string, k apperr.Kind, meaning string) errorResponse {
-	return errorResponse{name: name, status: k.HTTPStatus(), code: k.GRPCCode(), meaning: meaning}
+	return errorResponse{name: name, status: errstatus.HTTPStatus(k), code: errstatus.GRPCCode(k), meaning: meaning}
 }
 
 // errorResponses are the error statuses of the API, from apperr's table

@@ -1,0 +1,44 @@
+// Package errstatus is the one table from the domain's error kinds
+// (internal/apperr) to gRPC codes and HTTP statuses, used at the transport
+// edge (grpcapi, gateway, the OpenAPI generator) and nowhere below it.
+package errstatus
+
+import (
+	"net/http"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/userd/userd/internal/apperr"
+)
+
+var table = map[apperr.Kind]struct {
+	grpc codes.Code
+	http int
+}{
+	apperr.KindInternal:            {codes.Internal, http.StatusInternalServerError},
+	apperr.KindInvalidArgument:     {codes.InvalidArgument, http.StatusBadRequest},
+	apperr.KindUnauthenticated:     {codes.Unauthenticated, http.StatusUnauthorized},
+	apperr.KindPermissionDenied:    {codes.PermissionDenied, http.StatusForbidden},
+	apperr.KindNotFound:            {codes.NotFound, http.StatusNotFound},
+	apperr.KindInsufficientCredits: {codes.FailedPrecondition, http.StatusPaymentRequired},
+	apperr.KindConflict:            {codes.AlreadyExists, http.StatusConflict},
+	apperr.KindUnavailable:         {codes.Unavailable, http.StatusServiceUnavailable},
+	// 499 is the de-facto "client closed request" status.
+	apperr.KindCanceled: {codes.Canceled, 499},
+}
+
+// GRPCCode is the gRPC status code of the kind.
+func GRPCCode(k apperr.Kind) codes.Code { return table[k].grpc }
+
+// HTTPStatus is the HTTP status of the kind.
+func HTTPStatus(k apperr.Kind) int { return table[k].http }
+
+// KindForCode returns the kind whose gRPC code is code, if any kind has it.
+func KindForCode(code codes.Code) (apperr.Kind, bool) {
+	for k, row := range table {
+		if row.grpc == code {
+			return k, true
+		}
+	}
+	return 0, false
+}
