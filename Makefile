@@ -6,6 +6,8 @@ SHELL := bash
 GO        ?= go
 BIN       := bin
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# Expanded once, so that the binary and the image labels name the same version.
+VERSION   := $(VERSION)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 
 # `make run` and `make migrate` use this database (created if missing); when
@@ -22,6 +24,22 @@ export DATABASE_URL CLERK_WEBHOOK_SECRET USERD_SERVICE_TOKENS
 # Tests create one fresh database per test on TEST_DATABASE_URL; unset, on
 # the local server at 127.0.0.1:5432 if one answers, else on an embedded one
 # (internal/testdb).
+
+# `make image`: the static bin/userd, CA certificates and a non-root account
+# on an empty base (Dockerfile), so nothing is pulled from a registry. The
+# build context is IMAGE_CONTEXT, staged from bin/userd and CA_CERTS.
+IMAGE         ?= userd
+IMAGE_CONTEXT ?= $(BIN)/image
+CA_CERTS      ?= /etc/ssl/certs/ca-certificates.crt
+IMAGE_SOURCE  ?= https://$(shell sed -n 's/^module //p' go.mod)
+# docker when its engine answers, else buildah; BUILDAH names the command and
+# its storage options (vfs works as root anywhere, without overlay or fuse;
+# BUILDAH=buildah uses your containers-storage configuration instead).
+IMAGE_BUILDER ?= $(shell docker info >/dev/null 2>&1 && echo docker || { command -v buildah >/dev/null && echo buildah; })
+BUILDAH       ?= buildah --storage-driver vfs
+IMAGE_BUILD_ARGS = -f Dockerfile -t $(IMAGE):$(VERSION) -t $(IMAGE):latest \
+	--build-arg VERSION=$(VERSION) --build-arg SOURCE=$(IMAGE_SOURCE) \
+	--build-arg REVISION=$(shell git rev-parse HEAD 2>/dev/null)
 
 # Code generators, pinned in tools/go.mod and built into bin/: nothing is
 # downloaded at generation time beyond the Go module proxy.
@@ -89,6 +107,29 @@ check-generated: ## Regenerate everything and fail if gen/ or go.mod changed.
 build: ## Build static bin/userd (version stamped in) and bin/userctl.
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/userd ./cmd/userd
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/userctl ./cmd/userctl
+
+.PHONY: image-context
+image-context: build ## Stage the image's build context in bin/image/: bin/userd, CA certificates, the nonroot account.
+	@[ -f "$(CA_CERTS)" ] || { echo "CA_CERTS=$(CA_CERTS) does not exist: point it at a PEM bundle of CA certificates"; exit 1; }
+	rm -rf $(IMAGE_CONTEXT)
+	install -d -m 0755 $(IMAGE_CONTEXT)/rootfs/usr/local/bin $(IMAGE_CONTEXT)/rootfs/etc/ssl/certs
+	install -d -m 1777 $(IMAGE_CONTEXT)/rootfs/tmp
+	install -m 0755 $(BIN)/userd $(IMAGE_CONTEXT)/rootfs/usr/local/bin/userd
+	install -m 0644 $(CA_CERTS) $(IMAGE_CONTEXT)/rootfs/etc/ssl/certs/ca-certificates.crt
+	printf '%s\n' 'root:x:0:0:root:/root:/sbin/nologin' 'nonroot:x:65532:65532:nonroot:/nonexistent:/sbin/nologin' \
+		> $(IMAGE_CONTEXT)/rootfs/etc/passwd
+	printf '%s\n' 'root:x:0:' 'nonroot:x:65532:' > $(IMAGE_CONTEXT)/rootfs/etc/group
+	chmod 0644 $(IMAGE_CONTEXT)/rootfs/etc/passwd $(IMAGE_CONTEXT)/rootfs/etc/group
+
+.PHONY: image
+image: image-context ## Build the container image userd:<version> and userd:latest with docker or buildah (pulls nothing).
+	@case "$(IMAGE_BUILDER)" in \
+	  buildah) set -x; $(BUILDAH) bud --isolation chroot $(IMAGE_BUILD_ARGS) $(IMAGE_CONTEXT); \
+	           $(BUILDAH) images $(IMAGE):$(VERSION) ;; \
+	  docker)  set -x; docker build $(IMAGE_BUILD_ARGS) $(IMAGE_CONTEXT); \
+	           docker image ls $(IMAGE):$(VERSION) ;; \
+	  *) echo "make image needs a Docker engine or buildah (apt-get install buildah); IMAGE_BUILDER='$(IMAGE_BUILDER)'"; exit 1 ;; \
+	esac
 
 .PHONY: createdb
 createdb: ## Create the database named in DATABASE_URL if it does not exist (nothing when embedded).

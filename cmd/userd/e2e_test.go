@@ -107,6 +107,13 @@ func launchUserd(t *testing.T, bin, databaseURL, dataDir string, ep endpoints, e
 		"USERD_LOG_FORMAT=json", "USERD_SHUTDOWN_GRACE=5s",
 	)
 	cmd.Env = append(cmd.Env, env...)
+	return runProcess(t, cmd, ep)
+}
+
+// runProcess starts cmd, a userd serving on ep, without waiting for it; it
+// is killed when the test ends if it still runs.
+func runProcess(t *testing.T, cmd *exec.Cmd, ep endpoints) *userdProcess {
+	t.Helper()
 	p := &userdProcess{cmd: cmd, ep: ep, logs: &syncBuffer{}, exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.logs, p.logs
 	if err := cmd.Start(); err != nil {
