@@ -50,7 +50,8 @@ TOOL_PKGS := \
 	google.golang.org/grpc/cmd/protoc-gen-go-grpc \
 	github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-grpc-gateway \
 	github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2 \
-	github.com/fullstorydev/grpcurl/cmd/grpcurl
+	github.com/fullstorydev/grpcurl/cmd/grpcurl \
+	honnef.co/go/tools/cmd/staticcheck
 TOOLS_STAMP := $(BIN)/.tools-stamp
 
 PROTO_SRC  := buf.yaml buf.gen.yaml $(wildcard proto/userd/v1/*.proto proto/userd/v1/*.yaml)
@@ -97,7 +98,9 @@ generate: $(PROTO_OUT) $(SQLC_OUT) ## Regenerate gen/ (protobuf, gRPC, gateway, 
 
 .PHONY: check-generated
 check-generated: ## Regenerate everything and fail if gen/ or go.mod changed.
-	$(MAKE) --no-print-directory -B $(PROTO_OUT) $(SQLC_OUT)
+	@# -W: regenerate as if the generators' configs had changed, without
+	@# rebuilding the generators themselves (as -B would).
+	$(MAKE) --no-print-directory -W buf.yaml -W sqlc.yaml $(PROTO_OUT) $(SQLC_OUT)
 	@git add -N gen
 	@git diff --exit-code --stat -- gen || { echo "gen/ is stale: run 'make generate' and commit the result"; exit 1; }
 	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run 'go mod tidy'"; exit 1; }
@@ -164,10 +167,16 @@ bench-go: ## Go benchmarks of the hot paths (token verification, webhook verific
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/auth ./internal/clerkhook ./internal/store
 
 .PHONY: lint
-lint: $(TOOLS_STAMP) ## go vet, gofmt and buf lint.
+# buf breaking compares the API with the last release tag, or with the
+# previous commit while there is none.
+BUF_AGAINST ?= .git\#ref=$(shell git describe --tags --abbrev=0 2>/dev/null || echo HEAD~1)
+
+lint: $(TOOLS_STAMP) ## go vet, gofmt, staticcheck, buf lint and buf breaking.
 	$(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^gen/')); [ -z "$$out" ] || { echo "gofmt needed:"; echo "$$out"; exit 1; }
+	$(BIN)/staticcheck ./...
 	$(BIN)/buf lint
+	$(BIN)/buf breaking --against '$(BUF_AGAINST)'
 
 .PHONY: clean
 clean: ## Remove bin/.

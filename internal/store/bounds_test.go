@@ -41,20 +41,20 @@ func poolWith(t *testing.T, url string, maxConns int32, timeouts store.SessionTi
 	return pool
 }
 
-// timed runs op with no deadline of its own and returns its error and how
-// long it took. An op still running after hangGuard fails the test and is
+// timed runs op with no deadline of its own and returns how long it took
+// and its error. An op still running after hangGuard fails the test and is
 // left to finish in the background (ok false).
-func timed(t *testing.T, name string, op func() error) (err error, took time.Duration, ok bool) {
+func timed(t *testing.T, name string, op func() error) (took time.Duration, ok bool, err error) {
 	t.Helper()
 	done := make(chan error, 1)
 	start := time.Now()
 	go func() { done <- op() }()
 	select {
 	case err := <-done:
-		return err, time.Since(start), true
+		return time.Since(start), true, err
 	case <-time.After(hangGuard):
 		t.Errorf("%s: no answer after %s: it hangs", name, hangGuard)
-		return nil, hangGuard, false
+		return hangGuard, false, nil
 	}
 }
 
@@ -127,7 +127,7 @@ func TestAcquireWaitIsBounded(t *testing.T) {
 		}},
 	}
 	for _, o := range ops {
-		err, took, ok := timed(t, o.name, o.op)
+		took, ok, err := timed(t, o.name, o.op)
 		if !ok {
 			continue
 		}
@@ -175,7 +175,7 @@ func TestSessionTimeouts(t *testing.T) {
 				t.Fatal(err)
 			}
 			release := holdRowLock(t, pool, "user_locked")
-			err, took, ok := timed(t, "DeductCredits", deduct(svc, "user_locked"))
+			took, ok, err := timed(t, "DeductCredits", deduct(svc, "user_locked"))
 			if !ok {
 				return
 			}
@@ -195,7 +195,7 @@ func TestSessionTimeouts(t *testing.T) {
 			t.Fatal(err)
 		}
 		holdRowLock(t, pool, "user_idle") // and never come back
-		err, took, ok := timed(t, "DeductCredits", deduct(svc, "user_idle"))
+		took, ok, err := timed(t, "DeductCredits", deduct(svc, "user_idle"))
 		if !ok {
 			return
 		}
