@@ -71,6 +71,15 @@ $(TOOLS_STAMP): tools/go.mod tools/go.sum
 .PHONY: tools
 tools: $(TOOLS_STAMP) ## Build the pinned generators and grpcurl into bin/.
 
+# grpcurl alone, for trying the API: seconds, where every tool takes minutes
+# cold (sqlc compiles a C parser).
+$(BIN)/grpcurl: tools/go.mod tools/go.sum
+	@mkdir -p $(BIN)
+	cd tools && $(GO) build -o ../$(BIN)/ github.com/fullstorydev/grpcurl/cmd/grpcurl
+
+.PHONY: grpcurl
+grpcurl: $(BIN)/grpcurl ## Build the pinned grpcurl into bin/ (without the generators).
+
 # The OpenAPI 3 document: protoc-gen-openapiv2 writes Swagger 2.0 into
 # bin/openapiv2 (an intermediate), internal/cmd/openapigen converts and
 # completes it (kin-openapi's openapi2conv) and validates the result.
@@ -139,8 +148,9 @@ createdb: ## Create the database named in DATABASE_URL if it does not exist (not
 	@[ -n "$$DATABASE_URL" ] || exit 0; \
 	db=$$(sed -E 's#^[a-z]+://[^/]*/([^?]*).*#\1#' <<<"$$DATABASE_URL"); \
 	server=$$(sed -E "s#/$$db(\?|$$)#/postgres\1#" <<<"$$DATABASE_URL"); \
-	psql "$$server" -tAc "SELECT 1 FROM pg_database WHERE datname = '$$db'" | grep -q 1 || \
-	  psql "$$server" -c "CREATE DATABASE \"$$db\""
+	found=$$(psql "$$server" -tAc "SELECT 1 FROM pg_database WHERE datname = '$$db'" 2>/dev/null) || { \
+	  echo "make: cannot reach the server in DATABASE_URL to create the database; userd will say why"; exit 0; }; \
+	[ "$$found" = 1 ] || psql "$$server" -qc "CREATE DATABASE \"$$db\""
 
 .PHONY: run
 run: build createdb ## Run userd (embedded PostgreSQL unless DATABASE_URL is set).

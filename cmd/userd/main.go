@@ -46,7 +46,6 @@ func main() {
 	kctx := kong.Parse(&c,
 		kong.Name("userd"),
 		kong.Description("userd mirrors Clerk users into PostgreSQL and owns their plan and credits."),
-		kong.UsageOnError(),
 	)
 	if err := kctx.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "userd:", err)
@@ -111,6 +110,9 @@ func (m *migrateCmd) Run(kctx *kong.Context) error {
 	if err := m.Database.Validate(); err != nil {
 		return err
 	}
+	if err := m.Log.Validate(); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	db, err := app.OpenDatabase(ctx, m.Database, store.SessionTimeouts{}, newLogger(os.Stderr, m.Log))
@@ -166,9 +168,9 @@ type sendClerkEventCmd struct {
 	Secret    string `name:"clerk-webhook-secret" env:"CLERK_WEBHOOK_SECRET" required:"" help:"Signing secret to sign with (the first one when several are configured)."`
 	Type      string `default:"user.created" enum:"user.created,user.updated,user.deleted" help:"Event type."`
 	UserID    string `name:"user-id" default:"user_2demoSampleUser" help:"Clerk user id."`
-	Email     string `default:"ada@example.com" help:"Primary email (empty for none)."`
-	FirstName string `name:"first-name" default:"Ada" help:"First name."`
-	LastName  string `name:"last-name" default:"Lovelace" help:"Last name."`
+	Email     string `default:"grace@example.com" help:"Primary email (empty for none)."`
+	FirstName string `name:"first-name" default:"Grace" help:"First name."`
+	LastName  string `name:"last-name" default:"Hopper" help:"Last name."`
 	MessageID string `name:"message-id" help:"Svix message id (default: a new one; reuse one to see deduplication)."`
 }
 

@@ -516,7 +516,7 @@ func OpenDatabase(ctx context.Context, cfg config.Database, session store.Sessio
 
 func openPGLog(dataDir string) (*os.File, error) {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("USERD_DATA_DIR %s: %w", dataDir, err)
+		return nil, fmt.Errorf("USERD_DATA_DIR %s: %w (DATABASE_URL is empty, so userd runs its own PostgreSQL there: set USERD_DATA_DIR to a writable directory, or DATABASE_URL to use your server)", dataDir, err)
 	}
 	f, err := os.OpenFile(filepath.Join(dataDir, "postgres.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {

@@ -39,7 +39,7 @@ type Serve struct {
 	Log      `embed:""`
 
 	AutoMigrate    bool   `name:"auto-migrate" env:"USERD_AUTO_MIGRATE" default:"true" negatable:"" help:"Apply pending migrations at start-up."`
-	GRPCAddr       string `name:"grpc-addr" env:"USERD_GRPC_ADDR" default:":9090" help:"gRPC listen address (UserService, health, reflection)."`
+	GRPCAddr       string `name:"grpc-addr" env:"USERD_GRPC_ADDR" default:":9090" help:"gRPC listen address (UserService, health, reflection), or \"off\"."`
 	HTTPAddr       string `name:"http-addr" env:"USERD_HTTP_ADDR" default:":8080" help:"HTTP API listen address (REST gateway under /v1, /openapi.json), or \"off\"."`
 	CORSOrigins    string `name:"cors-origins" env:"USERD_CORS_ORIGINS" help:"Comma-separated browser origins allowed to call the HTTP API (CORS); none when empty."`
 	ServiceTokens  string `name:"service-tokens" env:"USERD_SERVICE_TOKENS" help:"Backend service credentials: comma-separated name=token (or name=sha256:<hex of token>). Prefer the environment variable."`
@@ -102,8 +102,10 @@ func (s Serve) Validate() error {
 	if err := s.Log.Validate(); err != nil {
 		return err
 	}
-	if err := validAddr("USERD_GRPC_ADDR (--grpc-addr)", s.GRPCAddr); err != nil {
-		return err
+	if s.GRPCAddr != Off {
+		if err := validAddr("USERD_GRPC_ADDR (--grpc-addr)", s.GRPCAddr); err != nil {
+			return err
+		}
 	}
 	if s.HTTPAddr != Off {
 		if err := validAddr("USERD_HTTP_ADDR (--http-addr)", s.HTTPAddr); err != nil {
@@ -219,12 +221,11 @@ func validAddr(name, addr string) error {
 
 // Log configures logging.
 type Log struct {
-	LogFormat string `name:"log-format" env:"USERD_LOG_FORMAT" default:"auto" enum:"auto,json,text" help:"Log format: json, text, or auto (text on a terminal, else json)."`
-	LogLevel  string `name:"log-level" env:"USERD_LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Minimum log level."`
+	LogFormat string `name:"log-format" env:"USERD_LOG_FORMAT" default:"auto" help:"Log format: json, text, or auto (text on a terminal, else json)."`
+	LogLevel  string `name:"log-level" env:"USERD_LOG_LEVEL" default:"info" help:"Minimum log level."`
 }
 
-// Validate checks the log settings (kong enforces the enums; this covers
-// configs built in code).
+// Validate checks the log settings, naming both the variable and the flag.
 func (l Log) Validate() error {
 	switch l.LogFormat {
 	case "auto", "json", "text":
