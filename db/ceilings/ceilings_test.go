@@ -1,0 +1,128 @@
+package ceilings_test
+
+import (
+	"context"
+	"slices"
+	"strconv"
+	"testing"
+
+	"github.com/userd/userd/db/ceilings"
+	"github.com/userd/userd/internal/store"
+	"github.com/userd/userd/internal/testdb"
+	"github.com/userd/userd/internal/users"
+)
+
+// benchVars gives every pgbench variable a ceiling may use a value: the
+// first seeded user, client 0 and, as pgbench draws afresh for each
+// script, a key of the script's own.
+func benchVars(k int) map[string]string {
+	return map[string]string{"users": "1", "n": "0", "k": strconv.Itoa(k), "client_id": "0"}
+}
+
+// TestCeilingsRunOnTheSchema runs every ceiling's statements once, as
+// userd-bench's pgbench would, on a freshly migrated database seeded like
+// the bench's, and checks that each did its work (one row back) and kept
+// the ledger invariant. A schema change that breaks a ceiling fails here.
+func TestCeilingsRunOnTheSchema(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := testdb.Pool(t)
+	svc := users.NewService(store.New(pool), users.DefaultInitialCredits)
+	if _, _, err := svc.EnsureUser(ctx, users.EnsureUserInput{ClerkUserID: "user_bench0", Email: "u0@bench.example"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.GrantCredits(ctx, users.CreditChange{ClerkUserID: "user_bench0", Amount: 1000, IdempotencyKey: "seed"}); err != nil {
+		t.Fatal(err)
+	}
+
+	scripts, err := ceilings.All()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		names       []string
+		webhookUser string
+	)
+	for i, s := range scripts {
+		vars := benchVars(i + 1)
+		if s.Name == "webhook_create" {
+			webhookUser = "user_pgb" + vars["k"] + "_0"
+		}
+		names = append(names, s.Name)
+		if s.Doc == "" {
+			t.Errorf("%s.sql: no header comment saying what it does and keeps", s.Name)
+		}
+		cmds := s.SQL()
+		if len(cmds) == 0 {
+			t.Errorf("%s.sql: no SQL", s.Name)
+		}
+		for _, cmd := range cmds {
+			sql, err := ceilings.Substitute(cmd, vars)
+			if err != nil {
+				t.Fatalf("%s.sql: %v", s.Name, err)
+			}
+			rows, err := pool.Query(ctx, sql)
+			if err != nil {
+				t.Fatalf("%s.sql: %v", s.Name, err)
+			}
+			n := 0
+			for rows.Next() {
+				n++
+			}
+			if err := rows.Err(); err != nil {
+				t.Fatalf("%s.sql: %v\n%s", s.Name, err, sql)
+			}
+			if n != 1 {
+				t.Errorf("%s.sql: %d rows back, want 1 (the operation did nothing?)\n%s", s.Name, n, sql)
+			}
+		}
+	}
+	for _, want := range []string{"get_user", "deduct", "grant", "set_plan", "webhook_create"} {
+		if !slices.Contains(names, want) {
+			t.Errorf("no ceiling %s.sql (have %v)", want, names)
+		}
+	}
+
+	// deduct -1, grant +1, set_plan to PRO with +1: on top of 10 + 1000.
+	u := checkLedger(t, svc, "user_bench0")
+	if u.Credits != 1011 || u.Plan != users.PlanPro {
+		t.Errorf("user_bench0: credits %d plan %s, want 1011 PRO", u.Credits, u.Plan)
+	}
+	if u := checkLedger(t, svc, webhookUser); u.Credits != users.DefaultInitialCredits {
+		t.Errorf("webhook_create's user: credits %d, want %d", u.Credits, users.DefaultInitialCredits)
+	}
+}
+
+// checkLedger asserts that the user's balance is the sum of its ledger and
+// the balance_after of its newest entry.
+func checkLedger(t *testing.T, svc *users.Service, clerkID string) users.User {
+	t.Helper()
+	ctx := context.Background()
+	u, err := svc.GetUser(ctx, users.Lookup{ClerkUserID: clerkID})
+	if err != nil {
+		t.Fatalf("%s: %v", clerkID, err)
+	}
+	page, err := svc.ListCreditTransactions(ctx, clerkID, users.MaxPageSize, "")
+	if err != nil {
+		t.Fatalf("%s: %v", clerkID, err)
+	}
+	var sum int64
+	for _, tx := range page.Transactions {
+		sum += tx.Delta
+	}
+	if len(page.Transactions) == 0 || u.Credits != sum || page.Transactions[0].BalanceAfter != sum {
+		t.Errorf("%s: credits %d, ledger %+v: not the sum of its deltas", clerkID, u.Credits, page.Transactions)
+	}
+	return u
+}
+
+func TestSubstituteRefusesUndefinedVariables(t *testing.T) {
+	t.Parallel()
+	got, err := ceilings.Substitute("SELECT :a::text || :b", map[string]string{"a": "1", "b": "2"})
+	if err != nil || got != "SELECT 1::text || 2" {
+		t.Errorf("Substitute = %q, %v", got, err)
+	}
+	if _, err := ceilings.Substitute("SELECT :a, :c", map[string]string{"a": "1"}); err == nil {
+		t.Error("Substitute with :c undefined: no error")
+	}
+}
