@@ -168,9 +168,23 @@ migrate: build createdb ## Apply pending migrations to DATABASE_URL (ARGS=down|s
 test: ## Run every test with the race detector (TEST_DATABASE_URL, the local server, or an embedded one).
 	$(GO) test -race -count=1 ./...
 
+# `make bench` measures the binary of this commit (or tree) and, in the same
+# run, the previous design built from BASELINE: the last commit before
+# issue 10's write path. BASELINE= (empty) measures this one only.
+BASELINE ?= f6da8d2
+BASELINE_COMMIT = $(if $(BASELINE),$(or $(shell git rev-parse --verify --quiet --short '$(BASELINE)^{commit}'),$(error BASELINE=$(BASELINE) is not a commit)))
+BASELINE_BIN = $(if $(BASELINE),$(BIN)/userd-baseline-$(BASELINE_COMMIT))
+
+# A userd built from another commit, in a temporary copy of its tree.
+$(BIN)/userd-baseline-%:
+	@mkdir -p $(BIN)
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && git archive $* | tar -x -C "$$tmp" && \
+	  (cd "$$tmp" && CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -X main.version=$*' -o $(CURDIR)/$@ ./cmd/userd)
+
 .PHONY: bench
-bench: build ## Measure userd against pgbench on the same SQL; writes BENCHMARKS.md (ARGS=-rounds 1 -d 2s for a quick look).
-	$(GO) run ./cmd/userd-bench -userd $(BIN)/userd $(ARGS)
+bench: build ## Measure userd (and BASELINE=<commit>) against pgbench on the best SQL; writes BENCHMARKS.md (ARGS=-rounds 1 -d 2s for a quick look).
+	$(if $(BASELINE),@$(MAKE) --no-print-directory $(BASELINE_BIN))
+	$(GO) run ./cmd/userd-bench -userd $(BIN)/userd $(if $(BASELINE),-baseline $(BASELINE_BIN) -baseline-name 'previous ($(BASELINE_COMMIT))') $(ARGS)
 
 .PHONY: bench-go
 bench-go: ## Go benchmarks of the hot paths (token verification, webhook verification and parsing, store operations).

@@ -1,0 +1,223 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	userdv1 "github.com/userd/userd/gen/userd/v1"
+	"github.com/userd/userd/internal/clerkhook"
+	"github.com/userd/userd/internal/procstat"
+)
+
+// Scenarios the report and its targets name.
+const (
+	grpcGetUser    = "gRPC GetUser"
+	restGetUser    = "REST GetUser (session JWT)"
+	grpcDeduct     = "gRPC DeductCredits"
+	restDeduct     = "REST DeductCredits"
+	webhookCreated = "webhook user.created (signed, unique)"
+	halfPeak       = "gRPC GetUser at half peak"
+)
+
+// scenario is one operation driven at full speed.
+type scenario struct {
+	name    string
+	ceiling string // the db/ceilings script it is compared with, or ""
+	op      func(in *instance, i int) error
+}
+
+var scenarios = []scenario{
+	{grpcGetUser, "get_user", (*instance).getUser},
+	{"gRPC EnsureUser (existing)", "get_user", (*instance).ensureExisting},
+	{restGetUser, "get_user", (*instance).restGetUser},
+	{grpcDeduct, "deduct", (*instance).deduct},
+	{restDeduct, "deduct", (*instance).restDeduct},
+	{"gRPC GrantCredits", "grant", (*instance).grant},
+	{"gRPC SetPlan (PRO, bonus 1)", "set_plan", (*instance).setPlan},
+	{webhookCreated, "webhook_create", (*instance).webhook},
+}
+
+// result is one scenario's measurement.
+type result struct {
+	rps, p50, p99 float64
+	// cpu is userd's CPU seconds over the measured time, cpuPerCall the
+	// same in µs per completed call.
+	cpu, cpuPerCall float64
+	rssMiB          float64
+	errs            int64
+}
+
+// load runs op from -c workers for -d (after -warmup), optionally paced
+// by limiter, and measures latency, errors, userd's CPU and peak RSS.
+func (in *instance) load(ctx context.Context, op func(*instance, int) error, limiter *rate.Limiter) result {
+	var (
+		measuring atomic.Bool
+		stop      atomic.Bool
+		errs      atomic.Int64
+		mu        sync.Mutex
+		lat       []time.Duration
+		wg        sync.WaitGroup
+	)
+	for w := range *concurrency {
+		wg.Go(func() {
+			local := make([]time.Duration, 0, 1<<14)
+			for i := w; !stop.Load(); i += *concurrency {
+				if limiter != nil {
+					_ = limiter.Wait(ctx)
+				}
+				start := time.Now()
+				err := op(in, i)
+				if measuring.Load() {
+					local = append(local, time.Since(start))
+					if err != nil {
+						errs.Add(1)
+					}
+				}
+			}
+			mu.Lock()
+			lat = append(lat, local...)
+			mu.Unlock()
+		})
+	}
+	time.Sleep(*warmup)
+	if in.profile != "" {
+		wg.Go(func() { saveProfile(in.opsURL, in.profile, *duration) })
+	}
+	pid := in.cmd.Process.Pid
+	cpu0 := procstat.CPUSeconds(pid)
+	measuring.Store(true)
+	start := time.Now()
+	peak := 0.0
+	for time.Since(start) < *duration {
+		peak = max(peak, procstat.RSSMiB(pid))
+		time.Sleep(50 * time.Millisecond)
+	}
+	measuring.Store(false)
+	elapsed := time.Since(start)
+	cpu := procstat.CPUSeconds(pid) - cpu0
+	stop.Store(true)
+	wg.Wait()
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	pct := func(p float64) float64 {
+		if len(lat) == 0 {
+			return 0
+		}
+		return float64(lat[int(float64(len(lat)-1)*p)].Microseconds()) / 1000
+	}
+	res := result{rps: float64(len(lat)) / elapsed.Seconds(), p50: pct(.5), p99: pct(.99), cpu: cpu, rssMiB: peak, errs: errs.Load()}
+	if len(lat) > 0 {
+		res.cpuPerCall = cpu / float64(len(lat)) * 1e6
+	}
+	return res
+}
+
+func saveProfile(opsURL, path string, d time.Duration) {
+	resp, err := http.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", opsURL, int(d.Seconds())))
+	if err != nil {
+		log.Printf("profile: %v", err)
+		return
+	}
+	defer resp.Body.Close()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	_, _ = io.Copy(f, resp.Body)
+}
+
+// key returns a fresh idempotency key.
+func (in *instance) key(prefix string) string {
+	return prefix + strconv.FormatInt(in.t.keySeq.Add(1), 36)
+}
+
+func (in *instance) getUser(i int) error {
+	_, err := in.grpc.GetUser(in.ctx, &userdv1.GetUserRequest{Lookup: &userdv1.GetUserRequest_ClerkUserId{ClerkUserId: userID(i % *nUsers)}})
+	return err
+}
+
+func (in *instance) ensureExisting(i int) error {
+	_, err := in.grpc.EnsureUser(in.ctx, &userdv1.EnsureUserRequest{ClerkUserId: userID(i % *nUsers)})
+	return err
+}
+
+func (in *instance) restGetUser(i int) error {
+	req, _ := http.NewRequest(http.MethodGet, in.httpURL+"/v1/users/me", nil)
+	req.Header.Set("Authorization", "Bearer "+in.t.tokens[i%len(in.t.tokens)])
+	return in.do(req)
+}
+
+func (in *instance) deduct(i int) error {
+	_, err := in.grpc.DeductCredits(in.ctx, &userdv1.DeductCreditsRequest{
+		ClerkUserId: userID(i % *nUsers), Amount: 1, IdempotencyKey: in.key("d"),
+	})
+	return err
+}
+
+// restDeduct is a backend service deducting over REST with its token.
+func (in *instance) restDeduct(i int) error {
+	body := `{"amount":"1","idempotencyKey":"` + in.key("r") + `"}`
+	req, _ := http.NewRequest(http.MethodPost, in.httpURL+"/v1/users/"+userID(i%*nUsers)+"/credits:deduct", strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+serviceToken)
+	req.Header.Set("Content-Type", "application/json")
+	return in.do(req)
+}
+
+func (in *instance) grant(i int) error {
+	_, err := in.grpc.GrantCredits(in.ctx, &userdv1.GrantCreditsRequest{
+		ClerkUserId: userID(i % *nUsers), Amount: 1, IdempotencyKey: in.key("g"),
+	})
+	return err
+}
+
+func (in *instance) setPlan(i int) error {
+	_, err := in.grpc.SetPlan(in.ctx, &userdv1.SetPlanRequest{
+		ClerkUserId: userID(i % *nUsers), Plan: userdv1.Plan_PLAN_PRO, BonusCredits: 1, IdempotencyKey: in.key("p"),
+	})
+	return err
+}
+
+func (in *instance) webhook(int) error {
+	n := strconv.FormatInt(in.t.hookSeq.Add(1), 36)
+	now := time.Now()
+	body := clerkhook.SampleEvent("user.created", clerkhook.SampleUser{
+		ID: "user_hook" + n, Email: "h" + n + "@bench.example", UpdatedAt: now,
+	})
+	h, err := clerkhook.SignHeaders(webhookSecret, "msg_bench_"+n, now, body)
+	if err != nil {
+		return err
+	}
+	req, _ := http.NewRequest(http.MethodPost, in.hookURL, bytes.NewReader(body))
+	req.Header = h
+	return in.do(req)
+}
+
+func (in *instance) do(req *http.Request) error {
+	resp, err := in.http.Do(req)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s", resp.Status)
+	}
+	return nil
+}

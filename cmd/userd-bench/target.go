@@ -1,0 +1,238 @@
+package main
+
+import (
+	"context"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"log"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	userdv1 "github.com/userd/userd/gen/userd/v1"
+	"github.com/userd/userd/internal/clerkhook"
+)
+
+const (
+	serviceToken  = "bench-service-token-0123456789abcdef"
+	webhookSecret = "whsec_dXNlcmQtYmVuY2gtd2ViaG9vay1zZWNyZXQ="
+	issuer        = "https://clerk.bench.example"
+	// benchTokenLifetime is the lifetime of the session tokens the bench
+	// mints once for the whole run (Clerk's live 60 s and are refreshed).
+	benchTokenLifetime = 2 * time.Hour
+)
+
+// target is one userd binary under test, on a database of its own.
+type target struct {
+	name     string
+	bin      string
+	baseline bool
+	dbURL    string
+	pemKey   string   // public key of the session tokens
+	tokens   []string // a session token per seeded user
+	// Sequences that keep idempotency keys and webhook users fresh across
+	// the rounds.
+	keySeq, hookSeq atomic.Int64
+	results         map[string][]result
+}
+
+// setup makes the session tokens and seeds the users: each with a large
+// balance, so that deductions never run out.
+func (t *target) setup(ctx context.Context, key *rsa.PrivateKey) error {
+	der, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		return err
+	}
+	t.pemKey = string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
+	t.results = map[string][]result{}
+	for i := range *nUsers {
+		tok := jwt.NewWithClaims(jwt.SigningMethodRS256, jwt.MapClaims{
+			"iss": issuer, "sub": userID(i), "exp": time.Now().Add(benchTokenLifetime).Unix(), "iat": time.Now().Unix(), "sid": "sess_" + userID(i),
+		})
+		s, err := tok.SignedString(key)
+		if err != nil {
+			return err
+		}
+		t.tokens = append(t.tokens, s)
+	}
+	in, err := t.start(ctx)
+	if err != nil {
+		return err
+	}
+	defer in.stop()
+	log.Printf("%s: seeding %d users", t.name, *nUsers)
+	var (
+		wg    sync.WaitGroup
+		next  atomic.Int64
+		first atomic.Value
+	)
+	for range 8 {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < *nUsers; i = int(next.Add(1) - 1) {
+				if err := in.seed(i); err != nil {
+					first.CompareAndSwap(nil, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err, _ := first.Load().(error); err != nil {
+		return fmt.Errorf("%s: seed: %w", t.name, err)
+	}
+	return nil
+}
+
+func userID(i int) string { return fmt.Sprintf("user_bench%d", i) }
+
+// measure starts the target, runs one scenario and stops it again, so
+// that no idle userd holds database connections while another target or
+// pgbench runs. A nil limiter runs at full speed.
+func (t *target) measure(ctx context.Context, s scenario, limiter *rate.Limiter, profile bool) error {
+	in, err := t.start(ctx)
+	if err != nil {
+		return err
+	}
+	defer in.stop()
+	if profile && *pprofDir != "" {
+		in.profile = t.profilePath(s.name)
+	}
+	t.record(s.name, in.load(ctx, s.op, limiter))
+	return nil
+}
+
+func (t *target) record(name string, res result) {
+	t.results[name] = append(t.results[name], res)
+	log.Printf("  %-10s %-40s %8.0f/s p50 %.2fms p99 %.2fms CPU %.0fµs/call errors %d",
+		t.name, name, res.rps, res.p50, res.p99, res.cpuPerCall, res.errs)
+}
+
+func (t *target) profilePath(scenario string) string {
+	dir := *pprofDir
+	if t.baseline {
+		dir = filepath.Join(dir, "baseline")
+	}
+	return filepath.Join(dir, strings.NewReplacer(" ", "_", "(", "", ")", "", ",", "").Replace(scenario)+".pprof")
+}
+
+// instance is a running userd of a target, with clients connected to it.
+type instance struct {
+	t       *target
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	opsURL  string
+	httpURL string
+	hookURL string
+	conn    *grpc.ClientConn
+	grpc    userdv1.UserServiceClient
+	ctx     context.Context // carries the service token
+	http    *http.Client
+	profile string // file to save the next scenario's CPU profile to
+}
+
+// start runs the target's binary on its database, on free loopback ports,
+// and waits until it is ready.
+func (t *target) start(ctx context.Context) (*instance, error) {
+	ports := make([]string, 4)
+	for i := range ports {
+		var err error
+		if ports[i], err = freePort(); err != nil {
+			return nil, err
+		}
+	}
+	devNull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer devNull.Close()
+	cmd := exec.Command(t.bin, "serve")
+	cmd.Env = append(os.Environ(),
+		"DATABASE_URL="+t.dbURL, "USERD_DB_MAX_CONNS="+strconv.Itoa(*concurrency),
+		"USERD_GRPC_ADDR="+ports[0], "USERD_HTTP_ADDR="+ports[1], "USERD_WEBHOOK_ADDR="+ports[2], "USERD_OPS_ADDR="+ports[3],
+		"USERD_SERVICE_TOKENS=bench="+serviceToken, "CLERK_WEBHOOK_SECRET="+webhookSecret,
+		"CLERK_JWT_KEY="+t.pemKey, "CLERK_ISSUER="+issuer, "USERD_LOG_FORMAT=json", "USERD_LOG_LEVEL=info",
+		// The session tokens minted in setup must outlive the whole run.
+		"USERD_JWT_MAX_LIFETIME="+benchTokenLifetime.String(),
+		"USERD_PPROF="+strconv.FormatBool(*pprofDir != ""),
+	)
+	// Straight to /dev/null: the access log is part of what a call costs
+	// userd, but copying it would cost the load generator too.
+	cmd.Stdout, cmd.Stderr = devNull, devNull
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", t.bin, err)
+	}
+	in := &instance{
+		t: t, cmd: cmd, exited: make(chan struct{}),
+		opsURL: "http://" + ports[3], httpURL: "http://" + ports[1], hookURL: "http://" + ports[2] + clerkhook.Path,
+		ctx:  metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+serviceToken),
+		http: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: *concurrency * 2}},
+	}
+	go func() { _ = cmd.Wait(); close(in.exited) }()
+	if err := in.waitReady(); err != nil {
+		in.stop()
+		return nil, fmt.Errorf("%s (%s): %w", t.name, t.bin, err)
+	}
+	if in.conn, err = grpc.NewClient(ports[0], grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
+		in.stop()
+		return nil, err
+	}
+	in.grpc = userdv1.NewUserServiceClient(in.conn)
+	return in, nil
+}
+
+func (in *instance) waitReady() error {
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-in.exited:
+			return fmt.Errorf("userd exited at start-up (%v); run it by hand to see why", in.cmd.ProcessState)
+		default:
+		}
+		if resp, err := http.Get(in.opsURL + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("userd not ready at %s/readyz", in.opsURL)
+}
+
+// stop closes the clients and stops userd gracefully.
+func (in *instance) stop() {
+	if in.conn != nil {
+		_ = in.conn.Close()
+	}
+	in.http.CloseIdleConnections()
+	_ = in.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-in.exited:
+	case <-time.After(30 * time.Second):
+		_ = in.cmd.Process.Kill()
+		<-in.exited
+	}
+}
+
+func (in *instance) seed(i int) error {
+	id := userID(i)
+	if _, err := in.grpc.EnsureUser(in.ctx, &userdv1.EnsureUserRequest{ClerkUserId: id, Email: fmt.Sprintf("u%d@bench.example", i)}); err != nil {
+		return err
+	}
+	_, err := in.grpc.GrantCredits(in.ctx, &userdv1.GrantCreditsRequest{ClerkUserId: id, Amount: 1_000_000_000, IdempotencyKey: "seed"})
+	return err
+}
