@@ -18,6 +18,8 @@ import (
 	"log"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -38,6 +40,7 @@ var (
 	rounds       = flag.Int("rounds", 3, "rounds; the table shows medians")
 	nUsers       = flag.Int("users", 1000, "seeded users")
 	out          = flag.String("out", "BENCHMARKS.md", "where to write the report (empty: nowhere)")
+	only         = flag.String("run", "", "if set, run only the scenarios whose names match this regular expression (and their ceilings)")
 	pprofDir     = flag.String("pprof", "", "if set, save a CPU profile of userd for each scenario of the first round here (the baseline's in a subdirectory)")
 )
 
@@ -52,6 +55,13 @@ func main() {
 // run sets up the targets and the ceilings, measures them round by round
 // and writes the report.
 func run(ctx context.Context) error {
+	if *only != "" {
+		re, err := regexp.Compile(*only)
+		if err != nil {
+			return fmt.Errorf("-run: %w", err)
+		}
+		scenarios = slices.DeleteFunc(scenarios, func(s scenario) bool { return !re.MatchString(s.name) })
+	}
 	srv, err := openServer(ctx)
 	if err != nil {
 		return err
@@ -118,15 +128,11 @@ func measureRound(ctx context.Context, targets []*target, ceils []*ceiling, prof
 			}
 		}
 	}
-	for _, c := range ceils {
-		if !done[c.Name] {
-			if err := c.run(); err != nil {
-				return err
-			}
-		}
-	}
 	// p99 at half of gRPC GetUser's peak (its median so far).
 	for _, t := range targets {
+		if len(t.results[grpcGetUser]) == 0 {
+			break
+		}
 		half := median(rates(t.results[grpcGetUser])) / 2
 		s := scenario{name: halfPeak, op: (*instance).getUser}
 		if err := t.measure(ctx, s, rate.NewLimiter(rate.Limit(half), *concurrency), false); err != nil {

@@ -68,6 +68,9 @@ func renderTable(b *strings.Builder, cur, prev *target, ceiling map[string]float
 	rows := append(append([]scenario(nil), scenarios...), scenario{name: halfPeak})
 	for _, s := range rows {
 		rs := cur.results[s.name]
+		if len(rs) == 0 {
+			continue // not run (-run)
+		}
 		rps := median(rates(rs))
 		rss := field(rs, func(r result) float64 { return r.rssMiB })
 		maxRSS = max(maxRSS, rss)
@@ -118,7 +121,7 @@ func renderTargets(b *strings.Builder, cur, prev *target, ceiling map[string]flo
 		return "**not met**"
 	}
 	ratioRow := func(what string, num, den, want float64) {
-		if den == 0 {
+		if num == 0 || den == 0 {
 			fmt.Fprintf(b, "| %s | not measured | |\n", what)
 			return
 		}
@@ -130,7 +133,7 @@ func renderTargets(b *strings.Builder, cur, prev *target, ceiling map[string]flo
 	b.WriteString("\n| target | measured | |\n| --- | --- | --- |\n")
 	ratioRow("DeductCredits ≥ 0.6 of the best-SQL deduct ceiling", rate(cur, grpcDeduct), ceiling["deduct"], .6)
 	fmt.Fprintf(b, "| webhook ingestion ≥ 5,000 signed user.created events/s | %.0f/s | %s |\n", hook, check(hook >= 5000))
-	if prev != nil {
+	if prev != nil && hook > 0 {
 		fmt.Fprintf(b, "| webhook ingestion ≥ 3× the previous design (%s) in the same run | %.2f× | %s |\n",
 			prev.name, hook/rate(prev, webhookCreated), check(hook/rate(prev, webhookCreated) >= 3))
 	} else {
@@ -149,6 +152,9 @@ func renderCeilings(b *strings.Builder, ceils []*ceiling, ceiling map[string]flo
 		"`go test ./db/ceilings` runs every statement once on a freshly migrated database, so a ceiling cannot drift from the schema.\n",
 		*concurrency, runtime.NumCPU(), int(duration.Seconds()), *nUsers)
 	for _, c := range ceils {
+		if len(c.tps) == 0 {
+			continue // not run (-run)
+		}
 		fmt.Fprintf(b, "\n### %s: %.0f tps\n\n```sql\n%s```\n", c.Name, ceiling[c.Name], c.Text)
 	}
 }

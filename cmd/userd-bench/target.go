@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"log"
 	"net/http"
 	"os"
@@ -154,11 +155,6 @@ func (t *target) start(ctx context.Context) (*instance, error) {
 			return nil, err
 		}
 	}
-	devNull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer devNull.Close()
 	cmd := exec.Command(t.bin, "serve")
 	cmd.Env = append(os.Environ(),
 		"DATABASE_URL="+t.dbURL, "USERD_DB_MAX_CONNS="+strconv.Itoa(*concurrency),
@@ -169,9 +165,9 @@ func (t *target) start(ctx context.Context) (*instance, error) {
 		"USERD_JWT_MAX_LIFETIME="+benchTokenLifetime.String(),
 		"USERD_PPROF="+strconv.FormatBool(*pprofDir != ""),
 	)
-	// Straight to /dev/null: the access log is part of what a call costs
-	// userd, but copying it would cost the load generator too.
-	cmd.Stdout, cmd.Stderr = devNull, devNull
+	// Through a pipe, as under a supervisor or container runtime: writing
+	// the access log is part of what a call costs userd.
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", t.bin, err)
 	}
@@ -186,11 +182,12 @@ func (t *target) start(ctx context.Context) (*instance, error) {
 		in.stop()
 		return nil, fmt.Errorf("%s (%s): %w", t.name, t.bin, err)
 	}
-	if in.conn, err = grpc.NewClient(ports[0], grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
+	conn, err := grpc.NewClient(ports[0], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
 		in.stop()
 		return nil, err
 	}
-	in.grpc = userdv1.NewUserServiceClient(in.conn)
+	in.conn, in.grpc = conn, userdv1.NewUserServiceClient(conn)
 	return in, nil
 }
 
