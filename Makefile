@@ -187,8 +187,8 @@ bench: build ## Measure userd (and BASELINE=<commit>) against pgbench on the bes
 	$(GO) run ./cmd/userd-bench -userd $(BIN)/userd $(if $(BASELINE),-baseline $(BASELINE_BIN) -baseline-name 'previous ($(BASELINE_COMMIT))') $(ARGS)
 
 .PHONY: bench-go
-bench-go: ## Go benchmarks of the hot paths (token verification, webhook verification and parsing, store operations).
-	$(GO) test -run '^$$' -bench . -benchmem ./internal/auth ./internal/clerkhook ./internal/store
+bench-go: ## Go benchmarks of the hot paths (token verification, webhook verification and parsing, the interceptor chain, store operations).
+	$(GO) test -run '^$$' -bench . -benchmem ./internal/auth ./internal/clerkhook ./internal/grpcapi ./internal/store
 
 .PHONY: lint
 # buf breaking compares the API with the last release tag, or with the

@@ -86,10 +86,8 @@ func visible(ctx context.Context, u users.User) error {
 // from the idempotency-key metadata; both set and different is invalid.
 func idempotencyKey(ctx context.Context, field string) (string, error) {
 	var header string
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if v := md.Get(IdempotencyKeyHeader); len(v) > 0 {
-			header = v[0]
-		}
+	if v := metadata.ValueFromIncomingContext(ctx, IdempotencyKeyHeader); len(v) > 0 {
+		header = v[0]
 	}
 	switch {
 	case field == "":

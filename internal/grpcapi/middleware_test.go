@@ -3,6 +3,7 @@ package grpcapi_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,8 +13,10 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	userdv1 "github.com/userd/userd/gen/userd/v1"
 	"github.com/userd/userd/internal/apperr"
 	"github.com/userd/userd/internal/auth"
 	"github.com/userd/userd/internal/grpcapi"
@@ -108,5 +111,69 @@ func TestBoundInterceptor(t *testing.T) {
 	defer cancel()
 	if left := deadlineIn(shorter); left > time.Second {
 		t.Errorf("caller deadline of 1s: %s left, want the caller's", left)
+	}
+}
+
+// stubUsers answers GetUser without a database.
+type stubUsers struct {
+	userdv1.UnimplementedUserServiceServer
+}
+
+func (stubUsers) GetUser(context.Context, *userdv1.GetUserRequest) (*userdv1.GetUserResponse, error) {
+	return &userdv1.GetUserResponse{User: &userdv1.User{ClerkUserId: "user_1"}}, nil
+}
+
+// TestAccessLogLine checks the line logged per call, over gRPC's chain and
+// the REST gateway's (grpcapi.Chained): one JSON line at info with the
+// transport, method, code, duration, principal and request id.
+func TestAccessLogLine(t *testing.T) {
+	t.Parallel()
+	const token = "log-test-service-token-0123456789abcdef"
+	tokens, err := auth.ParseServiceTokens("billing=" + token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, transport := range []string{"grpc", "rest"} {
+		t.Run(transport, func(t *testing.T) {
+			var logs bytes.Buffer
+			log := slog.New(slog.NewJSONHandler(&logs, nil))
+			ics := grpcapi.Interceptors(log, auth.NewAuthenticator(tokens, nil, log), time.Minute)
+			ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs(
+				"authorization", "Bearer "+token, grpcapi.RequestIDHeader, "req-42"))
+			req := &userdv1.GetUserRequest{Lookup: &userdv1.GetUserRequest_ClerkUserId{ClerkUserId: "user_1"}}
+			if transport == "rest" {
+				if _, err := grpcapi.Chained(stubUsers{}, ics).GetUser(ctx, req); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				info := &grpc.UnaryServerInfo{FullMethod: userdv1.UserService_GetUser_FullMethodName}
+				h := grpc.UnaryHandler(func(ctx context.Context, req any) (any, error) {
+					return stubUsers{}.GetUser(ctx, req.(*userdv1.GetUserRequest))
+				})
+				for i := len(ics) - 1; i >= 0; i-- {
+					ic, next := ics[i], h
+					h = func(ctx context.Context, req any) (any, error) { return ic(ctx, req, info, next) }
+				}
+				if _, err := h(ctx, req); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var line map[string]any
+			if err := json.Unmarshal(logs.Bytes(), &line); err != nil {
+				t.Fatalf("not one JSON line: %v\n%s", err, logs.String())
+			}
+			want := map[string]any{
+				"level": "INFO", "msg": "call", "transport": transport, "method": userdv1.UserService_GetUser_FullMethodName,
+				"code": "OK", "principal": "service:billing", "request_id": "req-42",
+			}
+			for k, v := range want {
+				if line[k] != v {
+					t.Errorf("%s = %v, want %v\n%s", k, line[k], v, logs.String())
+				}
+			}
+			if d, ok := line["duration_ms"].(float64); !ok || d < 0 {
+				t.Errorf("duration_ms = %v\n%s", line["duration_ms"], logs.String())
+			}
+		})
 	}
 }

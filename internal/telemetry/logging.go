@@ -11,8 +11,9 @@ import (
 )
 
 // NewLogger returns userd's logger: JSON, or text when format is "text" or
-// "auto" and w is a terminal. Records made with a context that carries a
-// span get its trace_id and span_id.
+// "auto" and w is a terminal. When tracing is enabled, records made with a
+// context that carries a span get its trace_id and span_id; otherwise no
+// context carries one, and looking costs every log line.
 func NewLogger(w io.Writer, format, level string) *slog.Logger {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(level)); err != nil {
@@ -29,7 +30,10 @@ func NewLogger(w io.Writer, format, level string) *slog.Logger {
 	if format == "text" {
 		h = slog.NewTextHandler(w, opts)
 	}
-	return slog.New(traceHandler{h})
+	if TracingEnabled() {
+		h = traceHandler{h}
+	}
+	return slog.New(h)
 }
 
 // traceHandler adds the span of the record's context.
