@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"crypto/sha256"
 	"errors"
 	"log/slog"
 
@@ -35,13 +36,16 @@ func (a *Authenticator) Authenticate(authorization string) (Principal, error) {
 	if !ok {
 		return Principal{}, apperr.Unauthenticated("Authorization must be \"Bearer <token>\"")
 	}
-	if name, ok := a.services.Match(token); ok {
+	// One digest serves both: service tokens are kept as digests, and
+	// verified session tokens are cached by theirs.
+	digest := sha256.Sum256([]byte(token))
+	if name, ok := a.services.matchDigest(digest); ok {
 		return Principal{Kind: KindService, Service: name}, nil
 	}
 	if a.sessions == nil {
 		return Principal{}, apperr.Unauthenticated("invalid token")
 	}
-	claims, err := a.sessions.Verify(token)
+	claims, err := a.sessions.verify(token, digest)
 	if err != nil {
 		a.log.Debug("session token rejected", "err", err)
 		msg := "invalid token"

@@ -80,7 +80,11 @@ func (ts ServiceTokens) Len() int { return len(ts.entries) }
 // digests in constant time and always looks at every entry, so timing tells
 // nothing about which (if any) matched.
 func (ts ServiceTokens) Match(token string) (string, bool) {
-	digest := sha256.Sum256([]byte(token))
+	return ts.matchDigest(sha256.Sum256([]byte(token)))
+}
+
+// matchDigest is Match for the token's SHA-256 digest.
+func (ts ServiceTokens) matchDigest(digest [sha256.Size]byte) (string, bool) {
 	name := ""
 	for _, e := range ts.entries {
 		if subtle.ConstantTimeCompare(digest[:], e.digest[:]) == 1 {

@@ -202,7 +202,11 @@ func (v *SessionVerifier) key(t *jwt.Token) (any, error) {
 // lifetime, iss and azp, and returns its claims. A token verified before is
 // only checked against the clock again.
 func (v *SessionVerifier) Verify(token string) (*SessionClaims, error) {
-	key := sha256.Sum256([]byte(token))
+	return v.verify(token, sha256.Sum256([]byte(token)))
+}
+
+// verify is Verify for a token whose SHA-256 digest is key.
+func (v *SessionVerifier) verify(token string, key [sha256.Size]byte) (*SessionClaims, error) {
 	now := v.now()
 	v.mu.Lock()
 	cached, ok := v.verified[key]
