@@ -95,7 +95,8 @@ func (in *instance) load(ctx context.Context, op func(*instance, int) error, lim
 	}
 	time.Sleep(*warmup)
 	if in.profile != "" {
-		wg.Go(func() { saveProfile(in.opsURL, in.profile, *duration) })
+		wg.Go(func() { saveProfile(in.opsURL+"/debug/pprof/profile", in.profile+".pprof", *duration) })
+		wg.Go(func() { saveProfile(in.opsURL+"/debug/pprof/allocs", in.profile+".allocs.pprof", *duration) })
 	}
 	pid := in.cmd.Process.Pid
 	cpu0 := procstat.CPUSeconds(pid)
@@ -125,8 +126,9 @@ func (in *instance) load(ctx context.Context, op func(*instance, int) error, lim
 	return res
 }
 
-func saveProfile(opsURL, path string, d time.Duration) {
-	resp, err := http.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", opsURL, int(d.Seconds())))
+// saveProfile saves what a pprof endpoint records over d.
+func saveProfile(endpoint, path string, d time.Duration) {
+	resp, err := http.Get(fmt.Sprintf("%s?seconds=%d", endpoint, int(d.Seconds())))
 	if err != nil {
 		log.Printf("profile: %v", err)
 		return

@@ -41,7 +41,7 @@ var (
 	nUsers       = flag.Int("users", 1000, "seeded users")
 	out          = flag.String("out", "BENCHMARKS.md", "where to write the report (empty: nowhere)")
 	only         = flag.String("run", "", "if set, run only the scenarios whose names match this regular expression (and their ceilings)")
-	pprofDir     = flag.String("pprof", "", "if set, save a CPU profile of userd for each scenario of the first round here (the baseline's in a subdirectory)")
+	pprofDir     = flag.String("pprof", "", "if set, save a CPU profile (<scenario>.pprof) and the allocations (<scenario>.allocs.pprof) of userd for each scenario of the first round here (the baseline's in a subdirectory)")
 )
 
 func main() {

@@ -127,7 +127,7 @@ func (t *target) profilePath(scenario string) string {
 	if t.baseline {
 		dir = filepath.Join(dir, "baseline")
 	}
-	return filepath.Join(dir, strings.NewReplacer(" ", "_", "(", "", ")", "", ",", "").Replace(scenario)+".pprof")
+	return filepath.Join(dir, strings.NewReplacer(" ", "_", "(", "", ")", "", ",", "").Replace(scenario))
 }
 
 // instance is a running userd of a target, with clients connected to it.
