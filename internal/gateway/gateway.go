@@ -128,8 +128,11 @@ func limitBody(h http.Handler) http.Handler {
 	})
 }
 
-// incomingHeader forwards, besides Authorization (always forwarded), the
-// idempotency key and the request id.
+// incomingHeader forwards, besides Authorization (which grpc-gateway
+// always forwards), only the headers the server reads: the idempotency key
+// and the request id. grpc-gateway's default matcher would also copy the
+// standard headers (user agent, cookies, the Authorization header a second
+// time, ...) into every call's metadata for nothing to read them.
 func incomingHeader(key string) (string, bool) {
 	switch strings.ToLower(key) {
 	case grpcapi.IdempotencyKeyHeader:
@@ -137,7 +140,7 @@ func incomingHeader(key string) (string, bool) {
 	case grpcapi.RequestIDHeader:
 		return grpcapi.RequestIDHeader, true
 	}
-	return runtime.DefaultHeaderMatcher(key)
+	return "", false
 }
 
 // literalPlus makes a '+' in the query string a plus sign, as in RFC 3986,
