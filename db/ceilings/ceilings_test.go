@@ -2,15 +2,20 @@ package ceilings_test
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strconv"
 	"testing"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/userd/userd/db/ceilings"
 	"github.com/userd/userd/internal/store"
 	"github.com/userd/userd/internal/testdb"
 	"github.com/userd/userd/internal/users"
 )
+
+const uniqueViolation = "23505" // SQLSTATE
 
 // benchVars gives every pgbench variable a ceiling may use a value: the
 // first seeded user, client 0 and, as pgbench draws afresh for each
@@ -75,6 +80,21 @@ func TestCeilingsRunOnTheSchema(t *testing.T) {
 			if n != 1 {
 				t.Errorf("%s.sql: %d rows back, want 1 (the operation did nothing?)\n%s", s.Name, n, sql)
 			}
+		}
+	}
+	// One key space per user: a key a deduction used cannot grant or set a
+	// plan, and the statement that tries changes nothing.
+	for _, s := range scripts {
+		if s.Name != "grant" && s.Name != "set_plan" {
+			continue
+		}
+		sql, err := ceilings.Substitute(s.SQL()[0], benchVars(slices.Index(names, "deduct")+1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var pgErr *pgconn.PgError
+		if _, err := pool.Exec(ctx, sql); !errors.As(err, &pgErr) || pgErr.Code != uniqueViolation {
+			t.Errorf("%s.sql with the key deduct.sql used: err = %v, want a unique violation", s.Name, err)
 		}
 	}
 	for _, want := range []string{"get_user", "deduct", "grant", "set_plan", "webhook_create"} {

@@ -2,15 +2,12 @@
 -- key): one statement. The first CTE locks the live user and reads the plan
 -- it had (under READ COMMITTED a locking read returns the latest committed
 -- row, so previous_plan is never stale); the UPDATE sets plan and balance;
--- the bonus ledger row carries the balance it produced (credits = sum(delta)
--- at every commit) and the plan change names that ledger row. The key's
--- uniqueness per user is the constraints on credit_transactions and
--- plan_changes. No row back means "unknown user"; a reused key is a unique
--- violation, and its replay may take a second round trip. A change without
+-- the key is claimed in idempotency_keys, the user's one key space; the
+-- bonus ledger row carries the balance it produced (credits = sum(delta) at
+-- every commit) and the plan change names that ledger row. No row back
+-- means "unknown user"; a used key is a unique violation that undoes the
+-- statement, and its replay may take a second round trip. A change without
 -- bonus drops the ledger CTE (transaction_id NULL).
--- Once idempotency_keys (issue 10) exists, the key row joins as one more
--- CTE inserting (user_id, key, 'SET_PLAN', plan_change_id) from the
--- plan_changes row this statement returns.
 \set n random(0, :users - 1)
 \set k random(1, 1000000000000)
 WITH prev AS (
@@ -21,6 +18,9 @@ WITH prev AS (
     UPDATE users SET plan = 'PRO', credits = users.credits + 1, updated_at = now()
     FROM prev WHERE users.id = prev.id
     RETURNING users.id, users.credits, prev.plan AS previous_plan
+), claim AS (
+    INSERT INTO idempotency_keys (user_id, idempotency_key, operation)
+    SELECT id, 'pgb' || :k || '-' || :client_id, 'SET_PLAN' FROM u
 ), t AS (
     INSERT INTO credit_transactions (user_id, delta, balance_after, kind, reason, idempotency_key)
     SELECT id, 1, credits, 'PLAN_BONUS', '', 'pgb' || :k || '-' || :client_id FROM u

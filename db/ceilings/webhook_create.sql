@@ -8,7 +8,9 @@
 -- row back (the user already exists) or a unique violation (a redelivered
 -- Svix id, an email another user holds) sends the event down the general
 -- path (ordering by Clerk's updated_at, email hand-over, tombstones), which
--- may take more round trips; the common path may not.
+-- may take more round trips; the common path may not. It commits each
+-- event on its own: userd's group commit shares one commit among the
+-- deliveries that arrive together, which this ceiling does not.
 \set k random(1, 1000000000000)
 WITH new_user AS (
     INSERT INTO users (clerk_user_id, email, first_name, last_name, image_url, plan, credits, clerk_updated_at)
