@@ -66,8 +66,11 @@ func RequestIDInterceptor() grpc.UnaryServerInterceptor {
 func LoggingInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 	// The transport attribute is formatted once, here, which also keeps a
 	// line's other attributes within what a slog.Record holds without
-	// allocating.
-	grpcLog, restLog := log.With(slog.String("transport", "grpc")), log.With(slog.String("transport", "rest"))
+	// allocating; and the record is handed to the handler directly, as
+	// slog.Logger would record the caller's program counter for every line
+	// (runtime.Callers, ~1% of a GetUser) for a source nobody logs.
+	grpcLog := log.With(slog.String("transport", "grpc")).Handler()
+	restLog := log.With(slog.String("transport", "rest")).Handler()
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		start := time.Now()
 		resp, err := handler(ctx, req)
@@ -79,23 +82,26 @@ func LoggingInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 		case codes.Unavailable:
 			level = slog.LevelWarn
 		}
-		log := grpcLog
+		h := grpcLog
 		if fromREST(ctx) {
-			log = restLog
+			h = restLog
 		}
-		if !log.Enabled(ctx, level) {
+		if !h.Enabled(ctx, level) {
 			return resp, err
 		}
 		principal, requestID := "", ""
 		if ci := infoOf(ctx); ci != nil {
 			principal, requestID = ci.principal, ci.requestID
 		}
-		log.LogAttrs(ctx, level, "call",
+		now := time.Now()
+		r := slog.NewRecord(now, level, "call", 0)
+		r.AddAttrs(
 			slog.String("method", info.FullMethod),
 			slog.String("code", code.String()),
-			slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000),
+			slog.Float64("duration_ms", float64(now.Sub(start).Microseconds())/1000),
 			slog.String("principal", principal),
 			slog.String("request_id", requestID))
+		_ = h.Handle(ctx, r) // as slog.Logger does, a failed write is not the call's error
 		return resp, err
 	}
 }
