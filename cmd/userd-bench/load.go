@@ -55,10 +55,11 @@ var scenarios = []scenario{
 type result struct {
 	rps, p50, p99 float64
 	// cpu is userd's CPU seconds over the measured time, cpuPerCall the
-	// same in µs per completed call.
-	cpu, cpuPerCall float64
-	rssMiB          float64
-	errs            int64
+	// same in µs per completed call; clientPerCall is the load generator's
+	// (this process's) CPU µs per call, which shares the cores.
+	cpu, cpuPerCall, clientPerCall float64
+	rssMiB                         float64
+	errs                           int64
 }
 
 // load runs op from -c workers for -d (after -warmup), optionally paced
@@ -99,7 +100,7 @@ func (in *instance) load(ctx context.Context, op func(*instance, int) error, lim
 		wg.Go(func() { saveProfile(in.opsURL+"/debug/pprof/allocs", in.profile+".allocs.pprof", *duration) })
 	}
 	pid := in.cmd.Process.Pid
-	cpu0 := procstat.CPUSeconds(pid)
+	cpu0, client0 := procstat.CPUSeconds(pid), procstat.CPUSeconds(os.Getpid())
 	measuring.Store(true)
 	start := time.Now()
 	peak := 0.0
@@ -109,7 +110,7 @@ func (in *instance) load(ctx context.Context, op func(*instance, int) error, lim
 	}
 	measuring.Store(false)
 	elapsed := time.Since(start)
-	cpu := procstat.CPUSeconds(pid) - cpu0
+	cpu, client := procstat.CPUSeconds(pid)-cpu0, procstat.CPUSeconds(os.Getpid())-client0
 	stop.Store(true)
 	wg.Wait()
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
@@ -122,6 +123,7 @@ func (in *instance) load(ctx context.Context, op func(*instance, int) error, lim
 	res := result{rps: float64(len(lat)) / elapsed.Seconds(), p50: pct(.5), p99: pct(.99), cpu: cpu, rssMiB: peak, errs: errs.Load()}
 	if len(lat) > 0 {
 		res.cpuPerCall = cpu / float64(len(lat)) * 1e6
+		res.clientPerCall = client / float64(len(lat)) * 1e6
 	}
 	return res
 }

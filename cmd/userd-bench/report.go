@@ -46,7 +46,7 @@ func renderHeader(b *strings.Builder, prev *target) {
 	fmt.Fprintf(b, "Each ceiling is the best SQL a hand-tuned implementation would send for the operation's semantics "+
 		"(one statement; the scripts are in db/ceilings and [below](#ceilings)), run by pgbench with prepared statements "+
 		"at the same concurrency on the same seeded database. CPU µs/call is userd's CPU time over the measured "+
-		"seconds divided by the calls completed in them.")
+		"seconds divided by the calls completed in them; client CPU µs/call the same for the load generator, which shares the cores.")
 	if prev != nil {
 		fmt.Fprintf(b, " **%s** is the previous design (`make bench` builds it from BASELINE), measured in the same rounds "+
 			"on a database of its own; × is the new rate over its rate.", prev.name)
@@ -57,8 +57,8 @@ func renderHeader(b *strings.Builder, prev *target) {
 // renderTable writes the operations table and returns the largest RSS
 // of the binary under test.
 func renderTable(b *strings.Builder, cur, prev *target, ceiling map[string]float64) float64 {
-	b.WriteString("| operation | rate /s | p50 ms | p99 ms | errors | CPU µs/call | peak RSS MiB | ceiling tps (best SQL) | ratio |")
-	sep := "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+	b.WriteString("| operation | rate /s | p50 ms | p99 ms | errors | CPU µs/call | client CPU µs/call | peak RSS MiB | ceiling tps (best SQL) | ratio |")
+	sep := "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 	if prev != nil {
 		fmt.Fprintf(b, " %[1]s rate /s | %[1]s CPU µs/call | %[1]s ratio | × %[1]s |", prev.name)
 		sep += " ---: | ---: | ---: | ---: |"
@@ -79,9 +79,10 @@ func renderTable(b *strings.Builder, cur, prev *target, ceiling map[string]float
 			ceil = fmt.Sprintf("%.0f (%s)", tps, s.ceiling)
 			ratio = fmt.Sprintf("%.2f", rps/tps)
 		}
-		fmt.Fprintf(b, "| %s | %.0f | %.2f | %.2f | %d | %.0f | %.0f | %s | %s |", s.name, rps,
+		fmt.Fprintf(b, "| %s | %.0f | %.2f | %.2f | %d | %.0f | %.0f | %.0f | %s | %s |", s.name, rps,
 			field(rs, func(r result) float64 { return r.p50 }), field(rs, func(r result) float64 { return r.p99 }),
-			errorCount(rs), field(rs, func(r result) float64 { return r.cpuPerCall }), rss, ceil, ratio)
+			errorCount(rs), field(rs, func(r result) float64 { return r.cpuPerCall }),
+			field(rs, func(r result) float64 { return r.clientPerCall }), rss, ceil, ratio)
 		if prev != nil {
 			ps := prev.results[s.name]
 			prps := median(rates(ps))

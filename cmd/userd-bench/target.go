@@ -118,8 +118,8 @@ func (t *target) measure(ctx context.Context, s scenario, limiter *rate.Limiter,
 
 func (t *target) record(name string, res result) {
 	t.results[name] = append(t.results[name], res)
-	log.Printf("  %-10s %-40s %8.0f/s p50 %.2fms p99 %.2fms CPU %.0fµs/call errors %d",
-		t.name, name, res.rps, res.p50, res.p99, res.cpuPerCall, res.errs)
+	log.Printf("  %-10s %-40s %8.0f/s p50 %.2fms p99 %.2fms CPU %.0fµs/call (client %.0fµs) errors %d",
+		t.name, name, res.rps, res.p50, res.p99, res.cpuPerCall, res.clientPerCall, res.errs)
 }
 
 func (t *target) profilePath(scenario string) string {
