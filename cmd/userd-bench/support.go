@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
 	"sort"
+	"strconv"
 
 	"github.com/jackc/pgx/v5"
 
@@ -70,13 +72,20 @@ func (s *server) close() {
 	s.extra()
 }
 
+// freePort returns a loopback address with a port that was free just now,
+// below 32768: the kernel hands out higher ones to outgoing connections
+// (the bench makes many), which could take it before userd binds it.
 func freePort() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
+	var err error
+	for range 100 {
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(10000+rand.IntN(32768-10000)))
+		var ln net.Listener
+		if ln, err = net.Listen("tcp", addr); err == nil {
+			ln.Close()
+			return addr, nil
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
+	return "", fmt.Errorf("no free port below 32768: %w", err)
 }
 
 func median(xs []float64) float64 {

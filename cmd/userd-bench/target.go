@@ -5,6 +5,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -146,8 +147,20 @@ type instance struct {
 }
 
 // start runs the target's binary on its database, on free loopback ports,
-// and waits until it is ready.
+// and waits until it is ready; once more on other ports if it exits at
+// start-up (another process may have bound a port it was given).
 func (t *target) start(ctx context.Context) (*instance, error) {
+	in, err := t.startOnce(ctx)
+	if err != nil && errors.Is(err, errExited) {
+		log.Printf("%s: %v; starting it again on other ports", t.name, err)
+		in, err = t.startOnce(ctx)
+	}
+	return in, err
+}
+
+var errExited = errors.New("userd exited at start-up")
+
+func (t *target) startOnce(ctx context.Context) (*instance, error) {
 	ports := make([]string, 4)
 	for i := range ports {
 		var err error
@@ -196,7 +209,7 @@ func (in *instance) waitReady() error {
 	for time.Now().Before(deadline) {
 		select {
 		case <-in.exited:
-			return fmt.Errorf("userd exited at start-up (%v); run it by hand to see why", in.cmd.ProcessState)
+			return fmt.Errorf("%w (%v); run it by hand to see why", errExited, in.cmd.ProcessState)
 		default:
 		}
 		if resp, err := http.Get(in.opsURL + "/readyz"); err == nil {
