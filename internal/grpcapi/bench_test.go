@@ -17,7 +17,7 @@ import (
 
 // BenchmarkInterceptors measures what the server's unary chain (request
 // id, access log line, Prometheus, recovery, error mapping, service-token
-// authentication), assembled as internal/app does, costs a GetUser call
+// authentication, deadline bound), assembled as internal/app does, costs a GetUser call
 // around a handler that does nothing; at level warn, without the access
 // log line.
 func BenchmarkInterceptors(b *testing.B) {
