@@ -49,7 +49,10 @@ type target struct {
 	// Sequences that keep idempotency keys and webhook users fresh across
 	// the rounds.
 	keySeq, hookSeq atomic.Int64
-	results         map[string][]result
+	// deliveries are signed ahead of a webhook scenario (presign).
+	deliveries   []delivery
+	nextDelivery atomic.Int64
+	results      map[string][]result
 }
 
 // setup makes the session tokens and seeds the users: each with a large
@@ -105,6 +108,10 @@ func userID(i int) string { return fmt.Sprintf("user_bench%d", i) }
 // that no idle userd holds database connections while another target or
 // pgbench runs. A nil limiter runs at full speed.
 func (t *target) measure(ctx context.Context, s scenario, limiter *rate.Limiter, profile bool) error {
+	if s.prepare != nil {
+		s.prepare(t)
+		defer func() { t.deliveries = nil }()
+	}
 	in, err := t.start(ctx)
 	if err != nil {
 		return err
