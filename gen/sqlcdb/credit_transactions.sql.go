@@ -61,6 +61,50 @@ func (q *Queries) ChangeCredits(ctx context.Context, db DBTX, arg ChangeCreditsP
 	return i, err
 }
 
+const deductCreditsForAction = `-- name: DeductCreditsForAction :one
+SELECT status, available, price, t_id, t_user_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at FROM userd_deduct_for_action($1::text, $2::text, $3::text)
+`
+
+type DeductCreditsForActionParams struct {
+	ClerkUserID    string
+	Action         string
+	IdempotencyKey string
+}
+
+type DeductCreditsForActionRow struct {
+	Status        *string
+	Available     *int64
+	Price         *int64
+	TID           *int64
+	TUserID       *uuid.UUID
+	TDelta        *int64
+	TBalanceAfter *int64
+	TKind         *string
+	TReason       *string
+	TCreatedAt    *time.Time
+}
+
+// DeductCreditsForAction charges one use of an action at its current price
+// in one round trip (see the function userd_deduct_for_action in
+// db/migrations): the status says what happened.
+func (q *Queries) DeductCreditsForAction(ctx context.Context, db DBTX, arg DeductCreditsForActionParams) (DeductCreditsForActionRow, error) {
+	row := db.QueryRow(ctx, deductCreditsForAction, arg.ClerkUserID, arg.Action, arg.IdempotencyKey)
+	var i DeductCreditsForActionRow
+	err := row.Scan(
+		&i.Status,
+		&i.Available,
+		&i.Price,
+		&i.TID,
+		&i.TUserID,
+		&i.TDelta,
+		&i.TBalanceAfter,
+		&i.TKind,
+		&i.TReason,
+		&i.TCreatedAt,
+	)
+	return i, err
+}
+
 const listCreditTransactions = `-- name: ListCreditTransactions :many
 
 SELECT id, user_id, delta, balance_after, kind, reason, idempotency_key, created_at FROM credit_transactions

@@ -40,6 +40,23 @@ type PlanChange struct {
 	CreatedAt      time.Time
 }
 
+type Price struct {
+	Action    string
+	Credits   int64
+	CreatedAt time.Time
+	UpdatedAt time.Time
+	UpdatedBy string
+}
+
+type PriceChange struct {
+	ID              int64
+	Action          string
+	PreviousCredits *int64
+	Credits         int64
+	ChangedBy       string
+	ChangedAt       time.Time
+}
+
 type User struct {
 	ID             uuid.UUID
 	ClerkUserID    string

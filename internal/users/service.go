@@ -264,27 +264,49 @@ func existing(u User) (User, bool, error) {
 
 // CreditChange is a request to deduct or grant credits.
 type CreditChange struct {
-	ClerkUserID    string
-	Amount         int64
+	ClerkUserID string
+	Amount      int64
+	// Action, for a deduction only, charges the action's current price
+	// instead of Amount (exactly one of them is set); the action is then
+	// the ledger entry's reason, so Reason must be empty.
+	Action         string
 	IdempotencyKey string
 	Reason         string
 }
 
-func (c CreditChange) validate() error {
+func (c CreditChange) validate(kind TxKind) error {
 	var v violations
 	v.clerkUserID("clerk_user_id", c.ClerkUserID)
-	v.amount("amount", c.Amount, false)
+	if kind == TxDeduct {
+		Cost{Amount: c.Amount, Action: c.Action}.validate(&v)
+	} else {
+		v.amount("amount", c.Amount, false)
+		if c.Action != "" {
+			v.add("action", "only deductions are priced by action")
+		}
+	}
 	v.idempotencyKey("idempotency_key", c.IdempotencyKey)
 	v.text("reason", c.Reason, MaxReason)
+	if c.Action != "" && c.Reason != "" {
+		v.add("reason", "must be empty with action: the action is the ledger reason")
+	}
 	return v.err()
 }
 
-// DeductCredits subtracts c.Amount from the user's balance and records it in
-// the ledger, atomically. It never drives a balance negative: a balance
-// lower than the amount fails with KindInsufficientCredits and changes
-// nothing. A retry with the same key and parameters returns the original
-// entry.
+// DeductCredits subtracts c.Amount, or c.Action's current price, from the
+// user's balance and records it in the ledger, atomically. It never drives
+// a balance negative: a balance lower than the amount fails with
+// KindInsufficientCredits and changes nothing; so does an action the price
+// list does not have, as an invalid argument. A retry with the same key
+// and parameters returns the original entry (for an action, at the price
+// charged then).
 func (s *Service) DeductCredits(ctx context.Context, c CreditChange) (Transaction, error) {
+	if c.Action != "" {
+		if err := c.validate(TxDeduct); err != nil {
+			return Transaction{}, err
+		}
+		return s.deductForAction(ctx, c)
+	}
 	return s.changeCredits(ctx, c, TxDeduct)
 }
 
@@ -295,7 +317,7 @@ func (s *Service) GrantCredits(ctx context.Context, c CreditChange) (Transaction
 }
 
 func (s *Service) changeCredits(ctx context.Context, c CreditChange, kind TxKind) (Transaction, error) {
-	if err := c.validate(); err != nil {
+	if err := c.validate(kind); err != nil {
 		return Transaction{}, err
 	}
 	delta := c.Amount
@@ -414,13 +436,8 @@ type TransactionPage struct {
 func (s *Service) ListCreditTransactions(ctx context.Context, clerkUserID string, pageSize int32, pageToken string) (TransactionPage, error) {
 	var v violations
 	v.clerkUserID("clerk_user_id", clerkUserID)
-	switch {
-	case pageSize < 0 || pageSize > MaxPageSize:
-		v.add("page_size", "must be between 0 and 500")
-	case pageSize == 0:
-		pageSize = DefaultPageSize
-	}
-	before, err := decodePageToken(pageToken)
+	pageSize = v.pageSize("page_size", pageSize, DefaultPageSize, MaxPageSize)
+	before, err := decodeIDPageToken(ledgerTokenPrefix, pageToken)
 	if err != nil {
 		v.add("page_token", "is not a token returned by this API")
 	}
@@ -439,30 +456,42 @@ func (s *Service) ListCreditTransactions(ctx context.Context, clerkUserID string
 	page := TransactionPage{Transactions: ts}
 	if len(ts) > int(pageSize) {
 		page.Transactions = ts[:pageSize]
-		page.NextPageToken = encodePageToken(ts[pageSize-1].ID)
+		page.NextPageToken = encodePageToken(ledgerTokenPrefix, strconv.FormatInt(ts[pageSize-1].ID, 10))
 	}
 	return page, nil
 }
 
-// Page tokens are opaque to callers: a version prefix and the id of the last
-// entry returned.
-const pageTokenPrefix = "ct1:"
+// Page tokens are opaque to callers: a prefix naming a version and what
+// the token pages through, then where the last page ended.
+const ledgerTokenPrefix = "ct1:"
 
-func encodePageToken(lastID int64) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(pageTokenPrefix + strconv.FormatInt(lastID, 10)))
+func encodePageToken(prefix, last string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(prefix + last))
 }
 
-func decodePageToken(tok string) (int64, error) {
+// decodePageToken returns where the page before tok ended, "" for no
+// token.
+func decodePageToken(prefix, tok string) (string, error) {
 	if tok == "" {
-		return 0, nil
+		return "", nil
 	}
 	raw, err := base64.RawURLEncoding.DecodeString(tok)
 	if err != nil {
-		return 0, err
+		return "", err
 	}
-	s, ok := strings.CutPrefix(string(raw), pageTokenPrefix)
-	if !ok {
-		return 0, errors.New("bad page token prefix")
+	s, ok := strings.CutPrefix(string(raw), prefix)
+	if !ok || s == "" {
+		return "", errors.New("bad page token prefix")
+	}
+	return s, nil
+}
+
+// decodeIDPageToken is decodePageToken for tokens that end at a row id; 0
+// for no token.
+func decodeIDPageToken(prefix, tok string) (int64, error) {
+	s, err := decodePageToken(prefix, tok)
+	if err != nil || s == "" {
+		return 0, err
 	}
 	id, err := strconv.ParseInt(s, 10, 64)
 	if err != nil || id <= 0 {

@@ -107,6 +107,9 @@ const (
 	WriteOverflow WriteStatus = "overflow"
 	// WriteNotFound: no live user has the Clerk id.
 	WriteNotFound WriteStatus = "not_found"
+	// WriteUnknownAction: a deduction by action names an action the price
+	// list does not have.
+	WriteUnknownAction WriteStatus = "unknown_action"
 )
 
 // CreditWrite is a deduction (Delta < 0) or grant (Delta > 0) for the store.
@@ -127,6 +130,17 @@ type CreditWriteResult struct {
 	// Transaction is the entry written (applied) or the original one
 	// (replayed).
 	Transaction Transaction
+	// Price, for a deduction by action, is the price charged (applied,
+	// replayed) or asked (insufficient).
+	Price int64
+}
+
+// ActionDeduction is a deduction of an action's current price for the
+// store.
+type ActionDeduction struct {
+	ClerkUserID    string
+	Action         string
+	IdempotencyKey string
 }
 
 // PlanWrite is a plan change for the store.
@@ -212,12 +226,30 @@ type Store interface {
 	// locks the user, claims the key in the user's one key space, moves the
 	// balance and writes the ledger entry, or reports why not.
 	ChangeCredits(ctx context.Context, w CreditWrite) (CreditWriteResult, error)
+	// DeductCreditsForAction charges one use of an action at the price in
+	// effect when it commits, in one round trip, under the same lock and
+	// key space as ChangeCredits.
+	DeductCreditsForAction(ctx context.Context, d ActionDeduction) (CreditWriteResult, error)
 	// SetPlan changes the plan and grants the bonus in one round trip,
 	// under the same lock and key space as ChangeCredits.
 	SetPlan(ctx context.Context, w PlanWrite) (PlanWriteResult, error)
 	// ListCreditTransactions returns up to limit entries with id < beforeID
 	// (any id when beforeID is 0), newest first.
 	ListCreditTransactions(ctx context.Context, userID uuid.UUID, beforeID int64, limit int32) ([]Transaction, error)
+
+	// CheckAffordability reads an action's price and a user's balance in
+	// one round trip.
+	CheckAffordability(ctx context.Context, clerkUserID, action string) (AffordabilityRead, error)
+
+	// SetPrice sets an action's price and records the change in one round
+	// trip.
+	SetPrice(ctx context.Context, in SetPriceInput) (SetPriceResult, error)
+	// ListPrices returns up to limit prices with actions after after, by
+	// action.
+	ListPrices(ctx context.Context, after string, limit int32) ([]Price, error)
+	// ListPriceChanges returns up to limit changes of action (all when "")
+	// with id < beforeID (any id when 0), newest first.
+	ListPriceChanges(ctx context.Context, action string, beforeID int64, limit int32) ([]PriceChange, error)
 
 	// ApplyClerkEvents applies verified Clerk deliveries in one round trip
 	// and one transaction, each event on its own (one that fails leaves the

@@ -131,6 +131,48 @@ func (v *violations) idempotencyKey(field, key string) {
 	}
 }
 
+// MaxAction is the longest action name of the price list.
+const MaxAction = 64
+
+// validAction reports whether a is an action name: a lowercase letter,
+// then lowercase letters, digits, "_", "." or "-" (the database checks the
+// same rule). Names are REST path segments, hence no ":" or "/".
+func validAction(a string) bool {
+	if a == "" || len(a) > MaxAction || a[0] < 'a' || a[0] > 'z' {
+		return false
+	}
+	for i := 1; i < len(a); i++ {
+		c := a[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func (v *violations) action(field, a string) {
+	switch {
+	case a == "":
+		v.add(field, "is required")
+	case len(a) > MaxAction:
+		v.add(field, "must be at most 64 characters")
+	case !validAction(a):
+		v.add(field, `must be a lowercase letter followed by lowercase letters, digits, "_", "." or "-"`)
+	}
+}
+
+// pageSize checks a requested page size and returns the one to use (def
+// for 0).
+func (v *violations) pageSize(field string, size, def, max int32) int32 {
+	switch {
+	case size < 0 || size > max:
+		v.add(field, "must be between 0 and "+strconv.Itoa(int(max)))
+	case size == 0:
+		return def
+	}
+	return size
+}
+
 func (v *violations) plan(field string, p Plan) {
 	if !p.Valid() {
 		v.add(field, "must be one of FREE, PRO, ENTERPRISE")
