@@ -151,3 +151,98 @@ func (q *Queries) ListCreditTransactions(ctx context.Context, db DBTX, arg ListC
 	}
 	return items, nil
 }
+
+const summarizeUsage = `-- name: SummarizeUsage :many
+WITH owner AS (
+    SELECT u.id, u.credits FROM users u
+    WHERE u.clerk_user_id = $1::text AND u.deleted_at IS NULL
+), sums AS (
+    SELECT coalesce(e.period, 0)::int AS period, e.reason,
+           sum(e.spent) AS spent, sum(e.granted) AS granted, count(*) AS entries
+    FROM (
+        SELECT width_bucket(t.created_at, $2::timestamptz[]) AS period, t.reason,
+               greatest(-t.delta, 0) AS spent, greatest(t.delta, 0) AS granted
+        FROM owner
+        JOIN credit_transactions t ON t.user_id = owner.id
+        WHERE t.created_at >= ($2::timestamptz[])[1] AND t.created_at < $3::timestamptz
+    ) e
+    GROUP BY GROUPING SETS ((e.period, e.reason), (e.reason))
+), ranked AS (
+    SELECT s.period, s.reason, s.spent, s.granted, s.entries, row_number() OVER (PARTITION BY s.period ORDER BY s.spent + s.granted DESC, s.reason) AS rank
+    FROM sums s
+), folded AS (
+    SELECT r.period, o.other, (CASE WHEN o.other THEN '' ELSE r.reason END)::text AS reason,
+           sum(r.spent)::bigint AS spent, sum(r.granted)::bigint AS granted,
+           sum(r.entries)::bigint AS entries, min(r.rank) AS rank
+    FROM ranked r
+    CROSS JOIN LATERAL (SELECT r.rank > CASE WHEN r.period = 0 THEN $4::int
+                                             ELSE $5::int END AS other) o
+    GROUP BY 1, 2, 3
+)
+SELECT owner.credits AS balance, f.period, f.reason, f.other, f.spent, f.granted, f.entries
+FROM owner
+LEFT JOIN folded f ON true
+ORDER BY f.period, f.rank
+`
+
+type SummarizeUsageParams struct {
+	ClerkUserID   string
+	PeriodStarts  []time.Time
+	EndTime       time.Time
+	WindowReasons int32
+	PeriodReasons int32
+}
+
+type SummarizeUsageRow struct {
+	Balance int64
+	Period  *int32
+	Reason  *string
+	Other   *bool
+	Spent   *int64
+	Granted *int64
+	Entries *int64
+}
+
+// SummarizeUsage sums a live user's ledger entries with
+// period_starts[1] <= created_at < end_time by reason, in one statement (one
+// snapshot, so the balance and the sums agree). Period n (n >= 1) holds the
+// entries from period_starts[n] up to the next start (or end_time); period
+// 0 is the whole window. In each period the period_reasons reasons with the
+// most credits moved (window_reasons for period 0) get a row each, ordered
+// by credits moved, then reason; the rest are summed in one row with other
+// = true. Every row carries the balance; a user without entries in the
+// window gets one row whose period is NULL, and no live user, no row.
+// Served by credit_transactions_user_id_created_at_idx (index only).
+func (q *Queries) SummarizeUsage(ctx context.Context, db DBTX, arg SummarizeUsageParams) ([]SummarizeUsageRow, error) {
+	rows, err := db.Query(ctx, summarizeUsage,
+		arg.ClerkUserID,
+		arg.PeriodStarts,
+		arg.EndTime,
+		arg.WindowReasons,
+		arg.PeriodReasons,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []SummarizeUsageRow{}
+	for rows.Next() {
+		var i SummarizeUsageRow
+		if err := rows.Scan(
+			&i.Balance,
+			&i.Period,
+			&i.Reason,
+			&i.Other,
+			&i.Spent,
+			&i.Granted,
+			&i.Entries,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}

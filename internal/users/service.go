@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -24,6 +25,8 @@ type Service struct {
 	// clerk applies Clerk user states (webhook events, profiles fetched
 	// for EnsureUser) in group-committed batches.
 	clerk *clerkBatcher
+	// now is the clock that ends usage windows left open.
+	now func() time.Time
 }
 
 // Observer learns of committed changes (for metrics). Replays and rolled
@@ -50,7 +53,7 @@ const (
 
 // NewService returns a Service that gives new users initialCredits (>= 0).
 func NewService(store Store, initialCredits int64) *Service {
-	s := &Service{store: store, initialCredits: initialCredits, observer: noObserver{}}
+	s := &Service{store: store, initialCredits: initialCredits, observer: noObserver{}, now: time.Now}
 	s.clerk = &clerkBatcher{
 		store:   store,
 		opts:    ClerkApplyOptions{InitialCredits: initialCredits, EraseDeleted: true},

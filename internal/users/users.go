@@ -237,6 +237,9 @@ type Store interface {
 	// (any id when beforeID is 0), newest first.
 	ListCreditTransactions(ctx context.Context, userID uuid.UUID, beforeID int64, limit int32) ([]Transaction, error)
 
+	// SummarizeUsage sums a live user's ledger over a window in one
+	// statement (ErrNoRow when there is no such user).
+	SummarizeUsage(ctx context.Context, scan UsageScan) (UsageRows, error)
 	// CheckAffordability reads an action's price and a user's balance in
 	// one round trip.
 	CheckAffordability(ctx context.Context, clerkUserID, action string) (AffordabilityRead, error)

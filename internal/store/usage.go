@@ -1,0 +1,45 @@
+package store
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/userd/userd/gen/sqlcdb"
+	"github.com/userd/userd/internal/users"
+)
+
+func (s *Store) SummarizeUsage(ctx context.Context, scan users.UsageScan) (users.UsageRows, error) {
+	rows, err := s.q.SummarizeUsage(ctx, s.db, sqlcdb.SummarizeUsageParams{
+		ClerkUserID:   scan.ClerkUserID,
+		PeriodStarts:  scan.PeriodStarts,
+		EndTime:       scan.End,
+		WindowReasons: scan.WindowReasons,
+		PeriodReasons: scan.PeriodReasons,
+	})
+	if err != nil {
+		return users.UsageRows{}, translate(fmt.Errorf("summarize usage: %w", err))
+	}
+	if len(rows) == 0 {
+		return users.UsageRows{}, users.ErrNoRow
+	}
+	out := users.UsageRows{Balance: rows[0].Balance}
+	for _, r := range rows {
+		if r.Period == nil {
+			// The one row of a user without entries in the window.
+			continue
+		}
+		out.Rows = append(out.Rows, users.UsageRow{
+			Period: int(*r.Period),
+			ReasonUsage: users.ReasonUsage{
+				Reason: deref(r.Reason),
+				Other:  deref(r.Other),
+				UsageTotals: users.UsageTotals{
+					Spent:   deref(r.Spent),
+					Granted: deref(r.Granted),
+					Entries: deref(r.Entries),
+				},
+			},
+		})
+	}
+	return out, nil
+}
