@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/userd/userd/gen/openapi"
 	userdv1 "github.com/userd/userd/gen/userd/v1"
@@ -470,13 +471,19 @@ func TestOpenAPIDocument(t *testing.T) {
 		for method, op := range item.Operations() {
 			ops[op.OperationID] = op
 			for _, code := range []int{200, 400, 401, 404, 500, 503, 504} {
+				// Only operations on a user can miss one; the price list
+				// has no 404 of its own.
+				if code == 404 && !strings.HasPrefix(path, "/v1/users") {
+					continue
+				}
 				if op.Responses.Status(code) == nil {
 					t.Errorf("%s %s does not document %d", method, path, code)
 				}
 			}
 		}
 	}
-	want := []string{"GetUser", "LookupUser", "EnsureUser", "DeductCredits", "GrantCredits", "SetPlan", "ListCreditTransactions"}
+	want := []string{"GetUser", "LookupUser", "EnsureUser", "DeductCredits", "GrantCredits", "SetPlan", "ListCreditTransactions",
+		"GetUsageSummary", "CanAfford", "SetPrice", "ListPrices", "ListPriceChanges"}
 	if len(ops) != len(want) {
 		t.Errorf("operations %v, want %v", slices.Sorted(maps.Keys(ops)), want)
 	}
@@ -501,7 +508,7 @@ func TestOpenAPIDocument(t *testing.T) {
 	if body := ops["EnsureUser"].RequestBody.Value; body.Required {
 		t.Error("EnsureUser's body is marked required; an empty body works")
 	}
-	for _, id := range []string{"GetUser", "EnsureUser", "ListCreditTransactions"} {
+	for _, id := range []string{"GetUser", "EnsureUser", "ListCreditTransactions", "GetUsageSummary", "CanAfford"} {
 		for _, p := range ops[id].Parameters {
 			if p.Value.Name == "clerkUserId" && !strings.Contains(p.Value.Description, `"me"`) {
 				t.Errorf("%s: clerkUserId does not document me: %q", id, p.Value.Description)
@@ -768,5 +775,113 @@ func TestSessionCookie(t *testing.T) {
 	r = open.call(t, "POST", "/v1/users/me:ensure", "", nil, "Cookie", cookie(open.clerk.UserToken("user_bob")), "Origin", clerktest.Party)
 	if r.status != http.StatusForbidden {
 		t.Errorf("cookie write without CLERK_AUTHORIZED_PARTIES: %d %v, want 403", r.status, r.body)
+	}
+}
+
+// TestUsageAndPricesOverREST: a service manages prices and charges by
+// action over REST; an end user reads its own usage summary and
+// affordability (as "me" or by its id), never another user's, over REST
+// and gRPC alike, and cannot touch prices.
+func TestUsageAndPricesOverREST(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	svc := apptest.ServiceToken
+	alice := b.clerk.UserToken("user_alice")
+	b.call(t, "POST", "/v1/users/me:ensure", alice, nil)
+	b.call(t, "POST", "/v1/users/user_bob:ensure", svc, map[string]any{})
+
+	r := b.call(t, "PUT", "/v1/prices/render", svc, map[string]any{"credits": 4})
+	if r.status != http.StatusOK || field(r.body, "price", "credits") != "4" || field(r.body, "change", "changedBy") != "service:tests" {
+		t.Fatalf("PUT /v1/prices/render: %d %v", r.status, r.body)
+	}
+	r = b.call(t, "POST", "/v1/users/user_alice/credits:deduct", svc, map[string]any{"action": "render"}, "Idempotency-Key", "job-1")
+	if r.status != http.StatusOK || r.body["balance"] != "6" || field(r.body, "transaction", "reason") != "render" {
+		t.Fatalf("deduct by action: %d %v", r.status, r.body)
+	}
+	r = b.call(t, "POST", "/v1/users/user_alice/credits:deduct", svc, map[string]any{"action": "paint"}, "Idempotency-Key", "job-2")
+	if r.status != http.StatusBadRequest || !strings.Contains(fmt.Sprint(r.body["details"]), "action") {
+		t.Errorf("deduct an unknown action: %d %v", r.status, r.body)
+	}
+	if r := b.call(t, "GET", "/v1/prices", svc, nil); r.status != http.StatusOK || field(r.body, "prices") == nil {
+		t.Errorf("GET /v1/prices: %d %v", r.status, r.body)
+	}
+	if r := b.call(t, "GET", "/v1/price-changes?action=render", svc, nil); r.status != http.StatusOK {
+		t.Errorf("GET /v1/price-changes: %d %v", r.status, r.body)
+	} else if changes, _ := r.body["changes"].([]any); len(changes) != 1 {
+		t.Errorf("GET /v1/price-changes: %v", r.body)
+	}
+
+	// Alice's own summary, as me and by id; times with an offset are the
+	// same instants ("+" must be sent as %2B in a query).
+	start := time.Now().UTC().Add(-2 * time.Hour).Format(time.RFC3339)
+	for _, path := range []string{
+		"/v1/users/me/usage?startTime=" + start + "&groupBy=USAGE_PERIOD_DAY",
+		"/v1/users/user_alice/usage?startTime=" + start + "&groupBy=USAGE_PERIOD_DAY",
+		"/v1/users/me/usage?startTime=" + strings.ReplaceAll(time.Now().Add(-2*time.Hour).In(time.FixedZone("", 5*3600+1800)).Format(time.RFC3339), "+", "%2B"),
+	} {
+		r := b.call(t, "GET", path, alice, nil)
+		if r.status != http.StatusOK || r.body["balance"] != "6" || r.body["spent"] != "4" || r.body["granted"] != "10" || r.body["entryCount"] != "2" {
+			t.Errorf("alice GET %s: %d %v", path, r.status, r.body)
+		}
+	}
+	r = b.call(t, "GET", "/v1/users/me/credits:canAfford?action=render", alice, nil)
+	if r.status != http.StatusOK || r.body["required"] != "4" || r.body["available"] != "6" || r.body["allowed"] != true {
+		t.Errorf("alice canAfford render: %d %v", r.status, r.body)
+	}
+	r = b.call(t, "GET", "/v1/users/me/credits:canAfford?amount=7", alice, nil)
+	if r.status != http.StatusOK || r.body["allowed"] != false {
+		t.Errorf("alice canAfford 7: %d %v", r.status, r.body)
+	}
+	if r := b.call(t, "GET", "/v1/users/me/usage", alice, nil); r.status != http.StatusBadRequest {
+		t.Errorf("usage without a start: %d %v", r.status, r.body)
+	}
+
+	// Not Bob's, and not the price list.
+	for _, route := range []struct{ method, path string }{
+		{"GET", "/v1/users/user_bob/usage?startTime=" + start},
+		{"GET", "/v1/users/user_bob/credits:canAfford?amount=1"},
+		{"GET", "/v1/users/user_nobody/usage?startTime=" + start},
+	} {
+		if r := b.call(t, route.method, route.path, alice, nil); r.status != http.StatusNotFound {
+			t.Errorf("alice %s %s: %d %v, want 404", route.method, route.path, r.status, r.body)
+		}
+	}
+	for _, route := range []struct {
+		method, path string
+		body         map[string]any
+	}{
+		{"PUT", "/v1/prices/render", map[string]any{"credits": 1}},
+		{"GET", "/v1/prices", nil},
+		{"GET", "/v1/price-changes", nil},
+		{"POST", "/v1/users/me/credits:deduct", map[string]any{"action": "render", "idempotencyKey": "k"}},
+	} {
+		if r := b.call(t, route.method, route.path, alice, route.body); r.status != http.StatusForbidden {
+			t.Errorf("alice %s %s: %d %v, want 403", route.method, route.path, r.status, r.body)
+		}
+	}
+	// The same rules over gRPC.
+	ctx := withToken(alice)
+	from := timestamppb.New(time.Now().Add(-2 * time.Hour))
+	if sum, err := b.in.Client.GetUsageSummary(ctx, &userdv1.GetUsageSummaryRequest{ClerkUserId: "me", StartTime: from}); err != nil || sum.GetBalance() != 6 {
+		t.Errorf("gRPC GetUsageSummary(me) = %v, %v", sum, err)
+	}
+	if _, err := b.in.Client.GetUsageSummary(ctx, &userdv1.GetUsageSummaryRequest{ClerkUserId: "user_bob", StartTime: from}); status.Code(err) != codes.NotFound {
+		t.Errorf("gRPC GetUsageSummary(bob): %v", err)
+	}
+	if _, err := b.in.Client.CanAfford(ctx, &userdv1.CanAffordRequest{ClerkUserId: "user_bob", Amount: 1}); status.Code(err) != codes.NotFound {
+		t.Errorf("gRPC CanAfford(bob): %v", err)
+	}
+	if _, err := b.in.Client.SetPrice(ctx, &userdv1.SetPriceRequest{Action: "render", Credits: 1}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("gRPC SetPrice as alice: %v", err)
+	}
+	if _, err := b.in.Client.ListPriceChanges(ctx, &userdv1.ListPriceChangesRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("gRPC ListPriceChanges as alice: %v", err)
+	}
+	// Nothing changed: the price is still 4, Bob untouched.
+	if r := b.call(t, "GET", "/v1/prices", svc, nil); fmt.Sprint(r.body["prices"]) == "" || !strings.Contains(fmt.Sprint(r.body["prices"]), "credits:4") {
+		t.Errorf("prices after alice's attempts: %v", r.body)
+	}
+	if u, err := b.in.Store.GetLiveUserByClerkID(context.Background(), "user_bob"); err != nil || u.Credits != 10 {
+		t.Errorf("bob = %+v, %v", u, err)
 	}
 }

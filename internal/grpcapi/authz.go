@@ -59,14 +59,21 @@ func ownUser(ctx context.Context, requested string) (string, error) {
 // servicesOnly refuses end users: credits and plans change only through
 // backend services.
 func servicesOnly(ctx context.Context) error {
+	_, err := service(ctx, "change credits or plans")
+	return err
+}
+
+// service returns the calling service's principal, refusing end users:
+// only backend services may do what (e.g. "manage prices").
+func service(ctx context.Context, what string) (auth.Principal, error) {
 	p, err := principal(ctx)
 	if err != nil {
-		return err
+		return auth.Principal{}, err
 	}
 	if p.Kind != auth.KindService {
-		return apperr.PermissionDenied("only backend services may change credits or plans")
+		return auth.Principal{}, apperr.PermissionDenied("only backend services may " + what)
 	}
-	return nil
+	return p, nil
 }
 
 // visible hides a user found by id or email from an end user other than

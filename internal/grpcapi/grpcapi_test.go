@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
 	"github.com/userd/userd/internal/apptest"
@@ -235,6 +237,19 @@ func TestInvalidRequests(t *testing.T) {
 	list := func(r *userdv1.ListCreditTransactionsRequest) call {
 		return func() error { _, err := c.ListCreditTransactions(ctx, r); return err }
 	}
+	usage := func(r *userdv1.GetUsageSummaryRequest) call {
+		return func() error { _, err := c.GetUsageSummary(ctx, r); return err }
+	}
+	afford := func(r *userdv1.CanAffordRequest) call {
+		return func() error { _, err := c.CanAfford(ctx, r); return err }
+	}
+	setPrice := func(r *userdv1.SetPriceRequest) call {
+		return func() error { _, err := c.SetPrice(ctx, r); return err }
+	}
+	if _, err := c.SetPrice(ctx, &userdv1.SetPriceRequest{Action: "render", Credits: 2}); err != nil {
+		t.Fatal(err)
+	}
+	start := timestamppb.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	cases := []struct {
 		name  string
 		call  call
@@ -272,6 +287,28 @@ func TestInvalidRequests(t *testing.T) {
 		{"ListGarbageToken", list(&userdv1.ListCreditTransactionsRequest{ClerkUserId: valid, PageToken: "%%%"}), "page_token"},
 		{"ListForgedToken", list(&userdv1.ListCreditTransactionsRequest{ClerkUserId: valid, PageToken: "Y3QxOi01"}), "page_token"}, // "ct1:-5"
 		{"ListEmptyUser", list(&userdv1.ListCreditTransactionsRequest{}), "clerk_user_id"},
+		{"DeductAmountAndAction", deduct(&userdv1.DeductCreditsRequest{ClerkUserId: valid, Amount: 2, Action: "render", IdempotencyKey: "k"}), "action"},
+		{"DeductActionWithReason", deduct(&userdv1.DeductCreditsRequest{ClerkUserId: valid, Action: "render", IdempotencyKey: "k", Reason: "why"}), "reason"},
+		{"DeductUnknownAction", deduct(&userdv1.DeductCreditsRequest{ClerkUserId: valid, Action: "paint", IdempotencyKey: "k"}), "action"},
+		{"DeductMalformedAction", deduct(&userdv1.DeductCreditsRequest{ClerkUserId: valid, Action: "Render!", IdempotencyKey: "k"}), "action"},
+		{"UsageNoStart", usage(&userdv1.GetUsageSummaryRequest{ClerkUserId: valid}), "start_time"},
+		{"UsageInvalidStart", usage(&userdv1.GetUsageSummaryRequest{ClerkUserId: valid, StartTime: &timestamppb.Timestamp{Seconds: 1 << 62}}), "start_time"},
+		{"UsageInvalidEnd", usage(&userdv1.GetUsageSummaryRequest{ClerkUserId: valid, StartTime: start, EndTime: &timestamppb.Timestamp{Nanos: -1}}), "end_time"},
+		{"UsageEndBeforeStart", usage(&userdv1.GetUsageSummaryRequest{ClerkUserId: valid, StartTime: start, EndTime: timestamppb.New(start.AsTime().Add(-time.Second))}), "end_time"},
+		{"UsageTooManyDays", usage(&userdv1.GetUsageSummaryRequest{ClerkUserId: valid, StartTime: start, EndTime: timestamppb.New(start.AsTime().AddDate(2, 0, 0)), GroupBy: userdv1.UsagePeriod_USAGE_PERIOD_DAY}), "start_time"},
+		{"UsageUnknownPeriod", usage(&userdv1.GetUsageSummaryRequest{ClerkUserId: valid, StartTime: start, GroupBy: userdv1.UsagePeriod(9)}), "group_by"},
+		{"UsageEmptyUser", usage(&userdv1.GetUsageSummaryRequest{StartTime: start}), "clerk_user_id"},
+		{"CanAffordNothing", afford(&userdv1.CanAffordRequest{ClerkUserId: valid}), "amount"},
+		{"CanAffordBoth", afford(&userdv1.CanAffordRequest{ClerkUserId: valid, Amount: 1, Action: "render"}), "action"},
+		{"CanAffordUnknownAction", afford(&userdv1.CanAffordRequest{ClerkUserId: valid, Action: "paint"}), "action"},
+		{"SetPriceZero", setPrice(&userdv1.SetPriceRequest{Action: "render"}), "credits"},
+		{"SetPriceNoAction", setPrice(&userdv1.SetPriceRequest{Credits: 3}), "action"},
+		{"SetPriceBadAction", setPrice(&userdv1.SetPriceRequest{Action: "render/4k", Credits: 3}), "action"},
+		{"ListPricesHugePage", func() error { _, err := c.ListPrices(ctx, &userdv1.ListPricesRequest{PageSize: 1001}); return err }, "page_size"},
+		{"ListPriceChangesBadAction", func() error {
+			_, err := c.ListPriceChanges(ctx, &userdv1.ListPriceChangesRequest{Action: "RENDER"})
+			return err
+		}, "action"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -285,7 +322,88 @@ func TestInvalidRequests(t *testing.T) {
 	if diff := cmp.Diff(before, snapshot()); diff != "" {
 		t.Errorf("invalid requests changed data (-before +after):\n%s", diff)
 	}
+	prices, err := c.ListPrices(ctx, &userdv1.ListPricesRequest{})
+	if err != nil || len(prices.GetPrices()) != 1 || prices.GetPrices()[0].GetCredits() != 2 {
+		t.Errorf("invalid requests changed the price list: %v, %v", prices, err)
+	}
 	if _, err := c.GetUser(ctx, &userdv1.GetUserRequest{Lookup: &userdv1.GetUserRequest_ClerkUserId{ClerkUserId: "user_new"}}); status.Code(err) != codes.NotFound {
 		t.Errorf("an invalid EnsureUser created user_new (err %v)", err)
+	}
+}
+
+// TestPricesAndUsageRPCs: the price list, deductions by action, the
+// affordability check and the usage summary over gRPC, as a service.
+func TestPricesAndUsageRPCs(t *testing.T) {
+	t.Parallel()
+	in := apptest.Start(t, nil)
+	c := in.Client
+	ctx := context.Background()
+	if _, err := c.EnsureUser(ctx, &userdv1.EnsureUserRequest{ClerkUserId: "user_usage"}); err != nil {
+		t.Fatal(err)
+	}
+	set, err := c.SetPrice(ctx, &userdv1.SetPriceRequest{Action: "render", Credits: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if set.GetPrice().GetCredits() != 3 || set.GetPrice().GetUpdatedBy() != "service:tests" ||
+		set.GetChange().GetPreviousCredits() != 0 || set.GetChange().GetChangedBy() != "service:tests" {
+		t.Errorf("SetPrice = %v", set)
+	}
+	if again, err := c.SetPrice(ctx, &userdv1.SetPriceRequest{Action: "render", Credits: 3}); err != nil || again.GetChange() != nil {
+		t.Errorf("SetPrice to the same price = %v, %v; want no change", again, err)
+	}
+
+	aff, err := c.CanAfford(ctx, &userdv1.CanAffordRequest{ClerkUserId: "user_usage", Action: "render"})
+	if err != nil || !proto.Equal(aff, &userdv1.CanAffordResponse{Required: 3, Available: 10, Allowed: true}) {
+		t.Errorf("CanAfford(render) = %v, %v", aff, err)
+	}
+	ded, err := c.DeductCredits(ctx, &userdv1.DeductCreditsRequest{ClerkUserId: "user_usage", Action: "render", IdempotencyKey: "r1"})
+	if err != nil || ded.GetBalance() != 7 || ded.GetTransaction().GetDelta() != -3 || ded.GetTransaction().GetReason() != "render" {
+		t.Fatalf("DeductCredits(render) = %v, %v", ded, err)
+	}
+	if _, err := c.SetPrice(ctx, &userdv1.SetPriceRequest{Action: "render", Credits: 8}); err != nil {
+		t.Fatal(err)
+	}
+	if replay, err := c.DeductCredits(ctx, &userdv1.DeductCreditsRequest{ClerkUserId: "user_usage", Action: "render", IdempotencyKey: "r1"}); err != nil || !proto.Equal(replay, ded) {
+		t.Errorf("replay after the price rose = %v, %v; want %v", replay, err, ded)
+	}
+	_, err = c.DeductCredits(ctx, &userdv1.DeductCreditsRequest{ClerkUserId: "user_usage", Action: "render", IdempotencyKey: "r2"})
+	st := wantCode(t, err, codes.FailedPrecondition)
+	if md := errorInfo(st).GetMetadata(); md["required"] != "8" || md["available"] != "7" {
+		t.Errorf("insufficient for render: %v", md)
+	}
+	if aff, err := c.CanAfford(ctx, &userdv1.CanAffordRequest{ClerkUserId: "user_usage", Action: "render"}); err != nil || aff.GetAllowed() || aff.GetRequired() != 8 {
+		t.Errorf("CanAfford(render at 8) = %v, %v", aff, err)
+	}
+
+	prices, err := c.ListPrices(ctx, &userdv1.ListPricesRequest{})
+	if err != nil || len(prices.GetPrices()) != 1 || prices.GetPrices()[0].GetCredits() != 8 {
+		t.Errorf("ListPrices = %v, %v", prices, err)
+	}
+	changes, err := c.ListPriceChanges(ctx, &userdv1.ListPriceChangesRequest{Action: "render"})
+	if err != nil || len(changes.GetChanges()) != 2 || changes.GetChanges()[0].GetPreviousCredits() != 3 || changes.GetChanges()[0].GetCredits() != 8 {
+		t.Errorf("ListPriceChanges = %v, %v", changes, err)
+	}
+
+	start := time.Now().UTC().Add(-time.Hour).Truncate(time.Microsecond)
+	sum, err := c.GetUsageSummary(ctx, &userdv1.GetUsageSummaryRequest{
+		ClerkUserId: "user_usage", StartTime: timestamppb.New(start), GroupBy: userdv1.UsagePeriod_USAGE_PERIOD_DAY,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.GetBalance() != 7 || sum.GetSpent() != 3 || sum.GetGranted() != 10 || sum.GetEntryCount() != 2 ||
+		sum.GetGroupBy() != userdv1.UsagePeriod_USAGE_PERIOD_DAY || !sum.GetStartTime().AsTime().Equal(start) {
+		t.Errorf("GetUsageSummary = %v", sum)
+	}
+	wantReasons := []*userdv1.UsageByReason{
+		{Reason: "", Granted: 10, EntryCount: 1},
+		{Reason: "render", Spent: 3, EntryCount: 1},
+	}
+	if diff := cmp.Diff(wantReasons, sum.GetReasons(), protocmp.Transform()); diff != "" {
+		t.Errorf("reasons (-want +got):\n%s", diff)
+	}
+	if n := len(sum.GetPeriods()); n < 1 || n > 2 || !sum.GetPeriods()[n-1].GetEndTime().AsTime().Equal(sum.GetEndTime().AsTime()) {
+		t.Errorf("periods = %v", sum.GetPeriods())
 	}
 }

@@ -74,3 +74,23 @@ func (c chained) SetPlan(ctx context.Context, req *userdv1.SetPlanRequest) (*use
 func (c chained) ListCreditTransactions(ctx context.Context, req *userdv1.ListCreditTransactionsRequest) (*userdv1.ListCreditTransactionsResponse, error) {
 	return call(c, ctx, userdv1.UserService_ListCreditTransactions_FullMethodName, req, c.srv.ListCreditTransactions)
 }
+
+func (c chained) GetUsageSummary(ctx context.Context, req *userdv1.GetUsageSummaryRequest) (*userdv1.GetUsageSummaryResponse, error) {
+	return call(c, ctx, userdv1.UserService_GetUsageSummary_FullMethodName, req, c.srv.GetUsageSummary)
+}
+
+func (c chained) CanAfford(ctx context.Context, req *userdv1.CanAffordRequest) (*userdv1.CanAffordResponse, error) {
+	return call(c, ctx, userdv1.UserService_CanAfford_FullMethodName, req, c.srv.CanAfford)
+}
+
+func (c chained) SetPrice(ctx context.Context, req *userdv1.SetPriceRequest) (*userdv1.SetPriceResponse, error) {
+	return call(c, ctx, userdv1.UserService_SetPrice_FullMethodName, req, c.srv.SetPrice)
+}
+
+func (c chained) ListPrices(ctx context.Context, req *userdv1.ListPricesRequest) (*userdv1.ListPricesResponse, error) {
+	return call(c, ctx, userdv1.UserService_ListPrices_FullMethodName, req, c.srv.ListPrices)
+}
+
+func (c chained) ListPriceChanges(ctx context.Context, req *userdv1.ListPriceChangesRequest) (*userdv1.ListPriceChangesResponse, error) {
+	return call(c, ctx, userdv1.UserService_ListPriceChanges_FullMethodName, req, c.srv.ListPriceChanges)
+}

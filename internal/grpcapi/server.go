@@ -82,7 +82,7 @@ func (s *Server) EnsureUser(ctx context.Context, req *userdv1.EnsureUserRequest)
 }
 
 // creditChange authorizes and translates a deduct or grant request.
-func creditChange(ctx context.Context, clerkUserID string, amount int64, key, reason string) (users.CreditChange, error) {
+func creditChange(ctx context.Context, clerkUserID string, amount int64, action, key, reason string) (users.CreditChange, error) {
 	if err := servicesOnly(ctx); err != nil {
 		return users.CreditChange{}, err
 	}
@@ -93,12 +93,12 @@ func creditChange(ctx context.Context, clerkUserID string, amount int64, key, re
 	if key, err = idempotencyKey(ctx, key); err != nil {
 		return users.CreditChange{}, err
 	}
-	return users.CreditChange{ClerkUserID: id, Amount: amount, IdempotencyKey: key, Reason: reason}, nil
+	return users.CreditChange{ClerkUserID: id, Amount: amount, Action: action, IdempotencyKey: key, Reason: reason}, nil
 }
 
 // DeductCredits implements userdv1.UserServiceServer.
 func (s *Server) DeductCredits(ctx context.Context, req *userdv1.DeductCreditsRequest) (*userdv1.DeductCreditsResponse, error) {
-	c, err := creditChange(ctx, req.GetClerkUserId(), req.GetAmount(), req.GetIdempotencyKey(), req.GetReason())
+	c, err := creditChange(ctx, req.GetClerkUserId(), req.GetAmount(), req.GetAction(), req.GetIdempotencyKey(), req.GetReason())
 	if err != nil {
 		return nil, err
 	}
@@ -111,7 +111,7 @@ func (s *Server) DeductCredits(ctx context.Context, req *userdv1.DeductCreditsRe
 
 // GrantCredits implements userdv1.UserServiceServer.
 func (s *Server) GrantCredits(ctx context.Context, req *userdv1.GrantCreditsRequest) (*userdv1.GrantCreditsResponse, error) {
-	c, err := creditChange(ctx, req.GetClerkUserId(), req.GetAmount(), req.GetIdempotencyKey(), req.GetReason())
+	c, err := creditChange(ctx, req.GetClerkUserId(), req.GetAmount(), "", req.GetIdempotencyKey(), req.GetReason())
 	if err != nil {
 		return nil, err
 	}

@@ -140,6 +140,64 @@ func (TransactionKind) EnumDescriptor() ([]byte, []int) {
 	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{1}
 }
 
+// UsagePeriod is how GetUsageSummary groups a window in time. Periods are
+// UTC calendar periods.
+type UsagePeriod int32
+
+const (
+	// No periods: the whole window only.
+	UsagePeriod_USAGE_PERIOD_UNSPECIFIED UsagePeriod = 0
+	// UTC days, from 00:00 UTC.
+	UsagePeriod_USAGE_PERIOD_DAY UsagePeriod = 1
+	// ISO weeks, from Monday 00:00 UTC.
+	UsagePeriod_USAGE_PERIOD_WEEK UsagePeriod = 2
+	// Calendar months, from the 1st at 00:00 UTC.
+	UsagePeriod_USAGE_PERIOD_MONTH UsagePeriod = 3
+)
+
+// Enum value maps for UsagePeriod.
+var (
+	UsagePeriod_name = map[int32]string{
+		0: "USAGE_PERIOD_UNSPECIFIED",
+		1: "USAGE_PERIOD_DAY",
+		2: "USAGE_PERIOD_WEEK",
+		3: "USAGE_PERIOD_MONTH",
+	}
+	UsagePeriod_value = map[string]int32{
+		"USAGE_PERIOD_UNSPECIFIED": 0,
+		"USAGE_PERIOD_DAY":         1,
+		"USAGE_PERIOD_WEEK":        2,
+		"USAGE_PERIOD_MONTH":       3,
+	}
+)
+
+func (x UsagePeriod) Enum() *UsagePeriod {
+	p := new(UsagePeriod)
+	*p = x
+	return p
+}
+
+func (x UsagePeriod) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (UsagePeriod) Descriptor() protoreflect.EnumDescriptor {
+	return file_userd_v1_user_service_proto_enumTypes[2].Descriptor()
+}
+
+func (UsagePeriod) Type() protoreflect.EnumType {
+	return &file_userd_v1_user_service_proto_enumTypes[2]
+}
+
+func (x UsagePeriod) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use UsagePeriod.Descriptor instead.
+func (UsagePeriod) EnumDescriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{2}
+}
+
 // User is what userd knows about one Clerk user.
 type User struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -668,7 +726,8 @@ func (x *EnsureUserResponse) GetCreated() bool {
 	return false
 }
 
-// DeductCreditsRequest spends credits.
+// DeductCreditsRequest spends credits: exactly one of amount and action
+// must be set.
 type DeductCreditsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Clerk user id of the user to charge. Required.
@@ -676,10 +735,17 @@ type DeductCreditsRequest struct {
 	// Credits to subtract; 1 to 1,000,000,000,000.
 	Amount int64 `protobuf:"varint,2,opt,name=amount,proto3" json:"amount,omitempty"`
 	// Caller-chosen key that makes the call safe to retry; 1 to 255 printable
-	// ASCII characters. Required.
+	// ASCII characters. Required. A retry of a deduction by action returns
+	// the original entry, at the price charged then, even if the price has
+	// changed since.
 	IdempotencyKey string `protobuf:"bytes,3,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
-	// Free-form reason stored in the ledger; at most 512 characters.
-	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Free-form reason stored in the ledger; at most 512 characters. Must be
+	// empty with action: the action is the ledger entry's reason.
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// An action of the price list: charges its current price, and records
+	// the action as the ledger entry's reason and the price charged as the
+	// entry's delta (negated).
+	Action        string `protobuf:"bytes,5,opt,name=action,proto3" json:"action,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -738,6 +804,13 @@ func (x *DeductCreditsRequest) GetIdempotencyKey() string {
 func (x *DeductCreditsRequest) GetReason() string {
 	if x != nil {
 		return x.Reason
+	}
+	return ""
+}
+
+func (x *DeductCreditsRequest) GetAction() string {
+	if x != nil {
+		return x.Action
 	}
 	return ""
 }
@@ -1195,6 +1268,1025 @@ func (x *ListCreditTransactionsResponse) GetNextPageToken() string {
 	return ""
 }
 
+// GetUsageSummaryRequest names a user and a time window.
+type GetUsageSummaryRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Clerk user id of the user ("me" for an end user's own). Required.
+	ClerkUserId string `protobuf:"bytes,1,opt,name=clerk_user_id,json=clerkUserId,proto3" json:"clerk_user_id,omitempty"`
+	// Start of the window, inclusive. Required.
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	// End of the window, exclusive; unset means now. Must be after
+	// start_time. The ledger keeps microseconds: both ends are rounded up to
+	// the next whole microsecond.
+	EndTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	// Periods to group the window by; unset for none. A window may span at
+	// most 366 periods (a year of days, seven years of weeks, 30 years of
+	// months); without periods it is unbounded.
+	GroupBy       UsagePeriod `protobuf:"varint,4,opt,name=group_by,json=groupBy,proto3,enum=userd.v1.UsagePeriod" json:"group_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetUsageSummaryRequest) Reset() {
+	*x = GetUsageSummaryRequest{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetUsageSummaryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetUsageSummaryRequest) ProtoMessage() {}
+
+func (x *GetUsageSummaryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetUsageSummaryRequest.ProtoReflect.Descriptor instead.
+func (*GetUsageSummaryRequest) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *GetUsageSummaryRequest) GetClerkUserId() string {
+	if x != nil {
+		return x.ClerkUserId
+	}
+	return ""
+}
+
+func (x *GetUsageSummaryRequest) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *GetUsageSummaryRequest) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+func (x *GetUsageSummaryRequest) GetGroupBy() UsagePeriod {
+	if x != nil {
+		return x.GroupBy
+	}
+	return UsagePeriod_USAGE_PERIOD_UNSPECIFIED
+}
+
+// UsageByReason sums the ledger entries of one reason.
+type UsageByReason struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The ledger entries' reason (for a deduction by action, the action);
+	// empty for entries without one, such as the initial credits, and for
+	// the other group.
+	Reason string `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Credits deducted.
+	Spent int64 `protobuf:"varint,2,opt,name=spent,proto3" json:"spent,omitempty"`
+	// Credits added (initial credits, grants, plan bonuses).
+	Granted int64 `protobuf:"varint,3,opt,name=granted,proto3" json:"granted,omitempty"`
+	// Number of ledger entries.
+	EntryCount int64 `protobuf:"varint,4,opt,name=entry_count,json=entryCount,proto3" json:"entry_count,omitempty"`
+	// True for the one group, listed last, that sums the reasons beyond the
+	// list's limit.
+	Other         bool `protobuf:"varint,5,opt,name=other,proto3" json:"other,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UsageByReason) Reset() {
+	*x = UsageByReason{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsageByReason) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsageByReason) ProtoMessage() {}
+
+func (x *UsageByReason) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsageByReason.ProtoReflect.Descriptor instead.
+func (*UsageByReason) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *UsageByReason) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *UsageByReason) GetSpent() int64 {
+	if x != nil {
+		return x.Spent
+	}
+	return 0
+}
+
+func (x *UsageByReason) GetGranted() int64 {
+	if x != nil {
+		return x.Granted
+	}
+	return 0
+}
+
+func (x *UsageByReason) GetEntryCount() int64 {
+	if x != nil {
+		return x.EntryCount
+	}
+	return 0
+}
+
+func (x *UsageByReason) GetOther() bool {
+	if x != nil {
+		return x.Other
+	}
+	return false
+}
+
+// UsageInPeriod sums the ledger entries of one period of the window.
+type UsageInPeriod struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Start of the period, inclusive: a UTC period boundary, or the window's
+	// start for the first period.
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	// End of the period, exclusive: the next boundary, or the window's end
+	// for the last period.
+	EndTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	// Credits deducted in the period.
+	Spent int64 `protobuf:"varint,3,opt,name=spent,proto3" json:"spent,omitempty"`
+	// Credits added in the period.
+	Granted int64 `protobuf:"varint,4,opt,name=granted,proto3" json:"granted,omitempty"`
+	// Ledger entries in the period.
+	EntryCount int64 `protobuf:"varint,5,opt,name=entry_count,json=entryCount,proto3" json:"entry_count,omitempty"`
+	// By reason: the 10 reasons that moved the most credits (spent plus
+	// granted, then by reason), then one other group for the rest, if any.
+	Reasons       []*UsageByReason `protobuf:"bytes,6,rep,name=reasons,proto3" json:"reasons,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UsageInPeriod) Reset() {
+	*x = UsageInPeriod{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsageInPeriod) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsageInPeriod) ProtoMessage() {}
+
+func (x *UsageInPeriod) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsageInPeriod.ProtoReflect.Descriptor instead.
+func (*UsageInPeriod) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *UsageInPeriod) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *UsageInPeriod) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+func (x *UsageInPeriod) GetSpent() int64 {
+	if x != nil {
+		return x.Spent
+	}
+	return 0
+}
+
+func (x *UsageInPeriod) GetGranted() int64 {
+	if x != nil {
+		return x.Granted
+	}
+	return 0
+}
+
+func (x *UsageInPeriod) GetEntryCount() int64 {
+	if x != nil {
+		return x.EntryCount
+	}
+	return 0
+}
+
+func (x *UsageInPeriod) GetReasons() []*UsageByReason {
+	if x != nil {
+		return x.Reasons
+	}
+	return nil
+}
+
+// GetUsageSummaryResponse is the summary of the window.
+type GetUsageSummaryResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The window summed (rounded to microseconds; end_time is now when the
+	// request left it unset).
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	// End of the window, exclusive.
+	EndTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	// How the window was grouped.
+	GroupBy UsagePeriod `protobuf:"varint,3,opt,name=group_by,json=groupBy,proto3,enum=userd.v1.UsagePeriod" json:"group_by,omitempty"`
+	// The user's balance now (in the same snapshot as the sums).
+	Balance int64 `protobuf:"varint,4,opt,name=balance,proto3" json:"balance,omitempty"`
+	// Credits deducted in the window.
+	Spent int64 `protobuf:"varint,5,opt,name=spent,proto3" json:"spent,omitempty"`
+	// Credits added in the window.
+	Granted int64 `protobuf:"varint,6,opt,name=granted,proto3" json:"granted,omitempty"`
+	// Ledger entries in the window.
+	EntryCount int64 `protobuf:"varint,7,opt,name=entry_count,json=entryCount,proto3" json:"entry_count,omitempty"`
+	// By reason over the whole window: the 100 reasons that moved the most
+	// credits, then one other group for the rest, if any.
+	Reasons []*UsageByReason `protobuf:"bytes,8,rep,name=reasons,proto3" json:"reasons,omitempty"`
+	// Every period of the window, oldest first, empty ones included; none
+	// unless group_by is set.
+	Periods       []*UsageInPeriod `protobuf:"bytes,9,rep,name=periods,proto3" json:"periods,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetUsageSummaryResponse) Reset() {
+	*x = GetUsageSummaryResponse{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetUsageSummaryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetUsageSummaryResponse) ProtoMessage() {}
+
+func (x *GetUsageSummaryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetUsageSummaryResponse.ProtoReflect.Descriptor instead.
+func (*GetUsageSummaryResponse) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *GetUsageSummaryResponse) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *GetUsageSummaryResponse) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+func (x *GetUsageSummaryResponse) GetGroupBy() UsagePeriod {
+	if x != nil {
+		return x.GroupBy
+	}
+	return UsagePeriod_USAGE_PERIOD_UNSPECIFIED
+}
+
+func (x *GetUsageSummaryResponse) GetBalance() int64 {
+	if x != nil {
+		return x.Balance
+	}
+	return 0
+}
+
+func (x *GetUsageSummaryResponse) GetSpent() int64 {
+	if x != nil {
+		return x.Spent
+	}
+	return 0
+}
+
+func (x *GetUsageSummaryResponse) GetGranted() int64 {
+	if x != nil {
+		return x.Granted
+	}
+	return 0
+}
+
+func (x *GetUsageSummaryResponse) GetEntryCount() int64 {
+	if x != nil {
+		return x.EntryCount
+	}
+	return 0
+}
+
+func (x *GetUsageSummaryResponse) GetReasons() []*UsageByReason {
+	if x != nil {
+		return x.Reasons
+	}
+	return nil
+}
+
+func (x *GetUsageSummaryResponse) GetPeriods() []*UsageInPeriod {
+	if x != nil {
+		return x.Periods
+	}
+	return nil
+}
+
+// CanAffordRequest names a user and a cost: exactly one of amount and
+// action must be set.
+type CanAffordRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Clerk user id of the user ("me" for an end user's own). Required.
+	ClerkUserId string `protobuf:"bytes,1,opt,name=clerk_user_id,json=clerkUserId,proto3" json:"clerk_user_id,omitempty"`
+	// Credits the user would spend; 1 to 1,000,000,000,000.
+	Amount int64 `protobuf:"varint,2,opt,name=amount,proto3" json:"amount,omitempty"`
+	// An action of the price list: its current price.
+	Action        string `protobuf:"bytes,3,opt,name=action,proto3" json:"action,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CanAffordRequest) Reset() {
+	*x = CanAffordRequest{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CanAffordRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CanAffordRequest) ProtoMessage() {}
+
+func (x *CanAffordRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CanAffordRequest.ProtoReflect.Descriptor instead.
+func (*CanAffordRequest) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *CanAffordRequest) GetClerkUserId() string {
+	if x != nil {
+		return x.ClerkUserId
+	}
+	return ""
+}
+
+func (x *CanAffordRequest) GetAmount() int64 {
+	if x != nil {
+		return x.Amount
+	}
+	return 0
+}
+
+func (x *CanAffordRequest) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+// CanAffordResponse compares the cost with the balance.
+type CanAffordResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Credits the cost takes: amount, or the action's current price.
+	Required int64 `protobuf:"varint,1,opt,name=required,proto3" json:"required,omitempty"`
+	// The user's balance now.
+	Available int64 `protobuf:"varint,2,opt,name=available,proto3" json:"available,omitempty"`
+	// Whether available >= required.
+	Allowed       bool `protobuf:"varint,3,opt,name=allowed,proto3" json:"allowed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CanAffordResponse) Reset() {
+	*x = CanAffordResponse{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CanAffordResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CanAffordResponse) ProtoMessage() {}
+
+func (x *CanAffordResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CanAffordResponse.ProtoReflect.Descriptor instead.
+func (*CanAffordResponse) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *CanAffordResponse) GetRequired() int64 {
+	if x != nil {
+		return x.Required
+	}
+	return 0
+}
+
+func (x *CanAffordResponse) GetAvailable() int64 {
+	if x != nil {
+		return x.Available
+	}
+	return 0
+}
+
+func (x *CanAffordResponse) GetAllowed() bool {
+	if x != nil {
+		return x.Allowed
+	}
+	return false
+}
+
+// Price is what one use of an action costs.
+type Price struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The action: 1 to 64 characters, a lowercase letter, then lowercase
+	// letters, digits, "_", "." or "-".
+	Action string `protobuf:"bytes,1,opt,name=action,proto3" json:"action,omitempty"`
+	// Credits one use costs; 1 to 1,000,000,000,000.
+	Credits int64 `protobuf:"varint,2,opt,name=credits,proto3" json:"credits,omitempty"`
+	// When the action was first priced.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// When the current price took effect.
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// Who set the current price ("service:<name>").
+	UpdatedBy     string `protobuf:"bytes,5,opt,name=updated_by,json=updatedBy,proto3" json:"updated_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Price) Reset() {
+	*x = Price{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Price) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Price) ProtoMessage() {}
+
+func (x *Price) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Price.ProtoReflect.Descriptor instead.
+func (*Price) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Price) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *Price) GetCredits() int64 {
+	if x != nil {
+		return x.Credits
+	}
+	return 0
+}
+
+func (x *Price) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *Price) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *Price) GetUpdatedBy() string {
+	if x != nil {
+		return x.UpdatedBy
+	}
+	return ""
+}
+
+// PriceChange is one change of the price list, as audited.
+type PriceChange struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Increasing id of the change.
+	Id int64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The action.
+	Action string `protobuf:"bytes,2,opt,name=action,proto3" json:"action,omitempty"`
+	// The price before the change; 0 when the change created the action.
+	PreviousCredits int64 `protobuf:"varint,3,opt,name=previous_credits,json=previousCredits,proto3" json:"previous_credits,omitempty"`
+	// The price set.
+	Credits int64 `protobuf:"varint,4,opt,name=credits,proto3" json:"credits,omitempty"`
+	// Who made the change ("service:<name>").
+	ChangedBy string `protobuf:"bytes,5,opt,name=changed_by,json=changedBy,proto3" json:"changed_by,omitempty"`
+	// When the change took effect.
+	ChangeTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=change_time,json=changeTime,proto3" json:"change_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PriceChange) Reset() {
+	*x = PriceChange{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PriceChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PriceChange) ProtoMessage() {}
+
+func (x *PriceChange) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PriceChange.ProtoReflect.Descriptor instead.
+func (*PriceChange) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *PriceChange) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *PriceChange) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *PriceChange) GetPreviousCredits() int64 {
+	if x != nil {
+		return x.PreviousCredits
+	}
+	return 0
+}
+
+func (x *PriceChange) GetCredits() int64 {
+	if x != nil {
+		return x.Credits
+	}
+	return 0
+}
+
+func (x *PriceChange) GetChangedBy() string {
+	if x != nil {
+		return x.ChangedBy
+	}
+	return ""
+}
+
+func (x *PriceChange) GetChangeTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ChangeTime
+	}
+	return nil
+}
+
+// SetPriceRequest sets an action's price.
+type SetPriceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The action; see Price.action. Required.
+	Action string `protobuf:"bytes,1,opt,name=action,proto3" json:"action,omitempty"`
+	// Credits one use costs; 1 to 1,000,000,000,000.
+	Credits       int64 `protobuf:"varint,2,opt,name=credits,proto3" json:"credits,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetPriceRequest) Reset() {
+	*x = SetPriceRequest{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetPriceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetPriceRequest) ProtoMessage() {}
+
+func (x *SetPriceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetPriceRequest.ProtoReflect.Descriptor instead.
+func (*SetPriceRequest) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *SetPriceRequest) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *SetPriceRequest) GetCredits() int64 {
+	if x != nil {
+		return x.Credits
+	}
+	return 0
+}
+
+// SetPriceResponse is the price in effect after the call.
+type SetPriceResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The price now.
+	Price *Price `protobuf:"bytes,1,opt,name=price,proto3" json:"price,omitempty"`
+	// The change recorded, or unset when the price was already in effect.
+	Change        *PriceChange `protobuf:"bytes,2,opt,name=change,proto3" json:"change,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetPriceResponse) Reset() {
+	*x = SetPriceResponse{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetPriceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetPriceResponse) ProtoMessage() {}
+
+func (x *SetPriceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetPriceResponse.ProtoReflect.Descriptor instead.
+func (*SetPriceResponse) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *SetPriceResponse) GetPrice() *Price {
+	if x != nil {
+		return x.Price
+	}
+	return nil
+}
+
+func (x *SetPriceResponse) GetChange() *PriceChange {
+	if x != nil {
+		return x.Change
+	}
+	return nil
+}
+
+// ListPricesRequest pages through the price list.
+type ListPricesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Prices per page, 1 to 1000; 0 means 100.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token from a previous response, or empty for the first page.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPricesRequest) Reset() {
+	*x = ListPricesRequest{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPricesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPricesRequest) ProtoMessage() {}
+
+func (x *ListPricesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPricesRequest.ProtoReflect.Descriptor instead.
+func (*ListPricesRequest) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ListPricesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListPricesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListPricesResponse is one page of the price list.
+type ListPricesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Prices, by action name.
+	Prices []*Price `protobuf:"bytes,1,rep,name=prices,proto3" json:"prices,omitempty"`
+	// Token for the next page, or empty when this is the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPricesResponse) Reset() {
+	*x = ListPricesResponse{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPricesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPricesResponse) ProtoMessage() {}
+
+func (x *ListPricesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPricesResponse.ProtoReflect.Descriptor instead.
+func (*ListPricesResponse) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ListPricesResponse) GetPrices() []*Price {
+	if x != nil {
+		return x.Prices
+	}
+	return nil
+}
+
+func (x *ListPricesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// ListPriceChangesRequest pages through the price list's history.
+type ListPriceChangesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only the changes of this action; empty for all.
+	Action string `protobuf:"bytes,1,opt,name=action,proto3" json:"action,omitempty"`
+	// Changes per page, 1 to 1000; 0 means 100.
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token from a previous response, or empty for the first page.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPriceChangesRequest) Reset() {
+	*x = ListPriceChangesRequest{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPriceChangesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPriceChangesRequest) ProtoMessage() {}
+
+func (x *ListPriceChangesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPriceChangesRequest.ProtoReflect.Descriptor instead.
+func (*ListPriceChangesRequest) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ListPriceChangesRequest) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *ListPriceChangesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListPriceChangesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListPriceChangesResponse is one page of the price list's history.
+type ListPriceChangesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Changes, newest first.
+	Changes []*PriceChange `protobuf:"bytes,1,rep,name=changes,proto3" json:"changes,omitempty"`
+	// Token for the next page, or empty when this is the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPriceChangesResponse) Reset() {
+	*x = ListPriceChangesResponse{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPriceChangesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPriceChangesResponse) ProtoMessage() {}
+
+func (x *ListPriceChangesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPriceChangesResponse.ProtoReflect.Descriptor instead.
+func (*ListPriceChangesResponse) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ListPriceChangesResponse) GetChanges() []*PriceChange {
+	if x != nil {
+		return x.Changes
+	}
+	return nil
+}
+
+func (x *ListPriceChangesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 var File_userd_v1_user_service_proto protoreflect.FileDescriptor
 
 const file_userd_v1_user_service_proto_rawDesc = "" +
@@ -1241,12 +2333,13 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"\timage_url\x18\x05 \x01(\tR\bimageUrl\"R\n" +
 	"\x12EnsureUserResponse\x12\"\n" +
 	"\x04user\x18\x01 \x01(\v2\x0e.userd.v1.UserR\x04user\x12\x18\n" +
-	"\acreated\x18\x02 \x01(\bR\acreated\"\x93\x01\n" +
+	"\acreated\x18\x02 \x01(\bR\acreated\"\xab\x01\n" +
 	"\x14DeductCreditsRequest\x12\"\n" +
 	"\rclerk_user_id\x18\x01 \x01(\tR\vclerkUserId\x12\x16\n" +
 	"\x06amount\x18\x02 \x01(\x03R\x06amount\x12'\n" +
 	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason\"p\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x16\n" +
+	"\x06action\x18\x05 \x01(\tR\x06action\"p\n" +
 	"\x15DeductCreditsResponse\x12=\n" +
 	"\vtransaction\x18\x01 \x01(\v2\x1b.userd.v1.CreditTransactionR\vtransaction\x12\x18\n" +
 	"\abalance\x18\x02 \x01(\x03R\abalance\"\x92\x01\n" +
@@ -1275,6 +2368,87 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"page_token\x18\x03 \x01(\tR\tpageToken\"\x89\x01\n" +
 	"\x1eListCreditTransactionsResponse\x12?\n" +
 	"\ftransactions\x18\x01 \x03(\v2\x1b.userd.v1.CreditTransactionR\ftransactions\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xe0\x01\n" +
+	"\x16GetUsageSummaryRequest\x12\"\n" +
+	"\rclerk_user_id\x18\x01 \x01(\tR\vclerkUserId\x129\n" +
+	"\n" +
+	"start_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
+	"\bend_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x120\n" +
+	"\bgroup_by\x18\x04 \x01(\x0e2\x15.userd.v1.UsagePeriodR\agroupBy\"\x8e\x01\n" +
+	"\rUsageByReason\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x14\n" +
+	"\x05spent\x18\x02 \x01(\x03R\x05spent\x12\x18\n" +
+	"\agranted\x18\x03 \x01(\x03R\agranted\x12\x1f\n" +
+	"\ventry_count\x18\x04 \x01(\x03R\n" +
+	"entryCount\x12\x14\n" +
+	"\x05other\x18\x05 \x01(\bR\x05other\"\x85\x02\n" +
+	"\rUsageInPeriod\x129\n" +
+	"\n" +
+	"start_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
+	"\bend_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\x14\n" +
+	"\x05spent\x18\x03 \x01(\x03R\x05spent\x12\x18\n" +
+	"\agranted\x18\x04 \x01(\x03R\agranted\x12\x1f\n" +
+	"\ventry_count\x18\x05 \x01(\x03R\n" +
+	"entryCount\x121\n" +
+	"\areasons\x18\x06 \x03(\v2\x17.userd.v1.UsageByReasonR\areasons\"\x8e\x03\n" +
+	"\x17GetUsageSummaryResponse\x129\n" +
+	"\n" +
+	"start_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
+	"\bend_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x120\n" +
+	"\bgroup_by\x18\x03 \x01(\x0e2\x15.userd.v1.UsagePeriodR\agroupBy\x12\x18\n" +
+	"\abalance\x18\x04 \x01(\x03R\abalance\x12\x14\n" +
+	"\x05spent\x18\x05 \x01(\x03R\x05spent\x12\x18\n" +
+	"\agranted\x18\x06 \x01(\x03R\agranted\x12\x1f\n" +
+	"\ventry_count\x18\a \x01(\x03R\n" +
+	"entryCount\x121\n" +
+	"\areasons\x18\b \x03(\v2\x17.userd.v1.UsageByReasonR\areasons\x121\n" +
+	"\aperiods\x18\t \x03(\v2\x17.userd.v1.UsageInPeriodR\aperiods\"f\n" +
+	"\x10CanAffordRequest\x12\"\n" +
+	"\rclerk_user_id\x18\x01 \x01(\tR\vclerkUserId\x12\x16\n" +
+	"\x06amount\x18\x02 \x01(\x03R\x06amount\x12\x16\n" +
+	"\x06action\x18\x03 \x01(\tR\x06action\"g\n" +
+	"\x11CanAffordResponse\x12\x1a\n" +
+	"\brequired\x18\x01 \x01(\x03R\brequired\x12\x1c\n" +
+	"\tavailable\x18\x02 \x01(\x03R\tavailable\x12\x18\n" +
+	"\aallowed\x18\x03 \x01(\bR\aallowed\"\xd2\x01\n" +
+	"\x05Price\x12\x16\n" +
+	"\x06action\x18\x01 \x01(\tR\x06action\x12\x18\n" +
+	"\acredits\x18\x02 \x01(\x03R\acredits\x12;\n" +
+	"\vcreate_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vupdate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\x12\x1d\n" +
+	"\n" +
+	"updated_by\x18\x05 \x01(\tR\tupdatedBy\"\xd6\x01\n" +
+	"\vPriceChange\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x16\n" +
+	"\x06action\x18\x02 \x01(\tR\x06action\x12)\n" +
+	"\x10previous_credits\x18\x03 \x01(\x03R\x0fpreviousCredits\x12\x18\n" +
+	"\acredits\x18\x04 \x01(\x03R\acredits\x12\x1d\n" +
+	"\n" +
+	"changed_by\x18\x05 \x01(\tR\tchangedBy\x12;\n" +
+	"\vchange_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"changeTime\"C\n" +
+	"\x0fSetPriceRequest\x12\x16\n" +
+	"\x06action\x18\x01 \x01(\tR\x06action\x12\x18\n" +
+	"\acredits\x18\x02 \x01(\x03R\acredits\"h\n" +
+	"\x10SetPriceResponse\x12%\n" +
+	"\x05price\x18\x01 \x01(\v2\x0f.userd.v1.PriceR\x05price\x12-\n" +
+	"\x06change\x18\x02 \x01(\v2\x15.userd.v1.PriceChangeR\x06change\"O\n" +
+	"\x11ListPricesRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"e\n" +
+	"\x12ListPricesResponse\x12'\n" +
+	"\x06prices\x18\x01 \x03(\v2\x0f.userd.v1.PriceR\x06prices\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"m\n" +
+	"\x17ListPriceChangesRequest\x12\x16\n" +
+	"\x06action\x18\x01 \x01(\tR\x06action\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"s\n" +
+	"\x18ListPriceChangesResponse\x12/\n" +
+	"\achanges\x18\x01 \x03(\v2\x15.userd.v1.PriceChangeR\achanges\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*N\n" +
 	"\x04Plan\x12\x14\n" +
 	"\x10PLAN_UNSPECIFIED\x10\x00\x12\r\n" +
@@ -1286,7 +2460,12 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"\x18TRANSACTION_KIND_INITIAL\x10\x01\x12\x1b\n" +
 	"\x17TRANSACTION_KIND_DEDUCT\x10\x02\x12\x1a\n" +
 	"\x16TRANSACTION_KIND_GRANT\x10\x03\x12\x1f\n" +
-	"\x1bTRANSACTION_KIND_PLAN_BONUS\x10\x042\xe4\x03\n" +
+	"\x1bTRANSACTION_KIND_PLAN_BONUS\x10\x04*p\n" +
+	"\vUsagePeriod\x12\x1c\n" +
+	"\x18USAGE_PERIOD_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10USAGE_PERIOD_DAY\x10\x01\x12\x15\n" +
+	"\x11USAGE_PERIOD_WEEK\x10\x02\x12\x16\n" +
+	"\x12USAGE_PERIOD_MONTH\x10\x032\xe9\x06\n" +
 	"\vUserService\x12>\n" +
 	"\aGetUser\x12\x18.userd.v1.GetUserRequest\x1a\x19.userd.v1.GetUserResponse\x12G\n" +
 	"\n" +
@@ -1294,7 +2473,13 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"\rDeductCredits\x12\x1e.userd.v1.DeductCreditsRequest\x1a\x1f.userd.v1.DeductCreditsResponse\x12M\n" +
 	"\fGrantCredits\x12\x1d.userd.v1.GrantCreditsRequest\x1a\x1e.userd.v1.GrantCreditsResponse\x12>\n" +
 	"\aSetPlan\x12\x18.userd.v1.SetPlanRequest\x1a\x19.userd.v1.SetPlanResponse\x12k\n" +
-	"\x16ListCreditTransactions\x12'.userd.v1.ListCreditTransactionsRequest\x1a(.userd.v1.ListCreditTransactionsResponseB-Z+github.com/userd/userd/gen/userd/v1;userdv1b\x06proto3"
+	"\x16ListCreditTransactions\x12'.userd.v1.ListCreditTransactionsRequest\x1a(.userd.v1.ListCreditTransactionsResponse\x12V\n" +
+	"\x0fGetUsageSummary\x12 .userd.v1.GetUsageSummaryRequest\x1a!.userd.v1.GetUsageSummaryResponse\x12D\n" +
+	"\tCanAfford\x12\x1a.userd.v1.CanAffordRequest\x1a\x1b.userd.v1.CanAffordResponse\x12A\n" +
+	"\bSetPrice\x12\x19.userd.v1.SetPriceRequest\x1a\x1a.userd.v1.SetPriceResponse\x12G\n" +
+	"\n" +
+	"ListPrices\x12\x1b.userd.v1.ListPricesRequest\x1a\x1c.userd.v1.ListPricesResponse\x12Y\n" +
+	"\x10ListPriceChanges\x12!.userd.v1.ListPriceChangesRequest\x1a\".userd.v1.ListPriceChangesResponseB-Z+github.com/userd/userd/gen/userd/v1;userdv1b\x06proto3"
 
 var (
 	file_userd_v1_user_service_proto_rawDescOnce sync.Once
@@ -1308,59 +2493,102 @@ func file_userd_v1_user_service_proto_rawDescGZIP() []byte {
 	return file_userd_v1_user_service_proto_rawDescData
 }
 
-var file_userd_v1_user_service_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_userd_v1_user_service_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_userd_v1_user_service_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_userd_v1_user_service_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_userd_v1_user_service_proto_goTypes = []any{
 	(Plan)(0),                              // 0: userd.v1.Plan
 	(TransactionKind)(0),                   // 1: userd.v1.TransactionKind
-	(*User)(nil),                           // 2: userd.v1.User
-	(*CreditTransaction)(nil),              // 3: userd.v1.CreditTransaction
-	(*GetUserRequest)(nil),                 // 4: userd.v1.GetUserRequest
-	(*GetUserResponse)(nil),                // 5: userd.v1.GetUserResponse
-	(*EnsureUserRequest)(nil),              // 6: userd.v1.EnsureUserRequest
-	(*EnsureUserResponse)(nil),             // 7: userd.v1.EnsureUserResponse
-	(*DeductCreditsRequest)(nil),           // 8: userd.v1.DeductCreditsRequest
-	(*DeductCreditsResponse)(nil),          // 9: userd.v1.DeductCreditsResponse
-	(*GrantCreditsRequest)(nil),            // 10: userd.v1.GrantCreditsRequest
-	(*GrantCreditsResponse)(nil),           // 11: userd.v1.GrantCreditsResponse
-	(*SetPlanRequest)(nil),                 // 12: userd.v1.SetPlanRequest
-	(*SetPlanResponse)(nil),                // 13: userd.v1.SetPlanResponse
-	(*ListCreditTransactionsRequest)(nil),  // 14: userd.v1.ListCreditTransactionsRequest
-	(*ListCreditTransactionsResponse)(nil), // 15: userd.v1.ListCreditTransactionsResponse
-	(*timestamppb.Timestamp)(nil),          // 16: google.protobuf.Timestamp
+	(UsagePeriod)(0),                       // 2: userd.v1.UsagePeriod
+	(*User)(nil),                           // 3: userd.v1.User
+	(*CreditTransaction)(nil),              // 4: userd.v1.CreditTransaction
+	(*GetUserRequest)(nil),                 // 5: userd.v1.GetUserRequest
+	(*GetUserResponse)(nil),                // 6: userd.v1.GetUserResponse
+	(*EnsureUserRequest)(nil),              // 7: userd.v1.EnsureUserRequest
+	(*EnsureUserResponse)(nil),             // 8: userd.v1.EnsureUserResponse
+	(*DeductCreditsRequest)(nil),           // 9: userd.v1.DeductCreditsRequest
+	(*DeductCreditsResponse)(nil),          // 10: userd.v1.DeductCreditsResponse
+	(*GrantCreditsRequest)(nil),            // 11: userd.v1.GrantCreditsRequest
+	(*GrantCreditsResponse)(nil),           // 12: userd.v1.GrantCreditsResponse
+	(*SetPlanRequest)(nil),                 // 13: userd.v1.SetPlanRequest
+	(*SetPlanResponse)(nil),                // 14: userd.v1.SetPlanResponse
+	(*ListCreditTransactionsRequest)(nil),  // 15: userd.v1.ListCreditTransactionsRequest
+	(*ListCreditTransactionsResponse)(nil), // 16: userd.v1.ListCreditTransactionsResponse
+	(*GetUsageSummaryRequest)(nil),         // 17: userd.v1.GetUsageSummaryRequest
+	(*UsageByReason)(nil),                  // 18: userd.v1.UsageByReason
+	(*UsageInPeriod)(nil),                  // 19: userd.v1.UsageInPeriod
+	(*GetUsageSummaryResponse)(nil),        // 20: userd.v1.GetUsageSummaryResponse
+	(*CanAffordRequest)(nil),               // 21: userd.v1.CanAffordRequest
+	(*CanAffordResponse)(nil),              // 22: userd.v1.CanAffordResponse
+	(*Price)(nil),                          // 23: userd.v1.Price
+	(*PriceChange)(nil),                    // 24: userd.v1.PriceChange
+	(*SetPriceRequest)(nil),                // 25: userd.v1.SetPriceRequest
+	(*SetPriceResponse)(nil),               // 26: userd.v1.SetPriceResponse
+	(*ListPricesRequest)(nil),              // 27: userd.v1.ListPricesRequest
+	(*ListPricesResponse)(nil),             // 28: userd.v1.ListPricesResponse
+	(*ListPriceChangesRequest)(nil),        // 29: userd.v1.ListPriceChangesRequest
+	(*ListPriceChangesResponse)(nil),       // 30: userd.v1.ListPriceChangesResponse
+	(*timestamppb.Timestamp)(nil),          // 31: google.protobuf.Timestamp
 }
 var file_userd_v1_user_service_proto_depIdxs = []int32{
 	0,  // 0: userd.v1.User.plan:type_name -> userd.v1.Plan
-	16, // 1: userd.v1.User.create_time:type_name -> google.protobuf.Timestamp
-	16, // 2: userd.v1.User.update_time:type_name -> google.protobuf.Timestamp
+	31, // 1: userd.v1.User.create_time:type_name -> google.protobuf.Timestamp
+	31, // 2: userd.v1.User.update_time:type_name -> google.protobuf.Timestamp
 	1,  // 3: userd.v1.CreditTransaction.kind:type_name -> userd.v1.TransactionKind
-	16, // 4: userd.v1.CreditTransaction.create_time:type_name -> google.protobuf.Timestamp
-	2,  // 5: userd.v1.GetUserResponse.user:type_name -> userd.v1.User
-	2,  // 6: userd.v1.EnsureUserResponse.user:type_name -> userd.v1.User
-	3,  // 7: userd.v1.DeductCreditsResponse.transaction:type_name -> userd.v1.CreditTransaction
-	3,  // 8: userd.v1.GrantCreditsResponse.transaction:type_name -> userd.v1.CreditTransaction
+	31, // 4: userd.v1.CreditTransaction.create_time:type_name -> google.protobuf.Timestamp
+	3,  // 5: userd.v1.GetUserResponse.user:type_name -> userd.v1.User
+	3,  // 6: userd.v1.EnsureUserResponse.user:type_name -> userd.v1.User
+	4,  // 7: userd.v1.DeductCreditsResponse.transaction:type_name -> userd.v1.CreditTransaction
+	4,  // 8: userd.v1.GrantCreditsResponse.transaction:type_name -> userd.v1.CreditTransaction
 	0,  // 9: userd.v1.SetPlanRequest.plan:type_name -> userd.v1.Plan
-	2,  // 10: userd.v1.SetPlanResponse.user:type_name -> userd.v1.User
+	3,  // 10: userd.v1.SetPlanResponse.user:type_name -> userd.v1.User
 	0,  // 11: userd.v1.SetPlanResponse.previous_plan:type_name -> userd.v1.Plan
-	3,  // 12: userd.v1.SetPlanResponse.bonus_transaction:type_name -> userd.v1.CreditTransaction
-	3,  // 13: userd.v1.ListCreditTransactionsResponse.transactions:type_name -> userd.v1.CreditTransaction
-	4,  // 14: userd.v1.UserService.GetUser:input_type -> userd.v1.GetUserRequest
-	6,  // 15: userd.v1.UserService.EnsureUser:input_type -> userd.v1.EnsureUserRequest
-	8,  // 16: userd.v1.UserService.DeductCredits:input_type -> userd.v1.DeductCreditsRequest
-	10, // 17: userd.v1.UserService.GrantCredits:input_type -> userd.v1.GrantCreditsRequest
-	12, // 18: userd.v1.UserService.SetPlan:input_type -> userd.v1.SetPlanRequest
-	14, // 19: userd.v1.UserService.ListCreditTransactions:input_type -> userd.v1.ListCreditTransactionsRequest
-	5,  // 20: userd.v1.UserService.GetUser:output_type -> userd.v1.GetUserResponse
-	7,  // 21: userd.v1.UserService.EnsureUser:output_type -> userd.v1.EnsureUserResponse
-	9,  // 22: userd.v1.UserService.DeductCredits:output_type -> userd.v1.DeductCreditsResponse
-	11, // 23: userd.v1.UserService.GrantCredits:output_type -> userd.v1.GrantCreditsResponse
-	13, // 24: userd.v1.UserService.SetPlan:output_type -> userd.v1.SetPlanResponse
-	15, // 25: userd.v1.UserService.ListCreditTransactions:output_type -> userd.v1.ListCreditTransactionsResponse
-	20, // [20:26] is the sub-list for method output_type
-	14, // [14:20] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	4,  // 12: userd.v1.SetPlanResponse.bonus_transaction:type_name -> userd.v1.CreditTransaction
+	4,  // 13: userd.v1.ListCreditTransactionsResponse.transactions:type_name -> userd.v1.CreditTransaction
+	31, // 14: userd.v1.GetUsageSummaryRequest.start_time:type_name -> google.protobuf.Timestamp
+	31, // 15: userd.v1.GetUsageSummaryRequest.end_time:type_name -> google.protobuf.Timestamp
+	2,  // 16: userd.v1.GetUsageSummaryRequest.group_by:type_name -> userd.v1.UsagePeriod
+	31, // 17: userd.v1.UsageInPeriod.start_time:type_name -> google.protobuf.Timestamp
+	31, // 18: userd.v1.UsageInPeriod.end_time:type_name -> google.protobuf.Timestamp
+	18, // 19: userd.v1.UsageInPeriod.reasons:type_name -> userd.v1.UsageByReason
+	31, // 20: userd.v1.GetUsageSummaryResponse.start_time:type_name -> google.protobuf.Timestamp
+	31, // 21: userd.v1.GetUsageSummaryResponse.end_time:type_name -> google.protobuf.Timestamp
+	2,  // 22: userd.v1.GetUsageSummaryResponse.group_by:type_name -> userd.v1.UsagePeriod
+	18, // 23: userd.v1.GetUsageSummaryResponse.reasons:type_name -> userd.v1.UsageByReason
+	19, // 24: userd.v1.GetUsageSummaryResponse.periods:type_name -> userd.v1.UsageInPeriod
+	31, // 25: userd.v1.Price.create_time:type_name -> google.protobuf.Timestamp
+	31, // 26: userd.v1.Price.update_time:type_name -> google.protobuf.Timestamp
+	31, // 27: userd.v1.PriceChange.change_time:type_name -> google.protobuf.Timestamp
+	23, // 28: userd.v1.SetPriceResponse.price:type_name -> userd.v1.Price
+	24, // 29: userd.v1.SetPriceResponse.change:type_name -> userd.v1.PriceChange
+	23, // 30: userd.v1.ListPricesResponse.prices:type_name -> userd.v1.Price
+	24, // 31: userd.v1.ListPriceChangesResponse.changes:type_name -> userd.v1.PriceChange
+	5,  // 32: userd.v1.UserService.GetUser:input_type -> userd.v1.GetUserRequest
+	7,  // 33: userd.v1.UserService.EnsureUser:input_type -> userd.v1.EnsureUserRequest
+	9,  // 34: userd.v1.UserService.DeductCredits:input_type -> userd.v1.DeductCreditsRequest
+	11, // 35: userd.v1.UserService.GrantCredits:input_type -> userd.v1.GrantCreditsRequest
+	13, // 36: userd.v1.UserService.SetPlan:input_type -> userd.v1.SetPlanRequest
+	15, // 37: userd.v1.UserService.ListCreditTransactions:input_type -> userd.v1.ListCreditTransactionsRequest
+	17, // 38: userd.v1.UserService.GetUsageSummary:input_type -> userd.v1.GetUsageSummaryRequest
+	21, // 39: userd.v1.UserService.CanAfford:input_type -> userd.v1.CanAffordRequest
+	25, // 40: userd.v1.UserService.SetPrice:input_type -> userd.v1.SetPriceRequest
+	27, // 41: userd.v1.UserService.ListPrices:input_type -> userd.v1.ListPricesRequest
+	29, // 42: userd.v1.UserService.ListPriceChanges:input_type -> userd.v1.ListPriceChangesRequest
+	6,  // 43: userd.v1.UserService.GetUser:output_type -> userd.v1.GetUserResponse
+	8,  // 44: userd.v1.UserService.EnsureUser:output_type -> userd.v1.EnsureUserResponse
+	10, // 45: userd.v1.UserService.DeductCredits:output_type -> userd.v1.DeductCreditsResponse
+	12, // 46: userd.v1.UserService.GrantCredits:output_type -> userd.v1.GrantCreditsResponse
+	14, // 47: userd.v1.UserService.SetPlan:output_type -> userd.v1.SetPlanResponse
+	16, // 48: userd.v1.UserService.ListCreditTransactions:output_type -> userd.v1.ListCreditTransactionsResponse
+	20, // 49: userd.v1.UserService.GetUsageSummary:output_type -> userd.v1.GetUsageSummaryResponse
+	22, // 50: userd.v1.UserService.CanAfford:output_type -> userd.v1.CanAffordResponse
+	26, // 51: userd.v1.UserService.SetPrice:output_type -> userd.v1.SetPriceResponse
+	28, // 52: userd.v1.UserService.ListPrices:output_type -> userd.v1.ListPricesResponse
+	30, // 53: userd.v1.UserService.ListPriceChanges:output_type -> userd.v1.ListPriceChangesResponse
+	43, // [43:54] is the sub-list for method output_type
+	32, // [32:43] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_userd_v1_user_service_proto_init() }
@@ -1378,8 +2606,8 @@ func file_userd_v1_user_service_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_userd_v1_user_service_proto_rawDesc), len(file_userd_v1_user_service_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   14,
+			NumEnums:      3,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,11 @@ const (
 	UserService_GrantCredits_FullMethodName           = "/userd.v1.UserService/GrantCredits"
 	UserService_SetPlan_FullMethodName                = "/userd.v1.UserService/SetPlan"
 	UserService_ListCreditTransactions_FullMethodName = "/userd.v1.UserService/ListCreditTransactions"
+	UserService_GetUsageSummary_FullMethodName        = "/userd.v1.UserService/GetUsageSummary"
+	UserService_CanAfford_FullMethodName              = "/userd.v1.UserService/CanAfford"
+	UserService_SetPrice_FullMethodName               = "/userd.v1.UserService/SetPrice"
+	UserService_ListPrices_FullMethodName             = "/userd.v1.UserService/ListPrices"
+	UserService_ListPriceChanges_FullMethodName       = "/userd.v1.UserService/ListPriceChanges"
 )
 
 // UserServiceClient is the client API for UserService service.
@@ -57,10 +62,12 @@ type UserServiceClient interface {
 	// exactly one row, and exactly one of them reports created = true.
 	// A user deleted in Clerk is NOT_FOUND and is never recreated.
 	EnsureUser(ctx context.Context, in *EnsureUserRequest, opts ...grpc.CallOption) (*EnsureUserResponse, error)
-	// DeductCredits subtracts amount from the user's balance atomically. A
-	// balance never goes negative: when it is lower than amount the call fails
-	// with FAILED_PRECONDITION (reason INSUFFICIENT_CREDITS) and changes
-	// nothing.
+	// DeductCredits subtracts amount from the user's balance atomically, or,
+	// given an action instead, the action's current price (see SetPrice). A
+	// balance never goes negative: when it is lower than what is charged the
+	// call fails with FAILED_PRECONDITION (reason INSUFFICIENT_CREDITS) and
+	// changes nothing. An action not in the price list is INVALID_ARGUMENT
+	// and changes nothing.
 	DeductCredits(ctx context.Context, in *DeductCreditsRequest, opts ...grpc.CallOption) (*DeductCreditsResponse, error)
 	// GrantCredits adds amount to the user's balance (purchases, refunds,
 	// support gestures).
@@ -70,6 +77,28 @@ type UserServiceClient interface {
 	SetPlan(ctx context.Context, in *SetPlanRequest, opts ...grpc.CallOption) (*SetPlanResponse, error)
 	// ListCreditTransactions returns the user's ledger, newest first.
 	ListCreditTransactions(ctx context.Context, in *ListCreditTransactionsRequest, opts ...grpc.CallOption) (*ListCreditTransactionsResponse, error)
+	// GetUsageSummary sums the user's ledger over a time window: credits
+	// spent and granted, in total, by reason and, when group_by is set, by
+	// UTC day, week or month; with the current balance. It is computed from
+	// the ledger in one snapshot, so it always agrees with it.
+	GetUsageSummary(ctx context.Context, in *GetUsageSummaryRequest, opts ...grpc.CallOption) (*GetUsageSummaryResponse, error)
+	// CanAfford says whether the user's balance covers an amount or one use
+	// of an action at its current price, without deducting anything: for a
+	// frontend to grey out what the user cannot pay for. The answer may be
+	// stale by the time a deduction follows; only DeductCredits decides.
+	CanAfford(ctx context.Context, in *CanAffordRequest, opts ...grpc.CallOption) (*CanAffordResponse, error)
+	// SetPrice sets what one use of an action costs (creating the action
+	// if new). Every change is recorded with the service that made it and
+	// when (ListPriceChanges). Deductions by action commit at the price in
+	// effect when they commit: a price change waits for deductions of the
+	// action in flight. Setting the price already in effect changes nothing.
+	// Services only.
+	SetPrice(ctx context.Context, in *SetPriceRequest, opts ...grpc.CallOption) (*SetPriceResponse, error)
+	// ListPrices returns the price list, by action name. Services only.
+	ListPrices(ctx context.Context, in *ListPricesRequest, opts ...grpc.CallOption) (*ListPricesResponse, error)
+	// ListPriceChanges returns the audit history of the price list, newest
+	// first. Services only.
+	ListPriceChanges(ctx context.Context, in *ListPriceChangesRequest, opts ...grpc.CallOption) (*ListPriceChangesResponse, error)
 }
 
 type userServiceClient struct {
@@ -140,6 +169,56 @@ func (c *userServiceClient) ListCreditTransactions(ctx context.Context, in *List
 	return out, nil
 }
 
+func (c *userServiceClient) GetUsageSummary(ctx context.Context, in *GetUsageSummaryRequest, opts ...grpc.CallOption) (*GetUsageSummaryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetUsageSummaryResponse)
+	err := c.cc.Invoke(ctx, UserService_GetUsageSummary_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *userServiceClient) CanAfford(ctx context.Context, in *CanAffordRequest, opts ...grpc.CallOption) (*CanAffordResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CanAffordResponse)
+	err := c.cc.Invoke(ctx, UserService_CanAfford_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *userServiceClient) SetPrice(ctx context.Context, in *SetPriceRequest, opts ...grpc.CallOption) (*SetPriceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetPriceResponse)
+	err := c.cc.Invoke(ctx, UserService_SetPrice_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *userServiceClient) ListPrices(ctx context.Context, in *ListPricesRequest, opts ...grpc.CallOption) (*ListPricesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListPricesResponse)
+	err := c.cc.Invoke(ctx, UserService_ListPrices_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *userServiceClient) ListPriceChanges(ctx context.Context, in *ListPriceChangesRequest, opts ...grpc.CallOption) (*ListPriceChangesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListPriceChangesResponse)
+	err := c.cc.Invoke(ctx, UserService_ListPriceChanges_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // UserServiceServer is the server API for UserService service.
 // All implementations must embed UnimplementedUserServiceServer
 // for forward compatibility.
@@ -170,10 +249,12 @@ type UserServiceServer interface {
 	// exactly one row, and exactly one of them reports created = true.
 	// A user deleted in Clerk is NOT_FOUND and is never recreated.
 	EnsureUser(context.Context, *EnsureUserRequest) (*EnsureUserResponse, error)
-	// DeductCredits subtracts amount from the user's balance atomically. A
-	// balance never goes negative: when it is lower than amount the call fails
-	// with FAILED_PRECONDITION (reason INSUFFICIENT_CREDITS) and changes
-	// nothing.
+	// DeductCredits subtracts amount from the user's balance atomically, or,
+	// given an action instead, the action's current price (see SetPrice). A
+	// balance never goes negative: when it is lower than what is charged the
+	// call fails with FAILED_PRECONDITION (reason INSUFFICIENT_CREDITS) and
+	// changes nothing. An action not in the price list is INVALID_ARGUMENT
+	// and changes nothing.
 	DeductCredits(context.Context, *DeductCreditsRequest) (*DeductCreditsResponse, error)
 	// GrantCredits adds amount to the user's balance (purchases, refunds,
 	// support gestures).
@@ -183,6 +264,28 @@ type UserServiceServer interface {
 	SetPlan(context.Context, *SetPlanRequest) (*SetPlanResponse, error)
 	// ListCreditTransactions returns the user's ledger, newest first.
 	ListCreditTransactions(context.Context, *ListCreditTransactionsRequest) (*ListCreditTransactionsResponse, error)
+	// GetUsageSummary sums the user's ledger over a time window: credits
+	// spent and granted, in total, by reason and, when group_by is set, by
+	// UTC day, week or month; with the current balance. It is computed from
+	// the ledger in one snapshot, so it always agrees with it.
+	GetUsageSummary(context.Context, *GetUsageSummaryRequest) (*GetUsageSummaryResponse, error)
+	// CanAfford says whether the user's balance covers an amount or one use
+	// of an action at its current price, without deducting anything: for a
+	// frontend to grey out what the user cannot pay for. The answer may be
+	// stale by the time a deduction follows; only DeductCredits decides.
+	CanAfford(context.Context, *CanAffordRequest) (*CanAffordResponse, error)
+	// SetPrice sets what one use of an action costs (creating the action
+	// if new). Every change is recorded with the service that made it and
+	// when (ListPriceChanges). Deductions by action commit at the price in
+	// effect when they commit: a price change waits for deductions of the
+	// action in flight. Setting the price already in effect changes nothing.
+	// Services only.
+	SetPrice(context.Context, *SetPriceRequest) (*SetPriceResponse, error)
+	// ListPrices returns the price list, by action name. Services only.
+	ListPrices(context.Context, *ListPricesRequest) (*ListPricesResponse, error)
+	// ListPriceChanges returns the audit history of the price list, newest
+	// first. Services only.
+	ListPriceChanges(context.Context, *ListPriceChangesRequest) (*ListPriceChangesResponse, error)
 	mustEmbedUnimplementedUserServiceServer()
 }
 
@@ -210,6 +313,21 @@ func (UnimplementedUserServiceServer) SetPlan(context.Context, *SetPlanRequest) 
 }
 func (UnimplementedUserServiceServer) ListCreditTransactions(context.Context, *ListCreditTransactionsRequest) (*ListCreditTransactionsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListCreditTransactions not implemented")
+}
+func (UnimplementedUserServiceServer) GetUsageSummary(context.Context, *GetUsageSummaryRequest) (*GetUsageSummaryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetUsageSummary not implemented")
+}
+func (UnimplementedUserServiceServer) CanAfford(context.Context, *CanAffordRequest) (*CanAffordResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CanAfford not implemented")
+}
+func (UnimplementedUserServiceServer) SetPrice(context.Context, *SetPriceRequest) (*SetPriceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetPrice not implemented")
+}
+func (UnimplementedUserServiceServer) ListPrices(context.Context, *ListPricesRequest) (*ListPricesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListPrices not implemented")
+}
+func (UnimplementedUserServiceServer) ListPriceChanges(context.Context, *ListPriceChangesRequest) (*ListPriceChangesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListPriceChanges not implemented")
 }
 func (UnimplementedUserServiceServer) mustEmbedUnimplementedUserServiceServer() {}
 func (UnimplementedUserServiceServer) testEmbeddedByValue()                     {}
@@ -340,6 +458,96 @@ func _UserService_ListCreditTransactions_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _UserService_GetUsageSummary_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetUsageSummaryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UserServiceServer).GetUsageSummary(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UserService_GetUsageSummary_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UserServiceServer).GetUsageSummary(ctx, req.(*GetUsageSummaryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _UserService_CanAfford_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CanAffordRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UserServiceServer).CanAfford(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UserService_CanAfford_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UserServiceServer).CanAfford(ctx, req.(*CanAffordRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _UserService_SetPrice_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetPriceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UserServiceServer).SetPrice(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UserService_SetPrice_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UserServiceServer).SetPrice(ctx, req.(*SetPriceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _UserService_ListPrices_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListPricesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UserServiceServer).ListPrices(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UserService_ListPrices_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UserServiceServer).ListPrices(ctx, req.(*ListPricesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _UserService_ListPriceChanges_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListPriceChangesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UserServiceServer).ListPriceChanges(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UserService_ListPriceChanges_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UserServiceServer).ListPriceChanges(ctx, req.(*ListPriceChangesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // UserService_ServiceDesc is the grpc.ServiceDesc for UserService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -370,6 +578,26 @@ var UserService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListCreditTransactions",
 			Handler:    _UserService_ListCreditTransactions_Handler,
+		},
+		{
+			MethodName: "GetUsageSummary",
+			Handler:    _UserService_GetUsageSummary_Handler,
+		},
+		{
+			MethodName: "CanAfford",
+			Handler:    _UserService_CanAfford_Handler,
+		},
+		{
+			MethodName: "SetPrice",
+			Handler:    _UserService_SetPrice_Handler,
+		},
+		{
+			MethodName: "ListPrices",
+			Handler:    _UserService_ListPrices_Handler,
+		},
+		{
+			MethodName: "ListPriceChanges",
+			Handler:    _UserService_ListPriceChanges_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -72,7 +72,7 @@ var errorResponses = []errorResponse{
 	}(),
 	func() errorResponse {
 		e := kindError("InsufficientCredits", apperr.KindInsufficientCredits,
-			"the balance is lower than the amount; nothing changed. details holds a "+
+			"the balance is lower than the amount (or the action's price); nothing changed. details holds a "+
 				"google.rpc.ErrorInfo with reason "+apperr.ReasonInsufficientCredits+", domain "+
 				apperr.Domain+" and metadata required and available (decimal strings).")
 		e.example = map[string]any{
@@ -85,7 +85,7 @@ var errorResponses = []errorResponse{
 		return e
 	}(),
 	kindError("PermissionDenied", apperr.KindPermissionDenied,
-		"valid credentials that may not do this: credits and plans change only through backend services; "+
+		"valid credentials that may not do this: credits, plans and the price list are for backend services only; "+
 			"a write authenticated by the __session cookie needs an Origin among the authorized parties."),
 	kindError("NotFound", apperr.KindNotFound,
 		"no live user matches, or it is not the caller's own (an end user cannot tell the two apart). "+
@@ -126,6 +126,8 @@ var (
 	readErrors  = []string{"InvalidArgument", "Unauthenticated", "NotFound", "Internal", "Unavailable", "DeadlineExceeded"}
 	writeErrors = []string{"InvalidArgument", "Unauthenticated", "PermissionDenied", "NotFound", "Conflict",
 		"PayloadTooLarge", "Internal", "Unavailable", "DeadlineExceeded"}
+	priceErrors = []string{"InvalidArgument", "Unauthenticated", "PermissionDenied", "PayloadTooLarge", "Internal",
+		"Unavailable", "DeadlineExceeded"}
 )
 
 // operations describes every operation by its generated id.
@@ -139,6 +141,11 @@ var operations = map[string]operation{
 	"GrantCredits":           {summary: "Add credits", servicesOnly: true, keyed: true, errors: writeErrors},
 	"SetPlan":                {summary: "Change the plan, with optional bonus credits", servicesOnly: true, keyed: true, errors: writeErrors},
 	"ListCreditTransactions": {summary: "Page through the ledger, newest first", errors: readErrors, me: true},
+	"GetUsageSummary":        {summary: "Sum the ledger over a window: by reason and by UTC day, week or month", errors: readErrors, me: true},
+	"CanAfford":              {summary: "Whether the balance covers an amount or an action's price", errors: readErrors, me: true},
+	"SetPrice":               {summary: "Set what one use of an action costs (audited)", servicesOnly: true, errors: priceErrors},
+	"ListPrices":             {summary: "Page through the price list by action", servicesOnly: true, errors: priceErrors},
+	"ListPriceChanges":       {summary: "Page through the price list's history, newest first", servicesOnly: true, errors: priceErrors},
 }
 
 func (s operation) apply(op *openapi3.Operation) error {

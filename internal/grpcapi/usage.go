@@ -1,0 +1,108 @@
+package grpcapi
+
+import (
+	"context"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	userdv1 "github.com/userd/userd/gen/userd/v1"
+	"github.com/userd/userd/internal/apperr"
+	"github.com/userd/userd/internal/users"
+)
+
+// GetUsageSummary implements userdv1.UserServiceServer. End users may read
+// their own, like their ledger.
+func (s *Server) GetUsageSummary(ctx context.Context, req *userdv1.GetUsageSummaryRequest) (*userdv1.GetUsageSummaryResponse, error) {
+	id, err := ownUser(ctx, req.GetClerkUserId())
+	if err != nil {
+		return nil, err
+	}
+	start, err := timeFromProto("start_time", req.GetStartTime())
+	if err != nil {
+		return nil, err
+	}
+	end, err := timeFromProto("end_time", req.GetEndTime())
+	if err != nil {
+		return nil, err
+	}
+	period, ok := usagePeriodFromProto[req.GetGroupBy()]
+	if !ok {
+		return nil, apperr.InvalidArgument(apperr.FieldViolation{Field: "group_by", Description: "is not a known period"})
+	}
+	sum, err := s.users.SummarizeUsage(ctx, users.UsageQuery{ClerkUserID: id, Start: start, End: end, Period: period})
+	if err != nil {
+		return nil, err
+	}
+	out := &userdv1.GetUsageSummaryResponse{
+		StartTime:  timestamppb.New(sum.Start),
+		EndTime:    timestamppb.New(sum.End),
+		GroupBy:    req.GetGroupBy(),
+		Balance:    sum.Balance,
+		Spent:      sum.Spent,
+		Granted:    sum.Granted,
+		EntryCount: sum.Entries,
+		Reasons:    reasonsToProto(sum.Reasons),
+		Periods:    make([]*userdv1.UsageInPeriod, len(sum.Periods)),
+	}
+	for i, p := range sum.Periods {
+		out.Periods[i] = &userdv1.UsageInPeriod{
+			StartTime:  timestamppb.New(p.Start),
+			EndTime:    timestamppb.New(p.End),
+			Spent:      p.Spent,
+			Granted:    p.Granted,
+			EntryCount: p.Entries,
+			Reasons:    reasonsToProto(p.Reasons),
+		}
+	}
+	return out, nil
+}
+
+// CanAfford implements userdv1.UserServiceServer. End users may ask about
+// themselves.
+func (s *Server) CanAfford(ctx context.Context, req *userdv1.CanAffordRequest) (*userdv1.CanAffordResponse, error) {
+	id, err := ownUser(ctx, req.GetClerkUserId())
+	if err != nil {
+		return nil, err
+	}
+	a, err := s.users.CanAfford(ctx, id, users.Cost{Amount: req.GetAmount(), Action: req.GetAction()})
+	if err != nil {
+		return nil, err
+	}
+	return &userdv1.CanAffordResponse{Required: a.Required, Available: a.Available, Allowed: a.Allowed}, nil
+}
+
+var usagePeriodFromProto = map[userdv1.UsagePeriod]users.UsagePeriod{
+	userdv1.UsagePeriod_USAGE_PERIOD_UNSPECIFIED: users.PeriodNone,
+	userdv1.UsagePeriod_USAGE_PERIOD_DAY:         users.PeriodDay,
+	userdv1.UsagePeriod_USAGE_PERIOD_WEEK:        users.PeriodWeek,
+	userdv1.UsagePeriod_USAGE_PERIOD_MONTH:       users.PeriodMonth,
+}
+
+// timeFromProto maps an unset timestamp to the zero time (which the
+// domain reads as "unset") and refuses one outside what protobuf allows.
+func timeFromProto(field string, ts *timestamppb.Timestamp) (time.Time, error) {
+	if ts == nil {
+		return time.Time{}, nil
+	}
+	if err := ts.CheckValid(); err != nil {
+		return time.Time{}, apperr.InvalidArgument(apperr.FieldViolation{
+			Field: field, Description: "must be a valid time between years 1 and 9999",
+		})
+	}
+	return ts.AsTime(), nil
+}
+
+func reasonsToProto(rs []users.ReasonUsage) []*userdv1.UsageByReason {
+	out := make([]*userdv1.UsageByReason, len(rs))
+	for i, r := range rs {
+		out[i] = &userdv1.UsageByReason{
+			Reason:     r.Reason,
+			Spent:      r.Spent,
+			Granted:    r.Granted,
+			EntryCount: r.Entries,
+			Other:      r.Other,
+		}
+	}
+	return out
+}
