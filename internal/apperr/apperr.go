@@ -44,6 +44,7 @@ const (
 	ReasonIdempotencyKeyReused = "IDEMPOTENCY_KEY_REUSED"
 	ReasonEmailInUse           = "EMAIL_IN_USE"
 	ReasonUserDeleted          = "USER_DELETED"
+	ReasonUnknownAction        = "UNKNOWN_ACTION"
 )
 
 // Domain is the ErrorInfo domain of every reason above.

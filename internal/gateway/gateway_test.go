@@ -799,7 +799,7 @@ func TestUsageAndPricesOverREST(t *testing.T) {
 		t.Fatalf("deduct by action: %d %v", r.status, r.body)
 	}
 	r = b.call(t, "POST", "/v1/users/user_alice/credits:deduct", svc, map[string]any{"action": "paint"}, "Idempotency-Key", "job-2")
-	if r.status != http.StatusBadRequest || !strings.Contains(fmt.Sprint(r.body["details"]), "action") {
+	if r.status != http.StatusBadRequest || !strings.Contains(fmt.Sprint(r.body["details"]), "UNKNOWN_ACTION") {
 		t.Errorf("deduct an unknown action: %d %v", r.status, r.body)
 	}
 	if r := b.call(t, "GET", "/v1/prices", svc, nil); r.status != http.StatusOK || field(r.body, "prices") == nil {
@@ -812,12 +812,13 @@ func TestUsageAndPricesOverREST(t *testing.T) {
 	}
 
 	// Alice's own summary, as me and by id; times with an offset are the
-	// same instants ("+" must be sent as %2B in a query).
+	// same instants (a "+" in a query is a plus, encoded or not).
 	start := time.Now().UTC().Add(-2 * time.Hour).Format(time.RFC3339)
 	for _, path := range []string{
 		"/v1/users/me/usage?startTime=" + start + "&groupBy=USAGE_PERIOD_DAY",
 		"/v1/users/user_alice/usage?startTime=" + start + "&groupBy=USAGE_PERIOD_DAY",
 		"/v1/users/me/usage?startTime=" + strings.ReplaceAll(time.Now().Add(-2*time.Hour).In(time.FixedZone("", 5*3600+1800)).Format(time.RFC3339), "+", "%2B"),
+		"/v1/users/me/usage?startTime=" + time.Now().Add(-2*time.Hour).In(time.FixedZone("", 5*3600+1800)).Format(time.RFC3339),
 	} {
 		r := b.call(t, "GET", path, alice, nil)
 		if r.status != http.StatusOK || r.body["balance"] != "6" || r.body["spent"] != "4" || r.body["granted"] != "10" || r.body["entryCount"] != "2" {

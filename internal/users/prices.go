@@ -227,8 +227,12 @@ func (s *Service) CanAfford(ctx context.Context, clerkUserID string, cost Cost) 
 	return Affordability{Required: required, Available: read.Available, Allowed: read.Available >= required}, nil
 }
 
+// unknownAction is an invalid argument that callers can also tell apart
+// by its reason, without reading descriptions.
 func unknownAction() error {
-	return apperr.InvalidArgument(apperr.FieldViolation{Field: "action", Description: "is not in the price list"})
+	e := apperr.InvalidArgument(apperr.FieldViolation{Field: "action", Description: "is not in the price list"})
+	e.Reason = apperr.ReasonUnknownAction
+	return e
 }
 
 // deductForAction charges one use of c.Action at its current price.

@@ -186,8 +186,8 @@ func TestUnknownActionChangesNothing(t *testing.T) {
 	for _, clerkID := range []string{"user_unknown", "user_nobody"} {
 		_, err := b.svc.DeductCredits(ctx, users.CreditChange{ClerkUserID: clerkID, Action: "rendr", IdempotencyKey: "k"})
 		e := wantKind(t, err, apperr.KindInvalidArgument)
-		if len(e.Violations) != 1 || e.Violations[0].Field != "action" {
-			t.Errorf("%s: violations = %+v, want action", clerkID, e.Violations)
+		if len(e.Violations) != 1 || e.Violations[0].Field != "action" || e.Reason != apperr.ReasonUnknownAction {
+			t.Errorf("%s: %+v, want a violation of action and reason %s", clerkID, e, apperr.ReasonUnknownAction)
 		}
 		_, err = b.svc.CanAfford(ctx, clerkID, users.Cost{Action: "rendr"})
 		wantKind(t, err, apperr.KindInvalidArgument)

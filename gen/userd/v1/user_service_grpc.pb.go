@@ -46,7 +46,8 @@ const (
 // scoped to one user: two users may use the same key independently.
 //
 // Errors follow one table: INVALID_ARGUMENT (with BadRequest field
-// violations), NOT_FOUND, FAILED_PRECONDITION (ErrorInfo reason
+// violations; ErrorInfo reason UNKNOWN_ACTION for an action not in the
+// price list), NOT_FOUND, FAILED_PRECONDITION (ErrorInfo reason
 // INSUFFICIENT_CREDITS with metadata "required" and "available"),
 // ALREADY_EXISTS (reasons IDEMPOTENCY_KEY_REUSED, EMAIL_IN_USE),
 // UNAVAILABLE (database unreachable or timed out; safe to retry with the same
@@ -233,7 +234,8 @@ func (c *userServiceClient) ListPriceChanges(ctx context.Context, in *ListPriceC
 // scoped to one user: two users may use the same key independently.
 //
 // Errors follow one table: INVALID_ARGUMENT (with BadRequest field
-// violations), NOT_FOUND, FAILED_PRECONDITION (ErrorInfo reason
+// violations; ErrorInfo reason UNKNOWN_ACTION for an action not in the
+// price list), NOT_FOUND, FAILED_PRECONDITION (ErrorInfo reason
 // INSUFFICIENT_CREDITS with metadata "required" and "available"),
 // ALREADY_EXISTS (reasons IDEMPOTENCY_KEY_REUSED, EMAIL_IN_USE),
 // UNAVAILABLE (database unreachable or timed out; safe to retry with the same

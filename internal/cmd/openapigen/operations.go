@@ -63,7 +63,8 @@ func kindError(name string, k apperr.Kind, meaning string) errorResponse {
 var errorResponses = []errorResponse{
 	kindError("InvalidArgument", apperr.KindInvalidArgument,
 		"the request is malformed or a field is out of range; nothing changed. "+
-			"details holds a google.rpc.BadRequest whose fieldViolations name each invalid field."),
+			"details holds a google.rpc.BadRequest whose fieldViolations name each invalid field; "+
+			"for an action not in the price list, also an ErrorInfo with reason "+apperr.ReasonUnknownAction+"."),
 	func() errorResponse {
 		e := kindError("Unauthenticated", apperr.KindUnauthenticated,
 			"no credentials, or a token that is invalid, expired or not for this service.")
