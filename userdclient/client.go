@@ -13,6 +13,13 @@
 //	})
 //	if required, available, ok := userdclient.IsInsufficientCredits(err); ok { ... }
 //
+// Deductions by action charge the price userd holds (SetPrice):
+//
+//	res, err := c.DeductCredits(ctx, &userdv1.DeductCreditsRequest{
+//		ClerkUserId: "user_2abc", Action: "render", IdempotencyKey: "render-" + jobID,
+//	})
+//	if userdclient.IsUnknownAction(err) { ... }
+//
 // Importing it brings in gRPC and the generated stubs, nothing of the
 // server (its test checks `go list -deps`).
 package userdclient
@@ -155,22 +162,50 @@ func (c *Client) getUser(ctx context.Context, req *userdv1.GetUserRequest) (*use
 // fetching pages of pageSize (0: the server's default) as it goes. It
 // stops at the first error, which it yields.
 func (c *Client) Transactions(ctx context.Context, clerkUserID string, pageSize int32) iter.Seq2[*userdv1.CreditTransaction, error] {
-	return func(yield func(*userdv1.CreditTransaction, error) bool) {
+	return pages(func(token string) ([]*userdv1.CreditTransaction, string, error) {
+		page, err := c.ListCreditTransactions(ctx, &userdv1.ListCreditTransactionsRequest{
+			ClerkUserId: clerkUserID, PageSize: pageSize, PageToken: token,
+		})
+		return page.GetTransactions(), page.GetNextPageToken(), err
+	})
+}
+
+// Prices iterates over the price list by action, fetching pages of
+// pageSize (0: the server's default) as it goes; as Transactions.
+func (c *Client) Prices(ctx context.Context, pageSize int32) iter.Seq2[*userdv1.Price, error] {
+	return pages(func(token string) ([]*userdv1.Price, string, error) {
+		page, err := c.ListPrices(ctx, &userdv1.ListPricesRequest{PageSize: pageSize, PageToken: token})
+		return page.GetPrices(), page.GetNextPageToken(), err
+	})
+}
+
+// PriceChanges iterates over the price list's audit history, newest first,
+// of one action ("" for all); as Transactions.
+func (c *Client) PriceChanges(ctx context.Context, action string, pageSize int32) iter.Seq2[*userdv1.PriceChange, error] {
+	return pages(func(token string) ([]*userdv1.PriceChange, string, error) {
+		page, err := c.ListPriceChanges(ctx, &userdv1.ListPriceChangesRequest{Action: action, PageSize: pageSize, PageToken: token})
+		return page.GetChanges(), page.GetNextPageToken(), err
+	})
+}
+
+// pages iterates over the items of the pages fetch returns, from the
+// first (token "") until one has no next token or fetch fails.
+func pages[T any](fetch func(token string) ([]T, string, error)) iter.Seq2[T, error] {
+	return func(yield func(T, error) bool) {
 		token := ""
 		for {
-			page, err := c.ListCreditTransactions(ctx, &userdv1.ListCreditTransactionsRequest{
-				ClerkUserId: clerkUserID, PageSize: pageSize, PageToken: token,
-			})
+			items, next, err := fetch(token)
 			if err != nil {
-				yield(nil, err)
+				var zero T
+				yield(zero, err)
 				return
 			}
-			for _, t := range page.GetTransactions() {
-				if !yield(t, nil) {
+			for _, item := range items {
+				if !yield(item, nil) {
 					return
 				}
 			}
-			if token = page.GetNextPageToken(); token == "" {
+			if token = next; token == "" {
 				return
 			}
 		}

@@ -2,7 +2,9 @@ package userdclient_test
 
 import (
 	"context"
+	"fmt"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -10,6 +12,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
 	"github.com/userd/userd/internal/apptest"
@@ -267,5 +270,68 @@ func TestImportsNothingOfTheServer(t *testing.T) {
 	}
 	if len(deps) < 10 {
 		t.Errorf("go list -deps printed %d packages: %q", len(deps), out)
+	}
+}
+
+func TestPricesAndUsage(t *testing.T) {
+	t.Parallel()
+	in := apptest.Start(t, nil)
+	c := dial(t, in, userdclient.WithToken(apptest.ServiceToken))
+	ctx := context.Background()
+	if _, err := c.EnsureUser(ctx, &userdv1.EnsureUserRequest{ClerkUserId: "user_pu"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []*userdv1.SetPriceRequest{{Action: "render", Credits: 2}, {Action: "export", Credits: 5}, {Action: "render", Credits: 3}} {
+		if _, err := c.SetPrice(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var prices []string
+	for p, err := range c.Prices(ctx, 1) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		prices = append(prices, p.GetAction()+"="+strconv.FormatInt(p.GetCredits(), 10))
+	}
+	if got := strings.Join(prices, " "); got != "export=5 render=3" {
+		t.Errorf("Prices = %s", got)
+	}
+	var history []string
+	for ch, err := range c.PriceChanges(ctx, "render", 1) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		history = append(history, fmt.Sprintf("%d->%d by %s", ch.GetPreviousCredits(), ch.GetCredits(), ch.GetChangedBy()))
+	}
+	if got := strings.Join(history, ", "); got != "2->3 by service:tests, 0->2 by service:tests" {
+		t.Errorf("PriceChanges(render) = %s", got)
+	}
+
+	// A deduction by action without a key: the client makes one, and the
+	// same request sent again is charged once.
+	deduct := &userdv1.DeductCreditsRequest{ClerkUserId: "user_pu", Action: "render"}
+	first, err := c.DeductCredits(ctx, deduct)
+	if err != nil || first.GetBalance() != 7 || deduct.GetIdempotencyKey() == "" {
+		t.Fatalf("DeductCredits(render) = %v, %v (key %q)", first, err, deduct.GetIdempotencyKey())
+	}
+	if again, err := c.DeductCredits(ctx, deduct); err != nil || again.GetTransaction().GetId() != first.GetTransaction().GetId() {
+		t.Errorf("replay: %v, %v", again, err)
+	}
+	_, err = c.DeductCredits(ctx, &userdv1.DeductCreditsRequest{ClerkUserId: "user_pu", Action: "paint"})
+	if !userdclient.IsUnknownAction(err) || !userdclient.IsInvalidArgument(err) {
+		t.Errorf("unknown action: %v", err)
+	}
+	_, err = c.DeductCredits(ctx, &userdv1.DeductCreditsRequest{ClerkUserId: "user_pu", Amount: 1})
+	if userdclient.IsUnknownAction(err) || err != nil {
+		t.Errorf("deduction by amount: %v", err)
+	}
+	if aff, err := c.CanAfford(ctx, &userdv1.CanAffordRequest{ClerkUserId: "user_pu", Action: "export"}); err != nil || !aff.GetAllowed() || aff.GetRequired() != 5 || aff.GetAvailable() != 6 {
+		t.Errorf("CanAfford(export) = %v, %v", aff, err)
+	}
+	sum, err := c.GetUsageSummary(ctx, &userdv1.GetUsageSummaryRequest{
+		ClerkUserId: "user_pu", StartTime: timestamppb.New(time.Now().Add(-time.Hour)), GroupBy: userdv1.UsagePeriod_USAGE_PERIOD_DAY,
+	})
+	if err != nil || sum.GetSpent() != 4 || sum.GetGranted() != 10 || sum.GetBalance() != 6 || len(sum.GetPeriods()) == 0 {
+		t.Errorf("GetUsageSummary = %v, %v", sum, err)
 	}
 }

@@ -17,6 +17,7 @@ const (
 	ReasonIdempotencyKeyReused = apperr.ReasonIdempotencyKeyReused
 	ReasonEmailInUse           = apperr.ReasonEmailInUse
 	ReasonUserDeleted          = apperr.ReasonUserDeleted
+	ReasonUnknownAction        = apperr.ReasonUnknownAction
 )
 
 // IsInsufficientCredits reports whether err is a deduction refused because
@@ -39,6 +40,11 @@ func IsNotFound(err error) bool { return code(err) == codes.NotFound }
 // IsUserDeleted reports whether EnsureUser named a user Clerk deleted
 // (which is never recreated); IsNotFound is true too.
 func IsUserDeleted(err error) bool { return Reason(err) == ReasonUserDeleted }
+
+// IsUnknownAction reports whether a deduction (or CanAfford) named an
+// action the price list does not have; IsInvalidArgument is true too, and
+// nothing changed.
+func IsUnknownAction(err error) bool { return Reason(err) == ReasonUnknownAction }
 
 // IsKeyReused reports whether the idempotency key was used before with
 // other parameters or for another operation. Retrying cannot succeed.

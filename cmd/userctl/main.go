@@ -1,10 +1,14 @@
 // Command userctl is the operators' command line for userd, built on the
 // Go client (userdclient): look users up, ensure them, move credits,
-// change plans and page through ledgers.
+// change plans, page through ledgers, summarize usage and manage the price
+// list.
 //
 //	userctl get user_2abc            userctl get --email ada@example.com
 //	userctl deduct user_2abc 3 --key job-42 --reason render
+//	userctl deduct user_2abc --action render --key job-43
 //	userctl ledger user_2abc --json
+//	userctl usage user_2abc --since 2026-03-01 --by day
+//	userctl prices set render 2      userctl prices history render
 //
 // The address and token come from --addr/--token or USERD_ADDR/USERD_TOKEN.
 // Exit codes (for scripts): see exitCodes.
@@ -16,12 +20,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/alecthomas/kong"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
 	"github.com/userd/userd/userdclient"
@@ -33,7 +39,7 @@ const (
 	exitError               = 1 // anything not below
 	exitUsage               = 2 // bad command line, or a request userd found invalid
 	exitNotFound            = 3 // no such (live) user
-	exitInsufficientCredits = 4 // the deduction is larger than the balance; nothing changed
+	exitInsufficientCredits = 4 // the deduction is larger than the balance (or can-afford says no); nothing changed
 	exitConflict            = 5 // idempotency key reused with other parameters, or email in use
 	exitUnauthenticated     = 6 // token missing or not accepted
 	exitPermissionDenied    = 7 // the token may not do this
@@ -53,6 +59,9 @@ type cli struct {
 	Grant   grantCmd   `cmd:"" help:"Add credits."`
 	SetPlan setPlanCmd `cmd:"" name:"set-plan" help:"Change a user's plan, with optional bonus credits."`
 	Ledger  ledgerCmd  `cmd:"" help:"List a user's credit transactions, newest first, one page at a time."`
+	Usage   usageCmd   `cmd:"" help:"Sum a user's ledger over a window: credits spent and granted, by reason and by UTC day, week or month."`
+	Afford  affordCmd  `cmd:"" name:"can-afford" help:"Whether a user's balance covers an amount or an action's price; exit code 4 when it does not."`
+	Prices  pricesCmd  `cmd:"" help:"The price list: what one use of each action costs."`
 }
 
 // env is what every command gets.
@@ -74,7 +83,7 @@ func run(args []string, stdout, stderr io.Writer) (code int) {
 	parser, err := kong.New(&c,
 		kong.Name("userctl"),
 		kong.Description("Operate userd: users, credits, plans. Exit codes: 0 ok, 1 error, 2 usage or invalid request, "+
-			"3 not found, 4 insufficient credits, 5 conflict (key reused, email in use), 6 unauthenticated, "+
+			"3 not found, 4 insufficient credits (or can-afford says no), 5 conflict (key reused, email in use), 6 unauthenticated, "+
 			"7 permission denied, 8 unavailable or timed out (retry with the same --key)."),
 		kong.Writers(stdout, stderr),
 		kong.Exit(func(code int) { panic(exit(code)) }),
@@ -125,6 +134,9 @@ func run(args []string, stdout, stderr io.Writer) (code int) {
 
 // report prints err for a human and returns its exit code.
 func report(w io.Writer, err error) int {
+	if errors.As(err, new(cannotAfford)) {
+		return exitInsufficientCredits
+	}
 	var usage usageError
 	if errors.As(err, &usage) {
 		fmt.Fprintln(w, "userctl:", err)
@@ -250,11 +262,20 @@ type change struct {
 	Reason      string `help:"Reason stored in the ledger."`
 }
 
-type deductCmd struct{ change }
+type deductCmd struct {
+	ClerkUserID string `arg:"" name:"clerk-user-id" help:"Clerk user id (user_...)."`
+	Amount      int64  `arg:"" optional:"" help:"Credits, 1 to 1000000000000; or --action instead."`
+	Action      string `help:"Charge one use of this action at its current price instead of an amount (the action becomes the reason)."`
+	Key         string `required:"" help:"Idempotency key: repeating the command with the same key changes nothing (1-255 printable ASCII)."`
+	Reason      string `help:"Reason stored in the ledger (not with --action)."`
+}
 
 func (c *deductCmd) Run(e *env) error {
+	if (c.Amount == 0) == (c.Action == "") {
+		return usageError{"give either an amount or --action"}
+	}
 	res, err := e.client.DeductCredits(e.ctx, &userdv1.DeductCreditsRequest{
-		ClerkUserId: c.ClerkUserID, Amount: c.Amount, IdempotencyKey: c.Key, Reason: c.Reason,
+		ClerkUserId: c.ClerkUserID, Amount: c.Amount, Action: c.Action, IdempotencyKey: c.Key, Reason: c.Reason,
 	})
 	if err != nil {
 		return err
@@ -312,4 +333,130 @@ func (c *ledgerCmd) Run(e *env) error {
 			fmt.Fprintf(e.out.w, "\nmore: userctl ledger %s --page-size %d --page-token %s\n", c.ClerkUserID, c.PageSize, next)
 		}
 	})
+}
+
+type usageCmd struct {
+	ClerkUserID string `arg:"" name:"clerk-user-id" help:"Clerk user id (user_...)."`
+	Since       string `required:"" help:"Start of the window, inclusive: RFC 3339 (2026-03-01T00:00:00Z) or a UTC date (2026-03-01)."`
+	Until       string `help:"End of the window, exclusive, as --since (default: now)."`
+	By          string `enum:"none,day,week,month" default:"none" help:"Periods: day, week (ISO, from Monday) or month, in UTC; or none."`
+}
+
+func (c *usageCmd) Run(e *env) error {
+	req := &userdv1.GetUsageSummaryRequest{
+		ClerkUserId: c.ClerkUserID,
+		GroupBy:     userdv1.UsagePeriod(userdv1.UsagePeriod_value["USAGE_PERIOD_"+strings.ToUpper(c.By)]),
+	}
+	since, err := parseTime("--since", c.Since)
+	if err != nil {
+		return err
+	}
+	req.StartTime = timestamppb.New(since)
+	if c.Until != "" {
+		until, err := parseTime("--until", c.Until)
+		if err != nil {
+			return err
+		}
+		req.EndTime = timestamppb.New(until)
+	}
+	res, err := e.client.GetUsageSummary(e.ctx, req)
+	if err != nil {
+		return err
+	}
+	return e.out.message(res, func() { e.out.usage(res) })
+}
+
+// parseTime reads an RFC 3339 time or a date, taken as 00:00 UTC.
+func parseTime(flag, s string) (time.Time, error) {
+	for _, layout := range []string{time.RFC3339Nano, time.DateOnly} {
+		if t, err := time.Parse(layout, s); err == nil {
+			return t, nil
+		}
+	}
+	return time.Time{}, usageError{flag + " must be an RFC 3339 time (2026-03-01T00:00:00Z) or a date (2026-03-01)"}
+}
+
+type affordCmd struct {
+	ClerkUserID string `arg:"" name:"clerk-user-id" help:"Clerk user id (user_...)."`
+	Amount      int64  `help:"Credits to compare with the balance."`
+	Action      string `help:"An action of the price list: its current price."`
+}
+
+func (c *affordCmd) Run(e *env) error {
+	if (c.Amount == 0) == (c.Action == "") {
+		return usageError{"give either --amount or --action"}
+	}
+	res, err := e.client.CanAfford(e.ctx, &userdv1.CanAffordRequest{ClerkUserId: c.ClerkUserID, Amount: c.Amount, Action: c.Action})
+	if err != nil {
+		return err
+	}
+	if err := e.out.message(res, func() {
+		e.out.rows(row{"REQUIRED", strconv.FormatInt(res.GetRequired(), 10)},
+			row{"AVAILABLE", strconv.FormatInt(res.GetAvailable(), 10)},
+			row{"ALLOWED", strconv.FormatBool(res.GetAllowed())})
+	}); err != nil {
+		return err
+	}
+	if !res.GetAllowed() {
+		return cannotAfford{}
+	}
+	return nil
+}
+
+// cannotAfford is can-afford's "no": exit code 4, like a refused
+// deduction, and nothing more to print.
+type cannotAfford struct{}
+
+func (cannotAfford) Error() string { return "" }
+
+type pricesCmd struct {
+	List    pricesListCmd    `cmd:"" default:"withargs" help:"List the price list by action."`
+	Set     pricesSetCmd     `cmd:"" help:"Set what one use of an action costs (recorded with this token's service name)."`
+	History pricesHistoryCmd `cmd:"" help:"The price list's changes, newest first: who, when, from what."`
+}
+
+type pricesListCmd struct{}
+
+func (c *pricesListCmd) Run(e *env) error {
+	res := &userdv1.ListPricesResponse{}
+	for p, err := range e.client.Prices(e.ctx, 0) {
+		if err != nil {
+			return err
+		}
+		res.Prices = append(res.Prices, p)
+	}
+	return e.out.message(res, func() { e.out.prices(res.GetPrices()) })
+}
+
+type pricesSetCmd struct {
+	Action  string `arg:"" help:"The action: a lowercase letter, then lowercase letters, digits, _ . or - (at most 64)."`
+	Credits int64  `arg:"" help:"Credits one use costs, 1 to 1000000000000."`
+}
+
+func (c *pricesSetCmd) Run(e *env) error {
+	res, err := e.client.SetPrice(e.ctx, &userdv1.SetPriceRequest{Action: c.Action, Credits: c.Credits})
+	if err != nil {
+		return err
+	}
+	return e.out.message(res, func() {
+		e.out.prices([]*userdv1.Price{res.GetPrice()})
+		if res.GetChange() == nil {
+			fmt.Fprintln(e.out.w, "\n(unchanged: it already had this price)")
+		}
+	})
+}
+
+type pricesHistoryCmd struct {
+	Action string `arg:"" optional:"" help:"Only this action's changes."`
+}
+
+func (c *pricesHistoryCmd) Run(e *env) error {
+	res := &userdv1.ListPriceChangesResponse{}
+	for ch, err := range e.client.PriceChanges(e.ctx, c.Action, 0) {
+		if err != nil {
+			return err
+		}
+		res.Changes = append(res.Changes, ch)
+	}
+	return e.out.message(res, func() { e.out.priceChanges(res.GetChanges()) })
 }

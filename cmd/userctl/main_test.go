@@ -111,3 +111,53 @@ func TestCommands(t *testing.T) {
 		t.Errorf("user_cli: %+v, %v; want 21 credits", u, err)
 	}
 }
+
+// TestPricesAndUsageCommands: the price list, deductions by action, the
+// affordability check (its exit code) and usage summaries, as a script
+// would use them.
+func TestPricesAndUsageCommands(t *testing.T) {
+	in := apptest.Start(t, nil)
+	t.Setenv("USERD_ADDR", in.App.GRPCAddr().String())
+	t.Setenv("USERD_TOKEN", apptest.ServiceToken)
+	t.Setenv("USERD_PLAINTEXT", "true")
+	expect := func(t *testing.T, r result, code int, out ...string) {
+		t.Helper()
+		if r.code != code {
+			t.Errorf("exit code %d, want %d\nstdout: %s\nstderr: %s", r.code, code, r.stdout, r.stderr)
+		}
+		for _, s := range out {
+			if !regexp.MustCompile(s).MatchString(r.stdout + r.stderr) {
+				t.Errorf("output lacks %q:\nstdout: %s\nstderr: %s", s, r.stdout, r.stderr)
+			}
+		}
+	}
+	expect(t, userctl("ensure", "user_priced"), exitOK)
+	expect(t, userctl("prices", "set", "render", "2"), exitOK, `render +2 +\S+ +service:tests`)
+	expect(t, userctl("prices", "set", "render", "2"), exitOK, `unchanged`)
+	expect(t, userctl("prices", "set", "export", "7"), exitOK)
+	expect(t, userctl("prices", "set", "render", "3"), exitOK)
+	expect(t, userctl("prices"), exitOK, `(?s)export +7 .*render +3 `)
+	expect(t, userctl("prices", "history", "render"), exitOK, `(?s)render +2 +3 +service:tests.*render +\(new\) +2 +service:tests`)
+	expect(t, userctl("prices", "set", "Render", "3"), exitUsage, `action`)
+
+	expect(t, userctl("deduct", "user_priced", "--action", "render", "--key", "r1"), exitOK, `-3 +7 +r1 +render`)
+	expect(t, userctl("deduct", "user_priced", "--action", "paint", "--key", "r2"), exitUsage, `UNKNOWN_ACTION`)
+	expect(t, userctl("deduct", "user_priced", "2", "--action", "render", "--key", "r3"), exitUsage, `either`)
+	expect(t, userctl("deduct", "user_priced", "--key", "r3"), exitUsage, `either`)
+
+	expect(t, userctl("can-afford", "user_priced", "--action", "render"), exitOK, `REQUIRED +3`, `AVAILABLE +7`, `ALLOWED +true`)
+	expect(t, userctl("can-afford", "user_priced", "--action", "export"), exitOK, `ALLOWED +true`)
+	expect(t, userctl("can-afford", "user_priced", "--amount", "8"), exitInsufficientCredits, `ALLOWED +false`)
+	expect(t, userctl("can-afford", "user_priced"), exitUsage)
+
+	today := time.Now().UTC().Format(time.DateOnly)
+	expect(t, userctl("usage", "user_priced", "--since", today, "--by", "day"), exitOK,
+		`BALANCE +7`, `SPENT +3`, `GRANTED +10`, `(?m)^render +3 +0 +1$`, `(?m)^\(none\) +0 +10 +1$`, today+`T00:00:00Z +3 +10 +2 +\(none\)`)
+	r := userctl("--json", "usage", "user_priced", "--since", today+"T00:00:00Z", "--until", time.Now().Add(time.Hour).Format(time.RFC3339))
+	var sum struct{ Spent, Balance string }
+	if err := json.Unmarshal([]byte(r.stdout), &sum); r.code != exitOK || err != nil || sum.Spent != "3" || sum.Balance != "7" {
+		t.Errorf("usage --json: %d %v %q %s", r.code, err, r.stdout, r.stderr)
+	}
+	expect(t, userctl("usage", "user_priced", "--since", "yesterday"), exitUsage, `--since`)
+	expect(t, userctl("usage", "user_priced", "--since", today, "--by", "hour"), exitUsage)
+}

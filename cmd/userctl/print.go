@@ -76,3 +76,76 @@ func when(ts *timestamppb.Timestamp) string {
 	}
 	return ts.AsTime().UTC().Format(time.RFC3339)
 }
+
+// rows prints key-value rows.
+func (p *printer) rows(rows ...row) {
+	tw := tabwriter.NewWriter(p.w, 0, 0, 2, ' ', 0)
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\n", r.key, r.value)
+	}
+	_ = tw.Flush()
+}
+
+func (p *printer) usage(s *userdv1.GetUsageSummaryResponse) {
+	p.rows(
+		row{"WINDOW", when(s.GetStartTime()) + " .. " + when(s.GetEndTime())},
+		row{"BALANCE", strconv.FormatInt(s.GetBalance(), 10)},
+		row{"SPENT", strconv.FormatInt(s.GetSpent(), 10)},
+		row{"GRANTED", strconv.FormatInt(s.GetGranted(), 10)},
+		row{"ENTRIES", strconv.FormatInt(s.GetEntryCount(), 10)},
+	)
+	if len(s.GetReasons()) > 0 {
+		fmt.Fprintln(p.w)
+		tw := tabwriter.NewWriter(p.w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "REASON\tSPENT\tGRANTED\tENTRIES")
+		for _, r := range s.GetReasons() {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\n", reasonName(r), r.GetSpent(), r.GetGranted(), r.GetEntryCount())
+		}
+		_ = tw.Flush()
+	}
+	if len(s.GetPeriods()) > 0 {
+		fmt.Fprintln(p.w)
+		tw := tabwriter.NewWriter(p.w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "FROM\tSPENT\tGRANTED\tENTRIES\tTOP REASON")
+		for _, period := range s.GetPeriods() {
+			top := ""
+			if rs := period.GetReasons(); len(rs) > 0 {
+				top = reasonName(rs[0])
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\n", when(period.GetStartTime()), period.GetSpent(), period.GetGranted(), period.GetEntryCount(), top)
+		}
+		_ = tw.Flush()
+	}
+}
+
+func reasonName(r *userdv1.UsageByReason) string {
+	switch {
+	case r.GetOther():
+		return "(other reasons)"
+	case r.GetReason() == "":
+		return "(none)"
+	}
+	return r.GetReason()
+}
+
+func (p *printer) prices(ps []*userdv1.Price) {
+	tw := tabwriter.NewWriter(p.w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ACTION\tCREDITS\tSINCE\tBY")
+	for _, pr := range ps {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", pr.GetAction(), pr.GetCredits(), when(pr.GetUpdateTime()), pr.GetUpdatedBy())
+	}
+	_ = tw.Flush()
+}
+
+func (p *printer) priceChanges(cs []*userdv1.PriceChange) {
+	tw := tabwriter.NewWriter(p.w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "TIME\tACTION\tFROM\tTO\tBY")
+	for _, c := range cs {
+		from := strconv.FormatInt(c.GetPreviousCredits(), 10)
+		if c.GetPreviousCredits() == 0 {
+			from = "(new)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", when(c.GetChangeTime()), c.GetAction(), from, c.GetCredits(), c.GetChangedBy())
+	}
+	_ = tw.Flush()
+}
