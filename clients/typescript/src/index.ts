@@ -23,6 +23,15 @@ export type TransactionKind = components["schemas"]["TransactionKind"];
 export type Status = components["schemas"]["Status"];
 export type ErrorInfo = components["schemas"]["ErrorInfo"];
 export type BadRequest = components["schemas"]["BadRequest"];
+/** GET /v1/users/{clerkUserId}/usage: credits spent and granted over a window. */
+export type UsageSummary = components["schemas"]["GetUsageSummaryResponse"];
+export type UsageByReason = components["schemas"]["UsageByReason"];
+export type UsageInPeriod = components["schemas"]["UsageInPeriod"];
+export type UsagePeriod = components["schemas"]["UsagePeriod"];
+/** GET /v1/users/{clerkUserId}/credits:canAfford: required, available, allowed. */
+export type Affordability = components["schemas"]["CanAffordResponse"];
+export type Price = components["schemas"]["Price"];
+export type PriceChange = components["schemas"]["PriceChange"];
 
 export type UserdClient = Client<paths>;
 
@@ -95,6 +104,14 @@ export function insufficientCredits(
     required: BigInt(info.metadata?.["required"] ?? "0"),
     available: BigInt(info.metadata?.["available"] ?? "0"),
   };
+}
+
+/**
+ * Whether a 400 answer says the action is not in the price list (a
+ * deduction or can-afford check by action). Nothing was changed.
+ */
+export function isUnknownAction(error: Status | undefined): boolean {
+  return errorReason(error) === "UNKNOWN_ACTION";
 }
 
 /** The invalid fields of a 400 answer. */

@@ -12,6 +12,7 @@ import {
   hasCredits,
   insufficientCredits,
   isProOrHigher,
+  isUnknownAction,
 } from "../src/index.js";
 
 function env(name: string): string {
@@ -118,4 +119,64 @@ test("no token is 401", async () => {
   const r = await userd.GET("/v1/users/{clerkUserId}", { params: { path: { clerkUserId: "me" } } });
   assert.equal(r.response.status, 401);
   assert.match(r.response.headers.get("www-authenticate") ?? "", /^Bearer/);
+});
+
+test("a service prices actions and charges by them; the user sees its usage", async () => {
+  const service = createUserdClient({ baseUrl, getToken: () => serviceToken });
+  const user = createUserdClient({ baseUrl, getToken: () => sessionToken });
+  // The user exists (the first test ensures it; this one may run alone).
+  await user.POST("/v1/users/{clerkUserId}:ensure", { params: { path: { clerkUserId: "me" } } });
+
+  const set = await service.PUT("/v1/prices/{action}", {
+    params: { path: { action: "thumbnail" } },
+    body: { credits: "1" },
+  });
+  assert.ok(set.data, JSON.stringify(set.error));
+  assert.equal(set.data.price.credits, "1");
+  assert.equal(set.data.change?.changedBy, "service:tests");
+
+  const prices = await service.GET("/v1/prices", { params: { query: { pageSize: 100 } } });
+  assert.ok(prices.data?.prices.some((p) => p.action === "thumbnail" && p.credits === "1"), JSON.stringify(prices));
+  const history = await service.GET("/v1/price-changes", { params: { query: { action: "thumbnail" } } });
+  assert.equal(history.data?.changes.length, 1, JSON.stringify(history));
+
+  const afford = await user.GET("/v1/users/{clerkUserId}/credits:canAfford", {
+    params: { path: { clerkUserId: "me" }, query: { action: "thumbnail" } },
+  });
+  assert.ok(afford.data, JSON.stringify(afford.error));
+  assert.equal(afford.data.required, "1");
+  assert.equal(afford.data.allowed, true);
+
+  const charged = await service.POST("/v1/users/{clerkUserId}/credits:deduct", {
+    params: { path: { clerkUserId }, header: { "Idempotency-Key": "ts-thumb-1" } },
+    body: { action: "thumbnail" },
+  });
+  assert.ok(charged.data, JSON.stringify(charged.error));
+  assert.equal(charged.data.transaction.delta, "-1");
+  assert.equal(charged.data.transaction.reason, "thumbnail");
+
+  const unknown = await service.POST("/v1/users/{clerkUserId}/credits:deduct", {
+    params: { path: { clerkUserId }, header: { "Idempotency-Key": "ts-thumb-2" } },
+    body: { action: "no-such-action" },
+  });
+  assert.equal(unknown.response.status, 400);
+  assert.ok(isUnknownAction(unknown.error));
+  assert.ok(!isUnknownAction(charged.error));
+
+  const since = new Date(Date.now() - 3600_000).toISOString();
+  const usage = await user.GET("/v1/users/{clerkUserId}/usage", {
+    params: { path: { clerkUserId: "me" }, query: { startTime: since, groupBy: "USAGE_PERIOD_DAY" } },
+  });
+  assert.ok(usage.data, JSON.stringify(usage.error));
+  const thumbnails = usage.data.reasons.find((r) => r.reason === "thumbnail");
+  assert.equal(thumbnails?.spent, "1");
+  assert.ok(usage.data.periods.length >= 1);
+  assert.equal(usage.data.groupBy, "USAGE_PERIOD_DAY");
+
+  // The price list is the services' business.
+  const denied = await user.PUT("/v1/prices/{action}", {
+    params: { path: { action: "thumbnail" } },
+    body: { credits: "0" },
+  });
+  assert.equal(denied.response.status, 403);
 });
