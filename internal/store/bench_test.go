@@ -30,6 +30,9 @@ func BenchmarkOperations(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	if _, err := svc.SetPrice(ctx, users.SetPriceInput{Action: "render", Credits: 1, ChangedBy: "service:bench"}); err != nil {
+		b.Fatal(err)
+	}
 	var seq atomic.Int64
 	id := func(i int) string { return "user_b" + strconv.Itoa(i%n) }
 	cases := []struct {
@@ -44,6 +47,10 @@ func BenchmarkOperations(b *testing.B) {
 		}},
 		{"DeductCredits", func(i int) error {
 			_, err := svc.DeductCredits(ctx, users.CreditChange{ClerkUserID: id(i), Amount: 1, IdempotencyKey: "d" + strconv.FormatInt(seq.Add(1), 10)})
+			return err
+		}},
+		{"DeductCreditsForAction", func(i int) error {
+			_, err := svc.DeductCredits(ctx, users.CreditChange{ClerkUserID: id(i), Action: "render", IdempotencyKey: "a" + strconv.FormatInt(seq.Add(1), 10)})
 			return err
 		}},
 		{"DeductCreditsReplay", func(i int) error {
