@@ -32,3 +32,19 @@ WITH new_user AS (
     SELECT new_user.id, new_user.credits, new_user.credits, 'INITIAL' FROM new_user
 )
 SELECT * FROM new_user;
+
+-- GetClerkVersions returns, for each of the Clerk ids that has a row, the
+-- Clerk updated_at of its stored state and whether it is deleted: what
+-- `userd sync-clerk` compares Clerk's listing with before writing.
+-- name: GetClerkVersions :many
+SELECT clerk_user_id, coalesce(clerk_updated_at, 0)::bigint AS clerk_updated_at, (deleted_at IS NOT NULL)::boolean AS deleted
+FROM users
+WHERE clerk_user_id = ANY(@clerk_user_ids::text[]);
+
+-- ListLiveClerkUserIDs pages through the Clerk ids of live users in id
+-- order: pass after = '' for the first page, then the last id seen.
+-- name: ListLiveClerkUserIDs :many
+SELECT clerk_user_id FROM users
+WHERE deleted_at IS NULL AND clerk_user_id > @after::text
+ORDER BY clerk_user_id
+LIMIT @row_limit::int;

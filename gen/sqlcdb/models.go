@@ -10,6 +10,13 @@ import (
 	"github.com/google/uuid"
 )
 
+type ClerkSyncState struct {
+	ID             bool
+	LastStartedAt  time.Time
+	LastFinishedAt *time.Time
+	LastResult     *string
+}
+
 type CreditTransaction struct {
 	ID             int64
 	UserID         uuid.UUID

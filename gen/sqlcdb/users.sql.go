@@ -12,6 +12,41 @@ import (
 	"github.com/google/uuid"
 )
 
+const getClerkVersions = `-- name: GetClerkVersions :many
+SELECT clerk_user_id, coalesce(clerk_updated_at, 0)::bigint AS clerk_updated_at, (deleted_at IS NOT NULL)::boolean AS deleted
+FROM users
+WHERE clerk_user_id = ANY($1::text[])
+`
+
+type GetClerkVersionsRow struct {
+	ClerkUserID    string
+	ClerkUpdatedAt int64
+	Deleted        bool
+}
+
+// GetClerkVersions returns, for each of the Clerk ids that has a row, the
+// Clerk updated_at of its stored state and whether it is deleted: what
+// `userd sync-clerk` compares Clerk's listing with before writing.
+func (q *Queries) GetClerkVersions(ctx context.Context, db DBTX, clerkUserIds []string) ([]GetClerkVersionsRow, error) {
+	rows, err := db.Query(ctx, getClerkVersions, clerkUserIds)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []GetClerkVersionsRow{}
+	for rows.Next() {
+		var i GetClerkVersionsRow
+		if err := rows.Scan(&i.ClerkUserID, &i.ClerkUpdatedAt, &i.Deleted); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const getLiveUserByClerkID = `-- name: GetLiveUserByClerkID :one
 
 SELECT id, clerk_user_id, email, first_name, last_name, image_url, plan, credits, clerk_updated_at, created_at, updated_at, deleted_at FROM users
@@ -183,4 +218,38 @@ func (q *Queries) InsertUserWithInitialCredits(ctx context.Context, db DBTX, arg
 		&i.DeletedAt,
 	)
 	return i, err
+}
+
+const listLiveClerkUserIDs = `-- name: ListLiveClerkUserIDs :many
+SELECT clerk_user_id FROM users
+WHERE deleted_at IS NULL AND clerk_user_id > $1::text
+ORDER BY clerk_user_id
+LIMIT $2::int
+`
+
+type ListLiveClerkUserIDsParams struct {
+	After    string
+	RowLimit int32
+}
+
+// ListLiveClerkUserIDs pages through the Clerk ids of live users in id
+// order: pass after = ” for the first page, then the last id seen.
+func (q *Queries) ListLiveClerkUserIDs(ctx context.Context, db DBTX, arg ListLiveClerkUserIDsParams) ([]string, error) {
+	rows, err := db.Query(ctx, listLiveClerkUserIDs, arg.After, arg.RowLimit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []string{}
+	for rows.Next() {
+		var clerk_user_id string
+		if err := rows.Scan(&clerk_user_id); err != nil {
+			return nil, err
+		}
+		items = append(items, clerk_user_id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }

@@ -27,7 +27,11 @@ import (
 // migrations install, so no transaction spans two round trips.
 type Store struct {
 	db sqlcdb.DBTX
-	q  *sqlcdb.Queries
+	// pool and acquireTimeout serve RunClerkSync, which holds a
+	// connection of its own for a whole run.
+	pool           *pgxpool.Pool
+	acquireTimeout time.Duration
+	q              *sqlcdb.Queries
 }
 
 var _ users.Store = (*Store)(nil)
@@ -42,7 +46,7 @@ func New(pool *pgxpool.Pool, opts ...Option) *Store {
 	if o.acquireTimeout > 0 {
 		db = boundedPool{pool: pool, timeout: o.acquireTimeout}
 	}
-	return &Store{db: db, q: sqlcdb.New()}
+	return &Store{db: db, pool: pool, acquireTimeout: o.acquireTimeout, q: sqlcdb.New()}
 }
 
 func (s *Store) GetLiveUserByClerkID(ctx context.Context, clerkUserID string) (users.User, error) {
@@ -211,4 +215,78 @@ func (s *Store) ApplyClerkEvents(ctx context.Context, events []users.ClerkEventW
 func (s *Store) DeleteWebhookEventsBefore(ctx context.Context, before time.Time, limit int32) (int64, error) {
 	n, err := s.q.DeleteWebhookEventsBefore(ctx, s.db, sqlcdb.DeleteWebhookEventsBeforeParams{Before: before, RowLimit: limit})
 	return n, translate(err)
+}
+
+func (s *Store) GetClerkVersions(ctx context.Context, clerkUserIDs []string) ([]users.ClerkVersion, error) {
+	rows, err := s.q.GetClerkVersions(ctx, s.db, clerkUserIDs)
+	if err != nil {
+		return nil, translate(fmt.Errorf("get clerk versions: %w", err))
+	}
+	out := make([]users.ClerkVersion, len(rows))
+	for i, r := range rows {
+		out[i] = users.ClerkVersion{ClerkUserID: r.ClerkUserID, UpdatedAt: r.ClerkUpdatedAt, Deleted: r.Deleted}
+	}
+	return out, nil
+}
+
+func (s *Store) ListLiveClerkUserIDs(ctx context.Context, after string, limit int32) ([]string, error) {
+	ids, err := s.q.ListLiveClerkUserIDs(ctx, s.db, sqlcdb.ListLiveClerkUserIDsParams{After: after, RowLimit: limit})
+	if err != nil {
+		return nil, translate(fmt.Errorf("list live clerk user ids: %w", err))
+	}
+	return ids, nil
+}
+
+// clerkSyncLockKey is the advisory lock of Clerk sync runs: any constant
+// no other user of the database locks ("userdsyc" in ASCII).
+const clerkSyncLockKey int64 = 0x7573657264737963
+
+// RunClerkSync runs run while holding the Clerk sync lock, so that one run
+// at a time goes on across every replica and `userd sync-clerk`, and
+// records the run in clerk_sync_state (its result is what run returns).
+// It returns started == false, without running, when another session
+// holds the lock (busy) or when a run started less than minInterval ago.
+//
+// The lock is a session-level advisory lock taken on a connection set
+// aside for the whole run: PostgreSQL releases it by itself when that
+// connection ends, however the process holding it died, so no lock ever
+// outlives its holder and none needs an expiry.
+func (s *Store) RunClerkSync(ctx context.Context, minInterval time.Duration, run func(context.Context) string) (started, busy bool, err error) {
+	var conn *pgxpool.Conn
+	if s.acquireTimeout > 0 {
+		conn, err = boundedPool{pool: s.pool, timeout: s.acquireTimeout}.acquire(ctx)
+	} else {
+		conn, err = s.pool.Acquire(ctx)
+	}
+	if err != nil {
+		return false, false, translate(fmt.Errorf("clerk sync lock: %w", err))
+	}
+	acquired, err := s.q.TryClerkSyncLock(ctx, conn, clerkSyncLockKey)
+	if err != nil || !acquired {
+		conn.Release()
+		return false, err == nil, translate(err)
+	}
+	defer func() {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if released, uerr := s.q.ClerkSyncUnlock(uctx, conn, clerkSyncLockKey); uerr != nil || !released {
+			// Never hand a connection that may still hold the lock back
+			// to the pool: closing it releases the lock.
+			_ = conn.Conn().Close(uctx)
+		}
+		conn.Release()
+	}()
+	if _, err := s.q.StartClerkSync(ctx, conn, minInterval.Seconds()); err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			return false, false, nil
+		}
+		return false, false, translate(fmt.Errorf("start clerk sync: %w", err))
+	}
+	result := run(ctx)
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := s.q.FinishClerkSync(fctx, conn, result); err != nil {
+		return true, false, translate(fmt.Errorf("finish clerk sync: %w", err))
+	}
+	return true, false, nil
 }

@@ -133,3 +133,39 @@ func TestApplyClerkEventsIsolatesAFailingEvent(t *testing.T) {
 		t.Errorf("user_ok2 = %+v, %v; want a tombstone", u, err)
 	}
 }
+
+// TestDeletionsWithoutMessageIDEachApply: deletions that carry no Svix
+// message id (a sync's --delete-missing, userd erase-user) record no
+// message, so each applies — none is taken for a redelivery of another.
+func TestDeletionsWithoutMessageIDEachApply(t *testing.T) {
+	t.Parallel()
+	pool := testdb.Pool(t)
+	st := store.New(pool)
+	ctx := context.Background()
+	opts := users.ClerkApplyOptions{InitialCredits: 10, EraseDeleted: true}
+	created := []users.ClerkEventWrite{
+		{Type: "clerk.sync", User: users.ClerkUser{ID: "user_a", Email: "a@example.com", UpdatedAt: 1}},
+		{Type: "clerk.sync", User: users.ClerkUser{ID: "user_b", Email: "b@example.com", UpdatedAt: 1}},
+	}
+	if _, err := st.ApplyClerkEvents(ctx, created, opts); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"user_a", "user_b", "user_a"} {
+		got, err := st.ApplyClerkEvents(ctx, []users.ClerkEventWrite{{Type: "clerk.sync", Deleted: true, User: users.ClerkUser{ID: id}}}, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got[0].Outcome != users.OutcomeDeleted {
+			t.Errorf("deleting %s without a message id: %s, want deleted", id, got[0].Outcome)
+		}
+	}
+	for _, id := range []string{"user_a", "user_b"} {
+		if u, err := st.GetUserByClerkIDIncludingDeleted(ctx, id); err != nil || u.DeletedAt == nil || u.Email != "" {
+			t.Errorf("%s = %+v, %v; want deleted and erased", id, u, err)
+		}
+	}
+	var recorded int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM webhook_events`).Scan(&recorded); err != nil || recorded != 0 {
+		t.Errorf("%d messages recorded (%v), want none", recorded, err)
+	}
+}

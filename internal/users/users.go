@@ -261,4 +261,11 @@ type Store interface {
 	// DeleteWebhookEventsBefore forgets up to limit messages processed
 	// before a time and says how many it forgot.
 	DeleteWebhookEventsBefore(ctx context.Context, before time.Time, limit int32) (int64, error)
+
+	// GetClerkVersions returns the stored version of each of the Clerk ids
+	// that has a row (deleted or not), in no particular order.
+	GetClerkVersions(ctx context.Context, clerkUserIDs []string) ([]ClerkVersion, error)
+	// ListLiveClerkUserIDs returns up to limit Clerk ids of live users
+	// greater than after, in order.
+	ListLiveClerkUserIDs(ctx context.Context, after string, limit int32) ([]string, error)
 }
