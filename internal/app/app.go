@@ -123,8 +123,24 @@ func CheckSettings(cfg config.Serve) error {
 	if _, err := auth.ParseServiceTokens(cfg.ServiceTokens); err != nil {
 		return err
 	}
-	_, err := clerkhook.ParseSecrets(cfg.WebhookSecret)
+	if _, err := clerkhook.ParseSecrets(cfg.WebhookSecret); err != nil {
+		return err
+	}
+	_, err := NewClerkAPI(cfg.ClerkAPI)
 	return err
+}
+
+// NewClerkAPI builds the Backend API client the settings describe.
+func NewClerkAPI(c config.ClerkAPI) (*clerk.API, error) {
+	cfg := clerk.APIConfig{URL: c.APIURL, SecretKey: c.SecretKey}
+	if c.APIRate != 0 {
+		if c.APIRate < clerk.MinRateLimitRequests {
+			return nil, fmt.Errorf("USERD_CLERK_API_RATE (--clerk-api-rate) must be 0 (the instance's limit) or at least %d, got %d",
+				clerk.MinRateLimitRequests, c.APIRate)
+		}
+		cfg.RateLimit = clerk.RateLimit{Requests: c.APIRate, Window: 10 * time.Second}
+	}
+	return clerk.NewAPI(cfg)
 }
 
 // New connects to the database, migrates it when configured to, and binds
@@ -180,6 +196,7 @@ func (a *App) init(ctx context.Context) error {
 	a.metrics.RegisterPool(a.pool)
 	svc := users.NewService(store.New(a.pool, store.AcquireTimeout(a.cfg.DBAcquireTimeout)), a.cfg.InitialCredits)
 	svc.SetObserver(a.metrics)
+	svc.KeepDeletedUserData(a.cfg.KeepDeletedUserData)
 	a.users = svc
 	authn, profiles, err := a.authentication(ctx)
 	if err != nil {
@@ -310,7 +327,7 @@ func (a *App) authentication(ctx context.Context) (*auth.Authenticator, clerk.Pr
 	}
 	var profiles clerk.Profiles
 	if a.cfg.SecretKey != "" {
-		if profiles.API, err = clerk.NewAPI(a.cfg.APIURL, a.cfg.SecretKey); err != nil {
+		if profiles.API, err = NewClerkAPI(a.cfg.ClerkAPI); err != nil {
 			return nil, clerk.Profiles{}, err
 		}
 	}

@@ -20,11 +20,13 @@ func valid() config.Serve {
 		ServiceTokens: "billing=tok-0123456789abcdef0123456789,worker=sha256:" + strings.Repeat("ab", 32),
 		Clerk: config.Clerk{
 			WebhookSecret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", WebhookTolerance: 5 * time.Minute, WebhookRetention: 168 * time.Hour,
-			JWKSURL: "https://clerk.example.com/.well-known/jwks.json", APIURL: "https://api.clerk.com",
-			SecretKey: "sk_test_abc", JWTLeeway: 5 * time.Second, JWTMaxLifetime: 5 * time.Minute, JWKSMinRefresh: 30 * time.Second,
+			JWKSURL:   "https://clerk.example.com/.well-known/jwks.json",
+			ClerkAPI:  config.ClerkAPI{APIURL: "https://api.clerk.com", SecretKey: "sk_test_abc"},
+			JWTLeeway: 5 * time.Second, JWTMaxLifetime: 5 * time.Minute, JWKSMinRefresh: 30 * time.Second,
 		},
-		InitialCredits: 10,
-		ShutdownGrace:  20 * time.Second,
+		ClerkSync:     config.ClerkSync{MaxDeleteShare: 0.1},
+		Users:         config.Users{InitialCredits: 10},
+		ShutdownGrace: 20 * time.Second,
 		Bounds: config.Bounds{
 			RequestTimeout: 10 * time.Second, DBAcquireTimeout: 2 * time.Second,
 			DBStatementTimeout: 5 * time.Second, DBLockTimeout: 2 * time.Second, DBIdleInTransactionTimeout: 10 * time.Second,
@@ -55,6 +57,7 @@ func TestCheckSettings(t *testing.T) {
 		}, "USERD_SERVICE_TOKENS"},
 		{"ServiceTokenBadHash", func(c *config.Serve) { c.ServiceTokens = "a=sha256:xyz" }, "USERD_SERVICE_TOKENS"},
 		{"ConfigValidateToo", func(c *config.Serve) { c.GRPCAddr = "9090" }, "USERD_GRPC_ADDR"},
+		{"TinyAPIRate", func(c *config.Serve) { c.APIRate = 5 }, "USERD_CLERK_API_RATE"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

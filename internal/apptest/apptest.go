@@ -61,10 +61,12 @@ func Config(t testing.TB) config.Serve {
 		ServiceTokens: "tests=" + ServiceToken,
 		Clerk: config.Clerk{
 			WebhookSecret: WebhookSecret, WebhookTolerance: 5 * time.Minute, WebhookRetention: 168 * time.Hour,
-			APIURL: "https://api.clerk.invalid", JWTLeeway: 5 * time.Second, JWTMaxLifetime: 5 * time.Minute, JWKSMinRefresh: 30 * time.Second,
+			ClerkAPI:  config.ClerkAPI{APIURL: "https://api.clerk.invalid"},
+			JWTLeeway: 5 * time.Second, JWTMaxLifetime: 5 * time.Minute, JWKSMinRefresh: 30 * time.Second,
 		},
-		InitialCredits: 10,
-		ShutdownGrace:  5 * time.Second,
+		ClerkSync:     config.ClerkSync{MaxDeleteShare: 0.1},
+		Users:         config.Users{InitialCredits: 10},
+		ShutdownGrace: 5 * time.Second,
 		Bounds: config.Bounds{
 			RequestTimeout: 10 * time.Second, DBAcquireTimeout: 2 * time.Second,
 			DBStatementTimeout: 5 * time.Second, DBLockTimeout: 2 * time.Second, DBIdleInTransactionTimeout: 10 * time.Second,

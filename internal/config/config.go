@@ -38,18 +38,19 @@ type Serve struct {
 	Database `embed:""`
 	Log      `embed:""`
 
-	AutoMigrate    bool   `name:"auto-migrate" env:"USERD_AUTO_MIGRATE" default:"true" negatable:"" help:"Apply pending migrations at start-up."`
-	GRPCAddr       string `name:"grpc-addr" env:"USERD_GRPC_ADDR" default:":9090" help:"gRPC listen address (UserService, health, reflection), or \"off\"."`
-	HTTPAddr       string `name:"http-addr" env:"USERD_HTTP_ADDR" default:":8080" help:"HTTP API listen address (REST gateway under /v1, /openapi.json), or \"off\"."`
-	CORSOrigins    string `name:"cors-origins" env:"USERD_CORS_ORIGINS" help:"Comma-separated browser origins allowed to call the HTTP API (CORS); none when empty."`
-	ServiceTokens  string `name:"service-tokens" env:"USERD_SERVICE_TOKENS" help:"Backend service credentials: comma-separated name=token (or name=sha256:<hex of token>). Prefer the environment variable."`
-	OpsAddr        string `name:"ops-addr" env:"USERD_OPS_ADDR" default:":9091" help:"Operations listen address (/healthz, /readyz, /metrics), or \"off\"."`
-	Pprof          bool   `name:"pprof" env:"USERD_PPROF" default:"false" help:"Serve /debug/pprof on the operations listener."`
-	WebhookAddr    string `name:"webhook-addr" env:"USERD_WEBHOOK_ADDR" default:":8081" help:"Clerk webhook listen address (POST /webhooks/clerk only), or \"off\"."`
-	Clerk          `embed:""`
-	InitialCredits int64         `name:"initial-credits" env:"USERD_INITIAL_CREDITS" default:"10" help:"Credits a new user starts with."`
-	ShutdownGrace  time.Duration `name:"shutdown-grace" env:"USERD_SHUTDOWN_GRACE" default:"20s" help:"How long in-flight calls may run after SIGTERM before they are cut."`
-	Bounds         `embed:""`
+	AutoMigrate   bool   `name:"auto-migrate" env:"USERD_AUTO_MIGRATE" default:"true" negatable:"" help:"Apply pending migrations at start-up."`
+	GRPCAddr      string `name:"grpc-addr" env:"USERD_GRPC_ADDR" default:":9090" help:"gRPC listen address (UserService, health, reflection), or \"off\"."`
+	HTTPAddr      string `name:"http-addr" env:"USERD_HTTP_ADDR" default:":8080" help:"HTTP API listen address (REST gateway under /v1, /openapi.json), or \"off\"."`
+	CORSOrigins   string `name:"cors-origins" env:"USERD_CORS_ORIGINS" help:"Comma-separated browser origins allowed to call the HTTP API (CORS); none when empty."`
+	ServiceTokens string `name:"service-tokens" env:"USERD_SERVICE_TOKENS" help:"Backend service credentials: comma-separated name=token (or name=sha256:<hex of token>). Prefer the environment variable."`
+	OpsAddr       string `name:"ops-addr" env:"USERD_OPS_ADDR" default:":9091" help:"Operations listen address (/healthz, /readyz, /metrics), or \"off\"."`
+	Pprof         bool   `name:"pprof" env:"USERD_PPROF" default:"false" help:"Serve /debug/pprof on the operations listener."`
+	WebhookAddr   string `name:"webhook-addr" env:"USERD_WEBHOOK_ADDR" default:":8081" help:"Clerk webhook listen address (POST /webhooks/clerk only), or \"off\"."`
+	Clerk         `embed:""`
+	ClerkSync     `embed:""`
+	Users         `embed:""`
+	ShutdownGrace time.Duration `name:"shutdown-grace" env:"USERD_SHUTDOWN_GRACE" default:"20s" help:"How long in-flight calls may run after SIGTERM before they are cut."`
+	Bounds        `embed:""`
 
 	// Version is the binary's version (not a setting: cmd/userd sets it),
 	// shown as info.version of the served OpenAPI document.
@@ -125,8 +126,11 @@ func (s Serve) Validate() error {
 	if err := s.Clerk.Validate(); err != nil {
 		return err
 	}
-	if s.InitialCredits < 0 || s.InitialCredits > users.MaxAmount {
-		return fmt.Errorf("USERD_INITIAL_CREDITS (--initial-credits) must be between 0 and %d, got %d", int64(users.MaxAmount), s.InitialCredits)
+	if err := s.ClerkSync.Validate(s.SecretKey); err != nil {
+		return err
+	}
+	if err := s.Users.Validate(); err != nil {
+		return err
 	}
 	if s.ShutdownGrace < 0 {
 		return fmt.Errorf("USERD_SHUTDOWN_GRACE (--shutdown-grace) must not be negative, got %s", s.ShutdownGrace)
@@ -146,8 +150,7 @@ type Clerk struct {
 	JWKSURL           string        `name:"clerk-jwks-url" env:"CLERK_JWKS_URL" help:"JWKS URL of the Clerk instance (https://<frontend-api>/.well-known/jwks.json), cached."`
 	Issuer            string        `name:"clerk-issuer" env:"CLERK_ISSUER" help:"Required iss of session tokens (the instance's Frontend API URL); unchecked when empty."`
 	AuthorizedParties string        `name:"clerk-authorized-parties" env:"CLERK_AUTHORIZED_PARTIES" help:"Comma-separated origins allowed as the azp of session tokens; unchecked when empty."`
-	SecretKey         string        `name:"clerk-secret-key" env:"CLERK_SECRET_KEY" help:"Clerk Backend API secret key (sk_...), to fetch a signing-in user's profile before its webhook arrives."`
-	APIURL            string        `name:"clerk-api-url" env:"CLERK_API_URL" default:"https://api.clerk.com" help:"Clerk Backend API base URL."`
+	ClerkAPI          `embed:""`
 	JWTLeeway         time.Duration `name:"jwt-leeway" env:"USERD_JWT_LEEWAY" default:"5s" help:"Clock leeway for the exp and nbf of session tokens."`
 	JWTMaxLifetime    time.Duration `name:"jwt-max-lifetime" env:"USERD_JWT_MAX_LIFETIME" default:"5m" help:"Longest lifetime (exp - iat) of an accepted session token, and the longest one may have left; Clerk's session tokens live 60s."`
 	JWKSMinRefresh    time.Duration `name:"jwks-min-refresh" env:"USERD_JWKS_MIN_REFRESH" default:"30s" help:"Least time between JWKS fetches caused by tokens with an unknown kid."`
@@ -186,11 +189,8 @@ func (c Clerk) Validate() error {
 			return err
 		}
 	}
-	if err := absoluteURL("CLERK_API_URL (--clerk-api-url)", c.APIURL); err != nil {
+	if err := c.ClerkAPI.Validate(); err != nil {
 		return err
-	}
-	if c.SecretKey != "" && !strings.HasPrefix(c.SecretKey, "sk_") {
-		return errors.New(`CLERK_SECRET_KEY (--clerk-secret-key) must start with "sk_" (Clerk dashboard, API keys)`)
 	}
 	if c.JWTLeeway < 0 || c.JWTLeeway > time.Minute {
 		return fmt.Errorf("USERD_JWT_LEEWAY (--jwt-leeway) must be between 0 and 1m, got %s", c.JWTLeeway)
@@ -200,6 +200,74 @@ func (c Clerk) Validate() error {
 	}
 	if c.JWKSMinRefresh < time.Second {
 		return fmt.Errorf("USERD_JWKS_MIN_REFRESH (--jwks-min-refresh) must be at least 1s, got %s", c.JWKSMinRefresh)
+	}
+	return nil
+}
+
+// ClerkAPI says how userd calls Clerk's Backend API.
+type ClerkAPI struct {
+	SecretKey string `name:"clerk-secret-key" env:"CLERK_SECRET_KEY" help:"Clerk Backend API secret key (sk_...): fetches a signing-in user's profile before its webhook arrives, and lists users for the Clerk sync."`
+	APIURL    string `name:"clerk-api-url" env:"CLERK_API_URL" default:"https://api.clerk.com" help:"Clerk Backend API base URL."`
+	APIRate   int    `name:"clerk-api-rate" env:"USERD_CLERK_API_RATE" default:"0" help:"Backend API requests userd may make per 10 s, kept to 90% of it; 0: the instance's limit, from the key (sk_live_: 1000, otherwise 100). Lower it to leave room for other backends using the same key."`
+}
+
+// Validate checks the Backend API settings.
+func (c ClerkAPI) Validate() error {
+	if err := absoluteURL("CLERK_API_URL (--clerk-api-url)", c.APIURL); err != nil {
+		return err
+	}
+	if c.SecretKey != "" && !strings.HasPrefix(c.SecretKey, "sk_") {
+		return errors.New(`CLERK_SECRET_KEY (--clerk-secret-key) must start with "sk_" (Clerk dashboard, API keys)`)
+	}
+	if c.APIRate < 0 {
+		// The least budget the client accepts is its own rule, checked by
+		// app.CheckSettings when it builds the client.
+		return fmt.Errorf("USERD_CLERK_API_RATE (--clerk-api-rate) must not be negative, got %d", c.APIRate)
+	}
+	return nil
+}
+
+// ClerkSync configures the periodic reconcile with Clerk inside `userd
+// serve` (the same run as `userd sync-clerk`).
+type ClerkSync struct {
+	SyncInterval      time.Duration `name:"clerk-sync-interval" env:"USERD_CLERK_SYNC_INTERVAL" default:"0s" help:"Reconcile every user with Clerk's Backend API this often, one replica at a time (as userd sync-clerk does); 0 turns it off. At least 1m; needs CLERK_SECRET_KEY."`
+	SyncDeleteMissing bool          `name:"clerk-sync-delete-missing" env:"USERD_CLERK_SYNC_DELETE_MISSING" default:"false" help:"Let the periodic reconcile also mark deleted the users Clerk no longer has (each confirmed missing first), within USERD_CLERK_SYNC_MAX_DELETE_SHARE."`
+	MaxDeleteShare    float64       `name:"clerk-sync-max-delete-share" env:"USERD_CLERK_SYNC_MAX_DELETE_SHARE" default:"0.1" help:"Safety stop of deleting missing users: refuse when more than this share of the live users would be deleted (a wrong key pointing at an empty instance); between 0 and 1."`
+}
+
+// MinSyncInterval is the shortest periodic reconcile interval.
+const MinSyncInterval = time.Minute
+
+// Validate checks the sync settings; secretKey is CLERK_SECRET_KEY.
+func (c ClerkSync) Validate(secretKey string) error {
+	if c.SyncInterval != 0 && c.SyncInterval < MinSyncInterval {
+		return fmt.Errorf("USERD_CLERK_SYNC_INTERVAL (--clerk-sync-interval) must be 0 (off) or at least %s, got %s", MinSyncInterval, c.SyncInterval)
+	}
+	if c.SyncInterval > 0 && secretKey == "" {
+		return errors.New("USERD_CLERK_SYNC_INTERVAL (--clerk-sync-interval) needs CLERK_SECRET_KEY (--clerk-secret-key) to list Clerk's users")
+	}
+	return ValidDeleteShare("USERD_CLERK_SYNC_MAX_DELETE_SHARE (--clerk-sync-max-delete-share)", c.MaxDeleteShare)
+}
+
+// ValidDeleteShare checks a share of users that may be deleted.
+func ValidDeleteShare(name string, share float64) error {
+	if !(share >= 0 && share <= 1) { // also refuses NaN
+		return fmt.Errorf("%s must be between 0 and 1, got %v", name, share)
+	}
+	return nil
+}
+
+// Users configures what userd does with the users it mirrors, whichever
+// command creates or deletes them.
+type Users struct {
+	InitialCredits      int64 `name:"initial-credits" env:"USERD_INITIAL_CREDITS" default:"10" help:"Credits a new user starts with."`
+	KeepDeletedUserData bool  `name:"keep-deleted-user-data" env:"USERD_KEEP_DELETED_USER_DATA" default:"false" help:"Keep the email, names and image URL of users deleted in Clerk; by default a deletion erases them (the tombstone, ledger and plan history stay either way)."`
+}
+
+// Validate checks the user settings.
+func (u Users) Validate() error {
+	if u.InitialCredits < 0 || u.InitialCredits > users.MaxAmount {
+		return fmt.Errorf("USERD_INITIAL_CREDITS (--initial-credits) must be between 0 and %d, got %d", int64(users.MaxAmount), u.InitialCredits)
 	}
 	return nil
 }

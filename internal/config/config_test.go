@@ -1,6 +1,7 @@
 package config_test
 
 import (
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -19,11 +20,13 @@ func valid() config.Serve {
 		ServiceTokens: "billing=tok-0123456789abcdef0123456789,worker=sha256:" + strings.Repeat("ab", 32),
 		Clerk: config.Clerk{
 			WebhookSecret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", WebhookTolerance: 5 * time.Minute, WebhookRetention: 168 * time.Hour,
-			JWKSURL: "https://clerk.example.com/.well-known/jwks.json", APIURL: "https://api.clerk.com",
-			SecretKey: "sk_test_abc", JWTLeeway: 5 * time.Second, JWTMaxLifetime: 5 * time.Minute, JWKSMinRefresh: 30 * time.Second,
+			JWKSURL:   "https://clerk.example.com/.well-known/jwks.json",
+			ClerkAPI:  config.ClerkAPI{APIURL: "https://api.clerk.com", SecretKey: "sk_test_abc"},
+			JWTLeeway: 5 * time.Second, JWTMaxLifetime: 5 * time.Minute, JWKSMinRefresh: 30 * time.Second,
 		},
-		InitialCredits: 10,
-		ShutdownGrace:  20 * time.Second,
+		ClerkSync:     config.ClerkSync{MaxDeleteShare: 0.1},
+		Users:         config.Users{InitialCredits: 10},
+		ShutdownGrace: 20 * time.Second,
 		Bounds: config.Bounds{
 			RequestTimeout: 10 * time.Second, DBAcquireTimeout: 2 * time.Second,
 			DBStatementTimeout: 5 * time.Second, DBLockTimeout: 2 * time.Second, DBIdleInTransactionTimeout: 10 * time.Second,
@@ -66,6 +69,11 @@ func TestValidate(t *testing.T) {
 		{"NegativeStatementTimeout", func(c *config.Serve) { c.DBStatementTimeout = -time.Second }, "USERD_DB_STATEMENT_TIMEOUT"},
 		{"SubMillisecondLockTimeout", func(c *config.Serve) { c.DBLockTimeout = 1500 * time.Microsecond }, "USERD_DB_LOCK_TIMEOUT"},
 		{"NegativeIdleInTxTimeout", func(c *config.Serve) { c.DBIdleInTransactionTimeout = -1 }, "USERD_DB_IDLE_IN_TRANSACTION_TIMEOUT"},
+		{"NegativeAPIRate", func(c *config.Serve) { c.APIRate = -1 }, "USERD_CLERK_API_RATE"},
+		{"ShortSyncInterval", func(c *config.Serve) { c.SyncInterval = time.Second }, "USERD_CLERK_SYNC_INTERVAL"},
+		{"SyncWithoutSecretKey", func(c *config.Serve) { c.SyncInterval, c.SecretKey = time.Hour, "" }, "CLERK_SECRET_KEY"},
+		{"DeleteShareAboveOne", func(c *config.Serve) { c.MaxDeleteShare = 1.5 }, "USERD_CLERK_SYNC_MAX_DELETE_SHARE"},
+		{"DeleteShareNaN", func(c *config.Serve) { c.MaxDeleteShare = math.NaN() }, "USERD_CLERK_SYNC_MAX_DELETE_SHARE"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
