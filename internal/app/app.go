@@ -31,6 +31,7 @@ import (
 	"github.com/userd/userd/internal/auth"
 	"github.com/userd/userd/internal/clerk"
 	"github.com/userd/userd/internal/clerkhook"
+	"github.com/userd/userd/internal/clerksync"
 	"github.com/userd/userd/internal/config"
 	"github.com/userd/userd/internal/gateway"
 	"github.com/userd/userd/internal/grpcapi"
@@ -104,6 +105,12 @@ type App struct {
 	// migrator is built once: start-up migrates with it, /readyz reads the
 	// schema version through it.
 	migrator *migrate.Migrator
+	store    *store.Store
+	// clerkAPI is nil without CLERK_SECRET_KEY.
+	clerkAPI *clerk.API
+	// syncStop stops the periodic Clerk sync and waits for it (nil when
+	// it is off).
+	syncStop func()
 }
 
 // CheckSettings checks every setting before anything starts: what
@@ -194,7 +201,8 @@ func (a *App) init(ctx context.Context) error {
 	}
 	a.metrics = telemetry.NewMetrics()
 	a.metrics.RegisterPool(a.pool)
-	svc := users.NewService(store.New(a.pool, store.AcquireTimeout(a.cfg.DBAcquireTimeout)), a.cfg.InitialCredits)
+	a.store = store.New(a.pool, store.AcquireTimeout(a.cfg.DBAcquireTimeout))
+	svc := users.NewService(a.store, a.cfg.InitialCredits)
 	svc.SetObserver(a.metrics)
 	svc.KeepDeletedUserData(a.cfg.KeepDeletedUserData)
 	a.users = svc
@@ -202,6 +210,7 @@ func (a *App) init(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	a.clerkAPI = profiles.API
 
 	interceptors := grpcapi.Interceptors(a.log, authn, a.cfg.RequestTimeout)
 	// Metrics sit outside the error mapping, so they count final codes.
@@ -290,6 +299,37 @@ func (a *App) init(ctx context.Context) error {
 		a.ops = newHTTPServer(a.opsRoutes(), opsMaxHeaderBytes, a.log)
 	}
 	return nil
+}
+
+// startClerkSync starts the periodic reconcile with Clerk when configured.
+func (a *App) startClerkSync(ctx context.Context) {
+	if a.cfg.SyncInterval <= 0 || a.clerkAPI == nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	a.syncStop = func() {
+		cancel()
+		<-done
+	}
+	p := &clerksync.Periodic{
+		Interval: a.cfg.SyncInterval,
+		Lock:     a.store,
+		Clerk:    a.clerkAPI,
+		Domain:   a.users,
+		Options: clerksync.Options{
+			DeleteMissing:  a.cfg.SyncDeleteMissing,
+			MaxDeleteShare: a.cfg.MaxDeleteShare,
+		},
+		Log:      a.log,
+		Recorder: a.metrics,
+	}
+	a.log.Info("periodic Clerk sync on", "interval", a.cfg.SyncInterval.String(),
+		"delete_missing", a.cfg.SyncDeleteMissing, "rate_limit", a.clerkAPI.RateLimit().String())
+	go func() {
+		defer close(done)
+		p.Run(ctx)
+	}()
 }
 
 // OpsAddr is the address the operations listener is bound to, or nil when
@@ -418,6 +458,7 @@ func (a *App) Run(ctx context.Context) error {
 	if a.webhook != nil {
 		go a.pruneWebhookEvents(monitorCtx, a.users)
 	}
+	a.startClerkSync(monitorCtx)
 	if a.webhook != nil {
 		go func() {
 			a.log.Info("serving Clerk webhook", "addr", a.webhookLn.Addr().String(), "path", clerkhook.Path)
@@ -468,6 +509,11 @@ func (a *App) shutdown() {
 	wg.Wait()
 	if a.hook != nil {
 		a.hook.Close()
+	}
+	if a.syncStop != nil {
+		// A run in progress stops at its next call; its lock is released
+		// and its result recorded before the pool closes.
+		a.syncStop()
 	}
 	a.closeMigrator()
 	a.db.Close()

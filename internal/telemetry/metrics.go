@@ -6,6 +6,7 @@ package telemetry
 
 import (
 	"net/http"
+	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -29,6 +30,10 @@ type Metrics struct {
 	credits       *prometheus.CounterVec
 	usersCreated  *prometheus.CounterVec
 	clerkBatches  prometheus.Histogram
+	syncUsers     *prometheus.CounterVec
+	syncRuns      *prometheus.CounterVec
+	syncLastOK    prometheus.Gauge
+	syncDuration  prometheus.Gauge
 }
 
 // latencyBuckets suit a service whose calls take about a millisecond.
@@ -63,18 +68,35 @@ func NewMetrics() *Metrics {
 		}, []string{"kind"}),
 		usersCreated: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "userd_users_created_total",
-			Help: "Users created, by source (api, webhook).",
+			Help: "Users created, by source (api, webhook, sync).",
 		}, []string{"source"}),
 		clerkBatches: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "userd_clerk_batch_events",
 			Help:    "Clerk events per group-committed batch transaction (webhook deliveries and Clerk profiles applied together).",
 			Buckets: []float64{1, 2, 4, 8, 16, 32},
 		}),
+		syncUsers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "userd_clerk_sync_users_total",
+			Help: "Users of periodic Clerk syncs by outcome (created, updated, unchanged, stale, ignored_deleted, deleted, failed).",
+		}, []string{"outcome"}),
+		syncRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "userd_clerk_sync_runs_total",
+			Help: "Periodic Clerk sync attempts of this replica by result (ok, failed, refused, busy: another replica was running one, not_due: one started less than an interval ago).",
+		}, []string{"result"}),
+		syncLastOK: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "userd_clerk_sync_last_success_timestamp_seconds",
+			Help: "When this replica's last successful periodic Clerk sync ended (Unix seconds; 0: none yet).",
+		}),
+		syncDuration: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "userd_clerk_sync_last_duration_seconds",
+			Help: "How long this replica's last periodic Clerk sync that ran took.",
+		}),
 	}
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.GRPC, m.httpRequests, m.httpDuration, m.webhookEvents, m.webhookReject, m.credits, m.usersCreated, m.clerkBatches,
+		m.syncUsers, m.syncRuns, m.syncLastOK, m.syncDuration,
 	)
 	return m
 }
@@ -117,6 +139,22 @@ func (m *Metrics) UserCreated(source string) {
 // ClerkBatchApplied implements users.Observer.
 func (m *Metrics) ClerkBatchApplied(events int) {
 	m.clerkBatches.Observe(float64(events))
+}
+
+// ClerkSyncUsers implements clerksync.Recorder.
+func (m *Metrics) ClerkSyncUsers(outcome string, n int64) {
+	m.syncUsers.WithLabelValues(outcome).Add(float64(n))
+}
+
+// ClerkSyncRun implements clerksync.RunRecorder.
+func (m *Metrics) ClerkSyncRun(result string, d time.Duration) {
+	m.syncRuns.WithLabelValues(result).Inc()
+	if d > 0 {
+		m.syncDuration.Set(d.Seconds())
+	}
+	if result == "ok" {
+		m.syncLastOK.SetToCurrentTime()
+	}
 }
 
 func kindLabel(k users.TxKind) string {
