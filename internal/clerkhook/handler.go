@@ -1,7 +1,7 @@
 // Package clerkhook is the Clerk webhook endpoint: it verifies Svix
-// signatures over the raw body, parses Clerk's user events and hands them to
-// the domain service — the same one gRPC uses; it holds no SQL and no
-// business rules of its own.
+// signatures over the raw body, parses Clerk's user events (and the user
+// that session events embed) and hands them to the domain service — the
+// same one gRPC uses; it holds no SQL and no business rules of its own.
 //
 // Delivery is at least once and in any order; the domain makes the effect
 // exactly once (message ids are recorded with the change) and order-safe

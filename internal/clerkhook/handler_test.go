@@ -36,10 +36,18 @@ type delivery struct {
 	body   []byte
 	secret string
 	sentAt time.Time
+	// session marks a session.* event (embedding its user).
+	session bool
 }
 
 func newDelivery(msgID, typ string, u clerkhook.SampleUser) delivery {
 	return delivery{msgID: msgID, body: clerkhook.SampleEvent(typ, u), secret: apptest.WebhookSecret, sentAt: time.Now()}
+}
+
+// newSessionDelivery is a session.* event embedding u as the session's user.
+func newSessionDelivery(msgID, typ string, u clerkhook.SampleUser) delivery {
+	return delivery{msgID: msgID, body: clerkhook.SampleSessionEvent(typ, u, true), secret: apptest.WebhookSecret,
+		sentAt: time.Now(), session: true}
 }
 
 func (d delivery) request(t testing.TB, url string) *http.Request {
@@ -173,6 +181,87 @@ func TestOtherEventTypesAreAcknowledged(t *testing.T) {
 	code, out := post(t, in, delivery{msgID: "msg_session", body: body, secret: apptest.WebhookSecret, sentAt: time.Now()})
 	if code != http.StatusOK || out["status"] != "ignored" {
 		t.Errorf("session.created: %d %v", code, out)
+	}
+}
+
+// TestSessionEventsSelfHeal: a session.* event embeds the session's user,
+// applied through the same versioned path as user events: a user whose
+// user.created was lost appears at its next sign-in — exactly once however
+// many sessions start at once — and an older embedded state never
+// overwrites a newer one nor revives a deleted user.
+func TestSessionEventsSelfHeal(t *testing.T) {
+	t.Parallel()
+	in := apptest.Start(t, nil)
+	ada := clerkhook.SampleUser{ID: "user_sess", Email: "ada@example.com", FirstName: "Ada", LastName: "Lovelace", UpdatedAt: at(2)}
+	const n = 50
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		outcomes = map[string]int{}
+	)
+	for i := range n {
+		wg.Go(func() {
+			body := clerkhook.SampleSessionEvent("session.created", ada, true)
+			code, out := post(t, in, delivery{msgID: fmt.Sprintf("msg_sess_%d", i), body: body, secret: apptest.WebhookSecret, sentAt: time.Now()})
+			mu.Lock()
+			defer mu.Unlock()
+			outcomes[fmt.Sprint(code, " ", out["status"])]++
+		})
+	}
+	wg.Wait()
+	if outcomes["200 created"] != 1 || outcomes["200 stale"] != n-1 {
+		t.Errorf("outcomes %v, want one created and %d stale", outcomes, n-1)
+	}
+	u, err := getUser(t, in, ada.ID)
+	if err != nil || u.GetEmail() != ada.Email || u.GetFirstName() != "Ada" || u.GetCredits() != 10 {
+		t.Fatalf("user = %v, %v", u, err)
+	}
+	if ts := ledgerOf(t, in, ada.ID); len(ts) != 1 {
+		t.Errorf("ledger has %d rows, want 1", len(ts))
+	}
+
+	// A newer state arrives; a session event embedding an older one is stale.
+	newer := ada
+	newer.LastName, newer.UpdatedAt = "King", at(3)
+	if code, out := post(t, in, newDelivery("msg_upd", "user.updated", newer)); code != http.StatusOK || out["status"] != "updated" {
+		t.Fatalf("user.updated: %d %v", code, out)
+	}
+	older := ada
+	older.LastName = "Byron"
+	for _, typ := range []string{"session.ended", "session.removed", "session.revoked", "session.pending"} {
+		body := clerkhook.SampleSessionEvent(typ, older, true)
+		if code, out := post(t, in, delivery{msgID: "msg_old_" + typ, body: body, secret: apptest.WebhookSecret, sentAt: time.Now()}); code != http.StatusOK || out["status"] != "stale" {
+			t.Errorf("%s with an older user: %d %v", typ, code, out)
+		}
+	}
+	if u, _ := getUser(t, in, ada.ID); u.GetLastName() != "King" {
+		t.Errorf("last name %q, want King", u.GetLastName())
+	}
+
+	// Deleted: a later session event cannot bring the user back.
+	if code, out := post(t, in, newDelivery("msg_del", "user.deleted", ada)); code != http.StatusOK || out["status"] != "deleted" {
+		t.Fatalf("user.deleted: %d %v", code, out)
+	}
+	late := ada
+	late.UpdatedAt = at(9)
+	body := clerkhook.SampleSessionEvent("session.removed", late, true)
+	if code, out := post(t, in, delivery{msgID: "msg_late", body: body, secret: apptest.WebhookSecret, sentAt: time.Now()}); code != http.StatusOK || out["status"] != "ignored_deleted" {
+		t.Errorf("session.removed after user.deleted: %d %v", code, out)
+	}
+
+	// Without an embedded user: acknowledged, nothing created.
+	body = clerkhook.SampleSessionEvent("session.created", clerkhook.SampleUser{ID: "user_nouser", UpdatedAt: at(1)}, false)
+	if code, out := post(t, in, delivery{msgID: "msg_nouser", body: body, secret: apptest.WebhookSecret, sentAt: time.Now()}); code != http.StatusOK || out["status"] != "ignored" {
+		t.Errorf("session.created without a user: %d %v", code, out)
+	}
+	if _, err := in.Store.GetUserByClerkIDIncludingDeleted(context.Background(), "user_nouser"); !errors.Is(err, users.ErrNoRow) {
+		t.Errorf("a session without a user created one: %v", err)
+	}
+	// A session of one user embedding another is never applied.
+	mixed := strings.Replace(string(clerkhook.SampleSessionEvent("session.created", clerkhook.SampleUser{ID: "user_mix", UpdatedAt: at(1)}, true)),
+		`"user_id":"user_mix"`, `"user_id":"user_other"`, 1)
+	if code, out := post(t, in, delivery{msgID: "msg_mixed", body: []byte(mixed), secret: apptest.WebhookSecret, sentAt: time.Now()}); code != http.StatusBadRequest || out["error"] != "bad_payload" {
+		t.Errorf("session with a mismatched user: %d %v", code, out)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/userd/userd/internal/clerk"
 	"github.com/userd/userd/internal/users"
@@ -25,10 +26,18 @@ type deletedObject struct {
 	Deleted bool   `json:"deleted"`
 }
 
+// sessionObject is the part of the data of session.* events userd reads:
+// Clerk embeds the session's full User object.
+type sessionObject struct {
+	UserID string      `json:"user_id"`
+	User   *clerk.User `json:"user"`
+}
+
 // event is a parsed delivery.
 type event struct {
 	Type string
-	// User is set for user.created and user.updated.
+	// User is set for user.created and user.updated, and for session.*
+	// events that embed their user.
 	User *users.ClerkUser
 	// DeletedID is set for user.deleted.
 	DeletedID string
@@ -39,13 +48,19 @@ const (
 	typeUserCreated = "user.created"
 	typeUserUpdated = "user.updated"
 	typeUserDeleted = "user.deleted"
+	// sessionTypePrefix starts session.created, session.pending,
+	// session.ended, session.removed and session.revoked: each embeds the
+	// session's user, so a user whose user.created was lost appears at
+	// its next sign-in.
+	sessionTypePrefix = "session."
 )
 
 // errBadPayload marks payloads that can never be applied.
 var errBadPayload = errors.New("bad payload")
 
-// parseEvent decodes a verified body. Types other than user.* return an
-// event with only Type set.
+// parseEvent decodes a verified body. Other types, and session.* events
+// without an embedded user (with a version), return an event with only
+// Type set: acknowledged and ignored.
 func parseEvent(body []byte) (event, error) {
 	var env envelope
 	if err := json.Unmarshal(body, &env); err != nil {
@@ -55,15 +70,15 @@ func parseEvent(body []byte) (event, error) {
 		return event{}, fmt.Errorf("%w: not a Clerk event (object %q, type %q)", errBadPayload, env.Object, env.Type)
 	}
 	ev := event{Type: env.Type}
-	switch env.Type {
-	case typeUserCreated, typeUserUpdated:
+	switch {
+	case env.Type == typeUserCreated, env.Type == typeUserUpdated:
 		var cu clerk.User
 		if err := json.Unmarshal(env.Data, &cu); err != nil {
 			return event{}, fmt.Errorf("%w: %s data is not a user: %v", errBadPayload, env.Type, err)
 		}
 		u := cu.Domain()
 		ev.User = &u
-	case typeUserDeleted:
+	case env.Type == typeUserDeleted:
 		var d deletedObject
 		if err := json.Unmarshal(env.Data, &d); err != nil {
 			return event{}, fmt.Errorf("%w: user.deleted data is not a deleted object: %v", errBadPayload, err)
@@ -72,6 +87,19 @@ func parseEvent(body []byte) (event, error) {
 			return event{}, fmt.Errorf("%w: user.deleted with deleted=false", errBadPayload)
 		}
 		ev.DeletedID = d.ID
+	case strings.HasPrefix(env.Type, sessionTypePrefix):
+		var so sessionObject
+		if err := json.Unmarshal(env.Data, &so); err != nil {
+			return event{}, fmt.Errorf("%w: %s data is not a session: %v", errBadPayload, env.Type, err)
+		}
+		if so.User == nil || so.User.ID == "" || so.User.UpdatedAt <= 0 {
+			return ev, nil
+		}
+		if so.UserID != "" && so.UserID != so.User.ID {
+			return event{}, fmt.Errorf("%w: %s of user %q embeds user %q", errBadPayload, env.Type, so.UserID, so.User.ID)
+		}
+		u := so.User.Domain()
+		ev.User = &u
 	}
 	return ev, nil
 }

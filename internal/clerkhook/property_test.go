@@ -27,12 +27,24 @@ type modelUser struct {
 	id                 string
 	created, deleted   bool
 	email, first, last string
+	version            time.Time // Clerk's updated_at of the state
 	events             int
 }
 
+func (u *modelUser) sample() clerkhook.SampleUser {
+	return clerkhook.SampleUser{ID: u.id, Email: u.email, FirstName: u.first, LastName: u.last, UpdatedAt: u.version}
+}
+
+// sessionTypes are the session events that embed the session's user.
+var sessionTypes = []string{"session.created", "session.pending", "session.ended", "session.removed", "session.revoked"}
+
 // history is a random sequence of Clerk events for a few users sharing a
 // small pool of emails, in Clerk's order, respecting Clerk's rule that a
-// live user's email belongs to no other live user at any time.
+// live user's email belongs to no other live user at any time. Session
+// events embed the user's state as of the session (the latest one; after a
+// deletion, the last one before it), and some user.created deliveries are
+// lost for good (past Svix's retries): the session.created of the user's
+// first sign-in then has to create it.
 type history struct {
 	deliveries []delivery
 	users      []*modelUser
@@ -82,6 +94,12 @@ func randomHistory(seed uint64, nUsers, nEvents int) history {
 			break // every user is deleted: the history is over
 		}
 		u := open[rng.IntN(len(open))]
+		if u.created && rng.IntN(4) == 0 {
+			clock++
+			h.deliveries = append(h.deliveries, newSessionDelivery(
+				fmt.Sprintf("msg_s%d_%d", seed, clock), sessionTypes[rng.IntN(len(sessionTypes))], u.sample()))
+			continue
+		}
 		var typ string
 		switch {
 		case !u.created:
@@ -90,6 +108,11 @@ func randomHistory(seed uint64, nUsers, nEvents int) history {
 			setEmail(u, freeEmail())
 		case rng.IntN(8) == 0:
 			typ = "user.deleted"
+			if rng.IntN(2) == 0 { // a sign-out racing the deletion
+				clock++
+				h.deliveries = append(h.deliveries, newSessionDelivery(
+					fmt.Sprintf("msg_s%d_%d", seed, clock), "session.removed", u.sample()))
+			}
 			u.deleted = true
 			setEmail(u, "") // Clerk frees a deleted user's email
 		default:
@@ -102,9 +125,14 @@ func randomHistory(seed uint64, nUsers, nEvents int) history {
 		u.last = fmt.Sprintf("L%d", rng.IntN(1000))
 		u.events++
 		clock++
-		h.deliveries = append(h.deliveries, newDelivery(
-			fmt.Sprintf("msg_s%d_%d", seed, clock), typ,
-			clerkhook.SampleUser{ID: u.id, Email: u.email, FirstName: u.first, LastName: u.last, UpdatedAt: at(clock)}))
+		u.version = at(clock)
+		msgID := fmt.Sprintf("msg_s%d_%d", seed, clock)
+		if typ == "user.created" && rng.IntN(4) == 0 {
+			// Lost; the user signs in later.
+			h.deliveries = append(h.deliveries, newSessionDelivery(msgID, "session.created", u.sample()))
+			continue
+		}
+		h.deliveries = append(h.deliveries, newDelivery(msgID, typ, u.sample()))
 	}
 	return h
 }
@@ -148,6 +176,10 @@ func TestDeliveryOrderDoesNotMatter(t *testing.T) {
 						if code == http.StatusOK {
 							n, _ := outcomes.LoadOrStore(out["status"], new(atomic.Int64))
 							n.(*atomic.Int64).Add(1)
+							if d.session && out["status"] == "created" {
+								n, _ := outcomes.LoadOrStore("session.created created", new(atomic.Int64))
+								n.(*atomic.Int64).Add(1)
+							}
 							break
 						}
 						if code < 500 || attempt == 4 {
@@ -197,7 +229,7 @@ func TestDeliveryOrderDoesNotMatter(t *testing.T) {
 	outcomes.Range(func(k, v any) bool { tally[k.(string)] = v.(*atomic.Int64).Load(); return true })
 	t.Logf("%d histories, %d deliveries (with duplicates), outcomes %v, %d transient 5xx retried, in %s",
 		*propertySeeds, total, tally, retried5xx.Load(), time.Since(start).Round(time.Millisecond))
-	for _, o := range []string{"created", "updated", "stale", "deleted", "duplicate", "ignored_deleted"} {
+	for _, o := range []string{"created", "updated", "stale", "deleted", "duplicate", "ignored_deleted", "session.created created"} {
 		if tally[o] == 0 {
 			t.Errorf("no delivery had outcome %q: the histories are too tame", o)
 		}
