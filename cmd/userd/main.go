@@ -3,6 +3,8 @@
 //
 //	userd [serve]              run the service (default)
 //	userd migrate up|down|status
+//	userd sync-clerk           mirror every Clerk user (backfill, reconcile)
+//	userd erase-user           erase one user's personal data on request
 //	userd version
 package main
 
@@ -37,6 +39,9 @@ type cli struct {
 	Serve   serveCmd   `cmd:"" default:"withargs" help:"Run userd (the default command)."`
 	Migrate migrateCmd `cmd:"" help:"Apply, roll back or show database migrations."`
 	Version versionCmd `cmd:"" help:"Print the version and exit."`
+
+	SyncClerk syncClerkCmd `cmd:"" name:"sync-clerk" help:"Mirror every Clerk user into userd (first backfill, or reconcile); --delete-missing also deletes users Clerk no longer has."`
+	EraseUser eraseUserCmd `cmd:"" name:"erase-user" help:"Erase one user's personal data on request and mark it deleted for good; the ledger and plan history stay."`
 
 	SendClerkEvent sendClerkEventCmd `cmd:"" name:"send-clerk-event" help:"Post a correctly signed sample Clerk event to a running userd (local demo without Clerk)."`
 }

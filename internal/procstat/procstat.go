@@ -11,7 +11,14 @@ import (
 )
 
 // RSSMiB is the process's resident set size in MiB (0 if unreadable).
-func RSSMiB(pid int) float64 {
+func RSSMiB(pid int) float64 { return statusMiB(pid, "VmRSS:") }
+
+// PeakRSSMiB is the largest resident set size the process has had since it
+// was exec'd, in MiB (0 if unreadable). Unlike the ru_maxrss of wait4, it
+// does not count the memory of the parent the process was forked from.
+func PeakRSSMiB(pid int) float64 { return statusMiB(pid, "VmHWM:") }
+
+func statusMiB(pid int, field string) float64 {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
@@ -19,7 +26,7 @@ func RSSMiB(pid int) float64 {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+		if rest, ok := strings.CutPrefix(sc.Text(), field); ok {
 			kb, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")))
 			return float64(kb) / 1024
 		}
