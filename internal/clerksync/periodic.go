@@ -103,7 +103,9 @@ func (p *Periodic) once(ctx context.Context) {
 	opts := p.Options
 	opts.Progress = NewLog(p.Log, progressEvery)
 	opts.Log = p.Log
-	opts.Recorder = p.Recorder
+	if p.Recorder != nil {
+		opts.Recorder = p.Recorder
+	}
 	start := time.Now()
 	sum, ran, err := RunExclusive(ctx, p.Lock, p.Interval*9/10, p.Clerk, p.Domain, opts)
 	if ctx.Err() != nil {
@@ -125,5 +127,7 @@ func (p *Periodic) once(ctx context.Context) {
 	if ran {
 		d = time.Since(start)
 	}
-	p.Recorder.ClerkSyncRun(result, d)
+	if p.Recorder != nil {
+		p.Recorder.ClerkSyncRun(result, d)
+	}
 }

@@ -2,9 +2,12 @@ package users_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
+	"github.com/userd/userd/internal/apperr"
 	"github.com/userd/userd/internal/store"
 	"github.com/userd/userd/internal/testdb"
 	"github.com/userd/userd/internal/users"
@@ -63,5 +66,54 @@ func TestDeletionErasesPersonalData(t *testing.T) {
 				t.Errorf("a new user cannot take the deleted user's email: %v", err)
 			}
 		})
+	}
+}
+
+// TestEraseUser: an erasure request erases a deleted user's kept data, and
+// deletes and erases a live one, whatever KeepDeletedUserData says; the
+// ledger stays and balances. An unknown user is NotFound and nothing is
+// created.
+func TestEraseUser(t *testing.T) {
+	t.Parallel()
+	pool := testdb.Pool(t)
+	st := store.New(pool)
+	b := bundle{svc: users.NewService(st, users.DefaultInitialCredits), store: st}
+	b.svc.KeepDeletedUserData(true)
+	ctx := context.Background()
+	for i, id := range []string{"user_kept", "user_live"} {
+		ev := users.ClerkEvent{MessageID: fmt.Sprintf("msg_%d", i), Type: "user.created", User: users.ClerkUser{
+			ID: id, Email: id + "@example.com", FirstName: "Ada", LastName: "Lovelace", ImageURL: "https://img.example.com/a.png", UpdatedAt: 1,
+		}}
+		if _, err := b.svc.ApplyClerkUser(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := b.svc.DeductCredits(ctx, users.CreditChange{ClerkUserID: "user_kept", Amount: 4, IdempotencyKey: "k"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.svc.DeleteClerkUser(ctx, "msg_del", "user.deleted", "user_kept"); err != nil {
+		t.Fatal(err)
+	}
+	if u, _ := b.svc.UserIncludingDeleted(ctx, "user_kept"); u.Email == "" {
+		t.Fatal("KeepDeletedUserData did not keep the email")
+	}
+	for _, id := range []string{"user_kept", "user_live"} {
+		u, err := b.svc.EraseUser(ctx, id)
+		if err != nil {
+			t.Fatalf("EraseUser(%s): %v", id, err)
+		}
+		if u.DeletedAt == nil || u.Email != "" || u.FirstName != "" || u.LastName != "" || u.ImageURL != "" {
+			t.Errorf("%s after EraseUser: %+v", id, u)
+		}
+		checkInvariants(t, b, id)
+	}
+	if ts := checkInvariants(t, b, "user_kept"); len(ts) != 2 {
+		t.Errorf("ledger of user_kept = %+v, want the initial credits and the deduction", ts)
+	}
+	if _, err := b.svc.EraseUser(ctx, "user_nobody"); apperr.KindOf(err) != apperr.KindNotFound {
+		t.Errorf("EraseUser of an unknown user: %v, want NotFound", err)
+	}
+	if _, err := st.GetUserByClerkIDIncludingDeleted(ctx, "user_nobody"); !errors.Is(err, users.ErrNoRow) {
+		t.Errorf("EraseUser created a row: %v", err)
 	}
 }

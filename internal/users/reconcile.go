@@ -216,7 +216,8 @@ func (s *Service) applyDirect(ctx context.Context, events []ClerkEventWrite) ([]
 
 // applyWith applies events in batches of up to maxBatch, up to
 // syncApplyConcurrency at once, each sorted by Clerk id as the batcher
-// does, and applies again (up to maxEventAttempts times) the events that
+// does (they are not group commits of deliveries, so ClerkBatchApplied
+// does not count them), and applies again (up to maxEventAttempts times) the events that
 // failed inside their batch (say, in a deadlock with a webhook batch). An
 // event that keeps failing is OutcomeFailed with its last SQLSTATE. It
 // returns one result per event, in order, or the first error of a whole
@@ -258,7 +259,6 @@ func (s *Service) applyWith(ctx context.Context, events []ClerkEventWrite, opts 
 					}
 					return
 				}
-				s.observer.ClerkBatchApplied(len(batch))
 				for j, i := range chunk {
 					out[i] = res[j]
 					if res[j].Outcome != OutcomeRetry {
