@@ -237,9 +237,10 @@ func (s *Store) ListLiveClerkUserIDs(ctx context.Context, after string, limit in
 	return ids, nil
 }
 
-// clerkSyncLockKey is the advisory lock of Clerk sync runs: any constant
-// no other user of the database locks ("userdsyc" in ASCII).
-const clerkSyncLockKey int64 = 0x7573657264737963
+// clerkSyncLockKey is the advisory lock of Clerk sync runs: the first
+// eight bytes of sha256("userd clerk sync") as a big-endian int64, made as
+// migrate.LockID is, so that nothing else on the server takes it.
+const clerkSyncLockKey int64 = -4730454424446879977
 
 // RunClerkSync runs run while holding the Clerk sync lock, so that one run
 // at a time goes on across every replica and `userd sync-clerk`, and
