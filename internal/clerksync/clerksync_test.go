@@ -234,16 +234,17 @@ func TestSyncUpdatesOnlyNewerStates(t *testing.T) {
 }
 
 // TestSyncRetriesAndKeepsToTheRateLimit: with the Backend API answering
-// 429 (with Retry-After) and 5xx now and then, a sync of 10,000 users
-// completes; it waits out each Retry-After, and never sends more requests
-// in a window than the instance's limit allows (the fake counts and would
-// answer 429 itself).
+// 429 (with Retry-After) and 5xx now and then, a sync of 3,000 users in
+// pages of 100 completes; it waits out each Retry-After, and never sends
+// more requests in a window than the instance's limit allows (the fake
+// counts and would answer 429 itself). internal/clerk's
+// TestRequestsKeepToTheRateLimit drives the limiter harder.
 func TestSyncRetriesAndKeepsToTheRateLimit(t *testing.T) {
 	t.Parallel()
 	// Clerk's development limit scaled down: 40 requests per second.
 	limit := clerk.RateLimit{Requests: 40, Window: time.Second}
 	e := newEnv(t, limit)
-	e.fake.AddUsers("rate", 10_000, time.Now().Add(-time.Hour))
+	e.fake.AddUsers("rate", 3000, time.Now().Add(-time.Hour))
 	e.fake.SetRateLimit(limit.Requests, limit.Window)
 	e.fake.InjectFaults(3,
 		clerktest.Fault{Status: 429, RetryAfter: 1},
@@ -252,12 +253,12 @@ func TestSyncRetriesAndKeepsToTheRateLimit(t *testing.T) {
 		clerktest.Fault{Status: 429, RetryAfter: 1},
 		clerktest.Fault{Status: 502},
 	)
-	sum, err := e.sync(t, clerksync.Options{})
+	sum, err := e.sync(t, clerksync.Options{PageSize: 100})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("%s", clerksync.SummaryLine(sum, nil))
-	if want := (clerksync.Counts{Listed: 10_000, Created: 10_000}); sum.Counts != want {
+	if want := (clerksync.Counts{Listed: 3000, Created: 3000}); sum.Counts != want {
 		t.Errorf("counts %+v, want %+v", sum.Counts, want)
 	}
 	e.checkMirrors(t)

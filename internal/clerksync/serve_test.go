@@ -53,7 +53,7 @@ func deliver(t *testing.T, in *apptest.Instance, msgID, typ string, u clerkhook.
 	}
 }
 
-// TestSyncRacingWebhooksConverges: while a sync lists and applies 3,000
+// TestSyncRacingWebhooksConverges: while a sync lists and applies 2,000
 // users, Clerk keeps changing, deleting and creating users and delivers
 // each change as a webhook. Whatever the interleaving, userd ends with
 // Clerk's final state, and a second sync finds nothing to do.
@@ -72,9 +72,9 @@ func TestSyncRacingWebhooksConverges(t *testing.T) {
 	st := store.New(pool)
 	svc := users.NewService(st, users.DefaultInitialCredits)
 	t0 := time.Now().Add(-time.Hour).Truncate(time.Millisecond)
-	us := fake.AddUsers("race", 3000, t0)
+	us := fake.AddUsers("race", 2000, t0)
 	// Some users are in userd already (their user.created arrived).
-	for _, u := range us[:500] {
+	for _, u := range us[:300] {
 		deliver(t, in, "msg_created_"+u.ID, "user.created", u)
 	}
 
@@ -99,7 +99,7 @@ func TestSyncRacingWebhooksConverges(t *testing.T) {
 		})
 	}
 	version := t0.Add(time.Hour)
-	for i := range 600 {
+	for i := range 400 {
 		u := us[rng.IntN(len(us))]
 		version = version.Add(time.Millisecond)
 		switch i % 6 {
