@@ -408,9 +408,8 @@ func (c *Clerk) backend(h http.HandlerFunc) http.HandlerFunc {
 		}
 		if fault != nil {
 			rec.Status = fault.Status
-		} else {
-			rec.Status = http.StatusOK // or what h answers, set below
 		}
+		// Otherwise the status is set once the handler answered.
 		c.requests = append(c.requests, rec)
 		idx := len(c.requests) - 1
 		c.mu.Unlock()
