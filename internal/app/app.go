@@ -150,10 +150,17 @@ func NewClerkAPI(c config.ClerkAPI) (*clerk.API, error) {
 	return clerk.NewAPI(cfg)
 }
 
-// New connects to the database, migrates it when configured to, and binds
-// the listeners. Call Run to serve.
+// New binds the listeners, connects to the database, migrates it when
+// configured to and builds the servers. Call Run to serve.
 func New(ctx context.Context, cfg config.Serve, log *slog.Logger) (*App, error) {
 	if err := CheckSettings(cfg); err != nil {
+		return nil, err
+	}
+	a := &App{cfg: cfg, log: log}
+	// Listeners first: an address in use is found before the database
+	// starts (or the embedded one is started for nothing).
+	if err := a.listen(); err != nil {
+		a.closeListeners()
 		return nil, err
 	}
 	db, err := OpenDatabase(ctx, cfg.Database, store.SessionTimeouts{
@@ -162,9 +169,10 @@ func New(ctx context.Context, cfg config.Serve, log *slog.Logger) (*App, error) 
 		IdleInTransaction: cfg.DBIdleInTransactionTimeout,
 	}, log)
 	if err != nil {
+		a.closeListeners()
 		return nil, err
 	}
-	a := &App{cfg: cfg, log: log, db: db, pool: db.Pool}
+	a.db, a.pool = db, db.Pool
 	if err := a.init(ctx); err != nil {
 		a.closeListeners()
 		a.closeMigrator()
@@ -188,33 +196,84 @@ func (a *App) closeMigrator() {
 	}
 }
 
-func (a *App) init(ctx context.Context) error {
-	m, err := migrate.New(a.pool)
-	if err != nil {
-		return err
-	}
-	a.migrator = m
-	if a.cfg.AutoMigrate {
-		if err := migrateUp(ctx, m, a.log); err != nil {
-			return err
+// listen binds every listener that is not "off".
+func (a *App) listen() error {
+	for _, l := range []struct {
+		setting, addr string
+		ln            *net.Listener
+	}{
+		{"USERD_GRPC_ADDR", a.cfg.GRPCAddr, &a.grpcLn},
+		{"USERD_HTTP_ADDR", a.cfg.HTTPAddr, &a.apiLn},
+		{"USERD_WEBHOOK_ADDR", a.cfg.WebhookAddr, &a.webhookLn},
+		{"USERD_OPS_ADDR", a.cfg.OpsAddr, &a.opsLn},
+	} {
+		if l.addr == config.Off {
+			continue
 		}
+		ln, err := net.Listen("tcp", l.addr)
+		if err != nil {
+			return fmt.Errorf("listen on %s %s: %w", l.setting, l.addr, err)
+		}
+		*l.ln = ln
+	}
+	return nil
+}
+
+// init readies the schema and builds the domain service and the servers of
+// the bound listeners.
+func (a *App) init(ctx context.Context) error {
+	if err := a.prepareSchema(ctx); err != nil {
+		return err
 	}
 	a.metrics = telemetry.NewMetrics()
 	a.metrics.RegisterPool(a.pool)
 	a.store = store.New(a.pool, store.AcquireTimeout(a.cfg.DBAcquireTimeout))
-	svc := users.NewService(a.store, a.cfg.InitialCredits)
-	svc.SetObserver(a.metrics)
-	svc.KeepDeletedUserData(a.cfg.KeepDeletedUserData)
-	a.users = svc
+	a.users = users.NewService(a.store, a.cfg.InitialCredits)
+	a.users.SetObserver(a.metrics)
+	a.users.KeepDeletedUserData(a.cfg.KeepDeletedUserData)
 	authn, profiles, err := a.authentication(ctx)
 	if err != nil {
 		return err
 	}
 	a.clerkAPI = profiles.API
+	userService := grpcapi.NewServer(a.users, profiles)
+	interceptors := grpcapi.Chain{
+		Log: a.log, Authn: authn, RequestTimeout: a.cfg.RequestTimeout,
+		Metrics: a.metrics.GRPC.UnaryServerInterceptor(),
+	}.Interceptors()
+	a.newGRPCServer(userService, interceptors)
+	if a.apiLn != nil {
+		if err := a.newAPIServer(ctx, userService, interceptors); err != nil {
+			return err
+		}
+	}
+	if a.webhookLn != nil {
+		if err := a.newWebhookServer(); err != nil {
+			return err
+		}
+	}
+	if a.opsLn != nil {
+		a.ops = newHTTPServer(a.opsRoutes(), opsMaxHeaderBytes, a.log)
+	}
+	return nil
+}
 
-	interceptors := grpcapi.Interceptors(a.log, authn, a.cfg.RequestTimeout)
-	// Metrics sit outside the error mapping, so they count final codes.
-	interceptors = append(interceptors[:2:2], append([]grpc.UnaryServerInterceptor{a.metrics.GRPC.UnaryServerInterceptor()}, interceptors[2:]...)...)
+// prepareSchema builds the migrator (/readyz reads the schema version
+// through it) and, when configured to, migrates.
+func (a *App) prepareSchema(ctx context.Context) error {
+	m, err := migrate.New(a.pool)
+	if err != nil {
+		return err
+	}
+	a.migrator = m
+	if !a.cfg.AutoMigrate {
+		return nil
+	}
+	return migrateUp(ctx, m, a.log)
+}
+
+// newGRPCServer builds the gRPC server: UserService, health, reflection.
+func (a *App) newGRPCServer(userService *grpcapi.Server, interceptors []grpc.UnaryServerInterceptor) {
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(interceptors...),
 		grpc.MaxRecvMsgSize(1 << 20),
@@ -238,7 +297,6 @@ func (a *App) init(ctx context.Context) error {
 		opts = append(opts, grpc.StatsHandler(otelgrpc.NewServerHandler()))
 	}
 	a.grpc = grpc.NewServer(opts...)
-	userService := grpcapi.NewServer(svc, profiles)
 	userdv1.RegisterUserServiceServer(a.grpc, userService)
 	a.health = health.NewServer()
 	// Known before the first call can arrive: the database answered when
@@ -247,57 +305,41 @@ func (a *App) init(ctx context.Context) error {
 	healthpb.RegisterHealthServer(a.grpc, a.health)
 	reflection.Register(a.grpc)
 	a.metrics.GRPC.InitializeMetrics(a.grpc)
+}
 
-	if a.cfg.GRPCAddr != config.Off {
-		if a.grpcLn, err = net.Listen("tcp", a.cfg.GRPCAddr); err != nil {
-			return fmt.Errorf("listen on USERD_GRPC_ADDR %s: %w", a.cfg.GRPCAddr, err)
-		}
+// newAPIServer builds the REST gateway, which calls userService through the
+// same interceptor chain as gRPC.
+func (a *App) newAPIServer(ctx context.Context, userService *grpcapi.Server, interceptors []grpc.UnaryServerInterceptor) error {
+	api, err := gateway.New(ctx, grpcapi.Chained(userService, interceptors), gateway.Config{
+		CORSOrigins: a.cfg.CORSOriginList(), AuthorizedParties: a.cfg.Parties(), Version: a.cfg.Version,
+	})
+	if err != nil {
+		return fmt.Errorf("REST gateway: %w", err)
 	}
+	a.api = newHTTPServer(httpmw.Wrap(api, httpmw.Options{
+		Listener: "api", Log: a.log, Metrics: a.metrics, AccessLog: true,
+		// REST calls are logged by the gRPC layer, with the principal.
+		Skip: func(r *http.Request) bool { return strings.HasPrefix(r.URL.Path, "/v1/") },
+	}), apiMaxHeaderBytes, a.log)
+	return nil
+}
 
-	if a.cfg.HTTPAddr != config.Off {
-		api, err := gateway.New(ctx, grpcapi.Chained(userService, interceptors), gateway.Config{
-			CORSOrigins: a.cfg.CORSOriginList(), AuthorizedParties: a.cfg.Parties(), Version: a.cfg.Version,
-		})
-		if err != nil {
-			return fmt.Errorf("REST gateway: %w", err)
-		}
-		if a.apiLn, err = net.Listen("tcp", a.cfg.HTTPAddr); err != nil {
-			return fmt.Errorf("listen on USERD_HTTP_ADDR %s: %w", a.cfg.HTTPAddr, err)
-		}
-		a.api = newHTTPServer(httpmw.Wrap(api, httpmw.Options{
-			Listener: "api", Log: a.log, Metrics: a.metrics, AccessLog: true,
-			// REST calls are logged by the gRPC layer, with the principal.
-			Skip: func(r *http.Request) bool { return strings.HasPrefix(r.URL.Path, "/v1/") },
-		}), apiMaxHeaderBytes, a.log)
+// newWebhookServer builds the Clerk webhook endpoint.
+func (a *App) newWebhookServer() error {
+	secrets, err := clerkhook.ParseSecrets(a.cfg.WebhookSecret)
+	if err != nil {
+		return err
 	}
-
-	if a.cfg.WebhookAddr != config.Off {
-		secrets, err := clerkhook.ParseSecrets(a.cfg.WebhookSecret)
-		if err != nil {
-			return err
-		}
-		hook, err := clerkhook.New(clerkhook.Config{
-			Secrets: secrets, Tolerance: a.cfg.WebhookTolerance, Timeout: a.cfg.RequestTimeout, Recorder: a.metrics,
-		}, svc, a.log)
-		if err != nil {
-			return err
-		}
-		a.hook = hook
-		if a.webhookLn, err = net.Listen("tcp", a.cfg.WebhookAddr); err != nil {
-			return fmt.Errorf("listen on USERD_WEBHOOK_ADDR %s: %w", a.cfg.WebhookAddr, err)
-		}
-		// The handler logs each delivery itself, with its svix id.
-		a.webhook = newHTTPServer(httpmw.Wrap(hook.Routes(), httpmw.Options{
-			Listener: "webhook", Log: a.log, Metrics: a.metrics,
-		}), webhookMaxHeaderBytes, a.log)
+	a.hook, err = clerkhook.New(clerkhook.Config{
+		Secrets: secrets, Tolerance: a.cfg.WebhookTolerance, Timeout: a.cfg.RequestTimeout, Recorder: a.metrics,
+	}, a.users, a.log)
+	if err != nil {
+		return err
 	}
-
-	if a.cfg.OpsAddr != config.Off {
-		if a.opsLn, err = net.Listen("tcp", a.cfg.OpsAddr); err != nil {
-			return fmt.Errorf("listen on USERD_OPS_ADDR %s: %w", a.cfg.OpsAddr, err)
-		}
-		a.ops = newHTTPServer(a.opsRoutes(), opsMaxHeaderBytes, a.log)
-	}
+	// The handler logs each delivery itself, with its svix id.
+	a.webhook = newHTTPServer(httpmw.Wrap(a.hook.Routes(), httpmw.Options{
+		Listener: "webhook", Log: a.log, Metrics: a.metrics,
+	}), webhookMaxHeaderBytes, a.log)
 	return nil
 }
 

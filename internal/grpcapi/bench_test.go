@@ -34,7 +34,7 @@ func benchmarkInterceptors(b *testing.B, level string) {
 	}
 	log := telemetry.NewLogger(io.Discard, "json", level)
 	metrics := telemetry.NewMetrics()
-	ics := grpcapi.Interceptors(log, auth.NewAuthenticator(tokens, nil, log), 10*time.Second)
+	ics := grpcapi.Chain{Log: log, Authn: auth.NewAuthenticator(tokens, nil, log), RequestTimeout: 10 * time.Second}.Interceptors()
 	ics = append(ics[:2:2], append([]grpc.UnaryServerInterceptor{metrics.GRPC.UnaryServerInterceptor()}, ics[2:]...)...)
 	info := &grpc.UnaryServerInfo{FullMethod: userdv1.UserService_GetUser_FullMethodName}
 	resp := &userdv1.GetUserResponse{User: &userdv1.User{ClerkUserId: "user_bench1"}}

@@ -161,16 +161,31 @@ func BoundInterceptor(bound time.Duration) grpc.UnaryServerInterceptor {
 	}
 }
 
-// Interceptors returns the server's unary chain, outermost first: errors
-// from authentication are mapped like any other, and every call's work is
-// bounded by requestTimeout.
-func Interceptors(log *slog.Logger, authn *auth.Authenticator, requestTimeout time.Duration) []grpc.UnaryServerInterceptor {
-	return []grpc.UnaryServerInterceptor{
-		RequestIDInterceptor(),
-		LoggingInterceptor(log),
-		RecoveryInterceptor(log),
-		ErrorInterceptor(log),
-		AuthInterceptor(authn),
-		BoundInterceptor(requestTimeout),
+// Chain configures the server's unary interceptor chain.
+type Chain struct {
+	Log   *slog.Logger
+	Authn *auth.Authenticator
+	// RequestTimeout bounds every call's work (a caller's shorter deadline
+	// wins).
+	RequestTimeout time.Duration
+	// Metrics, if set, counts calls by method and code. It sits inside the
+	// logging and outside the recovery and error mapping, so it counts the
+	// codes callers see, panics included.
+	Metrics grpc.UnaryServerInterceptor
+}
+
+// Interceptors returns the chain, outermost first: errors from
+// authentication are mapped like any other, and every call's work is
+// bounded.
+func (c Chain) Interceptors() []grpc.UnaryServerInterceptor {
+	chain := []grpc.UnaryServerInterceptor{RequestIDInterceptor(), LoggingInterceptor(c.Log)}
+	if c.Metrics != nil {
+		chain = append(chain, c.Metrics)
 	}
+	return append(chain,
+		RecoveryInterceptor(c.Log),
+		ErrorInterceptor(c.Log),
+		AuthInterceptor(c.Authn),
+		BoundInterceptor(c.RequestTimeout),
+	)
 }

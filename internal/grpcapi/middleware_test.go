@@ -26,7 +26,7 @@ import (
 func chain(log *slog.Logger, handler grpc.UnaryHandler) error {
 	// Another service's method: authentication (tested end to end
 	// elsewhere) does not apply.
-	ics := grpcapi.Interceptors(log, auth.NewAuthenticator(auth.ServiceTokens{}, nil, log), time.Minute)
+	ics := grpcapi.Chain{Log: log, Authn: auth.NewAuthenticator(auth.ServiceTokens{}, nil, log), RequestTimeout: time.Minute}.Interceptors()
 	info := &grpc.UnaryServerInfo{FullMethod: "/test.v1.Probe/Call"}
 	h := handler
 	for i := len(ics) - 1; i >= 0; i-- {
@@ -137,7 +137,7 @@ func TestAccessLogLine(t *testing.T) {
 		t.Run(transport, func(t *testing.T) {
 			var logs bytes.Buffer
 			log := slog.New(slog.NewJSONHandler(&logs, nil))
-			ics := grpcapi.Interceptors(log, auth.NewAuthenticator(tokens, nil, log), time.Minute)
+			ics := grpcapi.Chain{Log: log, Authn: auth.NewAuthenticator(tokens, nil, log), RequestTimeout: time.Minute}.Interceptors()
 			ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs(
 				"authorization", "Bearer "+token, grpcapi.RequestIDHeader, "req-42"))
 			req := &userdv1.GetUserRequest{Lookup: &userdv1.GetUserRequest_ClerkUserId{ClerkUserId: "user_1"}}
