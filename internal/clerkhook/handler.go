@@ -27,14 +27,12 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/userd/userd/internal/apperr"
+	"github.com/userd/userd/internal/httpmw"
 	"github.com/userd/userd/internal/users"
 )
 
 // Path is where Clerk posts.
 const Path = "/webhooks/clerk"
-
-// MaxBodyBytes bounds a delivery; Clerk's user events are a few KiB.
-const MaxBodyBytes = 1 << 20
 
 // DefaultTolerance is how far a delivery's svix-timestamp may be from now,
 // the window Svix's own libraries use against replays.
@@ -221,7 +219,7 @@ func (h *Handler) verify(w http.ResponseWriter, r *http.Request) ([]byte, reject
 	if len(h.verifiers) == 0 {
 		return nil, rejectNoSecret, false
 	}
-	if r.ContentLength > MaxBodyBytes {
+	if r.ContentLength > httpmw.MaxBodyBytes {
 		return nil, rejectTooLarge, false
 	}
 	id, ts, sig := deliveryHeaders(r.Header)
@@ -324,7 +322,7 @@ func (l *rejectionLog) summarize() {
 }
 
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	return io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	return io.ReadAll(http.MaxBytesReader(w, r.Body, httpmw.MaxBodyBytes))
 }
 
 // fail answers a delivery the domain could not apply: 400 for events that

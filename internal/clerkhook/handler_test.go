@@ -24,6 +24,7 @@ import (
 	"github.com/userd/userd/internal/apptest"
 	"github.com/userd/userd/internal/clerkhook"
 	"github.com/userd/userd/internal/config"
+	"github.com/userd/userd/internal/httpmw"
 	"github.com/userd/userd/internal/telemetry"
 	"github.com/userd/userd/internal/users"
 )
@@ -365,12 +366,12 @@ func TestRejections(t *testing.T) {
 		}, 400, "timestamp_out_of_tolerance"},
 		{"TooLargeDeclared", func() *http.Request {
 			d := good()
-			d.body = append(d.body, bytes.Repeat([]byte(" "), clerkhook.MaxBodyBytes)...)
+			d.body = append(d.body, bytes.Repeat([]byte(" "), httpmw.MaxBodyBytes)...)
 			return d.request(t, in.WebhookURL)
 		}, 413, "body_too_large"},
 		{"TooLargeChunked", func() *http.Request {
 			d := good()
-			d.body = append(d.body, bytes.Repeat([]byte(" "), clerkhook.MaxBodyBytes)...)
+			d.body = append(d.body, bytes.Repeat([]byte(" "), httpmw.MaxBodyBytes)...)
 			r := d.request(t, in.WebhookURL)
 			r.ContentLength = -1 // sent chunked: the limit must hold while reading
 			r.Body = io.NopCloser(bytes.NewReader(d.body))

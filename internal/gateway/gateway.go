@@ -24,10 +24,9 @@ import (
 	userdv1 "github.com/userd/userd/gen/userd/v1"
 	"github.com/userd/userd/internal/errstatus"
 	"github.com/userd/userd/internal/grpcapi"
+	"github.com/userd/userd/internal/httpmw"
+	"github.com/userd/userd/internal/requestid"
 )
-
-// MaxBodyBytes bounds a REST request body.
-const MaxBodyBytes = 1 << 20
 
 // Config configures the gateway.
 type Config struct {
@@ -118,12 +117,12 @@ func stampVersion(doc []byte, version string) ([]byte, error) {
 
 func limitBody(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.ContentLength > MaxBodyBytes {
+		if r.ContentLength > httpmw.MaxBodyBytes {
 			writeStatus(w, http.StatusRequestEntityTooLarge, &runtime.JSONPb{},
 				status.New(codes.InvalidArgument, "request body larger than 1 MiB"))
 			return
 		}
-		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+		r.Body = http.MaxBytesReader(w, r.Body, httpmw.MaxBodyBytes)
 		h.ServeHTTP(w, r)
 	})
 }
@@ -137,8 +136,8 @@ func incomingHeader(key string) (string, bool) {
 	switch strings.ToLower(key) {
 	case grpcapi.IdempotencyKeyHeader:
 		return grpcapi.IdempotencyKeyHeader, true
-	case grpcapi.RequestIDHeader:
-		return grpcapi.RequestIDHeader, true
+	case requestid.Key:
+		return requestid.Key, true
 	}
 	return "", false
 }

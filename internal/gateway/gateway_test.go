@@ -31,6 +31,7 @@ import (
 	"github.com/userd/userd/internal/clerktest"
 	"github.com/userd/userd/internal/config"
 	"github.com/userd/userd/internal/gateway"
+	"github.com/userd/userd/internal/httpmw"
 	"github.com/userd/userd/internal/users"
 )
 
@@ -663,7 +664,7 @@ func TestRESTConventions(t *testing.T) {
 	})
 
 	t.Run("BodyTooLarge", func(t *testing.T) {
-		big := strings.Repeat("x", gateway.MaxBodyBytes)
+		big := strings.Repeat("x", httpmw.MaxBodyBytes)
 		r := b.call(t, "POST", "/v1/users/user_plus/credits:grant", svc, map[string]any{"amount": "1", "idempotencyKey": "big", "reason": big})
 		if r.status != http.StatusRequestEntityTooLarge {
 			t.Errorf("grant with a body over 1 MiB: %d %v", r.status, r.body)

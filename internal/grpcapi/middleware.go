@@ -17,10 +17,6 @@ import (
 	"github.com/userd/userd/internal/requestid"
 )
 
-// RequestIDHeader is the metadata key (and HTTP header) that carries a
-// request id. A caller-supplied id is kept if it is sane, else one is made.
-const RequestIDHeader = "x-request-id"
-
 // callInfo is what the interceptors learn about a call, shared through
 // the context so that the logging interceptor (outside) can report the
 // principal the auth interceptor (inside) found.
@@ -49,13 +45,13 @@ func RequestID(ctx context.Context) string {
 func RequestIDInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		id := ""
-		if v := metadata.ValueFromIncomingContext(ctx, RequestIDHeader); len(v) > 0 && requestid.Valid(v[0]) {
+		if v := metadata.ValueFromIncomingContext(ctx, requestid.Key); len(v) > 0 && requestid.Valid(v[0]) {
 			id = v[0]
 		}
 		if id == "" {
 			id = requestid.New()
 		}
-		_ = grpc.SetHeader(ctx, metadata.MD{RequestIDHeader: {id}})
+		_ = grpc.SetHeader(ctx, metadata.MD{requestid.Key: {id}})
 		return handler(context.WithValue(ctx, callInfoKey{}, &callInfo{requestID: id}), req)
 	}
 }

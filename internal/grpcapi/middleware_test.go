@@ -20,6 +20,7 @@ import (
 	"github.com/userd/userd/internal/apperr"
 	"github.com/userd/userd/internal/auth"
 	"github.com/userd/userd/internal/grpcapi"
+	"github.com/userd/userd/internal/requestid"
 )
 
 // chain runs handler through the server's interceptor chain, as grpc does.
@@ -139,7 +140,7 @@ func TestAccessLogLine(t *testing.T) {
 			log := slog.New(slog.NewJSONHandler(&logs, nil))
 			ics := grpcapi.Chain{Log: log, Authn: auth.NewAuthenticator(tokens, nil, log), RequestTimeout: time.Minute}.Interceptors()
 			ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs(
-				"authorization", "Bearer "+token, grpcapi.RequestIDHeader, "req-42"))
+				"authorization", "Bearer "+token, requestid.Key, "req-42"))
 			req := &userdv1.GetUserRequest{Lookup: &userdv1.GetUserRequest_ClerkUserId{ClerkUserId: "user_1"}}
 			if transport == "rest" {
 				if _, err := grpcapi.Chained(stubUsers{}, ics).GetUser(ctx, req); err != nil {

@@ -14,8 +14,9 @@ import (
 	"github.com/userd/userd/internal/telemetry"
 )
 
-// RequestIDHeader carries the request id in and out.
-const RequestIDHeader = "X-Request-Id"
+// MaxBodyBytes bounds the body of a request to any of userd's HTTP
+// listeners: REST requests and Clerk's deliveries are a few KiB.
+const MaxBodyBytes = 1 << 20
 
 // Options configures Wrap.
 type Options struct {
@@ -53,12 +54,12 @@ func Wrap(h http.Handler, o Options) http.Handler {
 // response.
 func requestID(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		id := r.Header.Get(RequestIDHeader)
+		id := r.Header.Get(requestid.Key)
 		if !requestid.Valid(id) {
 			id = requestid.New()
-			r.Header.Set(RequestIDHeader, id)
+			r.Header.Set(requestid.Key, id)
 		}
-		w.Header().Set(RequestIDHeader, id)
+		w.Header().Set(requestid.Key, id)
 		h.ServeHTTP(w, r)
 	})
 }
@@ -96,7 +97,7 @@ func accessLog(h http.Handler, o Options) http.Handler {
 		o.Log.InfoContext(r.Context(), "http request",
 			"listener", o.Listener, "method", r.Method, "path", r.URL.Path, "status", sw.status,
 			"duration_ms", float64(time.Since(start).Microseconds())/1000,
-			"request_id", r.Header.Get(RequestIDHeader))
+			"request_id", r.Header.Get(requestid.Key))
 	})
 }
 
@@ -113,10 +114,10 @@ func recoverPanics(h http.Handler, log *slog.Logger) http.Handler {
 				return
 			}
 			log.ErrorContext(r.Context(), "panic in HTTP handler", "path", r.URL.Path,
-				"request_id", r.Header.Get(RequestIDHeader), "panic", p, "stack", string(debug.Stack()))
+				"request_id", r.Header.Get(requestid.Key), "panic", p, "stack", string(debug.Stack()))
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(http.StatusInternalServerError)
-			_, _ = w.Write([]byte(`{"code":13,"message":"internal error (request id ` + r.Header.Get(RequestIDHeader) + `)"}`))
+			_, _ = w.Write([]byte(`{"code":13,"message":"internal error (request id ` + r.Header.Get(requestid.Key) + `)"}`))
 		}()
 		h.ServeHTTP(w, r)
 	})

@@ -7,6 +7,10 @@ import (
 	"encoding/hex"
 )
 
+// Key names the request id in HTTP headers (X-Request-Id: header names are
+// case-insensitive) and in gRPC metadata, whose keys are lower case.
+const Key = "x-request-id"
+
 // New returns a random request id.
 func New() string {
 	var b [8]byte
