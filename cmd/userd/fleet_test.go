@@ -26,10 +26,10 @@ import (
 	"google.golang.org/grpc/status"
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
+	"github.com/userd/userd/internal/apptest"
 	"github.com/userd/userd/internal/migrate"
 	"github.com/userd/userd/internal/store"
 	"github.com/userd/userd/internal/testdb"
-	"github.com/userd/userd/internal/users"
 )
 
 // Each replica keeps few database connections: the suite shares one
@@ -371,36 +371,7 @@ func TestFleetRollingRestart(t *testing.T) {
 // of ledger entries.
 func checkFleetBooks(t *testing.T, pool *pgxpool.Pool, clerkIDs []string, acks []fleetAck) int {
 	t.Helper()
-	ctx := context.Background()
-	st := store.New(pool)
-	byID := map[int64]users.Transaction{}
-	for _, id := range clerkIDs {
-		u, err := st.GetLiveUserByClerkID(ctx, id)
-		if err != nil {
-			t.Fatalf("%s: %v", id, err)
-		}
-		ts, err := st.ListCreditTransactions(ctx, u.ID, 0, 1<<30)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var sum int64
-		keys := map[string]bool{}
-		for i := len(ts) - 1; i >= 0; i-- { // oldest first
-			tx := ts[i]
-			sum += tx.Delta
-			if tx.BalanceAfter != sum || sum < 0 {
-				t.Errorf("%s: entry %d balance_after %d, running sum %d", id, tx.ID, tx.BalanceAfter, sum)
-			}
-			if tx.IdempotencyKey != "" && keys[tx.IdempotencyKey] {
-				t.Errorf("%s: key %q applied twice", id, tx.IdempotencyKey)
-			}
-			keys[tx.IdempotencyKey] = true
-			byID[tx.ID] = tx
-		}
-		if u.Credits != sum || u.Credits < 0 {
-			t.Errorf("%s: credits %d, ledger sum %d", id, u.Credits, sum)
-		}
-	}
+	byID := apptest.Books(t, store.New(pool), clerkIDs)
 	for _, a := range acks {
 		if tx := a.res.tx; tx != nil {
 			got, ok := byID[tx.GetId()]

@@ -20,6 +20,7 @@ import (
 	"github.com/userd/userd/internal/faultproxy"
 	"github.com/userd/userd/internal/store"
 	"github.com/userd/userd/internal/testdb"
+	"github.com/userd/userd/internal/users"
 )
 
 // WebhookSecret is the signing secret Config sets (whsec_ + base64).
@@ -160,4 +161,43 @@ type testWriter struct{ t testing.TB }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(string(p))
 	return len(p), nil
+}
+
+// Books reads the ledgers of the given users and reports to t every broken
+// invariant: an entry whose balance_after is not the running sum, a
+// negative running balance, a key applied twice, a balance that is not the
+// sum of its ledger. It returns every entry by id, for checking what
+// callers were told against it.
+func Books(t testing.TB, st *store.Store, clerkIDs []string) map[int64]users.Transaction {
+	t.Helper()
+	ctx := context.Background()
+	byID := map[int64]users.Transaction{}
+	for _, id := range clerkIDs {
+		u, err := st.GetUserByClerkIDIncludingDeleted(ctx, id)
+		if err != nil {
+			t.Fatalf("%s: %v", id, err)
+		}
+		ts, err := st.ListCreditTransactions(ctx, u.ID, 0, 1<<30)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sum int64
+		keys := map[string]bool{}
+		for i := len(ts) - 1; i >= 0; i-- { // oldest first
+			tx := ts[i]
+			sum += tx.Delta
+			if tx.BalanceAfter != sum || sum < 0 {
+				t.Errorf("%s: entry %d balance_after %d, running sum %d", id, tx.ID, tx.BalanceAfter, sum)
+			}
+			if tx.IdempotencyKey != "" && keys[tx.IdempotencyKey] {
+				t.Errorf("%s: key %q applied twice", id, tx.IdempotencyKey)
+			}
+			keys[tx.IdempotencyKey] = true
+			byID[tx.ID] = tx
+		}
+		if u.Credits != sum {
+			t.Errorf("%s: credits %d, ledger sum %d", id, u.Credits, sum)
+		}
+	}
+	return byID
 }

@@ -14,7 +14,6 @@ import (
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
 	"github.com/userd/userd/internal/apptest"
-	"github.com/userd/userd/internal/users"
 )
 
 // acknowledged is a transaction a call reported as done.
@@ -29,35 +28,7 @@ type acknowledged struct {
 // transaction is in the ledger exactly as reported.
 func checkLedgers(t *testing.T, in *apptest.Instance, clerkIDs []string, acks []acknowledged) int {
 	t.Helper()
-	ctx := context.Background()
-	byID := map[int64]users.Transaction{}
-	for _, id := range clerkIDs {
-		u, err := in.Store.GetUserByClerkIDIncludingDeleted(ctx, id)
-		if err != nil {
-			t.Fatalf("%s: %v", id, err)
-		}
-		ts, err := in.Store.ListCreditTransactions(ctx, u.ID, 0, 1<<30)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var sum int64
-		keys := map[string]bool{}
-		for i := len(ts) - 1; i >= 0; i-- { // oldest first
-			tx := ts[i]
-			sum += tx.Delta
-			if tx.BalanceAfter != sum || sum < 0 {
-				t.Errorf("%s: entry %d balance_after %d, running sum %d", id, tx.ID, tx.BalanceAfter, sum)
-			}
-			if tx.IdempotencyKey != "" && keys[tx.IdempotencyKey] {
-				t.Errorf("%s: key %q applied twice", id, tx.IdempotencyKey)
-			}
-			keys[tx.IdempotencyKey] = true
-			byID[tx.ID] = tx
-		}
-		if u.Credits != sum {
-			t.Errorf("%s: credits %d, ledger sum %d", id, u.Credits, sum)
-		}
-	}
+	byID := apptest.Books(t, in.Store, clerkIDs)
 	for _, a := range acks {
 		got, ok := byID[a.tx.GetId()]
 		if !ok || got.Delta != a.tx.GetDelta() || got.BalanceAfter != a.tx.GetBalanceAfter() || got.IdempotencyKey != a.tx.GetIdempotencyKey() {
