@@ -278,15 +278,25 @@ func TestEmbeddedDatabaseEndToEnd(t *testing.T) {
 		}
 	}
 
-	// A second userd on the same data directory and addresses (a second
-	// `make run`) refuses to start, saying why, and leaves the first one
-	// and its PostgreSQL alone.
-	rival := launchUserd(t, bin, "", dataDir, ep)
-	if err := rival.wait(t, 30*time.Second); err == nil {
-		t.Errorf("a second userd on the data directory in use exited 0:\n%s", rival.logs)
-	}
-	if want := fmt.Sprintf("is used by another userd (pid %d)", first.cmd.Process.Pid); !strings.Contains(rival.logs.String(), want) {
-		t.Errorf("the second userd's output lacks %q:\n%s", want, rival.logs)
+	// A second userd on the same data directory (a second `make run`)
+	// refuses to start, saying why, and leaves the first one and its
+	// PostgreSQL alone: on the same addresses it finds them in use before
+	// it touches the database; on others, it finds the data directory in
+	// use.
+	for _, rivalCase := range []struct {
+		ep   endpoints
+		want string
+	}{
+		{ep, "address already in use"},
+		{newEndpoints(t), fmt.Sprintf("is used by another userd (pid %d)", first.cmd.Process.Pid)},
+	} {
+		rival := launchUserd(t, bin, "", dataDir, rivalCase.ep)
+		if err := rival.wait(t, 30*time.Second); err == nil {
+			t.Errorf("a second userd on the data directory in use exited 0:\n%s", rival.logs)
+		}
+		if !strings.Contains(rival.logs.String(), rivalCase.want) {
+			t.Errorf("the second userd's output lacks %q:\n%s", rivalCase.want, rival.logs)
+		}
 	}
 	if !first.isReady() {
 		t.Errorf("the first userd is not ready after the second one's attempt:\n%s", first.logs)

@@ -226,7 +226,7 @@ func (a *App) init(ctx context.Context) error {
 		return err
 	}
 	a.metrics = telemetry.NewMetrics()
-	a.metrics.RegisterPool(a.pool)
+	a.metrics.Registry.MustRegister(poolMetrics(a.pool))
 	a.store = store.New(a.pool, store.AcquireTimeout(a.cfg.DBAcquireTimeout))
 	a.users = users.NewService(a.store, a.cfg.InitialCredits)
 	a.users.SetObserver(a.metrics)
