@@ -79,6 +79,23 @@ type User struct {
 	DeletedAt      *time.Time
 }
 
+type UserEvent struct {
+	ID          int64
+	OrderXid    int64
+	Kind        string
+	UserID      uuid.UUID
+	ClerkUserID string
+	Payload     []byte
+	CreatedAt   time.Time
+}
+
+type UserEventsPruned struct {
+	Singleton bool
+	OrderXid  int64
+	ID        int64
+	PrunedAt  *time.Time
+}
+
 type WebhookEvent struct {
 	SvixID      string
 	EventType   string

@@ -1,0 +1,139 @@
+// Package feed is userd's change feed: the events that other services (and
+// end users, for their own record) watch to learn of every committed change
+// of a user, its plan and its credits.
+//
+// The events themselves are written by the database, in the same statement
+// as each change (row triggers; see db/migrations/00007_change_feed.sql), and
+// read back in one order that is the same for every reader on every replica.
+// This package hands them out: a Hub per replica polls the database once for
+// every watcher and fans new events out to them; a watcher that starts from
+// an older cursor, or falls behind, reads the database at its own pace until
+// it has caught up. Nothing is buffered without bound.
+package feed
+
+import (
+	"encoding/base64"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/userd/userd/internal/users"
+)
+
+// Kind is what an event reports. The values are what the database stores.
+type Kind string
+
+// Event kinds.
+const (
+	KindUserCreated    Kind = "user.created"
+	KindUserUpdated    Kind = "user.updated"
+	KindUserDeleted    Kind = "user.deleted"
+	KindPlanChanged    Kind = "plan.changed"
+	KindCreditsChanged Kind = "credits.changed"
+)
+
+// Kinds lists every kind.
+var Kinds = []Kind{KindUserCreated, KindUserUpdated, KindUserDeleted, KindPlanChanged, KindCreditsChanged}
+
+// Valid reports whether k is a known kind.
+func (k Kind) Valid() bool {
+	for _, v := range Kinds {
+		if k == v {
+			return true
+		}
+	}
+	return false
+}
+
+// Position is a place in the feed: the event (Xid, ID), or the place
+// between events just before (Xid, 0). The feed is ordered by Xid, then ID.
+type Position struct {
+	// Xid is the transaction id the event is ordered by (the writer's,
+	// or later; see the migration).
+	Xid int64
+	// ID is the event's id, unique in the feed.
+	ID int64
+}
+
+// Less reports whether p comes before q.
+func (p Position) Less(q Position) bool {
+	return p.Xid < q.Xid || (p.Xid == q.Xid && p.ID < q.ID)
+}
+
+func maxPosition(p, q Position) Position {
+	if p.Less(q) {
+		return q
+	}
+	return p
+}
+
+// Cursors are opaque to callers: a version prefix and the position.
+const cursorPrefix = "ev1:"
+
+// Cursor returns p as an opaque cursor to resume after.
+func (p Position) Cursor() string {
+	return base64.RawURLEncoding.EncodeToString([]byte(cursorPrefix +
+		strconv.FormatInt(p.Xid, 10) + "." + strconv.FormatInt(p.ID, 10)))
+}
+
+var errBadCursor = errors.New("not a cursor of this feed")
+
+// ParseCursor returns the position of a cursor made by Position.Cursor.
+func ParseCursor(c string) (Position, error) {
+	raw, err := base64.RawURLEncoding.DecodeString(c)
+	if err != nil {
+		return Position{}, errBadCursor
+	}
+	rest, ok := strings.CutPrefix(string(raw), cursorPrefix)
+	if !ok {
+		return Position{}, errBadCursor
+	}
+	xs, is, ok := strings.Cut(rest, ".")
+	if !ok {
+		return Position{}, errBadCursor
+	}
+	xid, err1 := strconv.ParseInt(xs, 10, 64)
+	id, err2 := strconv.ParseInt(is, 10, 64)
+	if err1 != nil || err2 != nil || xid < 0 || id < 0 {
+		return Position{}, errBadCursor
+	}
+	return Position{Xid: xid, ID: id}, nil
+}
+
+// Event is one committed change.
+type Event struct {
+	// ID is unique in the feed: a consumer that sees an id twice (after
+	// resuming from an older cursor) has seen that event before.
+	ID       int64
+	Position Position
+	Kind     Kind
+	// UserID and ClerkUserID name the user the event is about.
+	UserID      uuid.UUID
+	ClerkUserID string
+	// Time is when the change's transaction started.
+	Time time.Time
+	// User is the user right after the change, for user.created,
+	// user.updated and user.deleted (which carries no personal data: only
+	// the ids, plan, credits and DeletedAt).
+	User *users.User
+	// PlanChange is the change of plan.changed.
+	PlanChange *users.PlanChange
+	// Transaction is the ledger entry of credits.changed.
+	Transaction *users.Transaction
+}
+
+// Page is one read of the feed.
+type Page struct {
+	// Events are final events after the position read from, in feed order.
+	Events []Event
+	// Horizon is the xid below which every transaction has finished when
+	// the page was read: every event before Position{Horizon, 0} that will
+	// ever exist was already visible.
+	Horizon int64
+	// Pruned is the last position deleted by retention: every event at or
+	// before it is gone.
+	Pruned Position
+}

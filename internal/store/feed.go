@@ -1,0 +1,164 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/userd/userd/gen/sqlcdb"
+	"github.com/userd/userd/internal/feed"
+	"github.com/userd/userd/internal/users"
+)
+
+var _ feed.Store = (*Store)(nil)
+
+// ReadUserEvents implements feed.Store.
+func (s *Store) ReadUserEvents(ctx context.Context, after feed.Position, clerkUserID string, limit int32) (feed.Page, error) {
+	var (
+		rows []sqlcdb.ReadUserEventsRow
+		err  error
+	)
+	if clerkUserID == "" {
+		rows, err = s.q.ReadUserEvents(ctx, s.db, sqlcdb.ReadUserEventsParams{
+			AfterXid: after.Xid, AfterID: after.ID, RowLimit: limit,
+		})
+	} else {
+		var ofUser []sqlcdb.ReadUserEventsOfUserRow
+		ofUser, err = s.q.ReadUserEventsOfUser(ctx, s.db, sqlcdb.ReadUserEventsOfUserParams{
+			ClerkUserID: clerkUserID, AfterXid: after.Xid, AfterID: after.ID, RowLimit: limit,
+		})
+		rows = make([]sqlcdb.ReadUserEventsRow, len(ofUser))
+		for i, r := range ofUser {
+			rows[i] = sqlcdb.ReadUserEventsRow(r)
+		}
+	}
+	if err != nil {
+		return feed.Page{}, translate(fmt.Errorf("read user events: %w", err))
+	}
+	if len(rows) == 0 {
+		return feed.Page{}, fmt.Errorf("read user events: no horizon row")
+	}
+	page := feed.Page{
+		Horizon: rows[0].Horizon,
+		Pruned:  feed.Position{Xid: rows[0].PrunedXid, ID: rows[0].PrunedID},
+	}
+	if rows[0].ID == nil {
+		return page, nil
+	}
+	page.Events = make([]feed.Event, len(rows))
+	for i, r := range rows {
+		if page.Events[i], err = eventFrom(r); err != nil {
+			return feed.Page{}, fmt.Errorf("read user events: event %d: %w", deref(r.ID), err)
+		}
+	}
+	return page, nil
+}
+
+// PruneUserEvents implements feed.Store.
+func (s *Store) PruneUserEvents(ctx context.Context, before time.Time, limit int32) (int64, error) {
+	n, err := s.q.PruneUserEvents(ctx, s.db, sqlcdb.PruneUserEventsParams{Before: before, RowLimit: limit})
+	if err != nil {
+		return 0, translate(fmt.Errorf("prune user events: %w", err))
+	}
+	return n, nil
+}
+
+// Event payloads as the triggers write them (db/migrations/00007_change_feed.sql).
+type (
+	userPayload struct {
+		Email     *string    `json:"email"`
+		FirstName *string    `json:"first_name"`
+		LastName  *string    `json:"last_name"`
+		ImageURL  *string    `json:"image_url"`
+		Plan      string     `json:"plan"`
+		Credits   int64      `json:"credits"`
+		CreatedAt time.Time  `json:"created_at"`
+		UpdatedAt time.Time  `json:"updated_at"`
+		DeletedAt *time.Time `json:"deleted_at"`
+	}
+	planChangePayload struct {
+		ID             int64     `json:"id"`
+		PreviousPlan   string    `json:"previous_plan"`
+		Plan           string    `json:"plan"`
+		BonusCredits   int64     `json:"bonus_credits"`
+		TransactionID  *int64    `json:"transaction_id"`
+		Reason         string    `json:"reason"`
+		IdempotencyKey string    `json:"idempotency_key"`
+		CreatedAt      time.Time `json:"created_at"`
+	}
+	transactionPayload struct {
+		ID             int64     `json:"id"`
+		Delta          int64     `json:"delta"`
+		BalanceAfter   int64     `json:"balance_after"`
+		Kind           string    `json:"kind"`
+		Reason         string    `json:"reason"`
+		IdempotencyKey *string   `json:"idempotency_key"`
+		CreatedAt      time.Time `json:"created_at"`
+	}
+)
+
+func eventFrom(r sqlcdb.ReadUserEventsRow) (feed.Event, error) {
+	ev := feed.Event{
+		ID:          deref(r.ID),
+		Position:    feed.Position{Xid: deref(r.OrderXid), ID: deref(r.ID)},
+		Kind:        feed.Kind(deref(r.Kind)),
+		UserID:      deref(r.UserID),
+		ClerkUserID: deref(r.ClerkUserID),
+		Time:        deref(r.CreatedAt),
+	}
+	switch ev.Kind {
+	case feed.KindUserCreated, feed.KindUserUpdated, feed.KindUserDeleted:
+		var p userPayload
+		if err := json.Unmarshal(r.Payload, &p); err != nil {
+			return feed.Event{}, err
+		}
+		ev.User = &users.User{
+			ID:          ev.UserID,
+			ClerkUserID: ev.ClerkUserID,
+			Email:       deref(p.Email),
+			FirstName:   deref(p.FirstName),
+			LastName:    deref(p.LastName),
+			ImageURL:    deref(p.ImageURL),
+			Plan:        users.Plan(p.Plan),
+			Credits:     p.Credits,
+			CreatedAt:   p.CreatedAt,
+			UpdatedAt:   p.UpdatedAt,
+			DeletedAt:   p.DeletedAt,
+		}
+	case feed.KindPlanChanged:
+		var p planChangePayload
+		if err := json.Unmarshal(r.Payload, &p); err != nil {
+			return feed.Event{}, err
+		}
+		ev.PlanChange = &users.PlanChange{
+			ID:             p.ID,
+			UserID:         ev.UserID,
+			PreviousPlan:   users.Plan(p.PreviousPlan),
+			Plan:           users.Plan(p.Plan),
+			BonusCredits:   p.BonusCredits,
+			TransactionID:  deref(p.TransactionID),
+			Reason:         p.Reason,
+			IdempotencyKey: p.IdempotencyKey,
+			CreatedAt:      p.CreatedAt,
+		}
+	case feed.KindCreditsChanged:
+		var p transactionPayload
+		if err := json.Unmarshal(r.Payload, &p); err != nil {
+			return feed.Event{}, err
+		}
+		ev.Transaction = &users.Transaction{
+			ID:             p.ID,
+			UserID:         ev.UserID,
+			Delta:          p.Delta,
+			BalanceAfter:   p.BalanceAfter,
+			Kind:           users.TxKind(p.Kind),
+			Reason:         p.Reason,
+			IdempotencyKey: deref(p.IdempotencyKey),
+			CreatedAt:      p.CreatedAt,
+		}
+	default:
+		return feed.Event{}, fmt.Errorf("unknown kind %q", ev.Kind)
+	}
+	return ev, nil
+}
