@@ -36,6 +36,9 @@ const (
 	KindUnavailable
 	// KindCanceled: the caller went away.
 	KindCanceled
+	// KindExpired: the request names something userd no longer keeps (a
+	// change feed cursor older than the retention); retrying cannot help.
+	KindExpired
 )
 
 // Stable ErrorInfo reasons.
@@ -45,6 +48,7 @@ const (
 	ReasonEmailInUse           = "EMAIL_IN_USE"
 	ReasonUserDeleted          = "USER_DELETED"
 	ReasonUnknownAction        = "UNKNOWN_ACTION"
+	ReasonCursorExpired        = "CURSOR_EXPIRED"
 )
 
 // Domain is the ErrorInfo domain of every reason above.
@@ -60,6 +64,7 @@ var kindNames = map[Kind]string{
 	KindConflict:            "conflict",
 	KindUnavailable:         "unavailable",
 	KindCanceled:            "canceled",
+	KindExpired:             "expired",
 }
 
 func (k Kind) String() string { return kindNames[k] }
@@ -67,7 +72,7 @@ func (k Kind) String() string { return kindNames[k] }
 // Kinds lists every kind, for tables that must cover them all.
 func Kinds() []Kind {
 	return []Kind{KindInternal, KindInvalidArgument, KindUnauthenticated, KindPermissionDenied,
-		KindNotFound, KindInsufficientCredits, KindConflict, KindUnavailable, KindCanceled}
+		KindNotFound, KindInsufficientCredits, KindConflict, KindUnavailable, KindCanceled, KindExpired}
 }
 
 // FieldViolation names one invalid request field.

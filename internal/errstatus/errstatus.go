@@ -25,6 +25,7 @@ var table = map[apperr.Kind]struct {
 	apperr.KindUnavailable:         {codes.Unavailable, http.StatusServiceUnavailable},
 	// 499 is the de-facto "client closed request" status.
 	apperr.KindCanceled: {codes.Canceled, 499},
+	apperr.KindExpired:  {codes.OutOfRange, http.StatusGone},
 }
 
 // GRPCCode is the gRPC status code of the kind.

@@ -41,6 +41,14 @@ func (v violations) err() error {
 	return apperr.InvalidArgument(v...)
 }
 
+// CheckClerkUserID returns an invalid-argument error naming field unless
+// id looks like a Clerk user id.
+func CheckClerkUserID(field, id string) error {
+	var v violations
+	v.clerkUserID(field, id)
+	return v.err()
+}
+
 func (v *violations) clerkUserID(field, id string) {
 	switch {
 	case id == "":

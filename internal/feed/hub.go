@@ -1,0 +1,536 @@
+package feed
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/userd/userd/internal/apperr"
+	"github.com/userd/userd/internal/users"
+)
+
+// Observer learns what a Hub does, for metrics.
+type Observer interface {
+	// FeedPolled reports a poll that found events.
+	FeedPolled(events int)
+	// FeedWatchers reports a watch starting (+1) or ending (-1).
+	FeedWatchers(delta int)
+	// FeedWatcherFellBehind reports a watcher switched from the live
+	// fan-out to reading the database, because it did not keep up.
+	FeedWatcherFellBehind()
+}
+
+type noObserver struct{}
+
+func (noObserver) FeedPolled(int)         {}
+func (noObserver) FeedWatchers(int)       {}
+func (noObserver) FeedWatcherFellBehind() {}
+
+// Options tune a Hub. Zero values take the defaults.
+type Options struct {
+	// PollInterval is how often the hub asks the database for new events
+	// when it found none (default 100ms); it asks again at once after a
+	// full poll.
+	PollInterval time.Duration
+	// Heartbeat is how often a watch reports its cursor when it has
+	// nothing else to send (default 15s).
+	Heartbeat time.Duration
+	// PollLimit bounds the events of one poll (default 1000).
+	PollLimit int32
+	// PageLimit bounds the events of one read of a watcher catching up
+	// (default 500).
+	PageLimit int32
+	// QueueLength is how many polls' worth of events a watcher may have
+	// pending before it is switched to reading the database at its own
+	// pace (default 32).
+	QueueLength int
+	Observer    Observer
+	Log         *slog.Logger
+}
+
+func (o *Options) defaults() {
+	if o.PollInterval <= 0 {
+		o.PollInterval = 100 * time.Millisecond
+	}
+	if o.Heartbeat <= 0 {
+		o.Heartbeat = 15 * time.Second
+	}
+	if o.PollLimit <= 0 {
+		o.PollLimit = 1000
+	}
+	if o.PageLimit <= 0 {
+		o.PageLimit = 500
+	}
+	if o.QueueLength <= 0 {
+		o.QueueLength = 32
+	}
+	if o.Observer == nil {
+		o.Observer = noObserver{}
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+}
+
+// maxPollBackoff bounds the wait between polls while the database fails.
+const maxPollBackoff = 5 * time.Second
+
+// Hub is one replica's reader of the feed. One goroutine (Run) polls the
+// database and hands each batch of new events to the watchers it concerns,
+// through a bounded queue each; a watcher whose queue is full is dropped
+// from the fan-out and reads the database from its cursor instead, at the
+// pace it can send. Every replica runs its own Hub over the same table, so
+// a cursor from one replica resumes on any other.
+type Hub struct {
+	store Store
+	opts  Options
+
+	ready   chan struct{} // closed once head is known
+	closing chan struct{} // closed by Close
+	close   sync.Once
+
+	mu   sync.Mutex
+	head Position
+	// all holds the watchers of every user, byUser those of one.
+	all    map[*watcher]struct{}
+	byUser map[string]map[*watcher]struct{}
+}
+
+// NewHub returns a hub over store; call Run to start polling.
+func NewHub(store Store, opts Options) *Hub {
+	opts.defaults()
+	return &Hub{
+		store:   store,
+		opts:    opts,
+		ready:   make(chan struct{}),
+		closing: make(chan struct{}),
+		all:     map[*watcher]struct{}{},
+		byUser:  map[string]map[*watcher]struct{}{},
+	}
+}
+
+// batch is one poll's events: every final event in (the previous head, to].
+// Batches are shared by every watcher they concern and never modified.
+type batch struct {
+	to     Position
+	events []Event
+}
+
+// watcher is one Watch call's registration with the hub.
+type watcher struct {
+	user  string        // "" for every user
+	kinds map[Kind]bool // nil for every kind
+	// queue holds batches for the watcher while it is joined; the hub
+	// closes it when it drops the watcher.
+	queue  chan *batch
+	joined bool // guarded by Hub.mu
+}
+
+func (w *watcher) wants(ev *Event) bool {
+	return (w.user == "" || ev.ClerkUserID == w.user) && (w.kinds == nil || w.kinds[ev.Kind])
+}
+
+// Run polls the database until ctx ends, then closes the hub.
+func (h *Hub) Run(ctx context.Context) {
+	defer h.Close()
+	backoff := h.opts.PollInterval
+	failing := false
+	wait := func(d time.Duration) bool {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return false
+		case <-h.closing:
+			return false
+		case <-t.C:
+			return true
+		}
+	}
+	fail := func(err error) bool {
+		if ctx.Err() != nil {
+			return false
+		}
+		if !failing {
+			h.opts.Log.Warn("change feed: polling the database failed; retrying", "err", err)
+			failing = true
+		}
+		backoff = min(2*backoff, maxPollBackoff)
+		return wait(backoff)
+	}
+	// Start at the present: watchers that want older events read them
+	// from the database.
+	for {
+		page, err := h.store.ReadUserEvents(ctx, Position{Xid: math.MaxInt64}, "", 1)
+		if err == nil {
+			h.mu.Lock()
+			h.head = Position{Xid: page.Horizon}
+			h.mu.Unlock()
+			close(h.ready)
+			break
+		}
+		if !fail(err) {
+			return
+		}
+	}
+	for {
+		page, err := h.store.ReadUserEvents(ctx, h.head, "", h.opts.PollLimit)
+		if err != nil {
+			if !fail(err) {
+				return
+			}
+			continue
+		}
+		if failing {
+			h.opts.Log.Info("change feed: polling the database works again")
+			failing = false
+		}
+		backoff = h.opts.PollInterval
+		to := h.head
+		if n := len(page.Events); n > 0 {
+			to = page.Events[n-1].Position
+		}
+		full := len(page.Events) == int(h.opts.PollLimit)
+		if !full {
+			to = maxPosition(to, Position{Xid: page.Horizon})
+		}
+		if h.head.Less(to) {
+			h.publish(&batch{to: to, events: page.Events})
+		}
+		if !full && !wait(h.opts.PollInterval) {
+			return
+		}
+	}
+}
+
+// publish moves the head to b.to and queues b for every joined watcher
+// that wants one of its events; a watcher whose queue is full is dropped.
+func (h *Hub) publish(b *batch) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.head = b.to
+	if len(b.events) == 0 {
+		return
+	}
+	h.opts.Observer.FeedPolled(len(b.events))
+	targets := make(map[*watcher]struct{})
+	for w := range h.all {
+		if w.kinds == nil {
+			targets[w] = struct{}{}
+		}
+	}
+	for i := range b.events {
+		ev := &b.events[i]
+		for w := range h.all {
+			if w.kinds != nil && w.kinds[ev.Kind] {
+				targets[w] = struct{}{}
+			}
+		}
+		for w := range h.byUser[ev.ClerkUserID] {
+			if w.wants(ev) {
+				targets[w] = struct{}{}
+			}
+		}
+	}
+	for w := range targets {
+		select {
+		case w.queue <- b:
+		default:
+			h.dropLocked(w)
+			h.opts.Observer.FeedWatcherFellBehind()
+		}
+	}
+}
+
+// join adds w to the fan-out if cursor is at or past the head, so that
+// every event after cursor reaches it through its queue; false means w
+// must read more from the database first.
+func (h *Hub) join(w *watcher, cursor Position) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if cursor.Less(h.head) {
+		return false
+	}
+	h.joinLocked(w)
+	return true
+}
+
+// joinNow adds w to the fan-out at the head and returns the head.
+func (h *Hub) joinNow(w *watcher) Position {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.joinLocked(w)
+	return h.head
+}
+
+func (h *Hub) joinLocked(w *watcher) {
+	w.joined = true
+	if w.user == "" {
+		h.all[w] = struct{}{}
+		return
+	}
+	m := h.byUser[w.user]
+	if m == nil {
+		m = map[*watcher]struct{}{}
+		h.byUser[w.user] = m
+	}
+	m[w] = struct{}{}
+}
+
+// dropLocked removes w from the fan-out and closes its queue after
+// emptying it, so that a watcher that fell behind holds at most the batch
+// it is sending and re-reads the rest from the database.
+func (h *Hub) dropLocked(w *watcher) {
+	if !w.joined {
+		return
+	}
+	w.joined = false
+	if w.user == "" {
+		delete(h.all, w)
+	} else if m := h.byUser[w.user]; m != nil {
+		delete(m, w)
+		if len(m) == 0 {
+			delete(h.byUser, w.user)
+		}
+	}
+	for {
+		select {
+		case <-w.queue:
+			continue
+		default:
+		}
+		break
+	}
+	close(w.queue)
+}
+
+// leave removes w when its watch ends.
+func (h *Hub) leave(w *watcher) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.dropLocked(w)
+}
+
+// settled returns the cursor a joined watcher with nothing pending is at:
+// every event up to the head that it wants has passed through its queue.
+func (h *Hub) settled(w *watcher, cursor Position) Position {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if w.joined && len(w.queue) == 0 {
+		return maxPosition(cursor, h.head)
+	}
+	return cursor
+}
+
+// Close ends every watch (with ErrClosing) and refuses new ones. Call it
+// before stopping the servers, so that their graceful stop does not wait
+// for streams that never end on their own.
+func (h *Hub) Close() {
+	h.close.Do(func() { close(h.closing) })
+}
+
+// Start says where a watch begins.
+type Start int
+
+const (
+	// StartNow delivers events committed from about now on.
+	StartNow Start = iota
+	// StartOldest delivers every retained event first.
+	StartOldest
+	// StartAfter resumes after Request.After.
+	StartAfter
+)
+
+// Request is what a watcher asks for.
+type Request struct {
+	Start Start
+	// After is the position to resume after, with StartAfter.
+	After Position
+	// ClerkUserID limits the watch to one user's events, when set.
+	ClerkUserID string
+	// Kinds limits the watch to these kinds, when not empty.
+	Kinds []Kind
+}
+
+func (r Request) validate() error {
+	var violations []apperr.FieldViolation
+	if r.ClerkUserID != "" {
+		if err := users.CheckClerkUserID("clerk_user_id", r.ClerkUserID); err != nil {
+			return err
+		}
+	}
+	for _, k := range r.Kinds {
+		if !k.Valid() {
+			violations = append(violations, apperr.FieldViolation{Field: "kinds", Description: "unknown event kind"})
+			break
+		}
+	}
+	if len(violations) > 0 {
+		return apperr.InvalidArgument(violations...)
+	}
+	return nil
+}
+
+// Sink receives what a watch sends. Its methods may block: the watch
+// waits, and nothing is queued for it meanwhile.
+type Sink interface {
+	// Event sends one event; its Position is the cursor to resume after.
+	Event(Event) error
+	// Heartbeat sends the cursor the watch is at when it has nothing else
+	// to send (at the start, then every Options.Heartbeat).
+	Heartbeat(cursor Position) error
+}
+
+// ErrClosing ends watches when the hub closes (userd shutting down).
+var ErrClosing = &apperr.Error{
+	Kind:    apperr.KindUnavailable,
+	Message: "userd is shutting down: watch again, from the last cursor received",
+	Err:     errors.New("change feed closed"),
+}
+
+// cursorExpired is the error of a cursor older than the retained events.
+func cursorExpired(oldest Position) error {
+	return &apperr.Error{
+		Kind: apperr.KindExpired,
+		Message: "cursor is older than the events userd keeps (USERD_FEED_RETENTION): " +
+			"resynchronise your copy with GetUser and ListCreditTransactions, then watch from now",
+		Reason:   apperr.ReasonCursorExpired,
+		Metadata: map[string]string{"oldest_cursor": oldest.Cursor()},
+	}
+}
+
+// Watch sends, in feed order, every event the request selects, until ctx
+// ends, the sink fails or the hub closes. Every event reaches the sink
+// once per watch; a consumer that resumes from an older cursor sees the
+// events after it again (at least once overall: de-duplicate by Event.ID).
+func (h *Hub) Watch(ctx context.Context, req Request, sink Sink) error {
+	if err := req.validate(); err != nil {
+		return err
+	}
+	select {
+	case <-h.ready:
+	case <-h.closing:
+		return ErrClosing
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	w := &watcher{user: req.ClerkUserID, queue: make(chan *batch, h.opts.QueueLength)}
+	if len(req.Kinds) > 0 {
+		w.kinds = map[Kind]bool{}
+		for _, k := range req.Kinds {
+			w.kinds[k] = true
+		}
+	}
+	h.opts.Observer.FeedWatchers(1)
+	defer h.opts.Observer.FeedWatchers(-1)
+	defer h.leave(w)
+
+	var cursor Position
+	live := false
+	switch req.Start {
+	case StartNow:
+		cursor = h.joinNow(w)
+		live = true
+	case StartAfter:
+		cursor = req.After
+	}
+	// Events older than the retention are gone: a cursor before them has
+	// missed some, but a watch from the oldest starts after them.
+	fromOldest := req.Start == StartOldest
+	if err := sink.Heartbeat(cursor); err != nil {
+		return err
+	}
+	beat := time.NewTicker(h.opts.Heartbeat)
+	defer beat.Stop()
+	for {
+		if !live {
+			page, err := h.store.ReadUserEvents(ctx, cursor, w.user, h.opts.PageLimit)
+			if err != nil {
+				return err
+			}
+			if cursor.Less(page.Pruned) {
+				if !fromOldest {
+					return cursorExpired(page.Pruned)
+				}
+				cursor = page.Pruned
+			}
+			fromOldest = false
+			for i := range page.Events {
+				ev := &page.Events[i]
+				if w.wants(ev) {
+					if err := sink.Event(*ev); err != nil {
+						return err
+					}
+				}
+				cursor = ev.Position
+			}
+			if len(page.Events) < int(h.opts.PageLimit) {
+				cursor = maxPosition(cursor, Position{Xid: page.Horizon})
+				live = h.join(w, cursor)
+			}
+			select {
+			case <-beat.C:
+				if err := sink.Heartbeat(cursor); err != nil {
+					return err
+				}
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-h.closing:
+				return ErrClosing
+			default:
+			}
+			continue
+		}
+		select {
+		case b, ok := <-w.queue:
+			if !ok {
+				// Dropped for falling behind: read the database from
+				// the cursor, then join again.
+				w.queue = make(chan *batch, h.opts.QueueLength)
+				live = false
+				continue
+			}
+			for i := range b.events {
+				ev := &b.events[i]
+				if cursor.Less(ev.Position) && w.wants(ev) {
+					if err := sink.Event(*ev); err != nil {
+						return err
+					}
+				}
+			}
+			cursor = maxPosition(cursor, b.to)
+		case <-beat.C:
+			cursor = h.settled(w, cursor)
+			if err := sink.Heartbeat(cursor); err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-h.closing:
+			return ErrClosing
+		}
+	}
+}
+
+// pruneBatch bounds one deletion of old events.
+const pruneBatch = 10000
+
+// Prune deletes the events created before a time, in batches, and returns
+// how many it deleted. Watchers whose cursor is older fail with
+// CURSOR_EXPIRED.
+func Prune(ctx context.Context, store Store, before time.Time) (int64, error) {
+	var total int64
+	for {
+		n, err := store.PruneUserEvents(ctx, before, pruneBatch)
+		total += n
+		if err != nil {
+			return total, err
+		}
+		if n < pruneBatch {
+			return total, nil
+		}
+	}
+}
