@@ -237,11 +237,12 @@ func (a *App) init(ctx context.Context) error {
 	}
 	a.clerkAPI = profiles.API
 	userService := grpcapi.NewServer(a.users, profiles)
-	interceptors := grpcapi.Chain{
+	chain := grpcapi.Chain{
 		Log: a.log, Authn: authn, RequestTimeout: a.cfg.RequestTimeout,
-		Metrics: a.metrics.GRPC.UnaryServerInterceptor(),
-	}.Interceptors()
-	a.newGRPCServer(userService, interceptors)
+		Metrics: a.metrics.GRPC.UnaryServerInterceptor(), StreamMetrics: a.metrics.GRPC.StreamServerInterceptor(),
+	}
+	interceptors, streamInterceptors := chain.Interceptors(), chain.StreamInterceptors()
+	a.newGRPCServer(userService, interceptors, streamInterceptors)
 	if a.apiLn != nil {
 		if err := a.newAPIServer(ctx, userService, interceptors); err != nil {
 			return err
@@ -273,9 +274,10 @@ func (a *App) prepareSchema(ctx context.Context) error {
 }
 
 // newGRPCServer builds the gRPC server: UserService, health, reflection.
-func (a *App) newGRPCServer(userService *grpcapi.Server, interceptors []grpc.UnaryServerInterceptor) {
+func (a *App) newGRPCServer(userService *grpcapi.Server, interceptors []grpc.UnaryServerInterceptor, streamInterceptors []grpc.StreamServerInterceptor) {
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(interceptors...),
+		grpc.ChainStreamInterceptor(streamInterceptors...),
 		grpc.MaxRecvMsgSize(1 << 20),
 		grpc.MaxHeaderListSize(grpcMaxHeaderListSize),
 		grpc.MaxConcurrentStreams(grpcMaxConcurrentStreams),

@@ -28,6 +28,18 @@ func ErrorInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 	}
 }
 
+// ErrorStreamInterceptor is ErrorInterceptor for streams: the error that
+// ends a stream is mapped the same way.
+func ErrorStreamInterceptor(log *slog.Logger) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		err := handler(srv, ss)
+		if err == nil {
+			return nil
+		}
+		return toStatus(ss.Context(), log, info.FullMethod, err)
+	}
+}
+
 func toStatus(ctx context.Context, log *slog.Logger, method string, err error) error {
 	if _, ok := status.FromError(err); ok {
 		// Already a status (from an interceptor or grpc itself).

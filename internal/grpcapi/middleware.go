@@ -44,77 +44,143 @@ func RequestID(ctx context.Context) string {
 // header.
 func RequestIDInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		id := ""
-		if v := metadata.ValueFromIncomingContext(ctx, requestid.Key); len(v) > 0 && requestid.Valid(v[0]) {
-			id = v[0]
-		}
-		if id == "" {
-			id = requestid.New()
-		}
+		ctx, id := withRequestID(ctx)
 		_ = grpc.SetHeader(ctx, metadata.MD{requestid.Key: {id}})
-		return handler(context.WithValue(ctx, callInfoKey{}, &callInfo{requestID: id}), req)
+		return handler(ctx, req)
 	}
+}
+
+// RequestIDStreamInterceptor is RequestIDInterceptor for streams.
+func RequestIDStreamInterceptor() grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		ctx, id := withRequestID(ss.Context())
+		_ = ss.SetHeader(metadata.MD{requestid.Key: {id}})
+		return handler(srv, withContext(ss, ctx))
+	}
+}
+
+// withRequestID returns ctx with the call's info, under the caller's
+// request id if it sent a sane one, else under a new one.
+func withRequestID(ctx context.Context) (context.Context, string) {
+	id := ""
+	if v := metadata.ValueFromIncomingContext(ctx, requestid.Key); len(v) > 0 && requestid.Valid(v[0]) {
+		id = v[0]
+	}
+	if id == "" {
+		id = requestid.New()
+	}
+	return context.WithValue(ctx, callInfoKey{}, &callInfo{requestID: id}), id
+}
+
+// contextStream is a ServerStream with another context.
+type contextStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s contextStream) Context() context.Context { return s.ctx }
+
+func withContext(ss grpc.ServerStream, ctx context.Context) grpc.ServerStream {
+	return contextStream{ServerStream: ss, ctx: ctx}
 }
 
 // LoggingInterceptor logs one line per call: transport, method, code,
 // duration, principal and request id. It never logs requests or responses
 // (they may carry personal data).
 func LoggingInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
+	cl := newCallLog(log)
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		start := time.Now()
+		resp, err := handler(ctx, req)
+		cl.log(ctx, info.FullMethod, start, err)
+		return resp, err
+	}
+}
+
+// LoggingStreamInterceptor is LoggingInterceptor for streams: one line when
+// the stream ends.
+func LoggingStreamInterceptor(log *slog.Logger) grpc.StreamServerInterceptor {
+	cl := newCallLog(log)
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		start := time.Now()
+		err := handler(srv, ss)
+		cl.log(ss.Context(), info.FullMethod, start, err)
+		return err
+	}
+}
+
+// callLog writes the one line of a call.
+type callLog struct {
+	grpc, rest slog.Handler
+}
+
+func newCallLog(log *slog.Logger) callLog {
 	// The transport attribute is formatted once, here, which also keeps a
 	// line's other attributes within what a slog.Record holds without
 	// allocating; and the record is handed to the handler directly, as
 	// slog.Logger would record the caller's program counter for every line
 	// (runtime.Callers, ~1% of a GetUser) for a source nobody logs.
-	grpcLog := log.With(slog.String("transport", "grpc")).Handler()
-	restLog := log.With(slog.String("transport", "rest")).Handler()
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		start := time.Now()
-		resp, err := handler(ctx, req)
-		code := status.Code(err)
-		level := slog.LevelInfo
-		switch code {
-		case codes.Internal, codes.Unknown, codes.DataLoss:
-			level = slog.LevelError
-		case codes.Unavailable:
-			level = slog.LevelWarn
-		}
-		h := grpcLog
-		if fromREST(ctx) {
-			h = restLog
-		}
-		if !h.Enabled(ctx, level) {
-			return resp, err
-		}
-		principal, requestID := "", ""
-		if ci := infoOf(ctx); ci != nil {
-			principal, requestID = ci.principal, ci.requestID
-		}
-		now := time.Now()
-		r := slog.NewRecord(now, level, "call", 0)
-		r.AddAttrs(
-			slog.String("method", info.FullMethod),
-			slog.String("code", code.String()),
-			slog.Float64("duration_ms", float64(now.Sub(start).Microseconds())/1000),
-			slog.String("principal", principal),
-			slog.String("request_id", requestID))
-		_ = h.Handle(ctx, r) // as slog.Logger does, a failed write is not the call's error
-		return resp, err
+	return callLog{
+		grpc: log.With(slog.String("transport", "grpc")).Handler(),
+		rest: log.With(slog.String("transport", "rest")).Handler(),
 	}
+}
+
+func (cl callLog) log(ctx context.Context, method string, start time.Time, err error) {
+	code := status.Code(err)
+	level := slog.LevelInfo
+	switch code {
+	case codes.Internal, codes.Unknown, codes.DataLoss:
+		level = slog.LevelError
+	case codes.Unavailable:
+		level = slog.LevelWarn
+	}
+	h := cl.grpc
+	if fromREST(ctx) {
+		h = cl.rest
+	}
+	if !h.Enabled(ctx, level) {
+		return
+	}
+	principal, requestID := "", ""
+	if ci := infoOf(ctx); ci != nil {
+		principal, requestID = ci.principal, ci.requestID
+	}
+	now := time.Now()
+	r := slog.NewRecord(now, level, "call", 0)
+	r.AddAttrs(
+		slog.String("method", method),
+		slog.String("code", code.String()),
+		slog.Float64("duration_ms", float64(now.Sub(start).Microseconds())/1000),
+		slog.String("principal", principal),
+		slog.String("request_id", requestID))
+	_ = h.Handle(ctx, r) // as slog.Logger does, a failed write is not the call's error
 }
 
 // RecoveryInterceptor turns a panic in a handler into INTERNAL and logs it
 // with its stack.
 func RecoveryInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
-		defer func() {
-			if p := recover(); p != nil {
-				log.ErrorContext(ctx, "panic in handler",
-					"method", info.FullMethod, "request_id", RequestID(ctx),
-					"panic", p, "stack", string(debug.Stack()))
-				err = status.Error(codes.Internal, "internal error (request id "+RequestID(ctx)+")")
-			}
-		}()
+		defer recoverPanic(ctx, log, info.FullMethod, &err)
 		return handler(ctx, req)
+	}
+}
+
+// RecoveryStreamInterceptor is RecoveryInterceptor for streams.
+func RecoveryStreamInterceptor(log *slog.Logger) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+		defer recoverPanic(ss.Context(), log, info.FullMethod, &err)
+		return handler(srv, ss)
+	}
+}
+
+// recoverPanic, deferred, turns a panic into INTERNAL in *err.
+func recoverPanic(ctx context.Context, log *slog.Logger, method string, err *error) {
+	if p := recover(); p != nil {
+		log.ErrorContext(ctx, "panic in handler",
+			"method", method, "request_id", RequestID(ctx),
+			"panic", p, "stack", string(debug.Stack()))
+		*err = status.Error(codes.Internal, "internal error (request id "+RequestID(ctx)+")")
 	}
 }
 
@@ -123,24 +189,47 @@ func RecoveryInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 // the principal in the context. Health and reflection are other services
 // and need no credentials.
 func AuthInterceptor(authn *auth.Authenticator) grpc.UnaryServerInterceptor {
-	prefix := "/" + userdv1.UserService_ServiceDesc.ServiceName + "/"
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		if !strings.HasPrefix(info.FullMethod, prefix) {
-			return handler(ctx, req)
-		}
-		header := ""
-		if v := metadata.ValueFromIncomingContext(ctx, "authorization"); len(v) > 0 {
-			header = v[0]
-		}
-		p, err := authn.Authenticate(header)
+		ctx, err := authenticate(ctx, authn, info.FullMethod)
 		if err != nil {
 			return nil, err
 		}
-		if ci := infoOf(ctx); ci != nil {
-			ci.principal = p.Name()
-		}
-		return handler(auth.WithPrincipal(ctx, p), req)
+		return handler(ctx, req)
 	}
+}
+
+// AuthStreamInterceptor is AuthInterceptor for streams (WatchUserEvents;
+// health's Watch and reflection need no credentials).
+func AuthStreamInterceptor(authn *auth.Authenticator) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		ctx, err := authenticate(ss.Context(), authn, info.FullMethod)
+		if err != nil {
+			return err
+		}
+		return handler(srv, withContext(ss, ctx))
+	}
+}
+
+var userServicePrefix = "/" + userdv1.UserService_ServiceDesc.ServiceName + "/"
+
+// authenticate returns ctx with the caller's principal for a UserService
+// method, and ctx itself for other services'.
+func authenticate(ctx context.Context, authn *auth.Authenticator, method string) (context.Context, error) {
+	if !strings.HasPrefix(method, userServicePrefix) {
+		return ctx, nil
+	}
+	header := ""
+	if v := metadata.ValueFromIncomingContext(ctx, "authorization"); len(v) > 0 {
+		header = v[0]
+	}
+	p, err := authn.Authenticate(header)
+	if err != nil {
+		return nil, err
+	}
+	if ci := infoOf(ctx); ci != nil {
+		ci.principal = p.Name()
+	}
+	return auth.WithPrincipal(ctx, p), nil
 }
 
 // BoundInterceptor gives every call at most bound to run: a caller's
@@ -157,20 +246,21 @@ func BoundInterceptor(bound time.Duration) grpc.UnaryServerInterceptor {
 	}
 }
 
-// Chain configures the server's unary interceptor chain.
+// Chain configures the server's interceptor chains.
 type Chain struct {
 	Log   *slog.Logger
 	Authn *auth.Authenticator
-	// RequestTimeout bounds every call's work (a caller's shorter deadline
-	// wins).
+	// RequestTimeout bounds every unary call's work (a caller's shorter
+	// deadline wins).
 	RequestTimeout time.Duration
-	// Metrics, if set, counts calls by method and code. It sits inside the
-	// logging and outside the recovery and error mapping, so it counts the
-	// codes callers see, panics included.
-	Metrics grpc.UnaryServerInterceptor
+	// Metrics and StreamMetrics, if set, count calls by method and code.
+	// They sit inside the logging and outside the recovery and error
+	// mapping, so they count the codes callers see, panics included.
+	Metrics       grpc.UnaryServerInterceptor
+	StreamMetrics grpc.StreamServerInterceptor
 }
 
-// Interceptors returns the chain, outermost first: errors from
+// Interceptors returns the unary chain, outermost first: errors from
 // authentication are mapped like any other, and every call's work is
 // bounded.
 func (c Chain) Interceptors() []grpc.UnaryServerInterceptor {
@@ -183,5 +273,21 @@ func (c Chain) Interceptors() []grpc.UnaryServerInterceptor {
 		ErrorInterceptor(c.Log),
 		AuthInterceptor(c.Authn),
 		BoundInterceptor(c.RequestTimeout),
+	)
+}
+
+// StreamInterceptors returns the stream chain: the unary chain's
+// interceptors, in the same order, except the bound: a stream
+// (WatchUserEvents) lives until the caller or userd ends it, and each of
+// its database reads is bounded by the session's statement timeout.
+func (c Chain) StreamInterceptors() []grpc.StreamServerInterceptor {
+	chain := []grpc.StreamServerInterceptor{RequestIDStreamInterceptor(), LoggingStreamInterceptor(c.Log)}
+	if c.StreamMetrics != nil {
+		chain = append(chain, c.StreamMetrics)
+	}
+	return append(chain,
+		RecoveryStreamInterceptor(c.Log),
+		ErrorStreamInterceptor(c.Log),
+		AuthStreamInterceptor(c.Authn),
 	)
 }

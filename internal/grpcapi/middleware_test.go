@@ -178,3 +178,65 @@ func TestAccessLogLine(t *testing.T) {
 		})
 	}
 }
+
+// fakeStream is the least a grpc.ServerStream needs for the interceptors.
+type fakeStream struct{ grpc.ServerStream }
+
+func (fakeStream) Context() context.Context     { return context.Background() }
+func (fakeStream) SetHeader(metadata.MD) error  { return nil }
+func (fakeStream) SendHeader(metadata.MD) error { return nil }
+func (fakeStream) SetTrailer(metadata.MD)       {}
+
+// TestStreamInterceptorsMapErrorsLikeUnary: a stream's ending error gets
+// the same treatment as a unary call's: codes from the table, internals
+// hidden and logged with the request id, panics recovered, one log line;
+// and a UserService stream without credentials never reaches its handler.
+func TestStreamInterceptorsMapErrorsLikeUnary(t *testing.T) {
+	t.Parallel()
+	const secret = "password=hunter2 relation users does not exist"
+	run := func(log *slog.Logger, method string, handler grpc.StreamHandler) error {
+		ics := grpcapi.Chain{Log: log, Authn: auth.NewAuthenticator(auth.ServiceTokens{}, nil, log)}.StreamInterceptors()
+		info := &grpc.StreamServerInfo{FullMethod: method, IsServerStream: true}
+		h := handler
+		for i := len(ics) - 1; i >= 0; i-- {
+			ic, next := ics[i], h
+			h = func(srv any, ss grpc.ServerStream) error { return ic(srv, ss, info, next) }
+		}
+		return h(nil, fakeStream{})
+	}
+	for _, tc := range []struct {
+		name    string
+		handler grpc.StreamHandler
+		want    codes.Code
+	}{
+		{"PlainError", func(any, grpc.ServerStream) error { return errors.New(secret) }, codes.Internal},
+		{"Panic", func(any, grpc.ServerStream) error { panic(secret) }, codes.Internal},
+		{"Expired", func(any, grpc.ServerStream) error {
+			return &apperr.Error{Kind: apperr.KindExpired, Message: "cursor expired", Reason: apperr.ReasonCursorExpired}
+		}, codes.OutOfRange},
+		{"Unavailable", func(any, grpc.ServerStream) error { return apperr.Unavailable(errors.New(secret)) }, codes.Unavailable},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs bytes.Buffer
+			err := run(slog.New(slog.NewJSONHandler(&logs, nil)), "/test.v1.Probe/Watch", tc.handler)
+			st, _ := status.FromError(err)
+			if st.Code() != tc.want || strings.Contains(st.Message(), "hunter2") {
+				t.Errorf("status = %v %q, want %v without the cause", st.Code(), st.Message(), tc.want)
+			}
+			if !strings.Contains(logs.String(), `"msg":"call"`) || !strings.Contains(logs.String(), "/test.v1.Probe/Watch") {
+				t.Errorf("no call log line:\n%s", logs.String())
+			}
+			if tc.want == codes.Internal && !strings.Contains(logs.String(), "hunter2") {
+				t.Errorf("the cause is not logged:\n%s", logs.String())
+			}
+		})
+	}
+	reached := false
+	err := run(slog.New(slog.DiscardHandler), "/userd.v1.UserService/WatchUserEvents", func(any, grpc.ServerStream) error {
+		reached = true
+		return nil
+	})
+	if st, _ := status.FromError(err); st.Code() != codes.Unauthenticated || reached {
+		t.Errorf("WatchUserEvents without credentials: %v (handler reached: %v)", err, reached)
+	}
+}
