@@ -33,6 +33,7 @@ import (
 	"github.com/userd/userd/internal/clerkhook"
 	"github.com/userd/userd/internal/clerksync"
 	"github.com/userd/userd/internal/config"
+	"github.com/userd/userd/internal/feed"
 	"github.com/userd/userd/internal/gateway"
 	"github.com/userd/userd/internal/grpcapi"
 	"github.com/userd/userd/internal/httpmw"
@@ -111,6 +112,9 @@ type App struct {
 	// syncStop stops the periodic Clerk sync and waits for it (nil when
 	// it is off).
 	syncStop func()
+	// feed serves WatchUserEvents: this replica's one poller of the
+	// change feed.
+	feed *feed.Hub
 }
 
 // CheckSettings checks every setting before anything starts: what
@@ -231,12 +235,18 @@ func (a *App) init(ctx context.Context) error {
 	a.users = users.NewService(a.store, a.cfg.InitialCredits)
 	a.users.SetObserver(a.metrics)
 	a.users.KeepDeletedUserData(a.cfg.KeepDeletedUserData)
+	a.feed = feed.NewHub(a.store, feed.Options{
+		PollInterval: a.cfg.FeedPollInterval,
+		Heartbeat:    a.cfg.FeedHeartbeat,
+		Observer:     a.metrics,
+		Log:          a.log,
+	})
 	authn, profiles, err := a.authentication(ctx)
 	if err != nil {
 		return err
 	}
 	a.clerkAPI = profiles.API
-	userService := grpcapi.NewServer(a.users, profiles)
+	userService := grpcapi.NewServer(a.users, profiles).WithFeed(a.feed)
 	chain := grpcapi.Chain{
 		Log: a.log, Authn: authn, RequestTimeout: a.cfg.RequestTimeout,
 		Metrics: a.metrics.GRPC.UnaryServerInterceptor(), StreamMetrics: a.metrics.GRPC.StreamServerInterceptor(),
@@ -244,7 +254,7 @@ func (a *App) init(ctx context.Context) error {
 	interceptors, streamInterceptors := chain.Interceptors(), chain.StreamInterceptors()
 	a.newGRPCServer(userService, interceptors, streamInterceptors)
 	if a.apiLn != nil {
-		if err := a.newAPIServer(ctx, userService, interceptors); err != nil {
+		if err := a.newAPIServer(ctx, userService, interceptors, streamInterceptors); err != nil {
 			return err
 		}
 	}
@@ -311,8 +321,10 @@ func (a *App) newGRPCServer(userService *grpcapi.Server, interceptors []grpc.Una
 
 // newAPIServer builds the REST gateway, which calls userService through the
 // same interceptor chain as gRPC.
-func (a *App) newAPIServer(ctx context.Context, userService *grpcapi.Server, interceptors []grpc.UnaryServerInterceptor) error {
-	api, err := gateway.New(ctx, grpcapi.Chained(userService, interceptors), gateway.Config{
+func (a *App) newAPIServer(ctx context.Context, userService *grpcapi.Server,
+	interceptors []grpc.UnaryServerInterceptor, streamInterceptors []grpc.StreamServerInterceptor,
+) error {
+	api, err := gateway.New(ctx, grpcapi.Chained(userService, interceptors, streamInterceptors), gateway.Config{
 		CORSOrigins: a.cfg.CORSOriginList(), AuthorizedParties: a.cfg.Parties(), Version: a.cfg.Version,
 	})
 	if err != nil {
@@ -503,6 +515,13 @@ func (a *App) Run(ctx context.Context) error {
 		go a.pruneWebhookEvents(monitorCtx, a.users)
 	}
 	a.startClerkSync(monitorCtx)
+	feedDone := make(chan struct{})
+	go func() {
+		defer close(feedDone)
+		a.feed.Run(monitorCtx)
+	}()
+	defer func() { stopMonitor(); <-feedDone }()
+	go a.pruneUserEvents(monitorCtx)
 	if a.webhook != nil {
 		go func() {
 			a.log.Info("serving Clerk webhook", "addr", a.webhookLn.Addr().String(), "path", clerkhook.Path)
@@ -523,6 +542,9 @@ func (a *App) Run(ctx context.Context) error {
 func (a *App) shutdown() {
 	a.log.Info("shutting down", "grace", a.cfg.ShutdownGrace.String())
 	a.health.Shutdown()
+	// Watch streams never end on their own: end them (UNAVAILABLE, resume
+	// from the last cursor) so that the graceful stop need not wait.
+	a.feed.Close()
 	graceCtx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownGrace)
 	defer cancel()
 	var wg sync.WaitGroup

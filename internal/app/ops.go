@@ -12,6 +12,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
+	"github.com/userd/userd/internal/feed"
 	"github.com/userd/userd/internal/migrate"
 )
 
@@ -135,6 +136,33 @@ func (a *App) pruneWebhookEvents(ctx context.Context, svc interface {
 			a.log.Warn("pruning webhook message ids", "err", err)
 		case n > 0:
 			a.log.Info("pruned webhook message ids", "count", n, "older_than", a.cfg.WebhookRetention.String())
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// pruneUserEvents deletes change feed events older than the retention, at
+// start and then hourly. Every replica does it; the database lets one at a
+// time through and the deletes are idempotent.
+func (a *App) pruneUserEvents(ctx context.Context) {
+	if a.cfg.FeedRetention <= 0 {
+		return
+	}
+	t := time.NewTicker(pruneInterval)
+	defer t.Stop()
+	for {
+		n, err := feed.Prune(ctx, a.store, time.Now().Add(-a.cfg.FeedRetention))
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			a.log.Warn("pruning change feed events", "err", err)
+		case n > 0:
+			a.log.Info("pruned change feed events", "count", n, "older_than", a.cfg.FeedRetention.String())
 		}
 		select {
 		case <-ctx.Done():

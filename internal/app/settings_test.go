@@ -31,6 +31,7 @@ func valid() config.Serve {
 			RequestTimeout: 10 * time.Second, DBAcquireTimeout: 2 * time.Second,
 			DBStatementTimeout: 5 * time.Second, DBLockTimeout: 2 * time.Second, DBIdleInTransactionTimeout: 10 * time.Second,
 		},
+		Feed: config.Feed{FeedPollInterval: 100 * time.Millisecond, FeedHeartbeat: 15 * time.Second, FeedRetention: 168 * time.Hour},
 	}
 }
 

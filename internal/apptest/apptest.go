@@ -72,6 +72,7 @@ func Config(t testing.TB) config.Serve {
 			RequestTimeout: 10 * time.Second, DBAcquireTimeout: 2 * time.Second,
 			DBStatementTimeout: 5 * time.Second, DBLockTimeout: 2 * time.Second, DBIdleInTransactionTimeout: 10 * time.Second,
 		},
+		Feed: config.Feed{FeedPollInterval: 20 * time.Millisecond, FeedHeartbeat: 15 * time.Second, FeedRetention: 168 * time.Hour},
 	}
 }
 
@@ -117,7 +118,7 @@ func start(t testing.TB, cfg config.Serve, directURL string) *Instance {
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
 	conn, err := grpc.NewClient(a.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithUnaryInterceptor(serviceToken))
+		grpc.WithUnaryInterceptor(serviceToken), grpc.WithStreamInterceptor(serviceTokenStream))
 	if err != nil {
 		cancel()
 		t.Fatalf("dial userd: %v", err)
@@ -154,6 +155,14 @@ func serviceToken(ctx context.Context, method string, req, reply any, cc *grpc.C
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+ServiceToken)
 	}
 	return invoker(ctx, method, req, reply, cc, opts...)
+}
+
+// serviceTokenStream is serviceToken for streams (WatchUserEvents).
+func serviceTokenStream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	if md, ok := metadata.FromOutgoingContext(ctx); !ok || len(md.Get("authorization")) == 0 {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+ServiceToken)
+	}
+	return streamer(ctx, desc, cc, method, opts...)
 }
 
 type testWriter struct{ t testing.TB }

@@ -51,10 +51,32 @@ type Serve struct {
 	Users         `embed:""`
 	ShutdownGrace time.Duration `name:"shutdown-grace" env:"USERD_SHUTDOWN_GRACE" default:"20s" help:"How long in-flight calls may run after SIGTERM before they are cut."`
 	Bounds        `embed:""`
+	Feed          `embed:""`
 
 	// Version is the binary's version (not a setting: cmd/userd sets it),
 	// shown as info.version of the served OpenAPI document.
 	Version string `kong:"-"`
+}
+
+// Feed configures the change feed (WatchUserEvents).
+type Feed struct {
+	FeedPollInterval time.Duration `name:"feed-poll-interval" env:"USERD_FEED_POLL_INTERVAL" default:"100ms" help:"How often each replica asks the database for new change feed events (one query for all its watchers)."`
+	FeedHeartbeat    time.Duration `name:"feed-heartbeat" env:"USERD_FEED_HEARTBEAT" default:"15s" help:"How often an idle WatchUserEvents stream gets a heartbeat with its cursor (keeps proxies from closing it)."`
+	FeedRetention    time.Duration `name:"feed-retention" env:"USERD_FEED_RETENTION" default:"168h" help:"How long change feed events are kept; a consumer whose cursor is older must resynchronise. 0 keeps them forever."`
+}
+
+// Validate checks the change feed settings.
+func (f Feed) Validate() error {
+	if f.FeedPollInterval < 10*time.Millisecond || f.FeedPollInterval > 10*time.Second {
+		return fmt.Errorf("USERD_FEED_POLL_INTERVAL (--feed-poll-interval) must be between 10ms and 10s, got %s", f.FeedPollInterval)
+	}
+	if f.FeedHeartbeat < time.Second || f.FeedHeartbeat > 5*time.Minute {
+		return fmt.Errorf("USERD_FEED_HEARTBEAT (--feed-heartbeat) must be between 1s and 5m, got %s", f.FeedHeartbeat)
+	}
+	if f.FeedRetention != 0 && f.FeedRetention < time.Hour {
+		return fmt.Errorf("USERD_FEED_RETENTION (--feed-retention) must be 0 (forever) or at least 1h, got %s", f.FeedRetention)
+	}
+	return nil
 }
 
 // Bounds limit how long one call may take and how long it may wait for the
@@ -135,7 +157,10 @@ func (s Serve) Validate() error {
 	if s.ShutdownGrace < 0 {
 		return fmt.Errorf("USERD_SHUTDOWN_GRACE (--shutdown-grace) must not be negative, got %s", s.ShutdownGrace)
 	}
-	return s.Bounds.Validate()
+	if err := s.Bounds.Validate(); err != nil {
+		return err
+	}
+	return s.Feed.Validate()
 }
 
 // Off switches a listener off.

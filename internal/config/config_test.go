@@ -31,6 +31,7 @@ func valid() config.Serve {
 			RequestTimeout: 10 * time.Second, DBAcquireTimeout: 2 * time.Second,
 			DBStatementTimeout: 5 * time.Second, DBLockTimeout: 2 * time.Second, DBIdleInTransactionTimeout: 10 * time.Second,
 		},
+		Feed: config.Feed{FeedPollInterval: 100 * time.Millisecond, FeedHeartbeat: 15 * time.Second, FeedRetention: 168 * time.Hour},
 	}
 }
 
@@ -74,6 +75,10 @@ func TestValidate(t *testing.T) {
 		{"SyncWithoutSecretKey", func(c *config.Serve) { c.SyncInterval, c.SecretKey = time.Hour, "" }, "CLERK_SECRET_KEY"},
 		{"DeleteShareAboveOne", func(c *config.Serve) { c.MaxDeleteShare = 1.5 }, "USERD_CLERK_SYNC_MAX_DELETE_SHARE"},
 		{"DeleteShareNaN", func(c *config.Serve) { c.MaxDeleteShare = math.NaN() }, "USERD_CLERK_SYNC_MAX_DELETE_SHARE"},
+		{"TinyFeedPoll", func(c *config.Serve) { c.FeedPollInterval = time.Millisecond }, "USERD_FEED_POLL_INTERVAL"},
+		{"SlowFeedPoll", func(c *config.Serve) { c.FeedPollInterval = time.Minute }, "USERD_FEED_POLL_INTERVAL"},
+		{"ZeroFeedHeartbeat", func(c *config.Serve) { c.FeedHeartbeat = 0 }, "USERD_FEED_HEARTBEAT"},
+		{"ShortFeedRetention", func(c *config.Serve) { c.FeedRetention = time.Minute }, "USERD_FEED_RETENTION"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

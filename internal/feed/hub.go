@@ -440,6 +440,30 @@ func (h *Hub) Watch(ctx context.Context, req Request, sink Sink) error {
 	// Events older than the retention are gone: a cursor before them has
 	// missed some, but a watch from the oldest starts after them.
 	fromOldest := req.Start == StartOldest
+	read := func() (Page, error) {
+		page, err := h.store.ReadUserEvents(ctx, cursor, w.user, h.opts.PageLimit)
+		if err != nil {
+			return Page{}, err
+		}
+		if cursor.Less(page.Pruned) {
+			if !fromOldest {
+				return Page{}, cursorExpired(page.Pruned)
+			}
+			cursor = page.Pruned
+		}
+		fromOldest = false
+		return page, nil
+	}
+	// A watch that starts with a read fails before sending anything when
+	// its cursor expired.
+	var first *Page
+	if !live {
+		page, err := read()
+		if err != nil {
+			return err
+		}
+		first = &page
+	}
 	if err := sink.Heartbeat(cursor); err != nil {
 		return err
 	}
@@ -447,17 +471,15 @@ func (h *Hub) Watch(ctx context.Context, req Request, sink Sink) error {
 	defer beat.Stop()
 	for {
 		if !live {
-			page, err := h.store.ReadUserEvents(ctx, cursor, w.user, h.opts.PageLimit)
-			if err != nil {
-				return err
-			}
-			if cursor.Less(page.Pruned) {
-				if !fromOldest {
-					return cursorExpired(page.Pruned)
+			var page Page
+			if first != nil {
+				page, first = *first, nil
+			} else {
+				var err error
+				if page, err = read(); err != nil {
+					return err
 				}
-				cursor = page.Pruned
 			}
-			fromOldest = false
 			for i := range page.Events {
 				ev := &page.Events[i]
 				if w.wants(ev) {

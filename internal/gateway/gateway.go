@@ -70,6 +70,9 @@ func New(ctx context.Context, srv userdv1.UserServiceServer, cfg Config) (http.H
 	if err := userdv1.RegisterUserServiceHandlerServer(ctx, mux, srv); err != nil {
 		return nil, err
 	}
+	if err := watchRoutes(mux, srv); err != nil {
+		return nil, err
+	}
 	root := http.NewServeMux()
 	root.Handle("/v1/", limitBody(sessionCookie(literalPlus(mux), cfg.AuthorizedParties)))
 	doc, err := stampVersion(openapi.JSON, cfg.Version)

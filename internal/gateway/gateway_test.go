@@ -471,7 +471,14 @@ func TestOpenAPIDocument(t *testing.T) {
 	for path, item := range doc.Paths.Map() {
 		for method, op := range item.Operations() {
 			ops[op.OperationID] = op
-			for _, code := range []int{200, 400, 401, 404, 500, 503, 504} {
+			codes := []int{200, 400, 401, 404, 500, 503, 504}
+			switch op.OperationID {
+			case "WatchUserEvents": // every user: nobody to find; streams are not bounded
+				codes = []int{200, 400, 401, 403, 410, 500, 503}
+			case "WatchUserEventsOfUser":
+				codes = []int{200, 400, 401, 403, 404, 410, 500, 503}
+			}
+			for _, code := range codes {
 				// Only operations on a user can miss one; the price list
 				// has no 404 of its own.
 				if code == 404 && !strings.HasPrefix(path, "/v1/users") {
@@ -484,7 +491,8 @@ func TestOpenAPIDocument(t *testing.T) {
 		}
 	}
 	want := []string{"GetUser", "LookupUser", "EnsureUser", "DeductCredits", "GrantCredits", "SetPlan", "ListCreditTransactions",
-		"GetUsageSummary", "CanAfford", "SetPrice", "ListPrices", "ListPriceChanges"}
+		"GetUsageSummary", "CanAfford", "SetPrice", "ListPrices", "ListPriceChanges",
+		"WatchUserEvents", "WatchUserEventsOfUser"}
 	if len(ops) != len(want) {
 		t.Errorf("operations %v, want %v", slices.Sorted(maps.Keys(ops)), want)
 	}
@@ -509,7 +517,10 @@ func TestOpenAPIDocument(t *testing.T) {
 	if body := ops["EnsureUser"].RequestBody.Value; body.Required {
 		t.Error("EnsureUser's body is marked required; an empty body works")
 	}
-	for _, id := range []string{"GetUser", "EnsureUser", "ListCreditTransactions", "GetUsageSummary", "CanAfford"} {
+	if ok := ops["WatchUserEventsOfUser"].Responses.Status(200); ok == nil || ok.Value.Content.Get("application/x-ndjson") == nil {
+		t.Errorf("WatchUserEventsOfUser's 200 is not newline-delimited JSON: %+v", ok)
+	}
+	for _, id := range []string{"GetUser", "EnsureUser", "ListCreditTransactions", "GetUsageSummary", "CanAfford", "WatchUserEventsOfUser"} {
 		for _, p := range ops[id].Parameters {
 			if p.Value.Name == "clerkUserId" && !strings.Contains(p.Value.Description, `"me"`) {
 				t.Errorf("%s: clerkUserId does not document me: %q", id, p.Value.Description)

@@ -13,21 +13,23 @@ type restKey struct{}
 // fromREST reports whether the call came through the REST gateway.
 func fromREST(ctx context.Context) bool { return ctx.Value(restKey{}) != nil }
 
-// Chained returns srv with the interceptor chain applied to direct calls,
+// Chained returns srv with the interceptor chains applied to direct calls,
 // for the REST gateway: its calls are authenticated, authorized, mapped,
 // logged and counted exactly like gRPC calls, without a second trip
 // through a gRPC transport (which cost half of a REST call: pprof, make
-// bench).
-func Chained(srv userdv1.UserServiceServer, interceptors []grpc.UnaryServerInterceptor) userdv1.UserServiceServer {
-	return chained{srv: srv, chain: chainUnary(interceptors)}
+// bench). Streams (WatchUserEvents) go through the stream chain with the
+// gateway's own grpc.ServerStream.
+func Chained(srv userdv1.UserServiceServer, unary []grpc.UnaryServerInterceptor, stream []grpc.StreamServerInterceptor) userdv1.UserServiceServer {
+	return chained{srv: srv, chain: chainUnary(unary), streamChain: chainStream(stream)}
 }
 
 type chained struct {
 	// Unsafe, not Unimplemented: an RPC added to the proto but not
 	// forwarded below fails to compile, instead of REST answering 501.
 	userdv1.UnsafeUserServiceServer
-	srv   userdv1.UserServiceServer
-	chain grpc.UnaryServerInterceptor
+	srv         userdv1.UserServiceServer
+	chain       grpc.UnaryServerInterceptor
+	streamChain grpc.StreamServerInterceptor
 }
 
 // call runs one method through the chain.
@@ -49,6 +51,26 @@ func chainUnary(ics []grpc.UnaryServerInterceptor) grpc.UnaryServerInterceptor {
 		}
 		return h(ctx, req)
 	}
+}
+
+// chainStream composes stream interceptors, the first outermost.
+func chainStream(ics []grpc.StreamServerInterceptor) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		h := handler
+		for i := len(ics) - 1; i >= 0; i-- {
+			ic, next := ics[i], h
+			h = func(srv any, ss grpc.ServerStream) error { return ic(srv, ss, info, next) }
+		}
+		return h(srv, ss)
+	}
+}
+
+func (c chained) WatchUserEvents(req *userdv1.WatchUserEventsRequest, stream userdv1.UserService_WatchUserEventsServer) error {
+	ss := withContext(stream, context.WithValue(stream.Context(), restKey{}, true))
+	info := &grpc.StreamServerInfo{FullMethod: userdv1.UserService_WatchUserEvents_FullMethodName, IsServerStream: true}
+	return c.streamChain(c.srv, ss, info, func(_ any, ss grpc.ServerStream) error {
+		return c.srv.WatchUserEvents(req, &grpc.GenericServerStream[userdv1.WatchUserEventsRequest, userdv1.WatchUserEventsResponse]{ServerStream: ss})
+	})
 }
 
 func (c chained) GetUser(ctx context.Context, req *userdv1.GetUserRequest) (*userdv1.GetUserResponse, error) {

@@ -143,7 +143,7 @@ func TestAccessLogLine(t *testing.T) {
 				"authorization", "Bearer "+token, requestid.Key, "req-42"))
 			req := &userdv1.GetUserRequest{Lookup: &userdv1.GetUserRequest_ClerkUserId{ClerkUserId: "user_1"}}
 			if transport == "rest" {
-				if _, err := grpcapi.Chained(stubUsers{}, ics).GetUser(ctx, req); err != nil {
+				if _, err := grpcapi.Chained(stubUsers{}, ics, nil).GetUser(ctx, req); err != nil {
 					t.Fatal(err)
 				}
 			} else {

@@ -10,6 +10,7 @@ import (
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
 	"github.com/userd/userd/internal/auth"
+	"github.com/userd/userd/internal/feed"
 	"github.com/userd/userd/internal/users"
 )
 
@@ -22,6 +23,8 @@ type Server struct {
 	userdv1.UnsafeUserServiceServer
 	users    *users.Service
 	profiles Profiles
+	// feed serves WatchUserEvents (see WithFeed).
+	feed *feed.Hub
 }
 
 var _ userdv1.UserServiceServer = (*Server)(nil)

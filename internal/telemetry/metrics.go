@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/userd/userd/internal/feed"
 	"github.com/userd/userd/internal/users"
 )
 
@@ -33,6 +34,9 @@ type Metrics struct {
 	syncRuns      *prometheus.CounterVec
 	syncLastOK    prometheus.Gauge
 	syncDuration  prometheus.Gauge
+	feedEvents    prometheus.Counter
+	feedWatchers  prometheus.Gauge
+	feedBehind    prometheus.Counter
 }
 
 // latencyBuckets suit a service whose calls take about a millisecond.
@@ -90,12 +94,25 @@ func NewMetrics() *Metrics {
 			Name: "userd_clerk_sync_last_duration_seconds",
 			Help: "How long this replica's last periodic Clerk sync that ran took.",
 		}),
+		feedEvents: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "userd_feed_events_total",
+			Help: "Change feed events this replica's poller read and fanned out to its watchers.",
+		}),
+		feedWatchers: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "userd_feed_watchers",
+			Help: "Open WatchUserEvents streams on this replica (gRPC and REST).",
+		}),
+		feedBehind: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "userd_feed_watchers_fell_behind_total",
+			Help: "Times a watcher did not keep up with the live fan-out and was switched to reading the database at its own pace.",
+		}),
 	}
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.GRPC, m.httpRequests, m.httpDuration, m.webhookEvents, m.webhookReject, m.credits, m.usersCreated, m.clerkBatches,
 		m.syncUsers, m.syncRuns, m.syncLastOK, m.syncDuration,
+		m.feedEvents, m.feedWatchers, m.feedBehind,
 	)
 	return m
 }
@@ -170,4 +187,16 @@ func kindLabel(k users.TxKind) string {
 	return "other"
 }
 
-var _ users.Observer = (*Metrics)(nil)
+// FeedPolled implements feed.Observer.
+func (m *Metrics) FeedPolled(events int) { m.feedEvents.Add(float64(events)) }
+
+// FeedWatchers implements feed.Observer.
+func (m *Metrics) FeedWatchers(delta int) { m.feedWatchers.Add(float64(delta)) }
+
+// FeedWatcherFellBehind implements feed.Observer.
+func (m *Metrics) FeedWatcherFellBehind() { m.feedBehind.Inc() }
+
+var (
+	_ users.Observer = (*Metrics)(nil)
+	_ feed.Observer  = (*Metrics)(nil)
+)

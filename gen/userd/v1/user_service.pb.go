@@ -198,6 +198,125 @@ func (UsagePeriod) EnumDescriptor() ([]byte, []int) {
 	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{2}
 }
 
+// UserEventKind says what a change feed event reports.
+type UserEventKind int32
+
+const (
+	// Not a valid kind; never sent.
+	UserEventKind_USER_EVENT_KIND_UNSPECIFIED UserEventKind = 0
+	// A user was created (by a Clerk webhook, EnsureUser or a sign-in).
+	UserEventKind_USER_EVENT_KIND_USER_CREATED UserEventKind = 1
+	// A user's email, names or image changed.
+	UserEventKind_USER_EVENT_KIND_USER_UPDATED UserEventKind = 2
+	// A user was deleted in Clerk (or a tombstone made for a user deleted
+	// before userd saw it).
+	UserEventKind_USER_EVENT_KIND_USER_DELETED UserEventKind = 3
+	// SetPlan changed the user's plan.
+	UserEventKind_USER_EVENT_KIND_PLAN_CHANGED UserEventKind = 4
+	// A ledger entry changed the user's balance.
+	UserEventKind_USER_EVENT_KIND_CREDITS_CHANGED UserEventKind = 5
+)
+
+// Enum value maps for UserEventKind.
+var (
+	UserEventKind_name = map[int32]string{
+		0: "USER_EVENT_KIND_UNSPECIFIED",
+		1: "USER_EVENT_KIND_USER_CREATED",
+		2: "USER_EVENT_KIND_USER_UPDATED",
+		3: "USER_EVENT_KIND_USER_DELETED",
+		4: "USER_EVENT_KIND_PLAN_CHANGED",
+		5: "USER_EVENT_KIND_CREDITS_CHANGED",
+	}
+	UserEventKind_value = map[string]int32{
+		"USER_EVENT_KIND_UNSPECIFIED":     0,
+		"USER_EVENT_KIND_USER_CREATED":    1,
+		"USER_EVENT_KIND_USER_UPDATED":    2,
+		"USER_EVENT_KIND_USER_DELETED":    3,
+		"USER_EVENT_KIND_PLAN_CHANGED":    4,
+		"USER_EVENT_KIND_CREDITS_CHANGED": 5,
+	}
+)
+
+func (x UserEventKind) Enum() *UserEventKind {
+	p := new(UserEventKind)
+	*p = x
+	return p
+}
+
+func (x UserEventKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (UserEventKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_userd_v1_user_service_proto_enumTypes[3].Descriptor()
+}
+
+func (UserEventKind) Type() protoreflect.EnumType {
+	return &file_userd_v1_user_service_proto_enumTypes[3]
+}
+
+func (x UserEventKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use UserEventKind.Descriptor instead.
+func (UserEventKind) EnumDescriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{3}
+}
+
+// WatchStart says where a watch without a cursor starts.
+type WatchStart int32
+
+const (
+	// WATCH_START_NOW, unless a cursor is given.
+	WatchStart_WATCH_START_UNSPECIFIED WatchStart = 0
+	// Only events committed from about now on.
+	WatchStart_WATCH_START_NOW WatchStart = 1
+	// Every retained event first (USERD_FEED_RETENTION), then live ones.
+	WatchStart_WATCH_START_OLDEST WatchStart = 2
+)
+
+// Enum value maps for WatchStart.
+var (
+	WatchStart_name = map[int32]string{
+		0: "WATCH_START_UNSPECIFIED",
+		1: "WATCH_START_NOW",
+		2: "WATCH_START_OLDEST",
+	}
+	WatchStart_value = map[string]int32{
+		"WATCH_START_UNSPECIFIED": 0,
+		"WATCH_START_NOW":         1,
+		"WATCH_START_OLDEST":      2,
+	}
+)
+
+func (x WatchStart) Enum() *WatchStart {
+	p := new(WatchStart)
+	*p = x
+	return p
+}
+
+func (x WatchStart) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (WatchStart) Descriptor() protoreflect.EnumDescriptor {
+	return file_userd_v1_user_service_proto_enumTypes[4].Descriptor()
+}
+
+func (WatchStart) Type() protoreflect.EnumType {
+	return &file_userd_v1_user_service_proto_enumTypes[4]
+}
+
+func (x WatchStart) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use WatchStart.Descriptor instead.
+func (WatchStart) EnumDescriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{4}
+}
+
 // User is what userd knows about one Clerk user.
 type User struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2287,6 +2406,493 @@ func (x *ListPriceChangesResponse) GetNextPageToken() string {
 	return ""
 }
 
+// WatchUserEventsRequest says where to start and what to watch.
+type WatchUserEventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Resume after this cursor (from an event or a heartbeat of an earlier
+	// watch). Empty: start as start says.
+	Cursor string `protobuf:"bytes,1,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	// Where to start without a cursor; must be unspecified with one.
+	Start WatchStart `protobuf:"varint,2,opt,name=start,proto3,enum=userd.v1.WatchStart" json:"start,omitempty"`
+	// Only this user's events (Clerk user id, or "me" for an end user's own).
+	// Empty: every user (services only).
+	ClerkUserId string `protobuf:"bytes,3,opt,name=clerk_user_id,json=clerkUserId,proto3" json:"clerk_user_id,omitempty"`
+	// Only these kinds; empty for all.
+	Kinds         []UserEventKind `protobuf:"varint,4,rep,packed,name=kinds,proto3,enum=userd.v1.UserEventKind" json:"kinds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchUserEventsRequest) Reset() {
+	*x = WatchUserEventsRequest{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchUserEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchUserEventsRequest) ProtoMessage() {}
+
+func (x *WatchUserEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchUserEventsRequest.ProtoReflect.Descriptor instead.
+func (*WatchUserEventsRequest) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *WatchUserEventsRequest) GetCursor() string {
+	if x != nil {
+		return x.Cursor
+	}
+	return ""
+}
+
+func (x *WatchUserEventsRequest) GetStart() WatchStart {
+	if x != nil {
+		return x.Start
+	}
+	return WatchStart_WATCH_START_UNSPECIFIED
+}
+
+func (x *WatchUserEventsRequest) GetClerkUserId() string {
+	if x != nil {
+		return x.ClerkUserId
+	}
+	return ""
+}
+
+func (x *WatchUserEventsRequest) GetKinds() []UserEventKind {
+	if x != nil {
+		return x.Kinds
+	}
+	return nil
+}
+
+// WatchUserEventsResponse is one item of the stream.
+type WatchUserEventsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// An event or a heartbeat.
+	//
+	// Types that are valid to be assigned to Item:
+	//
+	//	*WatchUserEventsResponse_Event
+	//	*WatchUserEventsResponse_Heartbeat
+	Item          isWatchUserEventsResponse_Item `protobuf_oneof:"item"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchUserEventsResponse) Reset() {
+	*x = WatchUserEventsResponse{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchUserEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchUserEventsResponse) ProtoMessage() {}
+
+func (x *WatchUserEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchUserEventsResponse.ProtoReflect.Descriptor instead.
+func (*WatchUserEventsResponse) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *WatchUserEventsResponse) GetItem() isWatchUserEventsResponse_Item {
+	if x != nil {
+		return x.Item
+	}
+	return nil
+}
+
+func (x *WatchUserEventsResponse) GetEvent() *UserEvent {
+	if x != nil {
+		if x, ok := x.Item.(*WatchUserEventsResponse_Event); ok {
+			return x.Event
+		}
+	}
+	return nil
+}
+
+func (x *WatchUserEventsResponse) GetHeartbeat() *WatchHeartbeat {
+	if x != nil {
+		if x, ok := x.Item.(*WatchUserEventsResponse_Heartbeat); ok {
+			return x.Heartbeat
+		}
+	}
+	return nil
+}
+
+type isWatchUserEventsResponse_Item interface {
+	isWatchUserEventsResponse_Item()
+}
+
+type WatchUserEventsResponse_Event struct {
+	// A committed change.
+	Event *UserEvent `protobuf:"bytes,1,opt,name=event,proto3,oneof"`
+}
+
+type WatchUserEventsResponse_Heartbeat struct {
+	// Nothing new; the cursor the watch is at.
+	Heartbeat *WatchHeartbeat `protobuf:"bytes,2,opt,name=heartbeat,proto3,oneof"`
+}
+
+func (*WatchUserEventsResponse_Event) isWatchUserEventsResponse_Item() {}
+
+func (*WatchUserEventsResponse_Heartbeat) isWatchUserEventsResponse_Item() {}
+
+// UserEvent is one committed change of a user, its plan or its credits.
+type UserEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unique in the feed: an event seen twice (after resuming from an older
+	// cursor) has the same id.
+	Id int64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Resume after this event.
+	Cursor string `protobuf:"bytes,2,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	// What happened.
+	Kind UserEventKind `protobuf:"varint,3,opt,name=kind,proto3,enum=userd.v1.UserEventKind" json:"kind,omitempty"`
+	// userd id of the user.
+	UserId string `protobuf:"bytes,4,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// Clerk user id of the user.
+	ClerkUserId string `protobuf:"bytes,5,opt,name=clerk_user_id,json=clerkUserId,proto3" json:"clerk_user_id,omitempty"`
+	// When the transaction that made the change started.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// The change, by kind.
+	//
+	// Types that are valid to be assigned to Change:
+	//
+	//	*UserEvent_User
+	//	*UserEvent_PlanChange
+	//	*UserEvent_CreditTransaction
+	Change        isUserEvent_Change `protobuf_oneof:"change"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserEvent) Reset() {
+	*x = UserEvent{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserEvent) ProtoMessage() {}
+
+func (x *UserEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserEvent.ProtoReflect.Descriptor instead.
+func (*UserEvent) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *UserEvent) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *UserEvent) GetCursor() string {
+	if x != nil {
+		return x.Cursor
+	}
+	return ""
+}
+
+func (x *UserEvent) GetKind() UserEventKind {
+	if x != nil {
+		return x.Kind
+	}
+	return UserEventKind_USER_EVENT_KIND_UNSPECIFIED
+}
+
+func (x *UserEvent) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *UserEvent) GetClerkUserId() string {
+	if x != nil {
+		return x.ClerkUserId
+	}
+	return ""
+}
+
+func (x *UserEvent) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *UserEvent) GetChange() isUserEvent_Change {
+	if x != nil {
+		return x.Change
+	}
+	return nil
+}
+
+func (x *UserEvent) GetUser() *User {
+	if x != nil {
+		if x, ok := x.Change.(*UserEvent_User); ok {
+			return x.User
+		}
+	}
+	return nil
+}
+
+func (x *UserEvent) GetPlanChange() *PlanChange {
+	if x != nil {
+		if x, ok := x.Change.(*UserEvent_PlanChange); ok {
+			return x.PlanChange
+		}
+	}
+	return nil
+}
+
+func (x *UserEvent) GetCreditTransaction() *CreditTransaction {
+	if x != nil {
+		if x, ok := x.Change.(*UserEvent_CreditTransaction); ok {
+			return x.CreditTransaction
+		}
+	}
+	return nil
+}
+
+type isUserEvent_Change interface {
+	isUserEvent_Change()
+}
+
+type UserEvent_User struct {
+	// USER_CREATED, USER_UPDATED: the user right after the change.
+	// USER_DELETED: the ids, plan and credits only — no personal data.
+	User *User `protobuf:"bytes,7,opt,name=user,proto3,oneof"`
+}
+
+type UserEvent_PlanChange struct {
+	// PLAN_CHANGED: the change.
+	PlanChange *PlanChange `protobuf:"bytes,8,opt,name=plan_change,json=planChange,proto3,oneof"`
+}
+
+type UserEvent_CreditTransaction struct {
+	// CREDITS_CHANGED: the ledger entry.
+	CreditTransaction *CreditTransaction `protobuf:"bytes,9,opt,name=credit_transaction,json=creditTransaction,proto3,oneof"`
+}
+
+func (*UserEvent_User) isUserEvent_Change() {}
+
+func (*UserEvent_PlanChange) isUserEvent_Change() {}
+
+func (*UserEvent_CreditTransaction) isUserEvent_Change() {}
+
+// PlanChange is one applied SetPlan.
+type PlanChange struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Plan change id.
+	Id int64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The plan before.
+	PreviousPlan Plan `protobuf:"varint,2,opt,name=previous_plan,json=previousPlan,proto3,enum=userd.v1.Plan" json:"previous_plan,omitempty"`
+	// The plan after.
+	Plan Plan `protobuf:"varint,3,opt,name=plan,proto3,enum=userd.v1.Plan" json:"plan,omitempty"`
+	// Credits granted with the change; 0 for none.
+	BonusCredits int64 `protobuf:"varint,4,opt,name=bonus_credits,json=bonusCredits,proto3" json:"bonus_credits,omitempty"`
+	// Ledger entry of the bonus, or 0.
+	BonusTransactionId int64 `protobuf:"varint,5,opt,name=bonus_transaction_id,json=bonusTransactionId,proto3" json:"bonus_transaction_id,omitempty"`
+	// The reason SetPlan was given.
+	Reason string `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The idempotency key SetPlan was given.
+	IdempotencyKey string `protobuf:"bytes,7,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	// When the change was made.
+	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlanChange) Reset() {
+	*x = PlanChange{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlanChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlanChange) ProtoMessage() {}
+
+func (x *PlanChange) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlanChange.ProtoReflect.Descriptor instead.
+func (*PlanChange) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *PlanChange) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *PlanChange) GetPreviousPlan() Plan {
+	if x != nil {
+		return x.PreviousPlan
+	}
+	return Plan_PLAN_UNSPECIFIED
+}
+
+func (x *PlanChange) GetPlan() Plan {
+	if x != nil {
+		return x.Plan
+	}
+	return Plan_PLAN_UNSPECIFIED
+}
+
+func (x *PlanChange) GetBonusCredits() int64 {
+	if x != nil {
+		return x.BonusCredits
+	}
+	return 0
+}
+
+func (x *PlanChange) GetBonusTransactionId() int64 {
+	if x != nil {
+		return x.BonusTransactionId
+	}
+	return 0
+}
+
+func (x *PlanChange) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *PlanChange) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
+func (x *PlanChange) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+// WatchHeartbeat keeps an idle stream open and reports its position.
+type WatchHeartbeat struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Resume after this cursor: every event before it that the watch
+	// selects has been sent.
+	Cursor string `protobuf:"bytes,1,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	// When the heartbeat was sent.
+	Time          *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchHeartbeat) Reset() {
+	*x = WatchHeartbeat{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchHeartbeat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchHeartbeat) ProtoMessage() {}
+
+func (x *WatchHeartbeat) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchHeartbeat.ProtoReflect.Descriptor instead.
+func (*WatchHeartbeat) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *WatchHeartbeat) GetCursor() string {
+	if x != nil {
+		return x.Cursor
+	}
+	return ""
+}
+
+func (x *WatchHeartbeat) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
 var File_userd_v1_user_service_proto protoreflect.FileDescriptor
 
 const file_userd_v1_user_service_proto_rawDesc = "" +
@@ -2449,7 +3055,43 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"page_token\x18\x03 \x01(\tR\tpageToken\"s\n" +
 	"\x18ListPriceChangesResponse\x12/\n" +
 	"\achanges\x18\x01 \x03(\v2\x15.userd.v1.PriceChangeR\achanges\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*N\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xaf\x01\n" +
+	"\x16WatchUserEventsRequest\x12\x16\n" +
+	"\x06cursor\x18\x01 \x01(\tR\x06cursor\x12*\n" +
+	"\x05start\x18\x02 \x01(\x0e2\x14.userd.v1.WatchStartR\x05start\x12\"\n" +
+	"\rclerk_user_id\x18\x03 \x01(\tR\vclerkUserId\x12-\n" +
+	"\x05kinds\x18\x04 \x03(\x0e2\x17.userd.v1.UserEventKindR\x05kinds\"\x88\x01\n" +
+	"\x17WatchUserEventsResponse\x12+\n" +
+	"\x05event\x18\x01 \x01(\v2\x13.userd.v1.UserEventH\x00R\x05event\x128\n" +
+	"\theartbeat\x18\x02 \x01(\v2\x18.userd.v1.WatchHeartbeatH\x00R\theartbeatB\x06\n" +
+	"\x04item\"\x91\x03\n" +
+	"\tUserEvent\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x16\n" +
+	"\x06cursor\x18\x02 \x01(\tR\x06cursor\x12+\n" +
+	"\x04kind\x18\x03 \x01(\x0e2\x17.userd.v1.UserEventKindR\x04kind\x12\x17\n" +
+	"\auser_id\x18\x04 \x01(\tR\x06userId\x12\"\n" +
+	"\rclerk_user_id\x18\x05 \x01(\tR\vclerkUserId\x12;\n" +
+	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12$\n" +
+	"\x04user\x18\a \x01(\v2\x0e.userd.v1.UserH\x00R\x04user\x127\n" +
+	"\vplan_change\x18\b \x01(\v2\x14.userd.v1.PlanChangeH\x00R\n" +
+	"planChange\x12L\n" +
+	"\x12credit_transaction\x18\t \x01(\v2\x1b.userd.v1.CreditTransactionH\x00R\x11creditTransactionB\b\n" +
+	"\x06change\"\xca\x02\n" +
+	"\n" +
+	"PlanChange\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x123\n" +
+	"\rprevious_plan\x18\x02 \x01(\x0e2\x0e.userd.v1.PlanR\fpreviousPlan\x12\"\n" +
+	"\x04plan\x18\x03 \x01(\x0e2\x0e.userd.v1.PlanR\x04plan\x12#\n" +
+	"\rbonus_credits\x18\x04 \x01(\x03R\fbonusCredits\x120\n" +
+	"\x14bonus_transaction_id\x18\x05 \x01(\x03R\x12bonusTransactionId\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\x12'\n" +
+	"\x0fidempotency_key\x18\a \x01(\tR\x0eidempotencyKey\x12;\n" +
+	"\vcreate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\"X\n" +
+	"\x0eWatchHeartbeat\x12\x16\n" +
+	"\x06cursor\x18\x01 \x01(\tR\x06cursor\x12.\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time*N\n" +
 	"\x04Plan\x12\x14\n" +
 	"\x10PLAN_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tPLAN_FREE\x10\x01\x12\f\n" +
@@ -2465,7 +3107,19 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"\x18USAGE_PERIOD_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10USAGE_PERIOD_DAY\x10\x01\x12\x15\n" +
 	"\x11USAGE_PERIOD_WEEK\x10\x02\x12\x16\n" +
-	"\x12USAGE_PERIOD_MONTH\x10\x032\xe9\x06\n" +
+	"\x12USAGE_PERIOD_MONTH\x10\x03*\xdd\x01\n" +
+	"\rUserEventKind\x12\x1f\n" +
+	"\x1bUSER_EVENT_KIND_UNSPECIFIED\x10\x00\x12 \n" +
+	"\x1cUSER_EVENT_KIND_USER_CREATED\x10\x01\x12 \n" +
+	"\x1cUSER_EVENT_KIND_USER_UPDATED\x10\x02\x12 \n" +
+	"\x1cUSER_EVENT_KIND_USER_DELETED\x10\x03\x12 \n" +
+	"\x1cUSER_EVENT_KIND_PLAN_CHANGED\x10\x04\x12#\n" +
+	"\x1fUSER_EVENT_KIND_CREDITS_CHANGED\x10\x05*V\n" +
+	"\n" +
+	"WatchStart\x12\x1b\n" +
+	"\x17WATCH_START_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fWATCH_START_NOW\x10\x01\x12\x16\n" +
+	"\x12WATCH_START_OLDEST\x10\x022\xc3\a\n" +
 	"\vUserService\x12>\n" +
 	"\aGetUser\x12\x18.userd.v1.GetUserRequest\x1a\x19.userd.v1.GetUserResponse\x12G\n" +
 	"\n" +
@@ -2479,7 +3133,8 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"\bSetPrice\x12\x19.userd.v1.SetPriceRequest\x1a\x1a.userd.v1.SetPriceResponse\x12G\n" +
 	"\n" +
 	"ListPrices\x12\x1b.userd.v1.ListPricesRequest\x1a\x1c.userd.v1.ListPricesResponse\x12Y\n" +
-	"\x10ListPriceChanges\x12!.userd.v1.ListPriceChangesRequest\x1a\".userd.v1.ListPriceChangesResponseB-Z+github.com/userd/userd/gen/userd/v1;userdv1b\x06proto3"
+	"\x10ListPriceChanges\x12!.userd.v1.ListPriceChangesRequest\x1a\".userd.v1.ListPriceChangesResponse\x12X\n" +
+	"\x0fWatchUserEvents\x12 .userd.v1.WatchUserEventsRequest\x1a!.userd.v1.WatchUserEventsResponse0\x01B-Z+github.com/userd/userd/gen/userd/v1;userdv1b\x06proto3"
 
 var (
 	file_userd_v1_user_service_proto_rawDescOnce sync.Once
@@ -2493,102 +3148,124 @@ func file_userd_v1_user_service_proto_rawDescGZIP() []byte {
 	return file_userd_v1_user_service_proto_rawDescData
 }
 
-var file_userd_v1_user_service_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_userd_v1_user_service_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_userd_v1_user_service_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_userd_v1_user_service_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_userd_v1_user_service_proto_goTypes = []any{
 	(Plan)(0),                              // 0: userd.v1.Plan
 	(TransactionKind)(0),                   // 1: userd.v1.TransactionKind
 	(UsagePeriod)(0),                       // 2: userd.v1.UsagePeriod
-	(*User)(nil),                           // 3: userd.v1.User
-	(*CreditTransaction)(nil),              // 4: userd.v1.CreditTransaction
-	(*GetUserRequest)(nil),                 // 5: userd.v1.GetUserRequest
-	(*GetUserResponse)(nil),                // 6: userd.v1.GetUserResponse
-	(*EnsureUserRequest)(nil),              // 7: userd.v1.EnsureUserRequest
-	(*EnsureUserResponse)(nil),             // 8: userd.v1.EnsureUserResponse
-	(*DeductCreditsRequest)(nil),           // 9: userd.v1.DeductCreditsRequest
-	(*DeductCreditsResponse)(nil),          // 10: userd.v1.DeductCreditsResponse
-	(*GrantCreditsRequest)(nil),            // 11: userd.v1.GrantCreditsRequest
-	(*GrantCreditsResponse)(nil),           // 12: userd.v1.GrantCreditsResponse
-	(*SetPlanRequest)(nil),                 // 13: userd.v1.SetPlanRequest
-	(*SetPlanResponse)(nil),                // 14: userd.v1.SetPlanResponse
-	(*ListCreditTransactionsRequest)(nil),  // 15: userd.v1.ListCreditTransactionsRequest
-	(*ListCreditTransactionsResponse)(nil), // 16: userd.v1.ListCreditTransactionsResponse
-	(*GetUsageSummaryRequest)(nil),         // 17: userd.v1.GetUsageSummaryRequest
-	(*UsageByReason)(nil),                  // 18: userd.v1.UsageByReason
-	(*UsageInPeriod)(nil),                  // 19: userd.v1.UsageInPeriod
-	(*GetUsageSummaryResponse)(nil),        // 20: userd.v1.GetUsageSummaryResponse
-	(*CanAffordRequest)(nil),               // 21: userd.v1.CanAffordRequest
-	(*CanAffordResponse)(nil),              // 22: userd.v1.CanAffordResponse
-	(*Price)(nil),                          // 23: userd.v1.Price
-	(*PriceChange)(nil),                    // 24: userd.v1.PriceChange
-	(*SetPriceRequest)(nil),                // 25: userd.v1.SetPriceRequest
-	(*SetPriceResponse)(nil),               // 26: userd.v1.SetPriceResponse
-	(*ListPricesRequest)(nil),              // 27: userd.v1.ListPricesRequest
-	(*ListPricesResponse)(nil),             // 28: userd.v1.ListPricesResponse
-	(*ListPriceChangesRequest)(nil),        // 29: userd.v1.ListPriceChangesRequest
-	(*ListPriceChangesResponse)(nil),       // 30: userd.v1.ListPriceChangesResponse
-	(*timestamppb.Timestamp)(nil),          // 31: google.protobuf.Timestamp
+	(UserEventKind)(0),                     // 3: userd.v1.UserEventKind
+	(WatchStart)(0),                        // 4: userd.v1.WatchStart
+	(*User)(nil),                           // 5: userd.v1.User
+	(*CreditTransaction)(nil),              // 6: userd.v1.CreditTransaction
+	(*GetUserRequest)(nil),                 // 7: userd.v1.GetUserRequest
+	(*GetUserResponse)(nil),                // 8: userd.v1.GetUserResponse
+	(*EnsureUserRequest)(nil),              // 9: userd.v1.EnsureUserRequest
+	(*EnsureUserResponse)(nil),             // 10: userd.v1.EnsureUserResponse
+	(*DeductCreditsRequest)(nil),           // 11: userd.v1.DeductCreditsRequest
+	(*DeductCreditsResponse)(nil),          // 12: userd.v1.DeductCreditsResponse
+	(*GrantCreditsRequest)(nil),            // 13: userd.v1.GrantCreditsRequest
+	(*GrantCreditsResponse)(nil),           // 14: userd.v1.GrantCreditsResponse
+	(*SetPlanRequest)(nil),                 // 15: userd.v1.SetPlanRequest
+	(*SetPlanResponse)(nil),                // 16: userd.v1.SetPlanResponse
+	(*ListCreditTransactionsRequest)(nil),  // 17: userd.v1.ListCreditTransactionsRequest
+	(*ListCreditTransactionsResponse)(nil), // 18: userd.v1.ListCreditTransactionsResponse
+	(*GetUsageSummaryRequest)(nil),         // 19: userd.v1.GetUsageSummaryRequest
+	(*UsageByReason)(nil),                  // 20: userd.v1.UsageByReason
+	(*UsageInPeriod)(nil),                  // 21: userd.v1.UsageInPeriod
+	(*GetUsageSummaryResponse)(nil),        // 22: userd.v1.GetUsageSummaryResponse
+	(*CanAffordRequest)(nil),               // 23: userd.v1.CanAffordRequest
+	(*CanAffordResponse)(nil),              // 24: userd.v1.CanAffordResponse
+	(*Price)(nil),                          // 25: userd.v1.Price
+	(*PriceChange)(nil),                    // 26: userd.v1.PriceChange
+	(*SetPriceRequest)(nil),                // 27: userd.v1.SetPriceRequest
+	(*SetPriceResponse)(nil),               // 28: userd.v1.SetPriceResponse
+	(*ListPricesRequest)(nil),              // 29: userd.v1.ListPricesRequest
+	(*ListPricesResponse)(nil),             // 30: userd.v1.ListPricesResponse
+	(*ListPriceChangesRequest)(nil),        // 31: userd.v1.ListPriceChangesRequest
+	(*ListPriceChangesResponse)(nil),       // 32: userd.v1.ListPriceChangesResponse
+	(*WatchUserEventsRequest)(nil),         // 33: userd.v1.WatchUserEventsRequest
+	(*WatchUserEventsResponse)(nil),        // 34: userd.v1.WatchUserEventsResponse
+	(*UserEvent)(nil),                      // 35: userd.v1.UserEvent
+	(*PlanChange)(nil),                     // 36: userd.v1.PlanChange
+	(*WatchHeartbeat)(nil),                 // 37: userd.v1.WatchHeartbeat
+	(*timestamppb.Timestamp)(nil),          // 38: google.protobuf.Timestamp
 }
 var file_userd_v1_user_service_proto_depIdxs = []int32{
 	0,  // 0: userd.v1.User.plan:type_name -> userd.v1.Plan
-	31, // 1: userd.v1.User.create_time:type_name -> google.protobuf.Timestamp
-	31, // 2: userd.v1.User.update_time:type_name -> google.protobuf.Timestamp
+	38, // 1: userd.v1.User.create_time:type_name -> google.protobuf.Timestamp
+	38, // 2: userd.v1.User.update_time:type_name -> google.protobuf.Timestamp
 	1,  // 3: userd.v1.CreditTransaction.kind:type_name -> userd.v1.TransactionKind
-	31, // 4: userd.v1.CreditTransaction.create_time:type_name -> google.protobuf.Timestamp
-	3,  // 5: userd.v1.GetUserResponse.user:type_name -> userd.v1.User
-	3,  // 6: userd.v1.EnsureUserResponse.user:type_name -> userd.v1.User
-	4,  // 7: userd.v1.DeductCreditsResponse.transaction:type_name -> userd.v1.CreditTransaction
-	4,  // 8: userd.v1.GrantCreditsResponse.transaction:type_name -> userd.v1.CreditTransaction
+	38, // 4: userd.v1.CreditTransaction.create_time:type_name -> google.protobuf.Timestamp
+	5,  // 5: userd.v1.GetUserResponse.user:type_name -> userd.v1.User
+	5,  // 6: userd.v1.EnsureUserResponse.user:type_name -> userd.v1.User
+	6,  // 7: userd.v1.DeductCreditsResponse.transaction:type_name -> userd.v1.CreditTransaction
+	6,  // 8: userd.v1.GrantCreditsResponse.transaction:type_name -> userd.v1.CreditTransaction
 	0,  // 9: userd.v1.SetPlanRequest.plan:type_name -> userd.v1.Plan
-	3,  // 10: userd.v1.SetPlanResponse.user:type_name -> userd.v1.User
+	5,  // 10: userd.v1.SetPlanResponse.user:type_name -> userd.v1.User
 	0,  // 11: userd.v1.SetPlanResponse.previous_plan:type_name -> userd.v1.Plan
-	4,  // 12: userd.v1.SetPlanResponse.bonus_transaction:type_name -> userd.v1.CreditTransaction
-	4,  // 13: userd.v1.ListCreditTransactionsResponse.transactions:type_name -> userd.v1.CreditTransaction
-	31, // 14: userd.v1.GetUsageSummaryRequest.start_time:type_name -> google.protobuf.Timestamp
-	31, // 15: userd.v1.GetUsageSummaryRequest.end_time:type_name -> google.protobuf.Timestamp
+	6,  // 12: userd.v1.SetPlanResponse.bonus_transaction:type_name -> userd.v1.CreditTransaction
+	6,  // 13: userd.v1.ListCreditTransactionsResponse.transactions:type_name -> userd.v1.CreditTransaction
+	38, // 14: userd.v1.GetUsageSummaryRequest.start_time:type_name -> google.protobuf.Timestamp
+	38, // 15: userd.v1.GetUsageSummaryRequest.end_time:type_name -> google.protobuf.Timestamp
 	2,  // 16: userd.v1.GetUsageSummaryRequest.group_by:type_name -> userd.v1.UsagePeriod
-	31, // 17: userd.v1.UsageInPeriod.start_time:type_name -> google.protobuf.Timestamp
-	31, // 18: userd.v1.UsageInPeriod.end_time:type_name -> google.protobuf.Timestamp
-	18, // 19: userd.v1.UsageInPeriod.reasons:type_name -> userd.v1.UsageByReason
-	31, // 20: userd.v1.GetUsageSummaryResponse.start_time:type_name -> google.protobuf.Timestamp
-	31, // 21: userd.v1.GetUsageSummaryResponse.end_time:type_name -> google.protobuf.Timestamp
+	38, // 17: userd.v1.UsageInPeriod.start_time:type_name -> google.protobuf.Timestamp
+	38, // 18: userd.v1.UsageInPeriod.end_time:type_name -> google.protobuf.Timestamp
+	20, // 19: userd.v1.UsageInPeriod.reasons:type_name -> userd.v1.UsageByReason
+	38, // 20: userd.v1.GetUsageSummaryResponse.start_time:type_name -> google.protobuf.Timestamp
+	38, // 21: userd.v1.GetUsageSummaryResponse.end_time:type_name -> google.protobuf.Timestamp
 	2,  // 22: userd.v1.GetUsageSummaryResponse.group_by:type_name -> userd.v1.UsagePeriod
-	18, // 23: userd.v1.GetUsageSummaryResponse.reasons:type_name -> userd.v1.UsageByReason
-	19, // 24: userd.v1.GetUsageSummaryResponse.periods:type_name -> userd.v1.UsageInPeriod
-	31, // 25: userd.v1.Price.create_time:type_name -> google.protobuf.Timestamp
-	31, // 26: userd.v1.Price.update_time:type_name -> google.protobuf.Timestamp
-	31, // 27: userd.v1.PriceChange.change_time:type_name -> google.protobuf.Timestamp
-	23, // 28: userd.v1.SetPriceResponse.price:type_name -> userd.v1.Price
-	24, // 29: userd.v1.SetPriceResponse.change:type_name -> userd.v1.PriceChange
-	23, // 30: userd.v1.ListPricesResponse.prices:type_name -> userd.v1.Price
-	24, // 31: userd.v1.ListPriceChangesResponse.changes:type_name -> userd.v1.PriceChange
-	5,  // 32: userd.v1.UserService.GetUser:input_type -> userd.v1.GetUserRequest
-	7,  // 33: userd.v1.UserService.EnsureUser:input_type -> userd.v1.EnsureUserRequest
-	9,  // 34: userd.v1.UserService.DeductCredits:input_type -> userd.v1.DeductCreditsRequest
-	11, // 35: userd.v1.UserService.GrantCredits:input_type -> userd.v1.GrantCreditsRequest
-	13, // 36: userd.v1.UserService.SetPlan:input_type -> userd.v1.SetPlanRequest
-	15, // 37: userd.v1.UserService.ListCreditTransactions:input_type -> userd.v1.ListCreditTransactionsRequest
-	17, // 38: userd.v1.UserService.GetUsageSummary:input_type -> userd.v1.GetUsageSummaryRequest
-	21, // 39: userd.v1.UserService.CanAfford:input_type -> userd.v1.CanAffordRequest
-	25, // 40: userd.v1.UserService.SetPrice:input_type -> userd.v1.SetPriceRequest
-	27, // 41: userd.v1.UserService.ListPrices:input_type -> userd.v1.ListPricesRequest
-	29, // 42: userd.v1.UserService.ListPriceChanges:input_type -> userd.v1.ListPriceChangesRequest
-	6,  // 43: userd.v1.UserService.GetUser:output_type -> userd.v1.GetUserResponse
-	8,  // 44: userd.v1.UserService.EnsureUser:output_type -> userd.v1.EnsureUserResponse
-	10, // 45: userd.v1.UserService.DeductCredits:output_type -> userd.v1.DeductCreditsResponse
-	12, // 46: userd.v1.UserService.GrantCredits:output_type -> userd.v1.GrantCreditsResponse
-	14, // 47: userd.v1.UserService.SetPlan:output_type -> userd.v1.SetPlanResponse
-	16, // 48: userd.v1.UserService.ListCreditTransactions:output_type -> userd.v1.ListCreditTransactionsResponse
-	20, // 49: userd.v1.UserService.GetUsageSummary:output_type -> userd.v1.GetUsageSummaryResponse
-	22, // 50: userd.v1.UserService.CanAfford:output_type -> userd.v1.CanAffordResponse
-	26, // 51: userd.v1.UserService.SetPrice:output_type -> userd.v1.SetPriceResponse
-	28, // 52: userd.v1.UserService.ListPrices:output_type -> userd.v1.ListPricesResponse
-	30, // 53: userd.v1.UserService.ListPriceChanges:output_type -> userd.v1.ListPriceChangesResponse
-	43, // [43:54] is the sub-list for method output_type
-	32, // [32:43] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	20, // 23: userd.v1.GetUsageSummaryResponse.reasons:type_name -> userd.v1.UsageByReason
+	21, // 24: userd.v1.GetUsageSummaryResponse.periods:type_name -> userd.v1.UsageInPeriod
+	38, // 25: userd.v1.Price.create_time:type_name -> google.protobuf.Timestamp
+	38, // 26: userd.v1.Price.update_time:type_name -> google.protobuf.Timestamp
+	38, // 27: userd.v1.PriceChange.change_time:type_name -> google.protobuf.Timestamp
+	25, // 28: userd.v1.SetPriceResponse.price:type_name -> userd.v1.Price
+	26, // 29: userd.v1.SetPriceResponse.change:type_name -> userd.v1.PriceChange
+	25, // 30: userd.v1.ListPricesResponse.prices:type_name -> userd.v1.Price
+	26, // 31: userd.v1.ListPriceChangesResponse.changes:type_name -> userd.v1.PriceChange
+	4,  // 32: userd.v1.WatchUserEventsRequest.start:type_name -> userd.v1.WatchStart
+	3,  // 33: userd.v1.WatchUserEventsRequest.kinds:type_name -> userd.v1.UserEventKind
+	35, // 34: userd.v1.WatchUserEventsResponse.event:type_name -> userd.v1.UserEvent
+	37, // 35: userd.v1.WatchUserEventsResponse.heartbeat:type_name -> userd.v1.WatchHeartbeat
+	3,  // 36: userd.v1.UserEvent.kind:type_name -> userd.v1.UserEventKind
+	38, // 37: userd.v1.UserEvent.create_time:type_name -> google.protobuf.Timestamp
+	5,  // 38: userd.v1.UserEvent.user:type_name -> userd.v1.User
+	36, // 39: userd.v1.UserEvent.plan_change:type_name -> userd.v1.PlanChange
+	6,  // 40: userd.v1.UserEvent.credit_transaction:type_name -> userd.v1.CreditTransaction
+	0,  // 41: userd.v1.PlanChange.previous_plan:type_name -> userd.v1.Plan
+	0,  // 42: userd.v1.PlanChange.plan:type_name -> userd.v1.Plan
+	38, // 43: userd.v1.PlanChange.create_time:type_name -> google.protobuf.Timestamp
+	38, // 44: userd.v1.WatchHeartbeat.time:type_name -> google.protobuf.Timestamp
+	7,  // 45: userd.v1.UserService.GetUser:input_type -> userd.v1.GetUserRequest
+	9,  // 46: userd.v1.UserService.EnsureUser:input_type -> userd.v1.EnsureUserRequest
+	11, // 47: userd.v1.UserService.DeductCredits:input_type -> userd.v1.DeductCreditsRequest
+	13, // 48: userd.v1.UserService.GrantCredits:input_type -> userd.v1.GrantCreditsRequest
+	15, // 49: userd.v1.UserService.SetPlan:input_type -> userd.v1.SetPlanRequest
+	17, // 50: userd.v1.UserService.ListCreditTransactions:input_type -> userd.v1.ListCreditTransactionsRequest
+	19, // 51: userd.v1.UserService.GetUsageSummary:input_type -> userd.v1.GetUsageSummaryRequest
+	23, // 52: userd.v1.UserService.CanAfford:input_type -> userd.v1.CanAffordRequest
+	27, // 53: userd.v1.UserService.SetPrice:input_type -> userd.v1.SetPriceRequest
+	29, // 54: userd.v1.UserService.ListPrices:input_type -> userd.v1.ListPricesRequest
+	31, // 55: userd.v1.UserService.ListPriceChanges:input_type -> userd.v1.ListPriceChangesRequest
+	33, // 56: userd.v1.UserService.WatchUserEvents:input_type -> userd.v1.WatchUserEventsRequest
+	8,  // 57: userd.v1.UserService.GetUser:output_type -> userd.v1.GetUserResponse
+	10, // 58: userd.v1.UserService.EnsureUser:output_type -> userd.v1.EnsureUserResponse
+	12, // 59: userd.v1.UserService.DeductCredits:output_type -> userd.v1.DeductCreditsResponse
+	14, // 60: userd.v1.UserService.GrantCredits:output_type -> userd.v1.GrantCreditsResponse
+	16, // 61: userd.v1.UserService.SetPlan:output_type -> userd.v1.SetPlanResponse
+	18, // 62: userd.v1.UserService.ListCreditTransactions:output_type -> userd.v1.ListCreditTransactionsResponse
+	22, // 63: userd.v1.UserService.GetUsageSummary:output_type -> userd.v1.GetUsageSummaryResponse
+	24, // 64: userd.v1.UserService.CanAfford:output_type -> userd.v1.CanAffordResponse
+	28, // 65: userd.v1.UserService.SetPrice:output_type -> userd.v1.SetPriceResponse
+	30, // 66: userd.v1.UserService.ListPrices:output_type -> userd.v1.ListPricesResponse
+	32, // 67: userd.v1.UserService.ListPriceChanges:output_type -> userd.v1.ListPriceChangesResponse
+	34, // 68: userd.v1.UserService.WatchUserEvents:output_type -> userd.v1.WatchUserEventsResponse
+	57, // [57:69] is the sub-list for method output_type
+	45, // [45:57] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_userd_v1_user_service_proto_init() }
@@ -2601,13 +3278,22 @@ func file_userd_v1_user_service_proto_init() {
 		(*GetUserRequest_Id)(nil),
 		(*GetUserRequest_Email)(nil),
 	}
+	file_userd_v1_user_service_proto_msgTypes[29].OneofWrappers = []any{
+		(*WatchUserEventsResponse_Event)(nil),
+		(*WatchUserEventsResponse_Heartbeat)(nil),
+	}
+	file_userd_v1_user_service_proto_msgTypes[30].OneofWrappers = []any{
+		(*UserEvent_User)(nil),
+		(*UserEvent_PlanChange)(nil),
+		(*UserEvent_CreditTransaction)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_userd_v1_user_service_proto_rawDesc), len(file_userd_v1_user_service_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   28,
+			NumEnums:      5,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

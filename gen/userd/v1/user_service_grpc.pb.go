@@ -30,6 +30,7 @@ const (
 	UserService_SetPrice_FullMethodName               = "/userd.v1.UserService/SetPrice"
 	UserService_ListPrices_FullMethodName             = "/userd.v1.UserService/ListPrices"
 	UserService_ListPriceChanges_FullMethodName       = "/userd.v1.UserService/ListPriceChanges"
+	UserService_WatchUserEvents_FullMethodName        = "/userd.v1.UserService/WatchUserEvents"
 )
 
 // UserServiceClient is the client API for UserService service.
@@ -100,6 +101,27 @@ type UserServiceClient interface {
 	// ListPriceChanges returns the audit history of the price list, newest
 	// first. Services only.
 	ListPriceChanges(ctx context.Context, in *ListPriceChangesRequest, opts ...grpc.CallOption) (*ListPriceChangesResponse, error)
+	// WatchUserEvents streams the change feed: every committed change of a
+	// user, its plan or its credits, as it commits (within about
+	// USERD_FEED_POLL_INTERVAL), in one order that is the same for every
+	// consumer on every replica, and one user's events in the order they were
+	// made. Nothing that rolled back or changed nothing (a replayed
+	// idempotency key, a duplicate or stale webhook delivery) appears.
+	//
+	// Delivery is at least once: keep the cursor of the last event (or
+	// heartbeat) you processed and, after any disconnect or userd restart,
+	// watch again from it, on any replica; an event seen twice has the same
+	// id. A heartbeat carries the current cursor every USERD_FEED_HEARTBEAT
+	// while there is nothing else to send. A consumer that reads slowly is
+	// served from the database at its pace. Events are kept for
+	// USERD_FEED_RETENTION: a cursor older than that fails with OUT_OF_RANGE
+	// (ErrorInfo reason CURSOR_EXPIRED); resynchronise with GetUser and
+	// ListCreditTransactions and watch from now. When userd shuts down the
+	// stream ends with UNAVAILABLE: watch again from the last cursor.
+	//
+	// Services may watch every user or one; an end user only itself
+	// (clerk_user_id "me").
+	WatchUserEvents(ctx context.Context, in *WatchUserEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchUserEventsResponse], error)
 }
 
 type userServiceClient struct {
@@ -220,6 +242,25 @@ func (c *userServiceClient) ListPriceChanges(ctx context.Context, in *ListPriceC
 	return out, nil
 }
 
+func (c *userServiceClient) WatchUserEvents(ctx context.Context, in *WatchUserEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchUserEventsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &UserService_ServiceDesc.Streams[0], UserService_WatchUserEvents_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchUserEventsRequest, WatchUserEventsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type UserService_WatchUserEventsClient = grpc.ServerStreamingClient[WatchUserEventsResponse]
+
 // UserServiceServer is the server API for UserService service.
 // All implementations must embed UnimplementedUserServiceServer
 // for forward compatibility.
@@ -288,6 +329,27 @@ type UserServiceServer interface {
 	// ListPriceChanges returns the audit history of the price list, newest
 	// first. Services only.
 	ListPriceChanges(context.Context, *ListPriceChangesRequest) (*ListPriceChangesResponse, error)
+	// WatchUserEvents streams the change feed: every committed change of a
+	// user, its plan or its credits, as it commits (within about
+	// USERD_FEED_POLL_INTERVAL), in one order that is the same for every
+	// consumer on every replica, and one user's events in the order they were
+	// made. Nothing that rolled back or changed nothing (a replayed
+	// idempotency key, a duplicate or stale webhook delivery) appears.
+	//
+	// Delivery is at least once: keep the cursor of the last event (or
+	// heartbeat) you processed and, after any disconnect or userd restart,
+	// watch again from it, on any replica; an event seen twice has the same
+	// id. A heartbeat carries the current cursor every USERD_FEED_HEARTBEAT
+	// while there is nothing else to send. A consumer that reads slowly is
+	// served from the database at its pace. Events are kept for
+	// USERD_FEED_RETENTION: a cursor older than that fails with OUT_OF_RANGE
+	// (ErrorInfo reason CURSOR_EXPIRED); resynchronise with GetUser and
+	// ListCreditTransactions and watch from now. When userd shuts down the
+	// stream ends with UNAVAILABLE: watch again from the last cursor.
+	//
+	// Services may watch every user or one; an end user only itself
+	// (clerk_user_id "me").
+	WatchUserEvents(*WatchUserEventsRequest, grpc.ServerStreamingServer[WatchUserEventsResponse]) error
 	mustEmbedUnimplementedUserServiceServer()
 }
 
@@ -330,6 +392,9 @@ func (UnimplementedUserServiceServer) ListPrices(context.Context, *ListPricesReq
 }
 func (UnimplementedUserServiceServer) ListPriceChanges(context.Context, *ListPriceChangesRequest) (*ListPriceChangesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListPriceChanges not implemented")
+}
+func (UnimplementedUserServiceServer) WatchUserEvents(*WatchUserEventsRequest, grpc.ServerStreamingServer[WatchUserEventsResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchUserEvents not implemented")
 }
 func (UnimplementedUserServiceServer) mustEmbedUnimplementedUserServiceServer() {}
 func (UnimplementedUserServiceServer) testEmbeddedByValue()                     {}
@@ -550,6 +615,17 @@ func _UserService_ListPriceChanges_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _UserService_WatchUserEvents_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchUserEventsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(UserServiceServer).WatchUserEvents(m, &grpc.GenericServerStream[WatchUserEventsRequest, WatchUserEventsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type UserService_WatchUserEventsServer = grpc.ServerStreamingServer[WatchUserEventsResponse]
+
 // UserService_ServiceDesc is the grpc.ServiceDesc for UserService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -602,6 +678,12 @@ var UserService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _UserService_ListPriceChanges_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchUserEvents",
+			Handler:       _UserService_WatchUserEvents_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "userd/v1/user_service.proto",
 }

@@ -50,6 +50,7 @@ func grpcCodeName(c codes.Code) string {
 		codes.FailedPrecondition: "FAILED_PRECONDITION", codes.PermissionDenied: "PERMISSION_DENIED",
 		codes.NotFound: "NOT_FOUND", codes.AlreadyExists: "ALREADY_EXISTS", codes.Internal: "INTERNAL",
 		codes.Unavailable: "UNAVAILABLE", codes.DeadlineExceeded: "DEADLINE_EXCEEDED",
+		codes.OutOfRange: "OUT_OF_RANGE",
 	}
 	return names[c]
 }
@@ -101,6 +102,22 @@ var errorResponses = []errorResponse{
 		"an unexpected error; the message carries the request id, the cause is only in userd's log."),
 	kindError("Unavailable", apperr.KindUnavailable,
 		"the database is unreachable or timed out; nothing was committed. Safe to retry with the same idempotency key."),
+	func() errorResponse {
+		e := kindError("CursorExpired", apperr.KindExpired,
+			"the cursor is older than the change feed keeps (USERD_FEED_RETENTION): events after it are gone. "+
+				"details holds a google.rpc.ErrorInfo with reason "+apperr.ReasonCursorExpired+" and metadata "+
+				"oldest_cursor, where the retained feed starts. Resynchronise (GetUser, ListCreditTransactions), "+
+				"then watch from now.")
+		e.example = map[string]any{
+			"code": int(e.code), "message": "cursor is older than the events userd keeps (USERD_FEED_RETENTION): " +
+				"resynchronise your copy with GetUser and ListCreditTransactions, then watch from now",
+			"details": []any{map[string]any{
+				"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": apperr.ReasonCursorExpired,
+				"domain": apperr.Domain, "metadata": map[string]any{"oldest_cursor": "ZXYxOjE0OTk4MjEuMTIz"},
+			}},
+		}
+		return e
+	}(),
 	{name: "DeadlineExceeded", status: runtime.HTTPStatusFromCode(codes.DeadlineExceeded), code: codes.DeadlineExceeded,
 		meaning: "the call did not finish within its deadline (the server's, or a shorter one the caller set " +
 			"with grpc-timeout). A mutation may or may not have been applied: retry with the same idempotency key."},
@@ -121,9 +138,12 @@ type operation struct {
 	optionalBody bool
 	// rename gives the operation a better id than the generator's.
 	rename string
+	// stream: the 200 response is a stream of JSON lines.
+	stream bool
 }
 
 var (
+	watchErrors = []string{"InvalidArgument", "Unauthenticated", "PermissionDenied", "CursorExpired", "Internal", "Unavailable"}
 	readErrors  = []string{"InvalidArgument", "Unauthenticated", "NotFound", "Internal", "Unavailable", "DeadlineExceeded"}
 	writeErrors = []string{"InvalidArgument", "Unauthenticated", "PermissionDenied", "NotFound", "Conflict",
 		"PayloadTooLarge", "Internal", "Unavailable", "DeadlineExceeded"}
@@ -147,11 +167,21 @@ var operations = map[string]operation{
 	"SetPrice":               {summary: "Set what one use of an action costs (audited)", servicesOnly: true, errors: priceErrors},
 	"ListPrices":             {summary: "Page through the price list by action", servicesOnly: true, errors: priceErrors},
 	"ListPriceChanges":       {summary: "Page through the price list's history, newest first", servicesOnly: true, errors: priceErrors},
+	"WatchUserEvents": {summary: "Watch the change feed of every user (services)", servicesOnly: true, stream: true,
+		errors: watchErrors},
+	"WatchUserEvents2": {summary: "Watch one user's change feed (me: the caller's own)", me: true, stream: true,
+		rename: "WatchUserEventsOfUser", errors: append([]string{"NotFound"}, watchErrors...)},
 }
 
 func (s operation) apply(op *openapi3.Operation) error {
-	// protoc-gen-openapiv2 puts the whole proto comment in the summary.
-	op.Description, op.Summary = op.Summary, s.summary
+	// protoc-gen-openapiv2 puts the proto comment's first paragraph in the
+	// summary and the others in the description.
+	if op.Description != "" {
+		op.Description = op.Summary + "\n\n" + op.Description
+	} else {
+		op.Description = op.Summary
+	}
+	op.Summary = s.summary
 	if s.rename != "" {
 		op.OperationID = s.rename
 	}
@@ -192,6 +222,18 @@ func (s operation) apply(op *openapi3.Operation) error {
 	}
 	ok.Value.Headers = openapi3.Headers{"X-Request-Id": {Ref: "#/components/headers/X-Request-Id"}}
 	desc := "The result."
+	if s.stream {
+		// grpc-gateway's stream format, as internal/gateway serves it.
+		desc = "A stream of JSON objects, one per line (newline-delimited JSON), flushed as they come: " +
+			`{"result": WatchUserEventsResponse} — an event or a heartbeat, the first line always a heartbeat — ` +
+			`and, if the stream fails after it started, a last {"error": Status}. It stays open until the client ` +
+			"closes it or userd stops (then: watch again from the last cursor received)."
+		line := ok.Value.Content.Get("application/json")
+		if line == nil {
+			return fmt.Errorf("stream without a JSON response schema")
+		}
+		ok.Value.Content = openapi3.Content{"application/x-ndjson": line}
+	}
 	ok.Value.Description = &desc
 
 	responses := openapi3.NewResponses()

@@ -16,6 +16,12 @@ import (
 // these are when there is nothing to say.
 var optionalResponseFields = map[string]bool{
 	"SetPlanResponse.bonusTransaction": true, // no bonus credits
+	// One of each oneof.
+	"WatchUserEventsResponse.event":     true,
+	"WatchUserEventsResponse.heartbeat": true,
+	"UserEvent.user":                    true,
+	"UserEvent.planChange":              true,
+	"UserEvent.creditTransaction":       true,
 }
 
 func completeSchemas(schemas openapi3.Schemas) {
@@ -48,12 +54,13 @@ func completeSchemas(schemas openapi3.Schemas) {
 		Properties: openapi3.Schemas{
 			"@type": typeURL("type.googleapis.com/google.rpc.ErrorInfo"),
 			"reason": str("Stable reason: " + strings.Join([]string{apperr.ReasonInsufficientCredits,
-				apperr.ReasonIdempotencyKeyReused, apperr.ReasonEmailInUse, apperr.ReasonUserDeleted}, ", ") +
+				apperr.ReasonIdempotencyKeyReused, apperr.ReasonEmailInUse, apperr.ReasonUserDeleted,
+				apperr.ReasonCursorExpired}, ", ") +
 				" (more may be added)."),
 			"domain": str(`Always "` + apperr.Domain + `".`),
 			"metadata": {Value: &openapi3.Schema{
 				Type:                 &openapi3.Types{openapi3.TypeObject},
-				Description:          "Facts about the error; for INSUFFICIENT_CREDITS, required and available.",
+				Description:          "Facts about the error; for INSUFFICIENT_CREDITS, required and available; for CURSOR_EXPIRED, oldest_cursor.",
 				AdditionalProperties: openapi3.AdditionalProperties{Schema: stringSchema().NewRef()},
 			}},
 		},

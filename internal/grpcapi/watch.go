@@ -1,0 +1,160 @@
+package grpcapi
+
+import (
+	"context"
+	"errors"
+
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	userdv1 "github.com/userd/userd/gen/userd/v1"
+	"github.com/userd/userd/internal/apperr"
+	"github.com/userd/userd/internal/auth"
+	"github.com/userd/userd/internal/feed"
+	"github.com/userd/userd/internal/users"
+)
+
+// WithFeed makes the server answer WatchUserEvents from hub.
+func (s *Server) WithFeed(hub *feed.Hub) *Server {
+	s.feed = hub
+	return s
+}
+
+// WatchUserEvents implements userdv1.UserServiceServer.
+func (s *Server) WatchUserEvents(req *userdv1.WatchUserEventsRequest, stream userdv1.UserService_WatchUserEventsServer) error {
+	ctx := stream.Context()
+	if s.feed == nil {
+		return errors.New("WatchUserEvents: no change feed configured")
+	}
+	r, err := watchRequest(ctx, req)
+	if err != nil {
+		return err
+	}
+	err = s.feed.Watch(ctx, r, watchSink{stream})
+	if ctx.Err() != nil {
+		// The caller went away (or its deadline passed): say so, not
+		// "internal".
+		return status.FromContextError(ctx.Err()).Err()
+	}
+	return err
+}
+
+// watchRequest authorizes and translates a watch: a service may watch
+// every user or one; an end user only itself.
+func watchRequest(ctx context.Context, req *userdv1.WatchUserEventsRequest) (feed.Request, error) {
+	var r feed.Request
+	if req.GetClerkUserId() == "" {
+		p, err := principal(ctx)
+		if err != nil {
+			return r, err
+		}
+		if p.Kind != auth.KindService {
+			return r, apperr.PermissionDenied(`end users may watch only their own events: set clerk_user_id to "me"`)
+		}
+	} else {
+		id, err := ownUser(ctx, req.GetClerkUserId())
+		if err != nil {
+			return r, err
+		}
+		r.ClerkUserID = id
+	}
+	var violations []apperr.FieldViolation
+	switch {
+	case req.GetCursor() != "":
+		pos, err := feed.ParseCursor(req.GetCursor())
+		if err != nil {
+			violations = append(violations, apperr.FieldViolation{Field: "cursor", Description: "is not a cursor returned by this API"})
+		}
+		if req.GetStart() != userdv1.WatchStart_WATCH_START_UNSPECIFIED {
+			violations = append(violations, apperr.FieldViolation{Field: "start", Description: "must be unspecified with a cursor"})
+		}
+		r.Start, r.After = feed.StartAfter, pos
+	case req.GetStart() == userdv1.WatchStart_WATCH_START_OLDEST:
+		r.Start = feed.StartOldest
+	case req.GetStart() == userdv1.WatchStart_WATCH_START_NOW, req.GetStart() == userdv1.WatchStart_WATCH_START_UNSPECIFIED:
+		r.Start = feed.StartNow
+	default:
+		violations = append(violations, apperr.FieldViolation{Field: "start", Description: "unknown start"})
+	}
+	for _, k := range req.GetKinds() {
+		kind, ok := kindFromProto[k]
+		if !ok {
+			violations = append(violations, apperr.FieldViolation{Field: "kinds", Description: "must be USER_EVENT_KIND_USER_CREATED, _USER_UPDATED, _USER_DELETED, _PLAN_CHANGED or _CREDITS_CHANGED"})
+			break
+		}
+		r.Kinds = append(r.Kinds, kind)
+	}
+	if len(violations) > 0 {
+		return r, apperr.InvalidArgument(violations...)
+	}
+	return r, nil
+}
+
+// watchSink sends a watch's output on the stream.
+type watchSink struct {
+	stream userdv1.UserService_WatchUserEventsServer
+}
+
+func (s watchSink) Event(ev feed.Event) error {
+	return s.stream.Send(&userdv1.WatchUserEventsResponse{
+		Item: &userdv1.WatchUserEventsResponse_Event{Event: eventToProto(ev)},
+	})
+}
+
+func (s watchSink) Heartbeat(cursor feed.Position) error {
+	return s.stream.Send(&userdv1.WatchUserEventsResponse{
+		Item: &userdv1.WatchUserEventsResponse_Heartbeat{Heartbeat: &userdv1.WatchHeartbeat{
+			Cursor: cursor.Cursor(), Time: timestamppb.Now(),
+		}},
+	})
+}
+
+var (
+	kindToProto = map[feed.Kind]userdv1.UserEventKind{
+		feed.KindUserCreated:    userdv1.UserEventKind_USER_EVENT_KIND_USER_CREATED,
+		feed.KindUserUpdated:    userdv1.UserEventKind_USER_EVENT_KIND_USER_UPDATED,
+		feed.KindUserDeleted:    userdv1.UserEventKind_USER_EVENT_KIND_USER_DELETED,
+		feed.KindPlanChanged:    userdv1.UserEventKind_USER_EVENT_KIND_PLAN_CHANGED,
+		feed.KindCreditsChanged: userdv1.UserEventKind_USER_EVENT_KIND_CREDITS_CHANGED,
+	}
+	kindFromProto = func() map[userdv1.UserEventKind]feed.Kind {
+		m := map[userdv1.UserEventKind]feed.Kind{}
+		for k, v := range kindToProto {
+			m[v] = k
+		}
+		return m
+	}()
+)
+
+func eventToProto(ev feed.Event) *userdv1.UserEvent {
+	out := &userdv1.UserEvent{
+		Id:          ev.ID,
+		Cursor:      ev.Position.Cursor(),
+		Kind:        kindToProto[ev.Kind],
+		UserId:      ev.UserID.String(),
+		ClerkUserId: ev.ClerkUserID,
+		CreateTime:  timestamppb.New(ev.Time),
+	}
+	switch {
+	case ev.User != nil:
+		out.Change = &userdv1.UserEvent_User{User: userToProto(*ev.User)}
+	case ev.PlanChange != nil:
+		out.Change = &userdv1.UserEvent_PlanChange{PlanChange: planChangeToProto(*ev.PlanChange)}
+	case ev.Transaction != nil:
+		out.Change = &userdv1.UserEvent_CreditTransaction{CreditTransaction: transactionToProto(*ev.Transaction)}
+	}
+	return out
+}
+
+func planChangeToProto(c users.PlanChange) *userdv1.PlanChange {
+	return &userdv1.PlanChange{
+		Id:                 c.ID,
+		PreviousPlan:       planToProto(c.PreviousPlan),
+		Plan:               planToProto(c.Plan),
+		BonusCredits:       c.BonusCredits,
+		BonusTransactionId: c.TransactionID,
+		Reason:             c.Reason,
+		IdempotencyKey:     c.IdempotencyKey,
+		CreateTime:         timestamppb.New(c.CreatedAt),
+	}
+}
