@@ -1,0 +1,543 @@
+// Command userd-feedbench measures the change feed (WatchUserEvents): the
+// latency from a write's commit to its event reaching consumers at a
+// steady load, the cost of the outbox triggers on write throughput
+// (pgbench on the same statements with the triggers enabled and disabled,
+// alternating in one run), and the CPU and memory of idle consumers. It
+// starts the userd binary on a fresh database and writes its section of
+// BENCHMARKS.md. Run it with `make bench-feed`.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	userdv1 "github.com/userd/userd/gen/userd/v1"
+	"github.com/userd/userd/internal/procstat"
+)
+
+const serviceToken = "feedbench-service-token-0123456789abcdef"
+
+// Markers of the section this command owns in BENCHMARKS.md.
+const (
+	beginMarker = "<!-- feed: written by make bench-feed -->"
+	endMarker   = "<!-- /feed -->"
+)
+
+var (
+	binPath     = flag.String("userd", "bin/userd", "userd binary to measure")
+	serverURL   = flag.String("server", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable", "PostgreSQL server to create the bench database on")
+	nUsers      = flag.Int("users", 200, "seeded users")
+	writeRate   = flag.Int("rate", 200, "DeductCredits per second during the latency measurement")
+	writers     = flag.Int("writers", 8, "concurrent writers during the latency measurement")
+	consumers   = flag.Int("consumers", 10, "consumers watching every user during the latency measurement")
+	latencyDur  = flag.Duration("d", 20*time.Second, "latency measurement time per poll interval")
+	polls       = flag.String("polls", "100ms,20ms", "USERD_FEED_POLL_INTERVAL values to measure latency at")
+	idle        = flag.Int("idle", 1000, "idle consumers for the CPU measurement")
+	idleDur     = flag.Duration("idle-d", 30*time.Second, "CPU measurement time, with and without the idle consumers")
+	pgClients   = flag.Int("c", 16, "pgbench clients")
+	pgDur       = flag.Duration("pg-d", 10*time.Second, "pgbench time per round")
+	rounds      = flag.Int("rounds", 3, "pgbench rounds per variant (alternating)")
+	out         = flag.String("out", "BENCHMARKS.md", "file whose feed section to write (empty: print only)")
+	streamsConn = 90 // below the server's 100 concurrent streams per connection
+)
+
+func main() {
+	flag.Parse()
+	log.SetFlags(0)
+	if err := run(context.Background()); err != nil {
+		log.Fatalf("userd-feedbench: %v", err)
+	}
+}
+
+func run(ctx context.Context) error {
+	dbURL, cleanup, err := benchDatabase(ctx)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	var report strings.Builder
+	pgv, _ := exec.Command("pgbench", "--version").Output()
+	fmt.Fprintf(&report, "## Change feed\n\nProduced by `make bench-feed` (cmd/userd-feedbench) on %s: %d cores, %s, PostgreSQL %s on the same machine, "+
+		"which is shared with other work (load average %s at the start): read the ratios and orders of magnitude.\n\n",
+		time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version(),
+		strings.TrimSpace(strings.TrimPrefix(string(pgv), "pgbench (PostgreSQL)")), loadAverage())
+
+	// Commit → consumer latency.
+	fmt.Fprintf(&report, "**Commit → consumer latency** at a steady %d DeductCredits/s (gRPC, %d writers over %d users) with %d consumers watching every user over gRPC, %s per setting. "+
+		"Measured from the moment the DeductCredits response arrived (the transaction had committed) to the moment each consumer received the event.\n\n",
+		*writeRate, *writers, *nUsers, *consumers, *latencyDur)
+	fmt.Fprintf(&report, "| USERD_FEED_POLL_INTERVAL | events × consumers | p50 ms | p90 ms | p99 ms | max ms | userd CPU s |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	for i, poll := range strings.Split(*polls, ",") {
+		u, err := startUserd(ctx, dbURL, "USERD_FEED_POLL_INTERVAL="+poll)
+		if err != nil {
+			return err
+		}
+		if i == 0 {
+			if err := u.seed(); err != nil {
+				u.stop()
+				return err
+			}
+		}
+		lat, cpu, err := u.latency()
+		u.stop()
+		if err != nil {
+			return err
+		}
+		n := len(lat)
+		fmt.Fprintf(&report, "| %s | %d | %.1f | %.1f | %.1f | %.1f | %.1f |\n", poll, n,
+			pct(lat, .5), pct(lat, .9), pct(lat, .99), pct(lat, 1), cpu)
+		log.Printf("latency at %s: p50 %.1fms p99 %.1fms over %d deliveries", poll, pct(lat, .5), pct(lat, .99), n)
+	}
+
+	// CPU and memory per idle consumer.
+	u, err := startUserd(ctx, dbURL)
+	if err != nil {
+		return err
+	}
+	idleRes, err := u.idleCost()
+	u.stop()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(&report, "\n**Idle consumers** (USERD_FEED_HEARTBEAT 15s, the default; no writes): userd's CPU over %s with no watcher and with %d watchers open "+
+		"(each on one user, %d streams per connection), and its RSS.\n\n", *idleDur, *idle, streamsConn)
+	fmt.Fprintf(&report, "| watchers | userd CPU s | CPU per watcher | RSS MiB | RSS per watcher |\n| ---: | ---: | ---: | ---: | ---: |\n")
+	fmt.Fprintf(&report, "| 0 | %.2f | | %.0f | |\n", idleRes.cpu0, idleRes.rss0)
+	perMin := (idleRes.cpuN - idleRes.cpu0) / float64(*idle) / idleDur.Minutes() * 1000
+	fmt.Fprintf(&report, "| %d | %.2f | %.3f ms/min | %.0f | %.1f KiB |\n", *idle, idleRes.cpuN, perMin, idleRes.rssN,
+		(idleRes.rssN-idleRes.rss0)*1024/float64(*idle))
+	log.Printf("idle: %.3f CPU ms/min per watcher", perMin)
+
+	// The outbox's cost on writes.
+	pg, err := outboxCost(ctx, dbURL)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(&report, "\n**Cost of the outbox on writes**: pgbench, %d clients, %d alternating rounds of %s per variant, running the statement userd runs "+
+		"with the feed's triggers enabled and disabled (`ALTER TABLE … DISABLE TRIGGER`) on the same database; medians.\n\n", *pgClients, *rounds, *pgDur)
+	fmt.Fprintf(&report, "| statement | events per call | tps with triggers | tps without | cost |\n| --- | ---: | ---: | ---: | ---: |\n")
+	for _, r := range pg {
+		fmt.Fprintf(&report, "| %s | %d | %.0f | %.0f | %+.0f%% |\n", r.name, r.events, median(r.with), median(r.without),
+			(median(r.with)/median(r.without)-1)*100)
+	}
+	section := report.String()
+	fmt.Println(section)
+	if *out == "" {
+		return nil
+	}
+	return writeSection(*out, section)
+}
+
+// userd is a running userd binary.
+type userd struct {
+	cmd    *exec.Cmd
+	conns  []*grpc.ClientConn
+	client userdv1.UserServiceClient
+	ctx    context.Context
+	grpc   string
+}
+
+func startUserd(ctx context.Context, dbURL string, env ...string) (*userd, error) {
+	ports := make([]string, 2)
+	for i := range ports {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ports[i] = ln.Addr().String()
+		ln.Close()
+	}
+	cmd := exec.Command(*binPath, "serve")
+	cmd.Env = append(append(os.Environ(),
+		"DATABASE_URL="+dbURL, "USERD_DB_MAX_CONNS=16",
+		"USERD_GRPC_ADDR="+ports[0], "USERD_HTTP_ADDR=off", "USERD_WEBHOOK_ADDR=off", "USERD_OPS_ADDR="+ports[1],
+		"USERD_SERVICE_TOKENS=bench="+serviceToken, "USERD_LOG_FORMAT=json", "USERD_LOG_LEVEL=warn"), env...)
+	cmd.Stdout, cmd.Stderr = io.Discard, os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", *binPath, err)
+	}
+	u := &userd{cmd: cmd, grpc: ports[0], ctx: metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+serviceToken)}
+	if err := waitReady("http://" + ports[1] + "/readyz"); err != nil {
+		u.stop()
+		return nil, err
+	}
+	conn, err := u.dial()
+	if err != nil {
+		u.stop()
+		return nil, err
+	}
+	u.client = userdv1.NewUserServiceClient(conn)
+	return u, nil
+}
+
+func (u *userd) dial() (*grpc.ClientConn, error) {
+	conn, err := grpc.NewClient(u.grpc, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err == nil {
+		u.conns = append(u.conns, conn)
+	}
+	return conn, err
+}
+
+func (u *userd) stop() {
+	for _, c := range u.conns {
+		_ = c.Close()
+	}
+	_ = u.cmd.Process.Signal(os.Interrupt)
+	_ = u.cmd.Wait()
+}
+
+func userID(i int) string { return fmt.Sprintf("user_feedbench%d", i) }
+
+func (u *userd) seed() error {
+	log.Printf("seeding %d users", *nUsers)
+	for i := range *nUsers {
+		if _, err := u.client.EnsureUser(u.ctx, &userdv1.EnsureUserRequest{ClerkUserId: userID(i)}); err != nil {
+			return err
+		}
+		if _, err := u.client.GrantCredits(u.ctx, &userdv1.GrantCreditsRequest{ClerkUserId: userID(i), Amount: 1_000_000_000, IdempotencyKey: "seed"}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+var keySeq atomic.Int64
+
+// latency runs the steady load and returns every consumer's delivery
+// latency in ms, and userd's CPU seconds meanwhile.
+func (u *userd) latency() ([]float64, float64, error) {
+	var committed sync.Map // ledger entry id -> time the response arrived
+	ctx, cancel := context.WithCancel(u.ctx)
+	defer cancel()
+	var (
+		mu       sync.Mutex
+		lat      []float64
+		watchers sync.WaitGroup
+		ready    sync.WaitGroup
+	)
+	for range *consumers {
+		stream, err := u.client.WatchUserEvents(ctx, &userdv1.WatchUserEventsRequest{
+			Kinds: []userdv1.UserEventKind{userdv1.UserEventKind_USER_EVENT_KIND_CREDITS_CHANGED},
+		})
+		if err != nil {
+			return nil, 0, err
+		}
+		ready.Add(1)
+		watchers.Go(func() {
+			first := true
+			received := map[int64]time.Time{}
+			for {
+				item, err := stream.Recv()
+				if err != nil {
+					break
+				}
+				now := time.Now()
+				if first {
+					first = false
+					ready.Done()
+				}
+				if ev := item.GetEvent(); ev != nil {
+					received[ev.GetCreditTransaction().GetId()] = now
+				}
+			}
+			var mine []float64
+			for id, at := range received {
+				if c, ok := committed.Load(id); ok {
+					mine = append(mine, float64(at.Sub(c.(time.Time)).Microseconds())/1000)
+				}
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		})
+	}
+	ready.Wait()
+	cpu0 := procstat.CPUSeconds(u.cmd.Process.Pid)
+	limiter := rate.NewLimiter(rate.Limit(*writeRate), 1)
+	deadline := time.Now().Add(*latencyDur)
+	var writes sync.WaitGroup
+	var failed atomic.Int64
+	for w := range *writers {
+		writes.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(w), 1))
+			for time.Now().Before(deadline) {
+				if err := limiter.Wait(ctx); err != nil {
+					return
+				}
+				res, err := u.client.DeductCredits(u.ctx, &userdv1.DeductCreditsRequest{
+					ClerkUserId: userID(rng.IntN(*nUsers)), Amount: 1, IdempotencyKey: fmt.Sprint("lat-", keySeq.Add(1)),
+				})
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				committed.Store(res.GetTransaction().GetId(), time.Now())
+			}
+		})
+	}
+	writes.Wait()
+	time.Sleep(3 * time.Second) // the last events reach the consumers
+	cpu := procstat.CPUSeconds(u.cmd.Process.Pid) - cpu0
+	cancel()
+	watchers.Wait()
+	if failed.Load() > 0 {
+		log.Printf("%d writes failed", failed.Load())
+	}
+	slices.Sort(lat)
+	return lat, cpu, nil
+}
+
+type idleResult struct{ cpu0, cpuN, rss0, rssN float64 }
+
+// idleCost measures userd's CPU and RSS with no watcher and with *idle
+// watchers that get no events.
+func (u *userd) idleCost() (idleResult, error) {
+	var r idleResult
+	pid := u.cmd.Process.Pid
+	time.Sleep(2 * time.Second)
+	c0 := procstat.CPUSeconds(pid)
+	time.Sleep(*idleDur)
+	r.cpu0 = procstat.CPUSeconds(pid) - c0
+	r.rss0 = procstat.RSSMiB(pid)
+	ctx, cancel := context.WithCancel(u.ctx)
+	defer cancel()
+	var client userdv1.UserServiceClient
+	var open sync.WaitGroup
+	for i := range *idle {
+		if i%streamsConn == 0 {
+			conn, err := u.dial()
+			if err != nil {
+				return r, err
+			}
+			client = userdv1.NewUserServiceClient(conn)
+		}
+		stream, err := client.WatchUserEvents(ctx, &userdv1.WatchUserEventsRequest{ClerkUserId: userID(i % *nUsers)})
+		if err != nil {
+			return r, err
+		}
+		open.Add(1)
+		go func() {
+			first := true
+			for {
+				if _, err := stream.Recv(); err != nil {
+					if first {
+						open.Done()
+					}
+					return
+				}
+				if first {
+					first = false
+					open.Done()
+				}
+			}
+		}()
+	}
+	open.Wait()
+	time.Sleep(5 * time.Second)
+	c1 := procstat.CPUSeconds(pid)
+	time.Sleep(*idleDur)
+	r.cpuN = procstat.CPUSeconds(pid) - c1
+	r.rssN = procstat.RSSMiB(pid)
+	return r, nil
+}
+
+type pgResult struct {
+	name          string
+	events        int
+	with, without []float64
+}
+
+// outboxCost runs pgbench on the statements userd runs for a deduction and
+// for a new user, with the feed's triggers enabled and disabled.
+func outboxCost(ctx context.Context, dbURL string) ([]pgResult, error) {
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(ctx)
+	dir, err := os.MkdirTemp("", "userd-feedbench")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	scripts := []struct {
+		name, body string
+		events     int
+		triggers   []string
+	}{
+		{"DeductCredits (`userd_change_credits`)", fmt.Sprintf("\\set n random(0, %d)\n\\set k random(1, 1000000000000)\n"+
+			"SELECT status FROM userd_change_credits('user_feedbench' || :n, 'DEDUCT', -1, 'bench', 'pgb' || :k || '-' || :client_id);\n", *nUsers-1),
+			1, []string{"credit_transactions ALTER TRIGGER credit_transactions_feed"}},
+		{"EnsureUser, new user (`InsertUserWithInitialCredits`)", "\\set k random(1, 1000000000000)\n" +
+			"WITH new_user AS (INSERT INTO users (clerk_user_id, plan, credits) VALUES ('user_pgb' || :k || '_' || :client_id, 'FREE', 10) " +
+			"ON CONFLICT (clerk_user_id) DO NOTHING RETURNING *), initial AS (INSERT INTO credit_transactions (user_id, delta, balance_after, kind) " +
+			"SELECT new_user.id, new_user.credits, new_user.credits, 'INITIAL' FROM new_user) SELECT id FROM new_user;\n",
+			2, []string{"credit_transactions ALTER TRIGGER credit_transactions_feed", "users ALTER TRIGGER users_feed_insert"}},
+	}
+	var results []pgResult
+	for _, s := range scripts {
+		path := filepath.Join(dir, strconv.Itoa(len(results))+".sql")
+		if err := os.WriteFile(path, []byte(s.body), 0o644); err != nil {
+			return nil, err
+		}
+		res := pgResult{name: s.name, events: s.events}
+		setTriggers := func(on bool) error {
+			verb := "DISABLE"
+			if on {
+				verb = "ENABLE"
+			}
+			for _, t := range s.triggers {
+				table, trigger, _ := strings.Cut(t, " ALTER TRIGGER ")
+				if _, err := conn.Exec(ctx, fmt.Sprintf("ALTER TABLE %s %s TRIGGER %s", table, verb, trigger)); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		for r := range *rounds {
+			for _, on := range []bool{true, false} {
+				if err := setTriggers(on); err != nil {
+					return nil, err
+				}
+				tps, err := pgbench(dbURL, path)
+				if err != nil {
+					return nil, err
+				}
+				if on {
+					res.with = append(res.with, tps)
+				} else {
+					res.without = append(res.without, tps)
+				}
+				log.Printf("pgbench %s round %d triggers=%v: %.0f tps", s.name, r+1, on, tps)
+			}
+		}
+		if err := setTriggers(true); err != nil {
+			return nil, err
+		}
+		results = append(results, res)
+	}
+	return results, nil
+}
+
+var tpsRe = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)
+
+func pgbench(dbURL, script string) (float64, error) {
+	cmd := exec.Command("pgbench", "-n", "-M", "prepared", "-c", strconv.Itoa(*pgClients), "-j", strconv.Itoa(runtime.NumCPU()),
+		"-T", strconv.Itoa(int(pgDur.Seconds())), "-f", script, dbURL)
+	b, err := cmd.CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("pgbench: %v\n%s", err, b)
+	}
+	m := tpsRe.FindSubmatch(b)
+	if m == nil {
+		return 0, fmt.Errorf("pgbench: no tps in\n%s", b)
+	}
+	return strconv.ParseFloat(string(m[1]), 64)
+}
+
+func benchDatabase(ctx context.Context) (string, func(), error) {
+	conn, err := pgx.Connect(ctx, *serverURL)
+	if err != nil {
+		return "", nil, fmt.Errorf("connect to -server: %w", err)
+	}
+	name := fmt.Sprintf("userd_feedbench_%d", os.Getpid())
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		return "", nil, fmt.Errorf("create bench database: %w", err)
+	}
+	u, _ := url.Parse(*serverURL)
+	u.Path = "/" + name
+	return u.String(), func() {
+		_, _ = conn.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+		_ = conn.Close(context.Background())
+	}, nil
+}
+
+func waitReady(u string) error {
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get(u); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("userd not ready at %s", u)
+}
+
+// pct is the q-quantile of sorted xs.
+func pct(xs []float64, q float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	i := int(q * float64(len(xs)-1))
+	return xs[i]
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	return s[len(s)/2]
+}
+
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// writeSection replaces the feed section of the file (between its markers)
+// or appends it.
+func writeSection(path, section string) error {
+	b, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	doc := string(b)
+	block := beginMarker + "\n" + section + endMarker + "\n"
+	if i := strings.Index(doc, beginMarker); i >= 0 {
+		if j := strings.Index(doc[i:], endMarker); j >= 0 {
+			doc = doc[:i] + block + doc[i+j+len(endMarker)+1:]
+			return os.WriteFile(path, []byte(doc), 0o644)
+		}
+	}
+	if doc != "" && !strings.HasSuffix(doc, "\n\n") {
+		doc += "\n"
+	}
+	return os.WriteFile(path, []byte(doc+block), 0o644)
+}
