@@ -18,6 +18,7 @@ const (
 	ReasonEmailInUse           = apperr.ReasonEmailInUse
 	ReasonUserDeleted          = apperr.ReasonUserDeleted
 	ReasonUnknownAction        = apperr.ReasonUnknownAction
+	ReasonCursorExpired        = apperr.ReasonCursorExpired
 )
 
 // IsInsufficientCredits reports whether err is a deduction refused because

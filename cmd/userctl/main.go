@@ -9,6 +9,7 @@
 //	userctl ledger user_2abc --json
 //	userctl usage user_2abc --since 2026-03-01 --by day
 //	userctl prices set render 2      userctl prices history render
+//	userctl watch --kind plan --cursor-file /var/lib/billing/userd.cursor
 //
 // The address and token come from --addr/--token or USERD_ADDR/USERD_TOKEN.
 // Exit codes (for scripts): see exitCodes.
@@ -20,8 +21,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/alecthomas/kong"
@@ -44,6 +47,7 @@ const (
 	exitUnauthenticated     = 6 // token missing or not accepted
 	exitPermissionDenied    = 7 // the token may not do this
 	exitUnavailable         = 8 // userd or its database unreachable, or timed out: retry (same --key)
+	exitCursorExpired       = 9 // watch: the cursor is older than userd keeps events; resynchronise
 )
 
 type cli struct {
@@ -62,11 +66,15 @@ type cli struct {
 	Usage   usageCmd   `cmd:"" help:"Sum a user's ledger over a window: credits spent and granted, by reason and by UTC day, week or month."`
 	Afford  affordCmd  `cmd:"" name:"can-afford" help:"Whether a user's balance covers an amount or an action's price; exit code 4 when it does not."`
 	Prices  pricesCmd  `cmd:"" help:"The price list: what one use of each action costs."`
+	Watch   watchCmd   `cmd:"" help:"Follow the change feed (user, plan and credit events) until interrupted, resuming from a saved cursor."`
 }
 
 // env is what every command gets.
 type env struct {
-	ctx    context.Context
+	ctx context.Context
+	// root is not bounded by --timeout (for watch); it ends on SIGINT or
+	// SIGTERM.
+	root   context.Context
 	client *userdclient.Client
 	out    *printer
 }
@@ -84,7 +92,7 @@ func run(args []string, stdout, stderr io.Writer) (code int) {
 		kong.Name("userctl"),
 		kong.Description("Operate userd: users, credits, plans. Exit codes: 0 ok, 1 error, 2 usage or invalid request, "+
 			"3 not found, 4 insufficient credits (or can-afford says no), 5 conflict (key reused, email in use), 6 unauthenticated, "+
-			"7 permission denied, 8 unavailable or timed out (retry with the same --key)."),
+			"7 permission denied, 8 unavailable or timed out (retry with the same --key), 9 watch cursor expired (resynchronise)."),
 		kong.Writers(stdout, stderr),
 		kong.Exit(func(code int) { panic(exit(code)) }),
 	)
@@ -123,9 +131,11 @@ func run(args []string, stdout, stderr io.Writer) (code int) {
 		return exitUsage
 	}
 	defer client.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), c.Timeout)
+	root, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(root, c.Timeout)
 	defer cancel()
-	e := &env{ctx: ctx, client: client, out: &printer{w: stdout, json: c.JSON}}
+	e := &env{ctx: ctx, root: root, client: client, out: &printer{w: stdout, json: c.JSON}}
 	if err := kctx.Run(e); err != nil {
 		return report(stderr, err)
 	}
@@ -156,6 +166,9 @@ func report(w io.Writer, err error) int {
 		fmt.Fprintf(w, "  reason: %s\n", r)
 	}
 	switch {
+	case userdclient.IsCursorExpired(err):
+		fmt.Fprintf(w, "  the feed now starts at cursor %s: resynchronise (get, ledger), then watch from now\n", userdclient.OldestCursor(err))
+		return exitCursorExpired
 	case st.Code() == codes.InvalidArgument:
 		return exitUsage
 	case userdclient.IsNotFound(err):
@@ -181,6 +194,7 @@ func codeName(c codes.Code) string {
 		codes.InvalidArgument: "INVALID_ARGUMENT", codes.NotFound: "NOT_FOUND", codes.FailedPrecondition: "FAILED_PRECONDITION",
 		codes.AlreadyExists: "ALREADY_EXISTS", codes.Unauthenticated: "UNAUTHENTICATED", codes.PermissionDenied: "PERMISSION_DENIED",
 		codes.Unavailable: "UNAVAILABLE", codes.DeadlineExceeded: "DEADLINE_EXCEEDED", codes.Internal: "INTERNAL",
+		codes.OutOfRange: "OUT_OF_RANGE",
 	}
 	if n, ok := names[c]; ok {
 		return n
@@ -459,4 +473,86 @@ func (c *pricesHistoryCmd) Run(e *env) error {
 		res.Changes = append(res.Changes, ch)
 	}
 	return e.out.message(res, func() { e.out.priceChanges(res.GetChanges()) })
+}
+
+type watchCmd struct {
+	ClerkUserID string   `arg:"" optional:"" name:"clerk-user-id" help:"Only this user's events; every user's when omitted."`
+	Kinds       []string `name:"kind" help:"Only these kinds: created, updated, deleted, plan, credits (repeat the flag or separate with commas)."`
+	Cursor      string   `help:"Resume after this cursor (printed with every event and heartbeat by --json)."`
+	CursorFile  string   `name:"cursor-file" type:"path" help:"Resume from the cursor saved in this file, if it exists, and save the cursor there after every event and heartbeat."`
+	FromOldest  bool     `name:"from-oldest" help:"Without a cursor, start at the oldest event userd keeps instead of now."`
+	Count       int      `help:"Stop after this many events (0: until interrupted)."`
+}
+
+var watchKinds = map[string]userdv1.UserEventKind{
+	"created": userdv1.UserEventKind_USER_EVENT_KIND_USER_CREATED,
+	"updated": userdv1.UserEventKind_USER_EVENT_KIND_USER_UPDATED,
+	"deleted": userdv1.UserEventKind_USER_EVENT_KIND_USER_DELETED,
+	"plan":    userdv1.UserEventKind_USER_EVENT_KIND_PLAN_CHANGED,
+	"credits": userdv1.UserEventKind_USER_EVENT_KIND_CREDITS_CHANGED,
+}
+
+// errEnough ends a watch that printed --count events.
+var errEnough = errors.New("enough events")
+
+func (c *watchCmd) Run(e *env) error {
+	req := &userdv1.WatchUserEventsRequest{ClerkUserId: c.ClerkUserID, Cursor: c.Cursor}
+	for _, k := range c.Kinds {
+		for _, name := range strings.Split(k, ",") {
+			kind, ok := watchKinds[strings.TrimSpace(strings.ToLower(name))]
+			if !ok {
+				return usageError{fmt.Sprintf("unknown --kind %q: use created, updated, deleted, plan or credits", name)}
+			}
+			req.Kinds = append(req.Kinds, kind)
+		}
+	}
+	if c.CursorFile != "" && req.Cursor == "" {
+		saved, err := os.ReadFile(c.CursorFile)
+		switch {
+		case err == nil:
+			req.Cursor = strings.TrimSpace(string(saved))
+		case !errors.Is(err, os.ErrNotExist):
+			return err
+		}
+	}
+	if req.Cursor == "" && c.FromOldest {
+		req.Start = userdv1.WatchStart_WATCH_START_OLDEST
+	}
+	printed := 0
+	err := e.client.Watch(e.root, req, userdclient.WatchHandler{
+		Event: func(_ context.Context, ev *userdv1.UserEvent) error {
+			if err := e.out.event(ev); err != nil {
+				return err
+			}
+			if printed++; c.Count > 0 && printed >= c.Count {
+				// Save this event's cursor before stopping.
+				if err := c.save(ev.GetCursor()); err != nil {
+					return err
+				}
+				return errEnough
+			}
+			return nil
+		},
+		Cursor: c.save,
+	})
+	switch {
+	case errors.Is(err, errEnough):
+		return nil
+	case errors.Is(err, context.Canceled) && e.root.Err() != nil:
+		return nil // interrupted: the cursor is saved
+	}
+	return err
+}
+
+// save writes the cursor to --cursor-file, atomically (a crash leaves the
+// old cursor or the new one, never half of one).
+func (c *watchCmd) save(cursor string) error {
+	if c.CursorFile == "" {
+		return nil
+	}
+	tmp := c.CursorFile + ".tmp"
+	if err := os.WriteFile(tmp, []byte(cursor+"\n"), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, c.CursorFile)
 }

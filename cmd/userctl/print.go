@@ -149,3 +149,35 @@ func (p *printer) priceChanges(cs []*userdv1.PriceChange) {
 	}
 	_ = tw.Flush()
 }
+
+// event prints one change feed event: a line for people, or one JSON
+// object per line (newline-delimited JSON) for scripts.
+func (p *printer) event(ev *userdv1.UserEvent) error {
+	if p.json {
+		raw, err := protojson.MarshalOptions{EmitDefaultValues: true}.Marshal(ev)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(p.w, "%s\n", raw)
+		return err
+	}
+	kind := strings.ToLower(strings.TrimPrefix(ev.GetKind().String(), "USER_EVENT_KIND_"))
+	detail := ""
+	switch c := ev.GetChange().(type) {
+	case *userdv1.UserEvent_User:
+		u := c.User
+		detail = fmt.Sprintf("email=%s name=%q plan=%s credits=%d", u.GetEmail(),
+			strings.TrimSpace(u.GetFirstName()+" "+u.GetLastName()), planName(u.GetPlan()), u.GetCredits())
+	case *userdv1.UserEvent_PlanChange:
+		pc := c.PlanChange
+		detail = fmt.Sprintf("%s -> %s bonus=%d key=%s", planName(pc.GetPreviousPlan()), planName(pc.GetPlan()),
+			pc.GetBonusCredits(), pc.GetIdempotencyKey())
+	case *userdv1.UserEvent_CreditTransaction:
+		t := c.CreditTransaction
+		detail = fmt.Sprintf("%s %+d balance=%d key=%s reason=%q",
+			strings.ToLower(strings.TrimPrefix(t.GetKind().String(), "TRANSACTION_KIND_")),
+			t.GetDelta(), t.GetBalanceAfter(), t.GetIdempotencyKey(), t.GetReason())
+	}
+	_, err := fmt.Fprintf(p.w, "%s  %-15s %-20s %s  (event %d)\n", when(ev.GetCreateTime()), kind, ev.GetClerkUserId(), detail, ev.GetId())
+	return err
+}
