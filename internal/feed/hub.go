@@ -445,6 +445,15 @@ func (h *Hub) Watch(ctx context.Context, req Request, sink Sink) error {
 		if err != nil {
 			return Page{}, err
 		}
+		if cursor.Xid > page.Horizon {
+			// Every cursor of this feed is at or below the horizon, which
+			// only grows: this one comes from another database (a restore
+			// from backup, another environment), where it would skip
+			// events silently.
+			return Page{}, apperr.InvalidArgument(apperr.FieldViolation{
+				Field: "cursor", Description: "is ahead of this feed: it was not issued by this database",
+			})
+		}
 		if cursor.Less(page.Pruned) {
 			if !fromOldest {
 				return Page{}, cursorExpired(page.Pruned)

@@ -213,7 +213,7 @@ func TestCloseEndsWatches(t *testing.T) {
 }
 
 // TestBadRequests: an invalid user or kind is refused before anything is
-// read.
+// read, and a cursor this feed cannot have issued at the first read.
 func TestBadRequests(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
@@ -221,6 +221,9 @@ func TestBadRequests(t *testing.T) {
 	for _, req := range []feed.Request{
 		{ClerkUserID: "not-a-clerk-id"},
 		{Kinds: []feed.Kind{"user.exploded"}},
+		// From a database whose transaction ids ran further (another
+		// environment, or this one before a restore from backup).
+		{Start: feed.StartAfter, After: feed.Position{Xid: 1 << 40, ID: 7}},
 	} {
 		_, errc := watch(t, h, req)
 		if err := <-errc; apperr.KindOf(err) != apperr.KindInvalidArgument {
