@@ -23,6 +23,7 @@ var (
 var rules = map[string][]string{
 	mod + "internal/apperr":    concat(transports, storage),
 	mod + "internal/users":     concat(transports, storage, []string{mod + "internal/config", mod + "internal/auth"}),
+	mod + "internal/feed":      concat(transports, storage, []string{mod + "internal/config", mod + "internal/auth"}),
 	mod + "internal/store":     transports,
 	mod + "internal/config":    concat(transports, storage, []string{mod + "internal/auth"}),
 	mod + "internal/grpcapi":   storage,
