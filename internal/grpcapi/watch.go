@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -31,10 +32,15 @@ func (s *Server) WatchUserEvents(req *userdv1.WatchUserEventsRequest, stream use
 		return err
 	}
 	err = s.feed.Watch(ctx, r, watchSink{stream})
-	if ctx.Err() != nil {
+	switch {
+	case ctx.Err() != nil:
 		// The caller went away (or its deadline passed): say so, not
 		// "internal".
 		return status.FromContextError(ctx.Err()).Err()
+	case errors.Is(err, feed.ErrClosing):
+		// UNAVAILABLE, but not the database's fault: a status of its own,
+		// which the error mapping does not log as a database outage.
+		return status.Error(codes.Unavailable, feed.ErrClosing.Message)
 	}
 	return err
 }
