@@ -1,6 +1,10 @@
 package store
 
 import (
+	"time"
+
+	"github.com/google/uuid"
+
 	"github.com/userd/userd/gen/sqlcdb"
 	"github.com/userd/userd/internal/users"
 )
@@ -53,5 +57,25 @@ func transactionFrom(r sqlcdb.CreditTransaction) users.Transaction {
 		Reason:         r.Reason,
 		IdempotencyKey: deref(r.IdempotencyKey),
 		CreatedAt:      r.CreatedAt,
+	}
+}
+
+// writtenTransaction is the ledger entry a write function returned in its
+// t_* columns (the entry written, or the original one of a replay), or nil
+// when the id is NULL: it wrote or found none.
+func writtenTransaction(id *int64, userID uuid.UUID, delta, balanceAfter *int64, kind, reason *string,
+	createdAt *time.Time, key string) *users.Transaction {
+	if id == nil {
+		return nil
+	}
+	return &users.Transaction{
+		ID:             *id,
+		UserID:         userID,
+		Delta:          deref(delta),
+		BalanceAfter:   deref(balanceAfter),
+		Kind:           users.TxKind(deref(kind)),
+		Reason:         deref(reason),
+		IdempotencyKey: key,
+		CreatedAt:      deref(createdAt),
 	}
 }

@@ -22,17 +22,8 @@ func (s *Store) DeductCreditsForAction(ctx context.Context, d users.ActionDeduct
 		Available: deref(row.Available),
 		Price:     deref(row.Price),
 	}
-	if row.TID != nil {
-		res.Transaction = users.Transaction{
-			ID:             *row.TID,
-			UserID:         deref(row.TUserID),
-			Delta:          deref(row.TDelta),
-			BalanceAfter:   deref(row.TBalanceAfter),
-			Kind:           users.TxKind(deref(row.TKind)),
-			Reason:         deref(row.TReason),
-			IdempotencyKey: d.IdempotencyKey,
-			CreatedAt:      deref(row.TCreatedAt),
-		}
+	if t := writtenTransaction(row.TID, deref(row.TUserID), row.TDelta, row.TBalanceAfter, row.TKind, row.TReason, row.TCreatedAt, d.IdempotencyKey); t != nil {
+		res.Transaction = *t
 	}
 	return res, nil
 }

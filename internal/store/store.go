@@ -98,17 +98,8 @@ func (s *Store) ChangeCredits(ctx context.Context, w users.CreditWrite) (users.C
 		return users.CreditWriteResult{}, translate(fmt.Errorf("change credits: %w", err))
 	}
 	res := users.CreditWriteResult{Status: users.WriteStatus(deref(row.Status)), Available: deref(row.Available)}
-	if row.TID != nil {
-		res.Transaction = users.Transaction{
-			ID:             *row.TID,
-			UserID:         deref(row.TUserID),
-			Delta:          deref(row.TDelta),
-			BalanceAfter:   deref(row.TBalanceAfter),
-			Kind:           users.TxKind(deref(row.TKind)),
-			Reason:         deref(row.TReason),
-			IdempotencyKey: w.IdempotencyKey,
-			CreatedAt:      deref(row.TCreatedAt),
-		}
+	if t := writtenTransaction(row.TID, deref(row.TUserID), row.TDelta, row.TBalanceAfter, row.TKind, row.TReason, row.TCreatedAt, w.IdempotencyKey); t != nil {
+		res.Transaction = *t
 	}
 	return res, nil
 }
@@ -152,18 +143,7 @@ func (s *Store) SetPlan(ctx context.Context, w users.PlanWrite) (users.PlanWrite
 		IdempotencyKey: w.IdempotencyKey,
 		CreatedAt:      deref(row.PcCreatedAt),
 	}
-	if row.TID != nil {
-		res.Bonus = &users.Transaction{
-			ID:             *row.TID,
-			UserID:         *row.UID,
-			Delta:          deref(row.TDelta),
-			BalanceAfter:   deref(row.TBalanceAfter),
-			Kind:           users.TxKind(deref(row.TKind)),
-			Reason:         deref(row.TReason),
-			IdempotencyKey: w.IdempotencyKey,
-			CreatedAt:      deref(row.TCreatedAt),
-		}
-	}
+	res.Bonus = writtenTransaction(row.TID, *row.UID, row.TDelta, row.TBalanceAfter, row.TKind, row.TReason, row.TCreatedAt, w.IdempotencyKey)
 	return res, nil
 }
 
