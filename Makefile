@@ -17,7 +17,7 @@ DATABASE_URL      ?=
 # CLERK_WEBHOOK_SECRET is set; `make demo-webhook` signs with the same one.
 CLERK_WEBHOOK_SECRET ?= whsec_dXNlcmQtbG9jYWwtZGV2ZWxvcG1lbnQtc2VjcmV0
 # `make run` accepts this development-only service token unless
-# USERD_SERVICE_TOKENS is set (the README's grpcurl and curl examples use it).
+# USERD_SERVICE_TOKENS is set (docs/clients.md's grpcurl and curl examples use it).
 USERD_SERVICE_TOKENS ?= dev=userd-local-development-token
 # Passed through the environment, never on a command line make echoes.
 export DATABASE_URL CLERK_WEBHOOK_SECRET USERD_SERVICE_TOKENS
@@ -193,6 +193,10 @@ bench-feed: build ## Measure the change feed: commit-to-consumer latency, the ou
 .PHONY: bench-go
 bench-go: ## Go benchmarks of the hot paths (token verification, webhook verification and parsing, the interceptor chain, store operations).
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/auth ./internal/clerkhook ./internal/grpcapi ./internal/store
+
+.PHONY: docs
+docs: ## Regenerate the generated tables in docs/ (the configuration table, from userd serve's flags).
+	$(GO) test ./cmd/userd -run '^TestConfigurationDocMatchesFlags$$' -count=1 -args -update
 
 .PHONY: lint
 # buf breaking compares the API with the last release tag, or with the

@@ -2,7 +2,7 @@
 // for the frontend. It calls the gRPC server's implementation directly,
 // through the same interceptor chain (grpcapi.Chained), so authentication,
 // authorization, validation and error mapping are exactly the gRPC ones; it
-// only adds the HTTP status of DESIGN.md's error table and serves the
+// only adds the HTTP status of the error table (internal/errstatus, docs/api.md) and serves the
 // OpenAPI document.
 package gateway
 

@@ -1,4 +1,4 @@
-// Package layers_test keeps the dependency arrows of DESIGN.md pointing one
+// Package layers_test keeps the dependency arrows of docs/architecture.md pointing one
 // way: transports → domain → store → PostgreSQL, with the domain and its
 // error kinds free of transports and storage, the store free of transports,
 // config free of both, and transports reaching the database only through

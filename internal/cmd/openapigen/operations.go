@@ -44,7 +44,7 @@ func (e errorResponse) response() *openapi3.Response {
 
 func grpcCodeName(c codes.Code) string {
 	// codes.Code.String is "FailedPrecondition"; the wire names are
-	// upper snake case, as in the proto and the README.
+	// upper snake case, as in the proto and docs/api.md.
 	names := map[codes.Code]string{
 		codes.InvalidArgument: "INVALID_ARGUMENT", codes.Unauthenticated: "UNAUTHENTICATED",
 		codes.FailedPrecondition: "FAILED_PRECONDITION", codes.PermissionDenied: "PERMISSION_DENIED",
