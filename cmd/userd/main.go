@@ -27,6 +27,7 @@ import (
 	"github.com/userd/userd/internal/app"
 	"github.com/userd/userd/internal/clerkhook"
 	"github.com/userd/userd/internal/config"
+	"github.com/userd/userd/internal/database"
 	"github.com/userd/userd/internal/migrate"
 	"github.com/userd/userd/internal/store"
 	"github.com/userd/userd/internal/telemetry"
@@ -120,7 +121,7 @@ func (m *migrateCmd) Run(kctx *kong.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	db, err := app.OpenDatabase(ctx, m.Database, store.SessionTimeouts{}, newLogger(os.Stderr, m.Log))
+	db, err := database.Open(ctx, m.Database, store.SessionTimeouts{}, newLogger(os.Stderr, m.Log))
 	if err != nil {
 		return err
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/userd/userd/internal/apperr"
 	"github.com/userd/userd/internal/clerksync"
 	"github.com/userd/userd/internal/config"
+	"github.com/userd/userd/internal/database"
 	"github.com/userd/userd/internal/migrate"
 	"github.com/userd/userd/internal/store"
 	"github.com/userd/userd/internal/users"
@@ -228,8 +229,8 @@ var commandSessionTimeouts = store.SessionTimeouts{Statement: 30 * time.Second, 
 // openMigrated opens the database of a one-off command and checks that
 // its schema is at least this binary's: commands do not migrate (`userd
 // migrate up` or `userd serve` does).
-func openMigrated(ctx context.Context, cfg config.Database, log *slog.Logger) (*app.Database, error) {
-	db, err := app.OpenDatabase(ctx, cfg, commandSessionTimeouts, log)
+func openMigrated(ctx context.Context, cfg config.Database, log *slog.Logger) (*database.DB, error) {
+	db, err := database.Open(ctx, cfg, commandSessionTimeouts, log)
 	if err != nil {
 		return nil, err
 	}

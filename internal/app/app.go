@@ -1,7 +1,9 @@
-// Package app wires userd together: it opens the database, applies
-// migrations, builds the domain service and the transports, binds the
-// listeners and runs them until the context ends, then shuts down
-// gracefully. cmd/userd calls it; end-to-end tests run it in-process.
+// Package app wires userd together: it opens the database (through
+// internal/database), applies migrations, builds the domain service, the
+// transports and the background tasks (an internal/lifecycle group), binds
+// the listeners and runs them until the context ends, then shuts down
+// gracefully (run.go). cmd/userd calls it; end-to-end tests run it
+// in-process.
 package app
 
 import (
@@ -11,14 +13,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"time"
 
-	"github.com/exaring/otelpgx"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
@@ -31,14 +29,14 @@ import (
 	"github.com/userd/userd/internal/auth"
 	"github.com/userd/userd/internal/clerk"
 	"github.com/userd/userd/internal/clerkhook"
-	"github.com/userd/userd/internal/clerksync"
 	"github.com/userd/userd/internal/config"
+	"github.com/userd/userd/internal/database"
 	"github.com/userd/userd/internal/feed"
 	"github.com/userd/userd/internal/gateway"
 	"github.com/userd/userd/internal/grpcapi"
 	"github.com/userd/userd/internal/httpmw"
+	"github.com/userd/userd/internal/lifecycle"
 	"github.com/userd/userd/internal/migrate"
-	"github.com/userd/userd/internal/pgembed"
 	"github.com/userd/userd/internal/store"
 	"github.com/userd/userd/internal/telemetry"
 	"github.com/userd/userd/internal/users"
@@ -86,7 +84,7 @@ const (
 type App struct {
 	cfg    config.Serve
 	log    *slog.Logger
-	db     *Database
+	db     *database.DB
 	pool   *pgxpool.Pool
 	grpc   *grpc.Server
 	health *health.Server
@@ -109,12 +107,17 @@ type App struct {
 	store    *store.Store
 	// clerkAPI is nil without CLERK_SECRET_KEY.
 	clerkAPI *clerk.API
-	// syncStop stops the periodic Clerk sync and waits for it (nil when
-	// it is off).
-	syncStop func()
 	// feed serves WatchUserEvents: this replica's one poller of the
 	// change feed.
 	feed *feed.Hub
+	// background holds every task that runs beside the servers; shutdown
+	// stops it, and waits for it, before the pool closes (run.go).
+	background *lifecycle.Group
+	// httpHandlers counts the HTTP handlers running (run.go).
+	httpHandlers inflight
+	// beforePoolClose, when set (by tests), is called just before the pool
+	// closes.
+	beforePoolClose func()
 }
 
 // CheckSettings checks every setting before anything starts: what
@@ -167,7 +170,7 @@ func New(ctx context.Context, cfg config.Serve, log *slog.Logger) (*App, error) 
 		a.closeListeners()
 		return nil, err
 	}
-	db, err := OpenDatabase(ctx, cfg.Database, store.SessionTimeouts{
+	db, err := database.Open(ctx, cfg.Database, store.SessionTimeouts{
 		Statement:         cfg.DBStatementTimeout,
 		Lock:              cfg.DBLockTimeout,
 		IdleInTransaction: cfg.DBIdleInTransactionTimeout,
@@ -266,6 +269,7 @@ func (a *App) init(ctx context.Context) error {
 	if a.opsLn != nil {
 		a.ops = newHTTPServer(a.opsRoutes(), opsMaxHeaderBytes, a.log)
 	}
+	a.background = a.backgroundTasks()
 	return nil
 }
 
@@ -355,37 +359,6 @@ func (a *App) newWebhookServer() error {
 		Listener: "webhook", Log: a.log, Metrics: a.metrics,
 	}), webhookMaxHeaderBytes, a.log)
 	return nil
-}
-
-// startClerkSync starts the periodic reconcile with Clerk when configured.
-func (a *App) startClerkSync(ctx context.Context) {
-	if a.cfg.SyncInterval <= 0 || a.clerkAPI == nil {
-		return
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	a.syncStop = func() {
-		cancel()
-		<-done
-	}
-	p := &clerksync.Periodic{
-		Interval: a.cfg.SyncInterval,
-		Lock:     a.store,
-		Clerk:    a.clerkAPI,
-		Domain:   a.users,
-		Options: clerksync.Options{
-			DeleteMissing:  a.cfg.SyncDeleteMissing,
-			MaxDeleteShare: a.cfg.MaxDeleteShare,
-		},
-		Log:      a.log,
-		Recorder: a.metrics,
-	}
-	a.log.Info("periodic Clerk sync on", "interval", a.cfg.SyncInterval.String(),
-		"delete_missing", a.cfg.SyncDeleteMissing, "rate_limit", a.clerkAPI.RateLimit().String())
-	go func() {
-		defer close(done)
-		p.Run(ctx)
-	}()
 }
 
 // OpsAddr is the address the operations listener is bound to, or nil when
@@ -480,201 +453,6 @@ func (a *App) HTTPAddr() net.Addr {
 
 // RequestTimeout is the bound of every call and webhook delivery.
 func (a *App) RequestTimeout() time.Duration { return a.cfg.RequestTimeout }
-
-// Run serves until ctx is done, then stops accepting, lets in-flight calls
-// finish within the configured grace period and closes the pool.
-func (a *App) Run(ctx context.Context) error {
-	errc := make(chan error, 4)
-	if a.grpcLn != nil {
-		go func() {
-			a.log.Info("serving gRPC", "addr", a.grpcLn.Addr().String())
-			if err := a.grpc.Serve(a.grpcLn); err != nil {
-				errc <- fmt.Errorf("grpc server: %w", err)
-			}
-		}()
-	}
-	for _, h := range []struct {
-		name string
-		srv  *http.Server
-		ln   net.Listener
-	}{{"HTTP API", a.api, a.apiLn}, {"operations", a.ops, a.opsLn}} {
-		if h.srv == nil {
-			continue
-		}
-		go func() {
-			a.log.Info("serving "+h.name, "addr", h.ln.Addr().String())
-			if err := h.srv.Serve(h.ln); !errors.Is(err, http.ErrServerClosed) {
-				errc <- fmt.Errorf("%s server: %w", h.name, err)
-			}
-		}()
-	}
-	monitorCtx, stopMonitor := context.WithCancel(ctx)
-	defer stopMonitor()
-	go a.monitorDatabase(monitorCtx)
-	if a.webhook != nil {
-		go a.pruneWebhookEvents(monitorCtx, a.users)
-	}
-	a.startClerkSync(monitorCtx)
-	feedDone := make(chan struct{})
-	go func() {
-		defer close(feedDone)
-		a.feed.Run(monitorCtx)
-	}()
-	defer func() { stopMonitor(); <-feedDone }()
-	go a.pruneUserEvents(monitorCtx)
-	if a.webhook != nil {
-		go func() {
-			a.log.Info("serving Clerk webhook", "addr", a.webhookLn.Addr().String(), "path", clerkhook.Path)
-			if err := a.webhook.Serve(a.webhookLn); !errors.Is(err, http.ErrServerClosed) {
-				errc <- fmt.Errorf("webhook server: %w", err)
-			}
-		}()
-	}
-	var err error
-	select {
-	case <-ctx.Done():
-	case err = <-errc:
-	}
-	a.shutdown()
-	return err
-}
-
-func (a *App) shutdown() {
-	a.log.Info("shutting down", "grace", a.cfg.ShutdownGrace.String())
-	a.health.Shutdown()
-	// Watch streams never end on their own: end them (UNAVAILABLE, resume
-	// from the last cursor) so that the graceful stop need not wait.
-	a.feed.Close()
-	graceCtx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownGrace)
-	defer cancel()
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		stopped := make(chan struct{})
-		go func() {
-			a.grpc.GracefulStop()
-			close(stopped)
-		}()
-		select {
-		case <-stopped:
-		case <-graceCtx.Done():
-			a.log.Warn("grace period over; cutting remaining gRPC calls")
-			a.grpc.Stop()
-		}
-	})
-	for _, srv := range []*http.Server{a.api, a.webhook, a.ops} {
-		if srv == nil {
-			continue
-		}
-		wg.Go(func() {
-			if err := srv.Shutdown(graceCtx); err != nil {
-				a.log.Warn("grace period over; cutting remaining HTTP requests", "err", err)
-				_ = srv.Close()
-			}
-		})
-	}
-	wg.Wait()
-	if a.hook != nil {
-		a.hook.Close()
-	}
-	if a.syncStop != nil {
-		// A run in progress stops at its next call; its lock is released
-		// and its result recorded before the pool closes.
-		a.syncStop()
-	}
-	a.closeMigrator()
-	a.db.Close()
-	a.log.Info("stopped")
-}
-
-// Database is an open pool and, without DATABASE_URL, the embedded server
-// behind it.
-type Database struct {
-	Pool     *pgxpool.Pool
-	embedded *pgembed.Server
-	log      *slog.Logger
-}
-
-// OpenDatabase connects to DATABASE_URL, or starts the embedded PostgreSQL
-// when it is empty, and checks that the database answers. Every connection
-// of the pool gets the session timeouts (none for `userd migrate`, whose
-// migrations may legitimately run long).
-func OpenDatabase(ctx context.Context, cfg config.Database, session store.SessionTimeouts, log *slog.Logger) (*Database, error) {
-	db := &Database{log: log}
-	url := cfg.URL
-	if cfg.Embedded() {
-		dir := cfg.DataDir
-		if dir == "" {
-			dir = pgembed.DefaultDataDir()
-		}
-		logFile, err := openPGLog(dir)
-		if err != nil {
-			return nil, err
-		}
-		log.Info("DATABASE_URL is empty: starting the embedded PostgreSQL", "data_dir", dir)
-		start := time.Now()
-		if db.embedded, err = pgembed.Start(ctx, pgembed.Config{DataDir: dir, BinDir: cfg.PGBinDir, Log: logFile}); err != nil {
-			return nil, err
-		}
-		if pid := db.embedded.AdoptedPID(); pid != 0 {
-			log.Warn("adopted the embedded PostgreSQL left running by a userd that did not stop (killed or crashed); "+
-				"this userd stops it when it stops", "pid", pid, "data_dir", dir)
-		}
-		log.Info("embedded PostgreSQL ready", "took", time.Since(start).Round(time.Millisecond).String(),
-			"log", filepath.Join(dir, "postgres.log"))
-		url = db.embedded.URL
-	}
-	pcfg, err := pgxpool.ParseConfig(url)
-	if err != nil {
-		db.Close()
-		return nil, errors.New("DATABASE_URL is not a valid PostgreSQL URL")
-	}
-	pcfg.MaxConns = cfg.MaxConns
-	session.Apply(pcfg.ConnConfig)
-	if telemetry.TracingEnabled() {
-		pcfg.ConnConfig.Tracer = otelpgx.NewTracer()
-	}
-	if db.Pool, err = pgxpool.NewWithConfig(ctx, pcfg); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("open database pool: %w", err)
-	}
-	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if err := db.Pool.Ping(pingCtx); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("connect to database %s@%s:%d/%s: %w",
-			pcfg.ConnConfig.User, pcfg.ConnConfig.Host, pcfg.ConnConfig.Port, pcfg.ConnConfig.Database, err)
-	}
-	return db, nil
-}
-
-func openPGLog(dataDir string) (*os.File, error) {
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("USERD_DATA_DIR %s: %w (DATABASE_URL is empty, so userd runs its own PostgreSQL there: set USERD_DATA_DIR to a writable directory, or DATABASE_URL to use your server)", dataDir, err)
-	}
-	f, err := os.OpenFile(filepath.Join(dataDir, "postgres.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("open embedded PostgreSQL log: %w", err)
-	}
-	if err := f.Chmod(0o600); err != nil { // the server's log is userd's alone
-		f.Close()
-		return nil, fmt.Errorf("embedded PostgreSQL log: %w", err)
-	}
-	return f, nil
-}
-
-// Close closes the pool and stops the embedded server, if any.
-func (db *Database) Close() {
-	if db.Pool != nil {
-		db.Pool.Close()
-	}
-	if db.embedded != nil {
-		if err := db.embedded.Stop(); err != nil {
-			db.log.Error("stopping the embedded PostgreSQL", "err", err)
-		} else {
-			db.log.Info("embedded PostgreSQL stopped")
-		}
-	}
-}
 
 // migrateUp applies pending migrations (under the migration lock, so
 // replicas starting together apply each one once) and logs the outcome.

@@ -12,7 +12,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
-	"github.com/userd/userd/internal/feed"
+	"github.com/userd/userd/internal/lifecycle"
 	"github.com/userd/userd/internal/migrate"
 )
 
@@ -114,60 +114,23 @@ func writeOpsJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// pruneInterval is how often old webhook message ids are forgotten.
+// pruneInterval is how often old webhook message ids and change feed
+// events are forgotten.
 const pruneInterval = time.Hour
 
-// pruneWebhookEvents forgets message ids older than the retention, at
-// start and then hourly. Every replica does it; the deletes are idempotent.
-func (a *App) pruneWebhookEvents(ctx context.Context, svc interface {
-	ForgetWebhookEvents(context.Context, time.Time) (int64, error)
-}) {
-	if a.cfg.WebhookRetention <= 0 {
-		return
-	}
-	t := time.NewTicker(pruneInterval)
-	defer t.Stop()
-	for {
-		n, err := svc.ForgetWebhookEvents(ctx, time.Now().Add(-a.cfg.WebhookRetention))
+// pruner is the background job that deletes what is older than retention
+// (webhook message ids, change feed events), at start and then hourly.
+// Every replica runs it; the deletes are idempotent (and the feed's let
+// one replica at a time through).
+func (a *App) pruner(what string, retention time.Duration, del func(ctx context.Context, before time.Time) (int64, error)) lifecycle.Service {
+	return lifecycle.Every(pruneInterval, func(ctx context.Context) {
+		n, err := del(ctx, time.Now().Add(-retention))
 		switch {
 		case ctx.Err() != nil:
-			return
 		case err != nil:
-			a.log.Warn("pruning webhook message ids", "err", err)
+			a.log.Warn("pruning "+what, "err", err)
 		case n > 0:
-			a.log.Info("pruned webhook message ids", "count", n, "older_than", a.cfg.WebhookRetention.String())
+			a.log.Info("pruned "+what, "count", n, "older_than", retention.String())
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
-// pruneUserEvents deletes change feed events older than the retention, at
-// start and then hourly. Every replica does it; the database lets one at a
-// time through and the deletes are idempotent.
-func (a *App) pruneUserEvents(ctx context.Context) {
-	if a.cfg.FeedRetention <= 0 {
-		return
-	}
-	t := time.NewTicker(pruneInterval)
-	defer t.Stop()
-	for {
-		n, err := feed.Prune(ctx, a.store, time.Now().Add(-a.cfg.FeedRetention))
-		switch {
-		case ctx.Err() != nil:
-			return
-		case err != nil:
-			a.log.Warn("pruning change feed events", "err", err)
-		case n > 0:
-			a.log.Info("pruned change feed events", "count", n, "older_than", a.cfg.FeedRetention.String())
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+	})
 }

@@ -243,9 +243,15 @@ type page struct {
 // listAndApply fetches the next page while the current one is applied.
 func (r *run) listAndApply(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	pages := make(chan page, 1)
 	go r.list(ctx, pages)
+	defer func() {
+		// The lister ends once cancelled and closes pages as it returns:
+		// draining them waits for it, so no Clerk call outlives the run.
+		cancel()
+		for range pages {
+		}
+	}()
 	for p := range pages {
 		if p.err != nil {
 			return p.err

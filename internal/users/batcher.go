@@ -2,6 +2,7 @@ package users
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -43,10 +44,56 @@ type clerkBatcher struct {
 	opts  ClerkApplyOptions
 	// applied is told the size of each batch that committed.
 	applied func(events int)
+	// ctx is the parent of every batch's context; stop cancels it. A
+	// batch serves many deliveries at once, so no single caller's context
+	// may cut it, but userd's shutdown must (see stop).
+	ctx    context.Context
+	cancel context.CancelFunc
+	// flushers counts the goroutines running batches, for stop to wait on.
+	flushers sync.WaitGroup
 
 	mu       sync.Mutex
 	queue    []*pendingEvent
 	inFlight int
+	stopped  bool
+}
+
+func newClerkBatcher(store Store, opts ClerkApplyOptions, applied func(events int)) *clerkBatcher {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &clerkBatcher{store: store, opts: opts, applied: applied, ctx: ctx, cancel: cancel}
+}
+
+// errStopped answers events that arrive once the batcher has stopped.
+var errStopped = apperr.Unavailable(errors.New("userd is shutting down"))
+
+// stop refuses further events, answers those queued with Unavailable,
+// cancels the batches in flight (their transactions roll back; a delivery
+// whose batch is cut this way was answered 503 or had its connection cut,
+// so Svix delivers it again) and waits until no batch runs, or ctx ends.
+func (b *clerkBatcher) stop(ctx context.Context) error {
+	b.mu.Lock()
+	b.stopped = true
+	queued := b.queue
+	b.queue = nil
+	b.mu.Unlock()
+	for _, p := range queued {
+		p.err = errStopped
+		close(p.done)
+	}
+	b.cancel()
+	// No flusher starts once stopped is set (apply checks it under mu,
+	// where it also counts the flusher), so Wait cannot race with Add.
+	done := make(chan struct{})
+	go func() {
+		b.flushers.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("webhook batches still running: %w", ctx.Err())
+	}
 }
 
 type pendingEvent struct {
@@ -64,10 +111,15 @@ type pendingEvent struct {
 func (b *clerkBatcher) apply(ctx context.Context, ev ClerkEventWrite) (EventOutcome, error) {
 	p := &pendingEvent{ev: ev, done: make(chan struct{})}
 	b.mu.Lock()
+	if b.stopped {
+		b.mu.Unlock()
+		return "", errStopped
+	}
 	b.queue = append(b.queue, p)
 	startFlusher := b.inFlight < maxBatchesInFlight
 	if startFlusher {
 		b.inFlight++
+		b.flushers.Add(1)
 	}
 	b.mu.Unlock()
 	if startFlusher {
@@ -83,6 +135,7 @@ func (b *clerkBatcher) apply(ctx context.Context, ev ClerkEventWrite) (EventOutc
 
 // flush runs batches until the queue is empty.
 func (b *clerkBatcher) flush() {
+	defer b.flushers.Done()
 	for {
 		b.mu.Lock()
 		n := min(len(b.queue), maxBatch)
@@ -110,7 +163,7 @@ func (b *clerkBatcher) run(batch []*pendingEvent) {
 	for i, p := range batch {
 		events[i] = p.ev
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
+	ctx, cancel := context.WithTimeout(b.ctx, batchTimeout)
 	results, err := b.store.ApplyClerkEvents(ctx, events, b.opts)
 	cancel()
 	if err == nil && len(results) != len(batch) {

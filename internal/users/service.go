@@ -54,13 +54,17 @@ const (
 // NewService returns a Service that gives new users initialCredits (>= 0).
 func NewService(store Store, initialCredits int64) *Service {
 	s := &Service{store: store, initialCredits: initialCredits, observer: noObserver{}, now: time.Now}
-	s.clerk = &clerkBatcher{
-		store:   store,
-		opts:    ClerkApplyOptions{InitialCredits: initialCredits, EraseDeleted: true},
-		applied: func(n int) { s.observer.ClerkBatchApplied(n) },
-	}
+	s.clerk = newClerkBatcher(store, ClerkApplyOptions{InitialCredits: initialCredits, EraseDeleted: true},
+		func(n int) { s.observer.ClerkBatchApplied(n) })
 	return s
 }
+
+// Stop ends the Service's own background work: the group-committed
+// batches of Clerk events that webhook deliveries and EnsureUser start.
+// Further events are answered Unavailable; batches in flight are cancelled
+// (rolled back) and waited for, until ctx ends. userd calls it once its
+// servers have stopped and before it closes the database pool.
+func (s *Service) Stop(ctx context.Context) error { return s.clerk.stop(ctx) }
 
 // KeepDeletedUserData keeps the email, names and image of users deleted in
 // Clerk (for teams that must); by default a deletion erases them.

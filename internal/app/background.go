@@ -1,0 +1,61 @@
+package app
+
+import (
+	"context"
+	"time"
+
+	"github.com/userd/userd/internal/clerksync"
+	"github.com/userd/userd/internal/feed"
+	"github.com/userd/userd/internal/lifecycle"
+)
+
+// backgroundTasks lists everything that runs beside the servers. Every
+// such task goes here, through one lifecycle.Group, and nowhere else: the
+// group is started before the servers serve and stopped, and waited for,
+// after they have stopped and before the pool closes (run.go). Jobs to
+// come (allowance refills, expiry, billing) are added the same way; one
+// that must run once per fleet takes a database lock, as the Clerk sync
+// does (store.RunClerkSync).
+//
+// They stop in the reverse order: the Clerk event batches, which requests
+// start, are added first so that they end last.
+func (a *App) backgroundTasks() *lifecycle.Group {
+	g := lifecycle.NewGroup(a.log)
+	g.Add("Clerk event batches", lifecycle.OnStop(a.users.Stop))
+	g.Add("database monitor", lifecycle.Loop(a.monitorDatabase))
+	g.Add("change feed poller", lifecycle.Loop(a.feed.Run))
+	if a.cfg.FeedRetention > 0 {
+		g.Add("change feed pruning", a.pruner("change feed events", a.cfg.FeedRetention,
+			func(ctx context.Context, before time.Time) (int64, error) { return feed.Prune(ctx, a.store, before) }))
+	}
+	if a.webhook != nil && a.cfg.WebhookRetention > 0 {
+		g.Add("webhook message id pruning", a.pruner("webhook message ids", a.cfg.WebhookRetention, a.users.ForgetWebhookEvents))
+	}
+	if p := a.periodicClerkSync(); p != nil {
+		g.Add("periodic Clerk sync", lifecycle.Loop(p.Run))
+	}
+	return g
+}
+
+// periodicClerkSync is the periodic reconcile with Clerk, or nil when it is
+// off. A run in progress at shutdown stops at its next call; its lock is
+// released and its result recorded before the pool closes.
+func (a *App) periodicClerkSync() *clerksync.Periodic {
+	if a.cfg.SyncInterval <= 0 || a.clerkAPI == nil {
+		return nil
+	}
+	a.log.Info("periodic Clerk sync on", "interval", a.cfg.SyncInterval.String(),
+		"delete_missing", a.cfg.SyncDeleteMissing, "rate_limit", a.clerkAPI.RateLimit().String())
+	return &clerksync.Periodic{
+		Interval: a.cfg.SyncInterval,
+		Lock:     a.store,
+		Clerk:    a.clerkAPI,
+		Domain:   a.users,
+		Options: clerksync.Options{
+			DeleteMissing:  a.cfg.SyncDeleteMissing,
+			MaxDeleteShare: a.cfg.MaxDeleteShare,
+		},
+		Log:      a.log,
+		Recorder: a.metrics,
+	}
+}

@@ -1,0 +1,116 @@
+// Package database opens userd's PostgreSQL: the server at DATABASE_URL or,
+// when it is empty, the embedded one (internal/pgembed) that userd starts
+// and stops itself. internal/app and the one-off commands in cmd/userd open
+// it here and close it last, once nothing uses the pool any more.
+package database
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/exaring/otelpgx"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/userd/userd/internal/config"
+	"github.com/userd/userd/internal/pgembed"
+	"github.com/userd/userd/internal/store"
+	"github.com/userd/userd/internal/telemetry"
+)
+
+// DB is an open pool and, without DATABASE_URL, the embedded server
+// behind it.
+type DB struct {
+	Pool     *pgxpool.Pool
+	embedded *pgembed.Server
+	log      *slog.Logger
+}
+
+// Open connects to DATABASE_URL, or starts the embedded PostgreSQL when it
+// is empty, and checks that the database answers. Every connection of the
+// pool gets the session timeouts (none for `userd migrate`, whose
+// migrations may legitimately run long).
+func Open(ctx context.Context, cfg config.Database, session store.SessionTimeouts, log *slog.Logger) (*DB, error) {
+	db := &DB{log: log}
+	url := cfg.URL
+	if cfg.Embedded() {
+		dir := cfg.DataDir
+		if dir == "" {
+			dir = pgembed.DefaultDataDir()
+		}
+		logFile, err := openPGLog(dir)
+		if err != nil {
+			return nil, err
+		}
+		log.Info("DATABASE_URL is empty: starting the embedded PostgreSQL", "data_dir", dir)
+		start := time.Now()
+		if db.embedded, err = pgembed.Start(ctx, pgembed.Config{DataDir: dir, BinDir: cfg.PGBinDir, Log: logFile}); err != nil {
+			return nil, err
+		}
+		if pid := db.embedded.AdoptedPID(); pid != 0 {
+			log.Warn("adopted the embedded PostgreSQL left running by a userd that did not stop (killed or crashed); "+
+				"this userd stops it when it stops", "pid", pid, "data_dir", dir)
+		}
+		log.Info("embedded PostgreSQL ready", "took", time.Since(start).Round(time.Millisecond).String(),
+			"log", filepath.Join(dir, "postgres.log"))
+		url = db.embedded.URL
+	}
+	pcfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		db.Close()
+		return nil, errors.New("DATABASE_URL is not a valid PostgreSQL URL")
+	}
+	pcfg.MaxConns = cfg.MaxConns
+	session.Apply(pcfg.ConnConfig)
+	if telemetry.TracingEnabled() {
+		pcfg.ConnConfig.Tracer = otelpgx.NewTracer()
+	}
+	if db.Pool, err = pgxpool.NewWithConfig(ctx, pcfg); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open database pool: %w", err)
+	}
+	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := db.Pool.Ping(pingCtx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("connect to database %s@%s:%d/%s: %w",
+			pcfg.ConnConfig.User, pcfg.ConnConfig.Host, pcfg.ConnConfig.Port, pcfg.ConnConfig.Database, err)
+	}
+	return db, nil
+}
+
+func openPGLog(dataDir string) (*os.File, error) {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("USERD_DATA_DIR %s: %w (DATABASE_URL is empty, so userd runs its own PostgreSQL there: set USERD_DATA_DIR to a writable directory, or DATABASE_URL to use your server)", dataDir, err)
+	}
+	f, err := os.OpenFile(filepath.Join(dataDir, "postgres.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open embedded PostgreSQL log: %w", err)
+	}
+	if err := f.Chmod(0o600); err != nil { // the server's log is userd's alone
+		f.Close()
+		return nil, fmt.Errorf("embedded PostgreSQL log: %w", err)
+	}
+	return f, nil
+}
+
+// Close closes the pool, which waits for every connection in use to be
+// released, and then stops the embedded server, if any. Callers stop
+// everything that uses the pool first: a call made after Close fails with
+// "closed pool".
+func (db *DB) Close() {
+	if db.Pool != nil {
+		db.Pool.Close()
+	}
+	if db.embedded != nil {
+		if err := db.embedded.Stop(); err != nil {
+			db.log.Error("stopping the embedded PostgreSQL", "err", err)
+		} else {
+			db.log.Info("embedded PostgreSQL stopped")
+		}
+	}
+}
