@@ -128,8 +128,8 @@ func (a *App) stopServers() {
 		wg.Go(func() {
 			if err := srv.Shutdown(graceCtx); err != nil {
 				a.log.Warn("grace period over; cutting remaining HTTP requests", "err", err)
-				a.httpHandlers.cut()
 				_ = srv.Close()
+				a.httpHandlers.cut()
 			}
 		})
 	}
