@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/puddle/v2"
 
 	"github.com/userd/userd/internal/apperr"
 	"github.com/userd/userd/internal/users"
@@ -77,6 +78,11 @@ func unreachable(err error) bool {
 	)
 	return errors.As(err, &connectErr) ||
 		errors.As(err, &netErr) ||
+		// The pool closes at the end of userd's shutdown, after every
+		// handler and background task was waited for; one that outlived
+		// that wait (internal/app/run.go's stopBound) is told to retry
+		// elsewhere, not that userd failed.
+		errors.Is(err, puddle.ErrClosedPool) ||
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, net.ErrClosed) ||
 		pgconn.SafeToRetry(err)

@@ -46,6 +46,26 @@ func TestUnreachableDatabaseIsUnavailable(t *testing.T) {
 	}
 }
 
+// TestClosedPoolIsUnavailable: a call that meets the pool closed by a
+// shutdown is told to retry (elsewhere), never that userd failed.
+func TestClosedPoolIsUnavailable(t *testing.T) {
+	t.Parallel()
+	pool, err := pgxpool.New(context.Background(), testdb.URL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool.Close()
+	svc := users.NewService(store.New(pool, store.AcquireTimeout(time.Second)), 10)
+	_, err = svc.GetUser(context.Background(), users.Lookup{ClerkUserID: "user_x"})
+	if k := apperr.KindOf(err); k != apperr.KindUnavailable {
+		t.Errorf("GetUser: kind %v (%v), want unavailable", k, err)
+	}
+	_, err = svc.DeductCredits(context.Background(), users.CreditChange{ClerkUserID: "user_x", Amount: 1, IdempotencyKey: "k"})
+	if k := apperr.KindOf(err); k != apperr.KindUnavailable {
+		t.Errorf("DeductCredits: kind %v (%v), want unavailable", k, err)
+	}
+}
+
 // TestCallerDeadlineIsUnavailable: a query cut by the caller's deadline is a
 // timeout (Unavailable), not an internal error.
 func TestCallerDeadlineIsUnavailable(t *testing.T) {
