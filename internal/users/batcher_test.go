@@ -5,7 +5,11 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/userd/userd/internal/apperr"
+	"github.com/userd/userd/internal/store"
+	"github.com/userd/userd/internal/testdb"
 	"github.com/userd/userd/internal/users"
 )
 
@@ -90,5 +94,67 @@ func TestGroupCommit(t *testing.T) {
 	t.Logf("%d concurrent deliveries in %d batches, largest %d", total, len(sizes), largest)
 	for i := 100; i < 100+concurrent/2; i++ {
 		checkInvariants(t, b, fmt.Sprintf("user_batch%d", i))
+	}
+}
+
+// TestStopCancelsBatchesInFlight: Stop ends a batch stuck behind a row
+// lock (rolled back: the event is not applied), waits for it, and answers
+// every later event Unavailable at once — so that userd's shutdown can
+// close the pool with no batch running.
+func TestStopCancelsBatchesInFlight(t *testing.T) {
+	t.Parallel()
+	pool := testdb.Pool(t)
+	svc := users.NewService(store.New(pool), users.DefaultInitialCredits)
+	ctx := context.Background()
+	if _, err := svc.ApplyClerkUser(ctx, clerkEvent(0)); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM users WHERE clerk_user_id = 'user_batch0' FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	stuck := make(chan error, 1)
+	go func() {
+		ev := clerkEvent(0)
+		ev.MessageID, ev.Type, ev.User.FirstName, ev.User.UpdatedAt = "msg_stuck", "user.updated", "Stuck", 2
+		_, err := svc.ApplyClerkUser(ctx, ev)
+		stuck <- err
+	}()
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		var n int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the batch never waited on the lock")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	stopCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := svc.Stop(stopCtx); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	if err := <-stuck; err == nil || (apperr.KindOf(err) != apperr.KindUnavailable && apperr.KindOf(err) != apperr.KindCanceled) {
+		t.Errorf("the stuck event: %v (kind %v), want unavailable or canceled", err, apperr.KindOf(err))
+	}
+	if _, err := svc.ApplyClerkUser(ctx, clerkEvent(1)); apperr.KindOf(err) != apperr.KindUnavailable {
+		t.Errorf("an event after Stop: %v, want unavailable", err)
+	}
+	_ = tx.Rollback(ctx)
+	var first string
+	if err := pool.QueryRow(ctx, `SELECT coalesce(first_name, '') FROM users WHERE clerk_user_id = 'user_batch0'`).Scan(&first); err != nil {
+		t.Fatal(err)
+	}
+	if first == "Stuck" {
+		t.Error("the cancelled batch was applied")
 	}
 }
