@@ -898,3 +898,30 @@ func TestUsageAndPricesOverREST(t *testing.T) {
 		t.Errorf("bob = %+v, %v", u, err)
 	}
 }
+
+// TestEnsureWhenClerkAnswersGarbage (issue 18, item 8): an end user's
+// EnsureUser fetches the profile from Clerk's Backend API; an answer that
+// is not the user asked for is Clerk failing — 503 UNAVAILABLE, to retry —
+// never 500, and creates nothing.
+func TestEnsureWhenClerkAnswersGarbage(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	for i, body := range []string{
+		`<html>502 Bad Gateway</html>`,
+		`{"id":`,
+		`[]`,
+		`{"id":42}`,
+		`{"id":"user_someone_else","updated_at":1700000000000}`,
+		`{"id":"user_garbage0","updated_at":"yesterday"}`,
+	} {
+		id := fmt.Sprintf("user_garbage%d", i)
+		b.clerk.InjectFaults(1, clerktest.Fault{Status: http.StatusOK, Body: body})
+		r := b.call(t, "POST", "/v1/users/me:ensure", b.clerk.UserToken(id), nil)
+		if r.status != http.StatusServiceUnavailable {
+			t.Errorf("Clerk answers %s: %d %v, want 503", body, r.status, r.body)
+		}
+		if r := b.call(t, "GET", "/v1/users/me", b.clerk.UserToken(id), nil); r.status != http.StatusNotFound {
+			t.Errorf("Clerk answers %s: the user exists: %d %v", body, r.status, r.body)
+		}
+	}
+}
