@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/userd/userd/internal/clerkhook"
 	"github.com/userd/userd/internal/clerksync"
 	"github.com/userd/userd/internal/clerktest"
 )
@@ -152,4 +153,36 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestUnstorableUsersFailAlone (issue 18, item 5): users the Backend API
+// answers with text PostgreSQL cannot hold (NUL bytes) fail alone, each
+// reported; the rest of their page is applied.
+func TestUnstorableUsersFailAlone(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testRate)
+	start := time.Now().Add(-time.Hour)
+	e.fake.AddUsers("ok", 30, start)
+	for i, u := range []clerkhook.SampleUser{
+		{ID: "user_nulfirst", FirstName: "a\x00b"},
+		{ID: "user_nullast", LastName: "\x00"},
+		{ID: "user_nulemail", Email: "nul\x00@example.com"},
+		{ID: "user_nulimage", ImageURL: "https://img.example.com/\x00"},
+	} {
+		u.UpdatedAt = start.Add(time.Duration(i) * time.Second)
+		e.fake.SetUser(u)
+	}
+	var out bytes.Buffer
+	sum, err := e.syncCtx(t, clerksync.Options{Out: &out})
+	if err != nil || sum.Created != 30 || sum.Failed != 4 {
+		t.Fatalf("sync: %+v, %v; want 30 created and 4 failed", sum.Counts, err)
+	}
+	for _, id := range []string{"user_nulfirst", "user_nullast", "user_nulemail", "user_nulimage"} {
+		if !strings.Contains(out.String(), "fail "+id+" (") {
+			t.Errorf("%s not reported failed:\n%s", id, out.String())
+		}
+	}
+	if n := len(e.userdRows(t)); n != 30 {
+		t.Errorf("userd has %d users, want 30", n)
+	}
 }
