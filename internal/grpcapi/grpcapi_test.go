@@ -291,7 +291,6 @@ func TestInvalidRequests(t *testing.T) {
 		{"DeductActionWithReason", deduct(&userdv1.DeductCreditsRequest{ClerkUserId: valid, Action: "render", IdempotencyKey: "k", Reason: "why"}), "reason"},
 		{"DeductUnknownAction", deduct(&userdv1.DeductCreditsRequest{ClerkUserId: valid, Action: "paint", IdempotencyKey: "k"}), "action"},
 		{"DeductMalformedAction", deduct(&userdv1.DeductCreditsRequest{ClerkUserId: valid, Action: "Render!", IdempotencyKey: "k"}), "action"},
-		{"UsageNoStart", usage(&userdv1.GetUsageSummaryRequest{ClerkUserId: valid}), "start_time"},
 		{"UsageInvalidStart", usage(&userdv1.GetUsageSummaryRequest{ClerkUserId: valid, StartTime: &timestamppb.Timestamp{Seconds: 1 << 62}}), "start_time"},
 		{"UsageInvalidEnd", usage(&userdv1.GetUsageSummaryRequest{ClerkUserId: valid, StartTime: start, EndTime: &timestamppb.Timestamp{Nanos: -1}}), "end_time"},
 		{"UsageEndBeforeStart", usage(&userdv1.GetUsageSummaryRequest{ClerkUserId: valid, StartTime: start, EndTime: timestamppb.New(start.AsTime().Add(-time.Second))}), "end_time"},
