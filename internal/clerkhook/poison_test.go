@@ -29,7 +29,9 @@ func TestPoisonedDeliveriesFailAlone(t *testing.T) {
 		{"NULInSessionType", func(i int) delivery {
 			return newSessionDelivery(fmt.Sprintf("msg_poison_%d", i), "session.created\x00x", user(i))
 		}},
-		{"NULOnlyInSessionType", func(i int) delivery { return newSessionDelivery(fmt.Sprintf("msg_poison_%d", i), "session.\x00", user(i)) }},
+		{"NULOnlyInSessionType", func(i int) delivery {
+			return newSessionDelivery(fmt.Sprintf("msg_poison_%d", i), "session.\x00", user(i))
+		}},
 		{"SvixIDInvalidUTF8", func(i int) delivery { return newDelivery(fmt.Sprintf("msg_\xff\xfe_%d", i), "user.created", user(i)) }},
 		{"SvixIDLoneContinuationByte", func(i int) delivery { return newDelivery(fmt.Sprintf("msg_%d_\x80", i), "user.created", user(i)) }},
 		{"NULInEmail", func(i int) delivery {
