@@ -241,8 +241,11 @@ func (a *App) init(ctx context.Context) error {
 	a.feed = feed.NewHub(a.store, feed.Options{
 		PollInterval: a.cfg.FeedPollInterval,
 		Heartbeat:    a.cfg.FeedHeartbeat,
-		Observer:     a.metrics,
-		Log:          a.log,
+		// Keys read from the database on first use: the schema may not
+		// have them yet when userd starts without migrating.
+		Cursors:  feed.NewCursors(a.store.FeedCursorKeys),
+		Observer: a.metrics,
+		Log:      a.log,
 	})
 	authn, profiles, err := a.authentication(ctx)
 	if err != nil {
