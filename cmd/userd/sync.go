@@ -80,7 +80,7 @@ func (c *syncClerkCmd) Run() error {
 		DeleteMissing:  c.DeleteMissing,
 		MaxDeleteShare: c.MaxDeleteShare,
 		Force:          c.Force,
-		Retry:          c.ClerkAPI.RetryPolicy(),
+		Retry:          app.ClerkRetryPolicy(c.ClerkAPI),
 		MaxRunTime:     c.MaxRunTime,
 		Progress:       progress(c.Progress),
 		Out:            changesWriter(out, c.DryRun),

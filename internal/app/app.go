@@ -39,6 +39,7 @@ import (
 	"github.com/userd/userd/internal/migrate"
 	"github.com/userd/userd/internal/store"
 	"github.com/userd/userd/internal/telemetry"
+	"github.com/userd/userd/internal/upstream"
 	"github.com/userd/userd/internal/users"
 )
 
@@ -142,6 +143,12 @@ func CheckSettings(cfg config.Serve) error {
 	}
 	_, err := NewClerkAPI(cfg.ClerkAPI)
 	return err
+}
+
+// ClerkRetryPolicy is the retry bounds of Backend API calls the settings
+// describe (here, not in internal/config, which stays free of net/http).
+func ClerkRetryPolicy(c config.ClerkAPI) upstream.Policy {
+	return upstream.Policy{MaxRetryAfter: c.MaxRetryAfter, MaxElapsed: c.MaxRetryTime}
 }
 
 // NewClerkAPI builds the Backend API client the settings describe.

@@ -54,7 +54,7 @@ func (a *App) periodicClerkSync() *clerksync.Periodic {
 		Options: clerksync.Options{
 			DeleteMissing:  a.cfg.SyncDeleteMissing,
 			MaxDeleteShare: a.cfg.MaxDeleteShare,
-			Retry:          a.cfg.ClerkAPI.RetryPolicy(),
+			Retry:          ClerkRetryPolicy(a.cfg.ClerkAPI),
 			MaxRunTime:     a.cfg.SyncMaxRunTime,
 		},
 		Log:      a.log,

@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/userd/userd/internal/upstream"
 	"github.com/userd/userd/internal/users"
 )
 
@@ -239,11 +238,6 @@ type ClerkAPI struct {
 	// retries (a signing-in user's profile is fetched once).
 	MaxRetryAfter time.Duration `name:"clerk-api-max-retry-after" env:"USERD_CLERK_API_MAX_RETRY_AFTER" default:"60s" help:"Longest wait a Retry-After of the Backend API is honoured for; a longer one is cut to this (a 429 asking for hours must not stall a sync)."`
 	MaxRetryTime  time.Duration `name:"clerk-api-max-retry-time" env:"USERD_CLERK_API_MAX_RETRY_TIME" default:"5m" help:"Longest time one Backend API call of a Clerk sync is retried, attempts and waits together, before the run stops with an error."`
-}
-
-// RetryPolicy is the retry bounds of Backend API calls.
-func (c ClerkAPI) RetryPolicy() upstream.Policy {
-	return upstream.Policy{MaxRetryAfter: c.MaxRetryAfter, MaxElapsed: c.MaxRetryTime}
 }
 
 // Validate checks the Backend API settings.
