@@ -351,7 +351,7 @@ func (c *ledgerCmd) Run(e *env) error {
 
 type usageCmd struct {
 	ClerkUserID string `arg:"" name:"clerk-user-id" help:"Clerk user id (user_...)."`
-	Since       string `required:"" help:"Start of the window, inclusive: RFC 3339 (2026-03-01T00:00:00Z) or a UTC date (2026-03-01)."`
+	Since       string `help:"Start of the window, inclusive: RFC 3339 (2026-03-01T00:00:00Z) or a UTC date (2026-03-01) (default: 30 days before --until)."`
 	Until       string `help:"End of the window, exclusive, as --since (default: now)."`
 	By          string `enum:"none,day,week,month" default:"none" help:"Periods: day, week (ISO, from Monday) or month, in UTC; or none."`
 }
@@ -361,11 +361,13 @@ func (c *usageCmd) Run(e *env) error {
 		ClerkUserId: c.ClerkUserID,
 		GroupBy:     userdv1.UsagePeriod(userdv1.UsagePeriod_value["USAGE_PERIOD_"+strings.ToUpper(c.By)]),
 	}
-	since, err := parseTime("--since", c.Since)
-	if err != nil {
-		return err
+	if c.Since != "" {
+		since, err := parseTime("--since", c.Since)
+		if err != nil {
+			return err
+		}
+		req.StartTime = timestamppb.New(since)
 	}
-	req.StartTime = timestamppb.New(since)
 	if c.Until != "" {
 		until, err := parseTime("--until", c.Until)
 		if err != nil {

@@ -159,5 +159,7 @@ func TestPricesAndUsageCommands(t *testing.T) {
 		t.Errorf("usage --json: %d %v %q %s", r.code, err, r.stdout, r.stderr)
 	}
 	expect(t, userctl("usage", "user_priced", "--since", "yesterday"), exitUsage, `--since`)
+	// Without --since: the 30 days before now (issue 18, item 8).
+	expect(t, userctl("usage", "user_priced"), exitOK, `SPENT +3`, `GRANTED +10`)
 	expect(t, userctl("usage", "user_priced", "--since", today, "--by", "hour"), exitUsage)
 }

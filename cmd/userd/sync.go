@@ -29,11 +29,12 @@ type syncClerkCmd struct {
 	config.ClerkAPI `embed:""`
 	config.Users    `embed:""`
 
-	DryRun         bool    `name:"dry-run" help:"Change nothing: print what would change, one line per user (create, update, delete), and the counts."`
-	DeleteMissing  bool    `name:"delete-missing" help:"Also mark deleted the users live in userd that Clerk no longer has (each confirmed missing with Clerk first); their personal data is erased unless USERD_KEEP_DELETED_USER_DATA."`
-	MaxDeleteShare float64 `name:"max-delete-share" env:"USERD_CLERK_SYNC_MAX_DELETE_SHARE" default:"0.1" help:"Safety stop of --delete-missing: refuse (deleting none) when more than this share of the live users is missing from Clerk, as with a key of another or an empty instance."`
-	Force          bool    `help:"With --delete-missing: delete the missing users even past --max-delete-share."`
-	Progress       string  `default:"auto" enum:"auto,bar,lines,none" help:"Progress report on stderr: bar, lines (one every 10 s), none, or auto (a bar on a terminal, else lines)."`
+	DryRun         bool          `name:"dry-run" help:"Change nothing: print what would change, one line per user (create, update, delete), and the counts."`
+	DeleteMissing  bool          `name:"delete-missing" help:"Also mark deleted the users live in userd that Clerk no longer has (each confirmed missing with Clerk first); their personal data is erased unless USERD_KEEP_DELETED_USER_DATA."`
+	MaxDeleteShare float64       `name:"max-delete-share" env:"USERD_CLERK_SYNC_MAX_DELETE_SHARE" default:"0.1" help:"Safety stop of --delete-missing: refuse (deleting none) when more than this share of the live users is missing from Clerk, as with a key of another or an empty instance."`
+	Force          bool          `help:"With --delete-missing: delete the missing users even past --max-delete-share."`
+	MaxRunTime     time.Duration `name:"max-run-time" env:"USERD_CLERK_SYNC_MAX_RUN_TIME" default:"6h" help:"Longest the run may take (it holds the fleet-wide sync lock meanwhile); past it the run stops with an error, keeping what it applied."`
+	Progress       string        `default:"auto" enum:"auto,bar,lines,none" help:"Progress report on stderr: bar, lines (one every 10 s), none, or auto (a bar on a terminal, else lines)."`
 }
 
 func (c *syncClerkCmd) Help() string {
@@ -46,7 +47,8 @@ Exit status: 0 when every user was applied, 1 otherwise (the message says why).`
 
 func (c *syncClerkCmd) Run() error {
 	for _, err := range []error{c.Database.Validate(), c.Log.Validate(), c.ClerkAPI.Validate(), c.Users.Validate(),
-		config.ValidDeleteShare("--max-delete-share (USERD_CLERK_SYNC_MAX_DELETE_SHARE)", c.MaxDeleteShare)} {
+		config.ValidDeleteShare("--max-delete-share (USERD_CLERK_SYNC_MAX_DELETE_SHARE)", c.MaxDeleteShare),
+		config.ValidRunTime("--max-run-time (USERD_CLERK_SYNC_MAX_RUN_TIME)", c.MaxRunTime)} {
 		if err != nil {
 			return err
 		}
@@ -78,6 +80,8 @@ func (c *syncClerkCmd) Run() error {
 		DeleteMissing:  c.DeleteMissing,
 		MaxDeleteShare: c.MaxDeleteShare,
 		Force:          c.Force,
+		Retry:          app.ClerkRetryPolicy(c.ClerkAPI),
+		MaxRunTime:     c.MaxRunTime,
 		Progress:       progress(c.Progress),
 		Out:            changesWriter(out, c.DryRun),
 		Log:            log,

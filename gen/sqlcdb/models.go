@@ -28,6 +28,12 @@ type CreditTransaction struct {
 	CreatedAt      time.Time
 }
 
+type FeedCursorKey struct {
+	ID        int16
+	Secret    []byte
+	CreatedAt time.Time
+}
+
 type IdempotencyKey struct {
 	UserID         uuid.UUID
 	IdempotencyKey string

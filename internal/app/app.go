@@ -39,6 +39,7 @@ import (
 	"github.com/userd/userd/internal/migrate"
 	"github.com/userd/userd/internal/store"
 	"github.com/userd/userd/internal/telemetry"
+	"github.com/userd/userd/internal/upstream"
 	"github.com/userd/userd/internal/users"
 )
 
@@ -144,6 +145,12 @@ func CheckSettings(cfg config.Serve) error {
 	return err
 }
 
+// ClerkRetryPolicy is the retry bounds of Backend API calls the settings
+// describe (here, not in internal/config, which stays free of net/http).
+func ClerkRetryPolicy(c config.ClerkAPI) upstream.Policy {
+	return upstream.Policy{MaxRetryAfter: c.MaxRetryAfter, MaxElapsed: c.MaxRetryTime}
+}
+
 // NewClerkAPI builds the Backend API client the settings describe.
 func NewClerkAPI(c config.ClerkAPI) (*clerk.API, error) {
 	cfg := clerk.APIConfig{URL: c.APIURL, SecretKey: c.SecretKey}
@@ -241,8 +248,11 @@ func (a *App) init(ctx context.Context) error {
 	a.feed = feed.NewHub(a.store, feed.Options{
 		PollInterval: a.cfg.FeedPollInterval,
 		Heartbeat:    a.cfg.FeedHeartbeat,
-		Observer:     a.metrics,
-		Log:          a.log,
+		// Keys read from the database on first use: the schema may not
+		// have them yet when userd starts without migrating.
+		Cursors:  feed.NewCursors(a.store.FeedCursorKeys),
+		Observer: a.metrics,
+		Log:      a.log,
 	})
 	authn, profiles, err := a.authentication(ctx)
 	if err != nil {

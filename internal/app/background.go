@@ -54,6 +54,8 @@ func (a *App) periodicClerkSync() *clerksync.Periodic {
 		Options: clerksync.Options{
 			DeleteMissing:  a.cfg.SyncDeleteMissing,
 			MaxDeleteShare: a.cfg.MaxDeleteShare,
+			Retry:          ClerkRetryPolicy(a.cfg.ClerkAPI),
+			MaxRunTime:     a.cfg.SyncMaxRunTime,
 		},
 		Log:      a.log,
 		Recorder: a.metrics,

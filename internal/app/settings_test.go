@@ -21,10 +21,10 @@ func valid() config.Serve {
 		Clerk: config.Clerk{
 			WebhookSecret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", WebhookTolerance: 5 * time.Minute, WebhookRetention: 168 * time.Hour,
 			JWKSURL:   "https://clerk.example.com/.well-known/jwks.json",
-			ClerkAPI:  config.ClerkAPI{APIURL: "https://api.clerk.com", SecretKey: "sk_test_abc"},
+			ClerkAPI:  config.ClerkAPI{APIURL: "https://api.clerk.com", SecretKey: "sk_test_abc", MaxRetryAfter: time.Minute, MaxRetryTime: 5 * time.Minute},
 			JWTLeeway: 5 * time.Second, JWTMaxLifetime: 5 * time.Minute, JWKSMinRefresh: 30 * time.Second,
 		},
-		ClerkSync:     config.ClerkSync{MaxDeleteShare: 0.1},
+		ClerkSync:     config.ClerkSync{MaxDeleteShare: 0.1, SyncMaxRunTime: 6 * time.Hour},
 		Users:         config.Users{InitialCredits: 10},
 		ShutdownGrace: 20 * time.Second,
 		Bounds: config.Bounds{

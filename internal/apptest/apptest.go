@@ -62,10 +62,10 @@ func Config(t testing.TB) config.Serve {
 		ServiceTokens: "tests=" + ServiceToken,
 		Clerk: config.Clerk{
 			WebhookSecret: WebhookSecret, WebhookTolerance: 5 * time.Minute, WebhookRetention: 168 * time.Hour,
-			ClerkAPI:  config.ClerkAPI{APIURL: "https://api.clerk.invalid"},
+			ClerkAPI:  config.ClerkAPI{APIURL: "https://api.clerk.invalid", MaxRetryAfter: time.Minute, MaxRetryTime: 5 * time.Minute},
 			JWTLeeway: 5 * time.Second, JWTMaxLifetime: 5 * time.Minute, JWKSMinRefresh: 30 * time.Second,
 		},
-		ClerkSync:     config.ClerkSync{MaxDeleteShare: 0.1},
+		ClerkSync:     config.ClerkSync{MaxDeleteShare: 0.1, SyncMaxRunTime: 6 * time.Hour},
 		Users:         config.Users{InitialCredits: 10},
 		ShutdownGrace: 5 * time.Second,
 		Bounds: config.Bounds{

@@ -165,6 +165,9 @@ func NewSessionVerifier(ctx context.Context, cfg SessionConfig) (*SessionVerifie
 	opts := []jwt.ParserOption{
 		jwt.WithValidMethods([]string{"RS256"}),
 		jwt.WithExpirationRequired(),
+		// iat in the future beyond the leeway is refused, as Clerk's own
+		// verifier (@clerk/backend's assertIssuedAtClaim) refuses it.
+		jwt.WithIssuedAt(),
 		jwt.WithLeeway(cfg.Leeway),
 		jwt.WithTimeFunc(func() time.Time { return v.now() }),
 	}
@@ -185,20 +188,30 @@ func NewSessionVerifier(ctx context.Context, cfg SessionConfig) (*SessionVerifie
 var (
 	errCritical        = errors.New(`the token header has "crit": userd understands no JWS extensions (RFC 7515 §4.1.11)`)
 	errLifetimeTooLong = errors.New("token lifetime exceeds USERD_JWT_MAX_LIFETIME")
+	errTokenType       = errors.New(`the token header's "typ" is not "JWT": not a Clerk session token`)
 )
 
 // key refuses tokens that name critical header extensions — RFC 7515
 // requires that of a recipient that understands none of them — before any
 // key lookup or signature check, then finds the verification key.
+//
+// A typ other than "JWT" (absent is fine) is refused too, as Clerk's own
+// verifier (@clerk/backend's assertHeaderType) does: Clerk's session
+// tokens say "JWT", and a token of another type signed by the same
+// instance key — an OAuth access token ("at+jwt", RFC 9068) — is not a
+// session and must not pass for one.
 func (v *SessionVerifier) key(t *jwt.Token) (any, error) {
 	if _, ok := t.Header["crit"]; ok {
 		return nil, errCritical
 	}
+	if typ, ok := t.Header["typ"]; ok && typ != "JWT" {
+		return nil, errTokenType
+	}
 	return v.keyfunc(t)
 }
 
-// Verify checks the token's header (no crit), signature (RS256 only), time
-// claims (JSON numbers; exp required; exp and nbf against the clock),
+// Verify checks the token's header (no crit; typ absent or "JWT"), signature (RS256 only), time
+// claims (JSON numbers; exp required; exp, nbf and iat against the clock),
 // lifetime, iss and azp, and returns its claims. A token verified before is
 // only checked against the clock again.
 func (v *SessionVerifier) Verify(token string) (*SessionClaims, error) {

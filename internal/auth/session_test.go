@@ -152,15 +152,36 @@ func TestStrictTokens(t *testing.T) {
 			delete(c, "iat")
 			c["exp"] = now.Add(time.Hour).Unix()
 		}), nil, errLifetimeTooLong},
+		// Refused as Clerk's own verifier (@clerk/backend's
+		// assertIssuedAtClaim) refuses it: issued in the future beyond the
+		// leeway (issue 18, item 8; before, the lifetime check caught only
+		// the far future).
 		{"FutureIssuedAt", clerk(func(c jwt.MapClaims) {
 			c["iat"] = now.AddDate(100, 0, 0).Add(-time.Minute).Unix()
 			c["exp"] = now.AddDate(100, 0, 0).Unix()
-		}), nil, errLifetimeTooLong},
+		}), nil, jwt.ErrTokenUsedBeforeIssued},
+		{"IssuedAt60sInTheFuture", clerk(func(c jwt.MapClaims) {
+			c["iat"] = now.Add(time.Minute).Unix()
+			c["exp"] = now.Add(2 * time.Minute).Unix()
+		}), nil, jwt.ErrTokenUsedBeforeIssued},
+		{"IssuedAtWithinTheLeeway", clerk(func(c jwt.MapClaims) { c["iat"] = now.Add(3 * time.Second).Unix() }), nil, nil},
+		// The header's typ: absent or "JWT" (Clerk's session tokens) pass;
+		// anything else — an OAuth access token (RFC 9068 "at+jwt"), an ID
+		// token — is refused, as @clerk/backend's assertHeaderType does.
+		{"TypAbsent", clerk(nil), map[string]any{"typ": nil}, nil},
+		{"TypAccessToken", clerk(nil), map[string]any{"typ": "at+jwt"}, errTokenType},
+		{"TypApplicationAccessToken", clerk(nil), map[string]any{"typ": "application/at+jwt"}, errTokenType},
+		{"TypLowercase", clerk(nil), map[string]any{"typ": "jwt"}, errTokenType},
+		{"TypNotAString", clerk(nil), map[string]any{"typ": 1}, errTokenType},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			tok := jwt.NewWithClaims(jwt.SigningMethodRS256, tc.claims)
 			for k, val := range tc.header {
+				if val == nil {
+					delete(tok.Header, k)
+					continue
+				}
 				tok.Header[k] = val
 			}
 			s, err := tok.SignedString(key)

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/userd/userd/internal/apperr"
+	"github.com/userd/userd/internal/upstream"
 	"github.com/userd/userd/internal/users"
 )
 
@@ -129,6 +130,9 @@ func (e *StatusError) Error() string {
 	return msg
 }
 
+// RetryAfterHint is the Retry-After of the answer (upstream.RetryAfterer).
+func (e *StatusError) RetryAfterHint() time.Duration { return e.RetryAfter }
+
 // Temporary reports whether asking again later may succeed: rate limited
 // (429) or a failure on Clerk's side (5xx).
 func (e *StatusError) Temporary() bool {
@@ -143,7 +147,7 @@ func (a *API) GetUser(ctx context.Context, id string) (users.ClerkUser, error) {
 		return users.ClerkUser{}, err
 	}
 	if u.ID != id {
-		return users.ClerkUser{}, errors.New("clerk get user: response is for user " + strconv.Quote(u.ID))
+		return users.ClerkUser{}, apperr.Unavailable(errors.New("clerk get user: the answer is for user " + strconv.Quote(u.ID)))
 	}
 	return u.Domain(), nil
 }
@@ -213,7 +217,7 @@ func (a *API) get(ctx context.Context, op string, endpoint *url.URL, maxBytes in
 		return apperr.Unavailable(fmt.Errorf("clerk %s: read: %w", op, err))
 	}
 	if resp.StatusCode != http.StatusOK {
-		serr := &StatusError{Op: op, StatusCode: resp.StatusCode, Code: errorCode(body), RetryAfter: retryAfter(resp.Header)}
+		serr := &StatusError{Op: op, StatusCode: resp.StatusCode, Code: errorCode(body), RetryAfter: upstream.ParseRetryAfter(resp.Header, time.Now())}
 		switch {
 		case resp.StatusCode == http.StatusNotFound:
 			return &apperr.Error{Kind: apperr.KindNotFound, Message: "user not found in Clerk", Err: serr}
@@ -223,7 +227,10 @@ func (a *API) get(ctx context.Context, op string, endpoint *url.URL, maxBytes in
 		return serr
 	}
 	if err := json.Unmarshal(body, out); err != nil {
-		return fmt.Errorf("clerk %s: decode: %w", op, err)
+		// A 200 that is not what the Backend API documents is Clerk (or
+		// whatever answers at CLERK_API_URL) failing, not the caller's
+		// request: unavailable, as a 5xx is.
+		return apperr.Unavailable(fmt.Errorf("clerk %s: the answer is not the JSON expected: %w", op, err))
 	}
 	return nil
 }
@@ -240,14 +247,4 @@ func errorCode(body []byte) string {
 		return ""
 	}
 	return e.Errors[0].Code
-}
-
-// retryAfter reads a Retry-After in seconds (Clerk's form); 0 when absent
-// or in another form.
-func retryAfter(h http.Header) time.Duration {
-	s, err := strconv.Atoi(strings.TrimSpace(h.Get("Retry-After")))
-	if err != nil || s < 0 {
-		return 0
-	}
-	return time.Duration(s) * time.Second
 }

@@ -18,10 +18,9 @@ import (
 	"slices"
 	"time"
 
-	"github.com/cenkalti/backoff/v5"
-
 	"github.com/userd/userd/internal/apperr"
 	"github.com/userd/userd/internal/clerk"
+	"github.com/userd/userd/internal/upstream"
 	"github.com/userd/userd/internal/users"
 )
 
@@ -56,8 +55,12 @@ type Options struct {
 	// PageSize is the users per request (default and most: 500).
 	PageSize int
 	// Retry bounds the retries of one failing call, to Clerk or to the
-	// database; zero values take the defaults.
+	// database; zero values take the defaults (upstream.Policy).
 	Retry RetryPolicy
+	// MaxRunTime bounds the whole run (0: no bound): past it the run
+	// stops with an error, keeping what it applied. With the bounds of
+	// Retry it bounds how long a run holds the fleet-wide sync lock.
+	MaxRunTime time.Duration
 	// Progress is told about each page; nil reports nothing.
 	Progress Progress
 	// Out gets one line per change made (or, with DryRun, that would be
@@ -70,28 +73,9 @@ type Options struct {
 	Recorder Recorder
 }
 
-// RetryPolicy is an exponential backoff with jitter.
-type RetryPolicy struct {
-	// Attempts is how often one call is tried before the run stops
-	// (default 8).
-	Attempts uint
-	// Initial and Max bound the waits between attempts (defaults 1 s and
-	// 30 s). A 429's Retry-After is waited for instead.
-	Initial, Max time.Duration
-}
-
-func (p RetryPolicy) withDefaults() RetryPolicy {
-	if p.Attempts == 0 {
-		p.Attempts = 8
-	}
-	if p.Initial <= 0 {
-		p.Initial = time.Second
-	}
-	if p.Max <= 0 {
-		p.Max = 30 * time.Second
-	}
-	return p
-}
+// RetryPolicy bounds the retries of one call (upstream.Policy): its
+// attempts, the longest Retry-After honoured and the total time.
+type RetryPolicy = upstream.Policy
 
 // Counts tally a run's users by outcome. In a dry run they count what
 // would happen.
@@ -178,7 +162,7 @@ type Recorder interface {
 // before stays.
 func Run(ctx context.Context, api Clerk, domain Domain, opts Options) (Summary, error) {
 	r := &run{api: api, domain: domain, opts: opts}
-	r.opts.Retry = opts.Retry.withDefaults()
+	r.opts.Retry = opts.Retry.WithDefaults()
 	if r.opts.PageSize <= 0 || r.opts.PageSize > clerk.MaxPageSize {
 		r.opts.PageSize = clerk.MaxPageSize
 	}
@@ -190,6 +174,11 @@ func Run(ctx context.Context, api Clerk, domain Domain, opts Options) (Summary, 
 	}
 	start := time.Now()
 	r.sum.DryRun = opts.DryRun
+	if opts.MaxRunTime > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, opts.MaxRunTime, &runTimeError{opts.MaxRunTime})
+		defer cancel()
+	}
 	err := r.run(ctx)
 	r.sum.Duration = time.Since(start)
 	if r.opts.Progress != nil {
@@ -265,17 +254,40 @@ func (r *run) listAndApply(ctx context.Context) error {
 
 // list sends the pages of GET /v1/users, oldest user first, and closes
 // pages after the last one (or the error that ended the listing).
+//
+// A Backend API that pages wrongly must not make the run endless: the
+// listing stops with an error when a page contains its own cursor (the
+// cursor ignored), when a cursor comes back (pages cycling A → B → A,
+// however long the cycle), or when it listed more users than Clerk
+// counted at the start could explain (see maxListed).
 func (r *run) list(ctx context.Context, pages chan<- page) {
 	defer close(pages)
 	cursor := ""
+	// Every cursor used: one id per page, a few KiB for a million users.
+	seen := map[string]struct{}{}
+	bound := maxListed(r.sum.Total, r.opts.PageSize)
+	var listed int64
 	for {
 		us, err := retry(ctx, r, "list users in Clerk", func(ctx context.Context) ([]clerk.User, error) {
 			return r.api.ListUsers(ctx, r.opts.PageSize, cursor)
 		})
-		if err == nil && cursor != "" && slices.ContainsFunc(us, func(u clerk.User) bool { return u.ID == cursor }) {
+		listed += int64(len(us))
+		var next string
+		if err == nil && len(us) > 0 {
+			next = us[len(us)-1].ID
+		}
+		switch {
+		case err != nil:
+		case cursor != "" && slices.ContainsFunc(us, func(u clerk.User) bool { return u.ID == cursor }):
 			// An API that ignores starting_after serves the first page
 			// again: without this check the run would never end.
 			err = fmt.Errorf("list users in Clerk: the page after user %s contains that user: the Backend API (CLERK_API_URL) ignores starting_after, Clerk's cursor pagination; stopped", cursor)
+		case len(us) == r.opts.PageSize && hasKey(seen, next):
+			err = fmt.Errorf("list users in Clerk: the pages cycle: the page after user %s ends with user %s again, a page already listed; the Backend API (CLERK_API_URL) pages wrongly; stopped after %d users",
+				cursor, next, listed)
+		case listed > bound:
+			err = fmt.Errorf("list users in Clerk: listed %d users, more than the %d Clerk counted at the start allow (at most %d): the Backend API (CLERK_API_URL) pages wrongly; stopped",
+				listed, r.sum.Total, bound)
 		}
 		select {
 		case pages <- page{users: us, err: err}:
@@ -285,8 +297,22 @@ func (r *run) list(ctx context.Context, pages chan<- page) {
 		if err != nil || len(us) < r.opts.PageSize {
 			return
 		}
-		cursor = us[len(us)-1].ID
+		seen[cursor] = struct{}{}
+		cursor = next
 	}
+}
+
+func hasKey(m map[string]struct{}, k string) bool {
+	_, ok := m[k]
+	return ok
+}
+
+// maxListed is the most users a listing may return when Clerk counted
+// total at its start: users created while it runs are listed too (the
+// listing is oldest first), so it allows as many again plus 10,000, and
+// a page of slack. A listing past it is not Clerk's.
+func maxListed(total int64, pageSize int) int64 {
+	return 2*max(total, 0) + 10_000 + int64(pageSize)
 }
 
 // apply applies one page and tallies it.
@@ -482,41 +508,44 @@ func (r *run) deleteMissing(ctx context.Context) error {
 	return nil
 }
 
-// retry calls f until it succeeds, fails for good, or has failed
-// r.opts.Retry.Attempts times. Transient failures are retried with
+// retry calls f until it succeeds, fails for good, or the retry policy
+// ends it (upstream.Retry). Transient failures are retried with
 // exponential backoff and jitter: Clerk rate limiting (waiting its
-// Retry-After), Clerk's 5xx, a Clerk or database connection failing.
+// Retry-After, at most Retry.MaxRetryAfter), Clerk's 5xx or garbled
+// answers, a Clerk or database connection failing.
 func retry[T any](ctx context.Context, r *run, op string, f func(context.Context) (T, error)) (T, error) {
-	p := r.opts.Retry
-	b := backoff.NewExponentialBackOff()
-	b.InitialInterval, b.MaxInterval, b.Multiplier = p.Initial, p.Max, 2
-	attempts := 0
-	v, err := backoff.Retry(ctx, func() (T, error) {
-		attempts++
-		v, err := f(ctx)
-		if err == nil {
-			return v, nil
+	v, res, err := upstream.Retry(ctx, r.opts.Retry, func(err error) bool {
+		return apperr.KindOf(err) == apperr.KindUnavailable
+	}, func(w upstream.Wait) {
+		if w.Asked > 0 {
+			r.opts.Log.Warn("clerk sync: retrying; the Retry-After asked for is cut to the longest honoured (USERD_CLERK_API_MAX_RETRY_AFTER)",
+				"op", op, "wait", w.Wait.String(), "asked", w.Asked.String(), "err", w.Err)
+			return
 		}
-		if apperr.KindOf(err) != apperr.KindUnavailable {
-			return v, backoff.Permanent(err)
-		}
-		var serr *clerk.StatusError
-		if errors.As(err, &serr) && serr.RetryAfter > 0 {
-			return v, errors.Join(err, &backoff.RetryAfterError{Duration: serr.RetryAfter})
-		}
-		return v, err
-	}, backoff.WithBackOff(b), backoff.WithMaxTries(p.Attempts), backoff.WithMaxElapsedTime(0),
-		backoff.WithNotify(func(err error, wait time.Duration) {
-			r.opts.Log.Warn("clerk sync: retrying", "op", op, "wait", wait.String(), "err", err)
-		}))
+		r.opts.Log.Warn("clerk sync: retrying", "op", op, "wait", w.Wait.String(), "err", w.Err)
+	}, f)
 	if err != nil {
-		return v, describe(op, attempts, err)
+		if cause := context.Cause(ctx); cause != nil {
+			// The run's deadline (or its caller) ended it.
+			err = cause
+		}
+		return v, describe(op, res, err)
 	}
 	return v, nil
 }
 
+// runTimeError is the cause of a run ended by Options.MaxRunTime.
+type runTimeError struct{ limit time.Duration }
+
+func (e *runTimeError) Error() string {
+	return fmt.Sprintf("the run took longer than its limit of %s (USERD_CLERK_SYNC_MAX_RUN_TIME) and stopped; "+
+		"what was applied stays, and a rerun continues idempotently", e.limit)
+}
+
+func (e *runTimeError) Unwrap() error { return context.DeadlineExceeded }
+
 // describe says what failed in words an operator can act on.
-func describe(op string, attempts int, err error) error {
+func describe(op string, res upstream.Result, err error) error {
 	var serr *clerk.StatusError
 	if errors.As(err, &serr) {
 		switch serr.StatusCode {
@@ -531,7 +560,8 @@ func describe(op string, attempts int, err error) error {
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	if apperr.KindOf(err) == apperr.KindUnavailable {
-		return fmt.Errorf("%s failed %d times, last: %w; what was applied before stays, and a rerun continues idempotently", op, attempts, err)
+		return fmt.Errorf("%s failed %d times in %s, last: %w; what was applied before stays, and a rerun continues idempotently",
+			op, res.Attempts, res.Elapsed.Round(time.Millisecond), err)
 	}
 	return fmt.Errorf("%s: %w", op, err)
 }

@@ -63,6 +63,13 @@ type Clerk struct {
 	// IgnoreCursor makes GET /v1/users ignore starting_after, as an API
 	// without cursor pagination would.
 	IgnoreCursor atomic.Bool
+	// CycleAfter, when > 0, makes GET /v1/users hostile: a cursor naming
+	// the CycleAfter-th user (in listing order) or a later one is treated
+	// as no cursor, so the pages cycle A → B → ... → A for ever.
+	CycleAfter atomic.Int64
+	// Endless makes GET /v1/users hostile: past the last user it serves
+	// made-up users (user_endless<n>), never a short page.
+	Endless atomic.Bool
 
 	// JWKSHits and APIHits count requests to each endpoint.
 	JWKSHits atomic.Int64
@@ -315,6 +322,9 @@ type Fault struct {
 	Status int
 	// RetryAfter is sent as Retry-After (seconds) when > 0.
 	RetryAfter int
+	// Body, when set, is sent as it is instead of Clerk's error body
+	// (e.g. garbage with Status 200).
+	Body string
 }
 
 // InjectFaults makes every every-th Backend API request from now on answer
@@ -323,6 +333,13 @@ func (c *Clerk) InjectFaults(every int, faults ...Fault) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.faults, c.faultEvery, c.faultCount = append(c.faults, faults...), max(every, 1), 0
+}
+
+// ClearFaults drops the faults not served yet.
+func (c *Clerk) ClearFaults() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.faults = nil
 }
 
 // SetRateLimit makes the Backend API answer 429 with a Retry-After, as
@@ -417,6 +434,11 @@ func (c *Clerk) backend(h http.HandlerFunc) http.HandlerFunc {
 			if fault.RetryAfter > 0 {
 				w.Header().Set("Retry-After", strconv.Itoa(fault.RetryAfter))
 			}
+			if fault.Body != "" {
+				w.WriteHeader(fault.Status)
+				_, _ = w.Write([]byte(fault.Body))
+				return
+			}
 			writeError(w, fault.Status, "injected", http.StatusText(fault.Status))
 			return
 		}
@@ -509,15 +531,25 @@ func (c *Clerk) serveList(w http.ResponseWriter, r *http.Request) {
 		all = slices.Clone(all)
 		slices.Reverse(all)
 	}
-	start := 0
+	start, endless := 0, c.Endless.Load()
+	made := 0 // the next made-up user of an endless listing
+	if n, ok := strings.CutPrefix(cursor, "user_endless"); ok && endless {
+		made, _ = strconv.Atoi(n)
+		made++
+		start, cursor = len(all), ""
+	}
 	if cursor != "" {
 		i := slices.IndexFunc(all, func(u *user) bool { return u.id == cursor })
-		if i < 0 {
+		switch n := c.CycleAfter.Load(); {
+		case n > 0 && int64(i+1) >= n:
+			// Back to the first page.
+		case i < 0:
 			c.mu.Unlock()
 			writeError(w, http.StatusUnprocessableEntity, "form_param_value_invalid", "starting_after names no user")
 			return
+		default:
+			start = i + 1
 		}
-		start = i + 1
 	}
 	var page [][]byte
 	skipped := 0
@@ -535,6 +567,12 @@ func (c *Clerk) serveList(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	c.mu.Unlock()
+	if endless && len(page) < limit {
+		tmpl := string(UserJSON(c.t, clerkhook.SampleUser{ID: "user_TMPLID", UpdatedAt: time.UnixMilli(1_700_000_000_000)}))
+		for ; len(page) < limit; made++ {
+			page = append(page, []byte(strings.Replace(tmpl, "user_TMPLID", fmt.Sprintf("user_endless%d", made), 1)))
+		}
+	}
 	_, _ = w.Write([]byte("["))
 	for i, b := range page {
 		if i > 0 {

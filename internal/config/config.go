@@ -234,6 +234,10 @@ type ClerkAPI struct {
 	SecretKey string `name:"clerk-secret-key" env:"CLERK_SECRET_KEY" help:"Clerk Backend API secret key (sk_...): fetches a signing-in user's profile before its webhook arrives, and lists users for the Clerk sync."`
 	APIURL    string `name:"clerk-api-url" env:"CLERK_API_URL" default:"https://api.clerk.com" help:"Clerk Backend API base URL."`
 	APIRate   int    `name:"clerk-api-rate" env:"USERD_CLERK_API_RATE" default:"0" help:"Backend API requests userd may make per 10 s, kept to 90% of it; 0: the instance's limit, from the key (sk_live_: 1000, otherwise 100). Lower it to leave room for other backends using the same key."`
+	// The retry bounds apply to the Clerk sync, the only caller that
+	// retries (a signing-in user's profile is fetched once).
+	MaxRetryAfter time.Duration `name:"clerk-api-max-retry-after" env:"USERD_CLERK_API_MAX_RETRY_AFTER" default:"60s" help:"Longest wait a Retry-After of the Backend API is honoured for; a longer one is cut to this (a 429 asking for hours must not stall a sync)."`
+	MaxRetryTime  time.Duration `name:"clerk-api-max-retry-time" env:"USERD_CLERK_API_MAX_RETRY_TIME" default:"5m" help:"Longest time one Backend API call of a Clerk sync is retried, attempts and waits together, before the run stops with an error."`
 }
 
 // Validate checks the Backend API settings.
@@ -243,6 +247,12 @@ func (c ClerkAPI) Validate() error {
 	}
 	if c.SecretKey != "" && !strings.HasPrefix(c.SecretKey, "sk_") {
 		return errors.New(`CLERK_SECRET_KEY (--clerk-secret-key) must start with "sk_" (Clerk dashboard, API keys)`)
+	}
+	if c.MaxRetryAfter < time.Second || c.MaxRetryAfter > 10*time.Minute {
+		return fmt.Errorf("USERD_CLERK_API_MAX_RETRY_AFTER (--clerk-api-max-retry-after) must be between 1s and 10m, got %s", c.MaxRetryAfter)
+	}
+	if c.MaxRetryTime < c.MaxRetryAfter || c.MaxRetryTime > time.Hour {
+		return fmt.Errorf("USERD_CLERK_API_MAX_RETRY_TIME (--clerk-api-max-retry-time) must be between USERD_CLERK_API_MAX_RETRY_AFTER (%s) and 1h, got %s", c.MaxRetryAfter, c.MaxRetryTime)
 	}
 	if c.APIRate < 0 {
 		// The least budget the client accepts is its own rule, checked by
@@ -258,6 +268,7 @@ type ClerkSync struct {
 	SyncInterval      time.Duration `name:"clerk-sync-interval" env:"USERD_CLERK_SYNC_INTERVAL" default:"0s" help:"Reconcile every user with Clerk's Backend API this often, one replica at a time (as userd sync-clerk does); 0 turns it off. At least 1m; needs CLERK_SECRET_KEY."`
 	SyncDeleteMissing bool          `name:"clerk-sync-delete-missing" env:"USERD_CLERK_SYNC_DELETE_MISSING" default:"false" help:"Let the periodic reconcile also mark deleted the users Clerk no longer has (each confirmed missing first), within USERD_CLERK_SYNC_MAX_DELETE_SHARE."`
 	MaxDeleteShare    float64       `name:"clerk-sync-max-delete-share" env:"USERD_CLERK_SYNC_MAX_DELETE_SHARE" default:"0.1" help:"Safety stop of deleting missing users: refuse when more than this share of the live users would be deleted (a wrong key pointing at an empty instance); between 0 and 1."`
+	SyncMaxRunTime    time.Duration `name:"clerk-sync-max-run-time" env:"USERD_CLERK_SYNC_MAX_RUN_TIME" default:"6h" help:"Longest a Clerk sync run may take (it holds the fleet-wide sync lock meanwhile); past it the run stops with an error, keeping what it applied."`
 }
 
 // MinSyncInterval is the shortest periodic reconcile interval.
@@ -268,10 +279,21 @@ func (c ClerkSync) Validate(secretKey string) error {
 	if c.SyncInterval != 0 && c.SyncInterval < MinSyncInterval {
 		return fmt.Errorf("USERD_CLERK_SYNC_INTERVAL (--clerk-sync-interval) must be 0 (off) or at least %s, got %s", MinSyncInterval, c.SyncInterval)
 	}
+	if err := ValidRunTime("USERD_CLERK_SYNC_MAX_RUN_TIME (--clerk-sync-max-run-time)", c.SyncMaxRunTime); err != nil {
+		return err
+	}
 	if c.SyncInterval > 0 && secretKey == "" {
 		return errors.New("USERD_CLERK_SYNC_INTERVAL (--clerk-sync-interval) needs CLERK_SECRET_KEY (--clerk-secret-key) to list Clerk's users")
 	}
 	return ValidDeleteShare("USERD_CLERK_SYNC_MAX_DELETE_SHARE (--clerk-sync-max-delete-share)", c.MaxDeleteShare)
+}
+
+// ValidRunTime checks the longest run of a Clerk sync.
+func ValidRunTime(name string, d time.Duration) error {
+	if d < time.Minute {
+		return fmt.Errorf("%s must be at least 1m, got %s", name, d)
+	}
+	return nil
 }
 
 // ValidDeleteShare checks a share of users that may be deleted.

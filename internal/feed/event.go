@@ -12,10 +12,6 @@
 package feed
 
 import (
-	"encoding/base64"
-	"errors"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -68,39 +64,6 @@ func maxPosition(p, q Position) Position {
 		return q
 	}
 	return p
-}
-
-// Cursors are opaque to callers: a version prefix and the position.
-const cursorPrefix = "ev1:"
-
-// Cursor returns p as an opaque cursor to resume after.
-func (p Position) Cursor() string {
-	return base64.RawURLEncoding.EncodeToString([]byte(cursorPrefix +
-		strconv.FormatInt(p.Xid, 10) + "." + strconv.FormatInt(p.ID, 10)))
-}
-
-var errBadCursor = errors.New("not a cursor of this feed")
-
-// ParseCursor returns the position of a cursor made by Position.Cursor.
-func ParseCursor(c string) (Position, error) {
-	raw, err := base64.RawURLEncoding.DecodeString(c)
-	if err != nil {
-		return Position{}, errBadCursor
-	}
-	rest, ok := strings.CutPrefix(string(raw), cursorPrefix)
-	if !ok {
-		return Position{}, errBadCursor
-	}
-	xs, is, ok := strings.Cut(rest, ".")
-	if !ok {
-		return Position{}, errBadCursor
-	}
-	xid, err1 := strconv.ParseInt(xs, 10, 64)
-	id, err2 := strconv.ParseInt(is, 10, 64)
-	if err1 != nil || err2 != nil || xid < 0 || id < 0 {
-		return Position{}, errBadCursor
-	}
-	return Position{Xid: xid, ID: id}, nil
 }
 
 // Event is one committed change.

@@ -47,8 +47,11 @@ type Options struct {
 	// pending before it is switched to reading the database at its own
 	// pace (default 32).
 	QueueLength int
-	Observer    Observer
-	Log         *slog.Logger
+	// Cursors seal the positions handed out; nil: a key of this process
+	// only (tests), so its cursors resume on no other replica.
+	Cursors  *Cursors
+	Observer Observer
+	Log      *slog.Logger
 }
 
 func (o *Options) defaults() {
@@ -66,6 +69,9 @@ func (o *Options) defaults() {
 	}
 	if o.QueueLength <= 0 {
 		o.QueueLength = 32
+	}
+	if o.Cursors == nil {
+		o.Cursors = newEphemeralCursors()
 	}
 	if o.Observer == nil {
 		o.Observer = noObserver{}
@@ -391,14 +397,21 @@ var ErrClosing = &apperr.Error{
 	Err:     errors.New("change feed closed"),
 }
 
+// Cursors seals and opens the hub's cursors.
+func (h *Hub) Cursors() *Cursors { return h.opts.Cursors }
+
 // cursorExpired is the error of a cursor older than the retained events.
-func cursorExpired(oldest Position) error {
+func (h *Hub) cursorExpired(ctx context.Context, oldest Position) error {
+	c, err := h.opts.Cursors.Format(ctx, oldest)
+	if err != nil {
+		return err
+	}
 	return &apperr.Error{
 		Kind: apperr.KindExpired,
 		Message: "cursor is older than the events userd keeps (USERD_FEED_RETENTION): " +
 			"resynchronise your copy with GetUser and ListCreditTransactions, then watch from now",
 		Reason:   apperr.ReasonCursorExpired,
-		Metadata: map[string]string{"oldest_cursor": oldest.Cursor()},
+		Metadata: map[string]string{"oldest_cursor": c},
 	}
 }
 
@@ -456,7 +469,7 @@ func (h *Hub) Watch(ctx context.Context, req Request, sink Sink) error {
 		}
 		if cursor.Less(page.Pruned) {
 			if !fromOldest {
-				return Page{}, cursorExpired(page.Pruned)
+				return Page{}, h.cursorExpired(ctx, page.Pruned)
 			}
 			cursor = page.Pruned
 		}

@@ -177,7 +177,11 @@ func TestExpiredCursor(t *testing.T) {
 	_, errc := watch(t, h, feed.Request{Start: feed.StartAfter, After: evs[0].Position})
 	err = <-errc
 	e, ok := apperr.As(err)
-	if !ok || e.Kind != apperr.KindExpired || e.Reason != apperr.ReasonCursorExpired || e.Metadata["oldest_cursor"] != evs[2].Position.Cursor() {
+	oldest, ferr := h.Cursors().Format(context.Background(), evs[2].Position)
+	if ferr != nil {
+		t.Fatal(ferr)
+	}
+	if !ok || e.Kind != apperr.KindExpired || e.Reason != apperr.ReasonCursorExpired || e.Metadata["oldest_cursor"] != oldest {
 		t.Fatalf("resume from a pruned cursor: %v (%+v), want expired with reason CURSOR_EXPIRED and oldest_cursor of the last pruned event", err, e)
 	}
 	for _, req := range []feed.Request{

@@ -7,9 +7,12 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 
@@ -118,14 +121,35 @@ func stampVersion(doc []byte, version string) ([]byte, error) {
 	return json.Marshal(top)
 }
 
+// limitBody answers 413 to a body over httpmw.MaxBodyBytes. A body of
+// unknown length (chunked) is read here, up to the limit, so that one over
+// it is answered 413 too: read by grpc-gateway's decoder, the limit's error
+// would come out as a decoding error (400).
 func limitBody(h http.Handler) http.Handler {
+	tooLarge := func(w http.ResponseWriter) {
+		writeStatus(w, http.StatusRequestEntityTooLarge, &runtime.JSONPb{},
+			status.New(codes.InvalidArgument, "request body larger than 1 MiB"))
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ContentLength > httpmw.MaxBodyBytes {
-			writeStatus(w, http.StatusRequestEntityTooLarge, &runtime.JSONPb{},
-				status.New(codes.InvalidArgument, "request body larger than 1 MiB"))
+			tooLarge(w)
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, httpmw.MaxBodyBytes)
+		if r.ContentLength < 0 {
+			body, err := io.ReadAll(r.Body)
+			var mbe *http.MaxBytesError
+			switch {
+			case errors.As(err, &mbe):
+				tooLarge(w)
+				return
+			case err != nil:
+				writeStatus(w, http.StatusBadRequest, &runtime.JSONPb{},
+					status.New(codes.InvalidArgument, "request body could not be read"))
+				return
+			}
+			r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
+		}
 		h.ServeHTTP(w, r)
 	})
 }

@@ -452,6 +452,22 @@ func TestOpenAPIDocument(t *testing.T) {
 	if !strings.HasPrefix(doc.OpenAPI, "3.") || doc.Info.Title != "userd" || doc.Info.Version != "v9.8.7-test" {
 		t.Errorf("openapi %q, title %q, version %q; want 3.x, userd, v9.8.7-test", doc.OpenAPI, doc.Info.Title, doc.Info.Version)
 	}
+	// Where the API is (issue 18, item 8: redocly's one error was its
+	// absence), with defaults that are `userd serve`'s own.
+	if len(doc.Servers) != 1 || doc.Servers[0].URL != "{scheme}://{host}" {
+		t.Errorf("servers %+v, want one templated server", doc.Servers)
+	} else if u, err := doc.Servers[0].BasePath(); err != nil || doc.Servers[0].Variables["host"].Default != "localhost:8080" {
+		t.Errorf("server: base path %q (%v), host %+v", u, err, doc.Servers[0].Variables["host"])
+	}
+	// startTime is optional in the schema, as in the server (missing: the
+	// 30 days before the end).
+	usage := doc.Paths.Find("/v1/users/{clerkUserId}/usage")
+	if usage == nil || usage.Get == nil {
+		t.Fatal("no GET usage operation")
+	}
+	if p := usage.Get.Parameters.GetByInAndName("query", "startTime"); p == nil || p.Required || !strings.Contains(p.Description, "30 days before end_time") {
+		t.Errorf("startTime parameter %+v: want optional, defaulting to 30 days before end_time", p)
+	}
 	// Apart from the version, it is the committed document.
 	var served, committed map[string]any
 	_ = json.Unmarshal(raw, &served)
@@ -680,6 +696,39 @@ func TestRESTConventions(t *testing.T) {
 		if r.status != http.StatusRequestEntityTooLarge {
 			t.Errorf("grant with a body over 1 MiB: %d %v", r.status, r.body)
 		}
+		// The same sent chunked (no Content-Length): 413 too, not the
+		// decoder's 400 (issue 18, item 8); and nothing granted.
+		raw, err := json.Marshal(map[string]any{"amount": "1", "idempotencyKey": "big-chunked", "reason": big})
+		if err != nil {
+			t.Fatal(err)
+		}
+		req, err := http.NewRequest("POST", b.in.HTTPURL+"/v1/users/user_plus/credits:grant", io.MultiReader(bytes.NewReader(raw)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+svc)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := b.http.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestEntityTooLarge {
+			t.Errorf("chunked grant with a body over 1 MiB: %d %s", resp.StatusCode, body)
+		}
+		// A chunked body within the limit is served.
+		req, _ = http.NewRequest("POST", b.in.HTTPURL+"/v1/users/user_plus/credits:grant",
+			io.MultiReader(strings.NewReader(`{"amount":"1","idempotencyKey":"small-chunked"}`)))
+		req.Header.Set("Authorization", "Bearer "+svc)
+		resp, err = b.http.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("chunked grant within the limit: %d", resp.StatusCode)
+		}
 	})
 
 	t.Run("PlanWithoutBonus", func(t *testing.T) {
@@ -845,8 +894,25 @@ func TestUsageAndPricesOverREST(t *testing.T) {
 	if r.status != http.StatusOK || r.body["allowed"] != false {
 		t.Errorf("alice canAfford 7: %d %v", r.status, r.body)
 	}
-	if r := b.call(t, "GET", "/v1/users/me/usage", alice, nil); r.status != http.StatusBadRequest {
+	// Without a start the window is the 30 days before its end (issue 18,
+	// item 8); the year 1 is a start like any other, not "unset".
+	r = b.call(t, "GET", "/v1/users/me/usage", alice, nil)
+	if r.status != http.StatusOK || r.body["spent"] != "4" || r.body["granted"] != "10" {
 		t.Errorf("usage without a start: %d %v", r.status, r.body)
+	} else {
+		s, errS := time.Parse(time.RFC3339Nano, fmt.Sprint(r.body["startTime"]))
+		e, errE := time.Parse(time.RFC3339Nano, fmt.Sprint(r.body["endTime"]))
+		if errS != nil || errE != nil || e.Sub(s) != 30*24*time.Hour {
+			t.Errorf("usage without a start: window %v to %v, want the 30 days before the end", r.body["startTime"], r.body["endTime"])
+		}
+	}
+	r = b.call(t, "GET", "/v1/users/me/usage?startTime=0001-01-01T00:00:00Z", alice, nil)
+	if r.status != http.StatusOK || r.body["startTime"] != "0001-01-01T00:00:00Z" || r.body["spent"] != "4" || r.body["granted"] != "10" {
+		t.Errorf("usage from the year 1: %d %v", r.status, r.body)
+	}
+	r = b.call(t, "GET", "/v1/users/me/usage?startTime=0001-01-01T00:00:00Z&groupBy=USAGE_PERIOD_DAY", alice, nil)
+	if r.status != http.StatusBadRequest || !strings.Contains(fmt.Sprint(r.body["details"]), "more than 366 periods") {
+		t.Errorf("usage by day from the year 1: %d %v, want 400 naming the periods", r.status, r.body)
 	}
 
 	// Not Bob's, and not the price list.
@@ -896,5 +962,32 @@ func TestUsageAndPricesOverREST(t *testing.T) {
 	}
 	if u, err := b.in.Store.GetLiveUserByClerkID(context.Background(), "user_bob"); err != nil || u.Credits != 10 {
 		t.Errorf("bob = %+v, %v", u, err)
+	}
+}
+
+// TestEnsureWhenClerkAnswersGarbage (issue 18, item 8): an end user's
+// EnsureUser fetches the profile from Clerk's Backend API; an answer that
+// is not the user asked for is Clerk failing — 503 UNAVAILABLE, to retry —
+// never 500, and creates nothing.
+func TestEnsureWhenClerkAnswersGarbage(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	for i, body := range []string{
+		`<html>502 Bad Gateway</html>`,
+		`{"id":`,
+		`[]`,
+		`{"id":42}`,
+		`{"id":"user_someone_else","updated_at":1700000000000}`,
+		`{"id":"user_garbage0","updated_at":"yesterday"}`,
+	} {
+		id := fmt.Sprintf("user_garbage%d", i)
+		b.clerk.InjectFaults(1, clerktest.Fault{Status: http.StatusOK, Body: body})
+		r := b.call(t, "POST", "/v1/users/me:ensure", b.clerk.UserToken(id), nil)
+		if r.status != http.StatusServiceUnavailable {
+			t.Errorf("Clerk answers %s: %d %v, want 503", body, r.status, r.body)
+		}
+		if r := b.call(t, "GET", "/v1/users/me", b.clerk.UserToken(id), nil); r.status != http.StatusNotFound {
+			t.Errorf("Clerk answers %s: the user exists: %d %v", body, r.status, r.body)
+		}
 	}
 }

@@ -154,7 +154,7 @@ func TestWatchOverREST(t *testing.T) {
 	if _, err := c.GrantCredits(ctx, &userdv1.GrantCreditsRequest{ClerkUserId: "user_alice", Amount: 1, IdempotencyKey: "a2"}); err != nil {
 		t.Fatal(err)
 	}
-	r := b.call(t, "GET", "/v1/users/me/events:watch?cursor="+feed.Position{Xid: 1, ID: 1}.Cursor(), alice, nil)
+	r := b.call(t, "GET", "/v1/users/me/events:watch?cursor="+feed.LegacyCursor(feed.Position{Xid: 1, ID: 1}), alice, nil)
 	details, _ := r.body["details"].([]any)
 	reason := ""
 	for _, d := range details {

@@ -291,7 +291,6 @@ func TestInvalidRequests(t *testing.T) {
 		{"DeductActionWithReason", deduct(&userdv1.DeductCreditsRequest{ClerkUserId: valid, Action: "render", IdempotencyKey: "k", Reason: "why"}), "reason"},
 		{"DeductUnknownAction", deduct(&userdv1.DeductCreditsRequest{ClerkUserId: valid, Action: "paint", IdempotencyKey: "k"}), "action"},
 		{"DeductMalformedAction", deduct(&userdv1.DeductCreditsRequest{ClerkUserId: valid, Action: "Render!", IdempotencyKey: "k"}), "action"},
-		{"UsageNoStart", usage(&userdv1.GetUsageSummaryRequest{ClerkUserId: valid}), "start_time"},
 		{"UsageInvalidStart", usage(&userdv1.GetUsageSummaryRequest{ClerkUserId: valid, StartTime: &timestamppb.Timestamp{Seconds: 1 << 62}}), "start_time"},
 		{"UsageInvalidEnd", usage(&userdv1.GetUsageSummaryRequest{ClerkUserId: valid, StartTime: start, EndTime: &timestamppb.Timestamp{Nanos: -1}}), "end_time"},
 		{"UsageEndBeforeStart", usage(&userdv1.GetUsageSummaryRequest{ClerkUserId: valid, StartTime: start, EndTime: timestamppb.New(start.AsTime().Add(-time.Second))}), "end_time"},
@@ -309,6 +308,31 @@ func TestInvalidRequests(t *testing.T) {
 			_, err := c.ListPriceChanges(ctx, &userdv1.ListPriceChangesRequest{Action: "RENDER"})
 			return err
 		}, "action"},
+		// NUL bytes (valid UTF-8, so protobuf lets them through) in every
+		// text field that could reach PostgreSQL (issue 18, item 5).
+		{"NULGetEmail", get(&userdv1.GetUserRequest{Lookup: &userdv1.GetUserRequest_Email{Email: "val\x00id@example.com"}}), "email"},
+		{"NULGetClerkID", get(&userdv1.GetUserRequest{Lookup: &userdv1.GetUserRequest_ClerkUserId{ClerkUserId: "user_\x00"}}), "clerk_user_id"},
+		{"NULGetID", get(&userdv1.GetUserRequest{Lookup: &userdv1.GetUserRequest_Id{Id: "\x00"}}), "id"},
+		{"NULEnsureEmail", ensure(&userdv1.EnsureUserRequest{ClerkUserId: "user_new", Email: "a\x00@example.com"}), "email"},
+		{"NULEnsureFirstName", ensure(&userdv1.EnsureUserRequest{ClerkUserId: "user_new", FirstName: "\x00"}), "first_name"},
+		{"NULEnsureImage", ensure(&userdv1.EnsureUserRequest{ClerkUserId: "user_new", ImageUrl: "https://img.example.com/\x00.png"}), "image_url"},
+		{"NULDeductKey", deduct(&userdv1.DeductCreditsRequest{ClerkUserId: valid, Amount: 1, IdempotencyKey: "k\x00"}), "idempotency_key"},
+		{"NULDeductReason", deduct(&userdv1.DeductCreditsRequest{ClerkUserId: valid, Amount: 1, IdempotencyKey: "k", Reason: "r\x00"}), "reason"},
+		{"NULDeductAction", deduct(&userdv1.DeductCreditsRequest{ClerkUserId: valid, Action: "render\x00", IdempotencyKey: "k"}), "action"},
+		{"NULGrantReason", grant(&userdv1.GrantCreditsRequest{ClerkUserId: valid, Amount: 1, IdempotencyKey: "k", Reason: "\x00"}), "reason"},
+		{"NULSetPlanReason", setPlan(&userdv1.SetPlanRequest{ClerkUserId: valid, Plan: userdv1.Plan_PLAN_PRO, IdempotencyKey: "k", Reason: "\x00"}), "reason"},
+		{"NULListToken", list(&userdv1.ListCreditTransactionsRequest{ClerkUserId: valid, PageToken: "\x00"}), "page_token"},
+		{"NULAffordAction", afford(&userdv1.CanAffordRequest{ClerkUserId: valid, Action: "\x00"}), "action"},
+		{"NULSetPriceAction", setPrice(&userdv1.SetPriceRequest{Action: "re\x00nder", Credits: 3}), "action"},
+		{"NULListPricesToken", func() error { _, err := c.ListPrices(ctx, &userdv1.ListPricesRequest{PageToken: "\x00"}); return err }, "page_token"},
+		{"NULListPriceChangesAction", func() error {
+			_, err := c.ListPriceChanges(ctx, &userdv1.ListPriceChangesRequest{Action: "render\x00"})
+			return err
+		}, "action"},
+		{"NULListPriceChangesToken", func() error {
+			_, err := c.ListPriceChanges(ctx, &userdv1.ListPriceChangesRequest{PageToken: "\x00"})
+			return err
+		}, "page_token"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -30,7 +30,7 @@ func (s *Server) GetUsageSummary(ctx context.Context, req *userdv1.GetUsageSumma
 	if !ok {
 		return nil, apperr.InvalidArgument(apperr.FieldViolation{Field: "group_by", Description: "is not a known period"})
 	}
-	sum, err := s.users.SummarizeUsage(ctx, users.UsageQuery{ClerkUserID: id, Start: start, End: end, Period: period})
+	sum, err := s.users.SummarizeUsage(ctx, users.UsageQuery{ClerkUserID: id, Start: start, NoStart: req.GetStartTime() == nil, End: end, Period: period})
 	if err != nil {
 		return nil, err
 	}

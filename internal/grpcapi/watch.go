@@ -27,11 +27,11 @@ func (s *Server) WatchUserEvents(req *userdv1.WatchUserEventsRequest, stream use
 	if s.feed == nil {
 		return errors.New("WatchUserEvents: no change feed configured")
 	}
-	r, err := watchRequest(ctx, req)
+	r, err := watchRequest(ctx, req, s.feed.Cursors())
 	if err != nil {
 		return err
 	}
-	err = s.feed.Watch(ctx, r, watchSink{stream})
+	err = s.feed.Watch(ctx, r, watchSink{stream: stream, cursors: s.feed.Cursors()})
 	switch {
 	case ctx.Err() != nil:
 		// The caller went away (or its deadline passed): say so, not
@@ -47,7 +47,7 @@ func (s *Server) WatchUserEvents(req *userdv1.WatchUserEventsRequest, stream use
 
 // watchRequest authorizes and translates a watch: a service may watch
 // every user or one; an end user only itself.
-func watchRequest(ctx context.Context, req *userdv1.WatchUserEventsRequest) (feed.Request, error) {
+func watchRequest(ctx context.Context, req *userdv1.WatchUserEventsRequest, cursors *feed.Cursors) (feed.Request, error) {
 	var r feed.Request
 	if req.GetClerkUserId() == "" {
 		p, err := principal(ctx)
@@ -67,9 +67,14 @@ func watchRequest(ctx context.Context, req *userdv1.WatchUserEventsRequest) (fee
 	var violations []apperr.FieldViolation
 	switch {
 	case req.GetCursor() != "":
-		pos, err := feed.ParseCursor(req.GetCursor())
-		if err != nil {
+		pos, err := cursors.Parse(ctx, req.GetCursor())
+		switch {
+		case feed.IsBadCursor(err):
+			// Forged, altered, from another deployment, or garbled: one
+			// answer for all, which says nothing of why.
 			violations = append(violations, apperr.FieldViolation{Field: "cursor", Description: "is not a cursor returned by this API"})
+		case err != nil:
+			return r, err
 		}
 		if req.GetStart() != userdv1.WatchStart_WATCH_START_UNSPECIFIED {
 			violations = append(violations, apperr.FieldViolation{Field: "start", Description: "must be unspecified with a cursor"})
@@ -98,19 +103,28 @@ func watchRequest(ctx context.Context, req *userdv1.WatchUserEventsRequest) (fee
 
 // watchSink sends a watch's output on the stream.
 type watchSink struct {
-	stream userdv1.UserService_WatchUserEventsServer
+	stream  userdv1.UserService_WatchUserEventsServer
+	cursors *feed.Cursors
 }
 
 func (s watchSink) Event(ev feed.Event) error {
+	cursor, err := s.cursors.Format(s.stream.Context(), ev.Position)
+	if err != nil {
+		return err
+	}
 	return s.stream.Send(&userdv1.WatchUserEventsResponse{
-		Item: &userdv1.WatchUserEventsResponse_Event{Event: eventToProto(ev)},
+		Item: &userdv1.WatchUserEventsResponse_Event{Event: eventToProto(ev, cursor)},
 	})
 }
 
-func (s watchSink) Heartbeat(cursor feed.Position) error {
+func (s watchSink) Heartbeat(pos feed.Position) error {
+	cursor, err := s.cursors.Format(s.stream.Context(), pos)
+	if err != nil {
+		return err
+	}
 	return s.stream.Send(&userdv1.WatchUserEventsResponse{
 		Item: &userdv1.WatchUserEventsResponse_Heartbeat{Heartbeat: &userdv1.WatchHeartbeat{
-			Cursor: cursor.Cursor(), Time: timestamppb.Now(),
+			Cursor: cursor, Time: timestamppb.Now(),
 		}},
 	})
 }
@@ -132,10 +146,10 @@ var (
 	}()
 )
 
-func eventToProto(ev feed.Event) *userdv1.UserEvent {
+func eventToProto(ev feed.Event, cursor string) *userdv1.UserEvent {
 	out := &userdv1.UserEvent{
 		Id:          ev.ID,
-		Cursor:      ev.Position.Cursor(),
+		Cursor:      cursor,
 		Kind:        kindToProto[ev.Kind],
 		UserId:      ev.UserID.String(),
 		ClerkUserId: ev.ClerkUserID,

@@ -1,12 +1,15 @@
 package grpcapi_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -180,7 +183,7 @@ func TestWatchUserEvents(t *testing.T) {
 func TestWatchBadRequests(t *testing.T) {
 	t.Parallel()
 	in := apptest.Start(t, nil)
-	cursor := feed.Position{Xid: 1, ID: 1}.Cursor()
+	cursor := feed.LegacyCursor(feed.Position{Xid: 1, ID: 1})
 	for _, tc := range []struct {
 		req   *userdv1.WatchUserEventsRequest
 		field string
@@ -327,5 +330,53 @@ func TestWatchEndsAtShutdown(t *testing.T) {
 	}
 	if took := time.Since(stopped); took > 30*time.Second {
 		t.Errorf("shutdown waited %v for the watch (grace 1m)", took)
+	}
+}
+
+// TestWatchCursorsAreOpaque (issue 18, item 7): the cursors handed out
+// reveal nothing of the server (before: base64 of "ev1:<xid>.<id>", the
+// database's transaction id horizon); an altered cursor, or one of another
+// deployment, is INVALID_ARGUMENT like any forged one.
+func TestWatchCursorsAreOpaque(t *testing.T) {
+	t.Parallel()
+	in := apptest.Start(t, nil)
+	ctx := context.Background()
+	w := watchEvents(t, in.Client, &userdv1.WatchUserEventsRequest{})
+	hb := w.heartbeat(t)
+	if _, err := in.Client.EnsureUser(ctx, &userdv1.EnsureUserRequest{ClerkUserId: "user_opaque"}); err != nil {
+		t.Fatal(err)
+	}
+	evs := w.events(t, 2)
+	for _, c := range []string{hb, evs[0].GetCursor(), evs[1].GetCursor()} {
+		raw, _ := base64.RawURLEncoding.DecodeString(c)
+		if bytes.HasPrefix(raw, []byte("ev1:")) || utf8.Valid(raw) {
+			t.Errorf("cursor %s decodes to readable %q", c, raw)
+		}
+	}
+
+	other := apptest.Start(t, nil) // another deployment: its own database and key
+	ow := watchEvents(t, other.Client, &userdv1.WatchUserEventsRequest{})
+	foreign := ow.heartbeat(t)
+	ow.cancel()
+
+	good := evs[0].GetCursor()
+	raw, _ := base64.RawURLEncoding.DecodeString(good)
+	tampered := bytes.Clone(raw)
+	tampered[len(tampered)/2] ^= 0x40
+	for name, c := range map[string]string{
+		"tampered":           base64.RawURLEncoding.EncodeToString(tampered),
+		"truncated":          good[:len(good)-2],
+		"another deployment": foreign,
+	} {
+		err := watchEvents(t, in.Client, &userdv1.WatchUserEventsRequest{Cursor: c}).end(t)
+		st := wantCode(t, err, codes.InvalidArgument)
+		if f := fieldViolations(st); len(f) == 0 || f[0] != "cursor" {
+			t.Errorf("%s cursor: field violations %v", name, f)
+		}
+	}
+	// The real one resumes.
+	ok := watchEvents(t, in.Client, &userdv1.WatchUserEventsRequest{Cursor: good})
+	if got := ok.events(t, 1); got[0].GetId() != evs[1].GetId() {
+		t.Errorf("resumed at %d, want %d", got[0].GetId(), evs[1].GetId())
 	}
 }

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -161,4 +162,29 @@ func eventFrom(r sqlcdb.ReadUserEventsRow) (feed.Event, error) {
 		return feed.Event{}, fmt.Errorf("unknown kind %q", ev.Kind)
 	}
 	return ev, nil
+}
+
+// FeedCursorKeys returns the deployment's feed cursor keys (a
+// feed.CursorKeySource), creating the first — 32 random bytes — when there
+// is none. Replicas racing to create it all read back the one that won.
+func (s *Store) FeedCursorKeys(ctx context.Context) ([]feed.CursorKey, error) {
+	rows, err := s.q.FeedCursorKeys(ctx, s.db)
+	if err == nil && len(rows) == 0 {
+		secret := make([]byte, 32)
+		if _, err := rand.Read(secret); err != nil {
+			return nil, err
+		}
+		if err := s.q.CreateFeedCursorKey(ctx, s.db, secret); err != nil {
+			return nil, translate(fmt.Errorf("create feed cursor key: %w", err))
+		}
+		rows, err = s.q.FeedCursorKeys(ctx, s.db)
+	}
+	if err != nil {
+		return nil, translate(fmt.Errorf("read feed cursor keys: %w", err))
+	}
+	keys := make([]feed.CursorKey, len(rows))
+	for i, r := range rows {
+		keys[i] = feed.CursorKey{ID: byte(r.ID), Secret: r.Secret}
+	}
+	return keys, nil
 }

@@ -54,9 +54,7 @@ const (
 
 func (e ClerkEvent) validate() error {
 	var v violations
-	if e.MessageID == "" || len(e.MessageID) > 255 {
-		v.add("svix-id", "must be 1 to 255 characters")
-	}
+	v.delivery(e.MessageID, e.Type)
 	v.clerkUserID("data.id", e.User.ID)
 	if e.User.UpdatedAt <= 0 {
 		v.add("data.updated_at", "must be a positive timestamp in milliseconds")
@@ -64,7 +62,52 @@ func (e ClerkEvent) validate() error {
 	if len(e.User.Email) > MaxEmail {
 		v.add("data.email_addresses", "primary email must be at most 320 bytes")
 	}
+	e.User.checkText(&v, "data.")
 	return v.err()
+}
+
+// delivery checks the svix-id and type of a webhook delivery: both are
+// stored (webhook_events), so they must be storable text — a NUL byte or
+// invalid UTF-8 would make PostgreSQL refuse the statement of the whole
+// batch the delivery is applied in, not only this delivery.
+func (v *violations) delivery(messageID, eventType string) {
+	switch {
+	case messageID == "" || len(messageID) > 255:
+		v.add("svix-id", "must be 1 to 255 characters")
+	case !Storable(messageID):
+		v.add("svix-id", storableReason)
+	}
+	switch {
+	case eventType == "" || len(eventType) > 255:
+		v.add("type", "must be 1 to 255 characters")
+	case !Storable(eventType):
+		v.add("type", storableReason)
+	}
+}
+
+// storableReason describes text that is not Storable.
+const storableReason = "must be valid UTF-8 without NUL bytes"
+
+// Storable reports whether s can be a PostgreSQL text value: valid UTF-8
+// without NUL bytes. Anything else makes PostgreSQL refuse the statement —
+// and with it every write batched into that statement — so text from
+// outside (webhooks, the Backend API, callers) is checked before it
+// reaches a batch.
+func Storable(s string) bool {
+	return utf8.ValidString(s) && strings.IndexByte(s, 0) < 0
+}
+
+// checkText adds a violation for every text field of cu that is not
+// Storable, named prefix + the Clerk field (the id is checked as an id).
+func (cu ClerkUser) checkText(v *violations, prefix string) {
+	for _, f := range []struct{ name, value string }{
+		{"email_addresses", cu.Email}, {"first_name", cu.FirstName},
+		{"last_name", cu.LastName}, {"image_url", cu.ImageURL},
+	} {
+		if !Storable(f.value) {
+			v.add(prefix+f.name, storableReason)
+		}
+	}
 }
 
 // sanitized returns cu with every text field storable.
@@ -76,10 +119,11 @@ func (cu ClerkUser) sanitized() ClerkUser {
 	return cu
 }
 
-// sanitizeClerkText makes text from Clerk storable: PostgreSQL text cannot
-// hold NUL bytes or invalid UTF-8, and a signed event must not be refused
-// forever for either. Overlong values are cut, not refused, for the same
-// reason.
+// sanitizeClerkText cuts overlong text from Clerk to what userd stores:
+// Clerk's limits are its own, and a signed event must not be refused
+// forever for a long name. Text that is not Storable (NUL bytes, invalid
+// UTF-8) is refused before this (checkText); the replacements here are only
+// a second line of defence.
 func sanitizeClerkText(s string, max int) string {
 	s = strings.ToValidUTF8(strings.ReplaceAll(s, "\x00", ""), "\uFFFD")
 	if len(s) <= max {
@@ -122,9 +166,7 @@ func (s *Service) ApplyClerkUser(ctx context.Context, ev ClerkEvent) (EventOutco
 // ApplyClerkUser.
 func (s *Service) DeleteClerkUser(ctx context.Context, messageID, eventType, clerkUserID string) (EventOutcome, error) {
 	var v violations
-	if messageID == "" || len(messageID) > 255 {
-		v.add("svix-id", "must be 1 to 255 characters")
-	}
+	v.delivery(messageID, eventType)
 	v.clerkUserID("data.id", clerkUserID)
 	if err := v.err(); err != nil {
 		return "", err

@@ -66,6 +66,9 @@ func (s *Service) SyncClerkUsers(ctx context.Context, states []ClerkUser, dryRun
 		if cu.UpdatedAt <= 0 {
 			v.add("updated_at", "must be a positive timestamp in milliseconds")
 		}
+		// One user Clerk answered with unstorable text fails alone, not
+		// the page it is written with.
+		cu.checkText(&v, "")
 		if err := v.err(); err != nil {
 			results[i].Outcome, results[i].Reason = OutcomeFailed, err.Error()
 			continue

@@ -176,13 +176,22 @@ func (s *Service) EnsureClerkUser(ctx context.Context, clerkUserID string, fetch
 	}
 	return s.ensure(ctx, clerkUserID, func(ctx context.Context) (ClerkUser, error) {
 		cu, err := fetch(ctx)
-		switch {
-		case err != nil:
+		if err != nil {
 			return ClerkUser{}, err
-		case cu.ID != clerkUserID:
-			return ClerkUser{}, fmt.Errorf("profile source returned user %q for %q", cu.ID, clerkUserID)
-		case cu.UpdatedAt <= 0:
-			return ClerkUser{}, fmt.Errorf("profile source returned no version for %q", clerkUserID)
+		}
+		// What Clerk answered is not a profile userd can store: Clerk (or
+		// whatever answers for it) failing, not the caller — unavailable,
+		// to be retried, as for a 5xx of the Backend API.
+		var v violations
+		if cu.ID != clerkUserID {
+			v.add("id", fmt.Sprintf("is %q, not %q", cu.ID, clerkUserID))
+		}
+		if cu.UpdatedAt <= 0 {
+			v.add("updated_at", "is missing")
+		}
+		cu.checkText(&v, "")
+		if err := v.err(); err != nil {
+			return ClerkUser{}, apperr.Unavailable(fmt.Errorf("the profile Clerk returned for %s: %w", clerkUserID, err))
 		}
 		return cu.sanitized(), nil
 	})

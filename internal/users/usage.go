@@ -41,11 +41,20 @@ const (
 // UsageQuery asks for a summary of one user's ledger over [Start, End).
 type UsageQuery struct {
 	ClerkUserID string
-	Start       time.Time
+	// Start is the window's start, inclusive; a zero Start is the year 1,
+	// unless NoStart.
+	Start time.Time
+	// NoStart says the caller left the start unset: the window starts
+	// DefaultUsageWindow before End.
+	NoStart bool
 	// End is now when zero.
 	End    time.Time
 	Period UsagePeriod
 }
+
+// DefaultUsageWindow is the window of a usage summary whose start is
+// unset: the 30 days before its end.
+const DefaultUsageWindow = 30 * 24 * time.Hour
 
 // UsageTotals sums ledger entries.
 type UsageTotals struct {
@@ -130,6 +139,12 @@ func (s *Service) SummarizeUsage(ctx context.Context, q UsageQuery) (UsageSummar
 	if q.End.IsZero() {
 		q.End = s.now()
 	}
+	if q.NoStart {
+		q.Start = q.End.Add(-DefaultUsageWindow)
+		if q.Start.Before(time.Time{}) {
+			q.Start = time.Time{}
+		}
+	}
 	// The ledger keeps microseconds: rounding both ends up keeps exactly
 	// the entries at or after Start and before End.
 	q.Start, q.End = ceilMicrosecond(q.Start), ceilMicrosecond(q.End)
@@ -186,10 +201,7 @@ func (q UsageQuery) validate() ([]time.Time, error) {
 	default:
 		v.add("group_by", "must be a day, a week, a month or unset")
 	}
-	switch {
-	case q.Start.IsZero():
-		v.add("start_time", "is required")
-	case !q.End.After(q.Start):
+	if !q.End.After(q.Start) {
 		v.add("end_time", "must be after start_time")
 	}
 	if err := v.err(); err != nil {
@@ -230,9 +242,6 @@ func nextPeriod(t time.Time, p UsagePeriod) time.Time {
 
 // ceilMicrosecond rounds t up to a whole microsecond, in UTC.
 func ceilMicrosecond(t time.Time) time.Time {
-	if t.IsZero() {
-		return t
-	}
 	r := t.Truncate(time.Microsecond)
 	if r.Before(t) {
 		r = r.Add(time.Microsecond)

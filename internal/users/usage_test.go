@@ -512,7 +512,7 @@ func TestUsageSummaryBadInput(t *testing.T) {
 	}{
 		{"no user", users.UsageQuery{Start: start}, "clerk_user_id"},
 		{"bad user", users.UsageQuery{ClerkUserID: "bob", Start: start}, "clerk_user_id"},
-		{"no start", users.UsageQuery{ClerkUserID: "user_bounds", End: start}, "start_time"},
+		{"year 1 by day", users.UsageQuery{ClerkUserID: "user_bounds", End: start, Period: users.PeriodDay}, "start_time"},
 		{"end before start", users.UsageQuery{ClerkUserID: "user_bounds", Start: start, End: start.Add(-time.Hour)}, "end_time"},
 		{"empty window", users.UsageQuery{ClerkUserID: "user_bounds", Start: start, End: start}, "end_time"},
 		{"empty after rounding", users.UsageQuery{ClerkUserID: "user_bounds", Start: start.Add(time.Nanosecond), End: start.Add(2 * time.Nanosecond)}, "end_time"},

@@ -1392,7 +1392,8 @@ type GetUsageSummaryRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Clerk user id of the user ("me" for an end user's own). Required.
 	ClerkUserId string `protobuf:"bytes,1,opt,name=clerk_user_id,json=clerkUserId,proto3" json:"clerk_user_id,omitempty"`
-	// Start of the window, inclusive. Required.
+	// Start of the window, inclusive; unset means 30 days before end_time.
+	// 0001-01-01T00:00:00Z is a start like any other: the whole ledger.
 	StartTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
 	// End of the window, exclusive; unset means now. Must be after
 	// start_time. The ledger keeps microseconds: both ends are rounded up to

@@ -91,6 +91,17 @@ func complete(doc *openapi3.T) error {
 		Version:     APIVersion,
 		Description: apiDescription(doc),
 	}
+	// Where the API is: userd runs wherever it is deployed, so the server
+	// is a template whose defaults are `userd serve`'s own (USERD_HTTP_ADDR
+	// :8080, plain HTTP behind a TLS-terminating proxy in production).
+	doc.Servers = openapi3.Servers{{
+		URL:         "{scheme}://{host}",
+		Description: "A userd HTTP API listener (USERD_HTTP_ADDR), or the proxy in front of it.",
+		Variables: map[string]*openapi3.ServerVariable{
+			"scheme": {Enum: []string{"https", "http"}, Default: "http", Description: "https behind a TLS-terminating proxy; userd itself serves plain HTTP."},
+			"host":   {Default: "localhost:8080", Description: "Host and port of the listener or proxy."},
+		},
+	}}
 	c := doc.Components
 	c.SecuritySchemes = securitySchemes()
 	doc.Security = anyCaller
