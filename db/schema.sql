@@ -142,6 +142,20 @@ DECLARE
     v_user_id uuid;
     v_credits bigint;
 BEGIN
+    -- Deducts (p_delta < 0) or grants (p_delta > 0) credits in one call,
+    -- under the user's row lock and p_key (claimed as p_kind). Expected
+    -- outcomes are a status, not an error, so that the caller needs no
+    -- second round trip:
+    --   applied       the entry was written (t_* columns)
+    --   replayed      the key already applied these parameters (t_* columns: the original entry)
+    --   key_reused    the key already applied something else
+    --   insufficient  the balance (available) is below the amount; nothing changed
+    --   overflow      the balance would exceed bigint; nothing changed
+    --   not_found     no live user has this Clerk id
+    -- A replay answers with the original entry even when the balance is
+    -- lower now. Every statement after the lock runs with a snapshot taken
+    -- after the lock was granted (READ COMMITTED), so it sees whatever a
+    -- racing call that held the lock before committed.
     SELECT u.id, u.credits INTO v_user_id, v_credits FROM users u
     WHERE u.clerk_user_id = p_clerk_user_id AND u.deleted_at IS NULL
     FOR UPDATE;
@@ -151,47 +165,37 @@ BEGIN
     END IF;
     available := v_credits;
 
-    IF (p_delta < 0 AND v_credits < -p_delta) OR (p_delta > 0 AND v_credits > 9223372036854775807 - p_delta) THEN
-        -- Refused unless the key already applied exactly this: a replay
-        -- answers with the original entry even when the balance is lower now.
-        IF NOT EXISTS (SELECT 1 FROM idempotency_keys k
-                       WHERE k.user_id = v_user_id AND k.idempotency_key = p_key) THEN
-            status := CASE WHEN p_delta < 0 THEN 'insufficient' ELSE 'overflow' END;
-            RETURN;
-        END IF;
-    ELSE
-        INSERT INTO idempotency_keys (user_id, idempotency_key, operation)
-        VALUES (v_user_id, p_key, p_kind)
-        ON CONFLICT DO NOTHING;
-        IF FOUND THEN
-            WITH balance AS (
-                UPDATE users SET credits = v_credits + p_delta, updated_at = now()
-                WHERE id = v_user_id
-                RETURNING credits
-            )
-            INSERT INTO credit_transactions (user_id, delta, balance_after, kind, reason, idempotency_key)
-            SELECT v_user_id, p_delta, balance.credits, p_kind, p_reason, p_key FROM balance
-            RETURNING id, user_id, delta, balance_after, kind, reason, created_at
-            INTO t_id, t_user_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at;
-            status := 'applied';
-            available := t_balance_after;
-            RETURN;
-        END IF;
+    SELECT e.status, e.t_id, e.t_user_id, e.t_delta, e.t_balance_after, e.t_kind, e.t_reason, e.t_created_at
+    INTO status, t_id, t_user_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at
+    FROM userd_post_ledger_entry(v_user_id, v_credits,
+        NOT ((p_delta < 0 AND v_credits < -p_delta) OR (p_delta > 0 AND v_credits > 9223372036854775807 - p_delta)),
+        p_delta, p_kind, p_reason, p_key, p_kind, false) e;
+    IF status = 'applied' THEN
+        available := t_balance_after;
+    ELSIF status = 'refused' THEN
+        status := CASE WHEN p_delta < 0 THEN 'insufficient' ELSE 'overflow' END;
     END IF;
+END
+$$;
 
-    -- The key was used before: replay it if it applied these parameters.
-    SELECT t.id, t.user_id, t.delta, t.balance_after, t.kind, t.reason, t.created_at
-    INTO t_id, t_user_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at
-    FROM idempotency_keys k
-    JOIN credit_transactions t ON t.user_id = k.user_id AND t.idempotency_key = k.idempotency_key
-    WHERE k.user_id = v_user_id AND k.idempotency_key = p_key AND k.operation = p_kind;
-    IF FOUND AND t_delta = p_delta AND t_reason = p_reason THEN
-        status := 'replayed';
-    ELSE
-        status := 'key_reused';
-        t_id := NULL; t_user_id := NULL; t_delta := NULL; t_balance_after := NULL;
-        t_kind := NULL; t_reason := NULL; t_created_at := NULL;
-    END IF;
+
+--
+-- Name: userd_claim_idempotency_key(uuid, text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_claim_idempotency_key(p_user_id uuid, p_key text, p_operation text) RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    -- Claims p_key in the user's key space for p_operation: true when this
+    -- call claimed it (the caller applies its operation), false when the
+    -- key was claimed before (the caller replays, or answers key_reused).
+    -- The caller holds the user's row lock, so a racing claim of the same
+    -- key waits for this transaction and then finds it claimed.
+    INSERT INTO idempotency_keys (user_id, idempotency_key, operation)
+    VALUES (p_user_id, p_key, p_operation)
+    ON CONFLICT DO NOTHING;
+    RETURN FOUND;
 END
 $$;
 
@@ -225,8 +229,25 @@ DECLARE
     v_user_id uuid;
     v_credits bigint;
 BEGIN
-    -- The price first: an unknown action is the request's own mistake,
-    -- answered the same whoever the user is, and locks nothing.
+    -- Charges one use of p_action at its current price in one call, under
+    -- the same row lock and key space as userd_change_credits; the key is
+    -- claimed as DEDUCT_ACTION, so it never replays as a deduction by
+    -- amount. The entry's reason is the action, its delta the price
+    -- charged, negated. Statuses:
+    --   applied         the entry was written (t_* columns; price = what it cost)
+    --   replayed        the key already charged this action (t_* columns: the
+    --                   original entry, whatever the price is now)
+    --   unknown_action  the price list has no such action; nothing changed
+    --   key_reused      the key already applied something else
+    --   insufficient    the balance (available) is below the price; nothing changed
+    --   not_found       no live user has this Clerk id
+    -- The price is read under a share lock: a price change of the action
+    -- (which locks the row for update) waits until this deduction commits,
+    -- and a deduction that starts while a change is in flight waits for it
+    -- and charges the new price. So every deduction charges the price in
+    -- effect when it commits. The price comes first: an unknown action is
+    -- the request's own mistake, answered the same whoever the user is,
+    -- and locks nothing.
     SELECT p.credits INTO price FROM prices p WHERE p.action = p_action FOR SHARE;
     IF NOT FOUND THEN
         status := 'unknown_action';
@@ -242,44 +263,17 @@ BEGIN
     END IF;
     available := v_credits;
 
-    IF v_credits >= price THEN
-        INSERT INTO idempotency_keys (user_id, idempotency_key, operation)
-        VALUES (v_user_id, p_key, 'DEDUCT_ACTION')
-        ON CONFLICT DO NOTHING;
-        IF FOUND THEN
-            WITH balance AS (
-                UPDATE users SET credits = v_credits - price, updated_at = now()
-                WHERE id = v_user_id
-                RETURNING credits
-            )
-            INSERT INTO credit_transactions (user_id, delta, balance_after, kind, reason, idempotency_key)
-            SELECT v_user_id, -price, balance.credits, 'DEDUCT', p_action, p_key FROM balance
-            RETURNING id, user_id, delta, balance_after, kind, reason, created_at
-            INTO t_id, t_user_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at;
-            status := 'applied';
-            available := t_balance_after;
-            RETURN;
-        END IF;
-    END IF;
-
-    -- Not applied: a replay of this action with this key answers with the
-    -- original entry, at the price charged then.
-    SELECT t.id, t.user_id, t.delta, t.balance_after, t.kind, t.reason, t.created_at
-    INTO t_id, t_user_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at
-    FROM idempotency_keys k
-    JOIN credit_transactions t ON t.user_id = k.user_id AND t.idempotency_key = k.idempotency_key
-    WHERE k.user_id = v_user_id AND k.idempotency_key = p_key AND k.operation = 'DEDUCT_ACTION';
-    IF FOUND AND t_reason = p_action THEN
-        status := 'replayed';
+    SELECT e.status, e.t_id, e.t_user_id, e.t_delta, e.t_balance_after, e.t_kind, e.t_reason, e.t_created_at
+    INTO status, t_id, t_user_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at
+    FROM userd_post_ledger_entry(v_user_id, v_credits, v_credits >= price,
+        -price, 'DEDUCT', p_action, p_key, 'DEDUCT_ACTION', true) e;
+    IF status = 'applied' THEN
+        available := t_balance_after;
+    ELSIF status = 'replayed' THEN
         price := -t_delta;
-        RETURN;
+    ELSIF status = 'refused' THEN
+        status := 'insufficient';
     END IF;
-    t_id := NULL; t_user_id := NULL; t_delta := NULL; t_balance_after := NULL;
-    t_kind := NULL; t_reason := NULL; t_created_at := NULL;
-
-    status := CASE WHEN EXISTS (SELECT 1 FROM idempotency_keys k
-                                WHERE k.user_id = v_user_id AND k.idempotency_key = p_key)
-              THEN 'key_reused' ELSE 'insufficient' END;
 END
 $$;
 
@@ -335,6 +329,18 @@ $$;
 
 
 --
+-- Name: userd_idempotency_key_used(uuid, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_idempotency_key_used(p_user_id uuid, p_key text) RETURNS boolean
+    LANGUAGE sql STABLE
+    AS $$
+    -- Whether the user's key space holds p_key, for any operation.
+    SELECT EXISTS (SELECT 1 FROM idempotency_keys k WHERE k.user_id = p_user_id AND k.idempotency_key = p_key)
+$$;
+
+
+--
 -- Name: userd_plan_changes_feed(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -349,6 +355,59 @@ BEGIN
             'bonus_credits', NEW.bonus_credits, 'transaction_id', NEW.transaction_id,
             'reason', NEW.reason, 'idempotency_key', NEW.idempotency_key, 'created_at', NEW.created_at));
     RETURN NULL;
+END
+$$;
+
+
+--
+-- Name: userd_post_ledger_entry(uuid, bigint, boolean, bigint, text, text, text, text, boolean); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_post_ledger_entry(p_user_id uuid, p_balance bigint, p_allowed boolean, p_delta bigint, p_kind text, p_reason text, p_key text, p_operation text, p_replay_any_delta boolean, OUT status text, OUT t_id bigint, OUT t_user_id uuid, OUT t_delta bigint, OUT t_balance_after bigint, OUT t_kind text, OUT t_reason text, OUT t_created_at timestamp with time zone)
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    -- Moves the balance of a user whose row the caller has locked (it was
+    -- p_balance) by p_delta and writes the ledger entry, under p_key
+    -- claimed for p_operation. p_allowed says whether the balance allows
+    -- it; when it does not, or the key was claimed before, the key's
+    -- original entry is replayed if it applied the same operation with the
+    -- same reason (and the same delta, unless p_replay_any_delta: a
+    -- deduction by action replays whatever price it charged). Statuses:
+    --   applied     the entry was written (t_* columns)
+    --   replayed    t_* columns: the original entry
+    --   key_reused  the key already applied something else
+    --   refused     not allowed, and the key is unused
+    -- Nested, not AND: SQL leaves the order in which AND evaluates its
+    -- operands open, and the key must not be claimed for a refused write.
+    IF p_allowed THEN
+        IF userd_claim_idempotency_key(p_user_id, p_key, p_operation) THEN
+            WITH balance AS (
+                UPDATE users SET credits = p_balance + p_delta, updated_at = now()
+                WHERE id = p_user_id
+                RETURNING credits
+            )
+            INSERT INTO credit_transactions (user_id, delta, balance_after, kind, reason, idempotency_key)
+            SELECT p_user_id, p_delta, balance.credits, p_kind, p_reason, p_key FROM balance
+            RETURNING id, user_id, delta, balance_after, kind, reason, created_at
+            INTO t_id, t_user_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at;
+            status := 'applied';
+            RETURN;
+        END IF;
+    END IF;
+
+    SELECT t.id, t.user_id, t.delta, t.balance_after, t.kind, t.reason, t.created_at
+    INTO t_id, t_user_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at
+    FROM idempotency_keys k
+    JOIN credit_transactions t ON t.user_id = k.user_id AND t.idempotency_key = k.idempotency_key
+    WHERE k.user_id = p_user_id AND k.idempotency_key = p_key AND k.operation = p_operation;
+    IF FOUND AND t_reason = p_reason AND (p_replay_any_delta OR t_delta = p_delta) THEN
+        status := 'replayed';
+        RETURN;
+    END IF;
+    t_id := NULL; t_user_id := NULL; t_delta := NULL; t_balance_after := NULL;
+    t_kind := NULL; t_reason := NULL; t_created_at := NULL;
+    status := CASE WHEN userd_idempotency_key_used(p_user_id, p_key) THEN 'key_reused' ELSE 'refused' END;
 END
 $$;
 
@@ -402,6 +461,12 @@ DECLARE
     v_user users%ROWTYPE;
     v_claimed boolean := false;
 BEGIN
+    -- Moves the user to p_plan and grants p_bonus in one call, under the
+    -- same lock and key space as userd_change_credits (the key claimed as
+    -- SET_PLAN). Statuses: applied, replayed (the original change; the
+    -- user as it is now), key_reused, overflow, not_found. The u_* columns
+    -- are the user after the call, pc_* the plan change, t_* the bonus
+    -- entry (NULL without a bonus).
     SELECT * INTO v_user FROM users u
     WHERE u.clerk_user_id = p_clerk_user_id AND u.deleted_at IS NULL
     FOR UPDATE;
@@ -411,16 +476,8 @@ BEGIN
     END IF;
 
     IF v_user.credits <= 9223372036854775807 - p_bonus THEN
-        INSERT INTO idempotency_keys (user_id, idempotency_key, operation)
-        VALUES (v_user.id, p_key, 'SET_PLAN')
-        ON CONFLICT DO NOTHING;
-        v_claimed := FOUND;
-    ELSIF NOT EXISTS (SELECT 1 FROM idempotency_keys k
-                      WHERE k.user_id = v_user.id AND k.idempotency_key = p_key) THEN
-        status := 'overflow';
-        RETURN;
+        v_claimed := userd_claim_idempotency_key(v_user.id, p_key, 'SET_PLAN');
     END IF;
-
     IF v_claimed THEN
         IF p_bonus > 0 THEN
             INSERT INTO credit_transactions (user_id, delta, balance_after, kind, reason, idempotency_key)
@@ -437,6 +494,8 @@ BEGIN
         RETURNING * INTO v_user;
         status := 'applied';
     ELSE
+        -- Not applied: a replay of this change answers with the original
+        -- one, even when the bonus would overflow now.
         SELECT pc.id, pc.previous_plan, pc.plan, pc.bonus_credits, pc.reason, pc.created_at,
                t.id, t.delta, t.balance_after, t.kind, t.reason, t.created_at
         INTO pc_id, pc_previous_plan, pc_plan, pc_bonus_credits, pc_reason, pc_created_at,
@@ -448,7 +507,7 @@ BEGIN
         IF FOUND AND pc_plan = p_plan AND pc_bonus_credits = p_bonus AND pc_reason = p_reason THEN
             status := 'replayed';
         ELSE
-            status := 'key_reused';
+            status := CASE WHEN userd_idempotency_key_used(v_user.id, p_key) THEN 'key_reused' ELSE 'overflow' END;
             RETURN;
         END IF;
     END IF;
