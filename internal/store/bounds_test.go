@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -164,8 +165,8 @@ func TestSessionTimeouts(t *testing.T) {
 		timeouts store.SessionTimeouts
 		code     string
 	}{
-		{"LockTimeout", store.SessionTimeouts{Lock: bound}, "55P03"},
-		{"StatementTimeout", store.SessionTimeouts{Statement: bound}, "57014"},
+		{"LockTimeout", store.SessionTimeouts{Lock: bound}, pgerrcode.LockNotAvailable},
+		{"StatementTimeout", store.SessionTimeouts{Statement: bound}, pgerrcode.QueryCanceled},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

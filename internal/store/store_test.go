@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/userd/userd/internal/apperr"
@@ -139,7 +140,7 @@ func TestApplyClerkEventsIsolatesAFailingEvent(t *testing.T) {
 	}
 	want := []users.ClerkEventResult{
 		{Outcome: users.OutcomeCreated},
-		{Outcome: users.OutcomeRetry, ErrorCode: "23514"},
+		{Outcome: users.OutcomeRetry, ErrorCode: pgerrcode.CheckViolation},
 		{Outcome: users.OutcomeDeleted},
 		{Outcome: users.OutcomeDuplicate},
 	}
