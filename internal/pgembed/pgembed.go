@@ -28,7 +28,6 @@ package pgembed
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -48,6 +47,7 @@ import (
 
 	embeddedpostgres "github.com/fergusstrange/embedded-postgres"
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/procfs"
 )
 
 // Config configures the embedded server.
@@ -250,12 +250,11 @@ func waitExit(pid int, timeout time.Duration) {
 		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
 			return
 		}
-		stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+		proc, err := procfs.NewProc(pid)
 		if err != nil {
 			return
 		}
-		// "pid (comm) state ...": the state follows the last ')'.
-		if i := bytes.LastIndexByte(stat, ')'); i >= 0 && i+2 < len(stat) && stat[i+2] == 'Z' {
+		if stat, err := proc.Stat(); err != nil || stat.State == "Z" {
 			return
 		}
 	}
