@@ -349,6 +349,22 @@ func postmaster(dataDir string) (pid int, port uint32, ok bool) {
 
 var majorRe = regexp.MustCompile(`\(PostgreSQL\) (\d+)`)
 
+// ToolMajor runs a PostgreSQL program (pg_ctl, pg_dump, ...) with
+// --version and returns its major version, or false when it does not run
+// or does not say.
+func ToolMajor(path string) (int, bool) {
+	out, err := exec.Command(path, "--version").Output()
+	if err != nil {
+		return 0, false
+	}
+	m := majorRe.FindStringSubmatch(string(out))
+	if m == nil {
+		return 0, false
+	}
+	major, err := strconv.Atoi(m[1])
+	return major, err == nil
+}
+
 // findBinaries returns the directory of pg_ctl and initdb and their major
 // version, or "" when the machine has none.
 func findBinaries(configured string) (string, int, error) {
@@ -372,16 +388,9 @@ func findBinaries(configured string) (string, int, error) {
 		if _, err := os.Stat(filepath.Join(dir, "initdb")); err != nil {
 			continue
 		}
-		out, err := exec.Command(pgCtl, "--version").Output()
-		if err != nil {
-			continue
+		if major, ok := ToolMajor(pgCtl); ok {
+			return dir, major, nil
 		}
-		m := majorRe.FindStringSubmatch(string(out))
-		if m == nil {
-			continue
-		}
-		major, _ := strconv.Atoi(m[1])
-		return dir, major, nil
 	}
 	if configured != "" {
 		return "", 0, fmt.Errorf("USERD_PG_BIN_DIR %s holds no usable pg_ctl and initdb", configured)

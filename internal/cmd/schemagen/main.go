@@ -37,6 +37,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/userd/userd/internal/migrate"
+	"github.com/userd/userd/internal/pgembed"
 	"github.com/userd/userd/internal/testdb"
 )
 
@@ -134,8 +135,6 @@ func migrateUp(ctx context.Context, cfg *pgx.ConnConfig) error {
 	return err
 }
 
-var majorRe = regexp.MustCompile(`\(PostgreSQL\) (\d+)`)
-
 // findPgDump returns a pg_dump of the server's major version: a newer one
 // dumps in its own release's style, and an older one refuses the server.
 // Debian and Ubuntu keep one per installed version under
@@ -150,18 +149,12 @@ func findPgDump(major int) (string, error) {
 	}
 	var found []string
 	for _, c := range candidates {
-		out, err := exec.Command(c, "--version").Output()
-		if err != nil {
-			continue
+		if v, ok := pgembed.ToolMajor(c); ok {
+			if v == major {
+				return c, nil
+			}
+			found = append(found, fmt.Sprintf("%s (%d)", c, v))
 		}
-		m := majorRe.FindStringSubmatch(string(out))
-		if m == nil {
-			continue
-		}
-		if m[1] == strconv.Itoa(major) {
-			return c, nil
-		}
-		found = append(found, fmt.Sprintf("%s (%s)", c, m[1]))
 	}
 	if len(found) == 0 {
 		return "", fmt.Errorf("no pg_dump found for the PostgreSQL %d server: install its client "+
