@@ -31,7 +31,7 @@ func TestCeilingsRunOnTheSchema(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pool := testdb.Pool(t)
-	svc := users.NewService(store.New(pool), users.DefaultInitialCredits)
+	svc := users.NewService(store.New(pool, store.Options{}), users.Options{InitialCredits: users.DefaultInitialCredits})
 	if _, _, err := svc.EnsureUser(ctx, users.EnsureUserInput{ClerkUserID: "user_bench0", Email: "u0@bench.example"}); err != nil {
 		t.Fatal(err)
 	}

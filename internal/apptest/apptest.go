@@ -126,7 +126,7 @@ func start(t testing.TB, cfg config.Serve, directURL string) *Instance {
 		App:    a,
 		Conn:   conn,
 		Client: userdv1.NewUserServiceClient(conn),
-		Store:  store.New(testdb.Connect(t, directURL)),
+		Store:  store.New(testdb.Connect(t, directURL), store.Options{}),
 	}
 	if addr := a.WebhookAddr(); addr != nil {
 		in.WebhookURL = "http://" + addr.String() + clerkhook.Path
