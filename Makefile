@@ -56,7 +56,11 @@ TOOLS_STAMP := $(BIN)/.tools-stamp
 
 PROTO_SRC  := buf.yaml buf.gen.yaml $(wildcard proto/userd/v1/*.proto proto/userd/v1/*.yaml)
 PROTO_OUT  := gen/userd/v1/user_service.pb.go
-SQLC_SRC   := sqlc.yaml $(wildcard db/migrations/*.sql db/queries/*.sql)
+# db/schema.sql: the schema after every migration, dumped from a scratch
+# database on the test server (internal/cmd/schemagen); sqlc reads it.
+SCHEMA_SRC := $(wildcard db/migrations/*.sql internal/cmd/schemagen/*.go) internal/migrate/migrate.go
+SCHEMA_OUT := db/schema.sql
+SQLC_SRC   := sqlc.yaml $(SCHEMA_OUT) $(wildcard db/queries/*.sql)
 SQLC_OUT   := gen/sqlcdb/db.go
 
 .PHONY: help
@@ -97,21 +101,31 @@ $(PROTO_OUT): $(TOOLS_STAMP) $(PROTO_SRC) $(OPENAPI_GEN)
 		'//go:embed userd.openapi.json' 'var JSON []byte' > gen/openapi/openapi.go
 	@touch $@
 
+# Needs PostgreSQL and its pg_dump, as the tests do: TEST_DATABASE_URL, else
+# the server at 127.0.0.1:5432, else an embedded one from the machine's own
+# PostgreSQL binaries (internal/testdb); pg_dump of the server's major
+# version (Debian: postgresql-client-NN). Nothing is downloaded.
+$(SCHEMA_OUT): $(SCHEMA_SRC)
+	$(GO) run ./internal/cmd/schemagen -out $@
+
+.PHONY: schema
+schema: $(SCHEMA_OUT) ## Regenerate db/schema.sql (the schema after every migration) from db/migrations.
+
 $(SQLC_OUT): $(TOOLS_STAMP) $(SQLC_SRC)
 	rm -rf gen/sqlcdb
 	$(BIN)/sqlc generate
 	@touch $@
 
 .PHONY: generate
-generate: $(PROTO_OUT) $(SQLC_OUT) ## Regenerate gen/ (protobuf, gRPC, gateway, OpenAPI, sqlc) offline.
+generate: $(PROTO_OUT) $(SCHEMA_OUT) $(SQLC_OUT) ## Regenerate gen/ (protobuf, gRPC, gateway, OpenAPI, sqlc) and db/schema.sql offline.
 
 .PHONY: check-generated
-check-generated: ## Regenerate everything and fail if gen/ or go.mod changed.
+check-generated: ## Regenerate everything and fail if gen/, db/schema.sql or go.mod changed.
 	@# -W: regenerate as if the generators' configs had changed, without
 	@# rebuilding the generators themselves (as -B would).
-	$(MAKE) --no-print-directory -W buf.yaml -W sqlc.yaml $(PROTO_OUT) $(SQLC_OUT)
-	@git add -N gen
-	@git diff --exit-code --stat -- gen || { echo "gen/ is stale: run 'make generate' and commit the result"; exit 1; }
+	$(MAKE) --no-print-directory -W buf.yaml -W sqlc.yaml -W internal/cmd/schemagen/main.go $(PROTO_OUT) $(SCHEMA_OUT) $(SQLC_OUT)
+	@git add -N gen $(SCHEMA_OUT)
+	@git diff --exit-code --stat -- gen $(SCHEMA_OUT) || { echo "gen/ or $(SCHEMA_OUT) is stale: run 'make generate' and commit the result"; exit 1; }
 	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run 'go mod tidy'"; exit 1; }
 	@cd tools && $(GO) mod tidy -diff || { echo "tools/go.mod is not tidy: run 'cd tools && go mod tidy'"; exit 1; }
 

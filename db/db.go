@@ -2,8 +2,10 @@
 // on its own (`userd migrate`, or at start-up). The queries beside them in
 // queries/ are compiled by sqlc into gen/sqlcdb.
 //
-// To change the schema: add db/migrations/NNNNN_what.sql with a
-// "-- +goose Up" and a "-- +goose Down" section, then run `make generate`.
+// To change the schema or a function: add db/migrations/NNNNN_what.sql with
+// a "-- +goose Up" and a "-- +goose Down" section, then run `make generate`,
+// which regenerates db/schema.sql (the schema after every migration: read
+// the current definitions there) and gen/sqlcdb. db/README.md has the rules.
 package db
 
 import "embed"

@@ -98,7 +98,7 @@ func TestWatchFollowsARestart(t *testing.T) {
 	})
 	// No userd runs; the plan changes in the database.
 	pool := testdb.Connect(t, url)
-	svc := users.NewService(store.New(pool), 10)
+	svc := users.NewService(store.New(pool, store.Options{}), users.Options{InitialCredits: 10})
 	if _, err := svc.SetPlan(ctx, users.SetPlanInput{ClerkUserID: "user_w", Plan: users.PlanEnterprise, IdempotencyKey: "p2"}); err != nil {
 		t.Fatal(err)
 	}

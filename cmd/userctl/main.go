@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/alecthomas/kong"
+	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -189,14 +190,10 @@ func report(w io.Writer, err error) int {
 	return exitError
 }
 
+// codeName is the code's canonical name, as the proto and docs/api.md spell
+// it (FAILED_PRECONDITION; codes.Code.String says FailedPrecondition).
 func codeName(c codes.Code) string {
-	names := map[codes.Code]string{
-		codes.InvalidArgument: "INVALID_ARGUMENT", codes.NotFound: "NOT_FOUND", codes.FailedPrecondition: "FAILED_PRECONDITION",
-		codes.AlreadyExists: "ALREADY_EXISTS", codes.Unauthenticated: "UNAUTHENTICATED", codes.PermissionDenied: "PERMISSION_DENIED",
-		codes.Unavailable: "UNAVAILABLE", codes.DeadlineExceeded: "DEADLINE_EXCEEDED", codes.Internal: "INTERNAL",
-		codes.OutOfRange: "OUT_OF_RANGE",
-	}
-	if n, ok := names[c]; ok {
+	if n, ok := code.Code_name[int32(c)]; ok {
 		return n
 	}
 	return c.String()

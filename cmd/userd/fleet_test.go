@@ -371,7 +371,7 @@ func TestFleetRollingRestart(t *testing.T) {
 // of ledger entries.
 func checkFleetBooks(t *testing.T, pool *pgxpool.Pool, clerkIDs []string, acks []fleetAck) int {
 	t.Helper()
-	byID := apptest.Books(t, store.New(pool), clerkIDs)
+	byID := apptest.Books(t, store.New(pool, store.Options{}), clerkIDs)
 	for _, a := range acks {
 		if tx := a.res.tx; tx != nil {
 			got, ok := byID[tx.GetId()]

@@ -126,7 +126,7 @@ func TestCrashKeepsAcknowledgedWrites(t *testing.T) {
 	}
 
 	startUserd(t, bin, dbURL, t.TempDir(), ep)
-	st := store.New(testdb.Connect(t, dbURL))
+	st := store.New(testdb.Connect(t, dbURL), store.Options{})
 	found := map[int64]bool{}
 	for _, id := range ids {
 		u, err := st.GetLiveUserByClerkID(context.Background(), id)

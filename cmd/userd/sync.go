@@ -66,9 +66,8 @@ func (c *syncClerkCmd) Run() error {
 		return err
 	}
 	defer db.Close()
-	st := store.New(db.Pool)
-	svc := users.NewService(st, c.InitialCredits)
-	svc.KeepDeletedUserData(c.KeepDeletedUserData)
+	st := store.New(db.Pool, store.Options{})
+	svc := users.NewService(st, users.Options{InitialCredits: c.InitialCredits, KeepDeletedUserData: c.KeepDeletedUserData})
 	api, err := app.NewClerkAPI(c.ClerkAPI)
 	if err != nil {
 		return err
@@ -181,7 +180,7 @@ func (c *eraseUserCmd) Run() error {
 		return err
 	}
 	defer db.Close()
-	svc := users.NewService(store.New(db.Pool), 0)
+	svc := users.NewService(store.New(db.Pool, store.Options{}), users.Options{InitialCredits: 0})
 	u, err := svc.UserIncludingDeleted(ctx, c.ClerkUserID)
 	switch {
 	case apperr.KindOf(err) == apperr.KindNotFound:

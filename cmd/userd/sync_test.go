@@ -110,7 +110,7 @@ func TestSyncClerkCommand(t *testing.T) {
 	if refused.code != 1 || !strings.Contains(refused.stderr, "refused to delete missing users: 10000 of the 10000 live users") {
 		t.Errorf("empty instance: exit %d:\n%s", refused.code, refused.stderr)
 	}
-	st := store.New(testdb.Connect(t, dbURL))
+	st := store.New(testdb.Connect(t, dbURL), store.Options{})
 	ctx := context.Background()
 	if _, err := st.GetLiveUserByClerkID(ctx, us[1].ID); err != nil {
 		t.Fatalf("after the refused run: %v", err)

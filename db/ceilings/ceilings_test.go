@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/userd/userd/db/ceilings"
@@ -14,8 +15,6 @@ import (
 	"github.com/userd/userd/internal/testdb"
 	"github.com/userd/userd/internal/users"
 )
-
-const uniqueViolation = "23505" // SQLSTATE
 
 // benchVars gives every pgbench variable a ceiling may use a value: the
 // first seeded user, client 0 and, as pgbench draws afresh for each
@@ -32,7 +31,7 @@ func TestCeilingsRunOnTheSchema(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pool := testdb.Pool(t)
-	svc := users.NewService(store.New(pool), users.DefaultInitialCredits)
+	svc := users.NewService(store.New(pool, store.Options{}), users.Options{InitialCredits: users.DefaultInitialCredits})
 	if _, _, err := svc.EnsureUser(ctx, users.EnsureUserInput{ClerkUserID: "user_bench0", Email: "u0@bench.example"}); err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +92,7 @@ func TestCeilingsRunOnTheSchema(t *testing.T) {
 			t.Fatal(err)
 		}
 		var pgErr *pgconn.PgError
-		if _, err := pool.Exec(ctx, sql); !errors.As(err, &pgErr) || pgErr.Code != uniqueViolation {
+		if _, err := pool.Exec(ctx, sql); !errors.As(err, &pgErr) || pgErr.Code != pgerrcode.UniqueViolation {
 			t.Errorf("%s.sql with the key deduct.sql used: err = %v, want a unique violation", s.Name, err)
 		}
 	}

@@ -359,6 +359,11 @@ $$;
 -- +goose StatementEnd
 
 -- +goose Down
+-- The helpers of 00008, whose down leaves them (see there), go with the
+-- functions that call them.
+DROP FUNCTION IF EXISTS userd_post_ledger_entry(uuid, bigint, boolean, bigint, text, text, text, text, boolean);
+DROP FUNCTION IF EXISTS userd_idempotency_key_used(uuid, text);
+DROP FUNCTION IF EXISTS userd_claim_idempotency_key(uuid, text, text);
 DROP FUNCTION userd_apply_clerk_events(text[], text[], text[], boolean[], text[], text[], text[], text[], bigint[], bigint, boolean);
 DROP FUNCTION userd_apply_clerk_user(text, text, text, text, text, text, text, bigint, bigint);
 DROP FUNCTION userd_delete_clerk_user(text, text, text, boolean);

@@ -45,28 +45,7 @@ CREATE TABLE clerk_sync_state (
 );
 
 -- +goose Down
+-- userd_delete_clerk_user keeps the fix above: it answers as 00003's did
+-- for every call with a message id, so the release before this one runs on
+-- it, and restoring the old body would copy it once more (db/README.md).
 DROP TABLE clerk_sync_state;
-
--- +goose StatementBegin
-CREATE OR REPLACE FUNCTION userd_delete_clerk_user(p_svix_id text, p_event_type text, p_clerk_user_id text, p_erase boolean)
-RETURNS text
-LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO webhook_events (svix_id, event_type, object_id, outcome)
-    VALUES (p_svix_id, p_event_type, p_clerk_user_id, 'deleted')
-    ON CONFLICT DO NOTHING;
-    IF NOT FOUND THEN
-        RETURN 'duplicate';
-    END IF;
-    INSERT INTO users (clerk_user_id, plan, credits, deleted_at)
-    VALUES (p_clerk_user_id, 'FREE', 0, now())
-    ON CONFLICT (clerk_user_id) DO UPDATE
-    SET deleted_at = coalesce(users.deleted_at, now()), updated_at = now(),
-        email = CASE WHEN p_erase THEN NULL ELSE users.email END,
-        first_name = CASE WHEN p_erase THEN NULL ELSE users.first_name END,
-        last_name = CASE WHEN p_erase THEN NULL ELSE users.last_name END,
-        image_url = CASE WHEN p_erase THEN NULL ELSE users.image_url END;
-    RETURN 'deleted';
-END
-$$;
--- +goose StatementEnd

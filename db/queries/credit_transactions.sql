@@ -10,13 +10,13 @@ ORDER BY id DESC
 LIMIT @row_limit;
 
 -- ChangeCredits deducts or grants in one round trip (see the function
--- userd_change_credits in db/migrations): the status says what happened.
+-- userd_change_credits in db/schema.sql): the status says what happened.
 -- name: ChangeCredits :one
 SELECT * FROM userd_change_credits(@clerk_user_id::text, @kind::text, @delta::bigint, @reason::text, @idempotency_key::text);
 
 -- DeductCreditsForAction charges one use of an action at its current price
 -- in one round trip (see the function userd_deduct_for_action in
--- db/migrations): the status says what happened.
+-- db/schema.sql): the status says what happened.
 -- name: DeductCreditsForAction :one
 SELECT * FROM userd_deduct_for_action(@clerk_user_id::text, @action::text, @idempotency_key::text);
 

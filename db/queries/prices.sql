@@ -1,7 +1,7 @@
 -- Queries on the price list and its audit history.
 
 -- SetPrice sets an action's price and records the change in one round trip
--- (see the function userd_set_price in db/migrations).
+-- (see the function userd_set_price in db/schema.sql).
 -- name: SetPrice :one
 SELECT * FROM userd_set_price(@action::text, @credits::bigint, @changed_by::text);
 

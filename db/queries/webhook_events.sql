@@ -13,7 +13,7 @@ WHERE w.svix_id IN (
 
 -- ApplyClerkEvents applies a batch of Clerk deliveries in one round trip,
 -- each in its own subtransaction (see userd_apply_clerk_events in
--- db/migrations); one row per event, in order.
+-- db/schema.sql); one row per event, in order.
 -- name: ApplyClerkEvents :many
 SELECT r.ordinal::integer AS ordinal, r.outcome::text AS outcome, coalesce(r.error_code, '')::text AS error_code
 FROM userd_apply_clerk_events(

@@ -37,7 +37,7 @@ type ChangeCreditsRow struct {
 }
 
 // ChangeCredits deducts or grants in one round trip (see the function
-// userd_change_credits in db/migrations): the status says what happened.
+// userd_change_credits in db/schema.sql): the status says what happened.
 func (q *Queries) ChangeCredits(ctx context.Context, db DBTX, arg ChangeCreditsParams) (ChangeCreditsRow, error) {
 	row := db.QueryRow(ctx, changeCredits,
 		arg.ClerkUserID,
@@ -86,7 +86,7 @@ type DeductCreditsForActionRow struct {
 
 // DeductCreditsForAction charges one use of an action at its current price
 // in one round trip (see the function userd_deduct_for_action in
-// db/migrations): the status says what happened.
+// db/schema.sql): the status says what happened.
 func (q *Queries) DeductCreditsForAction(ctx context.Context, db DBTX, arg DeductCreditsForActionParams) (DeductCreditsForActionRow, error) {
 	row := db.QueryRow(ctx, deductCreditsForAction, arg.ClerkUserID, arg.Action, arg.IdempotencyKey)
 	var i DeductCreditsForActionRow

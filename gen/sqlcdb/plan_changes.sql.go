@@ -54,7 +54,7 @@ type SetPlanRow struct {
 
 // Queries on plan changes.
 // SetPlan changes the plan and grants the bonus in one round trip (see the
-// function userd_set_plan in db/migrations).
+// function userd_set_plan in db/schema.sql).
 func (q *Queries) SetPlan(ctx context.Context, db DBTX, arg SetPlanParams) (SetPlanRow, error) {
 	row := db.QueryRow(ctx, setPlan,
 		arg.ClerkUserID,

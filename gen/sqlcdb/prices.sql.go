@@ -145,7 +145,7 @@ type SetPriceRow struct {
 
 // Queries on the price list and its audit history.
 // SetPrice sets an action's price and records the change in one round trip
-// (see the function userd_set_price in db/migrations).
+// (see the function userd_set_price in db/schema.sql).
 func (q *Queries) SetPrice(ctx context.Context, db DBTX, arg SetPriceParams) (SetPriceRow, error) {
 	row := db.QueryRow(ctx, setPrice, arg.Action, arg.Credits, arg.ChangedBy)
 	var i SetPriceRow

@@ -69,7 +69,7 @@ type ReadUserEventsRow struct {
 	CreatedAt   *time.Time
 }
 
-// Queries on the change feed (user_events; see db/migrations/00007_change_feed.sql).
+// Queries on the change feed (user_events; see db/schema.sql).
 //
 // A read returns the final events after a position, in feed order, with the
 // horizon of its own snapshot: every event of a transaction below horizon is

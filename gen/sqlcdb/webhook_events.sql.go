@@ -40,7 +40,7 @@ type ApplyClerkEventsRow struct {
 
 // ApplyClerkEvents applies a batch of Clerk deliveries in one round trip,
 // each in its own subtransaction (see userd_apply_clerk_events in
-// db/migrations); one row per event, in order.
+// db/schema.sql); one row per event, in order.
 func (q *Queries) ApplyClerkEvents(ctx context.Context, db DBTX, arg ApplyClerkEventsParams) ([]ApplyClerkEventsRow, error) {
 	rows, err := db.Query(ctx, applyClerkEvents,
 		arg.SvixIds,

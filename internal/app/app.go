@@ -241,10 +241,12 @@ func (a *App) init(ctx context.Context) error {
 	}
 	a.metrics = telemetry.NewMetrics()
 	a.metrics.Registry.MustRegister(poolMetrics(a.pool))
-	a.store = store.New(a.pool, store.AcquireTimeout(a.cfg.DBAcquireTimeout))
-	a.users = users.NewService(a.store, a.cfg.InitialCredits)
-	a.users.SetObserver(a.metrics)
-	a.users.KeepDeletedUserData(a.cfg.KeepDeletedUserData)
+	a.store = store.New(a.pool, store.Options{AcquireTimeout: a.cfg.DBAcquireTimeout})
+	a.users = users.NewService(a.store, users.Options{
+		InitialCredits:      a.cfg.InitialCredits,
+		KeepDeletedUserData: a.cfg.KeepDeletedUserData,
+		Observer:            a.metrics,
+	})
 	a.feed = feed.NewHub(a.store, feed.Options{
 		PollInterval: a.cfg.FeedPollInterval,
 		Heartbeat:    a.cfg.FeedHeartbeat,
@@ -259,7 +261,7 @@ func (a *App) init(ctx context.Context) error {
 		return err
 	}
 	a.clerkAPI = profiles.API
-	userService := grpcapi.NewServer(a.users, profiles).WithFeed(a.feed)
+	userService := grpcapi.NewServer(a.users, profiles, grpcapi.Options{Feed: a.feed})
 	chain := grpcapi.Chain{
 		Log: a.log, Authn: authn, RequestTimeout: a.cfg.RequestTimeout,
 		Metrics: a.metrics.GRPC.UnaryServerInterceptor(), StreamMetrics: a.metrics.GRPC.StreamServerInterceptor(),

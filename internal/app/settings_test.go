@@ -3,43 +3,17 @@ package app_test
 import (
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/userd/userd/internal/app"
 	"github.com/userd/userd/internal/config"
+	"github.com/userd/userd/internal/config/configtest"
 )
-
-func valid() config.Serve {
-	return config.Serve{
-		Database:      config.Database{URL: "postgres://u:secretpw@localhost:5432/userd", MaxConns: 16},
-		Log:           config.Log{LogFormat: "json", LogLevel: "info"},
-		GRPCAddr:      ":9090",
-		HTTPAddr:      ":8080",
-		OpsAddr:       ":9091",
-		WebhookAddr:   ":8081",
-		ServiceTokens: "billing=tok-0123456789abcdef0123456789,worker=sha256:" + strings.Repeat("ab", 32),
-		Clerk: config.Clerk{
-			WebhookSecret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", WebhookTolerance: 5 * time.Minute, WebhookRetention: 168 * time.Hour,
-			JWKSURL:   "https://clerk.example.com/.well-known/jwks.json",
-			ClerkAPI:  config.ClerkAPI{APIURL: "https://api.clerk.com", SecretKey: "sk_test_abc", MaxRetryAfter: time.Minute, MaxRetryTime: 5 * time.Minute},
-			JWTLeeway: 5 * time.Second, JWTMaxLifetime: 5 * time.Minute, JWKSMinRefresh: 30 * time.Second,
-		},
-		ClerkSync:     config.ClerkSync{MaxDeleteShare: 0.1, SyncMaxRunTime: 6 * time.Hour},
-		Users:         config.Users{InitialCredits: 10},
-		ShutdownGrace: 20 * time.Second,
-		Bounds: config.Bounds{
-			RequestTimeout: 10 * time.Second, DBAcquireTimeout: 2 * time.Second,
-			DBStatementTimeout: 5 * time.Second, DBLockTimeout: 2 * time.Second, DBIdleInTransactionTimeout: 10 * time.Second,
-		},
-		Feed: config.Feed{FeedPollInterval: 100 * time.Millisecond, FeedHeartbeat: 15 * time.Second, FeedRetention: 168 * time.Hour},
-	}
-}
 
 // TestCheckSettings: the settings that only their own packages parse are
 // refused before anything starts, by name and without the secret.
 func TestCheckSettings(t *testing.T) {
 	t.Parallel()
-	if err := app.CheckSettings(valid()); err != nil {
+	if err := app.CheckSettings(configtest.Valid()); err != nil {
 		t.Fatalf("valid config rejected: %v", err)
 	}
 	cases := []struct {
@@ -62,7 +36,7 @@ func TestCheckSettings(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c := valid()
+			c := configtest.Valid()
 			tc.change(&c)
 			err := app.CheckSettings(c)
 			if err == nil {

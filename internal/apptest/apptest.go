@@ -17,6 +17,7 @@ import (
 	"github.com/userd/userd/internal/app"
 	"github.com/userd/userd/internal/clerkhook"
 	"github.com/userd/userd/internal/config"
+	"github.com/userd/userd/internal/config/configtest"
 	"github.com/userd/userd/internal/faultproxy"
 	"github.com/userd/userd/internal/store"
 	"github.com/userd/userd/internal/testdb"
@@ -48,32 +49,23 @@ type Instance struct {
 	OpsURL string
 }
 
-// Config returns the configuration Start uses before tweaks: a fresh
-// database and loopback listeners on free ports.
+// Config returns the configuration Start uses before tweaks: the tests'
+// one fixture (configtest.Valid) with a fresh database, loopback listeners
+// on free ports, this package's webhook secret and service token, no
+// Clerk to reach, quieter logs, and a shorter grace and feed poll.
 func Config(t testing.TB) config.Serve {
-	return config.Serve{
-		Database:      config.Database{URL: testdb.URL(t), MaxConns: 16},
-		Log:           config.Log{LogFormat: "text", LogLevel: "error"},
-		AutoMigrate:   true,
-		GRPCAddr:      "127.0.0.1:0",
-		HTTPAddr:      "127.0.0.1:0",
-		OpsAddr:       "127.0.0.1:0",
-		WebhookAddr:   "127.0.0.1:0",
-		ServiceTokens: "tests=" + ServiceToken,
-		Clerk: config.Clerk{
-			WebhookSecret: WebhookSecret, WebhookTolerance: 5 * time.Minute, WebhookRetention: 168 * time.Hour,
-			ClerkAPI:  config.ClerkAPI{APIURL: "https://api.clerk.invalid", MaxRetryAfter: time.Minute, MaxRetryTime: 5 * time.Minute},
-			JWTLeeway: 5 * time.Second, JWTMaxLifetime: 5 * time.Minute, JWKSMinRefresh: 30 * time.Second,
-		},
-		ClerkSync:     config.ClerkSync{MaxDeleteShare: 0.1, SyncMaxRunTime: 6 * time.Hour},
-		Users:         config.Users{InitialCredits: 10},
-		ShutdownGrace: 5 * time.Second,
-		Bounds: config.Bounds{
-			RequestTimeout: 10 * time.Second, DBAcquireTimeout: 2 * time.Second,
-			DBStatementTimeout: 5 * time.Second, DBLockTimeout: 2 * time.Second, DBIdleInTransactionTimeout: 10 * time.Second,
-		},
-		Feed: config.Feed{FeedPollInterval: 20 * time.Millisecond, FeedHeartbeat: 15 * time.Second, FeedRetention: 168 * time.Hour},
-	}
+	c := configtest.Valid()
+	c.Database.URL = testdb.URL(t)
+	c.Log = config.Log{LogFormat: "text", LogLevel: "error"}
+	c.AutoMigrate = true
+	c.GRPCAddr, c.HTTPAddr, c.OpsAddr, c.WebhookAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	c.ServiceTokens = "tests=" + ServiceToken
+	c.Clerk.WebhookSecret = WebhookSecret
+	c.Clerk.JWKSURL = ""
+	c.Clerk.ClerkAPI.APIURL, c.Clerk.ClerkAPI.SecretKey = "https://api.clerk.invalid", ""
+	c.ShutdownGrace = 5 * time.Second
+	c.Feed.FeedPollInterval = 20 * time.Millisecond
+	return c
 }
 
 // Start runs userd with Config(t), changed by tweak if not nil, until the
@@ -134,7 +126,7 @@ func start(t testing.TB, cfg config.Serve, directURL string) *Instance {
 		App:    a,
 		Conn:   conn,
 		Client: userdv1.NewUserServiceClient(conn),
-		Store:  store.New(testdb.Connect(t, directURL)),
+		Store:  store.New(testdb.Connect(t, directURL), store.Options{}),
 	}
 	if addr := a.WebhookAddr(); addr != nil {
 		in.WebhookURL = "http://" + addr.String() + clerkhook.Path

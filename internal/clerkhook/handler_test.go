@@ -624,7 +624,7 @@ func TestForgottenMessagesStayHarmless(t *testing.T) {
 			t.Fatalf("%s: %d %v", d.msgID, code, out)
 		}
 	}
-	svc := users.NewService(in.Store, 10)
+	svc := users.NewService(in.Store, users.Options{InitialCredits: 10})
 	n, err := svc.ForgetWebhookEvents(context.Background(), time.Now().Add(time.Minute))
 	if err != nil || n != 2 {
 		t.Fatalf("ForgetWebhookEvents = %d, %v; want 2", n, err)

@@ -42,8 +42,8 @@ func newEnv(t *testing.T, limit clerk.RateLimit) *env {
 		t.Fatal(err)
 	}
 	pool := testdb.Pool(t)
-	st := store.New(pool)
-	return &env{fake: fake, api: api, pool: pool, st: st, svc: users.NewService(st, users.DefaultInitialCredits)}
+	st := store.New(pool, store.Options{})
+	return &env{fake: fake, api: api, pool: pool, st: st, svc: users.NewService(st, users.Options{InitialCredits: users.DefaultInitialCredits})}
 }
 
 func (e *env) sync(t *testing.T, opts clerksync.Options) (clerksync.Summary, error) {

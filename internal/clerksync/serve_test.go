@@ -69,8 +69,8 @@ func TestSyncRacingWebhooksConverges(t *testing.T) {
 	// The sync runs as `userd sync-clerk` would beside a serving userd:
 	// its own service over the same database.
 	pool := testdb.Connect(t, dbURL)
-	st := store.New(pool)
-	svc := users.NewService(st, users.DefaultInitialCredits)
+	st := store.New(pool, store.Options{})
+	svc := users.NewService(st, users.Options{InitialCredits: users.DefaultInitialCredits})
 	t0 := time.Now().Add(-time.Hour).Truncate(time.Millisecond)
 	us := fake.AddUsers("race", 2000, t0)
 	// Some users are in userd already (their user.created arrived).
@@ -153,7 +153,7 @@ func TestPeriodicSyncInServe(t *testing.T) {
 		c.Database.URL = dbURL
 	}
 	in := apptest.Start(t, withSync)
-	st := store.New(testdb.Connect(t, dbURL))
+	st := store.New(testdb.Connect(t, dbURL), store.Options{})
 	waitForMetric(t, in, `userd_clerk_sync_runs_total{result="ok"} 1`)
 	metrics := scrape(t, in)
 	for _, want := range []string{

@@ -7,37 +7,12 @@ import (
 	"time"
 
 	"github.com/userd/userd/internal/config"
+	"github.com/userd/userd/internal/config/configtest"
 )
-
-func valid() config.Serve {
-	return config.Serve{
-		Database:      config.Database{URL: "postgres://u:secretpw@localhost:5432/userd", MaxConns: 16},
-		Log:           config.Log{LogFormat: "json", LogLevel: "info"},
-		GRPCAddr:      ":9090",
-		HTTPAddr:      ":8080",
-		OpsAddr:       ":9091",
-		WebhookAddr:   ":8081",
-		ServiceTokens: "billing=tok-0123456789abcdef0123456789,worker=sha256:" + strings.Repeat("ab", 32),
-		Clerk: config.Clerk{
-			WebhookSecret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", WebhookTolerance: 5 * time.Minute, WebhookRetention: 168 * time.Hour,
-			JWKSURL:   "https://clerk.example.com/.well-known/jwks.json",
-			ClerkAPI:  config.ClerkAPI{APIURL: "https://api.clerk.com", SecretKey: "sk_test_abc", MaxRetryAfter: time.Minute, MaxRetryTime: 5 * time.Minute},
-			JWTLeeway: 5 * time.Second, JWTMaxLifetime: 5 * time.Minute, JWKSMinRefresh: 30 * time.Second,
-		},
-		ClerkSync:     config.ClerkSync{MaxDeleteShare: 0.1, SyncMaxRunTime: 6 * time.Hour},
-		Users:         config.Users{InitialCredits: 10},
-		ShutdownGrace: 20 * time.Second,
-		Bounds: config.Bounds{
-			RequestTimeout: 10 * time.Second, DBAcquireTimeout: 2 * time.Second,
-			DBStatementTimeout: 5 * time.Second, DBLockTimeout: 2 * time.Second, DBIdleInTransactionTimeout: 10 * time.Second,
-		},
-		Feed: config.Feed{FeedPollInterval: 100 * time.Millisecond, FeedHeartbeat: 15 * time.Second, FeedRetention: 168 * time.Hour},
-	}
-}
 
 func TestValidate(t *testing.T) {
 	t.Parallel()
-	if err := valid().Validate(); err != nil {
+	if err := configtest.Valid().Validate(); err != nil {
 		t.Fatalf("valid config rejected: %v", err)
 	}
 	cases := []struct {
@@ -55,11 +30,6 @@ func TestValidate(t *testing.T) {
 		{"ShortRetention", func(c *config.Serve) { c.WebhookRetention = time.Hour }, "USERD_WEBHOOK_RETENTION"},
 		{"ZeroTolerance", func(c *config.Serve) { c.WebhookTolerance = 0 }, "USERD_WEBHOOK_TOLERANCE"},
 		{"BadOpsAddr", func(c *config.Serve) { c.OpsAddr = "metrics" }, "USERD_OPS_ADDR"},
-		{"ZeroMaxRetryAfter", func(c *config.Serve) { c.MaxRetryAfter = 0 }, "USERD_CLERK_API_MAX_RETRY_AFTER"},
-		{"HugeMaxRetryAfter", func(c *config.Serve) { c.MaxRetryAfter = 24 * time.Hour }, "USERD_CLERK_API_MAX_RETRY_AFTER"},
-		{"RetryTimeBelowRetryAfter", func(c *config.Serve) { c.MaxRetryTime = 30 * time.Second }, "USERD_CLERK_API_MAX_RETRY_TIME"},
-		{"HugeRetryTime", func(c *config.Serve) { c.MaxRetryTime = 48 * time.Hour }, "USERD_CLERK_API_MAX_RETRY_TIME"},
-		{"ZeroSyncRunTime", func(c *config.Serve) { c.SyncMaxRunTime = 0 }, "USERD_CLERK_SYNC_MAX_RUN_TIME"},
 		{"BadHTTPAddr", func(c *config.Serve) { c.HTTPAddr = "8080" }, "USERD_HTTP_ADDR"},
 		{"BothJWTKeySources", func(c *config.Serve) { c.JWTKey = "MIIB" }, "CLERK_JWT_KEY"},
 		{"RelativeJWKSURL", func(c *config.Serve) { c.JWKSURL = "/jwks" }, "CLERK_JWKS_URL"},
@@ -87,7 +57,7 @@ func TestValidate(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c := valid()
+			c := configtest.Valid()
 			tc.change(&c)
 			err := c.Validate()
 			if err == nil {

@@ -34,8 +34,8 @@ func setupPool(t testing.TB, maxConns int32) bundle {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	st := store.New(pool)
-	return bundle{pool: pool, store: st, svc: users.NewService(st, users.DefaultInitialCredits)}
+	st := store.New(pool, store.Options{})
+	return bundle{pool: pool, store: st, svc: users.NewService(st, users.Options{InitialCredits: users.DefaultInitialCredits})}
 }
 
 // recorder is a feed.Sink that keeps what one watch session sent and

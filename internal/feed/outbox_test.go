@@ -28,8 +28,8 @@ type bundle struct {
 func setup(t testing.TB) bundle {
 	t.Helper()
 	pool := testdb.Pool(t)
-	st := store.New(pool)
-	return bundle{pool: pool, store: st, svc: users.NewService(st, users.DefaultInitialCredits)}
+	st := store.New(pool, store.Options{})
+	return bundle{pool: pool, store: st, svc: users.NewService(st, users.Options{InitialCredits: users.DefaultInitialCredits})}
 }
 
 // all reads every event committed so far, in feed order. It first waits
@@ -205,7 +205,7 @@ func TestDeletionErasesPersonalDataFromEvents(t *testing.T) {
 		t.Run(map[bool]string{false: "Erase", true: "Keep"}[keep], func(t *testing.T) {
 			t.Parallel()
 			b := setup(t)
-			b.svc.KeepDeletedUserData(keep)
+			b.svc = users.NewService(b.store, users.Options{InitialCredits: users.DefaultInitialCredits, KeepDeletedUserData: keep})
 			ctx := context.Background()
 			personal := []string{"ada.lovelace@example.com", "Augusta", "Byron-King", "https://img.example.com/ada.png"}
 			for i, u := range []users.ClerkUser{

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	middleware "github.com/grpc-ecosystem/go-grpc-middleware/v2"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -22,6 +24,7 @@ import (
 // principal the auth interceptor (inside) found.
 type callInfo struct {
 	requestID string
+	method    string
 	principal string
 }
 
@@ -44,7 +47,7 @@ func RequestID(ctx context.Context) string {
 // header.
 func RequestIDInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		ctx, id := withRequestID(ctx)
+		ctx, id := withRequestID(ctx, info.FullMethod)
 		_ = grpc.SetHeader(ctx, metadata.MD{requestid.Key: {id}})
 		return handler(ctx, req)
 	}
@@ -53,7 +56,7 @@ func RequestIDInterceptor() grpc.UnaryServerInterceptor {
 // RequestIDStreamInterceptor is RequestIDInterceptor for streams.
 func RequestIDStreamInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		ctx, id := withRequestID(ss.Context())
+		ctx, id := withRequestID(ss.Context(), info.FullMethod)
 		_ = ss.SetHeader(metadata.MD{requestid.Key: {id}})
 		return handler(srv, withContext(ss, ctx))
 	}
@@ -61,7 +64,7 @@ func RequestIDStreamInterceptor() grpc.StreamServerInterceptor {
 
 // withRequestID returns ctx with the call's info, under the caller's
 // request id if it sent a sane one, else under a new one.
-func withRequestID(ctx context.Context) (context.Context, string) {
+func withRequestID(ctx context.Context, method string) (context.Context, string) {
 	id := ""
 	if v := metadata.ValueFromIncomingContext(ctx, requestid.Key); len(v) > 0 && requestid.Valid(v[0]) {
 		id = v[0]
@@ -69,19 +72,14 @@ func withRequestID(ctx context.Context) (context.Context, string) {
 	if id == "" {
 		id = requestid.New()
 	}
-	return context.WithValue(ctx, callInfoKey{}, &callInfo{requestID: id}), id
+	return context.WithValue(ctx, callInfoKey{}, &callInfo{requestID: id, method: method}), id
 }
 
-// contextStream is a ServerStream with another context.
-type contextStream struct {
-	grpc.ServerStream
-	ctx context.Context
-}
-
-func (s contextStream) Context() context.Context { return s.ctx }
-
+// withContext is ss with ctx as its context. A new wrapper each time, not
+// middleware.WrapServerStream, which would change the context of a wrapper
+// that interceptors outside this one also hold.
 func withContext(ss grpc.ServerStream, ctx context.Context) grpc.ServerStream {
-	return contextStream{ServerStream: ss, ctx: ctx}
+	return &middleware.WrappedServerStream{ServerStream: ss, WrappedContext: ctx}
 }
 
 // LoggingInterceptor logs one line per call: transport, method, code,
@@ -158,29 +156,30 @@ func (cl callLog) log(ctx context.Context, method string, start time.Time, err e
 }
 
 // RecoveryInterceptor turns a panic in a handler into INTERNAL and logs it
-// with its stack.
+// with its stack (go-grpc-middleware's recovery, with recoverPanic).
 func RecoveryInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
-		defer recoverPanic(ctx, log, info.FullMethod, &err)
-		return handler(ctx, req)
-	}
+	return recovery.UnaryServerInterceptor(recovery.WithRecoveryHandlerContext(recoverPanic(log)))
 }
 
 // RecoveryStreamInterceptor is RecoveryInterceptor for streams.
 func RecoveryStreamInterceptor(log *slog.Logger) grpc.StreamServerInterceptor {
-	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
-		defer recoverPanic(ss.Context(), log, info.FullMethod, &err)
-		return handler(srv, ss)
-	}
+	return recovery.StreamServerInterceptor(recovery.WithRecoveryHandlerContext(recoverPanic(log)))
 }
 
-// recoverPanic, deferred, turns a panic into INTERNAL in *err.
-func recoverPanic(ctx context.Context, log *slog.Logger, method string, err *error) {
-	if p := recover(); p != nil {
+// recoverPanic logs a recovered panic with the method, the request id and
+// the stack (it runs in the panicking goroutine's deferred call, so
+// debug.Stack still shows where the panic happened), and answers INTERNAL
+// with the request id and nothing of the panic.
+func recoverPanic(log *slog.Logger) recovery.RecoveryHandlerFuncContext {
+	return func(ctx context.Context, p any) error {
+		method := ""
+		if ci := infoOf(ctx); ci != nil {
+			method = ci.method
+		}
 		log.ErrorContext(ctx, "panic in handler",
 			"method", method, "request_id", RequestID(ctx),
 			"panic", p, "stack", string(debug.Stack()))
-		*err = status.Error(codes.Internal, "internal error (request id "+RequestID(ctx)+")")
+		return status.Error(codes.Internal, "internal error (request id "+RequestID(ctx)+")")
 	}
 }
 

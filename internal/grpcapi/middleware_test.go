@@ -76,6 +76,11 @@ func TestInterceptorsHideInternalsAndRecoverPanics(t *testing.T) {
 				if !strings.Contains(logs.String(), "hunter2") || !strings.Contains(logs.String(), id) {
 					t.Errorf("log lacks the cause or request id %s:\n%s", id, logs.String())
 				}
+				// A panic is logged with the method and where it happened.
+				if tc.name == "Panic" && (!strings.Contains(logs.String(), `"msg":"panic in handler","method":"/test.v1.Probe/Call"`) ||
+					!strings.Contains(logs.String(), "middleware_test.go")) {
+					t.Errorf("the panic's log line lacks the method or the stack:\n%s", logs.String())
+				}
 			}
 		})
 	}

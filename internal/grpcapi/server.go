@@ -23,7 +23,7 @@ type Server struct {
 	userdv1.UnsafeUserServiceServer
 	users    *users.Service
 	profiles Profiles
-	// feed serves WatchUserEvents (see WithFeed).
+	// feed serves WatchUserEvents (Options.Feed).
 	feed *feed.Hub
 }
 
@@ -31,8 +31,14 @@ var _ userdv1.UserServiceServer = (*Server)(nil)
 
 // NewServer returns a Server backed by svc; profiles serves end users'
 // EnsureUser.
-func NewServer(svc *users.Service, profiles Profiles) *Server {
-	return &Server{users: svc, profiles: profiles}
+func NewServer(svc *users.Service, profiles Profiles, opts Options) *Server {
+	return &Server{users: svc, profiles: profiles, feed: opts.Feed}
+}
+
+// Options configures a Server.
+type Options struct {
+	// Feed, if set, answers WatchUserEvents; without it, the method fails.
+	Feed *feed.Hub
 }
 
 // GetUser implements userdv1.UserServiceServer.

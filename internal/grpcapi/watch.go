@@ -15,12 +15,6 @@ import (
 	"github.com/userd/userd/internal/users"
 )
 
-// WithFeed makes the server answer WatchUserEvents from hub.
-func (s *Server) WithFeed(hub *feed.Hub) *Server {
-	s.feed = hub
-	return s
-}
-
 // WatchUserEvents implements userdv1.UserServiceServer.
 func (s *Server) WatchUserEvents(req *userdv1.WatchUserEventsRequest, stream userdv1.UserService_WatchUserEventsServer) error {
 	ctx := stream.Context()

@@ -193,3 +193,80 @@ func TestSchemaVersionOfAnEmptyDatabase(t *testing.T) {
 		}
 	}
 }
+
+// catalog describes what the migrations made in the public schema: each
+// relation with its columns, and each function with its full definition.
+func catalog(t *testing.T, pool *pgxpool.Pool) map[string]string {
+	t.Helper()
+	rows, err := pool.Query(context.Background(), `
+		SELECT 'relation ' || c.relname,
+		       coalesce(string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum), '')
+		FROM pg_class c
+		JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'public'
+		LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+		WHERE c.relname NOT LIKE 'goose_db_version%'
+		GROUP BY c.relname
+		UNION ALL
+		SELECT 'function ' || p.oid::regprocedure::text, pg_get_functiondef(p.oid)
+		FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace AND n.nspname = 'public'`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for rows.Next() {
+		var name, def string
+		if err := rows.Scan(&name, &def); err != nil {
+			t.Fatal(err)
+		}
+		out[name] = def
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestDownThenUpRestoresTheSchema: rolling back any number of migrations
+// and applying them again gives the schema a fresh database gets, and
+// rolling back all of them leaves nothing of userd's (a down section may
+// leave a function body that answers as the older one did, db/README.md,
+// but must not leave what nothing drops).
+func TestDownThenUpRestoresTheSchema(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := testdb.Pool(t)
+	want := catalog(t, pool)
+	m, err := migrate.New(pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	for v := m.Latest() - 1; v >= 0; v-- {
+		if err := m.DownTo(ctx, v); err != nil {
+			t.Fatalf("down to %d: %v", v, err)
+		}
+		if v == 0 {
+			if left := catalog(t, pool); len(left) != 0 {
+				names := make([]string, 0, len(left))
+				for name := range left {
+					names = append(names, name)
+				}
+				t.Errorf("down to 0 left %v", names)
+			}
+		}
+		if _, err := m.Up(ctx); err != nil {
+			t.Fatalf("up from %d: %v", v, err)
+		}
+		got := catalog(t, pool)
+		for name, def := range want {
+			if got[name] != def {
+				t.Errorf("down to %d and up again: %s is\n%s\nwant\n%s", v, name, got[name], def)
+			}
+		}
+		for name := range got {
+			if _, ok := want[name]; !ok {
+				t.Errorf("down to %d and up again: %s is new", v, name)
+			}
+		}
+	}
+}

@@ -28,7 +28,6 @@ package pgembed
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -48,6 +47,7 @@ import (
 
 	embeddedpostgres "github.com/fergusstrange/embedded-postgres"
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/procfs"
 )
 
 // Config configures the embedded server.
@@ -250,12 +250,11 @@ func waitExit(pid int, timeout time.Duration) {
 		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
 			return
 		}
-		stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+		proc, err := procfs.NewProc(pid)
 		if err != nil {
 			return
 		}
-		// "pid (comm) state ...": the state follows the last ')'.
-		if i := bytes.LastIndexByte(stat, ')'); i >= 0 && i+2 < len(stat) && stat[i+2] == 'Z' {
+		if stat, err := proc.Stat(); err != nil || stat.State == "Z" {
 			return
 		}
 	}
@@ -350,6 +349,22 @@ func postmaster(dataDir string) (pid int, port uint32, ok bool) {
 
 var majorRe = regexp.MustCompile(`\(PostgreSQL\) (\d+)`)
 
+// ToolMajor runs a PostgreSQL program (pg_ctl, pg_dump, ...) with
+// --version and returns its major version, or false when it does not run
+// or does not say.
+func ToolMajor(path string) (int, bool) {
+	out, err := exec.Command(path, "--version").Output()
+	if err != nil {
+		return 0, false
+	}
+	m := majorRe.FindStringSubmatch(string(out))
+	if m == nil {
+		return 0, false
+	}
+	major, err := strconv.Atoi(m[1])
+	return major, err == nil
+}
+
 // findBinaries returns the directory of pg_ctl and initdb and their major
 // version, or "" when the machine has none.
 func findBinaries(configured string) (string, int, error) {
@@ -373,16 +388,9 @@ func findBinaries(configured string) (string, int, error) {
 		if _, err := os.Stat(filepath.Join(dir, "initdb")); err != nil {
 			continue
 		}
-		out, err := exec.Command(pgCtl, "--version").Output()
-		if err != nil {
-			continue
+		if major, ok := ToolMajor(pgCtl); ok {
+			return dir, major, nil
 		}
-		m := majorRe.FindStringSubmatch(string(out))
-		if m == nil {
-			continue
-		}
-		major, _ := strconv.Atoi(m[1])
-		return dir, major, nil
 	}
 	if configured != "" {
 		return "", 0, fmt.Errorf("USERD_PG_BIN_DIR %s holds no usable pg_ctl and initdb", configured)

@@ -10,21 +10,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// AcquireTimeout bounds how long a Store waits for a free pool connection
-// (pgxpool has no bound of its own: it waits as long as the caller's
-// context allows). Past it, the call fails Unavailable at once rather than
-// queueing for the rest of its deadline: a saturated pool sheds load.
-func AcquireTimeout(d time.Duration) Option {
-	return func(o *options) { o.acquireTimeout = d }
-}
-
-// Option configures a Store.
-type Option func(*options)
-
-type options struct {
-	acquireTimeout time.Duration
-}
-
 // boundedPool runs statements like pgxpool.Pool does, but waits at most
 // timeout (and never beyond the caller's context) for their connection.
 type boundedPool struct {

@@ -18,8 +18,8 @@ import (
 // work).
 func BenchmarkOperations(b *testing.B) {
 	ctx := context.Background()
-	st := store.New(testdb.Pool(b))
-	svc := users.NewService(st, 10)
+	st := store.New(testdb.Pool(b), store.Options{})
+	svc := users.NewService(st, users.Options{InitialCredits: 10})
 	const n = 200
 	for i := range n {
 		id := fmt.Sprintf("user_b%d", i)
@@ -88,7 +88,7 @@ func BenchmarkOperations(b *testing.B) {
 func BenchmarkUsageSummary(b *testing.B) {
 	ctx := context.Background()
 	pool := testdb.Pool(b)
-	svc := users.NewService(store.New(pool), 10)
+	svc := users.NewService(store.New(pool, store.Options{}), users.Options{InitialCredits: 10})
 	for _, id := range []string{"user_heavy", "user_light"} {
 		if _, _, err := svc.EnsureUser(ctx, users.EnsureUserInput{ClerkUserID: id}); err != nil {
 			b.Fatal(err)

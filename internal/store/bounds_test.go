@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -99,7 +100,7 @@ func TestAcquireWaitIsBounded(t *testing.T) {
 	t.Parallel()
 	const acquire = 300 * time.Millisecond
 	pool := poolWith(t, testdb.URL(t), 1, store.SessionTimeouts{})
-	svc := users.NewService(store.New(pool, store.AcquireTimeout(acquire)), 10)
+	svc := users.NewService(store.New(pool, store.Options{AcquireTimeout: acquire}), users.Options{InitialCredits: 10})
 	ctx := context.Background()
 	if _, _, err := svc.EnsureUser(ctx, users.EnsureUserInput{ClerkUserID: "user_busy"}); err != nil {
 		t.Fatal(err)
@@ -164,13 +165,13 @@ func TestSessionTimeouts(t *testing.T) {
 		timeouts store.SessionTimeouts
 		code     string
 	}{
-		{"LockTimeout", store.SessionTimeouts{Lock: bound}, "55P03"},
-		{"StatementTimeout", store.SessionTimeouts{Statement: bound}, "57014"},
+		{"LockTimeout", store.SessionTimeouts{Lock: bound}, pgerrcode.LockNotAvailable},
+		{"StatementTimeout", store.SessionTimeouts{Statement: bound}, pgerrcode.QueryCanceled},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			pool := poolWith(t, testdb.URL(t), 4, tc.timeouts)
-			svc := users.NewService(store.New(pool), 10)
+			svc := users.NewService(store.New(pool, store.Options{}), users.Options{InitialCredits: 10})
 			if _, _, err := svc.EnsureUser(ctx, users.EnsureUserInput{ClerkUserID: "user_locked"}); err != nil {
 				t.Fatal(err)
 			}
@@ -190,7 +191,7 @@ func TestSessionTimeouts(t *testing.T) {
 	t.Run("IdleInTransactionTimeout", func(t *testing.T) {
 		t.Parallel()
 		pool := poolWith(t, testdb.URL(t), 4, store.SessionTimeouts{IdleInTransaction: bound})
-		svc := users.NewService(store.New(pool), 10)
+		svc := users.NewService(store.New(pool, store.Options{}), users.Options{InitialCredits: 10})
 		if _, _, err := svc.EnsureUser(ctx, users.EnsureUserInput{ClerkUserID: "user_idle"}); err != nil {
 			t.Fatal(err)
 		}

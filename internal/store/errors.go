@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/puddle/v2"
@@ -14,23 +15,16 @@ import (
 	"github.com/userd/userd/internal/users"
 )
 
-// Constraint names the domain cares about (see db/migrations).
+// Constraint names the domain cares about (see db/schema.sql).
 const (
-	constraintEmailLive        = "users_email_live_key"
-	constraintTransactionKey   = "credit_transactions_user_key"
-	constraintPlanChangeKey    = "plan_changes_user_key"
-	sqlstateUniqueViolation    = "23505"
-	sqlstateSerialization      = "40001"
-	sqlstateDeadlock           = "40P01"
-	sqlstateClassConnection    = "08"
-	sqlstateClassResources     = "53"
-	sqlstateClassOperatorInter = "57" // query_canceled (statement_timeout), admin/crash shutdown, cannot connect now
-	// The session timeouts (SessionTimeouts) end a call with these; each
-	// means "the database was too slow this time", so: retry.
-	sqlstateLockNotAvailable   = "55P03" // lock_timeout
-	sqlstateIdleInTxTimeout    = "25P03" // idle_in_transaction_session_timeout
-	sqlstateTransactionTimeout = "25P04" // transaction_timeout (PostgreSQL 17)
+	constraintEmailLive      = "users_email_live_key"
+	constraintTransactionKey = "credit_transactions_user_key"
+	constraintPlanChangeKey  = "plan_changes_user_key"
 )
+
+// sqlstateTransactionTimeout is transaction_timeout's SQLSTATE (PostgreSQL
+// 17), which pgerrcode does not list yet.
+const sqlstateTransactionTimeout = "25P04"
 
 // translate maps a pgx error to the domain's vocabulary: missing rows and
 // known unique violations become users' sentinel errors; failures to reach
@@ -46,15 +40,22 @@ func translate(err error) error {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch {
-		case pgErr.Code == sqlstateUniqueViolation && pgErr.ConstraintName == constraintEmailLive:
+		case pgErr.Code == pgerrcode.UniqueViolation && pgErr.ConstraintName == constraintEmailLive:
 			return users.ErrEmailInUse
-		case pgErr.Code == sqlstateUniqueViolation &&
+		case pgErr.Code == pgerrcode.UniqueViolation &&
 			(pgErr.ConstraintName == constraintTransactionKey || pgErr.ConstraintName == constraintPlanChangeKey):
 			return users.ErrIdempotencyKeyInUse
 		case retryable(err),
-			pgErr.Code == sqlstateLockNotAvailable, pgErr.Code == sqlstateIdleInTxTimeout, pgErr.Code == sqlstateTransactionTimeout,
-			len(pgErr.Code) == 5 && (pgErr.Code[:2] == sqlstateClassConnection ||
-				pgErr.Code[:2] == sqlstateClassResources || pgErr.Code[:2] == sqlstateClassOperatorInter):
+			// The session timeouts (SessionTimeouts) end a call with these;
+			// each means "the database was too slow this time", so: retry.
+			pgErr.Code == pgerrcode.LockNotAvailable,
+			pgErr.Code == pgerrcode.IdleInTransactionSessionTimeout,
+			pgErr.Code == sqlstateTransactionTimeout,
+			pgerrcode.IsConnectionException(pgErr.Code),
+			pgerrcode.IsInsufficientResources(pgErr.Code),
+			// query_canceled (statement_timeout), admin or crash shutdown,
+			// cannot connect now.
+			pgerrcode.IsOperatorIntervention(pgErr.Code):
 			return apperr.Unavailable(err)
 		}
 		return err
@@ -92,5 +93,5 @@ func unreachable(err error) bool {
 // expected to succeed.
 func retryable(err error) bool {
 	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && (pgErr.Code == sqlstateSerialization || pgErr.Code == sqlstateDeadlock)
+	return errors.As(err, &pgErr) && (pgErr.Code == pgerrcode.SerializationFailure || pgErr.Code == pgerrcode.DeadlockDetected)
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/userd/userd/internal/apperr"
@@ -15,11 +16,11 @@ import (
 func TestTimeoutSQLSTATEsAreUnavailable(t *testing.T) {
 	t.Parallel()
 	for code, want := range map[string]apperr.Kind{
-		"57014": apperr.KindUnavailable, // query_canceled: statement_timeout
-		"55P03": apperr.KindUnavailable, // lock_not_available: lock_timeout
-		"25P03": apperr.KindUnavailable, // idle_in_transaction_session_timeout
-		"25P04": apperr.KindUnavailable, // transaction_timeout
-		"42P01": apperr.KindInternal,    // undefined_table: a bug, not a timeout
+		pgerrcode.QueryCanceled:                   apperr.KindUnavailable, // statement_timeout
+		pgerrcode.LockNotAvailable:                apperr.KindUnavailable, // lock_timeout
+		pgerrcode.IdleInTransactionSessionTimeout: apperr.KindUnavailable,
+		"25P04":                  apperr.KindUnavailable, // transaction_timeout (PostgreSQL 17; not in pgerrcode)
+		pgerrcode.UndefinedTable: apperr.KindInternal,    // a bug, not a timeout
 	} {
 		err := translate(fmt.Errorf("query: %w", &pgconn.PgError{Code: code}))
 		if got := apperr.KindOf(err); got != want {

@@ -36,17 +36,23 @@ type Store struct {
 
 var _ users.Store = (*Store)(nil)
 
+// Options configures a Store.
+type Options struct {
+	// AcquireTimeout, if positive, bounds how long a call waits for a free
+	// pool connection (pgxpool has no bound of its own: it waits as long
+	// as the caller's context allows). Past it, the call fails Unavailable
+	// at once rather than queueing for the rest of its deadline: a
+	// saturated pool sheds load.
+	AcquireTimeout time.Duration
+}
+
 // New returns a Store over pool.
-func New(pool *pgxpool.Pool, opts ...Option) *Store {
-	var o options
-	for _, opt := range opts {
-		opt(&o)
-	}
+func New(pool *pgxpool.Pool, opts Options) *Store {
 	var db sqlcdb.DBTX = pool
-	if o.acquireTimeout > 0 {
-		db = boundedPool{pool: pool, timeout: o.acquireTimeout}
+	if opts.AcquireTimeout > 0 {
+		db = boundedPool{pool: pool, timeout: opts.AcquireTimeout}
 	}
-	return &Store{db: db, pool: pool, acquireTimeout: o.acquireTimeout, q: sqlcdb.New()}
+	return &Store{db: db, pool: pool, acquireTimeout: opts.AcquireTimeout, q: sqlcdb.New()}
 }
 
 func (s *Store) GetLiveUserByClerkID(ctx context.Context, clerkUserID string) (users.User, error) {

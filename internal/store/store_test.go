@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/userd/userd/internal/apperr"
@@ -32,7 +33,7 @@ func TestUnreachableDatabaseIsUnavailable(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	svc := users.NewService(store.New(pool), 10)
+	svc := users.NewService(store.New(pool, store.Options{}), users.Options{InitialCredits: 10})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
@@ -55,7 +56,7 @@ func TestClosedPoolIsUnavailable(t *testing.T) {
 		t.Fatal(err)
 	}
 	pool.Close()
-	svc := users.NewService(store.New(pool, store.AcquireTimeout(time.Second)), 10)
+	svc := users.NewService(store.New(pool, store.Options{AcquireTimeout: time.Second}), users.Options{InitialCredits: 10})
 	_, err = svc.GetUser(context.Background(), users.Lookup{ClerkUserID: "user_x"})
 	if k := apperr.KindOf(err); k != apperr.KindUnavailable {
 		t.Errorf("GetUser: kind %v (%v), want unavailable", k, err)
@@ -70,7 +71,7 @@ func TestClosedPoolIsUnavailable(t *testing.T) {
 // timeout (Unavailable), not an internal error.
 func TestCallerDeadlineIsUnavailable(t *testing.T) {
 	t.Parallel()
-	svc := users.NewService(store.New(testdb.Pool(t)), 10)
+	svc := users.NewService(store.New(testdb.Pool(t), store.Options{}), users.Options{InitialCredits: 10})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Nanosecond)
 	defer cancel()
 	<-ctx.Done()
@@ -112,7 +113,7 @@ func TestMigrationsRoundTrip(t *testing.T) {
 		t.Fatalf("Up applied %d of %d: %v", n, len(st), err)
 	}
 	// The schema works after the round trip.
-	svc := users.NewService(store.New(pool), 10)
+	svc := users.NewService(store.New(pool, store.Options{}), users.Options{InitialCredits: 10})
 	if _, _, err := svc.EnsureUser(ctx, users.EnsureUserInput{ClerkUserID: "user_after_roundtrip"}); err != nil {
 		t.Errorf("EnsureUser after round trip: %v", err)
 	}
@@ -123,7 +124,7 @@ func TestMigrationsRoundTrip(t *testing.T) {
 // SQLSTATE) and the others commit.
 func TestApplyClerkEventsIsolatesAFailingEvent(t *testing.T) {
 	t.Parallel()
-	st := store.New(testdb.Pool(t))
+	st := store.New(testdb.Pool(t), store.Options{})
 	ctx := context.Background()
 	events := []users.ClerkEventWrite{
 		{MessageID: "msg_ok1", Type: "user.created", User: users.ClerkUser{ID: "user_ok1", Email: "ok1@example.com", UpdatedAt: 1}},
@@ -139,7 +140,7 @@ func TestApplyClerkEventsIsolatesAFailingEvent(t *testing.T) {
 	}
 	want := []users.ClerkEventResult{
 		{Outcome: users.OutcomeCreated},
-		{Outcome: users.OutcomeRetry, ErrorCode: "23514"},
+		{Outcome: users.OutcomeRetry, ErrorCode: pgerrcode.CheckViolation},
 		{Outcome: users.OutcomeDeleted},
 		{Outcome: users.OutcomeDuplicate},
 	}
@@ -160,7 +161,7 @@ func TestApplyClerkEventsIsolatesAFailingEvent(t *testing.T) {
 func TestDeletionsWithoutMessageIDEachApply(t *testing.T) {
 	t.Parallel()
 	pool := testdb.Pool(t)
-	st := store.New(pool)
+	st := store.New(pool, store.Options{})
 	ctx := context.Background()
 	opts := users.ClerkApplyOptions{InitialCredits: 10, EraseDeleted: true}
 	created := []users.ClerkEventWrite{

@@ -48,7 +48,7 @@ func TestGroupCommit(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	rec := &batchRecorder{}
-	b.svc.SetObserver(rec)
+	b.svc = users.NewService(b.store, users.Options{InitialCredits: users.DefaultInitialCredits, Observer: rec})
 	ctx := context.Background()
 
 	for i := range 5 {
@@ -104,7 +104,7 @@ func TestGroupCommit(t *testing.T) {
 func TestStopCancelsBatchesInFlight(t *testing.T) {
 	t.Parallel()
 	pool := testdb.Pool(t)
-	svc := users.NewService(store.New(pool), users.DefaultInitialCredits)
+	svc := users.NewService(store.New(pool, store.Options{}), users.Options{InitialCredits: users.DefaultInitialCredits})
 	ctx := context.Background()
 	if _, err := svc.ApplyClerkUser(ctx, clerkEvent(0)); err != nil {
 		t.Fatal(err)

@@ -23,9 +23,8 @@ func TestDeletionErasesPersonalData(t *testing.T) {
 		t.Run(map[bool]string{false: "Erase", true: "Keep"}[keep], func(t *testing.T) {
 			t.Parallel()
 			pool := testdb.Pool(t)
-			st := store.New(pool)
-			b := bundle{svc: users.NewService(st, users.DefaultInitialCredits), store: st}
-			b.svc.KeepDeletedUserData(keep)
+			st := store.New(pool, store.Options{})
+			b := bundle{svc: users.NewService(st, users.Options{InitialCredits: users.DefaultInitialCredits, KeepDeletedUserData: keep}), store: st}
 			ctx := context.Background()
 			personal := []string{"ada.lovelace@example.com", "Augusta", "Byron-King", "https://img.example.com/ada.png"}
 			ev := users.ClerkEvent{MessageID: "msg_1", Type: "user.created", User: users.ClerkUser{
@@ -76,9 +75,8 @@ func TestDeletionErasesPersonalData(t *testing.T) {
 func TestEraseUser(t *testing.T) {
 	t.Parallel()
 	pool := testdb.Pool(t)
-	st := store.New(pool)
-	b := bundle{svc: users.NewService(st, users.DefaultInitialCredits), store: st}
-	b.svc.KeepDeletedUserData(true)
+	st := store.New(pool, store.Options{})
+	b := bundle{svc: users.NewService(st, users.Options{InitialCredits: users.DefaultInitialCredits, KeepDeletedUserData: true}), store: st}
 	ctx := context.Background()
 	for i, id := range []string{"user_kept", "user_live"} {
 		ev := users.ClerkEvent{MessageID: fmt.Sprintf("msg_%d", i), Type: "user.created", User: users.ClerkUser{

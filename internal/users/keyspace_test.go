@@ -118,7 +118,7 @@ func TestInvariantChecksCatchALostLock(t *testing.T) {
 	if _, err := pool.Exec(ctx, strings.Replace(def, "FOR UPDATE", "", 1)); err != nil {
 		t.Fatalf("install the mutant: %v", err)
 	}
-	b := bundle{svc: users.NewService(store.New(pool), users.DefaultInitialCredits), store: store.New(pool)}
+	b := bundle{svc: users.NewService(store.New(pool, store.Options{}), users.Options{InitialCredits: users.DefaultInitialCredits}), store: store.New(pool, store.Options{})}
 	ensure(t, b, "user_mutant")
 	var wg sync.WaitGroup
 	for w := range 16 {

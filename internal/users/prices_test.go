@@ -466,7 +466,7 @@ func TestPriceChangesRacingDeductions(t *testing.T) {
 	t.Parallel()
 	pool := connect(t, testdb.URL(t), map[string]string{"synchronous_commit": "off"})
 	commitWitness(t, pool)
-	b := bundle{svc: users.NewService(store.New(pool), users.DefaultInitialCredits), store: store.New(pool)}
+	b := bundle{svc: users.NewService(store.New(pool, store.Options{}), users.Options{InitialCredits: users.DefaultInitialCredits}), store: store.New(pool, store.Options{})}
 	deductions, changes := racePricesAndDeductions(t, b.svc, "r", 60)
 	wrong, checked := wrongCharges(t, pool, "render")
 	for _, w := range wrong {
@@ -516,7 +516,7 @@ func TestPriceRaceCheckCatchesALostLock(t *testing.T) {
 		t.Fatalf("install the mutant: %v", err)
 	}
 	commitWitness(t, pool)
-	svc := users.NewService(store.New(pool), users.DefaultInitialCredits)
+	svc := users.NewService(store.New(pool, store.Options{}), users.Options{InitialCredits: users.DefaultInitialCredits})
 	var wrong []string
 	deadline := time.Now().Add(time.Minute)
 	for round := 0; len(wrong) == 0 && time.Now().Before(deadline); round++ {

@@ -51,10 +51,26 @@ const (
 	SourceWebhook = "webhook"
 )
 
-// NewService returns a Service that gives new users initialCredits (>= 0).
-func NewService(store Store, initialCredits int64) *Service {
-	s := &Service{store: store, initialCredits: initialCredits, observer: noObserver{}, now: time.Now}
-	s.clerk = newClerkBatcher(store, ClerkApplyOptions{InitialCredits: initialCredits, EraseDeleted: true},
+// Options configures a Service.
+type Options struct {
+	// InitialCredits is what a new user gets (>= 0).
+	InitialCredits int64
+	// KeepDeletedUserData keeps the email, names and image of users
+	// deleted in Clerk (for teams that must); by default a deletion erases
+	// them.
+	KeepDeletedUserData bool
+	// Observer, if set, learns of committed changes.
+	Observer Observer
+}
+
+// NewService returns a Service over store.
+func NewService(store Store, opts Options) *Service {
+	s := &Service{store: store, initialCredits: opts.InitialCredits, observer: opts.Observer, now: time.Now}
+	if s.observer == nil {
+		s.observer = noObserver{}
+	}
+	s.clerk = newClerkBatcher(store,
+		ClerkApplyOptions{InitialCredits: opts.InitialCredits, EraseDeleted: !opts.KeepDeletedUserData},
 		func(n int) { s.observer.ClerkBatchApplied(n) })
 	return s
 }
@@ -65,13 +81,6 @@ func NewService(store Store, initialCredits int64) *Service {
 // (rolled back) and waited for, until ctx ends. userd calls it once its
 // servers have stopped and before it closes the database pool.
 func (s *Service) Stop(ctx context.Context) error { return s.clerk.stop(ctx) }
-
-// KeepDeletedUserData keeps the email, names and image of users deleted in
-// Clerk (for teams that must); by default a deletion erases them.
-func (s *Service) KeepDeletedUserData(keep bool) { s.clerk.opts.EraseDeleted = !keep }
-
-// SetObserver reports committed changes to o.
-func (s *Service) SetObserver(o Observer) { s.observer = o }
 
 // userCreated reports a committed creation.
 func (s *Service) userCreated(source string) {

@@ -25,8 +25,8 @@ type bundle struct {
 
 func setup(t *testing.T) bundle {
 	t.Helper()
-	st := store.New(testdb.Pool(t))
-	return bundle{svc: users.NewService(st, users.DefaultInitialCredits), store: st}
+	st := store.New(testdb.Pool(t), store.Options{})
+	return bundle{svc: users.NewService(st, users.Options{InitialCredits: users.DefaultInitialCredits}), store: st}
 }
 
 func ensure(t *testing.T, b bundle, clerkID string) users.User {
@@ -158,9 +158,9 @@ func TestEnsureUserCreatesFreeUserWithInitialCreditsInLedger(t *testing.T) {
 
 func TestEnsureUserConfiguredInitialCredits(t *testing.T) {
 	t.Parallel()
-	st := store.New(testdb.Pool(t))
+	st := store.New(testdb.Pool(t), store.Options{})
 	for _, initial := range []int64{0, 250} {
-		svc := users.NewService(st, initial)
+		svc := users.NewService(st, users.Options{InitialCredits: initial})
 		id := fmt.Sprintf("user_initial%d", initial)
 		u, _, err := svc.EnsureUser(context.Background(), users.EnsureUserInput{ClerkUserID: id})
 		if err != nil {

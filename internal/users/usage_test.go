@@ -27,8 +27,8 @@ var usageSeeds = flag.Int("usage.seeds", 6, "random ledgers TestUsageSummaryMatc
 func usageSetup(t *testing.T) (bundle, *pgxpool.Pool) {
 	t.Helper()
 	pool := connect(t, testdb.URL(t), map[string]string{"synchronous_commit": "off"})
-	st := store.New(pool)
-	return bundle{svc: users.NewService(st, users.DefaultInitialCredits), store: st}, pool
+	st := store.New(pool, store.Options{})
+	return bundle{svc: users.NewService(st, users.Options{InitialCredits: users.DefaultInitialCredits}), store: st}, pool
 }
 
 // backdate sets the created_at of ledger entries: the API stamps entries
@@ -429,7 +429,7 @@ func TestUsageSummaryIgnoresSessionTimeZone(t *testing.T) {
 	t.Parallel()
 	url := testdb.URL(t)
 	pool := testdb.Connect(t, url)
-	b := bundle{svc: users.NewService(store.New(pool), users.DefaultInitialCredits), store: store.New(pool)}
+	b := bundle{svc: users.NewService(store.New(pool, store.Options{}), users.Options{InitialCredits: users.DefaultInitialCredits}), store: store.New(pool, store.Options{})}
 	ctx := context.Background()
 	const clerkID = "user_zones"
 	ensure(t, b, clerkID)
@@ -448,7 +448,7 @@ func TestUsageSummaryIgnoresSessionTimeZone(t *testing.T) {
 	backdate(t, pool, ids, times)
 	q := users.UsageQuery{ClerkUserID: clerkID, Start: base.Add(-time.Hour), End: base.Add(97 * time.Hour)}
 	for _, zone := range []string{"America/New_York", "Pacific/Chatham", "Asia/Kathmandu"} {
-		svc := users.NewService(store.New(connect(t, url, map[string]string{"timezone": zone})), users.DefaultInitialCredits)
+		svc := users.NewService(store.New(connect(t, url, map[string]string{"timezone": zone}), store.Options{}), users.Options{InitialCredits: users.DefaultInitialCredits})
 		for _, p := range []users.UsagePeriod{users.PeriodNone, users.PeriodDay, users.PeriodWeek, users.PeriodMonth} {
 			q.Period = p
 			want, err := b.svc.SummarizeUsage(ctx, q)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/grpc/codes"
 
 	"github.com/userd/userd/internal/apperr"
@@ -42,17 +43,10 @@ func (e errorResponse) response() *openapi3.Response {
 	}
 }
 
+// grpcCodeName is the code's canonical name (FAILED_PRECONDITION), as in
+// the proto and docs/api.md; codes.Code.String says FailedPrecondition.
 func grpcCodeName(c codes.Code) string {
-	// codes.Code.String is "FailedPrecondition"; the wire names are
-	// upper snake case, as in the proto and docs/api.md.
-	names := map[codes.Code]string{
-		codes.InvalidArgument: "INVALID_ARGUMENT", codes.Unauthenticated: "UNAUTHENTICATED",
-		codes.FailedPrecondition: "FAILED_PRECONDITION", codes.PermissionDenied: "PERMISSION_DENIED",
-		codes.NotFound: "NOT_FOUND", codes.AlreadyExists: "ALREADY_EXISTS", codes.Internal: "INTERNAL",
-		codes.Unavailable: "UNAVAILABLE", codes.DeadlineExceeded: "DEADLINE_EXCEEDED",
-		codes.OutOfRange: "OUT_OF_RANGE",
-	}
-	return names[c]
+	return code.Code_name[int32(c)]
 }
 
 func kindError(name string, k apperr.Kind, meaning string) errorResponse {
