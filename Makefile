@@ -146,8 +146,14 @@ image: image-context ## Build the container image userd:<version> and userd:late
 .PHONY: createdb
 createdb: ## Create the database named in DATABASE_URL if it does not exist (nothing when embedded).
 	@[ -n "$$DATABASE_URL" ] || exit 0; \
-	db=$$(sed -E 's#^[a-z]+://[^/]*/([^?]*).*#\1#' <<<"$$DATABASE_URL"); \
-	server=$$(sed -E "s#/$$db(\?|$$)#/postgres\1#" <<<"$$DATABASE_URL"); \
+	if [[ "$$DATABASE_URL" =~ ^postgres(ql)?:// ]]; then \
+	  db=$$(sed -E 's#^[a-z]+://[^/]*/([^?]*).*#\1#' <<<"$$DATABASE_URL"); \
+	  server=$$(sed -E "s#/$$db(\?|$$)#/postgres\1#" <<<"$$DATABASE_URL"); \
+	else \
+	  db=$$(sed -nE 's/(^|.*[[:space:]])dbname=([^[:space:]]+).*/\2/p' <<<"$$DATABASE_URL"); \
+	  server="$$DATABASE_URL dbname=postgres"; \
+	fi; \
+	[ -n "$$db" ] || exit 0; \
 	found=$$(psql "$$server" -tAc "SELECT 1 FROM pg_database WHERE datname = '$$db'" 2>/dev/null) || { \
 	  echo "make: cannot reach the server in DATABASE_URL to create the database; userd will say why"; exit 0; }; \
 	[ "$$found" = 1 ] || psql "$$server" -qc "CREATE DATABASE \"$$db\""

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io/fs"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
@@ -182,8 +183,6 @@ func (m *Migrator) Status(ctx context.Context) ([]Status, error) {
 // Latest is the version of the newest migration this binary carries.
 func (m *Migrator) Latest() int64 { return m.latest }
 
-const sqlstateUndefinedTable = "42P01"
-
 // ErrNotMigrated reports a database without userd's migration table.
 var ErrNotMigrated = errors.New("the database has no schema version table: run userd migrate up")
 
@@ -198,7 +197,7 @@ func (m *Migrator) SchemaVersion(ctx context.Context) (int64, error) {
 	if errors.Is(err, database.ErrVersionNotFound) {
 		return 0, nil
 	}
-	if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) && pgErr.Code == sqlstateUndefinedTable {
+	if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) && pgErr.Code == pgerrcode.UndefinedTable {
 		return 0, ErrNotMigrated
 	}
 	return 0, fmt.Errorf("read schema version: %w", err)

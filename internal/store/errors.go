@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/puddle/v2"
@@ -16,21 +17,35 @@ import (
 
 // Constraint names the domain cares about (see db/migrations).
 const (
-	constraintEmailLive        = "users_email_live_key"
-	constraintTransactionKey   = "credit_transactions_user_key"
-	constraintPlanChangeKey    = "plan_changes_user_key"
-	sqlstateUniqueViolation    = "23505"
-	sqlstateSerialization      = "40001"
-	sqlstateDeadlock           = "40P01"
-	sqlstateClassConnection    = "08"
-	sqlstateClassResources     = "53"
-	sqlstateClassOperatorInter = "57" // query_canceled (statement_timeout), admin/crash shutdown, cannot connect now
-	// The session timeouts (SessionTimeouts) end a call with these; each
-	// means "the database was too slow this time", so: retry.
-	sqlstateLockNotAvailable   = "55P03" // lock_timeout
-	sqlstateIdleInTxTimeout    = "25P03" // idle_in_transaction_session_timeout
-	sqlstateTransactionTimeout = "25P04" // transaction_timeout (PostgreSQL 17)
+	constraintEmailLive      = "users_email_live_key"
+	constraintTransactionKey = "credit_transactions_user_key"
+	constraintPlanChangeKey  = "plan_changes_user_key"
+	// transaction_timeout (PostgreSQL 17), which pgerrcode does not know yet.
+	sqlstateTransactionTimeout = "25P04"
 )
+
+// unavailableCode reports the SQLSTATEs that mean "this database could not
+// do it now, the same call may work in a moment" (UNAVAILABLE, retried by
+// the caller with the same idempotency key):
+//   - connection exceptions (class 08), insufficient resources (53),
+//     operator intervention (57: query_canceled from statement_timeout,
+//     admin_shutdown and crash_shutdown of a primary going down in a
+//     failover, cannot_connect_now while it starts);
+//   - the session timeouts (SessionTimeouts): the database was too slow
+//     this time;
+//   - read_only_sql_transaction: the connection is to a server that became
+//     a standby (a demoted primary after a failover or switchover);
+//     OnPgError closes such a connection, so the retry reaches the new
+//     primary (see failover.go).
+func unavailableCode(code string) bool {
+	switch code {
+	case pgerrcode.LockNotAvailable, pgerrcode.IdleInTransactionSessionTimeout, sqlstateTransactionTimeout,
+		pgerrcode.ReadOnlySQLTransaction:
+		return true
+	}
+	return pgerrcode.IsConnectionException(code) || pgerrcode.IsInsufficientResources(code) ||
+		pgerrcode.IsOperatorIntervention(code)
+}
 
 // translate maps a pgx error to the domain's vocabulary: missing rows and
 // known unique violations become users' sentinel errors; failures to reach
@@ -46,15 +61,12 @@ func translate(err error) error {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch {
-		case pgErr.Code == sqlstateUniqueViolation && pgErr.ConstraintName == constraintEmailLive:
+		case pgErr.Code == pgerrcode.UniqueViolation && pgErr.ConstraintName == constraintEmailLive:
 			return users.ErrEmailInUse
-		case pgErr.Code == sqlstateUniqueViolation &&
+		case pgErr.Code == pgerrcode.UniqueViolation &&
 			(pgErr.ConstraintName == constraintTransactionKey || pgErr.ConstraintName == constraintPlanChangeKey):
 			return users.ErrIdempotencyKeyInUse
-		case retryable(err),
-			pgErr.Code == sqlstateLockNotAvailable, pgErr.Code == sqlstateIdleInTxTimeout, pgErr.Code == sqlstateTransactionTimeout,
-			len(pgErr.Code) == 5 && (pgErr.Code[:2] == sqlstateClassConnection ||
-				pgErr.Code[:2] == sqlstateClassResources || pgErr.Code[:2] == sqlstateClassOperatorInter):
+		case retryable(err), unavailableCode(pgErr.Code):
 			return apperr.Unavailable(err)
 		}
 		return err
@@ -64,7 +76,7 @@ func translate(err error) error {
 		return apperr.Canceled(err)
 	case errors.Is(err, context.DeadlineExceeded), pgconn.Timeout(err):
 		return apperr.Unavailable(err)
-	case unreachable(err):
+	case unreachable(err), errors.Is(err, errNotPrimary):
 		return apperr.Unavailable(err)
 	}
 	return err
@@ -92,5 +104,5 @@ func unreachable(err error) bool {
 // expected to succeed.
 func retryable(err error) bool {
 	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && (pgErr.Code == sqlstateSerialization || pgErr.Code == sqlstateDeadlock)
+	return errors.As(err, &pgErr) && (pgErr.Code == pgerrcode.SerializationFailure || pgErr.Code == pgerrcode.DeadlockDetected)
 }

@@ -20,6 +20,14 @@ func TestTimeoutSQLSTATEsAreUnavailable(t *testing.T) {
 		"25P03": apperr.KindUnavailable, // idle_in_transaction_session_timeout
 		"25P04": apperr.KindUnavailable, // transaction_timeout
 		"42P01": apperr.KindInternal,    // undefined_table: a bug, not a timeout
+		// A failover: the connection is to a server that became a standby,
+		// or that is shutting down or starting.
+		"25006": apperr.KindUnavailable, // read_only_sql_transaction
+		"57P01": apperr.KindUnavailable, // admin_shutdown
+		"57P02": apperr.KindUnavailable, // crash_shutdown
+		"57P03": apperr.KindUnavailable, // cannot_connect_now
+		"08006": apperr.KindUnavailable, // connection_failure
+		"23514": apperr.KindInternal,    // check_violation: a bug, not a failover
 	} {
 		err := translate(fmt.Errorf("query: %w", &pgconn.PgError{Code: code}))
 		if got := apperr.KindOf(err); got != want {
