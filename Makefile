@@ -174,6 +174,17 @@ migrate: build createdb ## Apply pending migrations to DATABASE_URL (ARGS=down|s
 test: ## Run every test with the race detector (TEST_DATABASE_URL, the local server, or an embedded one).
 	$(GO) test -race -count=1 ./...
 
+# `make ha-test`: userd against a real pg_auto_failover formation on this
+# machine (a monitor, a primary and a synchronous standby on 127.0.0.1,
+# ports 26101-26142), two replicas, the bank workload and a change-feed
+# consumer through a kill -9 of the primary and a planned switchover
+# (internal/hatest). Needs Debian's postgresql-15-auto-failover and
+# pg-auto-failover-cli; run as root (the servers run as postgres) or as
+# postgres. A few minutes.
+.PHONY: ha-test
+ha-test: build ## Failover test on a real pg_auto_failover formation (apt-get install postgresql-15-auto-failover pg-auto-failover-cli).
+	USERD_BIN=$(abspath $(BIN)/userd) $(GO) test -tags hatest -count=1 -v -timeout 15m ./internal/hatest
+
 # `make bench` measures the binary of this commit (or tree) and, in the same
 # run, the previous design built from BASELINE: the last commit before
 # issue 10's write path. BASELINE= (empty) measures this one only.
