@@ -306,13 +306,13 @@ func firstCursor(t *testing.T, r *replica) string {
 
 // outcome is what one fault cost.
 type outcome struct {
-	name               string
-	fault, settled     time.Time     // settled: a primary and a standby again, and writes flowing
-	lastUnav           time.Duration // after the fault
-	back               time.Duration // the first acknowledgement after the last UNAVAILABLE, after the fault
-	longestGap         time.Duration // the longest time without any acknowledgement
-	unavailable        int
-	newPrimary         string
+	name           string
+	fault, settled time.Time     // settled: a primary and a standby again, and writes flowing
+	lastUnav       time.Duration // after the fault
+	back           time.Duration // the first acknowledgement after the last UNAVAILABLE, after the fault
+	longestGap     time.Duration // the longest time without any acknowledgement
+	unavailable    int
+	newPrimary     string
 }
 
 // TestFailoverLosesNothingAcknowledged is issue 25's acceptance test: under

@@ -66,9 +66,9 @@ func (s *Store) ReadUserEvents(ctx context.Context, after feed.Position, clerkUs
 // (commits waited for it) or within the WAL writer's delay (200 ms by
 // default, for the abort records that nothing waits for).
 const (
-	syncStandbyWait     = 5 * time.Second
-	syncStandbyPollMin  = 2 * time.Millisecond
-	syncStandbyPollMax  = 50 * time.Millisecond
+	syncStandbyWait          = 5 * time.Second
+	syncStandbyPollMin       = 2 * time.Millisecond
+	syncStandbyPollMax       = 50 * time.Millisecond
 	syncStandbyPrivilegeHint = "grant pg_monitor (or pg_read_all_stats) to userd's database role"
 )
 
