@@ -405,6 +405,31 @@ func TestFailoverLosesNothingAcknowledged(t *testing.T) {
 		return o
 	}
 	var outcomes []outcome
+	// xid reads the primary's next transaction id and timeline: the new
+	// primary must continue the old one's sequence (the standby replayed
+	// it), or cursors would point past ids it gives out again.
+	xid := func() (next int64, timeline int32) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := pgx.Connect(ctx, multiHostURL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close(ctx)
+		if err := c.QueryRow(ctx, "SELECT pg_current_xact_id()::text::bigint, (SELECT timeline_id FROM pg_control_checkpoint())").Scan(&next, &timeline); err != nil {
+			t.Fatal(err)
+		}
+		return next, timeline
+	}
+	checkXids := func(name string, before int64, tlBefore int32) {
+		t.Helper()
+		after, tl := xid()
+		if after <= before {
+			t.Errorf("%s: the new primary's transaction ids restart at %d, at or below the old primary's %d", name, after, before)
+		}
+		t.Logf("%s: transaction id %d before, %d after; checkpoint timeline %d before, %d after", name, before, after, tlBefore, tl)
+	}
 
 	// (a) kill -9 of the primary's postmaster.
 	st, err := f.states(context.Background())
@@ -416,6 +441,7 @@ func TestFailoverLosesNothingAcknowledged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	xidBefore, tlBefore := xid()
 	before, _, _ := w.snapshot()
 	fault := time.Now()
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
@@ -423,10 +449,12 @@ func TestFailoverLosesNothingAcknowledged(t *testing.T) {
 	}
 	o := measure("kill -9 of the primary's postmaster ("+old.Name+")", old.Name, fault, before)
 	outcomes = append(outcomes, o)
+	checkXids("kill -9", xidBefore, tlBefore)
 
 	// (b) a planned switchover.
 	st, _ = f.states(context.Background())
 	old, _ = primaryOf(st)
+	xidBefore, tlBefore = xid()
 	before, _, _ = w.snapshot()
 	fault = time.Now()
 	if out, err := f.run("perform", "switchover", "--pgdata", f.pgdata("monitor"), "--formation", "default"); err != nil {
@@ -435,6 +463,7 @@ func TestFailoverLosesNothingAcknowledged(t *testing.T) {
 	}
 	o = measure("planned switchover (pg_autoctl perform switchover, from "+old.Name+")", old.Name, fault, before)
 	outcomes = append(outcomes, o)
+	checkXids("switchover", xidBefore, tlBefore)
 
 	close(stop)
 	wg.Wait()
