@@ -160,8 +160,14 @@ image: image-context ## Build the container image userd:<version> and userd:late
 .PHONY: createdb
 createdb: ## Create the database named in DATABASE_URL if it does not exist (nothing when embedded).
 	@[ -n "$$DATABASE_URL" ] || exit 0; \
-	db=$$(sed -E 's#^[a-z]+://[^/]*/([^?]*).*#\1#' <<<"$$DATABASE_URL"); \
-	server=$$(sed -E "s#/$$db(\?|$$)#/postgres\1#" <<<"$$DATABASE_URL"); \
+	if [[ "$$DATABASE_URL" =~ ^postgres(ql)?:// ]]; then \
+	  db=$$(sed -E 's#^[a-z]+://[^/]*/([^?]*).*#\1#' <<<"$$DATABASE_URL"); \
+	  server=$$(sed -E "s#/$$db(\?|$$)#/postgres\1#" <<<"$$DATABASE_URL"); \
+	else \
+	  db=$$(sed -nE 's/(^|.*[[:space:]])dbname=([^[:space:]]+).*/\2/p' <<<"$$DATABASE_URL"); \
+	  server="$$DATABASE_URL dbname=postgres"; \
+	fi; \
+	[ -n "$$db" ] || exit 0; \
 	found=$$(psql "$$server" -tAc "SELECT 1 FROM pg_database WHERE datname = '$$db'" 2>/dev/null) || { \
 	  echo "make: cannot reach the server in DATABASE_URL to create the database; userd will say why"; exit 0; }; \
 	[ "$$found" = 1 ] || psql "$$server" -qc "CREATE DATABASE \"$$db\""
@@ -181,6 +187,17 @@ migrate: build createdb ## Apply pending migrations to DATABASE_URL (ARGS=down|s
 .PHONY: test
 test: ## Run every test with the race detector (TEST_DATABASE_URL, the local server, or an embedded one).
 	$(GO) test -race -count=1 ./...
+
+# `make ha-test`: userd against a real pg_auto_failover formation on this
+# machine (a monitor, a primary and a synchronous standby on 127.0.0.1,
+# ports 26101-26142), two replicas, the bank workload and a change-feed
+# consumer through a kill -9 of the primary and a planned switchover
+# (internal/hatest). Needs Debian's postgresql-15-auto-failover and
+# pg-auto-failover-cli; run as root (the servers run as postgres) or as
+# postgres. A few minutes.
+.PHONY: ha-test
+ha-test: build ## Failover test on a real pg_auto_failover formation (apt-get install postgresql-15-auto-failover pg-auto-failover-cli).
+	USERD_BIN=$(abspath $(BIN)/userd) $(GO) test -tags hatest -count=1 -v -timeout 15m ./internal/hatest
 
 # `make bench` measures the binary of this commit (or tree) and, in the same
 # run, the previous design built from BASELINE: the last commit before

@@ -7,11 +7,20 @@
 -- so a read can never miss events to a prune that ran between two queries.
 -- The first row always exists; its event columns are NULL when there are
 -- no events.
+--
+-- sync_lsn is where the server's WAL ended when the snapshot was taken
+-- (bytes from 0/0), -1 when synchronous_standby_names is empty: with
+-- synchronous replication, the caller hands the page out only once a
+-- synchronous standby has flushed that far (SyncStandbyFlushed), so that no
+-- event, and no horizon, comes from a transaction a failover could lose
+-- (internal/store/feed.go).
 
 -- name: ReadUserEvents :many
 WITH horizon AS (
     SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon,
-           p.order_xid AS pruned_xid, p.id AS pruned_id
+           p.order_xid AS pruned_xid, p.id AS pruned_id,
+           CASE WHEN current_setting('synchronous_standby_names') = '' THEN -1::bigint
+                ELSE (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint END AS sync_lsn
     FROM user_events_pruned p
 ), page AS (
     SELECT ue.* FROM user_events ue
@@ -20,7 +29,7 @@ WITH horizon AS (
     ORDER BY ue.order_xid, ue.id
     LIMIT @row_limit::int
 )
-SELECT h.horizon, h.pruned_xid, h.pruned_id,
+SELECT h.horizon, h.pruned_xid, h.pruned_id, h.sync_lsn,
        e.order_xid, e.id, e.kind, e.user_id, e.clerk_user_id, e.payload, e.created_at
 FROM horizon h
 LEFT JOIN page e ON true
@@ -29,7 +38,9 @@ ORDER BY e.order_xid, e.id;
 -- name: ReadUserEventsOfUser :many
 WITH horizon AS (
     SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon,
-           p.order_xid AS pruned_xid, p.id AS pruned_id
+           p.order_xid AS pruned_xid, p.id AS pruned_id,
+           CASE WHEN current_setting('synchronous_standby_names') = '' THEN -1::bigint
+                ELSE (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint END AS sync_lsn
     FROM user_events_pruned p
 ), page AS (
     SELECT ue.* FROM user_events ue
@@ -39,7 +50,7 @@ WITH horizon AS (
     ORDER BY ue.order_xid, ue.id
     LIMIT @row_limit::int
 )
-SELECT h.horizon, h.pruned_xid, h.pruned_id,
+SELECT h.horizon, h.pruned_xid, h.pruned_id, h.sync_lsn,
        e.order_xid, e.id, e.kind, e.user_id, e.clerk_user_id, e.payload, e.created_at
 FROM horizon h
 LEFT JOIN page e ON true
@@ -49,3 +60,12 @@ ORDER BY e.order_xid, e.id;
 -- before a time (see userd_prune_user_events).
 -- name: PruneUserEvents :one
 SELECT userd_prune_user_events(@before::timestamptz, @row_limit::int)::bigint AS pruned;
+
+-- SyncStandbyFlushed is how far (bytes from 0/0, -1: none) the most advanced
+-- synchronous standby has flushed WAL, and how many standbys this role may
+-- not see the state of (reading it takes pg_read_all_stats, e.g. through
+-- pg_monitor).
+-- name: SyncStandbyFlushed :one
+SELECT coalesce(max((flush_lsn - '0/0'::pg_lsn)::bigint) FILTER (WHERE sync_state IN ('sync', 'quorum')), -1)::bigint AS flushed,
+       count(*) FILTER (WHERE sync_state IS NULL)::bigint AS hidden
+FROM pg_catalog.pg_stat_get_wal_senders();

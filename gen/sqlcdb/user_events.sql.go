@@ -34,7 +34,9 @@ const readUserEvents = `-- name: ReadUserEvents :many
 
 WITH horizon AS (
     SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon,
-           p.order_xid AS pruned_xid, p.id AS pruned_id
+           p.order_xid AS pruned_xid, p.id AS pruned_id,
+           CASE WHEN current_setting('synchronous_standby_names') = '' THEN -1::bigint
+                ELSE (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint END AS sync_lsn
     FROM user_events_pruned p
 ), page AS (
     SELECT ue.id, ue.order_xid, ue.kind, ue.user_id, ue.clerk_user_id, ue.payload, ue.created_at FROM user_events ue
@@ -43,7 +45,7 @@ WITH horizon AS (
     ORDER BY ue.order_xid, ue.id
     LIMIT $3::int
 )
-SELECT h.horizon, h.pruned_xid, h.pruned_id,
+SELECT h.horizon, h.pruned_xid, h.pruned_id, h.sync_lsn,
        e.order_xid, e.id, e.kind, e.user_id, e.clerk_user_id, e.payload, e.created_at
 FROM horizon h
 LEFT JOIN page e ON true
@@ -60,6 +62,7 @@ type ReadUserEventsRow struct {
 	Horizon     int64
 	PrunedXid   int64
 	PrunedID    int64
+	SyncLsn     int64
 	OrderXid    *int64
 	ID          *int64
 	Kind        *string
@@ -78,6 +81,13 @@ type ReadUserEventsRow struct {
 // so a read can never miss events to a prune that ran between two queries.
 // The first row always exists; its event columns are NULL when there are
 // no events.
+//
+// sync_lsn is where the server's WAL ended when the snapshot was taken
+// (bytes from 0/0), -1 when synchronous_standby_names is empty: with
+// synchronous replication, the caller hands the page out only once a
+// synchronous standby has flushed that far (SyncStandbyFlushed), so that no
+// event, and no horizon, comes from a transaction a failover could lose
+// (internal/store/feed.go).
 func (q *Queries) ReadUserEvents(ctx context.Context, db DBTX, arg ReadUserEventsParams) ([]ReadUserEventsRow, error) {
 	rows, err := db.Query(ctx, readUserEvents, arg.AfterXid, arg.AfterID, arg.RowLimit)
 	if err != nil {
@@ -91,6 +101,7 @@ func (q *Queries) ReadUserEvents(ctx context.Context, db DBTX, arg ReadUserEvent
 			&i.Horizon,
 			&i.PrunedXid,
 			&i.PrunedID,
+			&i.SyncLsn,
 			&i.OrderXid,
 			&i.ID,
 			&i.Kind,
@@ -112,7 +123,9 @@ func (q *Queries) ReadUserEvents(ctx context.Context, db DBTX, arg ReadUserEvent
 const readUserEventsOfUser = `-- name: ReadUserEventsOfUser :many
 WITH horizon AS (
     SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon,
-           p.order_xid AS pruned_xid, p.id AS pruned_id
+           p.order_xid AS pruned_xid, p.id AS pruned_id,
+           CASE WHEN current_setting('synchronous_standby_names') = '' THEN -1::bigint
+                ELSE (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint END AS sync_lsn
     FROM user_events_pruned p
 ), page AS (
     SELECT ue.id, ue.order_xid, ue.kind, ue.user_id, ue.clerk_user_id, ue.payload, ue.created_at FROM user_events ue
@@ -122,7 +135,7 @@ WITH horizon AS (
     ORDER BY ue.order_xid, ue.id
     LIMIT $4::int
 )
-SELECT h.horizon, h.pruned_xid, h.pruned_id,
+SELECT h.horizon, h.pruned_xid, h.pruned_id, h.sync_lsn,
        e.order_xid, e.id, e.kind, e.user_id, e.clerk_user_id, e.payload, e.created_at
 FROM horizon h
 LEFT JOIN page e ON true
@@ -140,6 +153,7 @@ type ReadUserEventsOfUserRow struct {
 	Horizon     int64
 	PrunedXid   int64
 	PrunedID    int64
+	SyncLsn     int64
 	OrderXid    *int64
 	ID          *int64
 	Kind        *string
@@ -167,6 +181,7 @@ func (q *Queries) ReadUserEventsOfUser(ctx context.Context, db DBTX, arg ReadUse
 			&i.Horizon,
 			&i.PrunedXid,
 			&i.PrunedID,
+			&i.SyncLsn,
 			&i.OrderXid,
 			&i.ID,
 			&i.Kind,
@@ -183,4 +198,26 @@ func (q *Queries) ReadUserEventsOfUser(ctx context.Context, db DBTX, arg ReadUse
 		return nil, err
 	}
 	return items, nil
+}
+
+const syncStandbyFlushed = `-- name: SyncStandbyFlushed :one
+SELECT coalesce(max((flush_lsn - '0/0'::pg_lsn)::bigint) FILTER (WHERE sync_state IN ('sync', 'quorum')), -1)::bigint AS flushed,
+       count(*) FILTER (WHERE sync_state IS NULL)::bigint AS hidden
+FROM pg_catalog.pg_stat_get_wal_senders()
+`
+
+type SyncStandbyFlushedRow struct {
+	Flushed int64
+	Hidden  int64
+}
+
+// SyncStandbyFlushed is how far (bytes from 0/0, -1: none) the most advanced
+// synchronous standby has flushed WAL, and how many standbys this role may
+// not see the state of (reading it takes pg_read_all_stats, e.g. through
+// pg_monitor).
+func (q *Queries) SyncStandbyFlushed(ctx context.Context, db DBTX) (SyncStandbyFlushedRow, error) {
+	row := db.QueryRow(ctx, syncStandbyFlushed)
+	var i SyncStandbyFlushedRow
+	err := row.Scan(&i.Flushed, &i.Hidden)
+	return i, err
 }

@@ -16,7 +16,7 @@ import (
 
 // Database says how to reach PostgreSQL.
 type Database struct {
-	URL      string `name:"database-url" env:"DATABASE_URL" help:"PostgreSQL URL, e.g. postgres://user:pass@host:5432/userd?sslmode=disable. Empty: run an embedded PostgreSQL in USERD_DATA_DIR."`
+	URL      string `name:"database-url" env:"DATABASE_URL" help:"PostgreSQL URL, e.g. postgres://user:pass@host:5432/userd?sslmode=disable; for a failover formation, every node and the writable one: postgres://user:pass@a:5432,b:5432/userd?target_session_attrs=read-write (or host=a,b ...). Empty: run an embedded PostgreSQL in USERD_DATA_DIR."`
 	MaxConns int32  `name:"db-max-conns" env:"USERD_DB_MAX_CONNS" default:"16" help:"Maximum open database connections."`
 	DataDir  string `name:"data-dir" env:"USERD_DATA_DIR" help:"Directory of the embedded PostgreSQL (used when DATABASE_URL is empty). Default: /var/lib/userd for root, else ~/.local/share/userd."`
 	PGBinDir string `name:"pg-bin-dir" env:"USERD_PG_BIN_DIR" help:"Directory of the pg_ctl and initdb the embedded PostgreSQL uses. Default: found on the machine, else downloaded."`

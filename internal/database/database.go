@@ -9,11 +9,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/exaring/otelpgx"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/userd/userd/internal/config"
@@ -66,6 +70,7 @@ func Open(ctx context.Context, cfg config.Database, session store.SessionTimeout
 	}
 	pcfg.MaxConns = cfg.MaxConns
 	session.Apply(pcfg.ConnConfig)
+	store.ConfigureFailover(pcfg)
 	if telemetry.TracingEnabled() {
 		pcfg.ConnConfig.Tracer = otelpgx.NewTracer()
 	}
@@ -77,8 +82,8 @@ func Open(ctx context.Context, cfg config.Database, session store.SessionTimeout
 	defer cancel()
 	if err := db.Pool.Ping(pingCtx); err != nil {
 		db.Close()
-		return nil, fmt.Errorf("connect to database %s@%s:%d/%s: %w",
-			pcfg.ConnConfig.User, pcfg.ConnConfig.Host, pcfg.ConnConfig.Port, pcfg.ConnConfig.Database, err)
+		return nil, fmt.Errorf("connect to database %s@%s/%s: %w",
+			pcfg.ConnConfig.User, hosts(pcfg.ConnConfig), pcfg.ConnConfig.Database, err)
 	}
 	return db, nil
 }
@@ -113,4 +118,16 @@ func (db *DB) Close() {
 			db.log.Info("embedded PostgreSQL stopped")
 		}
 	}
+}
+
+// hosts lists every host:port a connection config tries, in order (a
+// multi-host DATABASE_URL has fallbacks after the first).
+func hosts(c *pgx.ConnConfig) string {
+	list := []string{net.JoinHostPort(c.Host, strconv.Itoa(int(c.Port)))}
+	for _, f := range c.Fallbacks {
+		if hp := net.JoinHostPort(f.Host, strconv.Itoa(int(f.Port))); hp != list[len(list)-1] {
+			list = append(list, hp)
+		}
+	}
+	return strings.Join(list, ",")
 }

@@ -15,16 +15,37 @@ import (
 	"github.com/userd/userd/internal/users"
 )
 
-// Constraint names the domain cares about (see db/schema.sql).
+// Constraint names the domain cares about (see db/migrations).
 const (
 	constraintEmailLive      = "users_email_live_key"
 	constraintTransactionKey = "credit_transactions_user_key"
 	constraintPlanChangeKey  = "plan_changes_user_key"
+	// transaction_timeout (PostgreSQL 17), which pgerrcode does not know yet.
+	sqlstateTransactionTimeout = "25P04"
 )
 
-// sqlstateTransactionTimeout is transaction_timeout's SQLSTATE (PostgreSQL
-// 17), which pgerrcode does not list yet.
-const sqlstateTransactionTimeout = "25P04"
+// unavailableCode reports the SQLSTATEs that mean "this database could not
+// do it now, the same call may work in a moment" (UNAVAILABLE, retried by
+// the caller with the same idempotency key):
+//   - connection exceptions (class 08), insufficient resources (53),
+//     operator intervention (57: query_canceled from statement_timeout,
+//     admin_shutdown and crash_shutdown of a primary going down in a
+//     failover, cannot_connect_now while it starts);
+//   - the session timeouts (SessionTimeouts): the database was too slow
+//     this time;
+//   - read_only_sql_transaction: the connection is to a server that became
+//     a standby (a demoted primary after a failover or switchover);
+//     OnPgError closes such a connection, so the retry reaches the new
+//     primary (see failover.go).
+func unavailableCode(code string) bool {
+	switch code {
+	case pgerrcode.LockNotAvailable, pgerrcode.IdleInTransactionSessionTimeout, sqlstateTransactionTimeout,
+		pgerrcode.ReadOnlySQLTransaction:
+		return true
+	}
+	return pgerrcode.IsConnectionException(code) || pgerrcode.IsInsufficientResources(code) ||
+		pgerrcode.IsOperatorIntervention(code)
+}
 
 // translate maps a pgx error to the domain's vocabulary: missing rows and
 // known unique violations become users' sentinel errors; failures to reach
@@ -45,17 +66,7 @@ func translate(err error) error {
 		case pgErr.Code == pgerrcode.UniqueViolation &&
 			(pgErr.ConstraintName == constraintTransactionKey || pgErr.ConstraintName == constraintPlanChangeKey):
 			return users.ErrIdempotencyKeyInUse
-		case retryable(err),
-			// The session timeouts (SessionTimeouts) end a call with these;
-			// each means "the database was too slow this time", so: retry.
-			pgErr.Code == pgerrcode.LockNotAvailable,
-			pgErr.Code == pgerrcode.IdleInTransactionSessionTimeout,
-			pgErr.Code == sqlstateTransactionTimeout,
-			pgerrcode.IsConnectionException(pgErr.Code),
-			pgerrcode.IsInsufficientResources(pgErr.Code),
-			// query_canceled (statement_timeout), admin or crash shutdown,
-			// cannot connect now.
-			pgerrcode.IsOperatorIntervention(pgErr.Code):
+		case retryable(err), unavailableCode(pgErr.Code):
 			return apperr.Unavailable(err)
 		}
 		return err
@@ -65,7 +76,7 @@ func translate(err error) error {
 		return apperr.Canceled(err)
 	case errors.Is(err, context.DeadlineExceeded), pgconn.Timeout(err):
 		return apperr.Unavailable(err)
-	case unreachable(err):
+	case unreachable(err), errors.Is(err, errNotPrimary):
 		return apperr.Unavailable(err)
 	}
 	return err

@@ -21,6 +21,14 @@ func TestTimeoutSQLSTATEsAreUnavailable(t *testing.T) {
 		pgerrcode.IdleInTransactionSessionTimeout: apperr.KindUnavailable,
 		"25P04":                  apperr.KindUnavailable, // transaction_timeout (PostgreSQL 17; not in pgerrcode)
 		pgerrcode.UndefinedTable: apperr.KindInternal,    // a bug, not a timeout
+		// A failover: the connection is to a server that became a standby,
+		// or that is shutting down or starting.
+		pgerrcode.ReadOnlySQLTransaction: apperr.KindUnavailable,
+		pgerrcode.AdminShutdown:          apperr.KindUnavailable,
+		pgerrcode.CrashShutdown:          apperr.KindUnavailable,
+		pgerrcode.CannotConnectNow:       apperr.KindUnavailable,
+		pgerrcode.ConnectionFailure:      apperr.KindUnavailable,
+		pgerrcode.CheckViolation:         apperr.KindInternal, // a bug, not a failover
 	} {
 		err := translate(fmt.Errorf("query: %w", &pgconn.PgError{Code: code}))
 		if got := apperr.KindOf(err); got != want {

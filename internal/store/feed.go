@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/userd/userd/gen/sqlcdb"
+	"github.com/userd/userd/internal/apperr"
 	"github.com/userd/userd/internal/feed"
 	"github.com/userd/userd/internal/users"
 )
@@ -40,6 +41,11 @@ func (s *Store) ReadUserEvents(ctx context.Context, after feed.Position, clerkUs
 	if len(rows) == 0 {
 		return feed.Page{}, fmt.Errorf("read user events: no horizon row")
 	}
+	if lsn := rows[0].SyncLsn; lsn >= 0 {
+		if err := s.waitSyncStandby(ctx, lsn); err != nil {
+			return feed.Page{}, err
+		}
+	}
 	page := feed.Page{
 		Horizon: rows[0].Horizon,
 		Pruned:  feed.Position{Xid: rows[0].PrunedXid, ID: rows[0].PrunedID},
@@ -54,6 +60,62 @@ func (s *Store) ReadUserEvents(ctx context.Context, after feed.Position, clerkUs
 		}
 	}
 	return page, nil
+}
+
+// Waiting for a synchronous standby: polled with a growing pause, for at
+// most syncStandbyWait. A connected synchronous standby is there already
+// (commits waited for it) or within the WAL writer's delay (200 ms by
+// default, for the abort records that nothing waits for).
+const (
+	syncStandbyWait          = 5 * time.Second
+	syncStandbyPollMin       = 2 * time.Millisecond
+	syncStandbyPollMax       = 50 * time.Millisecond
+	syncStandbyPrivilegeHint = "grant pg_monitor (or pg_read_all_stats) to userd's database role"
+)
+
+// waitSyncStandby returns once a synchronous standby has flushed the WAL up
+// to lsn: what a page of the feed read at lsn shows is then on the standby,
+// so a failover to it (pg_auto_failover and Patroni promote only a
+// synchronous standby that is caught up) keeps every event handed out, and
+// its xid sequence continues past every cursor handed out.
+//
+// Why it is needed although commits wait for the standby: a commit is
+// invisible to other sessions while it waits, but it becomes visible
+// without the standby when its wait is cancelled (pg_cancel_backend,
+// pg_terminate_backend: "the transaction has already committed locally,
+// but might not have been replicated"), and rollbacks never wait — yet the
+// xmin horizon that cursors advance to moves past a rolled-back
+// transaction at once. A new primary that never saw that transaction's
+// WAL gives its xid to a new transaction, whose events a cursor already
+// past it would skip.
+func (s *Store) waitSyncStandby(ctx context.Context, lsn int64) error {
+	deadline := time.Now().Add(syncStandbyWait)
+	pause := syncStandbyPollMin
+	for {
+		st, err := s.q.SyncStandbyFlushed(ctx, s.db)
+		if err != nil {
+			return translate(fmt.Errorf("read user events: synchronous standby position: %w", err))
+		}
+		if st.Flushed >= lsn {
+			return nil
+		}
+		if st.Flushed < 0 && st.Hidden > 0 {
+			return fmt.Errorf("read user events: synchronous_standby_names is set but this role may not read "+
+				"pg_stat_replication's positions (%s)", syncStandbyPrivilegeHint)
+		}
+		if time.Now().After(deadline) {
+			return apperr.Unavailable(fmt.Errorf("read user events: no synchronous standby has confirmed "+
+				"the WAL up to the feed's read position within %s", syncStandbyWait))
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return translate(ctx.Err())
+		case <-t.C:
+		}
+		pause = min(2*pause, syncStandbyPollMax)
+	}
 }
 
 // PruneUserEvents implements feed.Store.
