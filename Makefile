@@ -184,11 +184,11 @@ $(BIN)/userd-baseline-%:
 .PHONY: bench
 bench: build ## Measure userd (and BASELINE=<commit>) against pgbench on the best SQL; writes BENCHMARKS.md (ARGS=-rounds 1 -d 2s for a quick look).
 	$(if $(BASELINE),@$(MAKE) --no-print-directory $(BASELINE_BIN))
-	$(GO) run ./cmd/userd-bench -userd $(BIN)/userd $(if $(BASELINE),-baseline $(BASELINE_BIN) -baseline-name 'previous ($(BASELINE_COMMIT))') $(ARGS)
+	$(GO) run ./cmd/userd-bench crud -userd $(BIN)/userd $(if $(BASELINE),-baseline $(BASELINE_BIN) -baseline-name 'previous ($(BASELINE_COMMIT))') $(ARGS)
 
 .PHONY: bench-feed
 bench-feed: build ## Measure the change feed: commit-to-consumer latency, the outbox's cost on writes (pgbench), idle consumers; writes its BENCHMARKS.md section.
-	$(GO) run ./cmd/userd-feedbench -userd $(BIN)/userd $(ARGS)
+	$(GO) run ./cmd/userd-bench feed -userd $(BIN)/userd $(ARGS)
 
 .PHONY: bench-go
 bench-go: ## Go benchmarks of the hot paths (token verification, webhook verification and parsing, the interceptor chain, store operations).

@@ -1,4 +1,4 @@
-// Command userd-bench measures userd against honest ceilings: it starts the
+// Package crud is `userd-bench crud` (make bench): it measures userd against honest ceilings: it starts the
 // userd binary on a fresh database, seeds users, drives gRPC, REST and
 // webhook load, runs pgbench at the same concurrency on the best SQL a
 // hand-tuned implementation would send for each operation (db/ceilings),
@@ -6,8 +6,8 @@
 // userd's CPU per call and peak RSS, with each operation's ratio to its
 // ceiling. With -baseline it measures a second, previous userd binary in
 // the same run, on a database of its own, and shows its figures beside the
-// new ones. Run it with `make bench`.
-package main
+// new ones.
+package crud
 
 import (
 	"context"
@@ -29,27 +29,30 @@ import (
 // notesMarker starts the part of BENCHMARKS.md a run keeps.
 const notesMarker = "<!-- notes: kept by make bench -->"
 
+// flags are the subcommand's; Main parses them.
+var flags = flag.NewFlagSet("userd-bench crud", flag.ExitOnError)
+
 var (
-	binPath      = flag.String("userd", "bin/userd", "userd binary to measure")
-	baselinePath = flag.String("baseline", "", "a previous userd binary to measure in the same run, beside -userd (`make bench` builds one from BASELINE=<commit>)")
-	baselineName = flag.String("baseline-name", "", "what the report calls -baseline (default: its file name)")
-	serverURL    = flag.String("server", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable", "PostgreSQL server to create the bench databases on (embedded when unreachable)")
-	concurrency  = flag.Int("c", 32, "concurrent clients (and pgbench clients)")
-	duration     = flag.Duration("d", 5*time.Second, "measured time per scenario")
-	warmup       = flag.Duration("warmup", time.Second, "unmeasured time before each scenario")
-	rounds       = flag.Int("rounds", 3, "rounds; the table shows medians")
-	nUsers       = flag.Int("users", 1000, "seeded users")
-	out          = flag.String("out", "BENCHMARKS.md", "where to write the report (empty: nowhere)")
-	only         = flag.String("run", "", "if set, run only the scenarios whose names match this regular expression (and their ceilings)")
-	pprofDir     = flag.String("pprof", "", "if set, save a CPU profile (<scenario>.pprof) and the allocations (<scenario>.allocs.pprof) of userd for each scenario of the first round here (the baseline's in a subdirectory)")
+	binPath      = flags.String("userd", "bin/userd", "userd binary to measure")
+	baselinePath = flags.String("baseline", "", "a previous userd binary to measure in the same run, beside -userd (`make bench` builds one from BASELINE=<commit>)")
+	baselineName = flags.String("baseline-name", "", "what the report calls -baseline (default: its file name)")
+	serverURL    = flags.String("server", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable", "PostgreSQL server to create the bench databases on (embedded when unreachable)")
+	concurrency  = flags.Int("c", 32, "concurrent clients (and pgbench clients)")
+	duration     = flags.Duration("d", 5*time.Second, "measured time per scenario")
+	warmup       = flags.Duration("warmup", time.Second, "unmeasured time before each scenario")
+	rounds       = flags.Int("rounds", 3, "rounds; the table shows medians")
+	nUsers       = flags.Int("users", 1000, "seeded users")
+	out          = flags.String("out", "BENCHMARKS.md", "where to write the report (empty: nowhere)")
+	only         = flags.String("run", "", "if set, run only the scenarios whose names match this regular expression (and their ceilings)")
+	pprofDir     = flags.String("pprof", "", "if set, save a CPU profile (<scenario>.pprof) and the allocations (<scenario>.allocs.pprof) of userd for each scenario of the first round here (the baseline's in a subdirectory)")
 )
 
-func main() {
-	flag.Parse()
-	log.SetFlags(0)
-	if err := run(context.Background()); err != nil {
-		log.Fatalf("userd-bench: %v", err)
+// Main runs `userd-bench crud` with its arguments.
+func Main(ctx context.Context, args []string) error {
+	if err := flags.Parse(args); err != nil {
+		return err
 	}
+	return run(ctx)
 }
 
 // run sets up the targets and the ceilings, measures them round by round
