@@ -168,6 +168,16 @@ migrate: build createdb ## Apply pending migrations to DATABASE_URL (ARGS=down|s
 test: ## Run every test with the race detector (TEST_DATABASE_URL, the local server, or an embedded one).
 	$(GO) test -race -count=1 ./...
 
+# The fast tier skips (testing.Short) what `make test` alone runs: the
+# end-to-end tests of the userd binary, the image, the TypeScript client,
+# embedded PostgreSQL servers, load, failure and stress tests; property
+# and race tests run fewer rounds. Without -race: the full suite has it.
+# -parallel 4: the tests mostly wait for PostgreSQL, two at a time (one per
+# core) leave it idle; four keep well below its max_connections=100.
+.PHONY: test-fast
+test-fast: ## The edit-test loop: unit, domain and store tests in about a minute (go test -short); `make test` runs everything.
+	$(GO) test -short -parallel 4 ./...
+
 # `make bench` measures the binary of this commit (or tree) and, in the same
 # run, the previous design built from BASELINE: the last commit before
 # issue 10's write path. BASELINE= (empty) measures this one only.

@@ -288,6 +288,9 @@ func (o *countingObserver) FeedWatcherFellBehind() { o.fellBehind.Add(1) }
 // them from the database, in order, each once. Not parallel: it measures
 // the heap.
 func TestSlowWatcherKeepsMemoryBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("pushes tens of megabytes through the hub: not in -short (make test-fast)")
+	}
 	b := setup(t)
 	ensure(t, b, "user_a")
 	settle(t, b)

@@ -26,6 +26,9 @@ import (
 // database's return userd serves again by itself, and every acknowledged
 // write is in the ledger.
 func TestOutageUnderLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a failure test under load: not in -short (make test-fast)")
+	}
 	t.Parallel()
 	in, proxy := apptest.StartBehindProxy(t, nil)
 	ctx := context.Background()
