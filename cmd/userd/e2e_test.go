@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -95,16 +96,20 @@ func startUserd(t *testing.T, bin, databaseURL, dataDir string, ep endpoints, en
 // launchUserd runs the binary without waiting for it.
 func launchUserd(t *testing.T, bin, databaseURL, dataDir string, ep endpoints, env ...string) *userdProcess {
 	t.Helper()
-	p, err := userdproc.Launch(userdproc.Config{Bin: bin, Addrs: ep, Env: append([]string{
+	cmd := exec.Command(bin, "serve")
+	cmd.Env = userdEnv(databaseURL, dataDir, ep, env...)
+	return runProcess(t, cmd, ep)
+}
+
+// userdEnv is the environment of a userd serving on ep; env entries
+// (KEY=value) override the defaults.
+func userdEnv(databaseURL, dataDir string, ep endpoints, env ...string) []string {
+	return slices.Concat(os.Environ(), ep.Env(), []string{
 		"DATABASE_URL=" + databaseURL,
 		"USERD_DATA_DIR=" + dataDir,
 		"USERD_SERVICE_TOKENS=e2e=" + e2eToken, "CLERK_WEBHOOK_SECRET=" + e2eWebhookSecret,
 		"USERD_LOG_FORMAT=json", "USERD_SHUTDOWN_GRACE=5s",
-	}, env...)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return track(t, p)
+	}, env)
 }
 
 // runProcess starts cmd, a userd serving on ep, without waiting for it.

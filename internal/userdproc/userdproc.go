@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -38,6 +39,11 @@ func Build(ctx context.Context, pkgDir, dir, version string) (string, error) {
 
 // Addrs are the four listeners of userd serve; "off" turns one off.
 type Addrs struct{ GRPC, HTTP, Webhook, Ops string }
+
+// Env is the listeners' settings, as environment entries (KEY=value).
+func (a Addrs) Env() []string {
+	return []string{"USERD_GRPC_ADDR=" + a.GRPC, "USERD_HTTP_ADDR=" + a.HTTP, "USERD_WEBHOOK_ADDR=" + a.Webhook, "USERD_OPS_ADDR=" + a.Ops}
+}
 
 // FreeAddrs returns four distinct loopback addresses whose ports were free
 // just now.
@@ -125,10 +131,7 @@ func Launch(cfg Config) (*Process, error) {
 		args = []string{"serve"}
 	}
 	cmd := exec.Command(cfg.Bin, args...)
-	cmd.Env = append(os.Environ(),
-		"USERD_GRPC_ADDR="+cfg.Addrs.GRPC, "USERD_HTTP_ADDR="+cfg.Addrs.HTTP,
-		"USERD_WEBHOOK_ADDR="+cfg.Addrs.Webhook, "USERD_OPS_ADDR="+cfg.Addrs.Ops)
-	cmd.Env = append(cmd.Env, cfg.Env...)
+	cmd.Env = slices.Concat(os.Environ(), cfg.Addrs.Env(), cfg.Env)
 	cmd.Stdout, cmd.Stderr = cfg.Stdout, cfg.Stderr
 	return Run(cmd, cfg.Addrs)
 }
