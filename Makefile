@@ -188,6 +188,16 @@ migrate: build createdb ## Apply pending migrations to DATABASE_URL (ARGS=down|s
 test: ## Run every test with the race detector (TEST_DATABASE_URL, the local server, or an embedded one).
 	$(GO) test -race -count=1 ./...
 
+# The fast tier skips (testing.Short) what `make test` alone runs: the
+# end-to-end tests of the userd binary, the image, the TypeScript client,
+# embedded PostgreSQL servers, load, failure and stress tests; property
+# and race tests run fewer rounds. Without -race: the full suite has it.
+# -parallel 4: the tests mostly wait for PostgreSQL, two at a time (one per
+# core) leave it idle; four keep well below its max_connections=100.
+.PHONY: test-fast
+test-fast: ## The edit-test loop: unit, domain and store tests in about a minute (go test -short); `make test` runs everything.
+	$(GO) test -short -parallel 4 ./...
+
 # `make ha-test`: userd against a real pg_auto_failover formation on this
 # machine (a monitor, a primary and a synchronous standby on 127.0.0.1,
 # ports 26101-26142), two replicas, the bank workload and a change-feed
@@ -215,11 +225,11 @@ $(BIN)/userd-baseline-%:
 .PHONY: bench
 bench: build ## Measure userd (and BASELINE=<commit>) against pgbench on the best SQL; writes BENCHMARKS.md (ARGS=-rounds 1 -d 2s for a quick look).
 	$(if $(BASELINE),@$(MAKE) --no-print-directory $(BASELINE_BIN))
-	$(GO) run ./cmd/userd-bench -userd $(BIN)/userd $(if $(BASELINE),-baseline $(BASELINE_BIN) -baseline-name 'previous ($(BASELINE_COMMIT))') $(ARGS)
+	$(GO) run ./cmd/userd-bench crud -userd $(BIN)/userd $(if $(BASELINE),-baseline $(BASELINE_BIN) -baseline-name 'previous ($(BASELINE_COMMIT))') $(ARGS)
 
 .PHONY: bench-feed
 bench-feed: build ## Measure the change feed: commit-to-consumer latency, the outbox's cost on writes (pgbench), idle consumers; writes its BENCHMARKS.md section.
-	$(GO) run ./cmd/userd-feedbench -userd $(BIN)/userd $(ARGS)
+	$(GO) run ./cmd/userd-bench feed -userd $(BIN)/userd $(ARGS)
 
 .PHONY: bench-go
 bench-go: ## Go benchmarks of the hot paths (token verification, webhook verification and parsing, the interceptor chain, store operations).

@@ -19,6 +19,7 @@ import (
 	"github.com/userd/userd/internal/clerkhook"
 	"github.com/userd/userd/internal/clerktest"
 	"github.com/userd/userd/internal/config"
+	"github.com/userd/userd/internal/testwait"
 	"github.com/userd/userd/userdclient"
 )
 
@@ -179,17 +180,13 @@ func TestRetriesReuseTheKey(t *testing.T) {
 	restored := make(chan struct{})
 	go func() {
 		defer close(restored)
-		// Until a first attempt has failed, then a little longer.
-		for {
+		// Until two attempts have failed: the client retried during
+		// the outage.
+		testwait.For(time.Minute, func() bool {
 			seen.mu.Lock()
-			n := len(seen.codes)
-			seen.mu.Unlock()
-			if n > 0 {
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		time.Sleep(300 * time.Millisecond)
+			defer seen.mu.Unlock()
+			return len(seen.codes) >= 2
+		})
 		proxy.Restore()
 	}()
 	req := &userdv1.DeductCreditsRequest{ClerkUserId: "user_rt", Amount: 3}

@@ -24,6 +24,9 @@ import (
 // database) and started again on the same address: Watch reconnects by
 // itself and resumes from its cursor.
 func TestWatchFollowsARestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("restarts userd: not in -short (make test-fast)")
+	}
 	t.Parallel()
 	url := testdb.URL(t)
 	var addr string

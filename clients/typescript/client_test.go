@@ -21,6 +21,9 @@ import (
 )
 
 func TestTypeScriptClient(t *testing.T) {
+	if testing.Short() {
+		t.Skip("npm ci and the TypeScript compiler take tens of seconds: not in -short (make test-fast)")
+	}
 	t.Parallel()
 	npm, err := exec.LookPath("npm")
 	if err != nil {

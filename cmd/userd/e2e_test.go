@@ -1,15 +1,14 @@
 package main
 
 import (
-	"bytes"
 	"context"
+	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,64 +22,65 @@ import (
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
 	"github.com/userd/userd/internal/pgembed"
+	"github.com/userd/userd/internal/userdproc"
 )
 
 const e2eToken = "e2e-service-token-0123456789abcdef"
 
-// buildUserd compiles the binary under test with a stamped version.
+// userdBin is where buildUserd builds the binary under test, once per
+// run of this package's tests (TestMain removes it).
+var userdBin struct {
+	dir  string
+	once sync.Once
+	path string
+	err  error
+}
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "userd-e2e-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	userdBin.dir = dir
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// buildUserd returns the binary under test, with a stamped version, built
+// on the first call of the run: every end-to-end test runs the same one.
+// End-to-end tests are the slow tier: -short (make test-fast) skips them.
 func buildUserd(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "userd")
-	out, err := exec.Command("go", "build", "-ldflags", "-X main.version=v0.0.0-e2e", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	if testing.Short() {
+		t.Skip("end-to-end test of the userd binary: not in -short (make test-fast)")
 	}
-	return bin
-}
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	userdBin.once.Do(func() {
+		userdBin.path, userdBin.err = userdproc.Build(context.Background(), ".", userdBin.dir, "v0.0.0-e2e")
+	})
+	if userdBin.err != nil {
+		t.Fatal(userdBin.err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return userdBin.path
 }
 
-// syncBuffer collects a process's output safely.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
+// userdProcess is a userd the test started; it is killed when the test
+// ends if it still runs.
 type userdProcess struct {
-	cmd  *exec.Cmd
-	ep   endpoints
-	logs *syncBuffer
-	// exited is closed once the process has exited; err is then its
-	// exit status.
-	exited chan struct{}
-	err    error
+	*userdproc.Process
+	ep endpoints
 }
 
-type endpoints struct{ grpc, http, webhook, ops string }
+type endpoints = userdproc.Addrs
 
 func newEndpoints(t *testing.T) endpoints {
 	t.Helper()
-	return endpoints{freePort(t), freePort(t), freePort(t), freePort(t)}
+	ep, err := userdproc.FreeAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ep
 }
 
 // startUserd runs the binary and waits until it is ready. databaseURL ""
@@ -93,71 +93,54 @@ func startUserd(t *testing.T, bin, databaseURL, dataDir string, ep endpoints, en
 	return p
 }
 
-// launchUserd runs the binary without waiting for it; it is killed when
-// the test ends if it still runs.
+// launchUserd runs the binary without waiting for it.
 func launchUserd(t *testing.T, bin, databaseURL, dataDir string, ep endpoints, env ...string) *userdProcess {
 	t.Helper()
 	cmd := exec.Command(bin, "serve")
-	cmd.Env = append(os.Environ(),
-		"DATABASE_URL="+databaseURL,
-		"USERD_DATA_DIR="+dataDir,
-		"USERD_GRPC_ADDR="+ep.grpc, "USERD_HTTP_ADDR="+ep.http,
-		"USERD_WEBHOOK_ADDR="+ep.webhook, "USERD_OPS_ADDR="+ep.ops,
-		"USERD_SERVICE_TOKENS=e2e="+e2eToken, "CLERK_WEBHOOK_SECRET="+e2eWebhookSecret,
-		"USERD_LOG_FORMAT=json", "USERD_SHUTDOWN_GRACE=5s",
-	)
-	cmd.Env = append(cmd.Env, env...)
+	cmd.Env = userdEnv(databaseURL, dataDir, ep, env...)
 	return runProcess(t, cmd, ep)
 }
 
-// runProcess starts cmd, a userd serving on ep, without waiting for it; it
-// is killed when the test ends if it still runs.
+// userdEnv is the environment of a userd serving on ep; env entries
+// (KEY=value) override the defaults.
+func userdEnv(databaseURL, dataDir string, ep endpoints, env ...string) []string {
+	return slices.Concat(os.Environ(), ep.Env(), []string{
+		"DATABASE_URL=" + databaseURL,
+		"USERD_DATA_DIR=" + dataDir,
+		"USERD_SERVICE_TOKENS=e2e=" + e2eToken, "CLERK_WEBHOOK_SECRET=" + e2eWebhookSecret,
+		"USERD_LOG_FORMAT=json", "USERD_SHUTDOWN_GRACE=5s",
+	}, env)
+}
+
+// runProcess starts cmd, a userd serving on ep, without waiting for it.
 func runProcess(t *testing.T, cmd *exec.Cmd, ep endpoints) *userdProcess {
 	t.Helper()
-	p := &userdProcess{cmd: cmd, ep: ep, logs: &syncBuffer{}, exited: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = p.logs, p.logs
-	if err := cmd.Start(); err != nil {
+	p, err := userdproc.Run(cmd, ep)
+	if err != nil {
 		t.Fatal(err)
 	}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.exited)
-	}()
+	return track(t, p)
+}
+
+func track(t *testing.T, p *userdproc.Process) *userdProcess {
 	t.Cleanup(func() {
 		select {
-		case <-p.exited:
+		case <-p.Exited():
 		default:
-			_ = cmd.Process.Kill()
-			<-p.exited
+			p.Kill()
 		}
 	})
-	return p
+	return &userdProcess{Process: p, ep: p.Addrs}
 }
 
 // isReady reports whether /readyz answers 200.
-func (p *userdProcess) isReady() bool {
-	resp, err := http.Get("http://" + p.ep.ops + "/readyz")
-	if err != nil {
-		return false
-	}
-	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
-}
+func (p *userdProcess) isReady() bool { return p.Ready() }
 
 // waitReady waits until /readyz answers 200.
 func (p *userdProcess) waitReady(t *testing.T) {
 	t.Helper()
-	deadline := time.Now().Add(90 * time.Second)
-	for !p.isReady() {
-		select {
-		case <-p.exited:
-			t.Fatalf("userd exited before it was ready: %v\n%s", p.err, p.logs)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("userd not ready after 90s:\n%s", p.logs)
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := p.WaitReady(context.Background(), 90*time.Second); err != nil {
+		t.Fatalf("%v\n%s", err, p.Logs())
 	}
 }
 
@@ -165,32 +148,24 @@ func (p *userdProcess) waitReady(t *testing.T) {
 // status.
 func (p *userdProcess) wait(t *testing.T, timeout time.Duration) error {
 	t.Helper()
-	select {
-	case <-p.exited:
-		return p.err
-	case <-time.After(timeout):
-		t.Fatalf("userd still running after %s:\n%s", timeout, p.logs)
-		return nil
+	err := p.Wait(timeout)
+	if errors.Is(err, userdproc.ErrStillRunning) {
+		t.Fatalf("%v:\n%s", err, p.Logs())
 	}
+	return err
 }
 
 // kill ends the process with SIGKILL, as a crash would.
 func (p *userdProcess) kill(t *testing.T) {
 	t.Helper()
-	if err := p.cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	<-p.exited
+	p.Kill()
 }
 
 // stop signals userd and waits for a clean exit.
 func (p *userdProcess) stop(t *testing.T, sig syscall.Signal) {
 	t.Helper()
-	if err := p.cmd.Process.Signal(sig); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.wait(t, 30*time.Second); err != nil {
-		t.Fatalf("userd exited with %v after %v:\n%s", err, sig, p.logs)
+	if err := p.Stop(sig, 30*time.Second); err != nil {
+		t.Fatalf("userd exited with %v after %v:\n%s", err, sig, p.Logs())
 	}
 }
 
@@ -257,9 +232,9 @@ func TestEmbeddedDatabaseEndToEnd(t *testing.T) {
 	})
 
 	first := startUserd(t, bin, "", dataDir, ep)
-	c, ctx := client(t, ep.grpc)
+	c, ctx := client(t, ep.GRPC)
 	if _, err := c.EnsureUser(ctx, &userdv1.EnsureUserRequest{ClerkUserId: "user_embedded", Email: "e@example.com"}); err != nil {
-		t.Fatalf("EnsureUser: %v\n%s", err, first.logs)
+		t.Fatalf("EnsureUser: %v\n%s", err, first.Logs())
 	}
 	if _, err := c.DeductCredits(ctx, &userdv1.DeductCreditsRequest{ClerkUserId: "user_embedded", Amount: 4, IdempotencyKey: "k"}); err != nil {
 		t.Fatal(err)
@@ -288,18 +263,18 @@ func TestEmbeddedDatabaseEndToEnd(t *testing.T) {
 		want string
 	}{
 		{ep, "address already in use"},
-		{newEndpoints(t), fmt.Sprintf("is used by another userd (pid %d)", first.cmd.Process.Pid)},
+		{newEndpoints(t), fmt.Sprintf("is used by another userd (pid %d)", first.Pid())},
 	} {
 		rival := launchUserd(t, bin, "", dataDir, rivalCase.ep)
 		if err := rival.wait(t, 30*time.Second); err == nil {
-			t.Errorf("a second userd on the data directory in use exited 0:\n%s", rival.logs)
+			t.Errorf("a second userd on the data directory in use exited 0:\n%s", rival.Logs())
 		}
-		if !strings.Contains(rival.logs.String(), rivalCase.want) {
-			t.Errorf("the second userd's output lacks %q:\n%s", rivalCase.want, rival.logs)
+		if !strings.Contains(rival.Logs(), rivalCase.want) {
+			t.Errorf("the second userd's output lacks %q:\n%s", rivalCase.want, rival.Logs())
 		}
 	}
 	if !first.isReady() {
-		t.Errorf("the first userd is not ready after the second one's attempt:\n%s", first.logs)
+		t.Errorf("the first userd is not ready after the second one's attempt:\n%s", first.Logs())
 	}
 	if _, err := c.GetUser(ctx, &userdv1.GetUserRequest{Lookup: &userdv1.GetUserRequest_ClerkUserId{ClerkUserId: "user_embedded"}}); err != nil {
 		t.Errorf("the first userd does not serve after the second one's attempt: %v", err)
@@ -311,7 +286,7 @@ func TestEmbeddedDatabaseEndToEnd(t *testing.T) {
 	if pids := postgresFor(t, dataDir); len(pids) != 0 {
 		t.Errorf("postgres processes %v left after SIGTERM", pids)
 	}
-	if strings.Contains(first.logs.String(), e2eToken) {
+	if strings.Contains(first.Logs(), e2eToken) {
 		t.Error("the logs contain the service token")
 	}
 
@@ -329,10 +304,10 @@ func TestEmbeddedDatabaseEndToEnd(t *testing.T) {
 
 	third := startUserd(t, bin, "", dataDir, ep)
 	if _, err := c.GetUser(ctx, &userdv1.GetUserRequest{Lookup: &userdv1.GetUserRequest_ClerkUserId{ClerkUserId: "user_embedded"}}); err != nil {
-		t.Fatalf("after a crash and restart: %v\n%s", err, third.logs)
+		t.Fatalf("after a crash and restart: %v\n%s", err, third.Logs())
 	}
-	if orphaned && !strings.Contains(third.logs.String(), "adopted the embedded PostgreSQL left running") {
-		t.Errorf("the restart after the crash does not say it adopted the orphaned PostgreSQL:\n%s", third.logs)
+	if orphaned && !strings.Contains(third.Logs(), "adopted the embedded PostgreSQL left running") {
+		t.Errorf("the restart after the crash does not say it adopted the orphaned PostgreSQL:\n%s", third.Logs())
 	}
 	third.stop(t, syscall.SIGINT)
 	if pids := postgresFor(t, dataDir); len(pids) != 0 {

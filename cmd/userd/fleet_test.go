@@ -30,6 +30,7 @@ import (
 	"github.com/userd/userd/internal/migrate"
 	"github.com/userd/userd/internal/store"
 	"github.com/userd/userd/internal/testdb"
+	"github.com/userd/userd/internal/testwait"
 )
 
 // Each replica keeps few database connections: the suite shares one
@@ -99,14 +100,14 @@ func TestReplicasStartTogether(t *testing.T) {
 		var appliers []int
 		for i, p := range procs {
 			p.waitReady(t)
-			n := appliedAtStart(t, p.logs.String())
+			n := appliedAtStart(t, p.Logs())
 			switch {
 			case n < 0:
-				t.Errorf("%s: replica %d logged no \"database schema ready\":\n%s", what, i, p.logs)
+				t.Errorf("%s: replica %d logged no \"database schema ready\":\n%s", what, i, p.Logs())
 			case n > 0:
 				appliers = append(appliers, n)
 			}
-			c, ctx := client(t, p.ep.grpc)
+			c, ctx := client(t, p.ep.GRPC)
 			if _, err := c.EnsureUser(ctx, &userdv1.EnsureUserRequest{ClerkUserId: fmt.Sprintf("user_together%d", i)}); err != nil {
 				t.Errorf("%s: replica %d: EnsureUser: %v", what, i, err)
 			}
@@ -193,7 +194,10 @@ func (f *fleetClient) call(do func(context.Context, userdv1.UserServiceClient) e
 			return err
 		}
 		if attempt%uint64(len(f.clients)) == uint64(len(f.clients))-1 {
-			time.Sleep(50 * time.Millisecond) // every replica refused: let one come back
+			// Every replica refused: back off before the next round, as a
+			// client would (a retry policy under test, not a wait for a
+			// condition).
+			time.Sleep(50 * time.Millisecond)
 		}
 	}
 	return err
@@ -255,7 +259,7 @@ func TestFleetRollingRestart(t *testing.T) {
 	addrs := make([]string, 3)
 	for i := range replicas {
 		eps[i] = newEndpoints(t)
-		addrs[i] = eps[i].grpc
+		addrs[i] = eps[i].GRPC
 		replicas[i] = launchUserd(t, bin, url, t.TempDir(), eps[i], replicaMaxConns)
 	}
 	for _, p := range replicas {
@@ -325,17 +329,30 @@ func TestFleetRollingRestart(t *testing.T) {
 
 	// Each replica in turn: SIGTERM mid-load, a clean exit, a new process
 	// on the same addresses, ready again.
+	// A failed wait or stop ends the test: the load stops before the
+	// replicas do.
+	t.Cleanup(func() { stop.Store(true); wg.Wait() })
+
+	// Between restarts the load makes progress on the whole fleet: a count
+	// of calls, not a fixed time, which a loaded machine may fill with
+	// none.
+	const callsBetween = 150
+	loadProgresses := func() {
+		t.Helper()
+		from := calls.Load()
+		testwait.Until(t, 2*time.Minute, fmt.Sprintf("%d calls of the load", callsBetween), func() bool { return calls.Load() >= from+callsBetween })
+	}
 	restartStart := time.Now()
 	for i := range replicas {
-		time.Sleep(1500 * time.Millisecond)
+		loadProgresses()
 		replicas[i].stop(t, syscall.SIGTERM)
-		if logs := replicas[i].logs.String(); strings.Contains(logs, "grace period over") || strings.Contains(logs, "panic") {
+		if logs := replicas[i].Logs(); strings.Contains(logs, "grace period over") || strings.Contains(logs, "panic") {
 			t.Errorf("replica %d did not stop cleanly:\n%s", i, logs)
 		}
 		replicas[i] = launchUserd(t, bin, url, t.TempDir(), eps[i], replicaMaxConns)
 		replicas[i].waitReady(t)
 	}
-	time.Sleep(1500 * time.Millisecond)
+	loadProgresses()
 	stop.Store(true)
 	wg.Wait()
 	took := time.Since(restartStart)

@@ -9,8 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -43,6 +41,9 @@ import (
 // images on the machine, runs in parallel with itself, and leaves nothing
 // behind.
 func TestImage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the container image: not in -short (make test-fast)")
+	}
 	requireBuildah(t)
 	t.Parallel()
 	repo, err := filepath.Abs("../..")
@@ -112,23 +113,23 @@ func TestImage(t *testing.T) {
 		t.Fatalf("the new database is at schema version %d (%v), want one without schema", v, err)
 	}
 
-	ep := loopbackEndpoints(t)
+	ep := newEndpoints(t)
 	start = time.Now()
 	p := runProcess(t, inImage(slices.Concat(cfg.Entrypoint, cfg.Cmd),
 		"DATABASE_URL="+dbURL,
-		"USERD_GRPC_ADDR="+ep.grpc, "USERD_HTTP_ADDR="+ep.http,
-		"USERD_WEBHOOK_ADDR="+ep.webhook, "USERD_OPS_ADDR="+ep.ops,
+		"USERD_GRPC_ADDR="+ep.GRPC, "USERD_HTTP_ADDR="+ep.HTTP,
+		"USERD_WEBHOOK_ADDR="+ep.Webhook, "USERD_OPS_ADDR="+ep.Ops,
 		"USERD_SERVICE_TOKENS=e2e="+e2eToken, "CLERK_WEBHOOK_SECRET="+e2eWebhookSecret,
 		"USERD_SHUTDOWN_GRACE=5s",
 	), ep)
 	p.waitReady(t)
 	t.Logf("from start to /readyz 200, migrating an empty database: %v", time.Since(start).Round(10*time.Millisecond))
-	checkProcess(t, p.cmd.Process.Pid, rootfs, account)
+	checkProcess(t, p.Pid(), rootfs, account)
 
 	if cur, latest, err := mg.Versions(ctx); err != nil || cur != latest || latest == 0 {
 		t.Errorf("after start-up the schema is at version %d of %d (%v), want migrated", cur, latest, err)
 	}
-	conn, err := grpc.NewClient(ep.grpc, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(ep.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,10 +138,10 @@ func TestImage(t *testing.T) {
 	if err != nil || health.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Errorf("gRPC health of userd.v1.UserService: %v, %v; want SERVING", health.GetStatus(), err)
 	}
-	c, callCtx := client(t, ep.grpc)
+	c, callCtx := client(t, ep.GRPC)
 	ensured, err := c.EnsureUser(callCtx, &userdv1.EnsureUserRequest{ClerkUserId: "user_image", Email: "image@example.com"})
 	if err != nil || !ensured.GetCreated() {
-		t.Fatalf("EnsureUser: %v, %v\n%s", ensured, err, p.logs)
+		t.Fatalf("EnsureUser: %v, %v\n%s", ensured, err, p.Logs())
 	}
 	got, err := c.GetUser(callCtx, &userdv1.GetUserRequest{Lookup: &userdv1.GetUserRequest_Email{Email: "IMAGE@example.com"}})
 	if err != nil || got.GetUser().GetClerkUserId() != "user_image" || got.GetUser().GetCredits() != 10 {
@@ -148,7 +149,7 @@ func TestImage(t *testing.T) {
 	}
 
 	p.stop(t, syscall.SIGTERM)
-	if strings.Contains(p.logs.String(), e2eToken) {
+	if strings.Contains(p.Logs(), e2eToken) {
 		t.Error("the logs contain the service token")
 	}
 }
@@ -352,25 +353,4 @@ func checkProcess(t *testing.T, pid int, rootfs string, a account) {
 			t.Errorf("userd's %s: %q, want %q", k, strings.TrimSpace(v), w)
 		}
 	}
-}
-
-// loopbackEndpoints picks four free loopback ports below 32768, outside the
-// kernel's ephemeral range that outgoing connections draw from.
-func loopbackEndpoints(t *testing.T) endpoints {
-	t.Helper()
-	var addrs []string
-	for tries := 0; len(addrs) < 4; tries++ {
-		if tries == 200 {
-			t.Fatal("found no four free loopback ports below 32768")
-		}
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(10000+rand.IntN(22768)))
-		if slices.Contains(addrs, addr) {
-			continue
-		}
-		if ln, err := net.Listen("tcp", addr); err == nil {
-			ln.Close()
-			addrs = append(addrs, addr)
-		}
-	}
-	return endpoints{grpc: addrs[0], http: addrs[1], webhook: addrs[2], ops: addrs[3]}
 }

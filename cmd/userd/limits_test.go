@@ -33,9 +33,9 @@ import (
 // callers keep being served.
 func TestHeaderLimits(t *testing.T) {
 	bin := buildUserd(t)
-	ep := endpoints{freePort(t), freePort(t), freePort(t), freePort(t)}
+	ep := newEndpoints(t)
 	p := startUserd(t, bin, testdb.URL(t), t.TempDir(), ep)
-	c, ctx := client(t, ep.grpc)
+	c, ctx := client(t, ep.GRPC)
 	if _, err := c.EnsureUser(ctx, &userdv1.EnsureUserRequest{ClerkUserId: "user_victim"}); err != nil {
 		t.Fatal(err)
 	}
@@ -55,21 +55,21 @@ func TestHeaderLimits(t *testing.T) {
 	// metadata per stream and held it while waiting for the message.
 	t.Run("MetadataFlood", func(t *testing.T) {
 		const streams, copies = 40, 4000
-		before := procstat.RSSMiB(p.cmd.Process.Pid)
-		h := dialH2(t, ep.grpc)
+		before := procstat.RSSMiB(p.Pid())
+		h := dialH2(t, ep.GRPC)
 		raw := make([]byte, 2175) // base64: 2,900 bytes
 		_, _ = rand.Read(raw)
 		pad := base64.StdEncoding.EncodeToString(raw)
 		sent := 0
 		for range streams {
-			fields := grpcRequestHeaders(ep.grpc)
+			fields := grpcRequestHeaders(ep.GRPC)
 			for range copies {
 				fields = append(fields, hpack.HeaderField{Name: "x-pad-bin", Value: pad})
 			}
 			sent += h.openStream(fields)
 		}
 		h.ping()
-		peak := procstat.RSSMiB(p.cmd.Process.Pid)
+		peak := procstat.RSSMiB(p.Pid())
 		served(t, "during the metadata flood")
 		t.Logf("%d streams × %d copies of a %d-byte x-pad-bin entry = %d KiB sent, %.0f MiB of header lists; userd RSS %.0f MiB before, %.0f MiB after",
 			streams, copies, len(pad), sent>>10, float64(streams*copies*(len(pad)+len("x-pad-bin")+32))/(1<<20), before, peak)
@@ -85,12 +85,12 @@ func TestHeaderLimits(t *testing.T) {
 	// are refused at once instead of held.
 	t.Run("ConcurrentStreams", func(t *testing.T) {
 		const limit, extra = 100, 50
-		h := dialH2(t, ep.grpc)
+		h := dialH2(t, ep.GRPC)
 		if got := h.setting(http2.SettingMaxConcurrentStreams); got != limit {
 			t.Errorf("SETTINGS_MAX_CONCURRENT_STREAMS = %d, want %d", got, limit)
 		}
 		for range limit + extra {
-			h.openStream(grpcRequestHeaders(ep.grpc))
+			h.openStream(grpcRequestHeaders(ep.GRPC))
 		}
 		h.ping()
 		if refused := h.resetCodes()[http2.ErrCodeRefusedStream]; refused != extra {
@@ -102,7 +102,7 @@ func TestHeaderLimits(t *testing.T) {
 	// What a legitimate caller sends at most still passes; more is refused
 	// before it is sent.
 	t.Run("LegitimateMetadata", func(t *testing.T) {
-		h := dialH2(t, ep.grpc)
+		h := dialH2(t, ep.GRPC)
 		if got := h.setting(http2.SettingMaxHeaderListSize); got != 16<<10 {
 			t.Errorf("SETTINGS_MAX_HEADER_LIST_SIZE = %d, want %d", got, 16<<10)
 		}
@@ -134,9 +134,9 @@ func TestHeaderLimits(t *testing.T) {
 			name, addr, method, path string
 			limit                    int
 		}{
-			{"api", ep.http, "GET", "/v1/users/user_victim", 32 << 10},
-			{"webhook", ep.webhook, "POST", "/webhooks/clerk", 8 << 10},
-			{"ops", ep.ops, "GET", "/healthz", 8 << 10},
+			{"api", ep.HTTP, "GET", "/v1/users/user_victim", 32 << 10},
+			{"webhook", ep.Webhook, "POST", "/webhooks/clerk", 8 << 10},
+			{"ops", ep.Ops, "GET", "/healthz", 8 << 10},
 		} {
 			// net/http reads up to MaxHeaderBytes plus 4 KiB of slack.
 			under := rawHTTP1(t, l.addr, l.method, l.path, l.limit-2048)
@@ -152,7 +152,7 @@ func TestHeaderLimits(t *testing.T) {
 	// The HTTP listeners are plaintext HTTP/1.1 only: HTTP/2 with prior
 	// knowledge (h2c) would bring HPACK's amplification to them too.
 	t.Run("NoH2C", func(t *testing.T) {
-		for _, addr := range []string{ep.http, ep.webhook, ep.ops} {
+		for _, addr := range []string{ep.HTTP, ep.Webhook, ep.Ops} {
 			conn, err := net.Dial("tcp", addr)
 			if err != nil {
 				t.Fatal(err)

@@ -22,6 +22,7 @@ import (
 	"github.com/userd/userd/internal/procstat"
 	"github.com/userd/userd/internal/store"
 	"github.com/userd/userd/internal/testdb"
+	"github.com/userd/userd/internal/testwait"
 )
 
 // e2eWebhookSecret is the signing secret startUserd configures.
@@ -36,7 +37,7 @@ func TestCrashKeepsAcknowledgedWrites(t *testing.T) {
 	dbURL := testdb.URL(t)
 	ep := newEndpoints(t)
 	p := startUserd(t, bin, dbURL, t.TempDir(), ep)
-	c, ctx := client(t, ep.grpc)
+	c, ctx := client(t, ep.GRPC)
 	ids := []string{"user_crash0", "user_crash1", "user_crash2", "user_crash3"}
 	for _, id := range ids {
 		if _, err := c.EnsureUser(ctx, &userdv1.EnsureUserRequest{ClerkUserId: id}); err != nil {
@@ -53,7 +54,6 @@ func TestCrashKeepsAcknowledgedWrites(t *testing.T) {
 		seq  atomic.Int64
 		wg   sync.WaitGroup
 	)
-	killAt := time.Now().Add(1500 * time.Millisecond)
 	for w := range 12 {
 		wg.Go(func() {
 			for {
@@ -103,7 +103,7 @@ func TestCrashKeepsAcknowledgedWrites(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				req, _ := http.NewRequest(http.MethodPost, "http://"+ep.webhook+clerkhook.Path, bytes.NewReader(body))
+				req, _ := http.NewRequest(http.MethodPost, "http://"+ep.Webhook+clerkhook.Path, bytes.NewReader(body))
 				req.Header = h
 				resp, err := httpc.Do(req)
 				if err != nil {
@@ -118,7 +118,13 @@ func TestCrashKeepsAcknowledgedWrites(t *testing.T) {
 			}
 		})
 	}
-	time.Sleep(time.Until(killAt))
+	// The crash comes mid-load: once both kinds of write have been
+	// acknowledged a good number of times.
+	testwait.Until(t, 2*time.Minute, "acknowledged writes and deliveries", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(acks) >= 200 && len(hookAcks) >= 50
+	})
 	p.kill(t)
 	wg.Wait()
 	if len(acks) == 0 || len(hookAcks) == 0 {
@@ -169,11 +175,11 @@ func TestAbusiveClients(t *testing.T) {
 	bin := buildUserd(t)
 	ep := newEndpoints(t)
 	p := startUserd(t, bin, testdb.URL(t), t.TempDir(), ep)
-	c, ctx := client(t, ep.grpc)
+	c, ctx := client(t, ep.GRPC)
 	if _, err := c.EnsureUser(ctx, &userdv1.EnsureUserRequest{ClerkUserId: "user_victim"}); err != nil {
 		t.Fatal(err)
 	}
-	baseline := procstat.RSSMiB(p.cmd.Process.Pid)
+	baseline := procstat.RSSMiB(p.Pid())
 	served := func(what string) {
 		t.Helper()
 		callCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
@@ -181,7 +187,7 @@ func TestAbusiveClients(t *testing.T) {
 		if _, err := c.GetUser(callCtx, &userdv1.GetUserRequest{Lookup: &userdv1.GetUserRequest_ClerkUserId{ClerkUserId: "user_victim"}}); err != nil {
 			t.Errorf("gRPC client not served %s: %v", what, err)
 		}
-		req, _ := http.NewRequestWithContext(callCtx, "GET", "http://"+ep.http+"/v1/users/user_victim", nil)
+		req, _ := http.NewRequestWithContext(callCtx, "GET", "http://"+ep.HTTP+"/v1/users/user_victim", nil)
 		req.Header.Set("Authorization", "Bearer "+e2eToken)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil || resp.StatusCode != 200 {
@@ -193,7 +199,7 @@ func TestAbusiveClients(t *testing.T) {
 
 	// Thousands of idle connections on every listener.
 	var idle []net.Conn
-	for _, addr := range []string{ep.grpc, ep.http, ep.webhook} {
+	for _, addr := range []string{ep.GRPC, ep.HTTP, ep.Webhook} {
 		for range 1000 {
 			conn, err := net.Dial("tcp", addr)
 			if err != nil {
@@ -209,7 +215,7 @@ func TestAbusiveClients(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 100 {
 		wg.Go(func() {
-			conn, err := net.Dial("tcp", ep.http)
+			conn, err := net.Dial("tcp", ep.HTTP)
 			if err != nil {
 				return
 			}
@@ -240,7 +246,7 @@ func TestAbusiveClients(t *testing.T) {
 		if chunked {
 			body = io.MultiReader(bytes.NewReader(huge)) // unknown length: sent chunked
 		}
-		req, _ := http.NewRequest("POST", "http://"+ep.http+"/v1/users/user_victim/credits:deduct", body)
+		req, _ := http.NewRequest("POST", "http://"+ep.HTTP+"/v1/users/user_victim/credits:deduct", body)
 		req.Header.Set("Authorization", "Bearer "+e2eToken)
 		start := time.Now()
 		resp, err := http.DefaultClient.Do(req)
@@ -267,7 +273,7 @@ func TestAbusiveClients(t *testing.T) {
 		t.Errorf("%d of %d slow-header connections were cut (of 100 tried)", closed, dialed)
 	}
 	served("after the abuse")
-	peak := procstat.RSSMiB(p.cmd.Process.Pid)
+	peak := procstat.RSSMiB(p.Pid())
 	for _, conn := range idle {
 		conn.Close()
 	}
@@ -275,7 +281,7 @@ func TestAbusiveClients(t *testing.T) {
 	if peak > baseline+150 {
 		t.Errorf("RSS grew from %.0f to %.0f MiB", baseline, peak)
 	}
-	if err := p.cmd.Process.Signal(syscall.Signal(0)); err != nil {
+	if err := p.Cmd.Process.Signal(syscall.Signal(0)); err != nil {
 		t.Errorf("userd died: %v", err)
 	}
 }

@@ -135,6 +135,9 @@ func (e *env) checkMirrors(t *testing.T) {
 // Clerk are mirrored by a first sync, each with its initial credits in the
 // ledger; a second sync lists them all again and writes nothing.
 func TestFirstSyncMirrorsEveryUserAndASecondChangesNothing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("syncs 10,000 users: not in -short (make test-fast)")
+	}
 	t.Parallel()
 	e := newEnv(t, testRate)
 	e.fake.AddUsers("first", 10_000, time.Now().Add(-time.Hour))
@@ -240,6 +243,9 @@ func TestSyncUpdatesOnlyNewerStates(t *testing.T) {
 // counts and would answer 429 itself). internal/clerk's
 // TestRequestsKeepToTheRateLimit drives the limiter harder.
 func TestSyncRetriesAndKeepsToTheRateLimit(t *testing.T) {
+	if testing.Short() {
+		t.Skip("measures the rate limit over time: not in -short (make test-fast)")
+	}
 	t.Parallel()
 	// Clerk's development limit scaled down: 40 requests per second.
 	limit := clerk.RateLimit{Requests: 40, Window: time.Second}

@@ -58,6 +58,9 @@ func deliver(t *testing.T, in *apptest.Instance, msgID, typ string, u clerkhook.
 // each change as a webhook. Whatever the interleaving, userd ends with
 // Clerk's final state, and a second sync finds nothing to do.
 func TestSyncRacingWebhooksConverges(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a race under load: not in -short (make test-fast)")
+	}
 	t.Parallel()
 	dbURL := testdb.URL(t)
 	in := apptest.Start(t, func(c *config.Serve) { c.Database.URL = dbURL })
@@ -144,6 +147,9 @@ func TestSyncRacingWebhooksConverges(t *testing.T) {
 // mirrors Clerk's users at start and counts the run in its metrics; a
 // second replica on the same database finds the run not due yet.
 func TestPeriodicSyncInServe(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs serve with periodic syncs: not in -short (make test-fast)")
+	}
 	t.Parallel()
 	fake := clerktest.New(t)
 	fake.AddUsers("per", 300, time.Now().Add(-time.Hour))

@@ -50,6 +50,17 @@ func watch(t testing.TB, h *feed.Hub, req feed.Request) (*chanSink, <-chan error
 	return s, errc
 }
 
+// joined waits for a watch's first heartbeat, which a watch from now sends
+// once it has joined the live fan-out.
+func joined(t testing.TB, s *chanSink) {
+	t.Helper()
+	select {
+	case <-s.beats:
+	case <-time.After(time.Minute):
+		t.Fatal("the watch sent no heartbeat within a minute: it never joined")
+	}
+}
+
 func next(t testing.TB, s *chanSink) feed.Event {
 	t.Helper()
 	select {
@@ -201,8 +212,8 @@ func TestCloseEndsWatches(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	h := startHub(t, b, feed.Options{PollInterval: 5 * time.Millisecond})
-	_, live := watch(t, h, feed.Request{Start: feed.StartNow})
-	time.Sleep(50 * time.Millisecond)
+	s, live := watch(t, h, feed.Request{Start: feed.StartNow})
+	joined(t, s)
 	h.Close()
 	for _, errc := range []<-chan error{live, func() <-chan error { _, e := watch(t, h, feed.Request{}); return e }()} {
 		select {
@@ -241,8 +252,11 @@ type blockingSink struct {
 	release chan struct{}
 	once    sync.Once
 	blocked chan struct{}
-	mu      sync.Mutex
-	events  []feed.Event
+	// joined is closed on the first heartbeat.
+	joined     chan struct{}
+	joinedOnce sync.Once
+	mu         sync.Mutex
+	events     []feed.Event
 }
 
 func (s *blockingSink) Event(ev feed.Event) error {
@@ -258,7 +272,10 @@ func (s *blockingSink) count() int {
 	defer s.mu.Unlock()
 	return len(s.events)
 }
-func (s *blockingSink) Heartbeat(feed.Position) error { return nil }
+func (s *blockingSink) Heartbeat(feed.Position) error {
+	s.joinedOnce.Do(func() { close(s.joined) })
+	return nil
+}
 
 type countingObserver struct {
 	fellBehind atomic.Int64
@@ -275,13 +292,16 @@ func (o *countingObserver) FeedWatcherFellBehind() { o.fellBehind.Add(1) }
 // them from the database, in order, each once. Not parallel: it measures
 // the heap.
 func TestSlowWatcherKeepsMemoryBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("pushes tens of megabytes through the hub: not in -short (make test-fast)")
+	}
 	b := setup(t)
 	ensure(t, b, "user_a")
 	settle(t, b)
 	obs := &countingObserver{}
 	h := startHub(t, b, feed.Options{PollInterval: 5 * time.Millisecond, PollLimit: 50, QueueLength: 4, Observer: obs})
 
-	slow := &blockingSink{release: make(chan struct{}), blocked: make(chan struct{})}
+	slow := &blockingSink{release: make(chan struct{}), blocked: make(chan struct{}), joined: make(chan struct{})}
 	slowDone := make(chan error, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -289,7 +309,13 @@ func TestSlowWatcherKeepsMemoryBounded(t *testing.T) {
 	fast := newChanSink()
 	fast.events = make(chan feed.Event, 100)
 	go func() { _ = h.Watch(ctx, feed.Request{Start: feed.StartNow}, fast) }()
-	time.Sleep(100 * time.Millisecond) // both joined at the head
+	// Both joined at the head.
+	joined(t, fast)
+	select {
+	case <-slow.joined:
+	case <-time.After(time.Minute):
+		t.Fatal("the slow watch sent no heartbeat within a minute: it never joined")
+	}
 
 	const statements, perStatement, reasonBytes = 5, 1000, 4000
 	runtime.GC()

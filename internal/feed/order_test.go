@@ -126,6 +126,9 @@ func checkReader(truth []feed.Event, received []int64) []string {
 // against the same workload and must miss events — proof that the
 // workload commits out of order and the check can fail.
 func TestConcurrentWritersAndResumingReaders(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a concurrency stress test: not in -short (make test-fast)")
+	}
 	t.Parallel()
 	b := setupPool(t, 24)
 	ctx, cancel := context.WithCancel(context.Background())

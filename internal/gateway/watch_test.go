@@ -172,6 +172,9 @@ func TestWatchOverREST(t *testing.T) {
 // requests after 30 s of reading or writing; a watch stream must stay open
 // past that (heartbeats every second here), and still deliver events.
 func TestRESTWatchOutlivesTheListenerTimeouts(t *testing.T) {
+	if testing.Short() {
+		t.Skip("outlives the 30 s listener timeouts, by design: not in -short (make test-fast)")
+	}
 	t.Parallel()
 	b := setup(t, func(c *config.Serve, _ *clerktest.Clerk) { c.FeedHeartbeat = time.Second })
 	s := b.openWatch(t, "/v1/events:watch", apptest.ServiceToken)

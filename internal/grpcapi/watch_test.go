@@ -207,6 +207,9 @@ func TestWatchBadRequests(t *testing.T) {
 // resumes on another over the same database, and after every userd was
 // stopped while changes went on.
 func TestWatchResumesOnAnyReplicaAndAfterRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts and restarts replicas: not in -short (make test-fast)")
+	}
 	t.Parallel()
 	url := testdb.URL(t)
 	sameDB := func(c *config.Serve) { c.Database.URL = url }

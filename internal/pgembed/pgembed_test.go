@@ -208,6 +208,9 @@ func checkPrivate(t *testing.T, srv *Server, dataDir string) {
 // account (as root), nothing in its data directory is open to other
 // accounts, and it accepts SCRAM-SHA-256 logins only.
 func TestServerIsPrivate(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a real PostgreSQL server: not in -short (make test-fast)")
+	}
 	t.Parallel()
 	dataDir := dataDirFor(t)
 	srv := start(t, dataDir)
@@ -221,6 +224,9 @@ func TestServerIsPrivate(t *testing.T) {
 // stopped, the files handed to the dedicated account, the password stored
 // as a SCRAM verifier and pg_hba.conf replaced, with the data kept.
 func TestOlderLayoutIsMigrated(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real PostgreSQL servers: not in -short (make test-fast)")
+	}
 	t.Parallel()
 	dataDir := dataDirFor(t)
 	pgData := filepath.Join(dataDir, "pg", "data")
@@ -309,6 +315,9 @@ func TestOlderLayoutIsMigrated(t *testing.T) {
 // gone without stopping its server (Detach, as a killed userd), the next
 // Start adopts that server.
 func TestDataDirectoryLock(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real PostgreSQL servers: not in -short (make test-fast)")
+	}
 	t.Parallel()
 	dataDir := dataDirFor(t)
 	first := start(t, dataDir)

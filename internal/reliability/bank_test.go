@@ -42,6 +42,9 @@ func checkLedgers(t *testing.T, in *apptest.Instance, clerkIDs []string, acks []
 // and granting with idempotency keys that repeat (retries, some with other
 // amounts), and checks the books afterwards.
 func TestBank(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a load test of the books: not in -short (make test-fast)")
+	}
 	t.Parallel()
 	in := apptest.Start(t, nil)
 	ctx := context.Background()

@@ -120,6 +120,9 @@ func frozenProbes(in *apptest.Instance, clerkID, suffix string) []probe {
 // retrying the deductions and deliveries answered 503 applies each
 // exactly once.
 func TestFrozenDatabase(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a failure test under load: not in -short (make test-fast)")
+	}
 	t.Parallel()
 	const bound = 2 * time.Second
 	in, proxy := apptest.StartBehindProxy(t, func(c *config.Serve) {

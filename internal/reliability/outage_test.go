@@ -16,6 +16,7 @@ import (
 	userdv1 "github.com/userd/userd/gen/userd/v1"
 	"github.com/userd/userd/internal/apptest"
 	"github.com/userd/userd/internal/clerkhook"
+	"github.com/userd/userd/internal/testwait"
 )
 
 // TestOutageUnderLoad cuts userd's database connections while clients
@@ -25,6 +26,9 @@ import (
 // database's return userd serves again by itself, and every acknowledged
 // write is in the ledger.
 func TestOutageUnderLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a failure test under load: not in -short (make test-fast)")
+	}
 	t.Parallel()
 	in, proxy := apptest.StartBehindProxy(t, nil)
 	ctx := context.Background()
@@ -46,14 +50,22 @@ func TestOutageUnderLoad(t *testing.T) {
 		seq         atomic.Int64
 		wg          sync.WaitGroup
 		hook5xx     atomic.Int64
+		hookOK      atomic.Int64
 		codesSeen   sync.Map
+		// Once the database is back: when (unix nanos), the deductions
+		// acknowledged since, and which workers have had a call that
+		// started after it succeed.
+		restoredAt     atomic.Int64
+		okSinceRestore atomic.Int64
+		workerBack     [8]atomic.Bool
+		workerFailed   [len(workerBack)]atomic.Bool
 	)
 	record := func(err error) {
 		code := status.Code(err)
 		n, _ := codesSeen.LoadOrStore(code.String(), new(atomic.Int64))
 		n.(*atomic.Int64).Add(1)
 	}
-	for w := range 8 {
+	for w := range len(workerBack) {
 		wg.Go(func() {
 			for !stop.Load() {
 				id := clerkIDs[w%len(clerkIDs)]
@@ -72,8 +84,16 @@ func TestOutageUnderLoad(t *testing.T) {
 					mu.Lock()
 					acks = append(acks, acknowledged{id, r.GetTransaction()})
 					mu.Unlock()
+					if at := restoredAt.Load(); at != 0 && start.UnixNano() > at {
+						okSinceRestore.Add(1)
+						workerBack[w].Store(true)
+					}
 				case codes.Unavailable, codes.DeadlineExceeded:
 					lastFailure.Store(time.Now().UnixNano())
+					workerFailed[w].Store(true)
+					// A client's pause before its next try (not a wait
+					// for a condition): no busy loop while the
+					// database is away.
 					time.Sleep(20 * time.Millisecond)
 				default:
 					t.Errorf("during the outage: %v (want UNAVAILABLE)", err)
@@ -95,21 +115,49 @@ func TestOutageUnderLoad(t *testing.T) {
 			}
 			resp.Body.Close()
 			switch {
+			case resp.StatusCode == http.StatusOK:
+				hookOK.Add(1)
 			case resp.StatusCode >= 500:
 				hook5xx.Add(1)
 			case resp.StatusCode != http.StatusOK:
 				t.Errorf("webhook answered %d", resp.StatusCode)
 			}
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(20 * time.Millisecond) // Clerk's deliveries, paced
 		}
 	})
 
-	time.Sleep(700 * time.Millisecond)
+	// A failed wait ends the test: the load stops before userd does.
+	t.Cleanup(func() { stop.Store(true); wg.Wait() })
+
+	// Conditions, not fixed times: the load runs, then the outage lasts
+	// until every worker's calls and the webhook have failed during it,
+	// then the load runs on until every worker has been served again (and
+	// then some). The assertions below judge what happened meanwhile.
+	testwait.Until(t, time.Minute, "the load before the outage", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(acks) >= 20 && hookOK.Load() > 0
+	})
 	proxy.Cut()
-	time.Sleep(2 * time.Second)
+	testwait.For(time.Minute, func() bool {
+		for i := range workerFailed {
+			if !workerFailed[i].Load() {
+				return false
+			}
+		}
+		return hook5xx.Load() > 0
+	})
 	proxy.Restore()
 	restored := time.Now()
-	time.Sleep(6 * time.Second)
+	restoredAt.Store(restored.UnixNano())
+	testwait.For(time.Minute, func() bool {
+		for i := range workerBack {
+			if !workerBack[i].Load() {
+				return false
+			}
+		}
+		return okSinceRestore.Load() >= 200
+	})
 	stop.Store(true)
 	wg.Wait()
 

@@ -48,7 +48,10 @@ func TestOneKeySpaceAcrossOperations(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	const pairs = 200
+	pairs := 200
+	if testing.Short() {
+		pairs = 20 // every pair of operations still races, fewer times
+	}
 	clerkID := "user_keyspace"
 	ensure(t, b, clerkID)
 	// Enough credits that no deduction is refused for its amount.
@@ -105,6 +108,9 @@ func TestOneKeySpaceAcrossOperations(t *testing.T) {
 // mutation of this test's own database), the same kind of concurrent load
 // must break the ledger invariant that checkInvariants asserts.
 func TestInvariantChecksCatchALostLock(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a concurrency stress test of a mutant: not in -short (make test-fast)")
+	}
 	t.Parallel()
 	pool := testdb.Pool(t)
 	ctx := context.Background()

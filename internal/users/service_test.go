@@ -504,6 +504,9 @@ func mustUser(t *testing.T, b bundle, clerkID string) users.User {
 // purpose, then checks every invariant and that every successful call is in
 // the ledger exactly as it was reported.
 func TestConcurrentMixedOperations(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a concurrency stress test: not in -short (make test-fast)")
+	}
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()

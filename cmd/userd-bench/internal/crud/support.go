@@ -1,15 +1,12 @@
-package main
+package crud
 
 import (
 	"context"
 	"fmt"
 	"log"
-	"math/rand/v2"
-	"net"
 	"net/url"
 	"os"
 	"sort"
-	"strconv"
 
 	"github.com/jackc/pgx/v5"
 
@@ -70,22 +67,6 @@ func (s *server) close() {
 	}
 	_ = s.conn.Close(context.Background())
 	s.extra()
-}
-
-// freePort returns a loopback address with a port that was free just now,
-// below 32768: the kernel hands out higher ones to outgoing connections
-// (the bench makes many), which could take it before userd binds it.
-func freePort() (string, error) {
-	var err error
-	for range 100 {
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(10000+rand.IntN(32768-10000)))
-		var ln net.Listener
-		if ln, err = net.Listen("tcp", addr); err == nil {
-			ln.Close()
-			return addr, nil
-		}
-	}
-	return "", fmt.Errorf("no free port below 32768: %w", err)
 }
 
 func median(xs []float64) float64 {

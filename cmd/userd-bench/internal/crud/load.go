@@ -1,4 +1,4 @@
-package main
+package crud
 
 import (
 	"bytes"
@@ -101,7 +101,7 @@ func (in *instance) load(ctx context.Context, op func(*instance, int) error, lim
 		wg.Go(func() { saveProfile(in.opsURL+"/debug/pprof/profile", in.profile+".pprof", *duration) })
 		wg.Go(func() { saveProfile(in.opsURL+"/debug/pprof/allocs", in.profile+".allocs.pprof", *duration) })
 	}
-	pid := in.cmd.Process.Pid
+	pid := in.proc.Pid()
 	cpu0, client0 := procstat.CPUSeconds(pid), procstat.CPUSeconds(os.Getpid())
 	measuring.Store(true)
 	start := time.Now()

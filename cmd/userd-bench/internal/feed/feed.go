@@ -1,11 +1,11 @@
-// Command userd-feedbench measures the change feed (WatchUserEvents): the
+// Package feed is `userd-bench feed` (make bench-feed): it measures the change feed (WatchUserEvents): the
 // latency from a write's commit to its event reaching consumers at a
 // steady load, the cost of the outbox triggers on write throughput
 // (pgbench on the same statements with the triggers enabled and disabled,
 // alternating in one run), and the CPU and memory of idle consumers. It
 // starts the userd binary on a fresh database and writes its section of
-// BENCHMARKS.md. Run it with `make bench-feed`.
-package main
+// BENCHMARKS.md.
+package feed
 
 import (
 	"context"
@@ -15,8 +15,6 @@ import (
 	"io"
 	"log"
 	"math/rand/v2"
-	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
@@ -28,6 +26,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -38,6 +37,7 @@ import (
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
 	"github.com/userd/userd/internal/procstat"
+	"github.com/userd/userd/internal/userdproc"
 )
 
 const serviceToken = "feedbench-service-token-0123456789abcdef"
@@ -48,30 +48,33 @@ const (
 	endMarker   = "<!-- /feed -->"
 )
 
+// flags are the subcommand's; Main parses them.
+var flags = flag.NewFlagSet("userd-bench feed", flag.ExitOnError)
+
 var (
-	binPath     = flag.String("userd", "bin/userd", "userd binary to measure")
-	serverURL   = flag.String("server", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable", "PostgreSQL server to create the bench database on")
-	nUsers      = flag.Int("users", 200, "seeded users")
-	writeRate   = flag.Int("rate", 200, "DeductCredits per second during the latency measurement")
-	writers     = flag.Int("writers", 8, "concurrent writers during the latency measurement")
-	consumers   = flag.Int("consumers", 10, "consumers watching every user during the latency measurement")
-	latencyDur  = flag.Duration("d", 20*time.Second, "latency measurement time per poll interval")
-	polls       = flag.String("polls", "100ms,20ms", "USERD_FEED_POLL_INTERVAL values to measure latency at")
-	idle        = flag.Int("idle", 1000, "idle consumers for the CPU measurement")
-	idleDur     = flag.Duration("idle-d", 30*time.Second, "CPU measurement time, with and without the idle consumers")
-	pgClients   = flag.Int("c", 8, "pgbench clients")
-	pgDur       = flag.Duration("pg-d", 5*time.Second, "pgbench time per round")
-	rounds      = flag.Int("rounds", 6, "pgbench rounds per variant (alternating)")
-	out         = flag.String("out", "BENCHMARKS.md", "file whose feed section to write (empty: print only)")
+	binPath     = flags.String("userd", "bin/userd", "userd binary to measure")
+	serverURL   = flags.String("server", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable", "PostgreSQL server to create the bench database on")
+	nUsers      = flags.Int("users", 200, "seeded users")
+	writeRate   = flags.Int("rate", 200, "DeductCredits per second during the latency measurement")
+	writers     = flags.Int("writers", 8, "concurrent writers during the latency measurement")
+	consumers   = flags.Int("consumers", 10, "consumers watching every user during the latency measurement")
+	latencyDur  = flags.Duration("d", 20*time.Second, "latency measurement time per poll interval")
+	polls       = flags.String("polls", "100ms,20ms", "USERD_FEED_POLL_INTERVAL values to measure latency at")
+	idle        = flags.Int("idle", 1000, "idle consumers for the CPU measurement")
+	idleDur     = flags.Duration("idle-d", 30*time.Second, "CPU measurement time, with and without the idle consumers")
+	pgClients   = flags.Int("c", 8, "pgbench clients")
+	pgDur       = flags.Duration("pg-d", 5*time.Second, "pgbench time per round")
+	rounds      = flags.Int("rounds", 6, "pgbench rounds per variant (alternating)")
+	out         = flags.String("out", "BENCHMARKS.md", "file whose feed section to write (empty: print only)")
 	streamsConn = 90 // below the server's 100 concurrent streams per connection
 )
 
-func main() {
-	flag.Parse()
-	log.SetFlags(0)
-	if err := run(context.Background()); err != nil {
-		log.Fatalf("userd-feedbench: %v", err)
+// Main runs `userd-bench feed` with its arguments.
+func Main(ctx context.Context, args []string) error {
+	if err := flags.Parse(args); err != nil {
+		return err
 	}
+	return run(ctx)
 }
 
 func run(ctx context.Context) error {
@@ -82,7 +85,7 @@ func run(ctx context.Context) error {
 	defer cleanup()
 	var report strings.Builder
 	pgv, _ := exec.Command("pgbench", "--version").Output()
-	fmt.Fprintf(&report, "## Change feed\n\nProduced by `make bench-feed` (cmd/userd-feedbench) on %s: %d cores, %s, PostgreSQL %s on the same machine, "+
+	fmt.Fprintf(&report, "## Change feed\n\nProduced by `make bench-feed` (cmd/userd-bench feed) on %s: %d cores, %s, PostgreSQL %s on the same machine, "+
 		"which is shared with other work (load average %s at the start): read the ratios and orders of magnitude.\n\n",
 		time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version(),
 		strings.TrimSpace(strings.TrimPrefix(string(pgv), "pgbench (PostgreSQL)")), loadAverage())
@@ -162,37 +165,34 @@ func run(ctx context.Context) error {
 
 // userd is a running userd binary.
 type userd struct {
-	cmd    *exec.Cmd
+	proc   *userdproc.Process
 	conns  []*grpc.ClientConn
 	client userdv1.UserServiceClient
 	ctx    context.Context
-	grpc   string
 }
 
 func startUserd(ctx context.Context, dbURL string, env ...string) (*userd, error) {
-	ports := make([]string, 2)
-	for i := range ports {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		ports[i] = ln.Addr().String()
-		ln.Close()
-	}
-	cmd := exec.Command(*binPath, "serve")
-	cmd.Env = append(append(os.Environ(),
-		"DATABASE_URL="+dbURL, "USERD_DB_MAX_CONNS=16",
-		"USERD_GRPC_ADDR="+ports[0], "USERD_HTTP_ADDR=off", "USERD_WEBHOOK_ADDR=off", "USERD_OPS_ADDR="+ports[1],
-		"USERD_SERVICE_TOKENS=bench="+serviceToken, "USERD_LOG_FORMAT=json", "USERD_LOG_LEVEL=warn"), env...)
-	cmd.Stdout, cmd.Stderr = io.Discard, os.Stderr
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", *binPath, err)
-	}
-	u := &userd{cmd: cmd, grpc: ports[0], ctx: metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+serviceToken)}
-	if err := waitReady("http://" + ports[1] + "/readyz"); err != nil {
-		u.stop()
+	grpcAddr, err := userdproc.FreePort()
+	if err != nil {
 		return nil, err
 	}
+	opsAddr, err := userdproc.FreePort()
+	if err != nil {
+		return nil, err
+	}
+	proc, err := userdproc.Start(ctx, userdproc.Config{
+		Bin:   *binPath,
+		Addrs: userdproc.Addrs{GRPC: grpcAddr, HTTP: "off", Webhook: "off", Ops: opsAddr},
+		Env: append([]string{
+			"DATABASE_URL=" + dbURL, "USERD_DB_MAX_CONNS=16",
+			"USERD_SERVICE_TOKENS=bench=" + serviceToken, "USERD_LOG_FORMAT=json", "USERD_LOG_LEVEL=warn",
+		}, env...),
+		Stdout: io.Discard, Stderr: os.Stderr,
+	}, 60*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", *binPath, err)
+	}
+	u := &userd{proc: proc, ctx: metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+serviceToken)}
 	conn, err := u.dial()
 	if err != nil {
 		u.stop()
@@ -203,7 +203,7 @@ func startUserd(ctx context.Context, dbURL string, env ...string) (*userd, error
 }
 
 func (u *userd) dial() (*grpc.ClientConn, error) {
-	conn, err := grpc.NewClient(u.grpc, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(u.proc.Addrs.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err == nil {
 		u.conns = append(u.conns, conn)
 	}
@@ -214,8 +214,7 @@ func (u *userd) stop() {
 	for _, c := range u.conns {
 		_ = c.Close()
 	}
-	_ = u.cmd.Process.Signal(os.Interrupt)
-	_ = u.cmd.Wait()
+	_ = u.proc.Stop(syscall.SIGINT, 30*time.Second)
 }
 
 func userID(i int) string { return fmt.Sprintf("user_feedbench%d", i) }
@@ -284,7 +283,7 @@ func (u *userd) latency() ([]float64, float64, error) {
 		})
 	}
 	ready.Wait()
-	cpu0 := procstat.CPUSeconds(u.cmd.Process.Pid)
+	cpu0 := procstat.CPUSeconds(u.proc.Pid())
 	limiter := rate.NewLimiter(rate.Limit(*writeRate), 1)
 	deadline := time.Now().Add(*latencyDur)
 	var writes sync.WaitGroup
@@ -309,7 +308,7 @@ func (u *userd) latency() ([]float64, float64, error) {
 	}
 	writes.Wait()
 	time.Sleep(3 * time.Second) // the last events reach the consumers
-	cpu := procstat.CPUSeconds(u.cmd.Process.Pid) - cpu0
+	cpu := procstat.CPUSeconds(u.proc.Pid()) - cpu0
 	cancel()
 	watchers.Wait()
 	if failed.Load() > 0 {
@@ -325,7 +324,7 @@ type idleResult struct{ cpu0, cpuN, rss0, rssN float64 }
 // watchers that get no events.
 func (u *userd) idleCost() (idleResult, error) {
 	var r idleResult
-	pid := u.cmd.Process.Pid
+	pid := u.proc.Pid()
 	time.Sleep(2 * time.Second)
 	c0 := procstat.CPUSeconds(pid)
 	time.Sleep(*idleDur)
@@ -482,20 +481,6 @@ func benchDatabase(ctx context.Context) (string, func(), error) {
 		_, _ = conn.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
 		_ = conn.Close(context.Background())
 	}, nil
-}
-
-func waitReady(u string) error {
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		if resp, err := http.Get(u); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return fmt.Errorf("userd not ready at %s", u)
 }
 
 // pct is the q-quantile of sorted xs.

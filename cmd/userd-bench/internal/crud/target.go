@@ -1,4 +1,4 @@
-package main
+package crud
 
 import (
 	"context"
@@ -10,13 +10,12 @@ import (
 	"io"
 	"log"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -27,6 +26,7 @@ import (
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
 	"github.com/userd/userd/internal/clerkhook"
+	"github.com/userd/userd/internal/userdproc"
 )
 
 const (
@@ -141,8 +141,7 @@ func (t *target) profilePath(scenario string) string {
 // instance is a running userd of a target, with clients connected to it.
 type instance struct {
 	t       *target
-	cmd     *exec.Cmd
-	exited  chan struct{}
+	proc    *userdproc.Process
 	opsURL  string
 	httpURL string
 	hookURL string
@@ -158,51 +157,38 @@ type instance struct {
 // start-up (another process may have bound a port it was given).
 func (t *target) start(ctx context.Context) (*instance, error) {
 	in, err := t.startOnce(ctx)
-	if err != nil && errors.Is(err, errExited) {
+	if err != nil && errors.Is(err, userdproc.ErrExited) {
 		log.Printf("%s: %v; starting it again on other ports", t.name, err)
 		in, err = t.startOnce(ctx)
 	}
 	return in, err
 }
 
-var errExited = errors.New("userd exited at start-up")
-
 func (t *target) startOnce(ctx context.Context) (*instance, error) {
-	ports := make([]string, 4)
-	for i := range ports {
-		var err error
-		if ports[i], err = freePort(); err != nil {
-			return nil, err
-		}
-	}
-	cmd := exec.Command(t.bin, "serve")
-	cmd.Env = append(os.Environ(),
-		"DATABASE_URL="+t.dbURL, "USERD_DB_MAX_CONNS="+strconv.Itoa(*concurrency),
-		"USERD_GRPC_ADDR="+ports[0], "USERD_HTTP_ADDR="+ports[1], "USERD_WEBHOOK_ADDR="+ports[2], "USERD_OPS_ADDR="+ports[3],
-		"USERD_SERVICE_TOKENS=bench="+serviceToken, "CLERK_WEBHOOK_SECRET="+webhookSecret,
-		"CLERK_JWT_KEY="+t.pemKey, "CLERK_ISSUER="+issuer, "USERD_LOG_FORMAT=json", "USERD_LOG_LEVEL=info",
-		// The session tokens minted in setup must outlive the whole run.
-		"USERD_JWT_MAX_LIFETIME="+benchTokenLifetime.String(),
-		"USERD_PPROF="+strconv.FormatBool(*pprofDir != ""),
-	)
-	// Through a pipe, as under a supervisor or container runtime: writing
-	// the access log is part of what a call costs userd.
-	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", t.bin, err)
+	proc, err := userdproc.Start(ctx, userdproc.Config{
+		Bin: t.bin,
+		Env: []string{
+			"DATABASE_URL=" + t.dbURL, "USERD_DB_MAX_CONNS=" + strconv.Itoa(*concurrency),
+			"USERD_SERVICE_TOKENS=bench=" + serviceToken, "CLERK_WEBHOOK_SECRET=" + webhookSecret,
+			"CLERK_JWT_KEY=" + t.pemKey, "CLERK_ISSUER=" + issuer, "USERD_LOG_FORMAT=json", "USERD_LOG_LEVEL=info",
+			// The session tokens minted in setup must outlive the whole run.
+			"USERD_JWT_MAX_LIFETIME=" + benchTokenLifetime.String(),
+			"USERD_PPROF=" + strconv.FormatBool(*pprofDir != ""),
+		},
+		// Through a pipe, as under a supervisor or container runtime:
+		// writing the access log is part of what a call costs userd.
+		Stdout: io.Discard, Stderr: io.Discard,
+	}, 60*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("%s (%s): %w; run it by hand to see why", t.name, t.bin, err)
 	}
 	in := &instance{
-		t: t, cmd: cmd, exited: make(chan struct{}),
-		opsURL: "http://" + ports[3], httpURL: "http://" + ports[1], hookURL: "http://" + ports[2] + clerkhook.Path,
+		t: t, proc: proc,
+		opsURL: "http://" + proc.Addrs.Ops, httpURL: "http://" + proc.Addrs.HTTP, hookURL: "http://" + proc.Addrs.Webhook + clerkhook.Path,
 		ctx:  metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+serviceToken),
 		http: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: *concurrency * 2}},
 	}
-	go func() { _ = cmd.Wait(); close(in.exited) }()
-	if err := in.waitReady(); err != nil {
-		in.stop()
-		return nil, fmt.Errorf("%s (%s): %w", t.name, t.bin, err)
-	}
-	conn, err := grpc.NewClient(ports[0], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(proc.Addrs.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		in.stop()
 		return nil, err
@@ -211,38 +197,14 @@ func (t *target) startOnce(ctx context.Context) (*instance, error) {
 	return in, nil
 }
 
-func (in *instance) waitReady() error {
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case <-in.exited:
-			return fmt.Errorf("%w (%v); run it by hand to see why", errExited, in.cmd.ProcessState)
-		default:
-		}
-		if resp, err := http.Get(in.opsURL + "/readyz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return fmt.Errorf("userd not ready at %s/readyz", in.opsURL)
-}
-
-// stop closes the clients and stops userd gracefully.
+// stop closes the clients and stops userd gracefully (killing it after
+// 30 s).
 func (in *instance) stop() {
 	if in.conn != nil {
 		_ = in.conn.Close()
 	}
 	in.http.CloseIdleConnections()
-	_ = in.cmd.Process.Signal(os.Interrupt)
-	select {
-	case <-in.exited:
-	case <-time.After(30 * time.Second):
-		_ = in.cmd.Process.Kill()
-		<-in.exited
-	}
+	_ = in.proc.Stop(syscall.SIGINT, 30*time.Second)
 }
 
 func (in *instance) seed(i int) error {
