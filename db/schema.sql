@@ -686,6 +686,19 @@ ALTER TABLE public.credit_transactions ALTER COLUMN id ADD GENERATED ALWAYS AS I
 
 
 --
+-- Name: feed_cursor_keys; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.feed_cursor_keys (
+    id smallint NOT NULL,
+    secret bytea NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT feed_cursor_keys_id_check CHECK (((id >= 1) AND (id <= 255))),
+    CONSTRAINT feed_cursor_keys_secret_check CHECK ((octet_length(secret) >= 32))
+);
+
+
+--
 -- Name: idempotency_keys; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -854,6 +867,14 @@ ALTER TABLE ONLY public.credit_transactions
 
 ALTER TABLE ONLY public.credit_transactions
     ADD CONSTRAINT credit_transactions_user_key UNIQUE (user_id, idempotency_key);
+
+
+--
+-- Name: feed_cursor_keys feed_cursor_keys_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.feed_cursor_keys
+    ADD CONSTRAINT feed_cursor_keys_pkey PRIMARY KEY (id);
 
 
 --

@@ -359,7 +359,7 @@ $$;
 -- +goose StatementEnd
 
 -- +goose Down
--- The helpers of 00008, whose down leaves them (see there), go with the
+-- The helpers of 00009, whose down leaves them (see there), go with the
 -- functions that call them.
 DROP FUNCTION IF EXISTS userd_post_ledger_entry(uuid, bigint, boolean, bigint, text, text, text, text, boolean);
 DROP FUNCTION IF EXISTS userd_idempotency_key_used(uuid, text);
