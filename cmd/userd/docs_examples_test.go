@@ -242,7 +242,7 @@ func TestDocumentationExamples(t *testing.T) {
 				b, b.code, out)
 			continue
 		}
-		t.Logf("%s: ok", b)
+		t.Logf("%s: ok\n%s", b, out)
 	}
 	if t.Failed() {
 		t.Logf("userd's log:\n%s", p.logs)
