@@ -378,9 +378,7 @@ func TestAttachBeforeTheServer(t *testing.T) {
 	if _, err := Attach(context.Background(), dataDir); !errors.Is(err, ErrNotRunning) {
 		t.Errorf("Attach after Release: %v, want ErrNotRunning", err)
 	}
-	l2, err := Lock(dataDir)
-	if err != nil {
-		t.Fatalf("Lock after Release: %v", err)
-	}
-	l2.Release()
+	// (Not asserted: that a Lock right after Release succeeds. A process
+	// the parallel tests fork holds a copy of the descriptor until its
+	// exec closes it, and with it the flock, for that moment.)
 }
