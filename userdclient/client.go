@@ -248,19 +248,38 @@ type keyed interface {
 // applied at most once). The key is written into the request, where the
 // caller can read it. Callers that retry on their own should set a key
 // derived from their operation instead (a job id, a payment id).
+//
+// A key made here is this call's alone, so a response that says
+// "replayed" can only come from one of this call's own retries, after an
+// attempt that was applied but whose answer was lost: for the caller the
+// change was made by this call, and the flag is cleared. With a key of the
+// caller's, replayed means what userd says: the key had already applied
+// the change before (this call or an earlier one).
 func idempotencyKeys(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	generated := false
 	if k, ok := req.(keyed); ok && k.GetIdempotencyKey() == "" {
 		key := NewIdempotencyKey()
 		switch r := req.(type) {
 		case *userdv1.DeductCreditsRequest:
-			r.IdempotencyKey = key
+			r.IdempotencyKey, generated = key, true
 		case *userdv1.GrantCreditsRequest:
-			r.IdempotencyKey = key
+			r.IdempotencyKey, generated = key, true
 		case *userdv1.SetPlanRequest:
-			r.IdempotencyKey = key
+			r.IdempotencyKey, generated = key, true
 		}
 	}
-	return invoker(ctx, method, req, reply, cc, opts...)
+	err := invoker(ctx, method, req, reply, cc, opts...)
+	if err == nil && generated {
+		switch r := reply.(type) {
+		case *userdv1.DeductCreditsResponse:
+			r.Replayed = false
+		case *userdv1.GrantCreditsResponse:
+			r.Replayed = false
+		case *userdv1.SetPlanResponse:
+			r.Replayed = false
+		}
+	}
+	return err
 }
 
 // NewIdempotencyKey returns a random key ("uc-" and 32 hex digits).

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -66,6 +67,9 @@ func TestServiceCalls(t *testing.T) {
 	again, err := c.DeductCredits(ctx, deduct)
 	if err != nil || again.GetTransaction().GetId() != first.GetTransaction().GetId() {
 		t.Errorf("replay: %v, %v", again, err)
+	}
+	if first.GetReplayed() || !again.GetReplayed() {
+		t.Errorf("replayed: first call %v, the same key again %v; want false, true", first.GetReplayed(), again.GetReplayed())
 	}
 	_, err = c.DeductCredits(ctx, &userdv1.DeductCreditsRequest{ClerkUserId: "user_gc", Amount: 5, IdempotencyKey: "job-1"})
 	if !userdclient.IsKeyReused(err) || userdclient.IsNotFound(err) {
@@ -160,6 +164,74 @@ func (a *attempts) interceptor(ctx context.Context, method string, req, reply an
 		a.left = append(a.left, -1)
 	}
 	return err
+}
+
+// TestOwnRetryIsNotAReplay: when the client made the key, a replay can
+// only be its own retry of an attempt that was applied but whose answer was
+// lost, so the caller is told the change was applied (replayed false); with
+// the caller's own key, the same sequence reports the replay.
+func TestOwnRetryIsNotAReplay(t *testing.T) {
+	t.Parallel()
+	in := apptest.Start(t, nil)
+	// Per attempt (inside the client's retries): the first attempt reaches
+	// userd, which applies it, and its answer is then lost.
+	var (
+		mu    sync.Mutex
+		calls int
+	)
+	loseFirstAnswer := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		err := invoker(ctx, method, req, reply, cc, opts...)
+		mu.Lock()
+		defer mu.Unlock()
+		if calls++; calls == 1 && err == nil {
+			return status.Error(codes.Unavailable, "answer lost")
+		}
+		return err
+	}
+	reset := func() {
+		mu.Lock()
+		calls = 0
+		mu.Unlock()
+	}
+	c := dial(t, in, userdclient.WithToken(apptest.ServiceToken),
+		userdclient.WithDialOptions(grpc.WithChainUnaryInterceptor(loseFirstAnswer)))
+	ctx := context.Background()
+	if _, err := c.EnsureUser(ctx, &userdv1.EnsureUserRequest{ClerkUserId: "user_lost"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		call func() (bool, error)
+		want bool
+	}{
+		{"DeductClientKey", func() (bool, error) {
+			r, err := c.DeductCredits(ctx, &userdv1.DeductCreditsRequest{ClerkUserId: "user_lost", Amount: 1})
+			return r.GetReplayed(), err
+		}, false},
+		{"GrantClientKey", func() (bool, error) {
+			r, err := c.GrantCredits(ctx, &userdv1.GrantCreditsRequest{ClerkUserId: "user_lost", Amount: 1})
+			return r.GetReplayed(), err
+		}, false},
+		{"SetPlanClientKey", func() (bool, error) {
+			r, err := c.SetPlan(ctx, &userdv1.SetPlanRequest{ClerkUserId: "user_lost", Plan: userdv1.Plan_PLAN_PRO})
+			return r.GetReplayed(), err
+		}, false},
+		{"DeductCallerKey", func() (bool, error) {
+			r, err := c.DeductCredits(ctx, &userdv1.DeductCreditsRequest{ClerkUserId: "user_lost", Amount: 1, IdempotencyKey: "mine-1"})
+			return r.GetReplayed(), err
+		}, true},
+	} {
+		reset()
+		got, err := tc.call()
+		if err != nil || got != tc.want {
+			t.Errorf("%s: replayed %v, err %v; want %v, nil", tc.name, got, err, tc.want)
+		}
+		mu.Lock()
+		if calls != 2 {
+			t.Errorf("%s: %d attempts, want 2 (the lost answer, then the retry)", tc.name, calls)
+		}
+		mu.Unlock()
+	}
 }
 
 // TestRetriesReuseTheKey: a deduction sent while the database is down is

@@ -80,7 +80,14 @@ type env struct {
 	out    *printer
 }
 
+// program is how this userctl was invoked (os.Args[0], e.g. bin/userctl),
+// for the commands it prints, so that they can be pasted as they are.
+var program = "userctl"
+
 func main() {
+	if len(os.Args) > 0 && os.Args[0] != "" {
+		program = os.Args[0]
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -160,6 +167,12 @@ func report(w io.Writer, err error) int {
 	}
 	st := grpcErr.GRPCStatus()
 	fmt.Fprintf(w, "userctl: %s: %s\n", strings.ToLower(strings.ReplaceAll(codeName(st.Code()), "_", " ")), st.Message())
+	if st.Code() == codes.Unavailable && strings.Contains(st.Message(), tlsToPlaintext) {
+		// Retrying cannot help: the command line asks for TLS and the
+		// server speaks plaintext (make run's userd does).
+		fmt.Fprintln(w, "  userd answered in plaintext, not TLS: add --plaintext (or set USERD_PLAINTEXT=true) for a userd without TLS, such as make run's")
+		return exitUsage
+	}
 	for _, v := range userdclient.FieldViolations(err) {
 		fmt.Fprintf(w, "  %s: %s\n", v.Field, v.Description)
 	}
@@ -189,6 +202,11 @@ func report(w io.Writer, err error) int {
 	}
 	return exitError
 }
+
+// tlsToPlaintext is what crypto/tls reports when a TLS client's first read
+// gets something other than a TLS record, such as an HTTP/2 frame of a
+// plaintext gRPC server.
+const tlsToPlaintext = "first record does not look like a TLS handshake"
 
 // codeName is the code's canonical name, as the proto and docs/api.md spell
 // it (FAILED_PRECONDITION; codes.Code.String says FailedPrecondition).
@@ -291,7 +309,10 @@ func (c *deductCmd) Run(e *env) error {
 	if err != nil {
 		return err
 	}
-	return e.out.message(res, func() { e.out.transactions([]*userdv1.CreditTransaction{res.GetTransaction()}) })
+	return e.out.message(res, func() {
+		e.out.transactions([]*userdv1.CreditTransaction{res.GetTransaction()})
+		e.out.replayed(res.GetReplayed(), c.Key)
+	})
 }
 
 type grantCmd struct{ change }
@@ -303,7 +324,10 @@ func (c *grantCmd) Run(e *env) error {
 	if err != nil {
 		return err
 	}
-	return e.out.message(res, func() { e.out.transactions([]*userdv1.CreditTransaction{res.GetTransaction()}) })
+	return e.out.message(res, func() {
+		e.out.transactions([]*userdv1.CreditTransaction{res.GetTransaction()})
+		e.out.replayed(res.GetReplayed(), c.Key)
+	})
 }
 
 type setPlanCmd struct {
@@ -322,7 +346,10 @@ func (c *setPlanCmd) Run(e *env) error {
 	if err != nil {
 		return err
 	}
-	return e.out.message(res, func() { e.out.user(res.GetUser(), row{"PREVIOUS PLAN", planName(res.GetPreviousPlan())}) })
+	return e.out.message(res, func() {
+		e.out.user(res.GetUser(), row{"PREVIOUS PLAN", planName(res.GetPreviousPlan())})
+		e.out.replayed(res.GetReplayed(), c.Key)
+	})
 }
 
 type ledgerCmd struct {
@@ -341,7 +368,7 @@ func (c *ledgerCmd) Run(e *env) error {
 	return e.out.message(res, func() {
 		e.out.transactions(res.GetTransactions())
 		if next := res.GetNextPageToken(); next != "" {
-			fmt.Fprintf(e.out.w, "\nmore: userctl ledger %s --page-size %d --page-token %s\n", c.ClerkUserID, c.PageSize, next)
+			fmt.Fprintf(e.out.w, "\nmore: %s ledger %s --page-size %d --page-token %s\n", program, c.ClerkUserID, c.PageSize, next)
 		}
 	})
 }

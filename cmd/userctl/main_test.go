@@ -65,21 +65,41 @@ func TestCommands(t *testing.T) {
 	expect(t, userctl("get", "--id", got.User.ID), exitOK, `CLERK ID +user_cli`)
 	expect(t, userctl("get", "user_nobody"), exitNotFound, `not found`)
 
-	expect(t, userctl("deduct", "user_cli", "4", "--key", "k1", "--reason", "render"), exitOK, `-4 +6 +k1 +render`)
-	expect(t, userctl("deduct", "user_cli", "4", "--key", "k1", "--reason", "render"), exitOK, `-4 +6 +k1`)
+	r = userctl("deduct", "user_cli", "4", "--key", "k1", "--reason", "render")
+	expect(t, r, exitOK, `-4 +6 +k1 +render`)
+	if strings.Contains(r.stdout, "REPLAYED") {
+		t.Errorf("a first deduction says REPLAYED: %q", r.stdout)
+	}
+	// The same key again: the original result, saying it is a replay.
+	expect(t, userctl("deduct", "user_cli", "4", "--key", "k1", "--reason", "render"), exitOK, `-4 +6 +k1`,
+		`REPLAYED: key k1 had already been applied; nothing changed`)
 	expect(t, userctl("deduct", "user_cli", "5", "--key", "k1"), exitConflict, `IDEMPOTENCY_KEY_REUSED`)
 	expect(t, userctl("deduct", "user_cli", "100", "--key", "k2"), exitInsufficientCredits, `100 required, 6 available`)
-	r = userctl("--json", "grant", "user_cli", "10", "--key", "g1")
-	var granted struct{ Balance string }
-	if err := json.Unmarshal([]byte(r.stdout), &granted); r.code != exitOK || err != nil || granted.Balance != "16" {
-		t.Errorf("grant --json: %d %v %q %s", r.code, err, r.stdout, r.stderr)
+	for i, wantReplayed := range []bool{false, true} {
+		r = userctl("--json", "grant", "user_cli", "10", "--key", "g1")
+		var granted struct {
+			Balance  string
+			Replayed *bool
+		}
+		if err := json.Unmarshal([]byte(r.stdout), &granted); r.code != exitOK || err != nil || granted.Balance != "16" ||
+			granted.Replayed == nil || *granted.Replayed != wantReplayed {
+			t.Errorf("grant --json, call %d: %d %v %q %s; want balance 16, replayed %v", i+1, r.code, err, r.stdout, r.stderr, wantReplayed)
+		}
+	}
+	r = userctl("set-plan", "user_cli", "pro", "--bonus", "5", "--key", "p1")
+	expect(t, r, exitOK, `PLAN +PRO`, `PREVIOUS PLAN +FREE`, `CREDITS +21`)
+	if strings.Contains(r.stdout, "REPLAYED") {
+		t.Errorf("a first plan change says REPLAYED: %q", r.stdout)
 	}
 	expect(t, userctl("set-plan", "user_cli", "pro", "--bonus", "5", "--key", "p1"), exitOK,
-		`PLAN +PRO`, `PREVIOUS PLAN +FREE`, `CREDITS +21`)
+		`PREVIOUS PLAN +FREE`, `CREDITS +21`, `REPLAYED: key p1`)
 
-	// The ledger, two entries a page, following the printed token.
+	// The ledger, two entries a page, following the printed token; the
+	// command it prints names the userctl that was run, to paste as it is.
+	program = "bin/userctl"
+	t.Cleanup(func() { program = "userctl" })
 	r = userctl("ledger", "user_cli", "--page-size", "2")
-	expect(t, r, exitOK, `plan_bonus +\+5 +21`, `grant +\+10 +16`)
+	expect(t, r, exitOK, `plan_bonus +\+5 +21`, `grant +\+10 +16`, `more: bin/userctl ledger user_cli --page-size 2 --page-token `)
 	next := regexp.MustCompile(`--page-token (\S+)`).FindStringSubmatch(r.stdout)
 	if next == nil {
 		t.Fatalf("no next page token in %q", r.stdout)
@@ -104,6 +124,10 @@ func TestCommands(t *testing.T) {
 	closed := ln.Addr().String()
 	ln.Close()
 	expect(t, userctl("--addr", closed, "--timeout", "1s", "get", "user_cli"), exitUnavailable)
+	// TLS (the default) to a plaintext userd: not retryable, and the
+	// message says what to add.
+	expect(t, userctl("--plaintext=false", "get", "user_cli"), exitUsage,
+		`first record does not look like a TLS handshake`, `add --plaintext \(or set USERD_PLAINTEXT=true\)`)
 
 	// Nothing above moved credits beyond the successful commands.
 	u, err := in.Store.GetLiveUserByClerkID(t.Context(), "user_cli")

@@ -66,6 +66,16 @@ func (p *printer) transactions(txs []*userdv1.CreditTransaction) {
 	_ = tw.Flush()
 }
 
+// replayed says, under a keyed write's table, that the write changed
+// nothing: the key had already applied it, and what is shown is the
+// original result (its balance is the balance then).
+func (p *printer) replayed(replayed bool, key string) {
+	if replayed {
+		fmt.Fprintf(p.w, "\nREPLAYED: key %s had already been applied; nothing changed. This is the original result "+
+			"(its balance is the balance then: %s get shows the current one).\n", key, program)
+	}
+}
+
 func planName(p userdv1.Plan) string {
 	return strings.TrimPrefix(p.String(), "PLAN_")
 }

@@ -16,9 +16,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
 	"github.com/userd/userd/internal/pgembed"
@@ -253,16 +256,51 @@ func TestEmbeddedDatabaseEndToEnd(t *testing.T) {
 		}
 	}
 
+	// One line says when userd serves, and where.
+	if want := fmt.Sprintf(`"msg":"userd ready","grpc":"%s","rest":"%s","webhook":"%s","ops":"%s"`,
+		ep.GRPC, ep.HTTP, ep.Webhook, ep.Ops); !strings.Contains(first.Logs(), want) {
+		t.Errorf("the log lacks %s:\n%s", want, first.Logs())
+	}
+
+	// Commands run beside it (sync-clerk, erase-user, migrate) use its
+	// database, found through the data directory; db-url prints it.
+	side := []string{"DATABASE_URL=", "USERD_DATA_DIR=" + dataDir}
+	if _, err := c.EnsureUser(ctx, &userdv1.EnsureUserRequest{ClerkUserId: "user_erased", Email: "x@example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	if r := runUserd(t, bin, side, "erase-user", "--clerk-user-id", "user_erased", "--force"); r.code != 0 ||
+		!strings.Contains(r.stdout, "erased user_erased") || !strings.Contains(r.stderr, "using its embedded PostgreSQL") {
+		t.Errorf("erase-user beside the running userd: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+	if _, err := c.GetUser(ctx, &userdv1.GetUserRequest{Lookup: &userdv1.GetUserRequest_ClerkUserId{ClerkUserId: "user_erased"}}); status.Code(err) != codes.NotFound {
+		t.Errorf("the user erased beside the running userd: %v, want NOT_FOUND", err)
+	}
+	if r := runUserd(t, bin, side, "migrate", "status"); r.code != 0 || !strings.Contains(r.stdout, "schema version") {
+		t.Errorf("migrate status beside the running userd: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+	r := runUserd(t, bin, side, "db-url")
+	if r.code != 0 {
+		t.Fatalf("db-url: exit %d: %s", r.code, r.stderr)
+	}
+	conn, err := pgx.Connect(ctx, strings.TrimSpace(r.stdout))
+	if err != nil {
+		t.Fatalf("connect to what db-url printed: %v", err)
+	}
+	var credits int64
+	if err := conn.QueryRow(ctx, "SELECT credits FROM users WHERE clerk_user_id = 'user_embedded'").Scan(&credits); err != nil || credits != 6 {
+		t.Errorf("user_embedded through db-url: %d credits, %v; want 6", credits, err)
+	}
+	_ = conn.Close(ctx)
+
 	// A second userd on the same data directory (a second `make run`)
 	// refuses to start, saying why, and leaves the first one and its
-	// PostgreSQL alone: on the same addresses it finds them in use before
-	// it touches the database; on others, it finds the data directory in
-	// use.
+	// PostgreSQL alone: it finds the data directory in use before it binds
+	// a port, so on the same addresses as on others it says so.
 	for _, rivalCase := range []struct {
 		ep   endpoints
 		want string
 	}{
-		{ep, "address already in use"},
+		{ep, fmt.Sprintf("is used by another userd (pid %d)", first.Pid())},
 		{newEndpoints(t), fmt.Sprintf("is used by another userd (pid %d)", first.Pid())},
 	} {
 		rival := launchUserd(t, bin, "", dataDir, rivalCase.ep)
@@ -288,6 +326,9 @@ func TestEmbeddedDatabaseEndToEnd(t *testing.T) {
 	}
 	if strings.Contains(first.Logs(), e2eToken) {
 		t.Error("the logs contain the service token")
+	}
+	if r := runUserd(t, bin, side, "db-url"); r.code != 1 || !strings.Contains(r.stderr, "no userd runs on the data directory") {
+		t.Errorf("db-url without a userd: exit %d, %s", r.code, r.stderr)
 	}
 
 	second := startUserd(t, bin, "", dataDir, ep)

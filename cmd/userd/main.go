@@ -5,6 +5,7 @@
 //	userd migrate up|down|status
 //	userd sync-clerk           mirror every Clerk user (backfill, reconcile)
 //	userd erase-user           erase one user's personal data on request
+//	userd db-url               print the database's URL (for psql)
 //	userd version
 package main
 
@@ -19,6 +20,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -29,6 +31,7 @@ import (
 	"github.com/userd/userd/internal/config"
 	"github.com/userd/userd/internal/database"
 	"github.com/userd/userd/internal/migrate"
+	"github.com/userd/userd/internal/pgembed"
 	"github.com/userd/userd/internal/store"
 	"github.com/userd/userd/internal/telemetry"
 )
@@ -45,6 +48,30 @@ type cli struct {
 	EraseUser eraseUserCmd `cmd:"" name:"erase-user" help:"Erase one user's personal data on request and mark it deleted for good; the ledger and plan history stay."`
 
 	SendClerkEvent sendClerkEventCmd `cmd:"" name:"send-clerk-event" help:"Post a correctly signed sample Clerk event to a running userd (local demo without Clerk)."`
+	DBURL          dbURLCmd          `cmd:"" name:"db-url" help:"Print the URL of the database userd uses: DATABASE_URL, or the embedded PostgreSQL of the userd running on USERD_DATA_DIR (password included: psql \"$(userd db-url)\")."`
+}
+
+type dbURLCmd struct {
+	config.Database `embed:""`
+}
+
+func (c *dbURLCmd) Run() error {
+	if !c.Embedded() {
+		fmt.Println(c.URL)
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	u, err := database.EmbeddedURL(ctx, c.Database)
+	if errors.Is(err, pgembed.ErrNotRunning) {
+		return fmt.Errorf("%w: DATABASE_URL is empty and no userd runs on USERD_DATA_DIR; start one (make run), "+
+			"or set USERD_DATA_DIR to the one it uses", err)
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Println(u)
+	return nil
 }
 
 func main() {
@@ -169,10 +196,17 @@ func (m *migrateCmd) Run(kctx *kong.Context) error {
 	return nil
 }
 
+// sampleCreatedAt is Clerk's updated_at in the demo's user.created events.
+// Every delivery of one user's user.created carries the state the user was
+// created with, so a user.created sent again after a user.updated is older
+// than the stored state and answers "stale", changing nothing, as a late
+// redelivery from Clerk would; it never undoes the update.
+var sampleCreatedAt = time.Date(2026, time.January, 1, 0, 0, 0, 0, time.UTC)
+
 type sendClerkEventCmd struct {
 	URL       string `default:"http://localhost:8081/webhooks/clerk" help:"Webhook endpoint to post to."`
-	Secret    string `name:"clerk-webhook-secret" env:"CLERK_WEBHOOK_SECRET" required:"" help:"Signing secret to sign with (the first one when several are configured)."`
-	Type      string `default:"user.created" enum:"user.created,user.updated,user.deleted" help:"Event type."`
+	Secret    string `name:"clerk-webhook-secret" env:"CLERK_WEBHOOK_SECRET" help:"Signing secret to sign with (the first one when several are configured): the receiving userd's CLERK_WEBHOOK_SECRET."`
+	Type      string `default:"user.created" enum:"user.created,user.updated,user.deleted" help:"Event type: user.created carries the user as created (Clerk updated_at 2026-01-01T00:00:00Z, so once the user was updated it answers stale); user.updated the user as of now."`
 	UserID    string `name:"user-id" default:"user_2demoSampleUser" help:"Clerk user id."`
 	Email     string `default:"grace@example.com" help:"Primary email (empty for none)."`
 	FirstName string `name:"first-name" default:"Grace" help:"First name."`
@@ -181,19 +215,25 @@ type sendClerkEventCmd struct {
 }
 
 func (c *sendClerkEventCmd) Run() error {
+	if strings.TrimSpace(c.Secret) == "" {
+		return errors.New("no signing secret: set CLERK_WEBHOOK_SECRET (or --clerk-webhook-secret) to the " +
+			"CLERK_WEBHOOK_SECRET of the userd you post to; `make demo-webhook` signs with the development secret " +
+			"that `make run` uses")
+	}
 	secrets, err := clerkhook.ParseSecrets(c.Secret)
 	if err != nil {
 		return err
-	}
-	if len(secrets) == 0 {
-		return errors.New("CLERK_WEBHOOK_SECRET is empty")
 	}
 	now := time.Now()
 	if c.MessageID == "" {
 		c.MessageID = fmt.Sprintf("msg_demo_%d", now.UnixNano())
 	}
+	updated := now
+	if c.Type == "user.created" {
+		updated = sampleCreatedAt
+	}
 	body := clerkhook.SampleEvent(c.Type, clerkhook.SampleUser{
-		ID: c.UserID, Email: c.Email, FirstName: c.FirstName, LastName: c.LastName, UpdatedAt: now,
+		ID: c.UserID, Email: c.Email, FirstName: c.FirstName, LastName: c.LastName, UpdatedAt: updated,
 	})
 	headers, err := clerkhook.SignHeaders(secrets[0], c.MessageID, now, body)
 	if err != nil {

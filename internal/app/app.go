@@ -37,6 +37,7 @@ import (
 	"github.com/userd/userd/internal/httpmw"
 	"github.com/userd/userd/internal/lifecycle"
 	"github.com/userd/userd/internal/migrate"
+	"github.com/userd/userd/internal/pgembed"
 	"github.com/userd/userd/internal/store"
 	"github.com/userd/userd/internal/telemetry"
 	"github.com/userd/userd/internal/upstream"
@@ -171,17 +172,28 @@ func New(ctx context.Context, cfg config.Serve, log *slog.Logger) (*App, error) 
 		return nil, err
 	}
 	a := &App{cfg: cfg, log: log}
-	// Listeners first: an address in use is found before the database
+	// The embedded database's data directory first: a second userd on it
+	// (a second `make run`) is told that another userd uses it, not that
+	// one of its ports is in use.
+	var lock *pgembed.DirLock
+	if cfg.Database.Embedded() {
+		var err error
+		if lock, err = pgembed.Lock(database.DataDir(cfg.Database)); err != nil {
+			return nil, err
+		}
+	}
+	// Then the listeners: an address in use is found before the database
 	// starts (or the embedded one is started for nothing).
 	if err := a.listen(); err != nil {
 		a.closeListeners()
+		lock.Release()
 		return nil, err
 	}
-	db, err := database.Open(ctx, cfg.Database, store.SessionTimeouts{
+	db, err := database.OpenServe(ctx, cfg.Database, store.SessionTimeouts{
 		Statement:         cfg.DBStatementTimeout,
 		Lock:              cfg.DBLockTimeout,
 		IdleInTransaction: cfg.DBIdleInTransactionTimeout,
-	}, log)
+	}, log, lock)
 	if err != nil {
 		a.closeListeners()
 		return nil, err

@@ -12,6 +12,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/userd/userd/internal/clerkhook"
+	"github.com/userd/userd/internal/config"
+	"github.com/userd/userd/internal/database"
 )
 
 // stopBound bounds each wait of the shutdown past the grace period: for
@@ -45,6 +47,10 @@ func (a *App) Run(ctx context.Context) error {
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	a.serve(g)
+	// Every listener was bound (New) and the schema migrated (init)
+	// before this point: calls are accepted from now on.
+	a.log.Info("userd ready", "grpc", addrOrOff(a.grpcLn), "rest", addrOrOff(a.apiLn),
+		"webhook", addrOrOff(a.webhookLn), "ops", addrOrOff(a.opsLn), "database", a.databaseName())
 	<-gctx.Done() // ctx ended, or a server failed
 	a.shutdown()
 	return g.Wait()
@@ -256,4 +262,21 @@ func (f *inflight) wait(ctx context.Context) (int, error) {
 		defer f.mu.Unlock()
 		return f.n, ctx.Err()
 	}
+}
+
+// addrOrOff is a listener's address for the log, or "off".
+func addrOrOff(ln net.Listener) string {
+	if ln == nil {
+		return config.Off
+	}
+	return ln.Addr().String()
+}
+
+// databaseName says which database userd uses, without credentials.
+func (a *App) databaseName() string {
+	if a.db.Embedded() {
+		return "embedded (" + database.DataDir(a.cfg.Database) + ")"
+	}
+	c := a.pool.Config().ConnConfig
+	return fmt.Sprintf("%s@%s:%d/%s", c.User, c.Host, c.Port, c.Database)
 }

@@ -34,25 +34,73 @@ type DB struct {
 	log      *slog.Logger
 }
 
-// Open connects to DATABASE_URL, or starts the embedded PostgreSQL when it
-// is empty, and checks that the database answers. Every connection of the
+// Open connects to DATABASE_URL, or, when it is empty, to the embedded
+// PostgreSQL: the one of the userd running on USERD_DATA_DIR if there is
+// one (for the commands run beside `userd serve`: sync-clerk, erase-user,
+// migrate; it stays that userd's, Close never stops it), else one it
+// starts. It checks that the database answers. Every connection of the
 // pool gets the session timeouts (none for `userd migrate`, whose
 // migrations may legitimately run long).
 func Open(ctx context.Context, cfg config.Database, session store.SessionTimeouts, log *slog.Logger) (*DB, error) {
+	return open(ctx, cfg, session, log, nil, true)
+}
+
+// OpenServe is Open for `userd serve`, which never uses another userd's
+// database: lock is the data directory's lock (pgembed.Lock) when serve
+// took it before binding its ports, or nil.
+func OpenServe(ctx context.Context, cfg config.Database, session store.SessionTimeouts, log *slog.Logger, lock *pgembed.DirLock) (*DB, error) {
+	return open(ctx, cfg, session, log, lock, false)
+}
+
+// DataDir is the embedded database's data directory.
+func DataDir(cfg config.Database) string {
+	if cfg.DataDir != "" {
+		return cfg.DataDir
+	}
+	return pgembed.DefaultDataDir()
+}
+
+// EmbeddedURL is the URL of the embedded database of the userd running on
+// USERD_DATA_DIR (password included), for `userd db-url`.
+func EmbeddedURL(ctx context.Context, cfg config.Database) (string, error) {
+	r, err := pgembed.Attach(ctx, DataDir(cfg))
+	if err != nil {
+		return "", err
+	}
+	return r.URL, nil
+}
+
+// Embedded reports whether db runs its own embedded server.
+func (db *DB) Embedded() bool { return db.embedded != nil }
+
+func open(ctx context.Context, cfg config.Database, session store.SessionTimeouts, log *slog.Logger,
+	lock *pgembed.DirLock, attach bool,
+) (*DB, error) {
 	db := &DB{log: log}
 	url := cfg.URL
 	if cfg.Embedded() {
-		dir := cfg.DataDir
-		if dir == "" {
-			dir = pgembed.DefaultDataDir()
-		}
+		dir := DataDir(cfg)
 		logFile, err := openPGLog(dir)
 		if err != nil {
+			lock.Release()
 			return nil, err
 		}
 		log.Info("DATABASE_URL is empty: starting the embedded PostgreSQL", "data_dir", dir)
 		start := time.Now()
-		if db.embedded, err = pgembed.Start(ctx, pgembed.Config{DataDir: dir, BinDir: cfg.PGBinDir, Log: logFile}); err != nil {
+		db.embedded, err = pgembed.Start(ctx, pgembed.Config{DataDir: dir, BinDir: cfg.PGBinDir, Log: logFile, Lock: lock})
+		if errors.Is(err, pgembed.ErrInUse) && attach {
+			// A userd serves on this data directory: use its database
+			// (it stays that userd's; this command never stops it).
+			_ = logFile.Close()
+			running, aerr := pgembed.Attach(ctx, dir)
+			if aerr != nil {
+				return nil, fmt.Errorf("%w; and its database cannot be used: %w", err, aerr)
+			}
+			log.Info("USERD_DATA_DIR is used by a running userd: using its embedded PostgreSQL",
+				"pid", running.PID, "data_dir", dir)
+			return connect(ctx, db, running.URL, cfg, session)
+		}
+		if err != nil {
 			return nil, err
 		}
 		if pid := db.embedded.AdoptedPID(); pid != 0 {
@@ -63,6 +111,11 @@ func Open(ctx context.Context, cfg config.Database, session store.SessionTimeout
 			"log", filepath.Join(dir, "postgres.log"))
 		url = db.embedded.URL
 	}
+	return connect(ctx, db, url, cfg, session)
+}
+
+// connect opens db's pool on url and checks that the database answers.
+func connect(ctx context.Context, db *DB, url string, cfg config.Database, session store.SessionTimeouts) (*DB, error) {
 	pcfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		db.Close()

@@ -200,8 +200,10 @@ func TestServiceOverREST(t *testing.T) {
 	if first.header.Get("X-Request-Id") != "req-abc" {
 		t.Errorf("X-Request-Id = %q, want the caller's", first.header.Get("X-Request-Id"))
 	}
-	if again := deduct(); again.status != http.StatusOK || field(again.body, "transaction", "id") != field(first.body, "transaction", "id") {
-		t.Errorf("retry with the same Idempotency-Key: %d %v", again.status, again.body)
+	if again := deduct(); again.status != http.StatusOK || field(again.body, "transaction", "id") != field(first.body, "transaction", "id") ||
+		again.body["replayed"] != true || first.body["replayed"] != false {
+		t.Errorf("retry with the same Idempotency-Key: %d %v (first call replayed %v); want the original entry, replayed true",
+			again.status, again.body, first.body["replayed"])
 	}
 	r = b.call(t, "POST", "/v1/users/user_dave/credits:deduct", svc, map[string]any{"amount": 4, "idempotencyKey": "other"},
 		"Idempotency-Key", "job-7")

@@ -132,8 +132,9 @@ func TestEveryRPC(t *testing.T) {
 		t.Errorf("DeductCredits = %v", ded)
 	}
 	replay, err := c.DeductCredits(ctx, &userdv1.DeductCreditsRequest{ClerkUserId: "user_rpc", Amount: 4, IdempotencyKey: "d1", Reason: "job 1"})
-	if err != nil || !proto.Equal(replay, ded) {
-		t.Errorf("replay = %v, %v; want %v", replay, err, ded)
+	if err != nil || !replay.GetReplayed() || ded.GetReplayed() ||
+		!proto.Equal(replay.GetTransaction(), ded.GetTransaction()) || replay.GetBalance() != ded.GetBalance() {
+		t.Errorf("replay = %v, %v; want %v, replayed", replay, err, ded)
 	}
 
 	_, err = c.DeductCredits(ctx, &userdv1.DeductCreditsRequest{ClerkUserId: "user_rpc", Amount: 7, IdempotencyKey: "d2"})
@@ -388,7 +389,8 @@ func TestPricesAndUsageRPCs(t *testing.T) {
 	if _, err := c.SetPrice(ctx, &userdv1.SetPriceRequest{Action: "render", Credits: 8}); err != nil {
 		t.Fatal(err)
 	}
-	if replay, err := c.DeductCredits(ctx, &userdv1.DeductCreditsRequest{ClerkUserId: "user_usage", Action: "render", IdempotencyKey: "r1"}); err != nil || !proto.Equal(replay, ded) {
+	if replay, err := c.DeductCredits(ctx, &userdv1.DeductCreditsRequest{ClerkUserId: "user_usage", Action: "render", IdempotencyKey: "r1"}); err != nil || !replay.GetReplayed() || ded.GetReplayed() ||
+		!proto.Equal(replay.GetTransaction(), ded.GetTransaction()) || replay.GetBalance() != ded.GetBalance() {
 		t.Errorf("replay after the price rose = %v, %v; want %v", replay, err, ded)
 	}
 	_, err = c.DeductCredits(ctx, &userdv1.DeductCreditsRequest{ClerkUserId: "user_usage", Action: "render", IdempotencyKey: "r2"})

@@ -115,7 +115,7 @@ func (s *Server) DeductCredits(ctx context.Context, req *userdv1.DeductCreditsRe
 	if err != nil {
 		return nil, err
 	}
-	return &userdv1.DeductCreditsResponse{Transaction: transactionToProto(t), Balance: t.BalanceAfter}, nil
+	return &userdv1.DeductCreditsResponse{Transaction: transactionToProto(t.Transaction), Balance: t.BalanceAfter, Replayed: t.Replayed}, nil
 }
 
 // GrantCredits implements userdv1.UserServiceServer.
@@ -128,7 +128,7 @@ func (s *Server) GrantCredits(ctx context.Context, req *userdv1.GrantCreditsRequ
 	if err != nil {
 		return nil, err
 	}
-	return &userdv1.GrantCreditsResponse{Transaction: transactionToProto(t), Balance: t.BalanceAfter}, nil
+	return &userdv1.GrantCreditsResponse{Transaction: transactionToProto(t.Transaction), Balance: t.BalanceAfter, Replayed: t.Replayed}, nil
 }
 
 // SetPlan implements userdv1.UserServiceServer.
@@ -157,6 +157,7 @@ func (s *Server) SetPlan(ctx context.Context, req *userdv1.SetPlanRequest) (*use
 	out := &userdv1.SetPlanResponse{
 		User:         userToProto(res.User),
 		PreviousPlan: planToProto(res.Change.PreviousPlan),
+		Replayed:     res.Replayed,
 	}
 	if res.Bonus != nil {
 		out.BonusTransaction = transactionToProto(*res.Bonus)

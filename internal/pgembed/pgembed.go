@@ -62,6 +62,9 @@ type Config struct {
 	BinDir string
 	// Log receives PostgreSQL's output.
 	Log io.Writer
+	// Lock, if set, is DataDir's lock, already taken (see Lock); Start
+	// takes it otherwise. Either way the Server holds it from then on.
+	Lock *DirLock
 }
 
 // Server is a running embedded PostgreSQL.
@@ -72,10 +75,11 @@ type Server struct {
 	pgCtl   string // pg_ctl to stop with (a wrapper when needed)
 	ep      *embeddedpostgres.EmbeddedPostgres
 	// lock is the data directory's lock, held until Stop or Detach.
-	lock *os.File
+	lock *DirLock
 	// adopted is the pid of a server a userd that did not stop left
 	// running, which this one adopted; 0 when this one started it.
 	adopted int
+	port    uint32
 }
 
 // AdoptedPID is the process id of the server Start adopted from a userd
@@ -112,22 +116,22 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if cfg.Log == nil {
 		cfg.Log = io.Discard
 	}
-	dataDir, err := filepath.Abs(cfg.DataDir)
-	if err != nil {
-		return nil, fmt.Errorf("USERD_DATA_DIR: %w", err)
+	lock := cfg.Lock
+	if lock == nil {
+		if lock, err = Lock(cfg.DataDir); err != nil {
+			return nil, err
+		}
 	}
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create data directory: %w", err)
-	}
-	lock, err := lockDataDir(dataDir)
-	if err != nil {
-		return nil, err
-	}
+	dataDir := lock.dir
 	s := &Server{dataDir: filepath.Join(dataDir, "pg", "data"), lock: lock}
 	defer func() {
 		if err != nil {
 			s.Detach()
+			return
 		}
+		// Tell the commands run beside this userd where its database
+		// is (the password stays in its own file).
+		lock.record(url("", s.port))
 	}()
 	pgDir := filepath.Join(dataDir, "pg")
 	if err := os.MkdirAll(pgDir, 0o700); err != nil {
@@ -169,7 +173,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if pid, port, ok := postmaster(s.dataDir); ok {
 		// Left running by a userd that did not stop (nothing else may
 		// run it: we hold the data directory): adopt it.
-		s.URL = url(password, port)
+		s.URL, s.port = url(password, port), port
 		if err := ping(ctx, s.URL); err == nil {
 			s.adopted = pid
 			if err := s.secure(ctx, password, acct); err != nil {
@@ -185,7 +189,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	s.URL = url(password, port)
+	s.URL, s.port = url(password, port), port
 	s.ep = embeddedpostgres.NewDatabase(embeddedpostgres.DefaultConfig().
 		Version(version).
 		Port(port).
@@ -215,7 +219,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 // the next Start (in this process or another) to adopt. Stop does both.
 func (s *Server) Detach() {
 	if s.lock != nil {
-		_ = s.lock.Close() // closing the descriptor releases the flock
+		s.lock.Release()
 		s.lock = nil
 	}
 }
@@ -272,7 +276,11 @@ func (s *Server) stopRunning() error {
 	return nil
 }
 
+// url is the server's URL; without a password when password is "".
 func url(password string, port uint32) string {
+	if password == "" {
+		return fmt.Sprintf("postgres://%s@127.0.0.1:%d/%s?sslmode=disable", dbUser, port, dbName)
+	}
 	return fmt.Sprintf("postgres://%s:%s@127.0.0.1:%d/%s?sslmode=disable", dbUser, password, port, dbName)
 }
 

@@ -334,6 +334,18 @@ func TestDataDirectoryLock(t *testing.T) {
 	if err := ping(context.Background(), first.URL); err != nil {
 		t.Fatalf("the first server stopped answering: %v", err)
 	}
+	// Commands run beside the holder reach its server through the lock
+	// file (address) and the password file, without taking the lock.
+	running, err := Attach(context.Background(), dataDir)
+	if err != nil || running.URL != first.URL || running.PID != os.Getpid() {
+		t.Fatalf("Attach = %+v, %v; want %s of pid %d", running, err, first.URL, os.Getpid())
+	}
+	if got := query(t, running.URL, "SELECT current_user"); got != dbUser {
+		t.Errorf("attached as %q, want %q", got, dbUser)
+	}
+	if fi, err := os.Stat(filepath.Join(dataDir, lockFileName)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("lock file: %v, %v; want mode 0600", fi, err)
+	}
 
 	first.Detach()
 	adopter := start(t, dataDir)
@@ -346,4 +358,36 @@ func TestDataDirectoryLock(t *testing.T) {
 	if _, _, ok := postmaster(pgData); ok {
 		t.Error("the adopted server still runs after Stop")
 	}
+	if _, err := Attach(context.Background(), dataDir); !errors.Is(err, ErrNotRunning) {
+		t.Errorf("Attach after Stop: %v, want ErrNotRunning", err)
+	}
+}
+
+// TestAttachBeforeTheServer: commands beside a userd that holds the data
+// directory but has no server yet are told to wait; without a holder,
+// ErrNotRunning. The lock comes first (userd serve takes it before its
+// ports), and a second Lock names the holder.
+func TestAttachBeforeTheServer(t *testing.T) {
+	t.Parallel()
+	dataDir := filepath.Join(t.TempDir(), "data")
+	if _, err := Attach(context.Background(), dataDir); !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("Attach without a userd: %v, want ErrNotRunning", err)
+	}
+	l, err := Lock(dataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Lock(dataDir); !errors.Is(err, ErrInUse) || !strings.Contains(err.Error(), fmt.Sprintf("(pid %d)", os.Getpid())) {
+		t.Errorf("second Lock: %v, want ErrInUse naming pid %d", err, os.Getpid())
+	}
+	if _, err := Attach(context.Background(), dataDir); err == nil || !strings.Contains(err.Error(), "has not started its PostgreSQL yet") {
+		t.Errorf("Attach before the server: %v", err)
+	}
+	l.Release()
+	if _, err := Attach(context.Background(), dataDir); !errors.Is(err, ErrNotRunning) {
+		t.Errorf("Attach after Release: %v, want ErrNotRunning", err)
+	}
+	// (Not asserted: that a Lock right after Release succeeds. A process
+	// the parallel tests fork holds a copy of the descriptor until its
+	// exec closes it, and with it the flock, for that moment.)
 }

@@ -23,11 +23,11 @@ type keyedCall struct {
 var keyedCalls = []keyedCall{
 	{"Deduct", func(ctx context.Context, svc *users.Service, clerkID, key string) (string, error) {
 		t, err := svc.DeductCredits(ctx, users.CreditChange{ClerkUserID: clerkID, Amount: 1, IdempotencyKey: key})
-		return fmt.Sprintf("%+v", t), err
+		return fmt.Sprintf("%+v", t.Transaction), err
 	}},
 	{"Grant", func(ctx context.Context, svc *users.Service, clerkID, key string) (string, error) {
 		t, err := svc.GrantCredits(ctx, users.CreditChange{ClerkUserID: clerkID, Amount: 1, IdempotencyKey: key})
-		return fmt.Sprintf("%+v", t), err
+		return fmt.Sprintf("%+v", t.Transaction), err
 	}},
 	{"SetPlan", func(ctx context.Context, svc *users.Service, clerkID, key string) (string, error) {
 		r, err := svc.SetPlan(ctx, users.SetPlanInput{ClerkUserID: clerkID, Plan: users.PlanPro, IdempotencyKey: key})

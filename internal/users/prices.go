@@ -236,21 +236,21 @@ func unknownAction() error {
 }
 
 // deductForAction charges one use of c.Action at its current price.
-func (s *Service) deductForAction(ctx context.Context, c CreditChange) (Transaction, error) {
+func (s *Service) deductForAction(ctx context.Context, c CreditChange) (CreditResult, error) {
 	res, err := s.store.DeductCreditsForAction(ctx, ActionDeduction{
 		ClerkUserID: c.ClerkUserID, Action: c.Action, IdempotencyKey: c.IdempotencyKey,
 	})
 	if err != nil {
-		return Transaction{}, userErr(err, "deduct credits for action")
+		return CreditResult{}, userErr(err, "deduct credits for action")
 	}
 	switch res.Status {
 	case WriteApplied:
 		s.observer.CreditsMoved(TxDeduct, res.Price)
-		return res.Transaction, nil
+		return CreditResult{Transaction: res.Transaction}, nil
 	case WriteReplayed:
-		return res.Transaction, nil
+		return CreditResult{Transaction: res.Transaction, Replayed: true}, nil
 	case WriteUnknownAction:
-		return Transaction{}, unknownAction()
+		return CreditResult{}, unknownAction()
 	}
-	return Transaction{}, writeErr(res.Status, res.Price, res.Available, "action", "deduct credits for action")
+	return CreditResult{}, writeErr(res.Status, res.Price, res.Available, "action", "deduct credits for action")
 }

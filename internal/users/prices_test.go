@@ -131,8 +131,8 @@ func TestDeductForActionChargesTheCurrentPriceAndReplaysTheOriginal(t *testing.T
 
 	setPrice(t, b, "render", 5, "service:test")
 	replay, err := b.svc.DeductCredits(ctx, users.CreditChange{ClerkUserID: "user_priced", Action: "render", IdempotencyKey: "job-1"})
-	if err != nil || replay != first {
-		t.Errorf("replay after a price change = %+v, %v; want the original %+v", replay, err, first)
+	if err != nil || replay.Transaction != first.Transaction || !replay.Replayed {
+		t.Errorf("replay after a price change = %+v, %v; want the original %+v, replayed", replay, err, first)
 	}
 	next, err := b.svc.DeductCredits(ctx, users.CreditChange{ClerkUserID: "user_priced", Action: "render", IdempotencyKey: "job-2"})
 	if err != nil || next.Delta != -5 || next.BalanceAfter != 3 {
@@ -146,7 +146,7 @@ func TestDeductForActionChargesTheCurrentPriceAndReplaysTheOriginal(t *testing.T
 	if e.Metadata["required"] != "5" || e.Metadata["available"] != "3" {
 		t.Errorf("insufficient = %+v, want required 5, available 3", e.Metadata)
 	}
-	if replay, err := b.svc.DeductCredits(ctx, users.CreditChange{ClerkUserID: "user_priced", Action: "render", IdempotencyKey: "job-2"}); err != nil || replay != next {
+	if replay, err := b.svc.DeductCredits(ctx, users.CreditChange{ClerkUserID: "user_priced", Action: "render", IdempotencyKey: "job-2"}); err != nil || replay.Transaction != next.Transaction || !replay.Replayed {
 		t.Errorf("replay with a low balance = %+v, %v; want %+v", replay, err, next)
 	}
 
@@ -487,7 +487,7 @@ func TestPriceChangesRacingDeductions(t *testing.T) {
 				continue
 			}
 			again, err := b.svc.DeductCredits(ctx, users.CreditChange{ClerkUserID: id, Action: "render", IdempotencyKey: tx.IdempotencyKey})
-			if err != nil || again != tx {
+			if err != nil || again.Transaction != tx || !again.Replayed {
 				t.Fatalf("retry of %+v = %+v, %v", tx, again, err)
 			}
 		}

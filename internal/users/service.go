@@ -325,10 +325,10 @@ func (c CreditChange) validate(kind TxKind) error {
 // list does not have, as an invalid argument. A retry with the same key
 // and parameters returns the original entry (for an action, at the price
 // charged then).
-func (s *Service) DeductCredits(ctx context.Context, c CreditChange) (Transaction, error) {
+func (s *Service) DeductCredits(ctx context.Context, c CreditChange) (CreditResult, error) {
 	if c.Action != "" {
 		if err := c.validate(TxDeduct); err != nil {
-			return Transaction{}, err
+			return CreditResult{}, err
 		}
 		return s.deductForAction(ctx, c)
 	}
@@ -337,13 +337,13 @@ func (s *Service) DeductCredits(ctx context.Context, c CreditChange) (Transactio
 
 // GrantCredits adds c.Amount to the user's balance; otherwise as
 // DeductCredits.
-func (s *Service) GrantCredits(ctx context.Context, c CreditChange) (Transaction, error) {
+func (s *Service) GrantCredits(ctx context.Context, c CreditChange) (CreditResult, error) {
 	return s.changeCredits(ctx, c, TxGrant)
 }
 
-func (s *Service) changeCredits(ctx context.Context, c CreditChange, kind TxKind) (Transaction, error) {
+func (s *Service) changeCredits(ctx context.Context, c CreditChange, kind TxKind) (CreditResult, error) {
 	if err := c.validate(kind); err != nil {
-		return Transaction{}, err
+		return CreditResult{}, err
 	}
 	delta := c.Amount
 	if kind == TxDeduct {
@@ -358,16 +358,16 @@ func (s *Service) changeCredits(ctx context.Context, c CreditChange, kind TxKind
 	})
 	op := strings.ToLower(string(kind)) + " credits"
 	if err != nil {
-		return Transaction{}, userErr(err, op)
+		return CreditResult{}, userErr(err, op)
 	}
 	switch res.Status {
 	case WriteApplied:
 		s.observer.CreditsMoved(kind, c.Amount)
-		return res.Transaction, nil
+		return CreditResult{Transaction: res.Transaction}, nil
 	case WriteReplayed:
-		return res.Transaction, nil
+		return CreditResult{Transaction: res.Transaction, Replayed: true}, nil
 	}
-	return Transaction{}, writeErr(res.Status, c.Amount, res.Available, "amount", op)
+	return CreditResult{}, writeErr(res.Status, c.Amount, res.Available, "amount", op)
 }
 
 // writeErr is the error of a keyed write that did not apply.
@@ -411,6 +411,17 @@ func (in SetPlanInput) validate() error {
 	return v.err()
 }
 
+// CreditResult is the outcome of DeductCredits and GrantCredits: the
+// ledger entry and whether the call was a replay.
+type CreditResult struct {
+	// Transaction is the entry this call wrote, or, for a replay, the one
+	// the key's first call wrote (its balance is the balance then, not now).
+	Transaction
+	// Replayed: the key had already applied these parameters; this call
+	// changed nothing and returns the original result.
+	Replayed bool
+}
+
 // SetPlanResult is the outcome of SetPlan.
 type SetPlanResult struct {
 	// User is the user as it is after the call.
@@ -419,6 +430,9 @@ type SetPlanResult struct {
 	Change PlanChange
 	// Bonus is the ledger entry of the bonus credits, if any.
 	Bonus *Transaction
+	// Replayed: the key had already applied this change; this call changed
+	// nothing and returns the original change.
+	Replayed bool
 }
 
 // SetPlan moves the user to in.Plan and grants in.BonusCredits in the same
@@ -445,7 +459,9 @@ func (s *Service) SetPlan(ctx context.Context, in SetPlanInput) (SetPlanResult, 
 		}
 		return res.SetPlanResult, nil
 	case WriteReplayed:
-		return res.SetPlanResult, nil
+		r := res.SetPlanResult
+		r.Replayed = true
+		return r, nil
 	}
 	return SetPlanResult{}, writeErr(res.Status, in.BonusCredits, 0, "bonus_credits", "set plan")
 }

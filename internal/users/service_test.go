@@ -287,7 +287,10 @@ func TestDeductCredits(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if diff := cmp.Diff(t1, again); diff != "" {
+		if t1.Replayed || !again.Replayed {
+			t.Errorf("Replayed: first call %v, retry %v; want false, true", t1.Replayed, again.Replayed)
+		}
+		if diff := cmp.Diff(t1.Transaction, again.Transaction); diff != "" {
 			t.Errorf("replay differs (-first +retry):\n%s", diff)
 		}
 	})
@@ -337,13 +340,13 @@ func TestRacingRetriesApplyOnce(t *testing.T) {
 	const racers = 64
 	for _, op := range []struct {
 		name string
-		run  func(context.Context, users.CreditChange) (users.Transaction, error)
+		run  func(context.Context, users.CreditChange) (users.CreditResult, error)
 	}{
 		{"Deduct", b.svc.DeductCredits},
 		{"Grant", b.svc.GrantCredits},
 	} {
 		var wg sync.WaitGroup
-		results := make([]users.Transaction, racers)
+		results := make([]users.CreditResult, racers)
 		errs := make([]error, racers)
 		for i := range racers {
 			wg.Go(func() {
@@ -353,13 +356,22 @@ func TestRacingRetriesApplyOnce(t *testing.T) {
 			})
 		}
 		wg.Wait()
+		applied := 0
 		for i := range racers {
 			if errs[i] != nil {
 				t.Fatalf("%s racer %d: %v", op.name, i, errs[i])
 			}
-			if results[i] != results[0] {
+			if results[i].Transaction != results[0].Transaction {
 				t.Errorf("%s racer %d got %+v, racer 0 got %+v", op.name, i, results[i], results[0])
 			}
+			if !results[i].Replayed {
+				applied++
+			}
+		}
+		// Exactly one racer applied the change; every other one says it
+		// was a replay.
+		if applied != 1 {
+			t.Errorf("%s: %d racers report applying the change, want exactly 1", op.name, applied)
 		}
 	}
 	// 10 initial - 2 + 2, with exactly three entries.
@@ -406,6 +418,10 @@ func TestSetPlan(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if res.Replayed || !again.Replayed {
+		t.Errorf("Replayed: first call %v, retry %v; want false, true", res.Replayed, again.Replayed)
+	}
+	again.Replayed = false
 	if diff := cmp.Diff(res, again); diff != "" {
 		t.Errorf("replay differs (-first +retry):\n%s", diff)
 	}
@@ -551,9 +567,13 @@ func TestConcurrentMixedOperations(t *testing.T) {
 				)
 				switch k % 4 {
 				case 0, 1:
-					tx, err = b.svc.DeductCredits(ctx, users.CreditChange{ClerkUserID: clerkID, Amount: amount, IdempotencyKey: key})
+					var r users.CreditResult
+					r, err = b.svc.DeductCredits(ctx, users.CreditChange{ClerkUserID: clerkID, Amount: amount, IdempotencyKey: key})
+					tx = r.Transaction
 				case 2:
-					tx, err = b.svc.GrantCredits(ctx, users.CreditChange{ClerkUserID: clerkID, Amount: amount, IdempotencyKey: key})
+					var r users.CreditResult
+					r, err = b.svc.GrantCredits(ctx, users.CreditChange{ClerkUserID: clerkID, Amount: amount, IdempotencyKey: key})
+					tx = r.Transaction
 				case 3:
 					plans := []users.Plan{users.PlanFree, users.PlanPro, users.PlanEnterprise}
 					var res users.SetPlanResult

@@ -154,6 +154,16 @@ test("a service prices actions and charges by them; the user sees its usage", as
   assert.ok(charged.data, JSON.stringify(charged.error));
   assert.equal(charged.data.transaction.delta, "-1");
   assert.equal(charged.data.transaction.reason, "thumbnail");
+  assert.equal(charged.data.replayed, false);
+
+  // The same key again: the original entry, and the response says it was a replay.
+  const again = await service.POST("/v1/users/{clerkUserId}/credits:deduct", {
+    params: { path: { clerkUserId }, header: { "Idempotency-Key": "ts-thumb-1" } },
+    body: { action: "thumbnail" },
+  });
+  assert.ok(again.data, JSON.stringify(again.error));
+  assert.equal(again.data.replayed, true);
+  assert.equal(again.data.transaction.id, charged.data.transaction.id);
 
   const unknown = await service.POST("/v1/users/{clerkUserId}/credits:deduct", {
     params: { path: { clerkUserId }, header: { "Idempotency-Key": "ts-thumb-2" } },

@@ -941,7 +941,11 @@ type DeductCreditsResponse struct {
 	// The ledger entry of this deduction.
 	Transaction *CreditTransaction `protobuf:"bytes,1,opt,name=transaction,proto3" json:"transaction,omitempty"`
 	// The balance right after the deduction (equals transaction.balance_after).
-	Balance       int64 `protobuf:"varint,2,opt,name=balance,proto3" json:"balance,omitempty"`
+	Balance int64 `protobuf:"varint,2,opt,name=balance,proto3" json:"balance,omitempty"`
+	// True when the idempotency key had already applied these parameters:
+	// this call changed nothing, and transaction and balance are the original
+	// call's (the balance then, not now).
+	Replayed      bool `protobuf:"varint,3,opt,name=replayed,proto3" json:"replayed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -988,6 +992,13 @@ func (x *DeductCreditsResponse) GetBalance() int64 {
 		return x.Balance
 	}
 	return 0
+}
+
+func (x *DeductCreditsResponse) GetReplayed() bool {
+	if x != nil {
+		return x.Replayed
+	}
+	return false
 }
 
 // GrantCreditsRequest adds credits.
@@ -1071,7 +1082,11 @@ type GrantCreditsResponse struct {
 	// The ledger entry of this grant.
 	Transaction *CreditTransaction `protobuf:"bytes,1,opt,name=transaction,proto3" json:"transaction,omitempty"`
 	// The balance right after the grant (equals transaction.balance_after).
-	Balance       int64 `protobuf:"varint,2,opt,name=balance,proto3" json:"balance,omitempty"`
+	Balance int64 `protobuf:"varint,2,opt,name=balance,proto3" json:"balance,omitempty"`
+	// True when the idempotency key had already applied these parameters:
+	// this call changed nothing, and transaction and balance are the original
+	// call's (the balance then, not now).
+	Replayed      bool `protobuf:"varint,3,opt,name=replayed,proto3" json:"replayed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1118,6 +1133,13 @@ func (x *GrantCreditsResponse) GetBalance() int64 {
 		return x.Balance
 	}
 	return 0
+}
+
+func (x *GrantCreditsResponse) GetReplayed() bool {
+	if x != nil {
+		return x.Replayed
+	}
+	return false
 }
 
 // SetPlanRequest changes a user's plan.
@@ -1213,8 +1235,12 @@ type SetPlanResponse struct {
 	PreviousPlan Plan `protobuf:"varint,2,opt,name=previous_plan,json=previousPlan,proto3,enum=userd.v1.Plan" json:"previous_plan,omitempty"`
 	// The ledger entry of the bonus credits, when bonus_credits > 0.
 	BonusTransaction *CreditTransaction `protobuf:"bytes,3,opt,name=bonus_transaction,json=bonusTransaction,proto3" json:"bonus_transaction,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// True when the idempotency key had already applied this change: this
+	// call changed nothing, and previous_plan and bonus_transaction are the
+	// original call's (user is as it is now).
+	Replayed      bool `protobuf:"varint,4,opt,name=replayed,proto3" json:"replayed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SetPlanResponse) Reset() {
@@ -1266,6 +1292,13 @@ func (x *SetPlanResponse) GetBonusTransaction() *CreditTransaction {
 		return x.BonusTransaction
 	}
 	return nil
+}
+
+func (x *SetPlanResponse) GetReplayed() bool {
+	if x != nil {
+		return x.Replayed
+	}
+	return false
 }
 
 // ListCreditTransactionsRequest pages through a user's ledger.
@@ -2946,28 +2979,31 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"\x06amount\x18\x02 \x01(\x03R\x06amount\x12'\n" +
 	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x16\n" +
-	"\x06action\x18\x05 \x01(\tR\x06action\"p\n" +
+	"\x06action\x18\x05 \x01(\tR\x06action\"\x8c\x01\n" +
 	"\x15DeductCreditsResponse\x12=\n" +
 	"\vtransaction\x18\x01 \x01(\v2\x1b.userd.v1.CreditTransactionR\vtransaction\x12\x18\n" +
-	"\abalance\x18\x02 \x01(\x03R\abalance\"\x92\x01\n" +
+	"\abalance\x18\x02 \x01(\x03R\abalance\x12\x1a\n" +
+	"\breplayed\x18\x03 \x01(\bR\breplayed\"\x92\x01\n" +
 	"\x13GrantCreditsRequest\x12\"\n" +
 	"\rclerk_user_id\x18\x01 \x01(\tR\vclerkUserId\x12\x16\n" +
 	"\x06amount\x18\x02 \x01(\x03R\x06amount\x12'\n" +
 	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason\"o\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"\x8b\x01\n" +
 	"\x14GrantCreditsResponse\x12=\n" +
 	"\vtransaction\x18\x01 \x01(\v2\x1b.userd.v1.CreditTransactionR\vtransaction\x12\x18\n" +
-	"\abalance\x18\x02 \x01(\x03R\abalance\"\xbe\x01\n" +
+	"\abalance\x18\x02 \x01(\x03R\abalance\x12\x1a\n" +
+	"\breplayed\x18\x03 \x01(\bR\breplayed\"\xbe\x01\n" +
 	"\x0eSetPlanRequest\x12\"\n" +
 	"\rclerk_user_id\x18\x01 \x01(\tR\vclerkUserId\x12\"\n" +
 	"\x04plan\x18\x02 \x01(\x0e2\x0e.userd.v1.PlanR\x04plan\x12#\n" +
 	"\rbonus_credits\x18\x03 \x01(\x03R\fbonusCredits\x12'\n" +
 	"\x0fidempotency_key\x18\x04 \x01(\tR\x0eidempotencyKey\x12\x16\n" +
-	"\x06reason\x18\x05 \x01(\tR\x06reason\"\xb4\x01\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\"\xd0\x01\n" +
 	"\x0fSetPlanResponse\x12\"\n" +
 	"\x04user\x18\x01 \x01(\v2\x0e.userd.v1.UserR\x04user\x123\n" +
 	"\rprevious_plan\x18\x02 \x01(\x0e2\x0e.userd.v1.PlanR\fpreviousPlan\x12H\n" +
-	"\x11bonus_transaction\x18\x03 \x01(\v2\x1b.userd.v1.CreditTransactionR\x10bonusTransaction\"\x7f\n" +
+	"\x11bonus_transaction\x18\x03 \x01(\v2\x1b.userd.v1.CreditTransactionR\x10bonusTransaction\x12\x1a\n" +
+	"\breplayed\x18\x04 \x01(\bR\breplayed\"\x7f\n" +
 	"\x1dListCreditTransactionsRequest\x12\"\n" +
 	"\rclerk_user_id\x18\x01 \x01(\tR\vclerkUserId\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
