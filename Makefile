@@ -186,7 +186,7 @@ migrate: build createdb ## Apply pending migrations to DATABASE_URL (ARGS=down|s
 
 .PHONY: test
 test: ## Run every test with the race detector (TEST_DATABASE_URL, the local server, or an embedded one).
-	$(GO) test -race -count=1 ./...
+	$(GO) test -race -count=1 -timeout 20m ./...
 
 # The fast tier skips (testing.Short) what `make test` alone runs: the
 # end-to-end tests of the userd binary, the image, the TypeScript client,
