@@ -375,7 +375,9 @@ func (a *App) newGRPCServer(userService *grpcapi.Server, interceptors []grpc.Una
 	if a.grpcLim != nil {
 		// Puts each call's connection in its context, for the
 		// authentication to mark it proven (internal/connlimit).
-		opts = append(opts, grpc.StatsHandler(connlimit.StatsHandler{L: a.grpcLim}))
+		opts = append(opts, grpc.StatsHandler(connlimit.StatsHandler{
+			L: a.grpcLim, StartedPrefix: "/" + userdv1.UserService_ServiceDesc.ServiceName + "/",
+		}))
 	}
 	a.grpc = grpc.NewServer(opts...)
 	userdv1.RegisterUserServiceServer(a.grpc, userService)

@@ -27,6 +27,7 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,6 +68,10 @@ type Options struct {
 	Observer Observer
 }
 
+// SelfEvictAge is how long a connection is safe from being closed for a
+// new connection from its own address.
+const SelfEvictAge = time.Second
+
 // HTTPRefusal is the answer of a full HTTP listener: 503 with a retry
 // hint, and the connection closed.
 var HTTPRefusal = []byte("HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain\r\n" +
@@ -81,6 +86,9 @@ type Listener struct {
 	// open holds the open connections, oldest first.
 	open   *list.List
 	byAddr map[string]*Conn
+	// unproven counts the connections that have not authenticated a call,
+	// by remote host.
+	unproven map[string]int
 }
 
 // New wraps ln.
@@ -91,7 +99,7 @@ func New(ln net.Listener, opts Options) *Listener {
 	if opts.Observer == nil {
 		opts.Observer = noObserver{}
 	}
-	return &Listener{Listener: ln, opts: opts, open: list.New(), byAddr: map[string]*Conn{}}
+	return &Listener{Listener: ln, opts: opts, open: list.New(), byAddr: map[string]*Conn{}, unproven: map[string]int{}}
 }
 
 // Max is the bound.
@@ -130,18 +138,28 @@ func (l *Listener) Accept() (net.Conn, error) {
 // admit registers c, evicting a connection first if the listener is full.
 func (l *Listener) admit(c net.Conn) (*Conn, bool) {
 	l.mu.Lock()
+	tc := &Conn{Conn: c, l: l, addr: c.RemoteAddr().String(), since: time.Now()}
+	tc.host = tc.addr
+	if host, _, err := net.SplitHostPort(tc.addr); err == nil {
+		tc.host = host
+	}
 	var victim *Conn
 	if l.open.Len() >= l.opts.Max {
 		victim = l.victimLocked()
-		if victim == nil {
+		// An address may replace its own connections only once they
+		// had their time to authenticate: a flood from one address
+		// turns over at most Max connections per SelfEvictAge instead
+		// of as fast as it can connect, and its excess is refused at
+		// the cost of an accept and a close.
+		if victim == nil || victim.host == tc.host && tc.since.Sub(victim.since) < SelfEvictAge {
 			l.mu.Unlock()
 			return nil, false
 		}
 		l.removeLocked(victim)
 	}
-	tc := &Conn{Conn: c, l: l, addr: c.RemoteAddr().String()}
 	tc.elem = l.open.PushBack(tc)
 	l.byAddr[tc.addr] = tc
+	l.unproven[tc.host]++
 	l.mu.Unlock()
 	if victim != nil {
 		l.opts.Observer.ConnEvicted(l.opts.Name, victim.proven.Load())
@@ -153,18 +171,38 @@ func (l *Listener) admit(c net.Conn) (*Conn, bool) {
 	return tc, true
 }
 
-// victimLocked picks the connection to close for a new one: the oldest
-// that never authenticated a call, else the oldest idle one.
+// victimLocked picks the connection to close for a new one. Connections
+// that never authenticated a call go first, those of the remote address
+// that has the most of them first — a flood from one address (or a few)
+// displaces its own connections, never those of other clients — and among
+// these the oldest with no request or call under way (a socket that sent
+// nothing, an HTTP/2 connection with only health calls), else the oldest.
+// When every connection has authenticated, the oldest idle keep-alive one
+// goes.
 func (l *Listener) victimLocked() *Conn {
-	var idle *Conn
+	top, most := "", 0
+	for host, n := range l.unproven {
+		if n > most || n == most && host < top {
+			top, most = host, n
+		}
+	}
+	var started, idle *Conn
 	for e := l.open.Front(); e != nil; e = e.Next() {
 		c := e.Value.(*Conn)
-		if !c.proven.Load() {
-			return c
-		}
-		if idle == nil && c.idle.Load() {
+		switch {
+		case !c.proven.Load() && c.host == top:
+			if !c.started.Load() {
+				return c
+			}
+			if started == nil {
+				started = c
+			}
+		case c.proven.Load() && c.idle.Load() && idle == nil:
 			idle = c
 		}
+	}
+	if started != nil {
+		return started
 	}
 	return idle
 }
@@ -178,7 +216,16 @@ func (l *Listener) removeLocked(c *Conn) bool {
 	if l.byAddr[c.addr] == c {
 		delete(l.byAddr, c.addr)
 	}
+	if !c.proven.Load() {
+		l.dropUnprovenLocked(c.host)
+	}
 	return true
+}
+
+func (l *Listener) dropUnprovenLocked(host string) {
+	if l.unproven[host]--; l.unproven[host] <= 0 {
+		delete(l.unproven, host)
+	}
 }
 
 // Lookup finds the open connection from a remote address (for gRPC, whose
@@ -195,12 +242,15 @@ func (l *Listener) Lookup(remote net.Addr) *Conn {
 // Conn is an admitted connection.
 type Conn struct {
 	net.Conn
-	l    *Listener
-	addr string
+	l     *Listener
+	addr  string
+	host  string
+	since time.Time
 	elem *list.Element // guarded by l.mu; nil once removed
 
-	proven atomic.Bool
-	idle   atomic.Bool
+	proven  atomic.Bool
+	started atomic.Bool
+	idle    atomic.Bool
 	once   sync.Once
 }
 
@@ -223,7 +273,24 @@ func (c *Conn) Proven() bool { return c.proven.Load() }
 
 // MarkProven records that a call on the connection authenticated: it is
 // no longer closed to make room for others, unless idle.
-func (c *Conn) MarkProven() { c.proven.Store(true) }
+func (c *Conn) MarkProven() {
+	if c.proven.Load() {
+		return
+	}
+	c.l.mu.Lock()
+	defer c.l.mu.Unlock()
+	if c.proven.Load() {
+		return
+	}
+	c.proven.Store(true)
+	if c.elem != nil {
+		c.l.dropUnprovenLocked(c.host)
+	}
+}
+
+// MarkStarted records whether a request or call that needs
+// authentication is under way on the connection.
+func (c *Conn) MarkStarted(started bool) { c.started.Store(started) }
 
 // MarkIdle records whether the connection waits between requests (HTTP
 // keep-alive), when closing it costs its client nothing but a reconnect.
@@ -248,8 +315,8 @@ func FromContext(ctx context.Context) *Conn {
 
 // MarkProven marks the connection of ctx's call as proven, if it has one.
 func MarkProven(ctx context.Context) {
-	if c := FromContext(ctx); c != nil && !c.proven.Load() {
-		c.proven.Store(true)
+	if c := FromContext(ctx); c != nil {
+		c.MarkProven()
 	}
 }
 
@@ -258,12 +325,18 @@ func MarkProven(ctx context.Context) {
 func HTTPConnState(c net.Conn, s http.ConnState) {
 	if tc, ok := c.(*Conn); ok {
 		tc.MarkIdle(s == http.StateIdle)
+		tc.MarkStarted(s == http.StateActive)
 	}
 }
 
 // StatsHandler is a gRPC stats.Handler that puts each connection of l in
-// the context of its calls, where MarkProven finds it.
-type StatsHandler struct{ L *Listener }
+// the context of its calls, where MarkProven finds it, and marks a
+// connection started when a call to a method under StartedPrefix (the
+// methods that authenticate) arrives on it.
+type StatsHandler struct {
+	L             *Listener
+	StartedPrefix string
+}
 
 // TagConn implements stats.Handler.
 func (h StatsHandler) TagConn(ctx context.Context, info *stats.ConnTagInfo) context.Context {
@@ -274,7 +347,12 @@ func (h StatsHandler) TagConn(ctx context.Context, info *stats.ConnTagInfo) cont
 func (StatsHandler) HandleConn(context.Context, stats.ConnStats) {}
 
 // TagRPC implements stats.Handler.
-func (StatsHandler) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
+func (h StatsHandler) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Context {
+	if c := FromContext(ctx); c != nil && strings.HasPrefix(info.FullMethodName, h.StartedPrefix) {
+		c.MarkStarted(true)
+	}
+	return ctx
+}
 
 // HandleRPC implements stats.Handler.
 func (StatsHandler) HandleRPC(context.Context, stats.RPCStats) {}
