@@ -246,12 +246,12 @@ type Conn struct {
 	addr  string
 	host  string
 	since time.Time
-	elem *list.Element // guarded by l.mu; nil once removed
+	elem  *list.Element // guarded by l.mu; nil once removed
 
 	proven  atomic.Bool
 	started atomic.Bool
 	idle    atomic.Bool
-	once   sync.Once
+	once    sync.Once
 }
 
 // Close closes the connection and frees its place.
