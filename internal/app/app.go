@@ -292,7 +292,10 @@ func (a *App) init(ctx context.Context) error {
 		return err
 	}
 	a.clerkAPI = profiles.API
-	userService := grpcapi.NewServer(a.users, profiles, grpcapi.Options{Feed: a.feed})
+	userService := grpcapi.NewServer(a.users, profiles, grpcapi.Options{Feed: a.feed}).WithWatchLimits(grpcapi.WatchLimits{
+		Total: a.cfg.FeedMaxWatches, PerUser: a.cfg.FeedMaxWatchesPerUser, PerService: a.cfg.FeedMaxWatchesPerService,
+		Rejected: a.metrics.FeedWatchRejected,
+	})
 	chain := grpcapi.Chain{
 		Log: a.log, Authn: authn, RequestTimeout: a.cfg.RequestTimeout,
 		Metrics: a.metrics.GRPC.UnaryServerInterceptor(), StreamMetrics: a.metrics.GRPC.StreamServerInterceptor(),
