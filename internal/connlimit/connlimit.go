@@ -66,6 +66,8 @@ type Options struct {
 	// Observer, when set, is told of every admission, eviction and
 	// refusal.
 	Observer Observer
+	// Now is the clock (time.Now when nil).
+	Now func() time.Time
 }
 
 // SelfEvictAge is how long a connection is safe from being closed for a
@@ -98,6 +100,9 @@ func New(ln net.Listener, opts Options) *Listener {
 	}
 	if opts.Observer == nil {
 		opts.Observer = noObserver{}
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
 	}
 	return &Listener{Listener: ln, opts: opts, open: list.New(), byAddr: map[string]*Conn{}, unproven: map[string]int{}}
 }
@@ -138,7 +143,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 // admit registers c, evicting a connection first if the listener is full.
 func (l *Listener) admit(c net.Conn) (*Conn, bool) {
 	l.mu.Lock()
-	tc := &Conn{Conn: c, l: l, addr: c.RemoteAddr().String(), since: time.Now()}
+	tc := &Conn{Conn: c, l: l, addr: c.RemoteAddr().String(), since: l.opts.Now()}
 	tc.host = tc.addr
 	if host, _, err := net.SplitHostPort(tc.addr); err == nil {
 		tc.host = host
