@@ -122,6 +122,7 @@ func TestWatchEndsWithTheSessionToken(t *testing.T) {
 		tok, exp := shortToken()
 		s := b.openWatch(t, "/v1/users/me/events:watch", tok)
 		s.next(t, "heartbeat")
+		outlived := time.After(time.Minute)
 		for {
 			select {
 			case m := <-s.lines:
@@ -140,7 +141,7 @@ func TestWatchEndsWithTheSessionToken(t *testing.T) {
 				return
 			case err := <-s.done:
 				t.Fatalf("the stream closed without an error line: %v", err)
-			case <-time.After(time.Minute):
+			case <-outlived:
 				t.Fatal("the stream outlived its token by a minute")
 			}
 		}
