@@ -103,14 +103,15 @@ func TestFDExhaustion(t *testing.T) {
 					_, _ = c.Write(healthWatchPreface(addr))
 				}
 				// Held until userd closes it (or the attack ends), then
-				// opened again after 100 ms (a gRPC client waits 1 s).
+				// opened again after 1 s, as a gRPC client reconnects (its
+				// first backoff), but never backing off further.
 				stop := context.AfterFunc(attackCtx, func() { c.Close() })
 				_, _ = io.Copy(io.Discard, c)
 				stop()
 				c.Close()
 				select {
 				case <-attackCtx.Done():
-				case <-time.After(100 * time.Millisecond):
+				case <-time.After(time.Second):
 				}
 			}
 		})
