@@ -343,11 +343,6 @@ func (a *App) newGRPCServer(userService *grpcapi.Server, interceptors []grpc.Una
 		grpc.MaxRecvMsgSize(1 << 20),
 		grpc.MaxHeaderListSize(grpcMaxHeaderListSize),
 		grpc.MaxConcurrentStreams(grpcMaxConcurrentStreams),
-		// Each connection's 32 KiB write buffer is taken from a pool for
-		// a flush and given back after it, instead of being held for the
-		// connection's life: most connections are idle most of the time
-		// (TestFDExhaustion).
-		grpc.SharedWriteBuffer(true),
 		// A client pinging more often than MinTime is disconnected
 		// (GOAWAY ENHANCE_YOUR_CALM); pings without a call open are
 		// allowed, as grpc-go clients send them with

@@ -172,7 +172,8 @@ func TestEviction(t *testing.T) {
 	h.obs.mu.Lock()
 	defer h.obs.mu.Unlock()
 	if h.obs.evictedUnproven != 2 || h.obs.evictedProven != 1 || h.obs.rejected != 2 || h.obs.opened != 6 || h.obs.opened-h.obs.closed != 2 {
-		t.Errorf("observed %+v, want 2 unproven and 1 proven evicted, 2 rejected, 6 opened, 2 open", *h.obs)
+		t.Errorf("observed %d unproven and %d proven evicted, %d rejected, %d opened, %d closed; want 2, 1, 2, 6, 4",
+			h.obs.evictedUnproven, h.obs.evictedProven, h.obs.rejected, h.obs.opened, h.obs.closed)
 	}
 }
 
