@@ -142,8 +142,12 @@ func (l *Listener) Accept() (net.Conn, error) {
 
 // admit registers c, evicting a connection first if the listener is full.
 func (l *Listener) admit(c net.Conn) (*Conn, bool) {
+	addr := ""
+	if ra := c.RemoteAddr(); ra != nil {
+		addr = ra.String()
+	}
 	l.mu.Lock()
-	tc := &Conn{Conn: c, l: l, addr: c.RemoteAddr().String(), since: l.opts.Now()}
+	tc := &Conn{Conn: c, l: l, addr: addr, since: l.opts.Now()}
 	tc.host = tc.addr
 	if host, _, err := net.SplitHostPort(tc.addr); err == nil {
 		tc.host = host
