@@ -21,14 +21,14 @@ func TestPlanConnBudget(t *testing.T) {
 		grpc, http, webhook, ops int
 		lowered                  bool
 	}{
-		{"Roomy", 1 << 20, all, 4096, 4096, 512, 64, false},
-		{"Unlimited", 1 << 62, all, 4096, 4096, 512, 64, false},
-		// 1024 - (64 + 16 + 4) = 940; ops 64; 876 shared 8:8:1.
-		{"ulimit 1024", 1024, all, 412, 412, 51, 64, true},
+		{"Roomy", 1 << 20, all, 4096, 4096, 4096, 64, false},
+		{"Unlimited", 1 << 62, all, 4096, 4096, 4096, 64, false},
+		// 1024 - (64 + 16 + 4) = 940; ops 64; 876 shared equally.
+		{"ulimit 1024", 1024, all, 292, 292, 292, 64, true},
 		// 4096 - 84 = 4012; ops 64; 3948 shared.
-		{"ulimit 4096", 4096, all, 1857, 1857, 232, 64, true},
+		{"ulimit 4096", 4096, all, 1316, 1316, 1316, 64, true},
 		// Tight: the ops share is at most an eighth of what is left.
-		{"ulimit 200", 200, all, 48, 48, 6, 14, true},
+		{"ulimit 200", 200, all, 34, 34, 34, 14, true},
 		{"Only gRPC and ops", 1024, listenersOn{grpc: true, ops: true}, 876, 0, 0, 64, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

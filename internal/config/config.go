@@ -103,7 +103,7 @@ func (f Feed) Validate() error {
 type Limits struct {
 	GRPCMaxConns    int `name:"grpc-max-conns" env:"USERD_GRPC_MAX_CONNS" default:"4096" help:"Most connections the gRPC listener keeps open; when full, a new one replaces the oldest that has not authenticated a call. Lowered at start to fit the file descriptor limit."`
 	HTTPMaxConns    int `name:"http-max-conns" env:"USERD_HTTP_MAX_CONNS" default:"4096" help:"Most connections the HTTP API listener keeps open (as USERD_GRPC_MAX_CONNS; then the oldest idle keep-alive one)."`
-	WebhookMaxConns int `name:"webhook-max-conns" env:"USERD_WEBHOOK_MAX_CONNS" default:"512" help:"Most connections the webhook listener keeps open (as USERD_HTTP_MAX_CONNS; a delivery answered 2xx proves its connection)."`
+	WebhookMaxConns int `name:"webhook-max-conns" env:"USERD_WEBHOOK_MAX_CONNS" default:"4096" help:"Most connections the webhook listener keeps open (as USERD_HTTP_MAX_CONNS; a delivery answered 2xx proves its connection)."`
 	OpsMaxConns     int `name:"ops-max-conns" env:"USERD_OPS_MAX_CONNS" default:"64" help:"Most connections the operations listener keeps open; reserved out of the file descriptor limit before the other listeners' shares."`
 
 	GRPCMaxConnectionIdle     time.Duration `name:"grpc-max-connection-idle" env:"USERD_GRPC_MAX_CONNECTION_IDLE" default:"5m" help:"A gRPC connection with no call open for this long is closed (GOAWAY)."`
@@ -121,7 +121,7 @@ type Limits struct {
 // configurations built in code.
 func DefaultLimits() Limits {
 	return Limits{
-		GRPCMaxConns: 4096, HTTPMaxConns: 4096, WebhookMaxConns: 512, OpsMaxConns: 64,
+		GRPCMaxConns: 4096, HTTPMaxConns: 4096, WebhookMaxConns: 4096, OpsMaxConns: 64,
 		GRPCMaxConnectionIdle: 5 * time.Minute, GRPCMaxConnectionAge: 30 * time.Minute, GRPCMaxConnectionAgeGrace: time.Minute,
 		GRPCKeepaliveMinTime: 10 * time.Second, GRPCKeepaliveTime: 2 * time.Minute, GRPCKeepaliveTimeout: 20 * time.Second,
 		HTTPReadHeaderTimeout: 5 * time.Second, HTTPIdleTimeout: 2 * time.Minute,
