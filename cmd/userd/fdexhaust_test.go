@@ -58,13 +58,13 @@ func TestFDExhaustion(t *testing.T) {
 	cmd.Env = userdEnv(testdb.URL(t), t.TempDir(), ep)
 	p := runProcess(t, cmd, ep)
 	p.waitReady(t)
-	pid := p.cmd.Process.Pid
-	if !strings.Contains(p.logs.String(), fmt.Sprintf(`"fd_limit":%d`, limit)) {
-		t.Errorf("the start-up log does not report the file descriptor limit %d:\n%s", limit, p.logs)
+	pid := p.Pid()
+	if !strings.Contains(p.Logs(), fmt.Sprintf(`"fd_limit":%d`, limit)) {
+		t.Errorf("the start-up log does not report the file descriptor limit %d:\n%s", limit, p.Logs())
 	}
 
 	// The backend's own connection, opened before the attack.
-	backend, ctx := client(t, ep.grpc)
+	backend, ctx := client(t, ep.GRPC)
 	if _, err := backend.EnsureUser(ctx, &userdv1.EnsureUserRequest{ClerkUserId: "user_victim"}); err != nil {
 		t.Fatal(err)
 	}
@@ -80,12 +80,12 @@ func TestFDExhaustion(t *testing.T) {
 		failed    atomic.Int64
 	)
 	for i := range conns {
-		kind, addr := "watch", ep.grpc
+		kind, addr := "watch", ep.GRPC
 		switch i % 6 {
 		case 4:
-			kind, addr = "idle", []string{ep.grpc, ep.http, ep.webhook}[i%3]
+			kind, addr = "idle", []string{ep.GRPC, ep.HTTP, ep.Webhook}[i%3]
 		case 5:
-			kind, addr = "idle", []string{ep.http, ep.webhook, ep.grpc}[i%3]
+			kind, addr = "idle", []string{ep.HTTP, ep.Webhook, ep.GRPC}[i%3]
 		}
 		attackers.Go(func() {
 			for attackCtx.Err() == nil {
@@ -165,7 +165,7 @@ func TestFDExhaustion(t *testing.T) {
 		<-tick.C
 		var wg sync.WaitGroup
 		wg.Go(func() {
-			probe("/readyz", 3*time.Second, func(ctx context.Context) error { return get(ctx, "http://"+ep.ops+"/readyz", false) })
+			probe("/readyz", 3*time.Second, func(ctx context.Context) error { return get(ctx, "http://"+ep.Ops+"/readyz", false) })
 		})
 		wg.Go(func() {
 			probe("GetUser (existing gRPC connection)", 3*time.Second, func(ctx context.Context) error {
@@ -179,7 +179,7 @@ func TestFDExhaustion(t *testing.T) {
 			// dropped SYN is sent again after 1 s, then 3 s): it is
 			// served, within a client's reconnection time.
 			probe("GetUser (new gRPC connection)", 10*time.Second, func(ctx context.Context) error {
-				conn, err := grpc.NewClient(ep.grpc, grpc.WithTransportCredentials(insecure.NewCredentials()),
+				conn, err := grpc.NewClient(ep.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()),
 					grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
 						return clientDialer.DialContext(ctx, "tcp", addr)
 					}))
@@ -194,7 +194,7 @@ func TestFDExhaustion(t *testing.T) {
 		})
 		wg.Go(func() {
 			probe("GET /v1/users/user_victim (new HTTP connection)", 3*time.Second, func(ctx context.Context) error {
-				return get(ctx, "http://"+ep.http+"/v1/users/user_victim", true)
+				return get(ctx, "http://"+ep.HTTP+"/v1/users/user_victim", true)
 			})
 		})
 		wg.Wait()
@@ -204,7 +204,7 @@ func TestFDExhaustion(t *testing.T) {
 		mu.Unlock()
 	}
 	tick.Stop()
-	metrics := scrapeMetrics(t, ep.ops)
+	metrics := scrapeMetrics(t, ep.Ops)
 	stopAttack()
 	attackers.Wait()
 
@@ -239,8 +239,8 @@ func TestFDExhaustion(t *testing.T) {
 	if metrics[`userd_health_watches_rejected_total`] == "0" || metrics[`userd_health_watches_rejected_total`] == "" {
 		t.Error("no health watch was refused")
 	}
-	if strings.Contains(p.logs.String(), "too many open files") {
-		t.Errorf("userd ran out of file descriptors:\n%s", lastLines(p.logs.String(), 20))
+	if strings.Contains(p.Logs(), "too many open files") {
+		t.Errorf("userd ran out of file descriptors:\n%s", lastLines(p.Logs(), 20))
 	}
 	if !p.isReady() {
 		t.Error("userd not ready after the attack")
