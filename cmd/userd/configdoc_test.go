@@ -9,6 +9,8 @@ import (
 
 	"github.com/alecthomas/kong"
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/userd/userd/internal/config"
 )
 
 // updateDocs rewrites the generated parts of docs/ instead of comparing them:
@@ -92,4 +94,31 @@ func TestConfigurationDocMatchesFlags(t *testing.T) {
 		return
 	}
 	t.Errorf("%s is stale: run `make docs` (-doc +flags):\n%s", configDoc, cmp.Diff(got, want))
+}
+
+// TestDefaultLimitsMatchFlags: config.DefaultLimits, which configurations
+// built in code (tests) start from, says what the flags' defaults say.
+func TestDefaultLimitsMatchFlags(t *testing.T) {
+	var c cli
+	parser, err := kong.New(&c, kong.Name("userd"), kong.Exit(func(int) { t.Fatal("kong exited") }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, node := range parser.Model.Children {
+		if node.Name != "serve" {
+			continue
+		}
+		for _, f := range node.Flags {
+			for _, env := range f.Envs {
+				t.Setenv(env, "") // only the defaults
+				os.Unsetenv(env)
+			}
+		}
+	}
+	if _, err := parser.Parse([]string{"serve"}); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(config.DefaultLimits(), c.Serve.Limits); diff != "" {
+		t.Errorf("config.DefaultLimits differs from the flags' defaults (-DefaultLimits +flags):\n%s", diff)
+	}
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/userd/userd/internal/clerk"
 	"github.com/userd/userd/internal/clerkhook"
 	"github.com/userd/userd/internal/config"
+	"github.com/userd/userd/internal/connlimit"
 	"github.com/userd/userd/internal/database"
 	"github.com/userd/userd/internal/feed"
 	"github.com/userd/userd/internal/gateway"
@@ -120,6 +121,11 @@ type App struct {
 	// beforePoolClose, when set (by tests), is called just before the pool
 	// closes.
 	beforePoolClose func()
+	// budget is each listener's connection limit within the file
+	// descriptor limit; grpcLim is the gRPC listener's limiter (nil when
+	// the listener is off).
+	budget  connBudget
+	grpcLim *connlimit.Listener
 }
 
 // CheckSettings checks every setting before anything starts: what
@@ -172,6 +178,18 @@ func New(ctx context.Context, cfg config.Serve, log *slog.Logger) (*App, error) 
 		return nil, err
 	}
 	a := &App{cfg: cfg, log: log}
+	soft, hard, err := fdLimit()
+	if err != nil {
+		return nil, err
+	}
+	a.budget, err = planConnBudget(soft, int(cfg.Database.MaxConns), cfg.Limits, listenersOn{
+		grpc: cfg.GRPCAddr != config.Off, http: cfg.HTTPAddr != config.Off,
+		webhook: cfg.WebhookAddr != config.Off, ops: cfg.OpsAddr != config.Off,
+	})
+	if err != nil {
+		return nil, err
+	}
+	logBudget(log, a.budget, hard, cfg.Limits)
 	// The embedded database's data directory first: a second userd on it
 	// (a second `make run`) is told that another userd uses it, not that
 	// one of its ports is in use.
@@ -253,6 +271,7 @@ func (a *App) init(ctx context.Context) error {
 	}
 	a.metrics = telemetry.NewMetrics()
 	a.metrics.Registry.MustRegister(poolMetrics(a.pool))
+	a.limitListeners()
 	a.store = store.New(a.pool, store.Options{AcquireTimeout: a.cfg.DBAcquireTimeout})
 	a.users = users.NewService(a.store, users.Options{
 		InitialCredits:      a.cfg.InitialCredits,
@@ -273,13 +292,17 @@ func (a *App) init(ctx context.Context) error {
 		return err
 	}
 	a.clerkAPI = profiles.API
-	userService := grpcapi.NewServer(a.users, profiles, grpcapi.Options{Feed: a.feed})
+	userService := grpcapi.NewServer(a.users, profiles, grpcapi.Options{Feed: a.feed}).WithWatchLimits(grpcapi.WatchLimits{
+		Total: a.cfg.FeedMaxWatches, PerUser: a.cfg.FeedMaxWatchesPerUser, PerService: a.cfg.FeedMaxWatchesPerService,
+		Rejected: a.metrics.FeedWatchRejected,
+	})
 	chain := grpcapi.Chain{
 		Log: a.log, Authn: authn, RequestTimeout: a.cfg.RequestTimeout,
 		Metrics: a.metrics.GRPC.UnaryServerInterceptor(), StreamMetrics: a.metrics.GRPC.StreamServerInterceptor(),
 	}
 	interceptors, streamInterceptors := chain.Interceptors(), chain.StreamInterceptors()
-	a.newGRPCServer(userService, interceptors, streamInterceptors)
+	healthLimit := grpcapi.HealthWatchLimit(authn, a.cfg.HealthWatchMax, a.metrics)
+	a.newGRPCServer(userService, interceptors, append([]grpc.StreamServerInterceptor{healthLimit}, streamInterceptors...))
 	if a.apiLn != nil {
 		if err := a.newAPIServer(ctx, userService, interceptors, streamInterceptors); err != nil {
 			return err
@@ -291,7 +314,7 @@ func (a *App) init(ctx context.Context) error {
 		}
 	}
 	if a.opsLn != nil {
-		a.ops = newHTTPServer(a.opsRoutes(), opsMaxHeaderBytes, a.log)
+		a.ops = a.newHTTPServer(a.opsRoutes(), opsMaxHeaderBytes)
 	}
 	a.background = a.backgroundTasks()
 	return nil
@@ -313,16 +336,32 @@ func (a *App) prepareSchema(ctx context.Context) error {
 
 // newGRPCServer builds the gRPC server: UserService, health, reflection.
 func (a *App) newGRPCServer(userService *grpcapi.Server, interceptors []grpc.UnaryServerInterceptor, streamInterceptors []grpc.StreamServerInterceptor) {
+	l := a.cfg.Limits
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(interceptors...),
 		grpc.ChainStreamInterceptor(streamInterceptors...),
 		grpc.MaxRecvMsgSize(1 << 20),
 		grpc.MaxHeaderListSize(grpcMaxHeaderListSize),
 		grpc.MaxConcurrentStreams(grpcMaxConcurrentStreams),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		// A client pinging more often than MinTime is disconnected
+		// (GOAWAY ENHANCE_YOUR_CALM); pings without a call open are
+		// allowed, as grpc-go clients send them with
+		// PermitWithoutStream. Idle connections close after
+		// MaxConnectionIdle, and every connection after MaxConnectionAge
+		// plus the grace for its calls, so that no stream — a health
+		// watch that needs no credentials included — holds a connection
+		// (and its file descriptor) forever.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: l.GRPCKeepaliveMinTime, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
-			MaxConnectionIdle: 5 * time.Minute, Time: 2 * time.Minute, Timeout: 20 * time.Second,
+			MaxConnectionIdle:     l.GRPCMaxConnectionIdle,
+			MaxConnectionAge:      l.GRPCMaxConnectionAge,
+			MaxConnectionAgeGrace: l.GRPCMaxConnectionAgeGrace,
+			Time:                  l.GRPCKeepaliveTime,
+			Timeout:               l.GRPCKeepaliveTimeout,
 		}),
+		// A connection that does not complete the HTTP/2 handshake in
+		// time is closed (grpc-go's default is 120 s).
+		grpc.ConnectionTimeout(l.HTTPReadHeaderTimeout),
 		// Reused workers keep their grown stacks: a fresh goroutine per
 		// call spent ~10% of the CPU growing its stack (pprof, make bench).
 		// A call holds its worker while it waits for the database, and
@@ -335,6 +374,13 @@ func (a *App) newGRPCServer(userService *grpcapi.Server, interceptors []grpc.Una
 	// alone): only when there is somewhere to send the spans.
 	if telemetry.TracingEnabled() {
 		opts = append(opts, grpc.StatsHandler(otelgrpc.NewServerHandler()))
+	}
+	if a.grpcLim != nil {
+		// Puts each call's connection in its context, for the
+		// authentication to mark it proven (internal/connlimit).
+		opts = append(opts, grpc.StatsHandler(connlimit.StatsHandler{
+			L: a.grpcLim, StartedPrefix: "/" + userdv1.UserService_ServiceDesc.ServiceName + "/",
+		}))
 	}
 	a.grpc = grpc.NewServer(opts...)
 	userdv1.RegisterUserServiceServer(a.grpc, userService)
@@ -358,11 +404,11 @@ func (a *App) newAPIServer(ctx context.Context, userService *grpcapi.Server,
 	if err != nil {
 		return fmt.Errorf("REST gateway: %w", err)
 	}
-	a.api = newHTTPServer(httpmw.Wrap(api, httpmw.Options{
+	a.api = a.newHTTPServer(httpmw.Wrap(api, httpmw.Options{
 		Listener: "api", Log: a.log, Metrics: a.metrics, AccessLog: true,
 		// REST calls are logged by the gRPC layer, with the principal.
 		Skip: func(r *http.Request) bool { return strings.HasPrefix(r.URL.Path, "/v1/") },
-	}), apiMaxHeaderBytes, a.log)
+	}), apiMaxHeaderBytes)
 	return nil
 }
 
@@ -379,9 +425,9 @@ func (a *App) newWebhookServer() error {
 		return err
 	}
 	// The handler logs each delivery itself, with its svix id.
-	a.webhook = newHTTPServer(httpmw.Wrap(a.hook.Routes(), httpmw.Options{
+	a.webhook = a.newHTTPServer(provenBy2xx(httpmw.Wrap(a.hook.Routes(), httpmw.Options{
 		Listener: "webhook", Log: a.log, Metrics: a.metrics,
-	}), webhookMaxHeaderBytes, a.log)
+	})), webhookMaxHeaderBytes)
 	return nil
 }
 
@@ -429,8 +475,8 @@ func (a *App) authentication(ctx context.Context) (*auth.Authenticator, clerk.Pr
 
 // newHTTPServer returns a plaintext HTTP/1.1 server with timeouts that keep
 // slow or idle clients from holding connections and a bound on the bytes of
-// request headers.
-func newHTTPServer(h http.Handler, maxHeaderBytes int, log *slog.Logger) *http.Server {
+// request headers; its connections are known to the listener's limiter.
+func (a *App) newHTTPServer(h http.Handler, maxHeaderBytes int) *http.Server {
 	// Only HTTP/1.1, said explicitly: unencrypted HTTP/2 (h2c) would bring
 	// HPACK-compressed headers, and with them amplification, to listeners
 	// whose callers have no use for it.
@@ -439,12 +485,14 @@ func newHTTPServer(h http.Handler, maxHeaderBytes int, log *slog.Logger) *http.S
 	return &http.Server{
 		Handler:           h,
 		Protocols:         &protocols,
-		ReadHeaderTimeout: 5 * time.Second,
+		ReadHeaderTimeout: a.cfg.HTTPReadHeaderTimeout,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		IdleTimeout:       a.cfg.HTTPIdleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+		ConnContext:       connlimit.ConnContext,
+		ConnState:         connlimit.HTTPConnState,
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 )
 
 // Kind classifies an error for callers.
@@ -39,6 +40,9 @@ const (
 	// KindExpired: the request names something userd no longer keeps (a
 	// change feed cursor older than the retention); retrying cannot help.
 	KindExpired
+	// KindResourceExhausted: the caller (or the server) has as much of
+	// something open as it may (watch streams); retry after RetryAfter.
+	KindResourceExhausted
 )
 
 // Stable ErrorInfo reasons.
@@ -65,6 +69,7 @@ var kindNames = map[Kind]string{
 	KindUnavailable:         "unavailable",
 	KindCanceled:            "canceled",
 	KindExpired:             "expired",
+	KindResourceExhausted:   "resource exhausted",
 }
 
 func (k Kind) String() string { return kindNames[k] }
@@ -72,7 +77,8 @@ func (k Kind) String() string { return kindNames[k] }
 // Kinds lists every kind, for tables that must cover them all.
 func Kinds() []Kind {
 	return []Kind{KindInternal, KindInvalidArgument, KindUnauthenticated, KindPermissionDenied,
-		KindNotFound, KindInsufficientCredits, KindConflict, KindUnavailable, KindCanceled, KindExpired}
+		KindNotFound, KindInsufficientCredits, KindConflict, KindUnavailable, KindCanceled, KindExpired,
+		KindResourceExhausted}
 }
 
 // FieldViolation names one invalid request field.
@@ -92,6 +98,9 @@ type Error struct {
 	Metadata map[string]string
 	// Violations lists bad fields for KindInvalidArgument.
 	Violations []FieldViolation
+	// RetryAfter, when positive, is how long the caller should wait
+	// before retrying (RetryInfo over gRPC, Retry-After over HTTP).
+	RetryAfter time.Duration
 	// Err is the cause; never shown to callers.
 	Err error
 }
@@ -175,6 +184,12 @@ func Canceled(err error) *Error {
 // Unauthenticated reports missing or invalid credentials.
 func Unauthenticated(msg string) *Error {
 	return &Error{Kind: KindUnauthenticated, Message: msg}
+}
+
+// ResourceExhausted reports a limit reached; the caller may retry after
+// retryAfter.
+func ResourceExhausted(msg string, retryAfter time.Duration) *Error {
+	return &Error{Kind: KindResourceExhausted, Message: msg, RetryAfter: retryAfter}
 }
 
 // PermissionDenied reports an operation the caller may not perform.

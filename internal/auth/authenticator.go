@@ -59,5 +59,8 @@ func (a *Authenticator) Authenticate(authorization string) (Principal, error) {
 		}
 		return Principal{}, apperr.Unauthenticated(msg)
 	}
-	return Principal{Kind: KindUser, ClerkUserID: claims.Subject, Session: claims}, nil
+	return Principal{
+		Kind: KindUser, ClerkUserID: claims.Subject, Session: claims,
+		Expires: claims.ExpiresAt.Date.Add(a.sessions.leeway), // the parser requires exp
+	}, nil
 }

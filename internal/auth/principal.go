@@ -8,6 +8,7 @@ package auth
 import (
 	"context"
 	"strings"
+	"time"
 )
 
 // Kind is the kind of caller.
@@ -29,6 +30,10 @@ type Principal struct {
 	ClerkUserID string
 	// Session is the verified session token's claims (KindUser only).
 	Session *SessionClaims
+	// Expires is when the credentials stop being accepted: a session
+	// token's exp plus the leeway (zero for services, whose tokens do not
+	// expire).
+	Expires time.Time
 }
 
 // Name identifies the principal in logs and metrics; it never contains a

@@ -52,6 +52,7 @@ type Serve struct {
 	ShutdownGrace time.Duration `name:"shutdown-grace" env:"USERD_SHUTDOWN_GRACE" default:"20s" help:"How long in-flight calls may run after SIGTERM before they are cut."`
 	Bounds        `embed:""`
 	Feed          `embed:""`
+	Limits        `embed:""`
 
 	// Version is the binary's version (not a setting: cmd/userd sets it),
 	// shown as info.version of the served OpenAPI document.
@@ -60,9 +61,12 @@ type Serve struct {
 
 // Feed configures the change feed (WatchUserEvents).
 type Feed struct {
-	FeedPollInterval time.Duration `name:"feed-poll-interval" env:"USERD_FEED_POLL_INTERVAL" default:"100ms" help:"How often each replica asks the database for new change feed events (one query for all its watchers)."`
-	FeedHeartbeat    time.Duration `name:"feed-heartbeat" env:"USERD_FEED_HEARTBEAT" default:"15s" help:"How often an idle WatchUserEvents stream gets a heartbeat with its cursor (keeps proxies from closing it)."`
-	FeedRetention    time.Duration `name:"feed-retention" env:"USERD_FEED_RETENTION" default:"168h" help:"How long change feed events are kept; a consumer whose cursor is older must resynchronise. 0 keeps them forever."`
+	FeedPollInterval         time.Duration `name:"feed-poll-interval" env:"USERD_FEED_POLL_INTERVAL" default:"100ms" help:"How often each replica asks the database for new change feed events (one query for all its watchers)."`
+	FeedHeartbeat            time.Duration `name:"feed-heartbeat" env:"USERD_FEED_HEARTBEAT" default:"15s" help:"How often an idle WatchUserEvents stream gets a heartbeat with its cursor (keeps proxies from closing it)."`
+	FeedRetention            time.Duration `name:"feed-retention" env:"USERD_FEED_RETENTION" default:"168h" help:"How long change feed events are kept; a consumer whose cursor is older must resynchronise. 0 keeps them forever."`
+	FeedMaxWatches           int           `name:"feed-max-watches" env:"USERD_FEED_MAX_WATCHES" default:"4096" help:"Most WatchUserEvents streams (gRPC and REST) open at once on this replica; beyond, RESOURCE_EXHAUSTED / 429 with a retry hint."`
+	FeedMaxWatchesPerUser    int           `name:"feed-max-watches-per-user" env:"USERD_FEED_MAX_WATCHES_PER_USER" default:"8" help:"Most WatchUserEvents streams one end user (one Clerk user id) may have open at once on this replica."`
+	FeedMaxWatchesPerService int           `name:"feed-max-watches-per-service" env:"USERD_FEED_MAX_WATCHES_PER_SERVICE" default:"256" help:"Most WatchUserEvents streams one service token name may have open at once on this replica."`
 }
 
 // Validate checks the change feed settings.
@@ -75,6 +79,92 @@ func (f Feed) Validate() error {
 	}
 	if f.FeedRetention != 0 && f.FeedRetention < time.Hour {
 		return fmt.Errorf("USERD_FEED_RETENTION (--feed-retention) must be 0 (forever) or at least 1h, got %s", f.FeedRetention)
+	}
+	for _, c := range []struct {
+		name string
+		n    int
+	}{
+		{"USERD_FEED_MAX_WATCHES (--feed-max-watches)", f.FeedMaxWatches},
+		{"USERD_FEED_MAX_WATCHES_PER_USER (--feed-max-watches-per-user)", f.FeedMaxWatchesPerUser},
+		{"USERD_FEED_MAX_WATCHES_PER_SERVICE (--feed-max-watches-per-service)", f.FeedMaxWatchesPerService},
+	} {
+		if c.n < 1 || c.n > 1_000_000 {
+			return fmt.Errorf("%s must be between 1 and 1000000, got %d", c.name, c.n)
+		}
+	}
+	return nil
+}
+
+// Limits bound what connections may hold, before and after they
+// authenticate: how many each listener keeps open (within the process's
+// file descriptor limit, which userd reads at start), how long gRPC and
+// HTTP connections may idle or live, and how many unauthenticated health
+// watches may be open.
+type Limits struct {
+	GRPCMaxConns    int `name:"grpc-max-conns" env:"USERD_GRPC_MAX_CONNS" default:"4096" help:"Most connections the gRPC listener keeps open; when full, a new one replaces the oldest that has not authenticated a call. Lowered at start to fit the file descriptor limit."`
+	HTTPMaxConns    int `name:"http-max-conns" env:"USERD_HTTP_MAX_CONNS" default:"4096" help:"Most connections the HTTP API listener keeps open (as USERD_GRPC_MAX_CONNS; then the oldest idle keep-alive one)."`
+	WebhookMaxConns int `name:"webhook-max-conns" env:"USERD_WEBHOOK_MAX_CONNS" default:"4096" help:"Most connections the webhook listener keeps open (as USERD_HTTP_MAX_CONNS; a delivery answered 2xx proves its connection)."`
+	OpsMaxConns     int `name:"ops-max-conns" env:"USERD_OPS_MAX_CONNS" default:"64" help:"Most connections the operations listener keeps open; reserved out of the file descriptor limit before the other listeners' shares."`
+
+	GRPCMaxConnectionIdle     time.Duration `name:"grpc-max-connection-idle" env:"USERD_GRPC_MAX_CONNECTION_IDLE" default:"5m" help:"A gRPC connection with no call open for this long is closed (GOAWAY)."`
+	GRPCMaxConnectionAge      time.Duration `name:"grpc-max-connection-age" env:"USERD_GRPC_MAX_CONNECTION_AGE" default:"30m" help:"A gRPC connection is closed (GOAWAY; clients reconnect) after this long, streams or not, so that none is held forever."`
+	GRPCMaxConnectionAgeGrace time.Duration `name:"grpc-max-connection-age-grace" env:"USERD_GRPC_MAX_CONNECTION_AGE_GRACE" default:"1m" help:"How long calls open when a gRPC connection reaches its maximum age may still run; then they are cut (a WatchUserEvents consumer resumes from its cursor)."`
+	GRPCKeepaliveMinTime      time.Duration `name:"grpc-keepalive-min-time" env:"USERD_GRPC_KEEPALIVE_MIN_TIME" default:"10s" help:"Least interval of a client's keepalive pings; a client pinging more often is disconnected (GOAWAY ENHANCE_YOUR_CALM)."`
+	GRPCKeepaliveTime         time.Duration `name:"grpc-keepalive-time" env:"USERD_GRPC_KEEPALIVE_TIME" default:"2m" help:"userd pings a gRPC connection silent for this long, to find dead peers."`
+	GRPCKeepaliveTimeout      time.Duration `name:"grpc-keepalive-timeout" env:"USERD_GRPC_KEEPALIVE_TIMEOUT" default:"20s" help:"A gRPC connection whose peer does not answer userd's ping within this is closed."`
+	HTTPReadHeaderTimeout     time.Duration `name:"http-read-header-timeout" env:"USERD_HTTP_READ_HEADER_TIMEOUT" default:"5s" help:"Longest an HTTP listener (API, webhook, ops) waits for a request's headers, from the connection's start or the first byte of a later request; also bounds the gRPC handshake."`
+	HTTPIdleTimeout           time.Duration `name:"http-idle-timeout" env:"USERD_HTTP_IDLE_TIMEOUT" default:"2m" help:"Longest an HTTP keep-alive connection waits for its next request."`
+	HealthWatchMax            int           `name:"health-watch-max" env:"USERD_HEALTH_WATCH_MAX" default:"100" help:"Most grpc.health.v1.Health/Watch streams open at once without a service token; beyond, RESOURCE_EXHAUSTED (Check still answers). Callers with a service token are not counted."`
+}
+
+// DefaultLimits are the limits' defaults (those of the struct tags), for
+// configurations built in code.
+func DefaultLimits() Limits {
+	return Limits{
+		GRPCMaxConns: 4096, HTTPMaxConns: 4096, WebhookMaxConns: 4096, OpsMaxConns: 64,
+		GRPCMaxConnectionIdle: 5 * time.Minute, GRPCMaxConnectionAge: 30 * time.Minute, GRPCMaxConnectionAgeGrace: time.Minute,
+		GRPCKeepaliveMinTime: 10 * time.Second, GRPCKeepaliveTime: 2 * time.Minute, GRPCKeepaliveTimeout: 20 * time.Second,
+		HTTPReadHeaderTimeout: 5 * time.Second, HTTPIdleTimeout: 2 * time.Minute,
+		HealthWatchMax: 100,
+	}
+}
+
+// Validate checks the limits.
+func (l Limits) Validate() error {
+	for _, c := range []struct {
+		name string
+		n    int
+	}{
+		{"USERD_GRPC_MAX_CONNS (--grpc-max-conns)", l.GRPCMaxConns},
+		{"USERD_HTTP_MAX_CONNS (--http-max-conns)", l.HTTPMaxConns},
+		{"USERD_WEBHOOK_MAX_CONNS (--webhook-max-conns)", l.WebhookMaxConns},
+		{"USERD_OPS_MAX_CONNS (--ops-max-conns)", l.OpsMaxConns},
+		{"USERD_HEALTH_WATCH_MAX (--health-watch-max)", l.HealthWatchMax},
+	} {
+		if c.n < 1 || c.n > 1_000_000 {
+			return fmt.Errorf("%s must be between 1 and 1000000, got %d", c.name, c.n)
+		}
+	}
+	for _, d := range []struct {
+		name     string
+		v, least time.Duration
+	}{
+		{"USERD_GRPC_MAX_CONNECTION_IDLE (--grpc-max-connection-idle)", l.GRPCMaxConnectionIdle, time.Second},
+		{"USERD_GRPC_MAX_CONNECTION_AGE (--grpc-max-connection-age)", l.GRPCMaxConnectionAge, time.Second},
+		{"USERD_GRPC_MAX_CONNECTION_AGE_GRACE (--grpc-max-connection-age-grace)", l.GRPCMaxConnectionAgeGrace, time.Second},
+		{"USERD_GRPC_KEEPALIVE_MIN_TIME (--grpc-keepalive-min-time)", l.GRPCKeepaliveMinTime, time.Second},
+		{"USERD_GRPC_KEEPALIVE_TIME (--grpc-keepalive-time)", l.GRPCKeepaliveTime, time.Second},
+		{"USERD_GRPC_KEEPALIVE_TIMEOUT (--grpc-keepalive-timeout)", l.GRPCKeepaliveTimeout, time.Second},
+		{"USERD_HTTP_READ_HEADER_TIMEOUT (--http-read-header-timeout)", l.HTTPReadHeaderTimeout, 100 * time.Millisecond},
+		{"USERD_HTTP_IDLE_TIMEOUT (--http-idle-timeout)", l.HTTPIdleTimeout, time.Second},
+	} {
+		// Every one of them is a bound: none may be switched off.
+		if d.v < d.least || d.v > 24*time.Hour {
+			return fmt.Errorf("%s must be between %s and 24h, got %s", d.name, d.least, d.v)
+		}
+	}
+	if l.HTTPReadHeaderTimeout > time.Minute {
+		return fmt.Errorf("USERD_HTTP_READ_HEADER_TIMEOUT (--http-read-header-timeout) must be at most 1m, got %s", l.HTTPReadHeaderTimeout)
 	}
 	return nil
 }
@@ -158,6 +248,9 @@ func (s Serve) Validate() error {
 		return fmt.Errorf("USERD_SHUTDOWN_GRACE (--shutdown-grace) must not be negative, got %s", s.ShutdownGrace)
 	}
 	if err := s.Bounds.Validate(); err != nil {
+		return err
+	}
+	if err := s.Limits.Validate(); err != nil {
 		return err
 	}
 	return s.Feed.Validate()

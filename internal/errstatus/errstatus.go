@@ -24,8 +24,9 @@ var table = map[apperr.Kind]struct {
 	apperr.KindConflict:            {codes.AlreadyExists, http.StatusConflict},
 	apperr.KindUnavailable:         {codes.Unavailable, http.StatusServiceUnavailable},
 	// 499 is the de-facto "client closed request" status.
-	apperr.KindCanceled: {codes.Canceled, 499},
-	apperr.KindExpired:  {codes.OutOfRange, http.StatusGone},
+	apperr.KindCanceled:          {codes.Canceled, 499},
+	apperr.KindExpired:           {codes.OutOfRange, http.StatusGone},
+	apperr.KindResourceExhausted: {codes.ResourceExhausted, http.StatusTooManyRequests},
 }
 
 // GRPCCode is the gRPC status code of the kind.

@@ -14,10 +14,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/rs/cors"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/grpclog"
 	"google.golang.org/grpc/status"
@@ -195,6 +198,16 @@ func writeError(_ context.Context, _ *runtime.ServeMux, m runtime.Marshaler, w h
 	writeStatus(w, code, m, st)
 }
 
+// retryDelay is the delay of the status's RetryInfo detail, or 0.
+func retryDelay(st *status.Status) time.Duration {
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok {
+			return ri.GetRetryDelay().AsDuration()
+		}
+	}
+	return 0
+}
+
 func writeStatus(w http.ResponseWriter, code int, m runtime.Marshaler, st *status.Status) {
 	pb := st.Proto()
 	body, merr := m.Marshal(pb)
@@ -206,6 +219,10 @@ func writeStatus(w http.ResponseWriter, code int, m runtime.Marshaler, st *statu
 	w.Header().Set("Content-Type", "application/json")
 	if code == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="userd"`)
+	}
+	if d := retryDelay(st); d > 0 {
+		// Whole seconds (RFC 9110 §10.2.3), rounded up.
+		w.Header().Set("Retry-After", strconv.FormatInt(int64((d+time.Second-1)/time.Second), 10))
 	}
 	w.WriteHeader(code)
 	_, _ = w.Write(body)

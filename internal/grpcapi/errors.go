@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/protoadapt"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/userd/userd/internal/apperr"
 	"github.com/userd/userd/internal/errstatus"
@@ -70,6 +71,9 @@ func toStatus(ctx context.Context, log *slog.Logger, method string, err error) e
 	}
 	if e.Reason != "" {
 		details = append(details, &errdetails.ErrorInfo{Reason: e.Reason, Domain: apperr.Domain, Metadata: e.Metadata})
+	}
+	if e.RetryAfter > 0 {
+		details = append(details, &errdetails.RetryInfo{RetryDelay: durationpb.New(e.RetryAfter)})
 	}
 	if len(details) > 0 {
 		// WithDetails fails only for messages that cannot be marshalled,

@@ -16,6 +16,7 @@ import (
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
 	"github.com/userd/userd/internal/auth"
+	"github.com/userd/userd/internal/connlimit"
 	"github.com/userd/userd/internal/requestid"
 )
 
@@ -228,6 +229,9 @@ func authenticate(ctx context.Context, authn *auth.Authenticator, method string)
 	if ci := infoOf(ctx); ci != nil {
 		ci.principal = p.Name()
 	}
+	// The connection carried an authenticated call: a full listener no
+	// longer closes it to make room (internal/connlimit).
+	connlimit.MarkProven(ctx)
 	return auth.WithPrincipal(ctx, p), nil
 }
 

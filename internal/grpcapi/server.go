@@ -25,6 +25,9 @@ type Server struct {
 	profiles Profiles
 	// feed serves WatchUserEvents (Options.Feed).
 	feed *feed.Hub
+	// watches counts open WatchUserEvents streams (see WithWatchLimits);
+	// nil: unbounded.
+	watches *watchCounter
 }
 
 var _ userdv1.UserServiceServer = (*Server)(nil)

@@ -15,6 +15,12 @@ import (
 	"github.com/userd/userd/internal/users"
 )
 
+// WithWatchLimits bounds the WatchUserEvents streams open at once.
+func (s *Server) WithWatchLimits(lim WatchLimits) *Server {
+	s.watches = newWatchCounter(lim)
+	return s
+}
+
 // WatchUserEvents implements userdv1.UserServiceServer.
 func (s *Server) WatchUserEvents(req *userdv1.WatchUserEventsRequest, stream userdv1.UserService_WatchUserEventsServer) error {
 	ctx := stream.Context()
@@ -25,12 +31,31 @@ func (s *Server) WatchUserEvents(req *userdv1.WatchUserEventsRequest, stream use
 	if err != nil {
 		return err
 	}
-	err = s.feed.Watch(ctx, r, watchSink{stream: stream, cursors: s.feed.Cursors()})
+	p, _ := principal(ctx)
+	if s.watches != nil {
+		release, err := s.watches.acquire(p)
+		if err != nil {
+			return err
+		}
+		defer release()
+	}
+	// An end user's stream lasts as long as the session token that opened
+	// it (and the leeway): a revoked session's feed stops within Clerk's
+	// token lifetime (60 s), as its calls do.
+	watchCtx := ctx
+	if !p.Expires.IsZero() {
+		var cancel context.CancelFunc
+		watchCtx, cancel = context.WithDeadline(ctx, p.Expires)
+		defer cancel()
+	}
+	err = s.feed.Watch(watchCtx, r, watchSink{stream: stream, cursors: s.feed.Cursors()})
 	switch {
 	case ctx.Err() != nil:
 		// The caller went away (or its deadline passed): say so, not
 		// "internal".
 		return status.FromContextError(ctx.Err()).Err()
+	case watchCtx.Err() != nil:
+		return apperr.Unauthenticated("session token expired: watch again with a fresh token, from the last cursor received")
 	case errors.Is(err, feed.ErrClosing):
 		// UNAVAILABLE, but not the database's fault: a status of its own,
 		// which the error mapping does not log as a database outage.

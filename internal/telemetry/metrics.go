@@ -6,6 +6,7 @@ package telemetry
 
 import (
 	"net/http"
+	"strconv"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -37,6 +38,15 @@ type Metrics struct {
 	feedEvents    prometheus.Counter
 	feedWatchers  prometheus.Gauge
 	feedBehind    prometheus.Counter
+	feedRejected  *prometheus.CounterVec
+
+	fdLimit        prometheus.Gauge
+	connMax        *prometheus.GaugeVec
+	connOpen       *prometheus.GaugeVec
+	connEvicted    *prometheus.CounterVec
+	connRejected   *prometheus.CounterVec
+	healthWatches  prometheus.Gauge
+	healthRejected prometheus.Counter
 }
 
 // latencyBuckets suit a service whose calls take about a millisecond.
@@ -106,13 +116,46 @@ func NewMetrics() *Metrics {
 			Name: "userd_feed_watchers_fell_behind_total",
 			Help: "Times a watcher did not keep up with the live fan-out and was switched to reading the database at its own pace.",
 		}),
+		feedRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "userd_feed_watches_rejected_total",
+			Help: "WatchUserEvents streams refused (RESOURCE_EXHAUSTED / 429) by the limit reached: caller (USERD_FEED_MAX_WATCHES_PER_USER or _PER_SERVICE) or server (USERD_FEED_MAX_WATCHES).",
+		}, []string{"limit"}),
+		fdLimit: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "userd_fd_limit",
+			Help: "The file descriptor limit (soft RLIMIT_NOFILE) userd runs under; the listeners' connection limits are planned within it.",
+		}),
+		connMax: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "userd_listener_max_connections",
+			Help: "Most connections a listener (grpc, api, webhook, ops) keeps open: its USERD_*_MAX_CONNS, lowered to fit the file descriptor limit.",
+		}, []string{"listener"}),
+		connOpen: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "userd_listener_connections",
+			Help: "Connections open on a listener.",
+		}, []string{"listener"}),
+		connEvicted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "userd_listener_connections_evicted_total",
+			Help: "Open connections a full listener closed to admit a new one, by whether a call on them had authenticated (proven=false: never authenticated; true: an idle keep-alive one).",
+		}, []string{"listener", "proven"}),
+		connRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "userd_listener_connections_rejected_total",
+			Help: "New connections a full listener refused, because every open one had authenticated and was at work.",
+		}, []string{"listener"}),
+		healthWatches: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "userd_health_watches",
+			Help: "grpc.health.v1.Health/Watch streams open without a service token (at most USERD_HEALTH_WATCH_MAX).",
+		}),
+		healthRejected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "userd_health_watches_rejected_total",
+			Help: "grpc.health.v1.Health/Watch streams without a service token refused with RESOURCE_EXHAUSTED (USERD_HEALTH_WATCH_MAX reached).",
+		}),
 	}
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.GRPC, m.httpRequests, m.httpDuration, m.webhookEvents, m.webhookReject, m.credits, m.usersCreated, m.clerkBatches,
 		m.syncUsers, m.syncRuns, m.syncLastOK, m.syncDuration,
-		m.feedEvents, m.feedWatchers, m.feedBehind,
+		m.feedEvents, m.feedWatchers, m.feedBehind, m.feedRejected,
+		m.fdLimit, m.connMax, m.connOpen, m.connEvicted, m.connRejected, m.healthWatches, m.healthRejected,
 	)
 	return m
 }
@@ -200,3 +243,36 @@ var (
 	_ users.Observer = (*Metrics)(nil)
 	_ feed.Observer  = (*Metrics)(nil)
 )
+
+// FeedWatchRejected counts a WatchUserEvents stream refused by a limit
+// ("caller" or "server").
+func (m *Metrics) FeedWatchRejected(limit string) { m.feedRejected.WithLabelValues(limit).Inc() }
+
+// FDLimit records the file descriptor limit.
+func (m *Metrics) FDLimit(n uint64) { m.fdLimit.Set(float64(n)) }
+
+// ListenerMax records a listener's connection limit.
+func (m *Metrics) ListenerMax(listener string, n int) {
+	m.connMax.WithLabelValues(listener).Set(float64(n))
+}
+
+// ConnOpened implements connlimit.Observer.
+func (m *Metrics) ConnOpened(listener string) { m.connOpen.WithLabelValues(listener).Inc() }
+
+// ConnClosed implements connlimit.Observer.
+func (m *Metrics) ConnClosed(listener string) { m.connOpen.WithLabelValues(listener).Dec() }
+
+// ConnEvicted implements connlimit.Observer.
+func (m *Metrics) ConnEvicted(listener string, proven bool) {
+	m.connEvicted.WithLabelValues(listener, strconv.FormatBool(proven)).Inc()
+}
+
+// ConnRejected implements connlimit.Observer.
+func (m *Metrics) ConnRejected(listener string) { m.connRejected.WithLabelValues(listener).Inc() }
+
+// HealthWatches reports an unauthenticated health watch starting (+1) or
+// ending (-1).
+func (m *Metrics) HealthWatches(delta int) { m.healthWatches.Add(float64(delta)) }
+
+// HealthWatchRejected counts a health watch refused.
+func (m *Metrics) HealthWatchRejected() { m.healthRejected.Inc() }

@@ -112,6 +112,7 @@ func complete(doc *openapi3.T) error {
 	c.Headers = openapi3.Headers{
 		"X-Request-Id":     {Value: &openapi3.Header{Parameter: openapi3.Parameter{Description: requestIDHeaderDoc, Required: true, Schema: stringSchema().NewRef()}}},
 		"WWW-Authenticate": {Value: &openapi3.Header{Parameter: openapi3.Parameter{Description: `Bearer realm="userd"`, Required: true, Schema: stringSchema().NewRef()}}},
+		"Retry-After":      {Value: &openapi3.Header{Parameter: openapi3.Parameter{Description: "Seconds to wait before retrying.", Required: true, Schema: openapi3.NewIntegerSchema().NewRef()}}},
 	}
 	completeSchemas(c.Schemas)
 	c.Responses = openapi3.ResponseBodies{}

@@ -112,6 +112,15 @@ var errorResponses = []errorResponse{
 		}
 		return e
 	}(),
+	func() errorResponse {
+		e := kindError("TooManyWatches", apperr.KindResourceExhausted,
+			"the caller has as many change feed streams open on this replica as it may "+
+				"(USERD_FEED_MAX_WATCHES_PER_USER, _PER_SERVICE), or the replica as many as it serves "+
+				"(USERD_FEED_MAX_WATCHES). Retry-After (and a google.rpc.RetryInfo in details) says when to try again; "+
+				"close a stream you no longer read first.")
+		e.headers = openapi3.Headers{"Retry-After": {Ref: "#/components/headers/Retry-After"}}
+		return e
+	}(),
 	{name: "DeadlineExceeded", status: runtime.HTTPStatusFromCode(codes.DeadlineExceeded), code: codes.DeadlineExceeded,
 		meaning: "the call did not finish within its deadline (the server's, or a shorter one the caller set " +
 			"with grpc-timeout). A mutation may or may not have been applied: retry with the same idempotency key."},
@@ -137,7 +146,7 @@ type operation struct {
 }
 
 var (
-	watchErrors = []string{"InvalidArgument", "Unauthenticated", "PermissionDenied", "CursorExpired", "Internal", "Unavailable"}
+	watchErrors = []string{"InvalidArgument", "Unauthenticated", "PermissionDenied", "CursorExpired", "TooManyWatches", "Internal", "Unavailable"}
 	readErrors  = []string{"InvalidArgument", "Unauthenticated", "NotFound", "Internal", "Unavailable", "DeadlineExceeded"}
 	writeErrors = []string{"InvalidArgument", "Unauthenticated", "PermissionDenied", "NotFound", "Conflict",
 		"PayloadTooLarge", "Internal", "Unavailable", "DeadlineExceeded"}

@@ -38,6 +38,8 @@ func Valid() config.Serve {
 			RequestTimeout: 10 * time.Second, DBAcquireTimeout: 2 * time.Second,
 			DBStatementTimeout: 5 * time.Second, DBLockTimeout: 2 * time.Second, DBIdleInTransactionTimeout: 10 * time.Second,
 		},
-		Feed: config.Feed{FeedPollInterval: 100 * time.Millisecond, FeedHeartbeat: 15 * time.Second, FeedRetention: 168 * time.Hour},
+		Feed: config.Feed{FeedPollInterval: 100 * time.Millisecond, FeedHeartbeat: 15 * time.Second, FeedRetention: 168 * time.Hour,
+			FeedMaxWatches: 4096, FeedMaxWatchesPerUser: 8, FeedMaxWatchesPerService: 256},
+		Limits: config.DefaultLimits(),
 	}
 }
