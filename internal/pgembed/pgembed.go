@@ -33,8 +33,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/userd/userd/internal/loopback"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -318,13 +318,15 @@ func readOrCreatePassword(path string) (string, error) {
 	return pw, nil
 }
 
+// freePort is below 32768 (internal/loopback): a port of the kernel's
+// ephemeral range may be taken by an outgoing connection before the server
+// binds it.
 func freePort() (uint32, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := loopback.FreePort()
 	if err != nil {
 		return 0, fmt.Errorf("find a free port for embedded PostgreSQL: %w", err)
 	}
-	defer ln.Close()
-	return uint32(ln.Addr().(*net.TCPAddr).Port), nil
+	return uint32(port), nil
 }
 
 // postmaster reads postmaster.pid and reports the pid and port of a live

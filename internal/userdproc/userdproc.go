@@ -11,15 +11,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/userd/userd/internal/loopback"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -78,17 +77,7 @@ func FreePort() (string, error) {
 	return ln.Addr().String(), nil
 }
 
-func listenFree() (net.Listener, error) {
-	var err error
-	for range 100 {
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(10000+rand.IntN(32768-10000)))
-		var ln net.Listener
-		if ln, err = net.Listen("tcp", addr); err == nil {
-			return ln, nil
-		}
-	}
-	return nil, fmt.Errorf("no free port below 32768: %w", err)
-}
+func listenFree() (net.Listener, error) { return loopback.Listen() }
 
 // Config is one userd process to run.
 type Config struct {
