@@ -9,18 +9,18 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
-	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/userd/userd/internal/testdb"
+	"github.com/userd/userd/internal/userdproc"
 )
 
 // docBlock is a shell example of the documentation that the documentation
@@ -218,13 +218,19 @@ func TestDocumentationExamples(t *testing.T) {
 	}
 	secret := makeDefault(t, makefile, "CLERK_WEBHOOK_SECRET")
 	tokens := makeDefault(t, makefile, "USERD_SERVICE_TOKENS")
-	ep := endpoints{freePort(t), freePort(t), freePort(t), freePort(t)}
-	logs := startUserd(t, filepath.Join(binDir, "userd"), ep,
-		"DATABASE_URL="+testdb.EmptyURL(t), "USERD_DATA_DIR="+t.TempDir(),
-		"CLERK_WEBHOOK_SECRET="+secret, "USERD_SERVICE_TOKENS="+tokens, "USERD_LOG_FORMAT=text")
+	proc, err := userdproc.Start(context.Background(), userdproc.Config{
+		Bin: filepath.Join(binDir, "userd"),
+		Env: []string{"DATABASE_URL=" + testdb.EmptyURL(t), "USERD_DATA_DIR=" + t.TempDir(),
+			"CLERK_WEBHOOK_SECRET=" + secret, "USERD_SERVICE_TOKENS=" + tokens, "USERD_LOG_FORMAT=text"},
+	}, 2*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = proc.Stop(syscall.SIGTERM, 30*time.Second) })
+	ep := proc.Addrs
 	ports := strings.NewReplacer(
-		"localhost:9090", ep.grpc, "localhost:8080", ep.http,
-		"localhost:8081", ep.webhook, "localhost:9091", ep.ops,
+		"localhost:9090", ep.GRPC, "localhost:8080", ep.HTTP,
+		"localhost:8081", ep.Webhook, "localhost:9091", ep.Ops,
 	)
 	// The environment a reader's terminal would have: none of userd's
 	// own settings, and the Makefile's secret exported as make does.
@@ -249,71 +255,6 @@ func TestDocumentationExamples(t *testing.T) {
 		t.Logf("%s: ok\n%s", b, out)
 	}
 	if t.Failed() {
-		t.Logf("userd's log:\n%s", logs)
+		t.Logf("userd's log:\n%s", proc.Logs())
 	}
-}
-
-type endpoints struct{ grpc, http, webhook, ops string }
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-// syncBuffer collects a process's output safely.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// startUserd runs `userd serve` on ep and waits for its "userd ready" log
-// line, which it writes once every listener listens and the schema is
-// migrated; the process is stopped when the test ends.
-func startUserd(t *testing.T, bin string, ep endpoints, env ...string) *syncBuffer {
-	t.Helper()
-	cmd := exec.Command(bin, "serve")
-	cmd.Env = append(os.Environ(),
-		"USERD_GRPC_ADDR="+ep.grpc, "USERD_HTTP_ADDR="+ep.http,
-		"USERD_WEBHOOK_ADDR="+ep.webhook, "USERD_OPS_ADDR="+ep.ops)
-	cmd.Env = append(cmd.Env, env...)
-	logs := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
-	deadline := time.Now().Add(2 * time.Minute)
-	for !strings.Contains(logs.String(), "userd ready") {
-		select {
-		case err := <-exited:
-			t.Fatalf("userd exited before it was ready: %v\n%s", err, logs)
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no \"userd ready\" after 2 minutes:\n%s", logs)
-		}
-	}
-	return logs
 }
