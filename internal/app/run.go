@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
 
 	"github.com/userd/userd/internal/clerkhook"
 	"github.com/userd/userd/internal/config"
@@ -61,7 +62,10 @@ func (a *App) serve(g *errgroup.Group) {
 	if a.grpcLn != nil {
 		g.Go(func() error {
 			a.log.Info("serving gRPC", "addr", a.grpcLn.Addr().String())
-			if err := a.grpc.Serve(a.grpcLn); err != nil {
+			// A shutdown that comes before Serve began (a short-lived
+			// instance, a signal during start-up) makes Serve return
+			// ErrServerStopped at once: a stop, not a failure.
+			if err := a.grpc.Serve(a.grpcLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 				return fmt.Errorf("grpc server: %w", err)
 			}
 			return nil

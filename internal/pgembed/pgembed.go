@@ -33,7 +33,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/userd/userd/internal/loopback"
 	"io"
 	"os"
 	"os/exec"
@@ -48,6 +47,8 @@ import (
 	embeddedpostgres "github.com/fergusstrange/embedded-postgres"
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/procfs"
+
+	"github.com/userd/userd/internal/loopback"
 )
 
 // Config configures the embedded server.

@@ -11,7 +11,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/userd/userd/internal/loopback"
 	"io"
 	"net"
 	"net/http"
@@ -22,6 +21,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/userd/userd/internal/loopback"
 )
 
 // Build compiles the userd command in pkgDir (a directory of the module,
