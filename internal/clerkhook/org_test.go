@@ -176,6 +176,21 @@ func TestOrganizationLifecycle(t *testing.T) {
 		t.Errorf("feed = %v, want %v", kinds, want)
 	}
 
+	// A member whose user is deleted in userd no longer counts.
+	org2 := clerkhook.SampleOrg{ID: "org_2hZkTwo", Name: "Two", UpdatedAt: at(30)}
+	expect(t, in, newOrgDelivery("msg_o8", "organization.created", org2), http.StatusOK, "created")
+	const userC = "user_2hZkC"
+	expect(t, in, newMembershipDelivery("msg_m8", "organizationMembership.created",
+		clerkhook.SampleMembership{ID: "orgmem_C2", Org: org2, UserID: userC, Role: "org:member", UpdatedAt: at(31)}), http.StatusOK, "created")
+	expect(t, in, newDelivery("msg_u1", "user.created", clerkhook.SampleUser{ID: userC, UpdatedAt: at(32)}), http.StatusOK, "created")
+	if ids := orgsOf(t, in, userC); !slices.Equal(ids, []string{org2.ID}) {
+		t.Fatalf("OrganizationsOf(%s) = %v", userC, ids)
+	}
+	expect(t, in, newDelivery("msg_u2", "user.deleted", clerkhook.SampleUser{ID: userC, UpdatedAt: at(33)}), http.StatusOK, "deleted")
+	if ids, members := orgsOf(t, in, userC), getOrg(t, in, org2.ID).Members; len(ids) != 0 || len(members) != 0 {
+		t.Fatalf("a deleted user still belongs: %v, members %+v", ids, members)
+	}
+
 	// A deletion of an organization never seen leaves a tombstone.
 	expect(t, in, newOrgDelivery("msg_o6", "organization.deleted", clerkhook.SampleOrg{ID: "org_never", UpdatedAt: at(1)}),
 		http.StatusOK, "deleted")
