@@ -15,6 +15,7 @@ import (
 
 	"github.com/userd/userd/internal/apptest"
 	"github.com/userd/userd/internal/clerkhook"
+	"github.com/userd/userd/internal/testwait"
 	"github.com/userd/userd/internal/users"
 )
 
@@ -296,4 +297,60 @@ func TestBadOrganizationPayloadsAreRefused(t *testing.T) {
 	// The same message ids, fixed, are applied: a refusal recorded nothing.
 	d := newMembershipDelivery("msg_bad_11", "organizationMembership.created", mem)
 	expect(t, in, d, http.StatusOK, "created")
+}
+
+// TestMembershipChangeWaitsForTheAccountLock: a membership change locks
+// the organization's account row first, so it waits for a transaction
+// holding that lock (a spend from the account) and that transaction sees
+// the membership as it was; the removal commits after it.
+func TestMembershipChangeWaitsForTheAccountLock(t *testing.T) {
+	t.Parallel()
+	in := apptest.Start(t, nil)
+	ctx := context.Background()
+	org := clerkhook.SampleOrg{ID: "org_locked", Name: "Locked", UpdatedAt: at(1)}
+	mem := clerkhook.SampleMembership{ID: "orgmem_locked", Org: org, UserID: "user_locked", Role: "org:member", UpdatedAt: at(2)}
+	expect(t, in, newOrgDelivery("msg_l1", "organization.created", org), http.StatusOK, "created")
+	expect(t, in, newMembershipDelivery("msg_l2", "organizationMembership.created", mem), http.StatusOK, "created")
+
+	tx, err := in.DB.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	var member bool
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM accounts a JOIN organizations o ON o.id = a.organization_id
+		WHERE o.clerk_org_id = $1 FOR UPDATE OF a)`, org.ID).Scan(&member); err != nil || !member {
+		t.Fatalf("lock the account: %v %v", member, err)
+	}
+
+	done := make(chan int, 1)
+	go func() {
+		code, _ := post(t, in, newMembershipDelivery("msg_l3", "organizationMembership.deleted", mem))
+		done <- code
+	}()
+	testwait.Until(t, 10*time.Second, "the removal waits for the account lock", func() bool {
+		var waiting bool
+		_ = in.DB.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%userd_apply_clerk_batch%')`).Scan(&waiting)
+		return waiting
+	})
+	// The lock holder still sees the member: a spend under it is applied
+	// before the removal.
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM userd_live_membership($1, $2))`, org.ID, mem.UserID).Scan(&member); err != nil || !member {
+		t.Fatalf("under the lock, the member is gone: %v %v", member, err)
+	}
+	select {
+	case code := <-done:
+		t.Fatalf("the removal committed (%d) while the account was locked", code)
+	default:
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if code := <-done; code != http.StatusOK {
+		t.Fatalf("removal answered %d", code)
+	}
+	if ids := orgsOf(t, in, mem.UserID); len(ids) != 0 {
+		t.Fatalf("removed member still belongs: %v", ids)
+	}
 }
