@@ -354,3 +354,46 @@ func TestMembershipChangeWaitsForTheAccountLock(t *testing.T) {
 		t.Fatalf("removed member still belongs: %v", ids)
 	}
 }
+
+// TestMembershipChangeWaitsForAMembershipCheck: userd_live_membership
+// locks the membership it finds (KEY SHARE), so a removal waits for the
+// transaction that checked it even without the account lock.
+func TestMembershipChangeWaitsForAMembershipCheck(t *testing.T) {
+	t.Parallel()
+	in := apptest.Start(t, nil)
+	ctx := context.Background()
+	org := clerkhook.SampleOrg{ID: "org_checked", Name: "Checked", UpdatedAt: at(1)}
+	mem := clerkhook.SampleMembership{ID: "orgmem_checked", Org: org, UserID: "user_checked", Role: "org:member", UpdatedAt: at(2)}
+	expect(t, in, newOrgDelivery("msg_k1", "organization.created", org), http.StatusOK, "created")
+	expect(t, in, newMembershipDelivery("msg_k2", "organizationMembership.created", mem), http.StatusOK, "created")
+
+	tx, err := in.DB.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	var member bool
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM userd_live_membership($1, $2))`, org.ID, mem.UserID).Scan(&member); err != nil || !member {
+		t.Fatalf("check: %v %v", member, err)
+	}
+	done := make(chan int, 1)
+	go func() {
+		code, _ := post(t, in, newMembershipDelivery("msg_k3", "organizationMembership.deleted", mem))
+		done <- code
+	}()
+	testwait.Until(t, 10*time.Second, "the removal waits for the checking transaction", func() bool {
+		var waiting bool
+		_ = in.DB.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%userd_apply_clerk_batch%')`).Scan(&waiting)
+		return waiting
+	})
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if code := <-done; code != http.StatusOK {
+		t.Fatalf("removal answered %d", code)
+	}
+	if err := in.DB.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM userd_live_membership($1, $2))`, org.ID, mem.UserID).Scan(&member); err != nil || member {
+		t.Fatalf("after the removal: member %v %v", member, err)
+	}
+}
