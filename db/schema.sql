@@ -645,7 +645,7 @@ CREATE TABLE public.organization_memberships (
 --
 
 CREATE FUNCTION public.userd_live_membership(p_clerk_org_id text, p_clerk_user_id text) RETURNS SETOF public.organization_memberships
-    LANGUAGE sql STABLE
+    LANGUAGE sql
     AS $$
     SELECT m.* FROM organization_memberships m
     WHERE m.clerk_org_id = p_clerk_org_id AND m.clerk_user_id = p_clerk_user_id AND m.deleted_at IS NULL
@@ -653,6 +653,7 @@ CREATE FUNCTION public.userd_live_membership(p_clerk_org_id text, p_clerk_user_i
       AND NOT EXISTS (SELECT 1 FROM users u WHERE u.clerk_user_id = m.clerk_user_id AND u.deleted_at IS NOT NULL)
     ORDER BY m.clerk_updated_at DESC, m.clerk_membership_id
     LIMIT 1
+    FOR KEY SHARE OF m
 $$;
 
 
