@@ -65,7 +65,7 @@ func checkBooks(t *testing.T, pool *pgxpool.Pool) {
 	n := 0
 	for rows.Next() {
 		var (
-			id               string
+			id                string
 			credits, sum, bad int64
 		)
 		if err := rows.Scan(&id, &credits, &sum, &bad); err != nil {
@@ -229,12 +229,12 @@ func TestAccountDeductForActionAndSetPlan(t *testing.T) {
 	}
 
 	var (
-		status        string
-		plan          *string
-		credits       *int64
-		prev          *string
-		actorService  *string
-		bonusDelta    *int64
+		status       string
+		plan         *string
+		credits      *int64
+		prev         *string
+		actorService *string
+		bonusDelta   *int64
 	)
 	if err := pool.QueryRow(ctx, `SELECT status, a_plan, a_credits, pc_previous_plan, pc_service, t_delta
 		FROM userd_account_set_plan($1, NULL, 'billing', 'ENTERPRISE', 1000, 'upgrade', 'p1')`, org).

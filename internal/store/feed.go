@@ -169,9 +169,9 @@ type (
 
 func eventFrom(r sqlcdb.ReadUserEventsRow) (feed.Event, error) {
 	ev := feed.Event{
-		ID:          deref(r.ID),
-		Position:    feed.Position{Xid: deref(r.OrderXid), ID: deref(r.ID)},
-		Kind:        feed.Kind(deref(r.Kind)),
+		ID:               deref(r.ID),
+		Position:         feed.Position{Xid: deref(r.OrderXid), ID: deref(r.ID)},
+		Kind:             feed.Kind(deref(r.Kind)),
 		UserID:           deref(r.UserID),
 		ClerkUserID:      deref(r.ClerkUserID),
 		ClerkOrgID:       deref(r.ClerkOrgID),
