@@ -1081,6 +1081,37 @@ $$;
 
 
 --
+-- Name: userd_org_set_plan(text, text, text, bigint, text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_org_set_plan(p_clerk_org_id text, p_service text, p_plan text, p_bonus bigint, p_reason text, p_key text, OUT status text, OUT a_id uuid, OUT a_plan text, OUT a_credits bigint, OUT a_created_at timestamp with time zone, OUT a_updated_at timestamp with time zone, OUT a_closed_at timestamp with time zone, OUT pc_id bigint, OUT pc_previous_plan text, OUT pc_plan text, OUT pc_bonus_credits bigint, OUT pc_reason text, OUT pc_created_at timestamp with time zone, OUT t_id bigint, OUT t_delta bigint, OUT t_balance_after bigint, OUT t_kind text, OUT t_reason text, OUT t_created_at timestamp with time zone, OUT pc_actor_user_id uuid, OUT pc_service text)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_account_id uuid;
+BEGIN
+    -- Moves the account of organization p_clerk_org_id to p_plan and
+    -- grants p_bonus, for the service p_service (no user acts): not_found
+    -- when the organization has no account, else the statuses and columns
+    -- of userd_account_set_plan (applied, replayed, key_reused, overflow,
+    -- closed).
+    SELECT a.id INTO v_account_id
+    FROM organizations o
+    JOIN accounts a ON a.organization_id = o.id
+    WHERE o.clerk_org_id = p_clerk_org_id;
+    IF NOT FOUND THEN
+        status := 'not_found';
+        RETURN;
+    END IF;
+    SELECT e.* INTO status, a_id, a_plan, a_credits, a_created_at, a_updated_at, a_closed_at,
+                    pc_id, pc_previous_plan, pc_plan, pc_bonus_credits, pc_reason, pc_created_at,
+                    t_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at, pc_actor_user_id, pc_service
+    FROM userd_account_set_plan(v_account_id, NULL, nullif(p_service, ''), p_plan, p_bonus, p_reason, p_key) e;
+END
+$$;
+
+
+--
 -- Name: userd_org_spend(text, text, text, text, bigint, text, text, text, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 

@@ -17,6 +17,12 @@ SELECT * FROM userd_org_spend(@clerk_org_id::text, @member_clerk_user_id::text, 
 SELECT * FROM userd_org_change_credits(@clerk_org_id::text, @actor_clerk_user_id::text, @service::text,
     @kind::text, @delta::bigint, @reason::text, @idempotency_key::text);
 
+-- OrgSetPlan changes an organization's plan for a service in one round
+-- trip (see the function userd_org_set_plan in db/schema.sql).
+-- name: OrgSetPlan :one
+SELECT * FROM userd_org_set_plan(@clerk_org_id::text, @service::text, @plan::text, @bonus::bigint,
+    @reason::text, @idempotency_key::text);
+
 -- ListAccountMembers returns the live members of an organization (the
 -- newest live membership of each user, as userd_live_membership picks it)
 -- with their caps and what each spent in its cap's current period (that of

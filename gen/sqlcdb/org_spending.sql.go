@@ -368,6 +368,82 @@ func (q *Queries) OrgChangeCredits(ctx context.Context, db DBTX, arg OrgChangeCr
 	return i, err
 }
 
+const orgSetPlan = `-- name: OrgSetPlan :one
+SELECT status, a_id, a_plan, a_credits, a_created_at, a_updated_at, a_closed_at, pc_id, pc_previous_plan, pc_plan, pc_bonus_credits, pc_reason, pc_created_at, t_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at, pc_actor_user_id, pc_service FROM userd_org_set_plan($1::text, $2::text, $3::text, $4::bigint,
+    $5::text, $6::text)
+`
+
+type OrgSetPlanParams struct {
+	ClerkOrgID     string
+	Service        string
+	Plan           string
+	Bonus          int64
+	Reason         string
+	IdempotencyKey string
+}
+
+type OrgSetPlanRow struct {
+	Status         *string
+	AID            *uuid.UUID
+	APlan          *string
+	ACredits       *int64
+	ACreatedAt     *time.Time
+	AUpdatedAt     *time.Time
+	AClosedAt      *time.Time
+	PcID           *int64
+	PcPreviousPlan *string
+	PcPlan         *string
+	PcBonusCredits *int64
+	PcReason       *string
+	PcCreatedAt    *time.Time
+	TID            *int64
+	TDelta         *int64
+	TBalanceAfter  *int64
+	TKind          *string
+	TReason        *string
+	TCreatedAt     *time.Time
+	PcActorUserID  *uuid.UUID
+	PcService      *string
+}
+
+// OrgSetPlan changes an organization's plan for a service in one round
+// trip (see the function userd_org_set_plan in db/schema.sql).
+func (q *Queries) OrgSetPlan(ctx context.Context, db DBTX, arg OrgSetPlanParams) (OrgSetPlanRow, error) {
+	row := db.QueryRow(ctx, orgSetPlan,
+		arg.ClerkOrgID,
+		arg.Service,
+		arg.Plan,
+		arg.Bonus,
+		arg.Reason,
+		arg.IdempotencyKey,
+	)
+	var i OrgSetPlanRow
+	err := row.Scan(
+		&i.Status,
+		&i.AID,
+		&i.APlan,
+		&i.ACredits,
+		&i.ACreatedAt,
+		&i.AUpdatedAt,
+		&i.AClosedAt,
+		&i.PcID,
+		&i.PcPreviousPlan,
+		&i.PcPlan,
+		&i.PcBonusCredits,
+		&i.PcReason,
+		&i.PcCreatedAt,
+		&i.TID,
+		&i.TDelta,
+		&i.TBalanceAfter,
+		&i.TKind,
+		&i.TReason,
+		&i.TCreatedAt,
+		&i.PcActorUserID,
+		&i.PcService,
+	)
+	return i, err
+}
+
 const orgSpend = `-- name: OrgSpend :one
 
 SELECT status, account_id, available, price, cap, spent, remaining, period, period_start, t_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at, t_actor_user_id, t_service FROM userd_org_spend($1::text, $2::text, $3::text,

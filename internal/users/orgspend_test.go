@@ -818,6 +818,34 @@ func TestOrgGrantAndReadAccount(t *testing.T) {
 	}
 	_, err = e.svc.GrantCredits(ctx, users.CreditChange{ClerkOrgID: "org_zz", Service: "billing", Amount: 1, IdempotencyKey: "g2"})
 	wantKind(t, err, apperr.KindNotFound)
+
+	// A service moves the organization to a plan with a bonus; a retry
+	// replays it.
+	in := users.SetPlanInput{ClerkOrgID: "org_a", Service: "billing", Plan: users.PlanPro, BonusCredits: 5, IdempotencyKey: "p1"}
+	plan, err := e.svc.SetPlan(ctx, in)
+	if err != nil || plan.Replayed || plan.Account.Plan != users.PlanPro || plan.Account.Credits != 33 ||
+		plan.Bonus == nil || plan.Bonus.Delta != 5 || plan.Change.Service != "billing" {
+		t.Fatalf("SetPlan = %+v, %v", plan, err)
+	}
+	if again, err := e.svc.SetPlan(ctx, in); err != nil || !again.Replayed || again.Change.ID != plan.Change.ID {
+		t.Errorf("SetPlan replay = %+v, %v", again, err)
+	}
+	for _, c := range []struct {
+		name string
+		in   users.SetPlanInput
+		kind apperr.Kind
+	}{
+		{"unknown organization", users.SetPlanInput{ClerkOrgID: "org_zz", Plan: users.PlanPro, IdempotencyKey: "p2"}, apperr.KindNotFound},
+		{"with a user", users.SetPlanInput{ClerkOrgID: "org_a", ClerkUserID: "user_m", Plan: users.PlanPro, IdempotencyKey: "p3"}, apperr.KindInvalidArgument},
+		{"bad plan", users.SetPlanInput{ClerkOrgID: "org_a", Plan: "GOLD", IdempotencyKey: "p4"}, apperr.KindInvalidArgument},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := e.svc.SetPlan(ctx, c.in)
+			wantKind(t, err, c.kind)
+		})
+	}
+	b = e.books(t, acct)
+	b.check(t)
 }
 
 // TestOrgLedgerByMember: an organization's ledger lists every entry with
