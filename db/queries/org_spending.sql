@@ -116,3 +116,19 @@ WHERE t.user_id = @account_id::uuid
   AND (@before_id::bigint = 0 OR t.id < @before_id::bigint)
 ORDER BY t.id DESC
 LIMIT @row_limit::int;
+
+-- SummarizeUsageByMember sums an account's entries with start_time <=
+-- created_at < end_time by the user who acted (clerk_user_id '' for
+-- entries no user acted for: grants by services, initial credits), the
+-- members that moved the most credits first, up to row_limit rows.
+-- name: SummarizeUsageByMember :many
+SELECT coalesce(u.clerk_user_id, '')::text AS clerk_user_id,
+       sum(greatest(-t.delta, 0))::bigint AS spent, sum(greatest(t.delta, 0))::bigint AS granted,
+       count(*)::bigint AS entries
+FROM credit_transactions t
+LEFT JOIN users u ON u.id = t.actor_user_id
+WHERE t.user_id = @account_id::uuid
+  AND t.created_at >= @start_time::timestamptz AND t.created_at < @end_time::timestamptz
+GROUP BY 1
+ORDER BY sum(abs(t.delta)) DESC, 1
+LIMIT @row_limit::int;

@@ -573,3 +573,64 @@ func (q *Queries) SetMemberCap(ctx context.Context, db DBTX, arg SetMemberCapPar
 	)
 	return i, err
 }
+
+const summarizeUsageByMember = `-- name: SummarizeUsageByMember :many
+SELECT coalesce(u.clerk_user_id, '')::text AS clerk_user_id,
+       sum(greatest(-t.delta, 0))::bigint AS spent, sum(greatest(t.delta, 0))::bigint AS granted,
+       count(*)::bigint AS entries
+FROM credit_transactions t
+LEFT JOIN users u ON u.id = t.actor_user_id
+WHERE t.user_id = $1::uuid
+  AND t.created_at >= $2::timestamptz AND t.created_at < $3::timestamptz
+GROUP BY 1
+ORDER BY sum(abs(t.delta)) DESC, 1
+LIMIT $4::int
+`
+
+type SummarizeUsageByMemberParams struct {
+	AccountID uuid.UUID
+	StartTime time.Time
+	EndTime   time.Time
+	RowLimit  int32
+}
+
+type SummarizeUsageByMemberRow struct {
+	ClerkUserID string
+	Spent       int64
+	Granted     int64
+	Entries     int64
+}
+
+// SummarizeUsageByMember sums an account's entries with start_time <=
+// created_at < end_time by the user who acted (clerk_user_id ” for
+// entries no user acted for: grants by services, initial credits), the
+// members that moved the most credits first, up to row_limit rows.
+func (q *Queries) SummarizeUsageByMember(ctx context.Context, db DBTX, arg SummarizeUsageByMemberParams) ([]SummarizeUsageByMemberRow, error) {
+	rows, err := db.Query(ctx, summarizeUsageByMember,
+		arg.AccountID,
+		arg.StartTime,
+		arg.EndTime,
+		arg.RowLimit,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []SummarizeUsageByMemberRow{}
+	for rows.Next() {
+		var i SummarizeUsageByMemberRow
+		if err := rows.Scan(
+			&i.ClerkUserID,
+			&i.Spent,
+			&i.Granted,
+			&i.Entries,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}

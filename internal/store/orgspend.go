@@ -258,3 +258,18 @@ func (s *Store) OrgSetPlan(ctx context.Context, w users.OrgPlanWrite) (users.Pla
 		row.TCreatedAt, w.IdempotencyKey, row.PcActorUserID, row.PcService)
 	return res, nil
 }
+
+func (s *Store) SummarizeUsageByMember(ctx context.Context, accountID uuid.UUID, start, end time.Time, limit int32) ([]users.MemberUsage, error) {
+	rows, err := s.q.SummarizeUsageByMember(ctx, s.db, sqlcdb.SummarizeUsageByMemberParams{
+		AccountID: accountID, StartTime: start, EndTime: end, RowLimit: limit,
+	})
+	if err != nil {
+		return nil, translate(fmt.Errorf("summarize usage by member: %w", err))
+	}
+	out := make([]users.MemberUsage, len(rows))
+	for i, r := range rows {
+		out[i] = users.MemberUsage{ClerkUserID: r.ClerkUserID,
+			UsageTotals: users.UsageTotals{Spent: r.Spent, Granted: r.Granted, Entries: r.Entries}}
+	}
+	return out, nil
+}

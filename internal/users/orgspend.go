@@ -120,6 +120,9 @@ type OrgSpendStore interface {
 	// OrgChangeCredits grants to an organization's account, for a
 	// service (no membership or cap applies).
 	OrgChangeCredits(ctx context.Context, w OrgCreditWrite) (OrgSpendResult, error)
+	// SummarizeUsageByMember sums an account's entries in [start, end) by
+	// the user who acted, up to limit members.
+	SummarizeUsageByMember(ctx context.Context, accountID uuid.UUID, start, end time.Time, limit int32) ([]MemberUsage, error)
 	// OrgSetPlan changes an organization's plan and grants the bonus,
 	// for a service, in one round trip.
 	OrgSetPlan(ctx context.Context, w OrgPlanWrite) (PlanWriteResult, error)
@@ -623,4 +626,50 @@ func (s *Service) setOrganizationPlan(ctx context.Context, in SetPlanInput) (Set
 		return r, nil
 	}
 	return SetPlanResult{}, orgWriteErr(res.Status, in.BonusCredits, 0, nil, "", "bonus_credits", op)
+}
+
+// MemberUsage sums the entries of an organization's account that one
+// member acted for (ClerkUserID "" for the entries no user acted for:
+// services' grants).
+type MemberUsage struct {
+	ClerkUserID string
+	UsageTotals
+}
+
+// MaxUsageMembers is the most members a summary by member lists.
+const MaxUsageMembers = 1000
+
+// SummarizeUsageByMember sums the entries of the organization's account
+// created in [start, end) by the member who acted, those that moved the
+// most credits first (at most MaxUsageMembers). A zero end is now; a zero
+// start is DefaultUsageWindow before end.
+func (s *Service) SummarizeUsageByMember(ctx context.Context, clerkOrgID string, start, end time.Time) ([]MemberUsage, error) {
+	var v violations
+	v.clerkOrgID("clerk_org_id", clerkOrgID)
+	if end.IsZero() {
+		end = s.now()
+	}
+	if start.IsZero() {
+		start = end.Add(-DefaultUsageWindow)
+	}
+	start, end = ceilMicrosecond(start), ceilMicrosecond(end)
+	if !end.After(start) {
+		v.add("end_time", "must be after start_time")
+	}
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	const op = "summarize usage by member"
+	id, err := s.store.OrgAccountID(ctx, clerkOrgID)
+	if errors.Is(err, ErrNoRow) {
+		return nil, apperr.NotFound("organization not found")
+	}
+	if err != nil {
+		return nil, userErr(err, op)
+	}
+	ms, err := s.store.SummarizeUsageByMember(ctx, id, start, end, MaxUsageMembers)
+	if err != nil {
+		return nil, userErr(err, op)
+	}
+	return ms, nil
 }

@@ -883,6 +883,14 @@ func TestOrgLedgerByMember(t *testing.T) {
 			t.Errorf("entry %d = %+v", i, tx)
 		}
 	}
+	usage, err := e.svc.SummarizeUsageByMember(ctx, "org_a", time.Time{}, time.Now().Add(time.Hour))
+	if err != nil || len(usage) != 3 || usage[0].ClerkUserID != "" || usage[0].Granted != 100 ||
+		usage[1].ClerkUserID != "user_m" || usage[1].Spent != 5 || usage[1].Entries != 5 || usage[2].Spent != 5 {
+		t.Errorf("usage by member = %+v, %v", usage, err)
+	}
+	if _, err := e.svc.SummarizeUsageByMember(ctx, "org_zz", time.Time{}, time.Time{}); apperr.KindOf(err) != apperr.KindNotFound {
+		t.Errorf("usage of an unknown organization: %v", err)
+	}
 	all, err := e.svc.ListAccountCreditTransactions(ctx, users.LedgerQuery{ClerkOrgID: "org_a", PageSize: 100})
 	if err != nil || len(all.Transactions) != 11 || all.Transactions[10].ActorClerkUserID != "" || all.NextPageToken != "" {
 		t.Errorf("whole ledger = %d entries (%v), want 10 spends and the seed grant", len(all.Transactions), err)
