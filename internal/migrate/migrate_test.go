@@ -122,10 +122,7 @@ func concurrentUp(t *testing.T, url string) {
 	latest := migrators[0].Latest()
 	// Versions need not be contiguous (numbers are assigned ahead, e.g. a
 	// contract migration numbered after expand migrations still to come).
-	versions := []int64{0}
-	for _, v := range embeddedVersions(t, migrators[0]) {
-		versions = append(versions, v)
-	}
+	versions := append([]int64{0}, embeddedVersions(t, migrators[0])...)
 	want := len(versions) - 1
 	if total != want || appliers != 1 {
 		t.Errorf("replicas applied %v (%d in all, by %d replicas); want the %d migrations applied once, by one replica",
