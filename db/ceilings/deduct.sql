@@ -6,10 +6,11 @@
 -- key space across deduct, grant and set-plan (its primary key refuses a
 -- key any of them used); the ledger row, with who acted (the user, through
 -- a service), is written in the same statement with the balance it
--- produced, so credits = sum(delta) at every commit. No row back means "unknown user or insufficient credits" and a
--- used key is a unique violation that undoes the whole statement: telling
--- those apart, and replaying the original result, may take a second round
--- trip; a fresh key may not.
+-- produced, so credits = sum(delta) at every commit. No row back means
+-- "unknown user or insufficient credits" and a used key is a unique
+-- violation that undoes the whole statement: telling those apart, and
+-- replaying the original result, may take a second round trip; a fresh key
+-- may not.
 \set n random(0, :users - 1)
 \set k random(1, 1000000000000)
 WITH u AS (

@@ -1,9 +1,8 @@
 -- Ceiling of a Svix-delivered Clerk user.created for a new user (its Svix
 -- id, Clerk id and email all unseen before): one statement that inserts the
 -- user, its personal account (plan FREE, 10 initial credits), the INITIAL
--- ledger row of those
--- credits and the webhook_events row recording the Svix id with its
--- outcome, so the event is applied exactly once and acknowledged only once
+-- ledger row of those credits and the webhook_events row recording the
+-- Svix id with its outcome, so the event is applied exactly once and acknowledged only once
 -- committed. The common path needs no lock: the unique constraints on the
 -- Clerk id, the live email and the Svix id serialize racing deliveries. No
 -- row back (the user already exists) or a unique violation (a redelivered
