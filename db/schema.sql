@@ -849,27 +849,6 @@ $$;
 
 
 --
--- Name: userd_emit_org_event(text, uuid, text, jsonb); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.userd_emit_org_event(p_kind text, p_account_id uuid, p_clerk_org_id text, p_payload jsonb) RETURNS void
-    LANGUAGE plpgsql
-    AS $$
-DECLARE
-    v_order_xid bigint := pg_current_xact_id()::text::bigint;
-    v_previous bigint;
-BEGIN
-    SELECT e.order_xid INTO v_previous FROM feed_events e
-    WHERE e.clerk_org_id = p_clerk_org_id
-    ORDER BY e.order_xid DESC, e.id DESC
-    LIMIT 1;
-    INSERT INTO feed_events (order_xid, kind, account_id, clerk_org_id, payload)
-    VALUES (greatest(v_order_xid, v_previous), p_kind, p_account_id, p_clerk_org_id, p_payload);
-END
-$$;
-
-
---
 -- Name: userd_emit_user_event(text, uuid, text, jsonb); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -891,6 +870,42 @@ CREATE FUNCTION public.userd_idempotency_key_used(p_user_id uuid, p_key text) RE
     -- Whether the key space of the account p_user_id holds p_key, for any
     -- operation.
     SELECT EXISTS (SELECT 1 FROM idempotency_keys k WHERE k.user_id = p_user_id AND k.idempotency_key = p_key)
+$$;
+
+
+--
+-- Name: userd_insert_user(text, text, text, text, text, bigint, bigint, boolean); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_insert_user(p_clerk_user_id text, p_email text, p_first_name text, p_last_name text, p_image_url text, p_clerk_updated_at bigint, p_initial_credits bigint, p_deleted boolean) RETURNS uuid
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_id uuid;
+BEGIN
+    -- Inserts a user with its personal account (plan FREE) and returns its
+    -- id, or NULL when a row for the Clerk id exists already (concurrent
+    -- inserts for one id wait for each other). A live user gets
+    -- p_initial_credits as its INITIAL ledger entry; p_deleted inserts a
+    -- tombstone (no credits, no entry). Until 00019 the account is made
+    -- by the users_account_insert trigger from users.credits, as for a
+    -- user the previous release inserts; 00019 inserts it here.
+    WITH new_user AS (
+        INSERT INTO users (clerk_user_id, email, first_name, last_name, image_url, plan, credits,
+                           clerk_updated_at, deleted_at)
+        VALUES (p_clerk_user_id, p_email, p_first_name, p_last_name, p_image_url, 'FREE',
+                CASE WHEN p_deleted THEN 0 ELSE p_initial_credits END, p_clerk_updated_at,
+                CASE WHEN p_deleted THEN now() END)
+        ON CONFLICT (clerk_user_id) DO NOTHING
+        RETURNING id, credits
+    ), initial AS (
+        INSERT INTO credit_transactions (user_id, delta, balance_after, kind)
+        SELECT new_user.id, new_user.credits, new_user.credits, 'INITIAL' FROM new_user
+        WHERE NOT p_deleted
+    )
+    SELECT new_user.id INTO v_id FROM new_user;
+    RETURN v_id;
+END
 $$;
 
 
@@ -934,6 +949,34 @@ $$;
 
 
 --
+-- Name: userd_lock_personal_account(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_lock_personal_account(p_clerk_user_id text, OUT account_id uuid, OUT credits bigint, OUT plan text, OUT closed boolean)
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    -- Locks the personal account of the live user p_clerk_user_id (FOR
+    -- UPDATE) and returns it; account_id is NULL when there is no such
+    -- user. Until 00019 it locks the users row first: a write of the
+    -- previous release locks that row and then, through the mirror
+    -- trigger, the account, and taking the two in the same order keeps
+    -- the two releases from deadlocking. 00019 replaces it with a lock of
+    -- the account alone.
+    SELECT u.id INTO account_id FROM users u
+    WHERE u.clerk_user_id = p_clerk_user_id AND u.deleted_at IS NULL
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    SELECT a.id, a.credits, a.plan, a.closed_at IS NOT NULL INTO account_id, credits, plan, closed
+    FROM accounts a WHERE a.id = account_id
+    FOR UPDATE;
+END
+$$;
+
+
+--
 -- Name: userd_memberships_feed(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -946,13 +989,14 @@ BEGIN
     IF TG_OP = 'UPDATE' AND OLD.deleted_at IS NOT NULL THEN
         RETURN NULL;
     END IF;
-    PERFORM userd_emit_org_event(
+    PERFORM userd_emit_event(
         CASE WHEN NEW.deleted_at IS NOT NULL THEN 'membership.deleted'
              WHEN TG_OP = 'INSERT' THEN 'membership.created'
              ELSE 'membership.updated' END,
+        NULL, NULL, NEW.clerk_org_id,
         (SELECT a.id FROM organizations o JOIN accounts a ON a.organization_id = o.id
          WHERE o.clerk_org_id = NEW.clerk_org_id),
-        NEW.clerk_org_id, jsonb_build_object(
+        NULL, jsonb_build_object(
             'clerk_membership_id', NEW.clerk_membership_id, 'clerk_user_id', NEW.clerk_user_id,
             'role', NEW.role, 'permissions', to_jsonb(NEW.permissions),
             'created_at', NEW.created_at, 'updated_at', NEW.updated_at, 'deleted_at', NEW.deleted_at));
@@ -977,15 +1021,15 @@ BEGIN
     -- the organization's earlier events.
     SELECT a.id INTO v_account_id FROM accounts a WHERE a.organization_id = NEW.id;
     IF NEW.deleted_at IS NULL THEN
-        PERFORM userd_emit_org_event(
+        PERFORM userd_emit_event(
             CASE TG_OP WHEN 'INSERT' THEN 'organization.created' ELSE 'organization.updated' END,
-            v_account_id, NEW.clerk_org_id, jsonb_build_object(
+            NULL, NULL, NEW.clerk_org_id, v_account_id, NULL, jsonb_build_object(
                 'id', NEW.id, 'name', NEW.name, 'slug', NEW.slug, 'image_url', NEW.image_url,
                 'created_at', NEW.created_at, 'updated_at', NEW.updated_at));
         RETURN NULL;
     END IF;
     IF TG_OP = 'INSERT' OR OLD.deleted_at IS NULL THEN
-        PERFORM userd_emit_org_event('organization.deleted', v_account_id, NEW.clerk_org_id,
+        PERFORM userd_emit_event('organization.deleted', NULL, NULL, NEW.clerk_org_id, v_account_id, NULL,
             jsonb_build_object('id', NEW.id, 'deleted_at', NEW.deleted_at));
     END IF;
     IF NEW.name IS NULL AND NEW.slug IS NULL AND NEW.image_url IS NULL THEN
@@ -994,70 +1038,6 @@ BEGIN
         WHERE clerk_org_id = NEW.clerk_org_id AND kind IN ('organization.created', 'organization.updated');
     END IF;
     RETURN NULL;
-END
-$$;
-
-
---
--- Name: userd_insert_user(text, text, text, text, text, bigint, bigint, boolean); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.userd_insert_user(p_clerk_user_id text, p_email text, p_first_name text, p_last_name text, p_image_url text, p_clerk_updated_at bigint, p_initial_credits bigint, p_deleted boolean) RETURNS uuid
-    LANGUAGE plpgsql
-    AS $$
-DECLARE
-    v_id uuid;
-BEGIN
-    -- Inserts a user with its personal account (plan FREE) and returns its
-    -- id, or NULL when a row for the Clerk id exists already (concurrent
-    -- inserts for one id wait for each other). A live user gets
-    -- p_initial_credits as its INITIAL ledger entry; p_deleted inserts a
-    -- tombstone (no credits, no entry). Until 00019 the account is made
-    -- by the users_account_insert trigger from users.credits, as for a
-    -- user the previous release inserts; 00019 inserts it here.
-    WITH new_user AS (
-        INSERT INTO users (clerk_user_id, email, first_name, last_name, image_url, plan, credits,
-                           clerk_updated_at, deleted_at)
-        VALUES (p_clerk_user_id, p_email, p_first_name, p_last_name, p_image_url, 'FREE',
-                CASE WHEN p_deleted THEN 0 ELSE p_initial_credits END, p_clerk_updated_at,
-                CASE WHEN p_deleted THEN now() END)
-        ON CONFLICT (clerk_user_id) DO NOTHING
-        RETURNING id, credits
-    ), initial AS (
-        INSERT INTO credit_transactions (user_id, delta, balance_after, kind)
-        SELECT new_user.id, new_user.credits, new_user.credits, 'INITIAL' FROM new_user
-        WHERE NOT p_deleted
-    )
-    SELECT new_user.id INTO v_id FROM new_user;
-    RETURN v_id;
-END
-$$;
-
-
---
--- Name: userd_lock_personal_account(text); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.userd_lock_personal_account(p_clerk_user_id text, OUT account_id uuid, OUT credits bigint, OUT plan text, OUT closed boolean)
-    LANGUAGE plpgsql
-    AS $$
-BEGIN
-    -- Locks the personal account of the live user p_clerk_user_id (FOR
-    -- UPDATE) and returns it; account_id is NULL when there is no such
-    -- user. Until 00019 it locks the users row first: a write of the
-    -- previous release locks that row and then, through the mirror
-    -- trigger, the account, and taking the two in the same order keeps
-    -- the two releases from deadlocking. 00019 replaces it with a lock of
-    -- the account alone.
-    SELECT u.id INTO account_id FROM users u
-    WHERE u.clerk_user_id = p_clerk_user_id AND u.deleted_at IS NULL
-    FOR UPDATE;
-    IF NOT FOUND THEN
-        RETURN;
-    END IF;
-    SELECT a.id, a.credits, a.plan, a.closed_at IS NOT NULL INTO account_id, credits, plan, closed
-    FROM accounts a WHERE a.id = account_id
-    FOR UPDATE;
 END
 $$;
 
