@@ -499,7 +499,7 @@ ORDER BY e.order_xid, e.id`
 		t.Errorf("old reader kinds = %v, want %v", kinds, want)
 	}
 	var orgEvents int
-	if err := pool.QueryRow(ctx, `SELECT count(*) FROM feed_events WHERE clerk_org_id = 'org_feed'`).Scan(&orgEvents); err != nil || orgEvents != 3 {
-		t.Errorf("organization events in the feed: %d (%v), want 3 (seed grant, deduction, update)", orgEvents, err)
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM feed_events WHERE clerk_org_id = 'org_feed'`).Scan(&orgEvents); err != nil || orgEvents != 4 {
+		t.Errorf("organization events in the feed: %d (%v), want 4 (organization.created by 00011's trigger, seed grant, deduction, update)", orgEvents, err)
 	}
 }
