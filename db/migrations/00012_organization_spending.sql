@@ -373,7 +373,10 @@ BEGIN
     INSERT INTO account_member_cap_changes (account_id, clerk_user_id, previous_period, previous_cap, period, cap, changed_by)
     VALUES (account_id, p_member_clerk_user_id, v_old.period, v_old.cap, nullif(p_period, ''),
             CASE WHEN p_period = '' THEN NULL ELSE p_cap END, p_changed_by);
-    PERFORM userd_emit_org_event('member_cap.changed', account_id, p_clerk_org_id,
+    -- The organization's stream; the actor is the admin when a user (not
+    -- a service) made the change.
+    PERFORM userd_emit_event('member_cap.changed', NULL, NULL, p_clerk_org_id, account_id,
+        CASE WHEN p_changed_by LIKE 'user\_%' THEN p_changed_by END,
         jsonb_build_object(
             'clerk_user_id', p_member_clerk_user_id,
             'previous_period', v_old.period, 'previous_cap', v_old.cap,

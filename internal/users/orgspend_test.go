@@ -712,7 +712,7 @@ func TestSetMemberSpendingCap(t *testing.T) {
 		t.Errorf("audit rows = %d, %v; want 3", changes, err)
 	}
 	var events int
-	if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM feed_events WHERE clerk_org_id = 'org_a' AND kind = 'member_cap.changed'`).Scan(&events); err != nil || events != 3 {
+	if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM feed_events WHERE clerk_org_id = 'org_a' AND kind = 'member_cap.changed' AND actor_clerk_user_id = 'user_admin' AND account_id = $1`, acct).Scan(&events); err != nil || events != 3 {
 		t.Errorf("member_cap.changed events = %d, %v; want 3", events, err)
 	}
 
