@@ -247,6 +247,16 @@ bench: build ## Measure userd (and BASELINE=<commit>) against pgbench on the bes
 bench-feed: build ## Measure the change feed: commit-to-consumer latency, the outbox's cost on writes (pgbench), idle consumers; writes its BENCHMARKS.md section.
 	$(GO) run ./cmd/userd-bench feed -userd $(BIN)/userd $(ARGS)
 
+# `make bench-migration`: this release's migrations on a populated database
+# (100,000 users, 1,000,000 ledger rows) while the previous release
+# (FLEET_PREVIOUS, as for make fleet-test) serves a deduct load: how long
+# each step takes, the load's latencies and errors, the longest lock wait.
+.PHONY: bench-migration
+bench-migration: build ## Time and lock impact of this release's migrations on 100k users / 1M ledger rows under load on the previous release.
+	@[ -n "$(FLEET_PREVIOUS)" ] || { echo "no previous release: $(FLEET_FIRST_MIGRATION) is not in the git history (set FLEET_PREVIOUS=<commit>)"; exit 1; }
+	@$(MAKE) --no-print-directory $(BIN)/userd-baseline-$(FLEET_PREVIOUS)
+	$(GO) run ./cmd/userd-bench migration -userd $(BIN)/userd -previous $(BIN)/userd-baseline-$(FLEET_PREVIOUS) $(ARGS)
+
 .PHONY: bench-go
 bench-go: ## Go benchmarks of the hot paths (token verification, webhook verification and parsing, the interceptor chain, store operations).
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/auth ./internal/clerkhook ./internal/grpcapi ./internal/store

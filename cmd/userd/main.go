@@ -160,11 +160,14 @@ func (m *migrateCmd) Run(kctx *kong.Context) error {
 	defer mg.Close()
 	switch kctx.Command() {
 	case "migrate up":
-		n, err := mg.Up(ctx)
+		res, err := mg.UpAll(ctx)
+		for _, r := range res.Ran {
+			fmt.Printf("applied %s in %s\n", r.Name, r.Took.Round(time.Millisecond))
+		}
 		if err != nil {
 			return err
 		}
-		fmt.Printf("applied %d migration(s)\n", n)
+		fmt.Printf("applied %d migration(s)\n", res.Applied)
 	case "migrate down":
 		if err := mg.Down(ctx); err != nil {
 			return err

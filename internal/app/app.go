@@ -540,6 +540,9 @@ func migrateUp(ctx context.Context, m *migrate.Migrator, log *slog.Logger) error
 	if err != nil {
 		return err
 	}
+	for _, r := range res.Ran {
+		log.Info("migration applied", "migration", r.Name, "version", r.Version, "post_deploy", r.PostDeploy, "took_ms", r.Took.Milliseconds())
+	}
 	log.Info("database schema ready", "applied", res.Applied, "version", cur, "binary_version", latest, "new_database", res.Fresh)
 	if pd := res.PendingPostDeploy; pd.Version != 0 {
 		log.Warn("post-deploy migration pending: once every replica runs this release, apply it with `userd migrate up` "+

@@ -29,6 +29,7 @@ import (
 	"io/fs"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -229,8 +230,13 @@ func Hash() (string, error) {
 // still pending once it holds it, so replicas started together apply each
 // migration exactly once.
 func (m *Migrator) Up(ctx context.Context) (int, error) {
-	res, err := m.up(ctx, false)
+	res, err := m.UpAll(ctx)
 	return res.Applied, err
+}
+
+// UpAll is Up, reporting each migration applied.
+func (m *Migrator) UpAll(ctx context.Context) (ServeResult, error) {
+	return m.up(ctx, false)
 }
 
 // ServeResult is what UpForServe did and left.
@@ -243,6 +249,14 @@ type ServeResult struct {
 	// PendingPostDeploy is the first post-deploy migration left pending
 	// (zero Version: none). Every migration after it is pending too.
 	PendingPostDeploy Migration
+	// Ran lists the migrations applied, in order, with how long each took.
+	Ran []Ran
+}
+
+// Ran is one applied migration.
+type Ran struct {
+	Migration
+	Took time.Duration
 }
 
 // UpForServe applies what `userd serve` may apply at start-up: pending
@@ -293,10 +307,17 @@ func (m *Migrator) up(ctx context.Context, forServe bool) (ServeResult, error) {
 			return err
 		}
 		applied, err := m.provider.UpTo(ctx, target)
-		res.Applied = len(applied)
 		if pe := (*goose.PartialError)(nil); errors.As(err, &pe) {
-			res.Applied = len(pe.Applied)
+			applied = pe.Applied
 		}
+		for _, r := range applied {
+			mg := Migration{Version: r.Source.Version, Name: r.Source.Path}
+			if j, ok := slices.BinarySearchFunc(m.migrations, mg.Version, func(mg Migration, v int64) int { return cmp.Compare(mg.Version, v) }); ok {
+				mg = m.migrations[j]
+			}
+			res.Ran = append(res.Ran, Ran{Migration: mg, Took: r.Duration})
+		}
+		res.Applied = len(res.Ran)
 		return err
 	})
 	if err != nil {
