@@ -192,6 +192,17 @@ type ack struct {
 	tx        *userdv1.CreditTransaction
 }
 
+// gap is a time without an OK answer from a replica, and the phase in
+// which it ended.
+type gap struct {
+	d     time.Duration
+	phase string
+}
+
+func (g gap) String() string {
+	return fmt.Sprintf("%s (ended during %q)", g.d.Round(time.Millisecond), g.phase)
+}
+
 // workload deducts and grants with idempotency keys, each call retried
 // with the same key on UNAVAILABLE (a replica stopping) until answered.
 type workload struct {
@@ -201,12 +212,12 @@ type workload struct {
 
 	mu       sync.Mutex
 	acks     []ack
-	rejected int                      // insufficient credits
-	retried  int                      // UNAVAILABLE answers, retried
-	other    []error                  // any other error: a failure
-	served   [nPhases]map[string]int  // OK answers per phase and replica
-	lastOK   map[string]time.Time     // per replica
-	gaps     map[string]time.Duration // longest time between OK answers of a replica
+	rejected int                     // insufficient credits
+	retried  int                     // UNAVAILABLE answers, retried
+	other    []error                 // any other error: a failure
+	served   [nPhases]map[string]int // OK answers per phase and replica
+	lastOK   map[string]time.Time    // per replica
+	gaps     map[string]gap          // longest time between OK answers of a replica
 	calls    atomic.Int64
 }
 
@@ -239,8 +250,8 @@ func (w *workload) call(worker, n int) {
 		case codes.OK:
 			w.acks = append(w.acks, ack{user: user, key: key, grant: grant, amount: amount, tx: tx})
 			w.served[phase][r.name]++
-			if last, ok := w.lastOK[r.name]; ok && now.Sub(last) > w.gaps[r.name] {
-				w.gaps[r.name] = now.Sub(last)
+			if last, ok := w.lastOK[r.name]; ok && now.Sub(last) > w.gaps[r.name].d {
+				w.gaps[r.name] = gap{now.Sub(last), phaseNames[phase]}
 			}
 			w.lastOK[r.name] = now
 		case codes.FailedPrecondition:
@@ -387,7 +398,7 @@ func TestRolloutUnderLoad(t *testing.T) {
 	old.waitReady(t)
 	f := &fleet{}
 	f.set(old)
-	w := &workload{fleet: f, lastOK: map[string]time.Time{}, gaps: map[string]time.Duration{}}
+	w := &workload{fleet: f, lastOK: map[string]time.Time{}, gaps: map[string]gap{}}
 	for i := range w.served {
 		w.served[i] = map[string]int{}
 	}

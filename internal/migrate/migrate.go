@@ -83,32 +83,37 @@ type Migrator struct {
 	// latest is the newest migration; required the newest that is not
 	// post-deploy: the schema version this binary needs to serve.
 	latest, required int64
-	// db is the handle New opened and Close closes.
-	db *sql.DB
+	// db and readDB are the handles New opened and Close closes.
+	db, readDB *sql.DB
 }
 
 // New returns a Migrator over the pool's database. Close it when done (the
-// pool itself stays open). The migration lock is held on a connection of
-// its own, outside the pool, so that a pool of one connection migrates.
+// pool itself stays open).
+//
+// Migrations run on connections of their own, outside the pool (at most
+// two, open only while migrating: goose's and the one holding the
+// migration lock), made with the pool's settings but without
+// statement_timeout: a migration's statement may rightly run longer than
+// any call (a batched backfill, validating a constraint on a large table)
+// without holding calls up, while lock_timeout and
+// idle_in_transaction_session_timeout still bound how long it may queue
+// for a lock or sit idle holding one. What a migration sets in its session
+// (SET, pg_temp objects) never reaches a connection that serves calls. The
+// schema version (readiness) is read through the pool.
 func New(pool *pgxpool.Pool) (*Migrator, error) {
-	sqlDB := stdlib.OpenDBFromPool(pool)
-	m, err := NewFromDB(sqlDB)
+	cc := pool.Config().ConnConfig.Copy()
+	cc.RuntimeParams["statement_timeout"] = "0"
+	migDB := stdlib.OpenDB(*cc)
+	migDB.SetMaxOpenConns(2)
+	migDB.SetMaxIdleConns(0)
+	m, err := NewFromDB(migDB)
 	if err != nil {
-		_ = sqlDB.Close()
+		_ = migDB.Close()
 		return nil, err
 	}
-	m.db = sqlDB
-	cc := pool.Config().ConnConfig
-	m.lockConn = func(ctx context.Context) (*sql.Conn, func(), error) {
-		lockDB := stdlib.OpenDB(*cc.Copy())
-		lockDB.SetMaxOpenConns(1)
-		conn, err := lockDB.Conn(ctx)
-		if err != nil {
-			_ = lockDB.Close()
-			return nil, nil, fmt.Errorf("connect for the migration lock: %w", err)
-		}
-		return conn, func() { _ = conn.Close(); _ = lockDB.Close() }, nil
-	}
+	m.db = migDB
+	m.readDB = stdlib.OpenDBFromPool(pool)
+	m.sqlDB = m.readDB
 	return m, nil
 }
 
@@ -169,12 +174,15 @@ func NewFromFS(sqlDB *sql.DB, fsys fs.FS) (*Migrator, error) {
 	return m, nil
 }
 
-// Close releases the handle New opened on the pool.
+// Close releases the handles New opened.
 func (m *Migrator) Close() error {
-	if m.db == nil {
-		return nil
+	var errs []error
+	for _, db := range []*sql.DB{m.db, m.readDB} {
+		if db != nil {
+			errs = append(errs, db.Close())
+		}
 	}
-	return m.db.Close()
+	return errors.Join(errs...)
 }
 
 // Migrations lists the migrations this binary carries, oldest first.
