@@ -6,6 +6,23 @@
 -- make generate; review the diff of this file. See db/README.md.
 
 --
+-- Name: userd_account_to_user(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_account_to_user() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    -- Until 00019: a personal account's credits and plan mirrored to
+    -- users.credits and users.plan, which the previous release reads.
+    UPDATE users u SET plan = NEW.plan, credits = NEW.credits, updated_at = NEW.updated_at
+    WHERE u.id = NEW.owner_user_id AND (u.plan, u.credits) IS DISTINCT FROM (NEW.plan, NEW.credits);
+    RETURN NULL;
+END
+$$;
+
+
+--
 -- Name: userd_apply_clerk_events(text[], text[], text[], boolean[], text[], text[], text[], text[], bigint[], bigint, boolean); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -640,6 +657,46 @@ $$;
 
 
 --
+-- Name: userd_users_to_account(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_users_to_account() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    -- Until 00019: users.credits and users.plan, written by the previous
+    -- release, copied to the user's personal account (created if missing).
+    INSERT INTO accounts AS a (id, owner_user_id, plan, credits, created_at, updated_at)
+    VALUES (NEW.id, NEW.id, NEW.plan, NEW.credits, NEW.created_at, NEW.updated_at)
+    ON CONFLICT (id) DO UPDATE
+    SET plan = EXCLUDED.plan, credits = EXCLUDED.credits, updated_at = EXCLUDED.updated_at
+    WHERE (a.plan, a.credits) IS DISTINCT FROM (EXCLUDED.plan, EXCLUDED.credits);
+    RETURN NULL;
+END
+$$;
+
+
+--
+-- Name: accounts; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.accounts (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    owner_user_id uuid,
+    organization_id uuid,
+    plan text DEFAULT 'FREE'::text NOT NULL,
+    credits bigint NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    closed_at timestamp with time zone,
+    CONSTRAINT accounts_credits_non_negative CHECK ((credits >= 0)),
+    CONSTRAINT accounts_one_owner CHECK (((owner_user_id IS NULL) <> (organization_id IS NULL))),
+    CONSTRAINT accounts_personal_id CHECK (((owner_user_id IS NULL) OR (id = owner_user_id))),
+    CONSTRAINT accounts_plan_valid CHECK ((plan = ANY (ARRAY['FREE'::text, 'PRO'::text, 'ENTERPRISE'::text])))
+);
+
+
+--
 -- Name: clerk_sync_state; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -665,6 +722,8 @@ CREATE TABLE public.credit_transactions (
     reason text DEFAULT ''::text NOT NULL,
     idempotency_key text,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
+    actor_user_id uuid,
+    service text,
     CONSTRAINT credit_transactions_balance_after_non_negative CHECK ((balance_after >= 0)),
     CONSTRAINT credit_transactions_delta_sign CHECK ((((kind = 'DEDUCT'::text) AND (delta < 0)) OR ((kind <> 'DEDUCT'::text) AND (delta >= 0)))),
     CONSTRAINT credit_transactions_kind_valid CHECK ((kind = ANY (ARRAY['INITIAL'::text, 'DEDUCT'::text, 'GRANT'::text, 'PLAN_BONUS'::text])))
@@ -699,6 +758,26 @@ CREATE TABLE public.feed_cursor_keys (
 
 
 --
+-- Name: feed_events; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.feed_events (
+    id bigint NOT NULL,
+    order_xid bigint NOT NULL,
+    kind text NOT NULL,
+    user_id uuid,
+    clerk_user_id text,
+    payload jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    account_id uuid,
+    clerk_org_id text,
+    actor_clerk_user_id text,
+    CONSTRAINT feed_events_kind_valid CHECK ((kind = ANY (ARRAY['user.created'::text, 'user.updated'::text, 'user.deleted'::text, 'plan.changed'::text, 'credits.changed'::text, 'organization.created'::text, 'organization.updated'::text, 'organization.deleted'::text, 'membership.created'::text, 'membership.updated'::text, 'membership.deleted'::text, 'member_cap.changed'::text]))),
+    CONSTRAINT feed_events_one_stream CHECK (((clerk_user_id IS NULL) <> (clerk_org_id IS NULL)))
+);
+
+
+--
 -- Name: idempotency_keys; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -708,6 +787,42 @@ CREATE TABLE public.idempotency_keys (
     operation text NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT idempotency_keys_operation_valid CHECK ((operation = ANY (ARRAY['DEDUCT'::text, 'DEDUCT_ACTION'::text, 'GRANT'::text, 'SET_PLAN'::text])))
+);
+
+
+--
+-- Name: organization_memberships; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.organization_memberships (
+    clerk_membership_id text NOT NULL,
+    clerk_org_id text NOT NULL,
+    clerk_user_id text NOT NULL,
+    role text DEFAULT ''::text NOT NULL,
+    permissions text[] DEFAULT '{}'::text[] NOT NULL,
+    clerk_updated_at bigint NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    deleted_at timestamp with time zone,
+    CONSTRAINT organization_memberships_clerk_membership_id_not_empty CHECK ((clerk_membership_id <> ''::text))
+);
+
+
+--
+-- Name: organizations; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.organizations (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    clerk_org_id text NOT NULL,
+    name text,
+    slug text,
+    image_url text,
+    clerk_updated_at bigint,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    deleted_at timestamp with time zone,
+    CONSTRAINT organizations_clerk_org_id_not_empty CHECK ((clerk_org_id <> ''::text))
 );
 
 
@@ -725,6 +840,8 @@ CREATE TABLE public.plan_changes (
     reason text DEFAULT ''::text NOT NULL,
     idempotency_key text NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
+    actor_user_id uuid,
+    service text,
     CONSTRAINT plan_changes_bonus_has_transaction CHECK (((bonus_credits = 0) = (transaction_id IS NULL))),
     CONSTRAINT plan_changes_bonus_non_negative CHECK ((bonus_credits >= 0)),
     CONSTRAINT plan_changes_plan_valid CHECK ((plan = ANY (ARRAY['FREE'::text, 'PRO'::text, 'ENTERPRISE'::text]))),
@@ -790,26 +907,26 @@ CREATE TABLE public.prices (
 
 
 --
--- Name: user_events; Type: TABLE; Schema: public; Owner: -
+-- Name: user_events; Type: VIEW; Schema: public; Owner: -
 --
 
-CREATE TABLE public.user_events (
-    id bigint NOT NULL,
-    order_xid bigint NOT NULL,
-    kind text NOT NULL,
-    user_id uuid NOT NULL,
-    clerk_user_id text NOT NULL,
-    payload jsonb NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT user_events_kind_valid CHECK ((kind = ANY (ARRAY['user.created'::text, 'user.updated'::text, 'user.deleted'::text, 'plan.changed'::text, 'credits.changed'::text])))
-);
+CREATE VIEW public.user_events AS
+ SELECT e.id,
+    e.order_xid,
+    e.kind,
+    e.user_id,
+    e.clerk_user_id,
+    e.payload,
+    e.created_at
+   FROM public.feed_events e
+  WHERE ((e.clerk_org_id IS NULL) AND (e.user_id IS NOT NULL) AND (e.clerk_user_id IS NOT NULL) AND (e.kind = ANY (ARRAY['user.created'::text, 'user.updated'::text, 'user.deleted'::text, 'plan.changed'::text, 'credits.changed'::text])));
 
 
 --
 -- Name: user_events_id_seq; Type: SEQUENCE; Schema: public; Owner: -
 --
 
-ALTER TABLE public.user_events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+ALTER TABLE public.feed_events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME public.user_events_id_seq
     START WITH 1
     INCREMENT BY 1
@@ -843,6 +960,30 @@ CREATE TABLE public.webhook_events (
     outcome text NOT NULL,
     processed_at timestamp with time zone DEFAULT now() NOT NULL
 );
+
+
+--
+-- Name: accounts accounts_organization_id_key; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.accounts
+    ADD CONSTRAINT accounts_organization_id_key UNIQUE (organization_id);
+
+
+--
+-- Name: accounts accounts_owner_user_id_key; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.accounts
+    ADD CONSTRAINT accounts_owner_user_id_key UNIQUE (owner_user_id);
+
+
+--
+-- Name: accounts accounts_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.accounts
+    ADD CONSTRAINT accounts_pkey PRIMARY KEY (id);
 
 
 --
@@ -886,6 +1027,30 @@ ALTER TABLE ONLY public.idempotency_keys
 
 
 --
+-- Name: organization_memberships organization_memberships_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.organization_memberships
+    ADD CONSTRAINT organization_memberships_pkey PRIMARY KEY (clerk_membership_id);
+
+
+--
+-- Name: organizations organizations_clerk_org_id_key; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.organizations
+    ADD CONSTRAINT organizations_clerk_org_id_key UNIQUE (clerk_org_id);
+
+
+--
+-- Name: organizations organizations_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.organizations
+    ADD CONSTRAINT organizations_pkey PRIMARY KEY (id);
+
+
+--
 -- Name: plan_changes plan_changes_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -918,10 +1083,10 @@ ALTER TABLE ONLY public.prices
 
 
 --
--- Name: user_events user_events_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+-- Name: feed_events user_events_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
-ALTER TABLE ONLY public.user_events
+ALTER TABLE ONLY public.feed_events
     ADD CONSTRAINT user_events_pkey PRIMARY KEY (order_xid, id);
 
 
@@ -979,6 +1144,27 @@ CREATE INDEX credit_transactions_user_id_id_idx ON public.credit_transactions US
 
 
 --
+-- Name: feed_events_clerk_org_id_order_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX feed_events_clerk_org_id_order_idx ON public.feed_events USING btree (clerk_org_id, order_xid, id) WHERE (clerk_org_id IS NOT NULL);
+
+
+--
+-- Name: organization_memberships_org_user_live_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX organization_memberships_org_user_live_idx ON public.organization_memberships USING btree (clerk_org_id, clerk_user_id) WHERE (deleted_at IS NULL);
+
+
+--
+-- Name: organization_memberships_user_live_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX organization_memberships_user_live_idx ON public.organization_memberships USING btree (clerk_user_id) WHERE (deleted_at IS NULL);
+
+
+--
 -- Name: price_changes_action_id_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -989,7 +1175,7 @@ CREATE INDEX price_changes_action_id_idx ON public.price_changes USING btree (ac
 -- Name: user_events_clerk_user_id_order_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX user_events_clerk_user_id_order_idx ON public.user_events USING btree (clerk_user_id, order_xid, id);
+CREATE INDEX user_events_clerk_user_id_order_idx ON public.feed_events USING btree (clerk_user_id, order_xid, id);
 
 
 --
@@ -1007,6 +1193,13 @@ CREATE INDEX webhook_events_processed_at_idx ON public.webhook_events USING btre
 
 
 --
+-- Name: accounts accounts_to_user; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER accounts_to_user AFTER UPDATE OF plan, credits ON public.accounts FOR EACH ROW WHEN (((new.owner_user_id IS NOT NULL) AND ((old.plan IS DISTINCT FROM new.plan) OR (old.credits IS DISTINCT FROM new.credits)))) EXECUTE FUNCTION public.userd_account_to_user();
+
+
+--
 -- Name: credit_transactions credit_transactions_feed; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -1018,6 +1211,20 @@ CREATE TRIGGER credit_transactions_feed AFTER INSERT ON public.credit_transactio
 --
 
 CREATE TRIGGER plan_changes_feed AFTER INSERT ON public.plan_changes FOR EACH ROW EXECUTE FUNCTION public.userd_plan_changes_feed();
+
+
+--
+-- Name: users users_account_insert; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER users_account_insert AFTER INSERT ON public.users FOR EACH ROW EXECUTE FUNCTION public.userd_users_to_account();
+
+
+--
+-- Name: users users_account_update; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER users_account_update AFTER UPDATE OF plan, credits ON public.users FOR EACH ROW WHEN (((old.plan IS DISTINCT FROM new.plan) OR (old.credits IS DISTINCT FROM new.credits))) EXECUTE FUNCTION public.userd_users_to_account();
 
 
 --
@@ -1035,19 +1242,43 @@ CREATE TRIGGER users_feed_update AFTER UPDATE OF email, first_name, last_name, i
 
 
 --
--- Name: credit_transactions credit_transactions_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+-- Name: accounts accounts_organization_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.accounts
+    ADD CONSTRAINT accounts_organization_id_fkey FOREIGN KEY (organization_id) REFERENCES public.organizations(id);
+
+
+--
+-- Name: accounts accounts_owner_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.accounts
+    ADD CONSTRAINT accounts_owner_user_id_fkey FOREIGN KEY (owner_user_id) REFERENCES public.users(id);
+
+
+--
+-- Name: credit_transactions credit_transactions_account_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
 --
 
 ALTER TABLE ONLY public.credit_transactions
-    ADD CONSTRAINT credit_transactions_user_id_fkey FOREIGN KEY (user_id) REFERENCES public.users(id);
+    ADD CONSTRAINT credit_transactions_account_fkey FOREIGN KEY (user_id) REFERENCES public.accounts(id);
 
 
 --
--- Name: idempotency_keys idempotency_keys_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+-- Name: idempotency_keys idempotency_keys_account_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
 --
 
 ALTER TABLE ONLY public.idempotency_keys
-    ADD CONSTRAINT idempotency_keys_user_id_fkey FOREIGN KEY (user_id) REFERENCES public.users(id);
+    ADD CONSTRAINT idempotency_keys_account_fkey FOREIGN KEY (user_id) REFERENCES public.accounts(id);
+
+
+--
+-- Name: plan_changes plan_changes_account_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.plan_changes
+    ADD CONSTRAINT plan_changes_account_fkey FOREIGN KEY (user_id) REFERENCES public.accounts(id);
 
 
 --
@@ -1056,11 +1287,3 @@ ALTER TABLE ONLY public.idempotency_keys
 
 ALTER TABLE ONLY public.plan_changes
     ADD CONSTRAINT plan_changes_transaction_id_fkey FOREIGN KEY (transaction_id) REFERENCES public.credit_transactions(id);
-
-
---
--- Name: plan_changes plan_changes_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
---
-
-ALTER TABLE ONLY public.plan_changes
-    ADD CONSTRAINT plan_changes_user_id_fkey FOREIGN KEY (user_id) REFERENCES public.users(id);
