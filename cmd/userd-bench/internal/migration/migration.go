@@ -143,7 +143,6 @@ func run(ctx context.Context) error {
 	t0 := time.Now()
 
 	// This release starts and applies its expand migrations.
-	sampler.reset()
 	expandStart := time.Now()
 	next, err := startUserd(ctx, *binPath, dbURL)
 	if err != nil {
@@ -151,7 +150,6 @@ func run(ctx context.Context) error {
 	}
 	defer next.stop()
 	expandEnd := time.Now()
-	expandWaits := sampler.snapshot()
 	ran := migrationsRan(next.logs())
 	time.Sleep(*settle) // both serve; the load stays on the previous release
 	t1 := time.Now()
@@ -162,11 +160,9 @@ func run(ctx context.Context) error {
 	old.stop()
 	time.Sleep(*settle)
 	t2 := time.Now()
-	sampler.reset()
 	contractStart := time.Now()
 	out, err := migrateUp(*binPath, dbURL)
 	contractEnd := time.Now()
-	contractWaits := sampler.snapshot()
 	if err != nil {
 		return fmt.Errorf("userd migrate up (the contract): %w\n%s", err, out)
 	}
@@ -191,8 +187,7 @@ func run(ctx context.Context) error {
 		expandEnd.Sub(expandStart).Round(time.Millisecond), ran)
 	fmt.Fprintf(&report, "| contract: `userd migrate up` while this release serves | %s | %s |\n\n",
 		contractEnd.Sub(contractStart).Round(time.Millisecond), strings.ReplaceAll(strings.TrimSpace(string(out)), "\n", "; "))
-	fmt.Fprintf(&report, "| window | served by | deducts | p50 ms | p99 ms | max ms | errors |\n| --- | --- | ---: | ---: | ---: | ---: | --- |\n")
-	for _, w := range []struct {
+	windows := []struct {
 		name     string
 		from, to time.Time
 	}{
@@ -202,20 +197,27 @@ func run(ctx context.Context) error {
 		{"this release alone, before the contract", t1, t2},
 		{"during the contract", contractStart, contractEnd},
 		{"after the contract", contractEnd, contractEnd.Add(*settle)},
-	} {
-		s := stats(calls, w.from, w.to)
-		fmt.Fprintf(&report, "| %s | %s | %d | %.1f | %.1f | %.1f | %s |\n", w.name, s.by, s.n, s.p50, s.p99, s.max, s.errors)
 	}
-	fmt.Fprintf(&report, "\nLongest lock waits (pg_locks sampled every 10 ms; any session of the database):\n\n")
-	for _, w := range []struct {
-		name  string
-		waits []lockWait
-	}{{"expand", expandWaits}, {"contract", contractWaits}} {
-		if len(w.waits) == 0 {
+	fmt.Fprintf(&report, "| window | served by | deducts | p50 ms | p99 ms | max ms | errors | longest lock wait ms |\n| --- | --- | ---: | ---: | ---: | ---: | --- | ---: |\n")
+	for _, w := range windows {
+		s := stats(calls, w.from, w.to)
+		longest := 0.0
+		if waits := sampler.between(w.from, w.to); len(waits) > 0 {
+			longest = float64(waits[0].longest.Microseconds()) / 1000
+		}
+		fmt.Fprintf(&report, "| %s | %s | %d | %.1f | %.1f | %.1f | %s | %.0f |\n", w.name, s.by, s.n, s.p50, s.p99, s.max, s.errors, longest)
+	}
+	fmt.Fprintf(&report, "\nLongest lock waits during each migration step (pg_locks sampled every 10 ms; any session of the database):\n\n")
+	for _, w := range windows {
+		if w.name != "during the expand" && w.name != "during the contract" {
+			continue
+		}
+		waits := sampler.between(w.from, w.to)
+		if len(waits) == 0 {
 			fmt.Fprintf(&report, "- %s: no lock wait seen\n", w.name)
 			continue
 		}
-		for i, lw := range w.waits[:min(3, len(w.waits))] {
+		for i, lw := range waits[:min(3, len(waits))] {
 			fmt.Fprintf(&report, "- %s #%d: %s waiting for %s on %s: `%s`, blocked by `%s`\n", w.name, i+1,
 				lw.longest.Round(time.Millisecond), lw.mode, lw.object, oneLine(lw.waiter, 160), oneLine(lw.blocker, 160))
 		}
@@ -565,19 +567,15 @@ func (s *sampler) sample(ctx context.Context, conn *pgx.Conn) {
 	}
 }
 
-func (s *sampler) reset() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.waits = map[[2]int64]*lockWait{}
-}
-
-// snapshot returns the waits seen since the last reset, longest first.
-func (s *sampler) snapshot() []lockWait {
+// between returns the waits that began in [from, to), longest first.
+func (s *sampler) between(from, to time.Time) []lockWait {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []lockWait
 	for _, w := range s.waits {
-		out = append(out, *w)
+		if !w.waitstart.Before(from) && w.waitstart.Before(to) {
+			out = append(out, *w)
+		}
 	}
 	slices.SortFunc(out, func(a, b lockWait) int { return int(b.longest - a.longest) })
 	return out
