@@ -568,28 +568,40 @@ func sqlBalances(t *testing.T, pool *pgxpool.Pool) {
 func replayAcknowledged(t *testing.T, r *replica, acks []ack) {
 	t.Helper()
 	ctx := authed(context.Background())
-	bad := 0
-	for _, a := range acks {
-		var (
-			tx  *userdv1.CreditTransaction
-			err error
-		)
-		if a.grant {
-			var resp *userdv1.GrantCreditsResponse
-			resp, err = r.api.GrantCredits(ctx, &userdv1.GrantCreditsRequest{ClerkUserId: a.user, Amount: a.amount, IdempotencyKey: a.key, Reason: "fleet grant"})
-			tx = resp.GetTransaction()
-		} else {
-			var resp *userdv1.DeductCreditsResponse
-			resp, err = r.api.DeductCredits(ctx, &userdv1.DeductCreditsRequest{ClerkUserId: a.user, Amount: a.amount, IdempotencyKey: a.key, Reason: "fleet deduct"})
-			tx = resp.GetTransaction()
-		}
-		if err != nil || tx.GetId() != a.tx.GetId() || tx.GetBalanceAfter() != a.tx.GetBalanceAfter() {
-			bad++
-			if bad <= 5 {
-				t.Errorf("replay of %s %s: %v %v, want the original %v", a.user, a.key, tx, err, a.tx)
+	var (
+		mu   sync.Mutex
+		bad  int
+		next atomic.Int64
+		wg   sync.WaitGroup
+	)
+	for range workers {
+		wg.Go(func() {
+			for i := next.Add(1) - 1; i < int64(len(acks)); i = next.Add(1) - 1 {
+				a := acks[i]
+				var (
+					tx  *userdv1.CreditTransaction
+					err error
+				)
+				if a.grant {
+					var resp *userdv1.GrantCreditsResponse
+					resp, err = r.api.GrantCredits(ctx, &userdv1.GrantCreditsRequest{ClerkUserId: a.user, Amount: a.amount, IdempotencyKey: a.key, Reason: "fleet grant"})
+					tx = resp.GetTransaction()
+				} else {
+					var resp *userdv1.DeductCreditsResponse
+					resp, err = r.api.DeductCredits(ctx, &userdv1.DeductCreditsRequest{ClerkUserId: a.user, Amount: a.amount, IdempotencyKey: a.key, Reason: "fleet deduct"})
+					tx = resp.GetTransaction()
+				}
+				if err != nil || tx.GetId() != a.tx.GetId() || tx.GetBalanceAfter() != a.tx.GetBalanceAfter() {
+					mu.Lock()
+					if bad++; bad <= 5 {
+						t.Errorf("replay of %s %s: %v %v, want the original %v", a.user, a.key, tx, err, a.tx)
+					}
+					mu.Unlock()
+				}
 			}
-		}
+		})
 	}
+	wg.Wait()
 	if bad > 0 {
 		t.Errorf("%d of %d acknowledged calls did not replay as acknowledged", bad, len(acks))
 	}
