@@ -510,7 +510,7 @@ func TestRolloutUnderLoad(t *testing.T) {
 
 	// The consumer saw every acknowledged change, once per event id, and
 	// per user in ledger order.
-	checkFeed(t, c, acks)
+	checkFeed(t, pool, c, acks)
 	t.Logf("total %s (expand %s, contract %s)", time.Since(started).Round(100*time.Millisecond), expandTook.Round(time.Millisecond), contractTook.Round(time.Millisecond))
 }
 
@@ -611,7 +611,7 @@ func replayAcknowledged(t *testing.T, r *replica, acks []ack) {
 // every acknowledged ledger entry, then checks that it saw each event id
 // once (redelivery after a reconnect aside) and, per user, the ledger
 // entries in order: each balance the previous plus the delta.
-func checkFeed(t *testing.T, c *consumer, acks []ack) {
+func checkFeed(t *testing.T, pool *pgxpool.Pool, c *consumer, acks []ack) {
 	t.Helper()
 	want := map[int64]bool{}
 	for _, a := range acks {
@@ -636,7 +636,7 @@ func checkFeed(t *testing.T, c *consumer, acks []ack) {
 		return missing == 0
 	})
 	if !complete {
-		t.Errorf("the consumer never saw %d of %d acknowledged ledger entries", missing, len(want))
+		t.Errorf("the consumer never saw %d of %d acknowledged ledger entries%s", missing, len(want), oldestTransaction(t, pool))
 	}
 	once := map[int64]bool{}
 	last := map[string]*userdv1.CreditTransaction{}
@@ -667,4 +667,24 @@ func checkFeed(t *testing.T, c *consumer, acks []ack) {
 	reopened := c.reopened
 	c.mu.Unlock()
 	t.Logf("feed: %d distinct events (%d credit changes), %d redelivered, %d watches reopened across both binaries", len(once), credits, redelivered, reopened)
+}
+
+// oldestTransaction describes the oldest open transaction on the server:
+// the feed hands out an event only once every transaction older than it
+// has ended (its horizon is the server's snapshot xmin), so one left open
+// anywhere on a shared server — another test's — holds the feed back.
+func oldestTransaction(t *testing.T, pool *pgxpool.Pool) string {
+	t.Helper()
+	var (
+		db, state, query string
+		age              time.Duration
+	)
+	err := pool.QueryRow(context.Background(), `
+		SELECT coalesce(datname, ''), coalesce(state, ''), now() - xact_start, left(coalesce(query, ''), 200)
+		FROM pg_stat_activity WHERE backend_xmin IS NOT NULL OR backend_xid IS NOT NULL
+		ORDER BY xact_start NULLS LAST LIMIT 1`).Scan(&db, &state, &age, &query)
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprintf(" (the server's oldest open transaction, which holds the feed's horizon back: %s old, database %s, %s: %s)", age.Round(time.Second), db, state, query)
 }
