@@ -433,6 +433,26 @@ func TestRolloutUnderLoad(t *testing.T) {
 	if ready == nil || ready["applied"] == float64(0) {
 		t.Errorf("the new binary applied no migration at start: %v", ready)
 	}
+	// It left its first post-deploy migration (if it has one) to `userd
+	// migrate up`, and said so.
+	m, err := migrate.New(pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	var firstPostDeploy migrate.Migration
+	for _, mg := range m.Migrations() {
+		if mg.PostDeploy {
+			firstPostDeploy = mg
+			break
+		}
+	}
+	if cur, err := m.SchemaVersion(ctx); err != nil || cur < m.Required() || (firstPostDeploy.Version != 0 && cur >= firstPostDeploy.Version) {
+		t.Errorf("schema version after the new binary's start: %d (%v); want at least %d and below the post-deploy %d", cur, err, m.Required(), firstPostDeploy.Version)
+	}
+	if firstPostDeploy.Version != 0 && (pending == nil || pending["version"] != float64(firstPostDeploy.Version)) {
+		t.Errorf("the new binary did not log that %s is pending: %v", firstPostDeploy.Name, pending)
+	}
 	w.phase.Store(phaseBoth)
 	f.set(old, next)
 	w.progress(t, 400)
@@ -466,11 +486,6 @@ func TestRolloutUnderLoad(t *testing.T) {
 	stopLoad()
 
 	// The schema is complete; the new binary still ready on it.
-	m, err := migrate.New(pool)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
 	if cur, latest, err := m.Versions(ctx); err != nil || cur != latest {
 		t.Errorf("schema version after the contract: %d (%v), want %d", cur, err, latest)
 	}
