@@ -73,9 +73,18 @@ type Event struct {
 	ID       int64
 	Position Position
 	Kind     Kind
-	// UserID and ClerkUserID name the user the event is about.
+	// UserID and ClerkUserID name the user the event is about (the owner,
+	// for an event of a personal account); both are empty for an event of
+	// an organization's stream, which ClerkOrgID names instead.
 	UserID      uuid.UUID
 	ClerkUserID string
+	ClerkOrgID  string
+	// AccountID names the account of credits.changed and plan.changed.
+	AccountID uuid.UUID
+	// ActorClerkUserID is the user who acted: for an account event, the
+	// owner's or the member's Clerk id ("" when userd, Clerk or a service
+	// that named no user acted).
+	ActorClerkUserID string
 	// Time is when the change's transaction started.
 	Time time.Time
 	// User is the user right after the change, for user.created,
