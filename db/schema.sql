@@ -240,23 +240,6 @@ $$;
 
 
 --
--- Name: userd_account_to_user(); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.userd_account_to_user() RETURNS trigger
-    LANGUAGE plpgsql
-    AS $$
-BEGIN
-    -- Until 00019: a personal account's credits and plan mirrored to
-    -- users.credits and users.plan, which the previous release reads.
-    UPDATE users u SET plan = NEW.plan, credits = NEW.credits, updated_at = NEW.updated_at
-    WHERE u.id = NEW.owner_user_id AND (u.plan, u.credits) IS DISTINCT FROM (NEW.plan, NEW.credits);
-    RETURN NULL;
-END
-$$;
-
-
---
 -- Name: userd_apply_clerk_events(text[], text[], text[], boolean[], text[], text[], text[], text[], bigint[], bigint, boolean); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -647,23 +630,26 @@ BEGIN
     -- id, or NULL when a row for the Clerk id exists already (concurrent
     -- inserts for one id wait for each other). A live user gets
     -- p_initial_credits as its INITIAL ledger entry; p_deleted inserts a
-    -- tombstone (no credits, no entry). Until 00019 the account is made
-    -- by the users_account_insert trigger from users.credits, as for a
-    -- user the previous release inserts; 00019 inserts it here.
+    -- tombstone (no credits, no entry). One statement: the feed's triggers,
+    -- which run at its end, see the user with its account.
     WITH new_user AS (
-        INSERT INTO users (clerk_user_id, email, first_name, last_name, image_url, plan, credits,
-                           clerk_updated_at, deleted_at)
-        VALUES (p_clerk_user_id, p_email, p_first_name, p_last_name, p_image_url, 'FREE',
-                CASE WHEN p_deleted THEN 0 ELSE p_initial_credits END, p_clerk_updated_at,
+        INSERT INTO users (clerk_user_id, email, first_name, last_name, image_url, clerk_updated_at, deleted_at)
+        VALUES (p_clerk_user_id, p_email, p_first_name, p_last_name, p_image_url, p_clerk_updated_at,
                 CASE WHEN p_deleted THEN now() END)
         ON CONFLICT (clerk_user_id) DO NOTHING
+        RETURNING id, created_at, updated_at
+    ), account AS (
+        INSERT INTO accounts (id, owner_user_id, plan, credits, created_at, updated_at)
+        SELECT new_user.id, new_user.id, 'FREE', CASE WHEN p_deleted THEN 0 ELSE p_initial_credits END,
+               new_user.created_at, new_user.updated_at
+        FROM new_user
         RETURNING id, credits
     ), initial AS (
         INSERT INTO credit_transactions (user_id, delta, balance_after, kind)
-        SELECT new_user.id, new_user.credits, new_user.credits, 'INITIAL' FROM new_user
+        SELECT account.id, account.credits, account.credits, 'INITIAL' FROM account
         WHERE NOT p_deleted
     )
-    SELECT new_user.id INTO v_id FROM new_user;
+    SELECT account.id INTO v_id FROM account;
     RETURN v_id;
 END
 $$;
@@ -679,20 +665,14 @@ CREATE FUNCTION public.userd_lock_personal_account(p_clerk_user_id text, OUT acc
 BEGIN
     -- Locks the personal account of the live user p_clerk_user_id (FOR
     -- UPDATE) and returns it; account_id is NULL when there is no such
-    -- user. Until 00019 it locks the users row first: a write of the
-    -- previous release locks that row and then, through the mirror
-    -- trigger, the account, and taking the two in the same order keeps
-    -- the two releases from deadlocking. 00019 replaces it with a lock of
-    -- the account alone.
-    SELECT u.id INTO account_id FROM users u
-    WHERE u.clerk_user_id = p_clerk_user_id AND u.deleted_at IS NULL
-    FOR UPDATE;
-    IF NOT FOUND THEN
-        RETURN;
-    END IF;
+    -- user. Only the account is locked: a write of a user's balance or
+    -- plan waits for nothing but the account's other writes (and the
+    -- user's profile changes, which lock the account too, so that the
+    -- user's feed stream stays in order).
     SELECT a.id, a.credits, a.plan, a.closed_at IS NOT NULL INTO account_id, credits, plan, closed
-    FROM accounts a WHERE a.id = account_id
-    FOR UPDATE;
+    FROM users u JOIN accounts a ON a.id = u.id
+    WHERE u.clerk_user_id = p_clerk_user_id AND u.deleted_at IS NULL
+    FOR UPDATE OF a;
 END
 $$;
 
@@ -1027,15 +1007,11 @@ CREATE TABLE public.users (
     first_name text,
     last_name text,
     image_url text,
-    plan text DEFAULT 'FREE'::text NOT NULL,
-    credits bigint NOT NULL,
     clerk_updated_at bigint,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     deleted_at timestamp with time zone,
-    CONSTRAINT users_clerk_user_id_not_empty CHECK ((clerk_user_id <> ''::text)),
-    CONSTRAINT users_credits_non_negative CHECK ((credits >= 0)),
-    CONSTRAINT users_plan_valid CHECK ((plan = ANY (ARRAY['FREE'::text, 'PRO'::text, 'ENTERPRISE'::text])))
+    CONSTRAINT users_clerk_user_id_not_empty CHECK ((clerk_user_id <> ''::text))
 );
 
 
@@ -1088,26 +1064,6 @@ BEGIN
         SET payload = payload || jsonb_build_object('email', NULL, 'first_name', NULL, 'last_name', NULL, 'image_url', NULL)
         WHERE clerk_user_id = NEW.clerk_user_id AND kind IN ('user.created', 'user.updated');
     END IF;
-    RETURN NULL;
-END
-$$;
-
-
---
--- Name: userd_users_to_account(); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.userd_users_to_account() RETURNS trigger
-    LANGUAGE plpgsql
-    AS $$
-BEGIN
-    -- Until 00019: users.credits and users.plan, written by the previous
-    -- release, copied to the user's personal account (created if missing).
-    INSERT INTO accounts AS a (id, owner_user_id, plan, credits, created_at, updated_at)
-    VALUES (NEW.id, NEW.id, NEW.plan, NEW.credits, NEW.created_at, NEW.updated_at)
-    ON CONFLICT (id) DO UPDATE
-    SET plan = EXCLUDED.plan, credits = EXCLUDED.credits, updated_at = EXCLUDED.updated_at
-    WHERE (a.plan, a.credits) IS DISTINCT FROM (EXCLUDED.plan, EXCLUDED.credits);
     RETURN NULL;
 END
 $$;
@@ -1341,22 +1297,6 @@ CREATE TABLE public.prices (
     CONSTRAINT prices_action_valid CHECK ((action ~ '^[a-z][a-z0-9_.-]{0,63}$'::text)),
     CONSTRAINT prices_credits_positive CHECK (((credits > 0) AND (credits <= '1000000000000'::bigint)))
 );
-
-
---
--- Name: user_events; Type: VIEW; Schema: public; Owner: -
---
-
-CREATE VIEW public.user_events AS
- SELECT e.id,
-    e.order_xid,
-    e.kind,
-    e.user_id,
-    e.clerk_user_id,
-    e.payload,
-    e.created_at
-   FROM public.feed_events e
-  WHERE ((e.clerk_org_id IS NULL) AND (e.user_id IS NOT NULL) AND (e.clerk_user_id IS NOT NULL) AND (e.kind = ANY (ARRAY['user.created'::text, 'user.updated'::text, 'user.deleted'::text, 'plan.changed'::text, 'credits.changed'::text])));
 
 
 --
@@ -1630,13 +1570,6 @@ CREATE INDEX webhook_events_processed_at_idx ON public.webhook_events USING btre
 
 
 --
--- Name: accounts accounts_to_user; Type: TRIGGER; Schema: public; Owner: -
---
-
-CREATE TRIGGER accounts_to_user AFTER UPDATE OF plan, credits ON public.accounts FOR EACH ROW WHEN (((new.owner_user_id IS NOT NULL) AND ((old.plan IS DISTINCT FROM new.plan) OR (old.credits IS DISTINCT FROM new.credits)))) EXECUTE FUNCTION public.userd_account_to_user();
-
-
---
 -- Name: credit_transactions credit_transactions_feed; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -1648,20 +1581,6 @@ CREATE TRIGGER credit_transactions_feed AFTER INSERT ON public.credit_transactio
 --
 
 CREATE TRIGGER plan_changes_feed AFTER INSERT ON public.plan_changes FOR EACH ROW EXECUTE FUNCTION public.userd_plan_changes_feed();
-
-
---
--- Name: users users_account_insert; Type: TRIGGER; Schema: public; Owner: -
---
-
-CREATE TRIGGER users_account_insert AFTER INSERT ON public.users FOR EACH ROW EXECUTE FUNCTION public.userd_users_to_account();
-
-
---
--- Name: users users_account_update; Type: TRIGGER; Schema: public; Owner: -
---
-
-CREATE TRIGGER users_account_update AFTER UPDATE OF plan, credits ON public.users FOR EACH ROW WHEN (((old.plan IS DISTINCT FROM new.plan) OR (old.credits IS DISTINCT FROM new.credits))) EXECUTE FUNCTION public.userd_users_to_account();
 
 
 --
