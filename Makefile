@@ -209,6 +209,22 @@ test-fast: ## The edit-test loop: unit, domain and store tests in about a minute
 ha-test: build ## Failover test on a real pg_auto_failover formation (apt-get install postgresql-15-auto-failover pg-auto-failover-cli).
 	USERD_BIN=$(abspath $(BIN)/userd) $(GO) test -tags hatest -count=1 -v -timeout 15m ./internal/hatest
 
+# `make fleet-test`: a rollout under load (internal/fleettest). The previous
+# release — the last commit before FLEET_FIRST_MIGRATION was added, found
+# in the git history (CI runs in a full clone) — serves a database it
+# migrated; bin/userd starts on it and applies its expand migrations while
+# the old one serves; the old one stops; `userd migrate up` applies the
+# post-deploy migrations while the new one serves; a keyed deduct/grant
+# load and a change-feed consumer run throughout. About two minutes.
+FLEET_FIRST_MIGRATION := db/migrations/00010_accounts.sql
+FLEET_PREVIOUS ?= $(shell c=$$(git log --diff-filter=A --format=%H --reverse -- $(FLEET_FIRST_MIGRATION) 2>/dev/null | head -n1); \
+	[ -z "$$c" ] || git rev-parse --short "$$c^")
+.PHONY: fleet-test
+fleet-test: build ## Roll this release out under load over the previous one (built from git history): expand, both serving, contract.
+	$(if $(FLEET_PREVIOUS),@$(MAKE) --no-print-directory $(BIN)/userd-baseline-$(FLEET_PREVIOUS))
+	USERD_BIN=$(abspath $(BIN)/userd) $(if $(FLEET_PREVIOUS),USERD_FLEET_PREVIOUS=$(FLEET_PREVIOUS) USERD_PREVIOUS_BIN=$(abspath $(BIN)/userd-baseline-$(FLEET_PREVIOUS))) \
+	  $(GO) test -tags fleettest -count=1 -v -timeout 10m ./internal/fleettest
+
 # `make bench` measures the binary of this commit (or tree) and, in the same
 # run, the previous design built from BASELINE: the last commit before
 # issue 10's write path. BASELINE= (empty) measures this one only.
@@ -230,6 +246,16 @@ bench: build ## Measure userd (and BASELINE=<commit>) against pgbench on the bes
 .PHONY: bench-feed
 bench-feed: build ## Measure the change feed: commit-to-consumer latency, the outbox's cost on writes (pgbench), idle consumers; writes its BENCHMARKS.md section.
 	$(GO) run ./cmd/userd-bench feed -userd $(BIN)/userd $(ARGS)
+
+# `make bench-migration`: this release's migrations on a populated database
+# (100,000 users, 1,000,000 ledger rows) while the previous release
+# (FLEET_PREVIOUS, as for make fleet-test) serves a deduct load: how long
+# each step takes, the load's latencies and errors, the longest lock wait.
+.PHONY: bench-migration
+bench-migration: build ## Time and lock impact of this release's migrations on 100k users / 1M ledger rows under load on the previous release.
+	@[ -n "$(FLEET_PREVIOUS)" ] || { echo "no previous release: $(FLEET_FIRST_MIGRATION) is not in the git history (set FLEET_PREVIOUS=<commit>)"; exit 1; }
+	@$(MAKE) --no-print-directory $(BIN)/userd-baseline-$(FLEET_PREVIOUS)
+	$(GO) run ./cmd/userd-bench migration -userd $(BIN)/userd -previous $(BIN)/userd-baseline-$(FLEET_PREVIOUS) $(ARGS)
 
 .PHONY: bench-go
 bench-go: ## Go benchmarks of the hot paths (token verification, webhook verification and parsing, the interceptor chain, store operations).

@@ -134,7 +134,7 @@ type migrateCmd struct {
 	config.Database `embed:""`
 	config.Log      `embed:""`
 
-	Up     struct{} `cmd:"" help:"Apply every pending migration."`
+	Up     struct{} `cmd:"" help:"Apply every pending migration, post-deploy ones included (run those once every replica runs this release)."`
 	Down   struct{} `cmd:"" help:"Roll back the newest migration."`
 	Status struct{} `cmd:"" help:"List migrations and whether each is applied."`
 }
@@ -160,11 +160,14 @@ func (m *migrateCmd) Run(kctx *kong.Context) error {
 	defer mg.Close()
 	switch kctx.Command() {
 	case "migrate up":
-		n, err := mg.Up(ctx)
+		res, err := mg.UpAll(ctx)
+		for _, r := range res.Ran {
+			fmt.Printf("applied %s in %s\n", r.Name, r.Took.Round(time.Millisecond))
+		}
 		if err != nil {
 			return err
 		}
-		fmt.Printf("applied %d migration(s)\n", n)
+		fmt.Printf("applied %d migration(s)\n", res.Applied)
 	case "migrate down":
 		if err := mg.Down(ctx); err != nil {
 			return err
@@ -180,7 +183,11 @@ func (m *migrateCmd) Run(kctx *kong.Context) error {
 			if s.Applied {
 				state = "applied"
 			}
-			fmt.Printf("%05d  %-8s %s\n", s.Version, state, s.Name)
+			kind := ""
+			if s.PostDeploy {
+				kind = "  (post-deploy: `userd serve` leaves it to `userd migrate up` on a database in use)"
+			}
+			fmt.Printf("%05d  %-8s %s%s\n", s.Version, state, s.Name, kind)
 		}
 		cur, latest, err := mg.Versions(ctx)
 		if err != nil {

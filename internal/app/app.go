@@ -527,10 +527,13 @@ func (a *App) HTTPAddr() net.Addr {
 // RequestTimeout is the bound of every call and webhook delivery.
 func (a *App) RequestTimeout() time.Duration { return a.cfg.RequestTimeout }
 
-// migrateUp applies pending migrations (under the migration lock, so
-// replicas starting together apply each one once) and logs the outcome.
+// migrateUp applies the migrations `userd serve` may apply (all but
+// pending post-deploy ones on a database in use; see internal/migrate)
+// under the migration lock, so replicas starting together apply each one
+// once, and logs the outcome — and, once, a post-deploy migration left
+// pending with the command that applies it.
 func migrateUp(ctx context.Context, m *migrate.Migrator, log *slog.Logger) error {
-	n, err := m.Up(ctx)
+	res, err := m.UpForServe(ctx)
 	if err != nil {
 		return err
 	}
@@ -538,7 +541,15 @@ func migrateUp(ctx context.Context, m *migrate.Migrator, log *slog.Logger) error
 	if err != nil {
 		return err
 	}
-	log.Info("database schema ready", "applied", n, "version", cur, "binary_version", latest)
+	for _, r := range res.Ran {
+		log.Info("migration applied", "migration", r.Name, "version", r.Version, "post_deploy", r.PostDeploy, "took_ms", r.Took.Milliseconds())
+	}
+	log.Info("database schema ready", "applied", res.Applied, "version", cur, "binary_version", latest, "new_database", res.Fresh)
+	if pd := res.PendingPostDeploy; pd.Version != 0 {
+		log.Warn("post-deploy migration pending: once every replica runs this release, apply it with `userd migrate up` "+
+			"(this release serves before and after it; the previous release stops working once it is applied)",
+			"migration", pd.Name, "version", pd.Version, "command", "userd migrate up")
+	}
 	if cur > latest {
 		log.Info("the database schema is newer than this binary: a newer release migrated it; "+
 			"migrations are expand/contract, so this binary serves on it", "version", cur, "binary_version", latest)

@@ -50,23 +50,26 @@ type readyError string
 func (e readyError) Error() string { return string(e) }
 
 // ready reports whether userd can serve: the database answers and its
-// schema is at or beyond this binary's newest migration. Migrations are
-// expand/contract, so a newer schema (a newer release has migrated during a
-// rolling deploy) serves this binary; only an older one does not.
+// schema is at or beyond this binary's newest migration that is not
+// post-deploy (migrate.Required): a post-deploy migration of this release
+// may still be pending. Migrations are expand/contract, so a newer schema
+// (a newer release has migrated during a rolling deploy) serves this
+// binary; only an older one does not.
 func (a *App) ready(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if err := a.pool.Ping(ctx); err != nil {
 		return readyError("database unreachable")
 	}
-	cur, latest, err := a.migrator.Versions(ctx)
+	cur, err := a.migrator.SchemaVersion(ctx)
+	required := a.migrator.Required()
 	switch {
 	case errors.Is(err, migrate.ErrNotMigrated):
 		return readyError("database schema not created: run userd migrate up")
 	case err != nil:
 		return readyError("cannot read the schema version")
-	case cur < latest:
-		return readyError(fmt.Sprintf("database schema version %d is older than this binary's %d: run userd migrate up", cur, latest))
+	case cur < required:
+		return readyError(fmt.Sprintf("database schema version %d is older than this binary's %d: run userd migrate up", cur, required))
 	}
 	return nil
 }

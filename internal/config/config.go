@@ -38,7 +38,7 @@ type Serve struct {
 	Database `embed:""`
 	Log      `embed:""`
 
-	AutoMigrate   bool   `name:"auto-migrate" env:"USERD_AUTO_MIGRATE" default:"true" negatable:"" help:"Apply pending migrations at start-up."`
+	AutoMigrate   bool   `name:"auto-migrate" env:"USERD_AUTO_MIGRATE" default:"true" negatable:"" help:"Apply pending migrations at start-up: all on a new database, else all but post-deploy ones (userd migrate up applies those)."`
 	GRPCAddr      string `name:"grpc-addr" env:"USERD_GRPC_ADDR" default:":9090" help:"gRPC listen address (UserService, health, reflection), or \"off\"."`
 	HTTPAddr      string `name:"http-addr" env:"USERD_HTTP_ADDR" default:":8080" help:"HTTP API listen address (REST gateway under /v1, /openapi.json), or \"off\"."`
 	CORSOrigins   string `name:"cors-origins" env:"USERD_CORS_ORIGINS" help:"Comma-separated browser origins allowed to call the HTTP API (CORS); none when empty."`

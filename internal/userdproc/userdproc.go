@@ -37,6 +37,44 @@ func Build(ctx context.Context, pkgDir, dir, version string) (string, error) {
 	return bin, nil
 }
 
+// BuildCommit compiles the userd command of another commit of the
+// repository in repoDir (e.g. the previous release, for a rollout test)
+// into dir, from a copy of that commit's tree (git archive), with
+// main.version stamped to the commit, and returns the binary's path.
+func BuildCommit(ctx context.Context, repoDir, commit, dir string) (string, error) {
+	src, err := os.MkdirTemp("", "userd-src-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(src)
+	archive := exec.CommandContext(ctx, "git", "-C", repoDir, "archive", "--format=tar", commit)
+	untar := exec.CommandContext(ctx, "tar", "-x", "-C", src)
+	var errOut bytes.Buffer
+	archive.Stderr, untar.Stderr = &errOut, &errOut
+	if untar.Stdin, err = archive.StdoutPipe(); err != nil {
+		return "", err
+	}
+	if err := untar.Start(); err != nil {
+		return "", fmt.Errorf("tar: %w", err)
+	}
+	if err := archive.Run(); err != nil {
+		_ = untar.Wait()
+		return "", fmt.Errorf("git archive %s: %w\n%s", commit, err, errOut.String())
+	}
+	if err := untar.Wait(); err != nil {
+		return "", fmt.Errorf("extract %s: %w\n%s", commit, err, errOut.String())
+	}
+	bin := filepath.Join(dir, "userd-"+commit)
+	// -trimpath: the build cache serves the packages unchanged since,
+	// whatever the temporary directory.
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-X main.version="+commit, "-o", bin, "./cmd/userd")
+	cmd.Dir = src
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build %s: %w\n%s", commit, err, out)
+	}
+	return bin, nil
+}
+
 // Addrs are the four listeners of userd serve; "off" turns one off.
 type Addrs struct{ GRPC, HTTP, Webhook, Ops string }
 
