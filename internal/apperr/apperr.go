@@ -43,6 +43,11 @@ const (
 	// KindResourceExhausted: the caller (or the server) has as much of
 	// something open as it may (watch streams); retry after RetryAfter.
 	KindResourceExhausted
+	// KindFailedPrecondition: the target is in a state that refuses the
+	// operation whoever asks (an organization's account closed with its
+	// organization); retrying cannot help. It shares its gRPC code with
+	// KindInsufficientCredits: Reason tells them apart.
+	KindFailedPrecondition
 )
 
 // Stable ErrorInfo reasons.
@@ -53,6 +58,17 @@ const (
 	ReasonUserDeleted          = "USER_DELETED"
 	ReasonUnknownAction        = "UNKNOWN_ACTION"
 	ReasonCursorExpired        = "CURSOR_EXPIRED"
+	// ReasonMemberCapReached: a member's spending cap for the period is
+	// reached (KindInsufficientCredits, like an insufficient balance).
+	ReasonMemberCapReached = "MEMBER_CAP_REACHED"
+	// ReasonAccountClosed: the organization's account is closed.
+	ReasonAccountClosed = "ACCOUNT_CLOSED"
+	// ReasonNotOrganizationMember: the acting user is not a live member of
+	// the organization (KindPermissionDenied).
+	ReasonNotOrganizationMember = "NOT_ORGANIZATION_MEMBER"
+	// ReasonMissingOrganizationPermission: the member's organization
+	// permissions lack the one required (KindPermissionDenied).
+	ReasonMissingOrganizationPermission = "MISSING_ORGANIZATION_PERMISSION"
 )
 
 // Domain is the ErrorInfo domain of every reason above.
@@ -70,6 +86,7 @@ var kindNames = map[Kind]string{
 	KindCanceled:            "canceled",
 	KindExpired:             "expired",
 	KindResourceExhausted:   "resource exhausted",
+	KindFailedPrecondition:  "failed precondition",
 }
 
 func (k Kind) String() string { return kindNames[k] }
@@ -78,7 +95,7 @@ func (k Kind) String() string { return kindNames[k] }
 func Kinds() []Kind {
 	return []Kind{KindInternal, KindInvalidArgument, KindUnauthenticated, KindPermissionDenied,
 		KindNotFound, KindInsufficientCredits, KindConflict, KindUnavailable, KindCanceled, KindExpired,
-		KindResourceExhausted}
+		KindResourceExhausted, KindFailedPrecondition}
 }
 
 // FieldViolation names one invalid request field.
@@ -195,4 +212,46 @@ func ResourceExhausted(msg string, retryAfter time.Duration) *Error {
 // PermissionDenied reports an operation the caller may not perform.
 func PermissionDenied(msg string) *Error {
 	return &Error{Kind: KindPermissionDenied, Message: msg}
+}
+
+// MemberCapReached reports a deduction that would take a member's spending
+// in the current period of its cap past the cap: cap is the cap, spent
+// what the member spent in the period, remaining what is left of it
+// (cap - spent, at least 0), required the deduction, and period "day",
+// "week" or "month" (UTC). It is answered like insufficient credits.
+func MemberCapReached(capCredits, spent, remaining, required int64, period string) *Error {
+	return &Error{
+		Kind: KindInsufficientCredits,
+		Message: fmt.Sprintf("member spending cap reached: %d required, %d of the %s's cap of %d remaining",
+			required, remaining, period, capCredits),
+		Reason: ReasonMemberCapReached,
+		Metadata: map[string]string{
+			"cap":       strconv.FormatInt(capCredits, 10),
+			"spent":     strconv.FormatInt(spent, 10),
+			"remaining": strconv.FormatInt(remaining, 10),
+			"required":  strconv.FormatInt(required, 10),
+			"period":    period,
+		},
+	}
+}
+
+// AccountClosed reports an operation on a closed account.
+func AccountClosed() *Error {
+	return &Error{Kind: KindFailedPrecondition, Message: "the account is closed", Reason: ReasonAccountClosed}
+}
+
+// NotOrganizationMember reports a user acting on an organization it is
+// not a live member of.
+func NotOrganizationMember() *Error {
+	return &Error{Kind: KindPermissionDenied, Message: "not a member of the organization",
+		Reason: ReasonNotOrganizationMember}
+}
+
+// MissingOrganizationPermission reports a member whose organization
+// permissions lack permission.
+func MissingOrganizationPermission(permission string) *Error {
+	return &Error{Kind: KindPermissionDenied,
+		Message:  "the membership lacks the organization permission " + permission,
+		Reason:   ReasonMissingOrganizationPermission,
+		Metadata: map[string]string{"permission": permission}}
 }

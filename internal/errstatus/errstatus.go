@@ -27,6 +27,15 @@ var table = map[apperr.Kind]struct {
 	apperr.KindCanceled:          {codes.Canceled, 499},
 	apperr.KindExpired:           {codes.OutOfRange, http.StatusGone},
 	apperr.KindResourceExhausted: {codes.ResourceExhausted, http.StatusTooManyRequests},
+	// FAILED_PRECONDITION as insufficient credits is: told apart by the
+	// ErrorInfo reason (byReason).
+	apperr.KindFailedPrecondition: {codes.FailedPrecondition, http.StatusPreconditionFailed},
+}
+
+// byReason names the kinds that share their gRPC code with another kind,
+// by the ErrorInfo reasons their errors carry.
+var byReason = map[string]apperr.Kind{
+	apperr.ReasonAccountClosed: apperr.KindFailedPrecondition,
 }
 
 // GRPCCode is the gRPC status code of the kind.
@@ -35,10 +44,24 @@ func GRPCCode(k apperr.Kind) codes.Code { return table[k].grpc }
 // HTTPStatus is the HTTP status of the kind.
 func HTTPStatus(k apperr.Kind) int { return table[k].http }
 
-// KindForCode returns the kind whose gRPC code is code, if any kind has it.
-func KindForCode(code codes.Code) (apperr.Kind, bool) {
+// KindForStatus returns the kind of a status with code and the reason of
+// its ErrorInfo detail ("" for none), if any kind has that code.
+func KindForStatus(code codes.Code, reason string) (apperr.Kind, bool) {
+	if k, ok := byReason[reason]; ok && table[k].grpc == code {
+		return k, true
+	}
 	for k, row := range table {
-		if row.grpc == code {
+		if row.grpc != code {
+			continue
+		}
+		if shared := func() bool {
+			for _, sk := range byReason {
+				if sk == k {
+					return true
+				}
+			}
+			return false
+		}(); !shared {
 			return k, true
 		}
 	}

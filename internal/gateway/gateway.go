@@ -188,14 +188,25 @@ func literalPlus(h http.Handler) http.Handler {
 
 // writeError writes the status as JSON ({"code", "message", "details"})
 // with the HTTP status of userd's error table: 402 for insufficient
-// credits, 409 for conflicts, 503 for an unavailable database.
+// credits (and a member's spending cap), 412 for a closed account, 409 for
+// conflicts, 503 for an unavailable database.
 func writeError(_ context.Context, _ *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, _ *http.Request, err error) {
 	st := status.Convert(err)
 	code := runtime.HTTPStatusFromCode(st.Code())
-	if k, ok := errstatus.KindForCode(st.Code()); ok {
+	if k, ok := errstatus.KindForStatus(st.Code(), errorReason(st)); ok {
 		code = errstatus.HTTPStatus(k)
 	}
 	writeStatus(w, code, m, st)
+}
+
+// errorReason is the reason of the status's ErrorInfo detail, or "".
+func errorReason(st *status.Status) string {
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			return info.GetReason()
+		}
+	}
+	return ""
 }
 
 // retryDelay is the delay of the status's RetryInfo detail, or 0.
