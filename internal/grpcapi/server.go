@@ -28,6 +28,8 @@ type Server struct {
 	// watches counts open WatchUserEvents streams (see WithWatchLimits);
 	// nil: unbounded.
 	watches *watchCounter
+	// orgs is what end users need to act on organizations' accounts.
+	orgs OrgPolicy
 }
 
 var _ userdv1.UserServiceServer = (*Server)(nil)
@@ -35,13 +37,15 @@ var _ userdv1.UserServiceServer = (*Server)(nil)
 // NewServer returns a Server backed by svc; profiles serves end users'
 // EnsureUser.
 func NewServer(svc *users.Service, profiles Profiles, opts Options) *Server {
-	return &Server{users: svc, profiles: profiles, feed: opts.Feed}
+	return &Server{users: svc, profiles: profiles, feed: opts.Feed, orgs: opts.Orgs}
 }
 
 // Options configures a Server.
 type Options struct {
 	// Feed, if set, answers WatchUserEvents; without it, the method fails.
 	Feed *feed.Hub
+	// Orgs is what end users need to act on organizations' accounts.
+	Orgs OrgPolicy
 }
 
 // GetUser implements userdv1.UserServiceServer.
