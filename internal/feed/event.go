@@ -29,10 +29,26 @@ const (
 	KindUserDeleted    Kind = "user.deleted"
 	KindPlanChanged    Kind = "plan.changed"
 	KindCreditsChanged Kind = "credits.changed"
+
+	KindOrganizationCreated Kind = "organization.created"
+	KindOrganizationUpdated Kind = "organization.updated"
+	KindOrganizationDeleted Kind = "organization.deleted"
+	KindMembershipCreated   Kind = "membership.created"
+	KindMembershipUpdated   Kind = "membership.updated"
+	KindMembershipDeleted   Kind = "membership.deleted"
+	KindMemberCapChanged    Kind = "member_cap.changed"
 )
 
 // Kinds lists every kind.
-var Kinds = []Kind{KindUserCreated, KindUserUpdated, KindUserDeleted, KindPlanChanged, KindCreditsChanged}
+var Kinds = []Kind{KindUserCreated, KindUserUpdated, KindUserDeleted, KindPlanChanged, KindCreditsChanged,
+	KindOrganizationCreated, KindOrganizationUpdated, KindOrganizationDeleted,
+	KindMembershipCreated, KindMembershipUpdated, KindMembershipDeleted, KindMemberCapChanged}
+
+// membership reports whether k changes who is a member of an
+// organization (or with which role and permissions).
+func (k Kind) membership() bool {
+	return k == KindMembershipCreated || k == KindMembershipUpdated || k == KindMembershipDeleted
+}
 
 // Valid reports whether k is a known kind.
 func (k Kind) Valid() bool {
@@ -73,9 +89,16 @@ type Event struct {
 	ID       int64
 	Position Position
 	Kind     Kind
-	// UserID and ClerkUserID name the user the event is about.
+	// UserID and ClerkUserID name the user the event is about; empty for
+	// an organization's events (ClerkOrgID).
 	UserID      uuid.UUID
 	ClerkUserID string
+	// ClerkOrgID names the organization of an organization's event (of
+	// its account, of itself, of a membership); empty for a user's.
+	ClerkOrgID string
+	// MemberClerkUserID is the member of a membership.* or
+	// member_cap.changed event.
+	MemberClerkUserID string
 	// Time is when the change's transaction started.
 	Time time.Time
 	// User is the user right after the change, for user.created,
