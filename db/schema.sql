@@ -6,6 +6,68 @@
 -- make generate; review the diff of this file. See db/README.md.
 
 --
+-- Name: userd_account_to_user(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_account_to_user() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    -- Until 00019: a personal account's credits and plan mirrored to
+    -- users.credits and users.plan, which the previous release reads.
+    UPDATE users u SET plan = NEW.plan, credits = NEW.credits, updated_at = NEW.updated_at
+    WHERE u.id = NEW.owner_user_id AND (u.plan, u.credits) IS DISTINCT FROM (NEW.plan, NEW.credits);
+    RETURN NULL;
+END
+$$;
+
+
+--
+-- Name: userd_apply_clerk_batch(jsonb, bigint, bigint, boolean); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_apply_clerk_batch(p_events jsonb, p_initial_credits bigint, p_org_initial_credits bigint, p_erase_deleted boolean, OUT ordinal integer, OUT outcome text, OUT error_code text) RETURNS SETOF record
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    e jsonb;
+BEGIN
+    FOR e, ordinal IN SELECT x.value, x.ordinality::integer FROM jsonb_array_elements(p_events) WITH ORDINALITY x LOOP
+        error_code := NULL;
+        BEGIN
+            CASE e->>'kind'
+            WHEN 'user' THEN
+                IF (e->>'deleted')::boolean THEN
+                    outcome := userd_delete_clerk_user(e->>'svix_id', e->>'type', e->>'id', p_erase_deleted);
+                ELSE
+                    outcome := userd_apply_clerk_user(nullif(e->>'svix_id', ''), e->>'type', e->>'id',
+                        e->>'email', e->>'first_name', e->>'last_name', e->>'image_url', (e->>'updated_at')::bigint,
+                        p_initial_credits);
+                END IF;
+            WHEN 'organization' THEN
+                IF (e->>'deleted')::boolean THEN
+                    outcome := userd_delete_clerk_organization(e->>'svix_id', e->>'type', e->>'id', p_erase_deleted);
+                ELSE
+                    outcome := userd_apply_clerk_organization(nullif(e->>'svix_id', ''), e->>'type', e->>'id',
+                        e->>'name', e->>'slug', e->>'image_url', (e->>'updated_at')::bigint, p_org_initial_credits);
+                END IF;
+            WHEN 'membership' THEN
+                outcome := userd_apply_clerk_membership(e->>'svix_id', e->>'type', e->>'id',
+                    e->>'org_id', e->>'user_id', e->>'role',
+                    ARRAY(SELECT jsonb_array_elements_text(e->'permissions')), (e->>'updated_at')::bigint,
+                    (e->>'deleted')::boolean);
+            END CASE;
+        EXCEPTION WHEN OTHERS THEN
+            outcome := 'retry';
+            error_code := SQLSTATE;
+        END;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+
+--
 -- Name: userd_apply_clerk_events(text[], text[], text[], boolean[], text[], text[], text[], text[], bigint[], bigint, boolean); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -31,6 +93,166 @@ BEGIN
             error_code := SQLSTATE;
         END;
         RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+
+--
+-- Name: userd_apply_clerk_membership(text, text, text, text, text, text, text[], bigint, boolean); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_apply_clerk_membership(p_svix_id text, p_event_type text, p_clerk_membership_id text, p_clerk_org_id text, p_clerk_user_id text, p_role text, p_permissions text[], p_updated_at bigint, p_deleted boolean) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_m organization_memberships%ROWTYPE;
+    v_found boolean;
+    v_org_deleted boolean;
+    v_outcome text;
+    v_claimed boolean := false;
+BEGIN
+    p_svix_id := nullif(p_svix_id, '');
+    IF p_svix_id IS NOT NULL AND EXISTS (SELECT 1 FROM webhook_events w WHERE w.svix_id = p_svix_id) THEN
+        RETURN 'duplicate';
+    END IF;
+    -- The account first (see the Locking rules of ACCOUNTS-DESIGN.md): a
+    -- spend by this member either committed before, or runs after this
+    -- change commits and sees it.
+    PERFORM 1 FROM accounts a
+    WHERE a.organization_id = (SELECT o.id FROM organizations o WHERE o.clerk_org_id = p_clerk_org_id)
+    FOR UPDATE;
+    LOOP
+        -- A statement of its own, after the lock: its snapshot sees a
+        -- deletion of the organization that committed while it waited.
+        SELECT o.deleted_at IS NOT NULL INTO v_org_deleted FROM organizations o
+        WHERE o.clerk_org_id = p_clerk_org_id;
+        SELECT * INTO v_m FROM organization_memberships m
+        WHERE m.clerk_membership_id = p_clerk_membership_id
+        FOR UPDATE;
+        v_found := FOUND;
+        v_outcome := CASE
+            WHEN v_found AND v_m.deleted_at IS NOT NULL THEN 'ignored_deleted'
+            WHEN p_deleted THEN 'deleted'
+            WHEN coalesce(v_org_deleted, false) THEN 'ignored_deleted'
+            WHEN NOT v_found THEN 'created'
+            WHEN v_m.clerk_updated_at >= p_updated_at THEN 'stale'
+            ELSE 'updated'
+        END;
+
+        IF p_svix_id IS NULL THEN
+            NULL;
+        ELSIF NOT v_claimed THEN
+            INSERT INTO webhook_events (svix_id, event_type, object_id, outcome)
+            VALUES (p_svix_id, p_event_type, p_clerk_membership_id, v_outcome)
+            ON CONFLICT DO NOTHING;
+            IF NOT FOUND THEN
+                RETURN 'duplicate';
+            END IF;
+            v_claimed := true;
+        ELSE
+            UPDATE webhook_events SET outcome = v_outcome WHERE svix_id = p_svix_id;
+        END IF;
+
+        IF v_outcome IN ('stale', 'ignored_deleted') THEN
+            RETURN v_outcome;
+        END IF;
+        IF v_found THEN
+            -- updated, or deleted: a deletion keeps the newest state it
+            -- knows of.
+            UPDATE organization_memberships m
+            SET role = CASE WHEN m.clerk_updated_at < p_updated_at THEN p_role ELSE m.role END,
+                permissions = CASE WHEN m.clerk_updated_at < p_updated_at THEN p_permissions ELSE m.permissions END,
+                clerk_updated_at = greatest(m.clerk_updated_at, p_updated_at),
+                deleted_at = CASE WHEN p_deleted THEN now() END,
+                updated_at = now()
+            WHERE m.clerk_membership_id = p_clerk_membership_id;
+            RETURN v_outcome;
+        END IF;
+        INSERT INTO organization_memberships
+            (clerk_membership_id, clerk_org_id, clerk_user_id, role, permissions, clerk_updated_at, deleted_at)
+        VALUES (p_clerk_membership_id, p_clerk_org_id, p_clerk_user_id, p_role, p_permissions, p_updated_at,
+                CASE WHEN p_deleted THEN now() END)
+        ON CONFLICT (clerk_membership_id) DO NOTHING;
+        IF FOUND THEN
+            RETURN v_outcome;
+        END IF;
+        -- Inserted concurrently: lock it on the next pass.
+    END LOOP;
+END
+$$;
+
+
+--
+-- Name: userd_apply_clerk_organization(text, text, text, text, text, text, bigint, bigint); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_apply_clerk_organization(p_svix_id text, p_event_type text, p_clerk_org_id text, p_name text, p_slug text, p_image_url text, p_updated_at bigint, p_initial_credits bigint) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_org organizations%ROWTYPE;
+    v_outcome text;
+    v_claimed boolean := false;
+    v_account_id uuid;
+BEGIN
+    IF p_svix_id IS NOT NULL AND EXISTS (SELECT 1 FROM webhook_events w WHERE w.svix_id = p_svix_id) THEN
+        RETURN 'duplicate';
+    END IF;
+    LOOP
+        SELECT * INTO v_org FROM organizations o WHERE o.clerk_org_id = p_clerk_org_id FOR UPDATE;
+        v_outcome := CASE
+            WHEN NOT FOUND THEN 'created'
+            WHEN v_org.deleted_at IS NOT NULL THEN 'ignored_deleted'
+            WHEN v_org.clerk_updated_at >= p_updated_at THEN 'stale'
+            ELSE 'updated'
+        END;
+
+        IF p_svix_id IS NULL THEN
+            NULL;
+        ELSIF NOT v_claimed THEN
+            INSERT INTO webhook_events (svix_id, event_type, object_id, outcome)
+            VALUES (p_svix_id, p_event_type, p_clerk_org_id, v_outcome)
+            ON CONFLICT DO NOTHING;
+            IF NOT FOUND THEN
+                RETURN 'duplicate';
+            END IF;
+            v_claimed := true;
+        ELSE
+            UPDATE webhook_events SET outcome = v_outcome WHERE svix_id = p_svix_id;
+        END IF;
+
+        IF v_outcome IN ('stale', 'ignored_deleted') THEN
+            RETURN v_outcome;
+        END IF;
+        IF v_outcome = 'updated' THEN
+            UPDATE organizations
+            SET name = nullif(p_name, ''), slug = nullif(p_slug, ''), image_url = nullif(p_image_url, ''),
+                clerk_updated_at = p_updated_at, updated_at = now()
+            WHERE id = v_org.id;
+            RETURN v_outcome;
+        END IF;
+
+        -- One statement, so that the feed's organization.created (an
+        -- AFTER trigger, fired at the statement's end) names the account.
+        WITH new_org AS (
+            INSERT INTO organizations (clerk_org_id, name, slug, image_url, clerk_updated_at)
+            VALUES (p_clerk_org_id, nullif(p_name, ''), nullif(p_slug, ''), nullif(p_image_url, ''), p_updated_at)
+            ON CONFLICT (clerk_org_id) DO NOTHING
+            RETURNING id
+        )
+        INSERT INTO accounts (organization_id, plan, credits)
+        SELECT new_org.id, 'FREE', p_initial_credits FROM new_org
+        RETURNING id INTO v_account_id;
+        IF v_account_id IS NOT NULL THEN
+            IF p_initial_credits > 0 THEN
+                INSERT INTO credit_transactions (user_id, delta, balance_after, kind)
+                VALUES (v_account_id, p_initial_credits, p_initial_credits, 'INITIAL');
+            END IF;
+            RETURN v_outcome;
+        END IF;
+        -- Another transaction created the organization after the lock
+        -- query found nothing: look again, now that its row is committed.
     END LOOP;
 END
 $$;
@@ -279,6 +501,41 @@ $$;
 
 
 --
+-- Name: userd_delete_clerk_organization(text, text, text, boolean); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_delete_clerk_organization(p_svix_id text, p_event_type text, p_clerk_org_id text, p_erase boolean) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_org_id uuid;
+BEGIN
+    IF coalesce(p_svix_id, '') <> '' THEN
+        INSERT INTO webhook_events (svix_id, event_type, object_id, outcome)
+        VALUES (p_svix_id, p_event_type, p_clerk_org_id, 'deleted')
+        ON CONFLICT DO NOTHING;
+        IF NOT FOUND THEN
+            RETURN 'duplicate';
+        END IF;
+    END IF;
+    INSERT INTO organizations (clerk_org_id, deleted_at)
+    VALUES (p_clerk_org_id, now())
+    ON CONFLICT (clerk_org_id) DO UPDATE
+    SET deleted_at = coalesce(organizations.deleted_at, now()), updated_at = now(),
+        name = CASE WHEN p_erase THEN NULL ELSE organizations.name END,
+        slug = CASE WHEN p_erase THEN NULL ELSE organizations.slug END,
+        image_url = CASE WHEN p_erase THEN NULL ELSE organizations.image_url END
+    RETURNING id INTO v_org_id;
+    UPDATE accounts SET closed_at = coalesce(closed_at, now()), updated_at = now()
+    WHERE organization_id = v_org_id AND closed_at IS NULL;
+    UPDATE organization_memberships SET deleted_at = now(), updated_at = now()
+    WHERE clerk_org_id = p_clerk_org_id AND deleted_at IS NULL;
+    RETURN 'deleted';
+END
+$$;
+
+
+--
 -- Name: userd_delete_clerk_user(text, text, text, boolean); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -303,6 +560,27 @@ BEGIN
         last_name = CASE WHEN p_erase THEN NULL ELSE users.last_name END,
         image_url = CASE WHEN p_erase THEN NULL ELSE users.image_url END;
     RETURN 'deleted';
+END
+$$;
+
+
+--
+-- Name: userd_emit_org_event(text, uuid, text, jsonb); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_emit_org_event(p_kind text, p_account_id uuid, p_clerk_org_id text, p_payload jsonb) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_order_xid bigint := pg_current_xact_id()::text::bigint;
+    v_previous bigint;
+BEGIN
+    SELECT e.order_xid INTO v_previous FROM feed_events e
+    WHERE e.clerk_org_id = p_clerk_org_id
+    ORDER BY e.order_xid DESC, e.id DESC
+    LIMIT 1;
+    INSERT INTO feed_events (order_xid, kind, account_id, clerk_org_id, payload)
+    VALUES (greatest(v_order_xid, v_previous), p_kind, p_account_id, p_clerk_org_id, p_payload);
 END
 $$;
 
@@ -337,6 +615,109 @@ CREATE FUNCTION public.userd_idempotency_key_used(p_user_id uuid, p_key text) RE
     AS $$
     -- Whether the user's key space holds p_key, for any operation.
     SELECT EXISTS (SELECT 1 FROM idempotency_keys k WHERE k.user_id = p_user_id AND k.idempotency_key = p_key)
+$$;
+
+
+SET default_tablespace = '';
+
+SET default_table_access_method = heap;
+
+--
+-- Name: organization_memberships; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.organization_memberships (
+    clerk_membership_id text NOT NULL,
+    clerk_org_id text NOT NULL,
+    clerk_user_id text NOT NULL,
+    role text DEFAULT ''::text NOT NULL,
+    permissions text[] DEFAULT '{}'::text[] NOT NULL,
+    clerk_updated_at bigint NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    deleted_at timestamp with time zone,
+    CONSTRAINT organization_memberships_clerk_membership_id_not_empty CHECK ((clerk_membership_id <> ''::text))
+);
+
+
+--
+-- Name: userd_live_membership(text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_live_membership(p_clerk_org_id text, p_clerk_user_id text) RETURNS SETOF public.organization_memberships
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT m.* FROM organization_memberships m
+    WHERE m.clerk_org_id = p_clerk_org_id AND m.clerk_user_id = p_clerk_user_id AND m.deleted_at IS NULL
+      AND EXISTS (SELECT 1 FROM organizations o WHERE o.clerk_org_id = m.clerk_org_id AND o.deleted_at IS NULL)
+      AND NOT EXISTS (SELECT 1 FROM users u WHERE u.clerk_user_id = m.clerk_user_id AND u.deleted_at IS NOT NULL)
+    ORDER BY m.clerk_updated_at DESC, m.clerk_membership_id
+    LIMIT 1
+$$;
+
+
+--
+-- Name: userd_memberships_feed(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_memberships_feed() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    -- membership.created / .updated / .deleted on the organization's
+    -- stream; the member is payload.clerk_user_id.
+    IF TG_OP = 'UPDATE' AND OLD.deleted_at IS NOT NULL THEN
+        RETURN NULL;
+    END IF;
+    PERFORM userd_emit_org_event(
+        CASE WHEN NEW.deleted_at IS NOT NULL THEN 'membership.deleted'
+             WHEN TG_OP = 'INSERT' THEN 'membership.created'
+             ELSE 'membership.updated' END,
+        (SELECT a.id FROM organizations o JOIN accounts a ON a.organization_id = o.id
+         WHERE o.clerk_org_id = NEW.clerk_org_id),
+        NEW.clerk_org_id, jsonb_build_object(
+            'clerk_membership_id', NEW.clerk_membership_id, 'clerk_user_id', NEW.clerk_user_id,
+            'role', NEW.role, 'permissions', to_jsonb(NEW.permissions),
+            'created_at', NEW.created_at, 'updated_at', NEW.updated_at, 'deleted_at', NEW.deleted_at));
+    RETURN NULL;
+END
+$$;
+
+
+--
+-- Name: userd_organizations_feed(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_organizations_feed() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_account_id uuid;
+BEGIN
+    -- organization.created / .updated with the organization's state, and
+    -- organization.deleted once (also for the tombstone of an organization
+    -- never seen). An erasure also erases the name, slug and image from
+    -- the organization's earlier events.
+    SELECT a.id INTO v_account_id FROM accounts a WHERE a.organization_id = NEW.id;
+    IF NEW.deleted_at IS NULL THEN
+        PERFORM userd_emit_org_event(
+            CASE TG_OP WHEN 'INSERT' THEN 'organization.created' ELSE 'organization.updated' END,
+            v_account_id, NEW.clerk_org_id, jsonb_build_object(
+                'id', NEW.id, 'name', NEW.name, 'slug', NEW.slug, 'image_url', NEW.image_url,
+                'created_at', NEW.created_at, 'updated_at', NEW.updated_at));
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'INSERT' OR OLD.deleted_at IS NULL THEN
+        PERFORM userd_emit_org_event('organization.deleted', v_account_id, NEW.clerk_org_id,
+            jsonb_build_object('id', NEW.id, 'deleted_at', NEW.deleted_at));
+    END IF;
+    IF NEW.name IS NULL AND NEW.slug IS NULL AND NEW.image_url IS NULL THEN
+        UPDATE feed_events
+        SET payload = payload || jsonb_build_object('name', NULL, 'slug', NULL, 'image_url', NULL)
+        WHERE clerk_org_id = NEW.clerk_org_id AND kind IN ('organization.created', 'organization.updated');
+    END IF;
+    RETURN NULL;
+END
 $$;
 
 
@@ -569,10 +950,6 @@ END
 $$;
 
 
-SET default_tablespace = '';
-
-SET default_table_access_method = heap;
-
 --
 -- Name: users; Type: TABLE; Schema: public; Owner: -
 --
@@ -640,6 +1017,46 @@ $$;
 
 
 --
+-- Name: userd_users_to_account(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_users_to_account() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    -- Until 00019: users.credits and users.plan, written by the previous
+    -- release, copied to the user's personal account (created if missing).
+    INSERT INTO accounts AS a (id, owner_user_id, plan, credits, created_at, updated_at)
+    VALUES (NEW.id, NEW.id, NEW.plan, NEW.credits, NEW.created_at, NEW.updated_at)
+    ON CONFLICT (id) DO UPDATE
+    SET plan = EXCLUDED.plan, credits = EXCLUDED.credits, updated_at = EXCLUDED.updated_at
+    WHERE (a.plan, a.credits) IS DISTINCT FROM (EXCLUDED.plan, EXCLUDED.credits);
+    RETURN NULL;
+END
+$$;
+
+
+--
+-- Name: accounts; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.accounts (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    owner_user_id uuid,
+    organization_id uuid,
+    plan text DEFAULT 'FREE'::text NOT NULL,
+    credits bigint NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    closed_at timestamp with time zone,
+    CONSTRAINT accounts_credits_non_negative CHECK ((credits >= 0)),
+    CONSTRAINT accounts_one_owner CHECK (((owner_user_id IS NULL) <> (organization_id IS NULL))),
+    CONSTRAINT accounts_personal_id CHECK (((owner_user_id IS NULL) OR (id = owner_user_id))),
+    CONSTRAINT accounts_plan_valid CHECK ((plan = ANY (ARRAY['FREE'::text, 'PRO'::text, 'ENTERPRISE'::text])))
+);
+
+
+--
 -- Name: clerk_sync_state; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -665,6 +1082,8 @@ CREATE TABLE public.credit_transactions (
     reason text DEFAULT ''::text NOT NULL,
     idempotency_key text,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
+    actor_user_id uuid,
+    service text,
     CONSTRAINT credit_transactions_balance_after_non_negative CHECK ((balance_after >= 0)),
     CONSTRAINT credit_transactions_delta_sign CHECK ((((kind = 'DEDUCT'::text) AND (delta < 0)) OR ((kind <> 'DEDUCT'::text) AND (delta >= 0)))),
     CONSTRAINT credit_transactions_kind_valid CHECK ((kind = ANY (ARRAY['INITIAL'::text, 'DEDUCT'::text, 'GRANT'::text, 'PLAN_BONUS'::text])))
@@ -699,6 +1118,26 @@ CREATE TABLE public.feed_cursor_keys (
 
 
 --
+-- Name: feed_events; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.feed_events (
+    id bigint NOT NULL,
+    order_xid bigint NOT NULL,
+    kind text NOT NULL,
+    user_id uuid,
+    clerk_user_id text,
+    payload jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    account_id uuid,
+    clerk_org_id text,
+    actor_clerk_user_id text,
+    CONSTRAINT feed_events_kind_valid CHECK ((kind = ANY (ARRAY['user.created'::text, 'user.updated'::text, 'user.deleted'::text, 'plan.changed'::text, 'credits.changed'::text, 'organization.created'::text, 'organization.updated'::text, 'organization.deleted'::text, 'membership.created'::text, 'membership.updated'::text, 'membership.deleted'::text, 'member_cap.changed'::text]))),
+    CONSTRAINT feed_events_one_stream CHECK (((clerk_user_id IS NULL) <> (clerk_org_id IS NULL)))
+);
+
+
+--
 -- Name: idempotency_keys; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -708,6 +1147,24 @@ CREATE TABLE public.idempotency_keys (
     operation text NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT idempotency_keys_operation_valid CHECK ((operation = ANY (ARRAY['DEDUCT'::text, 'DEDUCT_ACTION'::text, 'GRANT'::text, 'SET_PLAN'::text])))
+);
+
+
+--
+-- Name: organizations; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.organizations (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    clerk_org_id text NOT NULL,
+    name text,
+    slug text,
+    image_url text,
+    clerk_updated_at bigint,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    deleted_at timestamp with time zone,
+    CONSTRAINT organizations_clerk_org_id_not_empty CHECK ((clerk_org_id <> ''::text))
 );
 
 
@@ -725,6 +1182,8 @@ CREATE TABLE public.plan_changes (
     reason text DEFAULT ''::text NOT NULL,
     idempotency_key text NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
+    actor_user_id uuid,
+    service text,
     CONSTRAINT plan_changes_bonus_has_transaction CHECK (((bonus_credits = 0) = (transaction_id IS NULL))),
     CONSTRAINT plan_changes_bonus_non_negative CHECK ((bonus_credits >= 0)),
     CONSTRAINT plan_changes_plan_valid CHECK ((plan = ANY (ARRAY['FREE'::text, 'PRO'::text, 'ENTERPRISE'::text]))),
@@ -790,26 +1249,26 @@ CREATE TABLE public.prices (
 
 
 --
--- Name: user_events; Type: TABLE; Schema: public; Owner: -
+-- Name: user_events; Type: VIEW; Schema: public; Owner: -
 --
 
-CREATE TABLE public.user_events (
-    id bigint NOT NULL,
-    order_xid bigint NOT NULL,
-    kind text NOT NULL,
-    user_id uuid NOT NULL,
-    clerk_user_id text NOT NULL,
-    payload jsonb NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT user_events_kind_valid CHECK ((kind = ANY (ARRAY['user.created'::text, 'user.updated'::text, 'user.deleted'::text, 'plan.changed'::text, 'credits.changed'::text])))
-);
+CREATE VIEW public.user_events AS
+ SELECT e.id,
+    e.order_xid,
+    e.kind,
+    e.user_id,
+    e.clerk_user_id,
+    e.payload,
+    e.created_at
+   FROM public.feed_events e
+  WHERE ((e.clerk_org_id IS NULL) AND (e.user_id IS NOT NULL) AND (e.clerk_user_id IS NOT NULL) AND (e.kind = ANY (ARRAY['user.created'::text, 'user.updated'::text, 'user.deleted'::text, 'plan.changed'::text, 'credits.changed'::text])));
 
 
 --
 -- Name: user_events_id_seq; Type: SEQUENCE; Schema: public; Owner: -
 --
 
-ALTER TABLE public.user_events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+ALTER TABLE public.feed_events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME public.user_events_id_seq
     START WITH 1
     INCREMENT BY 1
@@ -843,6 +1302,30 @@ CREATE TABLE public.webhook_events (
     outcome text NOT NULL,
     processed_at timestamp with time zone DEFAULT now() NOT NULL
 );
+
+
+--
+-- Name: accounts accounts_organization_id_key; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.accounts
+    ADD CONSTRAINT accounts_organization_id_key UNIQUE (organization_id);
+
+
+--
+-- Name: accounts accounts_owner_user_id_key; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.accounts
+    ADD CONSTRAINT accounts_owner_user_id_key UNIQUE (owner_user_id);
+
+
+--
+-- Name: accounts accounts_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.accounts
+    ADD CONSTRAINT accounts_pkey PRIMARY KEY (id);
 
 
 --
@@ -886,6 +1369,30 @@ ALTER TABLE ONLY public.idempotency_keys
 
 
 --
+-- Name: organization_memberships organization_memberships_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.organization_memberships
+    ADD CONSTRAINT organization_memberships_pkey PRIMARY KEY (clerk_membership_id);
+
+
+--
+-- Name: organizations organizations_clerk_org_id_key; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.organizations
+    ADD CONSTRAINT organizations_clerk_org_id_key UNIQUE (clerk_org_id);
+
+
+--
+-- Name: organizations organizations_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.organizations
+    ADD CONSTRAINT organizations_pkey PRIMARY KEY (id);
+
+
+--
 -- Name: plan_changes plan_changes_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -918,10 +1425,10 @@ ALTER TABLE ONLY public.prices
 
 
 --
--- Name: user_events user_events_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+-- Name: feed_events user_events_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
-ALTER TABLE ONLY public.user_events
+ALTER TABLE ONLY public.feed_events
     ADD CONSTRAINT user_events_pkey PRIMARY KEY (order_xid, id);
 
 
@@ -979,6 +1486,27 @@ CREATE INDEX credit_transactions_user_id_id_idx ON public.credit_transactions US
 
 
 --
+-- Name: feed_events_clerk_org_id_order_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX feed_events_clerk_org_id_order_idx ON public.feed_events USING btree (clerk_org_id, order_xid, id) WHERE (clerk_org_id IS NOT NULL);
+
+
+--
+-- Name: organization_memberships_org_user_live_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX organization_memberships_org_user_live_idx ON public.organization_memberships USING btree (clerk_org_id, clerk_user_id) WHERE (deleted_at IS NULL);
+
+
+--
+-- Name: organization_memberships_user_live_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX organization_memberships_user_live_idx ON public.organization_memberships USING btree (clerk_user_id) WHERE (deleted_at IS NULL);
+
+
+--
 -- Name: price_changes_action_id_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -989,7 +1517,7 @@ CREATE INDEX price_changes_action_id_idx ON public.price_changes USING btree (ac
 -- Name: user_events_clerk_user_id_order_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX user_events_clerk_user_id_order_idx ON public.user_events USING btree (clerk_user_id, order_xid, id);
+CREATE INDEX user_events_clerk_user_id_order_idx ON public.feed_events USING btree (clerk_user_id, order_xid, id);
 
 
 --
@@ -1007,6 +1535,13 @@ CREATE INDEX webhook_events_processed_at_idx ON public.webhook_events USING btre
 
 
 --
+-- Name: accounts accounts_to_user; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER accounts_to_user AFTER UPDATE OF plan, credits ON public.accounts FOR EACH ROW WHEN (((new.owner_user_id IS NOT NULL) AND ((old.plan IS DISTINCT FROM new.plan) OR (old.credits IS DISTINCT FROM new.credits)))) EXECUTE FUNCTION public.userd_account_to_user();
+
+
+--
 -- Name: credit_transactions credit_transactions_feed; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -1014,10 +1549,52 @@ CREATE TRIGGER credit_transactions_feed AFTER INSERT ON public.credit_transactio
 
 
 --
+-- Name: organization_memberships organization_memberships_feed_insert; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER organization_memberships_feed_insert AFTER INSERT ON public.organization_memberships FOR EACH ROW EXECUTE FUNCTION public.userd_memberships_feed();
+
+
+--
+-- Name: organization_memberships organization_memberships_feed_update; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER organization_memberships_feed_update AFTER UPDATE OF role, permissions, deleted_at ON public.organization_memberships FOR EACH ROW EXECUTE FUNCTION public.userd_memberships_feed();
+
+
+--
+-- Name: organizations organizations_feed_insert; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER organizations_feed_insert AFTER INSERT ON public.organizations FOR EACH ROW EXECUTE FUNCTION public.userd_organizations_feed();
+
+
+--
+-- Name: organizations organizations_feed_update; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER organizations_feed_update AFTER UPDATE OF name, slug, image_url, deleted_at ON public.organizations FOR EACH ROW EXECUTE FUNCTION public.userd_organizations_feed();
+
+
+--
 -- Name: plan_changes plan_changes_feed; Type: TRIGGER; Schema: public; Owner: -
 --
 
 CREATE TRIGGER plan_changes_feed AFTER INSERT ON public.plan_changes FOR EACH ROW EXECUTE FUNCTION public.userd_plan_changes_feed();
+
+
+--
+-- Name: users users_account_insert; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER users_account_insert AFTER INSERT ON public.users FOR EACH ROW EXECUTE FUNCTION public.userd_users_to_account();
+
+
+--
+-- Name: users users_account_update; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER users_account_update AFTER UPDATE OF plan, credits ON public.users FOR EACH ROW WHEN (((old.plan IS DISTINCT FROM new.plan) OR (old.credits IS DISTINCT FROM new.credits))) EXECUTE FUNCTION public.userd_users_to_account();
 
 
 --
@@ -1035,19 +1612,43 @@ CREATE TRIGGER users_feed_update AFTER UPDATE OF email, first_name, last_name, i
 
 
 --
--- Name: credit_transactions credit_transactions_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+-- Name: accounts accounts_organization_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.accounts
+    ADD CONSTRAINT accounts_organization_id_fkey FOREIGN KEY (organization_id) REFERENCES public.organizations(id);
+
+
+--
+-- Name: accounts accounts_owner_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.accounts
+    ADD CONSTRAINT accounts_owner_user_id_fkey FOREIGN KEY (owner_user_id) REFERENCES public.users(id);
+
+
+--
+-- Name: credit_transactions credit_transactions_account_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
 --
 
 ALTER TABLE ONLY public.credit_transactions
-    ADD CONSTRAINT credit_transactions_user_id_fkey FOREIGN KEY (user_id) REFERENCES public.users(id);
+    ADD CONSTRAINT credit_transactions_account_fkey FOREIGN KEY (user_id) REFERENCES public.accounts(id);
 
 
 --
--- Name: idempotency_keys idempotency_keys_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+-- Name: idempotency_keys idempotency_keys_account_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
 --
 
 ALTER TABLE ONLY public.idempotency_keys
-    ADD CONSTRAINT idempotency_keys_user_id_fkey FOREIGN KEY (user_id) REFERENCES public.users(id);
+    ADD CONSTRAINT idempotency_keys_account_fkey FOREIGN KEY (user_id) REFERENCES public.accounts(id);
+
+
+--
+-- Name: plan_changes plan_changes_account_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.plan_changes
+    ADD CONSTRAINT plan_changes_account_fkey FOREIGN KEY (user_id) REFERENCES public.accounts(id);
 
 
 --
@@ -1056,11 +1657,3 @@ ALTER TABLE ONLY public.idempotency_keys
 
 ALTER TABLE ONLY public.plan_changes
     ADD CONSTRAINT plan_changes_transaction_id_fkey FOREIGN KEY (transaction_id) REFERENCES public.credit_transactions(id);
-
-
---
--- Name: plan_changes plan_changes_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
---
-
-ALTER TABLE ONLY public.plan_changes
-    ADD CONSTRAINT plan_changes_user_id_fkey FOREIGN KEY (user_id) REFERENCES public.users(id);

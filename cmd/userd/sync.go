@@ -33,12 +33,14 @@ type syncClerkCmd struct {
 	DeleteMissing  bool          `name:"delete-missing" help:"Also mark deleted the users live in userd that Clerk no longer has (each confirmed missing with Clerk first); their personal data is erased unless USERD_KEEP_DELETED_USER_DATA."`
 	MaxDeleteShare float64       `name:"max-delete-share" env:"USERD_CLERK_SYNC_MAX_DELETE_SHARE" default:"0.1" help:"Safety stop of --delete-missing: refuse (deleting none) when more than this share of the live users is missing from Clerk, as with a key of another or an empty instance."`
 	Force          bool          `help:"With --delete-missing: delete the missing users even past --max-delete-share."`
+	Organizations  bool          `name:"organizations" negatable:"" default:"true" help:"Also mirror the instance's organizations and their memberships, after the users (--no-organizations: users only). An instance without the organizations feature is skipped. With --delete-missing, organizations and memberships Clerk no longer has are deleted too (organizations behind the same --max-delete-share stop)."`
 	MaxRunTime     time.Duration `name:"max-run-time" env:"USERD_CLERK_SYNC_MAX_RUN_TIME" default:"6h" help:"Longest the run may take (it holds the fleet-wide sync lock meanwhile); past it the run stops with an error, keeping what it applied."`
 	Progress       string        `default:"auto" enum:"auto,bar,lines,none" help:"Progress report on stderr: bar, lines (one every 10 s), none, or auto (a bar on a terminal, else lines)."`
 }
 
 func (c *syncClerkCmd) Help() string {
-	return `Mirrors every user of the Clerk instance of CLERK_SECRET_KEY into userd, through the
+	return `Mirrors every user of the Clerk instance of CLERK_SECRET_KEY (and, unless
+--no-organizations, every organization and membership) into userd, through the
 same versioned path as webhooks (an older state never overwrites a newer one; a deletion
 is final), so it is safe while userd serves and webhooks arrive. Run it once after hooking
 up Clerk to backfill the users that existed before; a rerun changes only what changed.
@@ -67,7 +69,8 @@ func (c *syncClerkCmd) Run() error {
 	}
 	defer db.Close()
 	st := store.New(db.Pool, store.Options{})
-	svc := users.NewService(st, users.Options{InitialCredits: c.InitialCredits, KeepDeletedUserData: c.KeepDeletedUserData})
+	svc := users.NewService(st, users.Options{InitialCredits: c.InitialCredits, KeepDeletedUserData: c.KeepDeletedUserData,
+		OrgInitialCredits: c.OrgInitialCredits})
 	api, err := app.NewClerkAPI(c.ClerkAPI)
 	if err != nil {
 		return err
@@ -79,6 +82,7 @@ func (c *syncClerkCmd) Run() error {
 		DeleteMissing:  c.DeleteMissing,
 		MaxDeleteShare: c.MaxDeleteShare,
 		Force:          c.Force,
+		Organizations:  c.Organizations,
 		Retry:          app.ClerkRetryPolicy(c.ClerkAPI),
 		MaxRunTime:     c.MaxRunTime,
 		Progress:       progress(c.Progress),
@@ -99,6 +103,9 @@ func (c *syncClerkCmd) Run() error {
 	}
 	if sum.Failed > 0 {
 		return fmt.Errorf("%d users could not be applied (the log names them); rerun to retry them", sum.Failed)
+	}
+	if n := sum.Orgs.Failed + sum.Memberships.Failed; n > 0 {
+		return fmt.Errorf("%d organizations or memberships could not be applied (the log names them); rerun to retry them", n)
 	}
 	return nil
 }

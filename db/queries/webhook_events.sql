@@ -11,9 +11,11 @@ WHERE w.svix_id IN (
     LIMIT @row_limit::int
 );
 
--- ApplyClerkEvents applies a batch of Clerk deliveries in one round trip,
--- each in its own subtransaction (see userd_apply_clerk_events in
--- db/schema.sql); one row per event, in order.
+-- ApplyClerkEvents applies a batch of Clerk user deliveries in one round
+-- trip, each in its own subtransaction (see userd_apply_clerk_events in
+-- db/schema.sql); one row per event, in order. The previous release's
+-- path, kept for tests; userd applies every Clerk event (users,
+-- organizations, memberships) with ApplyClerkBatch (organizations.sql).
 -- name: ApplyClerkEvents :many
 SELECT r.ordinal::integer AS ordinal, r.outcome::text AS outcome, coalesce(r.error_code, '')::text AS error_code
 FROM userd_apply_clerk_events(

@@ -107,7 +107,7 @@ func (q *Queries) DeductCreditsForAction(ctx context.Context, db DBTX, arg Deduc
 
 const listCreditTransactions = `-- name: ListCreditTransactions :many
 
-SELECT id, user_id, delta, balance_after, kind, reason, idempotency_key, created_at FROM credit_transactions
+SELECT id, user_id, delta, balance_after, kind, reason, idempotency_key, created_at, actor_user_id, service FROM credit_transactions
 WHERE user_id = $1
   AND ($2::bigint = 0 OR id < $2::bigint)
 ORDER BY id DESC
@@ -141,6 +141,8 @@ func (q *Queries) ListCreditTransactions(ctx context.Context, db DBTX, arg ListC
 			&i.Reason,
 			&i.IdempotencyKey,
 			&i.CreatedAt,
+			&i.ActorUserID,
+			&i.Service,
 		); err != nil {
 			return nil, err
 		}

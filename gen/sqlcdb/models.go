@@ -10,6 +10,17 @@ import (
 	"github.com/google/uuid"
 )
 
+type Account struct {
+	ID             uuid.UUID
+	OwnerUserID    *uuid.UUID
+	OrganizationID *uuid.UUID
+	Plan           string
+	Credits        int64
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
+	ClosedAt       *time.Time
+}
+
 type ClerkSyncState struct {
 	ID             bool
 	LastStartedAt  time.Time
@@ -26,6 +37,8 @@ type CreditTransaction struct {
 	Reason         string
 	IdempotencyKey *string
 	CreatedAt      time.Time
+	ActorUserID    *uuid.UUID
+	Service        *string
 }
 
 type FeedCursorKey struct {
@@ -34,11 +47,48 @@ type FeedCursorKey struct {
 	CreatedAt time.Time
 }
 
+type FeedEvent struct {
+	ID               int64
+	OrderXid         int64
+	Kind             string
+	UserID           *uuid.UUID
+	ClerkUserID      *string
+	Payload          []byte
+	CreatedAt        time.Time
+	AccountID        *uuid.UUID
+	ClerkOrgID       *string
+	ActorClerkUserID *string
+}
+
 type IdempotencyKey struct {
 	UserID         uuid.UUID
 	IdempotencyKey string
 	Operation      string
 	CreatedAt      time.Time
+}
+
+type Organization struct {
+	ID             uuid.UUID
+	ClerkOrgID     string
+	Name           *string
+	Slug           *string
+	ImageURL       *string
+	ClerkUpdatedAt *int64
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
+	DeletedAt      *time.Time
+}
+
+type OrganizationMembership struct {
+	ClerkMembershipID string
+	ClerkOrgID        string
+	ClerkUserID       string
+	Role              string
+	Permissions       []string
+	ClerkUpdatedAt    int64
+	CreatedAt         time.Time
+	UpdatedAt         time.Time
+	DeletedAt         *time.Time
 }
 
 type PlanChange struct {
@@ -51,6 +101,8 @@ type PlanChange struct {
 	Reason         string
 	IdempotencyKey string
 	CreatedAt      time.Time
+	ActorUserID    *uuid.UUID
+	Service        *string
 }
 
 type Price struct {
@@ -89,8 +141,8 @@ type UserEvent struct {
 	ID          int64
 	OrderXid    int64
 	Kind        string
-	UserID      uuid.UUID
-	ClerkUserID string
+	UserID      *uuid.UUID
+	ClerkUserID *string
 	Payload     []byte
 	CreatedAt   time.Time
 }

@@ -38,9 +38,11 @@ type ApplyClerkEventsRow struct {
 	ErrorCode string
 }
 
-// ApplyClerkEvents applies a batch of Clerk deliveries in one round trip,
-// each in its own subtransaction (see userd_apply_clerk_events in
-// db/schema.sql); one row per event, in order.
+// ApplyClerkEvents applies a batch of Clerk user deliveries in one round
+// trip, each in its own subtransaction (see userd_apply_clerk_events in
+// db/schema.sql); one row per event, in order. The previous release's
+// path, kept for tests; userd applies every Clerk event (users,
+// organizations, memberships) with ApplyClerkBatch (organizations.sql).
 func (q *Queries) ApplyClerkEvents(ctx context.Context, db DBTX, arg ApplyClerkEventsParams) ([]ApplyClerkEventsRow, error) {
 	rows, err := db.Query(ctx, applyClerkEvents,
 		arg.SvixIds,

@@ -276,6 +276,7 @@ func (a *App) init(ctx context.Context) error {
 	a.users = users.NewService(a.store, users.Options{
 		InitialCredits:      a.cfg.InitialCredits,
 		KeepDeletedUserData: a.cfg.KeepDeletedUserData,
+		OrgInitialCredits:   a.cfg.OrgInitialCredits,
 		Observer:            a.metrics,
 	})
 	a.feed = feed.NewHub(a.store, feed.Options{

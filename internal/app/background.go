@@ -54,6 +54,7 @@ func (a *App) periodicClerkSync() *clerksync.Periodic {
 		Options: clerksync.Options{
 			DeleteMissing:  a.cfg.SyncDeleteMissing,
 			MaxDeleteShare: a.cfg.MaxDeleteShare,
+			Organizations:  true,
 			Retry:          ClerkRetryPolicy(a.cfg.ClerkAPI),
 			MaxRunTime:     a.cfg.SyncMaxRunTime,
 		},

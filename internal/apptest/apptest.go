@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
@@ -39,6 +40,9 @@ type Instance struct {
 	// Store reads and writes the instance's database directly (never
 	// through a fault proxy a tweak may have set), for assertions.
 	Store *store.Store
+	// DB is the pool Store uses: the instance's database, directly, for
+	// assertions the store has no method for.
+	DB *pgxpool.Pool
 	// WebhookURL is http://.../webhooks/clerk, or "" when the listener is
 	// off.
 	WebhookURL string
@@ -122,11 +126,13 @@ func start(t testing.TB, cfg config.Serve, directURL string) *Instance {
 			t.Errorf("userd stopped with: %v", err)
 		}
 	})
+	db := testdb.Connect(t, directURL)
 	in := &Instance{
 		App:    a,
 		Conn:   conn,
 		Client: userdv1.NewUserServiceClient(conn),
-		Store:  store.New(testdb.Connect(t, directURL), store.Options{}),
+		Store:  store.New(db, store.Options{}),
+		DB:     db,
 	}
 	if addr := a.WebhookAddr(); addr != nil {
 		in.WebhookURL = "http://" + addr.String() + clerkhook.Path

@@ -220,7 +220,7 @@ func (a *API) get(ctx context.Context, op string, endpoint *url.URL, maxBytes in
 		serr := &StatusError{Op: op, StatusCode: resp.StatusCode, Code: errorCode(body), RetryAfter: upstream.ParseRetryAfter(resp.Header, time.Now())}
 		switch {
 		case resp.StatusCode == http.StatusNotFound:
-			return &apperr.Error{Kind: apperr.KindNotFound, Message: "user not found in Clerk", Err: serr}
+			return &apperr.Error{Kind: apperr.KindNotFound, Message: notFoundMessage(op), Err: serr}
 		case serr.Temporary():
 			return apperr.Unavailable(serr)
 		}
@@ -247,4 +247,12 @@ func errorCode(body []byte) string {
 		return ""
 	}
 	return e.Errors[0].Code
+}
+
+// notFoundMessage is the message of a 404 answer to op.
+func notFoundMessage(op string) string {
+	if strings.Contains(op, "organization") {
+		return "organization not found in Clerk"
+	}
+	return "user not found in Clerk"
 }

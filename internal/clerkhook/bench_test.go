@@ -24,6 +24,18 @@ func (nopDomain) DeleteClerkUser(context.Context, string, string, string) (users
 	return users.OutcomeDeleted, nil
 }
 
+func (nopDomain) ApplyClerkOrganization(context.Context, users.ClerkOrgEvent) (users.EventOutcome, error) {
+	return users.OutcomeCreated, nil
+}
+
+func (nopDomain) DeleteClerkOrganization(context.Context, string, string, string) (users.EventOutcome, error) {
+	return users.OutcomeDeleted, nil
+}
+
+func (nopDomain) ApplyClerkMembership(context.Context, users.ClerkMembershipEvent) (users.EventOutcome, error) {
+	return users.OutcomeCreated, nil
+}
+
 const benchSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 // BenchmarkWebhookVerifyAndParse: signature check over the raw body,

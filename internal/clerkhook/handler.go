@@ -1,6 +1,7 @@
 // Package clerkhook is the Clerk webhook endpoint: it verifies Svix
 // signatures over the raw body, parses Clerk's user events (and the user
-// that session events embed) and hands them to the domain service — the
+// that session events embed), organization and organization membership
+// events, and hands them to the domain service — the
 // same one gRPC uses; it holds no SQL and no business rules of its own.
 //
 // Delivery is at least once and in any order; the domain makes the effect
@@ -42,6 +43,9 @@ const DefaultTolerance = 5 * time.Minute
 type Domain interface {
 	ApplyClerkUser(ctx context.Context, ev users.ClerkEvent) (users.EventOutcome, error)
 	DeleteClerkUser(ctx context.Context, messageID, eventType, clerkUserID string) (users.EventOutcome, error)
+	ApplyClerkOrganization(ctx context.Context, ev users.ClerkOrgEvent) (users.EventOutcome, error)
+	DeleteClerkOrganization(ctx context.Context, messageID, eventType, clerkOrgID string) (users.EventOutcome, error)
+	ApplyClerkMembership(ctx context.Context, ev users.ClerkMembershipEvent) (users.EventOutcome, error)
 }
 
 // Config configures the handler.
@@ -196,6 +200,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		outcome, err = h.domain.ApplyClerkUser(ctx, users.ClerkEvent{MessageID: msgID, Type: ev.Type, User: *ev.User})
 	case ev.Type == typeUserDeleted:
 		outcome, err = h.domain.DeleteClerkUser(ctx, msgID, ev.Type, ev.DeletedID)
+	case ev.Org != nil:
+		outcome, err = h.domain.ApplyClerkOrganization(ctx, users.ClerkOrgEvent{MessageID: msgID, Type: ev.Type, Org: *ev.Org})
+	case ev.Type == typeOrgDeleted:
+		outcome, err = h.domain.DeleteClerkOrganization(ctx, msgID, ev.Type, ev.DeletedID)
+	case ev.Membership != nil:
+		outcome, err = h.domain.ApplyClerkMembership(ctx, users.ClerkMembershipEvent{
+			MessageID: msgID, Type: ev.Type, Deleted: ev.Type == typeMembershipDeleted, Membership: *ev.Membership,
+		})
 	default:
 		h.log.Info("webhook ignored", "svix_id", msgID, "type", ev.Type)
 		h.cfg.Recorder.WebhookEvent(ev.Type, "ignored")

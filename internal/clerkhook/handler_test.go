@@ -673,6 +673,21 @@ func (d untouchable) DeleteClerkUser(context.Context, string, string, string) (u
 	return "", errors.New("unreachable")
 }
 
+func (d untouchable) ApplyClerkOrganization(context.Context, users.ClerkOrgEvent) (users.EventOutcome, error) {
+	d.t.Error("a rejected delivery reached the domain")
+	return "", errors.New("unreachable")
+}
+
+func (d untouchable) DeleteClerkOrganization(context.Context, string, string, string) (users.EventOutcome, error) {
+	d.t.Error("a rejected delivery reached the domain")
+	return "", errors.New("unreachable")
+}
+
+func (d untouchable) ApplyClerkMembership(context.Context, users.ClerkMembershipEvent) (users.EventOutcome, error) {
+	d.t.Error("a rejected delivery reached the domain")
+	return "", errors.New("unreachable")
+}
+
 // TestRejectionFloodIsSampled: 3,000 forged deliveries over loopback are
 // each refused and counted by reason in the metrics, but only a handful
 // are logged — a flood of them cannot flood the log.

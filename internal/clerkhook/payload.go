@@ -39,8 +39,12 @@ type event struct {
 	// User is set for user.created and user.updated, and for session.*
 	// events that embed their user.
 	User *users.ClerkUser
-	// DeletedID is set for user.deleted.
+	// DeletedID is set for user.deleted and organization.deleted.
 	DeletedID string
+	// Org is set for organization.created and organization.updated.
+	Org *users.ClerkOrganization
+	// Membership is set for organizationMembership.* (deleted too).
+	Membership *users.ClerkMembership
 }
 
 // Event types userd applies.
@@ -48,6 +52,14 @@ const (
 	typeUserCreated = "user.created"
 	typeUserUpdated = "user.updated"
 	typeUserDeleted = "user.deleted"
+
+	typeOrgCreated = "organization.created"
+	typeOrgUpdated = "organization.updated"
+	typeOrgDeleted = "organization.deleted"
+
+	typeMembershipCreated = "organizationMembership.created"
+	typeMembershipUpdated = "organizationMembership.updated"
+	typeMembershipDeleted = "organizationMembership.deleted"
 	// sessionTypePrefix starts session.created, session.pending,
 	// session.ended, session.removed and session.revoked: each embeds the
 	// session's user, so a user whose user.created was lost appears at
@@ -78,15 +90,35 @@ func parseEvent(body []byte) (event, error) {
 		}
 		u := cu.Domain()
 		ev.User = &u
-	case env.Type == typeUserDeleted:
+	case env.Type == typeUserDeleted, env.Type == typeOrgDeleted:
 		var d deletedObject
 		if err := json.Unmarshal(env.Data, &d); err != nil {
-			return event{}, fmt.Errorf("%w: user.deleted data is not a deleted object: %v", errBadPayload, err)
+			return event{}, fmt.Errorf("%w: %s data is not a deleted object: %v", errBadPayload, env.Type, err)
 		}
 		if !d.Deleted {
-			return event{}, fmt.Errorf("%w: user.deleted with deleted=false", errBadPayload)
+			return event{}, fmt.Errorf("%w: %s with deleted=false", errBadPayload, env.Type)
 		}
 		ev.DeletedID = d.ID
+	case env.Type == typeOrgCreated, env.Type == typeOrgUpdated:
+		var co clerk.Organization
+		if err := json.Unmarshal(env.Data, &co); err != nil {
+			return event{}, fmt.Errorf("%w: %s data is not an organization: %v", errBadPayload, env.Type, err)
+		}
+		if co.Object != "organization" {
+			return event{}, fmt.Errorf("%w: %s data is a %q, not an organization", errBadPayload, env.Type, co.Object)
+		}
+		o := co.Domain()
+		ev.Org = &o
+	case env.Type == typeMembershipCreated, env.Type == typeMembershipUpdated, env.Type == typeMembershipDeleted:
+		var cm clerk.OrganizationMembership
+		if err := json.Unmarshal(env.Data, &cm); err != nil {
+			return event{}, fmt.Errorf("%w: %s data is not an organization membership: %v", errBadPayload, env.Type, err)
+		}
+		if cm.Object != "organization_membership" {
+			return event{}, fmt.Errorf("%w: %s data is a %q, not an organization membership", errBadPayload, env.Type, cm.Object)
+		}
+		m := cm.Domain()
+		ev.Membership = &m
 	case strings.HasPrefix(env.Type, sessionTypePrefix):
 		var so sessionObject
 		if err := json.Unmarshal(env.Data, &so); err != nil {

@@ -52,6 +52,11 @@ type Options struct {
 	MaxDeleteShare float64
 	// Force deletes past MaxDeleteShare.
 	Force bool
+	// Organizations also syncs organizations and their memberships,
+	// after the users (see syncOrganizations); an instance without the
+	// organizations feature is skipped. The Clerk and Domain given to Run
+	// must then implement OrgClerk and OrgDomain.
+	Organizations bool
 	// PageSize is the users per request (default and most: 500).
 	PageSize int
 	// Retry bounds the retries of one failing call, to Clerk or to the
@@ -124,6 +129,13 @@ type Summary struct {
 	// LiveBefore is how many users were live in userd when the run
 	// started (DeleteMissing only): the base of MaxDeleteShare.
 	LiveBefore int64
+	// Orgs and Memberships count the organizations and memberships
+	// (Options.Organizations); OrgsNotEnabled is set when the instance
+	// has no organizations feature, OrgsLiveBefore is the base of
+	// MaxDeleteShare for organizations.
+	Orgs, Memberships Counts
+	OrgsNotEnabled    bool
+	OrgsLiveBefore    int64
 }
 
 // UsersPerSecond is the listing rate of the run.
@@ -218,7 +230,12 @@ func (r *run) run(ctx context.Context) error {
 		return err
 	}
 	if r.opts.DeleteMissing {
-		return r.deleteMissing(ctx)
+		if err := r.deleteMissing(ctx); err != nil {
+			return err
+		}
+	}
+	if r.opts.Organizations {
+		return r.syncOrganizations(ctx)
 	}
 	return nil
 }
@@ -336,8 +353,12 @@ func (r *run) apply(ctx context.Context, page []clerk.User) error {
 	return nil
 }
 
-// tally counts results, and reports changes and failures.
-func (r *run) tally(results []users.SyncResult) {
+// tally counts the users' results, and reports changes and failures.
+func (r *run) tally(results []users.SyncResult) { r.tallyInto(&r.sum.Counts, results, true) }
+
+// tallyInto counts results into c, and reports changes and failures;
+// record counts them in the users' metrics too.
+func (r *run) tallyInto(c *Counts, results []users.SyncResult, record bool) {
 	var page Counts
 	for _, res := range results {
 		page.add(res.Outcome)
@@ -351,10 +372,9 @@ func (r *run) tally(results []users.SyncResult) {
 		case users.OutcomeUnchanged, users.OutcomeStale, users.OutcomeUserDeleted:
 		default:
 			fmt.Fprintf(r.opts.Out, "fail %s (%s)\n", res.ClerkUserID, res.Reason)
-			r.opts.Log.Warn("clerk sync: user not applied", "clerk_user_id", res.ClerkUserID, "outcome", string(res.Outcome), "reason", res.Reason)
+			r.opts.Log.Warn("clerk sync: not applied", "clerk_id", res.ClerkUserID, "outcome", string(res.Outcome), "reason", res.Reason)
 		}
 	}
-	c := &r.sum.Counts
 	c.Created += page.Created
 	c.Updated += page.Updated
 	c.Unchanged += page.Unchanged
@@ -362,7 +382,7 @@ func (r *run) tally(results []users.SyncResult) {
 	c.IgnoredDeleted += page.IgnoredDeleted
 	c.Deleted += page.Deleted
 	c.Failed += page.Failed
-	if rec := r.opts.Recorder; rec != nil && !r.opts.DryRun {
+	if rec := r.opts.Recorder; rec != nil && record && !r.opts.DryRun {
 		for _, o := range []struct {
 			name string
 			n    int64

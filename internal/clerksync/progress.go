@@ -157,5 +157,21 @@ func SummaryLine(s Summary, err error) string {
 		fmt.Fprintf(&b, "; missing from Clerk %d, deleted %d", s.Missing, s.Deleted)
 	}
 	fmt.Fprintf(&b, "; failed %d", s.Failed)
+	switch {
+	case s.OrgsNotEnabled:
+		b.WriteString("; organizations not enabled in Clerk")
+	case s.Orgs != (Counts{}) || s.Memberships != (Counts{}):
+		for _, k := range []struct {
+			name string
+			c    Counts
+		}{{"organizations", s.Orgs}, {"memberships", s.Memberships}} {
+			fmt.Fprintf(&b, "; %s listed %d: created %d, updated %d, unchanged %d, stale %d, deleted in userd %d",
+				k.name, k.c.Listed, k.c.Created, k.c.Updated, k.c.Unchanged, k.c.Stale, k.c.IgnoredDeleted)
+			if k.c.Missing > 0 || k.c.Deleted > 0 {
+				fmt.Fprintf(&b, ", missing from Clerk %d, deleted %d", k.c.Missing, k.c.Deleted)
+			}
+			fmt.Fprintf(&b, ", failed %d", k.c.Failed)
+		}
+	}
 	return b.String()
 }

@@ -1,7 +1,7 @@
 // Package clerktest fakes Clerk's remote APIs for tests — the only things
 // userd's tests fake: a JWKS endpoint and the Backend API's GET
-// /v1/users/{id}, GET /v1/users (with Clerk's cursor pagination) and GET
-// /v1/users/count, speaking Clerk's wire format, plus RS256 session tokens
+// /v1/users/{id}, GET /v1/users (with Clerk's cursor pagination), GET
+// /v1/users/count and the organization endpoints (orgs.go), speaking Clerk's wire format, plus RS256 session tokens
 // signed with keys made in the test. The Backend API can enforce a rate
 // limit as Clerk does (429 with Retry-After), be made to fail on purpose,
 // and records when each request arrived.
@@ -71,6 +71,17 @@ type Clerk struct {
 	// made-up users (user_endless<n>), never a short page.
 	Endless atomic.Bool
 
+	// orgs and memberships are the Backend API's organizations and
+	// memberships by id, deleted ones included (see orgs.go).
+	orgs        map[string]*org
+	memberships map[string]*membership
+	// OrganizationsDisabled makes the organization endpoints answer as an
+	// instance without the organizations feature does (403
+	// organization_not_enabled_in_instance).
+	OrganizationsDisabled atomic.Bool
+	// IgnoreOffset makes GET /v1/organizations ignore offset.
+	IgnoreOffset atomic.Bool
+
 	// JWKSHits and APIHits count requests to each endpoint.
 	JWKSHits atomic.Int64
 	APIHits  atomic.Int64
@@ -88,12 +99,16 @@ type user struct {
 // New starts a fake Clerk with one signing key, "kid-1".
 func New(t testing.TB) *Clerk {
 	t.Helper()
-	c := &Clerk{t: t, keys: map[string]*rsa.PrivateKey{}, users: map[string]*user{}}
+	c := &Clerk{t: t, keys: map[string]*rsa.PrivateKey{}, users: map[string]*user{},
+		orgs: map[string]*org{}, memberships: map[string]*membership{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /.well-known/jwks.json", c.serveJWKS)
 	mux.HandleFunc("GET /v1/users/{id}", c.backend(c.serveUser))
 	mux.HandleFunc("GET /v1/users/count", c.backend(c.serveCount))
 	mux.HandleFunc("GET /v1/users", c.backend(c.serveList))
+	mux.HandleFunc("GET /v1/organizations", c.backend(c.serveOrgList))
+	mux.HandleFunc("GET /v1/organizations/{id}", c.backend(c.serveOrg))
+	mux.HandleFunc("GET /v1/organizations/{id}/memberships", c.backend(c.serveMembershipList))
 	c.server = httptest.NewServer(mux)
 	t.Cleanup(c.server.Close)
 	c.AddKey("kid-1")

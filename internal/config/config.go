@@ -433,13 +433,17 @@ func ValidDeleteShare(name string, share float64) error {
 // command creates or deletes them.
 type Users struct {
 	InitialCredits      int64 `name:"initial-credits" env:"USERD_INITIAL_CREDITS" default:"10" help:"Credits a new user starts with."`
-	KeepDeletedUserData bool  `name:"keep-deleted-user-data" env:"USERD_KEEP_DELETED_USER_DATA" default:"false" help:"Keep the email, names and image URL of users deleted in Clerk; by default a deletion erases them (the tombstone, ledger and plan history stay either way)."`
+	KeepDeletedUserData bool  `name:"keep-deleted-user-data" env:"USERD_KEEP_DELETED_USER_DATA" default:"false" help:"Keep the email, names and image URL of users deleted in Clerk, and the name, slug and image URL of deleted organizations; by default a deletion erases them (the tombstone, ledger and plan history stay either way)."`
+	OrgInitialCredits   int64 `name:"org-initial-credits" env:"USERD_ORG_INITIAL_CREDITS" default:"0" help:"Credits a new organization's account starts with (a ledger entry when above 0)."`
 }
 
 // Validate checks the user settings.
 func (u Users) Validate() error {
 	if u.InitialCredits < 0 || u.InitialCredits > users.MaxAmount {
 		return fmt.Errorf("USERD_INITIAL_CREDITS (--initial-credits) must be between 0 and %d, got %d", int64(users.MaxAmount), u.InitialCredits)
+	}
+	if u.OrgInitialCredits < 0 || u.OrgInitialCredits > users.MaxAmount {
+		return fmt.Errorf("USERD_ORG_INITIAL_CREDITS (--org-initial-credits) must be between 0 and %d, got %d", int64(users.MaxAmount), u.OrgInitialCredits)
 	}
 	return nil
 }

@@ -167,37 +167,6 @@ func (s *Store) ListCreditTransactions(ctx context.Context, userID uuid.UUID, be
 	return out, nil
 }
 
-func (s *Store) ApplyClerkEvents(ctx context.Context, events []users.ClerkEventWrite, opts users.ClerkApplyOptions) ([]users.ClerkEventResult, error) {
-	n := len(events)
-	p := sqlcdb.ApplyClerkEventsParams{
-		SvixIds:        make([]string, n),
-		EventTypes:     make([]string, n),
-		ClerkUserIds:   make([]string, n),
-		Deleted:        make([]bool, n),
-		Emails:         make([]string, n),
-		FirstNames:     make([]string, n),
-		LastNames:      make([]string, n),
-		ImageUrls:      make([]string, n),
-		UpdatedAts:     make([]int64, n),
-		InitialCredits: opts.InitialCredits,
-		EraseDeleted:   opts.EraseDeleted,
-	}
-	for i, ev := range events {
-		p.SvixIds[i], p.EventTypes[i], p.ClerkUserIds[i], p.Deleted[i] = ev.MessageID, ev.Type, ev.User.ID, ev.Deleted
-		p.Emails[i], p.FirstNames[i], p.LastNames[i] = ev.User.Email, ev.User.FirstName, ev.User.LastName
-		p.ImageUrls[i], p.UpdatedAts[i] = ev.User.ImageURL, ev.User.UpdatedAt
-	}
-	rows, err := s.q.ApplyClerkEvents(ctx, s.db, p)
-	if err != nil {
-		return nil, translate(fmt.Errorf("apply clerk events: %w", err))
-	}
-	out := make([]users.ClerkEventResult, len(rows))
-	for i, r := range rows {
-		out[i] = users.ClerkEventResult{Outcome: users.EventOutcome(r.Outcome), ErrorCode: r.ErrorCode}
-	}
-	return out, nil
-}
-
 func (s *Store) DeleteWebhookEventsBefore(ctx context.Context, before time.Time, limit int32) (int64, error) {
 	n, err := s.q.DeleteWebhookEventsBefore(ctx, s.db, sqlcdb.DeleteWebhookEventsBeforeParams{Before: before, RowLimit: limit})
 	return n, translate(err)

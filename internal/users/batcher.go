@@ -153,11 +153,11 @@ func (b *clerkBatcher) flush() {
 
 // run applies one batch and answers or re-queues each event.
 func (b *clerkBatcher) run(batch []*pendingEvent) {
-	// Locks are taken in Clerk id order within a batch, so that two batches
-	// touching the same users rarely wait for each other in a cycle. A
-	// stable sort keeps one user's events in arrival order.
+	// Locks are taken in Clerk id order within a batch (lockKey), so that
+	// two batches touching the same rows rarely wait for each other in a
+	// cycle. A stable sort keeps one object's events in arrival order.
 	slices.SortStableFunc(batch, func(x, y *pendingEvent) int {
-		return strings.Compare(x.ev.User.ID, y.ev.User.ID)
+		return strings.Compare(x.ev.lockKey(), y.ev.lockKey())
 	})
 	events := make([]ClerkEventWrite, len(batch))
 	for i, p := range batch {

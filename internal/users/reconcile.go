@@ -32,16 +32,20 @@ const syncEventType = "clerk.sync"
 
 // SyncResult is what syncing one user did (or, in a dry run, would do).
 type SyncResult struct {
+	// ClerkUserID is the Clerk id (of the organization or membership when
+	// syncing those).
 	ClerkUserID string
 	Outcome     EventOutcome
 	// Reason says why, for OutcomeFailed.
 	Reason string
 }
 
-// ClerkVersion is what the store holds of a Clerk user: the Clerk
-// updated_at of its stored state (0 when not from Clerk) and whether it is
-// deleted.
+// ClerkVersion is what the store holds of a Clerk user (or organization,
+// or membership): the Clerk updated_at of its stored state (0 when not
+// from Clerk) and whether it is deleted.
 type ClerkVersion struct {
+	// ClerkUserID is the Clerk id (of the organization or membership for
+	// those).
 	ClerkUserID string
 	UpdatedAt   int64
 	Deleted     bool
@@ -232,7 +236,7 @@ func (s *Service) applyWith(ctx context.Context, events []ClerkEventWrite, opts 
 		todo[i] = i
 	}
 	for attempt := 1; len(todo) > 0; attempt++ {
-		slices.SortStableFunc(todo, func(a, b int) int { return strings.Compare(events[a].User.ID, events[b].User.ID) })
+		slices.SortStableFunc(todo, func(a, b int) int { return strings.Compare(events[a].lockKey(), events[b].lockKey()) })
 		var (
 			mu    sync.Mutex
 			again []int

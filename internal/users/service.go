@@ -59,6 +59,9 @@ type Options struct {
 	// deleted in Clerk (for teams that must); by default a deletion erases
 	// them.
 	KeepDeletedUserData bool
+	// OrgInitialCredits is what a new organization's account gets (>= 0;
+	// a ledger entry when > 0).
+	OrgInitialCredits int64
 	// Observer, if set, learns of committed changes.
 	Observer Observer
 }
@@ -70,7 +73,8 @@ func NewService(store Store, opts Options) *Service {
 		s.observer = noObserver{}
 	}
 	s.clerk = newClerkBatcher(store,
-		ClerkApplyOptions{InitialCredits: opts.InitialCredits, EraseDeleted: !opts.KeepDeletedUserData},
+		ClerkApplyOptions{InitialCredits: opts.InitialCredits, EraseDeleted: !opts.KeepDeletedUserData,
+			OrgInitialCredits: opts.OrgInitialCredits},
 		func(n int) { s.observer.ClerkBatchApplied(n) })
 	return s
 }

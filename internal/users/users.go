@@ -159,13 +159,34 @@ type PlanWriteResult struct {
 	SetPlanResult
 }
 
-// ClerkEventWrite is one verified Clerk delivery for ApplyClerkEvents.
+// ClerkEventWrite is one verified Clerk delivery for ApplyClerkEvents:
+// about a user (Org and Membership nil), an organization (Org set) or a
+// membership (Membership set).
 type ClerkEventWrite struct {
 	MessageID string
 	Type      string
-	// Deleted marks user.deleted: only User.ID is used.
-	Deleted bool
-	User    ClerkUser
+	// Deleted marks a deletion: user.deleted (only User.ID is used),
+	// organization.deleted (only Org.ID) or organizationMembership.deleted.
+	Deleted    bool
+	User       ClerkUser
+	Org        *ClerkOrganization
+	Membership *ClerkMembership
+}
+
+// lockKey orders the events of a batch: the rows an event locks are
+// taken in this order across a batch, so that two batches touching the
+// same rows rarely wait for each other in a cycle. An organization's events
+// come before its memberships' (an organization event locks the
+// organization, then its account; a membership event its account, then the
+// membership), organizations before users ("org_" < "user_").
+func (e ClerkEventWrite) lockKey() string {
+	switch {
+	case e.Org != nil:
+		return e.Org.ID + "\x00a"
+	case e.Membership != nil:
+		return e.Membership.OrgID + "\x00b"
+	}
+	return e.User.ID
 }
 
 // ClerkApplyOptions are the settings ApplyClerkEvents applies events with.
@@ -173,9 +194,11 @@ type ClerkApplyOptions struct {
 	// InitialCredits is what a new user gets.
 	InitialCredits int64
 	// EraseDeleted erases the personal data (email, names, image) of a
-	// user when its deletion is applied; the tombstone, ledger and plan
-	// history stay.
+	// user when its deletion is applied, and the name, slug and image of
+	// a deleted organization; the tombstone, ledger and plan history stay.
 	EraseDeleted bool
+	// OrgInitialCredits is what a new organization's account gets.
+	OrgInitialCredits int64
 }
 
 // ClerkEventResult is what applying one event did: an outcome, or
@@ -268,4 +291,23 @@ type Store interface {
 	// ListLiveClerkUserIDs returns up to limit Clerk ids of live users
 	// greater than after, in order.
 	ListLiveClerkUserIDs(ctx context.Context, after string, limit int32) ([]string, error)
+
+	// OrganizationsOf returns the Clerk ids of the live organizations the
+	// user has a live membership of, in order.
+	OrganizationsOf(ctx context.Context, clerkUserID string) ([]string, error)
+	// GetOrganization returns an organization (deleted or not) with its
+	// account and live members in one round trip (ErrNoRow: none).
+	GetOrganization(ctx context.Context, clerkOrgID string) (Organization, error)
+	// GetClerkOrgVersions returns the stored version of each of the
+	// organizations that has a row (deleted or not), in no order.
+	GetClerkOrgVersions(ctx context.Context, clerkOrgIDs []string) ([]ClerkVersion, error)
+	// ListLiveClerkOrgIDs returns up to limit Clerk ids of live
+	// organizations greater than after, in order.
+	ListLiveClerkOrgIDs(ctx context.Context, after string, limit int32) ([]string, error)
+	// GetClerkMembershipVersions returns the stored version of each of
+	// the memberships that has a row (deleted or not), in no order.
+	GetClerkMembershipVersions(ctx context.Context, clerkMembershipIDs []string) ([]ClerkVersion, error)
+	// ListLiveMemberships returns the live memberships of an
+	// organization, by membership id.
+	ListLiveMemberships(ctx context.Context, clerkOrgID string) ([]Membership, error)
 }
