@@ -99,6 +99,12 @@ type Event struct {
 	// MemberClerkUserID is the member of a membership.* or
 	// member_cap.changed event.
 	MemberClerkUserID string
+	// AccountID is the account of plan.changed and credits.changed (for a
+	// personal account, UserID); uuid.Nil otherwise.
+	AccountID uuid.UUID
+	// ActorClerkUserID is the user who acted, when one did (the member who
+	// spent from an organization's account).
+	ActorClerkUserID string
 	// Time is when the change's transaction started.
 	Time time.Time
 	// User is the user right after the change, for user.created,
@@ -109,6 +115,12 @@ type Event struct {
 	PlanChange *users.PlanChange
 	// Transaction is the ledger entry of credits.changed.
 	Transaction *users.Transaction
+	// Organization is the organization of organization.*.
+	Organization *Organization
+	// Membership is the membership of membership.*.
+	Membership *Membership
+	// MemberCap is the cap of member_cap.changed.
+	MemberCap *MemberCapChange
 }
 
 // Page is one read of the feed.
