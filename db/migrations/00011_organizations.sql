@@ -366,17 +366,23 @@ $$;
 -- userd_live_membership is the newest live membership of a user in a live
 -- organization (no row: not a member): what spending from an organization
 -- account checks after locking the account (membership changes lock it
--- too). A member whose user is deleted in userd is not a member.
+-- too). A member whose user is deleted in userd is not a member. It also
+-- takes a KEY SHARE lock on the membership row, which a membership change
+-- (SELECT ... FOR UPDATE) conflicts with: a spend and a removal are
+-- serialized even in the one case the account lock cannot order them (an
+-- organization whose account was created while the removal ran), and a
+-- spend that waited for a removal sees the membership gone.
 -- +goose StatementBegin
 CREATE OR REPLACE FUNCTION userd_live_membership(p_clerk_org_id text, p_clerk_user_id text)
 RETURNS SETOF organization_memberships
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql AS $$
     SELECT m.* FROM organization_memberships m
     WHERE m.clerk_org_id = p_clerk_org_id AND m.clerk_user_id = p_clerk_user_id AND m.deleted_at IS NULL
       AND EXISTS (SELECT 1 FROM organizations o WHERE o.clerk_org_id = m.clerk_org_id AND o.deleted_at IS NULL)
       AND NOT EXISTS (SELECT 1 FROM users u WHERE u.clerk_user_id = m.clerk_user_id AND u.deleted_at IS NOT NULL)
     ORDER BY m.clerk_updated_at DESC, m.clerk_membership_id
     LIMIT 1
+    FOR KEY SHARE OF m
 $$;
 -- +goose StatementEnd
 

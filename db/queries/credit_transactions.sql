@@ -1,7 +1,8 @@
 -- Queries on the credit ledger.
 
--- ListCreditTransactions pages newest first: pass before_id = 0 for the first
--- page, then the id of the last entry seen.
+-- ListCreditTransactions pages an account's entries (user_id names the
+-- account; a personal account's id is its user's) newest first: pass
+-- before_id = 0 for the first page, then the id of the last entry seen.
 -- name: ListCreditTransactions :many
 SELECT * FROM credit_transactions
 WHERE user_id = @user_id
@@ -9,18 +10,22 @@ WHERE user_id = @user_id
 ORDER BY id DESC
 LIMIT @row_limit;
 
--- ChangeCredits deducts or grants in one round trip (see the function
--- userd_change_credits in db/schema.sql): the status says what happened.
+-- ChangeCredits deducts or grants on a user's personal account in one
+-- round trip (see the function userd_personal_change_credits in db/schema.sql): the
+-- status says what happened. service is the calling service's name (NULL
+-- for the user itself).
 -- name: ChangeCredits :one
-SELECT * FROM userd_change_credits(@clerk_user_id::text, @kind::text, @delta::bigint, @reason::text, @idempotency_key::text);
+SELECT * FROM userd_personal_change_credits(@clerk_user_id::text, sqlc.narg(service)::text, @kind::text,
+    @delta::bigint, @reason::text, @idempotency_key::text);
 
 -- DeductCreditsForAction charges one use of an action at its current price
--- in one round trip (see the function userd_deduct_for_action in
+-- in one round trip (see the function userd_personal_deduct_for_action in
 -- db/schema.sql): the status says what happened.
 -- name: DeductCreditsForAction :one
-SELECT * FROM userd_deduct_for_action(@clerk_user_id::text, @action::text, @idempotency_key::text);
+SELECT * FROM userd_personal_deduct_for_action(@clerk_user_id::text, sqlc.narg(service)::text, @action::text,
+    @idempotency_key::text);
 
--- SummarizeUsage sums a live user's ledger entries with
+-- SummarizeUsage sums the ledger entries of a live user's personal account with
 -- period_starts[1] <= created_at < end_time by reason, in one statement (one
 -- snapshot, so the balance and the sums agree). Period n (n >= 1) holds the
 -- entries from period_starts[n] up to the next start (or end_time); period
@@ -32,7 +37,7 @@ SELECT * FROM userd_deduct_for_action(@clerk_user_id::text, @action::text, @idem
 -- Served by credit_transactions_user_id_created_at_idx (index only).
 -- name: SummarizeUsage :many
 WITH owner AS (
-    SELECT u.id, u.credits FROM users u
+    SELECT a.id, a.credits FROM users u JOIN accounts a ON a.id = u.id
     WHERE u.clerk_user_id = @clerk_user_id::text AND u.deleted_at IS NULL
 ), sums AS (
     SELECT coalesce(e.period, 0)::int AS period, e.reason,

@@ -24,10 +24,11 @@ ORDER BY id DESC
 LIMIT @row_limit;
 
 -- CheckAffordability reads an action's price (NULL when the action is
--- unknown or not asked for) and a live user's balance (NULL when there is
+-- unknown or not asked for) and the balance of a live user's personal account (NULL when there is
 -- no such user) in one round trip.
 -- name: CheckAffordability :one
-SELECT p.credits AS price, u.credits AS available
+SELECT p.credits AS price, a.credits AS available
 FROM (VALUES (1)) AS one (n)
 LEFT JOIN prices p ON p.action = @action::text
-LEFT JOIN users u ON u.clerk_user_id = @clerk_user_id::text AND u.deleted_at IS NULL;
+LEFT JOIN users u ON u.clerk_user_id = @clerk_user_id::text AND u.deleted_at IS NULL
+LEFT JOIN accounts a ON a.id = u.id;

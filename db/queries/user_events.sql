@@ -1,4 +1,4 @@
--- Queries on the change feed (user_events; see db/schema.sql).
+-- Queries on the change feed (feed_events; see db/schema.sql).
 --
 -- A read returns the final events after a position, in feed order, with the
 -- horizon of its own snapshot: every event of a transaction below horizon is
@@ -23,14 +23,15 @@ WITH horizon AS (
                 ELSE (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint END AS sync_lsn
     FROM user_events_pruned p
 ), page AS (
-    SELECT ue.* FROM user_events ue
+    SELECT ue.* FROM feed_events ue
     WHERE (ue.order_xid, ue.id) > (@after_xid::bigint, @after_id::bigint)
       AND ue.order_xid < (SELECT horizon FROM horizon)
     ORDER BY ue.order_xid, ue.id
     LIMIT @row_limit::int
 )
 SELECT h.horizon, h.pruned_xid, h.pruned_id, h.sync_lsn,
-       e.order_xid, e.id, e.kind, e.user_id, e.clerk_user_id, e.payload, e.created_at
+       e.order_xid, e.id, e.kind, e.user_id, e.clerk_user_id, e.payload, e.created_at,
+       e.account_id, e.clerk_org_id, e.actor_clerk_user_id
 FROM horizon h
 LEFT JOIN page e ON true
 ORDER BY e.order_xid, e.id;
@@ -43,7 +44,7 @@ WITH horizon AS (
                 ELSE (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint END AS sync_lsn
     FROM user_events_pruned p
 ), page AS (
-    SELECT ue.* FROM user_events ue
+    SELECT ue.* FROM feed_events ue
     WHERE ue.clerk_user_id = @clerk_user_id::text
       AND (ue.order_xid, ue.id) > (@after_xid::bigint, @after_id::bigint)
       AND ue.order_xid < (SELECT horizon FROM horizon)
@@ -51,7 +52,8 @@ WITH horizon AS (
     LIMIT @row_limit::int
 )
 SELECT h.horizon, h.pruned_xid, h.pruned_id, h.sync_lsn,
-       e.order_xid, e.id, e.kind, e.user_id, e.clerk_user_id, e.payload, e.created_at
+       e.order_xid, e.id, e.kind, e.user_id, e.clerk_user_id, e.payload, e.created_at,
+       e.account_id, e.clerk_org_id, e.actor_clerk_user_id
 FROM horizon h
 LEFT JOIN page e ON true
 ORDER BY e.order_xid, e.id;

@@ -1,37 +1,52 @@
 -- Queries on users. Names are Verb+Noun; every read of a live user filters
--- deleted_at IS NULL.
+-- deleted_at IS NULL. A user is read with its personal account's plan and
+-- balance (the account's id is the user's), and updated_at is the later of
+-- the profile's and the account's.
 
 -- name: GetLiveUserByClerkID :one
-SELECT * FROM users
-WHERE clerk_user_id = @clerk_user_id AND deleted_at IS NULL;
+SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, a.credits,
+       u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at
+FROM users u JOIN accounts a ON a.id = u.id
+WHERE u.clerk_user_id = @clerk_user_id AND u.deleted_at IS NULL;
 
 -- name: GetLiveUserByID :one
-SELECT * FROM users
-WHERE id = @id AND deleted_at IS NULL;
+SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, a.credits,
+       u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at
+FROM users u JOIN accounts a ON a.id = u.id
+WHERE u.id = @id AND u.deleted_at IS NULL;
 
 -- name: GetLiveUserByEmail :one
-SELECT * FROM users
-WHERE lower(email) = lower(@email::text) AND deleted_at IS NULL;
+SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, a.credits,
+       u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at
+FROM users u JOIN accounts a ON a.id = u.id
+WHERE lower(u.email) = lower(@email::text) AND u.deleted_at IS NULL;
 
 -- name: GetUserByClerkIDIncludingDeleted :one
-SELECT * FROM users
-WHERE clerk_user_id = @clerk_user_id;
+SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, a.credits,
+       u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at
+FROM users u JOIN accounts a ON a.id = u.id
+WHERE u.clerk_user_id = @clerk_user_id;
 
--- InsertUserWithInitialCredits creates the user and the ledger entry of
--- its initial credits in one round trip. It returns no row when the Clerk
--- id already exists (live or deleted); concurrent inserts for one id wait
--- for each other and exactly one returns the row.
+-- InsertUserWithInitialCredits creates the user, its personal account and
+-- the ledger entry of its initial credits in one round trip (see
+-- userd_create_user in db/schema.sql). Its u_id is NULL when the Clerk id
+-- already exists (live or deleted); concurrent inserts for one id wait for
+-- each other and exactly one returns the user.
 -- name: InsertUserWithInitialCredits :one
-WITH new_user AS (
-    INSERT INTO users (clerk_user_id, email, first_name, last_name, image_url, plan, credits, clerk_updated_at)
-    VALUES (@clerk_user_id, @email, @first_name, @last_name, @image_url, 'FREE', @credits, @clerk_updated_at)
-    ON CONFLICT (clerk_user_id) DO NOTHING
-    RETURNING *
-), initial AS (
-    INSERT INTO credit_transactions (user_id, delta, balance_after, kind)
-    SELECT new_user.id, new_user.credits, new_user.credits, 'INITIAL' FROM new_user
-)
-SELECT * FROM new_user;
+SELECT * FROM userd_create_user(@clerk_user_id::text, sqlc.narg(email)::text, sqlc.narg(first_name)::text,
+    sqlc.narg(last_name)::text, sqlc.narg(image_url)::text, sqlc.narg(clerk_updated_at)::bigint, @credits::bigint);
+
+-- GetPersonalAccount reads the personal account of a live user.
+-- name: GetPersonalAccount :one
+SELECT a.id, a.plan, a.credits, a.created_at, a.updated_at, a.closed_at, u.clerk_user_id
+FROM users u JOIN accounts a ON a.id = u.id
+WHERE u.clerk_user_id = @clerk_user_id::text AND u.deleted_at IS NULL;
+
+-- GetOrganizationAccount reads an organization's account (closed or not).
+-- name: GetOrganizationAccount :one
+SELECT a.id, a.plan, a.credits, a.created_at, a.updated_at, a.closed_at, o.clerk_org_id
+FROM organizations o JOIN accounts a ON a.organization_id = o.id
+WHERE o.clerk_org_id = @clerk_org_id::text;
 
 -- GetClerkVersions returns, for each of the Clerk ids that has a row, the
 -- Clerk updated_at of its stored state and whether it is deleted: what

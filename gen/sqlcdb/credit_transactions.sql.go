@@ -13,11 +13,13 @@ import (
 )
 
 const changeCredits = `-- name: ChangeCredits :one
-SELECT status, available, t_id, t_user_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at FROM userd_change_credits($1::text, $2::text, $3::bigint, $4::text, $5::text)
+SELECT status, available, t_id, t_user_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at, t_actor_user_id, t_service FROM userd_personal_change_credits($1::text, $2::text, $3::text,
+    $4::bigint, $5::text, $6::text)
 `
 
 type ChangeCreditsParams struct {
 	ClerkUserID    string
+	Service        *string
 	Kind           string
 	Delta          int64
 	Reason         string
@@ -34,13 +36,18 @@ type ChangeCreditsRow struct {
 	TKind         *string
 	TReason       *string
 	TCreatedAt    *time.Time
+	TActorUserID  *uuid.UUID
+	TService      *string
 }
 
-// ChangeCredits deducts or grants in one round trip (see the function
-// userd_change_credits in db/schema.sql): the status says what happened.
+// ChangeCredits deducts or grants on a user's personal account in one
+// round trip (see the function userd_personal_change_credits in db/schema.sql): the
+// status says what happened. service is the calling service's name (NULL
+// for the user itself).
 func (q *Queries) ChangeCredits(ctx context.Context, db DBTX, arg ChangeCreditsParams) (ChangeCreditsRow, error) {
 	row := db.QueryRow(ctx, changeCredits,
 		arg.ClerkUserID,
+		arg.Service,
 		arg.Kind,
 		arg.Delta,
 		arg.Reason,
@@ -57,16 +64,20 @@ func (q *Queries) ChangeCredits(ctx context.Context, db DBTX, arg ChangeCreditsP
 		&i.TKind,
 		&i.TReason,
 		&i.TCreatedAt,
+		&i.TActorUserID,
+		&i.TService,
 	)
 	return i, err
 }
 
 const deductCreditsForAction = `-- name: DeductCreditsForAction :one
-SELECT status, available, price, t_id, t_user_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at FROM userd_deduct_for_action($1::text, $2::text, $3::text)
+SELECT status, available, price, t_id, t_user_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at, t_actor_user_id, t_service FROM userd_personal_deduct_for_action($1::text, $2::text, $3::text,
+    $4::text)
 `
 
 type DeductCreditsForActionParams struct {
 	ClerkUserID    string
+	Service        *string
 	Action         string
 	IdempotencyKey string
 }
@@ -82,13 +93,20 @@ type DeductCreditsForActionRow struct {
 	TKind         *string
 	TReason       *string
 	TCreatedAt    *time.Time
+	TActorUserID  *uuid.UUID
+	TService      *string
 }
 
 // DeductCreditsForAction charges one use of an action at its current price
-// in one round trip (see the function userd_deduct_for_action in
+// in one round trip (see the function userd_personal_deduct_for_action in
 // db/schema.sql): the status says what happened.
 func (q *Queries) DeductCreditsForAction(ctx context.Context, db DBTX, arg DeductCreditsForActionParams) (DeductCreditsForActionRow, error) {
-	row := db.QueryRow(ctx, deductCreditsForAction, arg.ClerkUserID, arg.Action, arg.IdempotencyKey)
+	row := db.QueryRow(ctx, deductCreditsForAction,
+		arg.ClerkUserID,
+		arg.Service,
+		arg.Action,
+		arg.IdempotencyKey,
+	)
 	var i DeductCreditsForActionRow
 	err := row.Scan(
 		&i.Status,
@@ -101,6 +119,8 @@ func (q *Queries) DeductCreditsForAction(ctx context.Context, db DBTX, arg Deduc
 		&i.TKind,
 		&i.TReason,
 		&i.TCreatedAt,
+		&i.TActorUserID,
+		&i.TService,
 	)
 	return i, err
 }
@@ -121,8 +141,9 @@ type ListCreditTransactionsParams struct {
 }
 
 // Queries on the credit ledger.
-// ListCreditTransactions pages newest first: pass before_id = 0 for the first
-// page, then the id of the last entry seen.
+// ListCreditTransactions pages an account's entries (user_id names the
+// account; a personal account's id is its user's) newest first: pass
+// before_id = 0 for the first page, then the id of the last entry seen.
 func (q *Queries) ListCreditTransactions(ctx context.Context, db DBTX, arg ListCreditTransactionsParams) ([]CreditTransaction, error) {
 	rows, err := db.Query(ctx, listCreditTransactions, arg.UserID, arg.BeforeID, arg.RowLimit)
 	if err != nil {
@@ -156,7 +177,7 @@ func (q *Queries) ListCreditTransactions(ctx context.Context, db DBTX, arg ListC
 
 const summarizeUsage = `-- name: SummarizeUsage :many
 WITH owner AS (
-    SELECT u.id, u.credits FROM users u
+    SELECT a.id, a.credits FROM users u JOIN accounts a ON a.id = u.id
     WHERE u.clerk_user_id = $1::text AND u.deleted_at IS NULL
 ), sums AS (
     SELECT coalesce(e.period, 0)::int AS period, e.reason,
@@ -205,7 +226,7 @@ type SummarizeUsageRow struct {
 	Entries *int64
 }
 
-// SummarizeUsage sums a live user's ledger entries with
+// SummarizeUsage sums the ledger entries of a live user's personal account with
 // period_starts[1] <= created_at < end_time by reason, in one statement (one
 // snapshot, so the balance and the sums agree). Period n (n >= 1) holds the
 // entries from period_starts[n] up to the next start (or end_time); period

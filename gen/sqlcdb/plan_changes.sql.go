@@ -14,11 +14,13 @@ import (
 
 const setPlan = `-- name: SetPlan :one
 
-SELECT status, u_id, u_clerk_user_id, u_email, u_first_name, u_last_name, u_image_url, u_plan, u_credits, u_clerk_updated_at, u_created_at, u_updated_at, pc_id, pc_previous_plan, pc_plan, pc_bonus_credits, pc_reason, pc_created_at, t_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at FROM userd_set_plan($1::text, $2::text, $3::bigint, $4::text, $5::text)
+SELECT status, u_id, u_clerk_user_id, u_email, u_first_name, u_last_name, u_image_url, u_plan, u_credits, u_clerk_updated_at, u_created_at, u_updated_at, pc_id, pc_previous_plan, pc_plan, pc_bonus_credits, pc_reason, pc_created_at, t_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at, pc_actor_user_id, pc_service FROM userd_personal_set_plan($1::text, $2::text, $3::text,
+    $4::bigint, $5::text, $6::text)
 `
 
 type SetPlanParams struct {
 	ClerkUserID    string
+	Service        *string
 	Plan           string
 	Bonus          int64
 	Reason         string
@@ -50,14 +52,18 @@ type SetPlanRow struct {
 	TKind           *string
 	TReason         *string
 	TCreatedAt      *time.Time
+	PcActorUserID   *uuid.UUID
+	PcService       *string
 }
 
 // Queries on plan changes.
-// SetPlan changes the plan and grants the bonus in one round trip (see the
-// function userd_set_plan in db/schema.sql).
+// SetPlan changes the plan of a user's personal account and grants the
+// bonus in one round trip (see the function userd_personal_set_plan in
+// db/schema.sql); service is the calling service's name.
 func (q *Queries) SetPlan(ctx context.Context, db DBTX, arg SetPlanParams) (SetPlanRow, error) {
 	row := db.QueryRow(ctx, setPlan,
 		arg.ClerkUserID,
+		arg.Service,
 		arg.Plan,
 		arg.Bonus,
 		arg.Reason,
@@ -89,6 +95,8 @@ func (q *Queries) SetPlan(ctx context.Context, db DBTX, arg SetPlanParams) (SetP
 		&i.TKind,
 		&i.TReason,
 		&i.TCreatedAt,
+		&i.PcActorUserID,
+		&i.PcService,
 	)
 	return i, err
 }

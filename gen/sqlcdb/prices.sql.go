@@ -11,10 +11,11 @@ import (
 )
 
 const checkAffordability = `-- name: CheckAffordability :one
-SELECT p.credits AS price, u.credits AS available
+SELECT p.credits AS price, a.credits AS available
 FROM (VALUES (1)) AS one (n)
 LEFT JOIN prices p ON p.action = $1::text
 LEFT JOIN users u ON u.clerk_user_id = $2::text AND u.deleted_at IS NULL
+LEFT JOIN accounts a ON a.id = u.id
 `
 
 type CheckAffordabilityParams struct {
@@ -28,7 +29,7 @@ type CheckAffordabilityRow struct {
 }
 
 // CheckAffordability reads an action's price (NULL when the action is
-// unknown or not asked for) and a live user's balance (NULL when there is
+// unknown or not asked for) and the balance of a live user's personal account (NULL when there is
 // no such user) in one round trip.
 func (q *Queries) CheckAffordability(ctx context.Context, db DBTX, arg CheckAffordabilityParams) (CheckAffordabilityRow, error) {
 	row := db.QueryRow(ctx, checkAffordability, arg.Action, arg.ClerkUserID)

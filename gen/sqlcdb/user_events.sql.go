@@ -39,14 +39,15 @@ WITH horizon AS (
                 ELSE (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint END AS sync_lsn
     FROM user_events_pruned p
 ), page AS (
-    SELECT ue.id, ue.order_xid, ue.kind, ue.user_id, ue.clerk_user_id, ue.payload, ue.created_at FROM user_events ue
+    SELECT ue.id, ue.order_xid, ue.kind, ue.user_id, ue.clerk_user_id, ue.payload, ue.created_at, ue.account_id, ue.clerk_org_id, ue.actor_clerk_user_id FROM feed_events ue
     WHERE (ue.order_xid, ue.id) > ($1::bigint, $2::bigint)
       AND ue.order_xid < (SELECT horizon FROM horizon)
     ORDER BY ue.order_xid, ue.id
     LIMIT $3::int
 )
 SELECT h.horizon, h.pruned_xid, h.pruned_id, h.sync_lsn,
-       e.order_xid, e.id, e.kind, e.user_id, e.clerk_user_id, e.payload, e.created_at
+       e.order_xid, e.id, e.kind, e.user_id, e.clerk_user_id, e.payload, e.created_at,
+       e.account_id, e.clerk_org_id, e.actor_clerk_user_id
 FROM horizon h
 LEFT JOIN page e ON true
 ORDER BY e.order_xid, e.id
@@ -59,20 +60,23 @@ type ReadUserEventsParams struct {
 }
 
 type ReadUserEventsRow struct {
-	Horizon     int64
-	PrunedXid   int64
-	PrunedID    int64
-	SyncLsn     int64
-	OrderXid    *int64
-	ID          *int64
-	Kind        *string
-	UserID      *uuid.UUID
-	ClerkUserID *string
-	Payload     []byte
-	CreatedAt   *time.Time
+	Horizon          int64
+	PrunedXid        int64
+	PrunedID         int64
+	SyncLsn          int64
+	OrderXid         *int64
+	ID               *int64
+	Kind             *string
+	UserID           *uuid.UUID
+	ClerkUserID      *string
+	Payload          []byte
+	CreatedAt        *time.Time
+	AccountID        *uuid.UUID
+	ClerkOrgID       *string
+	ActorClerkUserID *string
 }
 
-// Queries on the change feed (user_events; see db/schema.sql).
+// Queries on the change feed (feed_events; see db/schema.sql).
 //
 // A read returns the final events after a position, in feed order, with the
 // horizon of its own snapshot: every event of a transaction below horizon is
@@ -109,6 +113,9 @@ func (q *Queries) ReadUserEvents(ctx context.Context, db DBTX, arg ReadUserEvent
 			&i.ClerkUserID,
 			&i.Payload,
 			&i.CreatedAt,
+			&i.AccountID,
+			&i.ClerkOrgID,
+			&i.ActorClerkUserID,
 		); err != nil {
 			return nil, err
 		}
@@ -128,7 +135,7 @@ WITH horizon AS (
                 ELSE (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint END AS sync_lsn
     FROM user_events_pruned p
 ), page AS (
-    SELECT ue.id, ue.order_xid, ue.kind, ue.user_id, ue.clerk_user_id, ue.payload, ue.created_at FROM user_events ue
+    SELECT ue.id, ue.order_xid, ue.kind, ue.user_id, ue.clerk_user_id, ue.payload, ue.created_at, ue.account_id, ue.clerk_org_id, ue.actor_clerk_user_id FROM feed_events ue
     WHERE ue.clerk_user_id = $1::text
       AND (ue.order_xid, ue.id) > ($2::bigint, $3::bigint)
       AND ue.order_xid < (SELECT horizon FROM horizon)
@@ -136,7 +143,8 @@ WITH horizon AS (
     LIMIT $4::int
 )
 SELECT h.horizon, h.pruned_xid, h.pruned_id, h.sync_lsn,
-       e.order_xid, e.id, e.kind, e.user_id, e.clerk_user_id, e.payload, e.created_at
+       e.order_xid, e.id, e.kind, e.user_id, e.clerk_user_id, e.payload, e.created_at,
+       e.account_id, e.clerk_org_id, e.actor_clerk_user_id
 FROM horizon h
 LEFT JOIN page e ON true
 ORDER BY e.order_xid, e.id
@@ -150,17 +158,20 @@ type ReadUserEventsOfUserParams struct {
 }
 
 type ReadUserEventsOfUserRow struct {
-	Horizon     int64
-	PrunedXid   int64
-	PrunedID    int64
-	SyncLsn     int64
-	OrderXid    *int64
-	ID          *int64
-	Kind        *string
-	UserID      *uuid.UUID
-	ClerkUserID *string
-	Payload     []byte
-	CreatedAt   *time.Time
+	Horizon          int64
+	PrunedXid        int64
+	PrunedID         int64
+	SyncLsn          int64
+	OrderXid         *int64
+	ID               *int64
+	Kind             *string
+	UserID           *uuid.UUID
+	ClerkUserID      *string
+	Payload          []byte
+	CreatedAt        *time.Time
+	AccountID        *uuid.UUID
+	ClerkOrgID       *string
+	ActorClerkUserID *string
 }
 
 func (q *Queries) ReadUserEventsOfUser(ctx context.Context, db DBTX, arg ReadUserEventsOfUserParams) ([]ReadUserEventsOfUserRow, error) {
@@ -189,6 +200,9 @@ func (q *Queries) ReadUserEventsOfUser(ctx context.Context, db DBTX, arg ReadUse
 			&i.ClerkUserID,
 			&i.Payload,
 			&i.CreatedAt,
+			&i.AccountID,
+			&i.ClerkOrgID,
+			&i.ActorClerkUserID,
 		); err != nil {
 			return nil, err
 		}

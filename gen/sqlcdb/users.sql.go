@@ -49,15 +49,34 @@ func (q *Queries) GetClerkVersions(ctx context.Context, db DBTX, clerkUserIds []
 
 const getLiveUserByClerkID = `-- name: GetLiveUserByClerkID :one
 
-SELECT id, clerk_user_id, email, first_name, last_name, image_url, plan, credits, clerk_updated_at, created_at, updated_at, deleted_at FROM users
-WHERE clerk_user_id = $1 AND deleted_at IS NULL
+SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, a.credits,
+       u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at
+FROM users u JOIN accounts a ON a.id = u.id
+WHERE u.clerk_user_id = $1 AND u.deleted_at IS NULL
 `
 
+type GetLiveUserByClerkIDRow struct {
+	ID             uuid.UUID
+	ClerkUserID    string
+	Email          *string
+	FirstName      *string
+	LastName       *string
+	ImageURL       *string
+	Plan           string
+	Credits        int64
+	ClerkUpdatedAt *int64
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
+	DeletedAt      *time.Time
+}
+
 // Queries on users. Names are Verb+Noun; every read of a live user filters
-// deleted_at IS NULL.
-func (q *Queries) GetLiveUserByClerkID(ctx context.Context, db DBTX, clerkUserID string) (User, error) {
+// deleted_at IS NULL. A user is read with its personal account's plan and
+// balance (the account's id is the user's), and updated_at is the later of
+// the profile's and the account's.
+func (q *Queries) GetLiveUserByClerkID(ctx context.Context, db DBTX, clerkUserID string) (GetLiveUserByClerkIDRow, error) {
 	row := db.QueryRow(ctx, getLiveUserByClerkID, clerkUserID)
-	var i User
+	var i GetLiveUserByClerkIDRow
 	err := row.Scan(
 		&i.ID,
 		&i.ClerkUserID,
@@ -76,13 +95,30 @@ func (q *Queries) GetLiveUserByClerkID(ctx context.Context, db DBTX, clerkUserID
 }
 
 const getLiveUserByEmail = `-- name: GetLiveUserByEmail :one
-SELECT id, clerk_user_id, email, first_name, last_name, image_url, plan, credits, clerk_updated_at, created_at, updated_at, deleted_at FROM users
-WHERE lower(email) = lower($1::text) AND deleted_at IS NULL
+SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, a.credits,
+       u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at
+FROM users u JOIN accounts a ON a.id = u.id
+WHERE lower(u.email) = lower($1::text) AND u.deleted_at IS NULL
 `
 
-func (q *Queries) GetLiveUserByEmail(ctx context.Context, db DBTX, email string) (User, error) {
+type GetLiveUserByEmailRow struct {
+	ID             uuid.UUID
+	ClerkUserID    string
+	Email          *string
+	FirstName      *string
+	LastName       *string
+	ImageURL       *string
+	Plan           string
+	Credits        int64
+	ClerkUpdatedAt *int64
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
+	DeletedAt      *time.Time
+}
+
+func (q *Queries) GetLiveUserByEmail(ctx context.Context, db DBTX, email string) (GetLiveUserByEmailRow, error) {
 	row := db.QueryRow(ctx, getLiveUserByEmail, email)
-	var i User
+	var i GetLiveUserByEmailRow
 	err := row.Scan(
 		&i.ID,
 		&i.ClerkUserID,
@@ -101,13 +137,30 @@ func (q *Queries) GetLiveUserByEmail(ctx context.Context, db DBTX, email string)
 }
 
 const getLiveUserByID = `-- name: GetLiveUserByID :one
-SELECT id, clerk_user_id, email, first_name, last_name, image_url, plan, credits, clerk_updated_at, created_at, updated_at, deleted_at FROM users
-WHERE id = $1 AND deleted_at IS NULL
+SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, a.credits,
+       u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at
+FROM users u JOIN accounts a ON a.id = u.id
+WHERE u.id = $1 AND u.deleted_at IS NULL
 `
 
-func (q *Queries) GetLiveUserByID(ctx context.Context, db DBTX, id uuid.UUID) (User, error) {
+type GetLiveUserByIDRow struct {
+	ID             uuid.UUID
+	ClerkUserID    string
+	Email          *string
+	FirstName      *string
+	LastName       *string
+	ImageURL       *string
+	Plan           string
+	Credits        int64
+	ClerkUpdatedAt *int64
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
+	DeletedAt      *time.Time
+}
+
+func (q *Queries) GetLiveUserByID(ctx context.Context, db DBTX, id uuid.UUID) (GetLiveUserByIDRow, error) {
 	row := db.QueryRow(ctx, getLiveUserByID, id)
-	var i User
+	var i GetLiveUserByIDRow
 	err := row.Scan(
 		&i.ID,
 		&i.ClerkUserID,
@@ -125,14 +178,95 @@ func (q *Queries) GetLiveUserByID(ctx context.Context, db DBTX, id uuid.UUID) (U
 	return i, err
 }
 
-const getUserByClerkIDIncludingDeleted = `-- name: GetUserByClerkIDIncludingDeleted :one
-SELECT id, clerk_user_id, email, first_name, last_name, image_url, plan, credits, clerk_updated_at, created_at, updated_at, deleted_at FROM users
-WHERE clerk_user_id = $1
+const getOrganizationAccount = `-- name: GetOrganizationAccount :one
+SELECT a.id, a.plan, a.credits, a.created_at, a.updated_at, a.closed_at, o.clerk_org_id
+FROM organizations o JOIN accounts a ON a.organization_id = o.id
+WHERE o.clerk_org_id = $1::text
 `
 
-func (q *Queries) GetUserByClerkIDIncludingDeleted(ctx context.Context, db DBTX, clerkUserID string) (User, error) {
+type GetOrganizationAccountRow struct {
+	ID         uuid.UUID
+	Plan       string
+	Credits    int64
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
+	ClosedAt   *time.Time
+	ClerkOrgID string
+}
+
+// GetOrganizationAccount reads an organization's account (closed or not).
+func (q *Queries) GetOrganizationAccount(ctx context.Context, db DBTX, clerkOrgID string) (GetOrganizationAccountRow, error) {
+	row := db.QueryRow(ctx, getOrganizationAccount, clerkOrgID)
+	var i GetOrganizationAccountRow
+	err := row.Scan(
+		&i.ID,
+		&i.Plan,
+		&i.Credits,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.ClosedAt,
+		&i.ClerkOrgID,
+	)
+	return i, err
+}
+
+const getPersonalAccount = `-- name: GetPersonalAccount :one
+SELECT a.id, a.plan, a.credits, a.created_at, a.updated_at, a.closed_at, u.clerk_user_id
+FROM users u JOIN accounts a ON a.id = u.id
+WHERE u.clerk_user_id = $1::text AND u.deleted_at IS NULL
+`
+
+type GetPersonalAccountRow struct {
+	ID          uuid.UUID
+	Plan        string
+	Credits     int64
+	CreatedAt   time.Time
+	UpdatedAt   time.Time
+	ClosedAt    *time.Time
+	ClerkUserID string
+}
+
+// GetPersonalAccount reads the personal account of a live user.
+func (q *Queries) GetPersonalAccount(ctx context.Context, db DBTX, clerkUserID string) (GetPersonalAccountRow, error) {
+	row := db.QueryRow(ctx, getPersonalAccount, clerkUserID)
+	var i GetPersonalAccountRow
+	err := row.Scan(
+		&i.ID,
+		&i.Plan,
+		&i.Credits,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.ClosedAt,
+		&i.ClerkUserID,
+	)
+	return i, err
+}
+
+const getUserByClerkIDIncludingDeleted = `-- name: GetUserByClerkIDIncludingDeleted :one
+SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, a.credits,
+       u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at
+FROM users u JOIN accounts a ON a.id = u.id
+WHERE u.clerk_user_id = $1
+`
+
+type GetUserByClerkIDIncludingDeletedRow struct {
+	ID             uuid.UUID
+	ClerkUserID    string
+	Email          *string
+	FirstName      *string
+	LastName       *string
+	ImageURL       *string
+	Plan           string
+	Credits        int64
+	ClerkUpdatedAt *int64
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
+	DeletedAt      *time.Time
+}
+
+func (q *Queries) GetUserByClerkIDIncludingDeleted(ctx context.Context, db DBTX, clerkUserID string) (GetUserByClerkIDIncludingDeletedRow, error) {
 	row := db.QueryRow(ctx, getUserByClerkIDIncludingDeleted, clerkUserID)
-	var i User
+	var i GetUserByClerkIDIncludingDeletedRow
 	err := row.Scan(
 		&i.ID,
 		&i.ClerkUserID,
@@ -151,16 +285,8 @@ func (q *Queries) GetUserByClerkIDIncludingDeleted(ctx context.Context, db DBTX,
 }
 
 const insertUserWithInitialCredits = `-- name: InsertUserWithInitialCredits :one
-WITH new_user AS (
-    INSERT INTO users (clerk_user_id, email, first_name, last_name, image_url, plan, credits, clerk_updated_at)
-    VALUES ($1, $2, $3, $4, $5, 'FREE', $6, $7)
-    ON CONFLICT (clerk_user_id) DO NOTHING
-    RETURNING id, clerk_user_id, email, first_name, last_name, image_url, plan, credits, clerk_updated_at, created_at, updated_at, deleted_at
-), initial AS (
-    INSERT INTO credit_transactions (user_id, delta, balance_after, kind)
-    SELECT new_user.id, new_user.credits, new_user.credits, 'INITIAL' FROM new_user
-)
-SELECT id, clerk_user_id, email, first_name, last_name, image_url, plan, credits, clerk_updated_at, created_at, updated_at, deleted_at FROM new_user
+SELECT u_id, u_clerk_user_id, u_email, u_first_name, u_last_name, u_image_url, u_plan, u_credits, u_clerk_updated_at, u_created_at, u_updated_at, u_deleted_at FROM userd_create_user($1::text, $2::text, $3::text,
+    $4::text, $5::text, $6::bigint, $7::bigint)
 `
 
 type InsertUserWithInitialCreditsParams struct {
@@ -169,29 +295,30 @@ type InsertUserWithInitialCreditsParams struct {
 	FirstName      *string
 	LastName       *string
 	ImageURL       *string
-	Credits        int64
 	ClerkUpdatedAt *int64
+	Credits        int64
 }
 
 type InsertUserWithInitialCreditsRow struct {
-	ID             uuid.UUID
-	ClerkUserID    string
-	Email          *string
-	FirstName      *string
-	LastName       *string
-	ImageURL       *string
-	Plan           string
-	Credits        int64
-	ClerkUpdatedAt *int64
-	CreatedAt      time.Time
-	UpdatedAt      time.Time
-	DeletedAt      *time.Time
+	UID             *uuid.UUID
+	UClerkUserID    *string
+	UEmail          *string
+	UFirstName      *string
+	ULastName       *string
+	UImageUrl       *string
+	UPlan           *string
+	UCredits        *int64
+	UClerkUpdatedAt *int64
+	UCreatedAt      *time.Time
+	UUpdatedAt      *time.Time
+	UDeletedAt      *time.Time
 }
 
-// InsertUserWithInitialCredits creates the user and the ledger entry of
-// its initial credits in one round trip. It returns no row when the Clerk
-// id already exists (live or deleted); concurrent inserts for one id wait
-// for each other and exactly one returns the row.
+// InsertUserWithInitialCredits creates the user, its personal account and
+// the ledger entry of its initial credits in one round trip (see
+// userd_create_user in db/schema.sql). Its u_id is NULL when the Clerk id
+// already exists (live or deleted); concurrent inserts for one id wait for
+// each other and exactly one returns the user.
 func (q *Queries) InsertUserWithInitialCredits(ctx context.Context, db DBTX, arg InsertUserWithInitialCreditsParams) (InsertUserWithInitialCreditsRow, error) {
 	row := db.QueryRow(ctx, insertUserWithInitialCredits,
 		arg.ClerkUserID,
@@ -199,23 +326,23 @@ func (q *Queries) InsertUserWithInitialCredits(ctx context.Context, db DBTX, arg
 		arg.FirstName,
 		arg.LastName,
 		arg.ImageURL,
-		arg.Credits,
 		arg.ClerkUpdatedAt,
+		arg.Credits,
 	)
 	var i InsertUserWithInitialCreditsRow
 	err := row.Scan(
-		&i.ID,
-		&i.ClerkUserID,
-		&i.Email,
-		&i.FirstName,
-		&i.LastName,
-		&i.ImageURL,
-		&i.Plan,
-		&i.Credits,
-		&i.ClerkUpdatedAt,
-		&i.CreatedAt,
-		&i.UpdatedAt,
-		&i.DeletedAt,
+		&i.UID,
+		&i.UClerkUserID,
+		&i.UEmail,
+		&i.UFirstName,
+		&i.ULastName,
+		&i.UImageUrl,
+		&i.UPlan,
+		&i.UCredits,
+		&i.UClerkUpdatedAt,
+		&i.UCreatedAt,
+		&i.UUpdatedAt,
+		&i.UDeletedAt,
 	)
 	return i, err
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/userd/userd/internal/apptest"
 	"github.com/userd/userd/internal/clerkhook"
+	"github.com/userd/userd/internal/testwait"
 	"github.com/userd/userd/internal/users"
 )
 
@@ -176,6 +177,21 @@ func TestOrganizationLifecycle(t *testing.T) {
 		t.Errorf("feed = %v, want %v", kinds, want)
 	}
 
+	// A member whose user is deleted in userd no longer counts.
+	org2 := clerkhook.SampleOrg{ID: "org_2hZkTwo", Name: "Two", UpdatedAt: at(30)}
+	expect(t, in, newOrgDelivery("msg_o8", "organization.created", org2), http.StatusOK, "created")
+	const userC = "user_2hZkC"
+	expect(t, in, newMembershipDelivery("msg_m8", "organizationMembership.created",
+		clerkhook.SampleMembership{ID: "orgmem_C2", Org: org2, UserID: userC, Role: "org:member", UpdatedAt: at(31)}), http.StatusOK, "created")
+	expect(t, in, newDelivery("msg_u1", "user.created", clerkhook.SampleUser{ID: userC, UpdatedAt: at(32)}), http.StatusOK, "created")
+	if ids := orgsOf(t, in, userC); !slices.Equal(ids, []string{org2.ID}) {
+		t.Fatalf("OrganizationsOf(%s) = %v", userC, ids)
+	}
+	expect(t, in, newDelivery("msg_u2", "user.deleted", clerkhook.SampleUser{ID: userC, UpdatedAt: at(33)}), http.StatusOK, "deleted")
+	if ids, members := orgsOf(t, in, userC), getOrg(t, in, org2.ID).Members; len(ids) != 0 || len(members) != 0 {
+		t.Fatalf("a deleted user still belongs: %v, members %+v", ids, members)
+	}
+
 	// A deletion of an organization never seen leaves a tombstone.
 	expect(t, in, newOrgDelivery("msg_o6", "organization.deleted", clerkhook.SampleOrg{ID: "org_never", UpdatedAt: at(1)}),
 		http.StatusOK, "deleted")
@@ -281,4 +297,103 @@ func TestBadOrganizationPayloadsAreRefused(t *testing.T) {
 	// The same message ids, fixed, are applied: a refusal recorded nothing.
 	d := newMembershipDelivery("msg_bad_11", "organizationMembership.created", mem)
 	expect(t, in, d, http.StatusOK, "created")
+}
+
+// TestMembershipChangeWaitsForTheAccountLock: a membership change locks
+// the organization's account row first, so it waits for a transaction
+// holding that lock (a spend from the account) and that transaction sees
+// the membership as it was; the removal commits after it.
+func TestMembershipChangeWaitsForTheAccountLock(t *testing.T) {
+	t.Parallel()
+	in := apptest.Start(t, nil)
+	ctx := context.Background()
+	org := clerkhook.SampleOrg{ID: "org_locked", Name: "Locked", UpdatedAt: at(1)}
+	mem := clerkhook.SampleMembership{ID: "orgmem_locked", Org: org, UserID: "user_locked", Role: "org:member", UpdatedAt: at(2)}
+	expect(t, in, newOrgDelivery("msg_l1", "organization.created", org), http.StatusOK, "created")
+	expect(t, in, newMembershipDelivery("msg_l2", "organizationMembership.created", mem), http.StatusOK, "created")
+
+	tx, err := in.DB.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	var member bool
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM accounts a JOIN organizations o ON o.id = a.organization_id
+		WHERE o.clerk_org_id = $1 FOR UPDATE OF a)`, org.ID).Scan(&member); err != nil || !member {
+		t.Fatalf("lock the account: %v %v", member, err)
+	}
+
+	done := make(chan int, 1)
+	go func() {
+		code, _ := post(t, in, newMembershipDelivery("msg_l3", "organizationMembership.deleted", mem))
+		done <- code
+	}()
+	testwait.Until(t, 10*time.Second, "the removal waits for the account lock", func() bool {
+		var waiting bool
+		_ = in.DB.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%userd_apply_clerk_batch%')`).Scan(&waiting)
+		return waiting
+	})
+	// The lock holder still sees the member: a spend under it is applied
+	// before the removal.
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM userd_live_membership($1, $2))`, org.ID, mem.UserID).Scan(&member); err != nil || !member {
+		t.Fatalf("under the lock, the member is gone: %v %v", member, err)
+	}
+	select {
+	case code := <-done:
+		t.Fatalf("the removal committed (%d) while the account was locked", code)
+	default:
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if code := <-done; code != http.StatusOK {
+		t.Fatalf("removal answered %d", code)
+	}
+	if ids := orgsOf(t, in, mem.UserID); len(ids) != 0 {
+		t.Fatalf("removed member still belongs: %v", ids)
+	}
+}
+
+// TestMembershipChangeWaitsForAMembershipCheck: userd_live_membership
+// locks the membership it finds (KEY SHARE), so a removal waits for the
+// transaction that checked it even without the account lock.
+func TestMembershipChangeWaitsForAMembershipCheck(t *testing.T) {
+	t.Parallel()
+	in := apptest.Start(t, nil)
+	ctx := context.Background()
+	org := clerkhook.SampleOrg{ID: "org_checked", Name: "Checked", UpdatedAt: at(1)}
+	mem := clerkhook.SampleMembership{ID: "orgmem_checked", Org: org, UserID: "user_checked", Role: "org:member", UpdatedAt: at(2)}
+	expect(t, in, newOrgDelivery("msg_k1", "organization.created", org), http.StatusOK, "created")
+	expect(t, in, newMembershipDelivery("msg_k2", "organizationMembership.created", mem), http.StatusOK, "created")
+
+	tx, err := in.DB.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	var member bool
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM userd_live_membership($1, $2))`, org.ID, mem.UserID).Scan(&member); err != nil || !member {
+		t.Fatalf("check: %v %v", member, err)
+	}
+	done := make(chan int, 1)
+	go func() {
+		code, _ := post(t, in, newMembershipDelivery("msg_k3", "organizationMembership.deleted", mem))
+		done <- code
+	}()
+	testwait.Until(t, 10*time.Second, "the removal waits for the checking transaction", func() bool {
+		var waiting bool
+		_ = in.DB.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%userd_apply_clerk_batch%')`).Scan(&waiting)
+		return waiting
+	})
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if code := <-done; code != http.StatusOK {
+		t.Fatalf("removal answered %d", code)
+	}
+	if err := in.DB.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM userd_live_membership($1, $2))`, org.ID, mem.UserID).Scan(&member); err != nil || member {
+		t.Fatalf("after the removal: member %v %v", member, err)
+	}
 }

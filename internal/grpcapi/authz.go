@@ -57,10 +57,11 @@ func ownUser(ctx context.Context, requested string) (string, error) {
 }
 
 // servicesOnly refuses end users: credits and plans change only through
-// backend services.
-func servicesOnly(ctx context.Context) error {
-	_, err := service(ctx, "change credits or plans")
-	return err
+// backend services. It returns the service's name, which the ledger
+// records.
+func servicesOnly(ctx context.Context) (string, error) {
+	p, err := service(ctx, "change credits or plans")
+	return p.Service, err
 }
 
 // service returns the calling service's principal, refusing end users:

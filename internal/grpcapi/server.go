@@ -99,7 +99,8 @@ func (s *Server) EnsureUser(ctx context.Context, req *userdv1.EnsureUserRequest)
 
 // creditChange authorizes and translates a deduct or grant request.
 func creditChange(ctx context.Context, clerkUserID string, amount int64, action, key, reason string) (users.CreditChange, error) {
-	if err := servicesOnly(ctx); err != nil {
+	svc, err := servicesOnly(ctx)
+	if err != nil {
 		return users.CreditChange{}, err
 	}
 	id, err := ownUser(ctx, clerkUserID)
@@ -109,7 +110,9 @@ func creditChange(ctx context.Context, clerkUserID string, amount int64, action,
 	if key, err = idempotencyKey(ctx, key); err != nil {
 		return users.CreditChange{}, err
 	}
-	return users.CreditChange{ClerkUserID: id, Amount: amount, Action: action, IdempotencyKey: key, Reason: reason}, nil
+	return users.CreditChange{
+		ClerkUserID: id, Amount: amount, Action: action, IdempotencyKey: key, Reason: reason, Service: svc,
+	}, nil
 }
 
 // DeductCredits implements userdv1.UserServiceServer.
@@ -140,7 +143,8 @@ func (s *Server) GrantCredits(ctx context.Context, req *userdv1.GrantCreditsRequ
 
 // SetPlan implements userdv1.UserServiceServer.
 func (s *Server) SetPlan(ctx context.Context, req *userdv1.SetPlanRequest) (*userdv1.SetPlanResponse, error) {
-	if err := servicesOnly(ctx); err != nil {
+	svc, err := servicesOnly(ctx)
+	if err != nil {
 		return nil, err
 	}
 	id, err := ownUser(ctx, req.GetClerkUserId())
@@ -157,6 +161,7 @@ func (s *Server) SetPlan(ctx context.Context, req *userdv1.SetPlanRequest) (*use
 		BonusCredits:   req.GetBonusCredits(),
 		IdempotencyKey: key,
 		Reason:         req.GetReason(),
+		Service:        svc,
 	})
 	if err != nil {
 		return nil, err

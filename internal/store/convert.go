@@ -27,7 +27,9 @@ func deref[T any](p *T) T {
 	return *p
 }
 
-func userOut(r sqlcdb.User, err error) (users.User, error) {
+// userOut converts a user read with its personal account's plan and
+// balance (every query that reads a user has these columns).
+func userOut(r sqlcdb.GetLiveUserByClerkIDRow, err error) (users.User, error) {
 	if err != nil {
 		return users.User{}, translate(err)
 	}
@@ -51,11 +53,14 @@ func transactionFrom(r sqlcdb.CreditTransaction) users.Transaction {
 	return users.Transaction{
 		ID:             r.ID,
 		UserID:         r.UserID,
+		AccountID:      r.UserID,
 		Delta:          r.Delta,
 		BalanceAfter:   r.BalanceAfter,
 		Kind:           users.TxKind(r.Kind),
 		Reason:         r.Reason,
 		IdempotencyKey: deref(r.IdempotencyKey),
+		ActorUserID:    deref(r.ActorUserID),
+		Service:        deref(r.Service),
 		CreatedAt:      r.CreatedAt,
 	}
 }
@@ -63,19 +68,38 @@ func transactionFrom(r sqlcdb.CreditTransaction) users.Transaction {
 // writtenTransaction is the ledger entry a write function returned in its
 // t_* columns (the entry written, or the original one of a replay), or nil
 // when the id is NULL: it wrote or found none.
-func writtenTransaction(id *int64, userID uuid.UUID, delta, balanceAfter *int64, kind, reason *string,
-	createdAt *time.Time, key string) *users.Transaction {
+func writtenTransaction(id *int64, accountID uuid.UUID, delta, balanceAfter *int64, kind, reason *string,
+	createdAt *time.Time, key string, actor *uuid.UUID, service *string) *users.Transaction {
 	if id == nil {
 		return nil
 	}
 	return &users.Transaction{
 		ID:             *id,
-		UserID:         userID,
+		UserID:         accountID,
+		AccountID:      accountID,
 		Delta:          deref(delta),
 		BalanceAfter:   deref(balanceAfter),
 		Kind:           users.TxKind(deref(kind)),
 		Reason:         deref(reason),
 		IdempotencyKey: key,
+		ActorUserID:    deref(actor),
+		Service:        deref(service),
 		CreatedAt:      deref(createdAt),
+	}
+}
+
+// accountOut converts an account read (personal: ownerUser set;
+// organization: ownerOrg set).
+func accountOut(id uuid.UUID, plan string, credits int64, createdAt, updatedAt time.Time, closedAt *time.Time,
+	ownerUser, ownerOrg string) users.Account {
+	return users.Account{
+		ID:               id,
+		OwnerClerkUserID: ownerUser,
+		OwnerClerkOrgID:  ownerOrg,
+		Plan:             users.Plan(plan),
+		Credits:          credits,
+		CreatedAt:        createdAt,
+		UpdatedAt:        updatedAt,
+		ClosedAt:         closedAt,
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/userd/userd/gen/sqlcdb"
 	"github.com/userd/userd/internal/apperr"
 	"github.com/userd/userd/internal/feed"
@@ -141,34 +143,46 @@ type (
 		DeletedAt *time.Time `json:"deleted_at"`
 	}
 	planChangePayload struct {
-		ID             int64     `json:"id"`
-		PreviousPlan   string    `json:"previous_plan"`
-		Plan           string    `json:"plan"`
-		BonusCredits   int64     `json:"bonus_credits"`
-		TransactionID  *int64    `json:"transaction_id"`
-		Reason         string    `json:"reason"`
-		IdempotencyKey string    `json:"idempotency_key"`
-		CreatedAt      time.Time `json:"created_at"`
+		ID             int64      `json:"id"`
+		PreviousPlan   string     `json:"previous_plan"`
+		Plan           string     `json:"plan"`
+		BonusCredits   int64      `json:"bonus_credits"`
+		TransactionID  *int64     `json:"transaction_id"`
+		Reason         string     `json:"reason"`
+		IdempotencyKey string     `json:"idempotency_key"`
+		ActorUserID    *uuid.UUID `json:"actor_user_id"`
+		Service        *string    `json:"service"`
+		CreatedAt      time.Time  `json:"created_at"`
 	}
 	transactionPayload struct {
-		ID             int64     `json:"id"`
-		Delta          int64     `json:"delta"`
-		BalanceAfter   int64     `json:"balance_after"`
-		Kind           string    `json:"kind"`
-		Reason         string    `json:"reason"`
-		IdempotencyKey *string   `json:"idempotency_key"`
-		CreatedAt      time.Time `json:"created_at"`
+		ID             int64      `json:"id"`
+		Delta          int64      `json:"delta"`
+		BalanceAfter   int64      `json:"balance_after"`
+		Kind           string     `json:"kind"`
+		Reason         string     `json:"reason"`
+		IdempotencyKey *string    `json:"idempotency_key"`
+		ActorUserID    *uuid.UUID `json:"actor_user_id"`
+		Service        *string    `json:"service"`
+		CreatedAt      time.Time  `json:"created_at"`
 	}
 )
 
 func eventFrom(r sqlcdb.ReadUserEventsRow) (feed.Event, error) {
 	ev := feed.Event{
-		ID:          deref(r.ID),
-		Position:    feed.Position{Xid: deref(r.OrderXid), ID: deref(r.ID)},
-		Kind:        feed.Kind(deref(r.Kind)),
-		UserID:      deref(r.UserID),
-		ClerkUserID: deref(r.ClerkUserID),
-		Time:        deref(r.CreatedAt),
+		ID:               deref(r.ID),
+		Position:         feed.Position{Xid: deref(r.OrderXid), ID: deref(r.ID)},
+		Kind:             feed.Kind(deref(r.Kind)),
+		UserID:           deref(r.UserID),
+		ClerkUserID:      deref(r.ClerkUserID),
+		ClerkOrgID:       deref(r.ClerkOrgID),
+		AccountID:        deref(r.AccountID),
+		ActorClerkUserID: deref(r.ActorClerkUserID),
+		Time:             deref(r.CreatedAt),
+	}
+	if ev.AccountID == uuid.Nil && ev.ClerkOrgID == "" && (ev.Kind == feed.KindCreditsChanged || ev.Kind == feed.KindPlanChanged) {
+		// Written before accounts (00010): the user's personal account,
+		// whose id is the user's.
+		ev.AccountID = ev.UserID
 	}
 	switch ev.Kind {
 	case feed.KindUserCreated, feed.KindUserUpdated, feed.KindUserDeleted:
@@ -196,13 +210,16 @@ func eventFrom(r sqlcdb.ReadUserEventsRow) (feed.Event, error) {
 		}
 		ev.PlanChange = &users.PlanChange{
 			ID:             p.ID,
-			UserID:         ev.UserID,
+			UserID:         ev.AccountID,
+			AccountID:      ev.AccountID,
 			PreviousPlan:   users.Plan(p.PreviousPlan),
 			Plan:           users.Plan(p.Plan),
 			BonusCredits:   p.BonusCredits,
 			TransactionID:  deref(p.TransactionID),
 			Reason:         p.Reason,
 			IdempotencyKey: p.IdempotencyKey,
+			ActorUserID:    deref(p.ActorUserID),
+			Service:        deref(p.Service),
 			CreatedAt:      p.CreatedAt,
 		}
 	case feed.KindCreditsChanged:
@@ -212,12 +229,15 @@ func eventFrom(r sqlcdb.ReadUserEventsRow) (feed.Event, error) {
 		}
 		ev.Transaction = &users.Transaction{
 			ID:             p.ID,
-			UserID:         ev.UserID,
+			UserID:         ev.AccountID,
+			AccountID:      ev.AccountID,
 			Delta:          p.Delta,
 			BalanceAfter:   p.BalanceAfter,
 			Kind:           users.TxKind(p.Kind),
 			Reason:         p.Reason,
 			IdempotencyKey: deref(p.IdempotencyKey),
+			ActorUserID:    deref(p.ActorUserID),
+			Service:        deref(p.Service),
 			CreatedAt:      p.CreatedAt,
 		}
 	default:

@@ -13,6 +13,7 @@ func (s *Store) DeductCreditsForAction(ctx context.Context, d users.ActionDeduct
 		ClerkUserID:    d.ClerkUserID,
 		Action:         d.Action,
 		IdempotencyKey: d.IdempotencyKey,
+		Service:        nullable(d.Service),
 	})
 	if err != nil {
 		return users.CreditWriteResult{}, translate(fmt.Errorf("deduct credits for action: %w", err))
@@ -22,7 +23,8 @@ func (s *Store) DeductCreditsForAction(ctx context.Context, d users.ActionDeduct
 		Available: deref(row.Available),
 		Price:     deref(row.Price),
 	}
-	if t := writtenTransaction(row.TID, deref(row.TUserID), row.TDelta, row.TBalanceAfter, row.TKind, row.TReason, row.TCreatedAt, d.IdempotencyKey); t != nil {
+	if t := writtenTransaction(row.TID, deref(row.TUserID), row.TDelta, row.TBalanceAfter, row.TKind, row.TReason,
+		row.TCreatedAt, d.IdempotencyKey, row.TActorUserID, row.TService); t != nil {
 		res.Transaction = *t
 	}
 	return res, nil

@@ -62,17 +62,33 @@ func (s *Store) GetLiveUserByClerkID(ctx context.Context, clerkUserID string) (u
 
 func (s *Store) GetLiveUserByID(ctx context.Context, id uuid.UUID) (users.User, error) {
 	row, err := s.q.GetLiveUserByID(ctx, s.db, id)
-	return userOut(row, err)
+	return userOut(sqlcdb.GetLiveUserByClerkIDRow(row), err)
 }
 
 func (s *Store) GetLiveUserByEmail(ctx context.Context, email string) (users.User, error) {
 	row, err := s.q.GetLiveUserByEmail(ctx, s.db, email)
-	return userOut(row, err)
+	return userOut(sqlcdb.GetLiveUserByClerkIDRow(row), err)
 }
 
 func (s *Store) GetUserByClerkIDIncludingDeleted(ctx context.Context, clerkUserID string) (users.User, error) {
 	row, err := s.q.GetUserByClerkIDIncludingDeleted(ctx, s.db, clerkUserID)
-	return userOut(row, err)
+	return userOut(sqlcdb.GetLiveUserByClerkIDRow(row), err)
+}
+
+func (s *Store) GetPersonalAccount(ctx context.Context, clerkUserID string) (users.Account, error) {
+	r, err := s.q.GetPersonalAccount(ctx, s.db, clerkUserID)
+	if err != nil {
+		return users.Account{}, translate(fmt.Errorf("get personal account: %w", err))
+	}
+	return accountOut(r.ID, r.Plan, r.Credits, r.CreatedAt, r.UpdatedAt, r.ClosedAt, r.ClerkUserID, ""), nil
+}
+
+func (s *Store) GetOrganizationAccount(ctx context.Context, clerkOrgID string) (users.Account, error) {
+	r, err := s.q.GetOrganizationAccount(ctx, s.db, clerkOrgID)
+	if err != nil {
+		return users.Account{}, translate(fmt.Errorf("get organization account: %w", err))
+	}
+	return accountOut(r.ID, r.Plan, r.Credits, r.CreatedAt, r.UpdatedAt, r.ClosedAt, "", r.ClerkOrgID), nil
 }
 
 func (s *Store) InsertUserWithInitialCredits(ctx context.Context, u users.NewUser) (users.User, bool, error) {
@@ -82,14 +98,29 @@ func (s *Store) InsertUserWithInitialCredits(ctx context.Context, u users.NewUse
 		FirstName:      nullable(u.FirstName),
 		LastName:       nullable(u.LastName),
 		ImageURL:       nullable(u.ImageURL),
-		Credits:        u.Credits,
 		ClerkUpdatedAt: nullable(u.ClerkUpdatedAt),
+		Credits:        u.Credits,
 	})
-	if errors.Is(err, pgx.ErrNoRows) {
+	if err != nil {
+		return users.User{}, false, translate(err)
+	}
+	if row.UID == nil {
 		return users.User{}, false, nil
 	}
-	out, err := userOut(sqlcdb.User(row), err)
-	return out, err == nil, err
+	return users.User{
+		ID:             deref(row.UID),
+		ClerkUserID:    deref(row.UClerkUserID),
+		Email:          deref(row.UEmail),
+		FirstName:      deref(row.UFirstName),
+		LastName:       deref(row.ULastName),
+		ImageURL:       deref(row.UImageUrl),
+		Plan:           users.Plan(deref(row.UPlan)),
+		Credits:        deref(row.UCredits),
+		ClerkUpdatedAt: deref(row.UClerkUpdatedAt),
+		CreatedAt:      deref(row.UCreatedAt),
+		UpdatedAt:      deref(row.UUpdatedAt),
+		DeletedAt:      row.UDeletedAt,
+	}, true, nil
 }
 
 func (s *Store) ChangeCredits(ctx context.Context, w users.CreditWrite) (users.CreditWriteResult, error) {
@@ -99,12 +130,14 @@ func (s *Store) ChangeCredits(ctx context.Context, w users.CreditWrite) (users.C
 		Delta:          w.Delta,
 		Reason:         w.Reason,
 		IdempotencyKey: w.IdempotencyKey,
+		Service:        nullable(w.Service),
 	})
 	if err != nil {
 		return users.CreditWriteResult{}, translate(fmt.Errorf("change credits: %w", err))
 	}
 	res := users.CreditWriteResult{Status: users.WriteStatus(deref(row.Status)), Available: deref(row.Available)}
-	if t := writtenTransaction(row.TID, deref(row.TUserID), row.TDelta, row.TBalanceAfter, row.TKind, row.TReason, row.TCreatedAt, w.IdempotencyKey); t != nil {
+	if t := writtenTransaction(row.TID, deref(row.TUserID), row.TDelta, row.TBalanceAfter, row.TKind, row.TReason,
+		row.TCreatedAt, w.IdempotencyKey, row.TActorUserID, row.TService); t != nil {
 		res.Transaction = *t
 	}
 	return res, nil
@@ -117,6 +150,7 @@ func (s *Store) SetPlan(ctx context.Context, w users.PlanWrite) (users.PlanWrite
 		Bonus:          w.BonusCredits,
 		Reason:         w.Reason,
 		IdempotencyKey: w.IdempotencyKey,
+		Service:        nullable(w.Service),
 	})
 	if err != nil {
 		return users.PlanWriteResult{}, translate(fmt.Errorf("set plan: %w", err))
@@ -149,7 +183,10 @@ func (s *Store) SetPlan(ctx context.Context, w users.PlanWrite) (users.PlanWrite
 		IdempotencyKey: w.IdempotencyKey,
 		CreatedAt:      deref(row.PcCreatedAt),
 	}
-	res.Bonus = writtenTransaction(row.TID, *row.UID, row.TDelta, row.TBalanceAfter, row.TKind, row.TReason, row.TCreatedAt, w.IdempotencyKey)
+	res.Change.AccountID = res.Change.UserID
+	res.Change.ActorUserID, res.Change.Service = deref(row.PcActorUserID), deref(row.PcService)
+	res.Bonus = writtenTransaction(row.TID, *row.UID, row.TDelta, row.TBalanceAfter, row.TKind, row.TReason,
+		row.TCreatedAt, w.IdempotencyKey, row.PcActorUserID, row.PcService)
 	return res, nil
 }
 

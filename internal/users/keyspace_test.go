@@ -104,7 +104,7 @@ func TestOneKeySpaceAcrossOperations(t *testing.T) {
 }
 
 // TestInvariantChecksCatchALostLock proves that the concurrency tests can
-// fail: with the row lock taken out of the deduct/grant function (a
+// fail: with the row locks taken out of the personal account lock (a
 // mutation of this test's own database), the same kind of concurrent load
 // must break the ledger invariant that checkInvariants asserts.
 func TestInvariantChecksCatchALostLock(t *testing.T) {
@@ -115,13 +115,14 @@ func TestInvariantChecksCatchALostLock(t *testing.T) {
 	pool := testdb.Pool(t)
 	ctx := context.Background()
 	var def string
-	if err := pool.QueryRow(ctx, `SELECT pg_get_functiondef('userd_change_credits'::regproc)`).Scan(&def); err != nil {
+	// Every personal write locks through userd_lock_personal_account.
+	if err := pool.QueryRow(ctx, `SELECT pg_get_functiondef('userd_lock_personal_account'::regproc)`).Scan(&def); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(def, "FOR UPDATE") {
-		t.Fatal("userd_change_credits takes no row lock to remove")
+		t.Fatal("userd_lock_personal_account takes no row lock to remove")
 	}
-	if _, err := pool.Exec(ctx, strings.Replace(def, "FOR UPDATE", "", 1)); err != nil {
+	if _, err := pool.Exec(ctx, strings.ReplaceAll(def, "FOR UPDATE", "")); err != nil {
 		t.Fatalf("install the mutant: %v", err)
 	}
 	b := bundle{svc: users.NewService(store.New(pool, store.Options{}), users.Options{InitialCredits: users.DefaultInitialCredits}), store: store.New(pool, store.Options{})}

@@ -238,7 +238,7 @@ func unknownAction() error {
 // deductForAction charges one use of c.Action at its current price.
 func (s *Service) deductForAction(ctx context.Context, c CreditChange) (CreditResult, error) {
 	res, err := s.store.DeductCreditsForAction(ctx, ActionDeduction{
-		ClerkUserID: c.ClerkUserID, Action: c.Action, IdempotencyKey: c.IdempotencyKey,
+		ClerkUserID: c.ClerkUserID, Action: c.Action, IdempotencyKey: c.IdempotencyKey, Service: c.Service,
 	})
 	if err != nil {
 		return CreditResult{}, userErr(err, "deduct credits for action")

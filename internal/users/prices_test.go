@@ -498,7 +498,7 @@ func TestPriceChangesRacingDeductions(t *testing.T) {
 }
 
 // TestPriceRaceCheckCatchesALostLock proves that the check above can fail:
-// with the share lock taken out of userd_deduct_for_action (a mutation of
+// with the share lock taken out of userd_personal_deduct_for_action (a mutation of
 // this test's own database), the same race must produce deductions that
 // charged a price no longer in effect when they committed.
 func TestPriceRaceCheckCatchesALostLock(t *testing.T) {
@@ -506,11 +506,11 @@ func TestPriceRaceCheckCatchesALostLock(t *testing.T) {
 	pool := connect(t, testdb.URL(t), map[string]string{"synchronous_commit": "off"})
 	ctx := context.Background()
 	var def string
-	if err := pool.QueryRow(ctx, `SELECT pg_get_functiondef('userd_deduct_for_action'::regproc)`).Scan(&def); err != nil {
+	if err := pool.QueryRow(ctx, `SELECT pg_get_functiondef('userd_personal_deduct_for_action'::regproc)`).Scan(&def); err != nil {
 		t.Fatal(err)
 	}
 	if strings.Count(def, "FOR SHARE") != 1 {
-		t.Fatal("userd_deduct_for_action has no one FOR SHARE to remove")
+		t.Fatal("userd_personal_deduct_for_action has no one FOR SHARE to remove")
 	}
 	if _, err := pool.Exec(ctx, strings.Replace(def, "FOR SHARE", "", 1)); err != nil {
 		t.Fatalf("install the mutant: %v", err)

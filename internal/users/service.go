@@ -301,6 +301,9 @@ type CreditChange struct {
 	Action         string
 	IdempotencyKey string
 	Reason         string
+	// Service is the name of the calling service, recorded on the ledger
+	// entry with the user as the actor; "" for the user itself.
+	Service string
 }
 
 func (c CreditChange) validate(kind TxKind) error {
@@ -359,6 +362,7 @@ func (s *Service) changeCredits(ctx context.Context, c CreditChange, kind TxKind
 		Delta:          delta,
 		Reason:         c.Reason,
 		IdempotencyKey: c.IdempotencyKey,
+		Service:        c.Service,
 	})
 	op := strings.ToLower(string(kind)) + " credits"
 	if err != nil {
@@ -403,6 +407,8 @@ type SetPlanInput struct {
 	BonusCredits   int64
 	IdempotencyKey string
 	Reason         string
+	// Service: as for CreditChange.
+	Service string
 }
 
 func (in SetPlanInput) validate() error {
@@ -452,6 +458,7 @@ func (s *Service) SetPlan(ctx context.Context, in SetPlanInput) (SetPlanResult, 
 		BonusCredits:   in.BonusCredits,
 		Reason:         in.Reason,
 		IdempotencyKey: in.IdempotencyKey,
+		Service:        in.Service,
 	})
 	if err != nil {
 		return SetPlanResult{}, userErr(err, "set plan")
@@ -468,6 +475,37 @@ func (s *Service) SetPlan(ctx context.Context, in SetPlanInput) (SetPlanResult, 
 		return r, nil
 	}
 	return SetPlanResult{}, writeErr(res.Status, in.BonusCredits, 0, "bonus_credits", "set plan")
+}
+
+// GetAccount returns the account ref names: the personal account of a live
+// user (ref.ClerkUserID alone), or an organization's account
+// (ref.ClerkOrgID), closed or not. NotFound when there is none.
+func (s *Service) GetAccount(ctx context.Context, ref AccountRef) (Account, error) {
+	var v violations
+	if ref.ClerkOrgID != "" {
+		v.clerkOrgID("clerk_org_id", ref.ClerkOrgID)
+	} else {
+		v.clerkUserID("clerk_user_id", ref.ClerkUserID)
+	}
+	if err := v.err(); err != nil {
+		return Account{}, err
+	}
+	var (
+		a   Account
+		err error
+	)
+	if ref.ClerkOrgID != "" {
+		a, err = s.store.GetOrganizationAccount(ctx, ref.ClerkOrgID)
+	} else {
+		a, err = s.store.GetPersonalAccount(ctx, ref.ClerkUserID)
+	}
+	if errors.Is(err, ErrNoRow) {
+		return Account{}, apperr.NotFound("account not found")
+	}
+	if err != nil {
+		return Account{}, userErr(err, "get account")
+	}
+	return a, nil
 }
 
 // TransactionPage is one page of a user's ledger.

@@ -64,27 +64,86 @@ type User struct {
 
 // Transaction is one ledger entry.
 type Transaction struct {
-	ID             int64
+	ID int64
+	// UserID is the id of the account the entry belongs to: for a personal
+	// account, its owner's user id (AccountID, kept for callers that name
+	// users).
 	UserID         uuid.UUID
+	AccountID      uuid.UUID
 	Delta          int64
 	BalanceAfter   int64
 	Kind           TxKind
 	Reason         string
 	IdempotencyKey string // "" for entries userd makes itself
-	CreatedAt      time.Time
+	// ActorUserID is the user who acted (for a personal account its owner,
+	// for an organization account the member who spent); uuid.Nil when
+	// userd acted (the initial credits) or a service named no user.
+	ActorUserID uuid.UUID
+	// Service is the name of the service token that made the call; "" for
+	// an end user's own call and for entries userd makes itself.
+	Service   string
+	CreatedAt time.Time
 }
 
 // PlanChange is one applied SetPlan.
 type PlanChange struct {
-	ID             int64
+	ID int64
+	// UserID is the account's id, as for Transaction.
 	UserID         uuid.UUID
+	AccountID      uuid.UUID
 	PreviousPlan   Plan
 	Plan           Plan
 	BonusCredits   int64
 	TransactionID  int64 // 0 when BonusCredits == 0
 	Reason         string
 	IdempotencyKey string
-	CreatedAt      time.Time
+	// ActorUserID and Service: who made the change, as for Transaction.
+	ActorUserID uuid.UUID
+	Service     string
+	CreatedAt   time.Time
+}
+
+// Account owns a plan, a balance, a ledger and an idempotency key space:
+// a user's personal account (its id is the user's id) or an
+// organization's account.
+type Account struct {
+	ID uuid.UUID
+	// Exactly one owner: OwnerClerkUserID for a personal account,
+	// OwnerClerkOrgID for an organization's.
+	OwnerClerkUserID string
+	OwnerClerkOrgID  string
+	Plan             Plan
+	Credits          int64
+	CreatedAt        time.Time
+	UpdatedAt        time.Time
+	// ClosedAt is set once the account was closed (its organization was
+	// deleted): it refuses spends, grants and plan changes and keeps its
+	// ledger.
+	ClosedAt *time.Time
+	// Members are an organization account's live members (none for a
+	// personal account).
+	Members []AccountMember
+}
+
+// AccountMember is a live member of an organization account.
+type AccountMember struct {
+	ClerkUserID string
+	// Role is Clerk's role key (e.g. "org:admin").
+	Role        string
+	Permissions []string
+	// CapPeriod is "day", "week" or "month" when the member has a spending
+	// cap, "" when not; Cap and Spent are the cap and what the member spent
+	// in the current period.
+	CapPeriod string
+	Cap       int64
+	Spent     int64
+}
+
+// AccountRef names an account: the personal account of ClerkUserID, or,
+// when ClerkOrgID is set, the organization's account.
+type AccountRef struct {
+	ClerkUserID string
+	ClerkOrgID  string
 }
 
 // WriteStatus is what a keyed write (ChangeCredits, SetPlan) did. The store
@@ -110,6 +169,8 @@ const (
 	// WriteUnknownAction: a deduction by action names an action the price
 	// list does not have.
 	WriteUnknownAction WriteStatus = "unknown_action"
+	// WriteClosed: the account is closed (its organization was deleted).
+	WriteClosed WriteStatus = "closed"
 )
 
 // CreditWrite is a deduction (Delta < 0) or grant (Delta > 0) for the store.
@@ -119,6 +180,9 @@ type CreditWrite struct {
 	Delta          int64
 	Reason         string
 	IdempotencyKey string
+	// Service is the calling service's name, recorded on the entry ("" for
+	// an end user).
+	Service string
 }
 
 // CreditWriteResult is what ChangeCredits did.
@@ -141,6 +205,8 @@ type ActionDeduction struct {
 	ClerkUserID    string
 	Action         string
 	IdempotencyKey string
+	// Service: as for CreditWrite.
+	Service string
 }
 
 // PlanWrite is a plan change for the store.
@@ -150,6 +216,8 @@ type PlanWrite struct {
 	BonusCredits   int64
 	Reason         string
 	IdempotencyKey string
+	// Service: as for CreditWrite.
+	Service string
 }
 
 // PlanWriteResult is what SetPlan did; User, Change and Bonus are set when
@@ -240,14 +308,21 @@ type Store interface {
 	GetLiveUserByID(ctx context.Context, id uuid.UUID) (User, error)
 	GetLiveUserByEmail(ctx context.Context, email string) (User, error)
 	GetUserByClerkIDIncludingDeleted(ctx context.Context, clerkUserID string) (User, error)
-	// InsertUserWithInitialCredits inserts the user and the INITIAL ledger
-	// entry of u.Credits; inserted == false, and no error, when a row for the
-	// Clerk id already exists.
+	// InsertUserWithInitialCredits inserts the user, its personal account
+	// and the INITIAL ledger entry of u.Credits; inserted == false, and no
+	// error, when a row for the Clerk id already exists.
 	InsertUserWithInitialCredits(ctx context.Context, u NewUser) (user User, inserted bool, err error)
+	// GetPersonalAccount returns the personal account of a live user
+	// (ErrNoRow when there is no such user).
+	GetPersonalAccount(ctx context.Context, clerkUserID string) (Account, error)
+	// GetOrganizationAccount returns the account of an organization, by
+	// its Clerk id, without its members (ErrNoRow when there is none).
+	GetOrganizationAccount(ctx context.Context, clerkOrgID string) (Account, error)
 
-	// ChangeCredits applies a deduction or grant in one round trip: it
-	// locks the user, claims the key in the user's one key space, moves the
-	// balance and writes the ledger entry, or reports why not.
+	// ChangeCredits applies a deduction or grant to a user's personal
+	// account in one round trip: it locks the account, claims the key in
+	// the account's one key space, moves the balance and writes the ledger
+	// entry (with the user as actor and w.Service), or reports why not.
 	ChangeCredits(ctx context.Context, w CreditWrite) (CreditWriteResult, error)
 	// DeductCreditsForAction charges one use of an action at the price in
 	// effect when it commits, in one round trip, under the same lock and
