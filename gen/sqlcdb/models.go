@@ -21,6 +21,29 @@ type Account struct {
 	ClosedAt       *time.Time
 }
 
+type AccountMemberCap struct {
+	AccountID   uuid.UUID
+	ClerkUserID string
+	Period      string
+	Cap         int64
+	PeriodStart time.Time
+	Spent       int64
+	UpdatedAt   time.Time
+	UpdatedBy   string
+}
+
+type AccountMemberCapChange struct {
+	ID             int64
+	AccountID      uuid.UUID
+	ClerkUserID    string
+	PreviousPeriod *string
+	PreviousCap    *int64
+	Period         *string
+	Cap            *int64
+	ChangedBy      string
+	ChangedAt      time.Time
+}
+
 type ClerkSyncState struct {
 	ID             bool
 	LastStartedAt  time.Time

@@ -186,8 +186,12 @@ type Affordability struct {
 	Required int64
 	// Available is the user's balance.
 	Available int64
-	// Allowed is Available >= Required.
+	// Allowed is Available >= Required (and, for a member spending from
+	// an organization's account, Cap.Remaining >= Required).
 	Allowed bool
+	// Cap is the member's spending cap, when CanAffordFor asked for a
+	// member of an organization with a cap; nil otherwise.
+	Cap *MemberCap
 }
 
 // AffordabilityRead is what the store read for CanAfford.

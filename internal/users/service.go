@@ -27,6 +27,9 @@ type Service struct {
 	clerk *clerkBatcher
 	// now is the clock that ends usage windows left open.
 	now func() time.Time
+	// clock is Options.Clock: when set, members' spending caps count in
+	// its periods instead of the database's.
+	clock func() time.Time
 }
 
 // Observer learns of committed changes (for metrics). Replays and rolled
@@ -64,11 +67,19 @@ type Options struct {
 	OrgInitialCredits int64
 	// Observer, if set, learns of committed changes.
 	Observer Observer
+	// Clock, if set, is the Service's clock (tests): it ends usage windows
+	// left open and says which period members' spending caps count in.
+	// Unset, those periods are the database's (the clock of the ledger's
+	// times).
+	Clock func() time.Time
 }
 
 // NewService returns a Service over store.
 func NewService(store Store, opts Options) *Service {
-	s := &Service{store: store, initialCredits: opts.InitialCredits, observer: opts.Observer, now: time.Now}
+	s := &Service{store: store, initialCredits: opts.InitialCredits, observer: opts.Observer, now: time.Now, clock: opts.Clock}
+	if opts.Clock != nil {
+		s.now = opts.Clock
+	}
 	if s.observer == nil {
 		s.observer = noObserver{}
 	}
@@ -304,6 +315,16 @@ type CreditChange struct {
 	// Service is the name of the calling service, recorded on the ledger
 	// entry with the user as the actor; "" for the user itself.
 	Service string
+	// ClerkOrgID, when set, names the organization whose account the
+	// change is for (DeductCredits, GrantCredits); ClerkUserID is then the
+	// member acting (required for a deduction, optional for a service's
+	// grant).
+	ClerkOrgID string
+	// RequiredPermission, for a deduction from an organization's account,
+	// is the organization permission the member's membership must hold
+	// (the transport sets it for end users from USERD_ORG_SPEND_PERMISSION);
+	// "" requires none beyond a live membership.
+	RequiredPermission string
 }
 
 func (c CreditChange) validate(kind TxKind) error {
@@ -333,6 +354,9 @@ func (c CreditChange) validate(kind TxKind) error {
 // and parameters returns the original entry (for an action, at the price
 // charged then).
 func (s *Service) DeductCredits(ctx context.Context, c CreditChange) (CreditResult, error) {
+	if c.ClerkOrgID != "" {
+		return s.deductFromOrganization(ctx, c)
+	}
 	if c.Action != "" {
 		if err := c.validate(TxDeduct); err != nil {
 			return CreditResult{}, err
@@ -345,6 +369,9 @@ func (s *Service) DeductCredits(ctx context.Context, c CreditChange) (CreditResu
 // GrantCredits adds c.Amount to the user's balance; otherwise as
 // DeductCredits.
 func (s *Service) GrantCredits(ctx context.Context, c CreditChange) (CreditResult, error) {
+	if c.ClerkOrgID != "" {
+		return s.grantToOrganization(ctx, c)
+	}
 	return s.changeCredits(ctx, c, TxGrant)
 }
 
@@ -504,6 +531,12 @@ func (s *Service) GetAccount(ctx context.Context, ref AccountRef) (Account, erro
 	}
 	if err != nil {
 		return Account{}, userErr(err, "get account")
+	}
+	if ref.ClerkOrgID != "" {
+		// The live members, with their caps and spending (orgspend.go).
+		if a.Members, err = s.accountMembers(ctx, ref.ClerkOrgID); err != nil {
+			return Account{}, err
+		}
 	}
 	return a, nil
 }

@@ -79,6 +79,9 @@ type Transaction struct {
 	// for an organization account the member who spent); uuid.Nil when
 	// userd acted (the initial credits) or a service named no user.
 	ActorUserID uuid.UUID
+	// ActorClerkUserID is the Clerk id of the user who acted, when the
+	// listing read it (ListAccountCreditTransactions); "" otherwise.
+	ActorClerkUserID string
 	// Service is the name of the service token that made the call; "" for
 	// an end user's own call and for entries userd makes itself.
 	Service   string
@@ -137,6 +140,20 @@ type AccountMember struct {
 	CapPeriod string
 	Cap       int64
 	Spent     int64
+	// With a cap: Remaining is Cap - Spent (at least 0), the current
+	// period is [PeriodStart, PeriodEnd) (UTC), and CapUpdatedAt and
+	// CapUpdatedBy say when and by whom the cap was set.
+	Remaining    int64
+	PeriodStart  time.Time
+	PeriodEnd    time.Time
+	CapUpdatedAt time.Time
+	CapUpdatedBy string
+}
+
+// SetCap fills the member's cap fields from c.
+func (m *AccountMember) SetCap(c *MemberCap) {
+	m.CapPeriod, m.Cap, m.Spent, m.Remaining = string(c.Period), c.Cap, c.Spent, c.Remaining
+	m.PeriodStart, m.PeriodEnd, m.CapUpdatedAt, m.CapUpdatedBy = c.PeriodStart, c.PeriodEnd, c.UpdatedAt, c.UpdatedBy
 }
 
 // AccountRef names an account: the personal account of ClerkUserID, or,
@@ -304,6 +321,10 @@ var (
 // round trip, one statement or server-side function); the store reports
 // expected outcomes as values, not errors.
 type Store interface {
+	// OrgSpendStore: spending from organization accounts and members'
+	// caps (orgspend.go).
+	OrgSpendStore
+
 	GetLiveUserByClerkID(ctx context.Context, clerkUserID string) (User, error)
 	GetLiveUserByID(ctx context.Context, id uuid.UUID) (User, error)
 	GetLiveUserByEmail(ctx context.Context, email string) (User, error)

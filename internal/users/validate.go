@@ -50,6 +50,7 @@ func CheckClerkUserID(field, id string) error {
 }
 
 func (v *violations) clerkUserID(field, id string) {
+	// clerkID (orgs.go) checks Clerk ids of every kind alike.
 	v.clerkID(field, id, clerkUserIDPrefix, "user")
 }
 

@@ -1,0 +1,112 @@
+-- Spending from organization accounts and members' spending caps (see
+-- db/migrations/00012_organization_spending.sql).
+
+-- OrgSpend deducts from an organization's account on behalf of a member,
+-- by amount (action = '') or by action, in one round trip (see the
+-- function userd_org_spend in db/schema.sql): the status says what
+-- happened. now = NULL counts the cap in the database's clock.
+-- name: OrgSpend :one
+SELECT * FROM userd_org_spend(@clerk_org_id::text, @member_clerk_user_id::text, @service::text,
+    @required_permission::text, @amount::bigint, @action::text, @reason::text, @idempotency_key::text,
+    sqlc.narg(now)::timestamptz);
+
+-- OrgChangeCredits grants to an organization's account for a service in
+-- one round trip (see the function userd_org_change_credits in
+-- db/schema.sql).
+-- name: OrgChangeCredits :one
+SELECT * FROM userd_org_change_credits(@clerk_org_id::text, @actor_clerk_user_id::text, @service::text,
+    @kind::text, @delta::bigint, @reason::text, @idempotency_key::text);
+
+-- ListAccountMembers returns the live members of an organization (the
+-- newest live membership of each user, as userd_live_membership picks it)
+-- with their caps and what each spent in its cap's current period (that of
+-- now, NULL: the database's clock), by Clerk user id.
+-- name: ListAccountMembers :many
+SELECT lm.clerk_user_id, lm.role, lm.permissions,
+       c.period AS cap_period, c.cap, c.spent AS cap_counter_spent, c.period_start AS cap_counter_start,
+       c.updated_at AS cap_updated_at, c.updated_by AS cap_updated_by,
+       coalesce(userd_cap_period_start(c.period, coalesce(sqlc.narg(now)::timestamptz, now())),
+                'epoch'::timestamptz)::timestamptz AS cap_period_start
+FROM (
+    SELECT DISTINCT ON (m.clerk_user_id) m.clerk_user_id, m.role, m.permissions
+    FROM organization_memberships m
+    JOIN organizations o ON o.clerk_org_id = m.clerk_org_id AND o.deleted_at IS NULL
+    WHERE m.clerk_org_id = @clerk_org_id::text AND m.deleted_at IS NULL
+      AND NOT EXISTS (SELECT 1 FROM users u WHERE u.clerk_user_id = m.clerk_user_id AND u.deleted_at IS NOT NULL)
+    ORDER BY m.clerk_user_id, m.clerk_updated_at DESC, m.clerk_membership_id
+) lm
+LEFT JOIN organizations o ON o.clerk_org_id = @clerk_org_id::text
+LEFT JOIN accounts a ON a.organization_id = o.id
+LEFT JOIN account_member_caps c ON c.account_id = a.id AND c.clerk_user_id = lm.clerk_user_id
+ORDER BY lm.clerk_user_id;
+
+-- SetMemberCap sets or removes (period = '') a member's spending cap in one
+-- round trip (see the function userd_set_member_cap in db/schema.sql).
+-- name: SetMemberCap :one
+SELECT * FROM userd_set_member_cap(@clerk_org_id::text, @member_clerk_user_id::text, @period::text,
+    @cap::bigint, @changed_by::text, sqlc.narg(now)::timestamptz);
+
+-- ListMemberCaps returns the caps on an organization's account, by member,
+-- each with what the member spent in its current period (that of now, NULL:
+-- the database's clock).
+-- name: ListMemberCaps :many
+SELECT c.clerk_user_id, c.period, c.cap, c.updated_at, c.updated_by,
+       p.start::timestamptz AS period_start,
+       (CASE WHEN c.period_start >= p.start THEN c.spent ELSE 0 END)::bigint AS spent
+FROM organizations o
+JOIN accounts a ON a.organization_id = o.id
+JOIN account_member_caps c ON c.account_id = a.id
+CROSS JOIN LATERAL (SELECT userd_cap_period_start(c.period, coalesce(sqlc.narg(now)::timestamptz, now())) AS start) p
+WHERE o.clerk_org_id = @clerk_org_id::text
+ORDER BY c.clerk_user_id;
+
+-- CheckOrgAffordability reads, without locking, what a member's deduction
+-- from its organization's account would be checked against: the action's
+-- price (NULL: unknown or not asked), the account (NULL: none), whether
+-- the member's membership is live and holds the required permission, and
+-- its cap with its counter and the start of the cap's current period
+-- (the counter counts only if it started there or later).
+-- name: CheckOrgAffordability :one
+SELECT p.credits AS price, a.id AS account_id, a.credits AS available, a.closed_at,
+       (m.clerk_membership_id IS NOT NULL)::boolean AS member,
+       (m.clerk_membership_id IS NOT NULL AND (@required_permission::text = ''
+           OR @required_permission::text = ANY (m.permissions)))::boolean AS permitted,
+       c.period AS cap_period, c.cap, c.spent AS cap_counter_spent, c.period_start AS cap_counter_start,
+       -- The epoch without a cap.
+       coalesce(userd_cap_period_start(c.period, coalesce(sqlc.narg(now)::timestamptz, now())),
+                'epoch'::timestamptz)::timestamptz AS cap_period_start
+FROM (VALUES (1)) AS one (n)
+LEFT JOIN prices p ON p.action = @action::text
+LEFT JOIN organizations o ON o.clerk_org_id = @clerk_org_id::text
+LEFT JOIN accounts a ON a.organization_id = o.id
+-- userd_live_membership's rule, without its lock (this read locks nothing).
+LEFT JOIN LATERAL (
+    SELECT m.clerk_membership_id, m.permissions FROM organization_memberships m
+    WHERE m.clerk_org_id = @clerk_org_id::text AND m.clerk_user_id = @member_clerk_user_id::text
+      AND m.deleted_at IS NULL AND o.deleted_at IS NULL
+      AND NOT EXISTS (SELECT 1 FROM users u WHERE u.clerk_user_id = m.clerk_user_id AND u.deleted_at IS NOT NULL)
+    ORDER BY m.clerk_updated_at DESC, m.clerk_membership_id
+    LIMIT 1
+) m ON true
+LEFT JOIN account_member_caps c ON c.account_id = a.id AND c.clerk_user_id = @member_clerk_user_id::text;
+
+-- OrgAccountID is the id of an organization's account (no row: none).
+-- name: OrgAccountID :one
+SELECT a.id FROM organizations o JOIN accounts a ON a.organization_id = o.id
+WHERE o.clerk_org_id = @clerk_org_id::text;
+
+-- ListAccountCreditTransactions pages an account's entries newest first
+-- (before_id = 0 for the first page), only those where the user
+-- member_clerk_user_id acted unless it is '', each with its actor's Clerk
+-- user id.
+-- name: ListAccountCreditTransactions :many
+SELECT t.id, t.user_id, t.delta, t.balance_after, t.kind, t.reason, t.idempotency_key, t.actor_user_id,
+       u.clerk_user_id AS actor_clerk_user_id, t.service, t.created_at
+FROM credit_transactions t
+LEFT JOIN users u ON u.id = t.actor_user_id
+WHERE t.user_id = @account_id::uuid
+  AND (@member_clerk_user_id::text = ''
+       OR t.actor_user_id = (SELECT mu.id FROM users mu WHERE mu.clerk_user_id = @member_clerk_user_id::text))
+  AND (@before_id::bigint = 0 OR t.id < @before_id::bigint)
+ORDER BY t.id DESC
+LIMIT @row_limit::int;

@@ -1,0 +1,216 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/userd/userd/gen/sqlcdb"
+	"github.com/userd/userd/internal/users"
+)
+
+func (s *Store) OrgSpend(ctx context.Context, w users.OrgSpendWrite) (users.OrgSpendResult, error) {
+	row, err := s.q.OrgSpend(ctx, s.db, sqlcdb.OrgSpendParams{
+		ClerkOrgID:         w.ClerkOrgID,
+		MemberClerkUserID:  w.MemberClerkUserID,
+		Service:            w.Service,
+		RequiredPermission: w.RequiredPermission,
+		Amount:             w.Amount,
+		Action:             w.Action,
+		Reason:             w.Reason,
+		IdempotencyKey:     w.IdempotencyKey,
+		Now:                w.Now,
+	})
+	if err != nil {
+		return users.OrgSpendResult{}, translate(fmt.Errorf("organization spend: %w", err))
+	}
+	res := users.OrgSpendResult{
+		CreditWriteResult: users.CreditWriteResult{
+			Status:    users.WriteStatus(deref(row.Status)),
+			Available: deref(row.Available),
+			Price:     deref(row.Price),
+		},
+		AccountID: deref(row.AccountID),
+	}
+	if t := writtenTransaction(row.TID, res.AccountID, row.TDelta, row.TBalanceAfter, row.TKind, row.TReason, row.TCreatedAt, w.IdempotencyKey, row.TActorUserID, row.TService); t != nil {
+		res.Transaction = *t
+	}
+	if row.Cap != nil {
+		res.Cap = capWithPeriod(users.MemberCap{
+			Period:      users.CapPeriod(deref(row.Period)),
+			Cap:         *row.Cap,
+			Spent:       deref(row.Spent),
+			PeriodStart: deref(row.PeriodStart),
+		})
+	}
+	return res, nil
+}
+
+func (s *Store) SetMemberCap(ctx context.Context, w users.MemberCapWrite) (users.MemberCapWriteResult, error) {
+	row, err := s.q.SetMemberCap(ctx, s.db, sqlcdb.SetMemberCapParams{
+		ClerkOrgID:        w.ClerkOrgID,
+		MemberClerkUserID: w.MemberClerkUserID,
+		Period:            string(w.Period),
+		Cap:               w.Cap,
+		ChangedBy:         w.ChangedBy,
+		Now:               w.Now,
+	})
+	if err != nil {
+		return users.MemberCapWriteResult{}, translate(fmt.Errorf("set member cap: %w", err))
+	}
+	res := users.MemberCapWriteResult{Status: users.WriteStatus(deref(row.Status)), AccountID: deref(row.AccountID)}
+	if row.Cap != nil {
+		c := users.MemberCap{
+			Period:      users.CapPeriod(deref(row.Period)),
+			Cap:         *row.Cap,
+			Spent:       deref(row.Spent),
+			PeriodStart: deref(row.PeriodStart),
+			UpdatedAt:   deref(row.UpdatedAt),
+			UpdatedBy:   deref(row.UpdatedBy),
+		}
+		res.Cap = capWithPeriod(c)
+	}
+	return res, nil
+}
+
+func (s *Store) ListMemberCaps(ctx context.Context, clerkOrgID string, now *time.Time) ([]users.MemberCapRead, error) {
+	rows, err := s.q.ListMemberCaps(ctx, s.db, sqlcdb.ListMemberCapsParams{ClerkOrgID: clerkOrgID, Now: now})
+	if err != nil {
+		return nil, translate(fmt.Errorf("list member caps: %w", err))
+	}
+	out := make([]users.MemberCapRead, len(rows))
+	for i, r := range rows {
+		out[i] = users.MemberCapRead{ClerkUserID: r.ClerkUserID, MemberCap: *capWithPeriod(users.MemberCap{
+			Period:      users.CapPeriod(r.Period),
+			Cap:         r.Cap,
+			Spent:       r.Spent,
+			PeriodStart: r.PeriodStart,
+			UpdatedAt:   r.UpdatedAt,
+			UpdatedBy:   r.UpdatedBy,
+		})}
+	}
+	return out, nil
+}
+
+func (s *Store) CheckOrgAffordability(ctx context.Context, clerkOrgID, member, permission, action string, now *time.Time) (users.OrgAffordabilityRead, error) {
+	row, err := s.q.CheckOrgAffordability(ctx, s.db, sqlcdb.CheckOrgAffordabilityParams{
+		ClerkOrgID:         clerkOrgID,
+		MemberClerkUserID:  member,
+		RequiredPermission: permission,
+		Action:             action,
+		Now:                now,
+	})
+	if err != nil {
+		return users.OrgAffordabilityRead{}, translate(fmt.Errorf("check organization affordability: %w", err))
+	}
+	read := users.OrgAffordabilityRead{
+		Price:        deref(row.Price),
+		AccountFound: row.AccountID != nil,
+		Available:    deref(row.Available),
+		Closed:       row.ClosedAt != nil,
+		Member:       row.Member,
+		Permitted:    row.Permitted,
+	}
+	if row.Cap != nil {
+		c := users.MemberCap{Period: users.CapPeriod(deref(row.CapPeriod)), Cap: *row.Cap, PeriodStart: row.CapPeriodStart}
+		if start := deref(row.CapCounterStart); !start.Before(row.CapPeriodStart) {
+			c.Spent = deref(row.CapCounterSpent)
+		}
+		read.Cap = capWithPeriod(c)
+	}
+	return read, nil
+}
+
+// capWithPeriod fills a cap's Remaining and period bounds.
+func capWithPeriod(c users.MemberCap) *users.MemberCap {
+	c.Remaining = max(c.Cap-c.Spent, 0)
+	c.PeriodStart = c.PeriodStart.UTC()
+	c.PeriodEnd = c.Period.End(c.PeriodStart)
+	return &c
+}
+
+func (s *Store) OrgChangeCredits(ctx context.Context, w users.OrgCreditWrite) (users.OrgSpendResult, error) {
+	row, err := s.q.OrgChangeCredits(ctx, s.db, sqlcdb.OrgChangeCreditsParams{
+		ClerkOrgID:       w.ClerkOrgID,
+		ActorClerkUserID: w.ActorClerkUserID,
+		Service:          w.Service,
+		Kind:             string(w.Kind),
+		Delta:            w.Delta,
+		Reason:           w.Reason,
+		IdempotencyKey:   w.IdempotencyKey,
+	})
+	if err != nil {
+		return users.OrgSpendResult{}, translate(fmt.Errorf("organization change credits: %w", err))
+	}
+	res := users.OrgSpendResult{
+		CreditWriteResult: users.CreditWriteResult{Status: users.WriteStatus(deref(row.Status)), Available: deref(row.Available)},
+		AccountID:         deref(row.AccountID),
+	}
+	if t := writtenTransaction(row.TID, res.AccountID, row.TDelta, row.TBalanceAfter, row.TKind, row.TReason, row.TCreatedAt, w.IdempotencyKey, row.TActorUserID, row.TService); t != nil {
+		res.Transaction = *t
+	}
+	return res, nil
+}
+
+func (s *Store) ListAccountMembers(ctx context.Context, clerkOrgID string, now *time.Time) ([]users.AccountMember, error) {
+	rows, err := s.q.ListAccountMembers(ctx, s.db, sqlcdb.ListAccountMembersParams{ClerkOrgID: clerkOrgID, Now: now})
+	if err != nil {
+		return nil, translate(fmt.Errorf("list account members: %w", err))
+	}
+	out := make([]users.AccountMember, len(rows))
+	for i, r := range rows {
+		m := users.AccountMember{ClerkUserID: r.ClerkUserID, Role: r.Role, Permissions: r.Permissions}
+		if r.Cap != nil {
+			c := users.MemberCap{
+				Period:      users.CapPeriod(deref(r.CapPeriod)),
+				Cap:         *r.Cap,
+				PeriodStart: r.CapPeriodStart,
+				UpdatedAt:   deref(r.CapUpdatedAt),
+				UpdatedBy:   deref(r.CapUpdatedBy),
+			}
+			if start := deref(r.CapCounterStart); !start.Before(r.CapPeriodStart) {
+				c.Spent = deref(r.CapCounterSpent)
+			}
+			m.SetCap(capWithPeriod(c))
+		}
+		out[i] = m
+	}
+	return out, nil
+}
+
+func (s *Store) OrgAccountID(ctx context.Context, clerkOrgID string) (uuid.UUID, error) {
+	id, err := s.q.OrgAccountID(ctx, s.db, clerkOrgID)
+	if err != nil {
+		return uuid.Nil, translate(fmt.Errorf("organization account id: %w", err))
+	}
+	return id, nil
+}
+
+func (s *Store) ListAccountCreditTransactions(ctx context.Context, accountID uuid.UUID, member string, beforeID int64, limit int32) ([]users.Transaction, error) {
+	rows, err := s.q.ListAccountCreditTransactions(ctx, s.db, sqlcdb.ListAccountCreditTransactionsParams{
+		AccountID: accountID, MemberClerkUserID: member, BeforeID: beforeID, RowLimit: limit,
+	})
+	if err != nil {
+		return nil, translate(fmt.Errorf("list account credit transactions: %w", err))
+	}
+	out := make([]users.Transaction, len(rows))
+	for i, r := range rows {
+		out[i] = users.Transaction{
+			ID:               r.ID,
+			UserID:           r.UserID,
+			AccountID:        r.UserID,
+			Delta:            r.Delta,
+			BalanceAfter:     r.BalanceAfter,
+			Kind:             users.TxKind(r.Kind),
+			Reason:           r.Reason,
+			IdempotencyKey:   deref(r.IdempotencyKey),
+			CreatedAt:        r.CreatedAt,
+			ActorUserID:      deref(r.ActorUserID),
+			ActorClerkUserID: deref(r.ActorClerkUserID),
+			Service:          deref(r.Service),
+		}
+	}
+	return out, nil
+}
