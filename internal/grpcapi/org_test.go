@@ -127,6 +127,9 @@ func (w *orgWorld) v2(sub, org, role string, perms ...string) string {
 // v1 is a session token of sub with the v1 org_* claims.
 func (w *orgWorld) v1(sub, org, role string, perms ...string) string {
 	c := w.clerk.Claims(sub)
+	if perms == nil {
+		perms = []string{} // Clerk sends [] for a member without permissions
+	}
 	c["org_id"], c["org_role"], c["org_slug"], c["org_permissions"] = org, role, "x", perms
 	return w.clerk.Token(c, "kid-1")
 }
@@ -308,6 +311,44 @@ func TestOrganizationAuthorization(t *testing.T) {
 	}
 	_, err = c.ListCreditTransactions(as(w.v2(dan, orgA, "member")), &userdv1.ListCreditTransactionsRequest{ClerkOrganizationId: orgA})
 	wantCode(t, err, codes.PermissionDenied)
+
+	// The change feed: Dan, a member of org B only, watching his own
+	// events from the oldest sees org B's and nothing of org A's; a
+	// sentinel on his personal account ends the read.
+	if _, err := c.GrantCredits(context.Background(), &userdv1.GrantCreditsRequest{ClerkUserId: dan, Amount: 1, IdempotencyKey: "sentinel"}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(as(w.v2(dan, orgB, "member", "spend")), time.Minute)
+	defer cancel()
+	stream, err := c.WatchUserEvents(ctx, &userdv1.WatchUserEventsRequest{ClerkUserId: "me", Start: userdv1.WatchStart_WATCH_START_OLDEST})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sawB := false
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("dan's watch: %v", err)
+		}
+		ev := msg.GetEvent()
+		if ev == nil {
+			continue
+		}
+		switch org := ev.GetClerkOrganizationId(); {
+		case org == orgA:
+			t.Errorf("dan, not a member of %s, saw its event %v", orgA, ev)
+		case org == orgB:
+			sawB = true
+		case org == "" && ev.GetClerkUserId() != dan:
+			t.Errorf("dan saw another user's event %v", ev)
+		}
+		if ev.GetCreditTransaction().GetIdempotencyKey() == "sentinel" {
+			break
+		}
+	}
+	if !sawB {
+		t.Errorf("dan saw nothing of %s, which he is a member of", orgB)
+	}
 }
 
 // TestOrganizationAuthorizationREST: the same rules over REST: a member
