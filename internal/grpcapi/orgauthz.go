@@ -127,26 +127,3 @@ func managerRequired(managePermission string) error {
 	}
 	return apperr.MissingOrganizationPermission(managePermission)
 }
-
-// orgOwnUser resolves the clerk_user_id of a request that may name an
-// organization: without one, as ownUser (the personal account).
-func (s *Server) orgOwnUser(ctx context.Context, org, requested string, op orgOp) (orgCaller, error) {
-	if org == "" {
-		id, err := ownUser(ctx, requested)
-		if err != nil {
-			return orgCaller{}, err
-		}
-		p, _ := principal(ctx)
-		return orgCaller{principal: p, member: id}, nil
-	}
-	return s.orgAccount(ctx, org, requested, op)
-}
-
-// serviceName is the calling service's name, "" for an end user: the
-// ledger records it.
-func (c orgCaller) serviceName() string {
-	if c.principal.Kind == auth.KindService {
-		return c.principal.Service
-	}
-	return ""
-}
