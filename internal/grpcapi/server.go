@@ -258,6 +258,10 @@ func transactionToProto(t users.Transaction, org string) *userdv1.CreditTransact
 	if t.AccountID == uuid.Nil {
 		out.AccountId = out.UserId
 	}
+	if org != "" {
+		// The entry is the organization's account's, not a user's.
+		out.UserId = ""
+	}
 	if t.ActorUserID != uuid.Nil {
 		out.ActorUserId = t.ActorUserID.String()
 	}

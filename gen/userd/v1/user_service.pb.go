@@ -480,7 +480,8 @@ type CreditTransaction struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Ledger entry id, increasing over time.
 	Id int64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	// userd id of the user.
+	// userd id of the user (of a personal account); empty for an
+	// organization account's entries (see account_id, actor_user_id).
 	UserId string `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	// Signed change of the balance: negative for deductions.
 	Delta int64 `protobuf:"varint,3,opt,name=delta,proto3" json:"delta,omitempty"`
