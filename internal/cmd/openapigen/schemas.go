@@ -25,6 +25,16 @@ var optionalResponseFields = map[string]bool{
 	"UserEvent.organization":            true,
 	"UserEvent.membership":              true,
 	"UserEvent.memberCapChange":         true,
+	"Account.closeTime":                 true, // open
+	// Absent from an organization.deleted event's organization, and
+	// deleteTime while it lives.
+	"Organization.createTime":            true,
+	"Organization.updateTime":            true,
+	"Organization.deleteTime":            true,
+	"OrganizationMembership.createTime":  true,
+	"OrganizationMembership.updateTime":  true,
+	"OrganizationMembership.deleteTime":  true,
+	"MemberSpendingCapChange.changeTime": true,
 }
 
 func completeSchemas(schemas openapi3.Schemas) {
