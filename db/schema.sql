@@ -240,23 +240,6 @@ $$;
 
 
 --
--- Name: userd_account_to_user(); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.userd_account_to_user() RETURNS trigger
-    LANGUAGE plpgsql
-    AS $$
-BEGIN
-    -- Until 00019: a personal account's credits and plan mirrored to
-    -- users.credits and users.plan, which the previous release reads.
-    UPDATE users u SET plan = NEW.plan, credits = NEW.credits, updated_at = NEW.updated_at
-    WHERE u.id = NEW.owner_user_id AND (u.plan, u.credits) IS DISTINCT FROM (NEW.plan, NEW.credits);
-    RETURN NULL;
-END
-$$;
-
-
---
 -- Name: userd_apply_clerk_batch(jsonb, bigint, bigint, boolean); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -862,27 +845,6 @@ $$;
 
 
 --
--- Name: userd_emit_org_event(text, uuid, text, jsonb); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.userd_emit_org_event(p_kind text, p_account_id uuid, p_clerk_org_id text, p_payload jsonb) RETURNS void
-    LANGUAGE plpgsql
-    AS $$
-DECLARE
-    v_order_xid bigint := pg_current_xact_id()::text::bigint;
-    v_previous bigint;
-BEGIN
-    SELECT e.order_xid INTO v_previous FROM feed_events e
-    WHERE e.clerk_org_id = p_clerk_org_id
-    ORDER BY e.order_xid DESC, e.id DESC
-    LIMIT 1;
-    INSERT INTO feed_events (order_xid, kind, account_id, clerk_org_id, payload)
-    VALUES (greatest(v_order_xid, v_previous), p_kind, p_account_id, p_clerk_org_id, p_payload);
-END
-$$;
-
-
---
 -- Name: userd_emit_user_event(text, uuid, text, jsonb); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -921,23 +883,26 @@ BEGIN
     -- id, or NULL when a row for the Clerk id exists already (concurrent
     -- inserts for one id wait for each other). A live user gets
     -- p_initial_credits as its INITIAL ledger entry; p_deleted inserts a
-    -- tombstone (no credits, no entry). Until 00019 the account is made
-    -- by the users_account_insert trigger from users.credits, as for a
-    -- user the previous release inserts; 00019 inserts it here.
+    -- tombstone (no credits, no entry). One statement: the feed's triggers,
+    -- which run at its end, see the user with its account.
     WITH new_user AS (
-        INSERT INTO users (clerk_user_id, email, first_name, last_name, image_url, plan, credits,
-                           clerk_updated_at, deleted_at)
-        VALUES (p_clerk_user_id, p_email, p_first_name, p_last_name, p_image_url, 'FREE',
-                CASE WHEN p_deleted THEN 0 ELSE p_initial_credits END, p_clerk_updated_at,
+        INSERT INTO users (clerk_user_id, email, first_name, last_name, image_url, clerk_updated_at, deleted_at)
+        VALUES (p_clerk_user_id, p_email, p_first_name, p_last_name, p_image_url, p_clerk_updated_at,
                 CASE WHEN p_deleted THEN now() END)
         ON CONFLICT (clerk_user_id) DO NOTHING
+        RETURNING id, created_at, updated_at
+    ), account AS (
+        INSERT INTO accounts (id, owner_user_id, plan, credits, created_at, updated_at)
+        SELECT new_user.id, new_user.id, 'FREE', CASE WHEN p_deleted THEN 0 ELSE p_initial_credits END,
+               new_user.created_at, new_user.updated_at
+        FROM new_user
         RETURNING id, credits
     ), initial AS (
         INSERT INTO credit_transactions (user_id, delta, balance_after, kind)
-        SELECT new_user.id, new_user.credits, new_user.credits, 'INITIAL' FROM new_user
+        SELECT account.id, account.credits, account.credits, 'INITIAL' FROM account
         WHERE NOT p_deleted
     )
-    SELECT new_user.id INTO v_id FROM new_user;
+    SELECT account.id INTO v_id FROM account;
     RETURN v_id;
 END
 $$;
@@ -992,20 +957,14 @@ CREATE FUNCTION public.userd_lock_personal_account(p_clerk_user_id text, OUT acc
 BEGIN
     -- Locks the personal account of the live user p_clerk_user_id (FOR
     -- UPDATE) and returns it; account_id is NULL when there is no such
-    -- user. Until 00019 it locks the users row first: a write of the
-    -- previous release locks that row and then, through the mirror
-    -- trigger, the account, and taking the two in the same order keeps
-    -- the two releases from deadlocking. 00019 replaces it with a lock of
-    -- the account alone.
-    SELECT u.id INTO account_id FROM users u
-    WHERE u.clerk_user_id = p_clerk_user_id AND u.deleted_at IS NULL
-    FOR UPDATE;
-    IF NOT FOUND THEN
-        RETURN;
-    END IF;
+    -- user. Only the account is locked: a write of a user's balance or
+    -- plan waits for nothing but the account's other writes (and the
+    -- user's profile changes, which lock the account too, so that the
+    -- user's feed stream stays in order).
     SELECT a.id, a.credits, a.plan, a.closed_at IS NOT NULL INTO account_id, credits, plan, closed
-    FROM accounts a WHERE a.id = account_id
-    FOR UPDATE;
+    FROM users u JOIN accounts a ON a.id = u.id
+    WHERE u.clerk_user_id = p_clerk_user_id AND u.deleted_at IS NULL
+    FOR UPDATE OF a;
 END
 $$;
 
@@ -1023,13 +982,14 @@ BEGIN
     IF TG_OP = 'UPDATE' AND OLD.deleted_at IS NOT NULL THEN
         RETURN NULL;
     END IF;
-    PERFORM userd_emit_org_event(
+    PERFORM userd_emit_event(
         CASE WHEN NEW.deleted_at IS NOT NULL THEN 'membership.deleted'
              WHEN TG_OP = 'INSERT' THEN 'membership.created'
              ELSE 'membership.updated' END,
+        NULL, NULL, NEW.clerk_org_id,
         (SELECT a.id FROM organizations o JOIN accounts a ON a.organization_id = o.id
          WHERE o.clerk_org_id = NEW.clerk_org_id),
-        NEW.clerk_org_id, jsonb_build_object(
+        NULL, jsonb_build_object(
             'clerk_membership_id', NEW.clerk_membership_id, 'clerk_user_id', NEW.clerk_user_id,
             'role', NEW.role, 'permissions', to_jsonb(NEW.permissions),
             'created_at', NEW.created_at, 'updated_at', NEW.updated_at, 'deleted_at', NEW.deleted_at));
@@ -1076,6 +1036,37 @@ BEGIN
     INTO status, available, t_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at,
          t_actor_user_id, t_service
     FROM userd_account_change_credits(account_id, v_actor, nullif(p_service, ''), p_kind, p_delta, p_reason, p_key) e;
+END
+$$;
+
+
+--
+-- Name: userd_org_set_plan(text, text, text, bigint, text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_org_set_plan(p_clerk_org_id text, p_service text, p_plan text, p_bonus bigint, p_reason text, p_key text, OUT status text, OUT a_id uuid, OUT a_plan text, OUT a_credits bigint, OUT a_created_at timestamp with time zone, OUT a_updated_at timestamp with time zone, OUT a_closed_at timestamp with time zone, OUT pc_id bigint, OUT pc_previous_plan text, OUT pc_plan text, OUT pc_bonus_credits bigint, OUT pc_reason text, OUT pc_created_at timestamp with time zone, OUT t_id bigint, OUT t_delta bigint, OUT t_balance_after bigint, OUT t_kind text, OUT t_reason text, OUT t_created_at timestamp with time zone, OUT pc_actor_user_id uuid, OUT pc_service text)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_account_id uuid;
+BEGIN
+    -- Moves the account of organization p_clerk_org_id to p_plan and
+    -- grants p_bonus, for the service p_service (no user acts): not_found
+    -- when the organization has no account, else the statuses and columns
+    -- of userd_account_set_plan (applied, replayed, key_reused, overflow,
+    -- closed).
+    SELECT a.id INTO v_account_id
+    FROM organizations o
+    JOIN accounts a ON a.organization_id = o.id
+    WHERE o.clerk_org_id = p_clerk_org_id;
+    IF NOT FOUND THEN
+        status := 'not_found';
+        RETURN;
+    END IF;
+    SELECT e.* INTO status, a_id, a_plan, a_credits, a_created_at, a_updated_at, a_closed_at,
+                    pc_id, pc_previous_plan, pc_plan, pc_bonus_credits, pc_reason, pc_created_at,
+                    t_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at, pc_actor_user_id, pc_service
+    FROM userd_account_set_plan(v_account_id, NULL, nullif(p_service, ''), p_plan, p_bonus, p_reason, p_key) e;
 END
 $$;
 
@@ -1236,15 +1227,15 @@ BEGIN
     -- the organization's earlier events.
     SELECT a.id INTO v_account_id FROM accounts a WHERE a.organization_id = NEW.id;
     IF NEW.deleted_at IS NULL THEN
-        PERFORM userd_emit_org_event(
+        PERFORM userd_emit_event(
             CASE TG_OP WHEN 'INSERT' THEN 'organization.created' ELSE 'organization.updated' END,
-            v_account_id, NEW.clerk_org_id, jsonb_build_object(
+            NULL, NULL, NEW.clerk_org_id, v_account_id, NULL, jsonb_build_object(
                 'id', NEW.id, 'name', NEW.name, 'slug', NEW.slug, 'image_url', NEW.image_url,
                 'created_at', NEW.created_at, 'updated_at', NEW.updated_at));
         RETURN NULL;
     END IF;
     IF TG_OP = 'INSERT' OR OLD.deleted_at IS NULL THEN
-        PERFORM userd_emit_org_event('organization.deleted', v_account_id, NEW.clerk_org_id,
+        PERFORM userd_emit_event('organization.deleted', NULL, NULL, NEW.clerk_org_id, v_account_id, NULL,
             jsonb_build_object('id', NEW.id, 'deleted_at', NEW.deleted_at));
     END IF;
     IF NEW.name IS NULL AND NEW.slug IS NULL AND NEW.image_url IS NULL THEN
@@ -1595,7 +1586,10 @@ BEGIN
     INSERT INTO account_member_cap_changes (account_id, clerk_user_id, previous_period, previous_cap, period, cap, changed_by)
     VALUES (account_id, p_member_clerk_user_id, v_old.period, v_old.cap, nullif(p_period, ''),
             CASE WHEN p_period = '' THEN NULL ELSE p_cap END, p_changed_by);
-    PERFORM userd_emit_org_event('member_cap.changed', account_id, p_clerk_org_id,
+    -- The organization's stream; the actor is the admin when a user (not
+    -- a service) made the change.
+    PERFORM userd_emit_event('member_cap.changed', NULL, NULL, p_clerk_org_id, account_id,
+        CASE WHEN p_changed_by LIKE 'user\_%' THEN p_changed_by END,
         jsonb_build_object(
             'clerk_user_id', p_member_clerk_user_id,
             'previous_period', v_old.period, 'previous_cap', v_old.cap,
@@ -1683,15 +1677,11 @@ CREATE TABLE public.users (
     first_name text,
     last_name text,
     image_url text,
-    plan text DEFAULT 'FREE'::text NOT NULL,
-    credits bigint NOT NULL,
     clerk_updated_at bigint,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     deleted_at timestamp with time zone,
-    CONSTRAINT users_clerk_user_id_not_empty CHECK ((clerk_user_id <> ''::text)),
-    CONSTRAINT users_credits_non_negative CHECK ((credits >= 0)),
-    CONSTRAINT users_plan_valid CHECK ((plan = ANY (ARRAY['FREE'::text, 'PRO'::text, 'ENTERPRISE'::text])))
+    CONSTRAINT users_clerk_user_id_not_empty CHECK ((clerk_user_id <> ''::text))
 );
 
 
@@ -1744,26 +1734,6 @@ BEGIN
         SET payload = payload || jsonb_build_object('email', NULL, 'first_name', NULL, 'last_name', NULL, 'image_url', NULL)
         WHERE clerk_user_id = NEW.clerk_user_id AND kind IN ('user.created', 'user.updated');
     END IF;
-    RETURN NULL;
-END
-$$;
-
-
---
--- Name: userd_users_to_account(); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.userd_users_to_account() RETURNS trigger
-    LANGUAGE plpgsql
-    AS $$
-BEGIN
-    -- Until 00019: users.credits and users.plan, written by the previous
-    -- release, copied to the user's personal account (created if missing).
-    INSERT INTO accounts AS a (id, owner_user_id, plan, credits, created_at, updated_at)
-    VALUES (NEW.id, NEW.id, NEW.plan, NEW.credits, NEW.created_at, NEW.updated_at)
-    ON CONFLICT (id) DO UPDATE
-    SET plan = EXCLUDED.plan, credits = EXCLUDED.credits, updated_at = EXCLUDED.updated_at
-    WHERE (a.plan, a.credits) IS DISTINCT FROM (EXCLUDED.plan, EXCLUDED.credits);
     RETURN NULL;
 END
 $$;
@@ -2029,22 +1999,6 @@ CREATE TABLE public.prices (
     CONSTRAINT prices_action_valid CHECK ((action ~ '^[a-z][a-z0-9_.-]{0,63}$'::text)),
     CONSTRAINT prices_credits_positive CHECK (((credits > 0) AND (credits <= '1000000000000'::bigint)))
 );
-
-
---
--- Name: user_events; Type: VIEW; Schema: public; Owner: -
---
-
-CREATE VIEW public.user_events AS
- SELECT e.id,
-    e.order_xid,
-    e.kind,
-    e.user_id,
-    e.clerk_user_id,
-    e.payload,
-    e.created_at
-   FROM public.feed_events e
-  WHERE ((e.clerk_org_id IS NULL) AND (e.user_id IS NOT NULL) AND (e.clerk_user_id IS NOT NULL) AND (e.kind = ANY (ARRAY['user.created'::text, 'user.updated'::text, 'user.deleted'::text, 'plan.changed'::text, 'credits.changed'::text])));
 
 
 --
@@ -2341,13 +2295,6 @@ CREATE INDEX webhook_events_processed_at_idx ON public.webhook_events USING btre
 
 
 --
--- Name: accounts accounts_to_user; Type: TRIGGER; Schema: public; Owner: -
---
-
-CREATE TRIGGER accounts_to_user AFTER UPDATE OF plan, credits ON public.accounts FOR EACH ROW WHEN (((new.owner_user_id IS NOT NULL) AND ((old.plan IS DISTINCT FROM new.plan) OR (old.credits IS DISTINCT FROM new.credits)))) EXECUTE FUNCTION public.userd_account_to_user();
-
-
---
 -- Name: credit_transactions credit_transactions_feed; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -2387,20 +2334,6 @@ CREATE TRIGGER organizations_feed_update AFTER UPDATE OF name, slug, image_url, 
 --
 
 CREATE TRIGGER plan_changes_feed AFTER INSERT ON public.plan_changes FOR EACH ROW EXECUTE FUNCTION public.userd_plan_changes_feed();
-
-
---
--- Name: users users_account_insert; Type: TRIGGER; Schema: public; Owner: -
---
-
-CREATE TRIGGER users_account_insert AFTER INSERT ON public.users FOR EACH ROW EXECUTE FUNCTION public.userd_users_to_account();
-
-
---
--- Name: users users_account_update; Type: TRIGGER; Schema: public; Owner: -
---
-
-CREATE TRIGGER users_account_update AFTER UPDATE OF plan, credits ON public.users FOR EACH ROW WHEN (((old.plan IS DISTINCT FROM new.plan) OR (old.credits IS DISTINCT FROM new.credits))) EXECUTE FUNCTION public.userd_users_to_account();
 
 
 --

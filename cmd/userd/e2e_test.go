@@ -287,7 +287,7 @@ func TestEmbeddedDatabaseEndToEnd(t *testing.T) {
 		t.Fatalf("connect to what db-url printed: %v", err)
 	}
 	var credits int64
-	if err := conn.QueryRow(ctx, "SELECT credits FROM users WHERE clerk_user_id = 'user_embedded'").Scan(&credits); err != nil || credits != 6 {
+	if err := conn.QueryRow(ctx, "SELECT a.credits FROM users u JOIN accounts a ON a.id = u.id WHERE u.clerk_user_id = 'user_embedded'").Scan(&credits); err != nil || credits != 6 {
 		t.Errorf("user_embedded through db-url: %d credits, %v; want 6", credits, err)
 	}
 	_ = conn.Close(ctx)

@@ -1,8 +1,9 @@
 -- Ceiling of SetPlan (to PRO with 1 bonus credit, a fresh idempotency
--- key): one statement. The first CTE locks the live user and reads the plan
--- it had (under READ COMMITTED a locking read returns the latest committed
--- row, so previous_plan is never stale); the UPDATE sets plan and balance;
--- the key is claimed in idempotency_keys, the user's one key space; the
+-- key): one statement. The first CTE locks the live user's open personal
+-- account and reads the plan it had (under READ COMMITTED a locking read
+-- returns the latest committed row, so previous_plan is never stale); the
+-- UPDATE sets plan and balance; the key is claimed in idempotency_keys,
+-- the account's one key space; the
 -- bonus ledger row carries the balance it produced (credits = sum(delta) at
 -- every commit) and the plan change names that ledger row. No row back
 -- means "unknown user"; a used key is a unique violation that undoes the
@@ -11,21 +12,23 @@
 \set n random(0, :users - 1)
 \set k random(1, 1000000000000)
 WITH prev AS (
-    SELECT id, plan FROM users
-    WHERE clerk_user_id = 'user_bench' || :n AND deleted_at IS NULL
-    FOR UPDATE
+    SELECT a.id, a.plan FROM users p JOIN accounts a ON a.id = p.id
+    WHERE p.clerk_user_id = 'user_bench' || :n AND p.deleted_at IS NULL AND a.closed_at IS NULL
+    FOR UPDATE OF a
 ), u AS (
-    UPDATE users SET plan = 'PRO', credits = users.credits + 1, updated_at = now()
-    FROM prev WHERE users.id = prev.id
-    RETURNING users.id, users.credits, prev.plan AS previous_plan
+    UPDATE accounts SET plan = 'PRO', credits = accounts.credits + 1, updated_at = now()
+    FROM prev WHERE accounts.id = prev.id
+    RETURNING accounts.id, accounts.credits, prev.plan AS previous_plan
 ), claim AS (
     INSERT INTO idempotency_keys (user_id, idempotency_key, operation)
     SELECT id, 'pgb' || :k || '-' || :client_id, 'SET_PLAN' FROM u
 ), t AS (
-    INSERT INTO credit_transactions (user_id, delta, balance_after, kind, reason, idempotency_key)
-    SELECT id, 1, credits, 'PLAN_BONUS', '', 'pgb' || :k || '-' || :client_id FROM u
+    INSERT INTO credit_transactions (user_id, delta, balance_after, kind, reason, idempotency_key, actor_user_id, service)
+    SELECT id, 1, credits, 'PLAN_BONUS', '', 'pgb' || :k || '-' || :client_id, id, 'bench' FROM u
     RETURNING id, user_id
 )
-INSERT INTO plan_changes (user_id, previous_plan, plan, bonus_credits, transaction_id, reason, idempotency_key)
-SELECT u.id, u.previous_plan, 'PRO', 1, t.id, '', 'pgb' || :k || '-' || :client_id FROM u JOIN t ON t.user_id = u.id
+INSERT INTO plan_changes (user_id, previous_plan, plan, bonus_credits, transaction_id, reason, idempotency_key,
+                          actor_user_id, service)
+SELECT u.id, u.previous_plan, 'PRO', 1, t.id, '', 'pgb' || :k || '-' || :client_id, u.id, 'bench'
+FROM u JOIN t ON t.user_id = u.id
 RETURNING id, previous_plan;

@@ -14,26 +14,8 @@
 -- spend (which locks the account, then checks the membership) and the
 -- change are serialized.
 
--- userd_emit_org_event appends an event to an organization's stream of the
--- feed (clerk_org_id set, clerk_user_id NULL), ordered after the stream's
--- previous event as userd_emit_user_event orders a user's.
--- +goose StatementBegin
-CREATE OR REPLACE FUNCTION userd_emit_org_event(p_kind text, p_account_id uuid, p_clerk_org_id text, p_payload jsonb)
-RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_order_xid bigint := pg_current_xact_id()::text::bigint;
-    v_previous bigint;
-BEGIN
-    SELECT e.order_xid INTO v_previous FROM feed_events e
-    WHERE e.clerk_org_id = p_clerk_org_id
-    ORDER BY e.order_xid DESC, e.id DESC
-    LIMIT 1;
-    INSERT INTO feed_events (order_xid, kind, account_id, clerk_org_id, payload)
-    VALUES (greatest(v_order_xid, v_previous), p_kind, p_account_id, p_clerk_org_id, p_payload);
-END
-$$;
--- +goose StatementEnd
+-- Feed events of organizations and memberships go on the organization's
+-- stream through 00010's userd_emit_event (clerk_org_id set, no user).
 
 -- +goose StatementBegin
 CREATE OR REPLACE FUNCTION userd_organizations_feed() RETURNS trigger
@@ -47,15 +29,15 @@ BEGIN
     -- the organization's earlier events.
     SELECT a.id INTO v_account_id FROM accounts a WHERE a.organization_id = NEW.id;
     IF NEW.deleted_at IS NULL THEN
-        PERFORM userd_emit_org_event(
+        PERFORM userd_emit_event(
             CASE TG_OP WHEN 'INSERT' THEN 'organization.created' ELSE 'organization.updated' END,
-            v_account_id, NEW.clerk_org_id, jsonb_build_object(
+            NULL, NULL, NEW.clerk_org_id, v_account_id, NULL, jsonb_build_object(
                 'id', NEW.id, 'name', NEW.name, 'slug', NEW.slug, 'image_url', NEW.image_url,
                 'created_at', NEW.created_at, 'updated_at', NEW.updated_at));
         RETURN NULL;
     END IF;
     IF TG_OP = 'INSERT' OR OLD.deleted_at IS NULL THEN
-        PERFORM userd_emit_org_event('organization.deleted', v_account_id, NEW.clerk_org_id,
+        PERFORM userd_emit_event('organization.deleted', NULL, NULL, NEW.clerk_org_id, v_account_id, NULL,
             jsonb_build_object('id', NEW.id, 'deleted_at', NEW.deleted_at));
     END IF;
     IF NEW.name IS NULL AND NEW.slug IS NULL AND NEW.image_url IS NULL THEN
@@ -82,13 +64,14 @@ BEGIN
     IF TG_OP = 'UPDATE' AND OLD.deleted_at IS NOT NULL THEN
         RETURN NULL;
     END IF;
-    PERFORM userd_emit_org_event(
+    PERFORM userd_emit_event(
         CASE WHEN NEW.deleted_at IS NOT NULL THEN 'membership.deleted'
              WHEN TG_OP = 'INSERT' THEN 'membership.created'
              ELSE 'membership.updated' END,
+        NULL, NULL, NEW.clerk_org_id,
         (SELECT a.id FROM organizations o JOIN accounts a ON a.organization_id = o.id
          WHERE o.clerk_org_id = NEW.clerk_org_id),
-        NEW.clerk_org_id, jsonb_build_object(
+        NULL, jsonb_build_object(
             'clerk_membership_id', NEW.clerk_membership_id, 'clerk_user_id', NEW.clerk_user_id,
             'role', NEW.role, 'permissions', to_jsonb(NEW.permissions),
             'created_at', NEW.created_at, 'updated_at', NEW.updated_at, 'deleted_at', NEW.deleted_at));
@@ -398,4 +381,3 @@ DROP FUNCTION userd_memberships_feed();
 DROP TRIGGER organizations_feed_update ON organizations;
 DROP TRIGGER organizations_feed_insert ON organizations;
 DROP FUNCTION userd_organizations_feed();
-DROP FUNCTION userd_emit_org_event(text, uuid, text, jsonb);

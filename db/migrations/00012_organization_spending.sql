@@ -249,6 +249,42 @@ $$;
 -- +goose StatementEnd
 
 -- +goose StatementBegin
+CREATE FUNCTION userd_org_set_plan(
+    p_clerk_org_id text, p_service text, p_plan text, p_bonus bigint, p_reason text, p_key text,
+    OUT status text,
+    OUT a_id uuid, OUT a_plan text, OUT a_credits bigint, OUT a_created_at timestamptz,
+    OUT a_updated_at timestamptz, OUT a_closed_at timestamptz,
+    OUT pc_id bigint, OUT pc_previous_plan text, OUT pc_plan text, OUT pc_bonus_credits bigint,
+    OUT pc_reason text, OUT pc_created_at timestamptz,
+    OUT t_id bigint, OUT t_delta bigint, OUT t_balance_after bigint, OUT t_kind text,
+    OUT t_reason text, OUT t_created_at timestamptz,
+    OUT pc_actor_user_id uuid, OUT pc_service text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_account_id uuid;
+BEGIN
+    -- Moves the account of organization p_clerk_org_id to p_plan and
+    -- grants p_bonus, for the service p_service (no user acts): not_found
+    -- when the organization has no account, else the statuses and columns
+    -- of userd_account_set_plan (applied, replayed, key_reused, overflow,
+    -- closed).
+    SELECT a.id INTO v_account_id
+    FROM organizations o
+    JOIN accounts a ON a.organization_id = o.id
+    WHERE o.clerk_org_id = p_clerk_org_id;
+    IF NOT FOUND THEN
+        status := 'not_found';
+        RETURN;
+    END IF;
+    SELECT e.* INTO status, a_id, a_plan, a_credits, a_created_at, a_updated_at, a_closed_at,
+                    pc_id, pc_previous_plan, pc_plan, pc_bonus_credits, pc_reason, pc_created_at,
+                    t_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at, pc_actor_user_id, pc_service
+    FROM userd_account_set_plan(v_account_id, NULL, nullif(p_service, ''), p_plan, p_bonus, p_reason, p_key) e;
+END
+$$;
+-- +goose StatementEnd
+
+-- +goose StatementBegin
 CREATE FUNCTION userd_set_member_cap(
     p_clerk_org_id text, p_member_clerk_user_id text, p_period text, p_cap bigint, p_changed_by text,
     p_now timestamptz,
@@ -337,7 +373,10 @@ BEGIN
     INSERT INTO account_member_cap_changes (account_id, clerk_user_id, previous_period, previous_cap, period, cap, changed_by)
     VALUES (account_id, p_member_clerk_user_id, v_old.period, v_old.cap, nullif(p_period, ''),
             CASE WHEN p_period = '' THEN NULL ELSE p_cap END, p_changed_by);
-    PERFORM userd_emit_org_event('member_cap.changed', account_id, p_clerk_org_id,
+    -- The organization's stream; the actor is the admin when a user (not
+    -- a service) made the change.
+    PERFORM userd_emit_event('member_cap.changed', NULL, NULL, p_clerk_org_id, account_id,
+        CASE WHEN p_changed_by LIKE 'user\_%' THEN p_changed_by END,
         jsonb_build_object(
             'clerk_user_id', p_member_clerk_user_id,
             'previous_period', v_old.period, 'previous_cap', v_old.cap,
@@ -350,6 +389,7 @@ $$;
 
 -- +goose Down
 DROP FUNCTION userd_set_member_cap(text, text, text, bigint, text, timestamptz);
+DROP FUNCTION userd_org_set_plan(text, text, text, bigint, text, text);
 DROP FUNCTION userd_org_change_credits(text, text, text, text, bigint, text, text);
 DROP FUNCTION userd_org_spend(text, text, text, text, bigint, text, text, text, timestamptz);
 DROP FUNCTION userd_cap_period_start(text, timestamptz);

@@ -17,6 +17,12 @@ SELECT * FROM userd_org_spend(@clerk_org_id::text, @member_clerk_user_id::text, 
 SELECT * FROM userd_org_change_credits(@clerk_org_id::text, @actor_clerk_user_id::text, @service::text,
     @kind::text, @delta::bigint, @reason::text, @idempotency_key::text);
 
+-- OrgSetPlan changes an organization's plan for a service in one round
+-- trip (see the function userd_org_set_plan in db/schema.sql).
+-- name: OrgSetPlan :one
+SELECT * FROM userd_org_set_plan(@clerk_org_id::text, @service::text, @plan::text, @bonus::bigint,
+    @reason::text, @idempotency_key::text);
+
 -- ListAccountMembers returns the live members of an organization (the
 -- newest live membership of each user, as userd_live_membership picks it)
 -- with their caps and what each spent in its cap's current period (that of
@@ -109,4 +115,20 @@ WHERE t.user_id = @account_id::uuid
        OR t.actor_user_id = (SELECT mu.id FROM users mu WHERE mu.clerk_user_id = @member_clerk_user_id::text))
   AND (@before_id::bigint = 0 OR t.id < @before_id::bigint)
 ORDER BY t.id DESC
+LIMIT @row_limit::int;
+
+-- SummarizeUsageByMember sums an account's entries with start_time <=
+-- created_at < end_time by the user who acted (clerk_user_id '' for
+-- entries no user acted for: grants by services, initial credits), the
+-- members that moved the most credits first, up to row_limit rows.
+-- name: SummarizeUsageByMember :many
+SELECT coalesce(u.clerk_user_id, '')::text AS clerk_user_id,
+       sum(greatest(-t.delta, 0))::bigint AS spent, sum(greatest(t.delta, 0))::bigint AS granted,
+       count(*)::bigint AS entries
+FROM credit_transactions t
+LEFT JOIN users u ON u.id = t.actor_user_id
+WHERE t.user_id = @account_id::uuid
+  AND t.created_at >= @start_time::timestamptz AND t.created_at < @end_time::timestamptz
+GROUP BY 1
+ORDER BY sum(abs(t.delta)) DESC, 1
 LIMIT @row_limit::int;

@@ -152,22 +152,10 @@ type User struct {
 	FirstName      *string
 	LastName       *string
 	ImageURL       *string
-	Plan           string
-	Credits        int64
 	ClerkUpdatedAt *int64
 	CreatedAt      time.Time
 	UpdatedAt      time.Time
 	DeletedAt      *time.Time
-}
-
-type UserEvent struct {
-	ID          int64
-	OrderXid    int64
-	Kind        string
-	UserID      *uuid.UUID
-	ClerkUserID *string
-	Payload     []byte
-	CreatedAt   time.Time
 }
 
 type UserEventsPruned struct {

@@ -368,6 +368,82 @@ func (q *Queries) OrgChangeCredits(ctx context.Context, db DBTX, arg OrgChangeCr
 	return i, err
 }
 
+const orgSetPlan = `-- name: OrgSetPlan :one
+SELECT status, a_id, a_plan, a_credits, a_created_at, a_updated_at, a_closed_at, pc_id, pc_previous_plan, pc_plan, pc_bonus_credits, pc_reason, pc_created_at, t_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at, pc_actor_user_id, pc_service FROM userd_org_set_plan($1::text, $2::text, $3::text, $4::bigint,
+    $5::text, $6::text)
+`
+
+type OrgSetPlanParams struct {
+	ClerkOrgID     string
+	Service        string
+	Plan           string
+	Bonus          int64
+	Reason         string
+	IdempotencyKey string
+}
+
+type OrgSetPlanRow struct {
+	Status         *string
+	AID            *uuid.UUID
+	APlan          *string
+	ACredits       *int64
+	ACreatedAt     *time.Time
+	AUpdatedAt     *time.Time
+	AClosedAt      *time.Time
+	PcID           *int64
+	PcPreviousPlan *string
+	PcPlan         *string
+	PcBonusCredits *int64
+	PcReason       *string
+	PcCreatedAt    *time.Time
+	TID            *int64
+	TDelta         *int64
+	TBalanceAfter  *int64
+	TKind          *string
+	TReason        *string
+	TCreatedAt     *time.Time
+	PcActorUserID  *uuid.UUID
+	PcService      *string
+}
+
+// OrgSetPlan changes an organization's plan for a service in one round
+// trip (see the function userd_org_set_plan in db/schema.sql).
+func (q *Queries) OrgSetPlan(ctx context.Context, db DBTX, arg OrgSetPlanParams) (OrgSetPlanRow, error) {
+	row := db.QueryRow(ctx, orgSetPlan,
+		arg.ClerkOrgID,
+		arg.Service,
+		arg.Plan,
+		arg.Bonus,
+		arg.Reason,
+		arg.IdempotencyKey,
+	)
+	var i OrgSetPlanRow
+	err := row.Scan(
+		&i.Status,
+		&i.AID,
+		&i.APlan,
+		&i.ACredits,
+		&i.ACreatedAt,
+		&i.AUpdatedAt,
+		&i.AClosedAt,
+		&i.PcID,
+		&i.PcPreviousPlan,
+		&i.PcPlan,
+		&i.PcBonusCredits,
+		&i.PcReason,
+		&i.PcCreatedAt,
+		&i.TID,
+		&i.TDelta,
+		&i.TBalanceAfter,
+		&i.TKind,
+		&i.TReason,
+		&i.TCreatedAt,
+		&i.PcActorUserID,
+		&i.PcService,
+	)
+	return i, err
+}
+
 const orgSpend = `-- name: OrgSpend :one
 
 SELECT status, account_id, available, price, cap, spent, remaining, period, period_start, t_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at, t_actor_user_id, t_service FROM userd_org_spend($1::text, $2::text, $3::text,
@@ -496,4 +572,65 @@ func (q *Queries) SetMemberCap(ctx context.Context, db DBTX, arg SetMemberCapPar
 		&i.UpdatedBy,
 	)
 	return i, err
+}
+
+const summarizeUsageByMember = `-- name: SummarizeUsageByMember :many
+SELECT coalesce(u.clerk_user_id, '')::text AS clerk_user_id,
+       sum(greatest(-t.delta, 0))::bigint AS spent, sum(greatest(t.delta, 0))::bigint AS granted,
+       count(*)::bigint AS entries
+FROM credit_transactions t
+LEFT JOIN users u ON u.id = t.actor_user_id
+WHERE t.user_id = $1::uuid
+  AND t.created_at >= $2::timestamptz AND t.created_at < $3::timestamptz
+GROUP BY 1
+ORDER BY sum(abs(t.delta)) DESC, 1
+LIMIT $4::int
+`
+
+type SummarizeUsageByMemberParams struct {
+	AccountID uuid.UUID
+	StartTime time.Time
+	EndTime   time.Time
+	RowLimit  int32
+}
+
+type SummarizeUsageByMemberRow struct {
+	ClerkUserID string
+	Spent       int64
+	Granted     int64
+	Entries     int64
+}
+
+// SummarizeUsageByMember sums an account's entries with start_time <=
+// created_at < end_time by the user who acted (clerk_user_id ” for
+// entries no user acted for: grants by services, initial credits), the
+// members that moved the most credits first, up to row_limit rows.
+func (q *Queries) SummarizeUsageByMember(ctx context.Context, db DBTX, arg SummarizeUsageByMemberParams) ([]SummarizeUsageByMemberRow, error) {
+	rows, err := db.Query(ctx, summarizeUsageByMember,
+		arg.AccountID,
+		arg.StartTime,
+		arg.EndTime,
+		arg.RowLimit,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []SummarizeUsageByMemberRow{}
+	for rows.Next() {
+		var i SummarizeUsageByMemberRow
+		if err := rows.Scan(
+			&i.ClerkUserID,
+			&i.Spent,
+			&i.Granted,
+			&i.Entries,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }

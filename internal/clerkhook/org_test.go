@@ -15,6 +15,7 @@ import (
 
 	"github.com/userd/userd/internal/apptest"
 	"github.com/userd/userd/internal/clerkhook"
+	"github.com/userd/userd/internal/config"
 	"github.com/userd/userd/internal/testwait"
 	"github.com/userd/userd/internal/users"
 )
@@ -395,5 +396,28 @@ func TestMembershipChangeWaitsForAMembershipCheck(t *testing.T) {
 	}
 	if err := in.DB.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM userd_live_membership($1, $2))`, org.ID, mem.UserID).Scan(&member); err != nil || member {
 		t.Fatalf("after the removal: member %v %v", member, err)
+	}
+}
+
+// TestOrganizationInitialCredits: with USERD_ORG_INITIAL_CREDITS, a new
+// organization's account starts with them as one INITIAL ledger entry,
+// and the feed carries the credits on the organization's stream.
+func TestOrganizationInitialCredits(t *testing.T) {
+	t.Parallel()
+	in := apptest.Start(t, func(c *config.Serve) { c.OrgInitialCredits = 25 })
+	org := clerkhook.SampleOrg{ID: "org_credits", Name: "Acme", UpdatedAt: at(1)}
+	expect(t, in, newOrgDelivery("msg_c1", "organization.created", org), http.StatusOK, "created")
+	expect(t, in, newOrgDelivery("msg_c2", "organization.updated", org), http.StatusOK, "stale")
+	if plan, credits, closed := accountOf(t, in, org.ID); plan != "FREE" || credits != 25 || closed {
+		t.Fatalf("account = %s %d closed=%v, want FREE 25 open", plan, credits, closed)
+	}
+	var n, sum int64
+	if err := in.DB.QueryRow(context.Background(), `SELECT count(*), coalesce(sum(t.delta), 0) FROM credit_transactions t
+		JOIN accounts a ON a.id = t.user_id JOIN organizations o ON o.id = a.organization_id
+		WHERE o.clerk_org_id = $1 AND t.kind = 'INITIAL'`, org.ID).Scan(&n, &sum); err != nil || n != 1 || sum != 25 {
+		t.Fatalf("ledger: %d entries of %d (%v), want one of 25", n, sum, err)
+	}
+	if kinds := feedKinds(t, in, org.ID); !slices.Equal(kinds, []string{"organization.created", "credits.changed"}) {
+		t.Errorf("feed = %v", kinds)
 	}
 }

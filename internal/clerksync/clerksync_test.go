@@ -122,8 +122,8 @@ func (e *env) checkMirrors(t *testing.T) {
 		}
 	}
 	var bad int
-	if err := e.pool.QueryRow(context.Background(), `SELECT count(*) FROM users u
-		WHERE u.credits <> (SELECT coalesce(sum(delta), 0) FROM credit_transactions c WHERE c.user_id = u.id)`).Scan(&bad); err != nil {
+	if err := e.pool.QueryRow(context.Background(), `SELECT count(*) FROM accounts a
+		WHERE a.credits <> (SELECT coalesce(sum(delta), 0) FROM credit_transactions c WHERE c.user_id = a.id)`).Scan(&bad); err != nil {
 		t.Fatal(err)
 	}
 	if bad != 0 {

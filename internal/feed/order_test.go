@@ -190,7 +190,7 @@ func TestConcurrentWritersAndResumingReaders(t *testing.T) {
 		defer close(naiveDone)
 		var last int64
 		poll := func() {
-			rows, err := b.pool.Query(ctx, `SELECT id FROM user_events WHERE id > $1 ORDER BY id LIMIT 100`, last)
+			rows, err := b.pool.Query(ctx, `SELECT id FROM feed_events WHERE id > $1 ORDER BY id LIMIT 100`, last)
 			if err != nil {
 				return
 			}

@@ -222,7 +222,7 @@ func TestDeletionErasesPersonalDataFromEvents(t *testing.T) {
 			holds := func(p string) bool {
 				t.Helper()
 				var events string
-				if err := b.pool.QueryRow(ctx, `SELECT string_agg(row_to_json(e)::text, ' ') FROM user_events e`).Scan(&events); err != nil {
+				if err := b.pool.QueryRow(ctx, `SELECT string_agg(row_to_json(e)::text, ' ') FROM feed_events e`).Scan(&events); err != nil {
 					t.Fatal(err)
 				}
 				return strings.Contains(events, p)

@@ -524,10 +524,10 @@ func TestFailoverLosesNothingAcknowledged(t *testing.T) {
 			t.Errorf("ledger entry %s was never acknowledged (every call was retried until answered)", k)
 		}
 	}
-	// The books: balance == sum(ledger) for every user.
+	// The books: balance == sum(ledger) for every account.
 	var unbalanced int
-	if err := db.QueryRow(ctx, `SELECT count(*) FROM users u
-		WHERE u.credits <> (SELECT coalesce(sum(t.delta), 0) FROM credit_transactions t WHERE t.user_id = u.id)`).Scan(&unbalanced); err != nil {
+	if err := db.QueryRow(ctx, `SELECT count(*) FROM accounts a
+		WHERE a.credits <> (SELECT coalesce(sum(t.delta), 0) FROM credit_transactions t WHERE t.user_id = a.id)`).Scan(&unbalanced); err != nil {
 		t.Fatal(err)
 	}
 	if unbalanced != 0 {
@@ -538,7 +538,7 @@ func TestFailoverLosesNothingAcknowledged(t *testing.T) {
 	// after its first cursor once, in feed order (duplicates only as
 	// at-least-once redelivery after a reconnect).
 	var committed []int64
-	rows, err = db.Query(ctx, `SELECT id FROM user_events ORDER BY order_xid, id`)
+	rows, err = db.Query(ctx, `SELECT id FROM feed_events ORDER BY order_xid, id`)
 	if err != nil {
 		t.Fatal(err)
 	}

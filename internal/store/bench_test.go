@@ -101,7 +101,8 @@ func BenchmarkUsageSummary(b *testing.B) {
 	// otherwise) alternate with other users' entries. Balances are the
 	// running sums, as the writes would have left them.
 	seed := []string{
-		`INSERT INTO users (clerk_user_id, credits) SELECT 'user_other' || o, 0 FROM generate_series(1, 1000) AS o`,
+		`WITH u AS (INSERT INTO users (clerk_user_id) SELECT 'user_other' || o FROM generate_series(1, 1000) AS o RETURNING id)
+		INSERT INTO accounts (id, owner_user_id, credits) SELECT id, id, 0 FROM u`,
 		`WITH heavy AS (SELECT id FROM users WHERE clerk_user_id = 'user_heavy'),
 		others AS (SELECT array_agg(id) AS ids FROM users WHERE clerk_user_id LIKE 'user_other%'),
 		entries AS (
@@ -122,8 +123,8 @@ func BenchmarkUsageSummary(b *testing.B) {
 			(h.i, others.ids[1 + h.i % 1000], 1::bigint, 1::bigint, 'GRANT', 'purchase', 'k' || h.i)
 		) AS x (i, user_id, delta, balance_after, kind, reason, key)
 		ORDER BY h.i`,
-		`UPDATE users SET credits = (SELECT sum(delta) FROM credit_transactions t WHERE t.user_id = users.id)
-		WHERE clerk_user_id = 'user_heavy' OR clerk_user_id LIKE 'user_other%'`,
+		`UPDATE accounts a SET credits = (SELECT sum(delta) FROM credit_transactions t WHERE t.user_id = a.id)
+		FROM users u WHERE u.id = a.id AND (u.clerk_user_id = 'user_heavy' OR u.clerk_user_id LIKE 'user_other%')`,
 	}
 	for i, q := range seed {
 		var args []any

@@ -214,3 +214,62 @@ func (s *Store) ListAccountCreditTransactions(ctx context.Context, accountID uui
 	}
 	return out, nil
 }
+
+func (s *Store) OrgSetPlan(ctx context.Context, w users.OrgPlanWrite) (users.PlanWriteResult, error) {
+	row, err := s.q.OrgSetPlan(ctx, s.db, sqlcdb.OrgSetPlanParams{
+		ClerkOrgID:     w.ClerkOrgID,
+		Service:        w.Service,
+		Plan:           string(w.Plan),
+		Bonus:          w.BonusCredits,
+		Reason:         w.Reason,
+		IdempotencyKey: w.IdempotencyKey,
+	})
+	if err != nil {
+		return users.PlanWriteResult{}, translate(fmt.Errorf("set organization plan: %w", err))
+	}
+	res := users.PlanWriteResult{Status: users.WriteStatus(deref(row.Status))}
+	if row.AID == nil || row.PcID == nil {
+		return res, nil
+	}
+	res.Account = users.Account{
+		ID:              *row.AID,
+		OwnerClerkOrgID: w.ClerkOrgID,
+		Plan:            users.Plan(deref(row.APlan)),
+		Credits:         deref(row.ACredits),
+		CreatedAt:       deref(row.ACreatedAt),
+		UpdatedAt:       deref(row.AUpdatedAt),
+		ClosedAt:        row.AClosedAt,
+	}
+	res.Change = users.PlanChange{
+		ID:             *row.PcID,
+		UserID:         *row.AID,
+		AccountID:      *row.AID,
+		PreviousPlan:   users.Plan(deref(row.PcPreviousPlan)),
+		Plan:           users.Plan(deref(row.PcPlan)),
+		BonusCredits:   deref(row.PcBonusCredits),
+		TransactionID:  deref(row.TID),
+		Reason:         deref(row.PcReason),
+		IdempotencyKey: w.IdempotencyKey,
+		ActorUserID:    deref(row.PcActorUserID),
+		Service:        deref(row.PcService),
+		CreatedAt:      deref(row.PcCreatedAt),
+	}
+	res.Bonus = writtenTransaction(row.TID, *row.AID, row.TDelta, row.TBalanceAfter, row.TKind, row.TReason,
+		row.TCreatedAt, w.IdempotencyKey, row.PcActorUserID, row.PcService)
+	return res, nil
+}
+
+func (s *Store) SummarizeUsageByMember(ctx context.Context, accountID uuid.UUID, start, end time.Time, limit int32) ([]users.MemberUsage, error) {
+	rows, err := s.q.SummarizeUsageByMember(ctx, s.db, sqlcdb.SummarizeUsageByMemberParams{
+		AccountID: accountID, StartTime: start, EndTime: end, RowLimit: limit,
+	})
+	if err != nil {
+		return nil, translate(fmt.Errorf("summarize usage by member: %w", err))
+	}
+	out := make([]users.MemberUsage, len(rows))
+	for i, r := range rows {
+		out[i] = users.MemberUsage{ClerkUserID: r.ClerkUserID,
+			UsageTotals: users.UsageTotals{Spent: r.Spent, Granted: r.Granted, Entries: r.Entries}}
+	}
+	return out, nil
+}

@@ -122,7 +122,8 @@ func TestInvariantChecksCatchALostLock(t *testing.T) {
 	if !strings.Contains(def, "FOR UPDATE") {
 		t.Fatal("userd_lock_personal_account takes no row lock to remove")
 	}
-	if _, err := pool.Exec(ctx, strings.ReplaceAll(def, "FOR UPDATE", "")); err != nil {
+	mutant := strings.ReplaceAll(strings.ReplaceAll(def, "FOR UPDATE OF a", ""), "FOR UPDATE", "")
+	if _, err := pool.Exec(ctx, mutant); err != nil {
 		t.Fatalf("install the mutant: %v", err)
 	}
 	b := bundle{svc: users.NewService(store.New(pool, store.Options{}), users.Options{InitialCredits: users.DefaultInitialCredits}), store: store.New(pool, store.Options{})}

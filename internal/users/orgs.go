@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -25,11 +24,9 @@ import (
 
 // Limits of mirrored organization fields.
 const (
-	MaxClerkID        = 64
 	MaxRole           = 256
 	MaxPermission     = 256
 	MaxPermissions    = 100
-	clerkOrgIDPrefix  = "org_"
 	clerkMembIDPrefix = "orgmem_"
 )
 
@@ -110,28 +107,6 @@ type Membership struct {
 	UpdatedAt         time.Time
 }
 
-func (v *violations) clerkID(field, id, prefix, what string) {
-	switch {
-	case id == "":
-		v.add(field, "is required")
-	case len(id) > MaxClerkID:
-		v.add(field, "must be at most 64 characters")
-	case !strings.HasPrefix(id, prefix) || len(id) == len(prefix):
-		v.add(field, fmt.Sprintf("must be a Clerk %s id (%q)", what, prefix+"..."))
-	default:
-		for _, r := range id {
-			if !(r == '_' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
-				v.add(field, "must contain only letters, digits and underscores")
-				return
-			}
-		}
-	}
-}
-
-func (v *violations) clerkOrgID(field, id string) {
-	v.clerkID(field, id, clerkOrgIDPrefix, "organization")
-}
-
 // CheckClerkOrgID returns an invalid-argument error naming field unless id
 // looks like a Clerk organization id.
 func CheckClerkOrgID(field, id string) error {
@@ -168,7 +143,7 @@ func (o ClerkOrganization) sanitized() ClerkOrganization {
 // are what spending is authorized by: they are refused, never cut, when
 // they do not fit.
 func (m ClerkMembership) check(v *violations, prefix string) {
-	v.clerkID(prefix+"id", m.ID, clerkMembIDPrefix, "organization membership")
+	v.clerkID(prefix+"id", m.ID, clerkMembIDPrefix, `must be a Clerk organization membership id ("orgmem_...")`)
 	v.clerkOrgID(prefix+"organization.id", m.OrgID)
 	v.clerkUserID(prefix+"public_user_data.user_id", m.UserID)
 	if m.UpdatedAt <= 0 {

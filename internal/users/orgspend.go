@@ -120,6 +120,12 @@ type OrgSpendStore interface {
 	// OrgChangeCredits grants to an organization's account, for a
 	// service (no membership or cap applies).
 	OrgChangeCredits(ctx context.Context, w OrgCreditWrite) (OrgSpendResult, error)
+	// SummarizeUsageByMember sums an account's entries in [start, end) by
+	// the user who acted, up to limit members.
+	SummarizeUsageByMember(ctx context.Context, accountID uuid.UUID, start, end time.Time, limit int32) ([]MemberUsage, error)
+	// OrgSetPlan changes an organization's plan and grants the bonus,
+	// for a service, in one round trip.
+	OrgSetPlan(ctx context.Context, w OrgPlanWrite) (PlanWriteResult, error)
 	// ListAccountMembers returns an organization's live members with
 	// their caps and spending in the period of now (nil: the database's
 	// clock), by Clerk user id.
@@ -572,4 +578,98 @@ func (s *Service) ListAccountCreditTransactions(ctx context.Context, q LedgerQue
 		page.NextPageToken = encodePageToken(ledgerTokenPrefix, strconv.FormatInt(ts[pageSize-1].ID, 10))
 	}
 	return page, nil
+}
+
+// OrgPlanWrite is a plan change of an organization's account for the
+// store.
+type OrgPlanWrite struct {
+	ClerkOrgID     string
+	Service        string
+	Plan           Plan
+	BonusCredits   int64
+	Reason         string
+	IdempotencyKey string
+}
+
+// setOrganizationPlan is SetPlan for an organization's account (the
+// transport lets only services change plans).
+func (s *Service) setOrganizationPlan(ctx context.Context, in SetPlanInput) (SetPlanResult, error) {
+	var v violations
+	v.clerkOrgID("clerk_org_id", in.ClerkOrgID)
+	if in.ClerkUserID != "" {
+		v.add("clerk_user_id", "must be empty with clerk_org_id")
+	}
+	v.plan("plan", in.Plan)
+	v.amount("bonus_credits", in.BonusCredits, true)
+	v.idempotencyKey("idempotency_key", in.IdempotencyKey)
+	v.text("reason", in.Reason, MaxReason)
+	if err := v.err(); err != nil {
+		return SetPlanResult{}, err
+	}
+	const op = "set organization plan"
+	res, err := s.store.OrgSetPlan(ctx, OrgPlanWrite{
+		ClerkOrgID: in.ClerkOrgID, Service: in.Service, Plan: in.Plan, BonusCredits: in.BonusCredits,
+		Reason: in.Reason, IdempotencyKey: in.IdempotencyKey,
+	})
+	if err != nil {
+		return SetPlanResult{}, userErr(err, op)
+	}
+	switch res.Status {
+	case WriteApplied:
+		if in.BonusCredits > 0 {
+			s.observer.CreditsMoved(TxPlanBonus, in.BonusCredits)
+		}
+		return res.SetPlanResult, nil
+	case WriteReplayed:
+		r := res.SetPlanResult
+		r.Replayed = true
+		return r, nil
+	}
+	return SetPlanResult{}, orgWriteErr(res.Status, in.BonusCredits, 0, nil, "", "bonus_credits", op)
+}
+
+// MemberUsage sums the entries of an organization's account that one
+// member acted for (ClerkUserID "" for the entries no user acted for:
+// services' grants).
+type MemberUsage struct {
+	ClerkUserID string
+	UsageTotals
+}
+
+// MaxUsageMembers is the most members a summary by member lists.
+const MaxUsageMembers = 1000
+
+// SummarizeUsageByMember sums the entries of the organization's account
+// created in [start, end) by the member who acted, those that moved the
+// most credits first (at most MaxUsageMembers). A zero end is now; a zero
+// start is DefaultUsageWindow before end.
+func (s *Service) SummarizeUsageByMember(ctx context.Context, clerkOrgID string, start, end time.Time) ([]MemberUsage, error) {
+	var v violations
+	v.clerkOrgID("clerk_org_id", clerkOrgID)
+	if end.IsZero() {
+		end = s.now()
+	}
+	if start.IsZero() {
+		start = end.Add(-DefaultUsageWindow)
+	}
+	start, end = ceilMicrosecond(start), ceilMicrosecond(end)
+	if !end.After(start) {
+		v.add("end_time", "must be after start_time")
+	}
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	const op = "summarize usage by member"
+	id, err := s.store.OrgAccountID(ctx, clerkOrgID)
+	if errors.Is(err, ErrNoRow) {
+		return nil, apperr.NotFound("organization not found")
+	}
+	if err != nil {
+		return nil, userErr(err, op)
+	}
+	ms, err := s.store.SummarizeUsageByMember(ctx, id, start, end, MaxUsageMembers)
+	if err != nil {
+		return nil, userErr(err, op)
+	}
+	return ms, nil
 }

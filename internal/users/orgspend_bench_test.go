@@ -17,7 +17,9 @@ import (
 // neither path waits on another spender's row lock), 16 goroutines per
 // GOMAXPROCS, over a pool of 40 connections.
 // The database's clock counts the caps, as in production. Compare the
-// ns/op of Org/* with Personal/* (make bench-orgspend).
+// ns/op of Org/* with Personal/*:
+//
+//	go test -run '^$' -bench BenchmarkOrgDeduct -benchtime 3000x -count 5 ./internal/users/
 func BenchmarkOrgDeduct(b *testing.B) {
 	ctx := context.Background()
 	e := newOrgEnv(b, nil, 40)

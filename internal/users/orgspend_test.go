@@ -712,7 +712,7 @@ func TestSetMemberSpendingCap(t *testing.T) {
 		t.Errorf("audit rows = %d, %v; want 3", changes, err)
 	}
 	var events int
-	if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM feed_events WHERE clerk_org_id = 'org_a' AND kind = 'member_cap.changed'`).Scan(&events); err != nil || events != 3 {
+	if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM feed_events WHERE clerk_org_id = 'org_a' AND kind = 'member_cap.changed' AND actor_clerk_user_id = 'user_admin' AND account_id = $1`, acct).Scan(&events); err != nil || events != 3 {
 		t.Errorf("member_cap.changed events = %d, %v; want 3", events, err)
 	}
 
@@ -818,6 +818,34 @@ func TestOrgGrantAndReadAccount(t *testing.T) {
 	}
 	_, err = e.svc.GrantCredits(ctx, users.CreditChange{ClerkOrgID: "org_zz", Service: "billing", Amount: 1, IdempotencyKey: "g2"})
 	wantKind(t, err, apperr.KindNotFound)
+
+	// A service moves the organization to a plan with a bonus; a retry
+	// replays it.
+	in := users.SetPlanInput{ClerkOrgID: "org_a", Service: "billing", Plan: users.PlanPro, BonusCredits: 5, IdempotencyKey: "p1"}
+	plan, err := e.svc.SetPlan(ctx, in)
+	if err != nil || plan.Replayed || plan.Account.Plan != users.PlanPro || plan.Account.Credits != 33 ||
+		plan.Bonus == nil || plan.Bonus.Delta != 5 || plan.Change.Service != "billing" {
+		t.Fatalf("SetPlan = %+v, %v", plan, err)
+	}
+	if again, err := e.svc.SetPlan(ctx, in); err != nil || !again.Replayed || again.Change.ID != plan.Change.ID {
+		t.Errorf("SetPlan replay = %+v, %v", again, err)
+	}
+	for _, c := range []struct {
+		name string
+		in   users.SetPlanInput
+		kind apperr.Kind
+	}{
+		{"unknown organization", users.SetPlanInput{ClerkOrgID: "org_zz", Plan: users.PlanPro, IdempotencyKey: "p2"}, apperr.KindNotFound},
+		{"with a user", users.SetPlanInput{ClerkOrgID: "org_a", ClerkUserID: "user_m", Plan: users.PlanPro, IdempotencyKey: "p3"}, apperr.KindInvalidArgument},
+		{"bad plan", users.SetPlanInput{ClerkOrgID: "org_a", Plan: "GOLD", IdempotencyKey: "p4"}, apperr.KindInvalidArgument},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := e.svc.SetPlan(ctx, c.in)
+			wantKind(t, err, c.kind)
+		})
+	}
+	b = e.books(t, acct)
+	b.check(t)
 }
 
 // TestOrgLedgerByMember: an organization's ledger lists every entry with
@@ -854,6 +882,14 @@ func TestOrgLedgerByMember(t *testing.T) {
 		if tx.ActorClerkUserID != "user_m" || tx.Delta != -1 || (i > 0 && tx.ID >= got[i-1].ID) {
 			t.Errorf("entry %d = %+v", i, tx)
 		}
+	}
+	usage, err := e.svc.SummarizeUsageByMember(ctx, "org_a", time.Time{}, time.Now().Add(time.Hour))
+	if err != nil || len(usage) != 3 || usage[0].ClerkUserID != "" || usage[0].Granted != 100 ||
+		usage[1].ClerkUserID != "user_m" || usage[1].Spent != 5 || usage[1].Entries != 5 || usage[2].Spent != 5 {
+		t.Errorf("usage by member = %+v, %v", usage, err)
+	}
+	if _, err := e.svc.SummarizeUsageByMember(ctx, "org_zz", time.Time{}, time.Time{}); apperr.KindOf(err) != apperr.KindNotFound {
+		t.Errorf("usage of an unknown organization: %v", err)
 	}
 	all, err := e.svc.ListAccountCreditTransactions(ctx, users.LedgerQuery{ClerkOrgID: "org_a", PageSize: 100})
 	if err != nil || len(all.Transactions) != 11 || all.Transactions[10].ActorClerkUserID != "" || all.NextPageToken != "" {

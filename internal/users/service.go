@@ -436,6 +436,9 @@ type SetPlanInput struct {
 	Reason         string
 	// Service: as for CreditChange.
 	Service string
+	// ClerkOrgID, when set, changes the plan of the organization's
+	// account instead (a service's call; ClerkUserID must then be empty).
+	ClerkOrgID string
 }
 
 func (in SetPlanInput) validate() error {
@@ -461,8 +464,12 @@ type CreditResult struct {
 
 // SetPlanResult is the outcome of SetPlan.
 type SetPlanResult struct {
-	// User is the user as it is after the call.
+	// User is the user as it is after the call (zero for an
+	// organization's account).
 	User User
+	// Account is the organization's account after the call (zero for a
+	// personal plan change: see User).
+	Account Account
 	// Change is the applied change (the original one for a retry).
 	Change PlanChange
 	// Bonus is the ledger entry of the bonus credits, if any.
@@ -476,6 +483,9 @@ type SetPlanResult struct {
 // transaction. A retry with the same key and parameters returns the original
 // change.
 func (s *Service) SetPlan(ctx context.Context, in SetPlanInput) (SetPlanResult, error) {
+	if in.ClerkOrgID != "" {
+		return s.setOrganizationPlan(ctx, in)
+	}
 	if err := in.validate(); err != nil {
 		return SetPlanResult{}, err
 	}

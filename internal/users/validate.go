@@ -50,8 +50,30 @@ func CheckClerkUserID(field, id string) error {
 }
 
 func (v *violations) clerkUserID(field, id string) {
-	// clerkID (orgs.go) checks Clerk ids of every kind alike.
-	v.clerkID(field, id, clerkUserIDPrefix, "user")
+	v.clerkID(field, id, clerkUserIDPrefix, `must be a Clerk user id ("user_...")`)
+}
+
+// clerkOrgID checks a Clerk organization id ("org_...").
+func (v *violations) clerkOrgID(field, id string) {
+	v.clerkID(field, id, "org_", `must be a Clerk organization id ("org_...")`)
+}
+
+func (v *violations) clerkID(field, id, prefix, what string) {
+	switch {
+	case id == "":
+		v.add(field, "is required")
+	case len(id) > MaxClerkUserID:
+		v.add(field, "must be at most 64 characters")
+	case !strings.HasPrefix(id, prefix) || len(id) == len(prefix):
+		v.add(field, what)
+	default:
+		for _, r := range id {
+			if !(r == '_' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+				v.add(field, "must contain only letters, digits and underscores")
+				return
+			}
+		}
+	}
 }
 
 // email checks an optional email; "" is allowed when !required.

@@ -399,10 +399,8 @@ func outboxCost(ctx context.Context, dbURL string) ([]pgResult, error) {
 		{"DeductCredits (`userd_change_credits`)", fmt.Sprintf("\\set n random(0, %d)\n\\set k random(1, 1000000000000)\n"+
 			"SELECT status FROM userd_change_credits('user_feedbench' || :n, 'DEDUCT', -1, 'bench', 'pgb' || :k || '-' || :client_id);\n", *nUsers-1),
 			1, []string{"credit_transactions ALTER TRIGGER credit_transactions_feed"}},
-		{"EnsureUser, new user (`InsertUserWithInitialCredits`)", "\\set k random(1, 1000000000000)\n" +
-			"WITH new_user AS (INSERT INTO users (clerk_user_id, plan, credits) VALUES ('user_pgb' || :k || '_' || :client_id, 'FREE', 10) " +
-			"ON CONFLICT (clerk_user_id) DO NOTHING RETURNING *), initial AS (INSERT INTO credit_transactions (user_id, delta, balance_after, kind) " +
-			"SELECT new_user.id, new_user.credits, new_user.credits, 'INITIAL' FROM new_user) SELECT id FROM new_user;\n",
+		{"EnsureUser, new user (`userd_create_user`)", "\\set k random(1, 1000000000000)\n" +
+			"SELECT u_id FROM userd_create_user('user_pgb' || :k || '_' || :client_id, NULL, NULL, NULL, NULL, NULL, 10);\n",
 			2, []string{"credit_transactions ALTER TRIGGER credit_transactions_feed", "users ALTER TRIGGER users_feed_insert"}},
 	}
 	var results []pgResult
