@@ -34,10 +34,11 @@ func (s *Server) WatchUserEvents(req *userdv1.WatchUserEventsRequest, stream use
 		return err
 	}
 	p, _ := principal(ctx)
-	if p.Kind == auth.KindUser {
+	if p.Kind == auth.KindUser && !p.Impersonated() {
 		// An end user sees its own events and those of the
 		// organizations it is a live member of, asked again as its
-		// memberships change.
+		// memberships change. An impersonation session sees the user's
+		// own events only: organizations' accounts are refused to it.
 		user := r.ClerkUserID
 		r.Organizations = func(ctx context.Context) ([]string, error) { return s.users.OrganizationsOf(ctx, user) }
 	}
