@@ -288,3 +288,16 @@ func NewIdempotencyKey() string {
 	_, _ = rand.Read(b[:])
 	return "uc-" + hex.EncodeToString(b[:])
 }
+
+// OrganizationTransactions iterates over an organization account's ledger,
+// newest first (only member's entries when member is not ""), as
+// Transactions does. With a session token, the organization must be the
+// session's active one.
+func (c *Client) OrganizationTransactions(ctx context.Context, clerkOrgID, member string, pageSize int32) iter.Seq2[*userdv1.CreditTransaction, error] {
+	return pages(func(token string) ([]*userdv1.CreditTransaction, string, error) {
+		page, err := c.ListCreditTransactions(ctx, &userdv1.ListCreditTransactionsRequest{
+			ClerkOrganizationId: clerkOrgID, MemberClerkUserId: member, PageSize: pageSize, PageToken: token,
+		})
+		return page.GetTransactions(), page.GetNextPageToken(), err
+	})
+}

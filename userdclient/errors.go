@@ -19,7 +19,49 @@ const (
 	ReasonUserDeleted          = apperr.ReasonUserDeleted
 	ReasonUnknownAction        = apperr.ReasonUnknownAction
 	ReasonCursorExpired        = apperr.ReasonCursorExpired
+
+	ReasonMemberCapReached              = apperr.ReasonMemberCapReached
+	ReasonAccountClosed                 = apperr.ReasonAccountClosed
+	ReasonNotOrganizationMember         = apperr.ReasonNotOrganizationMember
+	ReasonMissingOrganizationPermission = apperr.ReasonMissingOrganizationPermission
+	ReasonOrganizationNotActive         = apperr.ReasonOrganizationNotActive
+	ReasonImpersonationNotAllowed       = apperr.ReasonImpersonationNotAllowed
 )
+
+// MemberCap is what a deduction refused by a member's spending cap
+// reports.
+type MemberCap struct {
+	// Cap is the member's cap per Period ("day", "week" or "month", UTC).
+	Cap    int64
+	Period string
+	// Spent is what the member spent in the current period, Remaining
+	// what the cap leaves (Cap - Spent, at least 0), Required the
+	// deduction refused.
+	Spent, Remaining, Required int64
+}
+
+// IsMemberCapReached reports whether a deduction from an organization's
+// account was refused because the member's spending cap for the period
+// leaves too little, and the figures. Nothing was changed. (gRPC
+// FAILED_PRECONDITION, REST 402, like insufficient credits.)
+func IsMemberCapReached(err error) (MemberCap, bool) {
+	info := errorInfo(err)
+	if info == nil || info.GetReason() != ReasonMemberCapReached {
+		return MemberCap{}, false
+	}
+	md := info.GetMetadata()
+	n := func(k string) int64 { v, _ := strconv.ParseInt(md[k], 10, 64); return v }
+	return MemberCap{Cap: n("cap"), Period: md["period"], Spent: n("spent"), Remaining: n("remaining"), Required: n("required")}, true
+}
+
+// IsAccountClosed reports whether the organization's account is closed
+// (its organization was deleted in Clerk): no spends, grants or plan
+// changes.
+func IsAccountClosed(err error) bool { return Reason(err) == ReasonAccountClosed }
+
+// IsNotOrganizationMember reports whether the user acting is not a live
+// member of the organization; IsPermissionDenied is true too.
+func IsNotOrganizationMember(err error) bool { return Reason(err) == ReasonNotOrganizationMember }
 
 // IsInsufficientCredits reports whether err is a deduction refused because
 // the balance is too low, and the amounts: required is the deduction,
@@ -56,7 +98,9 @@ func IsKeyReused(err error) bool { return Reason(err) == ReasonIdempotencyKeyReu
 func IsEmailInUse(err error) bool { return Reason(err) == ReasonEmailInUse }
 
 // IsPermissionDenied reports whether the caller may not do this (end
-// users cannot change credits or plans).
+// users cannot change their credits or plans; on an organization's
+// account: not a member, a permission missing, another organization
+// active, an impersonation token — see Reason).
 func IsPermissionDenied(err error) bool { return code(err) == codes.PermissionDenied }
 
 // IsUnauthenticated reports whether the token is missing or invalid.

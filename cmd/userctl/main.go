@@ -11,6 +11,14 @@
 //	userctl prices set render 2      userctl prices history render
 //	userctl watch --kind plan --cursor-file /var/lib/billing/userd.cursor
 //
+// Where a command names an account, an organization id (org_...) names the
+// organization's account instead of a user's personal one; --member then
+// names the member acting (deduct, can-afford), recorded (grant) or
+// listed (ledger):
+//
+//	userctl account org_2xyz         userctl deduct org_2xyz 3 --member user_2abc --key job-44
+//	userctl member-cap org_2xyz user_2abc --period day --cap 100
+//
 // The address and token come from --addr/--token or USERD_ADDR/USERD_TOKEN.
 // Exit codes (for scripts): see exitCodes.
 package main
@@ -43,7 +51,7 @@ const (
 	exitError               = 1 // anything not below
 	exitUsage               = 2 // bad command line, or a request userd found invalid
 	exitNotFound            = 3 // no such (live) user
-	exitInsufficientCredits = 4 // the deduction is larger than the balance (or can-afford says no); nothing changed
+	exitInsufficientCredits = 4 // the deduction is larger than the balance or the member's cap (or can-afford says no); nothing changed
 	exitConflict            = 5 // idempotency key reused with other parameters, or email in use
 	exitUnauthenticated     = 6 // token missing or not accepted
 	exitPermissionDenied    = 7 // the token may not do this
@@ -68,6 +76,22 @@ type cli struct {
 	Afford  affordCmd  `cmd:"" name:"can-afford" help:"Whether a user's balance covers an amount or an action's price; exit code 4 when it does not."`
 	Prices  pricesCmd  `cmd:"" help:"The price list: what one use of each action costs."`
 	Watch   watchCmd   `cmd:"" help:"Follow the change feed (user, plan and credit events) until interrupted, resuming from a saved cursor."`
+
+	Account   accountCmd   `cmd:"" help:"Show an account: a user's personal one (user_...) or an organization's (org_...), with its members, their caps and spending."`
+	MemberCap memberCapCmd `cmd:"" name:"member-cap" help:"Set or remove what one member may spend from its organization's account per UTC day, week or month."`
+}
+
+// target reads the account a command names: a Clerk user id (the user's
+// personal account) or a Clerk organization id (the organization's, with
+// member the member acting, or "").
+func target(id, member string) (clerkUserID, clerkOrgID string, err error) {
+	if strings.HasPrefix(id, "org_") {
+		return member, id, nil
+	}
+	if member != "" {
+		return "", "", usageError{"--member needs an organization's account (an org_... id)"}
+	}
+	return id, "", nil
 }
 
 // env is what every command gets.
@@ -191,6 +215,10 @@ func report(w io.Writer, err error) int {
 		if _, _, ok := userdclient.IsInsufficientCredits(err); ok {
 			return exitInsufficientCredits
 		}
+		if c, ok := userdclient.IsMemberCapReached(err); ok {
+			fmt.Fprintf(w, "  the member's %s cap is %d: %d spent, %d remaining, %d required\n", c.Period, c.Cap, c.Spent, c.Remaining, c.Required)
+			return exitInsufficientCredits
+		}
 	case st.Code() == codes.AlreadyExists:
 		return exitConflict
 	case userdclient.IsUnauthenticated(err):
@@ -285,14 +313,15 @@ func (c *ensureCmd) Run(e *env) error {
 
 // change is what deduct and grant share.
 type change struct {
-	ClerkUserID string `arg:"" name:"clerk-user-id" help:"Clerk user id (user_...)."`
+	ClerkUserID string `arg:"" name:"clerk-user-id" help:"Clerk user id (user_...), or an organization id (org_...)."`
 	Amount      int64  `arg:"" help:"Credits, 1 to 1000000000000."`
 	Key         string `required:"" help:"Idempotency key: repeating the command with the same key changes nothing (1-255 printable ASCII)."`
 	Reason      string `help:"Reason stored in the ledger."`
 }
 
 type deductCmd struct {
-	ClerkUserID string `arg:"" name:"clerk-user-id" help:"Clerk user id (user_...)."`
+	ClerkUserID string `arg:"" name:"clerk-user-id" help:"Clerk user id (user_...), or an organization id (org_...) with --member."`
+	Member      string `help:"With an organization id: the member spending (required for a service)."`
 	Amount      int64  `arg:"" optional:"" help:"Credits, 1 to 1000000000000; or --action instead."`
 	Action      string `help:"Charge one use of this action at its current price instead of an amount (the action becomes the reason)."`
 	Key         string `required:"" help:"Idempotency key: repeating the command with the same key changes nothing (1-255 printable ASCII)."`
@@ -303,8 +332,12 @@ func (c *deductCmd) Run(e *env) error {
 	if (c.Amount == 0) == (c.Action == "") {
 		return usageError{"give either an amount or --action"}
 	}
+	user, org, err := target(c.ClerkUserID, c.Member)
+	if err != nil {
+		return err
+	}
 	res, err := e.client.DeductCredits(e.ctx, &userdv1.DeductCreditsRequest{
-		ClerkUserId: c.ClerkUserID, Amount: c.Amount, Action: c.Action, IdempotencyKey: c.Key, Reason: c.Reason,
+		ClerkUserId: user, ClerkOrganizationId: org, Amount: c.Amount, Action: c.Action, IdempotencyKey: c.Key, Reason: c.Reason,
 	})
 	if err != nil {
 		return err
@@ -315,11 +348,18 @@ func (c *deductCmd) Run(e *env) error {
 	})
 }
 
-type grantCmd struct{ change }
+type grantCmd struct {
+	change
+	Member string `help:"With an organization id: the member the grant is recorded for (optional)."`
+}
 
 func (c *grantCmd) Run(e *env) error {
+	user, org, err := target(c.ClerkUserID, c.Member)
+	if err != nil {
+		return err
+	}
 	res, err := e.client.GrantCredits(e.ctx, &userdv1.GrantCreditsRequest{
-		ClerkUserId: c.ClerkUserID, Amount: c.Amount, IdempotencyKey: c.Key, Reason: c.Reason,
+		ClerkUserId: user, ClerkOrganizationId: org, Amount: c.Amount, IdempotencyKey: c.Key, Reason: c.Reason,
 	})
 	if err != nil {
 		return err
@@ -353,14 +393,22 @@ func (c *setPlanCmd) Run(e *env) error {
 }
 
 type ledgerCmd struct {
-	ClerkUserID string `arg:"" name:"clerk-user-id" help:"Clerk user id (user_...)."`
+	ClerkUserID string `arg:"" name:"clerk-user-id" help:"Clerk user id (user_...), or an organization id (org_...)."`
+	Member      string `help:"With an organization id: only this member's entries."`
 	PageSize    int32  `name:"page-size" default:"20" help:"Entries per page (1-500)."`
 	PageToken   string `name:"page-token" help:"Token of the page to show, printed under the previous one."`
 }
 
 func (c *ledgerCmd) Run(e *env) error {
+	user, org, err := target(c.ClerkUserID, "")
+	if err != nil {
+		return err
+	}
+	if c.Member != "" && org == "" {
+		return usageError{"--member needs an organization's account (an org_... id)"}
+	}
 	res, err := e.client.ListCreditTransactions(e.ctx, &userdv1.ListCreditTransactionsRequest{
-		ClerkUserId: c.ClerkUserID, PageSize: c.PageSize, PageToken: c.PageToken,
+		ClerkUserId: user, ClerkOrganizationId: org, MemberClerkUserId: c.Member, PageSize: c.PageSize, PageToken: c.PageToken,
 	})
 	if err != nil {
 		return err
@@ -368,7 +416,11 @@ func (c *ledgerCmd) Run(e *env) error {
 	return e.out.message(res, func() {
 		e.out.transactions(res.GetTransactions())
 		if next := res.GetNextPageToken(); next != "" {
-			fmt.Fprintf(e.out.w, "\nmore: %s ledger %s --page-size %d --page-token %s\n", program, c.ClerkUserID, c.PageSize, next)
+			member := ""
+			if c.Member != "" {
+				member = " --member " + c.Member
+			}
+			fmt.Fprintf(e.out.w, "\nmore: %s ledger %s%s --page-size %d --page-token %s\n", program, c.ClerkUserID, member, c.PageSize, next)
 		}
 	})
 }
@@ -417,7 +469,8 @@ func parseTime(flag, s string) (time.Time, error) {
 }
 
 type affordCmd struct {
-	ClerkUserID string `arg:"" name:"clerk-user-id" help:"Clerk user id (user_...)."`
+	ClerkUserID string `arg:"" name:"clerk-user-id" help:"Clerk user id (user_...), or an organization id (org_...) with --member."`
+	Member      string `help:"With an organization id: the member who would spend (its cap counts too)."`
 	Amount      int64  `help:"Credits to compare with the balance."`
 	Action      string `help:"An action of the price list: its current price."`
 }
@@ -426,7 +479,11 @@ func (c *affordCmd) Run(e *env) error {
 	if (c.Amount == 0) == (c.Action == "") {
 		return usageError{"give either --amount or --action"}
 	}
-	res, err := e.client.CanAfford(e.ctx, &userdv1.CanAffordRequest{ClerkUserId: c.ClerkUserID, Amount: c.Amount, Action: c.Action})
+	user, org, err := target(c.ClerkUserID, c.Member)
+	if err != nil {
+		return err
+	}
+	res, err := e.client.CanAfford(e.ctx, &userdv1.CanAffordRequest{ClerkUserId: user, ClerkOrganizationId: org, Amount: c.Amount, Action: c.Action})
 	if err != nil {
 		return err
 	}
@@ -581,4 +638,42 @@ func (c *watchCmd) save(cursor string) error {
 		return err
 	}
 	return os.Rename(tmp, c.CursorFile)
+}
+
+type accountCmd struct {
+	ID string `arg:"" name:"id" help:"Clerk user id (user_..., or me with a session token) or organization id (org_...)."`
+}
+
+func (c *accountCmd) Run(e *env) error {
+	user, org, err := target(c.ID, "")
+	if err != nil {
+		return err
+	}
+	res, err := e.client.GetAccount(e.ctx, &userdv1.GetAccountRequest{ClerkUserId: user, ClerkOrganizationId: org})
+	if err != nil {
+		return err
+	}
+	return e.out.message(res, func() { e.out.account(res.GetAccount()) })
+}
+
+type memberCapCmd struct {
+	Org    string `arg:"" name:"org-id" help:"Clerk organization id (org_...)."`
+	Member string `arg:"" name:"member" help:"Clerk user id of the member (user_...)."`
+	Period string `enum:"day,week,month," default:"" help:"The cap's period (UTC): day, week (ISO, from Monday) or month."`
+	Cap    int64  `help:"Credits the member may spend per period (0: none)."`
+	Remove bool   `help:"Remove the member's cap instead."`
+}
+
+func (c *memberCapCmd) Run(e *env) error {
+	if c.Remove == (c.Period != "") {
+		return usageError{"give either --period (with --cap) or --remove"}
+	}
+	res, err := e.client.SetMemberSpendingCap(e.ctx, &userdv1.SetMemberSpendingCapRequest{
+		ClerkOrganizationId: c.Org, MemberClerkUserId: c.Member, Cap: c.Cap,
+		Period: userdv1.UsagePeriod(userdv1.UsagePeriod_value["USAGE_PERIOD_"+strings.ToUpper(c.Period)]),
+	})
+	if err != nil {
+		return err
+	}
+	return e.out.message(res, func() { e.out.members([]*userdv1.AccountMember{res.GetMember()}) })
 }

@@ -134,6 +134,14 @@ func TestCommands(t *testing.T) {
 	if err != nil || u.Credits != 21 {
 		t.Errorf("user_cli: %+v, %v; want 21 credits", u, err)
 	}
+
+	// Accounts: a user's personal one; an organization's by its org_ id
+	// (one userd does not know is not found); --member only with one.
+	expect(t, userctl("account", "user_cli"), exitOK, `OWNER +user_cli`, `PLAN +`)
+	expect(t, userctl("account", "org_2unknown"), exitNotFound, `not found`)
+	expect(t, userctl("deduct", "user_cli", "1", "--member", "user_other", "--key", "m1"), exitUsage, `--member needs an organization`)
+	expect(t, userctl("member-cap", "org_2unknown", "user_cli"), exitUsage, `--period .* or --remove`)
+	expect(t, userctl("ledger", "org_2unknown", "--member", "user_cli"), exitNotFound)
 }
 
 // TestPricesAndUsageCommands: the price list, deductions by action, the

@@ -191,3 +191,41 @@ func (p *printer) event(ev *userdv1.UserEvent) error {
 	_, err := fmt.Fprintf(p.w, "%s  %-15s %-20s %s  (event %d)\n", when(ev.GetCreateTime()), kind, ev.GetClerkUserId(), detail, ev.GetId())
 	return err
 }
+
+// account prints an account, and its members for an organization's.
+func (p *printer) account(a *userdv1.Account, extra ...row) {
+	owner := a.GetOwnerClerkUserId()
+	if owner == "" {
+		owner = a.GetClerkOrganizationId()
+	}
+	rows := []row{
+		{"ACCOUNT", a.GetId()},
+		{"OWNER", owner},
+		{"PLAN", planName(a.GetPlan())},
+		{"CREDITS", strconv.FormatInt(a.GetCredits(), 10)},
+		{"CREATED", when(a.GetCreateTime())},
+	}
+	if a.GetCloseTime() != nil {
+		rows = append(rows, row{"CLOSED", when(a.GetCloseTime())})
+	}
+	p.rows(append(rows, extra...)...)
+	if len(a.GetMembers()) > 0 {
+		fmt.Fprintln(p.w)
+		p.members(a.GetMembers())
+	}
+}
+
+// members prints an organization's members with their caps.
+func (p *printer) members(ms []*userdv1.AccountMember) {
+	tw := tabwriter.NewWriter(p.w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "MEMBER\tROLE\tCAP\tSPENT\tREMAINING")
+	for _, m := range ms {
+		capText, spent, remaining := "none", "", ""
+		if m.GetCapPeriod() != userdv1.UsagePeriod_USAGE_PERIOD_UNSPECIFIED {
+			capText = fmt.Sprintf("%d/%s", m.GetCap(), strings.ToLower(strings.TrimPrefix(m.GetCapPeriod().String(), "USAGE_PERIOD_")))
+			spent, remaining = strconv.FormatInt(m.GetSpentThisPeriod(), 10), strconv.FormatInt(m.GetRemainingThisPeriod(), 10)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.GetClerkUserId(), m.GetRole(), capText, spent, remaining)
+	}
+	_ = tw.Flush()
+}

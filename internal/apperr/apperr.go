@@ -69,6 +69,13 @@ const (
 	// ReasonMissingOrganizationPermission: the member's organization
 	// permissions lack the one required (KindPermissionDenied).
 	ReasonMissingOrganizationPermission = "MISSING_ORGANIZATION_PERMISSION"
+	// ReasonOrganizationNotActive: an end user named an organization that
+	// is not its session token's active organization (KindPermissionDenied).
+	ReasonOrganizationNotActive = "ORGANIZATION_NOT_ACTIVE"
+	// ReasonImpersonationNotAllowed: an impersonation token (Clerk's "act"
+	// claim) asked to act on an organization's account
+	// (KindPermissionDenied).
+	ReasonImpersonationNotAllowed = "IMPERSONATION_NOT_ALLOWED"
 )
 
 // Domain is the ErrorInfo domain of every reason above.
@@ -254,4 +261,20 @@ func MissingOrganizationPermission(permission string) *Error {
 		Message:  "the membership lacks the organization permission " + permission,
 		Reason:   ReasonMissingOrganizationPermission,
 		Metadata: map[string]string{"permission": permission}}
+}
+
+// OrganizationNotActive reports an end user naming an organization other
+// than its session's active one.
+func OrganizationNotActive() *Error {
+	return &Error{Kind: KindPermissionDenied,
+		Message: "clerk_organization_id is not the session's active organization: switch to it in Clerk (setActive) and retry with a fresh token",
+		Reason:  ReasonOrganizationNotActive}
+}
+
+// ImpersonationNotAllowed reports an impersonation token acting on an
+// organization's account.
+func ImpersonationNotAllowed() *Error {
+	return &Error{Kind: KindPermissionDenied,
+		Message: "an impersonation session may not act on an organization's account",
+		Reason:  ReasonImpersonationNotAllowed}
 }

@@ -56,11 +56,16 @@ func (a *Authenticator) Authenticate(authorization string) (Principal, error) {
 			msg = "token not valid yet"
 		case errors.Is(err, errLifetimeTooLong):
 			msg = "token lifetime too long"
+		case errors.Is(err, errOrgClaims):
+			msg = "token's organization claims are malformed"
+		case errors.Is(err, errActorClaim):
+			msg = `token's "act" claim is malformed`
 		}
 		return Principal{}, apperr.Unauthenticated(msg)
 	}
 	return Principal{
 		Kind: KindUser, ClerkUserID: claims.Subject, Session: claims,
+		Organization: claims.Organization, Actor: claims.Actor,
 		Expires: claims.ExpiresAt.Date.Add(a.sessions.leeway), // the parser requires exp
 	}, nil
 }

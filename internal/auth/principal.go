@@ -30,10 +30,29 @@ type Principal struct {
 	ClerkUserID string
 	// Session is the verified session token's claims (KindUser only).
 	Session *SessionClaims
+	// Organization is the session's active organization (v2 "o" or v1
+	// org_* claims), or nil when none is active (KindUser only).
+	Organization *ActiveOrganization
+	// Actor is set when the session token is an impersonation token
+	// (Clerk's "act" claim): someone else acts as ClerkUserID. Such a
+	// principal may not act on organization accounts.
+	Actor *Actor
 	// Expires is when the credentials stop being accepted: a session
 	// token's exp plus the leeway (zero for services, whose tokens do not
 	// expire).
 	Expires time.Time
+}
+
+// Impersonated reports whether the credentials are an impersonation
+// token.
+func (p Principal) Impersonated() bool { return p.Actor != nil }
+
+// ActiveOrganizationID is the session's active organization's id, or "".
+func (p Principal) ActiveOrganizationID() string {
+	if p.Organization == nil {
+		return ""
+	}
+	return p.Organization.ID
 }
 
 // Name identifies the principal in logs and metrics; it never contains a

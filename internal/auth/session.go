@@ -36,6 +36,16 @@ type SessionClaims struct {
 	Email     string `json:"email,omitempty"`
 	FirstName string `json:"first_name,omitempty"`
 	LastName  string `json:"last_name,omitempty"`
+
+	// orgClaims are the raw organization and actor claims, read into
+	// Organization and Actor once the token is verified.
+	orgClaims
+	// Organization is the active organization (v2 "o" or v1 org_*
+	// claims), or nil when the session has none.
+	Organization *ActiveOrganization `json:"-"`
+	// Actor is set for an impersonation token (the "act" claim): who is
+	// acting as the subject.
+	Actor *Actor `json:"-"`
 }
 
 // The jwt.Claims methods, for the parser's validation.
@@ -245,6 +255,12 @@ func (v *SessionVerifier) verify(token string, key [sha256.Size]byte) (*SessionC
 	if !strings.HasPrefix(claims.Subject, "user_") {
 		return nil, errors.New("subject is not a Clerk user id")
 	}
+	org, act, err := claims.normalize()
+	if err != nil {
+		return nil, err
+	}
+	claims.Organization, claims.Actor = org, act
+	claims.orgClaims = orgClaims{} // read; not kept in the cache
 	v.mu.Lock()
 	if len(v.verified) >= maxVerified {
 		clear(v.verified)

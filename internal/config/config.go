@@ -53,6 +53,7 @@ type Serve struct {
 	Bounds        `embed:""`
 	Feed          `embed:""`
 	Limits        `embed:""`
+	Organizations `embed:""`
 
 	// Version is the binary's version (not a setting: cmd/userd sets it),
 	// shown as info.version of the served OpenAPI document.
@@ -253,7 +254,38 @@ func (s Serve) Validate() error {
 	if err := s.Limits.Validate(); err != nil {
 		return err
 	}
+	if err := s.Organizations.Validate(); err != nil {
+		return err
+	}
 	return s.Feed.Validate()
+}
+
+// Organizations says which Clerk organization permissions userd requires
+// of end users acting on an organization's account.
+type Organizations struct {
+	OrgSpendPermission  string `name:"org-spend-permission" env:"USERD_ORG_SPEND_PERMISSION" help:"Clerk organization permission an end user needs to spend from its organization's account (e.g. org:credits:spend), in its session token and in its mirrored membership. Empty: any live member may spend."`
+	OrgManagePermission string `name:"org-manage-permission" env:"USERD_ORG_MANAGE_PERMISSION" default:"org:credits:manage" help:"Clerk organization permission that lets an end user set members' spending caps, besides the role org:admin. Empty: org:admin only."`
+}
+
+// Validate checks the organization permissions: Clerk's custom permission
+// keys, "org:<feature>:<permission>".
+func (o Organizations) Validate() error {
+	for _, s := range []struct{ name, v string }{
+		{"USERD_ORG_SPEND_PERMISSION (--org-spend-permission)", o.OrgSpendPermission},
+		{"USERD_ORG_MANAGE_PERMISSION (--org-manage-permission)", o.OrgManagePermission},
+	} {
+		if s.v == "" {
+			continue
+		}
+		parts := strings.Split(s.v, ":")
+		if len(parts) != 3 || parts[0] != "org" || parts[1] == "" || parts[2] == "" || strings.ContainsAny(s.v, " ,") {
+			return fmt.Errorf("%s must be a Clerk permission key org:<feature>:<permission>, got %q", s.name, s.v)
+		}
+		if strings.HasPrefix(parts[1], "sys_") {
+			return fmt.Errorf("%s: Clerk's system permissions (org:sys_*) never appear in session tokens; use a custom permission, got %q", s.name, s.v)
+		}
+	}
+	return nil
 }
 
 // Off switches a listener off.

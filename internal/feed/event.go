@@ -29,10 +29,26 @@ const (
 	KindUserDeleted    Kind = "user.deleted"
 	KindPlanChanged    Kind = "plan.changed"
 	KindCreditsChanged Kind = "credits.changed"
+
+	KindOrganizationCreated Kind = "organization.created"
+	KindOrganizationUpdated Kind = "organization.updated"
+	KindOrganizationDeleted Kind = "organization.deleted"
+	KindMembershipCreated   Kind = "membership.created"
+	KindMembershipUpdated   Kind = "membership.updated"
+	KindMembershipDeleted   Kind = "membership.deleted"
+	KindMemberCapChanged    Kind = "member_cap.changed"
 )
 
 // Kinds lists every kind.
-var Kinds = []Kind{KindUserCreated, KindUserUpdated, KindUserDeleted, KindPlanChanged, KindCreditsChanged}
+var Kinds = []Kind{KindUserCreated, KindUserUpdated, KindUserDeleted, KindPlanChanged, KindCreditsChanged,
+	KindOrganizationCreated, KindOrganizationUpdated, KindOrganizationDeleted,
+	KindMembershipCreated, KindMembershipUpdated, KindMembershipDeleted, KindMemberCapChanged}
+
+// membership reports whether k changes who is a member of an
+// organization (or with which role and permissions).
+func (k Kind) membership() bool {
+	return k == KindMembershipCreated || k == KindMembershipUpdated || k == KindMembershipDeleted
+}
 
 // Valid reports whether k is a known kind.
 func (k Kind) Valid() bool {
@@ -73,17 +89,21 @@ type Event struct {
 	ID       int64
 	Position Position
 	Kind     Kind
-	// UserID and ClerkUserID name the user the event is about (the owner,
-	// for an event of a personal account); both are empty for an event of
-	// an organization's stream, which ClerkOrgID names instead.
+	// UserID and ClerkUserID name the user the event is about; empty for
+	// an organization's events (ClerkOrgID).
 	UserID      uuid.UUID
 	ClerkUserID string
-	ClerkOrgID  string
-	// AccountID names the account of credits.changed and plan.changed.
+	// ClerkOrgID names the organization of an organization's event (of
+	// its account, of itself, of a membership); empty for a user's.
+	ClerkOrgID string
+	// MemberClerkUserID is the member of a membership.* or
+	// member_cap.changed event.
+	MemberClerkUserID string
+	// AccountID is the account of plan.changed and credits.changed (for a
+	// personal account, UserID); uuid.Nil otherwise.
 	AccountID uuid.UUID
-	// ActorClerkUserID is the user who acted: for an account event, the
-	// owner's or the member's Clerk id ("" when userd, Clerk or a service
-	// that named no user acted).
+	// ActorClerkUserID is the user who acted, when one did (the member who
+	// spent from an organization's account).
 	ActorClerkUserID string
 	// Time is when the change's transaction started.
 	Time time.Time
@@ -95,6 +115,12 @@ type Event struct {
 	PlanChange *users.PlanChange
 	// Transaction is the ledger entry of credits.changed.
 	Transaction *users.Transaction
+	// Organization is the organization of organization.*.
+	Organization *Organization
+	// Membership is the membership of membership.*.
+	Membership *Membership
+	// MemberCap is the cap of member_cap.changed.
+	MemberCap *MemberCapChange
 }
 
 // Page is one read of the feed.

@@ -100,9 +100,11 @@ type Hub struct {
 
 	mu   sync.Mutex
 	head Position
-	// all holds the watchers of every user, byUser those of one.
+	// all holds the watchers of every user, byUser those of one, byOrg
+	// those of end users by the organizations they are members of.
 	all    map[*watcher]struct{}
 	byUser map[string]map[*watcher]struct{}
+	byOrg  map[string]map[*watcher]struct{}
 }
 
 // NewHub returns a hub over store; call Run to start polling.
@@ -115,6 +117,7 @@ func NewHub(store Store, opts Options) *Hub {
 		closing: make(chan struct{}),
 		all:     map[*watcher]struct{}{},
 		byUser:  map[string]map[*watcher]struct{}{},
+		byOrg:   map[string]map[*watcher]struct{}{},
 	}
 }
 
@@ -129,6 +132,12 @@ type batch struct {
 type watcher struct {
 	user  string        // "" for every user
 	kinds map[Kind]bool // nil for every kind
+	// orgsOf, for an end user's watch (Request.Organizations), lists the
+	// organizations whose events it may see; orgs is its last answer,
+	// replaced (under Hub.mu while joined) when one of the user's
+	// memberships changes.
+	orgsOf func(context.Context) ([]string, error)
+	orgs   map[string]bool
 	// queue holds batches for the watcher while it is joined; the hub
 	// closes it when it drops the watcher.
 	queue  chan *batch
@@ -136,7 +145,76 @@ type watcher struct {
 }
 
 func (w *watcher) wants(ev *Event) bool {
-	return (w.user == "" || ev.ClerkUserID == w.user) && (w.kinds == nil || w.kinds[ev.Kind])
+	return w.visible(ev) && (w.kinds == nil || w.kinds[ev.Kind])
+}
+
+// visible reports whether ev is one the watcher may see: every event for
+// a watch of every user; a user's own for a watch of one user; and, for
+// an end user's watch, the events of the organizations it is a live
+// member of and those of its own memberships (it learns it was removed).
+func (w *watcher) visible(ev *Event) bool {
+	switch {
+	case w.user == "":
+		return true
+	case ev.ClerkOrgID == "" || w.orgsOf == nil:
+		return ev.ClerkUserID == w.user
+	}
+	return w.orgs[ev.ClerkOrgID] || w.ownMembership(ev)
+}
+
+// ownMembership reports whether ev changes a membership of the watcher's
+// end user: its organizations must be read again.
+func (w *watcher) ownMembership(ev *Event) bool {
+	return w.orgsOf != nil && ev.Kind.membership() && ev.MemberClerkUserID == w.user
+}
+
+// refreshOrgs reads the watcher's organizations again and reports whether
+// it gained one (events of it may have passed the watcher by: it must read
+// the database from its cursor).
+func (h *Hub) refreshOrgs(ctx context.Context, w *watcher) (gained bool, err error) {
+	ids, err := w.orgsOf(ctx)
+	if err != nil {
+		return false, err
+	}
+	orgs := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		orgs[id] = true
+		if !w.orgs[id] {
+			gained = true
+		}
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if w.joined {
+		h.unindexOrgsLocked(w)
+	}
+	w.orgs = orgs
+	if w.joined {
+		h.indexOrgsLocked(w)
+	}
+	return gained, nil
+}
+
+func (h *Hub) indexOrgsLocked(w *watcher) {
+	for org := range w.orgs {
+		m := h.byOrg[org]
+		if m == nil {
+			m = map[*watcher]struct{}{}
+			h.byOrg[org] = m
+		}
+		m[w] = struct{}{}
+	}
+}
+
+func (h *Hub) unindexOrgsLocked(w *watcher) {
+	for org := range w.orgs {
+		if m := h.byOrg[org]; m != nil {
+			delete(m, w)
+			if len(m) == 0 {
+				delete(h.byOrg, org)
+			}
+		}
+	}
 }
 
 // Run polls the database until ctx ends, then closes the hub.
@@ -235,9 +313,27 @@ func (h *Hub) publish(b *batch) {
 				targets[w] = struct{}{}
 			}
 		}
-		for w := range h.byUser[ev.ClerkUserID] {
-			if w.wants(ev) {
-				targets[w] = struct{}{}
+		if ev.ClerkUserID != "" {
+			for w := range h.byUser[ev.ClerkUserID] {
+				if w.wants(ev) {
+					targets[w] = struct{}{}
+				}
+			}
+		}
+		if ev.ClerkOrgID != "" {
+			for w := range h.byOrg[ev.ClerkOrgID] {
+				if w.wants(ev) {
+					targets[w] = struct{}{}
+				}
+			}
+			if ev.MemberClerkUserID != "" {
+				// An end user's own membership changed: its watch reads
+				// its organizations again, whatever kinds it wants.
+				for w := range h.byUser[ev.MemberClerkUserID] {
+					if w.ownMembership(ev) {
+						targets[w] = struct{}{}
+					}
+				}
 			}
 		}
 	}
@@ -284,6 +380,7 @@ func (h *Hub) joinLocked(w *watcher) {
 		h.byUser[w.user] = m
 	}
 	m[w] = struct{}{}
+	h.indexOrgsLocked(w)
 }
 
 // dropLocked removes w from the fan-out and closes its queue after
@@ -302,6 +399,7 @@ func (h *Hub) dropLocked(w *watcher) {
 			delete(h.byUser, w.user)
 		}
 	}
+	h.unindexOrgsLocked(w)
 	for {
 		select {
 		case <-w.queue:
@@ -357,6 +455,13 @@ type Request struct {
 	After Position
 	// ClerkUserID limits the watch to one user's events, when set.
 	ClerkUserID string
+	// Organizations, when set (with ClerkUserID), makes the watch an end
+	// user's: besides the user's own events it sees those of the
+	// organizations Organizations returns (the user's live memberships)
+	// and of its own memberships, and nothing of any other organization.
+	// It is asked at the start and again whenever one of the user's
+	// memberships changes during the watch.
+	Organizations func(ctx context.Context) ([]string, error)
 	// Kinds limits the watch to these kinds, when not empty.
 	Kinds []Kind
 }
@@ -431,6 +536,12 @@ func (h *Hub) Watch(ctx context.Context, req Request, sink Sink) error {
 		return ctx.Err()
 	}
 	w := &watcher{user: req.ClerkUserID, queue: make(chan *batch, h.opts.QueueLength)}
+	if req.Organizations != nil && req.ClerkUserID != "" {
+		w.orgsOf = req.Organizations
+		if _, err := h.refreshOrgs(ctx, w); err != nil {
+			return err
+		}
+	}
 	if len(req.Kinds) > 0 {
 		w.kinds = map[Kind]bool{}
 		for _, k := range req.Kinds {
@@ -454,7 +565,14 @@ func (h *Hub) Watch(ctx context.Context, req Request, sink Sink) error {
 	// missed some, but a watch from the oldest starts after them.
 	fromOldest := req.Start == StartOldest
 	read := func() (Page, error) {
-		page, err := h.store.ReadUserEvents(ctx, cursor, w.user, h.opts.PageLimit)
+		// An end user's watch reads every event and keeps the ones it
+		// may see: the events of its organizations, and of its own
+		// memberships, are on the organizations' streams, not the user's.
+		of := w.user
+		if w.orgsOf != nil {
+			of = ""
+		}
+		page, err := h.store.ReadUserEvents(ctx, cursor, of, h.opts.PageLimit)
 		if err != nil {
 			return Page{}, err
 		}
@@ -504,6 +622,11 @@ func (h *Hub) Watch(ctx context.Context, req Request, sink Sink) error {
 			}
 			for i := range page.Events {
 				ev := &page.Events[i]
+				if w.ownMembership(ev) {
+					if _, err := h.refreshOrgs(ctx, w); err != nil {
+						return err
+					}
+				}
 				if w.wants(ev) {
 					if err := sink.Event(*ev); err != nil {
 						return err
@@ -537,15 +660,34 @@ func (h *Hub) Watch(ctx context.Context, req Request, sink Sink) error {
 				live = false
 				continue
 			}
+			gainedAny := false
 			for i := range b.events {
 				ev := &b.events[i]
-				if cursor.Less(ev.Position) && w.wants(ev) {
+				if !cursor.Less(ev.Position) {
+					continue
+				}
+				if w.ownMembership(ev) {
+					gained, err := h.refreshOrgs(ctx, w)
+					if err != nil {
+						return err
+					}
+					gainedAny = gainedAny || gained
+				}
+				if w.wants(ev) {
 					if err := sink.Event(*ev); err != nil {
 						return err
 					}
 				}
 			}
 			cursor = maxPosition(cursor, b.to)
+			if gainedAny {
+				// Batches published before the watcher knew of its new
+				// organization skipped their events: leave the fan-out
+				// and read the database from here, then join again.
+				h.leave(w)
+				w.queue = make(chan *batch, h.opts.QueueLength)
+				live = false
+			}
 		case <-beat.C:
 			cursor = h.settled(w, cursor)
 			if err := sink.Heartbeat(cursor); err != nil {

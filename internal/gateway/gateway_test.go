@@ -510,7 +510,10 @@ func TestOpenAPIDocument(t *testing.T) {
 	}
 	want := []string{"GetUser", "LookupUser", "EnsureUser", "DeductCredits", "GrantCredits", "SetPlan", "ListCreditTransactions",
 		"GetUsageSummary", "CanAfford", "SetPrice", "ListPrices", "ListPriceChanges",
-		"WatchUserEvents", "WatchUserEventsOfUser"}
+		"WatchUserEvents", "WatchUserEventsOfUser",
+		// Accounts and organizations (issue 20).
+		"GetAccount", "GetOrganizationAccount", "DeductOrganizationCredits", "GrantOrganizationCredits",
+		"ListOrganizationCreditTransactions", "CanAffordOrganization", "SetMemberSpendingCap"}
 	if len(ops) != len(want) {
 		t.Errorf("operations %v, want %v", slices.Sorted(maps.Keys(ops)), want)
 	}

@@ -116,3 +116,11 @@ func (c chained) ListPrices(ctx context.Context, req *userdv1.ListPricesRequest)
 func (c chained) ListPriceChanges(ctx context.Context, req *userdv1.ListPriceChangesRequest) (*userdv1.ListPriceChangesResponse, error) {
 	return call(c, ctx, userdv1.UserService_ListPriceChanges_FullMethodName, req, c.srv.ListPriceChanges)
 }
+
+func (c chained) GetAccount(ctx context.Context, req *userdv1.GetAccountRequest) (*userdv1.GetAccountResponse, error) {
+	return call(c, ctx, userdv1.UserService_GetAccount_FullMethodName, req, c.srv.GetAccount)
+}
+
+func (c chained) SetMemberSpendingCap(ctx context.Context, req *userdv1.SetMemberSpendingCapRequest) (*userdv1.SetMemberSpendingCapResponse, error) {
+	return call(c, ctx, userdv1.UserService_SetMemberSpendingCap_FullMethodName, req, c.srv.SetMemberSpendingCap)
+}

@@ -6,6 +6,7 @@ package grpcapi
 import (
 	"context"
 
+	"github.com/google/uuid"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
@@ -28,6 +29,8 @@ type Server struct {
 	// watches counts open WatchUserEvents streams (see WithWatchLimits);
 	// nil: unbounded.
 	watches *watchCounter
+	// orgs is what end users need to act on organizations' accounts.
+	orgs OrgPolicy
 }
 
 var _ userdv1.UserServiceServer = (*Server)(nil)
@@ -35,13 +38,15 @@ var _ userdv1.UserServiceServer = (*Server)(nil)
 // NewServer returns a Server backed by svc; profiles serves end users'
 // EnsureUser.
 func NewServer(svc *users.Service, profiles Profiles, opts Options) *Server {
-	return &Server{users: svc, profiles: profiles, feed: opts.Feed}
+	return &Server{users: svc, profiles: profiles, feed: opts.Feed, orgs: opts.Orgs}
 }
 
 // Options configures a Server.
 type Options struct {
 	// Feed, if set, answers WatchUserEvents; without it, the method fails.
 	Feed *feed.Hub
+	// Orgs is what end users need to act on organizations' accounts.
+	Orgs OrgPolicy
 }
 
 // GetUser implements userdv1.UserServiceServer.
@@ -93,27 +98,41 @@ func (s *Server) EnsureUser(ctx context.Context, req *userdv1.EnsureUserRequest)
 	return &userdv1.EnsureUserResponse{User: userToProto(u), Created: created}, nil
 }
 
-// creditChange authorizes and translates a deduct or grant request.
-func creditChange(ctx context.Context, clerkUserID string, amount int64, action, key, reason string) (users.CreditChange, error) {
-	svc, err := servicesOnly(ctx)
-	if err != nil {
+// creditChange authorizes and translates a deduct or grant request: of a
+// user's personal account (services only, as before accounts), or, with
+// org set, of the organization's account (end users may spend, as op
+// allows; see orgAccount).
+func (s *Server) creditChange(ctx context.Context, org, clerkUserID string, amount int64, action, key, reason string, op orgOp) (users.CreditChange, error) {
+	c := users.CreditChange{Amount: amount, Action: action, Reason: reason}
+	if org == "" {
+		if _, err := servicesOnly(ctx); err != nil {
+			return users.CreditChange{}, err
+		}
+		id, err := ownUser(ctx, clerkUserID)
+		if err != nil {
+			return users.CreditChange{}, err
+		}
+		c.ClerkUserID = id
+	} else {
+		caller, err := s.orgAccount(ctx, org, clerkUserID, op)
+		if err != nil {
+			return users.CreditChange{}, err
+		}
+		c.ClerkOrgID, c.ClerkUserID, c.RequiredPermission = org, caller.member, caller.requiredPermission
+	}
+	if p, _ := principal(ctx); p.Kind == auth.KindService {
+		c.Service = p.Service
+	}
+	var err error
+	if c.IdempotencyKey, err = idempotencyKey(ctx, key); err != nil {
 		return users.CreditChange{}, err
 	}
-	id, err := ownUser(ctx, clerkUserID)
-	if err != nil {
-		return users.CreditChange{}, err
-	}
-	if key, err = idempotencyKey(ctx, key); err != nil {
-		return users.CreditChange{}, err
-	}
-	return users.CreditChange{
-		ClerkUserID: id, Amount: amount, Action: action, IdempotencyKey: key, Reason: reason, Service: svc,
-	}, nil
+	return c, nil
 }
 
 // DeductCredits implements userdv1.UserServiceServer.
 func (s *Server) DeductCredits(ctx context.Context, req *userdv1.DeductCreditsRequest) (*userdv1.DeductCreditsResponse, error) {
-	c, err := creditChange(ctx, req.GetClerkUserId(), req.GetAmount(), req.GetAction(), req.GetIdempotencyKey(), req.GetReason())
+	c, err := s.creditChange(ctx, req.GetClerkOrganizationId(), req.GetClerkUserId(), req.GetAmount(), req.GetAction(), req.GetIdempotencyKey(), req.GetReason(), orgSpend)
 	if err != nil {
 		return nil, err
 	}
@@ -121,12 +140,12 @@ func (s *Server) DeductCredits(ctx context.Context, req *userdv1.DeductCreditsRe
 	if err != nil {
 		return nil, err
 	}
-	return &userdv1.DeductCreditsResponse{Transaction: transactionToProto(t.Transaction), Balance: t.BalanceAfter, Replayed: t.Replayed}, nil
+	return &userdv1.DeductCreditsResponse{Transaction: transactionToProto(t.Transaction, c.ClerkOrgID), Balance: t.BalanceAfter, Replayed: t.Replayed}, nil
 }
 
 // GrantCredits implements userdv1.UserServiceServer.
 func (s *Server) GrantCredits(ctx context.Context, req *userdv1.GrantCreditsRequest) (*userdv1.GrantCreditsResponse, error) {
-	c, err := creditChange(ctx, req.GetClerkUserId(), req.GetAmount(), "", req.GetIdempotencyKey(), req.GetReason())
+	c, err := s.creditChange(ctx, req.GetClerkOrganizationId(), req.GetClerkUserId(), req.GetAmount(), "", req.GetIdempotencyKey(), req.GetReason(), orgServiceOnly)
 	if err != nil {
 		return nil, err
 	}
@@ -134,7 +153,7 @@ func (s *Server) GrantCredits(ctx context.Context, req *userdv1.GrantCreditsRequ
 	if err != nil {
 		return nil, err
 	}
-	return &userdv1.GrantCreditsResponse{Transaction: transactionToProto(t.Transaction), Balance: t.BalanceAfter, Replayed: t.Replayed}, nil
+	return &userdv1.GrantCreditsResponse{Transaction: transactionToProto(t.Transaction, c.ClerkOrgID), Balance: t.BalanceAfter, Replayed: t.Replayed}, nil
 }
 
 // SetPlan implements userdv1.UserServiceServer.
@@ -168,18 +187,30 @@ func (s *Server) SetPlan(ctx context.Context, req *userdv1.SetPlanRequest) (*use
 		Replayed:     res.Replayed,
 	}
 	if res.Bonus != nil {
-		out.BonusTransaction = transactionToProto(*res.Bonus)
+		out.BonusTransaction = transactionToProto(*res.Bonus, "")
 	}
 	return out, nil
 }
 
-// ListCreditTransactions implements userdv1.UserServiceServer.
+// ListCreditTransactions implements userdv1.UserServiceServer: a user's
+// personal ledger (an end user: its own), or an organization account's
+// (optionally one member's; an end user: its active organization's, while
+// a live member).
 func (s *Server) ListCreditTransactions(ctx context.Context, req *userdv1.ListCreditTransactionsRequest) (*userdv1.ListCreditTransactionsResponse, error) {
-	id, err := ownUser(ctx, req.GetClerkUserId())
-	if err != nil {
+	q := users.LedgerQuery{
+		ClerkOrgID: req.GetClerkOrganizationId(), MemberClerkUserID: req.GetMemberClerkUserId(),
+		PageSize: req.GetPageSize(), PageToken: req.GetPageToken(),
+	}
+	if q.ClerkOrgID == "" {
+		id, err := ownUser(ctx, req.GetClerkUserId())
+		if err != nil {
+			return nil, err
+		}
+		q.ClerkUserID = id
+	} else if err := s.authorizeOrgRead(ctx, q.ClerkOrgID, req.GetClerkUserId()); err != nil {
 		return nil, err
 	}
-	page, err := s.users.ListCreditTransactions(ctx, id, req.GetPageSize(), req.GetPageToken())
+	page, err := s.users.ListAccountCreditTransactions(ctx, q)
 	if err != nil {
 		return nil, err
 	}
@@ -188,7 +219,7 @@ func (s *Server) ListCreditTransactions(ctx context.Context, req *userdv1.ListCr
 		NextPageToken: page.NextPageToken,
 	}
 	for i, t := range page.Transactions {
-		out.Transactions[i] = transactionToProto(t)
+		out.Transactions[i] = transactionToProto(t, q.ClerkOrgID)
 	}
 	return out, nil
 }
@@ -208,17 +239,34 @@ func userToProto(u users.User) *userdv1.User {
 	}
 }
 
-func transactionToProto(t users.Transaction) *userdv1.CreditTransaction {
-	return &userdv1.CreditTransaction{
-		Id:             t.ID,
-		UserId:         t.UserID.String(),
-		Delta:          t.Delta,
-		BalanceAfter:   t.BalanceAfter,
-		Kind:           txKindToProto[t.Kind],
-		Reason:         t.Reason,
-		IdempotencyKey: t.IdempotencyKey,
-		CreateTime:     timestamppb.New(t.CreatedAt),
+// transactionToProto translates a ledger entry of the account of org (""
+// for a personal account).
+func transactionToProto(t users.Transaction, org string) *userdv1.CreditTransaction {
+	out := &userdv1.CreditTransaction{
+		Id:                  t.ID,
+		UserId:              t.UserID.String(),
+		Delta:               t.Delta,
+		BalanceAfter:        t.BalanceAfter,
+		Kind:                txKindToProto[t.Kind],
+		Reason:              t.Reason,
+		IdempotencyKey:      t.IdempotencyKey,
+		CreateTime:          timestamppb.New(t.CreatedAt),
+		AccountId:           t.AccountID.String(),
+		ClerkOrganizationId: org,
+		Service:             t.Service,
 	}
+	if t.AccountID == uuid.Nil {
+		out.AccountId = out.UserId
+	}
+	if org != "" {
+		// The entry is the organization's account's, not a user's.
+		out.UserId = ""
+	}
+	if t.ActorUserID != uuid.Nil {
+		out.ActorUserId = t.ActorUserID.String()
+	}
+	out.ActorClerkUserId = t.ActorClerkUserID
+	return out
 }
 
 var (

@@ -59,13 +59,25 @@ func (s *Server) GetUsageSummary(ctx context.Context, req *userdv1.GetUsageSumma
 }
 
 // CanAfford implements userdv1.UserServiceServer. End users may ask about
-// themselves.
+// themselves, and about spending from their active organization's account
+// (the database checks the membership and the spend permission as a
+// deduction would).
 func (s *Server) CanAfford(ctx context.Context, req *userdv1.CanAffordRequest) (*userdv1.CanAffordResponse, error) {
-	id, err := ownUser(ctx, req.GetClerkUserId())
-	if err != nil {
-		return nil, err
+	q := users.AffordQuery{ClerkOrgID: req.GetClerkOrganizationId(), Cost: users.Cost{Amount: req.GetAmount(), Action: req.GetAction()}}
+	if q.ClerkOrgID == "" {
+		id, err := ownUser(ctx, req.GetClerkUserId())
+		if err != nil {
+			return nil, err
+		}
+		q.ClerkUserID = id
+	} else {
+		caller, err := s.orgAccount(ctx, q.ClerkOrgID, req.GetClerkUserId(), orgSpend)
+		if err != nil {
+			return nil, err
+		}
+		q.ClerkUserID, q.RequiredPermission = caller.member, caller.requiredPermission
 	}
-	a, err := s.users.CanAfford(ctx, id, users.Cost{Amount: req.GetAmount(), Action: req.GetAction()})
+	a, err := s.users.CanAffordFor(ctx, q)
 	if err != nil {
 		return nil, err
 	}

@@ -3,7 +3,9 @@ package grpcapi
 import (
 	"context"
 	"errors"
+	"time"
 
+	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -32,6 +34,14 @@ func (s *Server) WatchUserEvents(req *userdv1.WatchUserEventsRequest, stream use
 		return err
 	}
 	p, _ := principal(ctx)
+	if p.Kind == auth.KindUser && !p.Impersonated() {
+		// An end user sees its own events and those of the
+		// organizations it is a live member of, asked again as its
+		// memberships change. An impersonation session sees the user's
+		// own events only: organizations' accounts are refused to it.
+		user := r.ClerkUserID
+		r.Organizations = func(ctx context.Context) ([]string, error) { return s.users.OrganizationsOf(ctx, user) }
+	}
 	if s.watches != nil {
 		release, err := s.watches.acquire(p)
 		if err != nil {
@@ -109,7 +119,7 @@ func watchRequest(ctx context.Context, req *userdv1.WatchUserEventsRequest, curs
 	for _, k := range req.GetKinds() {
 		kind, ok := kindFromProto[k]
 		if !ok {
-			violations = append(violations, apperr.FieldViolation{Field: "kinds", Description: "must be USER_EVENT_KIND_USER_CREATED, _USER_UPDATED, _USER_DELETED, _PLAN_CHANGED or _CREDITS_CHANGED"})
+			violations = append(violations, apperr.FieldViolation{Field: "kinds", Description: "must be a USER_EVENT_KIND_ other than UNSPECIFIED"})
 			break
 		}
 		r.Kinds = append(r.Kinds, kind)
@@ -155,6 +165,14 @@ var (
 		feed.KindUserDeleted:    userdv1.UserEventKind_USER_EVENT_KIND_USER_DELETED,
 		feed.KindPlanChanged:    userdv1.UserEventKind_USER_EVENT_KIND_PLAN_CHANGED,
 		feed.KindCreditsChanged: userdv1.UserEventKind_USER_EVENT_KIND_CREDITS_CHANGED,
+
+		feed.KindOrganizationCreated: userdv1.UserEventKind_USER_EVENT_KIND_ORGANIZATION_CREATED,
+		feed.KindOrganizationUpdated: userdv1.UserEventKind_USER_EVENT_KIND_ORGANIZATION_UPDATED,
+		feed.KindOrganizationDeleted: userdv1.UserEventKind_USER_EVENT_KIND_ORGANIZATION_DELETED,
+		feed.KindMembershipCreated:   userdv1.UserEventKind_USER_EVENT_KIND_MEMBERSHIP_CREATED,
+		feed.KindMembershipUpdated:   userdv1.UserEventKind_USER_EVENT_KIND_MEMBERSHIP_UPDATED,
+		feed.KindMembershipDeleted:   userdv1.UserEventKind_USER_EVENT_KIND_MEMBERSHIP_DELETED,
+		feed.KindMemberCapChanged:    userdv1.UserEventKind_USER_EVENT_KIND_MEMBER_CAP_CHANGED,
 	}
 	kindFromProto = func() map[userdv1.UserEventKind]feed.Kind {
 		m := map[userdv1.UserEventKind]feed.Kind{}
@@ -167,12 +185,22 @@ var (
 
 func eventToProto(ev feed.Event, cursor string) *userdv1.UserEvent {
 	out := &userdv1.UserEvent{
-		Id:          ev.ID,
-		Cursor:      cursor,
-		Kind:        kindToProto[ev.Kind],
-		UserId:      ev.UserID.String(),
-		ClerkUserId: ev.ClerkUserID,
-		CreateTime:  timestamppb.New(ev.Time),
+		Id:                  ev.ID,
+		Cursor:              cursor,
+		Kind:                kindToProto[ev.Kind],
+		ClerkUserId:         ev.ClerkUserID,
+		CreateTime:          timestamppb.New(ev.Time),
+		ClerkOrganizationId: ev.ClerkOrgID,
+		ActorClerkUserId:    ev.ActorClerkUserID,
+	}
+	if ev.AccountID != uuid.Nil {
+		out.AccountId = ev.AccountID.String()
+	}
+	if ev.UserID != uuid.Nil {
+		out.UserId = ev.UserID.String()
+	}
+	if ev.MemberClerkUserID != "" {
+		out.ClerkUserId = ev.MemberClerkUserID
 	}
 	switch {
 	case ev.User != nil:
@@ -180,9 +208,44 @@ func eventToProto(ev feed.Event, cursor string) *userdv1.UserEvent {
 	case ev.PlanChange != nil:
 		out.Change = &userdv1.UserEvent_PlanChange{PlanChange: planChangeToProto(*ev.PlanChange)}
 	case ev.Transaction != nil:
-		out.Change = &userdv1.UserEvent_CreditTransaction{CreditTransaction: transactionToProto(*ev.Transaction)}
+		out.Change = &userdv1.UserEvent_CreditTransaction{CreditTransaction: transactionToProto(*ev.Transaction, ev.ClerkOrgID)}
+	case ev.Organization != nil:
+		o := ev.Organization
+		po := &userdv1.Organization{
+			Id: o.ID.String(), ClerkOrganizationId: o.ClerkOrgID, Name: o.Name, Slug: o.Slug, ImageUrl: o.ImageURL,
+			CreateTime: optionalTime(o.CreatedAt), UpdateTime: optionalTime(o.UpdatedAt),
+		}
+		if o.DeletedAt != nil {
+			po.DeleteTime = timestamppb.New(*o.DeletedAt)
+		}
+		out.Change = &userdv1.UserEvent_Organization{Organization: po}
+	case ev.Membership != nil:
+		m := ev.Membership
+		pm := &userdv1.OrganizationMembership{
+			ClerkMembershipId: m.ClerkMembershipID, ClerkOrganizationId: m.ClerkOrgID, ClerkUserId: m.ClerkUserID,
+			Role: m.Role, Permissions: m.Permissions, CreateTime: optionalTime(m.CreatedAt), UpdateTime: optionalTime(m.UpdatedAt),
+		}
+		if m.DeletedAt != nil {
+			pm.DeleteTime = timestamppb.New(*m.DeletedAt)
+		}
+		out.Change = &userdv1.UserEvent_Membership{Membership: pm}
+	case ev.MemberCap != nil:
+		c := ev.MemberCap
+		out.Change = &userdv1.UserEvent_MemberCapChange{MemberCapChange: &userdv1.MemberSpendingCapChange{
+			ClerkOrganizationId: c.ClerkOrgID, MemberClerkUserId: c.ClerkUserID,
+			Period: capPeriodToProto[users.CapPeriod(c.Period)], Cap: c.Cap,
+			ChangedBy: c.ChangedBy, ChangeTime: optionalTime(c.ChangedAt),
+		}}
 	}
 	return out
+}
+
+// optionalTime is t as a timestamp, unset for the zero time.
+func optionalTime(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
 }
 
 func planChangeToProto(c users.PlanChange) *userdv1.PlanChange {

@@ -241,6 +241,9 @@ func eventFrom(r sqlcdb.ReadUserEventsRow) (feed.Event, error) {
 			CreatedAt:      p.CreatedAt,
 		}
 	default:
+		if ok, err := orgEventFrom(&ev, r.Payload); ok || err != nil {
+			return ev, err
+		}
 		return feed.Event{}, fmt.Errorf("unknown kind %q", ev.Kind)
 	}
 	return ev, nil

@@ -31,6 +31,9 @@ export type UsagePeriod = components["schemas"]["UsagePeriod"];
 /** GET /v1/users/{clerkUserId}/credits:canAfford: required, available, allowed. */
 export type Affordability = components["schemas"]["CanAffordResponse"];
 export type Price = components["schemas"]["Price"];
+/** GET /v1/users/{clerkUserId}/account or /v1/organizations/{clerkOrganizationId}/account. */
+export type Account = components["schemas"]["Account"];
+export type AccountMember = components["schemas"]["AccountMember"];
 export type PriceChange = components["schemas"]["PriceChange"];
 
 export type UserdClient = Client<paths>;
@@ -104,6 +107,44 @@ export function insufficientCredits(
     required: BigInt(info.metadata?.["required"] ?? "0"),
     available: BigInt(info.metadata?.["available"] ?? "0"),
   };
+}
+
+/**
+ * For a 402 answer to a deduction from an organization's account: the
+ * member's spending cap for the period leaves too little. The figures are
+ * bigint (credits are 64-bit); period is "day", "week" or "month" (UTC).
+ * Otherwise undefined.
+ */
+export function memberCapReached(
+  error: Status | undefined,
+): { cap: bigint; spent: bigint; remaining: bigint; required: bigint; period: string } | undefined {
+  const info = errorInfo(error);
+  if (info?.reason !== "MEMBER_CAP_REACHED") {
+    return undefined;
+  }
+  const n = (k: string) => BigInt(info.metadata?.[k] ?? "0");
+  return {
+    cap: n("cap"),
+    spent: n("spent"),
+    remaining: n("remaining"),
+    required: n("required"),
+    period: info.metadata?.["period"] ?? "",
+  };
+}
+
+/**
+ * Whether a 403 answer refuses an organization's account to the caller
+ * (not a member, a permission missing, another organization active in the
+ * session, an impersonation session): the reason says which.
+ */
+export function isOrganizationRefusal(error: Status | undefined): boolean {
+  const r = errorReason(error);
+  return (
+    r === "NOT_ORGANIZATION_MEMBER" ||
+    r === "MISSING_ORGANIZATION_PERMISSION" ||
+    r === "ORGANIZATION_NOT_ACTIVE" ||
+    r === "IMPERSONATION_NOT_ALLOWED"
+  );
 }
 
 /**

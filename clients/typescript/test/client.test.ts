@@ -11,8 +11,10 @@ import {
   fieldViolations,
   hasCredits,
   insufficientCredits,
+  isOrganizationRefusal,
   isProOrHigher,
   isUnknownAction,
+  memberCapReached,
 } from "../src/index.js";
 
 function env(name: string): string {
@@ -189,4 +191,43 @@ test("a service prices actions and charges by them; the user sees its usage", as
     body: { credits: "0" },
   });
   assert.equal(denied.response.status, 403);
+});
+
+test("accounts: the user reads its own; an organization not active in its session is refused", async () => {
+  const user = createUserdClient({ baseUrl, getToken: () => sessionToken });
+  const service = createUserdClient({ baseUrl, getToken: () => serviceToken });
+  await user.POST("/v1/users/{clerkUserId}:ensure", { params: { path: { clerkUserId: "me" } } });
+
+  const mine = await user.GET("/v1/users/{clerkUserId}/account", { params: { path: { clerkUserId: "me" } } });
+  assert.ok(mine.data, JSON.stringify(mine.error));
+  assert.equal(mine.data.account.ownerClerkUserId, clerkUserId);
+  assert.equal(mine.data.account.clerkOrganizationId, "");
+  assert.deepEqual(mine.data.account.members, []);
+
+  // The session token names no active organization: every organization's
+  // account is refused, reading and spending, and nothing changes.
+  const read = await user.GET("/v1/organizations/{clerkOrganizationId}/account", {
+    params: { path: { clerkOrganizationId: "org_typescript" } },
+  });
+  assert.equal(read.response.status, 403);
+  assert.equal(errorReason(read.error), "ORGANIZATION_NOT_ACTIVE");
+  assert.ok(isOrganizationRefusal(read.error));
+  const spend = await user.POST("/v1/organizations/{clerkOrganizationId}/credits:deduct", {
+    params: { path: { clerkOrganizationId: "org_typescript" }, header: { "Idempotency-Key": "ts-org-1" } },
+    body: { amount: "1" },
+  });
+  assert.equal(spend.response.status, 403);
+  assert.ok(isOrganizationRefusal(spend.error));
+  assert.equal(memberCapReached(spend.error), undefined);
+  const cap = await user.PUT("/v1/organizations/{clerkOrganizationId}/members/{memberClerkUserId}/spending-cap", {
+    params: { path: { clerkOrganizationId: "org_typescript", memberClerkUserId: clerkUserId } },
+    body: { period: "USAGE_PERIOD_DAY", cap: "5" },
+  });
+  assert.equal(cap.response.status, 403);
+
+  // A service may name any organization: one userd does not know is 404.
+  const unknown = await service.GET("/v1/organizations/{clerkOrganizationId}/account", {
+    params: { path: { clerkOrganizationId: "org_typescript" } },
+  });
+  assert.equal(unknown.response.status, 404, JSON.stringify(unknown.error));
 });

@@ -215,25 +215,53 @@ const (
 	UserEventKind_USER_EVENT_KIND_PLAN_CHANGED UserEventKind = 4
 	// A ledger entry changed the user's balance.
 	UserEventKind_USER_EVENT_KIND_CREDITS_CHANGED UserEventKind = 5
+	// An organization was created in Clerk (or first seen).
+	UserEventKind_USER_EVENT_KIND_ORGANIZATION_CREATED UserEventKind = 6
+	// An organization's name, slug or image changed.
+	UserEventKind_USER_EVENT_KIND_ORGANIZATION_UPDATED UserEventKind = 7
+	// An organization was deleted in Clerk; its account is closed.
+	UserEventKind_USER_EVENT_KIND_ORGANIZATION_DELETED UserEventKind = 8
+	// A user became a member of an organization.
+	UserEventKind_USER_EVENT_KIND_MEMBERSHIP_CREATED UserEventKind = 9
+	// A member's role or permissions changed.
+	UserEventKind_USER_EVENT_KIND_MEMBERSHIP_UPDATED UserEventKind = 10
+	// A user stopped being a member of an organization.
+	UserEventKind_USER_EVENT_KIND_MEMBERSHIP_DELETED UserEventKind = 11
+	// A member's spending cap was set, changed or removed.
+	UserEventKind_USER_EVENT_KIND_MEMBER_CAP_CHANGED UserEventKind = 12
 )
 
 // Enum value maps for UserEventKind.
 var (
 	UserEventKind_name = map[int32]string{
-		0: "USER_EVENT_KIND_UNSPECIFIED",
-		1: "USER_EVENT_KIND_USER_CREATED",
-		2: "USER_EVENT_KIND_USER_UPDATED",
-		3: "USER_EVENT_KIND_USER_DELETED",
-		4: "USER_EVENT_KIND_PLAN_CHANGED",
-		5: "USER_EVENT_KIND_CREDITS_CHANGED",
+		0:  "USER_EVENT_KIND_UNSPECIFIED",
+		1:  "USER_EVENT_KIND_USER_CREATED",
+		2:  "USER_EVENT_KIND_USER_UPDATED",
+		3:  "USER_EVENT_KIND_USER_DELETED",
+		4:  "USER_EVENT_KIND_PLAN_CHANGED",
+		5:  "USER_EVENT_KIND_CREDITS_CHANGED",
+		6:  "USER_EVENT_KIND_ORGANIZATION_CREATED",
+		7:  "USER_EVENT_KIND_ORGANIZATION_UPDATED",
+		8:  "USER_EVENT_KIND_ORGANIZATION_DELETED",
+		9:  "USER_EVENT_KIND_MEMBERSHIP_CREATED",
+		10: "USER_EVENT_KIND_MEMBERSHIP_UPDATED",
+		11: "USER_EVENT_KIND_MEMBERSHIP_DELETED",
+		12: "USER_EVENT_KIND_MEMBER_CAP_CHANGED",
 	}
 	UserEventKind_value = map[string]int32{
-		"USER_EVENT_KIND_UNSPECIFIED":     0,
-		"USER_EVENT_KIND_USER_CREATED":    1,
-		"USER_EVENT_KIND_USER_UPDATED":    2,
-		"USER_EVENT_KIND_USER_DELETED":    3,
-		"USER_EVENT_KIND_PLAN_CHANGED":    4,
-		"USER_EVENT_KIND_CREDITS_CHANGED": 5,
+		"USER_EVENT_KIND_UNSPECIFIED":          0,
+		"USER_EVENT_KIND_USER_CREATED":         1,
+		"USER_EVENT_KIND_USER_UPDATED":         2,
+		"USER_EVENT_KIND_USER_DELETED":         3,
+		"USER_EVENT_KIND_PLAN_CHANGED":         4,
+		"USER_EVENT_KIND_CREDITS_CHANGED":      5,
+		"USER_EVENT_KIND_ORGANIZATION_CREATED": 6,
+		"USER_EVENT_KIND_ORGANIZATION_UPDATED": 7,
+		"USER_EVENT_KIND_ORGANIZATION_DELETED": 8,
+		"USER_EVENT_KIND_MEMBERSHIP_CREATED":   9,
+		"USER_EVENT_KIND_MEMBERSHIP_UPDATED":   10,
+		"USER_EVENT_KIND_MEMBERSHIP_DELETED":   11,
+		"USER_EVENT_KIND_MEMBER_CAP_CHANGED":   12,
 	}
 )
 
@@ -452,7 +480,8 @@ type CreditTransaction struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Ledger entry id, increasing over time.
 	Id int64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	// userd id of the user.
+	// userd id of the user (of a personal account); empty for an
+	// organization account's entries (see account_id, actor_user_id).
 	UserId string `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	// Signed change of the balance: negative for deductions.
 	Delta int64 `protobuf:"varint,3,opt,name=delta,proto3" json:"delta,omitempty"`
@@ -466,9 +495,26 @@ type CreditTransaction struct {
 	// (initial credits).
 	IdempotencyKey string `protobuf:"bytes,7,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	// When the entry was committed.
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// userd id of the account the entry belongs to (for a personal account,
+	// equal to user_id).
+	AccountId string `protobuf:"bytes,9,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	// Clerk organization id of the account's organization; empty for a
+	// personal account.
+	ClerkOrganizationId string `protobuf:"bytes,10,opt,name=clerk_organization_id,json=clerkOrganizationId,proto3" json:"clerk_organization_id,omitempty"`
+	// userd id of the user who acted: the owner for a personal account's
+	// own calls, the member who spent from an organization's account; empty
+	// when userd acted (initial credits) or a service named no user, and
+	// for entries made before accounts existed.
+	ActorUserId string `protobuf:"bytes,11,opt,name=actor_user_id,json=actorUserId,proto3" json:"actor_user_id,omitempty"`
+	// Name of the service token that made the entry; empty when an end user
+	// made it, and for entries made before accounts existed.
+	Service string `protobuf:"bytes,12,opt,name=service,proto3" json:"service,omitempty"`
+	// Clerk user id of actor_user_id, in an organization account's ledger
+	// (ListCreditTransactions with clerk_organization_id); empty elsewhere.
+	ActorClerkUserId string `protobuf:"bytes,13,opt,name=actor_clerk_user_id,json=actorClerkUserId,proto3" json:"actor_clerk_user_id,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *CreditTransaction) Reset() {
@@ -555,6 +601,41 @@ func (x *CreditTransaction) GetCreateTime() *timestamppb.Timestamp {
 		return x.CreateTime
 	}
 	return nil
+}
+
+func (x *CreditTransaction) GetAccountId() string {
+	if x != nil {
+		return x.AccountId
+	}
+	return ""
+}
+
+func (x *CreditTransaction) GetClerkOrganizationId() string {
+	if x != nil {
+		return x.ClerkOrganizationId
+	}
+	return ""
+}
+
+func (x *CreditTransaction) GetActorUserId() string {
+	if x != nil {
+		return x.ActorUserId
+	}
+	return ""
+}
+
+func (x *CreditTransaction) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *CreditTransaction) GetActorClerkUserId() string {
+	if x != nil {
+		return x.ActorClerkUserId
+	}
+	return ""
 }
 
 // GetUserRequest names the user to return. Exactly one field must be set.
@@ -864,9 +945,13 @@ type DeductCreditsRequest struct {
 	// An action of the price list: charges its current price, and records
 	// the action as the ledger entry's reason and the price charged as the
 	// entry's delta (negated).
-	Action        string `protobuf:"bytes,5,opt,name=action,proto3" json:"action,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Action string `protobuf:"bytes,5,opt,name=action,proto3" json:"action,omitempty"`
+	// Clerk organization id: charge the organization's account instead,
+	// with clerk_user_id the member spending (an end user: itself, "me" or
+	// empty). The member's spending cap applies.
+	ClerkOrganizationId string `protobuf:"bytes,6,opt,name=clerk_organization_id,json=clerkOrganizationId,proto3" json:"clerk_organization_id,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *DeductCreditsRequest) Reset() {
@@ -930,6 +1015,13 @@ func (x *DeductCreditsRequest) GetReason() string {
 func (x *DeductCreditsRequest) GetAction() string {
 	if x != nil {
 		return x.Action
+	}
+	return ""
+}
+
+func (x *DeductCreditsRequest) GetClerkOrganizationId() string {
+	if x != nil {
+		return x.ClerkOrganizationId
 	}
 	return ""
 }
@@ -1012,9 +1104,13 @@ type GrantCreditsRequest struct {
 	// ASCII characters. Required.
 	IdempotencyKey string `protobuf:"bytes,3,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	// Free-form reason stored in the ledger; at most 512 characters.
-	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Clerk organization id: credit the organization's account instead
+	// (services only); clerk_user_id is then optional, the member the grant
+	// is recorded for.
+	ClerkOrganizationId string `protobuf:"bytes,5,opt,name=clerk_organization_id,json=clerkOrganizationId,proto3" json:"clerk_organization_id,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *GrantCreditsRequest) Reset() {
@@ -1071,6 +1167,13 @@ func (x *GrantCreditsRequest) GetIdempotencyKey() string {
 func (x *GrantCreditsRequest) GetReason() string {
 	if x != nil {
 		return x.Reason
+	}
+	return ""
+}
+
+func (x *GrantCreditsRequest) GetClerkOrganizationId() string {
+	if x != nil {
+		return x.ClerkOrganizationId
 	}
 	return ""
 }
@@ -1229,7 +1332,7 @@ func (x *SetPlanRequest) GetReason() string {
 // SetPlanResponse is the result of a plan change.
 type SetPlanResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The user as it is now.
+	// The user as it is now; unset for an organization's account.
 	User *User `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
 	// The plan the user had before this change was first applied.
 	PreviousPlan Plan `protobuf:"varint,2,opt,name=previous_plan,json=previousPlan,proto3,enum=userd.v1.Plan" json:"previous_plan,omitempty"`
@@ -1304,14 +1407,19 @@ func (x *SetPlanResponse) GetReplayed() bool {
 // ListCreditTransactionsRequest pages through a user's ledger.
 type ListCreditTransactionsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Clerk user id of the user. Required.
+	// Clerk user id of the user. Required, unless clerk_organization_id is
+	// set (then: the member reading; an end user itself, "me" or empty).
 	ClerkUserId string `protobuf:"bytes,1,opt,name=clerk_user_id,json=clerkUserId,proto3" json:"clerk_user_id,omitempty"`
 	// Entries per page, 1 to 500; 0 means 50.
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// next_page_token from a previous response, or empty for the first page.
-	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Clerk organization id: the organization account's ledger instead.
+	ClerkOrganizationId string `protobuf:"bytes,4,opt,name=clerk_organization_id,json=clerkOrganizationId,proto3" json:"clerk_organization_id,omitempty"`
+	// With clerk_organization_id: only the entries this member made.
+	MemberClerkUserId string `protobuf:"bytes,5,opt,name=member_clerk_user_id,json=memberClerkUserId,proto3" json:"member_clerk_user_id,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ListCreditTransactionsRequest) Reset() {
@@ -1361,6 +1469,20 @@ func (x *ListCreditTransactionsRequest) GetPageSize() int32 {
 func (x *ListCreditTransactionsRequest) GetPageToken() string {
 	if x != nil {
 		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListCreditTransactionsRequest) GetClerkOrganizationId() string {
+	if x != nil {
+		return x.ClerkOrganizationId
+	}
+	return ""
+}
+
+func (x *ListCreditTransactionsRequest) GetMemberClerkUserId() string {
+	if x != nil {
+		return x.MemberClerkUserId
 	}
 	return ""
 }
@@ -1807,9 +1929,12 @@ type CanAffordRequest struct {
 	// Credits the user would spend; 1 to 1,000,000,000,000.
 	Amount int64 `protobuf:"varint,2,opt,name=amount,proto3" json:"amount,omitempty"`
 	// An action of the price list: its current price.
-	Action        string `protobuf:"bytes,3,opt,name=action,proto3" json:"action,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Action string `protobuf:"bytes,3,opt,name=action,proto3" json:"action,omitempty"`
+	// Clerk organization id: ask about the organization's account instead,
+	// for the member clerk_user_id (an end user: itself, "me" or empty).
+	ClerkOrganizationId string `protobuf:"bytes,4,opt,name=clerk_organization_id,json=clerkOrganizationId,proto3" json:"clerk_organization_id,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *CanAffordRequest) Reset() {
@@ -1863,6 +1988,13 @@ func (x *CanAffordRequest) GetAction() string {
 	return ""
 }
 
+func (x *CanAffordRequest) GetClerkOrganizationId() string {
+	if x != nil {
+		return x.ClerkOrganizationId
+	}
+	return ""
+}
+
 // CanAffordResponse compares the cost with the balance.
 type CanAffordResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1870,7 +2002,8 @@ type CanAffordResponse struct {
 	Required int64 `protobuf:"varint,1,opt,name=required,proto3" json:"required,omitempty"`
 	// The user's balance now.
 	Available int64 `protobuf:"varint,2,opt,name=available,proto3" json:"available,omitempty"`
-	// Whether available >= required.
+	// Whether available >= required (and, for an organization's account,
+	// the member's cap leaves room for it).
 	Allowed       bool `protobuf:"varint,3,opt,name=allowed,proto3" json:"allowed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2602,7 +2735,8 @@ func (*WatchUserEventsResponse_Event) isWatchUserEventsResponse_Item() {}
 
 func (*WatchUserEventsResponse_Heartbeat) isWatchUserEventsResponse_Item() {}
 
-// UserEvent is one committed change of a user, its plan or its credits.
+// UserEvent is one committed change of a user, an account (its plan or its
+// credits), an organization or a membership.
 type UserEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Unique in the feed: an event seen twice (after resuming from an older
@@ -2612,9 +2746,10 @@ type UserEvent struct {
 	Cursor string `protobuf:"bytes,2,opt,name=cursor,proto3" json:"cursor,omitempty"`
 	// What happened.
 	Kind UserEventKind `protobuf:"varint,3,opt,name=kind,proto3,enum=userd.v1.UserEventKind" json:"kind,omitempty"`
-	// userd id of the user.
+	// userd id of the user; for an organization's events, empty.
 	UserId string `protobuf:"bytes,4,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	// Clerk user id of the user.
+	// Clerk user id of the user; for membership and member cap events, the
+	// member; for other organization events, empty.
 	ClerkUserId string `protobuf:"bytes,5,opt,name=clerk_user_id,json=clerkUserId,proto3" json:"clerk_user_id,omitempty"`
 	// When the transaction that made the change started.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
@@ -2625,9 +2760,22 @@ type UserEvent struct {
 	//	*UserEvent_User
 	//	*UserEvent_PlanChange
 	//	*UserEvent_CreditTransaction
-	Change        isUserEvent_Change `protobuf_oneof:"change"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	//	*UserEvent_Organization
+	//	*UserEvent_Membership
+	//	*UserEvent_MemberCapChange
+	Change isUserEvent_Change `protobuf_oneof:"change"`
+	// userd id of the account of PLAN_CHANGED and CREDITS_CHANGED (for a
+	// personal account, equal to user_id); empty otherwise.
+	AccountId string `protobuf:"bytes,10,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	// Clerk organization id of an organization's account or of the
+	// organization or membership the event is about; empty for a user's
+	// personal account and the user's own events.
+	ClerkOrganizationId string `protobuf:"bytes,11,opt,name=clerk_organization_id,json=clerkOrganizationId,proto3" json:"clerk_organization_id,omitempty"`
+	// Clerk user id of who acted, when a user did: the member who spent
+	// from an organization's account, the admin who set a cap.
+	ActorClerkUserId string `protobuf:"bytes,12,opt,name=actor_clerk_user_id,json=actorClerkUserId,proto3" json:"actor_clerk_user_id,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *UserEvent) Reset() {
@@ -2736,6 +2884,54 @@ func (x *UserEvent) GetCreditTransaction() *CreditTransaction {
 	return nil
 }
 
+func (x *UserEvent) GetOrganization() *Organization {
+	if x != nil {
+		if x, ok := x.Change.(*UserEvent_Organization); ok {
+			return x.Organization
+		}
+	}
+	return nil
+}
+
+func (x *UserEvent) GetMembership() *OrganizationMembership {
+	if x != nil {
+		if x, ok := x.Change.(*UserEvent_Membership); ok {
+			return x.Membership
+		}
+	}
+	return nil
+}
+
+func (x *UserEvent) GetMemberCapChange() *MemberSpendingCapChange {
+	if x != nil {
+		if x, ok := x.Change.(*UserEvent_MemberCapChange); ok {
+			return x.MemberCapChange
+		}
+	}
+	return nil
+}
+
+func (x *UserEvent) GetAccountId() string {
+	if x != nil {
+		return x.AccountId
+	}
+	return ""
+}
+
+func (x *UserEvent) GetClerkOrganizationId() string {
+	if x != nil {
+		return x.ClerkOrganizationId
+	}
+	return ""
+}
+
+func (x *UserEvent) GetActorClerkUserId() string {
+	if x != nil {
+		return x.ActorClerkUserId
+	}
+	return ""
+}
+
 type isUserEvent_Change interface {
 	isUserEvent_Change()
 }
@@ -2756,11 +2952,782 @@ type UserEvent_CreditTransaction struct {
 	CreditTransaction *CreditTransaction `protobuf:"bytes,9,opt,name=credit_transaction,json=creditTransaction,proto3,oneof"`
 }
 
+type UserEvent_Organization struct {
+	// ORGANIZATION_CREATED, _UPDATED, _DELETED: the organization after the
+	// change.
+	Organization *Organization `protobuf:"bytes,13,opt,name=organization,proto3,oneof"`
+}
+
+type UserEvent_Membership struct {
+	// MEMBERSHIP_CREATED, _UPDATED, _DELETED: the membership after the
+	// change.
+	Membership *OrganizationMembership `protobuf:"bytes,14,opt,name=membership,proto3,oneof"`
+}
+
+type UserEvent_MemberCapChange struct {
+	// MEMBER_CAP_CHANGED: the cap set (period unspecified: removed).
+	MemberCapChange *MemberSpendingCapChange `protobuf:"bytes,15,opt,name=member_cap_change,json=memberCapChange,proto3,oneof"`
+}
+
 func (*UserEvent_User) isUserEvent_Change() {}
 
 func (*UserEvent_PlanChange) isUserEvent_Change() {}
 
 func (*UserEvent_CreditTransaction) isUserEvent_Change() {}
+
+func (*UserEvent_Organization) isUserEvent_Change() {}
+
+func (*UserEvent_Membership) isUserEvent_Change() {}
+
+func (*UserEvent_MemberCapChange) isUserEvent_Change() {}
+
+// Organization is a Clerk organization as userd mirrors it.
+type Organization struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// userd's id of the organization (a UUID).
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Clerk's organization id ("org_...").
+	ClerkOrganizationId string `protobuf:"bytes,2,opt,name=clerk_organization_id,json=clerkOrganizationId,proto3" json:"clerk_organization_id,omitempty"`
+	// Name, or empty.
+	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// Slug, or empty.
+	Slug string `protobuf:"bytes,4,opt,name=slug,proto3" json:"slug,omitempty"`
+	// Logo URL, or empty.
+	ImageUrl string `protobuf:"bytes,5,opt,name=image_url,json=imageUrl,proto3" json:"image_url,omitempty"`
+	// When userd first stored it.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// When userd last changed it.
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// When it was deleted in Clerk; unset while it exists.
+	DeleteTime    *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=delete_time,json=deleteTime,proto3" json:"delete_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Organization) Reset() {
+	*x = Organization{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Organization) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Organization) ProtoMessage() {}
+
+func (x *Organization) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Organization.ProtoReflect.Descriptor instead.
+func (*Organization) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *Organization) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Organization) GetClerkOrganizationId() string {
+	if x != nil {
+		return x.ClerkOrganizationId
+	}
+	return ""
+}
+
+func (x *Organization) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Organization) GetSlug() string {
+	if x != nil {
+		return x.Slug
+	}
+	return ""
+}
+
+func (x *Organization) GetImageUrl() string {
+	if x != nil {
+		return x.ImageUrl
+	}
+	return ""
+}
+
+func (x *Organization) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *Organization) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *Organization) GetDeleteTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DeleteTime
+	}
+	return nil
+}
+
+// OrganizationMembership is a user's membership of an organization as
+// userd mirrors it from Clerk.
+type OrganizationMembership struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Clerk's membership id ("orgmem_...").
+	ClerkMembershipId string `protobuf:"bytes,1,opt,name=clerk_membership_id,json=clerkMembershipId,proto3" json:"clerk_membership_id,omitempty"`
+	// Clerk organization id.
+	ClerkOrganizationId string `protobuf:"bytes,2,opt,name=clerk_organization_id,json=clerkOrganizationId,proto3" json:"clerk_organization_id,omitempty"`
+	// Clerk user id of the member.
+	ClerkUserId string `protobuf:"bytes,3,opt,name=clerk_user_id,json=clerkUserId,proto3" json:"clerk_user_id,omitempty"`
+	// Role, "org:admin", "org:member" or a custom "org:<role>".
+	Role string `protobuf:"bytes,4,opt,name=role,proto3" json:"role,omitempty"`
+	// Custom permissions, "org:<feature>:<permission>".
+	Permissions []string `protobuf:"bytes,5,rep,name=permissions,proto3" json:"permissions,omitempty"`
+	// When userd first stored it.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// When userd last changed it.
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// When the membership ended; unset while it lasts.
+	DeleteTime    *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=delete_time,json=deleteTime,proto3" json:"delete_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OrganizationMembership) Reset() {
+	*x = OrganizationMembership{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OrganizationMembership) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OrganizationMembership) ProtoMessage() {}
+
+func (x *OrganizationMembership) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OrganizationMembership.ProtoReflect.Descriptor instead.
+func (*OrganizationMembership) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *OrganizationMembership) GetClerkMembershipId() string {
+	if x != nil {
+		return x.ClerkMembershipId
+	}
+	return ""
+}
+
+func (x *OrganizationMembership) GetClerkOrganizationId() string {
+	if x != nil {
+		return x.ClerkOrganizationId
+	}
+	return ""
+}
+
+func (x *OrganizationMembership) GetClerkUserId() string {
+	if x != nil {
+		return x.ClerkUserId
+	}
+	return ""
+}
+
+func (x *OrganizationMembership) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *OrganizationMembership) GetPermissions() []string {
+	if x != nil {
+		return x.Permissions
+	}
+	return nil
+}
+
+func (x *OrganizationMembership) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *OrganizationMembership) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *OrganizationMembership) GetDeleteTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DeleteTime
+	}
+	return nil
+}
+
+// MemberSpendingCapChange is one SetMemberSpendingCap that changed a cap.
+type MemberSpendingCapChange struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Clerk organization id.
+	ClerkOrganizationId string `protobuf:"bytes,1,opt,name=clerk_organization_id,json=clerkOrganizationId,proto3" json:"clerk_organization_id,omitempty"`
+	// Clerk user id of the member.
+	MemberClerkUserId string `protobuf:"bytes,2,opt,name=member_clerk_user_id,json=memberClerkUserId,proto3" json:"member_clerk_user_id,omitempty"`
+	// The cap's period; unspecified when the cap was removed.
+	Period UsagePeriod `protobuf:"varint,3,opt,name=period,proto3,enum=userd.v1.UsagePeriod" json:"period,omitempty"`
+	// Credits the member may spend per period.
+	Cap int64 `protobuf:"varint,4,opt,name=cap,proto3" json:"cap,omitempty"`
+	// Who set it ("service:<name>" or "user:<clerk user id>").
+	ChangedBy string `protobuf:"bytes,5,opt,name=changed_by,json=changedBy,proto3" json:"changed_by,omitempty"`
+	// When it was set.
+	ChangeTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=change_time,json=changeTime,proto3" json:"change_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemberSpendingCapChange) Reset() {
+	*x = MemberSpendingCapChange{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemberSpendingCapChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemberSpendingCapChange) ProtoMessage() {}
+
+func (x *MemberSpendingCapChange) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemberSpendingCapChange.ProtoReflect.Descriptor instead.
+func (*MemberSpendingCapChange) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *MemberSpendingCapChange) GetClerkOrganizationId() string {
+	if x != nil {
+		return x.ClerkOrganizationId
+	}
+	return ""
+}
+
+func (x *MemberSpendingCapChange) GetMemberClerkUserId() string {
+	if x != nil {
+		return x.MemberClerkUserId
+	}
+	return ""
+}
+
+func (x *MemberSpendingCapChange) GetPeriod() UsagePeriod {
+	if x != nil {
+		return x.Period
+	}
+	return UsagePeriod_USAGE_PERIOD_UNSPECIFIED
+}
+
+func (x *MemberSpendingCapChange) GetCap() int64 {
+	if x != nil {
+		return x.Cap
+	}
+	return 0
+}
+
+func (x *MemberSpendingCapChange) GetChangedBy() string {
+	if x != nil {
+		return x.ChangedBy
+	}
+	return ""
+}
+
+func (x *MemberSpendingCapChange) GetChangeTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ChangeTime
+	}
+	return nil
+}
+
+// Account owns a plan, a balance and a ledger.
+type Account struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// userd's id of the account (a UUID); for a personal account, the
+	// owner's userd user id.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Clerk user id of the owner of a personal account; empty for an
+	// organization's.
+	OwnerClerkUserId string `protobuf:"bytes,2,opt,name=owner_clerk_user_id,json=ownerClerkUserId,proto3" json:"owner_clerk_user_id,omitempty"`
+	// Clerk organization id of the owner of an organization's account;
+	// empty for a personal one.
+	ClerkOrganizationId string `protobuf:"bytes,3,opt,name=clerk_organization_id,json=clerkOrganizationId,proto3" json:"clerk_organization_id,omitempty"`
+	// Current plan.
+	Plan Plan `protobuf:"varint,4,opt,name=plan,proto3,enum=userd.v1.Plan" json:"plan,omitempty"`
+	// Current balance; never negative, always the sum of the ledger.
+	Credits int64 `protobuf:"varint,5,opt,name=credits,proto3" json:"credits,omitempty"`
+	// When the account was created.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// When the account was closed (its organization deleted); unset while
+	// it is open. A closed account refuses spends, grants and plan changes.
+	CloseTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=close_time,json=closeTime,proto3" json:"close_time,omitempty"`
+	// For an organization's account, its live members, by Clerk user id.
+	Members       []*AccountMember `protobuf:"bytes,8,rep,name=members,proto3" json:"members,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Account) Reset() {
+	*x = Account{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Account) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Account) ProtoMessage() {}
+
+func (x *Account) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Account.ProtoReflect.Descriptor instead.
+func (*Account) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *Account) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Account) GetOwnerClerkUserId() string {
+	if x != nil {
+		return x.OwnerClerkUserId
+	}
+	return ""
+}
+
+func (x *Account) GetClerkOrganizationId() string {
+	if x != nil {
+		return x.ClerkOrganizationId
+	}
+	return ""
+}
+
+func (x *Account) GetPlan() Plan {
+	if x != nil {
+		return x.Plan
+	}
+	return Plan_PLAN_UNSPECIFIED
+}
+
+func (x *Account) GetCredits() int64 {
+	if x != nil {
+		return x.Credits
+	}
+	return 0
+}
+
+func (x *Account) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *Account) GetCloseTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CloseTime
+	}
+	return nil
+}
+
+func (x *Account) GetMembers() []*AccountMember {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+// AccountMember is a live member of an organization, as its account sees
+// it.
+type AccountMember struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Clerk user id of the member.
+	ClerkUserId string `protobuf:"bytes,1,opt,name=clerk_user_id,json=clerkUserId,proto3" json:"clerk_user_id,omitempty"`
+	// Role, "org:admin", "org:member" or a custom "org:<role>".
+	Role string `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`
+	// Custom permissions, "org:<feature>:<permission>".
+	Permissions []string `protobuf:"bytes,3,rep,name=permissions,proto3" json:"permissions,omitempty"`
+	// The cap's period (UTC day, ISO week or calendar month);
+	// unspecified: the member has no cap.
+	CapPeriod UsagePeriod `protobuf:"varint,4,opt,name=cap_period,json=capPeriod,proto3,enum=userd.v1.UsagePeriod" json:"cap_period,omitempty"`
+	// Credits the member may spend per period (with cap_period set).
+	Cap int64 `protobuf:"varint,5,opt,name=cap,proto3" json:"cap,omitempty"`
+	// Credits the member spent from the account in the cap's current
+	// period (with cap_period set).
+	SpentThisPeriod int64 `protobuf:"varint,6,opt,name=spent_this_period,json=spentThisPeriod,proto3" json:"spent_this_period,omitempty"`
+	// cap minus spent_this_period, at least 0 (with cap_period set).
+	RemainingThisPeriod int64 `protobuf:"varint,7,opt,name=remaining_this_period,json=remainingThisPeriod,proto3" json:"remaining_this_period,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *AccountMember) Reset() {
+	*x = AccountMember{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AccountMember) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AccountMember) ProtoMessage() {}
+
+func (x *AccountMember) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AccountMember.ProtoReflect.Descriptor instead.
+func (*AccountMember) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *AccountMember) GetClerkUserId() string {
+	if x != nil {
+		return x.ClerkUserId
+	}
+	return ""
+}
+
+func (x *AccountMember) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *AccountMember) GetPermissions() []string {
+	if x != nil {
+		return x.Permissions
+	}
+	return nil
+}
+
+func (x *AccountMember) GetCapPeriod() UsagePeriod {
+	if x != nil {
+		return x.CapPeriod
+	}
+	return UsagePeriod_USAGE_PERIOD_UNSPECIFIED
+}
+
+func (x *AccountMember) GetCap() int64 {
+	if x != nil {
+		return x.Cap
+	}
+	return 0
+}
+
+func (x *AccountMember) GetSpentThisPeriod() int64 {
+	if x != nil {
+		return x.SpentThisPeriod
+	}
+	return 0
+}
+
+func (x *AccountMember) GetRemainingThisPeriod() int64 {
+	if x != nil {
+		return x.RemainingThisPeriod
+	}
+	return 0
+}
+
+// GetAccountRequest names an account: exactly one of clerk_user_id and
+// clerk_organization_id.
+type GetAccountRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A user's personal account ("me" for an end user's own).
+	ClerkUserId string `protobuf:"bytes,1,opt,name=clerk_user_id,json=clerkUserId,proto3" json:"clerk_user_id,omitempty"`
+	// An organization's account.
+	ClerkOrganizationId string `protobuf:"bytes,2,opt,name=clerk_organization_id,json=clerkOrganizationId,proto3" json:"clerk_organization_id,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *GetAccountRequest) Reset() {
+	*x = GetAccountRequest{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAccountRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAccountRequest) ProtoMessage() {}
+
+func (x *GetAccountRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAccountRequest.ProtoReflect.Descriptor instead.
+func (*GetAccountRequest) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *GetAccountRequest) GetClerkUserId() string {
+	if x != nil {
+		return x.ClerkUserId
+	}
+	return ""
+}
+
+func (x *GetAccountRequest) GetClerkOrganizationId() string {
+	if x != nil {
+		return x.ClerkOrganizationId
+	}
+	return ""
+}
+
+// GetAccountResponse carries the account.
+type GetAccountResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The account.
+	Account       *Account `protobuf:"bytes,1,opt,name=account,proto3" json:"account,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetAccountResponse) Reset() {
+	*x = GetAccountResponse{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAccountResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAccountResponse) ProtoMessage() {}
+
+func (x *GetAccountResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAccountResponse.ProtoReflect.Descriptor instead.
+func (*GetAccountResponse) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *GetAccountResponse) GetAccount() *Account {
+	if x != nil {
+		return x.Account
+	}
+	return nil
+}
+
+// SetMemberSpendingCapRequest sets one member's cap.
+type SetMemberSpendingCapRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Clerk organization id. Required.
+	ClerkOrganizationId string `protobuf:"bytes,1,opt,name=clerk_organization_id,json=clerkOrganizationId,proto3" json:"clerk_organization_id,omitempty"`
+	// Clerk user id of the member. Required.
+	MemberClerkUserId string `protobuf:"bytes,2,opt,name=member_clerk_user_id,json=memberClerkUserId,proto3" json:"member_clerk_user_id,omitempty"`
+	// DAY, WEEK or MONTH (UTC); unspecified removes the member's cap.
+	Period UsagePeriod `protobuf:"varint,3,opt,name=period,proto3,enum=userd.v1.UsagePeriod" json:"period,omitempty"`
+	// Credits the member may spend per period; 0 to 1,000,000,000,000 (0:
+	// the member may not spend). Must be 0 when removing.
+	Cap           int64 `protobuf:"varint,4,opt,name=cap,proto3" json:"cap,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetMemberSpendingCapRequest) Reset() {
+	*x = SetMemberSpendingCapRequest{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetMemberSpendingCapRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetMemberSpendingCapRequest) ProtoMessage() {}
+
+func (x *SetMemberSpendingCapRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetMemberSpendingCapRequest.ProtoReflect.Descriptor instead.
+func (*SetMemberSpendingCapRequest) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *SetMemberSpendingCapRequest) GetClerkOrganizationId() string {
+	if x != nil {
+		return x.ClerkOrganizationId
+	}
+	return ""
+}
+
+func (x *SetMemberSpendingCapRequest) GetMemberClerkUserId() string {
+	if x != nil {
+		return x.MemberClerkUserId
+	}
+	return ""
+}
+
+func (x *SetMemberSpendingCapRequest) GetPeriod() UsagePeriod {
+	if x != nil {
+		return x.Period
+	}
+	return UsagePeriod_USAGE_PERIOD_UNSPECIFIED
+}
+
+func (x *SetMemberSpendingCapRequest) GetCap() int64 {
+	if x != nil {
+		return x.Cap
+	}
+	return 0
+}
+
+// SetMemberSpendingCapResponse is the member after the change.
+type SetMemberSpendingCapResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The member, with its cap and its spending in the cap's period.
+	Member        *AccountMember `protobuf:"bytes,1,opt,name=member,proto3" json:"member,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetMemberSpendingCapResponse) Reset() {
+	*x = SetMemberSpendingCapResponse{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetMemberSpendingCapResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetMemberSpendingCapResponse) ProtoMessage() {}
+
+func (x *SetMemberSpendingCapResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetMemberSpendingCapResponse.ProtoReflect.Descriptor instead.
+func (*SetMemberSpendingCapResponse) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *SetMemberSpendingCapResponse) GetMember() *AccountMember {
+	if x != nil {
+		return x.Member
+	}
+	return nil
+}
 
 // PlanChange is one applied SetPlan.
 type PlanChange struct {
@@ -2787,7 +3754,7 @@ type PlanChange struct {
 
 func (x *PlanChange) Reset() {
 	*x = PlanChange{}
-	mi := &file_userd_v1_user_service_proto_msgTypes[31]
+	mi := &file_userd_v1_user_service_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2799,7 +3766,7 @@ func (x *PlanChange) String() string {
 func (*PlanChange) ProtoMessage() {}
 
 func (x *PlanChange) ProtoReflect() protoreflect.Message {
-	mi := &file_userd_v1_user_service_proto_msgTypes[31]
+	mi := &file_userd_v1_user_service_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2812,7 +3779,7 @@ func (x *PlanChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanChange.ProtoReflect.Descriptor instead.
 func (*PlanChange) Descriptor() ([]byte, []int) {
-	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{31}
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *PlanChange) GetId() int64 {
@@ -2885,7 +3852,7 @@ type WatchHeartbeat struct {
 
 func (x *WatchHeartbeat) Reset() {
 	*x = WatchHeartbeat{}
-	mi := &file_userd_v1_user_service_proto_msgTypes[32]
+	mi := &file_userd_v1_user_service_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2897,7 +3864,7 @@ func (x *WatchHeartbeat) String() string {
 func (*WatchHeartbeat) ProtoMessage() {}
 
 func (x *WatchHeartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_userd_v1_user_service_proto_msgTypes[32]
+	mi := &file_userd_v1_user_service_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2910,7 +3877,7 @@ func (x *WatchHeartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchHeartbeat.ProtoReflect.Descriptor instead.
 func (*WatchHeartbeat) Descriptor() ([]byte, []int) {
-	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{32}
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *WatchHeartbeat) GetCursor() string {
@@ -2946,7 +3913,7 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\xa4\x02\n" +
+	"updateTime\"\xe4\x03\n" +
 	"\x11CreditTransaction\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x14\n" +
@@ -2956,7 +3923,14 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"\x06reason\x18\x06 \x01(\tR\x06reason\x12'\n" +
 	"\x0fidempotency_key\x18\a \x01(\tR\x0eidempotencyKey\x12;\n" +
 	"\vcreate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"j\n" +
+	"createTime\x12\x1d\n" +
+	"\n" +
+	"account_id\x18\t \x01(\tR\taccountId\x122\n" +
+	"\x15clerk_organization_id\x18\n" +
+	" \x01(\tR\x13clerkOrganizationId\x12\"\n" +
+	"\ractor_user_id\x18\v \x01(\tR\vactorUserId\x12\x18\n" +
+	"\aservice\x18\f \x01(\tR\aservice\x12-\n" +
+	"\x13actor_clerk_user_id\x18\r \x01(\tR\x10actorClerkUserId\"j\n" +
 	"\x0eGetUserRequest\x12$\n" +
 	"\rclerk_user_id\x18\x01 \x01(\tH\x00R\vclerkUserId\x12\x10\n" +
 	"\x02id\x18\x02 \x01(\tH\x00R\x02id\x12\x16\n" +
@@ -2973,22 +3947,24 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"\timage_url\x18\x05 \x01(\tR\bimageUrl\"R\n" +
 	"\x12EnsureUserResponse\x12\"\n" +
 	"\x04user\x18\x01 \x01(\v2\x0e.userd.v1.UserR\x04user\x12\x18\n" +
-	"\acreated\x18\x02 \x01(\bR\acreated\"\xab\x01\n" +
+	"\acreated\x18\x02 \x01(\bR\acreated\"\xdf\x01\n" +
 	"\x14DeductCreditsRequest\x12\"\n" +
 	"\rclerk_user_id\x18\x01 \x01(\tR\vclerkUserId\x12\x16\n" +
 	"\x06amount\x18\x02 \x01(\x03R\x06amount\x12'\n" +
 	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x16\n" +
-	"\x06action\x18\x05 \x01(\tR\x06action\"\x8c\x01\n" +
+	"\x06action\x18\x05 \x01(\tR\x06action\x122\n" +
+	"\x15clerk_organization_id\x18\x06 \x01(\tR\x13clerkOrganizationId\"\x8c\x01\n" +
 	"\x15DeductCreditsResponse\x12=\n" +
 	"\vtransaction\x18\x01 \x01(\v2\x1b.userd.v1.CreditTransactionR\vtransaction\x12\x18\n" +
 	"\abalance\x18\x02 \x01(\x03R\abalance\x12\x1a\n" +
-	"\breplayed\x18\x03 \x01(\bR\breplayed\"\x92\x01\n" +
+	"\breplayed\x18\x03 \x01(\bR\breplayed\"\xc6\x01\n" +
 	"\x13GrantCreditsRequest\x12\"\n" +
 	"\rclerk_user_id\x18\x01 \x01(\tR\vclerkUserId\x12\x16\n" +
 	"\x06amount\x18\x02 \x01(\x03R\x06amount\x12'\n" +
 	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason\"\x8b\x01\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x122\n" +
+	"\x15clerk_organization_id\x18\x05 \x01(\tR\x13clerkOrganizationId\"\x8b\x01\n" +
 	"\x14GrantCreditsResponse\x12=\n" +
 	"\vtransaction\x18\x01 \x01(\v2\x1b.userd.v1.CreditTransactionR\vtransaction\x12\x18\n" +
 	"\abalance\x18\x02 \x01(\x03R\abalance\x12\x1a\n" +
@@ -3003,12 +3979,14 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"\x04user\x18\x01 \x01(\v2\x0e.userd.v1.UserR\x04user\x123\n" +
 	"\rprevious_plan\x18\x02 \x01(\x0e2\x0e.userd.v1.PlanR\fpreviousPlan\x12H\n" +
 	"\x11bonus_transaction\x18\x03 \x01(\v2\x1b.userd.v1.CreditTransactionR\x10bonusTransaction\x12\x1a\n" +
-	"\breplayed\x18\x04 \x01(\bR\breplayed\"\x7f\n" +
+	"\breplayed\x18\x04 \x01(\bR\breplayed\"\xe4\x01\n" +
 	"\x1dListCreditTransactionsRequest\x12\"\n" +
 	"\rclerk_user_id\x18\x01 \x01(\tR\vclerkUserId\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x03 \x01(\tR\tpageToken\"\x89\x01\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\x122\n" +
+	"\x15clerk_organization_id\x18\x04 \x01(\tR\x13clerkOrganizationId\x12/\n" +
+	"\x14member_clerk_user_id\x18\x05 \x01(\tR\x11memberClerkUserId\"\x89\x01\n" +
 	"\x1eListCreditTransactionsResponse\x12?\n" +
 	"\ftransactions\x18\x01 \x03(\v2\x1b.userd.v1.CreditTransactionR\ftransactions\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xe0\x01\n" +
@@ -3045,11 +4023,12 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"\ventry_count\x18\a \x01(\x03R\n" +
 	"entryCount\x121\n" +
 	"\areasons\x18\b \x03(\v2\x17.userd.v1.UsageByReasonR\areasons\x121\n" +
-	"\aperiods\x18\t \x03(\v2\x17.userd.v1.UsageInPeriodR\aperiods\"f\n" +
+	"\aperiods\x18\t \x03(\v2\x17.userd.v1.UsageInPeriodR\aperiods\"\x9a\x01\n" +
 	"\x10CanAffordRequest\x12\"\n" +
 	"\rclerk_user_id\x18\x01 \x01(\tR\vclerkUserId\x12\x16\n" +
 	"\x06amount\x18\x02 \x01(\x03R\x06amount\x12\x16\n" +
-	"\x06action\x18\x03 \x01(\tR\x06action\"g\n" +
+	"\x06action\x18\x03 \x01(\tR\x06action\x122\n" +
+	"\x15clerk_organization_id\x18\x04 \x01(\tR\x13clerkOrganizationId\"g\n" +
 	"\x11CanAffordResponse\x12\x1a\n" +
 	"\brequired\x18\x01 \x01(\x03R\brequired\x12\x1c\n" +
 	"\tavailable\x18\x02 \x01(\x03R\tavailable\x12\x18\n" +
@@ -3101,7 +4080,7 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"\x17WatchUserEventsResponse\x12+\n" +
 	"\x05event\x18\x01 \x01(\v2\x13.userd.v1.UserEventH\x00R\x05event\x128\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x18.userd.v1.WatchHeartbeatH\x00R\theartbeatB\x06\n" +
-	"\x04item\"\x91\x03\n" +
+	"\x04item\"\xe6\x05\n" +
 	"\tUserEvent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x16\n" +
 	"\x06cursor\x18\x02 \x01(\tR\x06cursor\x12+\n" +
@@ -3113,8 +4092,83 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"\x04user\x18\a \x01(\v2\x0e.userd.v1.UserH\x00R\x04user\x127\n" +
 	"\vplan_change\x18\b \x01(\v2\x14.userd.v1.PlanChangeH\x00R\n" +
 	"planChange\x12L\n" +
-	"\x12credit_transaction\x18\t \x01(\v2\x1b.userd.v1.CreditTransactionH\x00R\x11creditTransactionB\b\n" +
-	"\x06change\"\xca\x02\n" +
+	"\x12credit_transaction\x18\t \x01(\v2\x1b.userd.v1.CreditTransactionH\x00R\x11creditTransaction\x12<\n" +
+	"\forganization\x18\r \x01(\v2\x16.userd.v1.OrganizationH\x00R\forganization\x12B\n" +
+	"\n" +
+	"membership\x18\x0e \x01(\v2 .userd.v1.OrganizationMembershipH\x00R\n" +
+	"membership\x12O\n" +
+	"\x11member_cap_change\x18\x0f \x01(\v2!.userd.v1.MemberSpendingCapChangeH\x00R\x0fmemberCapChange\x12\x1d\n" +
+	"\n" +
+	"account_id\x18\n" +
+	" \x01(\tR\taccountId\x122\n" +
+	"\x15clerk_organization_id\x18\v \x01(\tR\x13clerkOrganizationId\x12-\n" +
+	"\x13actor_clerk_user_id\x18\f \x01(\tR\x10actorClerkUserIdB\b\n" +
+	"\x06change\"\xce\x02\n" +
+	"\fOrganization\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x122\n" +
+	"\x15clerk_organization_id\x18\x02 \x01(\tR\x13clerkOrganizationId\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x12\n" +
+	"\x04slug\x18\x04 \x01(\tR\x04slug\x12\x1b\n" +
+	"\timage_url\x18\x05 \x01(\tR\bimageUrl\x12;\n" +
+	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vupdate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\x12;\n" +
+	"\vdelete_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"deleteTime\"\x8d\x03\n" +
+	"\x16OrganizationMembership\x12.\n" +
+	"\x13clerk_membership_id\x18\x01 \x01(\tR\x11clerkMembershipId\x122\n" +
+	"\x15clerk_organization_id\x18\x02 \x01(\tR\x13clerkOrganizationId\x12\"\n" +
+	"\rclerk_user_id\x18\x03 \x01(\tR\vclerkUserId\x12\x12\n" +
+	"\x04role\x18\x04 \x01(\tR\x04role\x12 \n" +
+	"\vpermissions\x18\x05 \x03(\tR\vpermissions\x12;\n" +
+	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vupdate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\x12;\n" +
+	"\vdelete_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"deleteTime\"\x9b\x02\n" +
+	"\x17MemberSpendingCapChange\x122\n" +
+	"\x15clerk_organization_id\x18\x01 \x01(\tR\x13clerkOrganizationId\x12/\n" +
+	"\x14member_clerk_user_id\x18\x02 \x01(\tR\x11memberClerkUserId\x12-\n" +
+	"\x06period\x18\x03 \x01(\x0e2\x15.userd.v1.UsagePeriodR\x06period\x12\x10\n" +
+	"\x03cap\x18\x04 \x01(\x03R\x03cap\x12\x1d\n" +
+	"\n" +
+	"changed_by\x18\x05 \x01(\tR\tchangedBy\x12;\n" +
+	"\vchange_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"changeTime\"\xe5\x02\n" +
+	"\aAccount\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12-\n" +
+	"\x13owner_clerk_user_id\x18\x02 \x01(\tR\x10ownerClerkUserId\x122\n" +
+	"\x15clerk_organization_id\x18\x03 \x01(\tR\x13clerkOrganizationId\x12\"\n" +
+	"\x04plan\x18\x04 \x01(\x0e2\x0e.userd.v1.PlanR\x04plan\x12\x18\n" +
+	"\acredits\x18\x05 \x01(\x03R\acredits\x12;\n" +
+	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x129\n" +
+	"\n" +
+	"close_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcloseTime\x121\n" +
+	"\amembers\x18\b \x03(\v2\x17.userd.v1.AccountMemberR\amembers\"\x91\x02\n" +
+	"\rAccountMember\x12\"\n" +
+	"\rclerk_user_id\x18\x01 \x01(\tR\vclerkUserId\x12\x12\n" +
+	"\x04role\x18\x02 \x01(\tR\x04role\x12 \n" +
+	"\vpermissions\x18\x03 \x03(\tR\vpermissions\x124\n" +
+	"\n" +
+	"cap_period\x18\x04 \x01(\x0e2\x15.userd.v1.UsagePeriodR\tcapPeriod\x12\x10\n" +
+	"\x03cap\x18\x05 \x01(\x03R\x03cap\x12*\n" +
+	"\x11spent_this_period\x18\x06 \x01(\x03R\x0fspentThisPeriod\x122\n" +
+	"\x15remaining_this_period\x18\a \x01(\x03R\x13remainingThisPeriod\"k\n" +
+	"\x11GetAccountRequest\x12\"\n" +
+	"\rclerk_user_id\x18\x01 \x01(\tR\vclerkUserId\x122\n" +
+	"\x15clerk_organization_id\x18\x02 \x01(\tR\x13clerkOrganizationId\"A\n" +
+	"\x12GetAccountResponse\x12+\n" +
+	"\aaccount\x18\x01 \x01(\v2\x11.userd.v1.AccountR\aaccount\"\xc3\x01\n" +
+	"\x1bSetMemberSpendingCapRequest\x122\n" +
+	"\x15clerk_organization_id\x18\x01 \x01(\tR\x13clerkOrganizationId\x12/\n" +
+	"\x14member_clerk_user_id\x18\x02 \x01(\tR\x11memberClerkUserId\x12-\n" +
+	"\x06period\x18\x03 \x01(\x0e2\x15.userd.v1.UsagePeriodR\x06period\x12\x10\n" +
+	"\x03cap\x18\x04 \x01(\x03R\x03cap\"O\n" +
+	"\x1cSetMemberSpendingCapResponse\x12/\n" +
+	"\x06member\x18\x01 \x01(\v2\x17.userd.v1.AccountMemberR\x06member\"\xca\x02\n" +
 	"\n" +
 	"PlanChange\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x123\n" +
@@ -3144,19 +4198,27 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"\x18USAGE_PERIOD_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10USAGE_PERIOD_DAY\x10\x01\x12\x15\n" +
 	"\x11USAGE_PERIOD_WEEK\x10\x02\x12\x16\n" +
-	"\x12USAGE_PERIOD_MONTH\x10\x03*\xdd\x01\n" +
+	"\x12USAGE_PERIOD_MONTH\x10\x03*\xfb\x03\n" +
 	"\rUserEventKind\x12\x1f\n" +
 	"\x1bUSER_EVENT_KIND_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cUSER_EVENT_KIND_USER_CREATED\x10\x01\x12 \n" +
 	"\x1cUSER_EVENT_KIND_USER_UPDATED\x10\x02\x12 \n" +
 	"\x1cUSER_EVENT_KIND_USER_DELETED\x10\x03\x12 \n" +
 	"\x1cUSER_EVENT_KIND_PLAN_CHANGED\x10\x04\x12#\n" +
-	"\x1fUSER_EVENT_KIND_CREDITS_CHANGED\x10\x05*V\n" +
+	"\x1fUSER_EVENT_KIND_CREDITS_CHANGED\x10\x05\x12(\n" +
+	"$USER_EVENT_KIND_ORGANIZATION_CREATED\x10\x06\x12(\n" +
+	"$USER_EVENT_KIND_ORGANIZATION_UPDATED\x10\a\x12(\n" +
+	"$USER_EVENT_KIND_ORGANIZATION_DELETED\x10\b\x12&\n" +
+	"\"USER_EVENT_KIND_MEMBERSHIP_CREATED\x10\t\x12&\n" +
+	"\"USER_EVENT_KIND_MEMBERSHIP_UPDATED\x10\n" +
+	"\x12&\n" +
+	"\"USER_EVENT_KIND_MEMBERSHIP_DELETED\x10\v\x12&\n" +
+	"\"USER_EVENT_KIND_MEMBER_CAP_CHANGED\x10\f*V\n" +
 	"\n" +
 	"WatchStart\x12\x1b\n" +
 	"\x17WATCH_START_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fWATCH_START_NOW\x10\x01\x12\x16\n" +
-	"\x12WATCH_START_OLDEST\x10\x022\xc3\a\n" +
+	"\x12WATCH_START_OLDEST\x10\x022\xf3\b\n" +
 	"\vUserService\x12>\n" +
 	"\aGetUser\x12\x18.userd.v1.GetUserRequest\x1a\x19.userd.v1.GetUserResponse\x12G\n" +
 	"\n" +
@@ -3171,7 +4233,10 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"\n" +
 	"ListPrices\x12\x1b.userd.v1.ListPricesRequest\x1a\x1c.userd.v1.ListPricesResponse\x12Y\n" +
 	"\x10ListPriceChanges\x12!.userd.v1.ListPriceChangesRequest\x1a\".userd.v1.ListPriceChangesResponse\x12X\n" +
-	"\x0fWatchUserEvents\x12 .userd.v1.WatchUserEventsRequest\x1a!.userd.v1.WatchUserEventsResponse0\x01B-Z+github.com/userd/userd/gen/userd/v1;userdv1b\x06proto3"
+	"\x0fWatchUserEvents\x12 .userd.v1.WatchUserEventsRequest\x1a!.userd.v1.WatchUserEventsResponse0\x01\x12G\n" +
+	"\n" +
+	"GetAccount\x12\x1b.userd.v1.GetAccountRequest\x1a\x1c.userd.v1.GetAccountResponse\x12e\n" +
+	"\x14SetMemberSpendingCap\x12%.userd.v1.SetMemberSpendingCapRequest\x1a&.userd.v1.SetMemberSpendingCapResponseB-Z+github.com/userd/userd/gen/userd/v1;userdv1b\x06proto3"
 
 var (
 	file_userd_v1_user_service_proto_rawDescOnce sync.Once
@@ -3186,7 +4251,7 @@ func file_userd_v1_user_service_proto_rawDescGZIP() []byte {
 }
 
 var file_userd_v1_user_service_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_userd_v1_user_service_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_userd_v1_user_service_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_userd_v1_user_service_proto_goTypes = []any{
 	(Plan)(0),                              // 0: userd.v1.Plan
 	(TransactionKind)(0),                   // 1: userd.v1.TransactionKind
@@ -3224,16 +4289,25 @@ var file_userd_v1_user_service_proto_goTypes = []any{
 	(*WatchUserEventsRequest)(nil),         // 33: userd.v1.WatchUserEventsRequest
 	(*WatchUserEventsResponse)(nil),        // 34: userd.v1.WatchUserEventsResponse
 	(*UserEvent)(nil),                      // 35: userd.v1.UserEvent
-	(*PlanChange)(nil),                     // 36: userd.v1.PlanChange
-	(*WatchHeartbeat)(nil),                 // 37: userd.v1.WatchHeartbeat
-	(*timestamppb.Timestamp)(nil),          // 38: google.protobuf.Timestamp
+	(*Organization)(nil),                   // 36: userd.v1.Organization
+	(*OrganizationMembership)(nil),         // 37: userd.v1.OrganizationMembership
+	(*MemberSpendingCapChange)(nil),        // 38: userd.v1.MemberSpendingCapChange
+	(*Account)(nil),                        // 39: userd.v1.Account
+	(*AccountMember)(nil),                  // 40: userd.v1.AccountMember
+	(*GetAccountRequest)(nil),              // 41: userd.v1.GetAccountRequest
+	(*GetAccountResponse)(nil),             // 42: userd.v1.GetAccountResponse
+	(*SetMemberSpendingCapRequest)(nil),    // 43: userd.v1.SetMemberSpendingCapRequest
+	(*SetMemberSpendingCapResponse)(nil),   // 44: userd.v1.SetMemberSpendingCapResponse
+	(*PlanChange)(nil),                     // 45: userd.v1.PlanChange
+	(*WatchHeartbeat)(nil),                 // 46: userd.v1.WatchHeartbeat
+	(*timestamppb.Timestamp)(nil),          // 47: google.protobuf.Timestamp
 }
 var file_userd_v1_user_service_proto_depIdxs = []int32{
 	0,  // 0: userd.v1.User.plan:type_name -> userd.v1.Plan
-	38, // 1: userd.v1.User.create_time:type_name -> google.protobuf.Timestamp
-	38, // 2: userd.v1.User.update_time:type_name -> google.protobuf.Timestamp
+	47, // 1: userd.v1.User.create_time:type_name -> google.protobuf.Timestamp
+	47, // 2: userd.v1.User.update_time:type_name -> google.protobuf.Timestamp
 	1,  // 3: userd.v1.CreditTransaction.kind:type_name -> userd.v1.TransactionKind
-	38, // 4: userd.v1.CreditTransaction.create_time:type_name -> google.protobuf.Timestamp
+	47, // 4: userd.v1.CreditTransaction.create_time:type_name -> google.protobuf.Timestamp
 	5,  // 5: userd.v1.GetUserResponse.user:type_name -> userd.v1.User
 	5,  // 6: userd.v1.EnsureUserResponse.user:type_name -> userd.v1.User
 	6,  // 7: userd.v1.DeductCreditsResponse.transaction:type_name -> userd.v1.CreditTransaction
@@ -3243,20 +4317,20 @@ var file_userd_v1_user_service_proto_depIdxs = []int32{
 	0,  // 11: userd.v1.SetPlanResponse.previous_plan:type_name -> userd.v1.Plan
 	6,  // 12: userd.v1.SetPlanResponse.bonus_transaction:type_name -> userd.v1.CreditTransaction
 	6,  // 13: userd.v1.ListCreditTransactionsResponse.transactions:type_name -> userd.v1.CreditTransaction
-	38, // 14: userd.v1.GetUsageSummaryRequest.start_time:type_name -> google.protobuf.Timestamp
-	38, // 15: userd.v1.GetUsageSummaryRequest.end_time:type_name -> google.protobuf.Timestamp
+	47, // 14: userd.v1.GetUsageSummaryRequest.start_time:type_name -> google.protobuf.Timestamp
+	47, // 15: userd.v1.GetUsageSummaryRequest.end_time:type_name -> google.protobuf.Timestamp
 	2,  // 16: userd.v1.GetUsageSummaryRequest.group_by:type_name -> userd.v1.UsagePeriod
-	38, // 17: userd.v1.UsageInPeriod.start_time:type_name -> google.protobuf.Timestamp
-	38, // 18: userd.v1.UsageInPeriod.end_time:type_name -> google.protobuf.Timestamp
+	47, // 17: userd.v1.UsageInPeriod.start_time:type_name -> google.protobuf.Timestamp
+	47, // 18: userd.v1.UsageInPeriod.end_time:type_name -> google.protobuf.Timestamp
 	20, // 19: userd.v1.UsageInPeriod.reasons:type_name -> userd.v1.UsageByReason
-	38, // 20: userd.v1.GetUsageSummaryResponse.start_time:type_name -> google.protobuf.Timestamp
-	38, // 21: userd.v1.GetUsageSummaryResponse.end_time:type_name -> google.protobuf.Timestamp
+	47, // 20: userd.v1.GetUsageSummaryResponse.start_time:type_name -> google.protobuf.Timestamp
+	47, // 21: userd.v1.GetUsageSummaryResponse.end_time:type_name -> google.protobuf.Timestamp
 	2,  // 22: userd.v1.GetUsageSummaryResponse.group_by:type_name -> userd.v1.UsagePeriod
 	20, // 23: userd.v1.GetUsageSummaryResponse.reasons:type_name -> userd.v1.UsageByReason
 	21, // 24: userd.v1.GetUsageSummaryResponse.periods:type_name -> userd.v1.UsageInPeriod
-	38, // 25: userd.v1.Price.create_time:type_name -> google.protobuf.Timestamp
-	38, // 26: userd.v1.Price.update_time:type_name -> google.protobuf.Timestamp
-	38, // 27: userd.v1.PriceChange.change_time:type_name -> google.protobuf.Timestamp
+	47, // 25: userd.v1.Price.create_time:type_name -> google.protobuf.Timestamp
+	47, // 26: userd.v1.Price.update_time:type_name -> google.protobuf.Timestamp
+	47, // 27: userd.v1.PriceChange.change_time:type_name -> google.protobuf.Timestamp
 	25, // 28: userd.v1.SetPriceResponse.price:type_name -> userd.v1.Price
 	26, // 29: userd.v1.SetPriceResponse.change:type_name -> userd.v1.PriceChange
 	25, // 30: userd.v1.ListPricesResponse.prices:type_name -> userd.v1.Price
@@ -3264,45 +4338,68 @@ var file_userd_v1_user_service_proto_depIdxs = []int32{
 	4,  // 32: userd.v1.WatchUserEventsRequest.start:type_name -> userd.v1.WatchStart
 	3,  // 33: userd.v1.WatchUserEventsRequest.kinds:type_name -> userd.v1.UserEventKind
 	35, // 34: userd.v1.WatchUserEventsResponse.event:type_name -> userd.v1.UserEvent
-	37, // 35: userd.v1.WatchUserEventsResponse.heartbeat:type_name -> userd.v1.WatchHeartbeat
+	46, // 35: userd.v1.WatchUserEventsResponse.heartbeat:type_name -> userd.v1.WatchHeartbeat
 	3,  // 36: userd.v1.UserEvent.kind:type_name -> userd.v1.UserEventKind
-	38, // 37: userd.v1.UserEvent.create_time:type_name -> google.protobuf.Timestamp
+	47, // 37: userd.v1.UserEvent.create_time:type_name -> google.protobuf.Timestamp
 	5,  // 38: userd.v1.UserEvent.user:type_name -> userd.v1.User
-	36, // 39: userd.v1.UserEvent.plan_change:type_name -> userd.v1.PlanChange
+	45, // 39: userd.v1.UserEvent.plan_change:type_name -> userd.v1.PlanChange
 	6,  // 40: userd.v1.UserEvent.credit_transaction:type_name -> userd.v1.CreditTransaction
-	0,  // 41: userd.v1.PlanChange.previous_plan:type_name -> userd.v1.Plan
-	0,  // 42: userd.v1.PlanChange.plan:type_name -> userd.v1.Plan
-	38, // 43: userd.v1.PlanChange.create_time:type_name -> google.protobuf.Timestamp
-	38, // 44: userd.v1.WatchHeartbeat.time:type_name -> google.protobuf.Timestamp
-	7,  // 45: userd.v1.UserService.GetUser:input_type -> userd.v1.GetUserRequest
-	9,  // 46: userd.v1.UserService.EnsureUser:input_type -> userd.v1.EnsureUserRequest
-	11, // 47: userd.v1.UserService.DeductCredits:input_type -> userd.v1.DeductCreditsRequest
-	13, // 48: userd.v1.UserService.GrantCredits:input_type -> userd.v1.GrantCreditsRequest
-	15, // 49: userd.v1.UserService.SetPlan:input_type -> userd.v1.SetPlanRequest
-	17, // 50: userd.v1.UserService.ListCreditTransactions:input_type -> userd.v1.ListCreditTransactionsRequest
-	19, // 51: userd.v1.UserService.GetUsageSummary:input_type -> userd.v1.GetUsageSummaryRequest
-	23, // 52: userd.v1.UserService.CanAfford:input_type -> userd.v1.CanAffordRequest
-	27, // 53: userd.v1.UserService.SetPrice:input_type -> userd.v1.SetPriceRequest
-	29, // 54: userd.v1.UserService.ListPrices:input_type -> userd.v1.ListPricesRequest
-	31, // 55: userd.v1.UserService.ListPriceChanges:input_type -> userd.v1.ListPriceChangesRequest
-	33, // 56: userd.v1.UserService.WatchUserEvents:input_type -> userd.v1.WatchUserEventsRequest
-	8,  // 57: userd.v1.UserService.GetUser:output_type -> userd.v1.GetUserResponse
-	10, // 58: userd.v1.UserService.EnsureUser:output_type -> userd.v1.EnsureUserResponse
-	12, // 59: userd.v1.UserService.DeductCredits:output_type -> userd.v1.DeductCreditsResponse
-	14, // 60: userd.v1.UserService.GrantCredits:output_type -> userd.v1.GrantCreditsResponse
-	16, // 61: userd.v1.UserService.SetPlan:output_type -> userd.v1.SetPlanResponse
-	18, // 62: userd.v1.UserService.ListCreditTransactions:output_type -> userd.v1.ListCreditTransactionsResponse
-	22, // 63: userd.v1.UserService.GetUsageSummary:output_type -> userd.v1.GetUsageSummaryResponse
-	24, // 64: userd.v1.UserService.CanAfford:output_type -> userd.v1.CanAffordResponse
-	28, // 65: userd.v1.UserService.SetPrice:output_type -> userd.v1.SetPriceResponse
-	30, // 66: userd.v1.UserService.ListPrices:output_type -> userd.v1.ListPricesResponse
-	32, // 67: userd.v1.UserService.ListPriceChanges:output_type -> userd.v1.ListPriceChangesResponse
-	34, // 68: userd.v1.UserService.WatchUserEvents:output_type -> userd.v1.WatchUserEventsResponse
-	57, // [57:69] is the sub-list for method output_type
-	45, // [45:57] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	36, // 41: userd.v1.UserEvent.organization:type_name -> userd.v1.Organization
+	37, // 42: userd.v1.UserEvent.membership:type_name -> userd.v1.OrganizationMembership
+	38, // 43: userd.v1.UserEvent.member_cap_change:type_name -> userd.v1.MemberSpendingCapChange
+	47, // 44: userd.v1.Organization.create_time:type_name -> google.protobuf.Timestamp
+	47, // 45: userd.v1.Organization.update_time:type_name -> google.protobuf.Timestamp
+	47, // 46: userd.v1.Organization.delete_time:type_name -> google.protobuf.Timestamp
+	47, // 47: userd.v1.OrganizationMembership.create_time:type_name -> google.protobuf.Timestamp
+	47, // 48: userd.v1.OrganizationMembership.update_time:type_name -> google.protobuf.Timestamp
+	47, // 49: userd.v1.OrganizationMembership.delete_time:type_name -> google.protobuf.Timestamp
+	2,  // 50: userd.v1.MemberSpendingCapChange.period:type_name -> userd.v1.UsagePeriod
+	47, // 51: userd.v1.MemberSpendingCapChange.change_time:type_name -> google.protobuf.Timestamp
+	0,  // 52: userd.v1.Account.plan:type_name -> userd.v1.Plan
+	47, // 53: userd.v1.Account.create_time:type_name -> google.protobuf.Timestamp
+	47, // 54: userd.v1.Account.close_time:type_name -> google.protobuf.Timestamp
+	40, // 55: userd.v1.Account.members:type_name -> userd.v1.AccountMember
+	2,  // 56: userd.v1.AccountMember.cap_period:type_name -> userd.v1.UsagePeriod
+	39, // 57: userd.v1.GetAccountResponse.account:type_name -> userd.v1.Account
+	2,  // 58: userd.v1.SetMemberSpendingCapRequest.period:type_name -> userd.v1.UsagePeriod
+	40, // 59: userd.v1.SetMemberSpendingCapResponse.member:type_name -> userd.v1.AccountMember
+	0,  // 60: userd.v1.PlanChange.previous_plan:type_name -> userd.v1.Plan
+	0,  // 61: userd.v1.PlanChange.plan:type_name -> userd.v1.Plan
+	47, // 62: userd.v1.PlanChange.create_time:type_name -> google.protobuf.Timestamp
+	47, // 63: userd.v1.WatchHeartbeat.time:type_name -> google.protobuf.Timestamp
+	7,  // 64: userd.v1.UserService.GetUser:input_type -> userd.v1.GetUserRequest
+	9,  // 65: userd.v1.UserService.EnsureUser:input_type -> userd.v1.EnsureUserRequest
+	11, // 66: userd.v1.UserService.DeductCredits:input_type -> userd.v1.DeductCreditsRequest
+	13, // 67: userd.v1.UserService.GrantCredits:input_type -> userd.v1.GrantCreditsRequest
+	15, // 68: userd.v1.UserService.SetPlan:input_type -> userd.v1.SetPlanRequest
+	17, // 69: userd.v1.UserService.ListCreditTransactions:input_type -> userd.v1.ListCreditTransactionsRequest
+	19, // 70: userd.v1.UserService.GetUsageSummary:input_type -> userd.v1.GetUsageSummaryRequest
+	23, // 71: userd.v1.UserService.CanAfford:input_type -> userd.v1.CanAffordRequest
+	27, // 72: userd.v1.UserService.SetPrice:input_type -> userd.v1.SetPriceRequest
+	29, // 73: userd.v1.UserService.ListPrices:input_type -> userd.v1.ListPricesRequest
+	31, // 74: userd.v1.UserService.ListPriceChanges:input_type -> userd.v1.ListPriceChangesRequest
+	33, // 75: userd.v1.UserService.WatchUserEvents:input_type -> userd.v1.WatchUserEventsRequest
+	41, // 76: userd.v1.UserService.GetAccount:input_type -> userd.v1.GetAccountRequest
+	43, // 77: userd.v1.UserService.SetMemberSpendingCap:input_type -> userd.v1.SetMemberSpendingCapRequest
+	8,  // 78: userd.v1.UserService.GetUser:output_type -> userd.v1.GetUserResponse
+	10, // 79: userd.v1.UserService.EnsureUser:output_type -> userd.v1.EnsureUserResponse
+	12, // 80: userd.v1.UserService.DeductCredits:output_type -> userd.v1.DeductCreditsResponse
+	14, // 81: userd.v1.UserService.GrantCredits:output_type -> userd.v1.GrantCreditsResponse
+	16, // 82: userd.v1.UserService.SetPlan:output_type -> userd.v1.SetPlanResponse
+	18, // 83: userd.v1.UserService.ListCreditTransactions:output_type -> userd.v1.ListCreditTransactionsResponse
+	22, // 84: userd.v1.UserService.GetUsageSummary:output_type -> userd.v1.GetUsageSummaryResponse
+	24, // 85: userd.v1.UserService.CanAfford:output_type -> userd.v1.CanAffordResponse
+	28, // 86: userd.v1.UserService.SetPrice:output_type -> userd.v1.SetPriceResponse
+	30, // 87: userd.v1.UserService.ListPrices:output_type -> userd.v1.ListPricesResponse
+	32, // 88: userd.v1.UserService.ListPriceChanges:output_type -> userd.v1.ListPriceChangesResponse
+	34, // 89: userd.v1.UserService.WatchUserEvents:output_type -> userd.v1.WatchUserEventsResponse
+	42, // 90: userd.v1.UserService.GetAccount:output_type -> userd.v1.GetAccountResponse
+	44, // 91: userd.v1.UserService.SetMemberSpendingCap:output_type -> userd.v1.SetMemberSpendingCapResponse
+	78, // [78:92] is the sub-list for method output_type
+	64, // [64:78] is the sub-list for method input_type
+	64, // [64:64] is the sub-list for extension type_name
+	64, // [64:64] is the sub-list for extension extendee
+	0,  // [0:64] is the sub-list for field type_name
 }
 
 func init() { file_userd_v1_user_service_proto_init() }
@@ -3323,6 +4420,9 @@ func file_userd_v1_user_service_proto_init() {
 		(*UserEvent_User)(nil),
 		(*UserEvent_PlanChange)(nil),
 		(*UserEvent_CreditTransaction)(nil),
+		(*UserEvent_Organization)(nil),
+		(*UserEvent_Membership)(nil),
+		(*UserEvent_MemberCapChange)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3330,7 +4430,7 @@ func file_userd_v1_user_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_userd_v1_user_service_proto_rawDesc), len(file_userd_v1_user_service_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   33,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

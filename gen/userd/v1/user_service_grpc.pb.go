@@ -31,6 +31,8 @@ const (
 	UserService_ListPrices_FullMethodName             = "/userd.v1.UserService/ListPrices"
 	UserService_ListPriceChanges_FullMethodName       = "/userd.v1.UserService/ListPriceChanges"
 	UserService_WatchUserEvents_FullMethodName        = "/userd.v1.UserService/WatchUserEvents"
+	UserService_GetAccount_FullMethodName             = "/userd.v1.UserService/GetAccount"
+	UserService_SetMemberSpendingCap_FullMethodName   = "/userd.v1.UserService/SetMemberSpendingCap"
 )
 
 // UserServiceClient is the client API for UserService service.
@@ -40,6 +42,21 @@ const (
 // UserService is userd's API: the application's users as mirrored from Clerk,
 // their plan and their credit balance with its ledger.
 //
+// Accounts. A plan, a balance, a ledger and an idempotency key space belong
+// to an account, owned by a user (its personal account) or by a Clerk
+// organization. A request that names only clerk_user_id means that user's
+// personal account, as before accounts existed. A request that sets
+// clerk_organization_id means the organization's account; clerk_user_id
+// then names the member acting (an end user: itself, or left empty). An
+// end user may act on an organization's account only when
+// clerk_organization_id is its session token's active organization (v2
+// claim "o", v1 claim "org_id"), never with an impersonation token ("act"
+// claim), and only while it is a live member of the organization;
+// spending also needs the permission USERD_ORG_SPEND_PERMISSION when the
+// operator sets one, in the token and in the membership. Grants and plan
+// changes of organization accounts are for services only. A service
+// spending from an organization's account names a live member.
+//
 // Every mutation that changes credits or the plan carries an idempotency key.
 // A retry with the same key and the same parameters returns the original
 // result and changes nothing; the same key with different parameters fails
@@ -48,8 +65,14 @@ const (
 //
 // Errors follow one table: INVALID_ARGUMENT (with BadRequest field
 // violations; ErrorInfo reason UNKNOWN_ACTION for an action not in the
-// price list), NOT_FOUND, FAILED_PRECONDITION (ErrorInfo reason
-// INSUFFICIENT_CREDITS with metadata "required" and "available"),
+// price list), NOT_FOUND, PERMISSION_DENIED (reasons
+// NOT_ORGANIZATION_MEMBER, MISSING_ORGANIZATION_PERMISSION,
+// ORGANIZATION_NOT_ACTIVE, IMPERSONATION_NOT_ALLOWED),
+// FAILED_PRECONDITION (ErrorInfo reason INSUFFICIENT_CREDITS with metadata
+// "required" and "available"; MEMBER_CAP_REACHED with "cap", "spent",
+// "remaining", "required" and "period", answered like insufficient
+// credits — 402 over REST; ACCOUNT_CLOSED for an organization's account
+// closed with its organization),
 // ALREADY_EXISTS (reasons IDEMPOTENCY_KEY_REUSED, EMAIL_IN_USE),
 // UNAVAILABLE (database unreachable or timed out; safe to retry with the same
 // idempotency key) and INTERNAL.
@@ -120,8 +143,24 @@ type UserServiceClient interface {
 	// stream ends with UNAVAILABLE: watch again from the last cursor.
 	//
 	// Services may watch every user or one; an end user only itself
-	// (clerk_user_id "me").
+	// (clerk_user_id "me"): its own account's events and those of the
+	// organizations it is a live member of (re-evaluated as its memberships
+	// change during the stream), nothing else.
 	WatchUserEvents(ctx context.Context, in *WatchUserEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchUserEventsResponse], error)
+	// GetAccount returns an account: a user's personal account
+	// (clerk_user_id) or an organization's (clerk_organization_id), with
+	// its plan, balance, owner and, for an organization, its live members
+	// with their role, spending cap and what they spent in the cap's
+	// current period. End users: their own, or their active organization's
+	// while they are a live member.
+	GetAccount(ctx context.Context, in *GetAccountRequest, opts ...grpc.CallOption) (*GetAccountResponse, error)
+	// SetMemberSpendingCap sets (or, with period unspecified, removes) how
+	// much one member may spend from the organization's account per UTC day,
+	// week or month. Deductions beyond it fail like insufficient credits
+	// (FAILED_PRECONDITION, reason MEMBER_CAP_REACHED). Services, and end
+	// users whose active organization it is with the role org:admin or the
+	// permission USERD_ORG_MANAGE_PERMISSION (default org:credits:manage).
+	SetMemberSpendingCap(ctx context.Context, in *SetMemberSpendingCapRequest, opts ...grpc.CallOption) (*SetMemberSpendingCapResponse, error)
 }
 
 type userServiceClient struct {
@@ -261,12 +300,47 @@ func (c *userServiceClient) WatchUserEvents(ctx context.Context, in *WatchUserEv
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type UserService_WatchUserEventsClient = grpc.ServerStreamingClient[WatchUserEventsResponse]
 
+func (c *userServiceClient) GetAccount(ctx context.Context, in *GetAccountRequest, opts ...grpc.CallOption) (*GetAccountResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetAccountResponse)
+	err := c.cc.Invoke(ctx, UserService_GetAccount_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *userServiceClient) SetMemberSpendingCap(ctx context.Context, in *SetMemberSpendingCapRequest, opts ...grpc.CallOption) (*SetMemberSpendingCapResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetMemberSpendingCapResponse)
+	err := c.cc.Invoke(ctx, UserService_SetMemberSpendingCap_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // UserServiceServer is the server API for UserService service.
 // All implementations must embed UnimplementedUserServiceServer
 // for forward compatibility.
 //
 // UserService is userd's API: the application's users as mirrored from Clerk,
 // their plan and their credit balance with its ledger.
+//
+// Accounts. A plan, a balance, a ledger and an idempotency key space belong
+// to an account, owned by a user (its personal account) or by a Clerk
+// organization. A request that names only clerk_user_id means that user's
+// personal account, as before accounts existed. A request that sets
+// clerk_organization_id means the organization's account; clerk_user_id
+// then names the member acting (an end user: itself, or left empty). An
+// end user may act on an organization's account only when
+// clerk_organization_id is its session token's active organization (v2
+// claim "o", v1 claim "org_id"), never with an impersonation token ("act"
+// claim), and only while it is a live member of the organization;
+// spending also needs the permission USERD_ORG_SPEND_PERMISSION when the
+// operator sets one, in the token and in the membership. Grants and plan
+// changes of organization accounts are for services only. A service
+// spending from an organization's account names a live member.
 //
 // Every mutation that changes credits or the plan carries an idempotency key.
 // A retry with the same key and the same parameters returns the original
@@ -276,8 +350,14 @@ type UserService_WatchUserEventsClient = grpc.ServerStreamingClient[WatchUserEve
 //
 // Errors follow one table: INVALID_ARGUMENT (with BadRequest field
 // violations; ErrorInfo reason UNKNOWN_ACTION for an action not in the
-// price list), NOT_FOUND, FAILED_PRECONDITION (ErrorInfo reason
-// INSUFFICIENT_CREDITS with metadata "required" and "available"),
+// price list), NOT_FOUND, PERMISSION_DENIED (reasons
+// NOT_ORGANIZATION_MEMBER, MISSING_ORGANIZATION_PERMISSION,
+// ORGANIZATION_NOT_ACTIVE, IMPERSONATION_NOT_ALLOWED),
+// FAILED_PRECONDITION (ErrorInfo reason INSUFFICIENT_CREDITS with metadata
+// "required" and "available"; MEMBER_CAP_REACHED with "cap", "spent",
+// "remaining", "required" and "period", answered like insufficient
+// credits — 402 over REST; ACCOUNT_CLOSED for an organization's account
+// closed with its organization),
 // ALREADY_EXISTS (reasons IDEMPOTENCY_KEY_REUSED, EMAIL_IN_USE),
 // UNAVAILABLE (database unreachable or timed out; safe to retry with the same
 // idempotency key) and INTERNAL.
@@ -348,8 +428,24 @@ type UserServiceServer interface {
 	// stream ends with UNAVAILABLE: watch again from the last cursor.
 	//
 	// Services may watch every user or one; an end user only itself
-	// (clerk_user_id "me").
+	// (clerk_user_id "me"): its own account's events and those of the
+	// organizations it is a live member of (re-evaluated as its memberships
+	// change during the stream), nothing else.
 	WatchUserEvents(*WatchUserEventsRequest, grpc.ServerStreamingServer[WatchUserEventsResponse]) error
+	// GetAccount returns an account: a user's personal account
+	// (clerk_user_id) or an organization's (clerk_organization_id), with
+	// its plan, balance, owner and, for an organization, its live members
+	// with their role, spending cap and what they spent in the cap's
+	// current period. End users: their own, or their active organization's
+	// while they are a live member.
+	GetAccount(context.Context, *GetAccountRequest) (*GetAccountResponse, error)
+	// SetMemberSpendingCap sets (or, with period unspecified, removes) how
+	// much one member may spend from the organization's account per UTC day,
+	// week or month. Deductions beyond it fail like insufficient credits
+	// (FAILED_PRECONDITION, reason MEMBER_CAP_REACHED). Services, and end
+	// users whose active organization it is with the role org:admin or the
+	// permission USERD_ORG_MANAGE_PERMISSION (default org:credits:manage).
+	SetMemberSpendingCap(context.Context, *SetMemberSpendingCapRequest) (*SetMemberSpendingCapResponse, error)
 	mustEmbedUnimplementedUserServiceServer()
 }
 
@@ -395,6 +491,12 @@ func (UnimplementedUserServiceServer) ListPriceChanges(context.Context, *ListPri
 }
 func (UnimplementedUserServiceServer) WatchUserEvents(*WatchUserEventsRequest, grpc.ServerStreamingServer[WatchUserEventsResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchUserEvents not implemented")
+}
+func (UnimplementedUserServiceServer) GetAccount(context.Context, *GetAccountRequest) (*GetAccountResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetAccount not implemented")
+}
+func (UnimplementedUserServiceServer) SetMemberSpendingCap(context.Context, *SetMemberSpendingCapRequest) (*SetMemberSpendingCapResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetMemberSpendingCap not implemented")
 }
 func (UnimplementedUserServiceServer) mustEmbedUnimplementedUserServiceServer() {}
 func (UnimplementedUserServiceServer) testEmbeddedByValue()                     {}
@@ -626,6 +728,42 @@ func _UserService_WatchUserEvents_Handler(srv interface{}, stream grpc.ServerStr
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type UserService_WatchUserEventsServer = grpc.ServerStreamingServer[WatchUserEventsResponse]
 
+func _UserService_GetAccount_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetAccountRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UserServiceServer).GetAccount(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UserService_GetAccount_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UserServiceServer).GetAccount(ctx, req.(*GetAccountRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _UserService_SetMemberSpendingCap_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetMemberSpendingCapRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UserServiceServer).SetMemberSpendingCap(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UserService_SetMemberSpendingCap_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UserServiceServer).SetMemberSpendingCap(ctx, req.(*SetMemberSpendingCapRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // UserService_ServiceDesc is the grpc.ServiceDesc for UserService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -676,6 +814,14 @@ var UserService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListPriceChanges",
 			Handler:    _UserService_ListPriceChanges_Handler,
+		},
+		{
+			MethodName: "GetAccount",
+			Handler:    _UserService_GetAccount_Handler,
+		},
+		{
+			MethodName: "SetMemberSpendingCap",
+			Handler:    _UserService_SetMemberSpendingCap_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

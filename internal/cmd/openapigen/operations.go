@@ -70,7 +70,9 @@ var errorResponses = []errorResponse{
 		e := kindError("InsufficientCredits", apperr.KindInsufficientCredits,
 			"the balance is lower than the amount (or the action's price); nothing changed. details holds a "+
 				"google.rpc.ErrorInfo with reason "+apperr.ReasonInsufficientCredits+", domain "+
-				apperr.Domain+" and metadata required and available (decimal strings).")
+				apperr.Domain+" and metadata required and available (decimal strings). "+
+				"From an organization's account, the member's spending cap can refuse it too: reason "+
+				apperr.ReasonMemberCapReached+" with metadata cap, spent, remaining, required and period (day, week or month, UTC).")
 		e.example = map[string]any{
 			"code": int(e.code), "message": "insufficient credits: 25 required, 10 available",
 			"details": []any{map[string]any{
@@ -82,7 +84,14 @@ var errorResponses = []errorResponse{
 	}(),
 	kindError("PermissionDenied", apperr.KindPermissionDenied,
 		"valid credentials that may not do this: credits, plans and the price list are for backend services only; "+
-			"a write authenticated by the __session cookie needs an Origin among the authorized parties."),
+			"a write authenticated by the __session cookie needs an Origin among the authorized parties. "+
+			"On an organization's account (ErrorInfo reasons): "+apperr.ReasonNotOrganizationMember+" (not a live member), "+
+			apperr.ReasonMissingOrganizationPermission+" (the membership or the token lacks the permission in metadata permission), "+
+			apperr.ReasonOrganizationNotActive+" (not the session token's active organization), "+
+			apperr.ReasonImpersonationNotAllowed+" (an impersonation token); grants and plan changes are for services only."),
+	kindError("AccountClosed", apperr.KindFailedPrecondition,
+		"the organization's account is closed (its organization was deleted in Clerk): no spends, grants or plan changes; "+
+			"its ledger stays readable. ErrorInfo reason "+apperr.ReasonAccountClosed+"."),
 	kindError("NotFound", apperr.KindNotFound,
 		"no live user matches, or it is not the caller's own (an end user cannot tell the two apart). "+
 			"For EnsureUser of a user Clerk deleted, details holds an ErrorInfo with reason "+apperr.ReasonUserDeleted+"."),
@@ -148,7 +157,9 @@ type operation struct {
 var (
 	watchErrors = []string{"InvalidArgument", "Unauthenticated", "PermissionDenied", "CursorExpired", "TooManyWatches", "Internal", "Unavailable"}
 	readErrors  = []string{"InvalidArgument", "Unauthenticated", "NotFound", "Internal", "Unavailable", "DeadlineExceeded"}
-	writeErrors = []string{"InvalidArgument", "Unauthenticated", "PermissionDenied", "NotFound", "Conflict",
+	// orgReadErrors: reading an organization's account can be refused.
+	orgReadErrors = []string{"InvalidArgument", "Unauthenticated", "PermissionDenied", "NotFound", "Internal", "Unavailable", "DeadlineExceeded"}
+	writeErrors   = []string{"InvalidArgument", "Unauthenticated", "PermissionDenied", "NotFound", "Conflict",
 		"PayloadTooLarge", "Internal", "Unavailable", "DeadlineExceeded"}
 	priceErrors = []string{"InvalidArgument", "Unauthenticated", "PermissionDenied", "PayloadTooLarge", "Internal",
 		"Unavailable", "DeadlineExceeded"}
@@ -162,8 +173,20 @@ var operations = map[string]operation{
 		errors: []string{"InvalidArgument", "Unauthenticated", "PermissionDenied", "NotFound", "Conflict", "PayloadTooLarge", "Internal", "Unavailable", "DeadlineExceeded"}},
 	"DeductCredits": {summary: "Spend credits", servicesOnly: true, keyed: true,
 		errors: append([]string{"InsufficientCredits"}, writeErrors...)},
-	"GrantCredits":           {summary: "Add credits", servicesOnly: true, keyed: true, errors: writeErrors},
-	"SetPlan":                {summary: "Change the plan, with optional bonus credits", servicesOnly: true, keyed: true, errors: writeErrors},
+	"DeductCredits2": {summary: "Spend credits from an organization's account (members, with the organization active)", keyed: true,
+		rename: "DeductOrganizationCredits", errors: append([]string{"InsufficientCredits", "AccountClosed"}, writeErrors...)},
+	"GrantCredits": {summary: "Add credits", servicesOnly: true, keyed: true, errors: writeErrors},
+	"GrantCredits2": {summary: "Add credits to an organization's account", servicesOnly: true, keyed: true,
+		rename: "GrantOrganizationCredits", errors: append([]string{"AccountClosed"}, writeErrors...)},
+	"SetPlan": {summary: "Change the plan, with optional bonus credits", servicesOnly: true, keyed: true, errors: writeErrors},
+	"CanAfford2": {summary: "Whether an organization's balance and the member's cap cover an amount or an action's price",
+		rename: "CanAffordOrganization", errors: orgReadErrors},
+	"ListCreditTransactions2": {summary: "Page through an organization account's ledger, newest first (optionally one member's)",
+		rename: "ListOrganizationCreditTransactions", errors: orgReadErrors},
+	"GetAccount":  {summary: "Get a user's personal account (or me)", errors: readErrors, me: true},
+	"GetAccount2": {summary: "Get an organization's account, with its members, their caps and spending", rename: "GetOrganizationAccount", errors: orgReadErrors},
+	"SetMemberSpendingCap": {summary: "Set or remove a member's spending cap per UTC day, week or month (admins, services)",
+		errors: writeErrors},
 	"ListCreditTransactions": {summary: "Page through the ledger, newest first", errors: readErrors, me: true},
 	"GetUsageSummary":        {summary: "Sum the ledger over a window: by reason and by UTC day, week or month", errors: readErrors, me: true},
 	"CanAfford":              {summary: "Whether the balance covers an amount or an action's price", errors: readErrors, me: true},
@@ -202,6 +225,8 @@ func (s operation) apply(op *openapi3.Operation) error {
 			}
 		case p.Value.In == openapi3.ParameterInPath && p.Value.Name == "clerkUserId":
 			p.Value.Description = `Clerk user id ("user_...") of the user.`
+		case p.Value.In == openapi3.ParameterInPath && p.Value.Name == "clerkOrganizationId":
+			p.Value.Description = `Clerk organization id ("org_..."). An end user: its session token's active organization.`
 		case p.Value.In == openapi3.ParameterInQuery && s.rename == "LookupUser":
 			p.Value.Description += " Exactly one of clerkUserId, id and email."
 		}

@@ -22,6 +22,19 @@ var optionalResponseFields = map[string]bool{
 	"UserEvent.user":                    true,
 	"UserEvent.planChange":              true,
 	"UserEvent.creditTransaction":       true,
+	"UserEvent.organization":            true,
+	"UserEvent.membership":              true,
+	"UserEvent.memberCapChange":         true,
+	"Account.closeTime":                 true, // open
+	// Absent from an organization.deleted event's organization, and
+	// deleteTime while it lives.
+	"Organization.createTime":            true,
+	"Organization.updateTime":            true,
+	"Organization.deleteTime":            true,
+	"OrganizationMembership.createTime":  true,
+	"OrganizationMembership.updateTime":  true,
+	"OrganizationMembership.deleteTime":  true,
+	"MemberSpendingCapChange.changeTime": true,
 }
 
 func completeSchemas(schemas openapi3.Schemas) {
@@ -55,7 +68,9 @@ func completeSchemas(schemas openapi3.Schemas) {
 			"@type": typeURL("type.googleapis.com/google.rpc.ErrorInfo"),
 			"reason": str("Stable reason: " + strings.Join([]string{apperr.ReasonInsufficientCredits,
 				apperr.ReasonIdempotencyKeyReused, apperr.ReasonEmailInUse, apperr.ReasonUserDeleted,
-				apperr.ReasonCursorExpired}, ", ") +
+				apperr.ReasonCursorExpired, apperr.ReasonMemberCapReached, apperr.ReasonAccountClosed,
+				apperr.ReasonNotOrganizationMember, apperr.ReasonMissingOrganizationPermission,
+				apperr.ReasonOrganizationNotActive, apperr.ReasonImpersonationNotAllowed}, ", ") +
 				" (more may be added)."),
 			"domain": str(`Always "` + apperr.Domain + `".`),
 			"metadata": {Value: &openapi3.Schema{

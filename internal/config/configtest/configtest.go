@@ -40,6 +40,7 @@ func Valid() config.Serve {
 		},
 		Feed: config.Feed{FeedPollInterval: 100 * time.Millisecond, FeedHeartbeat: 15 * time.Second, FeedRetention: 168 * time.Hour,
 			FeedMaxWatches: 4096, FeedMaxWatchesPerUser: 8, FeedMaxWatchesPerService: 256},
-		Limits: config.DefaultLimits(),
+		Limits:        config.DefaultLimits(),
+		Organizations: config.Organizations{OrgManagePermission: "org:credits:manage"},
 	}
 }
