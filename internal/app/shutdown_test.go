@@ -216,13 +216,14 @@ func TestShutdownUnderLoad(t *testing.T) {
 		}
 	}
 
-	// The lock: a deduction and a webhook batch for user_locked wait on it.
+	// The locks: a deduction (the account's) and a webhook batch (the
+	// user's, then the account's) for user_locked wait on them.
 	lockTx, err := direct.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = lockTx.Rollback(context.Background()) }()
-	if _, err := lockTx.Exec(ctx, `SELECT 1 FROM users WHERE clerk_user_id = 'user_locked' FOR UPDATE`); err != nil {
+	if _, err := lockTx.Exec(ctx, `SELECT 1 FROM users u JOIN accounts a ON a.id = u.id WHERE u.clerk_user_id = 'user_locked' FOR UPDATE`); err != nil {
 		t.Fatal(err)
 	}
 
