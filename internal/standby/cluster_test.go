@@ -114,11 +114,20 @@ func (c *cluster) start(name string, port int) {
 		port, c.dir)
 	c.run("pg_ctl", "-D", c.path(name), "-l", c.path(name+".log"), "-o", opts, "-w", "-t", "60", "start")
 	c.t.Cleanup(func() {
+		if _, err := os.Stat(c.path(name + "/postmaster.pid")); err != nil {
+			return // stopped by the test
+		}
 		cmd := c.command("pg_ctl", "-D", c.path(name), "-m", "immediate", "-w", "stop")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			c.t.Logf("stop %s: %v\n%s", name, err, out)
 		}
 	})
+}
+
+// stop stops the server of data directory name at once (a crash).
+func (c *cluster) stop(name string) {
+	c.t.Helper()
+	c.run("pg_ctl", "-D", c.path(name), "-m", "immediate", "-w", "stop")
 }
 
 func (c *cluster) url(port int, db string) string {

@@ -316,8 +316,8 @@ func (r *Router) standbyBatch(ctx context.Context, p policy, sql string, args []
 	if p.minLSN != 0 {
 		deadline = time.Now().Add(r.opts.TokenWait)
 	}
-	why := primaryNoneUp
 	for {
+		why := primaryNoneUp
 		for _, n := range r.candidates() {
 			conn, br, rec, replay, err := r.send(ctx, n, sql, args)
 			if err != nil {
@@ -342,7 +342,9 @@ func (r *Router) standbyBatch(ctx context.Context, p policy, sql string, args []
 				why = primaryLagging
 			}
 		}
-		if p.minLSN == 0 || why != primaryTokenWait || !r.waitReplay(ctx, p.minLSN, deadline) {
+		// Only a standby short of the token is worth waiting for: one
+		// that lags past the bound may take any time to catch up.
+		if why != primaryTokenWait || !r.waitReplay(ctx, p.minLSN, deadline) {
 			r.served[why].Add(1)
 			return nil, nil
 		}
@@ -430,7 +432,7 @@ func (r *Router) waitReplay(ctx context.Context, min uint64, deadline time.Time)
 			)
 			err := n.Pool.QueryRow(pctx, stmtReplay).Scan(&rec, &replay)
 			cancel()
-			if err == nil && rec && uint64(replay) >= min {
+			if err == nil && rec && uint64(replay) >= min && r.lagOf(uint64(replay)) <= r.opts.MaxLag {
 				n.noteReplay(uint64(replay))
 				return true
 			}

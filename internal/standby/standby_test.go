@@ -152,6 +152,26 @@ func TestReadYourWritesOnAPausedStandby(t *testing.T) {
 		}
 		return served(t, strict, "standby", "ok") > ok
 	})
+
+	// The standby crashes: reads go on, from the primary, with or
+	// without a token, and the standby is reported down.
+	c.stop("standby")
+	for _, tok := range []string{"", restToken, "", restToken} {
+		if u := getUser(ctx, t, in, id, tok); u.GetCredits() != 5 {
+			t.Fatalf("with the standby down, a read got %d credits, want 5", u.GetCredits())
+		}
+	}
+	testwait.Until(t, 30*time.Second, "the standby reported down", func() bool {
+		v, ok := sample(t, metrics(t, in), `userd_db_standby_up{standby="`+name+`"}`)
+		return ok && v == 0
+	})
+	before = served(t, in, "primary", "no_standby")
+	if u := getUser(ctx, t, in, id, ""); u.GetCredits() != 5 {
+		t.Fatalf("with the standby down, a read got %d credits, want 5", u.GetCredits())
+	}
+	if served(t, in, "primary", "no_standby") != before+1 {
+		t.Fatal("the read with the standby down was not counted as no_standby")
+	}
 }
 
 func tokenOf(t *testing.T, h metadata.MD) string {
