@@ -28,11 +28,11 @@ import (
 
 	"github.com/userd/userd/gen/openapi"
 	userdv1 "github.com/userd/userd/gen/userd/v1"
+	"github.com/userd/userd/internal/consistency"
 	"github.com/userd/userd/internal/errstatus"
 	"github.com/userd/userd/internal/grpcapi"
 	"github.com/userd/userd/internal/httpmw"
 	"github.com/userd/userd/internal/requestid"
-	"github.com/userd/userd/internal/standby"
 )
 
 // Config configures the gateway.
@@ -97,8 +97,8 @@ func New(ctx context.Context, srv userdv1.UserServiceServer, cfg Config) (http.H
 	return cors.New(cors.Options{
 		AllowedOrigins: cfg.CORSOrigins,
 		AllowedMethods: []string{http.MethodGet, http.MethodPost},
-		AllowedHeaders: []string{"Authorization", "Content-Type", "Idempotency-Key", "X-Request-Id", standby.HTTPHeader},
-		ExposedHeaders: []string{"X-Request-Id", standby.HTTPHeader},
+		AllowedHeaders: []string{"Authorization", "Content-Type", "Idempotency-Key", "X-Request-Id", consistency.HTTPHeader},
+		ExposedHeaders: []string{"X-Request-Id", consistency.HTTPHeader},
 		MaxAge:         600,
 	}).Handler(root), nil
 }
@@ -170,8 +170,8 @@ func incomingHeader(key string) (string, bool) {
 		return grpcapi.IdempotencyKeyHeader, true
 	case requestid.Key:
 		return requestid.Key, true
-	case standby.Header:
-		return standby.Header, true
+	case consistency.Header:
+		return consistency.Header, true
 	}
 	return "", false
 }
@@ -179,8 +179,8 @@ func incomingHeader(key string) (string, bool) {
 // outgoingHeader turns a write's consistency token into the
 // Userd-Consistency-Token response header; no other metadata is sent.
 func outgoingHeader(key string) (string, bool) {
-	if key == standby.Header {
-		return standby.HTTPHeader, true
+	if key == consistency.Header {
+		return consistency.HTTPHeader, true
 	}
 	return "", false
 }

@@ -8,7 +8,7 @@ import (
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
 	"github.com/userd/userd/internal/apperr"
-	"github.com/userd/userd/internal/standby"
+	"github.com/userd/userd/internal/consistency"
 )
 
 // standbyReadable are the methods whose reads a standby may serve
@@ -24,7 +24,7 @@ var standbyReadable = map[string]bool{
 
 // ConsistencyInterceptor gives reads and writes their consistency with
 // standbys (docs/operations.md, "Reads from standbys"). A call may send
-// the token of an earlier write in its metadata (standby.Header; REST:
+// the token of an earlier write in its metadata (consistency.Header; REST:
 // the Userd-Consistency-Token header); one that is not a token is
 // INVALID_ARGUMENT. With standbys on, a read-only method may be served by
 // a standby that has replayed at least that token (and lags within the
@@ -33,12 +33,12 @@ var standbyReadable = map[string]bool{
 // the primary serves everything.
 func ConsistencyInterceptor(standbys bool) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		var min standby.Token
-		if v := metadata.ValueFromIncomingContext(ctx, standby.Header); len(v) > 0 {
-			t, err := standby.ParseToken(v[len(v)-1])
+		var min consistency.Token
+		if v := metadata.ValueFromIncomingContext(ctx, consistency.Header); len(v) > 0 {
+			t, err := consistency.ParseToken(v[len(v)-1])
 			if err != nil {
 				return nil, apperr.InvalidArgument(apperr.FieldViolation{
-					Field: standby.Header, Description: "is not a consistency token returned by this API",
+					Field: consistency.Header, Description: "is not a consistency token returned by this API",
 				})
 			}
 			min = t
@@ -47,12 +47,12 @@ func ConsistencyInterceptor(standbys bool) grpc.UnaryServerInterceptor {
 			return handler(ctx, req)
 		}
 		if standbyReadable[info.FullMethod] {
-			return handler(standby.AllowStandby(ctx, min), req)
+			return handler(consistency.AllowStandby(ctx, min), req)
 		}
-		ctx, rec := standby.WithRecorder(ctx)
+		ctx, rec := consistency.WithRecorder(ctx)
 		resp, err := handler(ctx, req)
 		if t, ok := rec.Token(); ok {
-			_ = grpc.SetHeader(ctx, metadata.Pairs(standby.Header, t.String()))
+			_ = grpc.SetHeader(ctx, metadata.Pairs(consistency.Header, t.String()))
 		}
 		return resp, err
 	}

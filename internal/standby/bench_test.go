@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/userd/userd/internal/consistency"
 	"github.com/userd/userd/internal/standby"
 	"github.com/userd/userd/internal/store"
 	"github.com/userd/userd/internal/testdb"
@@ -49,7 +50,7 @@ func BenchmarkWriteToken(b *testing.B) {
 			b.Fatal(err)
 		}
 		t1 := time.Now()
-		rctx, rec := standby.WithRecorder(ctx)
+		rctx, rec := consistency.WithRecorder(ctx)
 		if err := deduct(rctx, i); err != nil {
 			b.Fatal(err)
 		}

@@ -8,6 +8,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/userd/userd/internal/consistency"
 )
 
 // DBTX is what sqlc's generated queries run on (sqlcdb.DBTX).
@@ -69,7 +71,7 @@ func (r recording) send(ctx context.Context, sql string, args []any) (*pgxpool.C
 
 // commit reads the COMMIT and the position after it, and records the
 // position.
-func commit(br pgx.BatchResults, rec *Recorder) error {
+func commit(br pgx.BatchResults, rec *consistency.Recorder) error {
 	if _, err := br.Exec(); err != nil {
 		return err
 	}
@@ -77,7 +79,7 @@ func commit(br pgx.BatchResults, rec *Recorder) error {
 	if err := br.QueryRow().Scan(&lsn); err != nil {
 		return err
 	}
-	rec.observe(uint64(lsn))
+	rec.Observe(uint64(lsn))
 	return nil
 }
 
@@ -98,7 +100,7 @@ func finish(ctx context.Context, conn *pgxpool.Conn, br pgx.BatchResults) {
 }
 
 func (r recording) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	rec := recorderOf(ctx)
+	rec := consistency.RecorderOf(ctx)
 	if rec == nil {
 		return r.next.Exec(ctx, sql, args...)
 	}
@@ -115,7 +117,7 @@ func (r recording) Exec(ctx context.Context, sql string, args ...any) (pgconn.Co
 }
 
 func (r recording) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	rec := recorderOf(ctx)
+	rec := consistency.RecorderOf(ctx)
 	if rec == nil {
 		return r.next.QueryRow(ctx, sql, args...)
 	}
@@ -130,7 +132,7 @@ type recordedRow struct {
 	ctx  context.Context
 	conn *pgxpool.Conn
 	br   pgx.BatchResults
-	rec  *Recorder
+	rec  *consistency.Recorder
 }
 
 func (r *recordedRow) Scan(dest ...any) error {
@@ -150,7 +152,7 @@ func (r *recordedRow) Scan(dest ...any) error {
 }
 
 func (r recording) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	rec := recorderOf(ctx)
+	rec := consistency.RecorderOf(ctx)
 	if rec == nil {
 		return r.next.Query(ctx, sql, args...)
 	}
@@ -173,7 +175,7 @@ type recordedRows struct {
 	ctx  context.Context
 	conn *pgxpool.Conn
 	br   pgx.BatchResults
-	rec  *Recorder
+	rec  *consistency.Recorder
 	err  error
 	done bool
 }

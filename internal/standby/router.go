@@ -11,6 +11,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/userd/userd/internal/consistency"
 )
 
 // Node is one standby: a pool of connections to that host alone.
@@ -229,7 +231,7 @@ func (x reads) Exec(ctx context.Context, sql string, args ...any) (pgconn.Comman
 }
 
 func (x reads) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	p, ok := policyOf(ctx)
+	p, ok := consistency.StandbyAllowed(ctx)
 	if !ok || len(x.r.nodes) == 0 {
 		return x.primary.QueryRow(ctx, sql, args...)
 	}
@@ -241,7 +243,7 @@ func (x reads) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
 }
 
 func (x reads) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	p, ok := policyOf(ctx)
+	p, ok := consistency.StandbyAllowed(ctx)
 	if !ok || len(x.r.nodes) == 0 {
 		return x.primary.Query(ctx, sql, args...)
 	}
@@ -311,9 +313,9 @@ func (r *standbyRows) Close() {
 // standbyBatch sends the position check and the statement to a standby
 // fit for p and returns the connection and results, positioned at the
 // statement's; nil when the primary must serve the read.
-func (r *Router) standbyBatch(ctx context.Context, p policy, sql string, args []any) (*pgxpool.Conn, pgx.BatchResults) {
+func (r *Router) standbyBatch(ctx context.Context, p consistency.Token, sql string, args []any) (*pgxpool.Conn, pgx.BatchResults) {
 	var deadline time.Time
-	if p.minLSN != 0 {
+	if p.LSN != 0 {
 		deadline = time.Now().Add(r.opts.TokenWait)
 	}
 	for {
@@ -327,7 +329,7 @@ func (r *Router) standbyBatch(ctx context.Context, p policy, sql string, args []
 				why = primaryError
 				continue
 			}
-			if rec && replay >= p.minLSN && r.lagOf(replay) <= r.opts.MaxLag {
+			if rec && replay >= p.LSN && r.lagOf(replay) <= r.opts.MaxLag {
 				r.served[servedStandby].Add(1)
 				return conn, br
 			}
@@ -336,7 +338,7 @@ func (r *Router) standbyBatch(ctx context.Context, p policy, sql string, args []
 			switch {
 			case !rec:
 				n.markDown()
-			case replay < p.minLSN:
+			case replay < p.LSN:
 				why = primaryTokenWait
 			case why != primaryTokenWait:
 				why = primaryLagging
@@ -344,7 +346,7 @@ func (r *Router) standbyBatch(ctx context.Context, p policy, sql string, args []
 		}
 		// Only a standby short of the token is worth waiting for: one
 		// that lags past the bound may take any time to catch up.
-		if why != primaryTokenWait || !r.waitReplay(ctx, p.minLSN, deadline) {
+		if why != primaryTokenWait || !r.waitReplay(ctx, p.LSN, deadline) {
 			r.served[why].Add(1)
 			return nil, nil
 		}

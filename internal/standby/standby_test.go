@@ -20,7 +20,7 @@ import (
 	userdv1 "github.com/userd/userd/gen/userd/v1"
 	"github.com/userd/userd/internal/apptest"
 	"github.com/userd/userd/internal/config"
-	"github.com/userd/userd/internal/standby"
+	"github.com/userd/userd/internal/consistency"
 	"github.com/userd/userd/internal/testwait"
 )
 
@@ -111,7 +111,7 @@ func TestReadYourWritesOnAPausedStandby(t *testing.T) {
 		t.Fatalf("a REST read without a token got %d credits, want the paused standby's 10", credits)
 	}
 	// The ledger, too.
-	page, err := in.Client.ListCreditTransactions(metadata.AppendToOutgoingContext(ctx, standby.Header, restToken),
+	page, err := in.Client.ListCreditTransactions(metadata.AppendToOutgoingContext(ctx, consistency.Header, restToken),
 		&userdv1.ListCreditTransactionsRequest{ClerkUserId: id})
 	if err != nil {
 		t.Fatal(err)
@@ -176,11 +176,11 @@ func TestReadYourWritesOnAPausedStandby(t *testing.T) {
 
 func tokenOf(t *testing.T, h metadata.MD) string {
 	t.Helper()
-	v := h.Get(standby.Header)
+	v := h.Get(consistency.Header)
 	if len(v) != 1 {
-		t.Fatalf("response header %s: %q, want one token", standby.Header, v)
+		t.Fatalf("response header %s: %q, want one token", consistency.Header, v)
 	}
-	if _, err := standby.ParseToken(v[0]); err != nil {
+	if _, err := consistency.ParseToken(v[0]); err != nil {
 		t.Fatalf("response token %q: %v", v[0], err)
 	}
 	return v[0]
@@ -189,7 +189,7 @@ func tokenOf(t *testing.T, h metadata.MD) string {
 func getUser(ctx context.Context, t *testing.T, in *apptest.Instance, id, token string) *userdv1.User {
 	t.Helper()
 	if token != "" {
-		ctx = metadata.AppendToOutgoingContext(ctx, standby.Header, token)
+		ctx = metadata.AppendToOutgoingContext(ctx, consistency.Header, token)
 	}
 	resp, err := in.Client.GetUser(ctx, &userdv1.GetUserRequest{Lookup: &userdv1.GetUserRequest_ClerkUserId{ClerkUserId: id}})
 	if err != nil {
@@ -215,7 +215,7 @@ func restDo(t *testing.T, in *apptest.Instance, method, path, body, token string
 	req.Header.Set("Authorization", "Bearer "+apptest.ServiceToken)
 	req.Header.Set("Content-Type", "application/json")
 	if token != "" {
-		req.Header.Set(standby.HTTPHeader, token)
+		req.Header.Set(consistency.HTTPHeader, token)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -233,9 +233,9 @@ func restDeduct(t *testing.T, in *apptest.Instance, id string, amount int, key s
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("REST deduct: %d %s", resp.StatusCode, body)
 	}
-	tok := resp.Header.Get(standby.HTTPHeader)
-	if _, err := standby.ParseToken(tok); err != nil {
-		t.Fatalf("REST deduct's %s header %q: %v", standby.HTTPHeader, tok, err)
+	tok := resp.Header.Get(consistency.HTTPHeader)
+	if _, err := consistency.ParseToken(tok); err != nil {
+		t.Fatalf("REST deduct's %s header %q: %v", consistency.HTTPHeader, tok, err)
 	}
 	return tok
 }
@@ -317,10 +317,10 @@ func TestBadTokensAreRefused(t *testing.T) {
 	if _, err := in.Client.EnsureUser(ctx, &userdv1.EnsureUserRequest{ClerkUserId: id}, grpc.Header(&h)); err != nil {
 		t.Fatal(err)
 	}
-	if v := h.Get(standby.Header); len(v) != 0 {
+	if v := h.Get(consistency.Header); len(v) != 0 {
 		t.Fatalf("without standbys a write returned a token: %q", v)
 	}
-	good := standby.Token{LSN: 1 << 30}.String()
+	good := consistency.Token{LSN: 1 << 30}.String()
 	for _, tc := range []struct{ name, token string }{
 		{"Empty", ""},
 		{"Garbage", "not-a-token"},
@@ -331,7 +331,7 @@ func TestBadTokensAreRefused(t *testing.T) {
 		{"ZeroPosition", "AQAAAAAAAAAA"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			tctx := metadata.AppendToOutgoingContext(ctx, standby.Header, tc.token)
+			tctx := metadata.AppendToOutgoingContext(ctx, consistency.Header, tc.token)
 			_, err := in.Client.GetUser(tctx, &userdv1.GetUserRequest{Lookup: &userdv1.GetUserRequest_ClerkUserId{ClerkUserId: id}})
 			wantInvalid(t, err)
 			_, err = in.Client.DeductCredits(tctx, &userdv1.DeductCreditsRequest{ClerkUserId: id, Amount: 1, IdempotencyKey: "bad-" + tc.name})
@@ -355,14 +355,14 @@ func wantInvalid(t *testing.T, err error) {
 		for _, d := range st.Details() {
 			if br, ok := d.(*errdetails.BadRequest); ok {
 				for _, v := range br.GetFieldViolations() {
-					if v.GetField() == standby.Header {
+					if v.GetField() == consistency.Header {
 						return
 					}
 				}
 			}
 		}
 	}
-	t.Fatalf("got %v (%v), want INVALID_ARGUMENT naming %s", err, st.Details(), standby.Header)
+	t.Fatalf("got %v (%v), want INVALID_ARGUMENT naming %s", err, st.Details(), consistency.Header)
 }
 
 func restGetUserStatus(t *testing.T, in *apptest.Instance, id, token string) int {

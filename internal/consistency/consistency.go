@@ -1,25 +1,8 @@
-// Package standby serves reads from hot standbys without ever showing a
-// caller state older than what it has already seen acknowledged.
-//
-// Writes: a call whose context carries a Recorder (WithRecorder, set by
-// the transport for every call that may write) runs each statement on
-// the primary as BEGIN; statement; COMMIT; SELECT
-// pg_current_wal_insert_lsn() — one network round trip (a pgx batch,
-// pipelined) — so the position read is at or past the end of the
-// statement's commit record. The transport hands the largest position
-// back to the client as an opaque Token.
-//
-// Reads: a call whose context allows it (AllowStandby, set by the
-// transport for the read-only methods) runs each read on a standby, as
-// SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn(); statement — again
-// one round trip — and keeps the result only if the standby is in
-// recovery and has replayed at least the caller's token (waiting for it
-// at most Options.TokenWait), or, without a token, if the standby's
-// measured staleness is within Options.MaxLag; otherwise the read runs
-// on the primary. Replay only moves forward while a standby runs, so the
-// statement's snapshot, taken after the check, shows everything up to the
-// position checked.
-package standby
+// Package consistency is the consistency token of reads from standbys and
+// what a call's context says about it, shared by the transports (which
+// read and send tokens) and internal/standby (which routes the reads and
+// records the writes' positions); it knows nothing of either.
+package consistency
 
 import (
 	"context"
@@ -79,21 +62,17 @@ type (
 	recorderKey struct{}
 )
 
-// policy is what a read's context allows.
-type policy struct {
-	// minLSN is the caller's token (0: none).
-	minLSN uint64
-}
-
 // AllowStandby lets the reads of ctx run on a standby that has replayed
 // at least min (the zero Token: any standby within the lag bound).
 func AllowStandby(ctx context.Context, min Token) context.Context {
-	return context.WithValue(ctx, policyKey{}, policy{minLSN: min.LSN})
+	return context.WithValue(ctx, policyKey{}, min)
 }
 
-func policyOf(ctx context.Context) (policy, bool) {
-	p, ok := ctx.Value(policyKey{}).(policy)
-	return p, ok
+// StandbyAllowed reports whether ctx lets its reads run on a standby, and
+// the token the standby must have replayed (zero: none).
+func StandbyAllowed(ctx context.Context) (Token, bool) {
+	t, ok := ctx.Value(policyKey{}).(Token)
+	return t, ok
 }
 
 // Recorder collects the WAL positions after the statements of one call.
@@ -109,12 +88,14 @@ func WithRecorder(ctx context.Context) (context.Context, *Recorder) {
 	return context.WithValue(ctx, recorderKey{}, r), r
 }
 
-func recorderOf(ctx context.Context) *Recorder {
+// RecorderOf returns the Recorder of ctx, nil if none.
+func RecorderOf(ctx context.Context) *Recorder {
 	r, _ := ctx.Value(recorderKey{}).(*Recorder)
 	return r
 }
 
-func (r *Recorder) observe(lsn uint64) {
+// Observe records a position read after a statement committed.
+func (r *Recorder) Observe(lsn uint64) {
 	r.mu.Lock()
 	r.lsn = max(r.lsn, lsn)
 	r.mu.Unlock()
