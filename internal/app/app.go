@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
@@ -39,6 +40,7 @@ import (
 	"github.com/userd/userd/internal/lifecycle"
 	"github.com/userd/userd/internal/migrate"
 	"github.com/userd/userd/internal/pgembed"
+	"github.com/userd/userd/internal/standby"
 	"github.com/userd/userd/internal/store"
 	"github.com/userd/userd/internal/telemetry"
 	"github.com/userd/userd/internal/upstream"
@@ -126,6 +128,8 @@ type App struct {
 	// the listener is off).
 	budget  connBudget
 	grpcLim *connlimit.Listener
+	// standbys serves reads from USERD_DATABASE_READ_URL; nil without it.
+	standbys *standby.Router
 }
 
 // CheckSettings checks every setting before anything starts: what
@@ -140,6 +144,11 @@ func CheckSettings(cfg config.Serve) error {
 		// The parse error may quote the URL, password included: do not wrap it.
 		if _, err := pgxpool.ParseConfig(cfg.Database.URL); err != nil {
 			return errors.New("DATABASE_URL (--database-url) is not a valid PostgreSQL URL or DSN")
+		}
+	}
+	if cfg.ReadURL != "" {
+		if _, err := pgxpool.ParseConfig(cfg.ReadURL); err != nil {
+			return errors.New("USERD_DATABASE_READ_URL (--database-read-url) is not a valid PostgreSQL URL or DSN")
 		}
 	}
 	if _, err := auth.ParseServiceTokens(cfg.ServiceTokens); err != nil {
@@ -182,7 +191,7 @@ func New(ctx context.Context, cfg config.Serve, log *slog.Logger) (*App, error) 
 	if err != nil {
 		return nil, err
 	}
-	a.budget, err = planConnBudget(soft, int(cfg.Database.MaxConns), cfg.Limits, listenersOn{
+	a.budget, err = planConnBudget(soft, int(cfg.Database.MaxConns)+standbyConns(cfg.StandbyReads), cfg.Limits, listenersOn{
 		grpc: cfg.GRPCAddr != config.Off, http: cfg.HTTPAddr != config.Off,
 		webhook: cfg.WebhookAddr != config.Off, ops: cfg.OpsAddr != config.Off,
 	})
@@ -207,11 +216,7 @@ func New(ctx context.Context, cfg config.Serve, log *slog.Logger) (*App, error) 
 		lock.Release()
 		return nil, err
 	}
-	db, err := database.OpenServe(ctx, cfg.Database, store.SessionTimeouts{
-		Statement:         cfg.DBStatementTimeout,
-		Lock:              cfg.DBLockTimeout,
-		IdleInTransaction: cfg.DBIdleInTransactionTimeout,
-	}, log, lock)
+	db, err := database.OpenServe(ctx, cfg.Database, sessionTimeouts(cfg), log, lock)
 	if err != nil {
 		a.closeListeners()
 		return nil, err
@@ -272,7 +277,10 @@ func (a *App) init(ctx context.Context) error {
 	a.metrics = telemetry.NewMetrics()
 	a.metrics.Registry.MustRegister(poolMetrics(a.pool))
 	a.limitListeners()
-	a.store = store.New(a.pool, store.Options{AcquireTimeout: a.cfg.DBAcquireTimeout})
+	if err := a.openStandbys(); err != nil {
+		return err
+	}
+	a.store = store.New(a.pool, store.Options{AcquireTimeout: a.cfg.DBAcquireTimeout, Standbys: a.standbys})
 	a.users = users.NewService(a.store, users.Options{
 		InitialCredits:      a.cfg.InitialCredits,
 		KeepDeletedUserData: a.cfg.KeepDeletedUserData,
@@ -302,6 +310,7 @@ func (a *App) init(ctx context.Context) error {
 	chain := grpcapi.Chain{
 		Log: a.log, Authn: authn, RequestTimeout: a.cfg.RequestTimeout,
 		Metrics: a.metrics.GRPC.UnaryServerInterceptor(), StreamMetrics: a.metrics.GRPC.StreamServerInterceptor(),
+		StandbyReads: a.standbys != nil,
 	}
 	interceptors, streamInterceptors := chain.Interceptors(), chain.StreamInterceptors()
 	healthLimit := grpcapi.HealthWatchLimit(authn, a.cfg.HealthWatchMax, a.metrics)
@@ -321,6 +330,51 @@ func (a *App) init(ctx context.Context) error {
 	}
 	a.background = a.backgroundTasks()
 	return nil
+}
+
+// sessionTimeouts are the PostgreSQL session bounds of every connection.
+func sessionTimeouts(cfg config.Serve) store.SessionTimeouts {
+	return store.SessionTimeouts{
+		Statement:         cfg.DBStatementTimeout,
+		Lock:              cfg.DBLockTimeout,
+		IdleInTransaction: cfg.DBIdleInTransactionTimeout,
+	}
+}
+
+// openStandbys opens the pools of USERD_DATABASE_READ_URL and the router
+// that reads from them (internal/standby), when it is set.
+func (a *App) openStandbys() error {
+	if !a.cfg.StandbyReads.Enabled() {
+		return nil
+	}
+	nodes, err := a.db.OpenStandbys(a.cfg.ReadURL, a.cfg.ReadMaxConns, sessionTimeouts(a.cfg))
+	if err != nil {
+		return err
+	}
+	a.standbys = standby.New(a.pool, nodes, standby.Options{
+		MaxLag: a.cfg.ReadMaxLag, TokenWait: a.cfg.ReadTokenWait, AcquireTimeout: a.cfg.DBAcquireTimeout, Log: a.log,
+	})
+	a.metrics.Registry.MustRegister(standbyMetrics(a.standbys))
+	names := make([]string, len(nodes))
+	for i, n := range nodes {
+		names[i] = n.Name
+	}
+	a.log.Info("reads may be served by standbys", "standbys", strings.Join(names, ","),
+		"max_lag", a.cfg.ReadMaxLag.String(), "token_wait", a.cfg.ReadTokenWait.String())
+	return nil
+}
+
+// standbyConns is how many database connections the standby pools may
+// open in all, for the file descriptor budget.
+func standbyConns(r config.StandbyReads) int {
+	if !r.Enabled() {
+		return 0
+	}
+	c, err := pgconn.ParseConfig(r.ReadURL)
+	if err != nil {
+		return 0 // CheckSettings reports it
+	}
+	return (1 + len(c.Fallbacks)) * int(r.ReadMaxConns)
 }
 
 // prepareSchema builds the migrator (/readyz reads the schema version

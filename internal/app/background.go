@@ -23,6 +23,9 @@ func (a *App) backgroundTasks() *lifecycle.Group {
 	g := lifecycle.NewGroup(a.log)
 	g.Add("Clerk event batches", lifecycle.OnStop(a.users.Stop))
 	g.Add("database monitor", lifecycle.Loop(a.monitorDatabase))
+	if a.standbys != nil {
+		g.Add("standby lag probe", lifecycle.Loop(a.standbys.Run))
+	}
 	g.Add("change feed poller", lifecycle.Loop(a.feed.Run))
 	if a.cfg.FeedRetention > 0 {
 		g.Add("change feed pruning", a.pruner("change feed events", a.cfg.FeedRetention,

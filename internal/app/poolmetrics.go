@@ -1,8 +1,12 @@
 package app
 
 import (
+	"math"
+
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/userd/userd/internal/standby"
 )
 
 // poolMetrics exports the pgx pool's statistics to Prometheus.
@@ -40,4 +44,50 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(poolAcquires, prometheus.CounterValue, float64(s.AcquireCount()))
 	ch <- prometheus.MustNewConstMetric(poolEmptyAcquires, prometheus.CounterValue, float64(s.EmptyAcquireCount()))
 	ch <- prometheus.MustNewConstMetric(poolAcquireWait, prometheus.CounterValue, s.AcquireDuration().Seconds())
+}
+
+// standbyMetrics exports the standbys' lag and where standby-eligible
+// reads were served.
+func standbyMetrics(r *standby.Router) prometheus.Collector {
+	return standbyCollector{r: r}
+}
+
+type standbyCollector struct{ r *standby.Router }
+
+var (
+	standbyUp = prometheus.NewDesc("userd_db_standby_up",
+		"1 when the standby answered its last probe and is in recovery (it may serve reads), else 0.", []string{"standby"}, nil)
+	standbyLag = prometheus.NewDesc("userd_db_standby_lag_seconds",
+		"How stale the standby's data is at most: time since the newest sample of the primary's WAL position it has replayed (probe granularity: MaxLag/4, at most 250 ms).", []string{"standby"}, nil)
+	standbyBehind = prometheus.NewDesc("userd_db_standby_replay_behind_bytes",
+		"WAL bytes between the primary's last sampled position and the standby's replay position.", []string{"standby"}, nil)
+	standbyReads = prometheus.NewDesc("userd_db_standby_eligible_reads_total",
+		"Reads that a standby could serve, by who served them (standby, primary) and why the primary did (no_standby, lagging, token_wait, error).", []string{"served_by", "reason"}, nil)
+)
+
+func (standbyCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{standbyUp, standbyLag, standbyBehind, standbyReads} {
+		ch <- d
+	}
+}
+
+func (c standbyCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, s := range c.r.Standbys() {
+		up := 0.0
+		if s.Up {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(standbyUp, prometheus.GaugeValue, up, s.Name)
+		if s.Known {
+			lag := s.Lag.Seconds()
+			if s.Lag == standby.UnknownLag {
+				lag = math.Inf(1)
+			}
+			ch <- prometheus.MustNewConstMetric(standbyLag, prometheus.GaugeValue, lag, s.Name)
+			ch <- prometheus.MustNewConstMetric(standbyBehind, prometheus.GaugeValue, float64(s.BehindBytes), s.Name)
+		}
+	}
+	c.r.Served(func(by, reason string, n uint64) {
+		ch <- prometheus.MustNewConstMetric(standbyReads, prometheus.CounterValue, float64(n), by, reason)
+	})
 }

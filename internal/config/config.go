@@ -33,10 +33,36 @@ func (d Database) Validate() error {
 	return nil
 }
 
+// StandbyReads configures reads from hot standbys (internal/standby).
+type StandbyReads struct {
+	ReadURL       string        `name:"database-read-url" env:"USERD_DATABASE_READ_URL" help:"PostgreSQL URL of one or more hot standbys (postgres://user:pass@s1:5432,s2:5432/userd) that may serve GetUser, ListCreditTransactions, GetUsageSummary, CanAfford, ListPrices and ListPriceChanges; writes then return a consistency token (gRPC header / HTTP header userd-consistency-token) that a read may send back to never see older state. Empty: every read goes to DATABASE_URL."`
+	ReadMaxConns  int32         `name:"db-read-max-conns" env:"USERD_DB_READ_MAX_CONNS" default:"16" help:"Maximum open connections to each standby of USERD_DATABASE_READ_URL."`
+	ReadMaxLag    time.Duration `name:"read-max-lag" env:"USERD_READ_MAX_LAG" default:"1s" help:"Most a standby's data may lag the primary's for it to serve a read; a standby further behind is skipped (the primary serves). Measured, and exported as userd_db_standby_lag_seconds."`
+	ReadTokenWait time.Duration `name:"read-token-wait" env:"USERD_READ_TOKEN_WAIT" default:"100ms" help:"How long a read carrying a consistency token waits for a standby to replay that far before the primary serves it."`
+}
+
+// Enabled reports whether standbys serve reads.
+func (r StandbyReads) Enabled() bool { return r.ReadURL != "" }
+
+// Validate checks the standby read settings.
+func (r StandbyReads) Validate() error {
+	if r.ReadMaxConns < 1 || r.ReadMaxConns > 1000 {
+		return fmt.Errorf("USERD_DB_READ_MAX_CONNS (--db-read-max-conns) must be between 1 and 1000, got %d", r.ReadMaxConns)
+	}
+	if r.ReadMaxLag < 10*time.Millisecond || r.ReadMaxLag > time.Hour {
+		return fmt.Errorf("USERD_READ_MAX_LAG (--read-max-lag) must be between 10ms and 1h, got %s", r.ReadMaxLag)
+	}
+	if r.ReadTokenWait < 0 || r.ReadTokenWait > 10*time.Second {
+		return fmt.Errorf("USERD_READ_TOKEN_WAIT (--read-token-wait) must be between 0 and 10s, got %s", r.ReadTokenWait)
+	}
+	return nil
+}
+
 // Serve is the configuration of `userd serve`.
 type Serve struct {
-	Database `embed:""`
-	Log      `embed:""`
+	Database     `embed:""`
+	StandbyReads `embed:""`
+	Log          `embed:""`
 
 	AutoMigrate   bool   `name:"auto-migrate" env:"USERD_AUTO_MIGRATE" default:"true" negatable:"" help:"Apply pending migrations at start-up: all on a new database, else all but post-deploy ones (userd migrate up applies those)."`
 	GRPCAddr      string `name:"grpc-addr" env:"USERD_GRPC_ADDR" default:":9090" help:"gRPC listen address (UserService, health, reflection), or \"off\"."`
@@ -212,6 +238,12 @@ func (b Bounds) Validate() error {
 func (s Serve) Validate() error {
 	if err := s.Database.Validate(); err != nil {
 		return err
+	}
+	if err := s.StandbyReads.Validate(); err != nil {
+		return err
+	}
+	if s.ReadURL != "" && s.Database.Embedded() {
+		return errors.New("USERD_DATABASE_READ_URL (--database-read-url) needs DATABASE_URL: the embedded PostgreSQL has no standbys")
 	}
 	if err := s.Log.Validate(); err != nil {
 		return err

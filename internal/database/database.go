@@ -18,10 +18,12 @@ import (
 
 	"github.com/exaring/otelpgx"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/userd/userd/internal/config"
 	"github.com/userd/userd/internal/pgembed"
+	"github.com/userd/userd/internal/standby"
 	"github.com/userd/userd/internal/store"
 	"github.com/userd/userd/internal/telemetry"
 )
@@ -32,6 +34,8 @@ type DB struct {
 	Pool     *pgxpool.Pool
 	embedded *pgembed.Server
 	log      *slog.Logger
+	// standbys are the pools OpenStandbys opened, closed with Pool.
+	standbys []*pgxpool.Pool
 }
 
 // Open connects to DATABASE_URL, or, when it is empty, to the embedded
@@ -161,6 +165,9 @@ func openPGLog(dataDir string) (*os.File, error) {
 // everything that uses the pool first: a call made after Close fails with
 // "closed pool".
 func (db *DB) Close() {
+	for _, p := range db.standbys {
+		p.Close()
+	}
 	if db.Pool != nil {
 		db.Pool.Close()
 	}
@@ -171,6 +178,57 @@ func (db *DB) Close() {
 			db.log.Info("embedded PostgreSQL stopped")
 		}
 	}
+}
+
+// OpenStandbys opens one pool of at most maxConns connections per host of
+// readURL (USERD_DATABASE_READ_URL: one host, or several as in a
+// multi-host DATABASE_URL), for internal/standby to read from. Each pool
+// reaches its host alone, so that each standby's lag is measured and
+// judged by itself; target_session_attrs is ignored (every host is
+// checked to be in recovery before it serves a read). The pools connect
+// on first use: a standby that is down at start-up is only skipped.
+// Close closes them.
+func (db *DB) OpenStandbys(readURL string, maxConns int32, session store.SessionTimeouts) ([]standby.Node, error) {
+	pcfg, err := pgxpool.ParseConfig(readURL)
+	if err != nil {
+		return nil, errors.New("USERD_DATABASE_READ_URL is not a valid PostgreSQL URL or DSN")
+	}
+	pcfg.MaxConns = maxConns
+	pcfg.ConnConfig.ValidateConnect = nil
+	session.Apply(pcfg.ConnConfig)
+	if telemetry.TracingEnabled() {
+		pcfg.ConnConfig.Tracer = otelpgx.NewTracer()
+	}
+	// Every address the URL names, in order; sslmode=prefer lists each
+	// host twice (with TLS, then without): those stay together.
+	type target struct {
+		name  string
+		tries []*pgconn.FallbackConfig
+	}
+	var targets []*target
+	all := append([]*pgconn.FallbackConfig{{Host: pcfg.ConnConfig.Host, Port: pcfg.ConnConfig.Port, TLSConfig: pcfg.ConnConfig.TLSConfig}},
+		pcfg.ConnConfig.Fallbacks...)
+	for _, f := range all {
+		name := net.JoinHostPort(f.Host, strconv.Itoa(int(f.Port)))
+		if len(targets) == 0 || targets[len(targets)-1].name != name {
+			targets = append(targets, &target{name: name})
+		}
+		t := targets[len(targets)-1]
+		t.tries = append(t.tries, f)
+	}
+	var nodes []standby.Node
+	for _, t := range targets {
+		c := pcfg.Copy()
+		c.ConnConfig.Host, c.ConnConfig.Port, c.ConnConfig.TLSConfig = t.tries[0].Host, t.tries[0].Port, t.tries[0].TLSConfig
+		c.ConnConfig.Fallbacks = t.tries[1:]
+		pool, err := pgxpool.NewWithConfig(context.Background(), c)
+		if err != nil {
+			return nil, fmt.Errorf("open standby pool %s: %w", t.name, err)
+		}
+		db.standbys = append(db.standbys, pool)
+		nodes = append(nodes, standby.Node{Name: t.name, Pool: pool})
+	}
+	return nodes, nil
 }
 
 // hosts lists every host:port a connection config tries, in order (a

@@ -28,6 +28,7 @@ import (
 
 	"github.com/userd/userd/gen/openapi"
 	userdv1 "github.com/userd/userd/gen/userd/v1"
+	"github.com/userd/userd/internal/consistency"
 	"github.com/userd/userd/internal/errstatus"
 	"github.com/userd/userd/internal/grpcapi"
 	"github.com/userd/userd/internal/httpmw"
@@ -60,11 +61,12 @@ func New(ctx context.Context, srv userdv1.UserServiceServer, cfg Config) (http.H
 		runtime.WithDisablePathLengthFallback(),
 		runtime.WithDisableHTTPMethodOverride(),
 		runtime.WithIncomingHeaderMatcher(incomingHeader),
-		// No gRPC header metadata becomes an HTTP header: the only one the
-		// server sets is x-request-id, and httpmw already answers with
-		// X-Request-Id (the same id, which the interceptor adopted from the
-		// request); forwarding it too sent the header twice.
-		runtime.WithOutgoingHeaderMatcher(func(string) (string, bool) { return "", false }),
+		// Of the gRPC header metadata, only a write's consistency token
+		// becomes an HTTP header: the server also sets x-request-id, but
+		// httpmw already answers with X-Request-Id (the same id, which the
+		// interceptor adopted from the request); forwarding it too sent
+		// the header twice.
+		runtime.WithOutgoingHeaderMatcher(outgoingHeader),
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
 			// Zero balances and empty names are shown, not omitted.
 			MarshalOptions: protojson.MarshalOptions{EmitDefaultValues: true},
@@ -95,8 +97,8 @@ func New(ctx context.Context, srv userdv1.UserServiceServer, cfg Config) (http.H
 	return cors.New(cors.Options{
 		AllowedOrigins: cfg.CORSOrigins,
 		AllowedMethods: []string{http.MethodGet, http.MethodPost},
-		AllowedHeaders: []string{"Authorization", "Content-Type", "Idempotency-Key", "X-Request-Id"},
-		ExposedHeaders: []string{"X-Request-Id"},
+		AllowedHeaders: []string{"Authorization", "Content-Type", "Idempotency-Key", "X-Request-Id", consistency.HTTPHeader},
+		ExposedHeaders: []string{"X-Request-Id", consistency.HTTPHeader},
 		MaxAge:         600,
 	}).Handler(root), nil
 }
@@ -158,8 +160,8 @@ func limitBody(h http.Handler) http.Handler {
 }
 
 // incomingHeader forwards, besides Authorization (which grpc-gateway
-// always forwards), only the headers the server reads: the idempotency key
-// and the request id. grpc-gateway's default matcher would also copy the
+// always forwards), only the headers the server reads: the idempotency key,
+// the request id and the consistency token. grpc-gateway's default matcher would also copy the
 // standard headers (user agent, cookies, the Authorization header a second
 // time, ...) into every call's metadata for nothing to read them.
 func incomingHeader(key string) (string, bool) {
@@ -168,6 +170,17 @@ func incomingHeader(key string) (string, bool) {
 		return grpcapi.IdempotencyKeyHeader, true
 	case requestid.Key:
 		return requestid.Key, true
+	case consistency.Header:
+		return consistency.Header, true
+	}
+	return "", false
+}
+
+// outgoingHeader turns a write's consistency token into the
+// Userd-Consistency-Token response header; no other metadata is sent.
+func outgoingHeader(key string) (string, bool) {
+	if key == consistency.Header {
+		return consistency.HTTPHeader, true
 	}
 	return "", false
 }

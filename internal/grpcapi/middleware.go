@@ -261,6 +261,9 @@ type Chain struct {
 	// mapping, so they count the codes callers see, panics included.
 	Metrics       grpc.UnaryServerInterceptor
 	StreamMetrics grpc.StreamServerInterceptor
+	// StandbyReads: standbys may serve reads, and writes answer with a
+	// consistency token (ConsistencyInterceptor).
+	StandbyReads bool
 }
 
 // Interceptors returns the unary chain, outermost first: errors from
@@ -275,6 +278,7 @@ func (c Chain) Interceptors() []grpc.UnaryServerInterceptor {
 		RecoveryInterceptor(c.Log),
 		ErrorInterceptor(c.Log),
 		AuthInterceptor(c.Authn),
+		ConsistencyInterceptor(c.StandbyReads),
 		BoundInterceptor(c.RequestTimeout),
 	)
 }

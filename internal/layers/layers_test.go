@@ -29,6 +29,8 @@ var rules = map[string][]string{
 	mod + "internal/grpcapi":   storage,
 	mod + "internal/gateway":   storage,
 	mod + "internal/clerkhook": storage,
+	// The consistency token is shared by transports and storage.
+	mod + "internal/consistency": concat(transports, storage),
 	// The lifecycle knows nothing of what it runs.
 	mod + "internal/lifecycle": concat(transports, storage, []string{mod + "internal/config"}),
 }

@@ -76,7 +76,7 @@ func (s *Store) SetMemberCap(ctx context.Context, w users.MemberCapWrite) (users
 }
 
 func (s *Store) ListMemberCaps(ctx context.Context, clerkOrgID string, now *time.Time) ([]users.MemberCapRead, error) {
-	rows, err := s.q.ListMemberCaps(ctx, s.db, sqlcdb.ListMemberCapsParams{ClerkOrgID: clerkOrgID, Now: now})
+	rows, err := s.q.ListMemberCaps(ctx, s.read, sqlcdb.ListMemberCapsParams{ClerkOrgID: clerkOrgID, Now: now})
 	if err != nil {
 		return nil, translate(fmt.Errorf("list member caps: %w", err))
 	}
@@ -95,7 +95,7 @@ func (s *Store) ListMemberCaps(ctx context.Context, clerkOrgID string, now *time
 }
 
 func (s *Store) CheckOrgAffordability(ctx context.Context, clerkOrgID, member, permission, action string, now *time.Time) (users.OrgAffordabilityRead, error) {
-	row, err := s.q.CheckOrgAffordability(ctx, s.db, sqlcdb.CheckOrgAffordabilityParams{
+	row, err := s.q.CheckOrgAffordability(ctx, s.read, sqlcdb.CheckOrgAffordabilityParams{
 		ClerkOrgID:         clerkOrgID,
 		MemberClerkUserID:  member,
 		RequiredPermission: permission,
@@ -155,7 +155,7 @@ func (s *Store) OrgChangeCredits(ctx context.Context, w users.OrgCreditWrite) (u
 }
 
 func (s *Store) ListAccountMembers(ctx context.Context, clerkOrgID string, now *time.Time) ([]users.AccountMember, error) {
-	rows, err := s.q.ListAccountMembers(ctx, s.db, sqlcdb.ListAccountMembersParams{ClerkOrgID: clerkOrgID, Now: now})
+	rows, err := s.q.ListAccountMembers(ctx, s.read, sqlcdb.ListAccountMembersParams{ClerkOrgID: clerkOrgID, Now: now})
 	if err != nil {
 		return nil, translate(fmt.Errorf("list account members: %w", err))
 	}
@@ -181,7 +181,7 @@ func (s *Store) ListAccountMembers(ctx context.Context, clerkOrgID string, now *
 }
 
 func (s *Store) OrgAccountID(ctx context.Context, clerkOrgID string) (uuid.UUID, error) {
-	id, err := s.q.OrgAccountID(ctx, s.db, clerkOrgID)
+	id, err := s.q.OrgAccountID(ctx, s.read, clerkOrgID)
 	if err != nil {
 		return uuid.Nil, translate(fmt.Errorf("organization account id: %w", err))
 	}
@@ -189,7 +189,7 @@ func (s *Store) OrgAccountID(ctx context.Context, clerkOrgID string) (uuid.UUID,
 }
 
 func (s *Store) ListAccountCreditTransactions(ctx context.Context, accountID uuid.UUID, member string, beforeID int64, limit int32) ([]users.Transaction, error) {
-	rows, err := s.q.ListAccountCreditTransactions(ctx, s.db, sqlcdb.ListAccountCreditTransactionsParams{
+	rows, err := s.q.ListAccountCreditTransactions(ctx, s.read, sqlcdb.ListAccountCreditTransactionsParams{
 		AccountID: accountID, MemberClerkUserID: member, BeforeID: beforeID, RowLimit: limit,
 	})
 	if err != nil {
@@ -260,7 +260,7 @@ func (s *Store) OrgSetPlan(ctx context.Context, w users.OrgPlanWrite) (users.Pla
 }
 
 func (s *Store) SummarizeUsageByMember(ctx context.Context, accountID uuid.UUID, start, end time.Time, limit int32) ([]users.MemberUsage, error) {
-	rows, err := s.q.SummarizeUsageByMember(ctx, s.db, sqlcdb.SummarizeUsageByMemberParams{
+	rows, err := s.q.SummarizeUsageByMember(ctx, s.read, sqlcdb.SummarizeUsageByMemberParams{
 		AccountID: accountID, StartTime: start, EndTime: end, RowLimit: limit,
 	})
 	if err != nil {

@@ -31,7 +31,7 @@ func (s *Store) DeductCreditsForAction(ctx context.Context, d users.ActionDeduct
 }
 
 func (s *Store) CheckAffordability(ctx context.Context, clerkUserID, action string) (users.AffordabilityRead, error) {
-	row, err := s.q.CheckAffordability(ctx, s.db, sqlcdb.CheckAffordabilityParams{Action: action, ClerkUserID: clerkUserID})
+	row, err := s.q.CheckAffordability(ctx, s.read, sqlcdb.CheckAffordabilityParams{Action: action, ClerkUserID: clerkUserID})
 	if err != nil {
 		return users.AffordabilityRead{}, translate(fmt.Errorf("check affordability: %w", err))
 	}
@@ -68,7 +68,7 @@ func (s *Store) SetPrice(ctx context.Context, in users.SetPriceInput) (users.Set
 }
 
 func (s *Store) ListPrices(ctx context.Context, after string, limit int32) ([]users.Price, error) {
-	rows, err := s.q.ListPrices(ctx, s.db, sqlcdb.ListPricesParams{After: after, RowLimit: limit})
+	rows, err := s.q.ListPrices(ctx, s.read, sqlcdb.ListPricesParams{After: after, RowLimit: limit})
 	if err != nil {
 		return nil, translate(fmt.Errorf("list prices: %w", err))
 	}
@@ -80,7 +80,7 @@ func (s *Store) ListPrices(ctx context.Context, after string, limit int32) ([]us
 }
 
 func (s *Store) ListPriceChanges(ctx context.Context, action string, beforeID int64, limit int32) ([]users.PriceChange, error) {
-	rows, err := s.q.ListPriceChanges(ctx, s.db, sqlcdb.ListPriceChangesParams{Action: action, BeforeID: beforeID, RowLimit: limit})
+	rows, err := s.q.ListPriceChanges(ctx, s.read, sqlcdb.ListPriceChangesParams{Action: action, BeforeID: beforeID, RowLimit: limit})
 	if err != nil {
 		return nil, translate(fmt.Errorf("list price changes: %w", err))
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/userd/userd/gen/sqlcdb"
+	"github.com/userd/userd/internal/standby"
 	"github.com/userd/userd/internal/users"
 )
 
@@ -27,6 +28,9 @@ import (
 // migrations install, so no transaction spans two round trips.
 type Store struct {
 	db sqlcdb.DBTX
+	// read runs the reads a call may take from a standby
+	// (internal/standby); without standbys, it is db.
+	read sqlcdb.DBTX
 	// pool and acquireTimeout serve RunClerkSync, which holds a
 	// connection of its own for a whole run.
 	pool           *pgxpool.Pool
@@ -44,6 +48,11 @@ type Options struct {
 	// at once rather than queueing for the rest of its deadline: a
 	// saturated pool sheds load.
 	AcquireTimeout time.Duration
+	// Standbys, if set, serves the reads a call's context allows on a
+	// standby (GetLiveUserBy*, ListCreditTransactions, SummarizeUsage,
+	// CheckAffordability, ListPrices, ListPriceChanges), and every write
+	// records its WAL position in the call's standby.Recorder, if any.
+	Standbys *standby.Router
 }
 
 // New returns a Store over pool.
@@ -52,21 +61,34 @@ func New(pool *pgxpool.Pool, opts Options) *Store {
 	if opts.AcquireTimeout > 0 {
 		db = boundedPool{pool: pool, timeout: opts.AcquireTimeout}
 	}
-	return &Store{db: db, pool: pool, acquireTimeout: opts.AcquireTimeout, q: sqlcdb.New()}
+	s := &Store{db: db, read: db, pool: pool, acquireTimeout: opts.AcquireTimeout, q: sqlcdb.New()}
+	if opts.Standbys != nil {
+		s.db = standby.Recording(db, s.acquire)
+		s.read = opts.Standbys.Reads(s.db)
+	}
+	return s
+}
+
+// acquire takes a connection of the pool, within AcquireTimeout.
+func (s *Store) acquire(ctx context.Context) (*pgxpool.Conn, error) {
+	if s.acquireTimeout > 0 {
+		return boundedPool{pool: s.pool, timeout: s.acquireTimeout}.acquire(ctx)
+	}
+	return s.pool.Acquire(ctx)
 }
 
 func (s *Store) GetLiveUserByClerkID(ctx context.Context, clerkUserID string) (users.User, error) {
-	row, err := s.q.GetLiveUserByClerkID(ctx, s.db, clerkUserID)
+	row, err := s.q.GetLiveUserByClerkID(ctx, s.read, clerkUserID)
 	return userOut(row, err)
 }
 
 func (s *Store) GetLiveUserByID(ctx context.Context, id uuid.UUID) (users.User, error) {
-	row, err := s.q.GetLiveUserByID(ctx, s.db, id)
+	row, err := s.q.GetLiveUserByID(ctx, s.read, id)
 	return userOut(sqlcdb.GetLiveUserByClerkIDRow(row), err)
 }
 
 func (s *Store) GetLiveUserByEmail(ctx context.Context, email string) (users.User, error) {
-	row, err := s.q.GetLiveUserByEmail(ctx, s.db, email)
+	row, err := s.q.GetLiveUserByEmail(ctx, s.read, email)
 	return userOut(sqlcdb.GetLiveUserByClerkIDRow(row), err)
 }
 
@@ -76,7 +98,7 @@ func (s *Store) GetUserByClerkIDIncludingDeleted(ctx context.Context, clerkUserI
 }
 
 func (s *Store) GetPersonalAccount(ctx context.Context, clerkUserID string) (users.Account, error) {
-	r, err := s.q.GetPersonalAccount(ctx, s.db, clerkUserID)
+	r, err := s.q.GetPersonalAccount(ctx, s.read, clerkUserID)
 	if err != nil {
 		return users.Account{}, translate(fmt.Errorf("get personal account: %w", err))
 	}
@@ -84,7 +106,7 @@ func (s *Store) GetPersonalAccount(ctx context.Context, clerkUserID string) (use
 }
 
 func (s *Store) GetOrganizationAccount(ctx context.Context, clerkOrgID string) (users.Account, error) {
-	r, err := s.q.GetOrganizationAccount(ctx, s.db, clerkOrgID)
+	r, err := s.q.GetOrganizationAccount(ctx, s.read, clerkOrgID)
 	if err != nil {
 		return users.Account{}, translate(fmt.Errorf("get organization account: %w", err))
 	}
@@ -191,7 +213,7 @@ func (s *Store) SetPlan(ctx context.Context, w users.PlanWrite) (users.PlanWrite
 }
 
 func (s *Store) ListCreditTransactions(ctx context.Context, userID uuid.UUID, beforeID int64, limit int32) ([]users.Transaction, error) {
-	rows, err := s.q.ListCreditTransactions(ctx, s.db, sqlcdb.ListCreditTransactionsParams{
+	rows, err := s.q.ListCreditTransactions(ctx, s.read, sqlcdb.ListCreditTransactionsParams{
 		UserID: userID, BeforeID: beforeID, RowLimit: limit,
 	})
 	if err != nil {
@@ -245,12 +267,7 @@ const clerkSyncLockKey int64 = -4730454424446879977
 // connection ends, however the process holding it died, so no lock ever
 // outlives its holder and none needs an expiry.
 func (s *Store) RunClerkSync(ctx context.Context, minInterval time.Duration, run func(context.Context) string) (started, busy bool, err error) {
-	var conn *pgxpool.Conn
-	if s.acquireTimeout > 0 {
-		conn, err = boundedPool{pool: s.pool, timeout: s.acquireTimeout}.acquire(ctx)
-	} else {
-		conn, err = s.pool.Acquire(ctx)
-	}
+	conn, err := s.acquire(ctx)
 	if err != nil {
 		return false, false, translate(fmt.Errorf("clerk sync lock: %w", err))
 	}

@@ -9,7 +9,7 @@ import (
 )
 
 func (s *Store) SummarizeUsage(ctx context.Context, scan users.UsageScan) (users.UsageRows, error) {
-	rows, err := s.q.SummarizeUsage(ctx, s.db, sqlcdb.SummarizeUsageParams{
+	rows, err := s.q.SummarizeUsage(ctx, s.read, sqlcdb.SummarizeUsageParams{
 		ClerkUserID:   scan.ClerkUserID,
 		PeriodStarts:  scan.PeriodStarts,
 		EndTime:       scan.End,

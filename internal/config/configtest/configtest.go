@@ -19,6 +19,7 @@ import (
 func Valid() config.Serve {
 	return config.Serve{
 		Database:      config.Database{URL: "postgres://u:secretpw@localhost:5432/userd", MaxConns: 16},
+		StandbyReads:  config.StandbyReads{ReadMaxConns: 16, ReadMaxLag: time.Second, ReadTokenWait: 100 * time.Millisecond},
 		Log:           config.Log{LogFormat: "json", LogLevel: "info"},
 		GRPCAddr:      ":9090",
 		HTTPAddr:      ":8080",

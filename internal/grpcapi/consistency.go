@@ -1,0 +1,60 @@
+package grpcapi
+
+import (
+	"context"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+
+	userdv1 "github.com/userd/userd/gen/userd/v1"
+	"github.com/userd/userd/internal/apperr"
+	"github.com/userd/userd/internal/consistency"
+)
+
+// standbyReadable are the methods whose reads a standby may serve
+// (internal/standby): they only read.
+var standbyReadable = map[string]bool{
+	userdv1.UserService_GetUser_FullMethodName:                true,
+	userdv1.UserService_GetAccount_FullMethodName:             true,
+	userdv1.UserService_ListCreditTransactions_FullMethodName: true,
+	userdv1.UserService_GetUsageSummary_FullMethodName:        true,
+	userdv1.UserService_CanAfford_FullMethodName:              true,
+	userdv1.UserService_ListPrices_FullMethodName:             true,
+	userdv1.UserService_ListPriceChanges_FullMethodName:       true,
+}
+
+// ConsistencyInterceptor gives reads and writes their consistency with
+// standbys (docs/operations.md, "Reads from standbys"). A call may send
+// the token of an earlier write in its metadata (consistency.Header; REST:
+// the Userd-Consistency-Token header); one that is not a token is
+// INVALID_ARGUMENT. With standbys on, a read-only method may be served by
+// a standby that has replayed at least that token (and lags within the
+// bound), and every other method answers with the token of its writes in
+// its response header. With them off, the token is checked and ignored:
+// the primary serves everything.
+func ConsistencyInterceptor(standbys bool) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		var min consistency.Token
+		if v := metadata.ValueFromIncomingContext(ctx, consistency.Header); len(v) > 0 {
+			t, err := consistency.ParseToken(v[len(v)-1])
+			if err != nil {
+				return nil, apperr.InvalidArgument(apperr.FieldViolation{
+					Field: consistency.Header, Description: "is not a consistency token returned by this API",
+				})
+			}
+			min = t
+		}
+		if !standbys {
+			return handler(ctx, req)
+		}
+		if standbyReadable[info.FullMethod] {
+			return handler(consistency.AllowStandby(ctx, min), req)
+		}
+		ctx, rec := consistency.WithRecorder(ctx)
+		resp, err := handler(ctx, req)
+		if t, ok := rec.Token(); ok {
+			_ = grpc.SetHeader(ctx, metadata.Pairs(consistency.Header, t.String()))
+		}
+		return resp, err
+	}
+}
