@@ -202,7 +202,7 @@ func waitStandbyHas(ctx context.Context, t *testing.T, sb *pgxpool.Pool, id stri
 	t.Helper()
 	testwait.Until(t, 30*time.Second, "the standby to replay the user", func() bool {
 		var c int64
-		return sb.QueryRow(ctx, "SELECT credits FROM users WHERE clerk_user_id = $1", id).Scan(&c) == nil && c == credits
+		return sb.QueryRow(ctx, "SELECT a.credits FROM users u JOIN accounts a ON a.id = u.id WHERE u.clerk_user_id = $1", id).Scan(&c) == nil && c == credits
 	})
 }
 
