@@ -452,7 +452,7 @@ func (c *usageCmd) Run(e *env) error {
 	}
 	req := &userdv1.GetUsageSummaryRequest{
 		ClerkUserId: user, ClerkOrganizationId: org, ByMember: c.ByMember,
-		GroupBy:     userdv1.UsagePeriod(userdv1.UsagePeriod_value["USAGE_PERIOD_"+strings.ToUpper(c.By)]),
+		GroupBy: userdv1.UsagePeriod(userdv1.UsagePeriod_value["USAGE_PERIOD_"+strings.ToUpper(c.By)]),
 	}
 	if c.Since != "" {
 		since, err := parseTime("--since", c.Since)
