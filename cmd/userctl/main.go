@@ -371,7 +371,7 @@ func (c *grantCmd) Run(e *env) error {
 }
 
 type setPlanCmd struct {
-	ClerkUserID string `arg:"" name:"clerk-user-id" help:"Clerk user id (user_...)."`
+	ClerkUserID string `arg:"" name:"clerk-user-id" help:"Clerk user id (user_...), or an organization id (org_...): its account's plan (services only)."`
 	Plan        string `arg:"" enum:"free,pro,enterprise" help:"The new plan: free, pro or enterprise."`
 	Bonus       int64  `help:"Credits granted with the change."`
 	Key         string `required:"" help:"Idempotency key: repeating the command with the same key changes nothing."`
@@ -380,14 +380,23 @@ type setPlanCmd struct {
 
 func (c *setPlanCmd) Run(e *env) error {
 	plan := userdv1.Plan(userdv1.Plan_value["PLAN_"+strings.ToUpper(c.Plan)])
+	user, org, err := target(c.ClerkUserID, "")
+	if err != nil {
+		return err
+	}
 	res, err := e.client.SetPlan(e.ctx, &userdv1.SetPlanRequest{
-		ClerkUserId: c.ClerkUserID, Plan: plan, BonusCredits: c.Bonus, IdempotencyKey: c.Key, Reason: c.Reason,
+		ClerkUserId: user, ClerkOrganizationId: org, Plan: plan, BonusCredits: c.Bonus, IdempotencyKey: c.Key, Reason: c.Reason,
 	})
 	if err != nil {
 		return err
 	}
 	return e.out.message(res, func() {
-		e.out.user(res.GetUser(), row{"PREVIOUS PLAN", planName(res.GetPreviousPlan())})
+		previous := row{"PREVIOUS PLAN", planName(res.GetPreviousPlan())}
+		if org != "" {
+			e.out.account(res.GetAccount(), previous)
+		} else {
+			e.out.user(res.GetUser(), previous)
+		}
 		e.out.replayed(res.GetReplayed(), c.Key)
 	})
 }
@@ -426,16 +435,24 @@ func (c *ledgerCmd) Run(e *env) error {
 }
 
 type usageCmd struct {
-	ClerkUserID string `arg:"" name:"clerk-user-id" help:"Clerk user id (user_...)."`
+	ClerkUserID string `arg:"" name:"clerk-user-id" help:"Clerk user id (user_...), or an organization id (org_...)."`
+	ByMember    bool   `name:"by-member" help:"With an organization id: also sum the window by member."`
 	Since       string `help:"Start of the window, inclusive: RFC 3339 (2026-03-01T00:00:00Z) or a UTC date (2026-03-01) (default: 30 days before --until)."`
 	Until       string `help:"End of the window, exclusive, as --since (default: now)."`
 	By          string `enum:"none,day,week,month" default:"none" help:"Periods: day, week (ISO, from Monday) or month, in UTC; or none."`
 }
 
 func (c *usageCmd) Run(e *env) error {
+	user, org, err := target(c.ClerkUserID, "")
+	if err != nil {
+		return err
+	}
+	if c.ByMember && org == "" {
+		return usageError{"--by-member needs an organization's account (an org_... id)"}
+	}
 	req := &userdv1.GetUsageSummaryRequest{
-		ClerkUserId: c.ClerkUserID,
-		GroupBy:     userdv1.UsagePeriod(userdv1.UsagePeriod_value["USAGE_PERIOD_"+strings.ToUpper(c.By)]),
+		ClerkUserId: user, ClerkOrganizationId: org, ByMember: c.ByMember,
+		GroupBy: userdv1.UsagePeriod(userdv1.UsagePeriod_value["USAGE_PERIOD_"+strings.ToUpper(c.By)]),
 	}
 	if c.Since != "" {
 		since, err := parseTime("--since", c.Since)

@@ -142,6 +142,9 @@ func TestCommands(t *testing.T) {
 	expect(t, userctl("deduct", "user_cli", "1", "--member", "user_other", "--key", "m1"), exitUsage, `--member needs an organization`)
 	expect(t, userctl("member-cap", "org_2unknown", "user_cli"), exitUsage, `--period .* or --remove`)
 	expect(t, userctl("ledger", "org_2unknown", "--member", "user_cli"), exitNotFound)
+	expect(t, userctl("set-plan", "org_2unknown", "pro", "--key", "op1"), exitNotFound, `not found`)
+	expect(t, userctl("usage", "org_2unknown", "--by-member"), exitNotFound, `not found`)
+	expect(t, userctl("usage", "user_cli", "--by-member"), exitUsage, `--by-member needs an organization`)
 }
 
 // TestPricesAndUsageCommands: the price list, deductions by action, the

@@ -126,6 +126,19 @@ func (p *printer) usage(s *userdv1.GetUsageSummaryResponse) {
 		}
 		_ = tw.Flush()
 	}
+	if len(s.GetByMember()) > 0 {
+		fmt.Fprintln(p.w)
+		tw := tabwriter.NewWriter(p.w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "MEMBER\tSPENT\tGRANTED\tENTRIES")
+		for _, m := range s.GetByMember() {
+			who := m.GetClerkUserId()
+			if who == "" {
+				who = "(services)"
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\n", who, m.GetSpent(), m.GetGranted(), m.GetEntryCount())
+		}
+		_ = tw.Flush()
+	}
 }
 
 func reasonName(r *userdv1.UsageByReason) string {

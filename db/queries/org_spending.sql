@@ -132,3 +132,36 @@ WHERE t.user_id = @account_id::uuid
 GROUP BY 1
 ORDER BY sum(abs(t.delta)) DESC, 1
 LIMIT @row_limit::int;
+
+-- SummarizeAccountUsage is SummarizeUsage (credit_transactions.sql) for
+-- an account named by its id: an organization's.
+-- name: SummarizeAccountUsage :many
+WITH owner AS (
+    SELECT a.id, a.credits FROM accounts a WHERE a.id = @account_id::uuid
+), sums AS (
+    SELECT coalesce(e.period, 0)::int AS period, e.reason,
+           sum(e.spent) AS spent, sum(e.granted) AS granted, count(*) AS entries
+    FROM (
+        SELECT width_bucket(t.created_at, @period_starts::timestamptz[]) AS period, t.reason,
+               greatest(-t.delta, 0) AS spent, greatest(t.delta, 0) AS granted
+        FROM owner
+        JOIN credit_transactions t ON t.user_id = owner.id
+        WHERE t.created_at >= (@period_starts::timestamptz[])[1] AND t.created_at < @end_time::timestamptz
+    ) e
+    GROUP BY GROUPING SETS ((e.period, e.reason), (e.reason))
+), ranked AS (
+    SELECT s.*, row_number() OVER (PARTITION BY s.period ORDER BY s.spent + s.granted DESC, s.reason) AS rank
+    FROM sums s
+), folded AS (
+    SELECT r.period, o.other, (CASE WHEN o.other THEN '' ELSE r.reason END)::text AS reason,
+           sum(r.spent)::bigint AS spent, sum(r.granted)::bigint AS granted,
+           sum(r.entries)::bigint AS entries, min(r.rank) AS rank
+    FROM ranked r
+    CROSS JOIN LATERAL (SELECT r.rank > CASE WHEN r.period = 0 THEN @window_reasons::int
+                                             ELSE @period_reasons::int END AS other) o
+    GROUP BY 1, 2, 3
+)
+SELECT owner.credits AS balance, f.period, f.reason, f.other, f.spent, f.granted, f.entries
+FROM owner
+LEFT JOIN folded f ON true
+ORDER BY f.period, f.rank;

@@ -574,6 +574,92 @@ func (q *Queries) SetMemberCap(ctx context.Context, db DBTX, arg SetMemberCapPar
 	return i, err
 }
 
+const summarizeAccountUsage = `-- name: SummarizeAccountUsage :many
+WITH owner AS (
+    SELECT a.id, a.credits FROM accounts a WHERE a.id = $1::uuid
+), sums AS (
+    SELECT coalesce(e.period, 0)::int AS period, e.reason,
+           sum(e.spent) AS spent, sum(e.granted) AS granted, count(*) AS entries
+    FROM (
+        SELECT width_bucket(t.created_at, $2::timestamptz[]) AS period, t.reason,
+               greatest(-t.delta, 0) AS spent, greatest(t.delta, 0) AS granted
+        FROM owner
+        JOIN credit_transactions t ON t.user_id = owner.id
+        WHERE t.created_at >= ($2::timestamptz[])[1] AND t.created_at < $3::timestamptz
+    ) e
+    GROUP BY GROUPING SETS ((e.period, e.reason), (e.reason))
+), ranked AS (
+    SELECT s.period, s.reason, s.spent, s.granted, s.entries, row_number() OVER (PARTITION BY s.period ORDER BY s.spent + s.granted DESC, s.reason) AS rank
+    FROM sums s
+), folded AS (
+    SELECT r.period, o.other, (CASE WHEN o.other THEN '' ELSE r.reason END)::text AS reason,
+           sum(r.spent)::bigint AS spent, sum(r.granted)::bigint AS granted,
+           sum(r.entries)::bigint AS entries, min(r.rank) AS rank
+    FROM ranked r
+    CROSS JOIN LATERAL (SELECT r.rank > CASE WHEN r.period = 0 THEN $4::int
+                                             ELSE $5::int END AS other) o
+    GROUP BY 1, 2, 3
+)
+SELECT owner.credits AS balance, f.period, f.reason, f.other, f.spent, f.granted, f.entries
+FROM owner
+LEFT JOIN folded f ON true
+ORDER BY f.period, f.rank
+`
+
+type SummarizeAccountUsageParams struct {
+	AccountID     uuid.UUID
+	PeriodStarts  []time.Time
+	EndTime       time.Time
+	WindowReasons int32
+	PeriodReasons int32
+}
+
+type SummarizeAccountUsageRow struct {
+	Balance int64
+	Period  *int32
+	Reason  *string
+	Other   *bool
+	Spent   *int64
+	Granted *int64
+	Entries *int64
+}
+
+// SummarizeAccountUsage is SummarizeUsage (credit_transactions.sql) for
+// an account named by its id: an organization's.
+func (q *Queries) SummarizeAccountUsage(ctx context.Context, db DBTX, arg SummarizeAccountUsageParams) ([]SummarizeAccountUsageRow, error) {
+	rows, err := db.Query(ctx, summarizeAccountUsage,
+		arg.AccountID,
+		arg.PeriodStarts,
+		arg.EndTime,
+		arg.WindowReasons,
+		arg.PeriodReasons,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []SummarizeAccountUsageRow{}
+	for rows.Next() {
+		var i SummarizeAccountUsageRow
+		if err := rows.Scan(
+			&i.Balance,
+			&i.Period,
+			&i.Reason,
+			&i.Other,
+			&i.Spent,
+			&i.Granted,
+			&i.Entries,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const summarizeUsageByMember = `-- name: SummarizeUsageByMember :many
 SELECT coalesce(u.clerk_user_id, '')::text AS clerk_user_id,
        sum(greatest(-t.delta, 0))::bigint AS spent, sum(greatest(t.delta, 0))::bigint AS granted,

@@ -513,7 +513,8 @@ func TestOpenAPIDocument(t *testing.T) {
 		"WatchUserEvents", "WatchUserEventsOfUser",
 		// Accounts and organizations (issue 20).
 		"GetAccount", "GetOrganizationAccount", "DeductOrganizationCredits", "GrantOrganizationCredits",
-		"ListOrganizationCreditTransactions", "CanAffordOrganization", "SetMemberSpendingCap"}
+		"ListOrganizationCreditTransactions", "CanAffordOrganization", "SetMemberSpendingCap",
+		"SetOrganizationPlan", "GetOrganizationUsageSummary"}
 	if len(ops) != len(want) {
 		t.Errorf("operations %v, want %v", slices.Sorted(maps.Keys(ops)), want)
 	}

@@ -162,15 +162,20 @@ func (s *Server) SetPlan(ctx context.Context, req *userdv1.SetPlanRequest) (*use
 	if err != nil {
 		return nil, err
 	}
-	id, err := ownUser(ctx, req.GetClerkUserId())
-	if err != nil {
-		return nil, err
+	// An organization's plan: servicesOnly refused end users above, as
+	// orgAccount's orgServiceOnly would; the request must name no user.
+	org, id := req.GetClerkOrganizationId(), req.GetClerkUserId()
+	if org == "" {
+		if id, err = ownUser(ctx, id); err != nil {
+			return nil, err
+		}
 	}
 	key, err := idempotencyKey(ctx, req.GetIdempotencyKey())
 	if err != nil {
 		return nil, err
 	}
 	res, err := s.users.SetPlan(ctx, users.SetPlanInput{
+		ClerkOrgID:     org,
 		ClerkUserID:    id,
 		Plan:           planFromProto(req.GetPlan()),
 		BonusCredits:   req.GetBonusCredits(),
@@ -182,12 +187,16 @@ func (s *Server) SetPlan(ctx context.Context, req *userdv1.SetPlanRequest) (*use
 		return nil, err
 	}
 	out := &userdv1.SetPlanResponse{
-		User:         userToProto(res.User),
 		PreviousPlan: planToProto(res.Change.PreviousPlan),
 		Replayed:     res.Replayed,
 	}
+	if org == "" {
+		out.User = userToProto(res.User)
+	} else {
+		out.Account = accountToProto(res.Account)
+	}
 	if res.Bonus != nil {
-		out.BonusTransaction = transactionToProto(*res.Bonus, "")
+		out.BonusTransaction = transactionToProto(*res.Bonus, org)
 	}
 	return out, nil
 }

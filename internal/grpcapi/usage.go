@@ -12,10 +12,20 @@ import (
 )
 
 // GetUsageSummary implements userdv1.UserServiceServer. End users may read
-// their own, like their ledger.
+// their own, like their ledger, and their active organization's account's
+// while live members (as ListCreditTransactions); with by_member, an
+// organization's summary is also summed by member.
 func (s *Server) GetUsageSummary(ctx context.Context, req *userdv1.GetUsageSummaryRequest) (*userdv1.GetUsageSummaryResponse, error) {
-	id, err := ownUser(ctx, req.GetClerkUserId())
-	if err != nil {
+	org, id := req.GetClerkOrganizationId(), ""
+	if org == "" {
+		if req.GetByMember() {
+			return nil, apperr.InvalidArgument(apperr.FieldViolation{Field: "by_member", Description: "sums an organization's account only"})
+		}
+		var err error
+		if id, err = ownUser(ctx, req.GetClerkUserId()); err != nil {
+			return nil, err
+		}
+	} else if err := s.authorizeOrgRead(ctx, org, req.GetClerkUserId()); err != nil {
 		return nil, err
 	}
 	start, err := timeFromProto("start_time", req.GetStartTime())
@@ -30,7 +40,7 @@ func (s *Server) GetUsageSummary(ctx context.Context, req *userdv1.GetUsageSumma
 	if !ok {
 		return nil, apperr.InvalidArgument(apperr.FieldViolation{Field: "group_by", Description: "is not a known period"})
 	}
-	sum, err := s.users.SummarizeUsage(ctx, users.UsageQuery{ClerkUserID: id, Start: start, NoStart: req.GetStartTime() == nil, End: end, Period: period})
+	sum, err := s.users.SummarizeUsage(ctx, users.UsageQuery{ClerkUserID: id, ClerkOrgID: org, Start: start, NoStart: req.GetStartTime() == nil, End: end, Period: period})
 	if err != nil {
 		return nil, err
 	}
@@ -53,6 +63,24 @@ func (s *Server) GetUsageSummary(ctx context.Context, req *userdv1.GetUsageSumma
 			Granted:    p.Granted,
 			EntryCount: p.Entries,
 			Reasons:    reasonsToProto(p.Reasons),
+		}
+	}
+	if req.GetByMember() {
+		// The same window; a separate read, so its sums may include
+		// entries written after the summary's. A zero start means 30 days
+		// to SummarizeUsageByMember: the year 1's first microsecond is the
+		// whole ledger as well (no entry is older).
+		start := sum.Start
+		if start.IsZero() {
+			start = start.Add(time.Microsecond)
+		}
+		ms, err := s.users.SummarizeUsageByMember(ctx, org, start, sum.End)
+		if err != nil {
+			return nil, err
+		}
+		out.ByMember = make([]*userdv1.UsageByMember, len(ms))
+		for i, m := range ms {
+			out.ByMember[i] = &userdv1.UsageByMember{ClerkUserId: m.ClerkUserID, Spent: m.Spent, Granted: m.Granted, EntryCount: m.Entries}
 		}
 	}
 	return out, nil

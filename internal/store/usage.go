@@ -4,18 +4,37 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/google/uuid"
+
 	"github.com/userd/userd/gen/sqlcdb"
 	"github.com/userd/userd/internal/users"
 )
 
 func (s *Store) SummarizeUsage(ctx context.Context, scan users.UsageScan) (users.UsageRows, error) {
-	rows, err := s.q.SummarizeUsage(ctx, s.read, sqlcdb.SummarizeUsageParams{
-		ClerkUserID:   scan.ClerkUserID,
-		PeriodStarts:  scan.PeriodStarts,
-		EndTime:       scan.End,
-		WindowReasons: scan.WindowReasons,
-		PeriodReasons: scan.PeriodReasons,
-	})
+	var rows []sqlcdb.SummarizeUsageRow
+	var err error
+	if scan.AccountID != uuid.Nil {
+		var ars []sqlcdb.SummarizeAccountUsageRow
+		ars, err = s.q.SummarizeAccountUsage(ctx, s.read, sqlcdb.SummarizeAccountUsageParams{
+			AccountID:     scan.AccountID,
+			PeriodStarts:  scan.PeriodStarts,
+			EndTime:       scan.End,
+			WindowReasons: scan.WindowReasons,
+			PeriodReasons: scan.PeriodReasons,
+		})
+		rows = make([]sqlcdb.SummarizeUsageRow, len(ars))
+		for i, r := range ars {
+			rows[i] = sqlcdb.SummarizeUsageRow(r)
+		}
+	} else {
+		rows, err = s.q.SummarizeUsage(ctx, s.read, sqlcdb.SummarizeUsageParams{
+			ClerkUserID:   scan.ClerkUserID,
+			PeriodStarts:  scan.PeriodStarts,
+			EndTime:       scan.End,
+			WindowReasons: scan.WindowReasons,
+			PeriodReasons: scan.PeriodReasons,
+		})
+	}
 	if err != nil {
 		return users.UsageRows{}, translate(fmt.Errorf("summarize usage: %w", err))
 	}

@@ -2,8 +2,11 @@ package users
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/userd/userd/internal/apperr"
 )
@@ -38,9 +41,11 @@ const (
 	WindowReasons = 100
 )
 
-// UsageQuery asks for a summary of one user's ledger over [Start, End).
+// UsageQuery asks for a summary of one user's ledger over [Start, End),
+// or, with ClerkOrgID (and no ClerkUserID), of the organization's account.
 type UsageQuery struct {
 	ClerkUserID string
+	ClerkOrgID  string
 	// Start is the window's start, inclusive; a zero Start is the year 1,
 	// unless NoStart.
 	Start time.Time
@@ -111,7 +116,9 @@ type UsageSummary struct {
 // UsageScan is what the store sums: the entries of the window
 // [PeriodStarts[0], End), bucketed into periods starting at PeriodStarts.
 type UsageScan struct {
-	ClerkUserID   string
+	ClerkUserID string
+	// AccountID, when set, names the account instead (an organization's).
+	AccountID     uuid.UUID
 	PeriodStarts  []time.Time
 	End           time.Time
 	PeriodReasons int32
@@ -152,13 +159,24 @@ func (s *Service) SummarizeUsage(ctx context.Context, q UsageQuery) (UsageSummar
 	if err != nil {
 		return UsageSummary{}, err
 	}
-	rows, err := s.store.SummarizeUsage(ctx, UsageScan{
+	scan := UsageScan{
 		ClerkUserID:   q.ClerkUserID,
 		PeriodStarts:  starts,
 		End:           q.End,
 		PeriodReasons: PeriodReasons,
 		WindowReasons: WindowReasons,
-	})
+	}
+	if q.ClerkOrgID != "" {
+		id, err := s.store.OrgAccountID(ctx, q.ClerkOrgID)
+		if errors.Is(err, ErrNoRow) {
+			return UsageSummary{}, apperr.NotFound("organization not found")
+		}
+		if err != nil {
+			return UsageSummary{}, userErr(err, "summarize organization usage")
+		}
+		scan.AccountID = id
+	}
+	rows, err := s.store.SummarizeUsage(ctx, scan)
 	if err != nil {
 		return UsageSummary{}, userErr(err, "summarize usage")
 	}
@@ -195,7 +213,14 @@ func (s *Service) SummarizeUsage(ctx context.Context, q UsageQuery) (UsageSummar
 // then every period boundary after it and before End.
 func (q UsageQuery) validate() ([]time.Time, error) {
 	var v violations
-	v.clerkUserID("clerk_user_id", q.ClerkUserID)
+	if q.ClerkOrgID != "" {
+		v.clerkOrgID("clerk_org_id", q.ClerkOrgID)
+		if q.ClerkUserID != "" {
+			v.add("clerk_user_id", "must be empty with clerk_org_id")
+		}
+	} else {
+		v.clerkUserID("clerk_user_id", q.ClerkUserID)
+	}
 	switch q.Period {
 	case PeriodNone, PeriodDay, PeriodWeek, PeriodMonth:
 	default:

@@ -23,8 +23,12 @@ export type TransactionKind = components["schemas"]["TransactionKind"];
 export type Status = components["schemas"]["Status"];
 export type ErrorInfo = components["schemas"]["ErrorInfo"];
 export type BadRequest = components["schemas"]["BadRequest"];
-/** GET /v1/users/{clerkUserId}/usage: credits spent and granted over a window. */
+/**
+ * GET /v1/users/{clerkUserId}/usage or /v1/organizations/{clerkOrganizationId}/usage
+ * (?byMember=true: byMember too): credits spent and granted over a window.
+ */
 export type UsageSummary = components["schemas"]["GetUsageSummaryResponse"];
+export type UsageByMember = components["schemas"]["UsageByMember"];
 export type UsageByReason = components["schemas"]["UsageByReason"];
 export type UsageInPeriod = components["schemas"]["UsageInPeriod"];
 export type UsagePeriod = components["schemas"]["UsagePeriod"];
@@ -176,7 +180,11 @@ export function hasCredits(user: Pick<User, "credits">, n: number | bigint): boo
   return BigInt(user.credits) >= BigInt(n);
 }
 
-/** Whether the user is on a paid plan (PRO or ENTERPRISE). */
-export function isProOrHigher(user: Pick<User, "plan">): boolean {
-  return user.plan === "PLAN_PRO" || user.plan === "PLAN_ENTERPRISE";
+/**
+ * Whether the user (or an account) is on a paid plan (PRO or ENTERPRISE);
+ * false for undefined, such as the user of an organization's SetPlan
+ * response (which carries the account instead).
+ */
+export function isProOrHigher(user: Pick<User, "plan"> | undefined): boolean {
+  return user?.plan === "PLAN_PRO" || user?.plan === "PLAN_ENTERPRISE";
 }

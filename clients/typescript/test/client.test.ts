@@ -230,4 +230,26 @@ test("accounts: the user reads its own; an organization not active in its sessio
     params: { path: { clerkOrganizationId: "org_typescript" } },
   });
   assert.equal(unknown.response.status, 404, JSON.stringify(unknown.error));
+
+  // An organization's plan is a service's to change; its usage summary,
+  // by member, is readable like its account.
+  const plan = await user.POST("/v1/organizations/{clerkOrganizationId}/plan", {
+    params: { path: { clerkOrganizationId: "org_typescript" }, header: { "Idempotency-Key": "ts-org-plan-1" } },
+    body: { plan: "PLAN_PRO", bonusCredits: "5" },
+  });
+  assert.equal(plan.response.status, 403);
+  const usage = await user.GET("/v1/organizations/{clerkOrganizationId}/usage", {
+    params: { path: { clerkOrganizationId: "org_typescript" }, query: { byMember: true } },
+  });
+  assert.equal(usage.response.status, 403);
+  assert.equal(errorReason(usage.error), "ORGANIZATION_NOT_ACTIVE");
+  const unknownPlan = await service.POST("/v1/organizations/{clerkOrganizationId}/plan", {
+    params: { path: { clerkOrganizationId: "org_typescript" }, header: { "Idempotency-Key": "ts-org-plan-2" } },
+    body: { plan: "PLAN_PRO" },
+  });
+  assert.equal(unknownPlan.response.status, 404, JSON.stringify(unknownPlan.error));
+  const unknownUsage = await service.GET("/v1/organizations/{clerkOrganizationId}/usage", {
+    params: { path: { clerkOrganizationId: "org_typescript" }, query: { byMember: true } },
+  });
+  assert.equal(unknownUsage.response.status, 404, JSON.stringify(unknownUsage.error));
 });

@@ -1245,10 +1245,11 @@ func (x *GrantCreditsResponse) GetReplayed() bool {
 	return false
 }
 
-// SetPlanRequest changes a user's plan.
+// SetPlanRequest changes a user's plan, or an organization account's.
 type SetPlanRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Clerk user id of the user. Required.
+	// Clerk user id of the user. Required, unless clerk_organization_id is
+	// set (then it must be empty).
 	ClerkUserId string `protobuf:"bytes,1,opt,name=clerk_user_id,json=clerkUserId,proto3" json:"clerk_user_id,omitempty"`
 	// The new plan; PLAN_UNSPECIFIED is invalid.
 	Plan Plan `protobuf:"varint,2,opt,name=plan,proto3,enum=userd.v1.Plan" json:"plan,omitempty"`
@@ -1259,9 +1260,12 @@ type SetPlanRequest struct {
 	// ASCII characters. Required.
 	IdempotencyKey string `protobuf:"bytes,4,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	// Free-form reason stored with the change; at most 512 characters.
-	Reason        string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Reason string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Clerk organization id: change the plan of the organization's account
+	// instead (services only; end users get PERMISSION_DENIED).
+	ClerkOrganizationId string `protobuf:"bytes,6,opt,name=clerk_organization_id,json=clerkOrganizationId,proto3" json:"clerk_organization_id,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *SetPlanRequest) Reset() {
@@ -1329,6 +1333,13 @@ func (x *SetPlanRequest) GetReason() string {
 	return ""
 }
 
+func (x *SetPlanRequest) GetClerkOrganizationId() string {
+	if x != nil {
+		return x.ClerkOrganizationId
+	}
+	return ""
+}
+
 // SetPlanResponse is the result of a plan change.
 type SetPlanResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1341,7 +1352,11 @@ type SetPlanResponse struct {
 	// True when the idempotency key had already applied this change: this
 	// call changed nothing, and previous_plan and bonus_transaction are the
 	// original call's (user is as it is now).
-	Replayed      bool `protobuf:"varint,4,opt,name=replayed,proto3" json:"replayed,omitempty"`
+	Replayed bool `protobuf:"varint,4,opt,name=replayed,proto3" json:"replayed,omitempty"`
+	// The organization's account right after the change (for a replay: as
+	// it is now), without its members (GetAccount lists them), for a
+	// request with clerk_organization_id; unset for a user's plan change.
+	Account       *Account `protobuf:"bytes,5,opt,name=account,proto3" json:"account,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1402,6 +1417,13 @@ func (x *SetPlanResponse) GetReplayed() bool {
 		return x.Replayed
 	}
 	return false
+}
+
+func (x *SetPlanResponse) GetAccount() *Account {
+	if x != nil {
+		return x.Account
+	}
+	return nil
 }
 
 // ListCreditTransactionsRequest pages through a user's ledger.
@@ -1542,10 +1564,13 @@ func (x *ListCreditTransactionsResponse) GetNextPageToken() string {
 	return ""
 }
 
-// GetUsageSummaryRequest names a user and a time window.
+// GetUsageSummaryRequest names a user, or an organization's account, and
+// a time window.
 type GetUsageSummaryRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Clerk user id of the user ("me" for an end user's own). Required.
+	// Clerk user id of the user ("me" for an end user's own). Required,
+	// unless clerk_organization_id is set (then: the member reading; an end
+	// user itself, "me" or empty).
 	ClerkUserId string `protobuf:"bytes,1,opt,name=clerk_user_id,json=clerkUserId,proto3" json:"clerk_user_id,omitempty"`
 	// Start of the window, inclusive; unset means 30 days before end_time.
 	// 0001-01-01T00:00:00Z is a start like any other: the whole ledger.
@@ -1557,7 +1582,13 @@ type GetUsageSummaryRequest struct {
 	// Periods to group the window by; unset for none. A window may span at
 	// most 366 periods (a year of days, seven years of weeks, 30 years of
 	// months); without periods it is unbounded.
-	GroupBy       UsagePeriod `protobuf:"varint,4,opt,name=group_by,json=groupBy,proto3,enum=userd.v1.UsagePeriod" json:"group_by,omitempty"`
+	GroupBy UsagePeriod `protobuf:"varint,4,opt,name=group_by,json=groupBy,proto3,enum=userd.v1.UsagePeriod" json:"group_by,omitempty"`
+	// Clerk organization id: summarize the organization account's ledger
+	// instead (an end user: its active organization's, while a live member).
+	ClerkOrganizationId string `protobuf:"bytes,5,opt,name=clerk_organization_id,json=clerkOrganizationId,proto3" json:"clerk_organization_id,omitempty"`
+	// With clerk_organization_id: also sum the window by the member who
+	// acted (by_member in the response).
+	ByMember      bool `protobuf:"varint,6,opt,name=by_member,json=byMember,proto3" json:"by_member,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1620,6 +1651,95 @@ func (x *GetUsageSummaryRequest) GetGroupBy() UsagePeriod {
 	return UsagePeriod_USAGE_PERIOD_UNSPECIFIED
 }
 
+func (x *GetUsageSummaryRequest) GetClerkOrganizationId() string {
+	if x != nil {
+		return x.ClerkOrganizationId
+	}
+	return ""
+}
+
+func (x *GetUsageSummaryRequest) GetByMember() bool {
+	if x != nil {
+		return x.ByMember
+	}
+	return false
+}
+
+// UsageByMember sums the entries of an organization's account that one
+// member acted for.
+type UsageByMember struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Clerk user id of the member; empty for the entries no user acted for
+	// (a service's grants and plan bonuses).
+	ClerkUserId string `protobuf:"bytes,1,opt,name=clerk_user_id,json=clerkUserId,proto3" json:"clerk_user_id,omitempty"`
+	// Credits deducted.
+	Spent int64 `protobuf:"varint,2,opt,name=spent,proto3" json:"spent,omitempty"`
+	// Credits added.
+	Granted int64 `protobuf:"varint,3,opt,name=granted,proto3" json:"granted,omitempty"`
+	// Number of ledger entries.
+	EntryCount    int64 `protobuf:"varint,4,opt,name=entry_count,json=entryCount,proto3" json:"entry_count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UsageByMember) Reset() {
+	*x = UsageByMember{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsageByMember) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsageByMember) ProtoMessage() {}
+
+func (x *UsageByMember) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsageByMember.ProtoReflect.Descriptor instead.
+func (*UsageByMember) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *UsageByMember) GetClerkUserId() string {
+	if x != nil {
+		return x.ClerkUserId
+	}
+	return ""
+}
+
+func (x *UsageByMember) GetSpent() int64 {
+	if x != nil {
+		return x.Spent
+	}
+	return 0
+}
+
+func (x *UsageByMember) GetGranted() int64 {
+	if x != nil {
+		return x.Granted
+	}
+	return 0
+}
+
+func (x *UsageByMember) GetEntryCount() int64 {
+	if x != nil {
+		return x.EntryCount
+	}
+	return 0
+}
+
 // UsageByReason sums the ledger entries of one reason.
 type UsageByReason struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1642,7 +1762,7 @@ type UsageByReason struct {
 
 func (x *UsageByReason) Reset() {
 	*x = UsageByReason{}
-	mi := &file_userd_v1_user_service_proto_msgTypes[15]
+	mi := &file_userd_v1_user_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1654,7 +1774,7 @@ func (x *UsageByReason) String() string {
 func (*UsageByReason) ProtoMessage() {}
 
 func (x *UsageByReason) ProtoReflect() protoreflect.Message {
-	mi := &file_userd_v1_user_service_proto_msgTypes[15]
+	mi := &file_userd_v1_user_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1667,7 +1787,7 @@ func (x *UsageByReason) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageByReason.ProtoReflect.Descriptor instead.
 func (*UsageByReason) Descriptor() ([]byte, []int) {
-	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{15}
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *UsageByReason) GetReason() string {
@@ -1729,7 +1849,7 @@ type UsageInPeriod struct {
 
 func (x *UsageInPeriod) Reset() {
 	*x = UsageInPeriod{}
-	mi := &file_userd_v1_user_service_proto_msgTypes[16]
+	mi := &file_userd_v1_user_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1741,7 +1861,7 @@ func (x *UsageInPeriod) String() string {
 func (*UsageInPeriod) ProtoMessage() {}
 
 func (x *UsageInPeriod) ProtoReflect() protoreflect.Message {
-	mi := &file_userd_v1_user_service_proto_msgTypes[16]
+	mi := &file_userd_v1_user_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1754,7 +1874,7 @@ func (x *UsageInPeriod) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageInPeriod.ProtoReflect.Descriptor instead.
 func (*UsageInPeriod) Descriptor() ([]byte, []int) {
-	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{16}
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *UsageInPeriod) GetStartTime() *timestamppb.Timestamp {
@@ -1809,7 +1929,8 @@ type GetUsageSummaryResponse struct {
 	EndTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
 	// How the window was grouped.
 	GroupBy UsagePeriod `protobuf:"varint,3,opt,name=group_by,json=groupBy,proto3,enum=userd.v1.UsagePeriod" json:"group_by,omitempty"`
-	// The user's balance now (in the same snapshot as the sums).
+	// The balance now of the user, or of the organization's account (in the
+	// same snapshot as the sums).
 	Balance int64 `protobuf:"varint,4,opt,name=balance,proto3" json:"balance,omitempty"`
 	// Credits deducted in the window.
 	Spent int64 `protobuf:"varint,5,opt,name=spent,proto3" json:"spent,omitempty"`
@@ -1822,14 +1943,17 @@ type GetUsageSummaryResponse struct {
 	Reasons []*UsageByReason `protobuf:"bytes,8,rep,name=reasons,proto3" json:"reasons,omitempty"`
 	// Every period of the window, oldest first, empty ones included; none
 	// unless group_by is set.
-	Periods       []*UsageInPeriod `protobuf:"bytes,9,rep,name=periods,proto3" json:"periods,omitempty"`
+	Periods []*UsageInPeriod `protobuf:"bytes,9,rep,name=periods,proto3" json:"periods,omitempty"`
+	// With by_member: the window by member, those that moved the most
+	// credits first (at most 1,000 members).
+	ByMember      []*UsageByMember `protobuf:"bytes,10,rep,name=by_member,json=byMember,proto3" json:"by_member,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetUsageSummaryResponse) Reset() {
 	*x = GetUsageSummaryResponse{}
-	mi := &file_userd_v1_user_service_proto_msgTypes[17]
+	mi := &file_userd_v1_user_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1841,7 +1965,7 @@ func (x *GetUsageSummaryResponse) String() string {
 func (*GetUsageSummaryResponse) ProtoMessage() {}
 
 func (x *GetUsageSummaryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_userd_v1_user_service_proto_msgTypes[17]
+	mi := &file_userd_v1_user_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1854,7 +1978,7 @@ func (x *GetUsageSummaryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUsageSummaryResponse.ProtoReflect.Descriptor instead.
 func (*GetUsageSummaryResponse) Descriptor() ([]byte, []int) {
-	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{17}
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetUsageSummaryResponse) GetStartTime() *timestamppb.Timestamp {
@@ -1920,6 +2044,13 @@ func (x *GetUsageSummaryResponse) GetPeriods() []*UsageInPeriod {
 	return nil
 }
 
+func (x *GetUsageSummaryResponse) GetByMember() []*UsageByMember {
+	if x != nil {
+		return x.ByMember
+	}
+	return nil
+}
+
 // CanAffordRequest names a user and a cost: exactly one of amount and
 // action must be set.
 type CanAffordRequest struct {
@@ -1939,7 +2070,7 @@ type CanAffordRequest struct {
 
 func (x *CanAffordRequest) Reset() {
 	*x = CanAffordRequest{}
-	mi := &file_userd_v1_user_service_proto_msgTypes[18]
+	mi := &file_userd_v1_user_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1951,7 +2082,7 @@ func (x *CanAffordRequest) String() string {
 func (*CanAffordRequest) ProtoMessage() {}
 
 func (x *CanAffordRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_userd_v1_user_service_proto_msgTypes[18]
+	mi := &file_userd_v1_user_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1964,7 +2095,7 @@ func (x *CanAffordRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CanAffordRequest.ProtoReflect.Descriptor instead.
 func (*CanAffordRequest) Descriptor() ([]byte, []int) {
-	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{18}
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CanAffordRequest) GetClerkUserId() string {
@@ -2011,7 +2142,7 @@ type CanAffordResponse struct {
 
 func (x *CanAffordResponse) Reset() {
 	*x = CanAffordResponse{}
-	mi := &file_userd_v1_user_service_proto_msgTypes[19]
+	mi := &file_userd_v1_user_service_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2023,7 +2154,7 @@ func (x *CanAffordResponse) String() string {
 func (*CanAffordResponse) ProtoMessage() {}
 
 func (x *CanAffordResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_userd_v1_user_service_proto_msgTypes[19]
+	mi := &file_userd_v1_user_service_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2036,7 +2167,7 @@ func (x *CanAffordResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CanAffordResponse.ProtoReflect.Descriptor instead.
 func (*CanAffordResponse) Descriptor() ([]byte, []int) {
-	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{19}
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CanAffordResponse) GetRequired() int64 {
@@ -2080,7 +2211,7 @@ type Price struct {
 
 func (x *Price) Reset() {
 	*x = Price{}
-	mi := &file_userd_v1_user_service_proto_msgTypes[20]
+	mi := &file_userd_v1_user_service_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2092,7 +2223,7 @@ func (x *Price) String() string {
 func (*Price) ProtoMessage() {}
 
 func (x *Price) ProtoReflect() protoreflect.Message {
-	mi := &file_userd_v1_user_service_proto_msgTypes[20]
+	mi := &file_userd_v1_user_service_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2105,7 +2236,7 @@ func (x *Price) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Price.ProtoReflect.Descriptor instead.
 func (*Price) Descriptor() ([]byte, []int) {
-	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{20}
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Price) GetAction() string {
@@ -2164,7 +2295,7 @@ type PriceChange struct {
 
 func (x *PriceChange) Reset() {
 	*x = PriceChange{}
-	mi := &file_userd_v1_user_service_proto_msgTypes[21]
+	mi := &file_userd_v1_user_service_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2176,7 +2307,7 @@ func (x *PriceChange) String() string {
 func (*PriceChange) ProtoMessage() {}
 
 func (x *PriceChange) ProtoReflect() protoreflect.Message {
-	mi := &file_userd_v1_user_service_proto_msgTypes[21]
+	mi := &file_userd_v1_user_service_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2189,7 +2320,7 @@ func (x *PriceChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PriceChange.ProtoReflect.Descriptor instead.
 func (*PriceChange) Descriptor() ([]byte, []int) {
-	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{21}
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PriceChange) GetId() int64 {
@@ -2247,7 +2378,7 @@ type SetPriceRequest struct {
 
 func (x *SetPriceRequest) Reset() {
 	*x = SetPriceRequest{}
-	mi := &file_userd_v1_user_service_proto_msgTypes[22]
+	mi := &file_userd_v1_user_service_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2259,7 +2390,7 @@ func (x *SetPriceRequest) String() string {
 func (*SetPriceRequest) ProtoMessage() {}
 
 func (x *SetPriceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_userd_v1_user_service_proto_msgTypes[22]
+	mi := &file_userd_v1_user_service_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2272,7 +2403,7 @@ func (x *SetPriceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetPriceRequest.ProtoReflect.Descriptor instead.
 func (*SetPriceRequest) Descriptor() ([]byte, []int) {
-	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{22}
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SetPriceRequest) GetAction() string {
@@ -2302,7 +2433,7 @@ type SetPriceResponse struct {
 
 func (x *SetPriceResponse) Reset() {
 	*x = SetPriceResponse{}
-	mi := &file_userd_v1_user_service_proto_msgTypes[23]
+	mi := &file_userd_v1_user_service_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2314,7 +2445,7 @@ func (x *SetPriceResponse) String() string {
 func (*SetPriceResponse) ProtoMessage() {}
 
 func (x *SetPriceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_userd_v1_user_service_proto_msgTypes[23]
+	mi := &file_userd_v1_user_service_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2327,7 +2458,7 @@ func (x *SetPriceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetPriceResponse.ProtoReflect.Descriptor instead.
 func (*SetPriceResponse) Descriptor() ([]byte, []int) {
-	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{23}
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SetPriceResponse) GetPrice() *Price {
@@ -2357,7 +2488,7 @@ type ListPricesRequest struct {
 
 func (x *ListPricesRequest) Reset() {
 	*x = ListPricesRequest{}
-	mi := &file_userd_v1_user_service_proto_msgTypes[24]
+	mi := &file_userd_v1_user_service_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2369,7 +2500,7 @@ func (x *ListPricesRequest) String() string {
 func (*ListPricesRequest) ProtoMessage() {}
 
 func (x *ListPricesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_userd_v1_user_service_proto_msgTypes[24]
+	mi := &file_userd_v1_user_service_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2382,7 +2513,7 @@ func (x *ListPricesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPricesRequest.ProtoReflect.Descriptor instead.
 func (*ListPricesRequest) Descriptor() ([]byte, []int) {
-	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{24}
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListPricesRequest) GetPageSize() int32 {
@@ -2412,7 +2543,7 @@ type ListPricesResponse struct {
 
 func (x *ListPricesResponse) Reset() {
 	*x = ListPricesResponse{}
-	mi := &file_userd_v1_user_service_proto_msgTypes[25]
+	mi := &file_userd_v1_user_service_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2424,7 +2555,7 @@ func (x *ListPricesResponse) String() string {
 func (*ListPricesResponse) ProtoMessage() {}
 
 func (x *ListPricesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_userd_v1_user_service_proto_msgTypes[25]
+	mi := &file_userd_v1_user_service_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2437,7 +2568,7 @@ func (x *ListPricesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPricesResponse.ProtoReflect.Descriptor instead.
 func (*ListPricesResponse) Descriptor() ([]byte, []int) {
-	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{25}
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListPricesResponse) GetPrices() []*Price {
@@ -2469,7 +2600,7 @@ type ListPriceChangesRequest struct {
 
 func (x *ListPriceChangesRequest) Reset() {
 	*x = ListPriceChangesRequest{}
-	mi := &file_userd_v1_user_service_proto_msgTypes[26]
+	mi := &file_userd_v1_user_service_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2481,7 +2612,7 @@ func (x *ListPriceChangesRequest) String() string {
 func (*ListPriceChangesRequest) ProtoMessage() {}
 
 func (x *ListPriceChangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_userd_v1_user_service_proto_msgTypes[26]
+	mi := &file_userd_v1_user_service_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2494,7 +2625,7 @@ func (x *ListPriceChangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPriceChangesRequest.ProtoReflect.Descriptor instead.
 func (*ListPriceChangesRequest) Descriptor() ([]byte, []int) {
-	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{26}
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListPriceChangesRequest) GetAction() string {
@@ -2531,7 +2662,7 @@ type ListPriceChangesResponse struct {
 
 func (x *ListPriceChangesResponse) Reset() {
 	*x = ListPriceChangesResponse{}
-	mi := &file_userd_v1_user_service_proto_msgTypes[27]
+	mi := &file_userd_v1_user_service_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2543,7 +2674,7 @@ func (x *ListPriceChangesResponse) String() string {
 func (*ListPriceChangesResponse) ProtoMessage() {}
 
 func (x *ListPriceChangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_userd_v1_user_service_proto_msgTypes[27]
+	mi := &file_userd_v1_user_service_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2556,7 +2687,7 @@ func (x *ListPriceChangesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPriceChangesResponse.ProtoReflect.Descriptor instead.
 func (*ListPriceChangesResponse) Descriptor() ([]byte, []int) {
-	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{27}
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListPriceChangesResponse) GetChanges() []*PriceChange {
@@ -2592,7 +2723,7 @@ type WatchUserEventsRequest struct {
 
 func (x *WatchUserEventsRequest) Reset() {
 	*x = WatchUserEventsRequest{}
-	mi := &file_userd_v1_user_service_proto_msgTypes[28]
+	mi := &file_userd_v1_user_service_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2604,7 +2735,7 @@ func (x *WatchUserEventsRequest) String() string {
 func (*WatchUserEventsRequest) ProtoMessage() {}
 
 func (x *WatchUserEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_userd_v1_user_service_proto_msgTypes[28]
+	mi := &file_userd_v1_user_service_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2617,7 +2748,7 @@ func (x *WatchUserEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchUserEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchUserEventsRequest) Descriptor() ([]byte, []int) {
-	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{28}
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *WatchUserEventsRequest) GetCursor() string {
@@ -2664,7 +2795,7 @@ type WatchUserEventsResponse struct {
 
 func (x *WatchUserEventsResponse) Reset() {
 	*x = WatchUserEventsResponse{}
-	mi := &file_userd_v1_user_service_proto_msgTypes[29]
+	mi := &file_userd_v1_user_service_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2676,7 +2807,7 @@ func (x *WatchUserEventsResponse) String() string {
 func (*WatchUserEventsResponse) ProtoMessage() {}
 
 func (x *WatchUserEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_userd_v1_user_service_proto_msgTypes[29]
+	mi := &file_userd_v1_user_service_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2689,7 +2820,7 @@ func (x *WatchUserEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchUserEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchUserEventsResponse) Descriptor() ([]byte, []int) {
-	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{29}
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *WatchUserEventsResponse) GetItem() isWatchUserEventsResponse_Item {
@@ -2780,7 +2911,7 @@ type UserEvent struct {
 
 func (x *UserEvent) Reset() {
 	*x = UserEvent{}
-	mi := &file_userd_v1_user_service_proto_msgTypes[30]
+	mi := &file_userd_v1_user_service_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2792,7 +2923,7 @@ func (x *UserEvent) String() string {
 func (*UserEvent) ProtoMessage() {}
 
 func (x *UserEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_userd_v1_user_service_proto_msgTypes[30]
+	mi := &file_userd_v1_user_service_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2805,7 +2936,7 @@ func (x *UserEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserEvent.ProtoReflect.Descriptor instead.
 func (*UserEvent) Descriptor() ([]byte, []int) {
-	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{30}
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *UserEvent) GetId() int64 {
@@ -3006,7 +3137,7 @@ type Organization struct {
 
 func (x *Organization) Reset() {
 	*x = Organization{}
-	mi := &file_userd_v1_user_service_proto_msgTypes[31]
+	mi := &file_userd_v1_user_service_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3018,7 +3149,7 @@ func (x *Organization) String() string {
 func (*Organization) ProtoMessage() {}
 
 func (x *Organization) ProtoReflect() protoreflect.Message {
-	mi := &file_userd_v1_user_service_proto_msgTypes[31]
+	mi := &file_userd_v1_user_service_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3031,7 +3162,7 @@ func (x *Organization) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Organization.ProtoReflect.Descriptor instead.
 func (*Organization) Descriptor() ([]byte, []int) {
-	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{31}
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Organization) GetId() string {
@@ -3116,7 +3247,7 @@ type OrganizationMembership struct {
 
 func (x *OrganizationMembership) Reset() {
 	*x = OrganizationMembership{}
-	mi := &file_userd_v1_user_service_proto_msgTypes[32]
+	mi := &file_userd_v1_user_service_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3128,7 +3259,7 @@ func (x *OrganizationMembership) String() string {
 func (*OrganizationMembership) ProtoMessage() {}
 
 func (x *OrganizationMembership) ProtoReflect() protoreflect.Message {
-	mi := &file_userd_v1_user_service_proto_msgTypes[32]
+	mi := &file_userd_v1_user_service_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3141,7 +3272,7 @@ func (x *OrganizationMembership) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OrganizationMembership.ProtoReflect.Descriptor instead.
 func (*OrganizationMembership) Descriptor() ([]byte, []int) {
-	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{32}
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *OrganizationMembership) GetClerkMembershipId() string {
@@ -3221,7 +3352,7 @@ type MemberSpendingCapChange struct {
 
 func (x *MemberSpendingCapChange) Reset() {
 	*x = MemberSpendingCapChange{}
-	mi := &file_userd_v1_user_service_proto_msgTypes[33]
+	mi := &file_userd_v1_user_service_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3233,7 +3364,7 @@ func (x *MemberSpendingCapChange) String() string {
 func (*MemberSpendingCapChange) ProtoMessage() {}
 
 func (x *MemberSpendingCapChange) ProtoReflect() protoreflect.Message {
-	mi := &file_userd_v1_user_service_proto_msgTypes[33]
+	mi := &file_userd_v1_user_service_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3246,7 +3377,7 @@ func (x *MemberSpendingCapChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberSpendingCapChange.ProtoReflect.Descriptor instead.
 func (*MemberSpendingCapChange) Descriptor() ([]byte, []int) {
-	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{33}
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *MemberSpendingCapChange) GetClerkOrganizationId() string {
@@ -3320,7 +3451,7 @@ type Account struct {
 
 func (x *Account) Reset() {
 	*x = Account{}
-	mi := &file_userd_v1_user_service_proto_msgTypes[34]
+	mi := &file_userd_v1_user_service_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3332,7 +3463,7 @@ func (x *Account) String() string {
 func (*Account) ProtoMessage() {}
 
 func (x *Account) ProtoReflect() protoreflect.Message {
-	mi := &file_userd_v1_user_service_proto_msgTypes[34]
+	mi := &file_userd_v1_user_service_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3345,7 +3476,7 @@ func (x *Account) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Account.ProtoReflect.Descriptor instead.
 func (*Account) Descriptor() ([]byte, []int) {
-	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{34}
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Account) GetId() string {
@@ -3430,7 +3561,7 @@ type AccountMember struct {
 
 func (x *AccountMember) Reset() {
 	*x = AccountMember{}
-	mi := &file_userd_v1_user_service_proto_msgTypes[35]
+	mi := &file_userd_v1_user_service_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3442,7 +3573,7 @@ func (x *AccountMember) String() string {
 func (*AccountMember) ProtoMessage() {}
 
 func (x *AccountMember) ProtoReflect() protoreflect.Message {
-	mi := &file_userd_v1_user_service_proto_msgTypes[35]
+	mi := &file_userd_v1_user_service_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3455,7 +3586,7 @@ func (x *AccountMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccountMember.ProtoReflect.Descriptor instead.
 func (*AccountMember) Descriptor() ([]byte, []int) {
-	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{35}
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *AccountMember) GetClerkUserId() string {
@@ -3521,7 +3652,7 @@ type GetAccountRequest struct {
 
 func (x *GetAccountRequest) Reset() {
 	*x = GetAccountRequest{}
-	mi := &file_userd_v1_user_service_proto_msgTypes[36]
+	mi := &file_userd_v1_user_service_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3533,7 +3664,7 @@ func (x *GetAccountRequest) String() string {
 func (*GetAccountRequest) ProtoMessage() {}
 
 func (x *GetAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_userd_v1_user_service_proto_msgTypes[36]
+	mi := &file_userd_v1_user_service_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3546,7 +3677,7 @@ func (x *GetAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAccountRequest.ProtoReflect.Descriptor instead.
 func (*GetAccountRequest) Descriptor() ([]byte, []int) {
-	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{36}
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetAccountRequest) GetClerkUserId() string {
@@ -3574,7 +3705,7 @@ type GetAccountResponse struct {
 
 func (x *GetAccountResponse) Reset() {
 	*x = GetAccountResponse{}
-	mi := &file_userd_v1_user_service_proto_msgTypes[37]
+	mi := &file_userd_v1_user_service_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3586,7 +3717,7 @@ func (x *GetAccountResponse) String() string {
 func (*GetAccountResponse) ProtoMessage() {}
 
 func (x *GetAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_userd_v1_user_service_proto_msgTypes[37]
+	mi := &file_userd_v1_user_service_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3599,7 +3730,7 @@ func (x *GetAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAccountResponse.ProtoReflect.Descriptor instead.
 func (*GetAccountResponse) Descriptor() ([]byte, []int) {
-	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{37}
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GetAccountResponse) GetAccount() *Account {
@@ -3627,7 +3758,7 @@ type SetMemberSpendingCapRequest struct {
 
 func (x *SetMemberSpendingCapRequest) Reset() {
 	*x = SetMemberSpendingCapRequest{}
-	mi := &file_userd_v1_user_service_proto_msgTypes[38]
+	mi := &file_userd_v1_user_service_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3639,7 +3770,7 @@ func (x *SetMemberSpendingCapRequest) String() string {
 func (*SetMemberSpendingCapRequest) ProtoMessage() {}
 
 func (x *SetMemberSpendingCapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_userd_v1_user_service_proto_msgTypes[38]
+	mi := &file_userd_v1_user_service_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3652,7 +3783,7 @@ func (x *SetMemberSpendingCapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMemberSpendingCapRequest.ProtoReflect.Descriptor instead.
 func (*SetMemberSpendingCapRequest) Descriptor() ([]byte, []int) {
-	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{38}
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SetMemberSpendingCapRequest) GetClerkOrganizationId() string {
@@ -3694,7 +3825,7 @@ type SetMemberSpendingCapResponse struct {
 
 func (x *SetMemberSpendingCapResponse) Reset() {
 	*x = SetMemberSpendingCapResponse{}
-	mi := &file_userd_v1_user_service_proto_msgTypes[39]
+	mi := &file_userd_v1_user_service_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3706,7 +3837,7 @@ func (x *SetMemberSpendingCapResponse) String() string {
 func (*SetMemberSpendingCapResponse) ProtoMessage() {}
 
 func (x *SetMemberSpendingCapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_userd_v1_user_service_proto_msgTypes[39]
+	mi := &file_userd_v1_user_service_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3719,7 +3850,7 @@ func (x *SetMemberSpendingCapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMemberSpendingCapResponse.ProtoReflect.Descriptor instead.
 func (*SetMemberSpendingCapResponse) Descriptor() ([]byte, []int) {
-	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{39}
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SetMemberSpendingCapResponse) GetMember() *AccountMember {
@@ -3754,7 +3885,7 @@ type PlanChange struct {
 
 func (x *PlanChange) Reset() {
 	*x = PlanChange{}
-	mi := &file_userd_v1_user_service_proto_msgTypes[40]
+	mi := &file_userd_v1_user_service_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3766,7 +3897,7 @@ func (x *PlanChange) String() string {
 func (*PlanChange) ProtoMessage() {}
 
 func (x *PlanChange) ProtoReflect() protoreflect.Message {
-	mi := &file_userd_v1_user_service_proto_msgTypes[40]
+	mi := &file_userd_v1_user_service_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3779,7 +3910,7 @@ func (x *PlanChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanChange.ProtoReflect.Descriptor instead.
 func (*PlanChange) Descriptor() ([]byte, []int) {
-	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{40}
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *PlanChange) GetId() int64 {
@@ -3852,7 +3983,7 @@ type WatchHeartbeat struct {
 
 func (x *WatchHeartbeat) Reset() {
 	*x = WatchHeartbeat{}
-	mi := &file_userd_v1_user_service_proto_msgTypes[41]
+	mi := &file_userd_v1_user_service_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3864,7 +3995,7 @@ func (x *WatchHeartbeat) String() string {
 func (*WatchHeartbeat) ProtoMessage() {}
 
 func (x *WatchHeartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_userd_v1_user_service_proto_msgTypes[41]
+	mi := &file_userd_v1_user_service_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3877,7 +4008,7 @@ func (x *WatchHeartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchHeartbeat.ProtoReflect.Descriptor instead.
 func (*WatchHeartbeat) Descriptor() ([]byte, []int) {
-	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{41}
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *WatchHeartbeat) GetCursor() string {
@@ -3968,18 +4099,20 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"\x14GrantCreditsResponse\x12=\n" +
 	"\vtransaction\x18\x01 \x01(\v2\x1b.userd.v1.CreditTransactionR\vtransaction\x12\x18\n" +
 	"\abalance\x18\x02 \x01(\x03R\abalance\x12\x1a\n" +
-	"\breplayed\x18\x03 \x01(\bR\breplayed\"\xbe\x01\n" +
+	"\breplayed\x18\x03 \x01(\bR\breplayed\"\xf2\x01\n" +
 	"\x0eSetPlanRequest\x12\"\n" +
 	"\rclerk_user_id\x18\x01 \x01(\tR\vclerkUserId\x12\"\n" +
 	"\x04plan\x18\x02 \x01(\x0e2\x0e.userd.v1.PlanR\x04plan\x12#\n" +
 	"\rbonus_credits\x18\x03 \x01(\x03R\fbonusCredits\x12'\n" +
 	"\x0fidempotency_key\x18\x04 \x01(\tR\x0eidempotencyKey\x12\x16\n" +
-	"\x06reason\x18\x05 \x01(\tR\x06reason\"\xd0\x01\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x122\n" +
+	"\x15clerk_organization_id\x18\x06 \x01(\tR\x13clerkOrganizationId\"\xfd\x01\n" +
 	"\x0fSetPlanResponse\x12\"\n" +
 	"\x04user\x18\x01 \x01(\v2\x0e.userd.v1.UserR\x04user\x123\n" +
 	"\rprevious_plan\x18\x02 \x01(\x0e2\x0e.userd.v1.PlanR\fpreviousPlan\x12H\n" +
 	"\x11bonus_transaction\x18\x03 \x01(\v2\x1b.userd.v1.CreditTransactionR\x10bonusTransaction\x12\x1a\n" +
-	"\breplayed\x18\x04 \x01(\bR\breplayed\"\xe4\x01\n" +
+	"\breplayed\x18\x04 \x01(\bR\breplayed\x12+\n" +
+	"\aaccount\x18\x05 \x01(\v2\x11.userd.v1.AccountR\aaccount\"\xe4\x01\n" +
 	"\x1dListCreditTransactionsRequest\x12\"\n" +
 	"\rclerk_user_id\x18\x01 \x01(\tR\vclerkUserId\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
@@ -3989,13 +4122,21 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"\x14member_clerk_user_id\x18\x05 \x01(\tR\x11memberClerkUserId\"\x89\x01\n" +
 	"\x1eListCreditTransactionsResponse\x12?\n" +
 	"\ftransactions\x18\x01 \x03(\v2\x1b.userd.v1.CreditTransactionR\ftransactions\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xe0\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xb1\x02\n" +
 	"\x16GetUsageSummaryRequest\x12\"\n" +
 	"\rclerk_user_id\x18\x01 \x01(\tR\vclerkUserId\x129\n" +
 	"\n" +
 	"start_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
 	"\bend_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x120\n" +
-	"\bgroup_by\x18\x04 \x01(\x0e2\x15.userd.v1.UsagePeriodR\agroupBy\"\x8e\x01\n" +
+	"\bgroup_by\x18\x04 \x01(\x0e2\x15.userd.v1.UsagePeriodR\agroupBy\x122\n" +
+	"\x15clerk_organization_id\x18\x05 \x01(\tR\x13clerkOrganizationId\x12\x1b\n" +
+	"\tby_member\x18\x06 \x01(\bR\bbyMember\"\x84\x01\n" +
+	"\rUsageByMember\x12\"\n" +
+	"\rclerk_user_id\x18\x01 \x01(\tR\vclerkUserId\x12\x14\n" +
+	"\x05spent\x18\x02 \x01(\x03R\x05spent\x12\x18\n" +
+	"\agranted\x18\x03 \x01(\x03R\agranted\x12\x1f\n" +
+	"\ventry_count\x18\x04 \x01(\x03R\n" +
+	"entryCount\"\x8e\x01\n" +
 	"\rUsageByReason\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x14\n" +
 	"\x05spent\x18\x02 \x01(\x03R\x05spent\x12\x18\n" +
@@ -4011,7 +4152,7 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"\agranted\x18\x04 \x01(\x03R\agranted\x12\x1f\n" +
 	"\ventry_count\x18\x05 \x01(\x03R\n" +
 	"entryCount\x121\n" +
-	"\areasons\x18\x06 \x03(\v2\x17.userd.v1.UsageByReasonR\areasons\"\x8e\x03\n" +
+	"\areasons\x18\x06 \x03(\v2\x17.userd.v1.UsageByReasonR\areasons\"\xc4\x03\n" +
 	"\x17GetUsageSummaryResponse\x129\n" +
 	"\n" +
 	"start_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
@@ -4023,7 +4164,9 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"\ventry_count\x18\a \x01(\x03R\n" +
 	"entryCount\x121\n" +
 	"\areasons\x18\b \x03(\v2\x17.userd.v1.UsageByReasonR\areasons\x121\n" +
-	"\aperiods\x18\t \x03(\v2\x17.userd.v1.UsageInPeriodR\aperiods\"\x9a\x01\n" +
+	"\aperiods\x18\t \x03(\v2\x17.userd.v1.UsageInPeriodR\aperiods\x124\n" +
+	"\tby_member\x18\n" +
+	" \x03(\v2\x17.userd.v1.UsageByMemberR\bbyMember\"\x9a\x01\n" +
 	"\x10CanAffordRequest\x12\"\n" +
 	"\rclerk_user_id\x18\x01 \x01(\tR\vclerkUserId\x12\x16\n" +
 	"\x06amount\x18\x02 \x01(\x03R\x06amount\x12\x16\n" +
@@ -4251,7 +4394,7 @@ func file_userd_v1_user_service_proto_rawDescGZIP() []byte {
 }
 
 var file_userd_v1_user_service_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_userd_v1_user_service_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_userd_v1_user_service_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_userd_v1_user_service_proto_goTypes = []any{
 	(Plan)(0),                              // 0: userd.v1.Plan
 	(TransactionKind)(0),                   // 1: userd.v1.TransactionKind
@@ -4273,41 +4416,42 @@ var file_userd_v1_user_service_proto_goTypes = []any{
 	(*ListCreditTransactionsRequest)(nil),  // 17: userd.v1.ListCreditTransactionsRequest
 	(*ListCreditTransactionsResponse)(nil), // 18: userd.v1.ListCreditTransactionsResponse
 	(*GetUsageSummaryRequest)(nil),         // 19: userd.v1.GetUsageSummaryRequest
-	(*UsageByReason)(nil),                  // 20: userd.v1.UsageByReason
-	(*UsageInPeriod)(nil),                  // 21: userd.v1.UsageInPeriod
-	(*GetUsageSummaryResponse)(nil),        // 22: userd.v1.GetUsageSummaryResponse
-	(*CanAffordRequest)(nil),               // 23: userd.v1.CanAffordRequest
-	(*CanAffordResponse)(nil),              // 24: userd.v1.CanAffordResponse
-	(*Price)(nil),                          // 25: userd.v1.Price
-	(*PriceChange)(nil),                    // 26: userd.v1.PriceChange
-	(*SetPriceRequest)(nil),                // 27: userd.v1.SetPriceRequest
-	(*SetPriceResponse)(nil),               // 28: userd.v1.SetPriceResponse
-	(*ListPricesRequest)(nil),              // 29: userd.v1.ListPricesRequest
-	(*ListPricesResponse)(nil),             // 30: userd.v1.ListPricesResponse
-	(*ListPriceChangesRequest)(nil),        // 31: userd.v1.ListPriceChangesRequest
-	(*ListPriceChangesResponse)(nil),       // 32: userd.v1.ListPriceChangesResponse
-	(*WatchUserEventsRequest)(nil),         // 33: userd.v1.WatchUserEventsRequest
-	(*WatchUserEventsResponse)(nil),        // 34: userd.v1.WatchUserEventsResponse
-	(*UserEvent)(nil),                      // 35: userd.v1.UserEvent
-	(*Organization)(nil),                   // 36: userd.v1.Organization
-	(*OrganizationMembership)(nil),         // 37: userd.v1.OrganizationMembership
-	(*MemberSpendingCapChange)(nil),        // 38: userd.v1.MemberSpendingCapChange
-	(*Account)(nil),                        // 39: userd.v1.Account
-	(*AccountMember)(nil),                  // 40: userd.v1.AccountMember
-	(*GetAccountRequest)(nil),              // 41: userd.v1.GetAccountRequest
-	(*GetAccountResponse)(nil),             // 42: userd.v1.GetAccountResponse
-	(*SetMemberSpendingCapRequest)(nil),    // 43: userd.v1.SetMemberSpendingCapRequest
-	(*SetMemberSpendingCapResponse)(nil),   // 44: userd.v1.SetMemberSpendingCapResponse
-	(*PlanChange)(nil),                     // 45: userd.v1.PlanChange
-	(*WatchHeartbeat)(nil),                 // 46: userd.v1.WatchHeartbeat
-	(*timestamppb.Timestamp)(nil),          // 47: google.protobuf.Timestamp
+	(*UsageByMember)(nil),                  // 20: userd.v1.UsageByMember
+	(*UsageByReason)(nil),                  // 21: userd.v1.UsageByReason
+	(*UsageInPeriod)(nil),                  // 22: userd.v1.UsageInPeriod
+	(*GetUsageSummaryResponse)(nil),        // 23: userd.v1.GetUsageSummaryResponse
+	(*CanAffordRequest)(nil),               // 24: userd.v1.CanAffordRequest
+	(*CanAffordResponse)(nil),              // 25: userd.v1.CanAffordResponse
+	(*Price)(nil),                          // 26: userd.v1.Price
+	(*PriceChange)(nil),                    // 27: userd.v1.PriceChange
+	(*SetPriceRequest)(nil),                // 28: userd.v1.SetPriceRequest
+	(*SetPriceResponse)(nil),               // 29: userd.v1.SetPriceResponse
+	(*ListPricesRequest)(nil),              // 30: userd.v1.ListPricesRequest
+	(*ListPricesResponse)(nil),             // 31: userd.v1.ListPricesResponse
+	(*ListPriceChangesRequest)(nil),        // 32: userd.v1.ListPriceChangesRequest
+	(*ListPriceChangesResponse)(nil),       // 33: userd.v1.ListPriceChangesResponse
+	(*WatchUserEventsRequest)(nil),         // 34: userd.v1.WatchUserEventsRequest
+	(*WatchUserEventsResponse)(nil),        // 35: userd.v1.WatchUserEventsResponse
+	(*UserEvent)(nil),                      // 36: userd.v1.UserEvent
+	(*Organization)(nil),                   // 37: userd.v1.Organization
+	(*OrganizationMembership)(nil),         // 38: userd.v1.OrganizationMembership
+	(*MemberSpendingCapChange)(nil),        // 39: userd.v1.MemberSpendingCapChange
+	(*Account)(nil),                        // 40: userd.v1.Account
+	(*AccountMember)(nil),                  // 41: userd.v1.AccountMember
+	(*GetAccountRequest)(nil),              // 42: userd.v1.GetAccountRequest
+	(*GetAccountResponse)(nil),             // 43: userd.v1.GetAccountResponse
+	(*SetMemberSpendingCapRequest)(nil),    // 44: userd.v1.SetMemberSpendingCapRequest
+	(*SetMemberSpendingCapResponse)(nil),   // 45: userd.v1.SetMemberSpendingCapResponse
+	(*PlanChange)(nil),                     // 46: userd.v1.PlanChange
+	(*WatchHeartbeat)(nil),                 // 47: userd.v1.WatchHeartbeat
+	(*timestamppb.Timestamp)(nil),          // 48: google.protobuf.Timestamp
 }
 var file_userd_v1_user_service_proto_depIdxs = []int32{
 	0,  // 0: userd.v1.User.plan:type_name -> userd.v1.Plan
-	47, // 1: userd.v1.User.create_time:type_name -> google.protobuf.Timestamp
-	47, // 2: userd.v1.User.update_time:type_name -> google.protobuf.Timestamp
+	48, // 1: userd.v1.User.create_time:type_name -> google.protobuf.Timestamp
+	48, // 2: userd.v1.User.update_time:type_name -> google.protobuf.Timestamp
 	1,  // 3: userd.v1.CreditTransaction.kind:type_name -> userd.v1.TransactionKind
-	47, // 4: userd.v1.CreditTransaction.create_time:type_name -> google.protobuf.Timestamp
+	48, // 4: userd.v1.CreditTransaction.create_time:type_name -> google.protobuf.Timestamp
 	5,  // 5: userd.v1.GetUserResponse.user:type_name -> userd.v1.User
 	5,  // 6: userd.v1.EnsureUserResponse.user:type_name -> userd.v1.User
 	6,  // 7: userd.v1.DeductCreditsResponse.transaction:type_name -> userd.v1.CreditTransaction
@@ -4316,90 +4460,92 @@ var file_userd_v1_user_service_proto_depIdxs = []int32{
 	5,  // 10: userd.v1.SetPlanResponse.user:type_name -> userd.v1.User
 	0,  // 11: userd.v1.SetPlanResponse.previous_plan:type_name -> userd.v1.Plan
 	6,  // 12: userd.v1.SetPlanResponse.bonus_transaction:type_name -> userd.v1.CreditTransaction
-	6,  // 13: userd.v1.ListCreditTransactionsResponse.transactions:type_name -> userd.v1.CreditTransaction
-	47, // 14: userd.v1.GetUsageSummaryRequest.start_time:type_name -> google.protobuf.Timestamp
-	47, // 15: userd.v1.GetUsageSummaryRequest.end_time:type_name -> google.protobuf.Timestamp
-	2,  // 16: userd.v1.GetUsageSummaryRequest.group_by:type_name -> userd.v1.UsagePeriod
-	47, // 17: userd.v1.UsageInPeriod.start_time:type_name -> google.protobuf.Timestamp
-	47, // 18: userd.v1.UsageInPeriod.end_time:type_name -> google.protobuf.Timestamp
-	20, // 19: userd.v1.UsageInPeriod.reasons:type_name -> userd.v1.UsageByReason
-	47, // 20: userd.v1.GetUsageSummaryResponse.start_time:type_name -> google.protobuf.Timestamp
-	47, // 21: userd.v1.GetUsageSummaryResponse.end_time:type_name -> google.protobuf.Timestamp
-	2,  // 22: userd.v1.GetUsageSummaryResponse.group_by:type_name -> userd.v1.UsagePeriod
-	20, // 23: userd.v1.GetUsageSummaryResponse.reasons:type_name -> userd.v1.UsageByReason
-	21, // 24: userd.v1.GetUsageSummaryResponse.periods:type_name -> userd.v1.UsageInPeriod
-	47, // 25: userd.v1.Price.create_time:type_name -> google.protobuf.Timestamp
-	47, // 26: userd.v1.Price.update_time:type_name -> google.protobuf.Timestamp
-	47, // 27: userd.v1.PriceChange.change_time:type_name -> google.protobuf.Timestamp
-	25, // 28: userd.v1.SetPriceResponse.price:type_name -> userd.v1.Price
-	26, // 29: userd.v1.SetPriceResponse.change:type_name -> userd.v1.PriceChange
-	25, // 30: userd.v1.ListPricesResponse.prices:type_name -> userd.v1.Price
-	26, // 31: userd.v1.ListPriceChangesResponse.changes:type_name -> userd.v1.PriceChange
-	4,  // 32: userd.v1.WatchUserEventsRequest.start:type_name -> userd.v1.WatchStart
-	3,  // 33: userd.v1.WatchUserEventsRequest.kinds:type_name -> userd.v1.UserEventKind
-	35, // 34: userd.v1.WatchUserEventsResponse.event:type_name -> userd.v1.UserEvent
-	46, // 35: userd.v1.WatchUserEventsResponse.heartbeat:type_name -> userd.v1.WatchHeartbeat
-	3,  // 36: userd.v1.UserEvent.kind:type_name -> userd.v1.UserEventKind
-	47, // 37: userd.v1.UserEvent.create_time:type_name -> google.protobuf.Timestamp
-	5,  // 38: userd.v1.UserEvent.user:type_name -> userd.v1.User
-	45, // 39: userd.v1.UserEvent.plan_change:type_name -> userd.v1.PlanChange
-	6,  // 40: userd.v1.UserEvent.credit_transaction:type_name -> userd.v1.CreditTransaction
-	36, // 41: userd.v1.UserEvent.organization:type_name -> userd.v1.Organization
-	37, // 42: userd.v1.UserEvent.membership:type_name -> userd.v1.OrganizationMembership
-	38, // 43: userd.v1.UserEvent.member_cap_change:type_name -> userd.v1.MemberSpendingCapChange
-	47, // 44: userd.v1.Organization.create_time:type_name -> google.protobuf.Timestamp
-	47, // 45: userd.v1.Organization.update_time:type_name -> google.protobuf.Timestamp
-	47, // 46: userd.v1.Organization.delete_time:type_name -> google.protobuf.Timestamp
-	47, // 47: userd.v1.OrganizationMembership.create_time:type_name -> google.protobuf.Timestamp
-	47, // 48: userd.v1.OrganizationMembership.update_time:type_name -> google.protobuf.Timestamp
-	47, // 49: userd.v1.OrganizationMembership.delete_time:type_name -> google.protobuf.Timestamp
-	2,  // 50: userd.v1.MemberSpendingCapChange.period:type_name -> userd.v1.UsagePeriod
-	47, // 51: userd.v1.MemberSpendingCapChange.change_time:type_name -> google.protobuf.Timestamp
-	0,  // 52: userd.v1.Account.plan:type_name -> userd.v1.Plan
-	47, // 53: userd.v1.Account.create_time:type_name -> google.protobuf.Timestamp
-	47, // 54: userd.v1.Account.close_time:type_name -> google.protobuf.Timestamp
-	40, // 55: userd.v1.Account.members:type_name -> userd.v1.AccountMember
-	2,  // 56: userd.v1.AccountMember.cap_period:type_name -> userd.v1.UsagePeriod
-	39, // 57: userd.v1.GetAccountResponse.account:type_name -> userd.v1.Account
-	2,  // 58: userd.v1.SetMemberSpendingCapRequest.period:type_name -> userd.v1.UsagePeriod
-	40, // 59: userd.v1.SetMemberSpendingCapResponse.member:type_name -> userd.v1.AccountMember
-	0,  // 60: userd.v1.PlanChange.previous_plan:type_name -> userd.v1.Plan
-	0,  // 61: userd.v1.PlanChange.plan:type_name -> userd.v1.Plan
-	47, // 62: userd.v1.PlanChange.create_time:type_name -> google.protobuf.Timestamp
-	47, // 63: userd.v1.WatchHeartbeat.time:type_name -> google.protobuf.Timestamp
-	7,  // 64: userd.v1.UserService.GetUser:input_type -> userd.v1.GetUserRequest
-	9,  // 65: userd.v1.UserService.EnsureUser:input_type -> userd.v1.EnsureUserRequest
-	11, // 66: userd.v1.UserService.DeductCredits:input_type -> userd.v1.DeductCreditsRequest
-	13, // 67: userd.v1.UserService.GrantCredits:input_type -> userd.v1.GrantCreditsRequest
-	15, // 68: userd.v1.UserService.SetPlan:input_type -> userd.v1.SetPlanRequest
-	17, // 69: userd.v1.UserService.ListCreditTransactions:input_type -> userd.v1.ListCreditTransactionsRequest
-	19, // 70: userd.v1.UserService.GetUsageSummary:input_type -> userd.v1.GetUsageSummaryRequest
-	23, // 71: userd.v1.UserService.CanAfford:input_type -> userd.v1.CanAffordRequest
-	27, // 72: userd.v1.UserService.SetPrice:input_type -> userd.v1.SetPriceRequest
-	29, // 73: userd.v1.UserService.ListPrices:input_type -> userd.v1.ListPricesRequest
-	31, // 74: userd.v1.UserService.ListPriceChanges:input_type -> userd.v1.ListPriceChangesRequest
-	33, // 75: userd.v1.UserService.WatchUserEvents:input_type -> userd.v1.WatchUserEventsRequest
-	41, // 76: userd.v1.UserService.GetAccount:input_type -> userd.v1.GetAccountRequest
-	43, // 77: userd.v1.UserService.SetMemberSpendingCap:input_type -> userd.v1.SetMemberSpendingCapRequest
-	8,  // 78: userd.v1.UserService.GetUser:output_type -> userd.v1.GetUserResponse
-	10, // 79: userd.v1.UserService.EnsureUser:output_type -> userd.v1.EnsureUserResponse
-	12, // 80: userd.v1.UserService.DeductCredits:output_type -> userd.v1.DeductCreditsResponse
-	14, // 81: userd.v1.UserService.GrantCredits:output_type -> userd.v1.GrantCreditsResponse
-	16, // 82: userd.v1.UserService.SetPlan:output_type -> userd.v1.SetPlanResponse
-	18, // 83: userd.v1.UserService.ListCreditTransactions:output_type -> userd.v1.ListCreditTransactionsResponse
-	22, // 84: userd.v1.UserService.GetUsageSummary:output_type -> userd.v1.GetUsageSummaryResponse
-	24, // 85: userd.v1.UserService.CanAfford:output_type -> userd.v1.CanAffordResponse
-	28, // 86: userd.v1.UserService.SetPrice:output_type -> userd.v1.SetPriceResponse
-	30, // 87: userd.v1.UserService.ListPrices:output_type -> userd.v1.ListPricesResponse
-	32, // 88: userd.v1.UserService.ListPriceChanges:output_type -> userd.v1.ListPriceChangesResponse
-	34, // 89: userd.v1.UserService.WatchUserEvents:output_type -> userd.v1.WatchUserEventsResponse
-	42, // 90: userd.v1.UserService.GetAccount:output_type -> userd.v1.GetAccountResponse
-	44, // 91: userd.v1.UserService.SetMemberSpendingCap:output_type -> userd.v1.SetMemberSpendingCapResponse
-	78, // [78:92] is the sub-list for method output_type
-	64, // [64:78] is the sub-list for method input_type
-	64, // [64:64] is the sub-list for extension type_name
-	64, // [64:64] is the sub-list for extension extendee
-	0,  // [0:64] is the sub-list for field type_name
+	40, // 13: userd.v1.SetPlanResponse.account:type_name -> userd.v1.Account
+	6,  // 14: userd.v1.ListCreditTransactionsResponse.transactions:type_name -> userd.v1.CreditTransaction
+	48, // 15: userd.v1.GetUsageSummaryRequest.start_time:type_name -> google.protobuf.Timestamp
+	48, // 16: userd.v1.GetUsageSummaryRequest.end_time:type_name -> google.protobuf.Timestamp
+	2,  // 17: userd.v1.GetUsageSummaryRequest.group_by:type_name -> userd.v1.UsagePeriod
+	48, // 18: userd.v1.UsageInPeriod.start_time:type_name -> google.protobuf.Timestamp
+	48, // 19: userd.v1.UsageInPeriod.end_time:type_name -> google.protobuf.Timestamp
+	21, // 20: userd.v1.UsageInPeriod.reasons:type_name -> userd.v1.UsageByReason
+	48, // 21: userd.v1.GetUsageSummaryResponse.start_time:type_name -> google.protobuf.Timestamp
+	48, // 22: userd.v1.GetUsageSummaryResponse.end_time:type_name -> google.protobuf.Timestamp
+	2,  // 23: userd.v1.GetUsageSummaryResponse.group_by:type_name -> userd.v1.UsagePeriod
+	21, // 24: userd.v1.GetUsageSummaryResponse.reasons:type_name -> userd.v1.UsageByReason
+	22, // 25: userd.v1.GetUsageSummaryResponse.periods:type_name -> userd.v1.UsageInPeriod
+	20, // 26: userd.v1.GetUsageSummaryResponse.by_member:type_name -> userd.v1.UsageByMember
+	48, // 27: userd.v1.Price.create_time:type_name -> google.protobuf.Timestamp
+	48, // 28: userd.v1.Price.update_time:type_name -> google.protobuf.Timestamp
+	48, // 29: userd.v1.PriceChange.change_time:type_name -> google.protobuf.Timestamp
+	26, // 30: userd.v1.SetPriceResponse.price:type_name -> userd.v1.Price
+	27, // 31: userd.v1.SetPriceResponse.change:type_name -> userd.v1.PriceChange
+	26, // 32: userd.v1.ListPricesResponse.prices:type_name -> userd.v1.Price
+	27, // 33: userd.v1.ListPriceChangesResponse.changes:type_name -> userd.v1.PriceChange
+	4,  // 34: userd.v1.WatchUserEventsRequest.start:type_name -> userd.v1.WatchStart
+	3,  // 35: userd.v1.WatchUserEventsRequest.kinds:type_name -> userd.v1.UserEventKind
+	36, // 36: userd.v1.WatchUserEventsResponse.event:type_name -> userd.v1.UserEvent
+	47, // 37: userd.v1.WatchUserEventsResponse.heartbeat:type_name -> userd.v1.WatchHeartbeat
+	3,  // 38: userd.v1.UserEvent.kind:type_name -> userd.v1.UserEventKind
+	48, // 39: userd.v1.UserEvent.create_time:type_name -> google.protobuf.Timestamp
+	5,  // 40: userd.v1.UserEvent.user:type_name -> userd.v1.User
+	46, // 41: userd.v1.UserEvent.plan_change:type_name -> userd.v1.PlanChange
+	6,  // 42: userd.v1.UserEvent.credit_transaction:type_name -> userd.v1.CreditTransaction
+	37, // 43: userd.v1.UserEvent.organization:type_name -> userd.v1.Organization
+	38, // 44: userd.v1.UserEvent.membership:type_name -> userd.v1.OrganizationMembership
+	39, // 45: userd.v1.UserEvent.member_cap_change:type_name -> userd.v1.MemberSpendingCapChange
+	48, // 46: userd.v1.Organization.create_time:type_name -> google.protobuf.Timestamp
+	48, // 47: userd.v1.Organization.update_time:type_name -> google.protobuf.Timestamp
+	48, // 48: userd.v1.Organization.delete_time:type_name -> google.protobuf.Timestamp
+	48, // 49: userd.v1.OrganizationMembership.create_time:type_name -> google.protobuf.Timestamp
+	48, // 50: userd.v1.OrganizationMembership.update_time:type_name -> google.protobuf.Timestamp
+	48, // 51: userd.v1.OrganizationMembership.delete_time:type_name -> google.protobuf.Timestamp
+	2,  // 52: userd.v1.MemberSpendingCapChange.period:type_name -> userd.v1.UsagePeriod
+	48, // 53: userd.v1.MemberSpendingCapChange.change_time:type_name -> google.protobuf.Timestamp
+	0,  // 54: userd.v1.Account.plan:type_name -> userd.v1.Plan
+	48, // 55: userd.v1.Account.create_time:type_name -> google.protobuf.Timestamp
+	48, // 56: userd.v1.Account.close_time:type_name -> google.protobuf.Timestamp
+	41, // 57: userd.v1.Account.members:type_name -> userd.v1.AccountMember
+	2,  // 58: userd.v1.AccountMember.cap_period:type_name -> userd.v1.UsagePeriod
+	40, // 59: userd.v1.GetAccountResponse.account:type_name -> userd.v1.Account
+	2,  // 60: userd.v1.SetMemberSpendingCapRequest.period:type_name -> userd.v1.UsagePeriod
+	41, // 61: userd.v1.SetMemberSpendingCapResponse.member:type_name -> userd.v1.AccountMember
+	0,  // 62: userd.v1.PlanChange.previous_plan:type_name -> userd.v1.Plan
+	0,  // 63: userd.v1.PlanChange.plan:type_name -> userd.v1.Plan
+	48, // 64: userd.v1.PlanChange.create_time:type_name -> google.protobuf.Timestamp
+	48, // 65: userd.v1.WatchHeartbeat.time:type_name -> google.protobuf.Timestamp
+	7,  // 66: userd.v1.UserService.GetUser:input_type -> userd.v1.GetUserRequest
+	9,  // 67: userd.v1.UserService.EnsureUser:input_type -> userd.v1.EnsureUserRequest
+	11, // 68: userd.v1.UserService.DeductCredits:input_type -> userd.v1.DeductCreditsRequest
+	13, // 69: userd.v1.UserService.GrantCredits:input_type -> userd.v1.GrantCreditsRequest
+	15, // 70: userd.v1.UserService.SetPlan:input_type -> userd.v1.SetPlanRequest
+	17, // 71: userd.v1.UserService.ListCreditTransactions:input_type -> userd.v1.ListCreditTransactionsRequest
+	19, // 72: userd.v1.UserService.GetUsageSummary:input_type -> userd.v1.GetUsageSummaryRequest
+	24, // 73: userd.v1.UserService.CanAfford:input_type -> userd.v1.CanAffordRequest
+	28, // 74: userd.v1.UserService.SetPrice:input_type -> userd.v1.SetPriceRequest
+	30, // 75: userd.v1.UserService.ListPrices:input_type -> userd.v1.ListPricesRequest
+	32, // 76: userd.v1.UserService.ListPriceChanges:input_type -> userd.v1.ListPriceChangesRequest
+	34, // 77: userd.v1.UserService.WatchUserEvents:input_type -> userd.v1.WatchUserEventsRequest
+	42, // 78: userd.v1.UserService.GetAccount:input_type -> userd.v1.GetAccountRequest
+	44, // 79: userd.v1.UserService.SetMemberSpendingCap:input_type -> userd.v1.SetMemberSpendingCapRequest
+	8,  // 80: userd.v1.UserService.GetUser:output_type -> userd.v1.GetUserResponse
+	10, // 81: userd.v1.UserService.EnsureUser:output_type -> userd.v1.EnsureUserResponse
+	12, // 82: userd.v1.UserService.DeductCredits:output_type -> userd.v1.DeductCreditsResponse
+	14, // 83: userd.v1.UserService.GrantCredits:output_type -> userd.v1.GrantCreditsResponse
+	16, // 84: userd.v1.UserService.SetPlan:output_type -> userd.v1.SetPlanResponse
+	18, // 85: userd.v1.UserService.ListCreditTransactions:output_type -> userd.v1.ListCreditTransactionsResponse
+	23, // 86: userd.v1.UserService.GetUsageSummary:output_type -> userd.v1.GetUsageSummaryResponse
+	25, // 87: userd.v1.UserService.CanAfford:output_type -> userd.v1.CanAffordResponse
+	29, // 88: userd.v1.UserService.SetPrice:output_type -> userd.v1.SetPriceResponse
+	31, // 89: userd.v1.UserService.ListPrices:output_type -> userd.v1.ListPricesResponse
+	33, // 90: userd.v1.UserService.ListPriceChanges:output_type -> userd.v1.ListPriceChangesResponse
+	35, // 91: userd.v1.UserService.WatchUserEvents:output_type -> userd.v1.WatchUserEventsResponse
+	43, // 92: userd.v1.UserService.GetAccount:output_type -> userd.v1.GetAccountResponse
+	45, // 93: userd.v1.UserService.SetMemberSpendingCap:output_type -> userd.v1.SetMemberSpendingCapResponse
+	80, // [80:94] is the sub-list for method output_type
+	66, // [66:80] is the sub-list for method input_type
+	66, // [66:66] is the sub-list for extension type_name
+	66, // [66:66] is the sub-list for extension extendee
+	0,  // [0:66] is the sub-list for field type_name
 }
 
 func init() { file_userd_v1_user_service_proto_init() }
@@ -4412,11 +4558,11 @@ func file_userd_v1_user_service_proto_init() {
 		(*GetUserRequest_Id)(nil),
 		(*GetUserRequest_Email)(nil),
 	}
-	file_userd_v1_user_service_proto_msgTypes[29].OneofWrappers = []any{
+	file_userd_v1_user_service_proto_msgTypes[30].OneofWrappers = []any{
 		(*WatchUserEventsResponse_Event)(nil),
 		(*WatchUserEventsResponse_Heartbeat)(nil),
 	}
-	file_userd_v1_user_service_proto_msgTypes[30].OneofWrappers = []any{
+	file_userd_v1_user_service_proto_msgTypes[31].OneofWrappers = []any{
 		(*UserEvent_User)(nil),
 		(*UserEvent_PlanChange)(nil),
 		(*UserEvent_CreditTransaction)(nil),
@@ -4430,7 +4576,7 @@ func file_userd_v1_user_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_userd_v1_user_service_proto_rawDesc), len(file_userd_v1_user_service_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   42,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -16,6 +16,9 @@ import (
 // these are when there is nothing to say.
 var optionalResponseFields = map[string]bool{
 	"SetPlanResponse.bonusTransaction": true, // no bonus credits
+	// One of the two: a user's plan change or an organization's.
+	"SetPlanResponse.user":    true,
+	"SetPlanResponse.account": true,
 	// One of each oneof.
 	"WatchUserEventsResponse.event":     true,
 	"WatchUserEventsResponse.heartbeat": true,
