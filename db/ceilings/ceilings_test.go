@@ -3,6 +3,7 @@ package ceilings_test
 import (
 	"context"
 	"errors"
+	"maps"
 	"slices"
 	"strconv"
 	"testing"
@@ -36,6 +37,23 @@ func TestCeilingsRunOnTheSchema(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := svc.GrantCredits(ctx, users.CreditChange{ClerkUserID: "user_bench0", Amount: 1000, IdempotencyKey: "seed"}); err != nil {
+		t.Fatal(err)
+	}
+	// org_bench0 with its member user_bench0, as userd-bench seeds them:
+	// a balance and a monthly cap.
+	if _, err := svc.ApplyClerkOrganization(ctx, users.ClerkOrgEvent{MessageID: "msg_org", Type: "organization.created",
+		Org: users.ClerkOrganization{ID: "org_bench0", Name: "Bench", UpdatedAt: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.ApplyClerkMembership(ctx, users.ClerkMembershipEvent{MessageID: "msg_mem", Type: "organizationMembership.created",
+		Membership: users.ClerkMembership{ID: "orgmem_bench0", OrgID: "org_bench0", UserID: "user_bench0", Role: "org:member", UpdatedAt: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.GrantCredits(ctx, users.CreditChange{ClerkOrgID: "org_bench0", Amount: 100, IdempotencyKey: "seed"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.SetMemberSpendingCap(ctx, users.SetMemberCapInput{ClerkOrgID: "org_bench0", MemberClerkUserID: "user_bench0",
+		Period: users.CapPeriodMonth, Cap: 50, ChangedBy: "test"}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -96,16 +114,56 @@ func TestCeilingsRunOnTheSchema(t *testing.T) {
 			t.Errorf("%s.sql with the key deduct.sql used: err = %v, want a unique violation", s.Name, err)
 		}
 	}
-	for _, want := range []string{"get_user", "deduct", "grant", "set_plan", "webhook_create"} {
+	// Every write ceiling with the change feed and without it.
+	for _, want := range []string{"get_user", "deduct", "grant", "set_plan", "webhook_create", "org_deduct",
+		"deduct_nofeed", "grant_nofeed", "set_plan_nofeed", "webhook_create_nofeed", "org_deduct_nofeed"} {
 		if !slices.Contains(names, want) {
 			t.Errorf("no ceiling %s.sql (have %v)", want, names)
 		}
 	}
 
-	// deduct -1, grant +1, set_plan to PRO with +1: on top of 10 + 1000.
+	// Twice each (with and without feed): deduct -1, grant +1, set_plan to
+	// PRO with +1: on top of 10 + 1000.
 	u := checkLedger(t, svc, "user_bench0")
-	if u.Credits != 1011 || u.Plan != users.PlanPro {
-		t.Errorf("user_bench0: credits %d plan %s, want 1011 PRO", u.Credits, u.Plan)
+	if u.Credits != 1012 || u.Plan != users.PlanPro {
+		t.Errorf("user_bench0: credits %d plan %s, want 1012 PRO", u.Credits, u.Plan)
+	}
+	// The organization's account: -1 twice, counted on the member's cap.
+	var orgCredits, orgSum, capSpent int64
+	if err := pool.QueryRow(ctx, `SELECT a.credits, (SELECT sum(t.delta) FROM credit_transactions t WHERE t.user_id = a.id),
+		(SELECT c.spent FROM account_member_caps c WHERE c.account_id = a.id)
+		FROM accounts a JOIN organizations o ON o.id = a.organization_id WHERE o.clerk_org_id = 'org_bench0'`).Scan(
+		&orgCredits, &orgSum, &capSpent); err != nil {
+		t.Fatal(err)
+	}
+	if orgCredits != 98 || orgSum != 98 || capSpent != 2 {
+		t.Errorf("org_bench0: credits %d, ledger sum %d, cap spent %d; want 98, 98, 2", orgCredits, orgSum, capSpent)
+	}
+	// The ceilings with feed wrote the events userd writes for the same
+	// calls, those without none: credits.changed for the deduction, the
+	// grant, the organization's deduction, the plan bonus and the new
+	// user's INITIAL entry, plan.changed, user.created.
+	counts := map[string]int{}
+	rows, err := pool.Query(ctx, `SELECT kind, count(*) FROM feed_events
+		WHERE payload->>'idempotency_key' LIKE 'pgb%' OR clerk_user_id LIKE 'user_pgb%' GROUP BY kind`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var (
+			kind string
+			n    int
+		)
+		if err := rows.Scan(&kind, &n); err != nil {
+			t.Fatal(err)
+		}
+		counts[kind] = n
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]int{"credits.changed": 5, "plan.changed": 1, "user.created": 1}; !maps.Equal(counts, want) {
+		t.Errorf("events written by the ceilings: %v, want %v", counts, want)
 	}
 	if u := checkLedger(t, svc, webhookUser); u.Credits != users.DefaultInitialCredits {
 		t.Errorf("webhook_create's user: credits %d, want %d", u.Credits, users.DefaultInitialCredits)

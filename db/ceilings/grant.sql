@@ -1,12 +1,13 @@
--- Ceiling of GrantCredits (amount 1, a fresh idempotency key): one
--- statement, as deduct.sql without the balance condition (a balance that
--- would overflow fails on bigint's range). The UPDATE takes the row lock of
--- the live user's open personal account; the key is claimed in
--- idempotency_keys, the account's one key space; the ledger row carries
--- who acted and the balance it produced, so credits = sum(delta) at every
--- commit. No row back means "unknown user"; a used key is a unique
--- violation that undoes the statement, and its replay may take a second
--- round trip.
+-- Bench operation: gRPC GrantCredits, with the change feed.
+-- Ceiling of GrantCredits (amount 1, a fresh idempotency key) with what
+-- userd writes for it: grant_nofeed.sql's one statement (the balance
+-- update under the open account's row lock, the key claimed in the
+-- account's one key space, the ledger row with who acted and the balance
+-- it produced) plus the credits.changed event on the user's stream, its
+-- order_xid raised to the stream's previous event (read with the
+-- statement's snapshot, taken before the lock was granted: see deduct.sql).
+-- No row back means "unknown user"; a used key is a unique violation that
+-- undoes the statement.
 \set n random(0, :users - 1)
 \set k random(1, 1000000000000)
 WITH u AS (
@@ -14,11 +15,22 @@ WITH u AS (
     FROM users p
     WHERE p.clerk_user_id = 'user_bench' || :n AND p.deleted_at IS NULL AND a.id = p.id
       AND a.closed_at IS NULL
-    RETURNING a.id, a.credits
+    RETURNING a.id, a.credits, p.clerk_user_id
 ), claim AS (
     INSERT INTO idempotency_keys (user_id, idempotency_key, operation)
     SELECT id, 'pgb' || :k || '-' || :client_id, 'GRANT' FROM u
+), t AS (
+    INSERT INTO credit_transactions AS t (user_id, delta, balance_after, kind, reason, idempotency_key, actor_user_id, service)
+    SELECT id, 1, credits, 'GRANT', '', 'pgb' || :k || '-' || :client_id, id, 'bench' FROM u
+    RETURNING t.*
 )
-INSERT INTO credit_transactions (user_id, delta, balance_after, kind, reason, idempotency_key, actor_user_id, service)
-SELECT id, 1, credits, 'GRANT', '', 'pgb' || :k || '-' || :client_id, id, 'bench' FROM u
-RETURNING id, balance_after;
+INSERT INTO feed_events (order_xid, kind, user_id, clerk_user_id, account_id, actor_clerk_user_id, payload)
+SELECT greatest(pg_current_xact_id()::text::bigint,
+                (SELECT e.order_xid FROM feed_events e WHERE e.clerk_user_id = u.clerk_user_id
+                 ORDER BY e.order_xid DESC, e.id DESC LIMIT 1)),
+       'credits.changed', u.id, u.clerk_user_id, u.id, u.clerk_user_id,
+       jsonb_build_object('id', t.id, 'delta', t.delta, 'balance_after', t.balance_after, 'kind', t.kind,
+           'reason', t.reason, 'idempotency_key', t.idempotency_key, 'created_at', t.created_at,
+           'actor_user_id', t.actor_user_id, 'service', t.service)
+FROM u JOIN t ON t.user_id = u.id
+RETURNING id, payload->'balance_after';

@@ -115,14 +115,15 @@ func TestInvariantChecksCatchALostLock(t *testing.T) {
 	pool := testdb.Pool(t)
 	ctx := context.Background()
 	var def string
-	// Every personal write locks through userd_lock_personal_account.
-	if err := pool.QueryRow(ctx, `SELECT pg_get_functiondef('userd_lock_personal_account'::regproc)`).Scan(&def); err != nil {
+	// Personal grants and deductions by amount lock the account in
+	// userd_personal_change_credits.
+	if err := pool.QueryRow(ctx, `SELECT pg_get_functiondef('userd_personal_change_credits'::regproc)`).Scan(&def); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(def, "FOR UPDATE") {
-		t.Fatal("userd_lock_personal_account takes no row lock to remove")
+	if !strings.Contains(def, "FOR UPDATE OF a") {
+		t.Fatal("userd_personal_change_credits takes no row lock to remove")
 	}
-	mutant := strings.ReplaceAll(strings.ReplaceAll(def, "FOR UPDATE OF a", ""), "FOR UPDATE", "")
+	mutant := strings.ReplaceAll(def, "FOR UPDATE OF a", "")
 	if _, err := pool.Exec(ctx, mutant); err != nil {
 		t.Fatalf("install the mutant: %v", err)
 	}

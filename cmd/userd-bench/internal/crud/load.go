@@ -47,6 +47,7 @@ var scenarios = []scenario{
 	{"gRPC EnsureUser (existing)", "get_user", (*instance).ensureExisting, nil},
 	{restGetUser, "get_user", (*instance).restGetUser, nil},
 	{grpcDeduct, "deduct", (*instance).deduct, nil},
+	{grpcOrgDeduct, "org_deduct", (*instance).orgDeduct, (*target).prepareOrgs},
 	{restDeduct, "deduct", (*instance).restDeduct, nil},
 	{"gRPC GrantCredits", "grant", (*instance).grant, nil},
 	{"gRPC SetPlan (PRO, bonus 1)", "set_plan", (*instance).setPlan, nil},

@@ -1,0 +1,126 @@
+package crud
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	userdv1 "github.com/userd/userd/gen/userd/v1"
+	"github.com/userd/userd/internal/clerkhook"
+)
+
+// The organization deduction (issue 20): a backend service deducts 1
+// credit from an organization's account for one of its members, so that
+// the membership check, the member's spending cap (checked and counted)
+// and the organization's feed stream are all in the call. The seeded
+// users are paired into organizations (org_bench<i/2> has user_bench<i>
+// and user_bench<i+1>), each with a large balance and a monthly cap per
+// member that the bench never reaches: org_deduct.sql, the ceiling, uses
+// the same layout.
+const grpcOrgDeduct = "gRPC DeductCredits (organization, member cap)"
+
+// errNoOrganizations answers the scenario on a binary from before
+// organizations (a baseline older than issue 20): it has nothing to
+// measure there.
+var errNoOrganizations = errors.New("this userd predates organizations")
+
+// orgsSeeded holds the targets whose organizations are seeded: once per
+// target, whatever the rounds.
+var orgsSeeded sync.Map
+
+func orgID(i int) string { return "org_bench" + strconv.Itoa(i/2) }
+
+func (in *instance) orgDeduct(i int) error {
+	if in.t.baseline {
+		return errNoOrganizations
+	}
+	n := i % *nUsers
+	_, err := in.grpc.DeductCredits(in.ctx, &userdv1.DeductCreditsRequest{
+		ClerkOrganizationId: orgID(n), ClerkUserId: userID(n), Amount: 1, IdempotencyKey: in.key("o"),
+	})
+	return err
+}
+
+// prepareOrgs seeds the target's organizations before its first
+// organization scenario: the organizations and memberships through signed
+// webhooks, as Clerk delivers them, then each organization's balance and
+// its members' caps over gRPC.
+func (t *target) prepareOrgs() {
+	if t.baseline {
+		return
+	}
+	if _, done := orgsSeeded.LoadOrStore(t, true); done {
+		return
+	}
+	ctx := context.Background()
+	in, err := t.start(ctx)
+	if err != nil {
+		log.Fatalf("%s: seed organizations: %v", t.name, err)
+	}
+	defer in.stop()
+	log.Printf("%s: seeding %d organizations", t.name, (*nUsers+1)/2)
+	now := time.Now()
+	var (
+		wg    sync.WaitGroup
+		next  atomic.Int64
+		first atomic.Value
+	)
+	for range 8 {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < *nUsers; i = int(next.Add(1) - 1) {
+				if err := in.seedOrgMember(i, now); err != nil {
+					first.CompareAndSwap(nil, fmt.Errorf("member %d: %w", i, err))
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err, _ := first.Load().(error); err != nil {
+		log.Fatalf("%s: seed organizations: %v", t.name, err)
+	}
+}
+
+// seedOrgMember seeds user i's membership of orgID(i) and its cap, and
+// the organization itself and its balance for the first of its members.
+func (in *instance) seedOrgMember(i int, now time.Time) error {
+	org := clerkhook.SampleOrg{ID: orgID(i), Name: "Bench " + orgID(i), CreatedAt: now, UpdatedAt: now}
+	if i%2 == 0 {
+		if err := in.deliver("msg_org_"+org.ID, clerkhook.SampleOrgEvent("organization.created", org)); err != nil {
+			return err
+		}
+		if _, err := in.grpc.GrantCredits(in.ctx, &userdv1.GrantCreditsRequest{
+			ClerkOrganizationId: org.ID, Amount: 1_000_000_000, IdempotencyKey: "seed",
+		}); err != nil {
+			return err
+		}
+	}
+	m := clerkhook.SampleMembership{ID: "orgmem_bench" + strconv.Itoa(i), Org: org, UserID: userID(i),
+		Role: "org:member", UpdatedAt: now}
+	if err := in.deliver("msg_mem_"+m.ID, clerkhook.SampleMembershipEvent("organizationMembership.created", m)); err != nil {
+		return err
+	}
+	_, err := in.grpc.SetMemberSpendingCap(in.ctx, &userdv1.SetMemberSpendingCapRequest{
+		ClerkOrganizationId: org.ID, MemberClerkUserId: userID(i), Period: userdv1.UsagePeriod_USAGE_PERIOD_MONTH,
+		Cap: 1_000_000_000_000,
+	})
+	return err
+}
+
+// deliver posts one signed webhook delivery.
+func (in *instance) deliver(msgID string, body []byte) error {
+	h, err := clerkhook.SignHeaders(webhookSecret, msgID, time.Now(), body)
+	if err != nil {
+		return err
+	}
+	req, _ := http.NewRequest(http.MethodPost, in.hookURL, bytes.NewReader(body))
+	req.Header = h
+	return in.do(req)
+}
