@@ -641,7 +641,10 @@ BEGIN
         -- The accounts too: every event of a user's stream is written
         -- under the lock of its personal account (credit and plan changes
         -- lock nothing else), which keeps the stream in order.
-        PERFORM 1 FROM accounts a WHERE a.id IN (v_self.id, v_holder.id) ORDER BY a.id FOR UPDATE;
+        -- (None to lock when neither user exists: the common create.)
+        IF v_self.id IS NOT NULL OR v_holder.id IS NOT NULL THEN
+            PERFORM 1 FROM accounts a WHERE a.id IN (v_self.id, v_holder.id) ORDER BY a.id FOR UPDATE;
+        END IF;
 
         v_outcome := CASE
             WHEN v_self.id IS NULL THEN 'created'

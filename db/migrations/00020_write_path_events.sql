@@ -829,6 +829,103 @@ $$;
 -- +goose StatementEnd
 
 -- +goose StatementBegin
+CREATE OR REPLACE FUNCTION userd_apply_clerk_user(p_svix_id text, p_event_type text, p_clerk_user_id text, p_email text, p_first_name text, p_last_name text, p_image_url text, p_updated_at bigint, p_initial_credits bigint) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_self users%ROWTYPE;
+    v_holder users%ROWTYPE;
+    v_row users%ROWTYPE;
+    v_outcome text;
+    v_email text;
+    v_claimed boolean := false;
+BEGIN
+    -- Applies one Clerk state of a user (a webhook delivery, or the state
+    -- fetched for EnsureUser when p_svix_id is NULL): creates the user with
+    -- its personal account (userd_insert_user), updates its profile unless
+    -- the stored state is newer, or ignores it (deleted user). The email
+    -- moves to the newer state when another live user holds it. Returns
+    -- created, updated, stale, ignored_deleted or duplicate.
+    IF p_svix_id IS NOT NULL AND EXISTS (SELECT 1 FROM webhook_events w WHERE w.svix_id = p_svix_id) THEN
+        RETURN 'duplicate';
+    END IF;
+    LOOP
+        v_self := NULL;
+        v_holder := NULL;
+        FOR v_row IN
+            SELECT * FROM users u
+            WHERE u.clerk_user_id = p_clerk_user_id
+               OR (p_email <> '' AND lower(u.email) = lower(p_email) AND u.deleted_at IS NULL)
+            FOR UPDATE
+        LOOP
+            IF v_row.clerk_user_id = p_clerk_user_id THEN
+                v_self := v_row;
+            ELSE
+                v_holder := v_row;
+            END IF;
+        END LOOP;
+
+        -- The accounts too: every event of a user's stream is written
+        -- under the lock of its personal account (credit and plan changes
+        -- lock nothing else), which keeps the stream in order.
+        -- (None to lock when neither user exists: the common create.)
+        IF v_self.id IS NOT NULL OR v_holder.id IS NOT NULL THEN
+            PERFORM 1 FROM accounts a WHERE a.id IN (v_self.id, v_holder.id) ORDER BY a.id FOR UPDATE;
+        END IF;
+
+        v_outcome := CASE
+            WHEN v_self.id IS NULL THEN 'created'
+            WHEN v_self.deleted_at IS NOT NULL THEN 'ignored_deleted'
+            WHEN v_self.clerk_updated_at >= p_updated_at THEN 'stale'
+            ELSE 'updated'
+        END;
+
+        IF p_svix_id IS NULL THEN
+            NULL; -- Clerk's state fetched for EnsureUser: no message to record.
+        ELSIF NOT v_claimed THEN
+            INSERT INTO webhook_events (svix_id, event_type, object_id, outcome)
+            VALUES (p_svix_id, p_event_type, p_clerk_user_id, v_outcome)
+            ON CONFLICT DO NOTHING;
+            IF NOT FOUND THEN
+                RETURN 'duplicate';
+            END IF;
+            v_claimed := true;
+        ELSE
+            UPDATE webhook_events SET outcome = v_outcome WHERE svix_id = p_svix_id;
+        END IF;
+
+        IF v_outcome IN ('stale', 'ignored_deleted') THEN
+            RETURN v_outcome;
+        END IF;
+
+        v_email := nullif(p_email, '');
+        IF v_email IS NOT NULL AND v_holder.id IS NOT NULL THEN
+            IF v_holder.clerk_updated_at > p_updated_at THEN
+                v_email := NULL;
+            ELSE
+                UPDATE users SET email = NULL, updated_at = now() WHERE id = v_holder.id;
+            END IF;
+        END IF;
+
+        IF v_outcome = 'updated' THEN
+            UPDATE users
+            SET email = v_email, first_name = nullif(p_first_name, ''), last_name = nullif(p_last_name, ''),
+                image_url = nullif(p_image_url, ''), clerk_updated_at = p_updated_at, updated_at = now()
+            WHERE id = v_self.id;
+            RETURN v_outcome;
+        END IF;
+
+        IF userd_insert_user(p_clerk_user_id, v_email, nullif(p_first_name, ''), nullif(p_last_name, ''),
+                             nullif(p_image_url, ''), p_updated_at, p_initial_credits, false) IS NOT NULL THEN
+            RETURN v_outcome;
+        END IF;
+        -- Another transaction created the user after the lock query found
+        -- nothing: look again, now that its row is committed.
+    END LOOP;
+END
+$$;
+-- +goose StatementEnd
+
+-- +goose StatementBegin
 CREATE OR REPLACE FUNCTION userd_credit_transactions_feed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -1382,6 +1479,100 @@ BEGIN
         SET period_start = userd_org_spend.period_start, spent = userd_org_spend.spent
         WHERE c.account_id = userd_org_spend.account_id AND c.clerk_user_id = p_member_clerk_user_id;
     END IF;
+END
+$$;
+-- +goose StatementEnd
+
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION userd_apply_clerk_user(p_svix_id text, p_event_type text, p_clerk_user_id text, p_email text, p_first_name text, p_last_name text, p_image_url text, p_updated_at bigint, p_initial_credits bigint) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_self users%ROWTYPE;
+    v_holder users%ROWTYPE;
+    v_row users%ROWTYPE;
+    v_outcome text;
+    v_email text;
+    v_claimed boolean := false;
+BEGIN
+    -- Applies one Clerk state of a user (a webhook delivery, or the state
+    -- fetched for EnsureUser when p_svix_id is NULL): creates the user with
+    -- its personal account (userd_insert_user), updates its profile unless
+    -- the stored state is newer, or ignores it (deleted user). The email
+    -- moves to the newer state when another live user holds it. Returns
+    -- created, updated, stale, ignored_deleted or duplicate.
+    IF p_svix_id IS NOT NULL AND EXISTS (SELECT 1 FROM webhook_events w WHERE w.svix_id = p_svix_id) THEN
+        RETURN 'duplicate';
+    END IF;
+    LOOP
+        v_self := NULL;
+        v_holder := NULL;
+        FOR v_row IN
+            SELECT * FROM users u
+            WHERE u.clerk_user_id = p_clerk_user_id
+               OR (p_email <> '' AND lower(u.email) = lower(p_email) AND u.deleted_at IS NULL)
+            FOR UPDATE
+        LOOP
+            IF v_row.clerk_user_id = p_clerk_user_id THEN
+                v_self := v_row;
+            ELSE
+                v_holder := v_row;
+            END IF;
+        END LOOP;
+
+        -- The accounts too: every event of a user's stream is written
+        -- under the lock of its personal account (credit and plan changes
+        -- lock nothing else), which keeps the stream in order.
+        PERFORM 1 FROM accounts a WHERE a.id IN (v_self.id, v_holder.id) ORDER BY a.id FOR UPDATE;
+
+        v_outcome := CASE
+            WHEN v_self.id IS NULL THEN 'created'
+            WHEN v_self.deleted_at IS NOT NULL THEN 'ignored_deleted'
+            WHEN v_self.clerk_updated_at >= p_updated_at THEN 'stale'
+            ELSE 'updated'
+        END;
+
+        IF p_svix_id IS NULL THEN
+            NULL; -- Clerk's state fetched for EnsureUser: no message to record.
+        ELSIF NOT v_claimed THEN
+            INSERT INTO webhook_events (svix_id, event_type, object_id, outcome)
+            VALUES (p_svix_id, p_event_type, p_clerk_user_id, v_outcome)
+            ON CONFLICT DO NOTHING;
+            IF NOT FOUND THEN
+                RETURN 'duplicate';
+            END IF;
+            v_claimed := true;
+        ELSE
+            UPDATE webhook_events SET outcome = v_outcome WHERE svix_id = p_svix_id;
+        END IF;
+
+        IF v_outcome IN ('stale', 'ignored_deleted') THEN
+            RETURN v_outcome;
+        END IF;
+
+        v_email := nullif(p_email, '');
+        IF v_email IS NOT NULL AND v_holder.id IS NOT NULL THEN
+            IF v_holder.clerk_updated_at > p_updated_at THEN
+                v_email := NULL;
+            ELSE
+                UPDATE users SET email = NULL, updated_at = now() WHERE id = v_holder.id;
+            END IF;
+        END IF;
+
+        IF v_outcome = 'updated' THEN
+            UPDATE users
+            SET email = v_email, first_name = nullif(p_first_name, ''), last_name = nullif(p_last_name, ''),
+                image_url = nullif(p_image_url, ''), clerk_updated_at = p_updated_at, updated_at = now()
+            WHERE id = v_self.id;
+            RETURN v_outcome;
+        END IF;
+
+        IF userd_insert_user(p_clerk_user_id, v_email, nullif(p_first_name, ''), nullif(p_last_name, ''),
+                             nullif(p_image_url, ''), p_updated_at, p_initial_credits, false) IS NOT NULL THEN
+            RETURN v_outcome;
+        END IF;
+        -- Another transaction created the user after the lock query found
+        -- nothing: look again, now that its row is committed.
+    END LOOP;
 END
 $$;
 -- +goose StatementEnd

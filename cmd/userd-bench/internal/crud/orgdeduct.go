@@ -59,14 +59,30 @@ func (t *target) prepareOrgs() {
 	if _, done := orgsSeeded.LoadOrStore(t, true); done {
 		return
 	}
-	ctx := context.Background()
-	in, err := t.start(ctx)
+	in, err := t.start(context.Background())
 	if err != nil {
 		log.Fatalf("%s: seed organizations: %v", t.name, err)
 	}
-	defer in.stop()
 	log.Printf("%s: seeding %d organizations", t.name, (*nUsers+1)/2)
 	now := time.Now()
+	// The organizations first: a member's cap needs its organization.
+	err = parallel(*nUsers, func(i int) error {
+		if i%2 != 0 {
+			return nil
+		}
+		return in.seedOrg(i, now)
+	})
+	if err == nil {
+		err = parallel(*nUsers, func(i int) error { return in.seedOrgMember(i, now) })
+	}
+	in.stop()
+	if err != nil {
+		log.Fatalf("%s: seed organizations: %v", t.name, err)
+	}
+}
+
+// parallel runs f(0) .. f(n-1) on 8 workers and returns the first error.
+func parallel(n int, f func(i int) error) error {
 	var (
 		wg    sync.WaitGroup
 		next  atomic.Int64
@@ -74,41 +90,44 @@ func (t *target) prepareOrgs() {
 	)
 	for range 8 {
 		wg.Go(func() {
-			for i := int(next.Add(1) - 1); i < *nUsers; i = int(next.Add(1) - 1) {
-				if err := in.seedOrgMember(i, now); err != nil {
-					first.CompareAndSwap(nil, fmt.Errorf("member %d: %w", i, err))
+			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
+				if err := f(i); err != nil {
+					first.CompareAndSwap(nil, fmt.Errorf("%d: %w", i, err))
 					return
 				}
 			}
 		})
 	}
 	wg.Wait()
-	if err, _ := first.Load().(error); err != nil {
-		log.Fatalf("%s: seed organizations: %v", t.name, err)
-	}
+	err, _ := first.Load().(error)
+	return err
 }
 
-// seedOrgMember seeds user i's membership of orgID(i) and its cap, and
-// the organization itself and its balance for the first of its members.
-func (in *instance) seedOrgMember(i int, now time.Time) error {
-	org := clerkhook.SampleOrg{ID: orgID(i), Name: "Bench " + orgID(i), CreatedAt: now, UpdatedAt: now}
-	if i%2 == 0 {
-		if err := in.deliver("msg_org_"+org.ID, clerkhook.SampleOrgEvent("organization.created", org)); err != nil {
-			return err
-		}
-		if _, err := in.grpc.GrantCredits(in.ctx, &userdv1.GrantCreditsRequest{
-			ClerkOrganizationId: org.ID, Amount: 1_000_000_000, IdempotencyKey: "seed",
-		}); err != nil {
-			return err
-		}
+func sampleOrg(i int, now time.Time) clerkhook.SampleOrg {
+	return clerkhook.SampleOrg{ID: orgID(i), Name: "Bench " + orgID(i), CreatedAt: now, UpdatedAt: now}
+}
+
+// seedOrg seeds orgID(i) and its balance.
+func (in *instance) seedOrg(i int, now time.Time) error {
+	org := sampleOrg(i, now)
+	if err := in.deliver("msg_org_"+org.ID, clerkhook.SampleOrgEvent("organization.created", org)); err != nil {
+		return err
 	}
-	m := clerkhook.SampleMembership{ID: "orgmem_bench" + strconv.Itoa(i), Org: org, UserID: userID(i),
+	_, err := in.grpc.GrantCredits(in.ctx, &userdv1.GrantCreditsRequest{
+		ClerkOrganizationId: org.ID, Amount: 1_000_000_000, IdempotencyKey: "seed",
+	})
+	return err
+}
+
+// seedOrgMember seeds user i's membership of orgID(i) and its cap.
+func (in *instance) seedOrgMember(i int, now time.Time) error {
+	m := clerkhook.SampleMembership{ID: "orgmem_bench" + strconv.Itoa(i), Org: sampleOrg(i, now), UserID: userID(i),
 		Role: "org:member", UpdatedAt: now}
 	if err := in.deliver("msg_mem_"+m.ID, clerkhook.SampleMembershipEvent("organizationMembership.created", m)); err != nil {
 		return err
 	}
 	_, err := in.grpc.SetMemberSpendingCap(in.ctx, &userdv1.SetMemberSpendingCapRequest{
-		ClerkOrganizationId: org.ID, MemberClerkUserId: userID(i), Period: userdv1.UsagePeriod_USAGE_PERIOD_MONTH,
+		ClerkOrganizationId: m.Org.ID, MemberClerkUserId: userID(i), Period: userdv1.UsagePeriod_USAGE_PERIOD_MONTH,
 		Cap: 1_000_000_000_000,
 	})
 	return err
