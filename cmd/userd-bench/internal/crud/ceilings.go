@@ -22,6 +22,11 @@ type ceiling struct {
 	tps   []float64
 }
 
+// noFeed names the variant of a ceiling that writes no change-feed event
+// (db/ceilings/<name>_nofeed.sql), where there is one: the two show what
+// the feed costs the best SQL.
+func noFeed(name string) string { return name + "_nofeed" }
+
 // loadCeilings writes every ceiling script where pgbench can read it.
 func loadCeilings(dbURL string) ([]*ceiling, func(), error) {
 	scripts, err := ceilings.All()
