@@ -228,16 +228,17 @@ fleet-test: build ## Roll this release out under load over the previous one (bui
 # PREVIOUS_RELEASE is the release this one follows, found in the git
 # history (CI runs in a full clone): the parent of the oldest commit that
 # added a migration numbered RELEASE_FIRST_MIGRATION or above (this
-# release's first), else — while this release has added none — the first
-# parent of HEAD. Computed once per make; PREVIOUS_RELEASE=<commit>
-# overrides it.
+# release's first), else — while this release has added none — the last
+# release tag, else the first parent of HEAD (as BUF_AGAINST). Computed
+# once per make; PREVIOUS_RELEASE=<commit> overrides it.
 RELEASE_FIRST_MIGRATION := 00020
 ifeq ($(origin PREVIOUS_RELEASE),undefined)
 PREVIOUS_RELEASE := $(shell \
 	c=$$(git log --diff-filter=A --format='C %H' --name-only --reverse -- db/migrations 2>/dev/null | \
 	  awk -v first=$(RELEASE_FIRST_MIGRATION) '/^C /{c=$$2;next} {n=$$0; sub(/^db\/migrations\//,"",n); sub(/_.*/,"",n)} \
 	    n ~ /^[0-9]+$$/ && n+0 >= first+0 {print c; exit}'); \
-	git rev-parse --verify --quiet --short "$${c:-HEAD}^" 2>/dev/null)
+	if [ -n "$$c" ]; then git rev-parse --verify --quiet --short "$$c^"; \
+	else git describe --tags --abbrev=0 2>/dev/null || git rev-parse --verify --quiet --short HEAD^; fi 2>/dev/null)
 endif
 
 # `make bench` measures the binary of this commit (or tree) and, in the same
