@@ -225,10 +225,26 @@ fleet-test: build ## Roll this release out under load over the previous one (bui
 	USERD_BIN=$(abspath $(BIN)/userd) $(if $(FLEET_PREVIOUS),USERD_FLEET_PREVIOUS=$(FLEET_PREVIOUS) USERD_PREVIOUS_BIN=$(abspath $(BIN)/userd-baseline-$(FLEET_PREVIOUS))) \
 	  $(GO) test -tags fleettest -count=1 -v -timeout 10m ./internal/fleettest
 
+# PREVIOUS_RELEASE is the release this one follows, found in the git
+# history (CI runs in a full clone): the parent of the oldest commit that
+# added a migration numbered RELEASE_FIRST_MIGRATION or above (this
+# release's first), else — while this release has added none — the last
+# release tag, else the first parent of HEAD (as BUF_AGAINST). Computed
+# once per make; PREVIOUS_RELEASE=<commit> overrides it.
+RELEASE_FIRST_MIGRATION := 00020
+ifeq ($(origin PREVIOUS_RELEASE),undefined)
+PREVIOUS_RELEASE := $(shell \
+	c=$$(git log --diff-filter=A --format='C %H' --name-only --reverse -- db/migrations 2>/dev/null | \
+	  awk -v first=$(RELEASE_FIRST_MIGRATION) '/^C /{c=$$2;next} {n=$$0; sub(/^db\/migrations\//,"",n); sub(/_.*/,"",n)} \
+	    n ~ /^[0-9]+$$/ && n+0 >= first+0 {print c; exit}'); \
+	if [ -n "$$c" ]; then git rev-parse --verify --quiet --short "$$c^"; \
+	else git describe --tags --abbrev=0 2>/dev/null || git rev-parse --verify --quiet --short HEAD^; fi 2>/dev/null)
+endif
+
 # `make bench` measures the binary of this commit (or tree) and, in the same
-# run, the previous design built from BASELINE: the last commit before
-# issue 10's write path. BASELINE= (empty) measures this one only.
-BASELINE ?= f6da8d2
+# rounds, the previous release built from BASELINE (PREVIOUS_RELEASE unless
+# given). BASELINE= (empty) measures this one only.
+BASELINE ?= $(PREVIOUS_RELEASE)
 BASELINE_COMMIT = $(if $(BASELINE),$(or $(shell git rev-parse --verify --quiet --short '$(BASELINE)^{commit}'),$(error BASELINE=$(BASELINE) is not a commit)))
 BASELINE_BIN = $(if $(BASELINE),$(BIN)/userd-baseline-$(BASELINE_COMMIT))
 
@@ -239,7 +255,7 @@ $(BIN)/userd-baseline-%:
 	  (cd "$$tmp" && CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w -X main.version=$*' -o $(CURDIR)/$@ ./cmd/userd)
 
 .PHONY: bench
-bench: build ## Measure userd (and BASELINE=<commit>) against pgbench on the best SQL; writes BENCHMARKS.md (ARGS=-rounds 1 -d 2s for a quick look).
+bench: build ## Measure userd, the previous release (BASELINE=<commit> to choose) and the Health/Check floor against pgbench on the best SQL; writes BENCHMARKS.md (ARGS=-rounds 1 -d 2s for a quick look).
 	$(if $(BASELINE),@$(MAKE) --no-print-directory $(BASELINE_BIN))
 	$(GO) run ./cmd/userd-bench crud -userd $(BIN)/userd $(if $(BASELINE),-baseline $(BASELINE_BIN) -baseline-name 'previous ($(BASELINE_COMMIT))') $(ARGS)
 

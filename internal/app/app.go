@@ -308,7 +308,7 @@ func (a *App) init(ctx context.Context) error {
 		Rejected: a.metrics.FeedWatchRejected,
 	})
 	chain := grpcapi.Chain{
-		Log: a.log, Authn: authn, RequestTimeout: a.cfg.RequestTimeout,
+		Log: a.log, Authn: authn, RequestTimeout: a.cfg.RequestTimeout, AccessLogReads: a.cfg.AccessLogReads,
 		Metrics: a.metrics.GRPC.UnaryServerInterceptor(), StreamMetrics: a.metrics.GRPC.StreamServerInterceptor(),
 		StandbyReads: a.standbys != nil,
 	}

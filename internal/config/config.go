@@ -81,6 +81,10 @@ type Serve struct {
 	Limits        `embed:""`
 	Organizations `embed:""`
 
+	// AccessLogReads samples the access log lines of successful reads
+	// (internal/grpcapi's LoggingInterceptor).
+	AccessLogReads int `name:"access-log-reads" env:"USERD_ACCESS_LOG_READS" default:"100" help:"Most successful read-only calls (GetUser, GetAccount, the other standby-readable reads, gRPC health checks) the access log shows per second; the next one logged counts the others in skipped_reads (metrics count every call). Errors and writes are always logged. 0 logs every call."`
+
 	// Version is the binary's version (not a setting: cmd/userd sets it),
 	// shown as info.version of the served OpenAPI document.
 	Version string `kong:"-"`
@@ -247,6 +251,9 @@ func (s Serve) Validate() error {
 	}
 	if err := s.Log.Validate(); err != nil {
 		return err
+	}
+	if s.AccessLogReads < 0 || s.AccessLogReads > 1_000_000 {
+		return fmt.Errorf("USERD_ACCESS_LOG_READS (--access-log-reads) must be between 0 and 1000000, got %d", s.AccessLogReads)
 	}
 	if s.GRPCAddr != Off {
 		if err := validAddr("USERD_GRPC_ADDR (--grpc-addr)", s.GRPCAddr); err != nil {

@@ -43,6 +43,7 @@ func TestValidate(t *testing.T) {
 		{"ShortJWTMaxLifetime", func(c *config.Serve) { c.JWTMaxLifetime = 30 * time.Second }, "USERD_JWT_MAX_LIFETIME"},
 		{"TinyJWKSRefresh", func(c *config.Serve) { c.JWKSMinRefresh = time.Millisecond }, "USERD_JWKS_MIN_REFRESH"},
 		{"BadLogLevel", func(c *config.Serve) { c.LogLevel = "loud" }, "USERD_LOG_LEVEL"},
+		{"NegativeAccessLogReads", func(c *config.Serve) { c.AccessLogReads = -1 }, "USERD_ACCESS_LOG_READS"},
 		{"ZeroRequestTimeout", func(c *config.Serve) { c.RequestTimeout = 0 }, "USERD_REQUEST_TIMEOUT"},
 		{"HugeRequestTimeout", func(c *config.Serve) { c.RequestTimeout = time.Hour }, "USERD_REQUEST_TIMEOUT"},
 		{"ZeroAcquireTimeout", func(c *config.Serve) { c.DBAcquireTimeout = 0 }, "USERD_DB_ACQUIRE_TIMEOUT"},

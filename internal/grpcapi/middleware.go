@@ -5,12 +5,14 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	middleware "github.com/grpc-ecosystem/go-grpc-middleware/v2"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -85,9 +87,15 @@ func withContext(ss grpc.ServerStream, ctx context.Context) grpc.ServerStream {
 
 // LoggingInterceptor logs one line per call: transport, method, code,
 // duration, principal and request id. It never logs requests or responses
-// (they may carry personal data).
-func LoggingInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
+// (they may carry personal data). Of the successful read-only calls
+// (readOnly), it logs at most readsPerSecond a second (0: all of them);
+// the next one it logs says how many it skipped (skipped_reads). Errors
+// and writes are always logged.
+func LoggingInterceptor(log *slog.Logger, readsPerSecond int) grpc.UnaryServerInterceptor {
 	cl := newCallLog(log)
+	if readsPerSecond > 0 {
+		cl.reads = &readSampler{perSecond: int64(readsPerSecond)}
+	}
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		start := time.Now()
 		resp, err := handler(ctx, req)
@@ -111,6 +119,39 @@ func LoggingStreamInterceptor(log *slog.Logger) grpc.StreamServerInterceptor {
 // callLog writes the one line of a call.
 type callLog struct {
 	grpc, rest slog.Handler
+	// reads, if set, samples the lines of successful reads.
+	reads *readSampler
+}
+
+// readOnly are the methods whose successful calls the access log may
+// sample: the reads a standby may serve, and health checks.
+func readOnly(method string) bool {
+	return standbyReadable[method] || method == healthpb.Health_Check_FullMethodName
+}
+
+// readSampler lets at most perSecond successful reads a second (by the
+// wall clock's second) be logged, and counts the others.
+type readSampler struct {
+	perSecond int64
+	second    atomic.Int64 // the Unix second being counted
+	logged    atomic.Int64 // reads admitted in it
+	skipped   atomic.Int64 // reads not logged since one was last logged
+}
+
+// admit reports whether the access log shows a successful read finished
+// at now and, if so, how many it did not show since it last showed one.
+// Concurrent calls at a second's turn may admit a few more than perSecond:
+// a bound on the log's volume, not an exact quota.
+func (s *readSampler) admit(now time.Time) (bool, int64) {
+	sec := now.Unix()
+	if cur := s.second.Load(); cur != sec && s.second.CompareAndSwap(cur, sec) {
+		s.logged.Store(0)
+	}
+	if s.logged.Add(1) > s.perSecond {
+		s.skipped.Add(1)
+		return false, 0
+	}
+	return true, s.skipped.Swap(0)
 }
 
 func newCallLog(log *slog.Logger) callLog {
@@ -141,11 +182,18 @@ func (cl callLog) log(ctx context.Context, method string, start time.Time, err e
 	if !h.Enabled(ctx, level) {
 		return
 	}
+	now := time.Now()
+	skipped := int64(0)
+	if code == codes.OK && cl.reads != nil && readOnly(method) {
+		var ok bool
+		if ok, skipped = cl.reads.admit(now); !ok {
+			return
+		}
+	}
 	principal, requestID := "", ""
 	if ci := infoOf(ctx); ci != nil {
 		principal, requestID = ci.principal, ci.requestID
 	}
-	now := time.Now()
 	r := slog.NewRecord(now, level, "call", 0)
 	r.AddAttrs(
 		slog.String("method", method),
@@ -153,6 +201,9 @@ func (cl callLog) log(ctx context.Context, method string, start time.Time, err e
 		slog.Float64("duration_ms", float64(now.Sub(start).Microseconds())/1000),
 		slog.String("principal", principal),
 		slog.String("request_id", requestID))
+	if skipped > 0 {
+		r.AddAttrs(slog.Int64("skipped_reads", skipped))
+	}
 	_ = h.Handle(ctx, r) // as slog.Logger does, a failed write is not the call's error
 }
 
@@ -256,6 +307,9 @@ type Chain struct {
 	// RequestTimeout bounds every unary call's work (a caller's shorter
 	// deadline wins).
 	RequestTimeout time.Duration
+	// AccessLogReads is how many successful read-only calls a second the
+	// access log shows at most (0: every call; see LoggingInterceptor).
+	AccessLogReads int
 	// Metrics and StreamMetrics, if set, count calls by method and code.
 	// They sit inside the logging and outside the recovery and error
 	// mapping, so they count the codes callers see, panics included.
@@ -270,7 +324,7 @@ type Chain struct {
 // authentication are mapped like any other, and every call's work is
 // bounded.
 func (c Chain) Interceptors() []grpc.UnaryServerInterceptor {
-	chain := []grpc.UnaryServerInterceptor{RequestIDInterceptor(), LoggingInterceptor(c.Log)}
+	chain := []grpc.UnaryServerInterceptor{RequestIDInterceptor(), LoggingInterceptor(c.Log, c.AccessLogReads)}
 	if c.Metrics != nil {
 		chain = append(chain, c.Metrics)
 	}

@@ -184,6 +184,80 @@ func TestAccessLogLine(t *testing.T) {
 	}
 }
 
+// TestAccessLogSamplesSuccessfulReads: with USERD_ACCESS_LOG_READS=1, of
+// many successful reads (GetUser, Health/Check) at most one a second is
+// logged, and the skipped ones are counted in a later line; every failed
+// read and every write is logged; with 0, every call is.
+func TestAccessLogSamplesSuccessfulReads(t *testing.T) {
+	t.Parallel()
+	const token = "log-test-service-token-0123456789abcdef"
+	tokens, err := auth.ParseServiceTokens("billing=" + token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const reads, failed, writes = 40, 3, 3
+	for _, perSecond := range []int{1, 0} {
+		t.Run(fmt.Sprintf("reads=%d", perSecond), func(t *testing.T) {
+			var logs bytes.Buffer
+			log := slog.New(slog.NewJSONHandler(&logs, nil))
+			ics := grpcapi.Chain{Log: log, Authn: auth.NewAuthenticator(tokens, nil, log), RequestTimeout: time.Minute, AccessLogReads: perSecond}.Interceptors()
+			ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs("authorization", "Bearer "+token))
+			call := func(method string, err error) {
+				info := &grpc.UnaryServerInfo{FullMethod: method}
+				h := grpc.UnaryHandler(func(context.Context, any) (any, error) { return nil, err })
+				for i := len(ics) - 1; i >= 0; i-- {
+					ic, next := ics[i], h
+					h = func(ctx context.Context, req any) (any, error) { return ic(ctx, req, info, next) }
+				}
+				_, _ = h(ctx, nil)
+			}
+			start := time.Now()
+			for i := range reads {
+				call(userdv1.UserService_GetUser_FullMethodName, nil)
+				call("/grpc.health.v1.Health/Check", nil)
+				if i < failed {
+					call(userdv1.UserService_GetUser_FullMethodName, apperr.NotFound("user not found"))
+				}
+				if i < writes {
+					call(userdv1.UserService_DeductCredits_FullMethodName, nil)
+				}
+			}
+			seconds := int(time.Since(start).Seconds()) + 2 // the seconds the calls spanned, at most
+			okReads, failedReads, writesLogged, skipped := 0, 0, 0, 0
+			for _, l := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+				var line map[string]any
+				if err := json.Unmarshal([]byte(l), &line); err != nil {
+					t.Fatalf("not a JSON line: %v\n%s", err, l)
+				}
+				switch {
+				case line["method"] == userdv1.UserService_DeductCredits_FullMethodName:
+					writesLogged++
+				case line["code"] != "OK":
+					failedReads++
+				default:
+					okReads++
+				}
+				if n, ok := line["skipped_reads"].(float64); ok {
+					skipped += int(n)
+				}
+			}
+			if failedReads != failed || writesLogged != writes {
+				t.Errorf("logged %d failed reads and %d writes, want every one (%d, %d)\n%s", failedReads, writesLogged, failed, writes, logs.String())
+			}
+			if perSecond == 0 {
+				if okReads != 2*reads || skipped != 0 {
+					t.Errorf("unsampled: logged %d successful reads (skipped_reads %d), want all %d", okReads, skipped, 2*reads)
+				}
+				return
+			}
+			if okReads < 1 || okReads > seconds*perSecond || okReads+skipped > 2*reads {
+				t.Errorf("sampled at %d/s over at most %d s: logged %d of %d successful reads, skipped_reads %d\n%s",
+					perSecond, seconds, okReads, 2*reads, skipped, logs.String())
+			}
+		})
+	}
+}
+
 // fakeStream is the least a grpc.ServerStream needs for the interceptors.
 type fakeStream struct{ grpc.ServerStream }
 

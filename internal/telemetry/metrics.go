@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"time"
 
-	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -22,7 +21,7 @@ import (
 type Metrics struct {
 	Registry *prometheus.Registry
 	// GRPC instruments the gRPC server (per method and code).
-	GRPC *grpcprom.ServerMetrics
+	GRPC *GRPCMetrics
 
 	httpRequests  *prometheus.CounterVec
 	httpDuration  *prometheus.HistogramVec
@@ -56,8 +55,7 @@ var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25
 func NewMetrics() *Metrics {
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
-		GRPC: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
-			grpcprom.WithHistogramBuckets(latencyBuckets))),
+		GRPC:     NewGRPCMetrics(latencyBuckets),
 		httpRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "userd_http_requests_total",
 			Help: "HTTP requests by listener (api, webhook), method and status code.",

@@ -44,6 +44,7 @@ var (
 	nUsers       = flags.Int("users", 1000, "seeded users")
 	out          = flags.String("out", "BENCHMARKS.md", "where to write the report (empty: nowhere)")
 	only         = flags.String("run", "", "if set, run only the scenarios whose names match this regular expression (and their ceilings)")
+	ports        = flags.String("ports", "", "lo-hi: userd listens only on loopback ports in this range (default: free ports in 10000-32767)")
 	pprofDir     = flags.String("pprof", "", "if set, save a CPU profile (<scenario>.pprof) and the allocations (<scenario>.allocs.pprof) of userd for each scenario of the first round here (the baseline's in a subdirectory)")
 )
 
@@ -111,7 +112,8 @@ func run(ctx context.Context) error {
 }
 
 // measureRound runs every scenario on each target in turn, each ceiling
-// right after the first scenario compared with it, and last the half-peak
+// (with and without the change feed) right after the first scenario
+// compared with it, and last the half-peak
 // scenario: figures that are compared are taken close together, on a
 // machine whose load drifts.
 func measureRound(ctx context.Context, targets []*target, ceils []*ceiling, profile bool) error {
@@ -123,7 +125,7 @@ func measureRound(ctx context.Context, targets []*target, ceils []*ceiling, prof
 			}
 		}
 		for _, c := range ceils {
-			if c.Name == s.ceiling && !done[c.Name] {
+			if s.ceiling != "" && (c.Name == s.ceiling || c.Name == noFeed(s.ceiling)) && !done[c.Name] {
 				if err := c.run(); err != nil {
 					return err
 				}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
 	"github.com/userd/userd/internal/clerkhook"
@@ -31,6 +32,10 @@ const (
 	restDeduct     = "REST DeductCredits"
 	webhookCreated = "webhook user.created (signed, unique)"
 	halfPeak       = "gRPC GetUser at half peak"
+	// healthFloor is the floor of a gRPC call on the same userd, through
+	// the same client and interceptor chain: grpc.health.v1.Health/Check
+	// does no authentication and no database read.
+	healthFloor = "gRPC Health/Check (floor)"
 )
 
 // scenario is one operation driven at full speed.
@@ -43,6 +48,8 @@ type scenario struct {
 }
 
 var scenarios = []scenario{
+	// The floor right before GetUser: the two are compared.
+	{healthFloor, "", (*instance).healthCheck, nil},
 	{grpcGetUser, "get_user", (*instance).getUser, nil},
 	{"gRPC EnsureUser (existing)", "get_user", (*instance).ensureExisting, nil},
 	{restGetUser, "get_user", (*instance).restGetUser, nil},
@@ -157,6 +164,14 @@ func (in *instance) key(prefix string) string {
 
 func (in *instance) getUser(i int) error {
 	_, err := in.grpc.GetUser(in.ctx, &userdv1.GetUserRequest{Lookup: &userdv1.GetUserRequest_ClerkUserId{ClerkUserId: userID(i % *nUsers)}})
+	return err
+}
+
+func (in *instance) healthCheck(int) error {
+	res, err := in.health.Check(in.ctx, &healthpb.HealthCheckRequest{})
+	if err == nil && res.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		err = fmt.Errorf("health: %s", res.GetStatus())
+	}
 	return err
 }
 

@@ -45,10 +45,13 @@ func renderHeader(b *strings.Builder, prev *target) {
 		strings.TrimSpace(strings.TrimPrefix(string(pgv), "pgbench (PostgreSQL)")), *rounds, *duration, *concurrency, *warmup)
 	fmt.Fprintf(b, "Each ceiling is the best SQL a hand-tuned implementation would send for the operation's semantics "+
 		"(one statement; the scripts are in db/ceilings and [below](#ceilings)), run by pgbench with prepared statements "+
-		"at the same concurrency on the same seeded database. CPU µs/call is userd's CPU time over the measured "+
+		"at the same concurrency on the same seeded database; a write's ceiling writes the change-feed event(s) userd writes, "+
+		"and its variant without them (db/ceilings/<name>_nofeed.sql, where there is one) shows what the feed costs. "+
+		"The Health/Check row is the floor of a gRPC call on the same userd, through the same client and interceptor chain "+
+		"(no authentication, no database read), measured right before GetUser. CPU µs/call is userd's CPU time over the measured "+
 		"seconds divided by the calls completed in them; client CPU µs/call the same for the load generator, which shares the cores.")
 	if prev != nil {
-		fmt.Fprintf(b, " **%s** is the previous design (`make bench` builds it from BASELINE), measured in the same rounds "+
+		fmt.Fprintf(b, " **%s** is the previous release (`make bench` builds it from BASELINE, by default PREVIOUS_RELEASE: see the Makefile), measured in the same rounds "+
 			"on a database of its own; × is the new rate over its rate.", prev.name)
 	}
 	b.WriteString("\n\n")
@@ -57,8 +60,8 @@ func renderHeader(b *strings.Builder, prev *target) {
 // renderTable writes the operations table and returns the largest RSS
 // of the binary under test.
 func renderTable(b *strings.Builder, cur, prev *target, ceiling map[string]float64) float64 {
-	b.WriteString("| operation | rate /s | p50 ms | p99 ms | errors | CPU µs/call | client CPU µs/call | peak RSS MiB | ceiling tps (best SQL) | ratio |")
-	sep := "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+	b.WriteString("| operation | rate /s | p50 ms | p99 ms | errors | CPU µs/call | client CPU µs/call | peak RSS MiB | ceiling tps with feed (best SQL) | ceiling tps without feed | ratio |")
+	sep := "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 	if prev != nil {
 		fmt.Fprintf(b, " %[1]s rate /s | %[1]s CPU µs/call | %[1]s ratio | × %[1]s |", prev.name)
 		sep += " ---: | ---: | ---: | ---: |"
@@ -74,15 +77,21 @@ func renderTable(b *strings.Builder, cur, prev *target, ceiling map[string]float
 		rps := median(rates(rs))
 		rss := field(rs, func(r result) float64 { return r.rssMiB })
 		maxRSS = max(maxRSS, rss)
-		ceil, ratio := "", ""
+		ceil, nofeed, ratio := "", "", ""
 		if tps := ceiling[s.ceiling]; tps > 0 {
 			ceil = fmt.Sprintf("%.0f (%s)", tps, s.ceiling)
 			ratio = fmt.Sprintf("%.2f", rps/tps)
 		}
-		fmt.Fprintf(b, "| %s | %.0f | %.2f | %.2f | %d | %.0f | %.0f | %.0f | %s | %s |", s.name, rps,
+		if tps := ceiling[noFeed(s.ceiling)]; s.ceiling != "" && tps > 0 {
+			nofeed = fmt.Sprintf("%.0f (%s)", tps, noFeed(s.ceiling))
+		}
+		if s.name == healthFloor {
+			ceil = "(the floor of a gRPC call)"
+		}
+		fmt.Fprintf(b, "| %s | %.0f | %.2f | %.2f | %d | %.0f | %.0f | %.0f | %s | %s | %s |", s.name, rps,
 			field(rs, func(r result) float64 { return r.p50 }), field(rs, func(r result) float64 { return r.p99 }),
 			errorCount(rs), field(rs, func(r result) float64 { return r.cpuPerCall }),
-			field(rs, func(r result) float64 { return r.clientPerCall }), rss, ceil, ratio)
+			field(rs, func(r result) float64 { return r.clientPerCall }), rss, ceil, nofeed, ratio)
 		if prev != nil {
 			ps := prev.results[s.name]
 			prps := median(rates(ps))
@@ -143,8 +152,38 @@ func renderTargets(b *strings.Builder, cur, prev *target, ceiling map[string]flo
 	ratioRow("REST DeductCredits ≥ 0.8 of gRPC DeductCredits", rate(cur, restDeduct), rate(cur, grpcDeduct), .8)
 	ratioRow("REST GetUser ≥ 0.6 of gRPC GetUser", rate(cur, restGetUser), get, .6)
 	ratioRow("gRPC GetUser ≥ 0.35 of the SELECT ceiling (get_user)", get, ceiling["get_user"], .35)
+	ratioRow("gRPC GetUser ≥ 0.6 of the Health/Check floor (same userd, same client, same round)", get, rate(cur, healthFloor), .6)
+	if prev != nil {
+		renderNoRegression(b, cur, prev, check)
+	}
 	fmt.Fprintf(b, "| p99 at half the peak rate (gRPC GetUser) < 10 ms | %.2f ms | %s |\n", halfP99, check(halfP99 < 10))
 	fmt.Fprintf(b, "| userd RSS < 100 MiB | %.0f MiB peak | %s |\n", maxRSS, check(maxRSS < 100))
+}
+
+// renderNoRegression checks that no operation is slower than on the
+// previous binary by more than 5% (the floor included: it is userd's own
+// cost too).
+func renderNoRegression(b *strings.Builder, cur, prev *target, check func(bool) string) {
+	var below []string
+	measured := 0
+	for _, s := range scenarios {
+		now, was := median(rates(cur.results[s.name])), median(rates(prev.results[s.name]))
+		if now == 0 || was == 0 {
+			continue
+		}
+		measured++
+		if now < .95*was {
+			below = append(below, fmt.Sprintf("%s %.2f×", s.name, now/was))
+		}
+	}
+	if measured == 0 {
+		return
+	}
+	what := "none"
+	if len(below) > 0 {
+		what = strings.Join(below, ", ")
+	}
+	fmt.Fprintf(b, "| no operation below %s by more than 5%% | %s | %s |\n", prev.name, what, check(len(below) == 0))
 }
 
 // renderCeilings shows what each ceiling runs: the whole script.

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"log"
+	mrand "math/rand/v2"
+	"net"
 	"net/http"
 	"path/filepath"
 	"strconv"
@@ -22,6 +24,7 @@ import (
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
@@ -147,7 +150,8 @@ type instance struct {
 	hookURL string
 	conn    *grpc.ClientConn
 	grpc    userdv1.UserServiceClient
-	ctx     context.Context // carries the service token
+	health  healthpb.HealthClient // on the same connection as grpc
+	ctx     context.Context       // carries the service token
 	http    *http.Client
 	profile string // file to save the next scenario's CPU profile to
 }
@@ -165,8 +169,12 @@ func (t *target) start(ctx context.Context) (*instance, error) {
 }
 
 func (t *target) startOnce(ctx context.Context) (*instance, error) {
+	addrs, err := portAddrs()
+	if err != nil {
+		return nil, err
+	}
 	proc, err := userdproc.Start(ctx, userdproc.Config{
-		Bin: t.bin,
+		Bin: t.bin, Addrs: addrs,
 		Env: []string{
 			"DATABASE_URL=" + t.dbURL, "USERD_DB_MAX_CONNS=" + strconv.Itoa(*concurrency),
 			"USERD_SERVICE_TOKENS=bench=" + serviceToken, "CLERK_WEBHOOK_SECRET=" + webhookSecret,
@@ -193,7 +201,7 @@ func (t *target) startOnce(ctx context.Context) (*instance, error) {
 		in.stop()
 		return nil, err
 	}
-	in.conn, in.grpc = conn, userdv1.NewUserServiceClient(conn)
+	in.conn, in.grpc, in.health = conn, userdv1.NewUserServiceClient(conn), healthpb.NewHealthClient(conn)
 	return in, nil
 }
 
@@ -214,4 +222,51 @@ func (in *instance) seed(i int) error {
 	}
 	_, err := in.grpc.GrantCredits(in.ctx, &userdv1.GrantCreditsRequest{ClerkUserId: id, Amount: 1_000_000_000, IdempotencyKey: "seed"})
 	return err
+}
+
+// portAddrs returns four loopback addresses whose ports, in -ports, were
+// free just now; without -ports, none (userdproc picks free ports).
+func portAddrs() (userdproc.Addrs, error) {
+	if *ports == "" {
+		return userdproc.Addrs{}, nil
+	}
+	lo, hi, err := portRange(*ports)
+	if err != nil {
+		return userdproc.Addrs{}, err
+	}
+	var (
+		a    userdproc.Addrs
+		held []net.Listener
+	)
+	defer func() {
+		for _, ln := range held {
+			_ = ln.Close()
+		}
+	}()
+	for _, p := range []*string{&a.GRPC, &a.HTTP, &a.Webhook, &a.Ops} {
+		for try := 0; ; try++ {
+			if try == 100 {
+				return userdproc.Addrs{}, fmt.Errorf("-ports %s: no free port found", *ports)
+			}
+			ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(lo+mrand.IntN(hi-lo+1))))
+			if err == nil {
+				held = append(held, ln) // held until all four are chosen: distinct
+				*p = ln.Addr().String()
+				break
+			}
+		}
+	}
+	return a, nil
+}
+
+// portRange parses "lo-hi".
+func portRange(s string) (lo, hi int, err error) {
+	l, h, ok := strings.Cut(s, "-")
+	if lo, err = strconv.Atoi(l); ok && err == nil {
+		hi, err = strconv.Atoi(h)
+	}
+	if !ok || err != nil || lo < 1 || hi > 65535 || hi-lo < 3 {
+		return 0, 0, fmt.Errorf("-ports %q: want lo-hi, a range of at least 4 ports", s)
+	}
+	return lo, hi, nil
 }
