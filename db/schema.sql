@@ -187,7 +187,17 @@ BEGIN
         ), event AS (
             INSERT INTO feed_events (order_xid, kind, user_id, clerk_user_id, clerk_org_id, account_id,
                                      actor_clerk_user_id, payload)
-            SELECT userd_feed_order_xid(p_clerk_user_id, p_clerk_org_id), 'credits.changed',
+            -- userd_feed_order_xid, inlined on this hot path (a call
+            -- costs about as much as the look-up).
+            SELECT greatest(pg_current_xact_id()::text::bigint,
+                       CASE WHEN p_clerk_org_id IS NULL THEN
+                           (SELECT e.order_xid FROM feed_events e WHERE e.clerk_user_id = p_clerk_user_id
+                            ORDER BY e.order_xid DESC, e.id DESC LIMIT 1)
+                       ELSE
+                           (SELECT e.order_xid FROM feed_events e WHERE e.clerk_org_id = p_clerk_org_id
+                            ORDER BY e.order_xid DESC, e.id DESC LIMIT 1)
+                       END),
+                   'credits.changed',
                    CASE WHEN p_clerk_org_id IS NULL THEN p_user_id END,
                    CASE WHEN p_clerk_org_id IS NULL THEN p_clerk_user_id END,
                    p_clerk_org_id, p_account_id, p_actor_clerk_user_id, userd_credits_changed_payload(entry.t)
