@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
@@ -19,14 +20,25 @@ import (
 // id, access log line, Prometheus, recovery, error mapping, service-token
 // authentication, deadline bound), assembled as internal/app does, costs a GetUser call
 // around a handler that does nothing; at level warn, without the access
-// log line.
+// log line; sampled, with the access log of successful reads at its
+// default of 100 a second (USERD_ACCESS_LOG_READS); and, for comparison,
+// what it costs a grpc.health.v1.Health/Check (no authentication), the
+// floor make bench compares GetUser with.
 func BenchmarkInterceptors(b *testing.B) {
-	for _, level := range []string{"info", "warn"} {
-		b.Run("log="+level, func(b *testing.B) { benchmarkInterceptors(b, level) })
+	for _, c := range []struct {
+		name, level, method string
+		reads               int
+	}{
+		{"log=info", "info", userdv1.UserService_GetUser_FullMethodName, 0},
+		{"log=warn", "warn", userdv1.UserService_GetUser_FullMethodName, 0},
+		{"log=sampled", "info", userdv1.UserService_GetUser_FullMethodName, 100},
+		{"log=sampled/HealthCheck", "info", healthpb.Health_Check_FullMethodName, 100},
+	} {
+		b.Run(c.name, func(b *testing.B) { benchmarkInterceptors(b, c.level, c.method, c.reads) })
 	}
 }
 
-func benchmarkInterceptors(b *testing.B, level string) {
+func benchmarkInterceptors(b *testing.B, level, method string, reads int) {
 	const token = "bench-service-token-0123456789abcdef"
 	tokens, err := auth.ParseServiceTokens("bench=" + token)
 	if err != nil {
@@ -34,9 +46,11 @@ func benchmarkInterceptors(b *testing.B, level string) {
 	}
 	log := telemetry.NewLogger(io.Discard, "json", level)
 	metrics := telemetry.NewMetrics()
-	ics := grpcapi.Chain{Log: log, Authn: auth.NewAuthenticator(tokens, nil, log), RequestTimeout: 10 * time.Second}.Interceptors()
-	ics = append(ics[:2:2], append([]grpc.UnaryServerInterceptor{metrics.GRPC.UnaryServerInterceptor()}, ics[2:]...)...)
-	info := &grpc.UnaryServerInfo{FullMethod: userdv1.UserService_GetUser_FullMethodName}
+	ics := grpcapi.Chain{
+		Log: log, Authn: auth.NewAuthenticator(tokens, nil, log), RequestTimeout: 10 * time.Second,
+		Metrics: metrics.GRPC.UnaryServerInterceptor(), AccessLogReads: reads,
+	}.Interceptors()
+	info := &grpc.UnaryServerInfo{FullMethod: method}
 	resp := &userdv1.GetUserResponse{User: &userdv1.User{ClerkUserId: "user_bench1"}}
 	handler := grpc.UnaryHandler(func(context.Context, any) (any, error) { return resp, nil })
 	for i := len(ics) - 1; i >= 0; i-- {

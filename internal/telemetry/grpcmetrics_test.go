@@ -9,7 +9,6 @@ import (
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -89,10 +88,10 @@ func exposition(t *testing.T, c prometheus.Collector) string {
 				labels = append(labels, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
 			}
 			series := mf.GetName() + "{" + strings.Join(labels, ",") + "}"
-			switch mf.GetType() {
-			case dto.MetricType_COUNTER:
+			switch mf.GetType().String() {
+			case "COUNTER":
 				lines = append(lines, fmt.Sprintf("%s %g", series, m.GetCounter().GetValue()))
-			case dto.MetricType_HISTOGRAM:
+			case "HISTOGRAM":
 				h := m.GetHistogram()
 				var bs []string
 				for _, b := range h.GetBucket() {
