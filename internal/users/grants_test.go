@@ -523,7 +523,9 @@ func TestGrantsBadInputChangesNothing(t *testing.T) {
 		{"ExpiryNow", func() error { return grant(users.CreditChange{ExpiresAt: now}) }, "expires_at"},
 		{"ExpiryTooFar", func() error { return grant(users.CreditChange{ExpiresAt: now.AddDate(101, 0, 0)}) }, "expires_at"},
 		{"UnknownSource", func() error { return grant(users.CreditChange{ExpiresAt: now.Add(time.Hour), GrantSource: "GIFT"}) }, "grant_source"},
-		{"AllowanceSourceIsUserds", func() error { return grant(users.CreditChange{ExpiresAt: now.Add(time.Hour), GrantSource: "ALLOWANCE"}) }, "grant_source"},
+		{"AllowanceSourceIsUserds", func() error {
+			return grant(users.CreditChange{ExpiresAt: now.Add(time.Hour), GrantSource: "ALLOWANCE"})
+		}, "grant_source"},
 		{"NegativeExpiringAmount", func() error { return grant(users.CreditChange{Amount: -5, ExpiresAt: now.Add(time.Hour)}) }, "amount"},
 		{"DeductionWithExpiry", func() error {
 			_, err := e.svc.DeductCredits(ctx, users.CreditChange{ClerkUserID: "user_bad", Amount: 1, IdempotencyKey: "k", ExpiresAt: now.Add(time.Hour)})
