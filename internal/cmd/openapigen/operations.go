@@ -200,7 +200,7 @@ var operations = map[string]operation{
 	"ListGrants":             {summary: "An account's credits by expiry: live expiring grants, the credits that never expire, the next allowance (or me)", errors: readErrors, me: true},
 	"ListGrants2":            {summary: "An organization account's credits by expiry", rename: "ListOrganizationGrants", errors: orgReadErrors},
 	"GetPlanCatalog": {summary: "The plan catalog: each plan's allowance per period, rollover cap and upgrade bonus",
-		errors: []string{"Unauthenticated", "Internal", "Unavailable", "DeadlineExceeded"}},
+		errors: []string{"InvalidArgument", "Unauthenticated", "Internal", "Unavailable", "DeadlineExceeded"}},
 	"SetPlanAllowance": {summary: "Set one plan's catalog entry (audited; applies from each account's next period)", servicesOnly: true, errors: priceErrors},
 	"WatchUserEvents": {summary: "Watch the change feed of every user (services)", servicesOnly: true, stream: true,
 		errors: watchErrors},
