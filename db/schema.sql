@@ -6,6 +6,42 @@
 -- make generate; review the diff of this file. See db/README.md.
 
 --
+-- Name: userd_account_add_grant(uuid, text, bigint, text, text, timestamp with time zone, timestamp with time zone, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_account_add_grant(p_account_id uuid, p_kind text, p_amount bigint, p_reason text, p_source text, p_expires_at timestamp with time zone, p_period_start timestamp with time zone, p_now timestamp with time zone) RETURNS bigint
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_tid bigint;
+    v_entry credit_transactions;
+    v_credits bigint;
+BEGIN
+    -- Grants p_amount (> 0) that userd itself decided (an allowance, an
+    -- upgrade bonus) to the account p_account_id, whose row the caller has
+    -- locked: a ledger entry of p_kind, and, when p_expires_at is not
+    -- NULL, the grant that expires then. Returns the entry's id.
+    UPDATE accounts SET credits = credits + p_amount, updated_at = now(),
+                        expiring_credits = expiring_credits + CASE WHEN p_expires_at IS NULL THEN 0 ELSE p_amount END
+    WHERE id = p_account_id
+    RETURNING credits INTO v_credits;
+    INSERT INTO credit_transactions (user_id, delta, balance_after, kind, reason)
+    VALUES (p_account_id, p_amount, v_credits, p_kind, p_reason)
+    RETURNING * INTO v_entry;
+    v_tid := v_entry.id;
+    -- Writers write their entry's event themselves (00020).
+    PERFORM userd_emit_account_event('credits.changed', p_account_id, NULL, userd_credits_changed_payload(v_entry));
+    IF p_expires_at IS NOT NULL THEN
+        INSERT INTO credit_grants (account_id, source, amount, remaining, effective_at, expires_at, period_start,
+                                   transaction_id)
+        VALUES (p_account_id, p_source, p_amount, p_amount, p_now, p_expires_at, p_period_start, v_tid);
+    END IF;
+    RETURN v_tid;
+END
+$$;
+
+
+--
 -- Name: userd_account_change_credits(uuid, uuid, text, text, bigint, text, text); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -72,12 +108,91 @@ $$;
 
 
 --
+-- Name: userd_account_due_credits(uuid, bigint); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_account_due_credits(p_account_id uuid, p_expiring bigint) RETURNS bigint
+    LANGUAGE sql STABLE
+    AS $$
+    -- What a read must not count of an account holding p_expiring
+    -- expiring credits: the remainder of its grants that are due but not
+    -- yet expired by the ledger (the job or the next spend expires them).
+    -- An account without expiring credits reads no other row.
+    SELECT CASE WHEN p_expiring > 0 THEN coalesce(
+        (SELECT sum(g.remaining) FROM credit_grants g
+         WHERE g.account_id = p_account_id AND g.expired_at IS NULL AND g.expires_at <= now()), 0)::bigint
+        ELSE 0 END
+$$;
+
+
+--
+-- Name: userd_account_expire_due(uuid, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_account_expire_due(p_account_id uuid, p_now timestamp with time zone) RETURNS bigint
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_credits bigint;
+    v_expiring bigint;
+    v_grant record;
+    v_amount bigint;
+    v_tid bigint;
+    v_entry credit_transactions;
+    v_any boolean := false;
+BEGIN
+    -- Expires the grants of the account p_account_id whose expiry is at or
+    -- before p_now and returns the balance after: each grant's unused
+    -- remainder leaves the balance through an EXPIRE entry of its own
+    -- (none when nothing was left), and the grant records it. Locks the
+    -- account (FOR UPDATE; callers that hold the lock already lose
+    -- nothing). Idempotent: an expired grant is never expired again. The
+    -- amount never exceeds the balance (a replica of the previous release
+    -- deducts without consuming grants).
+    SELECT a.credits, a.expiring_credits INTO v_credits, v_expiring
+    FROM accounts a WHERE a.id = p_account_id FOR UPDATE;
+    FOR v_grant IN
+        SELECT g.id, g.remaining FROM credit_grants g
+        WHERE g.account_id = p_account_id AND g.expired_at IS NULL AND g.expires_at <= p_now
+        ORDER BY g.expires_at, g.id
+    LOOP
+        v_any := true;
+        v_amount := least(v_grant.remaining, v_credits);
+        v_tid := NULL;
+        IF v_amount > 0 THEN
+            v_credits := v_credits - v_amount;
+            -- The account first, then the ledger: the writers' lock order.
+            UPDATE accounts SET credits = v_credits, updated_at = now() WHERE id = p_account_id;
+            INSERT INTO credit_transactions (user_id, delta, balance_after, kind, reason)
+            VALUES (p_account_id, -v_amount, v_credits, 'EXPIRE', 'expired')
+            RETURNING * INTO v_entry;
+            v_tid := v_entry.id;
+            -- Writers write their entry's event themselves (00020).
+            PERFORM userd_emit_account_event('credits.changed', p_account_id, NULL,
+                                             userd_credits_changed_payload(v_entry));
+        END IF;
+        v_expiring := v_expiring - v_grant.remaining;
+        UPDATE credit_grants
+        SET remaining = 0, expired_at = p_now, expired_amount = v_amount, expire_transaction_id = v_tid
+        WHERE id = v_grant.id;
+    END LOOP;
+    IF v_any THEN
+        UPDATE accounts SET expiring_credits = greatest(v_expiring, 0) WHERE id = p_account_id;
+    END IF;
+    RETURN v_credits;
+END
+$$;
+
+
+--
 -- Name: userd_account_post_action(uuid, bigint, boolean, uuid, text, text, bigint, text); Type: FUNCTION; Schema: public; Owner: -
 --
 
 CREATE FUNCTION public.userd_account_post_action(p_account_id uuid, p_balance bigint, p_closed boolean, p_actor_user_id uuid, p_service text, p_action text, p_price bigint, p_key text, OUT status text, OUT available bigint, OUT price bigint, OUT t_id bigint, OUT t_account_id uuid, OUT t_delta bigint, OUT t_balance_after bigint, OUT t_kind text, OUT t_reason text, OUT t_created_at timestamp with time zone, OUT t_actor_user_id uuid, OUT t_service text)
     LANGUAGE plpgsql
     AS $$
+DECLARE
+    v_expiring bigint := 0;
 BEGIN
     -- Charges one use of p_action at p_price (read by the caller under a
     -- share lock of the price row, see userd_account_deduct_for_action) to
@@ -85,6 +200,17 @@ BEGIN
     -- closed p_closed), under p_key claimed as DEDUCT_ACTION. Statuses:
     -- applied, replayed (price: what the original charged), key_reused,
     -- insufficient, closed.
+    -- BEGIN allow (issue 21): expiring grants, before the balance check.
+    -- Only an account holding expiring credits leaves today's path: its
+    -- grants that are due expire first (their own EXPIRE entries), so the
+    -- deduction never spends an expired grant.
+    IF p_price > 0 AND p_balance > 0 THEN
+        SELECT a.expiring_credits INTO v_expiring FROM accounts a WHERE a.id = p_account_id;
+        IF v_expiring > 0 THEN
+            p_balance := userd_account_expire_due(p_account_id, now());
+        END IF;
+    END IF;
+    -- END allow
     available := p_balance;
     price := p_price;
     SELECT e.status, e.t_id, e.t_account_id, e.t_delta, e.t_balance_after, e.t_kind, e.t_reason, e.t_created_at,
@@ -100,6 +226,12 @@ BEGIN
     ELSIF status = 'refused' THEN
         status := CASE WHEN p_closed THEN 'closed' ELSE 'insufficient' END;
     END IF;
+    -- BEGIN allow (issue 21): the deduction takes from the expiring
+    -- grants soonest-expiry-first (ties by id), then from the pool.
+    IF status = 'applied' AND v_expiring > 0 THEN
+        PERFORM userd_account_take_grants(p_account_id, p_price, now());
+    END IF;
+    -- END allow
 END
 $$;
 
@@ -111,6 +243,8 @@ $$;
 CREATE FUNCTION public.userd_account_post_credits(p_account_id uuid, p_balance bigint, p_closed boolean, p_actor_user_id uuid, p_service text, p_kind text, p_delta bigint, p_reason text, p_key text, OUT status text, OUT available bigint, OUT t_id bigint, OUT t_account_id uuid, OUT t_delta bigint, OUT t_balance_after bigint, OUT t_kind text, OUT t_reason text, OUT t_created_at timestamp with time zone, OUT t_actor_user_id uuid, OUT t_service text)
     LANGUAGE plpgsql
     AS $$
+DECLARE
+    v_expiring bigint := 0;
 BEGIN
     -- Deducts (p_delta < 0) or grants (p_delta > 0) on an account whose
     -- row the caller has locked (FOR UPDATE; its balance was p_balance,
@@ -125,6 +259,17 @@ BEGIN
     --   closed        the account is closed; nothing changed
     -- A replay answers with the original entry even when the balance is
     -- lower now, or the account closed since.
+    -- BEGIN allow (issue 21): expiring grants, before the balance check.
+    -- Only an account holding expiring credits leaves today's path: its
+    -- grants that are due expire first (their own EXPIRE entries), so the
+    -- deduction never spends an expired grant.
+    IF p_delta < 0 AND p_balance > 0 THEN
+        SELECT a.expiring_credits INTO v_expiring FROM accounts a WHERE a.id = p_account_id;
+        IF v_expiring > 0 THEN
+            p_balance := userd_account_expire_due(p_account_id, now());
+        END IF;
+    END IF;
+    -- END allow
     available := p_balance;
     SELECT e.status, e.t_id, e.t_account_id, e.t_delta, e.t_balance_after, e.t_kind, e.t_reason, e.t_created_at,
            e.t_actor_user_id, e.t_service
@@ -139,6 +284,12 @@ BEGIN
     ELSIF status = 'refused' THEN
         status := CASE WHEN p_closed THEN 'closed' WHEN p_delta < 0 THEN 'insufficient' ELSE 'overflow' END;
     END IF;
+    -- BEGIN allow (issue 21): the deduction takes from the expiring
+    -- grants soonest-expiry-first (ties by id), then from the pool.
+    IF status = 'applied' AND v_expiring > 0 THEN
+        PERFORM userd_account_take_grants(p_account_id, -p_delta, now());
+    END IF;
+    -- END allow
 END
 $$;
 
@@ -247,6 +398,88 @@ $$;
 
 
 --
+-- Name: userd_account_refill(uuid, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_account_refill(p_account_id uuid, p_now timestamp with time zone) RETURNS bigint
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_account accounts%ROWTYPE;
+    v_catalog plan_catalog%ROWTYPE;
+    v_period text;
+    v_n bigint;
+    v_start timestamptz;
+    v_end timestamptz;
+    v_row allowance_periods%ROWTYPE;
+    v_last timestamptz;
+    v_rollover bigint;
+    v_granted bigint := 0;
+BEGIN
+    -- Brings the account p_account_id up to date at p_now and returns the
+    -- allowance credits it granted: expires its due grants, then, when its
+    -- plan has a catalog entry with an allowance,
+    --   * grants the current period's allowance (plus what rolls over from
+    --     the previous period's, up to the cap) if the period has none yet,
+    --     expiring at the period's end. Only the current period: periods
+    --     that passed without a refill (the job was down) are recorded as
+    --     one skipped run and never granted (their allowance would have
+    --     expired already);
+    --   * grants the difference at once when the plan's allowance is above
+    --     what the period got (an upgrade in mid-period). A downgrade takes
+    --     nothing back: the smaller allowance applies from the next period.
+    -- Periods are anchored at the account's creation, UTC. Exactly once per
+    -- (account, period): allowance_periods' primary key, under the
+    -- account's row lock. Sets next_refill_at to the next period's start.
+    -- A closed account gets nothing.
+    SELECT * INTO v_account FROM accounts a WHERE a.id = p_account_id FOR UPDATE;
+    IF NOT FOUND OR v_account.closed_at IS NOT NULL THEN
+        RETURN 0;
+    END IF;
+    IF v_account.expiring_credits > 0 THEN
+        PERFORM userd_account_expire_due(p_account_id, p_now);
+    END IF;
+    SELECT * INTO v_catalog FROM plan_catalog c WHERE c.plan = v_account.plan;
+    v_period := coalesce(v_catalog.period, 'month');
+    v_n := greatest(userd_allowance_period_index(v_account.created_at, v_period, p_now), 0);
+    v_start := userd_allowance_period_bound(v_account.created_at, v_period, v_n);
+    v_end := userd_allowance_period_bound(v_account.created_at, v_period, v_n + 1);
+    IF v_catalog.allowance > 0 THEN
+        SELECT * INTO v_row FROM allowance_periods p
+        WHERE p.account_id = p_account_id AND p.period_start = v_start;
+        IF NOT FOUND THEN
+            SELECT max(p.period_end) INTO v_last FROM allowance_periods p WHERE p.account_id = p_account_id;
+            IF v_last < v_start THEN
+                INSERT INTO allowance_periods (account_id, period_start, period_end, status, plan,
+                                               skipped_periods, recorded_at)
+                VALUES (p_account_id, v_last, v_start, 'skipped', v_account.plan,
+                        greatest(v_n - userd_allowance_period_index(v_account.created_at, v_period, v_last), 1),
+                        p_now);
+            END IF;
+            SELECT least(coalesce(sum(g.expired_amount), 0), v_catalog.rollover_cap) INTO v_rollover
+            FROM credit_grants g
+            WHERE g.account_id = p_account_id AND g.source = 'ALLOWANCE' AND g.expires_at = v_start;
+            v_granted := v_catalog.allowance + v_rollover;
+            PERFORM userd_account_add_grant(p_account_id, 'ALLOWANCE', v_granted,
+                'allowance', 'ALLOWANCE', v_end, v_start, p_now);
+            INSERT INTO allowance_periods (account_id, period_start, period_end, status, plan, amount, rollover,
+                                           recorded_at)
+            VALUES (p_account_id, v_start, v_end, 'granted', v_account.plan, v_catalog.allowance, v_rollover, p_now);
+        ELSIF v_row.status = 'granted' AND v_row.amount < v_catalog.allowance THEN
+            v_granted := v_catalog.allowance - v_row.amount;
+            PERFORM userd_account_add_grant(p_account_id, 'ALLOWANCE', v_granted,
+                'allowance upgrade', 'ALLOWANCE', v_row.period_end, v_start, p_now);
+            UPDATE allowance_periods SET amount = v_catalog.allowance, plan = v_account.plan
+            WHERE account_id = p_account_id AND period_start = v_start;
+        END IF;
+    END IF;
+    UPDATE accounts SET next_refill_at = v_end WHERE id = p_account_id;
+    RETURN v_granted;
+END
+$$;
+
+
+--
 -- Name: userd_account_set_plan(uuid, uuid, text, text, bigint, text, text); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -274,6 +507,40 @@ BEGIN
         INTO a_id, a_plan, a_credits, a_created_at, a_updated_at, a_closed_at
         FROM accounts a WHERE a.id = p_account_id;
     END IF;
+END
+$$;
+
+
+--
+-- Name: userd_account_take_grants(uuid, bigint, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_account_take_grants(p_account_id uuid, p_amount bigint, p_now timestamp with time zone) RETURNS bigint
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_taken bigint;
+BEGIN
+    -- Takes p_amount (a deduction the caller just applied, under the
+    -- account's row lock) from the account's live grants, soonest expiry
+    -- first (ties by id), and returns how much they gave; the rest came
+    -- from the pool of credits that never expire. One statement.
+    WITH live AS (
+        SELECT g.id, g.remaining,
+               sum(g.remaining) OVER (ORDER BY g.expires_at, g.id) - g.remaining AS before
+        FROM credit_grants g
+        WHERE g.account_id = p_account_id AND g.expired_at IS NULL AND g.expires_at > p_now AND g.remaining > 0
+    ), taken AS (
+        UPDATE credit_grants g SET remaining = g.remaining - least(l.remaining, p_amount - l.before)
+        FROM live l
+        WHERE g.id = l.id AND l.before < p_amount
+        RETURNING least(l.remaining, p_amount - l.before) AS amount
+    )
+    SELECT coalesce(sum(amount), 0) INTO v_taken FROM taken;
+    IF v_taken > 0 THEN
+        UPDATE accounts SET expiring_credits = greatest(expiring_credits - v_taken, 0) WHERE id = p_account_id;
+    END IF;
+    RETURN v_taken;
 END
 $$;
 
@@ -359,6 +626,51 @@ BEGIN
     t_id := NULL; t_delta := NULL; t_balance_after := NULL; t_kind := NULL; t_reason := NULL; t_created_at := NULL;
     status := CASE WHEN userd_idempotency_key_used(p_account_id, p_key) THEN 'key_reused'
                    WHEN p_closed THEN 'closed' ELSE 'overflow' END;
+END
+$$;
+
+
+--
+-- Name: userd_allowance_period_bound(timestamp with time zone, text, bigint); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_allowance_period_bound(p_anchor timestamp with time zone, p_period text, p_n bigint) RETURNS timestamp with time zone
+    LANGUAGE sql IMMUTABLE STRICT
+    AS $$
+    -- The start of period p_n (0: the one starting at p_anchor) of a
+    -- p_period ('day', 'week', 'month') schedule anchored at p_anchor, in
+    -- UTC. A month from the 31st ends on the last day of a shorter month.
+    SELECT ((p_anchor AT TIME ZONE 'UTC') + CASE p_period
+        WHEN 'day' THEN make_interval(days => p_n::int)
+        WHEN 'week' THEN make_interval(weeks => p_n::int)
+        ELSE make_interval(months => p_n::int) END) AT TIME ZONE 'UTC'
+$$;
+
+
+--
+-- Name: userd_allowance_period_index(timestamp with time zone, text, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_allowance_period_index(p_anchor timestamp with time zone, p_period text, p_at timestamp with time zone) RETURNS bigint
+    LANGUAGE plpgsql IMMUTABLE STRICT
+    AS $$
+DECLARE
+    v_n bigint;
+    v_a timestamp := p_anchor AT TIME ZONE 'UTC';
+    v_t timestamp := p_at AT TIME ZONE 'UTC';
+BEGIN
+    -- The number of the period holding p_at (see
+    -- userd_allowance_period_bound); negative before p_anchor.
+    IF p_period = 'day' THEN
+        RETURN floor(extract(epoch FROM v_t - v_a) / 86400)::bigint;
+    ELSIF p_period = 'week' THEN
+        RETURN floor(extract(epoch FROM v_t - v_a) / 604800)::bigint;
+    END IF;
+    v_n := (extract(year FROM v_t) - extract(year FROM v_a)) * 12 + extract(month FROM v_t) - extract(month FROM v_a);
+    IF userd_allowance_period_bound(p_anchor, p_period, v_n) > p_at THEN
+        v_n := v_n - 1;
+    END IF;
+    RETURN v_n;
 END
 $$;
 
@@ -808,8 +1120,8 @@ CREATE TABLE public.credit_transactions (
     actor_user_id uuid,
     service text,
     CONSTRAINT credit_transactions_balance_after_non_negative CHECK ((balance_after >= 0)),
-    CONSTRAINT credit_transactions_delta_sign CHECK ((((kind = 'DEDUCT'::text) AND (delta < 0)) OR ((kind <> 'DEDUCT'::text) AND (delta >= 0)))),
-    CONSTRAINT credit_transactions_kind_valid CHECK ((kind = ANY (ARRAY['INITIAL'::text, 'DEDUCT'::text, 'GRANT'::text, 'PLAN_BONUS'::text])))
+    CONSTRAINT credit_transactions_delta_sign CHECK ((((kind = ANY (ARRAY['DEDUCT'::text, 'EXPIRE'::text])) AND (delta < 0)) OR ((kind <> ALL (ARRAY['DEDUCT'::text, 'EXPIRE'::text])) AND (delta >= 0)))),
+    CONSTRAINT credit_transactions_kind_valid CHECK ((kind = ANY (ARRAY['INITIAL'::text, 'DEDUCT'::text, 'GRANT'::text, 'PLAN_BONUS'::text, 'ALLOWANCE'::text, 'EXPIRE'::text])))
 );
 
 
@@ -1066,6 +1378,77 @@ $$;
 
 
 --
+-- Name: userd_grant_expiring(text, text, text, bigint, text, text, text, timestamp with time zone, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_grant_expiring(p_clerk_user_id text, p_clerk_org_id text, p_service text, p_amount bigint, p_reason text, p_key text, p_source text, p_expires_at timestamp with time zone, p_now timestamp with time zone, OUT status text, OUT account_id uuid, OUT available bigint, OUT grant_id bigint, OUT t_id bigint, OUT t_delta bigint, OUT t_balance_after bigint, OUT t_kind text, OUT t_reason text, OUT t_created_at timestamp with time zone, OUT t_actor_user_id uuid, OUT t_service text)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_actor uuid;
+    v_credits bigint;
+    v_closed boolean;
+    v_grant credit_grants%ROWTYPE;
+BEGIN
+    -- Grants p_amount that expires at p_expires_at (source p_source) to the
+    -- account of organization p_clerk_org_id (p_clerk_user_id, when not
+    -- '', names the live user the service acted for) or, with
+    -- p_clerk_org_id = '', to the personal account of the live user
+    -- p_clerk_user_id, under p_key claimed as GRANT. Statuses as
+    -- userd_org_change_credits (not_found, user_not_found, applied,
+    -- replayed, key_reused, overflow, closed); a replay must name the same
+    -- expiry and source, else key_reused.
+    IF p_clerk_org_id <> '' THEN
+        SELECT a.id INTO account_id FROM organizations o JOIN accounts a ON a.organization_id = o.id
+        WHERE o.clerk_org_id = p_clerk_org_id;
+        IF NOT FOUND THEN
+            status := 'not_found';
+            RETURN;
+        END IF;
+        IF p_clerk_user_id <> '' THEN
+            SELECT u.id INTO v_actor FROM users u WHERE u.clerk_user_id = p_clerk_user_id AND u.deleted_at IS NULL;
+            IF NOT FOUND THEN
+                status := 'user_not_found';
+                RETURN;
+            END IF;
+        END IF;
+        SELECT a.credits, a.closed_at IS NOT NULL INTO v_credits, v_closed
+        FROM accounts a WHERE a.id = account_id FOR UPDATE;
+    ELSE
+        SELECT l.account_id, l.credits, l.closed INTO account_id, v_credits, v_closed
+        FROM userd_lock_personal_account(p_clerk_user_id) l;
+        IF account_id IS NULL THEN
+            status := 'not_found';
+            RETURN;
+        END IF;
+        v_actor := account_id;
+    END IF;
+    SELECT e.status, e.available, e.t_id, e.t_delta, e.t_balance_after, e.t_kind, e.t_reason, e.t_created_at,
+           e.t_actor_user_id, e.t_service
+    INTO status, available, t_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at,
+         t_actor_user_id, t_service
+    FROM userd_account_post_credits(account_id, v_credits, v_closed, v_actor, nullif(p_service, ''), 'GRANT',
+        p_amount, p_reason, p_key) e;
+    IF status = 'applied' THEN
+        INSERT INTO credit_grants (account_id, source, amount, remaining, effective_at, expires_at, transaction_id)
+        VALUES (account_id, p_source, p_amount, p_amount, p_now, p_expires_at, t_id)
+        RETURNING id INTO grant_id;
+        UPDATE accounts SET expiring_credits = expiring_credits + p_amount WHERE id = account_id;
+    ELSIF status = 'replayed' THEN
+        SELECT * INTO v_grant FROM credit_grants g WHERE g.transaction_id = t_id;
+        IF NOT FOUND OR v_grant.expires_at <> p_expires_at OR v_grant.source <> p_source THEN
+            status := 'key_reused';
+            t_id := NULL; t_delta := NULL; t_balance_after := NULL; t_kind := NULL; t_reason := NULL;
+            t_created_at := NULL; t_actor_user_id := NULL; t_service := NULL;
+            RETURN;
+        END IF;
+        grant_id := v_grant.id;
+    END IF;
+END
+$$;
+
+
+--
 -- Name: userd_idempotency_key_used(uuid, text); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1075,6 +1458,25 @@ CREATE FUNCTION public.userd_idempotency_key_used(p_user_id uuid, p_key text) RE
     -- Whether the key space of the account p_user_id holds p_key, for any
     -- operation.
     SELECT EXISTS (SELECT 1 FROM idempotency_keys k WHERE k.user_id = p_user_id AND k.idempotency_key = p_key)
+$$;
+
+
+--
+-- Name: userd_initial_allowance(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_initial_allowance() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    -- A new account (its INITIAL entry) gets its first allowance at once,
+    -- in the transaction that creates it, when its plan has one.
+    IF EXISTS (SELECT 1 FROM plan_catalog c JOIN accounts a ON a.plan = c.plan
+               WHERE a.id = NEW.user_id AND c.allowance > 0) THEN
+        PERFORM userd_account_refill(NEW.user_id, NEW.created_at);
+    END IF;
+    RETURN NULL;
+END
 $$;
 
 
@@ -1318,6 +1720,7 @@ DECLARE
     v_amount bigint;
     v_refusal text;
     v_account uuid;
+    v_expiring bigint;
 BEGIN
     -- Deducts from the account of organization p_clerk_org_id on behalf of
     -- its member p_member_clerk_user_id, by p_amount (p_action = '') or by
@@ -1364,7 +1767,7 @@ BEGIN
         v_amount := p_amount;
     END IF;
 
-    SELECT a.id, a.credits, a.closed_at IS NOT NULL INTO v_account, available, v_closed
+    SELECT a.id, a.credits, a.closed_at IS NOT NULL, a.expiring_credits INTO v_account, available, v_closed, v_expiring
     FROM organizations o
     JOIN accounts a ON a.organization_id = o.id
     WHERE o.clerk_org_id = p_clerk_org_id
@@ -1416,8 +1819,12 @@ BEGIN
     -- Allowed, or a used key: the account-level write (under the lock
     -- taken above) applies the spend, or replays (or refuses as
     -- key_reused) what the key did before.
-    -- Deduction fast path (allow, at merge): an account holding expiring
-    -- grants takes the slow path here, before the entry is written.
+    -- Expiring grants (00022, issue 21): only an account that holds some
+    -- leaves the fast path. Its grants that are due expire first (their
+    -- own EXPIRE entries), so a deduction never spends an expired grant.
+    IF v_expiring > 0 AND v_amount > 0 THEN
+        available := userd_account_expire_due(v_account, now());
+    END IF;
     SELECT e.status, e.t_id, e.t_delta, e.t_balance_after, e.t_kind, e.t_reason, e.t_created_at,
            e.t_actor_user_id, e.t_service
     INTO status, t_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at, t_actor_user_id, t_service
@@ -1432,6 +1839,11 @@ BEGIN
         price := -t_delta;
     ELSIF status = 'refused' THEN
         status := CASE WHEN v_closed THEN 'closed' ELSE 'insufficient' END;
+    END IF;
+    -- ... and an applied deduction takes from the grants soonest-expiry
+    -- first, then from the credits that never expire.
+    IF status = 'applied' AND v_expiring > 0 AND v_amount > 0 THEN
+        PERFORM userd_account_take_grants(v_account, v_amount, now());
     END IF;
 
     IF status = 'applied' AND v_has_cap THEN
@@ -1492,6 +1904,7 @@ CREATE FUNCTION public.userd_personal_change_credits(p_clerk_user_id text, p_ser
 DECLARE
     v_id uuid;
     v_closed boolean;
+    v_expiring bigint;
 BEGIN
     -- Deducts (p_delta < 0) or grants (p_delta > 0) on the personal account
     -- of the live user p_clerk_user_id, which acts (through the service
@@ -1501,7 +1914,7 @@ BEGIN
     -- Clerk id). t_user_id is the account's id, which for a personal
     -- account is the user's. Two statements: the account's row lock, then
     -- userd_account_post_entry's one.
-    SELECT a.id, a.credits, a.closed_at IS NOT NULL INTO v_id, available, v_closed
+    SELECT a.id, a.credits, a.closed_at IS NOT NULL, a.expiring_credits INTO v_id, available, v_closed, v_expiring
     FROM users u JOIN accounts a ON a.id = u.id
     WHERE u.clerk_user_id = p_clerk_user_id AND u.deleted_at IS NULL
     FOR UPDATE OF a;
@@ -1509,8 +1922,12 @@ BEGIN
         status := 'not_found';
         RETURN;
     END IF;
-    -- Deduction fast path (allow, at merge): an account holding expiring
-    -- grants takes the slow path here, before the entry is written.
+    -- Expiring grants (00022, issue 21): only an account that holds some
+    -- leaves the fast path. Its grants that are due expire first (their
+    -- own EXPIRE entries), so a deduction never spends an expired grant.
+    IF v_expiring > 0 AND -p_delta > 0 THEN
+        available := userd_account_expire_due(v_id, now());
+    END IF;
     SELECT e.* INTO status, t_id, t_user_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at,
                     t_actor_user_id, t_service
     FROM userd_account_post_entry(v_id, available,
@@ -1522,6 +1939,11 @@ BEGIN
         available := t_balance_after;
     ELSIF status = 'refused' THEN
         status := CASE WHEN v_closed THEN 'closed' WHEN p_delta < 0 THEN 'insufficient' ELSE 'overflow' END;
+    END IF;
+    -- ... and an applied deduction takes from the grants soonest-expiry
+    -- first, then from the credits that never expire.
+    IF status = 'applied' AND v_expiring > 0 AND -p_delta > 0 THEN
+        PERFORM userd_account_take_grants(v_id, -p_delta, now());
     END IF;
 END
 $$;
@@ -1537,6 +1959,7 @@ CREATE FUNCTION public.userd_personal_deduct_for_action(p_clerk_user_id text, p_
 DECLARE
     v_id uuid;
     v_closed boolean;
+    v_expiring bigint;
 BEGIN
     -- Charges one use of p_action at its current price to the personal
     -- account of the live user p_clerk_user_id, which acts (through the
@@ -1561,7 +1984,7 @@ BEGIN
         status := 'unknown_action';
         RETURN;
     END IF;
-    SELECT a.id, a.credits, a.closed_at IS NOT NULL INTO v_id, available, v_closed
+    SELECT a.id, a.credits, a.closed_at IS NOT NULL, a.expiring_credits INTO v_id, available, v_closed, v_expiring
     FROM users u JOIN accounts a ON a.id = u.id
     WHERE u.clerk_user_id = p_clerk_user_id AND u.deleted_at IS NULL
     FOR UPDATE OF a;
@@ -1569,8 +1992,12 @@ BEGIN
         status := 'not_found';
         RETURN;
     END IF;
-    -- Deduction fast path (allow, at merge): an account holding expiring
-    -- grants takes the slow path here, before the entry is written.
+    -- Expiring grants (00022, issue 21): only an account that holds some
+    -- leaves the fast path. Its grants that are due expire first (their
+    -- own EXPIRE entries), so a deduction never spends an expired grant.
+    IF v_expiring > 0 AND price > 0 THEN
+        available := userd_account_expire_due(v_id, now());
+    END IF;
     SELECT e.* INTO status, t_id, t_user_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at,
                     t_actor_user_id, t_service
     FROM userd_account_post_entry(v_id, available, NOT v_closed AND available >= price,
@@ -1582,6 +2009,11 @@ BEGIN
         price := -t_delta;
     ELSIF status = 'refused' THEN
         status := CASE WHEN v_closed THEN 'closed' ELSE 'insufficient' END;
+    END IF;
+    -- ... and an applied deduction takes from the grants soonest-expiry
+    -- first, then from the credits that never expire.
+    IF status = 'applied' AND v_expiring > 0 AND price > 0 THEN
+        PERFORM userd_account_take_grants(v_id, price, now());
     END IF;
 END
 $$;
@@ -1634,6 +2066,43 @@ BEGIN
         u_id := NULL; u_clerk_user_id := NULL; u_email := NULL; u_first_name := NULL; u_last_name := NULL;
         u_image_url := NULL; u_plan := NULL; u_credits := NULL; u_clerk_updated_at := NULL; u_created_at := NULL;
     END IF;
+END
+$$;
+
+
+--
+-- Name: userd_plan_change_allowance(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_plan_change_allowance() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_new plan_catalog%ROWTYPE;
+    v_old_allowance bigint;
+    v_tid bigint;
+BEGIN
+    -- A plan change, in its own transaction (the account is locked):
+    --   * an upgrade (to a plan whose allowance is above the previous
+    --     plan's) grants the new plan's upgrade bonus, once per account and
+    --     plan ever (plan_upgrade_bonuses), as credits that never expire;
+    --   * the current period's allowance is brought up to the new plan's
+    --     (userd_account_refill: the difference at once; a downgrade
+    --     applies from the next period).
+    IF NOT EXISTS (SELECT 1 FROM plan_catalog) THEN
+        RETURN NULL;
+    END IF;
+    SELECT * INTO v_new FROM plan_catalog c WHERE c.plan = NEW.plan;
+    SELECT c.allowance INTO v_old_allowance FROM plan_catalog c WHERE c.plan = NEW.previous_plan;
+    IF v_new.upgrade_bonus > 0 AND v_new.allowance > coalesce(v_old_allowance, 0) THEN
+        IF NOT EXISTS (SELECT 1 FROM plan_upgrade_bonuses b WHERE b.account_id = NEW.user_id AND b.plan = NEW.plan) THEN
+            v_tid := userd_account_add_grant(NEW.user_id, 'PLAN_BONUS', v_new.upgrade_bonus,
+                'upgrade bonus ' || NEW.plan, NULL, NULL, NULL, NEW.created_at);
+            INSERT INTO plan_upgrade_bonuses (account_id, plan, transaction_id) VALUES (NEW.user_id, NEW.plan, v_tid);
+        END IF;
+    END IF;
+    PERFORM userd_account_refill(NEW.user_id, NEW.created_at);
+    RETURN NULL;
 END
 $$;
 
@@ -1748,6 +2217,52 @@ BEGIN
     GET DIAGNOSTICS v_count = ROW_COUNT;
     UPDATE user_events_pruned SET order_xid = v_last_xid, id = v_last_id, pruned_at = now();
     RETURN v_count;
+END
+$$;
+
+
+--
+-- Name: userd_run_allowances(timestamp with time zone, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_run_allowances(p_now timestamp with time zone, p_limit integer, OUT accounts integer, OUT expired integer, OUT granted bigint)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_id uuid;
+    v_credits bigint;
+BEGIN
+    -- One batch of the expiry and refill job at p_now: expires the due
+    -- grants of up to p_limit accounts, then refills up to p_limit due
+    -- accounts (none while the catalog is empty). Accounts another
+    -- transaction holds are skipped (SKIP LOCKED) and picked up by the
+    -- next batch. accounts: how many the batch processed (a batch with
+    -- fewer than 2 * p_limit ends the run).
+    accounts := 0; expired := 0; granted := 0;
+    FOR v_id IN
+        SELECT a.id FROM accounts a
+        WHERE a.id IN (SELECT g.account_id FROM credit_grants g
+                       WHERE g.expired_at IS NULL AND g.expires_at <= p_now
+                       ORDER BY g.expires_at LIMIT p_limit)
+        FOR UPDATE SKIP LOCKED
+    LOOP
+        v_credits := userd_account_expire_due(v_id, p_now);
+        accounts := accounts + 1;
+        expired := expired + 1;
+    END LOOP;
+    IF NOT EXISTS (SELECT 1 FROM plan_catalog) THEN
+        RETURN;
+    END IF;
+    FOR v_id IN
+        SELECT a.id FROM accounts a
+        WHERE a.closed_at IS NULL AND (a.next_refill_at IS NULL OR a.next_refill_at <= p_now)
+        ORDER BY a.next_refill_at NULLS FIRST
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+    LOOP
+        granted := granted + userd_account_refill(v_id, p_now);
+        accounts := accounts + 1;
+    END LOOP;
 END
 $$;
 
@@ -1869,6 +2384,45 @@ CREATE FUNCTION public.userd_set_plan(p_clerk_user_id text, p_plan text, p_bonus
            p.pc_id, p.pc_previous_plan, p.pc_plan, p.pc_bonus_credits, p.pc_reason, p.pc_created_at,
            p.t_id, p.t_delta, p.t_balance_after, p.t_kind, p.t_reason, p.t_created_at
     FROM userd_personal_set_plan(p_clerk_user_id, NULL, p_plan, p_bonus, p_reason, p_key) p
+$$;
+
+
+--
+-- Name: userd_set_plan_allowance(text, bigint, text, bigint, bigint, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_set_plan_allowance(p_plan text, p_allowance bigint, p_period text, p_rollover_cap bigint, p_upgrade_bonus bigint, p_changed_by text, OUT status text, OUT change_id bigint)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_old plan_catalog%ROWTYPE;
+BEGIN
+    -- Sets the catalog entry of p_plan and records the change in one call.
+    -- Statuses: applied (change_id: the audit row), unchanged (the entry
+    -- in effect was asked for; nothing written). The entry is locked
+    -- (FOR UPDATE), so concurrent changes of one plan apply one after the
+    -- other, each audited against the one before. A change applies to
+    -- each account from its next period (a refill reads the entry in its
+    -- own transaction).
+    SELECT * INTO v_old FROM plan_catalog c WHERE c.plan = p_plan FOR UPDATE;
+    IF FOUND AND v_old.allowance = p_allowance AND v_old.period = p_period
+       AND v_old.rollover_cap = p_rollover_cap AND v_old.upgrade_bonus = p_upgrade_bonus THEN
+        status := 'unchanged';
+        RETURN;
+    END IF;
+    INSERT INTO plan_catalog (plan, allowance, period, rollover_cap, upgrade_bonus, updated_by)
+    VALUES (p_plan, p_allowance, p_period, p_rollover_cap, p_upgrade_bonus, p_changed_by)
+    ON CONFLICT (plan) DO UPDATE
+    SET allowance = EXCLUDED.allowance, period = EXCLUDED.period, rollover_cap = EXCLUDED.rollover_cap,
+        upgrade_bonus = EXCLUDED.upgrade_bonus, updated_by = EXCLUDED.updated_by, updated_at = now();
+    INSERT INTO plan_catalog_changes (plan, previous_allowance, previous_period, previous_rollover_cap,
+                                      previous_upgrade_bonus, allowance, period, rollover_cap, upgrade_bonus,
+                                      changed_by)
+    VALUES (p_plan, v_old.allowance, v_old.period, v_old.rollover_cap, v_old.upgrade_bonus,
+            p_allowance, p_period, p_rollover_cap, p_upgrade_bonus, p_changed_by)
+    RETURNING id INTO change_id;
+    status := 'applied';
+END
 $$;
 
 
@@ -2060,10 +2614,32 @@ CREATE TABLE public.accounts (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     closed_at timestamp with time zone,
+    expiring_credits bigint DEFAULT 0 NOT NULL,
+    next_refill_at timestamp with time zone,
     CONSTRAINT accounts_credits_non_negative CHECK ((credits >= 0)),
+    CONSTRAINT accounts_expiring_credits_non_negative CHECK ((expiring_credits >= 0)),
     CONSTRAINT accounts_one_owner CHECK (((owner_user_id IS NULL) <> (organization_id IS NULL))),
     CONSTRAINT accounts_personal_id CHECK (((owner_user_id IS NULL) OR (id = owner_user_id))),
     CONSTRAINT accounts_plan_valid CHECK ((plan = ANY (ARRAY['FREE'::text, 'PRO'::text, 'ENTERPRISE'::text])))
+);
+
+
+--
+-- Name: allowance_periods; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.allowance_periods (
+    account_id uuid NOT NULL,
+    period_start timestamp with time zone NOT NULL,
+    period_end timestamp with time zone NOT NULL,
+    status text NOT NULL,
+    plan text NOT NULL,
+    amount bigint DEFAULT 0 NOT NULL,
+    rollover bigint DEFAULT 0 NOT NULL,
+    skipped_periods integer DEFAULT 0 NOT NULL,
+    recorded_at timestamp with time zone NOT NULL,
+    CONSTRAINT allowance_periods_ordered CHECK ((period_end > period_start)),
+    CONSTRAINT allowance_periods_status_valid CHECK ((status = ANY (ARRAY['granted'::text, 'skipped'::text])))
 );
 
 
@@ -2077,6 +2653,46 @@ CREATE TABLE public.clerk_sync_state (
     last_finished_at timestamp with time zone,
     last_result text,
     CONSTRAINT clerk_sync_state_one_row CHECK (id)
+);
+
+
+--
+-- Name: credit_grants; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.credit_grants (
+    id bigint NOT NULL,
+    account_id uuid NOT NULL,
+    source text NOT NULL,
+    amount bigint NOT NULL,
+    remaining bigint NOT NULL,
+    effective_at timestamp with time zone NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    period_start timestamp with time zone,
+    transaction_id bigint NOT NULL,
+    expired_at timestamp with time zone,
+    expired_amount bigint,
+    expire_transaction_id bigint,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT credit_grants_amount_positive CHECK ((amount > 0)),
+    CONSTRAINT credit_grants_expired_is_empty CHECK (((expired_at IS NULL) OR (remaining = 0))),
+    CONSTRAINT credit_grants_expires_after_effective CHECK ((expires_at > effective_at)),
+    CONSTRAINT credit_grants_remaining_range CHECK (((remaining >= 0) AND (remaining <= amount))),
+    CONSTRAINT credit_grants_source_valid CHECK ((source = ANY (ARRAY['GRANT'::text, 'ALLOWANCE'::text, 'PURCHASE'::text, 'REFUND'::text, 'SUPPORT'::text, 'BONUS'::text])))
+);
+
+
+--
+-- Name: credit_grants_id_seq; Type: SEQUENCE; Schema: public; Owner: -
+--
+
+ALTER TABLE public.credit_grants ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.credit_grants_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
 );
 
 
@@ -2159,6 +2775,61 @@ CREATE TABLE public.organizations (
 
 
 --
+-- Name: plan_catalog; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.plan_catalog (
+    plan text NOT NULL,
+    allowance bigint NOT NULL,
+    period text DEFAULT 'month'::text NOT NULL,
+    rollover_cap bigint DEFAULT 0 NOT NULL,
+    upgrade_bonus bigint DEFAULT 0 NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_by text NOT NULL,
+    CONSTRAINT plan_catalog_allowance_range CHECK (((allowance >= 0) AND (allowance <= '1000000000000'::bigint))),
+    CONSTRAINT plan_catalog_period_valid CHECK ((period = ANY (ARRAY['day'::text, 'week'::text, 'month'::text]))),
+    CONSTRAINT plan_catalog_plan_valid CHECK ((plan = ANY (ARRAY['FREE'::text, 'PRO'::text, 'ENTERPRISE'::text]))),
+    CONSTRAINT plan_catalog_rollover_cap_range CHECK (((rollover_cap >= 0) AND (rollover_cap <= '1000000000000'::bigint))),
+    CONSTRAINT plan_catalog_upgrade_bonus_range CHECK (((upgrade_bonus >= 0) AND (upgrade_bonus <= '1000000000000'::bigint)))
+);
+
+
+--
+-- Name: plan_catalog_changes; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.plan_catalog_changes (
+    id bigint NOT NULL,
+    plan text NOT NULL,
+    previous_allowance bigint,
+    previous_period text,
+    previous_rollover_cap bigint,
+    previous_upgrade_bonus bigint,
+    allowance bigint NOT NULL,
+    period text NOT NULL,
+    rollover_cap bigint NOT NULL,
+    upgrade_bonus bigint NOT NULL,
+    changed_by text NOT NULL,
+    changed_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+
+--
+-- Name: plan_catalog_changes_id_seq; Type: SEQUENCE; Schema: public; Owner: -
+--
+
+ALTER TABLE public.plan_catalog_changes ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.plan_catalog_changes_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+
+--
 -- Name: plan_changes_id_seq; Type: SEQUENCE; Schema: public; Owner: -
 --
 
@@ -2169,6 +2840,18 @@ ALTER TABLE public.plan_changes ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY
     NO MINVALUE
     NO MAXVALUE
     CACHE 1
+);
+
+
+--
+-- Name: plan_upgrade_bonuses; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.plan_upgrade_bonuses (
+    account_id uuid NOT NULL,
+    plan text NOT NULL,
+    transaction_id bigint NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
 
@@ -2296,11 +2979,27 @@ ALTER TABLE ONLY public.accounts
 
 
 --
+-- Name: allowance_periods allowance_periods_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.allowance_periods
+    ADD CONSTRAINT allowance_periods_pkey PRIMARY KEY (account_id, period_start);
+
+
+--
 -- Name: clerk_sync_state clerk_sync_state_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
 ALTER TABLE ONLY public.clerk_sync_state
     ADD CONSTRAINT clerk_sync_state_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: credit_grants credit_grants_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.credit_grants
+    ADD CONSTRAINT credit_grants_pkey PRIMARY KEY (id);
 
 
 --
@@ -2360,6 +3059,22 @@ ALTER TABLE ONLY public.organizations
 
 
 --
+-- Name: plan_catalog_changes plan_catalog_changes_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.plan_catalog_changes
+    ADD CONSTRAINT plan_catalog_changes_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: plan_catalog plan_catalog_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.plan_catalog
+    ADD CONSTRAINT plan_catalog_pkey PRIMARY KEY (plan);
+
+
+--
 -- Name: plan_changes plan_changes_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -2373,6 +3088,14 @@ ALTER TABLE ONLY public.plan_changes
 
 ALTER TABLE ONLY public.plan_changes
     ADD CONSTRAINT plan_changes_user_key UNIQUE (user_id, idempotency_key);
+
+
+--
+-- Name: plan_upgrade_bonuses plan_upgrade_bonuses_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.plan_upgrade_bonuses
+    ADD CONSTRAINT plan_upgrade_bonuses_pkey PRIMARY KEY (account_id, plan);
 
 
 --
@@ -2436,6 +3159,34 @@ ALTER TABLE ONLY public.webhook_events
 --
 
 CREATE INDEX account_member_cap_changes_account_idx ON public.account_member_cap_changes USING btree (account_id, id);
+
+
+--
+-- Name: accounts_next_refill_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX accounts_next_refill_idx ON public.accounts USING btree (next_refill_at NULLS FIRST) WHERE (closed_at IS NULL);
+
+
+--
+-- Name: credit_grants_due_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX credit_grants_due_idx ON public.credit_grants USING btree (expires_at) WHERE (expired_at IS NULL);
+
+
+--
+-- Name: credit_grants_live_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX credit_grants_live_idx ON public.credit_grants USING btree (account_id, expires_at, id) WHERE (expired_at IS NULL);
+
+
+--
+-- Name: credit_grants_transaction_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX credit_grants_transaction_idx ON public.credit_grants USING btree (transaction_id);
 
 
 --
@@ -2509,6 +3260,13 @@ CREATE INDEX webhook_events_processed_at_idx ON public.webhook_events USING btre
 
 
 --
+-- Name: credit_transactions credit_transactions_initial_allowance; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER credit_transactions_initial_allowance AFTER INSERT ON public.credit_transactions FOR EACH ROW WHEN ((new.kind = 'INITIAL'::text)) EXECUTE FUNCTION public.userd_initial_allowance();
+
+
+--
 -- Name: organization_memberships organization_memberships_feed_insert; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -2534,6 +3292,13 @@ CREATE TRIGGER organizations_feed_insert AFTER INSERT ON public.organizations FO
 --
 
 CREATE TRIGGER organizations_feed_update AFTER UPDATE OF name, slug, image_url, deleted_at ON public.organizations FOR EACH ROW EXECUTE FUNCTION public.userd_organizations_feed();
+
+
+--
+-- Name: plan_changes plan_changes_allowance; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER plan_changes_allowance AFTER INSERT ON public.plan_changes FOR EACH ROW EXECUTE FUNCTION public.userd_plan_change_allowance();
 
 
 --
@@ -2576,6 +3341,38 @@ ALTER TABLE ONLY public.accounts
 
 
 --
+-- Name: allowance_periods allowance_periods_account_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.allowance_periods
+    ADD CONSTRAINT allowance_periods_account_fkey FOREIGN KEY (account_id) REFERENCES public.accounts(id);
+
+
+--
+-- Name: credit_grants credit_grants_account_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.credit_grants
+    ADD CONSTRAINT credit_grants_account_fkey FOREIGN KEY (account_id) REFERENCES public.accounts(id);
+
+
+--
+-- Name: credit_grants credit_grants_expire_transaction_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.credit_grants
+    ADD CONSTRAINT credit_grants_expire_transaction_fkey FOREIGN KEY (expire_transaction_id) REFERENCES public.credit_transactions(id);
+
+
+--
+-- Name: credit_grants credit_grants_transaction_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.credit_grants
+    ADD CONSTRAINT credit_grants_transaction_fkey FOREIGN KEY (transaction_id) REFERENCES public.credit_transactions(id);
+
+
+--
 -- Name: credit_transactions credit_transactions_account_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -2605,3 +3402,11 @@ ALTER TABLE ONLY public.plan_changes
 
 ALTER TABLE ONLY public.plan_changes
     ADD CONSTRAINT plan_changes_transaction_id_fkey FOREIGN KEY (transaction_id) REFERENCES public.credit_transactions(id);
+
+
+--
+-- Name: plan_upgrade_bonuses plan_upgrade_bonuses_account_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.plan_upgrade_bonuses
+    ADD CONSTRAINT plan_upgrade_bonuses_account_fkey FOREIGN KEY (account_id) REFERENCES public.accounts(id);

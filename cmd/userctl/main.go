@@ -18,6 +18,8 @@
 //
 //	userctl account org_2xyz         userctl deduct org_2xyz 3 --member user_2abc --key job-44
 //	userctl member-cap org_2xyz user_2abc --period day --cap 100
+//	userctl grant user_2abc 100 --key promo-7 --expires 720h   userctl grants user_2abc
+//	userctl catalog set pro 1000 --rollover-cap 200 --upgrade-bonus 50
 //
 // The address and token come from --addr/--token or USERD_ADDR/USERD_TOKEN.
 // Exit codes (for scripts): see exitCodes.
@@ -79,6 +81,9 @@ type cli struct {
 
 	Account   accountCmd   `cmd:"" help:"Show an account: a user's personal one (user_...) or an organization's (org_...), with its members, their caps and spending."`
 	MemberCap memberCapCmd `cmd:"" name:"member-cap" help:"Set or remove what one member may spend from its organization's account per UTC day, week or month."`
+
+	Grants  grantsCmd  `cmd:"" help:"Show an account's credits by expiry: its live expiring grants, the credits that never expire, its next allowance."`
+	Catalog catalogCmd `cmd:"" help:"The plan catalog: each plan's allowance per period, rollover and upgrade bonus."`
 }
 
 // target reads the account a command names: a Clerk user id (the user's
@@ -350,7 +355,9 @@ func (c *deductCmd) Run(e *env) error {
 
 type grantCmd struct {
 	change
-	Member string `help:"With an organization id: the member the grant is recorded for (optional)."`
+	Member  string `help:"With an organization id: the member the grant is recorded for (optional)."`
+	Expires string `help:"When the granted credits expire: an RFC 3339 time or a duration from now (720h); never when omitted."`
+	Source  string `enum:",grant,purchase,refund,support,bonus" default:"" help:"What the grant came from (recorded on an expiring grant): grant, purchase, refund, support or bonus."`
 }
 
 func (c *grantCmd) Run(e *env) error {
@@ -358,8 +365,13 @@ func (c *grantCmd) Run(e *env) error {
 	if err != nil {
 		return err
 	}
+	expires, err := expiresAt(c.Expires, time.Now())
+	if err != nil {
+		return err
+	}
 	res, err := e.client.GrantCredits(e.ctx, &userdv1.GrantCreditsRequest{
 		ClerkUserId: user, ClerkOrganizationId: org, Amount: c.Amount, IdempotencyKey: c.Key, Reason: c.Reason,
+		ExpiresAt: expires, GrantSource: strings.ToUpper(c.Source),
 	})
 	if err != nil {
 		return err

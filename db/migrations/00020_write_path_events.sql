@@ -76,6 +76,16 @@ END
 $$;
 -- +goose StatementEnd
 
+-- The deductions below leave their fast path for an account that holds
+-- expiring grants (00022, issue 21): the column they read is added here, so
+-- they work from the moment they commit; it stays 0 until 00022's grants
+-- exist, and 00022's ADD COLUMN IF NOT EXISTS finds it. Adding a column
+-- with a constant default rewrites nothing; the lock is taken with
+-- userd_ddl's timeout and retries.
+CALL pg_temp.userd_ddl(ARRAY[$ddl$
+ALTER TABLE accounts ADD COLUMN IF NOT EXISTS expiring_credits bigint NOT NULL DEFAULT 0
+$ddl$]);
+
 BEGIN;
 
 -- +goose StatementBegin
@@ -262,6 +272,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_id uuid;
     v_closed boolean;
+    v_expiring bigint;
 BEGIN
     -- Deducts (p_delta < 0) or grants (p_delta > 0) on the personal account
     -- of the live user p_clerk_user_id, which acts (through the service
@@ -271,7 +282,7 @@ BEGIN
     -- Clerk id). t_user_id is the account's id, which for a personal
     -- account is the user's. Two statements: the account's row lock, then
     -- userd_account_post_entry's one.
-    SELECT a.id, a.credits, a.closed_at IS NOT NULL INTO v_id, available, v_closed
+    SELECT a.id, a.credits, a.closed_at IS NOT NULL, a.expiring_credits INTO v_id, available, v_closed, v_expiring
     FROM users u JOIN accounts a ON a.id = u.id
     WHERE u.clerk_user_id = p_clerk_user_id AND u.deleted_at IS NULL
     FOR UPDATE OF a;
@@ -279,8 +290,12 @@ BEGIN
         status := 'not_found';
         RETURN;
     END IF;
-    -- Deduction fast path (allow, at merge): an account holding expiring
-    -- grants takes the slow path here, before the entry is written.
+    -- Expiring grants (00022, issue 21): only an account that holds some
+    -- leaves the fast path. Its grants that are due expire first (their
+    -- own EXPIRE entries), so a deduction never spends an expired grant.
+    IF v_expiring > 0 AND -p_delta > 0 THEN
+        available := userd_account_expire_due(v_id, now());
+    END IF;
     SELECT e.* INTO status, t_id, t_user_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at,
                     t_actor_user_id, t_service
     FROM userd_account_post_entry(v_id, available,
@@ -292,6 +307,11 @@ BEGIN
         available := t_balance_after;
     ELSIF status = 'refused' THEN
         status := CASE WHEN v_closed THEN 'closed' WHEN p_delta < 0 THEN 'insufficient' ELSE 'overflow' END;
+    END IF;
+    -- ... and an applied deduction takes from the grants soonest-expiry
+    -- first, then from the credits that never expire.
+    IF status = 'applied' AND v_expiring > 0 AND -p_delta > 0 THEN
+        PERFORM userd_account_take_grants(v_id, -p_delta, now());
     END IF;
 END
 $$;
@@ -307,6 +327,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_id uuid;
     v_closed boolean;
+    v_expiring bigint;
 BEGIN
     -- Charges one use of p_action at its current price to the personal
     -- account of the live user p_clerk_user_id, which acts (through the
@@ -331,7 +352,7 @@ BEGIN
         status := 'unknown_action';
         RETURN;
     END IF;
-    SELECT a.id, a.credits, a.closed_at IS NOT NULL INTO v_id, available, v_closed
+    SELECT a.id, a.credits, a.closed_at IS NOT NULL, a.expiring_credits INTO v_id, available, v_closed, v_expiring
     FROM users u JOIN accounts a ON a.id = u.id
     WHERE u.clerk_user_id = p_clerk_user_id AND u.deleted_at IS NULL
     FOR UPDATE OF a;
@@ -339,8 +360,12 @@ BEGIN
         status := 'not_found';
         RETURN;
     END IF;
-    -- Deduction fast path (allow, at merge): an account holding expiring
-    -- grants takes the slow path here, before the entry is written.
+    -- Expiring grants (00022, issue 21): only an account that holds some
+    -- leaves the fast path. Its grants that are due expire first (their
+    -- own EXPIRE entries), so a deduction never spends an expired grant.
+    IF v_expiring > 0 AND price > 0 THEN
+        available := userd_account_expire_due(v_id, now());
+    END IF;
     SELECT e.* INTO status, t_id, t_user_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at,
                     t_actor_user_id, t_service
     FROM userd_account_post_entry(v_id, available, NOT v_closed AND available >= price,
@@ -352,6 +377,11 @@ BEGIN
         price := -t_delta;
     ELSIF status = 'refused' THEN
         status := CASE WHEN v_closed THEN 'closed' ELSE 'insufficient' END;
+    END IF;
+    -- ... and an applied deduction takes from the grants soonest-expiry
+    -- first, then from the credits that never expire.
+    IF status = 'applied' AND v_expiring > 0 AND price > 0 THEN
+        PERFORM userd_account_take_grants(v_id, price, now());
     END IF;
 END
 $$;
@@ -711,6 +741,7 @@ DECLARE
     v_amount bigint;
     v_refusal text;
     v_account uuid;
+    v_expiring bigint;
 BEGIN
     -- Deducts from the account of organization p_clerk_org_id on behalf of
     -- its member p_member_clerk_user_id, by p_amount (p_action = '') or by
@@ -757,7 +788,7 @@ BEGIN
         v_amount := p_amount;
     END IF;
 
-    SELECT a.id, a.credits, a.closed_at IS NOT NULL INTO v_account, available, v_closed
+    SELECT a.id, a.credits, a.closed_at IS NOT NULL, a.expiring_credits INTO v_account, available, v_closed, v_expiring
     FROM organizations o
     JOIN accounts a ON a.organization_id = o.id
     WHERE o.clerk_org_id = p_clerk_org_id
@@ -809,8 +840,12 @@ BEGIN
     -- Allowed, or a used key: the account-level write (under the lock
     -- taken above) applies the spend, or replays (or refuses as
     -- key_reused) what the key did before.
-    -- Deduction fast path (allow, at merge): an account holding expiring
-    -- grants takes the slow path here, before the entry is written.
+    -- Expiring grants (00022, issue 21): only an account that holds some
+    -- leaves the fast path. Its grants that are due expire first (their
+    -- own EXPIRE entries), so a deduction never spends an expired grant.
+    IF v_expiring > 0 AND v_amount > 0 THEN
+        available := userd_account_expire_due(v_account, now());
+    END IF;
     SELECT e.status, e.t_id, e.t_delta, e.t_balance_after, e.t_kind, e.t_reason, e.t_created_at,
            e.t_actor_user_id, e.t_service
     INTO status, t_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at, t_actor_user_id, t_service
@@ -825,6 +860,11 @@ BEGIN
         price := -t_delta;
     ELSIF status = 'refused' THEN
         status := CASE WHEN v_closed THEN 'closed' ELSE 'insufficient' END;
+    END IF;
+    -- ... and an applied deduction takes from the grants soonest-expiry
+    -- first, then from the credits that never expire.
+    IF status = 'applied' AND v_expiring > 0 AND v_amount > 0 THEN
+        PERFORM userd_account_take_grants(v_account, v_amount, now());
     END IF;
 
     IF status = 'applied' AND v_has_cap THEN

@@ -73,7 +73,8 @@ ORDER BY c.clerk_user_id;
 -- its cap with its counter and the start of the cap's current period
 -- (the counter counts only if it started there or later).
 -- name: CheckOrgAffordability :one
-SELECT p.credits AS price, a.id AS account_id, a.credits AS available, a.closed_at,
+SELECT p.credits AS price, a.id AS account_id, a.credits AS available,
+       userd_account_due_credits(a.id, a.expiring_credits)::bigint AS due, a.closed_at,
        (m.clerk_membership_id IS NOT NULL)::boolean AS member,
        (m.clerk_membership_id IS NOT NULL AND (@required_permission::text = ''
            OR @required_permission::text = ANY (m.permissions)))::boolean AS permitted,

@@ -27,7 +27,8 @@ LIMIT @row_limit;
 -- unknown or not asked for) and the balance of a live user's personal account (NULL when there is
 -- no such user) in one round trip.
 -- name: CheckAffordability :one
-SELECT p.credits AS price, a.credits AS available
+SELECT p.credits AS price, a.credits AS available,
+       userd_account_due_credits(a.id, a.expiring_credits)::bigint AS due
 FROM (VALUES (1)) AS one (n)
 LEFT JOIN prices p ON p.action = @action::text
 LEFT JOIN users u ON u.clerk_user_id = @clerk_user_id::text AND u.deleted_at IS NULL

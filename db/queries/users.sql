@@ -4,25 +4,25 @@
 -- the profile's and the account's.
 
 -- name: GetLiveUserByClerkID :one
-SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, a.credits,
+SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (a.credits - userd_account_due_credits(a.id, a.expiring_credits))::bigint AS credits,
        u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at
 FROM users u JOIN accounts a ON a.id = u.id
 WHERE u.clerk_user_id = @clerk_user_id AND u.deleted_at IS NULL;
 
 -- name: GetLiveUserByID :one
-SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, a.credits,
+SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (a.credits - userd_account_due_credits(a.id, a.expiring_credits))::bigint AS credits,
        u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at
 FROM users u JOIN accounts a ON a.id = u.id
 WHERE u.id = @id AND u.deleted_at IS NULL;
 
 -- name: GetLiveUserByEmail :one
-SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, a.credits,
+SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (a.credits - userd_account_due_credits(a.id, a.expiring_credits))::bigint AS credits,
        u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at
 FROM users u JOIN accounts a ON a.id = u.id
 WHERE lower(u.email) = lower(@email::text) AND u.deleted_at IS NULL;
 
 -- name: GetUserByClerkIDIncludingDeleted :one
-SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, a.credits,
+SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (a.credits - userd_account_due_credits(a.id, a.expiring_credits))::bigint AS credits,
        u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at
 FROM users u JOIN accounts a ON a.id = u.id
 WHERE u.clerk_user_id = @clerk_user_id;
@@ -38,13 +38,13 @@ SELECT * FROM userd_create_user(@clerk_user_id::text, sqlc.narg(email)::text, sq
 
 -- GetPersonalAccount reads the personal account of a live user.
 -- name: GetPersonalAccount :one
-SELECT a.id, a.plan, a.credits, a.created_at, a.updated_at, a.closed_at, u.clerk_user_id
+SELECT a.id, a.plan, (a.credits - userd_account_due_credits(a.id, a.expiring_credits))::bigint AS credits, a.created_at, a.updated_at, a.closed_at, u.clerk_user_id
 FROM users u JOIN accounts a ON a.id = u.id
 WHERE u.clerk_user_id = @clerk_user_id::text AND u.deleted_at IS NULL;
 
 -- GetOrganizationAccount reads an organization's account (closed or not).
 -- name: GetOrganizationAccount :one
-SELECT a.id, a.plan, a.credits, a.created_at, a.updated_at, a.closed_at, o.clerk_org_id
+SELECT a.id, a.plan, (a.credits - userd_account_due_credits(a.id, a.expiring_credits))::bigint AS credits, a.created_at, a.updated_at, a.closed_at, o.clerk_org_id
 FROM organizations o JOIN accounts a ON a.organization_id = o.id
 WHERE o.clerk_org_id = @clerk_org_id::text;
 

@@ -11,14 +11,16 @@ import (
 )
 
 type Account struct {
-	ID             uuid.UUID
-	OwnerUserID    *uuid.UUID
-	OrganizationID *uuid.UUID
-	Plan           string
-	Credits        int64
-	CreatedAt      time.Time
-	UpdatedAt      time.Time
-	ClosedAt       *time.Time
+	ID              uuid.UUID
+	OwnerUserID     *uuid.UUID
+	OrganizationID  *uuid.UUID
+	Plan            string
+	Credits         int64
+	CreatedAt       time.Time
+	UpdatedAt       time.Time
+	ClosedAt        *time.Time
+	ExpiringCredits int64
+	NextRefillAt    *time.Time
 }
 
 type AccountMemberCap struct {
@@ -44,11 +46,39 @@ type AccountMemberCapChange struct {
 	ChangedAt      time.Time
 }
 
+type AllowancePeriod struct {
+	AccountID      uuid.UUID
+	PeriodStart    time.Time
+	PeriodEnd      time.Time
+	Status         string
+	Plan           string
+	Amount         int64
+	Rollover       int64
+	SkippedPeriods int32
+	RecordedAt     time.Time
+}
+
 type ClerkSyncState struct {
 	ID             bool
 	LastStartedAt  time.Time
 	LastFinishedAt *time.Time
 	LastResult     *string
+}
+
+type CreditGrant struct {
+	ID                  int64
+	AccountID           uuid.UUID
+	Source              string
+	Amount              int64
+	Remaining           int64
+	EffectiveAt         time.Time
+	ExpiresAt           time.Time
+	PeriodStart         *time.Time
+	TransactionID       int64
+	ExpiredAt           *time.Time
+	ExpiredAmount       *int64
+	ExpireTransactionID *int64
+	CreatedAt           time.Time
 }
 
 type CreditTransaction struct {
@@ -114,6 +144,32 @@ type OrganizationMembership struct {
 	DeletedAt         *time.Time
 }
 
+type PlanCatalog struct {
+	Plan         string
+	Allowance    int64
+	Period       string
+	RolloverCap  int64
+	UpgradeBonus int64
+	CreatedAt    time.Time
+	UpdatedAt    time.Time
+	UpdatedBy    string
+}
+
+type PlanCatalogChange struct {
+	ID                   int64
+	Plan                 string
+	PreviousAllowance    *int64
+	PreviousPeriod       *string
+	PreviousRolloverCap  *int64
+	PreviousUpgradeBonus *int64
+	Allowance            int64
+	Period               string
+	RolloverCap          int64
+	UpgradeBonus         int64
+	ChangedBy            string
+	ChangedAt            time.Time
+}
+
 type PlanChange struct {
 	ID             int64
 	UserID         uuid.UUID
@@ -126,6 +182,13 @@ type PlanChange struct {
 	CreatedAt      time.Time
 	ActorUserID    *uuid.UUID
 	Service        *string
+}
+
+type PlanUpgradeBonuse struct {
+	AccountID     uuid.UUID
+	Plan          string
+	TransactionID int64
+	CreatedAt     time.Time
 }
 
 type Price struct {

@@ -13,7 +13,8 @@ import (
 )
 
 const checkOrgAffordability = `-- name: CheckOrgAffordability :one
-SELECT p.credits AS price, a.id AS account_id, a.credits AS available, a.closed_at,
+SELECT p.credits AS price, a.id AS account_id, a.credits AS available,
+       userd_account_due_credits(a.id, a.expiring_credits)::bigint AS due, a.closed_at,
        (m.clerk_membership_id IS NOT NULL)::boolean AS member,
        (m.clerk_membership_id IS NOT NULL AND ($1::text = ''
            OR $1::text = ANY (m.permissions)))::boolean AS permitted,
@@ -48,6 +49,7 @@ type CheckOrgAffordabilityRow struct {
 	Price           *int64
 	AccountID       *uuid.UUID
 	Available       *int64
+	Due             int64
 	ClosedAt        *time.Time
 	Member          bool
 	Permitted       bool
@@ -78,6 +80,7 @@ func (q *Queries) CheckOrgAffordability(ctx context.Context, db DBTX, arg CheckO
 		&i.Price,
 		&i.AccountID,
 		&i.Available,
+		&i.Due,
 		&i.ClosedAt,
 		&i.Member,
 		&i.Permitted,

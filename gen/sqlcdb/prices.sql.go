@@ -11,7 +11,8 @@ import (
 )
 
 const checkAffordability = `-- name: CheckAffordability :one
-SELECT p.credits AS price, a.credits AS available
+SELECT p.credits AS price, a.credits AS available,
+       userd_account_due_credits(a.id, a.expiring_credits)::bigint AS due
 FROM (VALUES (1)) AS one (n)
 LEFT JOIN prices p ON p.action = $1::text
 LEFT JOIN users u ON u.clerk_user_id = $2::text AND u.deleted_at IS NULL
@@ -26,6 +27,7 @@ type CheckAffordabilityParams struct {
 type CheckAffordabilityRow struct {
 	Price     *int64
 	Available *int64
+	Due       int64
 }
 
 // CheckAffordability reads an action's price (NULL when the action is
@@ -34,7 +36,7 @@ type CheckAffordabilityRow struct {
 func (q *Queries) CheckAffordability(ctx context.Context, db DBTX, arg CheckAffordabilityParams) (CheckAffordabilityRow, error) {
 	row := db.QueryRow(ctx, checkAffordability, arg.Action, arg.ClerkUserID)
 	var i CheckAffordabilityRow
-	err := row.Scan(&i.Price, &i.Available)
+	err := row.Scan(&i.Price, &i.Available, &i.Due)
 	return i, err
 }
 

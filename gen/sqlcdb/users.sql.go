@@ -49,7 +49,7 @@ func (q *Queries) GetClerkVersions(ctx context.Context, db DBTX, clerkUserIds []
 
 const getLiveUserByClerkID = `-- name: GetLiveUserByClerkID :one
 
-SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, a.credits,
+SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (a.credits - userd_account_due_credits(a.id, a.expiring_credits))::bigint AS credits,
        u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at
 FROM users u JOIN accounts a ON a.id = u.id
 WHERE u.clerk_user_id = $1 AND u.deleted_at IS NULL
@@ -95,7 +95,7 @@ func (q *Queries) GetLiveUserByClerkID(ctx context.Context, db DBTX, clerkUserID
 }
 
 const getLiveUserByEmail = `-- name: GetLiveUserByEmail :one
-SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, a.credits,
+SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (a.credits - userd_account_due_credits(a.id, a.expiring_credits))::bigint AS credits,
        u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at
 FROM users u JOIN accounts a ON a.id = u.id
 WHERE lower(u.email) = lower($1::text) AND u.deleted_at IS NULL
@@ -137,7 +137,7 @@ func (q *Queries) GetLiveUserByEmail(ctx context.Context, db DBTX, email string)
 }
 
 const getLiveUserByID = `-- name: GetLiveUserByID :one
-SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, a.credits,
+SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (a.credits - userd_account_due_credits(a.id, a.expiring_credits))::bigint AS credits,
        u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at
 FROM users u JOIN accounts a ON a.id = u.id
 WHERE u.id = $1 AND u.deleted_at IS NULL
@@ -179,7 +179,7 @@ func (q *Queries) GetLiveUserByID(ctx context.Context, db DBTX, id uuid.UUID) (G
 }
 
 const getOrganizationAccount = `-- name: GetOrganizationAccount :one
-SELECT a.id, a.plan, a.credits, a.created_at, a.updated_at, a.closed_at, o.clerk_org_id
+SELECT a.id, a.plan, (a.credits - userd_account_due_credits(a.id, a.expiring_credits))::bigint AS credits, a.created_at, a.updated_at, a.closed_at, o.clerk_org_id
 FROM organizations o JOIN accounts a ON a.organization_id = o.id
 WHERE o.clerk_org_id = $1::text
 `
@@ -211,7 +211,7 @@ func (q *Queries) GetOrganizationAccount(ctx context.Context, db DBTX, clerkOrgI
 }
 
 const getPersonalAccount = `-- name: GetPersonalAccount :one
-SELECT a.id, a.plan, a.credits, a.created_at, a.updated_at, a.closed_at, u.clerk_user_id
+SELECT a.id, a.plan, (a.credits - userd_account_due_credits(a.id, a.expiring_credits))::bigint AS credits, a.created_at, a.updated_at, a.closed_at, u.clerk_user_id
 FROM users u JOIN accounts a ON a.id = u.id
 WHERE u.clerk_user_id = $1::text AND u.deleted_at IS NULL
 `
@@ -243,7 +243,7 @@ func (q *Queries) GetPersonalAccount(ctx context.Context, db DBTX, clerkUserID s
 }
 
 const getUserByClerkIDIncludingDeleted = `-- name: GetUserByClerkIDIncludingDeleted :one
-SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, a.credits,
+SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (a.credits - userd_account_due_credits(a.id, a.expiring_credits))::bigint AS credits,
        u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at
 FROM users u JOIN accounts a ON a.id = u.id
 WHERE u.clerk_user_id = $1

@@ -34,6 +34,9 @@ func (a *App) backgroundTasks() *lifecycle.Group {
 	if a.webhook != nil && a.cfg.WebhookRetention > 0 {
 		g.Add("webhook message id pruning", a.pruner("webhook message ids", a.cfg.WebhookRetention, a.users.ForgetWebhookEvents))
 	}
+	if a.cfg.AllowanceInterval > 0 {
+		g.Add("grant expiry and allowance refills", a.allowanceJob(a.cfg.AllowanceInterval))
+	}
 	if p := a.periodicClerkSync(); p != nil {
 		g.Add("periodic Clerk sync", lifecycle.Loop(p.Run))
 	}
@@ -64,4 +67,28 @@ func (a *App) periodicClerkSync() *clerksync.Periodic {
 		Log:      a.log,
 		Recorder: a.metrics,
 	}
+}
+
+// allowanceJob expires due grants and grants due allowances every
+// interval, on one replica at a time (store.RunAllowanceJob: the Clerk
+// sync's lock mechanism, its own key); a replica that finds the lock held
+// skips the round. Each run catches up with everything due (after
+// downtime: expiries on time-order, and the current period's allowance).
+func (a *App) allowanceJob(interval time.Duration) lifecycle.Service {
+	return lifecycle.Every(interval, func(ctx context.Context) {
+		_, err := a.store.RunAllowanceJob(ctx, func(ctx context.Context) {
+			run, err := a.users.RunAllowances(ctx, 0)
+			switch {
+			case ctx.Err() != nil:
+			case err != nil:
+				a.log.Warn("grant expiry and allowance refills", "err", err)
+			case run.Accounts > 0:
+				a.log.Info("grant expiry and allowance refills", "accounts", run.Accounts,
+					"expired", run.Expired, "granted", run.Granted)
+			}
+		})
+		if err != nil && ctx.Err() == nil {
+			a.log.Warn("grant expiry and allowance refills: lock", "err", err)
+		}
+	})
 }

@@ -94,6 +94,7 @@ type Serve struct {
 type Feed struct {
 	FeedPollInterval         time.Duration `name:"feed-poll-interval" env:"USERD_FEED_POLL_INTERVAL" default:"100ms" help:"How often each replica asks the database for new change feed events (one query for all its watchers)."`
 	FeedHeartbeat            time.Duration `name:"feed-heartbeat" env:"USERD_FEED_HEARTBEAT" default:"15s" help:"How often an idle WatchUserEvents stream gets a heartbeat with its cursor (keeps proxies from closing it)."`
+	AllowanceInterval        time.Duration `name:"allowance-interval" env:"USERD_ALLOWANCE_INTERVAL" default:"1m" help:"How often the expiry and allowance refill job runs (on one replica at a time: a database lock). 0 turns it off on this replica."`
 	FeedRetention            time.Duration `name:"feed-retention" env:"USERD_FEED_RETENTION" default:"168h" help:"How long change feed events are kept; a consumer whose cursor is older must resynchronise. 0 keeps them forever."`
 	FeedMaxWatches           int           `name:"feed-max-watches" env:"USERD_FEED_MAX_WATCHES" default:"4096" help:"Most WatchUserEvents streams (gRPC and REST) open at once on this replica; beyond, RESOURCE_EXHAUSTED / 429 with a retry hint."`
 	FeedMaxWatchesPerUser    int           `name:"feed-max-watches-per-user" env:"USERD_FEED_MAX_WATCHES_PER_USER" default:"8" help:"Most WatchUserEvents streams one end user (one Clerk user id) may have open at once on this replica."`

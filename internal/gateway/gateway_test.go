@@ -514,7 +514,9 @@ func TestOpenAPIDocument(t *testing.T) {
 		// Accounts and organizations (issue 20).
 		"GetAccount", "GetOrganizationAccount", "DeductOrganizationCredits", "GrantOrganizationCredits",
 		"ListOrganizationCreditTransactions", "CanAffordOrganization", "SetMemberSpendingCap",
-		"SetOrganizationPlan", "GetOrganizationUsageSummary"}
+		"SetOrganizationPlan", "GetOrganizationUsageSummary",
+		// Grants with expiry and the plan catalog (issue 21).
+		"ListGrants", "ListOrganizationGrants", "GetPlanCatalog", "SetPlanAllowance"}
 	if len(ops) != len(want) {
 		t.Errorf("operations %v, want %v", slices.Sorted(maps.Keys(ops)), want)
 	}

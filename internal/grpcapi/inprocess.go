@@ -124,3 +124,15 @@ func (c chained) GetAccount(ctx context.Context, req *userdv1.GetAccountRequest)
 func (c chained) SetMemberSpendingCap(ctx context.Context, req *userdv1.SetMemberSpendingCapRequest) (*userdv1.SetMemberSpendingCapResponse, error) {
 	return call(c, ctx, userdv1.UserService_SetMemberSpendingCap_FullMethodName, req, c.srv.SetMemberSpendingCap)
 }
+
+func (c chained) ListGrants(ctx context.Context, req *userdv1.ListGrantsRequest) (*userdv1.ListGrantsResponse, error) {
+	return call(c, ctx, userdv1.UserService_ListGrants_FullMethodName, req, c.srv.ListGrants)
+}
+
+func (c chained) GetPlanCatalog(ctx context.Context, req *userdv1.GetPlanCatalogRequest) (*userdv1.GetPlanCatalogResponse, error) {
+	return call(c, ctx, userdv1.UserService_GetPlanCatalog_FullMethodName, req, c.srv.GetPlanCatalog)
+}
+
+func (c chained) SetPlanAllowance(ctx context.Context, req *userdv1.SetPlanAllowanceRequest) (*userdv1.SetPlanAllowanceResponse, error) {
+	return call(c, ctx, userdv1.UserService_SetPlanAllowance_FullMethodName, req, c.srv.SetPlanAllowance)
+}

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
+	"github.com/userd/userd/internal/apperr"
 	"github.com/userd/userd/internal/auth"
 	"github.com/userd/userd/internal/feed"
 	"github.com/userd/userd/internal/users"
@@ -149,6 +150,13 @@ func (s *Server) GrantCredits(ctx context.Context, req *userdv1.GrantCreditsRequ
 	if err != nil {
 		return nil, err
 	}
+	if e := req.GetExpiresAt(); e != nil {
+		if !e.IsValid() {
+			return nil, apperr.InvalidArgument(apperr.FieldViolation{Field: "expires_at", Description: "is not a valid timestamp"})
+		}
+		c.ExpiresAt = e.AsTime()
+	}
+	c.GrantSource = req.GetGrantSource()
 	t, err := s.users.GrantCredits(ctx, c)
 	if err != nil {
 		return nil, err
@@ -289,6 +297,8 @@ var (
 		users.TxDeduct:    userdv1.TransactionKind_TRANSACTION_KIND_DEDUCT,
 		users.TxGrant:     userdv1.TransactionKind_TRANSACTION_KIND_GRANT,
 		users.TxPlanBonus: userdv1.TransactionKind_TRANSACTION_KIND_PLAN_BONUS,
+		users.TxAllowance: userdv1.TransactionKind_TRANSACTION_KIND_ALLOWANCE,
+		users.TxExpire:    userdv1.TransactionKind_TRANSACTION_KIND_EXPIRE,
 	}
 )
 

@@ -108,7 +108,7 @@ func (s *Store) CheckOrgAffordability(ctx context.Context, clerkOrgID, member, p
 	read := users.OrgAffordabilityRead{
 		Price:        deref(row.Price),
 		AccountFound: row.AccountID != nil,
-		Available:    deref(row.Available),
+		Available:    deref(row.Available) - row.Due,
 		Closed:       row.ClosedAt != nil,
 		Member:       row.Member,
 		Permitted:    row.Permitted,

@@ -37,7 +37,7 @@ func (s *Store) CheckAffordability(ctx context.Context, clerkUserID, action stri
 	}
 	return users.AffordabilityRead{
 		Price:     deref(row.Price),
-		Available: deref(row.Available),
+		Available: deref(row.Available) - row.Due,
 		UserFound: row.Available != nil,
 	}, nil
 }

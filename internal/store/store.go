@@ -256,47 +256,67 @@ func (s *Store) ListLiveClerkUserIDs(ctx context.Context, after string, limit in
 // migrate.LockID is, so that nothing else on the server takes it.
 const clerkSyncLockKey int64 = -4730454424446879977
 
-// RunClerkSync runs run while holding the Clerk sync lock, so that one run
-// at a time goes on across every replica and `userd sync-clerk`, and
-// records the run in clerk_sync_state (its result is what run returns).
-// It returns started == false, without running, when another session
-// holds the lock (busy) or when a run started less than minInterval ago.
-//
-// The lock is a session-level advisory lock taken on a connection set
-// aside for the whole run: PostgreSQL releases it by itself when that
-// connection ends, however the process holding it died, so no lock ever
-// outlives its holder and none needs an expiry.
+// RunClerkSync runs run while holding the Clerk sync lock
+// (withSessionLock), so that one run at a time goes on across every
+// replica and `userd sync-clerk`, and records the run in clerk_sync_state
+// (its result is what run returns). It returns started == false, without
+// running, when another session holds the lock (busy) or when a run
+// started less than minInterval ago.
 func (s *Store) RunClerkSync(ctx context.Context, minInterval time.Duration, run func(context.Context) string) (started, busy bool, err error) {
+	acquired, err := s.withSessionLock(ctx, clerkSyncLockKey, func(ctx context.Context) error {
+		conn := sessionConn(ctx)
+		if _, err := s.q.StartClerkSync(ctx, conn, minInterval.Seconds()); err != nil {
+			if errors.Is(err, pgx.ErrNoRows) {
+				return nil
+			}
+			return translate(fmt.Errorf("start clerk sync: %w", err))
+		}
+		started = true
+		result := run(ctx)
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := s.q.FinishClerkSync(fctx, conn, result); err != nil {
+			return translate(fmt.Errorf("finish clerk sync: %w", err))
+		}
+		return nil
+	})
+	return started, err == nil && !acquired, err
+}
+
+// sessionConnKey carries the connection withSessionLock holds its lock on.
+type sessionConnKey struct{}
+
+// sessionConn is the connection withSessionLock runs fn on.
+func sessionConn(ctx context.Context) *pgxpool.Conn {
+	c, _ := ctx.Value(sessionConnKey{}).(*pgxpool.Conn)
+	return c
+}
+
+// withSessionLock runs fn while holding the session advisory lock key on
+// a connection set aside for the whole run (sessionConn(ctx) inside fn):
+// PostgreSQL releases it by itself when that connection ends, however the
+// process holding it died, so no lock ever outlives its holder and none
+// needs an expiry. acquired is false, without running fn, when another
+// session holds the lock.
+func (s *Store) withSessionLock(ctx context.Context, key int64, fn func(context.Context) error) (acquired bool, err error) {
 	conn, err := s.acquire(ctx)
 	if err != nil {
-		return false, false, translate(fmt.Errorf("clerk sync lock: %w", err))
+		return false, translate(fmt.Errorf("advisory lock: %w", err))
 	}
-	acquired, err := s.q.TryClerkSyncLock(ctx, conn, clerkSyncLockKey)
+	acquired, err = s.q.TryClerkSyncLock(ctx, conn, key)
 	if err != nil || !acquired {
 		conn.Release()
-		return false, err == nil, translate(err)
+		return false, translate(err)
 	}
 	defer func() {
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		if released, uerr := s.q.ClerkSyncUnlock(uctx, conn, clerkSyncLockKey); uerr != nil || !released {
+		if released, uerr := s.q.ClerkSyncUnlock(uctx, conn, key); uerr != nil || !released {
 			// Never hand a connection that may still hold the lock back
 			// to the pool: closing it releases the lock.
 			_ = conn.Conn().Close(uctx)
 		}
 		conn.Release()
 	}()
-	if _, err := s.q.StartClerkSync(ctx, conn, minInterval.Seconds()); err != nil {
-		if errors.Is(err, pgx.ErrNoRows) {
-			return false, false, nil
-		}
-		return false, false, translate(fmt.Errorf("start clerk sync: %w", err))
-	}
-	result := run(ctx)
-	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	if err := s.q.FinishClerkSync(fctx, conn, result); err != nil {
-		return true, false, translate(fmt.Errorf("finish clerk sync: %w", err))
-	}
-	return true, false, nil
+	return true, fn(context.WithValue(ctx, sessionConnKey{}, conn))
 }

@@ -162,6 +162,7 @@ func (s *Service) grantToOrganization(ctx context.Context, c CreditChange) (Cred
 	}
 	v.idempotencyKey("idempotency_key", c.IdempotencyKey)
 	v.text("reason", c.Reason, MaxReason)
+	c.validateExpiry(&v, time.Time{})
 	if err := v.err(); err != nil {
 		return CreditResult{}, err
 	}

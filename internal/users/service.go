@@ -325,6 +325,16 @@ type CreditChange struct {
 	// (the transport sets it for end users from USERD_ORG_SPEND_PERMISSION);
 	// "" requires none beyond a live membership.
 	RequiredPermission string
+	// ExpiresAt, for a grant only, is when the granted credits expire
+	// (zero = never): their unused remainder then leaves the balance
+	// through an EXPIRE ledger entry. Deductions take from the credits
+	// that expire soonest first.
+	ExpiresAt time.Time
+	// GrantSource, for a grant only, says what it came from (GRANT,
+	// PURCHASE, REFUND, SUPPORT, BONUS; "" = today's GRANT). Recorded on
+	// the grant when it expires; a grant that never expires is a GRANT
+	// ledger entry either way.
+	GrantSource string
 }
 
 func (c CreditChange) validate(kind TxKind) error {
@@ -332,7 +342,9 @@ func (c CreditChange) validate(kind TxKind) error {
 	v.clerkUserID("clerk_user_id", c.ClerkUserID)
 	if kind == TxDeduct {
 		Cost{Amount: c.Amount, Action: c.Action}.validate(&v)
+		c.deductionHasNoGrantFields(&v)
 	} else {
+		c.validateExpiry(&v, time.Time{})
 		v.amount("amount", c.Amount, false)
 		if c.Action != "" {
 			v.add("action", "only deductions are priced by action")
@@ -369,6 +381,9 @@ func (s *Service) DeductCredits(ctx context.Context, c CreditChange) (CreditResu
 // GrantCredits adds c.Amount to the user's balance; otherwise as
 // DeductCredits.
 func (s *Service) GrantCredits(ctx context.Context, c CreditChange) (CreditResult, error) {
+	if !c.ExpiresAt.IsZero() {
+		return s.grantExpiring(ctx, c)
+	}
 	if c.ClerkOrgID != "" {
 		return s.grantToOrganization(ctx, c)
 	}

@@ -324,6 +324,9 @@ type Store interface {
 	// OrgSpendStore: spending from organization accounts and members'
 	// caps (orgspend.go).
 	OrgSpendStore
+	// GrantStore: expiring grants, the plan catalog and the allowance job
+	// (grants.go).
+	GrantStore
 
 	GetLiveUserByClerkID(ctx context.Context, clerkUserID string) (User, error)
 	GetLiveUserByID(ctx context.Context, id uuid.UUID) (User, error)

@@ -39,6 +39,12 @@ export type Price = components["schemas"]["Price"];
 export type Account = components["schemas"]["Account"];
 export type AccountMember = components["schemas"]["AccountMember"];
 export type PriceChange = components["schemas"]["PriceChange"];
+// Grants with expiry and the plan catalog: GET /v1/users/{id}/grants (or
+// /v1/organizations/{id}/grants), GET /v1/plan-catalog, PUT
+// /v1/plan-catalog/{plan}; POST .../credits:grant takes expiresAt.
+export type AccountGrants = components["schemas"]["ListGrantsResponse"];
+export type CreditGrant = components["schemas"]["CreditGrant"];
+export type PlanAllowance = components["schemas"]["PlanAllowance"];
 
 export type UserdClient = Client<paths>;
 

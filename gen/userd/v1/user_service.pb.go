@@ -91,8 +91,14 @@ const (
 	TransactionKind_TRANSACTION_KIND_DEDUCT TransactionKind = 2
 	// Credits added through GrantCredits.
 	TransactionKind_TRANSACTION_KIND_GRANT TransactionKind = 3
-	// Bonus credits added by SetPlan.
+	// Bonus credits added by SetPlan (or the catalog's upgrade bonus).
 	TransactionKind_TRANSACTION_KIND_PLAN_BONUS TransactionKind = 4
+	// A period's allowance from the plan catalog, granted by userd; it
+	// expires at the period's end.
+	TransactionKind_TRANSACTION_KIND_ALLOWANCE TransactionKind = 5
+	// The unused remainder of an expired grant leaving the balance
+	// (negative).
+	TransactionKind_TRANSACTION_KIND_EXPIRE TransactionKind = 6
 )
 
 // Enum value maps for TransactionKind.
@@ -103,6 +109,8 @@ var (
 		2: "TRANSACTION_KIND_DEDUCT",
 		3: "TRANSACTION_KIND_GRANT",
 		4: "TRANSACTION_KIND_PLAN_BONUS",
+		5: "TRANSACTION_KIND_ALLOWANCE",
+		6: "TRANSACTION_KIND_EXPIRE",
 	}
 	TransactionKind_value = map[string]int32{
 		"TRANSACTION_KIND_UNSPECIFIED": 0,
@@ -110,6 +118,8 @@ var (
 		"TRANSACTION_KIND_DEDUCT":      2,
 		"TRANSACTION_KIND_GRANT":       3,
 		"TRANSACTION_KIND_PLAN_BONUS":  4,
+		"TRANSACTION_KIND_ALLOWANCE":   5,
+		"TRANSACTION_KIND_EXPIRE":      6,
 	}
 )
 
@@ -1109,8 +1119,15 @@ type GrantCreditsRequest struct {
 	// (services only); clerk_user_id is then optional, the member the grant
 	// is recorded for.
 	ClerkOrganizationId string `protobuf:"bytes,5,opt,name=clerk_organization_id,json=clerkOrganizationId,proto3" json:"clerk_organization_id,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// When the granted credits expire; unset: never. Must be in the future.
+	// Deductions take from the credits that expire soonest first; at expiry
+	// the unused remainder leaves the balance (an EXPIRE ledger entry).
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// What the grant came from, recorded on an expiring grant: GRANT
+	// (default), PURCHASE, REFUND, SUPPORT or BONUS.
+	GrantSource   string `protobuf:"bytes,7,opt,name=grant_source,json=grantSource,proto3" json:"grant_source,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GrantCreditsRequest) Reset() {
@@ -1174,6 +1191,20 @@ func (x *GrantCreditsRequest) GetReason() string {
 func (x *GrantCreditsRequest) GetClerkOrganizationId() string {
 	if x != nil {
 		return x.ClerkOrganizationId
+	}
+	return ""
+}
+
+func (x *GrantCreditsRequest) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *GrantCreditsRequest) GetGrantSource() string {
+	if x != nil {
+		return x.GrantSource
 	}
 	return ""
 }
@@ -4025,6 +4056,591 @@ func (x *WatchHeartbeat) GetTime() *timestamppb.Timestamp {
 	return nil
 }
 
+// ListGrantsRequest names an account: exactly one of the two ids.
+type ListGrantsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Clerk user id: the user's personal account.
+	ClerkUserId string `protobuf:"bytes,1,opt,name=clerk_user_id,json=clerkUserId,proto3" json:"clerk_user_id,omitempty"`
+	// Clerk organization id: the organization's account.
+	ClerkOrganizationId string `protobuf:"bytes,2,opt,name=clerk_organization_id,json=clerkOrganizationId,proto3" json:"clerk_organization_id,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *ListGrantsRequest) Reset() {
+	*x = ListGrantsRequest{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGrantsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGrantsRequest) ProtoMessage() {}
+
+func (x *ListGrantsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGrantsRequest.ProtoReflect.Descriptor instead.
+func (*ListGrantsRequest) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *ListGrantsRequest) GetClerkUserId() string {
+	if x != nil {
+		return x.ClerkUserId
+	}
+	return ""
+}
+
+func (x *ListGrantsRequest) GetClerkOrganizationId() string {
+	if x != nil {
+		return x.ClerkOrganizationId
+	}
+	return ""
+}
+
+// CreditGrant is one expiring grant of an account.
+type CreditGrant struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// userd's id of the grant.
+	Id int64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// GRANT, ALLOWANCE, PURCHASE, REFUND, SUPPORT or BONUS.
+	Source string `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
+	// Credits granted.
+	Amount int64 `protobuf:"varint,3,opt,name=amount,proto3" json:"amount,omitempty"`
+	// Credits not yet spent; they leave the balance at expire_time.
+	Remaining int64 `protobuf:"varint,4,opt,name=remaining,proto3" json:"remaining,omitempty"`
+	// When the grant took effect.
+	EffectiveTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=effective_time,json=effectiveTime,proto3" json:"effective_time,omitempty"`
+	// When its remainder expires.
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// For an ALLOWANCE grant: the start of the period it is for.
+	PeriodStartTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=period_start_time,json=periodStartTime,proto3" json:"period_start_time,omitempty"`
+	// The ledger entry that granted it.
+	TransactionId int64 `protobuf:"varint,8,opt,name=transaction_id,json=transactionId,proto3" json:"transaction_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreditGrant) Reset() {
+	*x = CreditGrant{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreditGrant) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreditGrant) ProtoMessage() {}
+
+func (x *CreditGrant) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreditGrant.ProtoReflect.Descriptor instead.
+func (*CreditGrant) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *CreditGrant) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *CreditGrant) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *CreditGrant) GetAmount() int64 {
+	if x != nil {
+		return x.Amount
+	}
+	return 0
+}
+
+func (x *CreditGrant) GetRemaining() int64 {
+	if x != nil {
+		return x.Remaining
+	}
+	return 0
+}
+
+func (x *CreditGrant) GetEffectiveTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EffectiveTime
+	}
+	return nil
+}
+
+func (x *CreditGrant) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *CreditGrant) GetPeriodStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PeriodStartTime
+	}
+	return nil
+}
+
+func (x *CreditGrant) GetTransactionId() int64 {
+	if x != nil {
+		return x.TransactionId
+	}
+	return 0
+}
+
+// ListGrantsResponse is an account's credits by expiry.
+type ListGrantsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The account's id.
+	AccountId string `protobuf:"bytes,1,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	// Its plan.
+	Plan Plan `protobuf:"varint,2,opt,name=plan,proto3,enum=userd.v1.Plan" json:"plan,omitempty"`
+	// What it can spend now: non_expiring_credits plus the grants'
+	// remainders.
+	Balance int64 `protobuf:"varint,3,opt,name=balance,proto3" json:"balance,omitempty"`
+	// The pool of credits that never expire (purchases and grants without
+	// an expiry; see the ledger for where they came from).
+	NonExpiringCredits int64 `protobuf:"varint,4,opt,name=non_expiring_credits,json=nonExpiringCredits,proto3" json:"non_expiring_credits,omitempty"`
+	// The live expiring grants, soonest expiry first.
+	Grants []*CreditGrant `protobuf:"bytes,5,rep,name=grants,proto3" json:"grants,omitempty"`
+	// The next allowance: when (unset when the plan has none) and how much
+	// (the plan's allowance; rollover is added then).
+	NextRefillTime   *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=next_refill_time,json=nextRefillTime,proto3" json:"next_refill_time,omitempty"`
+	NextRefillAmount int64                  `protobuf:"varint,7,opt,name=next_refill_amount,json=nextRefillAmount,proto3" json:"next_refill_amount,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *ListGrantsResponse) Reset() {
+	*x = ListGrantsResponse{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGrantsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGrantsResponse) ProtoMessage() {}
+
+func (x *ListGrantsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGrantsResponse.ProtoReflect.Descriptor instead.
+func (*ListGrantsResponse) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *ListGrantsResponse) GetAccountId() string {
+	if x != nil {
+		return x.AccountId
+	}
+	return ""
+}
+
+func (x *ListGrantsResponse) GetPlan() Plan {
+	if x != nil {
+		return x.Plan
+	}
+	return Plan_PLAN_UNSPECIFIED
+}
+
+func (x *ListGrantsResponse) GetBalance() int64 {
+	if x != nil {
+		return x.Balance
+	}
+	return 0
+}
+
+func (x *ListGrantsResponse) GetNonExpiringCredits() int64 {
+	if x != nil {
+		return x.NonExpiringCredits
+	}
+	return 0
+}
+
+func (x *ListGrantsResponse) GetGrants() []*CreditGrant {
+	if x != nil {
+		return x.Grants
+	}
+	return nil
+}
+
+func (x *ListGrantsResponse) GetNextRefillTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextRefillTime
+	}
+	return nil
+}
+
+func (x *ListGrantsResponse) GetNextRefillAmount() int64 {
+	if x != nil {
+		return x.NextRefillAmount
+	}
+	return 0
+}
+
+// GetPlanCatalogRequest takes no parameters.
+type GetPlanCatalogRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPlanCatalogRequest) Reset() {
+	*x = GetPlanCatalogRequest{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPlanCatalogRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPlanCatalogRequest) ProtoMessage() {}
+
+func (x *GetPlanCatalogRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPlanCatalogRequest.ProtoReflect.Descriptor instead.
+func (*GetPlanCatalogRequest) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{46}
+}
+
+// PlanAllowance is one plan's catalog entry.
+type PlanAllowance struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The plan.
+	Plan Plan `protobuf:"varint,1,opt,name=plan,proto3,enum=userd.v1.Plan" json:"plan,omitempty"`
+	// Credits granted at the start of each period (anchored at the
+	// account's creation, UTC); they expire at the period's end. 0 to
+	// 1,000,000,000,000.
+	Allowance int64 `protobuf:"varint,2,opt,name=allowance,proto3" json:"allowance,omitempty"`
+	// "day", "week" or "month" (default).
+	Period string `protobuf:"bytes,3,opt,name=period,proto3" json:"period,omitempty"`
+	// Unused allowance carried into the next period, at most this much (0:
+	// none).
+	RolloverCap int64 `protobuf:"varint,4,opt,name=rollover_cap,json=rolloverCap,proto3" json:"rollover_cap,omitempty"`
+	// Credits (never expiring) granted once per account on its first
+	// upgrade to this plan (from a plan with a smaller allowance).
+	UpgradeBonus int64 `protobuf:"varint,5,opt,name=upgrade_bonus,json=upgradeBonus,proto3" json:"upgrade_bonus,omitempty"`
+	// When the entry was last set, and by whom ("service:<name>").
+	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	UpdatedBy     string                 `protobuf:"bytes,7,opt,name=updated_by,json=updatedBy,proto3" json:"updated_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlanAllowance) Reset() {
+	*x = PlanAllowance{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlanAllowance) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlanAllowance) ProtoMessage() {}
+
+func (x *PlanAllowance) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlanAllowance.ProtoReflect.Descriptor instead.
+func (*PlanAllowance) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *PlanAllowance) GetPlan() Plan {
+	if x != nil {
+		return x.Plan
+	}
+	return Plan_PLAN_UNSPECIFIED
+}
+
+func (x *PlanAllowance) GetAllowance() int64 {
+	if x != nil {
+		return x.Allowance
+	}
+	return 0
+}
+
+func (x *PlanAllowance) GetPeriod() string {
+	if x != nil {
+		return x.Period
+	}
+	return ""
+}
+
+func (x *PlanAllowance) GetRolloverCap() int64 {
+	if x != nil {
+		return x.RolloverCap
+	}
+	return 0
+}
+
+func (x *PlanAllowance) GetUpgradeBonus() int64 {
+	if x != nil {
+		return x.UpgradeBonus
+	}
+	return 0
+}
+
+func (x *PlanAllowance) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *PlanAllowance) GetUpdatedBy() string {
+	if x != nil {
+		return x.UpdatedBy
+	}
+	return ""
+}
+
+// GetPlanCatalogResponse is the catalog.
+type GetPlanCatalogResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One entry per plan that has one, by plan.
+	Plans         []*PlanAllowance `protobuf:"bytes,1,rep,name=plans,proto3" json:"plans,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPlanCatalogResponse) Reset() {
+	*x = GetPlanCatalogResponse{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPlanCatalogResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPlanCatalogResponse) ProtoMessage() {}
+
+func (x *GetPlanCatalogResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPlanCatalogResponse.ProtoReflect.Descriptor instead.
+func (*GetPlanCatalogResponse) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *GetPlanCatalogResponse) GetPlans() []*PlanAllowance {
+	if x != nil {
+		return x.Plans
+	}
+	return nil
+}
+
+// SetPlanAllowanceRequest sets one plan's entry.
+type SetPlanAllowanceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The plan. Required.
+	Plan Plan `protobuf:"varint,1,opt,name=plan,proto3,enum=userd.v1.Plan" json:"plan,omitempty"`
+	// As PlanAllowance.
+	Allowance     int64  `protobuf:"varint,2,opt,name=allowance,proto3" json:"allowance,omitempty"`
+	Period        string `protobuf:"bytes,3,opt,name=period,proto3" json:"period,omitempty"`
+	RolloverCap   int64  `protobuf:"varint,4,opt,name=rollover_cap,json=rolloverCap,proto3" json:"rollover_cap,omitempty"`
+	UpgradeBonus  int64  `protobuf:"varint,5,opt,name=upgrade_bonus,json=upgradeBonus,proto3" json:"upgrade_bonus,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetPlanAllowanceRequest) Reset() {
+	*x = SetPlanAllowanceRequest{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetPlanAllowanceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetPlanAllowanceRequest) ProtoMessage() {}
+
+func (x *SetPlanAllowanceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetPlanAllowanceRequest.ProtoReflect.Descriptor instead.
+func (*SetPlanAllowanceRequest) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *SetPlanAllowanceRequest) GetPlan() Plan {
+	if x != nil {
+		return x.Plan
+	}
+	return Plan_PLAN_UNSPECIFIED
+}
+
+func (x *SetPlanAllowanceRequest) GetAllowance() int64 {
+	if x != nil {
+		return x.Allowance
+	}
+	return 0
+}
+
+func (x *SetPlanAllowanceRequest) GetPeriod() string {
+	if x != nil {
+		return x.Period
+	}
+	return ""
+}
+
+func (x *SetPlanAllowanceRequest) GetRolloverCap() int64 {
+	if x != nil {
+		return x.RolloverCap
+	}
+	return 0
+}
+
+func (x *SetPlanAllowanceRequest) GetUpgradeBonus() int64 {
+	if x != nil {
+		return x.UpgradeBonus
+	}
+	return 0
+}
+
+// SetPlanAllowanceResponse is the entry in effect after the call.
+type SetPlanAllowanceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PlanAllowance *PlanAllowance         `protobuf:"bytes,1,opt,name=plan_allowance,json=planAllowance,proto3" json:"plan_allowance,omitempty"`
+	// False when the entry already was so (nothing was written).
+	Changed       bool `protobuf:"varint,2,opt,name=changed,proto3" json:"changed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetPlanAllowanceResponse) Reset() {
+	*x = SetPlanAllowanceResponse{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetPlanAllowanceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetPlanAllowanceResponse) ProtoMessage() {}
+
+func (x *SetPlanAllowanceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetPlanAllowanceResponse.ProtoReflect.Descriptor instead.
+func (*SetPlanAllowanceResponse) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *SetPlanAllowanceResponse) GetPlanAllowance() *PlanAllowance {
+	if x != nil {
+		return x.PlanAllowance
+	}
+	return nil
+}
+
+func (x *SetPlanAllowanceResponse) GetChanged() bool {
+	if x != nil {
+		return x.Changed
+	}
+	return false
+}
+
 var File_userd_v1_user_service_proto protoreflect.FileDescriptor
 
 const file_userd_v1_user_service_proto_rawDesc = "" +
@@ -4089,13 +4705,16 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"\x15DeductCreditsResponse\x12=\n" +
 	"\vtransaction\x18\x01 \x01(\v2\x1b.userd.v1.CreditTransactionR\vtransaction\x12\x18\n" +
 	"\abalance\x18\x02 \x01(\x03R\abalance\x12\x1a\n" +
-	"\breplayed\x18\x03 \x01(\bR\breplayed\"\xc6\x01\n" +
+	"\breplayed\x18\x03 \x01(\bR\breplayed\"\xa4\x02\n" +
 	"\x13GrantCreditsRequest\x12\"\n" +
 	"\rclerk_user_id\x18\x01 \x01(\tR\vclerkUserId\x12\x16\n" +
 	"\x06amount\x18\x02 \x01(\x03R\x06amount\x12'\n" +
 	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x122\n" +
-	"\x15clerk_organization_id\x18\x05 \x01(\tR\x13clerkOrganizationId\"\x8b\x01\n" +
+	"\x15clerk_organization_id\x18\x05 \x01(\tR\x13clerkOrganizationId\x129\n" +
+	"\n" +
+	"expires_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12!\n" +
+	"\fgrant_source\x18\a \x01(\tR\vgrantSource\"\x8b\x01\n" +
 	"\x14GrantCreditsResponse\x12=\n" +
 	"\vtransaction\x18\x01 \x01(\v2\x1b.userd.v1.CreditTransactionR\vtransaction\x12\x18\n" +
 	"\abalance\x18\x02 \x01(\x03R\abalance\x12\x1a\n" +
@@ -4325,18 +4944,64 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"createTime\"X\n" +
 	"\x0eWatchHeartbeat\x12\x16\n" +
 	"\x06cursor\x18\x01 \x01(\tR\x06cursor\x12.\n" +
-	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time*N\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"k\n" +
+	"\x11ListGrantsRequest\x12\"\n" +
+	"\rclerk_user_id\x18\x01 \x01(\tR\vclerkUserId\x122\n" +
+	"\x15clerk_organization_id\x18\x02 \x01(\tR\x13clerkOrganizationId\"\xda\x02\n" +
+	"\vCreditGrant\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x16\n" +
+	"\x06source\x18\x02 \x01(\tR\x06source\x12\x16\n" +
+	"\x06amount\x18\x03 \x01(\x03R\x06amount\x12\x1c\n" +
+	"\tremaining\x18\x04 \x01(\x03R\tremaining\x12A\n" +
+	"\x0eeffective_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\reffectiveTime\x12;\n" +
+	"\vexpire_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x12F\n" +
+	"\x11period_start_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x0fperiodStartTime\x12%\n" +
+	"\x0etransaction_id\x18\b \x01(\x03R\rtransactionId\"\xc6\x02\n" +
+	"\x12ListGrantsResponse\x12\x1d\n" +
+	"\n" +
+	"account_id\x18\x01 \x01(\tR\taccountId\x12\"\n" +
+	"\x04plan\x18\x02 \x01(\x0e2\x0e.userd.v1.PlanR\x04plan\x12\x18\n" +
+	"\abalance\x18\x03 \x01(\x03R\abalance\x120\n" +
+	"\x14non_expiring_credits\x18\x04 \x01(\x03R\x12nonExpiringCredits\x12-\n" +
+	"\x06grants\x18\x05 \x03(\v2\x15.userd.v1.CreditGrantR\x06grants\x12D\n" +
+	"\x10next_refill_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x0enextRefillTime\x12,\n" +
+	"\x12next_refill_amount\x18\a \x01(\x03R\x10nextRefillAmount\"\x17\n" +
+	"\x15GetPlanCatalogRequest\"\x8d\x02\n" +
+	"\rPlanAllowance\x12\"\n" +
+	"\x04plan\x18\x01 \x01(\x0e2\x0e.userd.v1.PlanR\x04plan\x12\x1c\n" +
+	"\tallowance\x18\x02 \x01(\x03R\tallowance\x12\x16\n" +
+	"\x06period\x18\x03 \x01(\tR\x06period\x12!\n" +
+	"\frollover_cap\x18\x04 \x01(\x03R\vrolloverCap\x12#\n" +
+	"\rupgrade_bonus\x18\x05 \x01(\x03R\fupgradeBonus\x12;\n" +
+	"\vupdate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\x12\x1d\n" +
+	"\n" +
+	"updated_by\x18\a \x01(\tR\tupdatedBy\"G\n" +
+	"\x16GetPlanCatalogResponse\x12-\n" +
+	"\x05plans\x18\x01 \x03(\v2\x17.userd.v1.PlanAllowanceR\x05plans\"\xbb\x01\n" +
+	"\x17SetPlanAllowanceRequest\x12\"\n" +
+	"\x04plan\x18\x01 \x01(\x0e2\x0e.userd.v1.PlanR\x04plan\x12\x1c\n" +
+	"\tallowance\x18\x02 \x01(\x03R\tallowance\x12\x16\n" +
+	"\x06period\x18\x03 \x01(\tR\x06period\x12!\n" +
+	"\frollover_cap\x18\x04 \x01(\x03R\vrolloverCap\x12#\n" +
+	"\rupgrade_bonus\x18\x05 \x01(\x03R\fupgradeBonus\"t\n" +
+	"\x18SetPlanAllowanceResponse\x12>\n" +
+	"\x0eplan_allowance\x18\x01 \x01(\v2\x17.userd.v1.PlanAllowanceR\rplanAllowance\x12\x18\n" +
+	"\achanged\x18\x02 \x01(\bR\achanged*N\n" +
 	"\x04Plan\x12\x14\n" +
 	"\x10PLAN_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tPLAN_FREE\x10\x01\x12\f\n" +
 	"\bPLAN_PRO\x10\x02\x12\x13\n" +
-	"\x0fPLAN_ENTERPRISE\x10\x03*\xab\x01\n" +
+	"\x0fPLAN_ENTERPRISE\x10\x03*\xe8\x01\n" +
 	"\x0fTransactionKind\x12 \n" +
 	"\x1cTRANSACTION_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18TRANSACTION_KIND_INITIAL\x10\x01\x12\x1b\n" +
 	"\x17TRANSACTION_KIND_DEDUCT\x10\x02\x12\x1a\n" +
 	"\x16TRANSACTION_KIND_GRANT\x10\x03\x12\x1f\n" +
-	"\x1bTRANSACTION_KIND_PLAN_BONUS\x10\x04*p\n" +
+	"\x1bTRANSACTION_KIND_PLAN_BONUS\x10\x04\x12\x1e\n" +
+	"\x1aTRANSACTION_KIND_ALLOWANCE\x10\x05\x12\x1b\n" +
+	"\x17TRANSACTION_KIND_EXPIRE\x10\x06*p\n" +
 	"\vUsagePeriod\x12\x1c\n" +
 	"\x18USAGE_PERIOD_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10USAGE_PERIOD_DAY\x10\x01\x12\x15\n" +
@@ -4361,7 +5026,8 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"WatchStart\x12\x1b\n" +
 	"\x17WATCH_START_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fWATCH_START_NOW\x10\x01\x12\x16\n" +
-	"\x12WATCH_START_OLDEST\x10\x022\xf3\b\n" +
+	"\x12WATCH_START_OLDEST\x10\x022\xec\n" +
+	"\n" +
 	"\vUserService\x12>\n" +
 	"\aGetUser\x12\x18.userd.v1.GetUserRequest\x1a\x19.userd.v1.GetUserResponse\x12G\n" +
 	"\n" +
@@ -4379,7 +5045,11 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"\x0fWatchUserEvents\x12 .userd.v1.WatchUserEventsRequest\x1a!.userd.v1.WatchUserEventsResponse0\x01\x12G\n" +
 	"\n" +
 	"GetAccount\x12\x1b.userd.v1.GetAccountRequest\x1a\x1c.userd.v1.GetAccountResponse\x12e\n" +
-	"\x14SetMemberSpendingCap\x12%.userd.v1.SetMemberSpendingCapRequest\x1a&.userd.v1.SetMemberSpendingCapResponseB-Z+github.com/userd/userd/gen/userd/v1;userdv1b\x06proto3"
+	"\x14SetMemberSpendingCap\x12%.userd.v1.SetMemberSpendingCapRequest\x1a&.userd.v1.SetMemberSpendingCapResponse\x12G\n" +
+	"\n" +
+	"ListGrants\x12\x1b.userd.v1.ListGrantsRequest\x1a\x1c.userd.v1.ListGrantsResponse\x12S\n" +
+	"\x0eGetPlanCatalog\x12\x1f.userd.v1.GetPlanCatalogRequest\x1a .userd.v1.GetPlanCatalogResponse\x12Y\n" +
+	"\x10SetPlanAllowance\x12!.userd.v1.SetPlanAllowanceRequest\x1a\".userd.v1.SetPlanAllowanceResponseB-Z+github.com/userd/userd/gen/userd/v1;userdv1b\x06proto3"
 
 var (
 	file_userd_v1_user_service_proto_rawDescOnce sync.Once
@@ -4394,7 +5064,7 @@ func file_userd_v1_user_service_proto_rawDescGZIP() []byte {
 }
 
 var file_userd_v1_user_service_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_userd_v1_user_service_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_userd_v1_user_service_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
 var file_userd_v1_user_service_proto_goTypes = []any{
 	(Plan)(0),                              // 0: userd.v1.Plan
 	(TransactionKind)(0),                   // 1: userd.v1.TransactionKind
@@ -4444,108 +5114,134 @@ var file_userd_v1_user_service_proto_goTypes = []any{
 	(*SetMemberSpendingCapResponse)(nil),   // 45: userd.v1.SetMemberSpendingCapResponse
 	(*PlanChange)(nil),                     // 46: userd.v1.PlanChange
 	(*WatchHeartbeat)(nil),                 // 47: userd.v1.WatchHeartbeat
-	(*timestamppb.Timestamp)(nil),          // 48: google.protobuf.Timestamp
+	(*ListGrantsRequest)(nil),              // 48: userd.v1.ListGrantsRequest
+	(*CreditGrant)(nil),                    // 49: userd.v1.CreditGrant
+	(*ListGrantsResponse)(nil),             // 50: userd.v1.ListGrantsResponse
+	(*GetPlanCatalogRequest)(nil),          // 51: userd.v1.GetPlanCatalogRequest
+	(*PlanAllowance)(nil),                  // 52: userd.v1.PlanAllowance
+	(*GetPlanCatalogResponse)(nil),         // 53: userd.v1.GetPlanCatalogResponse
+	(*SetPlanAllowanceRequest)(nil),        // 54: userd.v1.SetPlanAllowanceRequest
+	(*SetPlanAllowanceResponse)(nil),       // 55: userd.v1.SetPlanAllowanceResponse
+	(*timestamppb.Timestamp)(nil),          // 56: google.protobuf.Timestamp
 }
 var file_userd_v1_user_service_proto_depIdxs = []int32{
 	0,  // 0: userd.v1.User.plan:type_name -> userd.v1.Plan
-	48, // 1: userd.v1.User.create_time:type_name -> google.protobuf.Timestamp
-	48, // 2: userd.v1.User.update_time:type_name -> google.protobuf.Timestamp
+	56, // 1: userd.v1.User.create_time:type_name -> google.protobuf.Timestamp
+	56, // 2: userd.v1.User.update_time:type_name -> google.protobuf.Timestamp
 	1,  // 3: userd.v1.CreditTransaction.kind:type_name -> userd.v1.TransactionKind
-	48, // 4: userd.v1.CreditTransaction.create_time:type_name -> google.protobuf.Timestamp
+	56, // 4: userd.v1.CreditTransaction.create_time:type_name -> google.protobuf.Timestamp
 	5,  // 5: userd.v1.GetUserResponse.user:type_name -> userd.v1.User
 	5,  // 6: userd.v1.EnsureUserResponse.user:type_name -> userd.v1.User
 	6,  // 7: userd.v1.DeductCreditsResponse.transaction:type_name -> userd.v1.CreditTransaction
-	6,  // 8: userd.v1.GrantCreditsResponse.transaction:type_name -> userd.v1.CreditTransaction
-	0,  // 9: userd.v1.SetPlanRequest.plan:type_name -> userd.v1.Plan
-	5,  // 10: userd.v1.SetPlanResponse.user:type_name -> userd.v1.User
-	0,  // 11: userd.v1.SetPlanResponse.previous_plan:type_name -> userd.v1.Plan
-	6,  // 12: userd.v1.SetPlanResponse.bonus_transaction:type_name -> userd.v1.CreditTransaction
-	40, // 13: userd.v1.SetPlanResponse.account:type_name -> userd.v1.Account
-	6,  // 14: userd.v1.ListCreditTransactionsResponse.transactions:type_name -> userd.v1.CreditTransaction
-	48, // 15: userd.v1.GetUsageSummaryRequest.start_time:type_name -> google.protobuf.Timestamp
-	48, // 16: userd.v1.GetUsageSummaryRequest.end_time:type_name -> google.protobuf.Timestamp
-	2,  // 17: userd.v1.GetUsageSummaryRequest.group_by:type_name -> userd.v1.UsagePeriod
-	48, // 18: userd.v1.UsageInPeriod.start_time:type_name -> google.protobuf.Timestamp
-	48, // 19: userd.v1.UsageInPeriod.end_time:type_name -> google.protobuf.Timestamp
-	21, // 20: userd.v1.UsageInPeriod.reasons:type_name -> userd.v1.UsageByReason
-	48, // 21: userd.v1.GetUsageSummaryResponse.start_time:type_name -> google.protobuf.Timestamp
-	48, // 22: userd.v1.GetUsageSummaryResponse.end_time:type_name -> google.protobuf.Timestamp
-	2,  // 23: userd.v1.GetUsageSummaryResponse.group_by:type_name -> userd.v1.UsagePeriod
-	21, // 24: userd.v1.GetUsageSummaryResponse.reasons:type_name -> userd.v1.UsageByReason
-	22, // 25: userd.v1.GetUsageSummaryResponse.periods:type_name -> userd.v1.UsageInPeriod
-	20, // 26: userd.v1.GetUsageSummaryResponse.by_member:type_name -> userd.v1.UsageByMember
-	48, // 27: userd.v1.Price.create_time:type_name -> google.protobuf.Timestamp
-	48, // 28: userd.v1.Price.update_time:type_name -> google.protobuf.Timestamp
-	48, // 29: userd.v1.PriceChange.change_time:type_name -> google.protobuf.Timestamp
-	26, // 30: userd.v1.SetPriceResponse.price:type_name -> userd.v1.Price
-	27, // 31: userd.v1.SetPriceResponse.change:type_name -> userd.v1.PriceChange
-	26, // 32: userd.v1.ListPricesResponse.prices:type_name -> userd.v1.Price
-	27, // 33: userd.v1.ListPriceChangesResponse.changes:type_name -> userd.v1.PriceChange
-	4,  // 34: userd.v1.WatchUserEventsRequest.start:type_name -> userd.v1.WatchStart
-	3,  // 35: userd.v1.WatchUserEventsRequest.kinds:type_name -> userd.v1.UserEventKind
-	36, // 36: userd.v1.WatchUserEventsResponse.event:type_name -> userd.v1.UserEvent
-	47, // 37: userd.v1.WatchUserEventsResponse.heartbeat:type_name -> userd.v1.WatchHeartbeat
-	3,  // 38: userd.v1.UserEvent.kind:type_name -> userd.v1.UserEventKind
-	48, // 39: userd.v1.UserEvent.create_time:type_name -> google.protobuf.Timestamp
-	5,  // 40: userd.v1.UserEvent.user:type_name -> userd.v1.User
-	46, // 41: userd.v1.UserEvent.plan_change:type_name -> userd.v1.PlanChange
-	6,  // 42: userd.v1.UserEvent.credit_transaction:type_name -> userd.v1.CreditTransaction
-	37, // 43: userd.v1.UserEvent.organization:type_name -> userd.v1.Organization
-	38, // 44: userd.v1.UserEvent.membership:type_name -> userd.v1.OrganizationMembership
-	39, // 45: userd.v1.UserEvent.member_cap_change:type_name -> userd.v1.MemberSpendingCapChange
-	48, // 46: userd.v1.Organization.create_time:type_name -> google.protobuf.Timestamp
-	48, // 47: userd.v1.Organization.update_time:type_name -> google.protobuf.Timestamp
-	48, // 48: userd.v1.Organization.delete_time:type_name -> google.protobuf.Timestamp
-	48, // 49: userd.v1.OrganizationMembership.create_time:type_name -> google.protobuf.Timestamp
-	48, // 50: userd.v1.OrganizationMembership.update_time:type_name -> google.protobuf.Timestamp
-	48, // 51: userd.v1.OrganizationMembership.delete_time:type_name -> google.protobuf.Timestamp
-	2,  // 52: userd.v1.MemberSpendingCapChange.period:type_name -> userd.v1.UsagePeriod
-	48, // 53: userd.v1.MemberSpendingCapChange.change_time:type_name -> google.protobuf.Timestamp
-	0,  // 54: userd.v1.Account.plan:type_name -> userd.v1.Plan
-	48, // 55: userd.v1.Account.create_time:type_name -> google.protobuf.Timestamp
-	48, // 56: userd.v1.Account.close_time:type_name -> google.protobuf.Timestamp
-	41, // 57: userd.v1.Account.members:type_name -> userd.v1.AccountMember
-	2,  // 58: userd.v1.AccountMember.cap_period:type_name -> userd.v1.UsagePeriod
-	40, // 59: userd.v1.GetAccountResponse.account:type_name -> userd.v1.Account
-	2,  // 60: userd.v1.SetMemberSpendingCapRequest.period:type_name -> userd.v1.UsagePeriod
-	41, // 61: userd.v1.SetMemberSpendingCapResponse.member:type_name -> userd.v1.AccountMember
-	0,  // 62: userd.v1.PlanChange.previous_plan:type_name -> userd.v1.Plan
-	0,  // 63: userd.v1.PlanChange.plan:type_name -> userd.v1.Plan
-	48, // 64: userd.v1.PlanChange.create_time:type_name -> google.protobuf.Timestamp
-	48, // 65: userd.v1.WatchHeartbeat.time:type_name -> google.protobuf.Timestamp
-	7,  // 66: userd.v1.UserService.GetUser:input_type -> userd.v1.GetUserRequest
-	9,  // 67: userd.v1.UserService.EnsureUser:input_type -> userd.v1.EnsureUserRequest
-	11, // 68: userd.v1.UserService.DeductCredits:input_type -> userd.v1.DeductCreditsRequest
-	13, // 69: userd.v1.UserService.GrantCredits:input_type -> userd.v1.GrantCreditsRequest
-	15, // 70: userd.v1.UserService.SetPlan:input_type -> userd.v1.SetPlanRequest
-	17, // 71: userd.v1.UserService.ListCreditTransactions:input_type -> userd.v1.ListCreditTransactionsRequest
-	19, // 72: userd.v1.UserService.GetUsageSummary:input_type -> userd.v1.GetUsageSummaryRequest
-	24, // 73: userd.v1.UserService.CanAfford:input_type -> userd.v1.CanAffordRequest
-	28, // 74: userd.v1.UserService.SetPrice:input_type -> userd.v1.SetPriceRequest
-	30, // 75: userd.v1.UserService.ListPrices:input_type -> userd.v1.ListPricesRequest
-	32, // 76: userd.v1.UserService.ListPriceChanges:input_type -> userd.v1.ListPriceChangesRequest
-	34, // 77: userd.v1.UserService.WatchUserEvents:input_type -> userd.v1.WatchUserEventsRequest
-	42, // 78: userd.v1.UserService.GetAccount:input_type -> userd.v1.GetAccountRequest
-	44, // 79: userd.v1.UserService.SetMemberSpendingCap:input_type -> userd.v1.SetMemberSpendingCapRequest
-	8,  // 80: userd.v1.UserService.GetUser:output_type -> userd.v1.GetUserResponse
-	10, // 81: userd.v1.UserService.EnsureUser:output_type -> userd.v1.EnsureUserResponse
-	12, // 82: userd.v1.UserService.DeductCredits:output_type -> userd.v1.DeductCreditsResponse
-	14, // 83: userd.v1.UserService.GrantCredits:output_type -> userd.v1.GrantCreditsResponse
-	16, // 84: userd.v1.UserService.SetPlan:output_type -> userd.v1.SetPlanResponse
-	18, // 85: userd.v1.UserService.ListCreditTransactions:output_type -> userd.v1.ListCreditTransactionsResponse
-	23, // 86: userd.v1.UserService.GetUsageSummary:output_type -> userd.v1.GetUsageSummaryResponse
-	25, // 87: userd.v1.UserService.CanAfford:output_type -> userd.v1.CanAffordResponse
-	29, // 88: userd.v1.UserService.SetPrice:output_type -> userd.v1.SetPriceResponse
-	31, // 89: userd.v1.UserService.ListPrices:output_type -> userd.v1.ListPricesResponse
-	33, // 90: userd.v1.UserService.ListPriceChanges:output_type -> userd.v1.ListPriceChangesResponse
-	35, // 91: userd.v1.UserService.WatchUserEvents:output_type -> userd.v1.WatchUserEventsResponse
-	43, // 92: userd.v1.UserService.GetAccount:output_type -> userd.v1.GetAccountResponse
-	45, // 93: userd.v1.UserService.SetMemberSpendingCap:output_type -> userd.v1.SetMemberSpendingCapResponse
-	80, // [80:94] is the sub-list for method output_type
-	66, // [66:80] is the sub-list for method input_type
-	66, // [66:66] is the sub-list for extension type_name
-	66, // [66:66] is the sub-list for extension extendee
-	0,  // [0:66] is the sub-list for field type_name
+	56, // 8: userd.v1.GrantCreditsRequest.expires_at:type_name -> google.protobuf.Timestamp
+	6,  // 9: userd.v1.GrantCreditsResponse.transaction:type_name -> userd.v1.CreditTransaction
+	0,  // 10: userd.v1.SetPlanRequest.plan:type_name -> userd.v1.Plan
+	5,  // 11: userd.v1.SetPlanResponse.user:type_name -> userd.v1.User
+	0,  // 12: userd.v1.SetPlanResponse.previous_plan:type_name -> userd.v1.Plan
+	6,  // 13: userd.v1.SetPlanResponse.bonus_transaction:type_name -> userd.v1.CreditTransaction
+	40, // 14: userd.v1.SetPlanResponse.account:type_name -> userd.v1.Account
+	6,  // 15: userd.v1.ListCreditTransactionsResponse.transactions:type_name -> userd.v1.CreditTransaction
+	56, // 16: userd.v1.GetUsageSummaryRequest.start_time:type_name -> google.protobuf.Timestamp
+	56, // 17: userd.v1.GetUsageSummaryRequest.end_time:type_name -> google.protobuf.Timestamp
+	2,  // 18: userd.v1.GetUsageSummaryRequest.group_by:type_name -> userd.v1.UsagePeriod
+	56, // 19: userd.v1.UsageInPeriod.start_time:type_name -> google.protobuf.Timestamp
+	56, // 20: userd.v1.UsageInPeriod.end_time:type_name -> google.protobuf.Timestamp
+	21, // 21: userd.v1.UsageInPeriod.reasons:type_name -> userd.v1.UsageByReason
+	56, // 22: userd.v1.GetUsageSummaryResponse.start_time:type_name -> google.protobuf.Timestamp
+	56, // 23: userd.v1.GetUsageSummaryResponse.end_time:type_name -> google.protobuf.Timestamp
+	2,  // 24: userd.v1.GetUsageSummaryResponse.group_by:type_name -> userd.v1.UsagePeriod
+	21, // 25: userd.v1.GetUsageSummaryResponse.reasons:type_name -> userd.v1.UsageByReason
+	22, // 26: userd.v1.GetUsageSummaryResponse.periods:type_name -> userd.v1.UsageInPeriod
+	20, // 27: userd.v1.GetUsageSummaryResponse.by_member:type_name -> userd.v1.UsageByMember
+	56, // 28: userd.v1.Price.create_time:type_name -> google.protobuf.Timestamp
+	56, // 29: userd.v1.Price.update_time:type_name -> google.protobuf.Timestamp
+	56, // 30: userd.v1.PriceChange.change_time:type_name -> google.protobuf.Timestamp
+	26, // 31: userd.v1.SetPriceResponse.price:type_name -> userd.v1.Price
+	27, // 32: userd.v1.SetPriceResponse.change:type_name -> userd.v1.PriceChange
+	26, // 33: userd.v1.ListPricesResponse.prices:type_name -> userd.v1.Price
+	27, // 34: userd.v1.ListPriceChangesResponse.changes:type_name -> userd.v1.PriceChange
+	4,  // 35: userd.v1.WatchUserEventsRequest.start:type_name -> userd.v1.WatchStart
+	3,  // 36: userd.v1.WatchUserEventsRequest.kinds:type_name -> userd.v1.UserEventKind
+	36, // 37: userd.v1.WatchUserEventsResponse.event:type_name -> userd.v1.UserEvent
+	47, // 38: userd.v1.WatchUserEventsResponse.heartbeat:type_name -> userd.v1.WatchHeartbeat
+	3,  // 39: userd.v1.UserEvent.kind:type_name -> userd.v1.UserEventKind
+	56, // 40: userd.v1.UserEvent.create_time:type_name -> google.protobuf.Timestamp
+	5,  // 41: userd.v1.UserEvent.user:type_name -> userd.v1.User
+	46, // 42: userd.v1.UserEvent.plan_change:type_name -> userd.v1.PlanChange
+	6,  // 43: userd.v1.UserEvent.credit_transaction:type_name -> userd.v1.CreditTransaction
+	37, // 44: userd.v1.UserEvent.organization:type_name -> userd.v1.Organization
+	38, // 45: userd.v1.UserEvent.membership:type_name -> userd.v1.OrganizationMembership
+	39, // 46: userd.v1.UserEvent.member_cap_change:type_name -> userd.v1.MemberSpendingCapChange
+	56, // 47: userd.v1.Organization.create_time:type_name -> google.protobuf.Timestamp
+	56, // 48: userd.v1.Organization.update_time:type_name -> google.protobuf.Timestamp
+	56, // 49: userd.v1.Organization.delete_time:type_name -> google.protobuf.Timestamp
+	56, // 50: userd.v1.OrganizationMembership.create_time:type_name -> google.protobuf.Timestamp
+	56, // 51: userd.v1.OrganizationMembership.update_time:type_name -> google.protobuf.Timestamp
+	56, // 52: userd.v1.OrganizationMembership.delete_time:type_name -> google.protobuf.Timestamp
+	2,  // 53: userd.v1.MemberSpendingCapChange.period:type_name -> userd.v1.UsagePeriod
+	56, // 54: userd.v1.MemberSpendingCapChange.change_time:type_name -> google.protobuf.Timestamp
+	0,  // 55: userd.v1.Account.plan:type_name -> userd.v1.Plan
+	56, // 56: userd.v1.Account.create_time:type_name -> google.protobuf.Timestamp
+	56, // 57: userd.v1.Account.close_time:type_name -> google.protobuf.Timestamp
+	41, // 58: userd.v1.Account.members:type_name -> userd.v1.AccountMember
+	2,  // 59: userd.v1.AccountMember.cap_period:type_name -> userd.v1.UsagePeriod
+	40, // 60: userd.v1.GetAccountResponse.account:type_name -> userd.v1.Account
+	2,  // 61: userd.v1.SetMemberSpendingCapRequest.period:type_name -> userd.v1.UsagePeriod
+	41, // 62: userd.v1.SetMemberSpendingCapResponse.member:type_name -> userd.v1.AccountMember
+	0,  // 63: userd.v1.PlanChange.previous_plan:type_name -> userd.v1.Plan
+	0,  // 64: userd.v1.PlanChange.plan:type_name -> userd.v1.Plan
+	56, // 65: userd.v1.PlanChange.create_time:type_name -> google.protobuf.Timestamp
+	56, // 66: userd.v1.WatchHeartbeat.time:type_name -> google.protobuf.Timestamp
+	56, // 67: userd.v1.CreditGrant.effective_time:type_name -> google.protobuf.Timestamp
+	56, // 68: userd.v1.CreditGrant.expire_time:type_name -> google.protobuf.Timestamp
+	56, // 69: userd.v1.CreditGrant.period_start_time:type_name -> google.protobuf.Timestamp
+	0,  // 70: userd.v1.ListGrantsResponse.plan:type_name -> userd.v1.Plan
+	49, // 71: userd.v1.ListGrantsResponse.grants:type_name -> userd.v1.CreditGrant
+	56, // 72: userd.v1.ListGrantsResponse.next_refill_time:type_name -> google.protobuf.Timestamp
+	0,  // 73: userd.v1.PlanAllowance.plan:type_name -> userd.v1.Plan
+	56, // 74: userd.v1.PlanAllowance.update_time:type_name -> google.protobuf.Timestamp
+	52, // 75: userd.v1.GetPlanCatalogResponse.plans:type_name -> userd.v1.PlanAllowance
+	0,  // 76: userd.v1.SetPlanAllowanceRequest.plan:type_name -> userd.v1.Plan
+	52, // 77: userd.v1.SetPlanAllowanceResponse.plan_allowance:type_name -> userd.v1.PlanAllowance
+	7,  // 78: userd.v1.UserService.GetUser:input_type -> userd.v1.GetUserRequest
+	9,  // 79: userd.v1.UserService.EnsureUser:input_type -> userd.v1.EnsureUserRequest
+	11, // 80: userd.v1.UserService.DeductCredits:input_type -> userd.v1.DeductCreditsRequest
+	13, // 81: userd.v1.UserService.GrantCredits:input_type -> userd.v1.GrantCreditsRequest
+	15, // 82: userd.v1.UserService.SetPlan:input_type -> userd.v1.SetPlanRequest
+	17, // 83: userd.v1.UserService.ListCreditTransactions:input_type -> userd.v1.ListCreditTransactionsRequest
+	19, // 84: userd.v1.UserService.GetUsageSummary:input_type -> userd.v1.GetUsageSummaryRequest
+	24, // 85: userd.v1.UserService.CanAfford:input_type -> userd.v1.CanAffordRequest
+	28, // 86: userd.v1.UserService.SetPrice:input_type -> userd.v1.SetPriceRequest
+	30, // 87: userd.v1.UserService.ListPrices:input_type -> userd.v1.ListPricesRequest
+	32, // 88: userd.v1.UserService.ListPriceChanges:input_type -> userd.v1.ListPriceChangesRequest
+	34, // 89: userd.v1.UserService.WatchUserEvents:input_type -> userd.v1.WatchUserEventsRequest
+	42, // 90: userd.v1.UserService.GetAccount:input_type -> userd.v1.GetAccountRequest
+	44, // 91: userd.v1.UserService.SetMemberSpendingCap:input_type -> userd.v1.SetMemberSpendingCapRequest
+	48, // 92: userd.v1.UserService.ListGrants:input_type -> userd.v1.ListGrantsRequest
+	51, // 93: userd.v1.UserService.GetPlanCatalog:input_type -> userd.v1.GetPlanCatalogRequest
+	54, // 94: userd.v1.UserService.SetPlanAllowance:input_type -> userd.v1.SetPlanAllowanceRequest
+	8,  // 95: userd.v1.UserService.GetUser:output_type -> userd.v1.GetUserResponse
+	10, // 96: userd.v1.UserService.EnsureUser:output_type -> userd.v1.EnsureUserResponse
+	12, // 97: userd.v1.UserService.DeductCredits:output_type -> userd.v1.DeductCreditsResponse
+	14, // 98: userd.v1.UserService.GrantCredits:output_type -> userd.v1.GrantCreditsResponse
+	16, // 99: userd.v1.UserService.SetPlan:output_type -> userd.v1.SetPlanResponse
+	18, // 100: userd.v1.UserService.ListCreditTransactions:output_type -> userd.v1.ListCreditTransactionsResponse
+	23, // 101: userd.v1.UserService.GetUsageSummary:output_type -> userd.v1.GetUsageSummaryResponse
+	25, // 102: userd.v1.UserService.CanAfford:output_type -> userd.v1.CanAffordResponse
+	29, // 103: userd.v1.UserService.SetPrice:output_type -> userd.v1.SetPriceResponse
+	31, // 104: userd.v1.UserService.ListPrices:output_type -> userd.v1.ListPricesResponse
+	33, // 105: userd.v1.UserService.ListPriceChanges:output_type -> userd.v1.ListPriceChangesResponse
+	35, // 106: userd.v1.UserService.WatchUserEvents:output_type -> userd.v1.WatchUserEventsResponse
+	43, // 107: userd.v1.UserService.GetAccount:output_type -> userd.v1.GetAccountResponse
+	45, // 108: userd.v1.UserService.SetMemberSpendingCap:output_type -> userd.v1.SetMemberSpendingCapResponse
+	50, // 109: userd.v1.UserService.ListGrants:output_type -> userd.v1.ListGrantsResponse
+	53, // 110: userd.v1.UserService.GetPlanCatalog:output_type -> userd.v1.GetPlanCatalogResponse
+	55, // 111: userd.v1.UserService.SetPlanAllowance:output_type -> userd.v1.SetPlanAllowanceResponse
+	95, // [95:112] is the sub-list for method output_type
+	78, // [78:95] is the sub-list for method input_type
+	78, // [78:78] is the sub-list for extension type_name
+	78, // [78:78] is the sub-list for extension extendee
+	0,  // [0:78] is the sub-list for field type_name
 }
 
 func init() { file_userd_v1_user_service_proto_init() }
@@ -4576,7 +5272,7 @@ func file_userd_v1_user_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_userd_v1_user_service_proto_rawDesc), len(file_userd_v1_user_service_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   43,
+			NumMessages:   51,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -33,6 +33,9 @@ const (
 	UserService_WatchUserEvents_FullMethodName        = "/userd.v1.UserService/WatchUserEvents"
 	UserService_GetAccount_FullMethodName             = "/userd.v1.UserService/GetAccount"
 	UserService_SetMemberSpendingCap_FullMethodName   = "/userd.v1.UserService/SetMemberSpendingCap"
+	UserService_ListGrants_FullMethodName             = "/userd.v1.UserService/ListGrants"
+	UserService_GetPlanCatalog_FullMethodName         = "/userd.v1.UserService/GetPlanCatalog"
+	UserService_SetPlanAllowance_FullMethodName       = "/userd.v1.UserService/SetPlanAllowance"
 )
 
 // UserServiceClient is the client API for UserService service.
@@ -161,6 +164,21 @@ type UserServiceClient interface {
 	// users whose active organization it is with the role org:admin or the
 	// permission USERD_ORG_MANAGE_PERMISSION (default org:credits:manage).
 	SetMemberSpendingCap(ctx context.Context, in *SetMemberSpendingCapRequest, opts ...grpc.CallOption) (*SetMemberSpendingCapResponse, error)
+	// ListGrants returns an account's live expiring grants (amount,
+	// remaining, expiry, source), soonest expiry first (the order deductions
+	// take from them), its pool of credits that never expire, and its next
+	// allowance (time and amount). Personal (clerk_user_id) or an
+	// organization's (clerk_organization_id); who may read it as GetAccount.
+	ListGrants(ctx context.Context, in *ListGrantsRequest, opts ...grpc.CallOption) (*ListGrantsResponse, error)
+	// GetPlanCatalog returns the plan catalog: per plan, the allowance
+	// granted each period, the rollover cap and the upgrade bonus. Empty
+	// when no operator set one (then no allowances are granted). Every
+	// authenticated caller.
+	GetPlanCatalog(ctx context.Context, in *GetPlanCatalogRequest, opts ...grpc.CallOption) (*GetPlanCatalogResponse, error)
+	// SetPlanAllowance sets one plan's catalog entry, audited with who made
+	// the change. It applies to each account from its next period. Services
+	// only.
+	SetPlanAllowance(ctx context.Context, in *SetPlanAllowanceRequest, opts ...grpc.CallOption) (*SetPlanAllowanceResponse, error)
 }
 
 type userServiceClient struct {
@@ -320,6 +338,36 @@ func (c *userServiceClient) SetMemberSpendingCap(ctx context.Context, in *SetMem
 	return out, nil
 }
 
+func (c *userServiceClient) ListGrants(ctx context.Context, in *ListGrantsRequest, opts ...grpc.CallOption) (*ListGrantsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListGrantsResponse)
+	err := c.cc.Invoke(ctx, UserService_ListGrants_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *userServiceClient) GetPlanCatalog(ctx context.Context, in *GetPlanCatalogRequest, opts ...grpc.CallOption) (*GetPlanCatalogResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetPlanCatalogResponse)
+	err := c.cc.Invoke(ctx, UserService_GetPlanCatalog_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *userServiceClient) SetPlanAllowance(ctx context.Context, in *SetPlanAllowanceRequest, opts ...grpc.CallOption) (*SetPlanAllowanceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetPlanAllowanceResponse)
+	err := c.cc.Invoke(ctx, UserService_SetPlanAllowance_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // UserServiceServer is the server API for UserService service.
 // All implementations must embed UnimplementedUserServiceServer
 // for forward compatibility.
@@ -446,6 +494,21 @@ type UserServiceServer interface {
 	// users whose active organization it is with the role org:admin or the
 	// permission USERD_ORG_MANAGE_PERMISSION (default org:credits:manage).
 	SetMemberSpendingCap(context.Context, *SetMemberSpendingCapRequest) (*SetMemberSpendingCapResponse, error)
+	// ListGrants returns an account's live expiring grants (amount,
+	// remaining, expiry, source), soonest expiry first (the order deductions
+	// take from them), its pool of credits that never expire, and its next
+	// allowance (time and amount). Personal (clerk_user_id) or an
+	// organization's (clerk_organization_id); who may read it as GetAccount.
+	ListGrants(context.Context, *ListGrantsRequest) (*ListGrantsResponse, error)
+	// GetPlanCatalog returns the plan catalog: per plan, the allowance
+	// granted each period, the rollover cap and the upgrade bonus. Empty
+	// when no operator set one (then no allowances are granted). Every
+	// authenticated caller.
+	GetPlanCatalog(context.Context, *GetPlanCatalogRequest) (*GetPlanCatalogResponse, error)
+	// SetPlanAllowance sets one plan's catalog entry, audited with who made
+	// the change. It applies to each account from its next period. Services
+	// only.
+	SetPlanAllowance(context.Context, *SetPlanAllowanceRequest) (*SetPlanAllowanceResponse, error)
 	mustEmbedUnimplementedUserServiceServer()
 }
 
@@ -497,6 +560,15 @@ func (UnimplementedUserServiceServer) GetAccount(context.Context, *GetAccountReq
 }
 func (UnimplementedUserServiceServer) SetMemberSpendingCap(context.Context, *SetMemberSpendingCapRequest) (*SetMemberSpendingCapResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetMemberSpendingCap not implemented")
+}
+func (UnimplementedUserServiceServer) ListGrants(context.Context, *ListGrantsRequest) (*ListGrantsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListGrants not implemented")
+}
+func (UnimplementedUserServiceServer) GetPlanCatalog(context.Context, *GetPlanCatalogRequest) (*GetPlanCatalogResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetPlanCatalog not implemented")
+}
+func (UnimplementedUserServiceServer) SetPlanAllowance(context.Context, *SetPlanAllowanceRequest) (*SetPlanAllowanceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetPlanAllowance not implemented")
 }
 func (UnimplementedUserServiceServer) mustEmbedUnimplementedUserServiceServer() {}
 func (UnimplementedUserServiceServer) testEmbeddedByValue()                     {}
@@ -764,6 +836,60 @@ func _UserService_SetMemberSpendingCap_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _UserService_ListGrants_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListGrantsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UserServiceServer).ListGrants(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UserService_ListGrants_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UserServiceServer).ListGrants(ctx, req.(*ListGrantsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _UserService_GetPlanCatalog_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetPlanCatalogRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UserServiceServer).GetPlanCatalog(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UserService_GetPlanCatalog_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UserServiceServer).GetPlanCatalog(ctx, req.(*GetPlanCatalogRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _UserService_SetPlanAllowance_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetPlanAllowanceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UserServiceServer).SetPlanAllowance(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UserService_SetPlanAllowance_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UserServiceServer).SetPlanAllowance(ctx, req.(*SetPlanAllowanceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // UserService_ServiceDesc is the grpc.ServiceDesc for UserService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -822,6 +948,18 @@ var UserService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetMemberSpendingCap",
 			Handler:    _UserService_SetMemberSpendingCap_Handler,
+		},
+		{
+			MethodName: "ListGrants",
+			Handler:    _UserService_ListGrants_Handler,
+		},
+		{
+			MethodName: "GetPlanCatalog",
+			Handler:    _UserService_GetPlanCatalog_Handler,
+		},
+		{
+			MethodName: "SetPlanAllowance",
+			Handler:    _UserService_SetPlanAllowance_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

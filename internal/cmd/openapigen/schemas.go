@@ -38,6 +38,9 @@ var optionalResponseFields = map[string]bool{
 	"OrganizationMembership.updateTime":  true,
 	"OrganizationMembership.deleteTime":  true,
 	"MemberSpendingCapChange.changeTime": true,
+	// A grant that is not an allowance; a plan without an allowance.
+	"CreditGrant.periodStartTime":       true,
+	"ListGrantsResponse.nextRefillTime": true,
 }
 
 func completeSchemas(schemas openapi3.Schemas) {
