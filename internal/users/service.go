@@ -354,6 +354,9 @@ func (c CreditChange) validate(kind TxKind) error {
 // and parameters returns the original entry (for an action, at the price
 // charged then).
 func (s *Service) DeductCredits(ctx context.Context, c CreditChange) (CreditResult, error) {
+	if err := checkAudit(ctx); err != nil {
+		return CreditResult{}, err
+	}
 	if c.ClerkOrgID != "" {
 		return s.deductFromOrganization(ctx, c)
 	}
@@ -369,6 +372,9 @@ func (s *Service) DeductCredits(ctx context.Context, c CreditChange) (CreditResu
 // GrantCredits adds c.Amount to the user's balance; otherwise as
 // DeductCredits.
 func (s *Service) GrantCredits(ctx context.Context, c CreditChange) (CreditResult, error) {
+	if err := checkAudit(ctx); err != nil {
+		return CreditResult{}, err
+	}
 	if c.ClerkOrgID != "" {
 		return s.grantToOrganization(ctx, c)
 	}
@@ -483,6 +489,9 @@ type SetPlanResult struct {
 // transaction. A retry with the same key and parameters returns the original
 // change.
 func (s *Service) SetPlan(ctx context.Context, in SetPlanInput) (SetPlanResult, error) {
+	if err := checkAudit(ctx); err != nil {
+		return SetPlanResult{}, err
+	}
 	if in.ClerkOrgID != "" {
 		return s.setOrganizationPlan(ctx, in)
 	}
