@@ -105,19 +105,26 @@ func (b *bundle) signInBrowser(t *testing.T, ctx context.Context, tok string) {
 func axe(t *testing.T, ctx context.Context, page string) {
 	t.Helper()
 	res, err := chromedp.Run(ctx, chromedp.Evaluate[string](axeJS+`
-;axe.run(document, {resultTypes: ["violations"]}).then(r => JSON.stringify(r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.length}))))`,
+;axe.run(document).then(r => JSON.stringify({passes: r.passes.length, violations: r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.length}))}))`,
 		chromedp.EvalAwaitPromise))
 	if err != nil {
 		t.Fatalf("axe on %s: %v", page, err)
 	}
-	var vs []struct {
-		ID, Impact, Help string
-		Nodes            int
+	var out struct {
+		Passes     int
+		Violations []struct {
+			ID, Impact, Help string
+			Nodes            int
+		}
 	}
-	if err := json.Unmarshal([]byte(res), &vs); err != nil {
+	if err := json.Unmarshal([]byte(res), &out); err != nil {
 		t.Fatalf("axe result on %s: %v", page, err)
 	}
-	for _, v := range vs {
+	if out.Passes == 0 {
+		t.Fatalf("axe on %s checked nothing: %s", page, res)
+	}
+	t.Logf("axe on %s: %d rules passed, %d violated", page, out.Passes, len(out.Violations))
+	for _, v := range out.Violations {
 		if v.Impact == "serious" || v.Impact == "critical" {
 			t.Errorf("axe on %s: %s violation %s (%s) on %d nodes", page, v.Impact, v.ID, v.Help, v.Nodes)
 		} else {

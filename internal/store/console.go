@@ -66,16 +66,16 @@ func (s *Store) audited(ctx context.Context, account accountOf, write func(db sq
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	id, err := account(ctx, tx)
+	var before sqlcdb.LockAccountForAuditRow
+	if err == nil {
+		before, err = s.q.LockAccountForAudit(ctx, tx, id)
+	}
 	if errors.Is(err, pgx.ErrNoRows) {
 		// No such account: the write reports it (not_found) and changes
 		// nothing.
 		_, err = write(tx)
 		return err
 	}
-	if err != nil {
-		return translate(fmt.Errorf("audited write: account: %w", err))
-	}
-	before, err := s.q.LockAccountForAudit(ctx, tx, id)
 	if err != nil {
 		return translate(fmt.Errorf("audited write: lock account: %w", err))
 	}
