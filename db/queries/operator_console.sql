@@ -133,3 +133,15 @@ LIMIT @row_limit::int;
 -- CloseAccount closes an account (see userd_account_close).
 -- name: CloseAccount :one
 SELECT * FROM userd_account_close(@account_id::uuid);
+
+-- SumConsoleUsage sums an account's ledger since a time by UTC day and
+-- reason, in one pass over the (user_id, created_at) INCLUDE (delta,
+-- reason) index: the console's usage chart.
+-- name: SumConsoleUsage :many
+SELECT date_trunc('day', t.created_at, 'UTC')::timestamptz AS day, t.reason,
+    coalesce(sum(-t.delta) FILTER (WHERE t.delta < 0), 0)::bigint AS spent,
+    coalesce(sum(t.delta) FILTER (WHERE t.delta > 0), 0)::bigint AS granted
+FROM credit_transactions t
+WHERE t.user_id = @account_id::uuid AND t.created_at >= @since::timestamptz
+GROUP BY 1, 2
+ORDER BY 1, 2;

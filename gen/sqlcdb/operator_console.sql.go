@@ -586,3 +586,53 @@ func (q *Queries) SearchAccounts(ctx context.Context, db DBTX, arg SearchAccount
 	}
 	return items, nil
 }
+
+const sumConsoleUsage = `-- name: SumConsoleUsage :many
+SELECT date_trunc('day', t.created_at, 'UTC')::timestamptz AS day, t.reason,
+    coalesce(sum(-t.delta) FILTER (WHERE t.delta < 0), 0)::bigint AS spent,
+    coalesce(sum(t.delta) FILTER (WHERE t.delta > 0), 0)::bigint AS granted
+FROM credit_transactions t
+WHERE t.user_id = $1::uuid AND t.created_at >= $2::timestamptz
+GROUP BY 1, 2
+ORDER BY 1, 2
+`
+
+type SumConsoleUsageParams struct {
+	AccountID uuid.UUID
+	Since     time.Time
+}
+
+type SumConsoleUsageRow struct {
+	Day     time.Time
+	Reason  string
+	Spent   int64
+	Granted int64
+}
+
+// SumConsoleUsage sums an account's ledger since a time by UTC day and
+// reason, in one pass over the (user_id, created_at) INCLUDE (delta,
+// reason) index: the console's usage chart.
+func (q *Queries) SumConsoleUsage(ctx context.Context, db DBTX, arg SumConsoleUsageParams) ([]SumConsoleUsageRow, error) {
+	rows, err := db.Query(ctx, sumConsoleUsage, arg.AccountID, arg.Since)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []SumConsoleUsageRow{}
+	for rows.Next() {
+		var i SumConsoleUsageRow
+		if err := rows.Scan(
+			&i.Day,
+			&i.Reason,
+			&i.Spent,
+			&i.Granted,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}

@@ -13,7 +13,8 @@ import (
 const ledgerRows = 100_000
 
 // BenchmarkAccountPage loads a support operator's account page (owner,
-// plan history, the latest feed events, 14 days of usage, one ledger page)
+// plan history, the latest feed events, one ledger page; then, as
+// console.js does after it, the 14 days of usage)
 // for an account with 100,000 ledger entries spread over 14 days, over
 // real HTTP against a real userd and PostgreSQL:
 //
@@ -53,6 +54,8 @@ func BenchmarkAccountPage(b *testing.B) {
 		{"LastPage", account + "?before=" + strconv.FormatInt(oldest+10, 10)},
 		{"KindFilter", account + "?kind=GRANT&before=" + strconv.FormatInt(oldest+ledgerRows/2, 10)},
 		{"MemberFilter", account + "?member=user_nobody"},
+		// The usage chart console.js loads into the page after it.
+		{"Usage", account + "/usage"},
 	} {
 		b.Run(p.name, func(b *testing.B) {
 			for b.Loop() {

@@ -230,6 +230,7 @@ func TestBrowser(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
+		do(t, ctx, "usage chart", chromedp.WaitVisible(chromedp.CSS("#usage svg rect")))
 		do(t, ctx, "live event", chromedp.Poll[chromedp.Void](`document.getElementById("events").textContent.includes("delta=-7")`, chromedp.WithPollingTimeout(20*time.Second)))
 		axe(t, ctx, "account")
 		screenshot(t, ctx, "account")

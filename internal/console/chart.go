@@ -1,7 +1,11 @@
 package console
 
 import (
+	"cmp"
+	"slices"
 	"strconv"
+	"strings"
+	"time"
 
 	"github.com/userd/userd/internal/users"
 )
@@ -16,8 +20,6 @@ type usageChart struct {
 	Granted int64
 	Width   int
 	Height  int
-	// Reasons are the window's reasons that moved the most credits.
-	Reasons []users.ReasonUsage
 }
 
 type usageBar struct {
@@ -27,7 +29,7 @@ type usageBar struct {
 	Granted int64
 	X, Y, W int
 	H       int
-	// Top is the day's reasons, for the table.
+	// Top is the day's reasons that spent the most, for the table.
 	Top string
 }
 
@@ -35,41 +37,55 @@ const (
 	chartHeight = 120
 	barWidth    = 28
 	barGap      = 8
+	// topReasons is how many reasons the table names per day.
+	topReasons = 3
 )
 
-func chartOf(sum users.UsageSummary) *usageChart {
-	c := &usageChart{Spent: sum.Spent, Granted: sum.Granted, Height: chartHeight + 20, Reasons: sum.Reasons}
-	for _, p := range sum.Periods {
-		if p.Spent > c.Max {
-			c.Max = p.Spent
-		}
+// chartOf lays out days days from since (empty days included) from the
+// day-and-reason sums.
+func chartOf(us []users.DayReasonUsage, since time.Time, days int) *usageChart {
+	c := &usageChart{Height: chartHeight + 20}
+	byDay := map[string][]users.DayReasonUsage{}
+	for _, u := range us {
+		d := u.Day.UTC().Format(time.DateOnly)
+		byDay[d] = append(byDay[d], u)
 	}
-	for i, p := range sum.Periods {
-		h := 0
-		if c.Max > 0 {
-			h = int(p.Spent * chartHeight / c.Max)
+	for i := range days {
+		day := since.AddDate(0, 0, i)
+		b := usageBar{Day: day.Format(time.DateOnly), Label: day.Format("01-02")}
+		reasons := byDay[b.Day]
+		for _, r := range reasons {
+			b.Spent += r.Spent
+			b.Granted += r.Granted
 		}
-		if p.Spent > 0 && h < 2 {
-			h = 2
-		}
-		top := ""
-		for j, r := range p.Reasons {
-			if j > 0 {
-				top += ", "
+		slices.SortFunc(reasons, func(a, b users.DayReasonUsage) int { return cmp.Compare(b.Spent, a.Spent) })
+		var top []string
+		for _, r := range reasons {
+			if len(top) == topReasons || r.Spent == 0 {
+				break
 			}
 			name := r.Reason
-			if r.Other {
-				name = "other"
-			} else if name == "" {
+			if name == "" {
 				name = "(no reason)"
 			}
-			top += name + " " + strconv.FormatInt(r.Spent, 10)
+			top = append(top, name+" "+strconv.FormatInt(r.Spent, 10))
 		}
-		c.Bars = append(c.Bars, usageBar{
-			Day: p.Start.UTC().Format("2006-01-02"), Label: p.Start.UTC().Format("01-02"),
-			Spent: p.Spent, Granted: p.Granted,
-			X: i * (barWidth + barGap), Y: chartHeight - h, W: barWidth, H: h, Top: top,
-		})
+		b.Top = strings.Join(top, ", ")
+		c.Spent += b.Spent
+		c.Granted += b.Granted
+		c.Max = max(c.Max, b.Spent)
+		c.Bars = append(c.Bars, b)
+	}
+	for i := range c.Bars {
+		b := &c.Bars[i]
+		h := 0
+		if c.Max > 0 {
+			h = int(b.Spent * chartHeight / c.Max)
+		}
+		if b.Spent > 0 && h < 2 {
+			h = 2
+		}
+		b.X, b.Y, b.W, b.H = i*(barWidth+barGap), chartHeight-h, barWidth, h
 	}
 	c.Width = len(c.Bars) * (barWidth + barGap)
 	return c

@@ -114,6 +114,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET /search", s.viewer(s.search))
 	mux.Handle("GET /accounts/{id}", s.viewer(s.account))
 	mux.Handle("GET /accounts/{id}/events", s.viewer(s.accountEvents))
+	mux.Handle("GET /accounts/{id}/usage", s.viewer(s.usage))
 	mux.Handle("POST /accounts/{id}/grant", s.support(s.correct(users.AuditGrant)))
 	mux.Handle("POST /accounts/{id}/deduct", s.support(s.correct(users.AuditDeduct)))
 	mux.Handle("POST /accounts/{id}/plan", s.support(s.correct(users.AuditSetPlan)))

@@ -29,7 +29,7 @@ const (
 
 // pageNames are the templates in templates/, each rendered inside
 // layout.html.
-var pageNames = []string{"signin", "error", "search", "account", "prices", "webhooks", "sync", "audit"}
+var pageNames = []string{"signin", "error", "search", "account", "usage", "prices", "webhooks", "sync", "audit"}
 
 var funcs = template.FuncMap{
 	"when": func(t time.Time) string {
@@ -184,12 +184,20 @@ func (s *Server) search(w http.ResponseWriter, r *http.Request, ss session) {
 	s.render(w, r, "search", ss, "Search", data)
 }
 
-func accountID(r *http.Request) (uuid.UUID, error) {
+// loadAccount reads the account the path names, or answers the request
+// with why it cannot.
+func (s *Server) loadAccount(w http.ResponseWriter, r *http.Request) (users.ConsoleAccount, bool) {
 	id, err := uuid.Parse(r.PathValue("id"))
 	if err != nil {
-		return uuid.Nil, apperr.NotFound("account not found")
+		s.failErr(w, r, apperr.NotFound("account not found"))
+		return users.ConsoleAccount{}, false
 	}
-	return id, nil
+	a, err := s.reads.Account(r.Context(), id)
+	if err != nil {
+		s.failErr(w, r, err)
+		return users.ConsoleAccount{}, false
+	}
+	return a, true
 }
 
 // newKey is a fresh idempotency key for a correction form.
@@ -209,16 +217,11 @@ var doneMessages = map[string]string{
 
 func (s *Server) account(w http.ResponseWriter, r *http.Request, ss session) {
 	ctx := r.Context()
-	id, err := accountID(r)
-	if err != nil {
-		s.failErr(w, r, err)
+	a, ok := s.loadAccount(w, r)
+	if !ok {
 		return
 	}
-	a, err := s.reads.Account(ctx, id)
-	if err != nil {
-		s.failErr(w, r, err)
-		return
-	}
+	id := a.ID
 	qv := r.URL.Query()
 	f := users.LedgerFilter{Kind: users.TxKind(qv.Get("kind")), Member: strings.TrimSpace(qv.Get("member")), Limit: ledgerPageSize + 1}
 	f.BeforeID, _ = strconv.ParseInt(qv.Get("before"), 10, 64)
@@ -251,7 +254,6 @@ func (s *Server) account(w http.ResponseWriter, r *http.Request, ss session) {
 		return
 	}
 	data["Events"] = feedRows(evs)
-	data["Usage"] = s.usage(r, a)
 	if m, ok := doneMessages[qv.Get("done")]; ok {
 		if qv.Get("replayed") == "1" {
 			m = "Already applied (same form submitted again): nothing changed."
@@ -279,24 +281,21 @@ func ledgerURL(id uuid.UUID, f users.LedgerFilter, before int64) string {
 	return u + "#ledger"
 }
 
-// usage is the account's spending of the last usageDays days, or nil when
-// it cannot be summed (a deleted user's account): the page says so.
-func (s *Server) usage(r *http.Request, a users.ConsoleAccount) *usageChart {
-	now := s.cfg.Now()
-	q := users.UsageQuery{Period: users.PeriodDay, End: now, Start: now.UTC().Truncate(24*time.Hour).AddDate(0, 0, -(usageDays - 1))}
-	if a.Personal() {
-		q.ClerkUserID = a.ClerkUserID
-	} else {
-		q.ClerkOrgID = a.ClerkOrgID
+// usage is the page of the account's usage of the last usageDays days by
+// day and reason. It sums every ledger entry of the window, so the
+// account page does not wait for it: console.js moves its chart into the
+// account page once loaded (without script, the account page links here).
+func (s *Server) usage(w http.ResponseWriter, r *http.Request, ss session) {
+	a, ok := s.loadAccount(w, r)
+	if !ok {
+		return
 	}
-	sum, err := s.svc.SummarizeUsage(r.Context(), q)
+	us, since, err := s.reads.Usage(r.Context(), a.ID, s.cfg.Now(), usageDays)
 	if err != nil {
-		if apperr.KindOf(err) != apperr.KindNotFound {
-			s.log.Warn("console usage summary", "account", a.ID, "err", err)
-		}
-		return nil
+		s.failErr(w, r, err)
+		return
 	}
-	return chartOf(sum)
+	s.render(w, r, "usage", ss, "Usage", map[string]any{"Account": show(a, ss.Role), "Usage": chartOf(us, since, usageDays)})
 }
 
 // feedRow is one live event as the page and its JSON show it.
@@ -334,14 +333,8 @@ func summarize(payload []byte) string {
 // accountEvents answers the page's live refresh: the latest events as
 // JSON (rendered by console.js with textContent, never as HTML).
 func (s *Server) accountEvents(w http.ResponseWriter, r *http.Request, _ session) {
-	id, err := accountID(r)
-	if err != nil {
-		s.failErr(w, r, err)
-		return
-	}
-	a, err := s.reads.Account(r.Context(), id)
-	if err != nil {
-		s.failErr(w, r, err)
+	a, ok := s.loadAccount(w, r)
+	if !ok {
 		return
 	}
 	evs, err := s.reads.FeedTail(r.Context(), a, feedTailSize)
@@ -357,16 +350,12 @@ func (s *Server) accountEvents(w http.ResponseWriter, r *http.Request, _ session
 func (s *Server) correct(action string) handler {
 	return func(w http.ResponseWriter, r *http.Request, ss session) {
 		ctx := r.Context()
-		id, err := accountID(r)
-		if err != nil {
-			s.failErr(w, r, err)
+		a, ok := s.loadAccount(w, r)
+		if !ok {
 			return
 		}
-		a, err := s.reads.Account(ctx, id)
-		if err != nil {
-			s.failErr(w, r, err)
-			return
-		}
+		id := a.ID
+		var err error
 		reason := strings.TrimSpace(r.PostFormValue("reason"))
 		key := r.PostFormValue("idempotency_key")
 		if reason == "" || key == "" {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -198,23 +199,25 @@ func (s *Store) ListConsolePlanChanges(ctx context.Context, accountID uuid.UUID,
 }
 
 func (s *Store) ListFeedTail(ctx context.Context, clerkUserID, clerkOrgID string, limit int32) ([]users.FeedTailEvent, error) {
-	var out []users.FeedTailEvent
+	var (
+		rows []sqlcdb.ListUserFeedTailRow
+		err  error
+	)
 	if clerkOrgID != "" {
-		rows, err := s.q.ListOrgFeedTail(ctx, s.read, sqlcdb.ListOrgFeedTailParams{ClerkOrgID: clerkOrgID, RowLimit: limit})
-		if err != nil {
-			return nil, translate(fmt.Errorf("list organization feed tail: %w", err))
+		var orgRows []sqlcdb.ListOrgFeedTailRow
+		orgRows, err = s.q.ListOrgFeedTail(ctx, s.read, sqlcdb.ListOrgFeedTailParams{ClerkOrgID: clerkOrgID, RowLimit: limit})
+		for _, r := range orgRows {
+			rows = append(rows, sqlcdb.ListUserFeedTailRow(r))
 		}
-		for _, r := range rows {
-			out = append(out, users.FeedTailEvent{ID: r.ID, Kind: r.Kind, CreatedAt: r.CreatedAt, ActorClerkUserID: deref(r.ActorClerkUserID), Payload: r.Payload})
-		}
-		return out, nil
+	} else {
+		rows, err = s.q.ListUserFeedTail(ctx, s.read, sqlcdb.ListUserFeedTailParams{ClerkUserID: clerkUserID, RowLimit: limit})
 	}
-	rows, err := s.q.ListUserFeedTail(ctx, s.read, sqlcdb.ListUserFeedTailParams{ClerkUserID: clerkUserID, RowLimit: limit})
 	if err != nil {
-		return nil, translate(fmt.Errorf("list user feed tail: %w", err))
+		return nil, translate(fmt.Errorf("list feed tail: %w", err))
 	}
-	for _, r := range rows {
-		out = append(out, users.FeedTailEvent{ID: r.ID, Kind: r.Kind, CreatedAt: r.CreatedAt, ActorClerkUserID: deref(r.ActorClerkUserID), Payload: r.Payload})
+	out := make([]users.FeedTailEvent, len(rows))
+	for i, r := range rows {
+		out[i] = users.FeedTailEvent{ID: r.ID, Kind: r.Kind, CreatedAt: r.CreatedAt, ActorClerkUserID: deref(r.ActorClerkUserID), Payload: r.Payload}
 	}
 	return out, nil
 }
@@ -259,6 +262,18 @@ func (s *Store) ListAuditLog(ctx context.Context, accountID uuid.UUID, beforeID 
 			AccountID: r.AccountID, Details: r.Details, IdempotencyKey: r.IdempotencyKey, Reason: r.Reason,
 			Before: r.Before, After: r.After,
 		}
+	}
+	return out, nil
+}
+
+func (s *Store) SumConsoleUsage(ctx context.Context, accountID uuid.UUID, since time.Time) ([]users.DayReasonUsage, error) {
+	rows, err := s.q.SumConsoleUsage(ctx, s.read, sqlcdb.SumConsoleUsageParams{AccountID: accountID, Since: since})
+	if err != nil {
+		return nil, translate(fmt.Errorf("sum console usage: %w", err))
+	}
+	out := make([]users.DayReasonUsage, len(rows))
+	for i, r := range rows {
+		out[i] = users.DayReasonUsage{Day: r.Day, Reason: r.Reason, Spent: r.Spent, Granted: r.Granted}
 	}
 	return out, nil
 }

@@ -18,10 +18,7 @@ import (
 // that cannot be audited change nothing.
 func TestAuditedCorrections(t *testing.T) {
 	t.Parallel()
-	pool := testdb.Pool(t)
-	st := store.New(pool, store.Options{})
-	svc := users.NewService(st, users.Options{InitialCredits: 10})
-	console := users.NewConsole(st)
+	svc, console := consoleSetup(t)
 	ctx := context.Background()
 	u, _, err := svc.EnsureUser(ctx, users.EnsureUserInput{ClerkUserID: "user_audited", Email: "audited@example.com"})
 	if err != nil {
@@ -130,10 +127,7 @@ func TestAuditedCorrections(t *testing.T) {
 // and account id, and pages.
 func TestConsoleSearch(t *testing.T) {
 	t.Parallel()
-	pool := testdb.Pool(t)
-	st := store.New(pool, store.Options{})
-	svc := users.NewService(st, users.Options{InitialCredits: 10})
-	console := users.NewConsole(st)
+	svc, console := consoleSetup(t)
 	ctx := context.Background()
 	var ids []uuid.UUID
 	for _, e := range []string{"Ada@example.com", "ada.b@example.com", "adam@example.com", "bob@example.com"} {
@@ -163,4 +157,10 @@ func TestConsoleSearch(t *testing.T) {
 	if got := count("ada", first[1].ID, 2); got != 1 {
 		t.Errorf("second page: %d results, want 1", got)
 	}
+}
+
+func consoleSetup(t *testing.T) (*users.Service, *users.Console) {
+	t.Helper()
+	st := store.New(testdb.Pool(t), store.Options{})
+	return users.NewService(st, users.Options{InitialCredits: 10}), users.NewConsole(st)
 }

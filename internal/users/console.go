@@ -185,8 +185,20 @@ type AuditRecord struct {
 	After          []byte
 }
 
+// DayReasonUsage is what an account's ledger moved on one UTC day for one
+// reason.
+type DayReasonUsage struct {
+	Day     time.Time
+	Reason  string
+	Spent   int64
+	Granted int64
+}
+
 // ConsoleStore is the storage of the console's reads and of CloseAccount.
 type ConsoleStore interface {
+	// SumConsoleUsage sums the account's ledger since since by UTC day
+	// and reason, in order.
+	SumConsoleUsage(ctx context.Context, accountID uuid.UUID, since time.Time) ([]DayReasonUsage, error)
 	// SearchAccounts returns up to limit accounts with ids after after
 	// that match q (see the query for what matches).
 	SearchAccounts(ctx context.Context, q string, after uuid.UUID, limit int32) ([]ConsoleAccount, error)
@@ -271,6 +283,17 @@ func (c *Console) PlanChanges(ctx context.Context, accountID uuid.UUID, limit in
 		return nil, fmt.Errorf("list plan changes: %w", err)
 	}
 	return pcs, nil
+}
+
+// Usage sums the account's ledger of the last days UTC days (today
+// included) by day and reason.
+func (c *Console) Usage(ctx context.Context, accountID uuid.UUID, now time.Time, days int) ([]DayReasonUsage, time.Time, error) {
+	since := now.UTC().Truncate(24*time.Hour).AddDate(0, 0, -(days - 1))
+	us, err := c.store.SumConsoleUsage(ctx, accountID, since)
+	if err != nil {
+		return nil, since, fmt.Errorf("sum usage: %w", err)
+	}
+	return us, since, nil
 }
 
 // FeedTail reads the latest change-feed events of the account's stream.

@@ -1,8 +1,24 @@
-// userd console: the only script. It refreshes an account's latest
-// change-feed events every 2 seconds from /accounts/{id}/events (JSON),
-// building the list with textContent only, so no value is ever parsed as
-// HTML. The page works without it (the list is rendered on load).
+// userd console: the only script. On an account page it refreshes the
+// latest change-feed events every 2 seconds from /accounts/{id}/events
+// (JSON), building the list with textContent only, so no value is ever
+// parsed as HTML; and it moves the usage chart, which sums the whole
+// window and so is its own page (/accounts/{id}/usage, rendered and
+// escaped by the server), into the account page once loaded. The pages
+// work without it (the list is rendered on load, the usage is a link).
 "use strict";
+(function () {
+  var slot = document.getElementById("usage-slot");
+  if (!slot || !slot.dataset.src) { return; }
+  fetch(slot.dataset.src, { credentials: "same-origin" })
+    .then(function (r) { return r.ok ? r.text() : null; })
+    .then(function (html) {
+      if (!html) { return; }
+      // DOMParser runs no script; the nodes are the server's own markup.
+      var usage = new DOMParser().parseFromString(html, "text/html").getElementById("usage");
+      if (usage) { slot.replaceWith(document.importNode(usage, true)); }
+    })
+    .catch(function () { /* the link stays */ });
+})();
 (function () {
   var list = document.getElementById("events");
   if (!list || !list.dataset.src) { return; }
