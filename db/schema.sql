@@ -71,6 +71,34 @@ $$;
 
 
 --
+-- Name: userd_account_close(uuid); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_account_close(p_account_id uuid, OUT status text, OUT closed_at timestamp with time zone)
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    -- Closes an account: from then on it refuses spends, grants and plan
+    -- changes (as the account of a deleted organization does) and keeps
+    -- its ledger. status: 'applied', 'already_closed' (closed_at is when),
+    -- or 'not_found'. The account's row lock orders it with every write.
+    SELECT a.closed_at INTO closed_at FROM accounts a WHERE a.id = p_account_id FOR UPDATE;
+    IF NOT FOUND THEN
+        status := 'not_found';
+        RETURN;
+    END IF;
+    IF closed_at IS NOT NULL THEN
+        status := 'already_closed';
+        RETURN;
+    END IF;
+    UPDATE accounts a SET closed_at = now(), updated_at = now() WHERE a.id = p_account_id
+    RETURNING a.closed_at INTO closed_at;
+    status := 'applied';
+END
+$$;
+
+
+--
 -- Name: userd_account_deduct_for_action(uuid, uuid, text, text, text); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -2757,6 +2785,42 @@ CREATE TABLE public.idempotency_keys (
 
 
 --
+-- Name: operator_audit; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.operator_audit (
+    id bigint NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    operator text NOT NULL,
+    operator_role text NOT NULL,
+    action text NOT NULL,
+    account_id uuid NOT NULL,
+    details jsonb DEFAULT '{}'::jsonb NOT NULL,
+    idempotency_key text NOT NULL,
+    reason text NOT NULL,
+    before jsonb NOT NULL,
+    after jsonb NOT NULL,
+    CONSTRAINT operator_audit_action_valid CHECK ((action = ANY (ARRAY['grant'::text, 'deduct'::text, 'set_plan'::text, 'close'::text]))),
+    CONSTRAINT operator_audit_operator_not_empty CHECK ((operator <> ''::text)),
+    CONSTRAINT operator_audit_reason_not_empty CHECK ((reason <> ''::text))
+);
+
+
+--
+-- Name: operator_audit_id_seq; Type: SEQUENCE; Schema: public; Owner: -
+--
+
+ALTER TABLE public.operator_audit ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.operator_audit_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+
+--
 -- Name: organizations; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -3035,6 +3099,14 @@ ALTER TABLE ONLY public.idempotency_keys
 
 
 --
+-- Name: operator_audit operator_audit_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.operator_audit
+    ADD CONSTRAINT operator_audit_pkey PRIMARY KEY (id);
+
+
+--
 -- Name: organization_memberships organization_memberships_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -3218,6 +3290,13 @@ CREATE INDEX feed_events_clerk_org_id_order_idx ON public.feed_events USING btre
 
 
 --
+-- Name: operator_audit_account_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX operator_audit_account_idx ON public.operator_audit USING btree (account_id, id);
+
+
+--
 -- Name: organization_memberships_org_user_live_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -3250,6 +3329,13 @@ CREATE INDEX user_events_clerk_user_id_order_idx ON public.feed_events USING btr
 --
 
 CREATE UNIQUE INDEX users_email_live_key ON public.users USING btree (lower(email)) WHERE ((deleted_at IS NULL) AND (email IS NOT NULL));
+
+
+--
+-- Name: users_email_prefix_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX users_email_prefix_idx ON public.users USING btree (lower(email) COLLATE "C") WHERE ((deleted_at IS NULL) AND (email IS NOT NULL));
 
 
 --
@@ -3386,6 +3472,14 @@ ALTER TABLE ONLY public.credit_transactions
 
 ALTER TABLE ONLY public.idempotency_keys
     ADD CONSTRAINT idempotency_keys_account_fkey FOREIGN KEY (user_id) REFERENCES public.accounts(id);
+
+
+--
+-- Name: operator_audit operator_audit_account_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.operator_audit
+    ADD CONSTRAINT operator_audit_account_fkey FOREIGN KEY (account_id) REFERENCES public.accounts(id);
 
 
 --

@@ -120,6 +120,20 @@ type IdempotencyKey struct {
 	CreatedAt      time.Time
 }
 
+type OperatorAudit struct {
+	ID             int64
+	CreatedAt      time.Time
+	Operator       string
+	OperatorRole   string
+	Action         string
+	AccountID      uuid.UUID
+	Details        []byte
+	IdempotencyKey string
+	Reason         string
+	Before         []byte
+	After          []byte
+}
+
 type Organization struct {
 	ID             uuid.UUID
 	ClerkOrgID     string

@@ -32,6 +32,7 @@ import (
 	"github.com/userd/userd/internal/clerkhook"
 	"github.com/userd/userd/internal/config"
 	"github.com/userd/userd/internal/connlimit"
+	"github.com/userd/userd/internal/console"
 	"github.com/userd/userd/internal/database"
 	"github.com/userd/userd/internal/feed"
 	"github.com/userd/userd/internal/gateway"
@@ -102,10 +103,15 @@ type App struct {
 	webhookLn net.Listener
 	hook      *clerkhook.Handler
 	// ops is nil when USERD_OPS_ADDR is "off".
-	ops     *http.Server
-	opsLn   net.Listener
-	metrics *telemetry.Metrics
-	users   *users.Service
+	ops   *http.Server
+	opsLn net.Listener
+	// console and consoleLn are nil unless USERD_CONSOLE_ADDR is set.
+	console   *http.Server
+	consoleLn net.Listener
+	// sessions verifies Clerk session tokens (nil when not configured).
+	sessions *auth.SessionVerifier
+	metrics  *telemetry.Metrics
+	users    *users.Service
 	// migrator is built once: start-up migrates with it, /readyz reads the
 	// schema version through it.
 	migrator *migrate.Migrator
@@ -232,7 +238,7 @@ func New(ctx context.Context, cfg config.Serve, log *slog.Logger) (*App, error) 
 }
 
 func (a *App) closeListeners() {
-	for _, ln := range []net.Listener{a.grpcLn, a.apiLn, a.webhookLn, a.opsLn} {
+	for _, ln := range []net.Listener{a.grpcLn, a.apiLn, a.webhookLn, a.opsLn, a.consoleLn} {
 		if ln != nil {
 			_ = ln.Close()
 		}
@@ -255,8 +261,9 @@ func (a *App) listen() error {
 		{"USERD_HTTP_ADDR", a.cfg.HTTPAddr, &a.apiLn},
 		{"USERD_WEBHOOK_ADDR", a.cfg.WebhookAddr, &a.webhookLn},
 		{"USERD_OPS_ADDR", a.cfg.OpsAddr, &a.opsLn},
+		{"USERD_CONSOLE_ADDR", a.cfg.ConsoleAddr, &a.consoleLn},
 	} {
-		if l.addr == config.Off {
+		if l.addr == config.Off || l.addr == "" {
 			continue
 		}
 		ln, err := net.Listen("tcp", l.addr)
@@ -327,6 +334,11 @@ func (a *App) init(ctx context.Context) error {
 	}
 	if a.opsLn != nil {
 		a.ops = a.newHTTPServer(a.opsRoutes(), opsMaxHeaderBytes)
+	}
+	if a.consoleLn != nil {
+		if err := a.newConsoleServer(); err != nil {
+			return err
+		}
 	}
 	a.background = a.backgroundTasks()
 	return nil
@@ -488,6 +500,33 @@ func (a *App) newWebhookServer() error {
 	return nil
 }
 
+// newConsoleServer builds the operator console (internal/console).
+func (a *App) newConsoleServer() error {
+	if a.sessions == nil {
+		return errors.New("USERD_CONSOLE_ADDR needs CLERK_JWKS_URL or CLERK_JWT_KEY: operators sign in with Clerk session tokens")
+	}
+	srv, err := console.New(console.Config{
+		Verifier: a.sessions, OperatorsOrg: a.cfg.ConsoleOrg, SessionKey: a.cfg.ConsoleSessionKey,
+		SessionTTL: a.cfg.ConsoleSessionTTL, Timeout: a.cfg.RequestTimeout, Log: a.log,
+	}, a.users, users.NewConsole(a.store))
+	if err != nil {
+		return err
+	}
+	a.console = a.newHTTPServer(httpmw.Wrap(srv.Handler(), httpmw.Options{
+		Listener: "console", Log: a.log, Metrics: a.metrics, AccessLog: true,
+	}), apiMaxHeaderBytes)
+	return nil
+}
+
+// ConsoleAddr is the address the console listener is bound to, or nil when
+// it is off.
+func (a *App) ConsoleAddr() net.Addr {
+	if a.consoleLn == nil {
+		return nil
+	}
+	return a.consoleLn.Addr()
+}
+
 // OpsAddr is the address the operations listener is bound to, or nil when
 // it is off.
 func (a *App) OpsAddr() net.Addr {
@@ -505,6 +544,7 @@ func (a *App) authentication(ctx context.Context) (*auth.Authenticator, clerk.Pr
 		return nil, clerk.Profiles{}, err
 	}
 	var sessions *auth.SessionVerifier
+	defer func() { a.sessions = sessions }()
 	scfg := auth.SessionConfig{
 		PEMKey:            a.cfg.JWTKey,
 		JWKSURL:           a.cfg.JWKSURL,

@@ -51,7 +51,7 @@ func (a *App) Run(ctx context.Context) error {
 	// Every listener was bound (New) and the schema migrated (init)
 	// before this point: calls are accepted from now on.
 	a.log.Info("userd ready", "grpc", addrOrOff(a.grpcLn), "rest", addrOrOff(a.apiLn),
-		"webhook", addrOrOff(a.webhookLn), "ops", addrOrOff(a.opsLn), "database", a.databaseName())
+		"webhook", addrOrOff(a.webhookLn), "ops", addrOrOff(a.opsLn), "console", addrOrOff(a.consoleLn), "database", a.databaseName())
 	<-gctx.Done() // ctx ended, or a server failed
 	a.shutdown()
 	return g.Wait()
@@ -80,6 +80,7 @@ func (a *App) serve(g *errgroup.Group) {
 		{"HTTP API", a.api, a.apiLn, ""},
 		{"operations", a.ops, a.opsLn, ""},
 		{"Clerk webhook", a.webhook, a.webhookLn, clerkhook.Path},
+		{"operator console", a.console, a.consoleLn, ""},
 	} {
 		if h.srv == nil {
 			continue
@@ -131,7 +132,7 @@ func (a *App) stopServers() {
 	defer cancel()
 	var wg sync.WaitGroup
 	wg.Go(func() { a.stopGRPC(graceCtx) })
-	for _, srv := range []*http.Server{a.api, a.webhook, a.ops} {
+	for _, srv := range []*http.Server{a.api, a.webhook, a.ops, a.console} {
 		if srv == nil {
 			continue
 		}

@@ -36,6 +36,10 @@ type SessionClaims struct {
 	Email     string `json:"email,omitempty"`
 	FirstName string `json:"first_name,omitempty"`
 	LastName  string `json:"last_name,omitempty"`
+	// OperatorRole is the operator console's role claim ("viewer" or
+	// "support"), present when the instance's session token template adds
+	// it, e.g. "userd_role": "{{user.public_metadata.userd_role}}".
+	OperatorRole string `json:"userd_role,omitempty"`
 
 	// orgClaims are the raw organization and actor claims, read into
 	// Organization and Actor once the token is verified.

@@ -80,6 +80,7 @@ type Serve struct {
 	Feed          `embed:""`
 	Limits        `embed:""`
 	Organizations `embed:""`
+	Console       `embed:""`
 
 	// AccessLogReads samples the access log lines of successful reads
 	// (internal/grpcapi's LoggingInterceptor).
@@ -297,7 +298,44 @@ func (s Serve) Validate() error {
 	if err := s.Organizations.Validate(); err != nil {
 		return err
 	}
+	if err := s.Console.Validate(); err != nil {
+		return err
+	}
+	if s.Console.Enabled() && s.JWKSURL == "" && s.JWTKey == "" {
+		return errors.New("USERD_CONSOLE_ADDR (--console-addr) needs CLERK_JWKS_URL or CLERK_JWT_KEY: operators sign in with Clerk session tokens")
+	}
 	return s.Feed.Validate()
+}
+
+// Console configures the operator console (internal/console).
+type Console struct {
+	ConsoleAddr       string        `name:"console-addr" env:"USERD_CONSOLE_ADDR" default:"off" help:"Operator console listen address (browser pages: search, accounts, audited corrections), or \"off\". Serve it behind TLS: its cookies are Secure."`
+	ConsoleOrg        string        `name:"console-org" env:"USERD_CONSOLE_ORG" help:"Clerk organization id (org_...) whose members are operators when their session is in it: role org:admin or org:support is the console role support, any other role viewer. Empty: only the userd_role claim grants a role."`
+	ConsoleSessionKey string        `name:"console-session-key" env:"USERD_CONSOLE_SESSION_KEY" help:"Secret (at least 32 bytes) that signs console session cookies; the same on every replica. Empty: a random key per process (operators sign in again after a restart or on another replica). Prefer the environment variable."`
+	ConsoleSessionTTL time.Duration `name:"console-session-ttl" env:"USERD_CONSOLE_SESSION_TTL" default:"30m" help:"How long a console sign-in lasts."`
+}
+
+// Enabled reports whether the console is served.
+func (c Console) Enabled() bool { return c.ConsoleAddr != "" && c.ConsoleAddr != Off }
+
+// Validate checks the console settings.
+func (c Console) Validate() error {
+	if !c.Enabled() {
+		return nil
+	}
+	if err := validAddr("USERD_CONSOLE_ADDR (--console-addr)", c.ConsoleAddr); err != nil {
+		return err
+	}
+	if c.ConsoleOrg != "" && !strings.HasPrefix(c.ConsoleOrg, "org_") {
+		return errors.New("USERD_CONSOLE_ORG (--console-org) must be a Clerk organization id (org_...)")
+	}
+	if c.ConsoleSessionKey != "" && len(c.ConsoleSessionKey) < 32 {
+		return errors.New("USERD_CONSOLE_SESSION_KEY (--console-session-key) must be at least 32 bytes")
+	}
+	if c.ConsoleSessionTTL < time.Minute || c.ConsoleSessionTTL > 12*time.Hour {
+		return fmt.Errorf("USERD_CONSOLE_SESSION_TTL (--console-session-ttl) must be between 1m and 12h, got %s", c.ConsoleSessionTTL)
+	}
+	return nil
 }
 
 // Organizations says which Clerk organization permissions userd requires

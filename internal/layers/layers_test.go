@@ -29,6 +29,7 @@ var rules = map[string][]string{
 	mod + "internal/grpcapi":   storage,
 	mod + "internal/gateway":   storage,
 	mod + "internal/clerkhook": storage,
+	mod + "internal/console":   storage,
 	// The consistency token is shared by transports and storage.
 	mod + "internal/consistency": concat(transports, storage),
 	// The lifecycle knows nothing of what it runs.

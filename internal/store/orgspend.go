@@ -12,6 +12,9 @@ import (
 )
 
 func (s *Store) OrgSpend(ctx context.Context, w users.OrgSpendWrite) (users.OrgSpendResult, error) {
+	if err := refuseAudit(ctx, "a member's spend"); err != nil {
+		return users.OrgSpendResult{}, err
+	}
 	row, err := s.q.OrgSpend(ctx, s.db, sqlcdb.OrgSpendParams{
 		ClerkOrgID:         w.ClerkOrgID,
 		MemberClerkUserID:  w.MemberClerkUserID,
@@ -131,8 +134,16 @@ func capWithPeriod(c users.MemberCap) *users.MemberCap {
 	return &c
 }
 
-func (s *Store) OrgChangeCredits(ctx context.Context, w users.OrgCreditWrite) (users.OrgSpendResult, error) {
-	row, err := s.q.OrgChangeCredits(ctx, s.db, sqlcdb.OrgChangeCreditsParams{
+func (s *Store) OrgChangeCredits(ctx context.Context, w users.OrgCreditWrite) (res users.OrgSpendResult, err error) {
+	err = s.audited(ctx, organizationAccount(w.ClerkOrgID), func(db sqlcdb.DBTX) (bool, error) {
+		res, err = s.orgChangeCredits(ctx, db, w)
+		return res.Status == users.WriteApplied, err
+	})
+	return res, err
+}
+
+func (s *Store) orgChangeCredits(ctx context.Context, db sqlcdb.DBTX, w users.OrgCreditWrite) (users.OrgSpendResult, error) {
+	row, err := s.q.OrgChangeCredits(ctx, db, sqlcdb.OrgChangeCreditsParams{
 		ClerkOrgID:       w.ClerkOrgID,
 		ActorClerkUserID: w.ActorClerkUserID,
 		Service:          w.Service,
@@ -215,8 +226,16 @@ func (s *Store) ListAccountCreditTransactions(ctx context.Context, accountID uui
 	return out, nil
 }
 
-func (s *Store) OrgSetPlan(ctx context.Context, w users.OrgPlanWrite) (users.PlanWriteResult, error) {
-	row, err := s.q.OrgSetPlan(ctx, s.db, sqlcdb.OrgSetPlanParams{
+func (s *Store) OrgSetPlan(ctx context.Context, w users.OrgPlanWrite) (res users.PlanWriteResult, err error) {
+	err = s.audited(ctx, organizationAccount(w.ClerkOrgID), func(db sqlcdb.DBTX) (bool, error) {
+		res, err = s.orgSetPlan(ctx, db, w)
+		return res.Status == users.WriteApplied, err
+	})
+	return res, err
+}
+
+func (s *Store) orgSetPlan(ctx context.Context, db sqlcdb.DBTX, w users.OrgPlanWrite) (users.PlanWriteResult, error) {
+	row, err := s.q.OrgSetPlan(ctx, db, sqlcdb.OrgSetPlanParams{
 		ClerkOrgID:     w.ClerkOrgID,
 		Service:        w.Service,
 		Plan:           string(w.Plan),

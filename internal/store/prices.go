@@ -9,6 +9,9 @@ import (
 )
 
 func (s *Store) DeductCreditsForAction(ctx context.Context, d users.ActionDeduction) (users.CreditWriteResult, error) {
+	if err := refuseAudit(ctx, "a deduction by action"); err != nil {
+		return users.CreditWriteResult{}, err
+	}
 	row, err := s.q.DeductCreditsForAction(ctx, s.db, sqlcdb.DeductCreditsForActionParams{
 		ClerkUserID:    d.ClerkUserID,
 		Action:         d.Action,

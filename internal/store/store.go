@@ -145,8 +145,16 @@ func (s *Store) InsertUserWithInitialCredits(ctx context.Context, u users.NewUse
 	}, true, nil
 }
 
-func (s *Store) ChangeCredits(ctx context.Context, w users.CreditWrite) (users.CreditWriteResult, error) {
-	row, err := s.q.ChangeCredits(ctx, s.db, sqlcdb.ChangeCreditsParams{
+func (s *Store) ChangeCredits(ctx context.Context, w users.CreditWrite) (res users.CreditWriteResult, err error) {
+	err = s.audited(ctx, personalAccount(w.ClerkUserID), func(db sqlcdb.DBTX) (bool, error) {
+		res, err = s.changeCredits(ctx, db, w)
+		return res.Status == users.WriteApplied, err
+	})
+	return res, err
+}
+
+func (s *Store) changeCredits(ctx context.Context, db sqlcdb.DBTX, w users.CreditWrite) (users.CreditWriteResult, error) {
+	row, err := s.q.ChangeCredits(ctx, db, sqlcdb.ChangeCreditsParams{
 		ClerkUserID:    w.ClerkUserID,
 		Kind:           string(w.Kind),
 		Delta:          w.Delta,
@@ -165,8 +173,16 @@ func (s *Store) ChangeCredits(ctx context.Context, w users.CreditWrite) (users.C
 	return res, nil
 }
 
-func (s *Store) SetPlan(ctx context.Context, w users.PlanWrite) (users.PlanWriteResult, error) {
-	row, err := s.q.SetPlan(ctx, s.db, sqlcdb.SetPlanParams{
+func (s *Store) SetPlan(ctx context.Context, w users.PlanWrite) (res users.PlanWriteResult, err error) {
+	err = s.audited(ctx, personalAccount(w.ClerkUserID), func(db sqlcdb.DBTX) (bool, error) {
+		res, err = s.setPlan(ctx, db, w)
+		return res.Status == users.WriteApplied, err
+	})
+	return res, err
+}
+
+func (s *Store) setPlan(ctx context.Context, db sqlcdb.DBTX, w users.PlanWrite) (users.PlanWriteResult, error) {
+	row, err := s.q.SetPlan(ctx, db, sqlcdb.SetPlanParams{
 		ClerkUserID:    w.ClerkUserID,
 		Plan:           string(w.Plan),
 		Bonus:          w.BonusCredits,

@@ -366,6 +366,9 @@ func (c CreditChange) validate(kind TxKind) error {
 // and parameters returns the original entry (for an action, at the price
 // charged then).
 func (s *Service) DeductCredits(ctx context.Context, c CreditChange) (CreditResult, error) {
+	if err := checkAudit(ctx); err != nil {
+		return CreditResult{}, err
+	}
 	if c.ClerkOrgID != "" {
 		return s.deductFromOrganization(ctx, c)
 	}
@@ -381,7 +384,15 @@ func (s *Service) DeductCredits(ctx context.Context, c CreditChange) (CreditResu
 // GrantCredits adds c.Amount to the user's balance; otherwise as
 // DeductCredits.
 func (s *Service) GrantCredits(ctx context.Context, c CreditChange) (CreditResult, error) {
+	if err := checkAudit(ctx); err != nil {
+		return CreditResult{}, err
+	}
 	if !c.ExpiresAt.IsZero() {
+		if _, audited := AuditFrom(ctx); audited {
+			// The expiring grant's write path records no audit row: refuse
+			// rather than apply an operator's correction unaudited.
+			return CreditResult{}, apperr.InvalidArgument(apperr.FieldViolation{Field: "expires_at", Description: "is not supported for an audited grant"})
+		}
 		return s.grantExpiring(ctx, c)
 	}
 	if c.ClerkOrgID != "" {
@@ -498,6 +509,9 @@ type SetPlanResult struct {
 // transaction. A retry with the same key and parameters returns the original
 // change.
 func (s *Service) SetPlan(ctx context.Context, in SetPlanInput) (SetPlanResult, error) {
+	if err := checkAudit(ctx); err != nil {
+		return SetPlanResult{}, err
+	}
 	if in.ClerkOrgID != "" {
 		return s.setOrganizationPlan(ctx, in)
 	}

@@ -43,5 +43,6 @@ func Valid() config.Serve {
 			FeedMaxWatches: 4096, FeedMaxWatchesPerUser: 8, FeedMaxWatchesPerService: 256},
 		Limits:        config.DefaultLimits(),
 		Organizations: config.Organizations{OrgManagePermission: "org:credits:manage"},
+		Console:       config.Console{ConsoleAddr: config.Off, ConsoleSessionTTL: 30 * time.Minute},
 	}
 }
