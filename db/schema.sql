@@ -2225,6 +2225,13 @@ CREATE INDEX account_member_cap_changes_account_idx ON public.account_member_cap
 
 
 --
+-- Name: credit_transactions_account_actor_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX credit_transactions_account_actor_idx ON public.credit_transactions USING btree (user_id, actor_user_id, id);
+
+
+--
 -- Name: credit_transactions_initial_once; Type: INDEX; Schema: public; Owner: -
 --
 
