@@ -209,37 +209,42 @@ test-fast: ## The edit-test loop: unit, domain and store tests in about a minute
 ha-test: build ## Failover test on a real pg_auto_failover formation (apt-get install postgresql-15-auto-failover pg-auto-failover-cli).
 	USERD_BIN=$(abspath $(BIN)/userd) $(GO) test -tags hatest -count=1 -v -timeout 15m ./internal/hatest
 
-# `make fleet-test`: a rollout under load (internal/fleettest). The previous
-# release — the last commit before FLEET_FIRST_MIGRATION was added, found
-# in the git history (CI runs in a full clone) — serves a database it
-# migrated; bin/userd starts on it and applies its expand migrations while
-# the old one serves; the old one stops; `userd migrate up` applies the
-# post-deploy migrations while the new one serves; a keyed deduct/grant
-# load and a change-feed consumer run throughout. About two minutes.
-FLEET_FIRST_MIGRATION := db/migrations/00010_accounts.sql
-FLEET_PREVIOUS ?= $(shell c=$$(git log --diff-filter=A --format=%H --reverse -- $(FLEET_FIRST_MIGRATION) 2>/dev/null | head -n1); \
-	[ -z "$$c" ] || git rev-parse --short "$$c^")
-.PHONY: fleet-test
-fleet-test: build ## Roll this release out under load over the previous one (built from git history): expand, both serving, contract.
-	$(if $(FLEET_PREVIOUS),@$(MAKE) --no-print-directory $(BIN)/userd-baseline-$(FLEET_PREVIOUS))
-	USERD_BIN=$(abspath $(BIN)/userd) $(if $(FLEET_PREVIOUS),USERD_FLEET_PREVIOUS=$(FLEET_PREVIOUS) USERD_PREVIOUS_BIN=$(abspath $(BIN)/userd-baseline-$(FLEET_PREVIOUS))) \
-	  $(GO) test -tags fleettest -count=1 -v -timeout 10m ./internal/fleettest
-
-# PREVIOUS_RELEASE is the release this one follows, found in the git
-# history (CI runs in a full clone): the parent of the oldest commit that
-# added a migration numbered RELEASE_FIRST_MIGRATION or above (this
-# release's first), else — while this release has added none — the last
-# release tag, else the first parent of HEAD (as BUF_AGAINST). Computed
-# once per make; PREVIOUS_RELEASE=<commit> overrides it.
-RELEASE_FIRST_MIGRATION := 00020
+# PREVIOUS_RELEASE: the release this one rolls out over (make fleet-test,
+# make bench-migration). It is the parent of the oldest commit that added a
+# migration numbered 00020 or above (this release's first), followed back
+# to the first commit on HEAD's first-parent line (main's, once a branch
+# is merged), so that it is the release a branch forked from rather than a
+# commit of that branch. Found in the git history (CI runs in a full
+# clone); empty when no such migration is in it (a shallow clone, or a
+# release without migrations): set PREVIOUS_RELEASE=<commit> then.
+# Computed once per make; make bench uses it as its BASELINE too. The
+# pipes end in awk reading all its input, not head or exit: under
+# pipefail a writer cut off early would fail the whole command.
+PREVIOUS_RELEASE_FIRST_MIGRATIONS := ':(glob)db/migrations/000[2-9][0-9]_*.sql' ':(glob)db/migrations/00[1-9][0-9][0-9]_*.sql' ':(glob)db/migrations/0[1-9][0-9][0-9][0-9]_*.sql'
 ifeq ($(origin PREVIOUS_RELEASE),undefined)
-PREVIOUS_RELEASE := $(shell \
-	c=$$(git log --diff-filter=A --format='C %H' --name-only --reverse -- db/migrations 2>/dev/null | \
-	  awk -v first=$(RELEASE_FIRST_MIGRATION) '/^C /{c=$$2;next} {n=$$0; sub(/^db\/migrations\//,"",n); sub(/_.*/,"",n)} \
-	    n ~ /^[0-9]+$$/ && n+0 >= first+0 {print c; exit}'); \
-	if [ -n "$$c" ]; then git rev-parse --verify --quiet --short "$$c^"; \
-	else git describe --tags --abbrev=0 2>/dev/null || git rev-parse --verify --quiet --short HEAD^; fi 2>/dev/null)
+PREVIOUS_RELEASE := $(shell x=$$(git log --diff-filter=A --format=%H --reverse -- $(PREVIOUS_RELEASE_FIRST_MIGRATIONS) 2>/dev/null | awk 'NR == 1'); \
+	[ -z "$$x" ] || { git rev-list --first-parent HEAD; echo; git rev-list --first-parent "$$x^"; } | \
+	awk 'NF == 0 { s = 1; next } !s { m[$$0] = 1; next } m[$$0] && !p { print substr($$0, 1, 7); p = 1 }')
 endif
+
+.PHONY: previous-release
+previous-release: ## Print PREVIOUS_RELEASE (the commit make fleet-test rolls out over).
+	@[ -n "$(PREVIOUS_RELEASE)" ] || { echo "no previous release: no migration numbered 00020 or above in the git history (set PREVIOUS_RELEASE=<commit>)" >&2; exit 1; }
+	@echo $(PREVIOUS_RELEASE)
+
+# `make fleet-test`: a rollout under load (internal/fleettest). The previous
+# release (PREVIOUS_RELEASE) serves a database with all its migrations
+# applied; bin/userd starts on it and applies its expand migrations while
+# the old one serves; the old one stops; `userd migrate up` applies the
+# post-deploy migrations (if the release has any) while the new one serves;
+# a keyed deduct/grant load and a change-feed consumer run throughout.
+# About two minutes.
+.PHONY: fleet-test
+fleet-test: build ## Roll this release out under load over PREVIOUS_RELEASE (built from git history): expand, both serving, contract.
+	@[ -n "$(PREVIOUS_RELEASE)" ] || { echo "no previous release: no migration numbered 00020 or above in the git history (set PREVIOUS_RELEASE=<commit>)"; exit 1; }
+	@$(MAKE) --no-print-directory $(BIN)/userd-baseline-$(PREVIOUS_RELEASE)
+	USERD_BIN=$(abspath $(BIN)/userd) USERD_FLEET_PREVIOUS=$(PREVIOUS_RELEASE) USERD_PREVIOUS_BIN=$(abspath $(BIN)/userd-baseline-$(PREVIOUS_RELEASE)) \
+	  $(GO) test -tags fleettest -count=1 -v -timeout 10m ./internal/fleettest
 
 # `make bench` measures the binary of this commit (or tree) and, in the same
 # rounds, the previous release built from BASELINE (PREVIOUS_RELEASE unless
@@ -265,13 +270,13 @@ bench-feed: build ## Measure the change feed: commit-to-consumer latency, the ou
 
 # `make bench-migration`: this release's migrations on a populated database
 # (100,000 users, 1,000,000 ledger rows) while the previous release
-# (FLEET_PREVIOUS, as for make fleet-test) serves a deduct load: how long
+# (PREVIOUS_RELEASE, as for make fleet-test) serves a deduct load: how long
 # each step takes, the load's latencies and errors, the longest lock wait.
 .PHONY: bench-migration
 bench-migration: build ## Time and lock impact of this release's migrations on 100k users / 1M ledger rows under load on the previous release.
-	@[ -n "$(FLEET_PREVIOUS)" ] || { echo "no previous release: $(FLEET_FIRST_MIGRATION) is not in the git history (set FLEET_PREVIOUS=<commit>)"; exit 1; }
-	@$(MAKE) --no-print-directory $(BIN)/userd-baseline-$(FLEET_PREVIOUS)
-	$(GO) run ./cmd/userd-bench migration -userd $(BIN)/userd -previous $(BIN)/userd-baseline-$(FLEET_PREVIOUS) $(ARGS)
+	@[ -n "$(PREVIOUS_RELEASE)" ] || { echo "no previous release: no migration numbered 00020 or above in the git history (set PREVIOUS_RELEASE=<commit>)"; exit 1; }
+	@$(MAKE) --no-print-directory $(BIN)/userd-baseline-$(PREVIOUS_RELEASE)
+	$(GO) run ./cmd/userd-bench migration -userd $(BIN)/userd -previous $(BIN)/userd-baseline-$(PREVIOUS_RELEASE) $(ARGS)
 
 .PHONY: bench-go
 bench-go: ## Go benchmarks of the hot paths (token verification, webhook verification and parsing, the interceptor chain, store operations).

@@ -3262,6 +3262,13 @@ CREATE INDEX credit_grants_transaction_idx ON public.credit_grants USING btree (
 
 
 --
+-- Name: credit_transactions_account_actor_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX credit_transactions_account_actor_idx ON public.credit_transactions USING btree (user_id, actor_user_id, id);
+
+
+--
 -- Name: credit_transactions_initial_once; Type: INDEX; Schema: public; Owner: -
 --
 

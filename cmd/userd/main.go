@@ -213,12 +213,49 @@ var sampleCreatedAt = time.Date(2026, time.January, 1, 0, 0, 0, 0, time.UTC)
 type sendClerkEventCmd struct {
 	URL       string `default:"http://localhost:8081/webhooks/clerk" help:"Webhook endpoint to post to."`
 	Secret    string `name:"clerk-webhook-secret" env:"CLERK_WEBHOOK_SECRET" help:"Signing secret to sign with (the first one when several are configured): the receiving userd's CLERK_WEBHOOK_SECRET."`
-	Type      string `default:"user.created" enum:"user.created,user.updated,user.deleted" help:"Event type: user.created carries the user as created (Clerk updated_at 2026-01-01T00:00:00Z, so once the user was updated it answers stale); user.updated the user as of now."`
-	UserID    string `name:"user-id" default:"user_2demoSampleUser" help:"Clerk user id."`
+	Type      string `default:"user.created" enum:"user.created,user.updated,user.deleted,organization.created,organization.updated,organization.deleted,organizationMembership.created,organizationMembership.updated,organizationMembership.deleted" help:"Event type: a *.created event carries its object as created (Clerk updated_at 2026-01-01T00:00:00Z, so once it was updated it answers stale); *.updated the object as of now."`
+	UserID    string `name:"user-id" default:"user_2demoSampleUser" help:"Clerk user id (of the user, or of the member of organizationMembership.*)."`
 	Email     string `default:"grace@example.com" help:"Primary email (empty for none)."`
 	FirstName string `name:"first-name" default:"Grace" help:"First name."`
 	LastName  string `name:"last-name" default:"Hopper" help:"Last name."`
+	OrgID     string `name:"org-id" default:"org_2demoSampleOrg" help:"Clerk organization id (organization.*, organizationMembership.*)."`
+	OrgName   string `name:"org-name" default:"Analytical Engines" help:"Organization name."`
+	OrgSlug   string `name:"org-slug" default:"analytical-engines" help:"Organization slug (empty for none)."`
+	Role      string `default:"org:member" help:"Member's role (organizationMembership.*)."`
 	MessageID string `name:"message-id" help:"Svix message id (default: a new one; reuse one to see deduplication)."`
+}
+
+// body is the event c describes, as Clerk would send it at now.
+func (c *sendClerkEventCmd) body(now time.Time) []byte {
+	updated := now
+	if strings.HasSuffix(c.Type, ".created") {
+		updated = sampleCreatedAt
+	}
+	org := clerkhook.SampleOrg{ID: c.OrgID, Name: c.OrgName, Slug: c.OrgSlug, CreatedAt: sampleCreatedAt, UpdatedAt: updated}
+	switch {
+	case strings.HasPrefix(c.Type, "organizationMembership."):
+		return clerkhook.SampleMembershipEvent(c.Type, clerkhook.SampleMembership{
+			// One membership per organization and user, as in Clerk.
+			ID:  "orgmem_" + strings.TrimPrefix(c.OrgID, "org_") + "_" + strings.TrimPrefix(c.UserID, "user_"),
+			Org: org, UserID: c.UserID, Role: c.Role, UpdatedAt: updated,
+		})
+	case strings.HasPrefix(c.Type, "organization."):
+		return clerkhook.SampleOrgEvent(c.Type, org)
+	}
+	return clerkhook.SampleEvent(c.Type, clerkhook.SampleUser{
+		ID: c.UserID, Email: c.Email, FirstName: c.FirstName, LastName: c.LastName, UpdatedAt: updated,
+	})
+}
+
+// subject names what the event is about, for the summary line.
+func (c *sendClerkEventCmd) subject() string {
+	switch {
+	case strings.HasPrefix(c.Type, "organizationMembership."):
+		return "organization " + c.OrgID + ", user " + c.UserID
+	case strings.HasPrefix(c.Type, "organization."):
+		return "organization " + c.OrgID
+	}
+	return "user " + c.UserID
 }
 
 func (c *sendClerkEventCmd) Run() error {
@@ -235,13 +272,7 @@ func (c *sendClerkEventCmd) Run() error {
 	if c.MessageID == "" {
 		c.MessageID = fmt.Sprintf("msg_demo_%d", now.UnixNano())
 	}
-	updated := now
-	if c.Type == "user.created" {
-		updated = sampleCreatedAt
-	}
-	body := clerkhook.SampleEvent(c.Type, clerkhook.SampleUser{
-		ID: c.UserID, Email: c.Email, FirstName: c.FirstName, LastName: c.LastName, UpdatedAt: updated,
-	})
+	body := c.body(now)
 	headers, err := clerkhook.SignHeaders(secrets[0], c.MessageID, now, body)
 	if err != nil {
 		return err
@@ -257,7 +288,7 @@ func (c *sendClerkEventCmd) Run() error {
 	}
 	defer resp.Body.Close()
 	answer, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	fmt.Printf("%s %s (svix-id %s, user %s) -> %s %s", c.Type, c.URL, c.MessageID, c.UserID, resp.Status, answer)
+	fmt.Printf("%s %s (svix-id %s, %s) -> %s %s", c.Type, c.URL, c.MessageID, c.subject(), resp.Status, answer)
 	if resp.StatusCode/100 != 2 {
 		return fmt.Errorf("userd answered %s", resp.Status)
 	}

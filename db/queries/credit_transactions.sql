@@ -1,15 +1,5 @@
 -- Queries on the credit ledger.
 
--- ListCreditTransactions pages an account's entries (user_id names the
--- account; a personal account's id is its user's) newest first: pass
--- before_id = 0 for the first page, then the id of the last entry seen.
--- name: ListCreditTransactions :many
-SELECT * FROM credit_transactions
-WHERE user_id = @user_id
-  AND (@before_id::bigint = 0 OR id < @before_id::bigint)
-ORDER BY id DESC
-LIMIT @row_limit;
-
 -- ChangeCredits deducts or grants on a user's personal account in one
 -- round trip (see the function userd_personal_change_credits in db/schema.sql): the
 -- status says what happened. service is the calling service's name (NULL

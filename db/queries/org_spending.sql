@@ -102,18 +102,29 @@ LEFT JOIN account_member_caps c ON c.account_id = a.id AND c.clerk_user_id = @me
 SELECT a.id FROM organizations o JOIN accounts a ON a.organization_id = o.id
 WHERE o.clerk_org_id = @clerk_org_id::text;
 
--- ListAccountCreditTransactions pages an account's entries newest first
--- (before_id = 0 for the first page), only those where the user
--- member_clerk_user_id acted unless it is '', each with its actor's Clerk
--- user id.
+-- ListAccountCreditTransactions pages an account's entries (personal or an
+-- organization's) newest first (before_id = 0 for the first page), each
+-- with its actor's Clerk user id.
 -- name: ListAccountCreditTransactions :many
 SELECT t.id, t.user_id, t.delta, t.balance_after, t.kind, t.reason, t.idempotency_key, t.actor_user_id,
        u.clerk_user_id AS actor_clerk_user_id, t.service, t.created_at
 FROM credit_transactions t
 LEFT JOIN users u ON u.id = t.actor_user_id
 WHERE t.user_id = @account_id::uuid
-  AND (@member_clerk_user_id::text = ''
-       OR t.actor_user_id = (SELECT mu.id FROM users mu WHERE mu.clerk_user_id = @member_clerk_user_id::text))
+  AND (@before_id::bigint = 0 OR t.id < @before_id::bigint)
+ORDER BY t.id DESC
+LIMIT @row_limit::int;
+
+-- ListMemberCreditTransactions is ListAccountCreditTransactions of the
+-- entries where the user member_clerk_user_id acted, read along the index
+-- credit_transactions_account_actor_idx (00026).
+-- name: ListMemberCreditTransactions :many
+SELECT t.id, t.user_id, t.delta, t.balance_after, t.kind, t.reason, t.idempotency_key, t.actor_user_id,
+       u.clerk_user_id AS actor_clerk_user_id, t.service, t.created_at
+FROM credit_transactions t
+LEFT JOIN users u ON u.id = t.actor_user_id
+WHERE t.user_id = @account_id::uuid
+  AND t.actor_user_id = (SELECT mu.id FROM users mu WHERE mu.clerk_user_id = @member_clerk_user_id::text)
   AND (@before_id::bigint = 0 OR t.id < @before_id::bigint)
 ORDER BY t.id DESC
 LIMIT @row_limit::int;

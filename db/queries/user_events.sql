@@ -8,19 +8,27 @@
 -- The first row always exists; its event columns are NULL when there are
 -- no events.
 --
--- sync_lsn is where the server's WAL ended when the snapshot was taken
--- (bytes from 0/0), -1 when synchronous_standby_names is empty: with
--- synchronous replication, the caller hands the page out only once a
--- synchronous standby has flushed that far (SyncStandbyFlushed), so that no
--- event, and no horizon, comes from a transaction a failover could lose
--- (internal/store/feed.go).
+-- page_lsn is a WAL position (bytes from 0/0) at or past the commit of
+-- every transaction the snapshot shows: on the primary, where its WAL ended
+-- when the snapshot was taken; on a hot standby (in_recovery), how far it
+-- had received WAL — received is at or past everything replayed, and the
+-- replay position alone can trail a commit that is already visible.
+-- sync_required says the primary has synchronous_standby_names set: the
+-- caller then hands the page out only once a synchronous standby has
+-- flushed up to page_lsn (SyncStandbyFlushed), so that no event, and no
+-- horizon, comes from a transaction a failover could lose
+-- (internal/store/feed.go). A page read on a standby is checked the same
+-- way, on the primary.
 
 -- name: ReadUserEvents :many
 WITH horizon AS (
     SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon,
            p.order_xid AS pruned_xid, p.id AS pruned_id,
-           CASE WHEN current_setting('synchronous_standby_names') = '' THEN -1::bigint
-                ELSE (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint END AS sync_lsn
+           pg_is_in_recovery() AS in_recovery,
+           coalesce(CASE WHEN pg_is_in_recovery()
+                         THEN greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) - '0/0'::pg_lsn
+                         ELSE pg_current_wal_insert_lsn() - '0/0'::pg_lsn END, 0)::bigint AS page_lsn,
+           (NOT pg_is_in_recovery() AND current_setting('synchronous_standby_names') <> '') AS sync_required
     FROM user_events_pruned p
 ), page AS (
     SELECT ue.* FROM feed_events ue
@@ -29,7 +37,7 @@ WITH horizon AS (
     ORDER BY ue.order_xid, ue.id
     LIMIT @row_limit::int
 )
-SELECT h.horizon, h.pruned_xid, h.pruned_id, h.sync_lsn,
+SELECT h.horizon, h.pruned_xid, h.pruned_id, h.in_recovery, h.page_lsn, h.sync_required,
        e.order_xid, e.id, e.kind, e.user_id, e.clerk_user_id, e.payload, e.created_at,
        e.account_id, e.clerk_org_id, e.actor_clerk_user_id
 FROM horizon h
@@ -40,8 +48,11 @@ ORDER BY e.order_xid, e.id;
 WITH horizon AS (
     SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon,
            p.order_xid AS pruned_xid, p.id AS pruned_id,
-           CASE WHEN current_setting('synchronous_standby_names') = '' THEN -1::bigint
-                ELSE (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint END AS sync_lsn
+           pg_is_in_recovery() AS in_recovery,
+           coalesce(CASE WHEN pg_is_in_recovery()
+                         THEN greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) - '0/0'::pg_lsn
+                         ELSE pg_current_wal_insert_lsn() - '0/0'::pg_lsn END, 0)::bigint AS page_lsn,
+           (NOT pg_is_in_recovery() AND current_setting('synchronous_standby_names') <> '') AS sync_required
     FROM user_events_pruned p
 ), page AS (
     SELECT ue.* FROM feed_events ue
@@ -51,7 +62,7 @@ WITH horizon AS (
     ORDER BY ue.order_xid, ue.id
     LIMIT @row_limit::int
 )
-SELECT h.horizon, h.pruned_xid, h.pruned_id, h.sync_lsn,
+SELECT h.horizon, h.pruned_xid, h.pruned_id, h.in_recovery, h.page_lsn, h.sync_required,
        e.order_xid, e.id, e.kind, e.user_id, e.clerk_user_id, e.payload, e.created_at,
        e.account_id, e.clerk_org_id, e.actor_clerk_user_id
 FROM horizon h
@@ -64,10 +75,11 @@ ORDER BY e.order_xid, e.id;
 SELECT userd_prune_user_events(@before::timestamptz, @row_limit::int)::bigint AS pruned;
 
 -- SyncStandbyFlushed is how far (bytes from 0/0, -1: none) the most advanced
--- synchronous standby has flushed WAL, and how many standbys this role may
+-- synchronous standby has flushed WAL, how many standbys this role may
 -- not see the state of (reading it takes pg_read_all_stats, e.g. through
--- pg_monitor).
+-- pg_monitor), and whether synchronous_standby_names is set.
 -- name: SyncStandbyFlushed :one
-SELECT coalesce(max((flush_lsn - '0/0'::pg_lsn)::bigint) FILTER (WHERE sync_state IN ('sync', 'quorum')), -1)::bigint AS flushed,
+SELECT current_setting('synchronous_standby_names') <> '' AS required,
+       coalesce(max((flush_lsn - '0/0'::pg_lsn)::bigint) FILTER (WHERE sync_state IN ('sync', 'quorum')), -1)::bigint AS flushed,
        count(*) FILTER (WHERE sync_state IS NULL)::bigint AS hidden
 FROM pg_catalog.pg_stat_get_wal_senders();

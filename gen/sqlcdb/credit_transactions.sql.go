@@ -13,6 +13,7 @@ import (
 )
 
 const changeCredits = `-- name: ChangeCredits :one
+
 SELECT status, available, t_id, t_user_id, t_delta, t_balance_after, t_kind, t_reason, t_created_at, t_actor_user_id, t_service FROM userd_personal_change_credits($1::text, $2::text, $3::text,
     $4::bigint, $5::text, $6::text)
 `
@@ -40,6 +41,7 @@ type ChangeCreditsRow struct {
 	TService      *string
 }
 
+// Queries on the credit ledger.
 // ChangeCredits deducts or grants on a user's personal account in one
 // round trip (see the function userd_personal_change_credits in db/schema.sql): the
 // status says what happened. service is the calling service's name (NULL
@@ -123,56 +125,6 @@ func (q *Queries) DeductCreditsForAction(ctx context.Context, db DBTX, arg Deduc
 		&i.TService,
 	)
 	return i, err
-}
-
-const listCreditTransactions = `-- name: ListCreditTransactions :many
-
-SELECT id, user_id, delta, balance_after, kind, reason, idempotency_key, created_at, actor_user_id, service FROM credit_transactions
-WHERE user_id = $1
-  AND ($2::bigint = 0 OR id < $2::bigint)
-ORDER BY id DESC
-LIMIT $3
-`
-
-type ListCreditTransactionsParams struct {
-	UserID   uuid.UUID
-	BeforeID int64
-	RowLimit int32
-}
-
-// Queries on the credit ledger.
-// ListCreditTransactions pages an account's entries (user_id names the
-// account; a personal account's id is its user's) newest first: pass
-// before_id = 0 for the first page, then the id of the last entry seen.
-func (q *Queries) ListCreditTransactions(ctx context.Context, db DBTX, arg ListCreditTransactionsParams) ([]CreditTransaction, error) {
-	rows, err := db.Query(ctx, listCreditTransactions, arg.UserID, arg.BeforeID, arg.RowLimit)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []CreditTransaction{}
-	for rows.Next() {
-		var i CreditTransaction
-		if err := rows.Scan(
-			&i.ID,
-			&i.UserID,
-			&i.Delta,
-			&i.BalanceAfter,
-			&i.Kind,
-			&i.Reason,
-			&i.IdempotencyKey,
-			&i.CreatedAt,
-			&i.ActorUserID,
-			&i.Service,
-		); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
 }
 
 const summarizeUsage = `-- name: SummarizeUsage :many

@@ -99,18 +99,15 @@ SELECT t.id, t.user_id, t.delta, t.balance_after, t.kind, t.reason, t.idempotenc
 FROM credit_transactions t
 LEFT JOIN users u ON u.id = t.actor_user_id
 WHERE t.user_id = $1::uuid
-  AND ($2::text = ''
-       OR t.actor_user_id = (SELECT mu.id FROM users mu WHERE mu.clerk_user_id = $2::text))
-  AND ($3::bigint = 0 OR t.id < $3::bigint)
+  AND ($2::bigint = 0 OR t.id < $2::bigint)
 ORDER BY t.id DESC
-LIMIT $4::int
+LIMIT $3::int
 `
 
 type ListAccountCreditTransactionsParams struct {
-	AccountID         uuid.UUID
-	MemberClerkUserID string
-	BeforeID          int64
-	RowLimit          int32
+	AccountID uuid.UUID
+	BeforeID  int64
+	RowLimit  int32
 }
 
 type ListAccountCreditTransactionsRow struct {
@@ -127,17 +124,11 @@ type ListAccountCreditTransactionsRow struct {
 	CreatedAt        time.Time
 }
 
-// ListAccountCreditTransactions pages an account's entries newest first
-// (before_id = 0 for the first page), only those where the user
-// member_clerk_user_id acted unless it is ”, each with its actor's Clerk
-// user id.
+// ListAccountCreditTransactions pages an account's entries (personal or an
+// organization's) newest first (before_id = 0 for the first page), each
+// with its actor's Clerk user id.
 func (q *Queries) ListAccountCreditTransactions(ctx context.Context, db DBTX, arg ListAccountCreditTransactionsParams) ([]ListAccountCreditTransactionsRow, error) {
-	rows, err := db.Query(ctx, listAccountCreditTransactions,
-		arg.AccountID,
-		arg.MemberClerkUserID,
-		arg.BeforeID,
-		arg.RowLimit,
-	)
+	rows, err := db.Query(ctx, listAccountCreditTransactions, arg.AccountID, arg.BeforeID, arg.RowLimit)
 	if err != nil {
 		return nil, err
 	}
@@ -288,6 +279,79 @@ func (q *Queries) ListMemberCaps(ctx context.Context, db DBTX, arg ListMemberCap
 			&i.UpdatedBy,
 			&i.PeriodStart,
 			&i.Spent,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const listMemberCreditTransactions = `-- name: ListMemberCreditTransactions :many
+SELECT t.id, t.user_id, t.delta, t.balance_after, t.kind, t.reason, t.idempotency_key, t.actor_user_id,
+       u.clerk_user_id AS actor_clerk_user_id, t.service, t.created_at
+FROM credit_transactions t
+LEFT JOIN users u ON u.id = t.actor_user_id
+WHERE t.user_id = $1::uuid
+  AND t.actor_user_id = (SELECT mu.id FROM users mu WHERE mu.clerk_user_id = $2::text)
+  AND ($3::bigint = 0 OR t.id < $3::bigint)
+ORDER BY t.id DESC
+LIMIT $4::int
+`
+
+type ListMemberCreditTransactionsParams struct {
+	AccountID         uuid.UUID
+	MemberClerkUserID string
+	BeforeID          int64
+	RowLimit          int32
+}
+
+type ListMemberCreditTransactionsRow struct {
+	ID               int64
+	UserID           uuid.UUID
+	Delta            int64
+	BalanceAfter     int64
+	Kind             string
+	Reason           string
+	IdempotencyKey   *string
+	ActorUserID      *uuid.UUID
+	ActorClerkUserID *string
+	Service          *string
+	CreatedAt        time.Time
+}
+
+// ListMemberCreditTransactions is ListAccountCreditTransactions of the
+// entries where the user member_clerk_user_id acted, read along the index
+// credit_transactions_account_actor_idx (00026).
+func (q *Queries) ListMemberCreditTransactions(ctx context.Context, db DBTX, arg ListMemberCreditTransactionsParams) ([]ListMemberCreditTransactionsRow, error) {
+	rows, err := db.Query(ctx, listMemberCreditTransactions,
+		arg.AccountID,
+		arg.MemberClerkUserID,
+		arg.BeforeID,
+		arg.RowLimit,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []ListMemberCreditTransactionsRow{}
+	for rows.Next() {
+		var i ListMemberCreditTransactionsRow
+		if err := rows.Scan(
+			&i.ID,
+			&i.UserID,
+			&i.Delta,
+			&i.BalanceAfter,
+			&i.Kind,
+			&i.Reason,
+			&i.IdempotencyKey,
+			&i.ActorUserID,
+			&i.ActorClerkUserID,
+			&i.Service,
+			&i.CreatedAt,
 		); err != nil {
 			return nil, err
 		}

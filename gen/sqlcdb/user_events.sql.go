@@ -35,8 +35,11 @@ const readUserEvents = `-- name: ReadUserEvents :many
 WITH horizon AS (
     SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon,
            p.order_xid AS pruned_xid, p.id AS pruned_id,
-           CASE WHEN current_setting('synchronous_standby_names') = '' THEN -1::bigint
-                ELSE (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint END AS sync_lsn
+           pg_is_in_recovery() AS in_recovery,
+           coalesce(CASE WHEN pg_is_in_recovery()
+                         THEN greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) - '0/0'::pg_lsn
+                         ELSE pg_current_wal_insert_lsn() - '0/0'::pg_lsn END, 0)::bigint AS page_lsn,
+           (NOT pg_is_in_recovery() AND current_setting('synchronous_standby_names') <> '') AS sync_required
     FROM user_events_pruned p
 ), page AS (
     SELECT ue.id, ue.order_xid, ue.kind, ue.user_id, ue.clerk_user_id, ue.payload, ue.created_at, ue.account_id, ue.clerk_org_id, ue.actor_clerk_user_id FROM feed_events ue
@@ -45,7 +48,7 @@ WITH horizon AS (
     ORDER BY ue.order_xid, ue.id
     LIMIT $3::int
 )
-SELECT h.horizon, h.pruned_xid, h.pruned_id, h.sync_lsn,
+SELECT h.horizon, h.pruned_xid, h.pruned_id, h.in_recovery, h.page_lsn, h.sync_required,
        e.order_xid, e.id, e.kind, e.user_id, e.clerk_user_id, e.payload, e.created_at,
        e.account_id, e.clerk_org_id, e.actor_clerk_user_id
 FROM horizon h
@@ -63,7 +66,9 @@ type ReadUserEventsRow struct {
 	Horizon          int64
 	PrunedXid        int64
 	PrunedID         int64
-	SyncLsn          int64
+	InRecovery       bool
+	PageLsn          int64
+	SyncRequired     *bool
 	OrderXid         *int64
 	ID               *int64
 	Kind             *string
@@ -86,12 +91,17 @@ type ReadUserEventsRow struct {
 // The first row always exists; its event columns are NULL when there are
 // no events.
 //
-// sync_lsn is where the server's WAL ended when the snapshot was taken
-// (bytes from 0/0), -1 when synchronous_standby_names is empty: with
-// synchronous replication, the caller hands the page out only once a
-// synchronous standby has flushed that far (SyncStandbyFlushed), so that no
-// event, and no horizon, comes from a transaction a failover could lose
-// (internal/store/feed.go).
+// page_lsn is a WAL position (bytes from 0/0) at or past the commit of
+// every transaction the snapshot shows: on the primary, where its WAL ended
+// when the snapshot was taken; on a hot standby (in_recovery), how far it
+// had received WAL — received is at or past everything replayed, and the
+// replay position alone can trail a commit that is already visible.
+// sync_required says the primary has synchronous_standby_names set: the
+// caller then hands the page out only once a synchronous standby has
+// flushed up to page_lsn (SyncStandbyFlushed), so that no event, and no
+// horizon, comes from a transaction a failover could lose
+// (internal/store/feed.go). A page read on a standby is checked the same
+// way, on the primary.
 func (q *Queries) ReadUserEvents(ctx context.Context, db DBTX, arg ReadUserEventsParams) ([]ReadUserEventsRow, error) {
 	rows, err := db.Query(ctx, readUserEvents, arg.AfterXid, arg.AfterID, arg.RowLimit)
 	if err != nil {
@@ -105,7 +115,9 @@ func (q *Queries) ReadUserEvents(ctx context.Context, db DBTX, arg ReadUserEvent
 			&i.Horizon,
 			&i.PrunedXid,
 			&i.PrunedID,
-			&i.SyncLsn,
+			&i.InRecovery,
+			&i.PageLsn,
+			&i.SyncRequired,
 			&i.OrderXid,
 			&i.ID,
 			&i.Kind,
@@ -131,8 +143,11 @@ const readUserEventsOfUser = `-- name: ReadUserEventsOfUser :many
 WITH horizon AS (
     SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon,
            p.order_xid AS pruned_xid, p.id AS pruned_id,
-           CASE WHEN current_setting('synchronous_standby_names') = '' THEN -1::bigint
-                ELSE (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint END AS sync_lsn
+           pg_is_in_recovery() AS in_recovery,
+           coalesce(CASE WHEN pg_is_in_recovery()
+                         THEN greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) - '0/0'::pg_lsn
+                         ELSE pg_current_wal_insert_lsn() - '0/0'::pg_lsn END, 0)::bigint AS page_lsn,
+           (NOT pg_is_in_recovery() AND current_setting('synchronous_standby_names') <> '') AS sync_required
     FROM user_events_pruned p
 ), page AS (
     SELECT ue.id, ue.order_xid, ue.kind, ue.user_id, ue.clerk_user_id, ue.payload, ue.created_at, ue.account_id, ue.clerk_org_id, ue.actor_clerk_user_id FROM feed_events ue
@@ -142,7 +157,7 @@ WITH horizon AS (
     ORDER BY ue.order_xid, ue.id
     LIMIT $4::int
 )
-SELECT h.horizon, h.pruned_xid, h.pruned_id, h.sync_lsn,
+SELECT h.horizon, h.pruned_xid, h.pruned_id, h.in_recovery, h.page_lsn, h.sync_required,
        e.order_xid, e.id, e.kind, e.user_id, e.clerk_user_id, e.payload, e.created_at,
        e.account_id, e.clerk_org_id, e.actor_clerk_user_id
 FROM horizon h
@@ -161,7 +176,9 @@ type ReadUserEventsOfUserRow struct {
 	Horizon          int64
 	PrunedXid        int64
 	PrunedID         int64
-	SyncLsn          int64
+	InRecovery       bool
+	PageLsn          int64
+	SyncRequired     *bool
 	OrderXid         *int64
 	ID               *int64
 	Kind             *string
@@ -192,7 +209,9 @@ func (q *Queries) ReadUserEventsOfUser(ctx context.Context, db DBTX, arg ReadUse
 			&i.Horizon,
 			&i.PrunedXid,
 			&i.PrunedID,
-			&i.SyncLsn,
+			&i.InRecovery,
+			&i.PageLsn,
+			&i.SyncRequired,
 			&i.OrderXid,
 			&i.ID,
 			&i.Kind,
@@ -215,23 +234,25 @@ func (q *Queries) ReadUserEventsOfUser(ctx context.Context, db DBTX, arg ReadUse
 }
 
 const syncStandbyFlushed = `-- name: SyncStandbyFlushed :one
-SELECT coalesce(max((flush_lsn - '0/0'::pg_lsn)::bigint) FILTER (WHERE sync_state IN ('sync', 'quorum')), -1)::bigint AS flushed,
+SELECT current_setting('synchronous_standby_names') <> '' AS required,
+       coalesce(max((flush_lsn - '0/0'::pg_lsn)::bigint) FILTER (WHERE sync_state IN ('sync', 'quorum')), -1)::bigint AS flushed,
        count(*) FILTER (WHERE sync_state IS NULL)::bigint AS hidden
 FROM pg_catalog.pg_stat_get_wal_senders()
 `
 
 type SyncStandbyFlushedRow struct {
-	Flushed int64
-	Hidden  int64
+	Required bool
+	Flushed  int64
+	Hidden   int64
 }
 
 // SyncStandbyFlushed is how far (bytes from 0/0, -1: none) the most advanced
-// synchronous standby has flushed WAL, and how many standbys this role may
+// synchronous standby has flushed WAL, how many standbys this role may
 // not see the state of (reading it takes pg_read_all_stats, e.g. through
-// pg_monitor).
+// pg_monitor), and whether synchronous_standby_names is set.
 func (q *Queries) SyncStandbyFlushed(ctx context.Context, db DBTX) (SyncStandbyFlushedRow, error) {
 	row := db.QueryRow(ctx, syncStandbyFlushed)
 	var i SyncStandbyFlushedRow
-	err := row.Scan(&i.Flushed, &i.Hidden)
+	err := row.Scan(&i.Required, &i.Flushed, &i.Hidden)
 	return i, err
 }

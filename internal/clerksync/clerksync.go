@@ -164,6 +164,10 @@ type Recorder interface {
 	// ClerkSyncUsers counts n users of a run with the outcome (created,
 	// updated, unchanged, stale, ignored_deleted, deleted, failed).
 	ClerkSyncUsers(outcome string, n int64)
+	// ClerkSyncOrganizations and ClerkSyncMemberships count the
+	// organizations and memberships of a run the same way.
+	ClerkSyncOrganizations(outcome string, n int64)
+	ClerkSyncMemberships(outcome string, n int64)
 }
 
 // Run runs one sync: it lists every Clerk user and applies them, then,
@@ -354,11 +358,12 @@ func (r *run) apply(ctx context.Context, page []clerk.User) error {
 }
 
 // tally counts the users' results, and reports changes and failures.
-func (r *run) tally(results []users.SyncResult) { r.tallyInto(&r.sum.Counts, results, true) }
+func (r *run) tally(results []users.SyncResult) { r.tallyInto(&r.sum.Counts, results) }
 
-// tallyInto counts results into c, and reports changes and failures;
-// record counts them in the users' metrics too.
-func (r *run) tallyInto(c *Counts, results []users.SyncResult, record bool) {
+// tallyInto counts results into c (the run's users, organizations or
+// memberships), reports changes and failures, and counts them in the
+// metrics of c's kind.
+func (r *run) tallyInto(c *Counts, results []users.SyncResult) {
 	var page Counts
 	for _, res := range results {
 		page.add(res.Outcome)
@@ -382,7 +387,7 @@ func (r *run) tallyInto(c *Counts, results []users.SyncResult, record bool) {
 	c.IgnoredDeleted += page.IgnoredDeleted
 	c.Deleted += page.Deleted
 	c.Failed += page.Failed
-	if rec := r.opts.Recorder; rec != nil && record && !r.opts.DryRun {
+	if rec := r.recorderOf(c); rec != nil && !r.opts.DryRun {
 		for _, o := range []struct {
 			name string
 			n    int64
@@ -392,10 +397,25 @@ func (r *run) tallyInto(c *Counts, results []users.SyncResult, record bool) {
 			{"failed", page.Failed},
 		} {
 			if o.n > 0 {
-				rec.ClerkSyncUsers(o.name, o.n)
+				rec(o.name, o.n)
 			}
 		}
 	}
+}
+
+// recorderOf returns the Recorder's method for the counts c, nil without
+// a Recorder.
+func (r *run) recorderOf(c *Counts) func(outcome string, n int64) {
+	rec := r.opts.Recorder
+	switch {
+	case rec == nil:
+		return nil
+	case c == &r.sum.Orgs:
+		return rec.ClerkSyncOrganizations
+	case c == &r.sum.Memberships:
+		return rec.ClerkSyncMemberships
+	}
+	return rec.ClerkSyncUsers
 }
 
 // liveIDsPage is how many Clerk ids one query of live users returns.

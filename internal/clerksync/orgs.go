@@ -137,7 +137,7 @@ func (r *run) syncOrganizations(ctx context.Context) error {
 			return err
 		}
 		r.sum.Orgs.Listed += int64(len(p.orgs))
-		r.tallyInto(&r.sum.Orgs, results, false)
+		r.tallyInto(&r.sum.Orgs, results)
 		for _, o := range p.orgs {
 			if err := r.syncMemberships(ctx, api, domain, o.ID); err != nil {
 				return err
@@ -212,7 +212,7 @@ func (r *run) syncMemberships(ctx context.Context, api OrgClerk, domain OrgDomai
 			return err
 		}
 		r.sum.Memberships.Listed += int64(len(p.ms))
-		r.tallyInto(&r.sum.Memberships, results, false)
+		r.tallyInto(&r.sum.Memberships, results)
 		if len(p.ms) < r.opts.PageSize {
 			break
 		}
@@ -246,7 +246,7 @@ func (r *run) syncMemberships(ctx context.Context, api OrgClerk, domain OrgDomai
 			if err != nil {
 				return err
 			}
-			r.tallyInto(&r.sum.Memberships, results, false)
+			r.tallyInto(&r.sum.Memberships, results)
 			continue
 		}
 		gone = append(gone, m)
@@ -296,7 +296,7 @@ func (r *run) deleteMissingOrgs(ctx context.Context, api OrgClerk, domain OrgDom
 			if err != nil {
 				return err
 			}
-			r.tallyInto(&r.sum.Orgs, results, false)
+			r.tallyInto(&r.sum.Orgs, results)
 			if err := r.syncMemberships(ctx, api, domain, id); err != nil {
 				return err
 			}
@@ -320,7 +320,7 @@ func (r *run) deleteChunks(ctx context.Context, c *Counts, n int, id func(int) s
 			for i := from; i < to; i++ {
 				results = append(results, users.SyncResult{ClerkUserID: id(i), Outcome: users.OutcomeDeleted})
 			}
-			r.tallyInto(c, results, false)
+			r.tallyInto(c, results)
 			continue
 		}
 		results, err := retry(ctx, r, op, func(ctx context.Context) ([]users.SyncResult, error) {
@@ -329,7 +329,7 @@ func (r *run) deleteChunks(ctx context.Context, c *Counts, n int, id func(int) s
 		if err != nil {
 			return err
 		}
-		r.tallyInto(c, results, false)
+		r.tallyInto(c, results)
 	}
 	return nil
 }

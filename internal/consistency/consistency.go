@@ -68,6 +68,15 @@ func AllowStandby(ctx context.Context, min Token) context.Context {
 	return context.WithValue(ctx, policyKey{}, min)
 }
 
+// PrimaryOnly takes back what AllowStandby allowed: the reads of the
+// returned context run on the primary.
+func PrimaryOnly(ctx context.Context) context.Context {
+	if _, ok := StandbyAllowed(ctx); !ok {
+		return ctx
+	}
+	return context.WithValue(ctx, policyKey{}, nil)
+}
+
 // StandbyAllowed reports whether ctx lets its reads run on a standby, and
 // the token the standby must have replayed (zero: none).
 func StandbyAllowed(ctx context.Context) (Token, bool) {

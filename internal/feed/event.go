@@ -121,6 +121,9 @@ type Event struct {
 	Membership *Membership
 	// MemberCap is the cap of member_cap.changed.
 	MemberCap *MemberCapChange
+	// LSN, set by Watch, is a WAL position at or past the commit of the
+	// event (that of the read that found it); 0 when unknown.
+	LSN uint64
 }
 
 // Page is one read of the feed.
@@ -134,4 +137,10 @@ type Page struct {
 	// Pruned is the last position deleted by retention: every event at or
 	// before it is gone.
 	Pruned Position
+	// LSN is a WAL position of the primary at or past the commit of every
+	// transaction the read could see (0: unknown).
+	LSN uint64
+	// Standby says a hot standby served the read: its Horizon may be
+	// older than one the primary has already handed out.
+	Standby bool
 }

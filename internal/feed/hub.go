@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/userd/userd/internal/apperr"
+	"github.com/userd/userd/internal/consistency"
 	"github.com/userd/userd/internal/users"
 )
 
@@ -100,6 +101,8 @@ type Hub struct {
 
 	mu   sync.Mutex
 	head Position
+	// headLSN is the WAL position of the read that moved head.
+	headLSN uint64
 	// all holds the watchers of every user, byUser those of one, byOrg
 	// those of end users by the organizations they are members of.
 	all    map[*watcher]struct{}
@@ -125,6 +128,7 @@ func NewHub(store Store, opts Options) *Hub {
 // Batches are shared by every watcher they concern and never modified.
 type batch struct {
 	to     Position
+	lsn    uint64 // the page's (Page.LSN)
 	events []Event
 }
 
@@ -251,7 +255,7 @@ func (h *Hub) Run(ctx context.Context) {
 		page, err := h.store.ReadUserEvents(ctx, Position{Xid: math.MaxInt64}, "", 1)
 		if err == nil {
 			h.mu.Lock()
-			h.head = Position{Xid: page.Horizon}
+			h.head, h.headLSN = Position{Xid: page.Horizon}, page.LSN
 			h.mu.Unlock()
 			close(h.ready)
 			break
@@ -282,7 +286,7 @@ func (h *Hub) Run(ctx context.Context) {
 			to = maxPosition(to, Position{Xid: page.Horizon})
 		}
 		if h.head.Less(to) {
-			h.publish(&batch{to: to, events: page.Events})
+			h.publish(&batch{to: to, lsn: page.LSN, events: page.Events})
 		}
 		if !full && !wait(h.opts.PollInterval) {
 			return
@@ -295,7 +299,7 @@ func (h *Hub) Run(ctx context.Context) {
 func (h *Hub) publish(b *batch) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.head = b.to
+	h.head, h.headLSN = b.to, max(h.headLSN, b.lsn)
 	if len(b.events) == 0 {
 		return
 	}
@@ -360,11 +364,19 @@ func (h *Hub) join(w *watcher, cursor Position) bool {
 	return true
 }
 
-// joinNow adds w to the fan-out at the head and returns the head.
-func (h *Hub) joinNow(w *watcher) Position {
+// joinNow adds w to the fan-out at the head and returns the head and
+// its LSN.
+func (h *Hub) joinNow(w *watcher) (Position, uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.joinLocked(w)
+	return h.head, h.headLSN
+}
+
+// headNow returns the head.
+func (h *Hub) headNow() Position {
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	return h.head
 }
 
@@ -418,15 +430,16 @@ func (h *Hub) leave(w *watcher) {
 	h.dropLocked(w)
 }
 
-// settled returns the cursor a joined watcher with nothing pending is at:
-// every event up to the head that it wants has passed through its queue.
-func (h *Hub) settled(w *watcher, cursor Position) Position {
+// settled returns the cursor a joined watcher with nothing pending is at
+// (every event up to the head that it wants has passed through its
+// queue), and the LSN of the read that found it.
+func (h *Hub) settled(w *watcher, cursor Position, lsn uint64) (Position, uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if w.joined && len(w.queue) == 0 {
-		return maxPosition(cursor, h.head)
+	if w.joined && len(w.queue) == 0 && !h.head.Less(cursor) {
+		return h.head, max(lsn, h.headLSN)
 	}
-	return cursor
+	return cursor, lsn
 }
 
 // Close ends every watch (with ErrClosing) and refuses new ones. Call it
@@ -464,6 +477,12 @@ type Request struct {
 	Organizations func(ctx context.Context) ([]string, error)
 	// Kinds limits the watch to these kinds, when not empty.
 	Kinds []Kind
+	// Standby lets the watch's catch-up reads (from its cursor, or after
+	// falling behind) be served by a hot standby (internal/standby) that
+	// has replayed Token (the zero Token: any within the lag bound). The
+	// hub's own polls, and everything else, read the primary.
+	Standby bool
+	Token   consistency.Token
 }
 
 func (r Request) validate() error {
@@ -488,11 +507,14 @@ func (r Request) validate() error {
 // Sink receives what a watch sends. Its methods may block: the watch
 // waits, and nothing is queued for it meanwhile.
 type Sink interface {
-	// Event sends one event; its Position is the cursor to resume after.
+	// Event sends one event; its Position is the cursor to resume after,
+	// its LSN a WAL position at or past its commit.
 	Event(Event) error
 	// Heartbeat sends the cursor the watch is at when it has nothing else
-	// to send (at the start, then every Options.Heartbeat).
-	Heartbeat(cursor Position) error
+	// to send (at the start, then every Options.Heartbeat), and a WAL
+	// position at or past the commit of every event before it (0:
+	// unknown).
+	Heartbeat(cursor Position, lsn uint64) error
 }
 
 // ErrClosing ends watches when the hub closes (userd shutting down).
@@ -552,11 +574,14 @@ func (h *Hub) Watch(ctx context.Context, req Request, sink Sink) error {
 	defer h.opts.Observer.FeedWatchers(-1)
 	defer h.leave(w)
 
-	var cursor Position
+	var (
+		cursor Position
+		lsn    uint64 // of the reads the watch has sent events up to cursor from
+	)
 	live := false
 	switch req.Start {
 	case StartNow:
-		cursor = h.joinNow(w)
+		cursor, lsn = h.joinNow(w)
 		live = true
 	case StartAfter:
 		cursor = req.After
@@ -564,6 +589,19 @@ func (h *Hub) Watch(ctx context.Context, req Request, sink Sink) error {
 	// Events older than the retention are gone: a cursor before them has
 	// missed some, but a watch from the oldest starts after them.
 	fromOldest := req.Start == StartOldest
+	// A standby's page is used only when it takes the watch forward. One
+	// whose horizon is below the cursor has not replayed as far as the
+	// watch has been (it would take the cursor for one of another
+	// database): the primary serves that read. A partial one whose
+	// horizon is below the hub's head lets the watch send its events but
+	// not join the fan-out (it would miss the events between): the next
+	// read is the primary's, so that a standby that stays behind never
+	// keeps a watch reading in a loop. Either way every page handed out
+	// has all the final events after the cursor and below its horizon, as
+	// a page of the primary has (the standby's snapshot is one the
+	// primary had: a transaction below its horizon has finished there
+	// too), so nothing is skipped whichever node serves it.
+	primaryNext := false
 	read := func() (Page, error) {
 		// An end user's watch reads every event and keeps the ones it
 		// may see: the events of its organizations, and of its own
@@ -572,9 +610,21 @@ func (h *Hub) Watch(ctx context.Context, req Request, sink Sink) error {
 		if w.orgsOf != nil {
 			of = ""
 		}
-		page, err := h.store.ReadUserEvents(ctx, cursor, of, h.opts.PageLimit)
+		primary := consistency.PrimaryOnly(ctx)
+		rctx := primary
+		if req.Standby && !primaryNext {
+			rctx = consistency.AllowStandby(ctx, req.Token)
+		}
+		primaryNext = false
+		page, err := h.store.ReadUserEvents(rctx, cursor, of, h.opts.PageLimit)
+		if err == nil && page.Standby && cursor.Xid > page.Horizon {
+			page, err = h.store.ReadUserEvents(primary, cursor, of, h.opts.PageLimit)
+		}
 		if err != nil {
 			return Page{}, err
+		}
+		if page.Standby && len(page.Events) < int(h.opts.PageLimit) && (Position{Xid: page.Horizon}).Less(h.headNow()) {
+			primaryNext = true
 		}
 		if cursor.Xid > page.Horizon {
 			// Every cursor of this feed is at or below the horizon, which
@@ -604,7 +654,10 @@ func (h *Hub) Watch(ctx context.Context, req Request, sink Sink) error {
 		}
 		first = &page
 	}
-	if err := sink.Heartbeat(cursor); err != nil {
+	if first != nil {
+		lsn = first.LSN
+	}
+	if err := sink.Heartbeat(cursor, lsn); err != nil {
 		return err
 	}
 	beat := time.NewTicker(h.opts.Heartbeat)
@@ -628,19 +681,20 @@ func (h *Hub) Watch(ctx context.Context, req Request, sink Sink) error {
 					}
 				}
 				if w.wants(ev) {
-					if err := sink.Event(*ev); err != nil {
+					if err := sink.Event(withLSN(ev, page.LSN)); err != nil {
 						return err
 					}
 				}
 				cursor = ev.Position
 			}
+			lsn = max(lsn, page.LSN)
 			if len(page.Events) < int(h.opts.PageLimit) {
 				cursor = maxPosition(cursor, Position{Xid: page.Horizon})
 				live = h.join(w, cursor)
 			}
 			select {
 			case <-beat.C:
-				if err := sink.Heartbeat(cursor); err != nil {
+				if err := sink.Heartbeat(cursor, lsn); err != nil {
 					return err
 				}
 			case <-ctx.Done():
@@ -674,12 +728,13 @@ func (h *Hub) Watch(ctx context.Context, req Request, sink Sink) error {
 					gainedAny = gainedAny || gained
 				}
 				if w.wants(ev) {
-					if err := sink.Event(*ev); err != nil {
+					if err := sink.Event(withLSN(ev, b.lsn)); err != nil {
 						return err
 					}
 				}
 			}
 			cursor = maxPosition(cursor, b.to)
+			lsn = max(lsn, b.lsn)
 			if gainedAny {
 				// Batches published before the watcher knew of its new
 				// organization skipped their events: leave the fan-out
@@ -689,8 +744,8 @@ func (h *Hub) Watch(ctx context.Context, req Request, sink Sink) error {
 				live = false
 			}
 		case <-beat.C:
-			cursor = h.settled(w, cursor)
-			if err := sink.Heartbeat(cursor); err != nil {
+			cursor, lsn = h.settled(w, cursor, lsn)
+			if err := sink.Heartbeat(cursor, lsn); err != nil {
 				return err
 			}
 		case <-ctx.Done():
@@ -699,6 +754,14 @@ func (h *Hub) Watch(ctx context.Context, req Request, sink Sink) error {
 			return ErrClosing
 		}
 	}
+}
+
+// withLSN returns a copy of ev (batches are shared) with the LSN of the
+// read that found it.
+func withLSN(ev *Event, lsn uint64) Event {
+	e := *ev
+	e.LSN = lsn
+	return e
 }
 
 // pruneBatch bounds one deletion of old events.

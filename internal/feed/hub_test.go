@@ -35,8 +35,8 @@ func newChanSink() *chanSink {
 	return &chanSink{events: make(chan feed.Event, 1000), beats: make(chan feed.Position, 1000)}
 }
 
-func (s *chanSink) Event(ev feed.Event) error       { s.events <- ev; return nil }
-func (s *chanSink) Heartbeat(c feed.Position) error { s.beats <- c; return nil }
+func (s *chanSink) Event(ev feed.Event) error                 { s.events <- ev; return nil }
+func (s *chanSink) Heartbeat(c feed.Position, _ uint64) error { s.beats <- c; return nil }
 
 // watch runs h.Watch in the background until the test ends and returns
 // its sink and a channel with its result.
@@ -272,7 +272,7 @@ func (s *blockingSink) count() int {
 	defer s.mu.Unlock()
 	return len(s.events)
 }
-func (s *blockingSink) Heartbeat(feed.Position) error {
+func (s *blockingSink) Heartbeat(feed.Position, uint64) error {
 	s.joinedOnce.Do(func() { close(s.joined) })
 	return nil
 }

@@ -59,7 +59,7 @@ func (r *recorder) Event(ev feed.Event) error {
 	return r.advance(ev.Position)
 }
 
-func (r *recorder) Heartbeat(c feed.Position) error {
+func (r *recorder) Heartbeat(c feed.Position, _ uint64) error {
 	if c.Less(r.last) && r.problem == nil {
 		r.problem = fmt.Errorf("heartbeat cursor %v before %v", c, r.last)
 	}

@@ -6,7 +6,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -41,9 +40,6 @@ const (
 	workers     = 8
 	nUsers      = 20
 	initCredits = 300
-	// firstNewMigration is the release's first migration: the previous
-	// release is the last commit before it was added.
-	firstNewMigration = "db/migrations/00010_accounts.sql"
 )
 
 // The phases of the rollout, in order.
@@ -68,27 +64,20 @@ func repoRoot(t *testing.T) string {
 	return strings.TrimSpace(string(out))
 }
 
-// previousRelease is the last commit before firstNewMigration was added
-// (the parent of the oldest commit adding it), or USERD_FLEET_PREVIOUS.
+// previousRelease is the release this one rolls out over:
+// USERD_FLEET_PREVIOUS (make fleet-test sets it to PREVIOUS_RELEASE), else
+// what the Makefile's PREVIOUS_RELEASE says (one definition, there).
 func previousRelease(t *testing.T, root string) string {
 	t.Helper()
 	if c := os.Getenv("USERD_FLEET_PREVIOUS"); c != "" {
 		return c
 	}
-	if _, err := os.Stat(filepath.Join(root, firstNewMigration)); errors.Is(err, os.ErrNotExist) {
-		t.Skipf("%s does not exist in this tree: no release to roll out", firstNewMigration)
-	}
-	out, err := exec.Command("git", "-C", root, "log", "--diff-filter=A", "--format=%H", "--reverse", "--", firstNewMigration).Output()
+	cmd := exec.Command("make", "--no-print-directory", "-s", "-C", root, "previous-release")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("git log: %v", err)
-	}
-	added, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
-	if added == "" {
-		t.Fatalf("%s is not in the git history of HEAD (uncommitted, or a shallow clone): cannot tell the previous release", firstNewMigration)
-	}
-	out, err = exec.Command("git", "-C", root, "rev-parse", "--short", added+"^").Output()
-	if err != nil {
-		t.Fatalf("git rev-parse %s^: %v", added, err)
+		t.Fatalf("make previous-release: %v: %s", err, stderr.String())
 	}
 	return strings.TrimSpace(string(out))
 }
@@ -393,9 +382,38 @@ func TestRolloutUnderLoad(t *testing.T) {
 	pool := testdb.Connect(t, url)
 	ctx := context.Background()
 
-	// The previous release on a database it migrated itself.
+	// The previous release on a database it migrated itself, its
+	// post-deploy migrations included (`userd migrate up`, as its own
+	// rollout ended): the schema a fleet runs before this release.
 	old := startReplica(t, "previous", prevBin, url)
 	old.waitReady(t)
+	if out, err := migrateUp(prevBin, url); err != nil {
+		t.Fatalf("previous release's userd migrate up: %v\n%s", err, out)
+	}
+	m, err := migrate.New(pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	prevVersion, err := m.SchemaVersion(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// This release's migrations: its expand ones up to its first
+	// post-deploy one (if it has any), which it leaves to the contract.
+	var firstPostDeploy migrate.Migration
+	expand := 0
+	for _, mg := range m.Migrations() {
+		switch {
+		case mg.Version <= prevVersion:
+		case mg.PostDeploy && firstPostDeploy.Version == 0:
+			firstPostDeploy = mg
+		case firstPostDeploy.Version == 0:
+			expand++
+		}
+	}
+	t.Logf("previous release at schema version %d; this release: %d expand migration(s), first post-deploy %q",
+		prevVersion, expand, firstPostDeploy.Name)
 	f := &fleet{}
 	f.set(old)
 	w := &workload{fleet: f, lastOK: map[string]time.Time{}, gaps: map[string]gap{}}
@@ -430,28 +448,19 @@ func TestRolloutUnderLoad(t *testing.T) {
 	ready := logLine(next.p.Logs(), "database schema ready")
 	pending := logLine(next.p.Logs(), "post-deploy migration pending")
 	t.Logf("new binary ready in %s: %v; post-deploy pending: %v", expandTook.Round(time.Millisecond), ready, pending)
-	if ready == nil || ready["applied"] == float64(0) {
-		t.Errorf("the new binary applied no migration at start: %v", ready)
+	if ready == nil || ready["applied"] != float64(expand) {
+		t.Errorf("the new binary applied other than its %d expand migration(s) at start: %v", expand, ready)
 	}
 	// It left its first post-deploy migration (if it has one) to `userd
 	// migrate up`, and said so.
-	m, err := migrate.New(pool)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	var firstPostDeploy migrate.Migration
-	for _, mg := range m.Migrations() {
-		if mg.PostDeploy {
-			firstPostDeploy = mg
-			break
-		}
-	}
 	if cur, err := m.SchemaVersion(ctx); err != nil || cur < m.Required() || (firstPostDeploy.Version != 0 && cur >= firstPostDeploy.Version) {
 		t.Errorf("schema version after the new binary's start: %d (%v); want at least %d and below the post-deploy %d", cur, err, m.Required(), firstPostDeploy.Version)
 	}
 	if firstPostDeploy.Version != 0 && (pending == nil || pending["version"] != float64(firstPostDeploy.Version)) {
 		t.Errorf("the new binary did not log that %s is pending: %v", firstPostDeploy.Name, pending)
+	}
+	if firstPostDeploy.Version == 0 && pending != nil {
+		t.Errorf("the new binary has no post-deploy migration, yet logged one pending: %v", pending)
 	}
 	w.phase.Store(phaseBoth)
 	f.set(old, next)
@@ -467,19 +476,18 @@ func TestRolloutUnderLoad(t *testing.T) {
 	w.progress(t, 100)
 
 	// The contract, with the new binary's `userd migrate up`, while the
-	// new binary serves.
+	// new binary serves: it applies the post-deploy migrations, or, for a
+	// release without any, nothing (the step is still run and checked).
 	w.phase.Store(phaseContract)
 	contractStart := time.Now()
-	mig := exec.Command(nextBin, "migrate", "up")
-	mig.Env = append(os.Environ(), "DATABASE_URL="+url, "USERD_LOG_FORMAT=json")
-	out, err := mig.CombinedOutput()
+	out, err := migrateUp(nextBin, url)
 	contractTook := time.Since(contractStart)
 	if err != nil {
 		t.Fatalf("userd migrate up: %v\n%s", err, out)
 	}
-	t.Logf("userd migrate up in %s: %s", contractTook.Round(time.Millisecond), strings.TrimSpace(string(out)))
-	if pending != nil && strings.Contains(string(out), "applied 0 migration") {
-		t.Errorf("a post-deploy migration was pending, yet userd migrate up applied none: %s", out)
+	t.Logf("userd migrate up in %s: %s", contractTook.Round(time.Millisecond), strings.TrimSpace(out))
+	if none := strings.Contains(out, "applied 0 migration"); none != (firstPostDeploy.Version == 0) {
+		t.Errorf("userd migrate up with post-deploy migration %q pending: %s", firstPostDeploy.Name, out)
 	}
 	w.phase.Store(phaseContracted)
 	w.progress(t, 200)
@@ -527,6 +535,14 @@ func TestRolloutUnderLoad(t *testing.T) {
 	// per user in ledger order.
 	checkFeed(t, pool, c, acks)
 	t.Logf("total %s (expand %s, contract %s)", time.Since(started).Round(100*time.Millisecond), expandTook.Round(time.Millisecond), contractTook.Round(time.Millisecond))
+}
+
+// migrateUp runs bin's `userd migrate up` on the database url.
+func migrateUp(bin, url string) (string, error) {
+	mig := exec.Command(bin, "migrate", "up")
+	mig.Env = append(os.Environ(), "DATABASE_URL="+url, "USERD_LOG_FORMAT=json")
+	out, err := mig.CombinedOutput()
+	return string(out), err
 }
 
 // checkBooks asserts every user's balance equals its ledger sum with each

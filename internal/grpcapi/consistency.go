@@ -34,15 +34,9 @@ var standbyReadable = map[string]bool{
 // the primary serves everything.
 func ConsistencyInterceptor(standbys bool) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		var min consistency.Token
-		if v := metadata.ValueFromIncomingContext(ctx, consistency.Header); len(v) > 0 {
-			t, err := consistency.ParseToken(v[len(v)-1])
-			if err != nil {
-				return nil, apperr.InvalidArgument(apperr.FieldViolation{
-					Field: consistency.Header, Description: "is not a consistency token returned by this API",
-				})
-			}
-			min = t
+		min, err := incomingToken(ctx)
+		if err != nil {
+			return nil, err
 		}
 		if !standbys {
 			return handler(ctx, req)
@@ -56,5 +50,40 @@ func ConsistencyInterceptor(standbys bool) grpc.UnaryServerInterceptor {
 			_ = grpc.SetHeader(ctx, metadata.Pairs(consistency.Header, t.String()))
 		}
 		return resp, err
+	}
+}
+
+// incomingToken reads the call's consistency token (the zero Token if
+// none); one that is not a token is INVALID_ARGUMENT.
+func incomingToken(ctx context.Context) (consistency.Token, error) {
+	v := metadata.ValueFromIncomingContext(ctx, consistency.Header)
+	if len(v) == 0 {
+		return consistency.Token{}, nil
+	}
+	t, err := consistency.ParseToken(v[len(v)-1])
+	if err != nil {
+		return t, apperr.InvalidArgument(apperr.FieldViolation{
+			Field: consistency.Header, Description: "is not a consistency token returned by this API",
+		})
+	}
+	return t, nil
+}
+
+// ConsistencyStreamInterceptor is ConsistencyInterceptor for
+// WatchUserEvents: the token is checked the same way and, with standbys
+// on, the watch's catch-up reads may be served by a standby that has
+// replayed it (the handler moves the permission from the context into
+// the feed.Request, so that nothing else of the watch reads a standby),
+// and its events and heartbeats carry tokens.
+func ConsistencyStreamInterceptor(standbys bool) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		min, err := incomingToken(ss.Context())
+		if err != nil {
+			return err
+		}
+		if !standbys {
+			return handler(srv, ss)
+		}
+		return handler(srv, withContext(ss, consistency.AllowStandby(ss.Context(), min)))
 	}
 }

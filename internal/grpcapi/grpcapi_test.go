@@ -174,6 +174,11 @@ func TestEveryRPC(t *testing.T) {
 		}
 		for _, tx := range page.GetTransactions() {
 			kinds = append(kinds, tx.GetKind())
+			// The service acted for the user on its personal account:
+			// the ledger names it (the initial credits have no actor).
+			if want := "user_rpc"; tx.GetKind() != userdv1.TransactionKind_TRANSACTION_KIND_INITIAL && tx.GetActorClerkUserId() != want {
+				t.Errorf("ledger entry %d (%v): actor_clerk_user_id %q, want %q", tx.GetId(), tx.GetKind(), tx.GetActorClerkUserId(), want)
+			}
 		}
 		if token = page.GetNextPageToken(); token == "" {
 			break

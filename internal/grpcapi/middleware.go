@@ -350,5 +350,6 @@ func (c Chain) StreamInterceptors() []grpc.StreamServerInterceptor {
 		RecoveryStreamInterceptor(c.Log),
 		ErrorStreamInterceptor(c.Log),
 		AuthStreamInterceptor(c.Authn),
+		ConsistencyStreamInterceptor(c.StandbyReads),
 	)
 }

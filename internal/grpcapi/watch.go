@@ -13,6 +13,7 @@ import (
 	userdv1 "github.com/userd/userd/gen/userd/v1"
 	"github.com/userd/userd/internal/apperr"
 	"github.com/userd/userd/internal/auth"
+	"github.com/userd/userd/internal/consistency"
 	"github.com/userd/userd/internal/feed"
 	"github.com/userd/userd/internal/users"
 )
@@ -52,13 +53,20 @@ func (s *Server) WatchUserEvents(req *userdv1.WatchUserEventsRequest, stream use
 	// An end user's stream lasts as long as the session token that opened
 	// it (and the leeway): a revoked session's feed stops within Clerk's
 	// token lifetime (60 s), as its calls do.
-	watchCtx := ctx
+	// Only the catch-up reads may go to a standby (the organizations
+	// of an end user are read on the primary: a stale list would hide
+	// an organization just joined).
+	tokens := false
+	if min, ok := consistency.StandbyAllowed(ctx); ok {
+		r.Standby, r.Token, tokens = true, min, true
+	}
+	watchCtx := consistency.PrimaryOnly(ctx)
 	if !p.Expires.IsZero() {
 		var cancel context.CancelFunc
-		watchCtx, cancel = context.WithDeadline(ctx, p.Expires)
+		watchCtx, cancel = context.WithDeadline(watchCtx, p.Expires)
 		defer cancel()
 	}
-	err = s.feed.Watch(watchCtx, r, watchSink{stream: stream, cursors: s.feed.Cursors()})
+	err = s.feed.Watch(watchCtx, r, watchSink{stream: stream, cursors: s.feed.Cursors(), tokens: tokens})
 	switch {
 	case ctx.Err() != nil:
 		// The caller went away (or its deadline passed): say so, not
@@ -130,10 +138,20 @@ func watchRequest(ctx context.Context, req *userdv1.WatchUserEventsRequest, curs
 	return r, nil
 }
 
-// watchSink sends a watch's output on the stream.
+// watchSink sends a watch's output on the stream; with tokens, each
+// event and heartbeat carries a consistency token.
 type watchSink struct {
 	stream  userdv1.UserService_WatchUserEventsServer
 	cursors *feed.Cursors
+	tokens  bool
+}
+
+// token is the consistency token of a position, "" if unknown or off.
+func (s watchSink) token(lsn uint64) string {
+	if !s.tokens || lsn == 0 {
+		return ""
+	}
+	return consistency.Token{LSN: lsn}.String()
 }
 
 func (s watchSink) Event(ev feed.Event) error {
@@ -141,19 +159,21 @@ func (s watchSink) Event(ev feed.Event) error {
 	if err != nil {
 		return err
 	}
+	out := eventToProto(ev, cursor)
+	out.ConsistencyToken = s.token(ev.LSN)
 	return s.stream.Send(&userdv1.WatchUserEventsResponse{
-		Item: &userdv1.WatchUserEventsResponse_Event{Event: eventToProto(ev, cursor)},
+		Item: &userdv1.WatchUserEventsResponse_Event{Event: out},
 	})
 }
 
-func (s watchSink) Heartbeat(pos feed.Position) error {
+func (s watchSink) Heartbeat(pos feed.Position, lsn uint64) error {
 	cursor, err := s.cursors.Format(s.stream.Context(), pos)
 	if err != nil {
 		return err
 	}
 	return s.stream.Send(&userdv1.WatchUserEventsResponse{
 		Item: &userdv1.WatchUserEventsResponse_Heartbeat{Heartbeat: &userdv1.WatchHeartbeat{
-			Cursor: cursor, Time: timestamppb.Now(),
+			Cursor: cursor, Time: timestamppb.Now(), ConsistencyToken: s.token(lsn),
 		}},
 	})
 }

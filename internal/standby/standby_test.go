@@ -336,6 +336,11 @@ func TestBadTokensAreRefused(t *testing.T) {
 			wantInvalid(t, err)
 			_, err = in.Client.DeductCredits(tctx, &userdv1.DeductCreditsRequest{ClerkUserId: id, Amount: 1, IdempotencyKey: "bad-" + tc.name})
 			wantInvalid(t, err)
+			stream, err := in.Client.WatchUserEvents(tctx, &userdv1.WatchUserEventsRequest{ClerkUserId: id})
+			if err == nil {
+				_, err = stream.Recv()
+			}
+			wantInvalid(t, err)
 			if credits := restGetUserStatus(t, in, id, tc.token); credits != http.StatusBadRequest && tc.token != "" {
 				t.Fatalf("REST read with token %q: %d, want 400", tc.token, credits)
 			}

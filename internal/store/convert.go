@@ -49,22 +49,6 @@ func userOut(r sqlcdb.GetLiveUserByClerkIDRow, err error) (users.User, error) {
 	}, nil
 }
 
-func transactionFrom(r sqlcdb.CreditTransaction) users.Transaction {
-	return users.Transaction{
-		ID:             r.ID,
-		UserID:         r.UserID,
-		AccountID:      r.UserID,
-		Delta:          r.Delta,
-		BalanceAfter:   r.BalanceAfter,
-		Kind:           users.TxKind(r.Kind),
-		Reason:         r.Reason,
-		IdempotencyKey: deref(r.IdempotencyKey),
-		ActorUserID:    deref(r.ActorUserID),
-		Service:        deref(r.Service),
-		CreatedAt:      r.CreatedAt,
-	}
-}
-
 // writtenTransaction is the ledger entry a write function returned in its
 // t_* columns (the entry written, or the original one of a replay), or nil
 // when the id is NULL: it wrote or found none.

@@ -17,19 +17,21 @@ import (
 
 var _ feed.Store = (*Store)(nil)
 
-// ReadUserEvents implements feed.Store.
+// ReadUserEvents implements feed.Store. A context that allows it
+// (consistency.AllowStandby) may have a hot standby serve the read
+// (internal/standby); the page then says so.
 func (s *Store) ReadUserEvents(ctx context.Context, after feed.Position, clerkUserID string, limit int32) (feed.Page, error) {
 	var (
 		rows []sqlcdb.ReadUserEventsRow
 		err  error
 	)
 	if clerkUserID == "" {
-		rows, err = s.q.ReadUserEvents(ctx, s.db, sqlcdb.ReadUserEventsParams{
+		rows, err = s.q.ReadUserEvents(ctx, s.read, sqlcdb.ReadUserEventsParams{
 			AfterXid: after.Xid, AfterID: after.ID, RowLimit: limit,
 		})
 	} else {
 		var ofUser []sqlcdb.ReadUserEventsOfUserRow
-		ofUser, err = s.q.ReadUserEventsOfUser(ctx, s.db, sqlcdb.ReadUserEventsOfUserParams{
+		ofUser, err = s.q.ReadUserEventsOfUser(ctx, s.read, sqlcdb.ReadUserEventsOfUserParams{
 			ClerkUserID: clerkUserID, AfterXid: after.Xid, AfterID: after.ID, RowLimit: limit,
 		})
 		rows = make([]sqlcdb.ReadUserEventsRow, len(ofUser))
@@ -43,14 +45,21 @@ func (s *Store) ReadUserEvents(ctx context.Context, after feed.Position, clerkUs
 	if len(rows) == 0 {
 		return feed.Page{}, fmt.Errorf("read user events: no horizon row")
 	}
-	if lsn := rows[0].SyncLsn; lsn >= 0 {
-		if err := s.waitSyncStandby(ctx, lsn); err != nil {
+	// A page read on the primary waits for a synchronous standby when
+	// the primary has one to wait for; a page read on a standby always
+	// asks the primary, which alone knows (the standby may be an
+	// asynchronous one, ahead of the synchronous standby a failover
+	// would promote).
+	if h := rows[0]; deref(h.SyncRequired) || h.InRecovery {
+		if err := s.waitSyncStandby(ctx, h.PageLsn); err != nil {
 			return feed.Page{}, err
 		}
 	}
 	page := feed.Page{
 		Horizon: rows[0].Horizon,
 		Pruned:  feed.Position{Xid: rows[0].PrunedXid, ID: rows[0].PrunedID},
+		LSN:     uint64(max(rows[0].PageLsn, 0)),
+		Standby: rows[0].InRecovery,
 	}
 	if rows[0].ID == nil {
 		return page, nil
@@ -76,7 +85,8 @@ const (
 )
 
 // waitSyncStandby returns once a synchronous standby has flushed the WAL up
-// to lsn: what a page of the feed read at lsn shows is then on the standby,
+// to lsn (at once when the primary has synchronous_standby_names empty; it
+// always runs on the primary): what a page of the feed read at lsn shows is then on the standby,
 // so a failover to it (pg_auto_failover and Patroni promote only a
 // synchronous standby that is caught up) keeps every event handed out, and
 // its xid sequence continues past every cursor handed out.
@@ -98,7 +108,7 @@ func (s *Store) waitSyncStandby(ctx context.Context, lsn int64) error {
 		if err != nil {
 			return translate(fmt.Errorf("read user events: synchronous standby position: %w", err))
 		}
-		if st.Flushed >= lsn {
+		if !st.Required || st.Flushed >= lsn {
 			return nil
 		}
 		if st.Flushed < 0 && st.Hidden > 0 {

@@ -200,9 +200,24 @@ func (s *Store) OrgAccountID(ctx context.Context, clerkOrgID string) (uuid.UUID,
 }
 
 func (s *Store) ListAccountCreditTransactions(ctx context.Context, accountID uuid.UUID, member string, beforeID int64, limit int32) ([]users.Transaction, error) {
-	rows, err := s.q.ListAccountCreditTransactions(ctx, s.read, sqlcdb.ListAccountCreditTransactionsParams{
-		AccountID: accountID, MemberClerkUserID: member, BeforeID: beforeID, RowLimit: limit,
-	})
+	var (
+		rows []sqlcdb.ListAccountCreditTransactionsRow
+		err  error
+	)
+	if member == "" {
+		rows, err = s.q.ListAccountCreditTransactions(ctx, s.read, sqlcdb.ListAccountCreditTransactionsParams{
+			AccountID: accountID, BeforeID: beforeID, RowLimit: limit,
+		})
+	} else {
+		var of []sqlcdb.ListMemberCreditTransactionsRow
+		of, err = s.q.ListMemberCreditTransactions(ctx, s.read, sqlcdb.ListMemberCreditTransactionsParams{
+			AccountID: accountID, MemberClerkUserID: member, BeforeID: beforeID, RowLimit: limit,
+		})
+		rows = make([]sqlcdb.ListAccountCreditTransactionsRow, len(of))
+		for i, r := range of {
+			rows[i] = sqlcdb.ListAccountCreditTransactionsRow(r)
+		}
+	}
 	if err != nil {
 		return nil, translate(fmt.Errorf("list account credit transactions: %w", err))
 	}

@@ -228,18 +228,11 @@ func (s *Store) setPlan(ctx context.Context, db sqlcdb.DBTX, w users.PlanWrite) 
 	return res, nil
 }
 
+// ListCreditTransactions pages a personal account's ledger: the same read
+// as an organization's, each entry with its actor's Clerk user id (a
+// service acting for the user records the user as actor).
 func (s *Store) ListCreditTransactions(ctx context.Context, userID uuid.UUID, beforeID int64, limit int32) ([]users.Transaction, error) {
-	rows, err := s.q.ListCreditTransactions(ctx, s.read, sqlcdb.ListCreditTransactionsParams{
-		UserID: userID, BeforeID: beforeID, RowLimit: limit,
-	})
-	if err != nil {
-		return nil, translate(fmt.Errorf("list credit transactions: %w", err))
-	}
-	out := make([]users.Transaction, len(rows))
-	for i, r := range rows {
-		out[i] = transactionFrom(r)
-	}
-	return out, nil
+	return s.ListAccountCreditTransactions(ctx, userID, "", beforeID, limit)
 }
 
 func (s *Store) DeleteWebhookEventsBefore(ctx context.Context, before time.Time, limit int32) (int64, error) {

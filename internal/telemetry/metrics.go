@@ -31,6 +31,8 @@ type Metrics struct {
 	usersCreated  *prometheus.CounterVec
 	clerkBatches  prometheus.Histogram
 	syncUsers     *prometheus.CounterVec
+	syncOrgs      *prometheus.CounterVec
+	syncMembers   *prometheus.CounterVec
 	syncRuns      *prometheus.CounterVec
 	syncLastOK    prometheus.Gauge
 	syncDuration  prometheus.Gauge
@@ -89,6 +91,14 @@ func NewMetrics() *Metrics {
 		syncUsers: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "userd_clerk_sync_users_total",
 			Help: "Users of periodic Clerk syncs by outcome (created, updated, unchanged, stale, ignored_deleted, deleted, failed).",
+		}, []string{"outcome"}),
+		syncOrgs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "userd_clerk_sync_organizations_total",
+			Help: "Organizations of periodic Clerk syncs by outcome (created, updated, unchanged, stale, ignored_deleted, deleted, failed).",
+		}, []string{"outcome"}),
+		syncMembers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "userd_clerk_sync_memberships_total",
+			Help: "Organization memberships of periodic Clerk syncs by outcome (created, updated, unchanged, stale, ignored_deleted, deleted, failed).",
 		}, []string{"outcome"}),
 		syncRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "userd_clerk_sync_runs_total",
@@ -151,7 +161,7 @@ func NewMetrics() *Metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.GRPC, m.httpRequests, m.httpDuration, m.webhookEvents, m.webhookReject, m.credits, m.usersCreated, m.clerkBatches,
-		m.syncUsers, m.syncRuns, m.syncLastOK, m.syncDuration,
+		m.syncUsers, m.syncOrgs, m.syncMembers, m.syncRuns, m.syncLastOK, m.syncDuration,
 		m.feedEvents, m.feedWatchers, m.feedBehind, m.feedRejected,
 		m.fdLimit, m.connMax, m.connOpen, m.connEvicted, m.connRejected, m.healthWatches, m.healthRejected,
 	)
@@ -201,6 +211,16 @@ func (m *Metrics) ClerkBatchApplied(events int) {
 // ClerkSyncUsers implements clerksync.Recorder.
 func (m *Metrics) ClerkSyncUsers(outcome string, n int64) {
 	m.syncUsers.WithLabelValues(outcome).Add(float64(n))
+}
+
+// ClerkSyncOrganizations implements clerksync.Recorder.
+func (m *Metrics) ClerkSyncOrganizations(outcome string, n int64) {
+	m.syncOrgs.WithLabelValues(outcome).Add(float64(n))
+}
+
+// ClerkSyncMemberships implements clerksync.Recorder.
+func (m *Metrics) ClerkSyncMemberships(outcome string, n int64) {
+	m.syncMembers.WithLabelValues(outcome).Add(float64(n))
 }
 
 // ClerkSyncRun implements clerksync.RunRecorder.

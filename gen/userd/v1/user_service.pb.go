@@ -2936,6 +2936,11 @@ type UserEvent struct {
 	// Clerk user id of who acted, when a user did: the member who spent
 	// from an organization's account, the admin who set a cap.
 	ActorClerkUserId string `protobuf:"bytes,12,opt,name=actor_clerk_user_id,json=actorClerkUserId,proto3" json:"actor_clerk_user_id,omitempty"`
+	// When userd reads from standbys (USERD_DATABASE_READ_URL): a
+	// consistency token at or past this event's commit. A read sent with it
+	// (metadata userd-consistency-token) shows at least the state the event
+	// reports. Empty otherwise.
+	ConsistencyToken string `protobuf:"bytes,16,opt,name=consistency_token,json=consistencyToken,proto3" json:"consistency_token,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -3090,6 +3095,13 @@ func (x *UserEvent) GetClerkOrganizationId() string {
 func (x *UserEvent) GetActorClerkUserId() string {
 	if x != nil {
 		return x.ActorClerkUserId
+	}
+	return ""
+}
+
+func (x *UserEvent) GetConsistencyToken() string {
+	if x != nil {
+		return x.ConsistencyToken
 	}
 	return ""
 }
@@ -4007,9 +4019,12 @@ type WatchHeartbeat struct {
 	// selects has been sent.
 	Cursor string `protobuf:"bytes,1,opt,name=cursor,proto3" json:"cursor,omitempty"`
 	// When the heartbeat was sent.
-	Time          *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Time *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	// When userd reads from standbys: a consistency token at or past every
+	// change the watch has reported up to this cursor. Empty otherwise.
+	ConsistencyToken string `protobuf:"bytes,3,opt,name=consistency_token,json=consistencyToken,proto3" json:"consistency_token,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *WatchHeartbeat) Reset() {
@@ -4054,6 +4069,13 @@ func (x *WatchHeartbeat) GetTime() *timestamppb.Timestamp {
 		return x.Time
 	}
 	return nil
+}
+
+func (x *WatchHeartbeat) GetConsistencyToken() string {
+	if x != nil {
+		return x.ConsistencyToken
+	}
+	return ""
 }
 
 // ListGrantsRequest names an account: exactly one of the two ids.
@@ -4842,7 +4864,7 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"\x17WatchUserEventsResponse\x12+\n" +
 	"\x05event\x18\x01 \x01(\v2\x13.userd.v1.UserEventH\x00R\x05event\x128\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x18.userd.v1.WatchHeartbeatH\x00R\theartbeatB\x06\n" +
-	"\x04item\"\xe6\x05\n" +
+	"\x04item\"\x93\x06\n" +
 	"\tUserEvent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x16\n" +
 	"\x06cursor\x18\x02 \x01(\tR\x06cursor\x12+\n" +
@@ -4864,7 +4886,8 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"account_id\x18\n" +
 	" \x01(\tR\taccountId\x122\n" +
 	"\x15clerk_organization_id\x18\v \x01(\tR\x13clerkOrganizationId\x12-\n" +
-	"\x13actor_clerk_user_id\x18\f \x01(\tR\x10actorClerkUserIdB\b\n" +
+	"\x13actor_clerk_user_id\x18\f \x01(\tR\x10actorClerkUserId\x12+\n" +
+	"\x11consistency_token\x18\x10 \x01(\tR\x10consistencyTokenB\b\n" +
 	"\x06change\"\xce\x02\n" +
 	"\fOrganization\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x122\n" +
@@ -4941,10 +4964,11 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"\x06reason\x18\x06 \x01(\tR\x06reason\x12'\n" +
 	"\x0fidempotency_key\x18\a \x01(\tR\x0eidempotencyKey\x12;\n" +
 	"\vcreate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"X\n" +
+	"createTime\"\x85\x01\n" +
 	"\x0eWatchHeartbeat\x12\x16\n" +
 	"\x06cursor\x18\x01 \x01(\tR\x06cursor\x12.\n" +
-	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"k\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12+\n" +
+	"\x11consistency_token\x18\x03 \x01(\tR\x10consistencyToken\"k\n" +
 	"\x11ListGrantsRequest\x12\"\n" +
 	"\rclerk_user_id\x18\x01 \x01(\tR\vclerkUserId\x122\n" +
 	"\x15clerk_organization_id\x18\x02 \x01(\tR\x13clerkOrganizationId\"\xda\x02\n" +
