@@ -34,6 +34,9 @@ func (a *App) backgroundTasks() *lifecycle.Group {
 	if a.webhook != nil && a.cfg.WebhookRetention > 0 {
 		g.Add("webhook message id pruning", a.pruner("webhook message ids", a.cfg.WebhookRetention, a.users.ForgetWebhookEvents))
 	}
+	if a.webhook != nil && a.cfg.StripeEventRetention > 0 {
+		g.Add("stripe event id pruning", a.pruner("stripe event ids", a.cfg.StripeEventRetention, a.billing.ForgetEvents))
+	}
 	if p := a.periodicClerkSync(); p != nil {
 		g.Add("periodic Clerk sync", lifecycle.Loop(p.Run))
 	}

@@ -80,6 +80,7 @@ type Serve struct {
 	Feed          `embed:""`
 	Limits        `embed:""`
 	Organizations `embed:""`
+	Stripe        `embed:""`
 
 	// Version is the binary's version (not a setting: cmd/userd sets it),
 	// shown as info.version of the served OpenAPI document.
@@ -287,6 +288,9 @@ func (s Serve) Validate() error {
 		return err
 	}
 	if err := s.Organizations.Validate(); err != nil {
+		return err
+	}
+	if err := s.Stripe.Validate(); err != nil {
 		return err
 	}
 	return s.Feed.Validate()

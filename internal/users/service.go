@@ -325,6 +325,10 @@ type CreditChange struct {
 	// (the transport sets it for end users from USERD_ORG_SPEND_PERMISSION);
 	// "" requires none beyond a live membership.
 	RequiredPermission string
+	// ExpiresAt, when set, makes the grant expire then (see the allowances issue).
+	ExpiresAt time.Time
+	// GrantSource names where a grant came from, e.g. STRIPE_INVOICE, STRIPE_PURCHASE; "" is a plain grant.
+	GrantSource string
 }
 
 func (c CreditChange) validate(kind TxKind) error {

@@ -43,5 +43,7 @@ func Valid() config.Serve {
 			FeedMaxWatches: 4096, FeedMaxWatchesPerUser: 8, FeedMaxWatchesPerService: 256},
 		Limits:        config.DefaultLimits(),
 		Organizations: config.Organizations{OrgManagePermission: "org:credits:manage"},
+		Stripe: config.Stripe{StripeAPIURL: "https://api.stripe.com", StripeAPIRate: 20, StripeMaxRetryTime: time.Minute,
+			StripeTolerance: 5 * time.Minute, StripeEventRetention: 720 * time.Hour},
 	}
 }
