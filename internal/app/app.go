@@ -318,7 +318,7 @@ func (a *App) init(ctx context.Context) error {
 		return err
 	}
 	a.clerkAPI = profiles.API
-	userService := grpcapi.NewServer(a.users, profiles, grpcapi.Options{Feed: a.feed, Orgs: grpcapi.OrgPolicy{
+	userService := grpcapi.NewServer(a.users, profiles, grpcapi.Options{Feed: a.feed, Billing: a.billing, Orgs: grpcapi.OrgPolicy{
 		SpendPermission: a.cfg.OrgSpendPermission, ManagePermission: a.cfg.OrgManagePermission,
 	}}).WithWatchLimits(grpcapi.WatchLimits{
 		Total: a.cfg.FeedMaxWatches, PerUser: a.cfg.FeedMaxWatchesPerUser, PerService: a.cfg.FeedMaxWatchesPerService,

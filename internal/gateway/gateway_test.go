@@ -514,7 +514,9 @@ func TestOpenAPIDocument(t *testing.T) {
 		// Accounts and organizations (issue 20).
 		"GetAccount", "GetOrganizationAccount", "DeductOrganizationCredits", "GrantOrganizationCredits",
 		"ListOrganizationCreditTransactions", "CanAffordOrganization", "SetMemberSpendingCap",
-		"SetOrganizationPlan", "GetOrganizationUsageSummary"}
+		"SetOrganizationPlan", "GetOrganizationUsageSummary",
+		// Stripe billing (issue 22).
+		"EnsureBillingCustomer", "SetStripePrice", "ListStripePrices"}
 	if len(ops) != len(want) {
 		t.Errorf("operations %v, want %v", slices.Sorted(maps.Keys(ops)), want)
 	}

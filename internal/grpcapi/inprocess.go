@@ -124,3 +124,15 @@ func (c chained) GetAccount(ctx context.Context, req *userdv1.GetAccountRequest)
 func (c chained) SetMemberSpendingCap(ctx context.Context, req *userdv1.SetMemberSpendingCapRequest) (*userdv1.SetMemberSpendingCapResponse, error) {
 	return call(c, ctx, userdv1.UserService_SetMemberSpendingCap_FullMethodName, req, c.srv.SetMemberSpendingCap)
 }
+
+func (c chained) EnsureBillingCustomer(ctx context.Context, req *userdv1.EnsureBillingCustomerRequest) (*userdv1.EnsureBillingCustomerResponse, error) {
+	return call(c, ctx, userdv1.UserService_EnsureBillingCustomer_FullMethodName, req, c.srv.EnsureBillingCustomer)
+}
+
+func (c chained) SetStripePrice(ctx context.Context, req *userdv1.SetStripePriceRequest) (*userdv1.SetStripePriceResponse, error) {
+	return call(c, ctx, userdv1.UserService_SetStripePrice_FullMethodName, req, c.srv.SetStripePrice)
+}
+
+func (c chained) ListStripePrices(ctx context.Context, req *userdv1.ListStripePricesRequest) (*userdv1.ListStripePricesResponse, error) {
+	return call(c, ctx, userdv1.UserService_ListStripePrices_FullMethodName, req, c.srv.ListStripePrices)
+}
