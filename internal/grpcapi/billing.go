@@ -98,4 +98,3 @@ func (s *Server) ListStripePrices(ctx context.Context, _ *userdv1.ListStripePric
 	}
 	return out, nil
 }
-
