@@ -157,3 +157,21 @@ func statusSummary(subs []Subscription) string {
 	}
 	return out
 }
+
+// SyncCustomer converges one linked customer's account on its
+// subscriptions as Stripe has them now, under the customer's lock (as a
+// webhook delivery does). dryRun changes nothing. It returns
+// "plan_changed" or "plan_unchanged" and the plan.
+func (s *Service) SyncCustomer(ctx context.Context, customerID string, dryRun bool) (string, users.Plan, error) {
+	var what string
+	var plan users.Plan
+	err := s.store.WithCustomerLock(ctx, customerID, func(ctx context.Context, tx Locked) error {
+		link, err := tx.Customer(ctx)
+		if err != nil {
+			return fmt.Errorf("read stripe customer: %w", err)
+		}
+		what, plan, err = s.syncPlan(ctx, tx, link, dryRun)
+		return err
+	})
+	return what, plan, err
+}

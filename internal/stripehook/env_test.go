@@ -39,6 +39,7 @@ type env struct {
 	users   *users.Service
 	billing *billing.Service
 	fake    *stripetest.Fake
+	api     *stripeapi.Client
 	st      *store.Store
 	srv     *httptest.Server
 	handler *stripehook.Handler
@@ -57,7 +58,7 @@ func newEnv(t testing.TB) *env {
 		t.Fatal(err)
 	}
 	bs := billing.NewService(st.Billing(), api, us, billing.Options{})
-	e := &env{t: t, users: us, billing: bs, fake: fake, st: st}
+	e := &env{t: t, users: us, billing: bs, fake: fake, api: api, st: st}
 	e.mapPrices()
 	e.serve(bs)
 	return e
