@@ -99,4 +99,3 @@ func (s *Service) line(w io.Writer, format string, args ...any) {
 		_, _ = fmt.Fprintf(w, format+"\n", args...)
 	}
 }
-
