@@ -25,7 +25,6 @@ package billing
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"time"
 
@@ -205,15 +204,4 @@ func NewService(store Store, stripe Stripe, accounts Accounts, opts Options) *Se
 // errNoAPI is the error of work that needs Stripe's API without a key.
 func errNoAPI() error {
 	return &apperr.Error{Kind: apperr.KindFailedPrecondition, Message: "no Stripe API key is configured (STRIPE_SECRET_KEY)"}
-}
-
-// storeErr wraps a store error for callers (as the users service does).
-func storeErr(err error, op string) error {
-	if errors.Is(err, context.Canceled) {
-		return apperr.Canceled(err)
-	}
-	if _, ok := apperr.As(err); ok {
-		return fmt.Errorf("%s: %w", op, err)
-	}
-	return fmt.Errorf("%s: %w", op, err)
 }
