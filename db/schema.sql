@@ -2963,6 +2963,112 @@ CREATE TABLE public.prices (
 
 
 --
+-- Name: stripe_customers; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.stripe_customers (
+    customer_id text NOT NULL,
+    account_id uuid NOT NULL,
+    clerk_user_id text,
+    clerk_org_id text,
+    plan_seq bigint DEFAULT 0 NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT stripe_customers_customer_id_valid CHECK ((customer_id ~ '^cus_[A-Za-z0-9]{1,250}$'::text)),
+    CONSTRAINT stripe_customers_one_owner CHECK (((clerk_user_id IS NULL) <> (clerk_org_id IS NULL)))
+);
+
+
+--
+-- Name: stripe_events; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.stripe_events (
+    event_id text NOT NULL,
+    type text NOT NULL,
+    created timestamp with time zone NOT NULL,
+    outcome text NOT NULL,
+    processed_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+
+--
+-- Name: stripe_payments; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.stripe_payments (
+    payment_id text NOT NULL,
+    customer_id text NOT NULL,
+    credits bigint NOT NULL,
+    granted_at timestamp with time zone DEFAULT now() NOT NULL,
+    reversed_at timestamp with time zone
+);
+
+
+--
+-- Name: stripe_price_map; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.stripe_price_map (
+    price_id text NOT NULL,
+    kind text NOT NULL,
+    plan text,
+    credits bigint NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_by text NOT NULL,
+    CONSTRAINT stripe_price_map_credits_valid CHECK (((credits >= 0) AND (credits <= '1000000000000'::bigint))),
+    CONSTRAINT stripe_price_map_kind_valid CHECK ((((kind = 'PLAN'::text) AND (plan = ANY (ARRAY['FREE'::text, 'PRO'::text, 'ENTERPRISE'::text]))) OR ((kind = 'PACK'::text) AND (plan IS NULL)))),
+    CONSTRAINT stripe_price_map_price_id_valid CHECK ((price_id ~ '^(price|plan)_[A-Za-z0-9_]{1,250}$'::text))
+);
+
+
+--
+-- Name: stripe_price_map_changes; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.stripe_price_map_changes (
+    id bigint NOT NULL,
+    price_id text NOT NULL,
+    previous_kind text,
+    previous_plan text,
+    previous_credits bigint,
+    kind text NOT NULL,
+    plan text,
+    credits bigint NOT NULL,
+    changed_by text NOT NULL,
+    changed_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+
+--
+-- Name: stripe_price_map_changes_id_seq; Type: SEQUENCE; Schema: public; Owner: -
+--
+
+ALTER TABLE public.stripe_price_map_changes ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.stripe_price_map_changes_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+
+--
+-- Name: stripe_subscriptions; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.stripe_subscriptions (
+    subscription_id text NOT NULL,
+    customer_id text NOT NULL,
+    status text NOT NULL,
+    price_id text,
+    period_end timestamp with time zone,
+    synced_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+
+--
 -- Name: user_events_id_seq; Type: SEQUENCE; Schema: public; Owner: -
 --
 
@@ -3187,6 +3293,62 @@ ALTER TABLE ONLY public.prices
 
 
 --
+-- Name: stripe_customers stripe_customers_account_id_key; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.stripe_customers
+    ADD CONSTRAINT stripe_customers_account_id_key UNIQUE (account_id);
+
+
+--
+-- Name: stripe_customers stripe_customers_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.stripe_customers
+    ADD CONSTRAINT stripe_customers_pkey PRIMARY KEY (customer_id);
+
+
+--
+-- Name: stripe_events stripe_events_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.stripe_events
+    ADD CONSTRAINT stripe_events_pkey PRIMARY KEY (event_id);
+
+
+--
+-- Name: stripe_payments stripe_payments_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.stripe_payments
+    ADD CONSTRAINT stripe_payments_pkey PRIMARY KEY (payment_id);
+
+
+--
+-- Name: stripe_price_map_changes stripe_price_map_changes_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.stripe_price_map_changes
+    ADD CONSTRAINT stripe_price_map_changes_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: stripe_price_map stripe_price_map_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.stripe_price_map
+    ADD CONSTRAINT stripe_price_map_pkey PRIMARY KEY (price_id);
+
+
+--
+-- Name: stripe_subscriptions stripe_subscriptions_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.stripe_subscriptions
+    ADD CONSTRAINT stripe_subscriptions_pkey PRIMARY KEY (subscription_id);
+
+
+--
 -- Name: feed_events user_events_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -3322,6 +3484,27 @@ CREATE INDEX organization_memberships_user_live_idx ON public.organization_membe
 --
 
 CREATE INDEX price_changes_action_id_idx ON public.price_changes USING btree (action, id);
+
+
+--
+-- Name: stripe_events_processed_at_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX stripe_events_processed_at_idx ON public.stripe_events USING btree (processed_at);
+
+
+--
+-- Name: stripe_price_map_changes_price_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX stripe_price_map_changes_price_id_idx ON public.stripe_price_map_changes USING btree (price_id, id);
+
+
+--
+-- Name: stripe_subscriptions_customer_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX stripe_subscriptions_customer_id_idx ON public.stripe_subscriptions USING btree (customer_id);
 
 
 --

@@ -136,6 +136,7 @@ func TestHeaderLimits(t *testing.T) {
 		}{
 			{"api", ep.HTTP, "GET", "/v1/users/user_victim", 32 << 10},
 			{"webhook", ep.Webhook, "POST", "/webhooks/clerk", 8 << 10},
+			{"stripe webhook", ep.Webhook, "POST", "/webhooks/stripe", 8 << 10},
 			{"ops", ep.Ops, "GET", "/healthz", 8 << 10},
 		} {
 			// net/http reads up to MaxHeaderBytes plus 4 KiB of slack.

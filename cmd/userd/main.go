@@ -4,6 +4,7 @@
 //	userd [serve]              run the service (default)
 //	userd migrate up|down|status
 //	userd sync-clerk           mirror every Clerk user (backfill, reconcile)
+//	userd sync-stripe          converge accounts on their Stripe subscriptions
 //	userd erase-user           erase one user's personal data on request
 //	userd db-url               print the database's URL (for psql)
 //	userd version
@@ -44,8 +45,9 @@ type cli struct {
 	Migrate migrateCmd `cmd:"" help:"Apply, roll back or show database migrations."`
 	Version versionCmd `cmd:"" help:"Print the version and exit."`
 
-	SyncClerk syncClerkCmd `cmd:"" name:"sync-clerk" help:"Mirror every Clerk user into userd (first backfill, or reconcile); --delete-missing also deletes users Clerk no longer has."`
-	EraseUser eraseUserCmd `cmd:"" name:"erase-user" help:"Erase one user's personal data on request and mark it deleted for good; the ledger and plan history stay."`
+	SyncClerk  syncClerkCmd  `cmd:"" name:"sync-clerk" help:"Mirror every Clerk user into userd (first backfill, or reconcile); --delete-missing also deletes users Clerk no longer has."`
+	SyncStripe syncStripeCmd `cmd:"" name:"sync-stripe" help:"Converge every account linked to a Stripe customer on its subscriptions as Stripe has them now (backfill, or repair after downtime)."`
+	EraseUser  eraseUserCmd  `cmd:"" name:"erase-user" help:"Erase one user's personal data on request and mark it deleted for good; the ledger and plan history stay."`
 
 	SendClerkEvent sendClerkEventCmd `cmd:"" name:"send-clerk-event" help:"Post a correctly signed sample Clerk event to a running userd (local demo without Clerk)."`
 	DBURL          dbURLCmd          `cmd:"" name:"db-url" help:"Print the URL of the database userd uses: DATABASE_URL, or the embedded PostgreSQL of the userd running on USERD_DATA_DIR (password included: psql \"$(userd db-url)\")."`

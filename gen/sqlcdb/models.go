@@ -222,6 +222,63 @@ type PriceChange struct {
 	ChangedAt       time.Time
 }
 
+type StripeCustomer struct {
+	CustomerID  string
+	AccountID   uuid.UUID
+	ClerkUserID *string
+	ClerkOrgID  *string
+	PlanSeq     int64
+	CreatedAt   time.Time
+}
+
+type StripeEvent struct {
+	EventID     string
+	Type        string
+	Created     time.Time
+	Outcome     string
+	ProcessedAt time.Time
+}
+
+type StripePayment struct {
+	PaymentID  string
+	CustomerID string
+	Credits    int64
+	GrantedAt  time.Time
+	ReversedAt *time.Time
+}
+
+type StripePriceMap struct {
+	PriceID   string
+	Kind      string
+	Plan      *string
+	Credits   int64
+	CreatedAt time.Time
+	UpdatedAt time.Time
+	UpdatedBy string
+}
+
+type StripePriceMapChange struct {
+	ID              int64
+	PriceID         string
+	PreviousKind    *string
+	PreviousPlan    *string
+	PreviousCredits *int64
+	Kind            string
+	Plan            *string
+	Credits         int64
+	ChangedBy       string
+	ChangedAt       time.Time
+}
+
+type StripeSubscription struct {
+	SubscriptionID string
+	CustomerID     string
+	Status         string
+	PriceID        *string
+	PeriodEnd      *time.Time
+	SyncedAt       time.Time
+}
+
 type User struct {
 	ID             uuid.UUID
 	ClerkUserID    string

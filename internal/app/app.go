@@ -28,6 +28,7 @@ import (
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
 	"github.com/userd/userd/internal/auth"
+	"github.com/userd/userd/internal/billing"
 	"github.com/userd/userd/internal/clerk"
 	"github.com/userd/userd/internal/clerkhook"
 	"github.com/userd/userd/internal/config"
@@ -43,6 +44,8 @@ import (
 	"github.com/userd/userd/internal/pgembed"
 	"github.com/userd/userd/internal/standby"
 	"github.com/userd/userd/internal/store"
+	"github.com/userd/userd/internal/stripeapi"
+	"github.com/userd/userd/internal/stripehook"
 	"github.com/userd/userd/internal/telemetry"
 	"github.com/userd/userd/internal/upstream"
 	"github.com/userd/userd/internal/users"
@@ -102,6 +105,10 @@ type App struct {
 	webhook   *http.Server
 	webhookLn net.Listener
 	hook      *clerkhook.Handler
+	// stripeHook serves POST /webhooks/stripe beside hook.
+	stripeHook *stripehook.Handler
+	// billing applies Stripe's billing to accounts (internal/billing).
+	billing *billing.Service
 	// ops is nil when USERD_OPS_ADDR is "off".
 	ops   *http.Server
 	opsLn net.Listener
@@ -161,6 +168,12 @@ func CheckSettings(cfg config.Serve) error {
 		return err
 	}
 	if _, err := clerkhook.ParseSecrets(cfg.WebhookSecret); err != nil {
+		return err
+	}
+	if _, err := stripehook.ParseSecrets(cfg.StripeWebhookSecrets); err != nil {
+		return err
+	}
+	if _, err := NewStripeAPI(cfg.Stripe); err != nil {
 		return err
 	}
 	_, err := NewClerkAPI(cfg.ClerkAPI)
@@ -294,6 +307,10 @@ func (a *App) init(ctx context.Context) error {
 		OrgInitialCredits:   a.cfg.OrgInitialCredits,
 		Observer:            a.metrics,
 	})
+	var err error
+	if a.billing, err = a.newBilling(); err != nil {
+		return err
+	}
 	a.feed = feed.NewHub(a.store, feed.Options{
 		PollInterval: a.cfg.FeedPollInterval,
 		Heartbeat:    a.cfg.FeedHeartbeat,
@@ -308,7 +325,7 @@ func (a *App) init(ctx context.Context) error {
 		return err
 	}
 	a.clerkAPI = profiles.API
-	userService := grpcapi.NewServer(a.users, profiles, grpcapi.Options{Feed: a.feed, Orgs: grpcapi.OrgPolicy{
+	userService := grpcapi.NewServer(a.users, profiles, grpcapi.Options{Feed: a.feed, Billing: a.billing, Orgs: grpcapi.OrgPolicy{
 		SpendPermission: a.cfg.OrgSpendPermission, ManagePermission: a.cfg.OrgManagePermission,
 	}}).WithWatchLimits(grpcapi.WatchLimits{
 		Total: a.cfg.FeedMaxWatches, PerUser: a.cfg.FeedMaxWatchesPerUser, PerService: a.cfg.FeedMaxWatchesPerService,
@@ -481,7 +498,7 @@ func (a *App) newAPIServer(ctx context.Context, userService *grpcapi.Server,
 	return nil
 }
 
-// newWebhookServer builds the Clerk webhook endpoint.
+// newWebhookServer builds the webhook endpoints: Clerk's and Stripe's.
 func (a *App) newWebhookServer() error {
 	secrets, err := clerkhook.ParseSecrets(a.cfg.WebhookSecret)
 	if err != nil {
@@ -493,8 +510,19 @@ func (a *App) newWebhookServer() error {
 	if err != nil {
 		return err
 	}
-	// The handler logs each delivery itself, with its svix id.
-	a.webhook = a.newHTTPServer(provenBy2xx(httpmw.Wrap(a.hook.Routes(), httpmw.Options{
+	stripeSecrets, err := stripehook.ParseSecrets(a.cfg.StripeWebhookSecrets)
+	if err != nil {
+		return err
+	}
+	a.stripeHook = stripehook.New(stripehook.Config{
+		Secrets: stripeSecrets, Tolerance: a.cfg.StripeTolerance, Timeout: a.cfg.RequestTimeout,
+		Recorder: telemetry.NewStripeMetrics(a.metrics),
+	}, a.billing, a.log)
+	routes := http.NewServeMux()
+	routes.Handle("POST "+clerkhook.Path, a.hook)
+	routes.Handle("POST "+stripehook.Path, a.stripeHook)
+	// The handlers log each delivery themselves, with its id.
+	a.webhook = a.newHTTPServer(provenBy2xx(httpmw.Wrap(routes, httpmw.Options{
 		Listener: "webhook", Log: a.log, Metrics: a.metrics,
 	})), webhookMaxHeaderBytes)
 	return nil
@@ -651,4 +679,32 @@ func migrateUp(ctx context.Context, m *migrate.Migrator, log *slog.Logger) error
 			"migrations are expand/contract, so this binary serves on it", "version", cur, "binary_version", latest)
 	}
 	return nil
+}
+
+// NewStripeAPI builds the Stripe API client the settings describe, or nil
+// without STRIPE_SECRET_KEY.
+func NewStripeAPI(c config.Stripe) (*stripeapi.Client, error) {
+	if c.StripeSecretKey == "" {
+		return nil, nil
+	}
+	return stripeapi.New(stripeapi.Config{
+		SecretKey: c.StripeSecretKey, URL: c.StripeAPIURL, Rate: c.StripeAPIRate,
+		Retry: upstream.Policy{MaxElapsed: c.StripeMaxRetryTime},
+	})
+}
+
+// newBilling builds the billing domain over the store, the users service
+// and Stripe's API.
+func (a *App) newBilling() (*billing.Service, error) {
+	api, err := NewStripeAPI(a.cfg.Stripe)
+	if err != nil {
+		return nil, err
+	}
+	var s billing.Stripe
+	if api != nil {
+		s = api
+	} else {
+		a.log.Info("Stripe API calls are off: set STRIPE_SECRET_KEY to apply subscriptions and create customers")
+	}
+	return billing.NewService(a.store.Billing(), s, a.users, billing.Options{Log: a.log}), nil
 }

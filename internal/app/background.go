@@ -37,6 +37,9 @@ func (a *App) backgroundTasks() *lifecycle.Group {
 	if a.cfg.AllowanceInterval > 0 {
 		g.Add("grant expiry and allowance refills", a.allowanceJob(a.cfg.AllowanceInterval))
 	}
+	if a.webhook != nil && a.cfg.StripeEventRetention > 0 {
+		g.Add("stripe event id pruning", a.pruner("stripe event ids", a.cfg.StripeEventRetention, a.billing.ForgetEvents))
+	}
 	if p := a.periodicClerkSync(); p != nil {
 		g.Add("periodic Clerk sync", lifecycle.Loop(p.Run))
 	}

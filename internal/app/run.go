@@ -15,6 +15,7 @@ import (
 	"github.com/userd/userd/internal/clerkhook"
 	"github.com/userd/userd/internal/config"
 	"github.com/userd/userd/internal/database"
+	"github.com/userd/userd/internal/stripehook"
 )
 
 // stopBound bounds each wait of the shutdown past the grace period: for
@@ -79,7 +80,7 @@ func (a *App) serve(g *errgroup.Group) {
 	}{
 		{"HTTP API", a.api, a.apiLn, ""},
 		{"operations", a.ops, a.opsLn, ""},
-		{"Clerk webhook", a.webhook, a.webhookLn, clerkhook.Path},
+		{"webhooks", a.webhook, a.webhookLn, clerkhook.Path + " " + stripehook.Path},
 		{"operator console", a.console, a.consoleLn, ""},
 	} {
 		if h.srv == nil {
@@ -107,6 +108,9 @@ func (a *App) shutdown() {
 	// from the last cursor) so that the graceful stop need not wait.
 	a.feed.Close()
 	a.stopServers()
+	if a.stripeHook != nil {
+		a.stripeHook.Close()
+	}
 	if a.hook != nil {
 		a.hook.Close()
 	}

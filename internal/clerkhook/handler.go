@@ -13,23 +13,20 @@ package clerkhook
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	svix "github.com/svix/svix-webhooks/go"
-	"golang.org/x/time/rate"
 
 	"github.com/userd/userd/internal/apperr"
 	"github.com/userd/userd/internal/httpmw"
 	"github.com/userd/userd/internal/users"
+	"github.com/userd/userd/internal/webhookhttp"
 )
 
 // Path is where Clerk posts.
@@ -84,7 +81,7 @@ type Handler struct {
 	cfg        Config
 	domain     Domain
 	log        *slog.Logger
-	rejections *rejectionLog
+	rejections *webhookhttp.RejectionLog
 	now        func() time.Time
 }
 
@@ -147,7 +144,7 @@ func New(cfg Config, domain Domain, log *slog.Logger) (*Handler, error) {
 
 // Close logs the summary of rejections not logged yet, instead of leaving
 // it to a timer. Call it once the listener has stopped.
-func (h *Handler) Close() { h.rejections.summarize() }
+func (h *Handler) Close() { h.rejections.Summarize() }
 
 // Routes returns the webhook listener's mux: POST /webhooks/clerk and
 // nothing else (other methods 405, other paths 404).
@@ -158,19 +155,16 @@ func (h *Handler) Routes() http.Handler {
 }
 
 // rejection is a delivery refused before any database work.
-type rejection struct {
-	status int
-	reason string
-}
+type rejection = webhookhttp.Rejection
 
 var (
-	rejectNoSecret     = rejection{http.StatusServiceUnavailable, "secret_not_configured"}
-	rejectTooLarge     = rejection{http.StatusRequestEntityTooLarge, "body_too_large"}
-	rejectNoHeaders    = rejection{http.StatusBadRequest, "missing_headers"}
-	rejectBadTimestamp = rejection{http.StatusBadRequest, "malformed_timestamp"}
-	rejectBadSignature = rejection{http.StatusUnauthorized, "bad_signature"}
-	rejectOutOfWindow  = rejection{http.StatusBadRequest, "timestamp_out_of_tolerance"}
-	rejectUnreadable   = rejection{http.StatusBadRequest, "unreadable_body"}
+	rejectNoSecret     = rejection{Status: http.StatusServiceUnavailable, Reason: "secret_not_configured"}
+	rejectTooLarge     = rejection{Status: http.StatusRequestEntityTooLarge, Reason: "body_too_large"}
+	rejectNoHeaders    = rejection{Status: http.StatusBadRequest, Reason: "missing_headers"}
+	rejectBadTimestamp = rejection{Status: http.StatusBadRequest, Reason: "malformed_timestamp"}
+	rejectBadSignature = rejection{Status: http.StatusUnauthorized, Reason: "bad_signature"}
+	rejectOutOfWindow  = rejection{Status: http.StatusBadRequest, Reason: "timestamp_out_of_tolerance"}
+	rejectUnreadable   = rejection{Status: http.StatusBadRequest, Reason: "unreadable_body"}
 )
 
 // ServeHTTP verifies, parses and applies one delivery.
@@ -179,9 +173,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	msgID, _, _ := deliveryHeaders(r.Header)
 	body, rej, ok := h.verify(w, r)
 	if !ok {
-		h.cfg.Recorder.WebhookRejected(rej.reason)
-		h.rejections.write(rej, msgID, r.RemoteAddr)
-		writeJSON(w, rej.status, map[string]string{"error": rej.reason})
+		h.cfg.Recorder.WebhookRejected(rej.Reason)
+		h.rejections.Write(rej, msgID, r.RemoteAddr)
+		writeJSON(w, rej.Status, map[string]string{"error": rej.Reason})
 		return
 	}
 	ev, err := parseEvent(body)
@@ -267,74 +261,19 @@ func (h *Handler) verify(w http.ResponseWriter, r *http.Request) ([]byte, reject
 	return body, rejection{}, true
 }
 
-// Rejection logging: anyone can send deliveries, so a flood of forged ones
-// must not become a flood of log lines. The first rejectionLogBurst are
-// logged, then one every rejectionLogEvery; the others are counted and
-// summed up in one line at most every rejectionSummaryEvery. Metrics count
-// every one. Under a sustained flood that is 11 lines a minute.
+// The rejection log and its bounds are webhookhttp's, shared with the
+// Stripe endpoint.
 const (
-	rejectionLogBurst     = 10
-	rejectionLogEvery     = 6 * time.Second
-	rejectionSummaryEvery = time.Minute
+	rejectionLogBurst     = webhookhttp.LogBurst
+	rejectionSummaryEvery = webhookhttp.SummaryEvery
 )
 
-type rejectionLog struct {
-	log     *slog.Logger
-	limiter *rate.Limiter
-	every   time.Duration
-
-	mu sync.Mutex
-	// unlogged counts rejections by reason since the last summary; nil
-	// when none is due, else summary is the timer that will log it.
-	unlogged map[string]int
-	summary  *time.Timer
-}
-
-func newRejectionLog(log *slog.Logger, summaryEvery time.Duration) *rejectionLog {
-	return &rejectionLog{log: log, limiter: rate.NewLimiter(rate.Every(rejectionLogEvery), rejectionLogBurst), every: summaryEvery}
-}
-
-// write logs one rejection, or counts it for the next summary.
-func (l *rejectionLog) write(rej rejection, msgID, remote string) {
-	if l.limiter.Allow() {
-		// Never the body or the signature.
-		l.log.Warn("webhook rejected", "reason", rej.reason, "status", rej.status, "svix_id", logSafe(msgID), "remote", remote)
-		return
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.unlogged == nil {
-		l.unlogged = map[string]int{}
-		l.summary = time.AfterFunc(l.every, l.summarize)
-	}
-	l.unlogged[rej.reason]++
-}
-
-// summarize logs how many rejections, by reason, were not logged, if any.
-func (l *rejectionLog) summarize() {
-	l.mu.Lock()
-	counts := l.unlogged
-	l.unlogged = nil
-	if l.summary != nil {
-		l.summary.Stop()
-		l.summary = nil
-	}
-	l.mu.Unlock()
-	if counts == nil {
-		return
-	}
-	total := 0
-	reasons := make([]any, 0, len(counts))
-	for reason, n := range counts {
-		total += n
-		reasons = append(reasons, slog.Int(reason, n))
-	}
-	l.log.Warn("webhook rejections not logged (rate limited); userd_webhook_rejected_total counts them all",
-		"count", total, "interval", l.every.String(), slog.Group("by_reason", reasons...))
+func newRejectionLog(log *slog.Logger, summaryEvery time.Duration) *webhookhttp.RejectionLog {
+	return webhookhttp.NewRejectionLog(log, summaryEvery, "svix_id")
 }
 
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	return io.ReadAll(http.MaxBytesReader(w, r.Body, httpmw.MaxBodyBytes))
+	return webhookhttp.ReadBody(w, r)
 }
 
 // fail answers a delivery the domain could not apply: 400 for events that
@@ -370,16 +309,4 @@ func deliveryHeaders(h http.Header) (id, ts, sig string) {
 	return h.Get("webhook-id"), h.Get("webhook-timestamp"), h.Get("webhook-signature")
 }
 
-// logSafe cuts an unverified header value to a loggable size.
-func logSafe(s string) string {
-	if len(s) > 64 {
-		s = s[:64] + "..."
-	}
-	return strconv.Quote(s)
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
-}
+func writeJSON(w http.ResponseWriter, status int, v any) { webhookhttp.WriteJSON(w, status, v) }

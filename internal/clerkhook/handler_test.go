@@ -400,7 +400,7 @@ func TestRejections(t *testing.T) {
 		}
 	})
 	t.Run("OtherPath", func(t *testing.T) {
-		req := good().request(t, strings.TrimSuffix(in.WebhookURL, "/clerk")+"/stripe")
+		req := good().request(t, strings.TrimSuffix(in.WebhookURL, "/clerk")+"/other")
 		if code, _ := send(t, req); code != http.StatusNotFound {
 			t.Errorf("other path: %d, want 404", code)
 		}

@@ -33,7 +33,7 @@ func TestRejectionSummary(t *testing.T) {
 	t.Parallel()
 	buf := &syncBuffer{}
 	l := newRejectionLog(slog.New(slog.NewJSONHandler(buf, nil)), 100*time.Millisecond)
-	l.limiter.SetLimit(0) // the burst only, however slow the machine
+	l.SetLimit(0) // the burst only, however slow the machine
 	waitLines := func(n int) []string {
 		deadline := time.Now().Add(10 * time.Second)
 		for len(buf.lines()) < n && time.Now().Before(deadline) {
@@ -46,7 +46,7 @@ func TestRejectionSummary(t *testing.T) {
 		if i%4 == 0 {
 			rej = rejectOutOfWindow
 		}
-		l.write(rej, "msg_x", "192.0.2.1:1234")
+		l.Write(rej, "msg_x", "192.0.2.1:1234")
 	}
 	lines := waitLines(rejectionLogBurst + 1)
 	if len(lines) != rejectionLogBurst+1 {
@@ -66,7 +66,7 @@ func TestRejectionSummary(t *testing.T) {
 		t.Errorf("summary %+v, want 90: 22 timestamp_out_of_tolerance, 68 bad_signature", summary)
 	}
 	// Another rejection after the summary starts a new count.
-	l.write(rejectBadSignature, "msg_y", "192.0.2.1:1234")
+	l.Write(rejectBadSignature, "msg_y", "192.0.2.1:1234")
 	if lines := waitLines(rejectionLogBurst + 2); len(lines) != rejectionLogBurst+2 || !strings.Contains(lines[len(lines)-1], `"count":1`) {
 		t.Errorf("after one more rejection: %s", strings.Join(lines[rejectionLogBurst:], "\n"))
 	}

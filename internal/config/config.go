@@ -85,6 +85,7 @@ type Serve struct {
 	// AccessLogReads samples the access log lines of successful reads
 	// (internal/grpcapi's LoggingInterceptor).
 	AccessLogReads int `name:"access-log-reads" env:"USERD_ACCESS_LOG_READS" default:"100" help:"Most successful read-only calls (GetUser, GetAccount, the other standby-readable reads, gRPC health checks) the access log shows per second; the next one logged counts the others in skipped_reads (metrics count every call). Errors and writes are always logged. 0 logs every call."`
+	Stripe         `embed:""`
 
 	// Version is the binary's version (not a setting: cmd/userd sets it),
 	// shown as info.version of the served OpenAPI document.
@@ -303,6 +304,9 @@ func (s Serve) Validate() error {
 	}
 	if s.Console.Enabled() && s.JWKSURL == "" && s.JWTKey == "" {
 		return errors.New("USERD_CONSOLE_ADDR (--console-addr) needs CLERK_JWKS_URL or CLERK_JWT_KEY: operators sign in with Clerk session tokens")
+	}
+	if err := s.Stripe.Validate(); err != nil {
+		return err
 	}
 	return s.Feed.Validate()
 }

@@ -516,7 +516,9 @@ func TestOpenAPIDocument(t *testing.T) {
 		"ListOrganizationCreditTransactions", "CanAffordOrganization", "SetMemberSpendingCap",
 		"SetOrganizationPlan", "GetOrganizationUsageSummary",
 		// Grants with expiry and the plan catalog (issue 21).
-		"ListGrants", "ListOrganizationGrants", "GetPlanCatalog", "SetPlanAllowance"}
+		"ListGrants", "ListOrganizationGrants", "GetPlanCatalog", "SetPlanAllowance",
+		// Stripe billing (issue 22).
+		"EnsureBillingCustomer", "SetStripePrice", "ListStripePrices"}
 	if len(ops) != len(want) {
 		t.Errorf("operations %v, want %v", slices.Sorted(maps.Keys(ops)), want)
 	}

@@ -136,3 +136,15 @@ func (c chained) GetPlanCatalog(ctx context.Context, req *userdv1.GetPlanCatalog
 func (c chained) SetPlanAllowance(ctx context.Context, req *userdv1.SetPlanAllowanceRequest) (*userdv1.SetPlanAllowanceResponse, error) {
 	return call(c, ctx, userdv1.UserService_SetPlanAllowance_FullMethodName, req, c.srv.SetPlanAllowance)
 }
+
+func (c chained) EnsureBillingCustomer(ctx context.Context, req *userdv1.EnsureBillingCustomerRequest) (*userdv1.EnsureBillingCustomerResponse, error) {
+	return call(c, ctx, userdv1.UserService_EnsureBillingCustomer_FullMethodName, req, c.srv.EnsureBillingCustomer)
+}
+
+func (c chained) SetStripePrice(ctx context.Context, req *userdv1.SetStripePriceRequest) (*userdv1.SetStripePriceResponse, error) {
+	return call(c, ctx, userdv1.UserService_SetStripePrice_FullMethodName, req, c.srv.SetStripePrice)
+}
+
+func (c chained) ListStripePrices(ctx context.Context, req *userdv1.ListStripePricesRequest) (*userdv1.ListStripePricesResponse, error) {
+	return call(c, ctx, userdv1.UserService_ListStripePrices_FullMethodName, req, c.srv.ListStripePrices)
+}

@@ -32,6 +32,8 @@ type Server struct {
 	watches *watchCounter
 	// orgs is what end users need to act on organizations' accounts.
 	orgs OrgPolicy
+	// billing serves the Stripe billing RPCs (Options.Billing).
+	billing Billing
 }
 
 var _ userdv1.UserServiceServer = (*Server)(nil)
@@ -39,7 +41,7 @@ var _ userdv1.UserServiceServer = (*Server)(nil)
 // NewServer returns a Server backed by svc; profiles serves end users'
 // EnsureUser.
 func NewServer(svc *users.Service, profiles Profiles, opts Options) *Server {
-	return &Server{users: svc, profiles: profiles, feed: opts.Feed, orgs: opts.Orgs}
+	return &Server{users: svc, profiles: profiles, feed: opts.Feed, orgs: opts.Orgs, billing: opts.Billing}
 }
 
 // Options configures a Server.
@@ -48,6 +50,9 @@ type Options struct {
 	Feed *feed.Hub
 	// Orgs is what end users need to act on organizations' accounts.
 	Orgs OrgPolicy
+	// Billing, if set, answers the Stripe billing RPCs; without it they
+	// fail FAILED_PRECONDITION.
+	Billing Billing
 }
 
 // GetUser implements userdv1.UserServiceServer.

@@ -355,6 +355,60 @@ func (WatchStart) EnumDescriptor() ([]byte, []int) {
 	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{4}
 }
 
+// StripePriceKind says what a Stripe price gives.
+type StripePriceKind int32
+
+const (
+	// Not a valid kind.
+	StripePriceKind_STRIPE_PRICE_KIND_UNSPECIFIED StripePriceKind = 0
+	// A subscription price: its subscriptions give the plan, each paid
+	// invoice the credits per unit, expiring at the period's end.
+	StripePriceKind_STRIPE_PRICE_KIND_PLAN StripePriceKind = 1
+	// A one-time price: each unit bought grants credits that never expire.
+	StripePriceKind_STRIPE_PRICE_KIND_PACK StripePriceKind = 2
+)
+
+// Enum value maps for StripePriceKind.
+var (
+	StripePriceKind_name = map[int32]string{
+		0: "STRIPE_PRICE_KIND_UNSPECIFIED",
+		1: "STRIPE_PRICE_KIND_PLAN",
+		2: "STRIPE_PRICE_KIND_PACK",
+	}
+	StripePriceKind_value = map[string]int32{
+		"STRIPE_PRICE_KIND_UNSPECIFIED": 0,
+		"STRIPE_PRICE_KIND_PLAN":        1,
+		"STRIPE_PRICE_KIND_PACK":        2,
+	}
+)
+
+func (x StripePriceKind) Enum() *StripePriceKind {
+	p := new(StripePriceKind)
+	*p = x
+	return p
+}
+
+func (x StripePriceKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (StripePriceKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_userd_v1_user_service_proto_enumTypes[5].Descriptor()
+}
+
+func (StripePriceKind) Type() protoreflect.EnumType {
+	return &file_userd_v1_user_service_proto_enumTypes[5]
+}
+
+func (x StripePriceKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use StripePriceKind.Descriptor instead.
+func (StripePriceKind) EnumDescriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{5}
+}
+
 // User is what userd knows about one Clerk user.
 type User struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -4663,6 +4717,429 @@ func (x *SetPlanAllowanceResponse) GetChanged() bool {
 	return false
 }
 
+// EnsureBillingCustomerRequest names the account: exactly one of
+// clerk_user_id and clerk_organization_id.
+type EnsureBillingCustomerRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user whose personal account it is.
+	ClerkUserId string `protobuf:"bytes,1,opt,name=clerk_user_id,json=clerkUserId,proto3" json:"clerk_user_id,omitempty"`
+	// The organization whose account it is.
+	ClerkOrganizationId string `protobuf:"bytes,2,opt,name=clerk_organization_id,json=clerkOrganizationId,proto3" json:"clerk_organization_id,omitempty"`
+	// An existing Stripe customer ("cus_...") to link instead of creating
+	// one; it must not name another account in its metadata.
+	AdoptCustomerId string `protobuf:"bytes,3,opt,name=adopt_customer_id,json=adoptCustomerId,proto3" json:"adopt_customer_id,omitempty"`
+	// Email set on a customer userd creates (optional).
+	Email         string `protobuf:"bytes,4,opt,name=email,proto3" json:"email,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnsureBillingCustomerRequest) Reset() {
+	*x = EnsureBillingCustomerRequest{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnsureBillingCustomerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnsureBillingCustomerRequest) ProtoMessage() {}
+
+func (x *EnsureBillingCustomerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnsureBillingCustomerRequest.ProtoReflect.Descriptor instead.
+func (*EnsureBillingCustomerRequest) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *EnsureBillingCustomerRequest) GetClerkUserId() string {
+	if x != nil {
+		return x.ClerkUserId
+	}
+	return ""
+}
+
+func (x *EnsureBillingCustomerRequest) GetClerkOrganizationId() string {
+	if x != nil {
+		return x.ClerkOrganizationId
+	}
+	return ""
+}
+
+func (x *EnsureBillingCustomerRequest) GetAdoptCustomerId() string {
+	if x != nil {
+		return x.AdoptCustomerId
+	}
+	return ""
+}
+
+func (x *EnsureBillingCustomerRequest) GetEmail() string {
+	if x != nil {
+		return x.Email
+	}
+	return ""
+}
+
+// EnsureBillingCustomerResponse is the account's Stripe customer.
+type EnsureBillingCustomerResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The Stripe customer id ("cus_...").
+	CustomerId string `protobuf:"bytes,1,opt,name=customer_id,json=customerId,proto3" json:"customer_id,omitempty"`
+	// Whether this call linked it (created or adopted).
+	Created       bool `protobuf:"varint,2,opt,name=created,proto3" json:"created,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnsureBillingCustomerResponse) Reset() {
+	*x = EnsureBillingCustomerResponse{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnsureBillingCustomerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnsureBillingCustomerResponse) ProtoMessage() {}
+
+func (x *EnsureBillingCustomerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnsureBillingCustomerResponse.ProtoReflect.Descriptor instead.
+func (*EnsureBillingCustomerResponse) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *EnsureBillingCustomerResponse) GetCustomerId() string {
+	if x != nil {
+		return x.CustomerId
+	}
+	return ""
+}
+
+func (x *EnsureBillingCustomerResponse) GetCreated() bool {
+	if x != nil {
+		return x.Created
+	}
+	return false
+}
+
+// StripePrice is one entry of the Stripe price map.
+type StripePrice struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The Stripe price id ("price_...").
+	PriceId string `protobuf:"bytes,1,opt,name=price_id,json=priceId,proto3" json:"price_id,omitempty"`
+	// What the price gives.
+	Kind StripePriceKind `protobuf:"varint,2,opt,name=kind,proto3,enum=userd.v1.StripePriceKind" json:"kind,omitempty"`
+	// The plan of a PLAN entry; unspecified for a pack.
+	Plan Plan `protobuf:"varint,3,opt,name=plan,proto3,enum=userd.v1.Plan" json:"plan,omitempty"`
+	// Credits per paid period (PLAN) or per unit bought (PACK).
+	Credits int64 `protobuf:"varint,4,opt,name=credits,proto3" json:"credits,omitempty"`
+	// When the entry was last set.
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// The principal that last set it.
+	UpdatedBy     string `protobuf:"bytes,6,opt,name=updated_by,json=updatedBy,proto3" json:"updated_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StripePrice) Reset() {
+	*x = StripePrice{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StripePrice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StripePrice) ProtoMessage() {}
+
+func (x *StripePrice) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StripePrice.ProtoReflect.Descriptor instead.
+func (*StripePrice) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *StripePrice) GetPriceId() string {
+	if x != nil {
+		return x.PriceId
+	}
+	return ""
+}
+
+func (x *StripePrice) GetKind() StripePriceKind {
+	if x != nil {
+		return x.Kind
+	}
+	return StripePriceKind_STRIPE_PRICE_KIND_UNSPECIFIED
+}
+
+func (x *StripePrice) GetPlan() Plan {
+	if x != nil {
+		return x.Plan
+	}
+	return Plan_PLAN_UNSPECIFIED
+}
+
+func (x *StripePrice) GetCredits() int64 {
+	if x != nil {
+		return x.Credits
+	}
+	return 0
+}
+
+func (x *StripePrice) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *StripePrice) GetUpdatedBy() string {
+	if x != nil {
+		return x.UpdatedBy
+	}
+	return ""
+}
+
+// SetStripePriceRequest sets one price map entry.
+type SetStripePriceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The Stripe price id ("price_...").
+	PriceId string `protobuf:"bytes,1,opt,name=price_id,json=priceId,proto3" json:"price_id,omitempty"`
+	// What the price gives.
+	Kind StripePriceKind `protobuf:"varint,2,opt,name=kind,proto3,enum=userd.v1.StripePriceKind" json:"kind,omitempty"`
+	// The plan of a PLAN entry; unspecified for a pack.
+	Plan Plan `protobuf:"varint,3,opt,name=plan,proto3,enum=userd.v1.Plan" json:"plan,omitempty"`
+	// Credits per paid period (PLAN, may be 0) or per unit bought (PACK).
+	Credits       int64 `protobuf:"varint,4,opt,name=credits,proto3" json:"credits,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetStripePriceRequest) Reset() {
+	*x = SetStripePriceRequest{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetStripePriceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetStripePriceRequest) ProtoMessage() {}
+
+func (x *SetStripePriceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetStripePriceRequest.ProtoReflect.Descriptor instead.
+func (*SetStripePriceRequest) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *SetStripePriceRequest) GetPriceId() string {
+	if x != nil {
+		return x.PriceId
+	}
+	return ""
+}
+
+func (x *SetStripePriceRequest) GetKind() StripePriceKind {
+	if x != nil {
+		return x.Kind
+	}
+	return StripePriceKind_STRIPE_PRICE_KIND_UNSPECIFIED
+}
+
+func (x *SetStripePriceRequest) GetPlan() Plan {
+	if x != nil {
+		return x.Plan
+	}
+	return Plan_PLAN_UNSPECIFIED
+}
+
+func (x *SetStripePriceRequest) GetCredits() int64 {
+	if x != nil {
+		return x.Credits
+	}
+	return 0
+}
+
+// SetStripePriceResponse says whether anything changed.
+type SetStripePriceResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// False when the entry already said this (nothing was written).
+	Changed       bool `protobuf:"varint,1,opt,name=changed,proto3" json:"changed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetStripePriceResponse) Reset() {
+	*x = SetStripePriceResponse{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetStripePriceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetStripePriceResponse) ProtoMessage() {}
+
+func (x *SetStripePriceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetStripePriceResponse.ProtoReflect.Descriptor instead.
+func (*SetStripePriceResponse) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *SetStripePriceResponse) GetChanged() bool {
+	if x != nil {
+		return x.Changed
+	}
+	return false
+}
+
+// ListStripePricesRequest asks for the whole price map.
+type ListStripePricesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListStripePricesRequest) Reset() {
+	*x = ListStripePricesRequest{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListStripePricesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListStripePricesRequest) ProtoMessage() {}
+
+func (x *ListStripePricesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListStripePricesRequest.ProtoReflect.Descriptor instead.
+func (*ListStripePricesRequest) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{56}
+}
+
+// ListStripePricesResponse is the price map, by price id.
+type ListStripePricesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The entries.
+	Prices        []*StripePrice `protobuf:"bytes,1,rep,name=prices,proto3" json:"prices,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListStripePricesResponse) Reset() {
+	*x = ListStripePricesResponse{}
+	mi := &file_userd_v1_user_service_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListStripePricesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListStripePricesResponse) ProtoMessage() {}
+
+func (x *ListStripePricesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_userd_v1_user_service_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListStripePricesResponse.ProtoReflect.Descriptor instead.
+func (*ListStripePricesResponse) Descriptor() ([]byte, []int) {
+	return file_userd_v1_user_service_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *ListStripePricesResponse) GetPrices() []*StripePrice {
+	if x != nil {
+		return x.Prices
+	}
+	return nil
+}
+
 var File_userd_v1_user_service_proto protoreflect.FileDescriptor
 
 const file_userd_v1_user_service_proto_rawDesc = "" +
@@ -5012,7 +5489,35 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"\rupgrade_bonus\x18\x05 \x01(\x03R\fupgradeBonus\"t\n" +
 	"\x18SetPlanAllowanceResponse\x12>\n" +
 	"\x0eplan_allowance\x18\x01 \x01(\v2\x17.userd.v1.PlanAllowanceR\rplanAllowance\x12\x18\n" +
-	"\achanged\x18\x02 \x01(\bR\achanged*N\n" +
+	"\achanged\x18\x02 \x01(\bR\achanged\"\xb8\x01\n" +
+	"\x1cEnsureBillingCustomerRequest\x12\"\n" +
+	"\rclerk_user_id\x18\x01 \x01(\tR\vclerkUserId\x122\n" +
+	"\x15clerk_organization_id\x18\x02 \x01(\tR\x13clerkOrganizationId\x12*\n" +
+	"\x11adopt_customer_id\x18\x03 \x01(\tR\x0fadoptCustomerId\x12\x14\n" +
+	"\x05email\x18\x04 \x01(\tR\x05email\"Z\n" +
+	"\x1dEnsureBillingCustomerResponse\x12\x1f\n" +
+	"\vcustomer_id\x18\x01 \x01(\tR\n" +
+	"customerId\x12\x18\n" +
+	"\acreated\x18\x02 \x01(\bR\acreated\"\xf1\x01\n" +
+	"\vStripePrice\x12\x19\n" +
+	"\bprice_id\x18\x01 \x01(\tR\apriceId\x12-\n" +
+	"\x04kind\x18\x02 \x01(\x0e2\x19.userd.v1.StripePriceKindR\x04kind\x12\"\n" +
+	"\x04plan\x18\x03 \x01(\x0e2\x0e.userd.v1.PlanR\x04plan\x12\x18\n" +
+	"\acredits\x18\x04 \x01(\x03R\acredits\x12;\n" +
+	"\vupdate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\x12\x1d\n" +
+	"\n" +
+	"updated_by\x18\x06 \x01(\tR\tupdatedBy\"\x9f\x01\n" +
+	"\x15SetStripePriceRequest\x12\x19\n" +
+	"\bprice_id\x18\x01 \x01(\tR\apriceId\x12-\n" +
+	"\x04kind\x18\x02 \x01(\x0e2\x19.userd.v1.StripePriceKindR\x04kind\x12\"\n" +
+	"\x04plan\x18\x03 \x01(\x0e2\x0e.userd.v1.PlanR\x04plan\x12\x18\n" +
+	"\acredits\x18\x04 \x01(\x03R\acredits\"2\n" +
+	"\x16SetStripePriceResponse\x12\x18\n" +
+	"\achanged\x18\x01 \x01(\bR\achanged\"\x19\n" +
+	"\x17ListStripePricesRequest\"I\n" +
+	"\x18ListStripePricesResponse\x12-\n" +
+	"\x06prices\x18\x01 \x03(\v2\x15.userd.v1.StripePriceR\x06prices*N\n" +
 	"\x04Plan\x12\x14\n" +
 	"\x10PLAN_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tPLAN_FREE\x10\x01\x12\f\n" +
@@ -5050,8 +5555,11 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"WatchStart\x12\x1b\n" +
 	"\x17WATCH_START_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fWATCH_START_NOW\x10\x01\x12\x16\n" +
-	"\x12WATCH_START_OLDEST\x10\x022\xec\n" +
-	"\n" +
+	"\x12WATCH_START_OLDEST\x10\x02*l\n" +
+	"\x0fStripePriceKind\x12!\n" +
+	"\x1dSTRIPE_PRICE_KIND_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16STRIPE_PRICE_KIND_PLAN\x10\x01\x12\x1a\n" +
+	"\x16STRIPE_PRICE_KIND_PACK\x10\x022\x86\r\n" +
 	"\vUserService\x12>\n" +
 	"\aGetUser\x12\x18.userd.v1.GetUserRequest\x1a\x19.userd.v1.GetUserResponse\x12G\n" +
 	"\n" +
@@ -5073,7 +5581,10 @@ const file_userd_v1_user_service_proto_rawDesc = "" +
 	"\n" +
 	"ListGrants\x12\x1b.userd.v1.ListGrantsRequest\x1a\x1c.userd.v1.ListGrantsResponse\x12S\n" +
 	"\x0eGetPlanCatalog\x12\x1f.userd.v1.GetPlanCatalogRequest\x1a .userd.v1.GetPlanCatalogResponse\x12Y\n" +
-	"\x10SetPlanAllowance\x12!.userd.v1.SetPlanAllowanceRequest\x1a\".userd.v1.SetPlanAllowanceResponseB-Z+github.com/userd/userd/gen/userd/v1;userdv1b\x06proto3"
+	"\x10SetPlanAllowance\x12!.userd.v1.SetPlanAllowanceRequest\x1a\".userd.v1.SetPlanAllowanceResponse\x12h\n" +
+	"\x15EnsureBillingCustomer\x12&.userd.v1.EnsureBillingCustomerRequest\x1a'.userd.v1.EnsureBillingCustomerResponse\x12S\n" +
+	"\x0eSetStripePrice\x12\x1f.userd.v1.SetStripePriceRequest\x1a .userd.v1.SetStripePriceResponse\x12Y\n" +
+	"\x10ListStripePrices\x12!.userd.v1.ListStripePricesRequest\x1a\".userd.v1.ListStripePricesResponseB-Z+github.com/userd/userd/gen/userd/v1;userdv1b\x06proto3"
 
 var (
 	file_userd_v1_user_service_proto_rawDescOnce sync.Once
@@ -5087,185 +5598,205 @@ func file_userd_v1_user_service_proto_rawDescGZIP() []byte {
 	return file_userd_v1_user_service_proto_rawDescData
 }
 
-var file_userd_v1_user_service_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_userd_v1_user_service_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
+var file_userd_v1_user_service_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_userd_v1_user_service_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
 var file_userd_v1_user_service_proto_goTypes = []any{
 	(Plan)(0),                              // 0: userd.v1.Plan
 	(TransactionKind)(0),                   // 1: userd.v1.TransactionKind
 	(UsagePeriod)(0),                       // 2: userd.v1.UsagePeriod
 	(UserEventKind)(0),                     // 3: userd.v1.UserEventKind
 	(WatchStart)(0),                        // 4: userd.v1.WatchStart
-	(*User)(nil),                           // 5: userd.v1.User
-	(*CreditTransaction)(nil),              // 6: userd.v1.CreditTransaction
-	(*GetUserRequest)(nil),                 // 7: userd.v1.GetUserRequest
-	(*GetUserResponse)(nil),                // 8: userd.v1.GetUserResponse
-	(*EnsureUserRequest)(nil),              // 9: userd.v1.EnsureUserRequest
-	(*EnsureUserResponse)(nil),             // 10: userd.v1.EnsureUserResponse
-	(*DeductCreditsRequest)(nil),           // 11: userd.v1.DeductCreditsRequest
-	(*DeductCreditsResponse)(nil),          // 12: userd.v1.DeductCreditsResponse
-	(*GrantCreditsRequest)(nil),            // 13: userd.v1.GrantCreditsRequest
-	(*GrantCreditsResponse)(nil),           // 14: userd.v1.GrantCreditsResponse
-	(*SetPlanRequest)(nil),                 // 15: userd.v1.SetPlanRequest
-	(*SetPlanResponse)(nil),                // 16: userd.v1.SetPlanResponse
-	(*ListCreditTransactionsRequest)(nil),  // 17: userd.v1.ListCreditTransactionsRequest
-	(*ListCreditTransactionsResponse)(nil), // 18: userd.v1.ListCreditTransactionsResponse
-	(*GetUsageSummaryRequest)(nil),         // 19: userd.v1.GetUsageSummaryRequest
-	(*UsageByMember)(nil),                  // 20: userd.v1.UsageByMember
-	(*UsageByReason)(nil),                  // 21: userd.v1.UsageByReason
-	(*UsageInPeriod)(nil),                  // 22: userd.v1.UsageInPeriod
-	(*GetUsageSummaryResponse)(nil),        // 23: userd.v1.GetUsageSummaryResponse
-	(*CanAffordRequest)(nil),               // 24: userd.v1.CanAffordRequest
-	(*CanAffordResponse)(nil),              // 25: userd.v1.CanAffordResponse
-	(*Price)(nil),                          // 26: userd.v1.Price
-	(*PriceChange)(nil),                    // 27: userd.v1.PriceChange
-	(*SetPriceRequest)(nil),                // 28: userd.v1.SetPriceRequest
-	(*SetPriceResponse)(nil),               // 29: userd.v1.SetPriceResponse
-	(*ListPricesRequest)(nil),              // 30: userd.v1.ListPricesRequest
-	(*ListPricesResponse)(nil),             // 31: userd.v1.ListPricesResponse
-	(*ListPriceChangesRequest)(nil),        // 32: userd.v1.ListPriceChangesRequest
-	(*ListPriceChangesResponse)(nil),       // 33: userd.v1.ListPriceChangesResponse
-	(*WatchUserEventsRequest)(nil),         // 34: userd.v1.WatchUserEventsRequest
-	(*WatchUserEventsResponse)(nil),        // 35: userd.v1.WatchUserEventsResponse
-	(*UserEvent)(nil),                      // 36: userd.v1.UserEvent
-	(*Organization)(nil),                   // 37: userd.v1.Organization
-	(*OrganizationMembership)(nil),         // 38: userd.v1.OrganizationMembership
-	(*MemberSpendingCapChange)(nil),        // 39: userd.v1.MemberSpendingCapChange
-	(*Account)(nil),                        // 40: userd.v1.Account
-	(*AccountMember)(nil),                  // 41: userd.v1.AccountMember
-	(*GetAccountRequest)(nil),              // 42: userd.v1.GetAccountRequest
-	(*GetAccountResponse)(nil),             // 43: userd.v1.GetAccountResponse
-	(*SetMemberSpendingCapRequest)(nil),    // 44: userd.v1.SetMemberSpendingCapRequest
-	(*SetMemberSpendingCapResponse)(nil),   // 45: userd.v1.SetMemberSpendingCapResponse
-	(*PlanChange)(nil),                     // 46: userd.v1.PlanChange
-	(*WatchHeartbeat)(nil),                 // 47: userd.v1.WatchHeartbeat
-	(*ListGrantsRequest)(nil),              // 48: userd.v1.ListGrantsRequest
-	(*CreditGrant)(nil),                    // 49: userd.v1.CreditGrant
-	(*ListGrantsResponse)(nil),             // 50: userd.v1.ListGrantsResponse
-	(*GetPlanCatalogRequest)(nil),          // 51: userd.v1.GetPlanCatalogRequest
-	(*PlanAllowance)(nil),                  // 52: userd.v1.PlanAllowance
-	(*GetPlanCatalogResponse)(nil),         // 53: userd.v1.GetPlanCatalogResponse
-	(*SetPlanAllowanceRequest)(nil),        // 54: userd.v1.SetPlanAllowanceRequest
-	(*SetPlanAllowanceResponse)(nil),       // 55: userd.v1.SetPlanAllowanceResponse
-	(*timestamppb.Timestamp)(nil),          // 56: google.protobuf.Timestamp
+	(StripePriceKind)(0),                   // 5: userd.v1.StripePriceKind
+	(*User)(nil),                           // 6: userd.v1.User
+	(*CreditTransaction)(nil),              // 7: userd.v1.CreditTransaction
+	(*GetUserRequest)(nil),                 // 8: userd.v1.GetUserRequest
+	(*GetUserResponse)(nil),                // 9: userd.v1.GetUserResponse
+	(*EnsureUserRequest)(nil),              // 10: userd.v1.EnsureUserRequest
+	(*EnsureUserResponse)(nil),             // 11: userd.v1.EnsureUserResponse
+	(*DeductCreditsRequest)(nil),           // 12: userd.v1.DeductCreditsRequest
+	(*DeductCreditsResponse)(nil),          // 13: userd.v1.DeductCreditsResponse
+	(*GrantCreditsRequest)(nil),            // 14: userd.v1.GrantCreditsRequest
+	(*GrantCreditsResponse)(nil),           // 15: userd.v1.GrantCreditsResponse
+	(*SetPlanRequest)(nil),                 // 16: userd.v1.SetPlanRequest
+	(*SetPlanResponse)(nil),                // 17: userd.v1.SetPlanResponse
+	(*ListCreditTransactionsRequest)(nil),  // 18: userd.v1.ListCreditTransactionsRequest
+	(*ListCreditTransactionsResponse)(nil), // 19: userd.v1.ListCreditTransactionsResponse
+	(*GetUsageSummaryRequest)(nil),         // 20: userd.v1.GetUsageSummaryRequest
+	(*UsageByMember)(nil),                  // 21: userd.v1.UsageByMember
+	(*UsageByReason)(nil),                  // 22: userd.v1.UsageByReason
+	(*UsageInPeriod)(nil),                  // 23: userd.v1.UsageInPeriod
+	(*GetUsageSummaryResponse)(nil),        // 24: userd.v1.GetUsageSummaryResponse
+	(*CanAffordRequest)(nil),               // 25: userd.v1.CanAffordRequest
+	(*CanAffordResponse)(nil),              // 26: userd.v1.CanAffordResponse
+	(*Price)(nil),                          // 27: userd.v1.Price
+	(*PriceChange)(nil),                    // 28: userd.v1.PriceChange
+	(*SetPriceRequest)(nil),                // 29: userd.v1.SetPriceRequest
+	(*SetPriceResponse)(nil),               // 30: userd.v1.SetPriceResponse
+	(*ListPricesRequest)(nil),              // 31: userd.v1.ListPricesRequest
+	(*ListPricesResponse)(nil),             // 32: userd.v1.ListPricesResponse
+	(*ListPriceChangesRequest)(nil),        // 33: userd.v1.ListPriceChangesRequest
+	(*ListPriceChangesResponse)(nil),       // 34: userd.v1.ListPriceChangesResponse
+	(*WatchUserEventsRequest)(nil),         // 35: userd.v1.WatchUserEventsRequest
+	(*WatchUserEventsResponse)(nil),        // 36: userd.v1.WatchUserEventsResponse
+	(*UserEvent)(nil),                      // 37: userd.v1.UserEvent
+	(*Organization)(nil),                   // 38: userd.v1.Organization
+	(*OrganizationMembership)(nil),         // 39: userd.v1.OrganizationMembership
+	(*MemberSpendingCapChange)(nil),        // 40: userd.v1.MemberSpendingCapChange
+	(*Account)(nil),                        // 41: userd.v1.Account
+	(*AccountMember)(nil),                  // 42: userd.v1.AccountMember
+	(*GetAccountRequest)(nil),              // 43: userd.v1.GetAccountRequest
+	(*GetAccountResponse)(nil),             // 44: userd.v1.GetAccountResponse
+	(*SetMemberSpendingCapRequest)(nil),    // 45: userd.v1.SetMemberSpendingCapRequest
+	(*SetMemberSpendingCapResponse)(nil),   // 46: userd.v1.SetMemberSpendingCapResponse
+	(*PlanChange)(nil),                     // 47: userd.v1.PlanChange
+	(*WatchHeartbeat)(nil),                 // 48: userd.v1.WatchHeartbeat
+	(*ListGrantsRequest)(nil),              // 49: userd.v1.ListGrantsRequest
+	(*CreditGrant)(nil),                    // 50: userd.v1.CreditGrant
+	(*ListGrantsResponse)(nil),             // 51: userd.v1.ListGrantsResponse
+	(*GetPlanCatalogRequest)(nil),          // 52: userd.v1.GetPlanCatalogRequest
+	(*PlanAllowance)(nil),                  // 53: userd.v1.PlanAllowance
+	(*GetPlanCatalogResponse)(nil),         // 54: userd.v1.GetPlanCatalogResponse
+	(*SetPlanAllowanceRequest)(nil),        // 55: userd.v1.SetPlanAllowanceRequest
+	(*SetPlanAllowanceResponse)(nil),       // 56: userd.v1.SetPlanAllowanceResponse
+	(*EnsureBillingCustomerRequest)(nil),   // 57: userd.v1.EnsureBillingCustomerRequest
+	(*EnsureBillingCustomerResponse)(nil),  // 58: userd.v1.EnsureBillingCustomerResponse
+	(*StripePrice)(nil),                    // 59: userd.v1.StripePrice
+	(*SetStripePriceRequest)(nil),          // 60: userd.v1.SetStripePriceRequest
+	(*SetStripePriceResponse)(nil),         // 61: userd.v1.SetStripePriceResponse
+	(*ListStripePricesRequest)(nil),        // 62: userd.v1.ListStripePricesRequest
+	(*ListStripePricesResponse)(nil),       // 63: userd.v1.ListStripePricesResponse
+	(*timestamppb.Timestamp)(nil),          // 64: google.protobuf.Timestamp
 }
 var file_userd_v1_user_service_proto_depIdxs = []int32{
-	0,  // 0: userd.v1.User.plan:type_name -> userd.v1.Plan
-	56, // 1: userd.v1.User.create_time:type_name -> google.protobuf.Timestamp
-	56, // 2: userd.v1.User.update_time:type_name -> google.protobuf.Timestamp
-	1,  // 3: userd.v1.CreditTransaction.kind:type_name -> userd.v1.TransactionKind
-	56, // 4: userd.v1.CreditTransaction.create_time:type_name -> google.protobuf.Timestamp
-	5,  // 5: userd.v1.GetUserResponse.user:type_name -> userd.v1.User
-	5,  // 6: userd.v1.EnsureUserResponse.user:type_name -> userd.v1.User
-	6,  // 7: userd.v1.DeductCreditsResponse.transaction:type_name -> userd.v1.CreditTransaction
-	56, // 8: userd.v1.GrantCreditsRequest.expires_at:type_name -> google.protobuf.Timestamp
-	6,  // 9: userd.v1.GrantCreditsResponse.transaction:type_name -> userd.v1.CreditTransaction
-	0,  // 10: userd.v1.SetPlanRequest.plan:type_name -> userd.v1.Plan
-	5,  // 11: userd.v1.SetPlanResponse.user:type_name -> userd.v1.User
-	0,  // 12: userd.v1.SetPlanResponse.previous_plan:type_name -> userd.v1.Plan
-	6,  // 13: userd.v1.SetPlanResponse.bonus_transaction:type_name -> userd.v1.CreditTransaction
-	40, // 14: userd.v1.SetPlanResponse.account:type_name -> userd.v1.Account
-	6,  // 15: userd.v1.ListCreditTransactionsResponse.transactions:type_name -> userd.v1.CreditTransaction
-	56, // 16: userd.v1.GetUsageSummaryRequest.start_time:type_name -> google.protobuf.Timestamp
-	56, // 17: userd.v1.GetUsageSummaryRequest.end_time:type_name -> google.protobuf.Timestamp
-	2,  // 18: userd.v1.GetUsageSummaryRequest.group_by:type_name -> userd.v1.UsagePeriod
-	56, // 19: userd.v1.UsageInPeriod.start_time:type_name -> google.protobuf.Timestamp
-	56, // 20: userd.v1.UsageInPeriod.end_time:type_name -> google.protobuf.Timestamp
-	21, // 21: userd.v1.UsageInPeriod.reasons:type_name -> userd.v1.UsageByReason
-	56, // 22: userd.v1.GetUsageSummaryResponse.start_time:type_name -> google.protobuf.Timestamp
-	56, // 23: userd.v1.GetUsageSummaryResponse.end_time:type_name -> google.protobuf.Timestamp
-	2,  // 24: userd.v1.GetUsageSummaryResponse.group_by:type_name -> userd.v1.UsagePeriod
-	21, // 25: userd.v1.GetUsageSummaryResponse.reasons:type_name -> userd.v1.UsageByReason
-	22, // 26: userd.v1.GetUsageSummaryResponse.periods:type_name -> userd.v1.UsageInPeriod
-	20, // 27: userd.v1.GetUsageSummaryResponse.by_member:type_name -> userd.v1.UsageByMember
-	56, // 28: userd.v1.Price.create_time:type_name -> google.protobuf.Timestamp
-	56, // 29: userd.v1.Price.update_time:type_name -> google.protobuf.Timestamp
-	56, // 30: userd.v1.PriceChange.change_time:type_name -> google.protobuf.Timestamp
-	26, // 31: userd.v1.SetPriceResponse.price:type_name -> userd.v1.Price
-	27, // 32: userd.v1.SetPriceResponse.change:type_name -> userd.v1.PriceChange
-	26, // 33: userd.v1.ListPricesResponse.prices:type_name -> userd.v1.Price
-	27, // 34: userd.v1.ListPriceChangesResponse.changes:type_name -> userd.v1.PriceChange
-	4,  // 35: userd.v1.WatchUserEventsRequest.start:type_name -> userd.v1.WatchStart
-	3,  // 36: userd.v1.WatchUserEventsRequest.kinds:type_name -> userd.v1.UserEventKind
-	36, // 37: userd.v1.WatchUserEventsResponse.event:type_name -> userd.v1.UserEvent
-	47, // 38: userd.v1.WatchUserEventsResponse.heartbeat:type_name -> userd.v1.WatchHeartbeat
-	3,  // 39: userd.v1.UserEvent.kind:type_name -> userd.v1.UserEventKind
-	56, // 40: userd.v1.UserEvent.create_time:type_name -> google.protobuf.Timestamp
-	5,  // 41: userd.v1.UserEvent.user:type_name -> userd.v1.User
-	46, // 42: userd.v1.UserEvent.plan_change:type_name -> userd.v1.PlanChange
-	6,  // 43: userd.v1.UserEvent.credit_transaction:type_name -> userd.v1.CreditTransaction
-	37, // 44: userd.v1.UserEvent.organization:type_name -> userd.v1.Organization
-	38, // 45: userd.v1.UserEvent.membership:type_name -> userd.v1.OrganizationMembership
-	39, // 46: userd.v1.UserEvent.member_cap_change:type_name -> userd.v1.MemberSpendingCapChange
-	56, // 47: userd.v1.Organization.create_time:type_name -> google.protobuf.Timestamp
-	56, // 48: userd.v1.Organization.update_time:type_name -> google.protobuf.Timestamp
-	56, // 49: userd.v1.Organization.delete_time:type_name -> google.protobuf.Timestamp
-	56, // 50: userd.v1.OrganizationMembership.create_time:type_name -> google.protobuf.Timestamp
-	56, // 51: userd.v1.OrganizationMembership.update_time:type_name -> google.protobuf.Timestamp
-	56, // 52: userd.v1.OrganizationMembership.delete_time:type_name -> google.protobuf.Timestamp
-	2,  // 53: userd.v1.MemberSpendingCapChange.period:type_name -> userd.v1.UsagePeriod
-	56, // 54: userd.v1.MemberSpendingCapChange.change_time:type_name -> google.protobuf.Timestamp
-	0,  // 55: userd.v1.Account.plan:type_name -> userd.v1.Plan
-	56, // 56: userd.v1.Account.create_time:type_name -> google.protobuf.Timestamp
-	56, // 57: userd.v1.Account.close_time:type_name -> google.protobuf.Timestamp
-	41, // 58: userd.v1.Account.members:type_name -> userd.v1.AccountMember
-	2,  // 59: userd.v1.AccountMember.cap_period:type_name -> userd.v1.UsagePeriod
-	40, // 60: userd.v1.GetAccountResponse.account:type_name -> userd.v1.Account
-	2,  // 61: userd.v1.SetMemberSpendingCapRequest.period:type_name -> userd.v1.UsagePeriod
-	41, // 62: userd.v1.SetMemberSpendingCapResponse.member:type_name -> userd.v1.AccountMember
-	0,  // 63: userd.v1.PlanChange.previous_plan:type_name -> userd.v1.Plan
-	0,  // 64: userd.v1.PlanChange.plan:type_name -> userd.v1.Plan
-	56, // 65: userd.v1.PlanChange.create_time:type_name -> google.protobuf.Timestamp
-	56, // 66: userd.v1.WatchHeartbeat.time:type_name -> google.protobuf.Timestamp
-	56, // 67: userd.v1.CreditGrant.effective_time:type_name -> google.protobuf.Timestamp
-	56, // 68: userd.v1.CreditGrant.expire_time:type_name -> google.protobuf.Timestamp
-	56, // 69: userd.v1.CreditGrant.period_start_time:type_name -> google.protobuf.Timestamp
-	0,  // 70: userd.v1.ListGrantsResponse.plan:type_name -> userd.v1.Plan
-	49, // 71: userd.v1.ListGrantsResponse.grants:type_name -> userd.v1.CreditGrant
-	56, // 72: userd.v1.ListGrantsResponse.next_refill_time:type_name -> google.protobuf.Timestamp
-	0,  // 73: userd.v1.PlanAllowance.plan:type_name -> userd.v1.Plan
-	56, // 74: userd.v1.PlanAllowance.update_time:type_name -> google.protobuf.Timestamp
-	52, // 75: userd.v1.GetPlanCatalogResponse.plans:type_name -> userd.v1.PlanAllowance
-	0,  // 76: userd.v1.SetPlanAllowanceRequest.plan:type_name -> userd.v1.Plan
-	52, // 77: userd.v1.SetPlanAllowanceResponse.plan_allowance:type_name -> userd.v1.PlanAllowance
-	7,  // 78: userd.v1.UserService.GetUser:input_type -> userd.v1.GetUserRequest
-	9,  // 79: userd.v1.UserService.EnsureUser:input_type -> userd.v1.EnsureUserRequest
-	11, // 80: userd.v1.UserService.DeductCredits:input_type -> userd.v1.DeductCreditsRequest
-	13, // 81: userd.v1.UserService.GrantCredits:input_type -> userd.v1.GrantCreditsRequest
-	15, // 82: userd.v1.UserService.SetPlan:input_type -> userd.v1.SetPlanRequest
-	17, // 83: userd.v1.UserService.ListCreditTransactions:input_type -> userd.v1.ListCreditTransactionsRequest
-	19, // 84: userd.v1.UserService.GetUsageSummary:input_type -> userd.v1.GetUsageSummaryRequest
-	24, // 85: userd.v1.UserService.CanAfford:input_type -> userd.v1.CanAffordRequest
-	28, // 86: userd.v1.UserService.SetPrice:input_type -> userd.v1.SetPriceRequest
-	30, // 87: userd.v1.UserService.ListPrices:input_type -> userd.v1.ListPricesRequest
-	32, // 88: userd.v1.UserService.ListPriceChanges:input_type -> userd.v1.ListPriceChangesRequest
-	34, // 89: userd.v1.UserService.WatchUserEvents:input_type -> userd.v1.WatchUserEventsRequest
-	42, // 90: userd.v1.UserService.GetAccount:input_type -> userd.v1.GetAccountRequest
-	44, // 91: userd.v1.UserService.SetMemberSpendingCap:input_type -> userd.v1.SetMemberSpendingCapRequest
-	48, // 92: userd.v1.UserService.ListGrants:input_type -> userd.v1.ListGrantsRequest
-	51, // 93: userd.v1.UserService.GetPlanCatalog:input_type -> userd.v1.GetPlanCatalogRequest
-	54, // 94: userd.v1.UserService.SetPlanAllowance:input_type -> userd.v1.SetPlanAllowanceRequest
-	8,  // 95: userd.v1.UserService.GetUser:output_type -> userd.v1.GetUserResponse
-	10, // 96: userd.v1.UserService.EnsureUser:output_type -> userd.v1.EnsureUserResponse
-	12, // 97: userd.v1.UserService.DeductCredits:output_type -> userd.v1.DeductCreditsResponse
-	14, // 98: userd.v1.UserService.GrantCredits:output_type -> userd.v1.GrantCreditsResponse
-	16, // 99: userd.v1.UserService.SetPlan:output_type -> userd.v1.SetPlanResponse
-	18, // 100: userd.v1.UserService.ListCreditTransactions:output_type -> userd.v1.ListCreditTransactionsResponse
-	23, // 101: userd.v1.UserService.GetUsageSummary:output_type -> userd.v1.GetUsageSummaryResponse
-	25, // 102: userd.v1.UserService.CanAfford:output_type -> userd.v1.CanAffordResponse
-	29, // 103: userd.v1.UserService.SetPrice:output_type -> userd.v1.SetPriceResponse
-	31, // 104: userd.v1.UserService.ListPrices:output_type -> userd.v1.ListPricesResponse
-	33, // 105: userd.v1.UserService.ListPriceChanges:output_type -> userd.v1.ListPriceChangesResponse
-	35, // 106: userd.v1.UserService.WatchUserEvents:output_type -> userd.v1.WatchUserEventsResponse
-	43, // 107: userd.v1.UserService.GetAccount:output_type -> userd.v1.GetAccountResponse
-	45, // 108: userd.v1.UserService.SetMemberSpendingCap:output_type -> userd.v1.SetMemberSpendingCapResponse
-	50, // 109: userd.v1.UserService.ListGrants:output_type -> userd.v1.ListGrantsResponse
-	53, // 110: userd.v1.UserService.GetPlanCatalog:output_type -> userd.v1.GetPlanCatalogResponse
-	55, // 111: userd.v1.UserService.SetPlanAllowance:output_type -> userd.v1.SetPlanAllowanceResponse
-	95, // [95:112] is the sub-list for method output_type
-	78, // [78:95] is the sub-list for method input_type
-	78, // [78:78] is the sub-list for extension type_name
-	78, // [78:78] is the sub-list for extension extendee
-	0,  // [0:78] is the sub-list for field type_name
+	0,   // 0: userd.v1.User.plan:type_name -> userd.v1.Plan
+	64,  // 1: userd.v1.User.create_time:type_name -> google.protobuf.Timestamp
+	64,  // 2: userd.v1.User.update_time:type_name -> google.protobuf.Timestamp
+	1,   // 3: userd.v1.CreditTransaction.kind:type_name -> userd.v1.TransactionKind
+	64,  // 4: userd.v1.CreditTransaction.create_time:type_name -> google.protobuf.Timestamp
+	6,   // 5: userd.v1.GetUserResponse.user:type_name -> userd.v1.User
+	6,   // 6: userd.v1.EnsureUserResponse.user:type_name -> userd.v1.User
+	7,   // 7: userd.v1.DeductCreditsResponse.transaction:type_name -> userd.v1.CreditTransaction
+	64,  // 8: userd.v1.GrantCreditsRequest.expires_at:type_name -> google.protobuf.Timestamp
+	7,   // 9: userd.v1.GrantCreditsResponse.transaction:type_name -> userd.v1.CreditTransaction
+	0,   // 10: userd.v1.SetPlanRequest.plan:type_name -> userd.v1.Plan
+	6,   // 11: userd.v1.SetPlanResponse.user:type_name -> userd.v1.User
+	0,   // 12: userd.v1.SetPlanResponse.previous_plan:type_name -> userd.v1.Plan
+	7,   // 13: userd.v1.SetPlanResponse.bonus_transaction:type_name -> userd.v1.CreditTransaction
+	41,  // 14: userd.v1.SetPlanResponse.account:type_name -> userd.v1.Account
+	7,   // 15: userd.v1.ListCreditTransactionsResponse.transactions:type_name -> userd.v1.CreditTransaction
+	64,  // 16: userd.v1.GetUsageSummaryRequest.start_time:type_name -> google.protobuf.Timestamp
+	64,  // 17: userd.v1.GetUsageSummaryRequest.end_time:type_name -> google.protobuf.Timestamp
+	2,   // 18: userd.v1.GetUsageSummaryRequest.group_by:type_name -> userd.v1.UsagePeriod
+	64,  // 19: userd.v1.UsageInPeriod.start_time:type_name -> google.protobuf.Timestamp
+	64,  // 20: userd.v1.UsageInPeriod.end_time:type_name -> google.protobuf.Timestamp
+	22,  // 21: userd.v1.UsageInPeriod.reasons:type_name -> userd.v1.UsageByReason
+	64,  // 22: userd.v1.GetUsageSummaryResponse.start_time:type_name -> google.protobuf.Timestamp
+	64,  // 23: userd.v1.GetUsageSummaryResponse.end_time:type_name -> google.protobuf.Timestamp
+	2,   // 24: userd.v1.GetUsageSummaryResponse.group_by:type_name -> userd.v1.UsagePeriod
+	22,  // 25: userd.v1.GetUsageSummaryResponse.reasons:type_name -> userd.v1.UsageByReason
+	23,  // 26: userd.v1.GetUsageSummaryResponse.periods:type_name -> userd.v1.UsageInPeriod
+	21,  // 27: userd.v1.GetUsageSummaryResponse.by_member:type_name -> userd.v1.UsageByMember
+	64,  // 28: userd.v1.Price.create_time:type_name -> google.protobuf.Timestamp
+	64,  // 29: userd.v1.Price.update_time:type_name -> google.protobuf.Timestamp
+	64,  // 30: userd.v1.PriceChange.change_time:type_name -> google.protobuf.Timestamp
+	27,  // 31: userd.v1.SetPriceResponse.price:type_name -> userd.v1.Price
+	28,  // 32: userd.v1.SetPriceResponse.change:type_name -> userd.v1.PriceChange
+	27,  // 33: userd.v1.ListPricesResponse.prices:type_name -> userd.v1.Price
+	28,  // 34: userd.v1.ListPriceChangesResponse.changes:type_name -> userd.v1.PriceChange
+	4,   // 35: userd.v1.WatchUserEventsRequest.start:type_name -> userd.v1.WatchStart
+	3,   // 36: userd.v1.WatchUserEventsRequest.kinds:type_name -> userd.v1.UserEventKind
+	37,  // 37: userd.v1.WatchUserEventsResponse.event:type_name -> userd.v1.UserEvent
+	48,  // 38: userd.v1.WatchUserEventsResponse.heartbeat:type_name -> userd.v1.WatchHeartbeat
+	3,   // 39: userd.v1.UserEvent.kind:type_name -> userd.v1.UserEventKind
+	64,  // 40: userd.v1.UserEvent.create_time:type_name -> google.protobuf.Timestamp
+	6,   // 41: userd.v1.UserEvent.user:type_name -> userd.v1.User
+	47,  // 42: userd.v1.UserEvent.plan_change:type_name -> userd.v1.PlanChange
+	7,   // 43: userd.v1.UserEvent.credit_transaction:type_name -> userd.v1.CreditTransaction
+	38,  // 44: userd.v1.UserEvent.organization:type_name -> userd.v1.Organization
+	39,  // 45: userd.v1.UserEvent.membership:type_name -> userd.v1.OrganizationMembership
+	40,  // 46: userd.v1.UserEvent.member_cap_change:type_name -> userd.v1.MemberSpendingCapChange
+	64,  // 47: userd.v1.Organization.create_time:type_name -> google.protobuf.Timestamp
+	64,  // 48: userd.v1.Organization.update_time:type_name -> google.protobuf.Timestamp
+	64,  // 49: userd.v1.Organization.delete_time:type_name -> google.protobuf.Timestamp
+	64,  // 50: userd.v1.OrganizationMembership.create_time:type_name -> google.protobuf.Timestamp
+	64,  // 51: userd.v1.OrganizationMembership.update_time:type_name -> google.protobuf.Timestamp
+	64,  // 52: userd.v1.OrganizationMembership.delete_time:type_name -> google.protobuf.Timestamp
+	2,   // 53: userd.v1.MemberSpendingCapChange.period:type_name -> userd.v1.UsagePeriod
+	64,  // 54: userd.v1.MemberSpendingCapChange.change_time:type_name -> google.protobuf.Timestamp
+	0,   // 55: userd.v1.Account.plan:type_name -> userd.v1.Plan
+	64,  // 56: userd.v1.Account.create_time:type_name -> google.protobuf.Timestamp
+	64,  // 57: userd.v1.Account.close_time:type_name -> google.protobuf.Timestamp
+	42,  // 58: userd.v1.Account.members:type_name -> userd.v1.AccountMember
+	2,   // 59: userd.v1.AccountMember.cap_period:type_name -> userd.v1.UsagePeriod
+	41,  // 60: userd.v1.GetAccountResponse.account:type_name -> userd.v1.Account
+	2,   // 61: userd.v1.SetMemberSpendingCapRequest.period:type_name -> userd.v1.UsagePeriod
+	42,  // 62: userd.v1.SetMemberSpendingCapResponse.member:type_name -> userd.v1.AccountMember
+	0,   // 63: userd.v1.PlanChange.previous_plan:type_name -> userd.v1.Plan
+	0,   // 64: userd.v1.PlanChange.plan:type_name -> userd.v1.Plan
+	64,  // 65: userd.v1.PlanChange.create_time:type_name -> google.protobuf.Timestamp
+	64,  // 66: userd.v1.WatchHeartbeat.time:type_name -> google.protobuf.Timestamp
+	64,  // 67: userd.v1.CreditGrant.effective_time:type_name -> google.protobuf.Timestamp
+	64,  // 68: userd.v1.CreditGrant.expire_time:type_name -> google.protobuf.Timestamp
+	64,  // 69: userd.v1.CreditGrant.period_start_time:type_name -> google.protobuf.Timestamp
+	0,   // 70: userd.v1.ListGrantsResponse.plan:type_name -> userd.v1.Plan
+	50,  // 71: userd.v1.ListGrantsResponse.grants:type_name -> userd.v1.CreditGrant
+	64,  // 72: userd.v1.ListGrantsResponse.next_refill_time:type_name -> google.protobuf.Timestamp
+	0,   // 73: userd.v1.PlanAllowance.plan:type_name -> userd.v1.Plan
+	64,  // 74: userd.v1.PlanAllowance.update_time:type_name -> google.protobuf.Timestamp
+	53,  // 75: userd.v1.GetPlanCatalogResponse.plans:type_name -> userd.v1.PlanAllowance
+	0,   // 76: userd.v1.SetPlanAllowanceRequest.plan:type_name -> userd.v1.Plan
+	53,  // 77: userd.v1.SetPlanAllowanceResponse.plan_allowance:type_name -> userd.v1.PlanAllowance
+	5,   // 78: userd.v1.StripePrice.kind:type_name -> userd.v1.StripePriceKind
+	0,   // 79: userd.v1.StripePrice.plan:type_name -> userd.v1.Plan
+	64,  // 80: userd.v1.StripePrice.update_time:type_name -> google.protobuf.Timestamp
+	5,   // 81: userd.v1.SetStripePriceRequest.kind:type_name -> userd.v1.StripePriceKind
+	0,   // 82: userd.v1.SetStripePriceRequest.plan:type_name -> userd.v1.Plan
+	59,  // 83: userd.v1.ListStripePricesResponse.prices:type_name -> userd.v1.StripePrice
+	8,   // 84: userd.v1.UserService.GetUser:input_type -> userd.v1.GetUserRequest
+	10,  // 85: userd.v1.UserService.EnsureUser:input_type -> userd.v1.EnsureUserRequest
+	12,  // 86: userd.v1.UserService.DeductCredits:input_type -> userd.v1.DeductCreditsRequest
+	14,  // 87: userd.v1.UserService.GrantCredits:input_type -> userd.v1.GrantCreditsRequest
+	16,  // 88: userd.v1.UserService.SetPlan:input_type -> userd.v1.SetPlanRequest
+	18,  // 89: userd.v1.UserService.ListCreditTransactions:input_type -> userd.v1.ListCreditTransactionsRequest
+	20,  // 90: userd.v1.UserService.GetUsageSummary:input_type -> userd.v1.GetUsageSummaryRequest
+	25,  // 91: userd.v1.UserService.CanAfford:input_type -> userd.v1.CanAffordRequest
+	29,  // 92: userd.v1.UserService.SetPrice:input_type -> userd.v1.SetPriceRequest
+	31,  // 93: userd.v1.UserService.ListPrices:input_type -> userd.v1.ListPricesRequest
+	33,  // 94: userd.v1.UserService.ListPriceChanges:input_type -> userd.v1.ListPriceChangesRequest
+	35,  // 95: userd.v1.UserService.WatchUserEvents:input_type -> userd.v1.WatchUserEventsRequest
+	43,  // 96: userd.v1.UserService.GetAccount:input_type -> userd.v1.GetAccountRequest
+	45,  // 97: userd.v1.UserService.SetMemberSpendingCap:input_type -> userd.v1.SetMemberSpendingCapRequest
+	49,  // 98: userd.v1.UserService.ListGrants:input_type -> userd.v1.ListGrantsRequest
+	52,  // 99: userd.v1.UserService.GetPlanCatalog:input_type -> userd.v1.GetPlanCatalogRequest
+	55,  // 100: userd.v1.UserService.SetPlanAllowance:input_type -> userd.v1.SetPlanAllowanceRequest
+	57,  // 101: userd.v1.UserService.EnsureBillingCustomer:input_type -> userd.v1.EnsureBillingCustomerRequest
+	60,  // 102: userd.v1.UserService.SetStripePrice:input_type -> userd.v1.SetStripePriceRequest
+	62,  // 103: userd.v1.UserService.ListStripePrices:input_type -> userd.v1.ListStripePricesRequest
+	9,   // 104: userd.v1.UserService.GetUser:output_type -> userd.v1.GetUserResponse
+	11,  // 105: userd.v1.UserService.EnsureUser:output_type -> userd.v1.EnsureUserResponse
+	13,  // 106: userd.v1.UserService.DeductCredits:output_type -> userd.v1.DeductCreditsResponse
+	15,  // 107: userd.v1.UserService.GrantCredits:output_type -> userd.v1.GrantCreditsResponse
+	17,  // 108: userd.v1.UserService.SetPlan:output_type -> userd.v1.SetPlanResponse
+	19,  // 109: userd.v1.UserService.ListCreditTransactions:output_type -> userd.v1.ListCreditTransactionsResponse
+	24,  // 110: userd.v1.UserService.GetUsageSummary:output_type -> userd.v1.GetUsageSummaryResponse
+	26,  // 111: userd.v1.UserService.CanAfford:output_type -> userd.v1.CanAffordResponse
+	30,  // 112: userd.v1.UserService.SetPrice:output_type -> userd.v1.SetPriceResponse
+	32,  // 113: userd.v1.UserService.ListPrices:output_type -> userd.v1.ListPricesResponse
+	34,  // 114: userd.v1.UserService.ListPriceChanges:output_type -> userd.v1.ListPriceChangesResponse
+	36,  // 115: userd.v1.UserService.WatchUserEvents:output_type -> userd.v1.WatchUserEventsResponse
+	44,  // 116: userd.v1.UserService.GetAccount:output_type -> userd.v1.GetAccountResponse
+	46,  // 117: userd.v1.UserService.SetMemberSpendingCap:output_type -> userd.v1.SetMemberSpendingCapResponse
+	51,  // 118: userd.v1.UserService.ListGrants:output_type -> userd.v1.ListGrantsResponse
+	54,  // 119: userd.v1.UserService.GetPlanCatalog:output_type -> userd.v1.GetPlanCatalogResponse
+	56,  // 120: userd.v1.UserService.SetPlanAllowance:output_type -> userd.v1.SetPlanAllowanceResponse
+	58,  // 121: userd.v1.UserService.EnsureBillingCustomer:output_type -> userd.v1.EnsureBillingCustomerResponse
+	61,  // 122: userd.v1.UserService.SetStripePrice:output_type -> userd.v1.SetStripePriceResponse
+	63,  // 123: userd.v1.UserService.ListStripePrices:output_type -> userd.v1.ListStripePricesResponse
+	104, // [104:124] is the sub-list for method output_type
+	84,  // [84:104] is the sub-list for method input_type
+	84,  // [84:84] is the sub-list for extension type_name
+	84,  // [84:84] is the sub-list for extension extendee
+	0,   // [0:84] is the sub-list for field type_name
 }
 
 func init() { file_userd_v1_user_service_proto_init() }
@@ -5295,8 +5826,8 @@ func file_userd_v1_user_service_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_userd_v1_user_service_proto_rawDesc), len(file_userd_v1_user_service_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   51,
+			NumEnums:      6,
+			NumMessages:   58,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

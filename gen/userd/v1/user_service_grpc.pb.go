@@ -36,6 +36,9 @@ const (
 	UserService_ListGrants_FullMethodName             = "/userd.v1.UserService/ListGrants"
 	UserService_GetPlanCatalog_FullMethodName         = "/userd.v1.UserService/GetPlanCatalog"
 	UserService_SetPlanAllowance_FullMethodName       = "/userd.v1.UserService/SetPlanAllowance"
+	UserService_EnsureBillingCustomer_FullMethodName  = "/userd.v1.UserService/EnsureBillingCustomer"
+	UserService_SetStripePrice_FullMethodName         = "/userd.v1.UserService/SetStripePrice"
+	UserService_ListStripePrices_FullMethodName       = "/userd.v1.UserService/ListStripePrices"
 )
 
 // UserServiceClient is the client API for UserService service.
@@ -179,6 +182,20 @@ type UserServiceClient interface {
 	// the change. It applies to each account from its next period. Services
 	// only.
 	SetPlanAllowance(ctx context.Context, in *SetPlanAllowanceRequest, opts ...grpc.CallOption) (*SetPlanAllowanceResponse, error)
+	// EnsureBillingCustomer returns the Stripe customer of an account (a
+	// user's personal account, or an organization's), creating it through
+	// Stripe's API with the account in its metadata (or adopting
+	// adopt_customer_id) when the account has none. Call it before creating
+	// a Checkout Session or a billing portal session for the account; one
+	// customer belongs to one account and back. FAILED_PRECONDITION without
+	// STRIPE_SECRET_KEY. Services only.
+	EnsureBillingCustomer(ctx context.Context, in *EnsureBillingCustomerRequest, opts ...grpc.CallOption) (*EnsureBillingCustomerResponse, error)
+	// SetStripePrice maps a Stripe price id to a plan (with the credits each
+	// paid period grants) or to a credit pack (credits per unit bought).
+	// Every change is recorded with the service that made it. Services only.
+	SetStripePrice(ctx context.Context, in *SetStripePriceRequest, opts ...grpc.CallOption) (*SetStripePriceResponse, error)
+	// ListStripePrices returns the Stripe price map. Services only.
+	ListStripePrices(ctx context.Context, in *ListStripePricesRequest, opts ...grpc.CallOption) (*ListStripePricesResponse, error)
 }
 
 type userServiceClient struct {
@@ -368,6 +385,36 @@ func (c *userServiceClient) SetPlanAllowance(ctx context.Context, in *SetPlanAll
 	return out, nil
 }
 
+func (c *userServiceClient) EnsureBillingCustomer(ctx context.Context, in *EnsureBillingCustomerRequest, opts ...grpc.CallOption) (*EnsureBillingCustomerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EnsureBillingCustomerResponse)
+	err := c.cc.Invoke(ctx, UserService_EnsureBillingCustomer_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *userServiceClient) SetStripePrice(ctx context.Context, in *SetStripePriceRequest, opts ...grpc.CallOption) (*SetStripePriceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetStripePriceResponse)
+	err := c.cc.Invoke(ctx, UserService_SetStripePrice_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *userServiceClient) ListStripePrices(ctx context.Context, in *ListStripePricesRequest, opts ...grpc.CallOption) (*ListStripePricesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListStripePricesResponse)
+	err := c.cc.Invoke(ctx, UserService_ListStripePrices_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // UserServiceServer is the server API for UserService service.
 // All implementations must embed UnimplementedUserServiceServer
 // for forward compatibility.
@@ -509,6 +556,20 @@ type UserServiceServer interface {
 	// the change. It applies to each account from its next period. Services
 	// only.
 	SetPlanAllowance(context.Context, *SetPlanAllowanceRequest) (*SetPlanAllowanceResponse, error)
+	// EnsureBillingCustomer returns the Stripe customer of an account (a
+	// user's personal account, or an organization's), creating it through
+	// Stripe's API with the account in its metadata (or adopting
+	// adopt_customer_id) when the account has none. Call it before creating
+	// a Checkout Session or a billing portal session for the account; one
+	// customer belongs to one account and back. FAILED_PRECONDITION without
+	// STRIPE_SECRET_KEY. Services only.
+	EnsureBillingCustomer(context.Context, *EnsureBillingCustomerRequest) (*EnsureBillingCustomerResponse, error)
+	// SetStripePrice maps a Stripe price id to a plan (with the credits each
+	// paid period grants) or to a credit pack (credits per unit bought).
+	// Every change is recorded with the service that made it. Services only.
+	SetStripePrice(context.Context, *SetStripePriceRequest) (*SetStripePriceResponse, error)
+	// ListStripePrices returns the Stripe price map. Services only.
+	ListStripePrices(context.Context, *ListStripePricesRequest) (*ListStripePricesResponse, error)
 	mustEmbedUnimplementedUserServiceServer()
 }
 
@@ -569,6 +630,15 @@ func (UnimplementedUserServiceServer) GetPlanCatalog(context.Context, *GetPlanCa
 }
 func (UnimplementedUserServiceServer) SetPlanAllowance(context.Context, *SetPlanAllowanceRequest) (*SetPlanAllowanceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetPlanAllowance not implemented")
+}
+func (UnimplementedUserServiceServer) EnsureBillingCustomer(context.Context, *EnsureBillingCustomerRequest) (*EnsureBillingCustomerResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EnsureBillingCustomer not implemented")
+}
+func (UnimplementedUserServiceServer) SetStripePrice(context.Context, *SetStripePriceRequest) (*SetStripePriceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetStripePrice not implemented")
+}
+func (UnimplementedUserServiceServer) ListStripePrices(context.Context, *ListStripePricesRequest) (*ListStripePricesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListStripePrices not implemented")
 }
 func (UnimplementedUserServiceServer) mustEmbedUnimplementedUserServiceServer() {}
 func (UnimplementedUserServiceServer) testEmbeddedByValue()                     {}
@@ -890,6 +960,60 @@ func _UserService_SetPlanAllowance_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _UserService_EnsureBillingCustomer_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EnsureBillingCustomerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UserServiceServer).EnsureBillingCustomer(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UserService_EnsureBillingCustomer_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UserServiceServer).EnsureBillingCustomer(ctx, req.(*EnsureBillingCustomerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _UserService_SetStripePrice_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetStripePriceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UserServiceServer).SetStripePrice(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UserService_SetStripePrice_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UserServiceServer).SetStripePrice(ctx, req.(*SetStripePriceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _UserService_ListStripePrices_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListStripePricesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UserServiceServer).ListStripePrices(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UserService_ListStripePrices_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UserServiceServer).ListStripePrices(ctx, req.(*ListStripePricesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // UserService_ServiceDesc is the grpc.ServiceDesc for UserService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -960,6 +1084,18 @@ var UserService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetPlanAllowance",
 			Handler:    _UserService_SetPlanAllowance_Handler,
+		},
+		{
+			MethodName: "EnsureBillingCustomer",
+			Handler:    _UserService_EnsureBillingCustomer_Handler,
+		},
+		{
+			MethodName: "SetStripePrice",
+			Handler:    _UserService_SetStripePrice_Handler,
+		},
+		{
+			MethodName: "ListStripePrices",
+			Handler:    _UserService_ListStripePrices_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

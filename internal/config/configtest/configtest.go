@@ -44,5 +44,7 @@ func Valid() config.Serve {
 		Limits:        config.DefaultLimits(),
 		Organizations: config.Organizations{OrgManagePermission: "org:credits:manage"},
 		Console:       config.Console{ConsoleAddr: config.Off, ConsoleSessionTTL: 30 * time.Minute},
+		Stripe: config.Stripe{StripeAPIURL: "https://api.stripe.com", StripeAPIRate: 20, StripeMaxRetryTime: time.Minute,
+			StripeTolerance: 5 * time.Minute, StripeEventRetention: 720 * time.Hour},
 	}
 }

@@ -1,0 +1,116 @@
+package stripeapi_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/userd/userd/internal/billing"
+	"github.com/userd/userd/internal/stripeapi"
+	"github.com/userd/userd/internal/stripetest"
+	"github.com/userd/userd/internal/upstream"
+)
+
+// stripeMockPort is stripe-mock's port: in the stripe helper's range,
+// below the kernel's ephemeral ports.
+const stripeMockPort = 27111
+
+// stripeMock starts Stripe's official mock server (stateless, answering
+// from the OpenAPI spec of its release, and refusing requests whose
+// parameters the spec does not have) on loopback. Without it the test
+// skips, except under CI=true, where it fails: .ci/run installs it.
+func stripeMock(t *testing.T) string {
+	t.Helper()
+	bin, err := exec.LookPath("stripe-mock")
+	if err != nil {
+		gopath, _ := exec.Command("go", "env", "GOPATH").Output()
+		bin = filepath.Join(strings.TrimSpace(string(gopath)), "bin", "stripe-mock")
+		if _, err := os.Stat(bin); err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatal("stripe-mock is not installed: go install github.com/stripe/stripe-mock@v0.203.0 (.ci/run does)")
+			}
+			t.Skip("stripe-mock is not installed: go install github.com/stripe/stripe-mock@v0.203.0")
+		}
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", stripeMockPort)
+	cmd := exec.Command(bin, "-http-addr", addr)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return "http://" + addr
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stripe-mock did not listen on %s: %v", addr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestRequestShapes: every call userd makes is one stripe-mock accepts
+// (known parameters; stripe-mock v0.203.0 serves the 2026-08-26.dahlia spec, so
+// the version itself is not checked here) and
+// its answer decodes into what billing reads.
+func TestRequestShapes(t *testing.T) {
+	url := stripeMock(t)
+	c, err := stripeapi.New(stripeapi.Config{SecretKey: "sk_test_123", URL: url, Retry: upstream.Policy{Attempts: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cu, err := c.CreateCustomer(ctx, billing.NewCustomer{Email: "a@example.com", IdempotencyKey: "userd:customer:x",
+		Metadata: map[string]string{billing.MetaAccountID: "0198c0de-0000-7000-8000-000000000001", billing.MetaClerkUserID: "user_1"}})
+	if err != nil || !strings.HasPrefix(cu.ID, "cus_") {
+		t.Fatalf("CreateCustomer = %+v, %v", cu, err)
+	}
+	if got, err := c.GetCustomer(ctx, cu.ID); err != nil || got.ID == "" {
+		t.Errorf("GetCustomer = %+v, %v", got, err)
+	}
+	subs, err := c.ListSubscriptions(ctx, cu.ID)
+	if err != nil || len(subs) == 0 {
+		t.Fatalf("ListSubscriptions = %+v, %v", subs, err)
+	}
+	// stripe-mock's fixture is in the basil shape: the period on the item.
+	if s := subs[0]; !strings.HasPrefix(s.ID, "sub_") || s.Status == "" || len(s.Items) == 0 || s.Items[0].PriceID == "" || s.Items[0].PeriodEnd.IsZero() {
+		t.Errorf("subscription %+v lacks what billing reads", s)
+	}
+	lines, err := c.ListCheckoutLineItems(ctx, "cs_test_123")
+	if err != nil || len(lines) == 0 || lines[0].PriceID == "" {
+		t.Errorf("ListCheckoutLineItems = %+v, %v", lines, err)
+	}
+	n := 0
+	if err := c.ListCustomers(ctx, func(billing.Customer) error { n++; return nil }); err != nil || n == 0 {
+		t.Errorf("ListCustomers: %d customers, %v", n, err)
+	}
+}
+
+// TestNotFoundIsNotRetried: Stripe's "no such object" (here from the
+// stateful fake) is billing.ErrNotFound, answered at once.
+func TestNotFoundIsNotRetried(t *testing.T) {
+	fake := stripetest.New(t)
+	waits := 0
+	c, err := stripeapi.New(stripeapi.Config{SecretKey: "sk_test_123", URL: fake.Server.URL,
+		Retry: upstream.Policy{Attempts: 3, Initial: time.Millisecond, Max: time.Millisecond}, OnRetry: func(upstream.Wait) { waits++ }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.GetCustomer(context.Background(), "cus_missing"); !errors.Is(err, billing.ErrNotFound) {
+		t.Errorf("GetCustomer of a missing customer: %v, want billing.ErrNotFound", err)
+	}
+	if waits != 0 || fake.Requests.Load() != 1 {
+		t.Errorf("%d retries, %d requests; want none and 1", waits, fake.Requests.Load())
+	}
+}

@@ -1,0 +1,120 @@
+// Package webhookhttp holds what userd's webhook endpoints (Clerk's,
+// internal/clerkhook, and Stripe's, internal/stripehook) share: the bounded
+// raw-body read, JSON answers, and the rate-limited log of refused
+// deliveries, so both answer floods alike.
+package webhookhttp
+
+import (
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/userd/userd/internal/httpmw"
+)
+
+// Rejection is a delivery refused before any database work.
+type Rejection struct {
+	Status int
+	Reason string
+}
+
+// Rejection logging: anyone can send deliveries, so a flood of forged ones
+// must not become a flood of log lines. The first LogBurst are logged, then
+// one every LogEvery; the others are counted and summed up in one line at
+// most every SummaryEvery. Metrics count every one. Under a sustained flood
+// that is 11 lines a minute.
+const (
+	LogBurst     = 10
+	LogEvery     = 6 * time.Second
+	SummaryEvery = time.Minute
+)
+
+// RejectionLog logs refused deliveries at a bounded rate.
+type RejectionLog struct {
+	log     *slog.Logger
+	limiter *rate.Limiter
+	every   time.Duration
+	// idKey names the delivery id in log lines ("svix_id", "stripe_event").
+	idKey string
+
+	mu sync.Mutex
+	// unlogged counts rejections by reason since the last summary; nil
+	// when none is due, else summary is the timer that will log it.
+	unlogged map[string]int
+	summary  *time.Timer
+}
+
+// NewRejectionLog returns a log that sums up what it did not log every
+// summaryEvery.
+func NewRejectionLog(log *slog.Logger, summaryEvery time.Duration, idKey string) *RejectionLog {
+	return &RejectionLog{log: log, limiter: rate.NewLimiter(rate.Every(LogEvery), LogBurst), every: summaryEvery, idKey: idKey}
+}
+
+// SetLimit changes the rate of logged lines past the burst (tests).
+func (l *RejectionLog) SetLimit(r rate.Limit) { l.limiter.SetLimit(r) }
+
+// Write logs one rejection, or counts it for the next summary. id is an
+// unverified header value: it is cut to a loggable size.
+func (l *RejectionLog) Write(rej Rejection, id, remote string) {
+	if l.limiter.Allow() {
+		// Never the body or the signature.
+		l.log.Warn("webhook rejected", "reason", rej.Reason, "status", rej.Status, l.idKey, LogSafe(id), "remote", remote)
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.unlogged == nil {
+		l.unlogged = map[string]int{}
+		l.summary = time.AfterFunc(l.every, l.Summarize)
+	}
+	l.unlogged[rej.Reason]++
+}
+
+// Summarize logs how many rejections, by reason, were not logged, if any.
+func (l *RejectionLog) Summarize() {
+	l.mu.Lock()
+	counts := l.unlogged
+	l.unlogged = nil
+	if l.summary != nil {
+		l.summary.Stop()
+		l.summary = nil
+	}
+	l.mu.Unlock()
+	if counts == nil {
+		return
+	}
+	total := 0
+	reasons := make([]any, 0, len(counts))
+	for reason, n := range counts {
+		total += n
+		reasons = append(reasons, slog.Int(reason, n))
+	}
+	l.log.Warn("webhook rejections not logged (rate limited); the rejection metric counts them all",
+		"count", total, "interval", l.every.String(), slog.Group("by_reason", reasons...))
+}
+
+// ReadBody reads a request's raw body, at most httpmw.MaxBodyBytes.
+func ReadBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	return io.ReadAll(http.MaxBytesReader(w, r.Body, httpmw.MaxBodyBytes))
+}
+
+// LogSafe cuts an unverified header value to a loggable size.
+func LogSafe(s string) string {
+	if len(s) > 64 {
+		s = s[:64] + "..."
+	}
+	return strconv.Quote(s)
+}
+
+// WriteJSON answers status with v as JSON.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
