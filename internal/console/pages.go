@@ -232,7 +232,7 @@ func (s *Server) account(w http.ResponseWriter, r *http.Request, ss session) {
 	}
 	data := map[string]any{
 		"Account": show(a, ss.Role), "Kind": string(f.Kind), "Member": f.Member,
-		"Kinds": []users.TxKind{users.TxInitial, users.TxDeduct, users.TxGrant, users.TxPlanBonus},
+		"Kinds": []users.TxKind{users.TxInitial, users.TxDeduct, users.TxGrant, users.TxPlanBonus, users.TxAllowance, users.TxExpire},
 		"Plans": []users.Plan{users.PlanFree, users.PlanPro, users.PlanEnterprise},
 		"Keys":  map[string]string{"grant": newKey(), "deduct": newKey(), "plan": newKey(), "close": newKey()},
 	}
@@ -244,6 +244,19 @@ func (s *Server) account(w http.ResponseWriter, r *http.Request, ss session) {
 		data["Older"] = ledgerURL(id, f, ledger[len(ledger)-1].ID)
 	}
 	data["Ledger"] = ledger
+	// The credits by expiry (live grants, the pool that never expires, the
+	// next allowance). A deleted user's or organization's account has no
+	// owner to name it by any more: the section says so instead.
+	if !a.Deleted() {
+		g, err := s.svc.ListGrants(ctx, users.AccountRef{ClerkUserID: a.ClerkUserID, ClerkOrgID: a.ClerkOrgID})
+		if err != nil && apperr.KindOf(err) != apperr.KindNotFound {
+			s.failErr(w, r, err)
+			return
+		}
+		if err == nil {
+			data["Grants"] = g
+		}
+	}
 	if data["PlanChanges"], err = s.reads.PlanChanges(ctx, id, 10); err != nil {
 		s.failErr(w, r, err)
 		return

@@ -120,6 +120,9 @@ type ConsoleAccount struct {
 	OrgDeletedAt *time.Time
 }
 
+// Deleted reports whether the account's owner was deleted in Clerk.
+func (a ConsoleAccount) Deleted() bool { return a.UserDeletedAt != nil || a.OrgDeletedAt != nil }
+
 // Personal reports whether the account is a user's.
 func (a ConsoleAccount) Personal() bool { return a.ClerkUserID != "" }
 
