@@ -2,8 +2,11 @@
 -- price map and its audit history, subscriptions as last fetched, payments.
 
 -- LinkStripeCustomer links a customer to an account if neither is linked
--- yet and returns the link in effect for the customer, and the customer in
--- effect for the account (so the caller sees a conflict either way).
+-- yet and returns whether it did (inserted), the account the customer is
+-- linked to and the customer the account is linked to (so the caller sees a
+-- conflict either way). A link a concurrent call committed while this one
+-- waited is not in this statement's snapshot: the nil uuid, and the caller
+-- reads again.
 -- name: LinkStripeCustomer :one
 WITH ins AS (
     INSERT INTO stripe_customers (customer_id, account_id, clerk_user_id, clerk_org_id)
@@ -12,8 +15,10 @@ WITH ins AS (
     RETURNING customer_id, account_id
 )
 SELECT
+    EXISTS (SELECT 1 FROM ins) AS inserted,
     coalesce((SELECT i.account_id FROM ins i),
-             (SELECT c.account_id FROM stripe_customers c WHERE c.customer_id = @customer_id::text))::uuid AS customer_account_id,
+             (SELECT c.account_id FROM stripe_customers c WHERE c.customer_id = @customer_id::text),
+             '00000000-0000-0000-0000-000000000000')::uuid AS customer_account_id,
     coalesce((SELECT i.customer_id FROM ins i),
              (SELECT c.customer_id FROM stripe_customers c WHERE c.account_id = @account_id::uuid), '')::text AS account_customer_id;
 

@@ -127,8 +127,10 @@ WITH ins AS (
     RETURNING customer_id, account_id
 )
 SELECT
+    EXISTS (SELECT 1 FROM ins) AS inserted,
     coalesce((SELECT i.account_id FROM ins i),
-             (SELECT c.account_id FROM stripe_customers c WHERE c.customer_id = $1::text))::uuid AS customer_account_id,
+             (SELECT c.account_id FROM stripe_customers c WHERE c.customer_id = $1::text),
+             '00000000-0000-0000-0000-000000000000')::uuid AS customer_account_id,
     coalesce((SELECT i.customer_id FROM ins i),
              (SELECT c.customer_id FROM stripe_customers c WHERE c.account_id = $2::uuid), '')::text AS account_customer_id
 `
@@ -141,6 +143,7 @@ type LinkStripeCustomerParams struct {
 }
 
 type LinkStripeCustomerRow struct {
+	Inserted          bool
 	CustomerAccountID uuid.UUID
 	AccountCustomerID string
 }
@@ -148,8 +151,11 @@ type LinkStripeCustomerRow struct {
 // Queries of Stripe billing (issue 22): customer links, applied events, the
 // price map and its audit history, subscriptions as last fetched, payments.
 // LinkStripeCustomer links a customer to an account if neither is linked
-// yet and returns the link in effect for the customer, and the customer in
-// effect for the account (so the caller sees a conflict either way).
+// yet and returns whether it did (inserted), the account the customer is
+// linked to and the customer the account is linked to (so the caller sees a
+// conflict either way). A link a concurrent call committed while this one
+// waited is not in this statement's snapshot: the nil uuid, and the caller
+// reads again.
 func (q *Queries) LinkStripeCustomer(ctx context.Context, db DBTX, arg LinkStripeCustomerParams) (LinkStripeCustomerRow, error) {
 	row := db.QueryRow(ctx, linkStripeCustomer,
 		arg.CustomerID,
@@ -158,7 +164,7 @@ func (q *Queries) LinkStripeCustomer(ctx context.Context, db DBTX, arg LinkStrip
 		arg.ClerkOrgID,
 	)
 	var i LinkStripeCustomerRow
-	err := row.Scan(&i.CustomerAccountID, &i.AccountCustomerID)
+	err := row.Scan(&i.Inserted, &i.CustomerAccountID, &i.AccountCustomerID)
 	return i, err
 }
 

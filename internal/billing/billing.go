@@ -128,9 +128,10 @@ type Accounts interface {
 // Store is billing's part of the database.
 type Store interface {
 	// LinkCustomer links l.CustomerID to l.AccountID unless either is
-	// linked already, and returns the account the customer is linked to
-	// and the customer the account is linked to, after the call.
-	LinkCustomer(ctx context.Context, l Link) (customerAccount uuid.UUID, accountCustomer string, err error)
+	// linked already, and returns whether this call linked them, the
+	// account the customer is linked to and the customer the account is
+	// linked to, after the call.
+	LinkCustomer(ctx context.Context, l Link) (linked bool, customerAccount uuid.UUID, accountCustomer string, err error)
 	// GetCustomer returns a customer's link (users.ErrNoRow without one).
 	GetCustomer(ctx context.Context, customerID string) (Link, error)
 	// GetCustomerOfAccount returns an account's link (users.ErrNoRow).

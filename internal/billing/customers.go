@@ -80,25 +80,25 @@ func (s *Service) EnsureCustomer(ctx context.Context, in EnsureCustomerInput) (c
 			return "", false, fmt.Errorf("create stripe customer: %w", err)
 		}
 	}
-	got, err := s.link(ctx, Link{CustomerID: cust.ID, AccountID: acct.ID, Ref: ref})
+	linked, got, err := s.link(ctx, Link{CustomerID: cust.ID, AccountID: acct.ID, Ref: ref})
 	if err != nil {
 		return "", false, err
 	}
-	return got, got == cust.ID, nil
+	return got, linked, nil
 }
 
-// link links a customer to an account; it returns the account's customer
-// after the call, and fails Conflict when the customer is linked to
-// another account.
-func (s *Service) link(ctx context.Context, l Link) (string, error) {
-	custAcct, acctCust, err := s.store.LinkCustomer(ctx, l)
+// link links a customer to an account; it returns whether this call
+// linked them and the account's customer after the call, and fails
+// Conflict when the customer is linked to another account.
+func (s *Service) link(ctx context.Context, l Link) (bool, string, error) {
+	linked, custAcct, acctCust, err := s.store.LinkCustomer(ctx, l)
 	if err != nil {
-		return "", fmt.Errorf("link stripe customer: %w", err)
+		return false, "", fmt.Errorf("link stripe customer: %w", err)
 	}
 	if custAcct != l.AccountID {
-		return "", apperr.Conflict("STRIPE_CUSTOMER_LINKED", fmt.Sprintf("Stripe customer %s is linked to another account", l.CustomerID))
+		return false, "", apperr.Conflict("STRIPE_CUSTOMER_LINKED", fmt.Sprintf("Stripe customer %s is linked to another account", l.CustomerID))
 	}
-	return acctCust, nil
+	return linked, acctCust, nil
 }
 
 func accountRef(a users.Account) users.AccountRef {
@@ -168,7 +168,7 @@ func (s *Service) resolveLink(ctx context.Context, customerID, clientReferenceID
 	if err != nil {
 		return Link{}, fmt.Errorf("account of stripe customer %s: %w", customerID, err)
 	}
-	got, err := s.link(ctx, Link{CustomerID: customerID, AccountID: acct.ID, Ref: accountRef(acct)})
+	_, got, err := s.link(ctx, Link{CustomerID: customerID, AccountID: acct.ID, Ref: accountRef(acct)})
 	if err != nil {
 		return Link{}, err
 	}

@@ -28,15 +28,22 @@ func linkOf(c sqlcdb.StripeCustomer) billing.Link {
 	}
 }
 
-func (b Billing) LinkCustomer(ctx context.Context, l billing.Link) (uuid.UUID, string, error) {
-	row, err := b.s.q.LinkStripeCustomer(ctx, b.s.db, sqlcdb.LinkStripeCustomerParams{
-		CustomerID: l.CustomerID, AccountID: l.AccountID,
-		ClerkUserID: nullable(l.Ref.ClerkUserID), ClerkOrgID: nullable(l.Ref.ClerkOrgID),
-	})
-	if err != nil {
-		return uuid.UUID{}, "", translate(fmt.Errorf("link stripe customer: %w", err))
+func (b Billing) LinkCustomer(ctx context.Context, l billing.Link) (bool, uuid.UUID, string, error) {
+	for attempt := 0; ; attempt++ {
+		row, err := b.s.q.LinkStripeCustomer(ctx, b.s.db, sqlcdb.LinkStripeCustomerParams{
+			CustomerID: l.CustomerID, AccountID: l.AccountID,
+			ClerkUserID: nullable(l.Ref.ClerkUserID), ClerkOrgID: nullable(l.Ref.ClerkOrgID),
+		})
+		if err != nil {
+			return false, uuid.UUID{}, "", translate(fmt.Errorf("link stripe customer: %w", err))
+		}
+		// A concurrent link committed while the insert waited: read again,
+		// in a new snapshot.
+		if row.CustomerAccountID == uuid.Nil && attempt < 3 {
+			continue
+		}
+		return row.Inserted, row.CustomerAccountID, row.AccountCustomerID, nil
 	}
-	return row.CustomerAccountID, row.AccountCustomerID, nil
 }
 
 func (b Billing) GetCustomer(ctx context.Context, customerID string) (billing.Link, error) {
