@@ -805,11 +805,22 @@ BEGIN
         -- One statement, after the lock (its snapshot sees a membership
         -- change that committed while this call waited: those lock the
         -- account too): the membership, the member's user and its cap.
+        -- The membership is userd_live_membership's query, inlined (a SQL
+        -- function returning a set is planned on every call).
         SELECT m.clerk_membership_id IS NOT NULL, m.permissions, u.id, c.account_id IS NOT NULL,
                c.period, c.cap, c.period_start, c.spent
         INTO v_member, v_permissions, v_actor, v_has_cap, v_cap_period, cap, v_cap_period_start, v_cap_spent
         FROM (SELECT 1) one
-        LEFT JOIN LATERAL userd_live_membership(p_clerk_org_id, p_member_clerk_user_id) m ON true
+        LEFT JOIN LATERAL (
+            SELECT lm.clerk_membership_id, lm.permissions FROM organization_memberships lm
+            WHERE lm.clerk_org_id = p_clerk_org_id AND lm.clerk_user_id = p_member_clerk_user_id
+              AND lm.deleted_at IS NULL
+              AND EXISTS (SELECT 1 FROM organizations o WHERE o.clerk_org_id = lm.clerk_org_id AND o.deleted_at IS NULL)
+              AND NOT EXISTS (SELECT 1 FROM users d WHERE d.clerk_user_id = lm.clerk_user_id AND d.deleted_at IS NOT NULL)
+            ORDER BY lm.clerk_updated_at DESC, lm.clerk_membership_id
+            LIMIT 1
+            FOR KEY SHARE OF lm
+        ) m ON true
         LEFT JOIN users u ON u.clerk_user_id = p_member_clerk_user_id AND u.deleted_at IS NULL
         LEFT JOIN account_member_caps c ON c.account_id = v_account AND c.clerk_user_id = p_member_clerk_user_id;
         IF NOT v_member THEN
