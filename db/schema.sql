@@ -2923,13 +2923,6 @@ CREATE INDEX credit_grants_account_expiry_idx ON public.credit_grants USING btre
 
 
 --
--- Name: credit_grants_due_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX credit_grants_due_idx ON public.credit_grants USING btree (expires_at) WHERE (expired_at IS NULL);
-
-
---
 -- Name: credit_grants_transaction_idx; Type: INDEX; Schema: public; Owner: -
 --
 
