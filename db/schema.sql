@@ -3414,17 +3414,10 @@ CREATE INDEX accounts_next_refill_idx ON public.accounts USING btree (next_refil
 
 
 --
--- Name: credit_grants_due_idx; Type: INDEX; Schema: public; Owner: -
+-- Name: credit_grants_account_expiry_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX credit_grants_due_idx ON public.credit_grants USING btree (expires_at) WHERE (expired_at IS NULL);
-
-
---
--- Name: credit_grants_live_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX credit_grants_live_idx ON public.credit_grants USING btree (account_id, expires_at, id) WHERE (expired_at IS NULL);
+CREATE INDEX credit_grants_account_expiry_idx ON public.credit_grants USING btree (account_id, expires_at, id);
 
 
 --

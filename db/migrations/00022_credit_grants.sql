@@ -175,10 +175,14 @@ CREATE TABLE IF NOT EXISTS credit_grants (
     CONSTRAINT credit_grants_expired_is_empty CHECK (expired_at IS NULL OR remaining = 0)
 );
 
--- A deduction's consumption order, and an account's live grants.
-CREATE INDEX IF NOT EXISTS credit_grants_live_idx ON credit_grants (account_id, expires_at, id) WHERE expired_at IS NULL;
--- The expiry job's queue.
-CREATE INDEX IF NOT EXISTS credit_grants_due_idx ON credit_grants (expires_at) WHERE expired_at IS NULL;
+-- A deduction's consumption order and an account's live grants (expires_at
+-- > now: the range skips the expired ones), and the grants of a period's
+-- end (rollover).
+CREATE INDEX IF NOT EXISTS credit_grants_account_expiry_idx ON credit_grants (account_id, expires_at, id);
+-- No index on expires_at alone: the expiry job finds due grants by a scan
+-- per batch, and such an index (partial on expired_at IS NULL) drew the
+-- planner away from credit_grants_account_expiry_idx in every query of one
+-- account (each of them then read every due grant of every account).
 CREATE INDEX IF NOT EXISTS credit_grants_transaction_idx ON credit_grants (transaction_id);
 
 CREATE TABLE IF NOT EXISTS allowance_periods (

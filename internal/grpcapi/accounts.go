@@ -16,20 +16,8 @@ import (
 // GetUser is authorized (an end user: its own), an organization's as a
 // read of it (an end user: its active organization, while a live member).
 func (s *Server) GetAccount(ctx context.Context, req *userdv1.GetAccountRequest) (*userdv1.GetAccountResponse, error) {
-	org, user := req.GetClerkOrganizationId(), req.GetClerkUserId()
-	if (org == "") == (user == "") {
-		return nil, apperr.InvalidArgument(apperr.FieldViolation{
-			Field: "clerk_user_id", Description: "name exactly one of clerk_user_id (a personal account) and clerk_organization_id",
-		})
-	}
-	ref := users.AccountRef{ClerkOrgID: org}
-	if org == "" {
-		id, err := ownUser(ctx, user)
-		if err != nil {
-			return nil, err
-		}
-		ref.ClerkUserID = id
-	} else if err := s.authorizeOrgRead(ctx, org, ""); err != nil {
+	ref, err := s.readableAccount(ctx, req.GetClerkOrganizationId(), req.GetClerkUserId())
+	if err != nil {
 		return nil, err
 	}
 	a, err := s.users.GetAccount(ctx, ref)
@@ -37,6 +25,29 @@ func (s *Server) GetAccount(ctx context.Context, req *userdv1.GetAccountRequest)
 		return nil, err
 	}
 	return &userdv1.GetAccountResponse{Account: accountToProto(a)}, nil
+}
+
+// readableAccount names the account a read asks for, exactly one of org
+// and user, once the caller may read it: a personal account as GetUser is
+// authorized (an end user: its own), an organization's as
+// authorizeOrgRead.
+func (s *Server) readableAccount(ctx context.Context, org, user string) (users.AccountRef, error) {
+	if (org == "") == (user == "") {
+		return users.AccountRef{}, apperr.InvalidArgument(apperr.FieldViolation{
+			Field: "clerk_user_id", Description: "name exactly one of clerk_user_id (a personal account) and clerk_organization_id",
+		})
+	}
+	ref := users.AccountRef{ClerkOrgID: org}
+	if org == "" {
+		id, err := ownUser(ctx, user)
+		if err != nil {
+			return users.AccountRef{}, err
+		}
+		ref.ClerkUserID = id
+	} else if err := s.authorizeOrgRead(ctx, org, ""); err != nil {
+		return users.AccountRef{}, err
+	}
+	return ref, nil
 }
 
 // authorizeOrgRead authorizes reading the account of org: a service

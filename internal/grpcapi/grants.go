@@ -6,27 +6,14 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	userdv1 "github.com/userd/userd/gen/userd/v1"
-	"github.com/userd/userd/internal/apperr"
 	"github.com/userd/userd/internal/users"
 )
 
 // ListGrants implements userdv1.UserServiceServer, authorized as
 // GetAccount.
 func (s *Server) ListGrants(ctx context.Context, req *userdv1.ListGrantsRequest) (*userdv1.ListGrantsResponse, error) {
-	org, user := req.GetClerkOrganizationId(), req.GetClerkUserId()
-	if (org == "") == (user == "") {
-		return nil, apperr.InvalidArgument(apperr.FieldViolation{
-			Field: "clerk_user_id", Description: "name exactly one of clerk_user_id (a personal account) and clerk_organization_id",
-		})
-	}
-	ref := users.AccountRef{ClerkOrgID: org}
-	if org == "" {
-		id, err := ownUser(ctx, user)
-		if err != nil {
-			return nil, err
-		}
-		ref.ClerkUserID = id
-	} else if err := s.authorizeOrgRead(ctx, org, ""); err != nil {
+	ref, err := s.readableAccount(ctx, req.GetClerkOrganizationId(), req.GetClerkUserId())
+	if err != nil {
 		return nil, err
 	}
 	g, err := s.users.ListGrants(ctx, ref)
