@@ -1518,8 +1518,9 @@ CREATE FUNCTION public.userd_insert_user(p_clerk_user_id text, p_email text, p_f
 DECLARE
     v_id uuid;
 BEGIN
-    -- Inserts a user with its personal account (plan FREE) and returns its
-    -- id, or NULL when a row for the Clerk id exists already (concurrent
+    -- 00020's body, but a live user's INITIAL entry is 0 when the plan
+    -- catalog gives FREE an allowance (00022). Inserts a user with its
+    -- personal account (plan FREE) and returns its id, or NULL when a row for the Clerk id exists already (concurrent
     -- inserts for one id wait for each other). A live user gets
     -- p_initial_credits as its INITIAL ledger entry; p_deleted inserts a
     -- tombstone (no credits, no entry). One statement, with the user's
@@ -1535,7 +1536,13 @@ BEGIN
         RETURNING id, email, first_name, last_name, image_url, created_at, updated_at, deleted_at
     ), account AS (
         INSERT INTO accounts (id, owner_user_id, plan, credits, created_at, updated_at)
-        SELECT new_user.id, new_user.id, 'FREE', CASE WHEN p_deleted THEN 0 ELSE p_initial_credits END,
+        SELECT new_user.id, new_user.id, 'FREE',
+               CASE WHEN p_deleted THEN 0
+                    -- Where the catalog gives FREE an allowance, the first
+                    -- allowance (granted with the INITIAL entry, see
+                    -- userd_initial_allowance) replaces the sign-up credits.
+                    WHEN EXISTS (SELECT 1 FROM plan_catalog c WHERE c.plan = 'FREE' AND c.allowance > 0) THEN 0
+                    ELSE p_initial_credits END,
                new_user.created_at, new_user.updated_at
         FROM new_user
         RETURNING id, plan, credits

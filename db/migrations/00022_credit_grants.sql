@@ -783,7 +783,137 @@ $$;
 -- +goose StatementEnd
 
 
+-- A new user's first allowance replaces its sign-up credits where the
+-- catalog gives FREE an allowance (the INITIAL entry is then 0).
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION userd_insert_user(
+    p_clerk_user_id text, p_email text, p_first_name text, p_last_name text, p_image_url text,
+    p_clerk_updated_at bigint, p_initial_credits bigint, p_deleted boolean)
+RETURNS uuid
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_id uuid;
+BEGIN
+    -- 00020's body, but a live user's INITIAL entry is 0 when the plan
+    -- catalog gives FREE an allowance (00022). Inserts a user with its
+    -- personal account (plan FREE) and returns its id, or NULL when a row for the Clerk id exists already (concurrent
+    -- inserts for one id wait for each other). A live user gets
+    -- p_initial_credits as its INITIAL ledger entry; p_deleted inserts a
+    -- tombstone (no credits, no entry). One statement, with the user's
+    -- first events: user.created (or user.deleted for a tombstone), then
+    -- credits.changed for the INITIAL entry. The user's stream is new (a
+    -- users row is never removed, so no event names this Clerk id yet):
+    -- their order_xid is the transaction's.
+    WITH new_user AS (
+        INSERT INTO users (clerk_user_id, email, first_name, last_name, image_url, clerk_updated_at, deleted_at)
+        VALUES (p_clerk_user_id, p_email, p_first_name, p_last_name, p_image_url, p_clerk_updated_at,
+                CASE WHEN p_deleted THEN now() END)
+        ON CONFLICT (clerk_user_id) DO NOTHING
+        RETURNING id, email, first_name, last_name, image_url, created_at, updated_at, deleted_at
+    ), account AS (
+        INSERT INTO accounts (id, owner_user_id, plan, credits, created_at, updated_at)
+        SELECT new_user.id, new_user.id, 'FREE',
+               CASE WHEN p_deleted THEN 0
+                    -- Where the catalog gives FREE an allowance, the first
+                    -- allowance (granted with the INITIAL entry, see
+                    -- userd_initial_allowance) replaces the sign-up credits.
+                    WHEN EXISTS (SELECT 1 FROM plan_catalog c WHERE c.plan = 'FREE' AND c.allowance > 0) THEN 0
+                    ELSE p_initial_credits END,
+               new_user.created_at, new_user.updated_at
+        FROM new_user
+        RETURNING id, plan, credits
+    ), initial AS (
+        INSERT INTO credit_transactions AS t (user_id, delta, balance_after, kind)
+        SELECT account.id, account.credits, account.credits, 'INITIAL' FROM account
+        WHERE NOT p_deleted
+        RETURNING t
+    ), event AS (
+        INSERT INTO feed_events (order_xid, kind, user_id, clerk_user_id, account_id, payload)
+        SELECT pg_current_xact_id()::text::bigint, x.kind, new_user.id, p_clerk_user_id, x.account_id, x.payload
+        FROM new_user JOIN account ON account.id = new_user.id,
+        LATERAL (
+            SELECT 1 AS n, CASE WHEN p_deleted THEN 'user.deleted' ELSE 'user.created' END AS kind,
+                   NULL::uuid AS account_id,
+                   CASE WHEN p_deleted THEN
+                       jsonb_build_object('plan', account.plan, 'credits', account.credits,
+                                          'deleted_at', new_user.deleted_at)
+                   ELSE jsonb_build_object(
+                       'email', new_user.email, 'first_name', new_user.first_name, 'last_name', new_user.last_name,
+                       'image_url', new_user.image_url, 'plan', account.plan, 'credits', account.credits,
+                       'created_at', new_user.created_at, 'updated_at', new_user.updated_at) END AS payload
+            UNION ALL
+            SELECT 2, 'credits.changed', account.id, userd_credits_changed_payload(initial.t) FROM initial
+        ) x
+        ORDER BY x.n
+    )
+    SELECT account.id INTO v_id FROM account;
+    RETURN v_id;
+END
+$$;
+-- +goose StatementEnd
+
 -- +goose Down
+-- 00020's userd_insert_user: sign-up credits whatever the catalog says.
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION userd_insert_user(
+    p_clerk_user_id text, p_email text, p_first_name text, p_last_name text, p_image_url text,
+    p_clerk_updated_at bigint, p_initial_credits bigint, p_deleted boolean)
+RETURNS uuid
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_id uuid;
+BEGIN
+    -- Inserts a user with its personal account (plan FREE) and returns its
+    -- id, or NULL when a row for the Clerk id exists already (concurrent
+    -- inserts for one id wait for each other). A live user gets
+    -- p_initial_credits as its INITIAL ledger entry; p_deleted inserts a
+    -- tombstone (no credits, no entry). One statement, with the user's
+    -- first events: user.created (or user.deleted for a tombstone), then
+    -- credits.changed for the INITIAL entry. The user's stream is new (a
+    -- users row is never removed, so no event names this Clerk id yet):
+    -- their order_xid is the transaction's.
+    WITH new_user AS (
+        INSERT INTO users (clerk_user_id, email, first_name, last_name, image_url, clerk_updated_at, deleted_at)
+        VALUES (p_clerk_user_id, p_email, p_first_name, p_last_name, p_image_url, p_clerk_updated_at,
+                CASE WHEN p_deleted THEN now() END)
+        ON CONFLICT (clerk_user_id) DO NOTHING
+        RETURNING id, email, first_name, last_name, image_url, created_at, updated_at, deleted_at
+    ), account AS (
+        INSERT INTO accounts (id, owner_user_id, plan, credits, created_at, updated_at)
+        SELECT new_user.id, new_user.id, 'FREE', CASE WHEN p_deleted THEN 0 ELSE p_initial_credits END,
+               new_user.created_at, new_user.updated_at
+        FROM new_user
+        RETURNING id, plan, credits
+    ), initial AS (
+        INSERT INTO credit_transactions AS t (user_id, delta, balance_after, kind)
+        SELECT account.id, account.credits, account.credits, 'INITIAL' FROM account
+        WHERE NOT p_deleted
+        RETURNING t
+    ), event AS (
+        INSERT INTO feed_events (order_xid, kind, user_id, clerk_user_id, account_id, payload)
+        SELECT pg_current_xact_id()::text::bigint, x.kind, new_user.id, p_clerk_user_id, x.account_id, x.payload
+        FROM new_user JOIN account ON account.id = new_user.id,
+        LATERAL (
+            SELECT 1 AS n, CASE WHEN p_deleted THEN 'user.deleted' ELSE 'user.created' END AS kind,
+                   NULL::uuid AS account_id,
+                   CASE WHEN p_deleted THEN
+                       jsonb_build_object('plan', account.plan, 'credits', account.credits,
+                                          'deleted_at', new_user.deleted_at)
+                   ELSE jsonb_build_object(
+                       'email', new_user.email, 'first_name', new_user.first_name, 'last_name', new_user.last_name,
+                       'image_url', new_user.image_url, 'plan', account.plan, 'credits', account.credits,
+                       'created_at', new_user.created_at, 'updated_at', new_user.updated_at) END AS payload
+            UNION ALL
+            SELECT 2, 'credits.changed', account.id, userd_credits_changed_payload(initial.t) FROM initial
+        ) x
+        ORDER BY x.n
+    )
+    SELECT account.id INTO v_id FROM account;
+    RETURN v_id;
+END
+$$;
+-- +goose StatementEnd
+
 -- +goose StatementBegin
 CREATE OR REPLACE FUNCTION userd_account_post_credits(p_account_id uuid, p_balance bigint, p_closed boolean, p_actor_user_id uuid, p_service text, p_kind text, p_delta bigint, p_reason text, p_key text, OUT status text, OUT available bigint, OUT t_id bigint, OUT t_account_id uuid, OUT t_delta bigint, OUT t_balance_after bigint, OUT t_kind text, OUT t_reason text, OUT t_created_at timestamp with time zone, OUT t_actor_user_id uuid, OUT t_service text)
     LANGUAGE plpgsql

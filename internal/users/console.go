@@ -267,7 +267,7 @@ func (c *Console) Account(ctx context.Context, id uuid.UUID) (ConsoleAccount, er
 func (c *Console) Ledger(ctx context.Context, accountID uuid.UUID, f LedgerFilter) ([]LedgerEntry, error) {
 	if f.Kind != "" {
 		switch f.Kind {
-		case TxInitial, TxDeduct, TxGrant, TxPlanBonus:
+		case TxInitial, TxDeduct, TxGrant, TxPlanBonus, TxAllowance, TxExpire:
 		default:
 			return nil, apperr.InvalidArgument(apperr.FieldViolation{Field: "kind", Description: "is not a ledger kind"})
 		}

@@ -370,9 +370,10 @@ func TestRefillJobThreeReplicasAndGap(t *testing.T) {
 		if granted != 7 || skipped != 1 || skippedPeriods != 39 {
 			t.Errorf("account %s: %d granted, %d skipped runs of %d periods; want 7, 1, 39", id, granted, skipped, skippedPeriods)
 		}
-		// Only the current period's allowance is live.
-		if b.credits != 10+5 || b.expiring != 5 {
-			t.Errorf("account %s: balance %d, expiring %d; want 15 and 5", id, b.credits, b.expiring)
+		// Only the current period's allowance is live (it replaced the
+		// sign-up credits: the catalog gives FREE an allowance).
+		if b.credits != 5 || b.expiring != 5 || b.kinds[users.TxInitial] != 1 {
+			t.Errorf("account %s: balance %d, expiring %d, %d INITIAL entries; want 5, 5 and 1 (of 0)", id, b.credits, b.expiring, b.kinds[users.TxInitial])
 		}
 	}
 }
@@ -387,9 +388,9 @@ func TestPlanChangeMidPeriod(t *testing.T) {
 	ctx := context.Background()
 	setCatalog(t, e, users.PlanAllowance{Plan: users.PlanFree, Allowance: 10, Period: users.AllowanceMonthly, RolloverCap: 4})
 	setCatalog(t, e, users.PlanAllowance{Plan: users.PlanPro, Allowance: 1000, Period: users.AllowanceMonthly, UpgradeBonus: 50})
-	u := ensure(t, e.bundle, "user_plan") // 10 INITIAL + 10 FREE allowance
-	if b := readGrantBooks(t, e.pool, u.ID); b.credits != 20 || b.expiring != 10 {
-		t.Fatalf("new account: balance %d, expiring %d; want 20 and 10", b.credits, b.expiring)
+	u := ensure(t, e.bundle, "user_plan") // 0 INITIAL (the allowance replaces it) + 10 FREE allowance
+	if b := readGrantBooks(t, e.pool, u.ID); b.credits != 10 || b.expiring != 10 {
+		t.Fatalf("new account: balance %d, expiring %d; want 10 and 10", b.credits, b.expiring)
 	}
 	setPlan := func(p users.Plan, key string) {
 		t.Helper()
@@ -400,15 +401,15 @@ func TestPlanChangeMidPeriod(t *testing.T) {
 	setPlan(users.PlanPro, "up1")
 	b := readGrantBooks(t, e.pool, u.ID)
 	b.check(t)
-	if b.credits != 20+990+50 || b.expiring != 1000 {
-		t.Errorf("after the upgrade: balance %d, expiring %d; want 1060 and 1000", b.credits, b.expiring)
+	if b.credits != 10+990+50 || b.expiring != 1000 {
+		t.Errorf("after the upgrade: balance %d, expiring %d; want 1050 and 1000", b.credits, b.expiring)
 	}
 	setPlan(users.PlanFree, "down1")
 	setPlan(users.PlanPro, "up2")
 	b = readGrantBooks(t, e.pool, u.ID)
 	b.check(t)
-	if b.credits != 1060 || b.kinds[users.TxPlanBonus] != 1 {
-		t.Errorf("after down and up again: balance %d with %d bonuses; want 1060 and 1 (nothing twice)", b.credits, b.kinds[users.TxPlanBonus])
+	if b.credits != 1050 || b.kinds[users.TxPlanBonus] != 1 {
+		t.Errorf("after down and up again: balance %d with %d bonuses; want 1050 and 1 (nothing twice)", b.credits, b.kinds[users.TxPlanBonus])
 	}
 	setPlan(users.PlanFree, "down2")
 	// Spend all but 7 of the period's allowance; 4 of those roll over.
@@ -421,9 +422,9 @@ func TestPlanChangeMidPeriod(t *testing.T) {
 	}
 	b = readGrantBooks(t, e.pool, u.ID)
 	b.check(t)
-	// 1060 - 993 = 67; 7 expire; FREE's 10 + 4 rolled over arrive.
-	if b.credits != 67-7+14 || b.expiring != 14 {
-		t.Errorf("next period on FREE: balance %d, expiring %d; want 74 and 14", b.credits, b.expiring)
+	// 1050 - 993 = 57; 7 expire; FREE's 10 + 4 rolled over arrive.
+	if b.credits != 57-7+14 || b.expiring != 14 {
+		t.Errorf("next period on FREE: balance %d, expiring %d; want 64 and 14", b.credits, b.expiring)
 	}
 	g, err := e.svc.ListGrants(ctx, users.AccountRef{ClerkUserID: "user_plan"})
 	if err != nil {
