@@ -263,6 +263,12 @@ func (s *Service) grantInvoice(ctx context.Context, link Link, inv Invoice) (str
 	if credits == 0 {
 		return "no_allowance", nil
 	}
+	if !expires.After(s.now()) {
+		// Paid (or delivered) after its period ended: its credits would
+		// expire as they are granted. Nothing to grant; not an error, or
+		// Stripe would retry it for days.
+		return "allowance_period_over", nil
+	}
 	res, err := s.accounts.GrantCredits(ctx, users.CreditChange{
 		ClerkUserID: link.Ref.ClerkUserID, ClerkOrgID: link.Ref.ClerkOrgID, Amount: credits,
 		IdempotencyKey: "stripe:invoice:" + inv.ID,

@@ -72,6 +72,16 @@ func writtenTransaction(id *int64, accountID uuid.UUID, delta, balanceAfter *int
 	}
 }
 
+// ownActor names the owner as the actor of an entry on its personal
+// account: the personal write functions record the user itself as the
+// actor (actor_user_id = the account's id = the user's), and the ledger
+// reads return its Clerk id, so the write's answer says the same.
+func ownActor(t *users.Transaction, clerkUserID string) {
+	if t != nil && t.ActorUserID != uuid.Nil && t.ActorUserID == t.AccountID {
+		t.ActorClerkUserID = clerkUserID
+	}
+}
+
 // accountOut converts an account read (personal: ownerUser set;
 // organization: ownerOrg set).
 func accountOut(id uuid.UUID, plan string, credits int64, createdAt, updatedAt time.Time, closedAt *time.Time,

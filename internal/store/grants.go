@@ -31,6 +31,7 @@ func (s *Store) GrantExpiringCredits(ctx context.Context, w users.ExpiringGrantW
 	res := users.CreditWriteResult{Status: users.WriteStatus(deref(row.Status)), Available: deref(row.Available)}
 	if t := writtenTransaction(row.TID, deref(row.AccountID), row.TDelta, row.TBalanceAfter, row.TKind, row.TReason,
 		row.TCreatedAt, w.IdempotencyKey, row.TActorUserID, row.TService); t != nil {
+		ownActor(t, w.ClerkUserID)
 		res.Transaction = *t
 	}
 	return res, nil

@@ -28,6 +28,7 @@ func (s *Store) DeductCreditsForAction(ctx context.Context, d users.ActionDeduct
 	}
 	if t := writtenTransaction(row.TID, deref(row.TUserID), row.TDelta, row.TBalanceAfter, row.TKind, row.TReason,
 		row.TCreatedAt, d.IdempotencyKey, row.TActorUserID, row.TService); t != nil {
+		ownActor(t, d.ClerkUserID)
 		res.Transaction = *t
 	}
 	return res, nil

@@ -168,6 +168,7 @@ func (s *Store) changeCredits(ctx context.Context, db sqlcdb.DBTX, w users.Credi
 	res := users.CreditWriteResult{Status: users.WriteStatus(deref(row.Status)), Available: deref(row.Available)}
 	if t := writtenTransaction(row.TID, deref(row.TUserID), row.TDelta, row.TBalanceAfter, row.TKind, row.TReason,
 		row.TCreatedAt, w.IdempotencyKey, row.TActorUserID, row.TService); t != nil {
+		ownActor(t, w.ClerkUserID)
 		res.Transaction = *t
 	}
 	return res, nil
@@ -225,6 +226,7 @@ func (s *Store) setPlan(ctx context.Context, db sqlcdb.DBTX, w users.PlanWrite) 
 	res.Change.ActorUserID, res.Change.Service = deref(row.PcActorUserID), deref(row.PcService)
 	res.Bonus = writtenTransaction(row.TID, *row.UID, row.TDelta, row.TBalanceAfter, row.TKind, row.TReason,
 		row.TCreatedAt, w.IdempotencyKey, row.PcActorUserID, row.PcService)
+	ownActor(res.Bonus, w.ClerkUserID)
 	return res, nil
 }
 

@@ -145,7 +145,9 @@ func (e *env) run(t *testing.T, s script, name string, rng *rand.Rand, shuffled 
 		clerkIDs[c] = fmt.Sprintf("user_%s_c%d", name, c)
 		custIDs[c] = e.account(clerkIDs[c])
 	}
-	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	// Periods end months after base, in the future: an invoice paid after
+	// its period ended grants nothing (its credits would expire at once).
+	base := time.Now().UTC().Add(24 * time.Hour).Truncate(time.Hour)
 	var pending []event
 	n := 0
 	deliverDue := func(k int) {
