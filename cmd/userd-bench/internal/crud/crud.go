@@ -125,7 +125,7 @@ func measureRound(ctx context.Context, targets []*target, ceils []*ceiling, prof
 			}
 		}
 		for _, c := range ceils {
-			if s.ceiling != "" && (c.Name == s.ceiling || c.Name == noFeed(s.ceiling)) && !done[c.Name] {
+			if s.ceiling != "" && (c.Name == s.ceiling || c.Name == NoFeed(s.ceiling)) && !done[c.Name] {
 				if err := c.run(); err != nil {
 					return err
 				}

@@ -163,7 +163,7 @@ func (in *instance) key(prefix string) string {
 }
 
 func (in *instance) getUser(i int) error {
-	_, err := in.grpc.GetUser(in.ctx, &userdv1.GetUserRequest{Lookup: &userdv1.GetUserRequest_ClerkUserId{ClerkUserId: userID(i % *nUsers)}})
+	_, err := in.grpc.GetUser(in.ctx, &userdv1.GetUserRequest{Lookup: &userdv1.GetUserRequest_ClerkUserId{ClerkUserId: UserID(i % *nUsers)}})
 	return err
 }
 
@@ -176,7 +176,7 @@ func (in *instance) healthCheck(int) error {
 }
 
 func (in *instance) ensureExisting(i int) error {
-	_, err := in.grpc.EnsureUser(in.ctx, &userdv1.EnsureUserRequest{ClerkUserId: userID(i % *nUsers)})
+	_, err := in.grpc.EnsureUser(in.ctx, &userdv1.EnsureUserRequest{ClerkUserId: UserID(i % *nUsers)})
 	return err
 }
 
@@ -188,7 +188,7 @@ func (in *instance) restGetUser(i int) error {
 
 func (in *instance) deduct(i int) error {
 	_, err := in.grpc.DeductCredits(in.ctx, &userdv1.DeductCreditsRequest{
-		ClerkUserId: userID(i % *nUsers), Amount: 1, IdempotencyKey: in.key("d"),
+		ClerkUserId: UserID(i % *nUsers), Amount: 1, IdempotencyKey: in.key("d"),
 	})
 	return err
 }
@@ -196,7 +196,7 @@ func (in *instance) deduct(i int) error {
 // restDeduct is a backend service deducting over REST with its token.
 func (in *instance) restDeduct(i int) error {
 	body := `{"amount":"1","idempotencyKey":"` + in.key("r") + `"}`
-	req, _ := http.NewRequest(http.MethodPost, in.httpURL+"/v1/users/"+userID(i%*nUsers)+"/credits:deduct", strings.NewReader(body))
+	req, _ := http.NewRequest(http.MethodPost, in.httpURL+"/v1/users/"+UserID(i%*nUsers)+"/credits:deduct", strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+serviceToken)
 	req.Header.Set("Content-Type", "application/json")
 	return in.do(req)
@@ -204,14 +204,14 @@ func (in *instance) restDeduct(i int) error {
 
 func (in *instance) grant(i int) error {
 	_, err := in.grpc.GrantCredits(in.ctx, &userdv1.GrantCreditsRequest{
-		ClerkUserId: userID(i % *nUsers), Amount: 1, IdempotencyKey: in.key("g"),
+		ClerkUserId: UserID(i % *nUsers), Amount: 1, IdempotencyKey: in.key("g"),
 	})
 	return err
 }
 
 func (in *instance) setPlan(i int) error {
 	_, err := in.grpc.SetPlan(in.ctx, &userdv1.SetPlanRequest{
-		ClerkUserId: userID(i % *nUsers), Plan: userdv1.Plan_PLAN_PRO, BonusCredits: 1, IdempotencyKey: in.key("p"),
+		ClerkUserId: UserID(i % *nUsers), Plan: userdv1.Plan_PLAN_PRO, BonusCredits: 1, IdempotencyKey: in.key("p"),
 	})
 	return err
 }

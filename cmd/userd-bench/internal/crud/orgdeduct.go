@@ -43,7 +43,7 @@ func (in *instance) orgDeduct(i int) error {
 	}
 	n := i % *nUsers
 	_, err := in.grpc.DeductCredits(in.ctx, &userdv1.DeductCreditsRequest{
-		ClerkOrganizationId: orgID(n), ClerkUserId: userID(n), Amount: 1, IdempotencyKey: in.key("o"),
+		ClerkOrganizationId: orgID(n), ClerkUserId: UserID(n), Amount: 1, IdempotencyKey: in.key("o"),
 	})
 	return err
 }
@@ -121,13 +121,13 @@ func (in *instance) seedOrg(i int, now time.Time) error {
 
 // seedOrgMember seeds user i's membership of orgID(i) and its cap.
 func (in *instance) seedOrgMember(i int, now time.Time) error {
-	m := clerkhook.SampleMembership{ID: "orgmem_bench" + strconv.Itoa(i), Org: sampleOrg(i, now), UserID: userID(i),
+	m := clerkhook.SampleMembership{ID: "orgmem_bench" + strconv.Itoa(i), Org: sampleOrg(i, now), UserID: UserID(i),
 		Role: "org:member", UpdatedAt: now}
 	if err := in.deliver("msg_mem_"+m.ID, clerkhook.SampleMembershipEvent("organizationMembership.created", m)); err != nil {
 		return err
 	}
 	_, err := in.grpc.SetMemberSpendingCap(in.ctx, &userdv1.SetMemberSpendingCapRequest{
-		ClerkOrganizationId: m.Org.ID, MemberClerkUserId: userID(i), Period: userdv1.UsagePeriod_USAGE_PERIOD_MONTH,
+		ClerkOrganizationId: m.Org.ID, MemberClerkUserId: UserID(i), Period: userdv1.UsagePeriod_USAGE_PERIOD_MONTH,
 		Cap: 1_000_000_000_000,
 	})
 	return err

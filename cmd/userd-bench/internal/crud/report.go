@@ -82,8 +82,8 @@ func renderTable(b *strings.Builder, cur, prev *target, ceiling map[string]float
 			ceil = fmt.Sprintf("%.0f (%s)", tps, s.ceiling)
 			ratio = fmt.Sprintf("%.2f", rps/tps)
 		}
-		if tps := ceiling[noFeed(s.ceiling)]; s.ceiling != "" && tps > 0 {
-			nofeed = fmt.Sprintf("%.0f (%s)", tps, noFeed(s.ceiling))
+		if tps := ceiling[NoFeed(s.ceiling)]; s.ceiling != "" && tps > 0 {
+			nofeed = fmt.Sprintf("%.0f (%s)", tps, NoFeed(s.ceiling))
 		}
 		if s.name == healthFloor {
 			ceil = "(the floor of a gRPC call)"

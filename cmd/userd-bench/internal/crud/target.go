@@ -69,7 +69,7 @@ func (t *target) setup(ctx context.Context, key *rsa.PrivateKey) error {
 	t.results = map[string][]result{}
 	for i := range *nUsers {
 		tok := jwt.NewWithClaims(jwt.SigningMethodRS256, jwt.MapClaims{
-			"iss": issuer, "sub": userID(i), "exp": time.Now().Add(benchTokenLifetime).Unix(), "iat": time.Now().Unix(), "sid": "sess_" + userID(i),
+			"iss": issuer, "sub": UserID(i), "exp": time.Now().Add(benchTokenLifetime).Unix(), "iat": time.Now().Unix(), "sid": "sess_" + UserID(i),
 		})
 		s, err := tok.SignedString(key)
 		if err != nil {
@@ -105,7 +105,9 @@ func (t *target) setup(ctx context.Context, key *rsa.PrivateKey) error {
 	return nil
 }
 
-func userID(i int) string { return fmt.Sprintf("user_bench%d", i) }
+// UserID is the Clerk id of seeded user i: user_bench<i>, the users the
+// db/ceilings scripts draw (:n below -D users=N).
+func UserID(i int) string { return fmt.Sprintf("user_bench%d", i) }
 
 // measure starts the target, runs one scenario and stops it again, so
 // that no idle userd holds database connections while another target or
@@ -215,12 +217,17 @@ func (in *instance) stop() {
 	_ = in.proc.Stop(syscall.SIGINT, 30*time.Second)
 }
 
-func (in *instance) seed(i int) error {
-	id := userID(i)
-	if _, err := in.grpc.EnsureUser(in.ctx, &userdv1.EnsureUserRequest{ClerkUserId: id, Email: fmt.Sprintf("u%d@bench.example", i)}); err != nil {
+func (in *instance) seed(i int) error { return SeedUser(in.ctx, in.grpc, i) }
+
+// SeedUser creates seeded user i (UserID(i)) with a large balance, so that
+// deductions never run out, as the db/ceilings scripts expect. ctx carries
+// the service token.
+func SeedUser(ctx context.Context, client userdv1.UserServiceClient, i int) error {
+	id := UserID(i)
+	if _, err := client.EnsureUser(ctx, &userdv1.EnsureUserRequest{ClerkUserId: id, Email: fmt.Sprintf("u%d@bench.example", i)}); err != nil {
 		return err
 	}
-	_, err := in.grpc.GrantCredits(in.ctx, &userdv1.GrantCreditsRequest{ClerkUserId: id, Amount: 1_000_000_000, IdempotencyKey: "seed"})
+	_, err := client.GrantCredits(ctx, &userdv1.GrantCreditsRequest{ClerkUserId: id, Amount: 1_000_000_000, IdempotencyKey: "seed"})
 	return err
 }
 

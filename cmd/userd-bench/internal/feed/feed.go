@@ -1,8 +1,8 @@
 // Package feed is `userd-bench feed` (make bench-feed): it measures the change feed (WatchUserEvents): the
 // latency from a write's commit to its event reaching consumers at a
-// steady load, the cost of the outbox triggers on write throughput
-// (pgbench on the same statements with the triggers enabled and disabled,
-// alternating in one run), and the CPU and memory of idle consumers. It
+// steady load, the feed's cost on write throughput (pgbench on the
+// db/ceilings statements that write the feed's events and on the same
+// statements without them, alternating in one run), and the CPU and memory of idle consumers. It
 // starts the userd binary on a fresh database and writes its section of
 // BENCHMARKS.md.
 package feed
@@ -18,8 +18,6 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"regexp"
 	"runtime"
 	"slices"
 	"strconv"
@@ -35,6 +33,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/userd/userd/cmd/userd-bench/internal/crud"
+	"github.com/userd/userd/db/ceilings"
 	userdv1 "github.com/userd/userd/gen/userd/v1"
 	"github.com/userd/userd/internal/procstat"
 	"github.com/userd/userd/internal/userdproc"
@@ -62,6 +62,7 @@ var (
 	polls       = flags.String("polls", "100ms,20ms", "USERD_FEED_POLL_INTERVAL values to measure latency at")
 	idle        = flags.Int("idle", 1000, "idle consumers for the CPU measurement")
 	idleDur     = flags.Duration("idle-d", 30*time.Second, "CPU measurement time, with and without the idle consumers")
+	pgOps       = flags.String("ops", "deduct,webhook_create,grant,set_plan", "db/ceilings operations (each with an <op>_nofeed.sql) to measure the feed's cost on")
 	pgClients   = flags.Int("c", 8, "pgbench clients")
 	pgDur       = flags.Duration("pg-d", 5*time.Second, "pgbench time per round")
 	rounds      = flags.Int("rounds", 6, "pgbench rounds per variant (alternating)")
@@ -141,15 +142,22 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(&report, "\n**Cost of the outbox on writes**: pgbench, %d clients, %d rounds of %s per variant, running the statement userd runs "+
-		"with the feed's triggers enabled, then disabled (`ALTER TABLE … DISABLE TRIGGER`), round after round on the same database. "+
+	fmt.Fprintf(&report, "\n**Cost of the outbox on writes**: pgbench, %d clients, %d rounds of %s per variant, on the database seeded above "+
+		"(-D users=%d), running each operation's ceiling statement db/ceilings/<op>.sql, which writes the feed's event(s) in the same statement as userd's "+
+		"write functions do (migration 00020), then its twin <op>_nofeed.sql, the same statement without them, round after round. "+
 		"The cost is the median of the rounds' ratios (each pair of runs a few seconds apart, so they share the machine's load), with their range.\n\n",
-		*pgClients, *rounds, *pgDur)
-	fmt.Fprintf(&report, "| statement | events per call | tps with triggers (median) | tps without (median) | cost (range) |\n| --- | ---: | ---: | ---: | ---: |\n")
+		*pgClients, *rounds, *pgDur, *nUsers)
+	fmt.Fprintf(&report, "| ceiling | events per call | tps with events (median) | tps without (median) | cost (range) |\n| --- | ---: | ---: | ---: | ---: |\n")
 	for _, r := range pg {
-		ratios := make([]float64, len(r.with))
+		var ratios []float64
 		for i := range r.with {
-			ratios[i] = (r.with[i]/r.without[i] - 1) * 100
+			if r.with[i] > 0 && r.without[i] > 0 { // 0: no transaction completed
+				ratios = append(ratios, (r.with[i]/r.without[i]-1)*100)
+			}
+		}
+		if len(ratios) == 0 {
+			fmt.Fprintf(&report, "| %s | %d | %.0f | %.0f | |\n", r.name, r.events, median(r.with), median(r.without))
+			continue
 		}
 		slices.Sort(ratios)
 		fmt.Fprintf(&report, "| %s | %d | %.0f | %.0f | %+.0f%% (%+.0f%% … %+.0f%%) |\n", r.name, r.events, median(r.with), median(r.without),
@@ -217,15 +225,10 @@ func (u *userd) stop() {
 	_ = u.proc.Stop(syscall.SIGINT, 30*time.Second)
 }
 
-func userID(i int) string { return fmt.Sprintf("user_feedbench%d", i) }
-
 func (u *userd) seed() error {
 	log.Printf("seeding %d users", *nUsers)
 	for i := range *nUsers {
-		if _, err := u.client.EnsureUser(u.ctx, &userdv1.EnsureUserRequest{ClerkUserId: userID(i)}); err != nil {
-			return err
-		}
-		if _, err := u.client.GrantCredits(u.ctx, &userdv1.GrantCreditsRequest{ClerkUserId: userID(i), Amount: 1_000_000_000, IdempotencyKey: "seed"}); err != nil {
+		if err := crud.SeedUser(u.ctx, u.client, i); err != nil {
 			return err
 		}
 	}
@@ -296,7 +299,7 @@ func (u *userd) latency() ([]float64, float64, error) {
 					return
 				}
 				res, err := u.client.DeductCredits(u.ctx, &userdv1.DeductCreditsRequest{
-					ClerkUserId: userID(rng.IntN(*nUsers)), Amount: 1, IdempotencyKey: fmt.Sprint("lat-", keySeq.Add(1)),
+					ClerkUserId: crud.UserID(rng.IntN(*nUsers)), Amount: 1, IdempotencyKey: fmt.Sprint("lat-", keySeq.Add(1)),
 				})
 				if err != nil {
 					failed.Add(1)
@@ -342,7 +345,7 @@ func (u *userd) idleCost() (idleResult, error) {
 			}
 			client = userdv1.NewUserServiceClient(conn)
 		}
-		stream, err := client.WatchUserEvents(ctx, &userdv1.WatchUserEventsRequest{ClerkUserId: userID(i % *nUsers)})
+		stream, err := client.WatchUserEvents(ctx, &userdv1.WatchUserEventsRequest{ClerkUserId: crud.UserID(i % *nUsers)})
 		if err != nil {
 			return r, err
 		}
@@ -378,90 +381,87 @@ type pgResult struct {
 	with, without []float64
 }
 
-// outboxCost runs pgbench on the statements userd runs for a deduction and
-// for a new user, with the feed's triggers enabled and disabled.
+// outboxCost runs pgbench on each operation's ceiling that writes the
+// feed's events (db/ceilings/<op>.sql) and on its twin without them
+// (<op>_nofeed.sql), alternating round after round, on the database seed
+// filled with the users the ceilings draw.
 func outboxCost(ctx context.Context, dbURL string) ([]pgResult, error) {
 	conn, err := pgx.Connect(ctx, dbURL)
 	if err != nil {
 		return nil, err
 	}
 	defer conn.Close(ctx)
+	all, err := ceilings.All()
+	if err != nil {
+		return nil, err
+	}
+	byName := map[string]ceilings.Script{}
+	for _, s := range all {
+		byName[s.Name] = s
+	}
 	dir, err := os.MkdirTemp("", "userd-feedbench")
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	scripts := []struct {
-		name, body string
-		events     int
-		triggers   []string
-	}{
-		{"DeductCredits (`userd_change_credits`)", fmt.Sprintf("\\set n random(0, %d)\n\\set k random(1, 1000000000000)\n"+
-			"SELECT status FROM userd_change_credits('user_feedbench' || :n, 'DEDUCT', -1, 'bench', 'pgb' || :k || '-' || :client_id);\n", *nUsers-1),
-			1, []string{"credit_transactions ALTER TRIGGER credit_transactions_feed"}},
-		{"EnsureUser, new user (`userd_create_user`)", "\\set k random(1, 1000000000000)\n" +
-			"SELECT u_id FROM userd_create_user('user_pgb' || :k || '_' || :client_id, NULL, NULL, NULL, NULL, NULL, 10);\n",
-			2, []string{"credit_transactions ALTER TRIGGER credit_transactions_feed", "users ALTER TRIGGER users_feed_insert"}},
-	}
 	var results []pgResult
-	for _, s := range scripts {
-		path := filepath.Join(dir, strconv.Itoa(len(results))+".sql")
-		if err := os.WriteFile(path, []byte(s.body), 0o644); err != nil {
-			return nil, err
+	for _, op := range strings.Split(*pgOps, ",") {
+		with, ok := byName[op]
+		without, ok2 := byName[crud.NoFeed(op)]
+		if !ok || !ok2 {
+			return nil, fmt.Errorf("-ops: no db/ceilings/%s.sql and %s.sql pair", op, crud.NoFeed(op))
 		}
-		res := pgResult{name: s.name, events: s.events}
-		setTriggers := func(on bool) error {
-			verb := "DISABLE"
-			if on {
-				verb = "ENABLE"
+		paths := map[bool]string{}
+		for feed, s := range map[bool]ceilings.Script{true: with, false: without} {
+			if paths[feed], err = crud.WriteScript(dir, s); err != nil {
+				return nil, err
 			}
-			for _, t := range s.triggers {
-				table, trigger, _ := strings.Cut(t, " ALTER TRIGGER ")
-				if _, err := conn.Exec(ctx, fmt.Sprintf("ALTER TABLE %s %s TRIGGER %s", table, verb, trigger)); err != nil {
-					return err
-				}
-			}
-			return nil
 		}
+		events, err := eventsPerCall(ctx, conn, with)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", op, err)
+		}
+		res := pgResult{name: op, events: events}
 		for r := range *rounds {
-			for _, on := range []bool{true, false} {
-				if err := setTriggers(on); err != nil {
-					return nil, err
-				}
-				tps, err := pgbench(dbURL, path)
+			for _, feed := range []bool{true, false} {
+				tps, err := crud.Pgbench(dbURL, paths[feed], *pgClients, *pgDur, *nUsers)
 				if err != nil {
-					return nil, err
+					return nil, fmt.Errorf("pgbench %s: %w", op, err)
 				}
-				if on {
+				if feed {
 					res.with = append(res.with, tps)
 				} else {
 					res.without = append(res.without, tps)
 				}
-				log.Printf("pgbench %s round %d triggers=%v: %.0f tps", s.name, r+1, on, tps)
+				log.Printf("pgbench %s round %d feed=%v: %.0f tps", op, r+1, feed, tps)
 			}
-		}
-		if err := setTriggers(true); err != nil {
-			return nil, err
 		}
 		results = append(results, res)
 	}
 	return results, nil
 }
 
-var tpsRe = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)
-
-func pgbench(dbURL, script string) (float64, error) {
-	cmd := exec.Command("pgbench", "-n", "-M", "prepared", "-c", strconv.Itoa(*pgClients), "-j", strconv.Itoa(runtime.NumCPU()),
-		"-T", strconv.Itoa(int(pgDur.Seconds())), "-f", script, dbURL)
-	b, err := cmd.CombinedOutput()
-	if err != nil {
-		return 0, fmt.Errorf("pgbench: %v\n%s", err, b)
+// eventsPerCall runs the ceiling once (for seeded user 0) and returns the
+// feed events it wrote.
+func eventsPerCall(ctx context.Context, conn *pgx.Conn, s ceilings.Script) (int, error) {
+	vars := map[string]string{"users": strconv.Itoa(*nUsers), "n": "0", "k": strconv.FormatInt(rand.Int64N(1e12)+1, 10), "client_id": "0"}
+	var before, after int
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM feed_events").Scan(&before); err != nil {
+		return 0, err
 	}
-	m := tpsRe.FindSubmatch(b)
-	if m == nil {
-		return 0, fmt.Errorf("pgbench: no tps in\n%s", b)
+	for _, cmd := range s.SQL() {
+		q, err := ceilings.Substitute(cmd, vars)
+		if err != nil {
+			return 0, err
+		}
+		if _, err := conn.Exec(ctx, q); err != nil {
+			return 0, err
+		}
 	}
-	return strconv.ParseFloat(string(m[1]), 64)
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM feed_events").Scan(&after); err != nil {
+		return 0, err
+	}
+	return after - before, nil
 }
 
 func benchDatabase(ctx context.Context) (string, func(), error) {
