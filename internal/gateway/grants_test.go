@@ -34,14 +34,15 @@ func TestGrantsAndCatalogOverREST(t *testing.T) {
 	if r.status != http.StatusOK || len(asList(r.body["plans"])) != 1 {
 		t.Errorf("catalog: %d %v", r.status, r.body)
 	}
-	// Alice signs up now: the FREE allowance with her account.
+	// Alice signs up now: the FREE allowance with her account, in place of
+	// the sign-up credits.
 	if r := b.call(t, "POST", "/v1/users/me:ensure", alice, map[string]any{}); r.status != http.StatusOK {
 		t.Fatalf("ensure: %d %v", r.status, r.body)
 	}
 	expires := time.Now().Add(48 * time.Hour).UTC().Format(time.RFC3339)
 	r = b.call(t, "POST", "/v1/users/user_alice/credits:grant", svc,
 		map[string]any{"amount": 25, "idempotencyKey": "promo", "expiresAt": expires, "grantSource": "BONUS"})
-	if r.status != http.StatusOK || r.body["balance"] != "45" {
+	if r.status != http.StatusOK || r.body["balance"] != "35" {
 		t.Fatalf("grant with expiry: %d %v", r.status, r.body)
 	}
 	r = b.call(t, "POST", "/v1/users/user_alice/credits:grant", svc,
@@ -51,7 +52,7 @@ func TestGrantsAndCatalogOverREST(t *testing.T) {
 	}
 	r = b.call(t, "GET", "/v1/users/me/grants", alice, nil)
 	grants := asList(r.body["grants"])
-	if r.status != http.StatusOK || r.body["balance"] != "45" || r.body["nonExpiringCredits"] != "10" || len(grants) != 2 ||
+	if r.status != http.StatusOK || r.body["balance"] != "35" || r.body["nonExpiringCredits"] != "0" || len(grants) != 2 ||
 		r.body["nextRefillAmount"] != "10" || r.body["nextRefillTime"] == nil {
 		t.Fatalf("grants: %d %v", r.status, r.body)
 	}
