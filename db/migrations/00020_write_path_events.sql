@@ -20,13 +20,14 @@
 --
 -- The previous release calls the same function names and signatures: they
 -- are replaced in place (CREATE OR REPLACE), so an old replica writes
--- through the new bodies as soon as they commit. The switch is one
--- transaction that replaces every writer and turns the three triggers into
--- no-ops at once, with no table lock (replacing a function takes none), so
--- no write sees half of it: an event is never written twice nor lost. The
--- no-op triggers are then dropped, each in a short transaction that waits
--- at most 200 ms for its table lock and is retried (as in 00010), so
--- writers never queue behind the migration for long.
+-- through the new bodies as soon as they commit. The three triggers stay,
+-- and write an event only for a row whose writer did not: the writers of
+-- this migration mark their transaction (set_config of
+-- userd.writer_emits_events, transaction-local) and the triggers skip it.
+-- A call that was already running an old body when the switch committed
+-- still gets its events from the triggers. (Turning the triggers into
+-- no-ops in the switch's transaction lost exactly such an event under
+-- make fleet-test.) A later post-deploy migration can drop them.
 --
 -- Rule from now on: a function that inserts into credit_transactions or
 -- plan_changes writes the feed event too. userd_post_ledger_entry (both
@@ -166,6 +167,9 @@ CREATE OR REPLACE FUNCTION userd_account_post_entry(p_account_id uuid, p_balance
     OUT t_kind text, OUT t_reason text, OUT t_created_at timestamptz, OUT t_actor_user_id uuid, OUT t_service text)
 LANGUAGE plpgsql AS $$
 BEGIN
+    -- This transaction's writers write their own events (see
+    -- userd_credit_transactions_feed).
+    PERFORM set_config('userd.writer_emits_events', 'on', true);
     -- Moves the balance of an account whose row the caller has locked (it
     -- was p_balance) by p_delta, writes the ledger entry recording who
     -- acted (p_actor_user_id, p_service) and its credits.changed event on
@@ -397,6 +401,9 @@ CREATE OR REPLACE FUNCTION userd_account_write_plan(p_account_id uuid, p_balance
     OUT pc_actor_user_id uuid, OUT pc_service text)
 LANGUAGE plpgsql AS $$
 BEGIN
+    -- This transaction's writers write their own events (see
+    -- userd_credit_transactions_feed).
+    PERFORM set_config('userd.writer_emits_events', 'on', true);
     -- Moves an account whose row the caller has locked (balance p_balance,
     -- plan p_plan_now, closed p_closed) to p_plan and grants p_bonus,
     -- recording who acted, under p_key claimed as SET_PLAN, in one
@@ -554,6 +561,9 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_id uuid;
 BEGIN
+    -- This transaction's writers write their own events (see
+    -- userd_credit_transactions_feed).
+    PERFORM set_config('userd.writer_emits_events', 'on', true);
     -- Inserts a user with its personal account (plan FREE) and returns its
     -- id, or NULL when a row for the Clerk id exists already (concurrent
     -- inserts for one id wait for each other). A live user gets
@@ -616,16 +626,18 @@ BEGIN
     -- (userd erase-user), erases it from the user's earlier events as
     -- well, so the outbox keeps none of it for the rest of its retention.
     -- A deleted user emits nothing more.
-    IF TG_OP = 'INSERT' THEN
-        -- Only until the users_feed_insert trigger is dropped below.
+    IF TG_OP = 'INSERT' AND current_setting('userd.writer_emits_events', true) = 'on' THEN
+        -- userd_insert_user (00020) wrote user.created or the tombstone's
+        -- user.deleted itself; an insert by a writer of before 00020 gets
+        -- them here (see userd_credit_transactions_feed).
         RETURN NULL;
     END IF;
     IF NEW.deleted_at IS NULL THEN
-        PERFORM userd_emit_event('user.updated', NEW.id, NEW.clerk_user_id, NULL, NULL, NULL,
-            userd_user_event_payload(NEW));
+        PERFORM userd_emit_event(CASE TG_OP WHEN 'INSERT' THEN 'user.created' ELSE 'user.updated' END,
+            NEW.id, NEW.clerk_user_id, NULL, NULL, NULL, userd_user_event_payload(NEW));
         RETURN NULL;
     END IF;
-    IF OLD.deleted_at IS NULL THEN
+    IF TG_OP = 'INSERT' OR OLD.deleted_at IS NULL THEN
         PERFORM userd_emit_event('user.deleted', NEW.id, NEW.clerk_user_id, NULL, NULL, NULL,
             (SELECT jsonb_build_object('plan', a.plan, 'credits', a.credits, 'deleted_at', NEW.deleted_at)
              FROM (SELECT 1) one LEFT JOIN accounts a ON a.id = NEW.id));
@@ -649,6 +661,9 @@ DECLARE
     v_claimed boolean := false;
     v_account_id uuid;
 BEGIN
+    -- This transaction's writers write their own events (see
+    -- userd_credit_transactions_feed).
+    PERFORM set_config('userd.writer_emits_events', 'on', true);
     IF p_svix_id IS NOT NULL AND EXISTS (SELECT 1 FROM webhook_events w WHERE w.svix_id = p_svix_id) THEN
         RETURN 'duplicate';
     END IF;
@@ -990,8 +1005,16 @@ $$;
 CREATE OR REPLACE FUNCTION userd_credit_transactions_feed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    -- Nothing: the writers write credits.changed themselves (00020), and
-    -- this trigger is dropped below.
+    -- credits.changed for a ledger entry written by a writer of before
+    -- 00020, which relies on this trigger; the writers of 00020 write the
+    -- event themselves and say so for their transaction
+    -- (userd.writer_emits_events). Turning this trigger off at the switch
+    -- would lose the event of a call that was already running an old
+    -- body when the switch committed (seen in make fleet-test).
+    IF current_setting('userd.writer_emits_events', true) IS DISTINCT FROM 'on' THEN
+        PERFORM userd_emit_account_event('credits.changed', NEW.user_id, NEW.actor_user_id,
+            userd_credits_changed_payload(NEW));
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -1001,8 +1024,12 @@ $$;
 CREATE OR REPLACE FUNCTION userd_plan_changes_feed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    -- Nothing: the writers write plan.changed themselves (00020), and
-    -- this trigger is dropped below.
+    -- plan.changed for a plan change written by a writer of before 00020
+    -- (see userd_credit_transactions_feed).
+    IF current_setting('userd.writer_emits_events', true) IS DISTINCT FROM 'on' THEN
+        PERFORM userd_emit_account_event('plan.changed', NEW.user_id, NEW.actor_user_id,
+            userd_plan_changed_payload(NEW));
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -1010,11 +1037,6 @@ $$;
 
 COMMIT;
 
-CALL pg_temp.userd_ddl(ARRAY['DROP TRIGGER IF EXISTS users_feed_insert ON users']);
-CALL pg_temp.userd_ddl(ARRAY['DROP TRIGGER IF EXISTS credit_transactions_feed ON credit_transactions']);
-CALL pg_temp.userd_ddl(ARRAY['DROP TRIGGER IF EXISTS plan_changes_feed ON plan_changes']);
-DROP FUNCTION IF EXISTS userd_credit_transactions_feed();
-DROP FUNCTION IF EXISTS userd_plan_changes_feed();
 
 DROP PROCEDURE pg_temp.userd_ddl(text[]);
 DROP FUNCTION pg_temp.userd_try_ddl(text[]);
@@ -1638,10 +1660,13 @@ END
 $$;
 -- +goose StatementEnd
 
+DROP TRIGGER IF EXISTS users_feed_insert ON users;
 CREATE TRIGGER users_feed_insert AFTER INSERT ON users
     FOR EACH ROW EXECUTE FUNCTION userd_users_feed();
+DROP TRIGGER IF EXISTS credit_transactions_feed ON credit_transactions;
 CREATE TRIGGER credit_transactions_feed AFTER INSERT ON credit_transactions
     FOR EACH ROW EXECUTE FUNCTION userd_credit_transactions_feed();
+DROP TRIGGER IF EXISTS plan_changes_feed ON plan_changes;
 CREATE TRIGGER plan_changes_feed AFTER INSERT ON plan_changes
     FOR EACH ROW EXECUTE FUNCTION userd_plan_changes_feed();
 DROP FUNCTION userd_account_post_entry(uuid, bigint, boolean, bigint, text, text, text, text, boolean, uuid, text,

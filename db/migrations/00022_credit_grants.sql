@@ -265,6 +265,9 @@ DECLARE
     v_entry credit_transactions;
     v_any boolean := false;
 BEGIN
+    -- Writes its entries' events itself (00020): the ledger's feed
+    -- trigger must not write them again.
+    PERFORM set_config('userd.writer_emits_events', 'on', true);
     -- Expires the grants of the account p_account_id whose expiry is at or
     -- before p_now and returns the balance after: each grant's unused
     -- remainder leaves the balance through an EXPIRE entry of its own
@@ -350,6 +353,9 @@ DECLARE
     v_entry credit_transactions;
     v_credits bigint;
 BEGIN
+    -- Writes its entries' events itself (00020): the ledger's feed
+    -- trigger must not write them again.
+    PERFORM set_config('userd.writer_emits_events', 'on', true);
     -- Grants p_amount (> 0) that userd itself decided (an allowance, an
     -- upgrade bonus) to the account p_account_id, whose row the caller has
     -- locked: a ledger entry of p_kind, and, when p_expires_at is not
@@ -794,6 +800,8 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_id uuid;
 BEGIN
+    -- Writes its events itself (00020): the feed triggers skip them.
+    PERFORM set_config('userd.writer_emits_events', 'on', true);
     -- 00020's body, but a live user's INITIAL entry is 0 when the plan
     -- catalog gives FREE an allowance (00022). Inserts a user with its
     -- personal account (plan FREE) and returns its id, or NULL when a row for the Clerk id exists already (concurrent
@@ -863,6 +871,8 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_id uuid;
 BEGIN
+    -- Writes its events itself (00020): the feed triggers skip them.
+    PERFORM set_config('userd.writer_emits_events', 'on', true);
     -- Inserts a user with its personal account (plan FREE) and returns its
     -- id, or NULL when a row for the Clerk id exists already (concurrent
     -- inserts for one id wait for each other). A live user gets
