@@ -121,7 +121,13 @@ func errorCount(rs []result) int64 {
 	return n
 }
 
-// renderTargets checks the targets of issue 10.
+// renderTargets checks the targets the open performance work is held to:
+// the write paths against their best SQL with the change feed, GetUser
+// against the gRPC floor of the same server, the organization deduct
+// against the personal one, no regression against the previous release,
+// memory and tail latency; and, as sanity checks, REST against gRPC.
+// Absolute rates are not targets: on a shared machine only ratios measured
+// in the same run mean anything.
 func renderTargets(b *strings.Builder, cur, prev *target, ceiling map[string]float64, maxRSS float64) {
 	rate := func(t *target, name string) float64 { return median(rates(t.results[name])) }
 	check := func(ok bool) string {
@@ -137,27 +143,21 @@ func renderTargets(b *strings.Builder, cur, prev *target, ceiling map[string]flo
 		}
 		fmt.Fprintf(b, "| %s | %.2f | %s |\n", what, num/den, check(num/den >= want))
 	}
-	get, hook := rate(cur, grpcGetUser), rate(cur, webhookCreated)
+	get := rate(cur, grpcGetUser)
 	halfP99 := field(cur.results[halfPeak], func(r result) float64 { return r.p99 })
 
 	b.WriteString("\n| target | measured | |\n| --- | --- | --- |\n")
-	ratioRow("DeductCredits ≥ 0.6 of the best-SQL deduct ceiling", rate(cur, grpcDeduct), ceiling["deduct"], .6)
-	fmt.Fprintf(b, "| webhook ingestion ≥ 5,000 signed user.created events/s | %.0f/s | %s |\n", hook, check(hook >= 5000))
-	if prev != nil && hook > 0 {
-		fmt.Fprintf(b, "| webhook ingestion ≥ 3× the previous design (%s) in the same run | %.2f× | %s |\n",
-			prev.name, hook/rate(prev, webhookCreated), check(hook/rate(prev, webhookCreated) >= 3))
-	} else {
-		b.WriteString("| webhook ingestion ≥ 3× the previous design in the same run | not measured (no -baseline) | |\n")
-	}
-	ratioRow("REST DeductCredits ≥ 0.8 of gRPC DeductCredits", rate(cur, restDeduct), rate(cur, grpcDeduct), .8)
-	ratioRow("REST GetUser ≥ 0.6 of gRPC GetUser", rate(cur, restGetUser), get, .6)
-	ratioRow("gRPC GetUser ≥ 0.35 of the SELECT ceiling (get_user)", get, ceiling["get_user"], .35)
+	ratioRow("gRPC DeductCredits ≥ 0.6 of its best SQL with the feed (deduct)", rate(cur, grpcDeduct), ceiling["deduct"], .6)
+	ratioRow("webhook user.created ≥ 0.8 of its best SQL with the feed (webhook_create)", rate(cur, webhookCreated), ceiling["webhook_create"], .8)
 	ratioRow("gRPC GetUser ≥ 0.6 of the Health/Check floor (same userd, same client, same round)", get, rate(cur, healthFloor), .6)
+	ratioRow("organization deduct (membership and cap checks) ≥ 0.8 of the personal deduct", rate(cur, grpcOrgDeduct), rate(cur, grpcDeduct), .8)
 	if prev != nil {
 		renderNoRegression(b, cur, prev, check)
 	}
 	fmt.Fprintf(b, "| p99 at half the peak rate (gRPC GetUser) < 10 ms | %.2f ms | %s |\n", halfP99, check(halfP99 < 10))
 	fmt.Fprintf(b, "| userd RSS < 100 MiB | %.0f MiB peak | %s |\n", maxRSS, check(maxRSS < 100))
+	ratioRow("REST DeductCredits ≥ 0.8 of gRPC DeductCredits", rate(cur, restDeduct), rate(cur, grpcDeduct), .8)
+	ratioRow("REST GetUser ≥ 0.6 of gRPC GetUser", rate(cur, restGetUser), get, .6)
 }
 
 // renderNoRegression checks that no operation is slower than on the

@@ -15,7 +15,7 @@ import (
 func TestRenderTable(t *testing.T) {
 	res := func(rps float64) []result { return []result{{rps: rps, p50: 1, p99: 2, cpuPerCall: 50, rssMiB: 30}} }
 	cur := &target{name: "userd", results: map[string][]result{
-		healthFloor: res(10000), grpcGetUser: res(6500), grpcDeduct: res(3000), "gRPC GrantCredits": res(2000), halfPeak: res(3250),
+		healthFloor: res(10000), grpcGetUser: res(6500), grpcDeduct: res(3000), grpcOrgDeduct: res(2400), "gRPC GrantCredits": res(2000), halfPeak: res(3250),
 	}}
 	prev := &target{name: "previous (abc1234)", results: map[string][]result{
 		healthFloor: res(10000), grpcGetUser: res(6000), grpcDeduct: res(3500), "gRPC GrantCredits": res(2000), halfPeak: res(3000),
@@ -50,6 +50,9 @@ func TestRenderTable(t *testing.T) {
 		"| gRPC GetUser ≥ 0.6 of the Health/Check floor (same userd, same client, same round) | 0.65 | met |",
 		"| no operation below previous (abc1234) by more than 5% | gRPC DeductCredits 0.86× | **not met** |",
 		"| userd RSS < 100 MiB | 30 MiB peak | met |",
+		"| gRPC DeductCredits ≥ 0.6 of its best SQL with the feed (deduct) | 0.75 | met |",
+		"| organization deduct (membership and cap checks) ≥ 0.8 of the personal deduct | 0.80 | met |",
+		"| webhook user.created ≥ 0.8 of its best SQL with the feed (webhook_create) | not measured | |",
 		"| p99 at half the peak rate (gRPC GetUser) < 10 ms | 2.00 ms | met |",
 	} {
 		if !strings.Contains(out, want) {
