@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/userd/userd/internal/billing"
 	"github.com/userd/userd/internal/store"
 	"github.com/userd/userd/internal/stripeapi"
@@ -41,6 +43,7 @@ type env struct {
 	fake    *stripetest.Fake
 	api     *stripeapi.Client
 	st      *store.Store
+	pool    *pgxpool.Pool
 	srv     *httptest.Server
 	handler *stripehook.Handler
 }
@@ -58,7 +61,7 @@ func newEnv(t testing.TB) *env {
 		t.Fatal(err)
 	}
 	bs := billing.NewService(st.Billing(), api, us, billing.Options{})
-	e := &env{t: t, users: us, billing: bs, fake: fake, api: api, st: st}
+	e := &env{t: t, users: us, billing: bs, fake: fake, api: api, st: st, pool: pool}
 	e.mapPrices()
 	e.serve(bs)
 	return e
@@ -143,4 +146,16 @@ func do(t testing.TB, req *http.Request) (int, map[string]string) {
 	out := map[string]string{}
 	_ = json.Unmarshal(b, &out)
 	return resp.StatusCode, out
+}
+
+// outcome is what applying an event recorded (stripe_events.outcome), ""
+// for an event never applied.
+func (e *env) outcome(eventID string) string {
+	e.t.Helper()
+	var out string
+	err := e.pool.QueryRow(context.Background(), "SELECT coalesce((SELECT outcome FROM stripe_events WHERE event_id = $1), '')", eventID).Scan(&out)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return out
 }

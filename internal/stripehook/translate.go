@@ -51,7 +51,7 @@ func Translate(e stripe.Event) (billing.Event, error) {
 				return ev, fmt.Errorf("invoice %s has more lines than its event carries", inv.ID)
 			}
 			for _, l := range inv.Lines.Data {
-				line := billing.InvoiceLine{Quantity: l.Quantity}
+				line := billing.InvoiceLine{Quantity: l.Quantity, Amount: l.Amount}
 				if l.Pricing != nil && l.Pricing.PriceDetails != nil {
 					line.PriceID = l.Pricing.PriceDetails.Price
 				}

@@ -231,14 +231,33 @@ func SubJSON(s Sub) map[string]any {
 // shape: the subscription under parent.subscription_details, one line per
 // item with its period and price under pricing.price_details.
 func InvoiceJSON(id string, s Sub, billingReason string, proration bool) map[string]any {
-	var lines []any
+	lines := make([]Line, len(s.Items))
 	for i, it := range s.Items {
-		lines = append(lines, map[string]any{
-			"id": fmt.Sprintf("il_%s_%d", id, i), "object": "line_item", "invoice": id, "quantity": it.Quantity,
-			"period":  map[string]any{"start": it.PeriodEnd.AddDate(0, -1, 0).Unix(), "end": it.PeriodEnd.Unix()},
-			"pricing": map[string]any{"type": "price_details", "price_details": map[string]any{"price": it.PriceID, "product": "prod_x"}},
+		lines[i] = Line{Item: it, Proration: proration, Amount: 1000}
+	}
+	return InvoiceLinesJSON(id, s, billingReason, lines)
+}
+
+// Line is one line of an invoice: a price for a period, with its signed
+// amount (a proration crediting unused time is negative).
+type Line struct {
+	Item
+	Proration bool
+	Amount    int64
+}
+
+// InvoiceLinesJSON is a paid invoice of subscription s with the given
+// lines (a mid-period change's invoice: its proration lines).
+func InvoiceLinesJSON(id string, s Sub, billingReason string, lines []Line) map[string]any {
+	var data []any
+	for i, l := range lines {
+		data = append(data, map[string]any{
+			"id": fmt.Sprintf("il_%s_%d", id, i), "object": "line_item", "invoice": id, "quantity": l.Quantity,
+			"amount":  l.Amount,
+			"period":  map[string]any{"start": l.PeriodEnd.AddDate(0, -1, 0).Unix(), "end": l.PeriodEnd.Unix()},
+			"pricing": map[string]any{"type": "price_details", "price_details": map[string]any{"price": l.PriceID, "product": "prod_x"}},
 			"parent": map[string]any{"type": "subscription_item_details", "subscription_item_details": map[string]any{
-				"subscription": s.ID, "subscription_item": fmt.Sprintf("si_%s_%d", s.ID, i), "proration": proration,
+				"subscription": s.ID, "subscription_item": fmt.Sprintf("si_%s_%d", s.ID, i), "proration": l.Proration,
 			}},
 		})
 	}
@@ -247,7 +266,7 @@ func InvoiceJSON(id string, s Sub, billingReason string, proration bool) map[str
 		"parent": map[string]any{"type": "subscription_details", "subscription_details": map[string]any{
 			"subscription": s.ID, "metadata": map[string]string{},
 		}},
-		"lines": map[string]any{"object": "list", "data": lines, "has_more": false, "url": "/v1/invoices/" + id + "/lines"},
+		"lines": map[string]any{"object": "list", "data": data, "has_more": false, "url": "/v1/invoices/" + id + "/lines"},
 	}
 }
 
