@@ -122,6 +122,9 @@ type Accounts interface {
 	GetAccount(ctx context.Context, ref users.AccountRef) (users.Account, error)
 	GrantCredits(ctx context.Context, c users.CreditChange) (users.CreditResult, error)
 	DeductCredits(ctx context.Context, c users.CreditChange) (users.CreditResult, error)
+	// DeductFromOrganizationForService deducts from an organization's
+	// account with no member acting (a refund has none).
+	DeductFromOrganizationForService(ctx context.Context, c users.CreditChange) (users.CreditResult, error)
 	SetPlan(ctx context.Context, in users.SetPlanInput) (users.SetPlanResult, error)
 }
 

@@ -392,11 +392,6 @@ func (s *Service) reversePurchase(ctx context.Context, tx Locked, link Link, pay
 	if p.Reversed {
 		return "already_reversed", nil
 	}
-	if link.Ref.ClerkOrgID != "" {
-		// A deduction from an organization's account names the member
-		// who spends; a refund has none. Recorded, not taken back.
-		return "organization_reversal_not_supported", nil
-	}
 	if err := s.deductUpTo(ctx, link, p.Credits, paymentID); err != nil {
 		return "", err
 	}
@@ -418,12 +413,20 @@ func (s *Service) deductUpTo(ctx context.Context, link Link, amount int64, payme
 		if n <= 0 {
 			return nil
 		}
-		_, err = s.accounts.DeductCredits(ctx, users.CreditChange{
+		c := users.CreditChange{
 			ClerkUserID: link.Ref.ClerkUserID, Amount: n,
 			IdempotencyKey: "stripe:reversal:" + paymentID,
 			Reason:         "stripe refund or dispute of " + paymentID,
 			Service:        ServiceName,
-		})
+		}
+		if link.Ref.ClerkOrgID != "" {
+			// An organization's purchase: no member spends, the service
+			// takes back (the ledger entry names the service alone).
+			c.ClerkUserID, c.ClerkOrgID = "", link.Ref.ClerkOrgID
+			_, err = s.accounts.DeductFromOrganizationForService(ctx, c)
+		} else {
+			_, err = s.accounts.DeductCredits(ctx, c)
+		}
 		switch kind := apperr.KindOf(err); {
 		case err == nil:
 			return nil
