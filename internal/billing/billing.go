@@ -146,6 +146,10 @@ type Store interface {
 	WithCustomerLock(ctx context.Context, customerID string, fn func(ctx context.Context, tx Locked) error) error
 	// EventSeen says whether an event id was applied.
 	EventSeen(ctx context.Context, eventID string) (bool, error)
+	// SaveSubscriptions records a customer's subscriptions as Stripe has
+	// them, committed at once (not in the lock's transaction): the
+	// catalog's refill reads them (db/migrations/00028_stripe_allowance.sql).
+	SaveSubscriptions(ctx context.Context, customerID string, subs []Subscription) error
 	// DeleteEventsBefore forgets up to limit applied events.
 	DeleteEventsBefore(ctx context.Context, before time.Time, limit int32) (int64, error)
 
@@ -162,7 +166,6 @@ type Locked interface {
 	// Customer re-reads the link under the lock.
 	Customer(ctx context.Context) (Link, error)
 	BumpPlanSeq(ctx context.Context) error
-	SaveSubscription(ctx context.Context, s Subscription) error
 	RecordEvent(ctx context.Context, eventID, eventType string, created time.Time, outcome string) error
 	EventSeen(ctx context.Context, eventID string) (bool, error)
 	RecordPayment(ctx context.Context, p Payment) error
