@@ -55,6 +55,7 @@ type Fake struct {
 	customers map[string]*Customer
 	subs      map[string]*Sub
 	lines     map[string][]Item // checkout session id → line items
+	events    []map[string]any  // in the order put (Stripe lists newest first)
 	idem      map[string]string // idempotency key → customer id
 	seq       int
 	// Requests counts API requests; BadRequests those refused for their
@@ -101,6 +102,18 @@ func (f *Fake) Sub(id string) Sub {
 	s := *f.subs[id]
 	s.Items = slices.Clone(s.Items)
 	return s
+}
+
+// PutEvent stores an event (EventJSON's payload) for GET /v1/events:
+// Stripe keeps every event 30 days, whether or not a webhook delivered it.
+func (f *Fake) PutEvent(payload []byte) {
+	var e map[string]any
+	if err := json.Unmarshal(payload, &e); err != nil {
+		panic(err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.events = append(f.events, e)
 }
 
 // PutCheckoutLines sets the line items of a Checkout Session.
@@ -158,6 +171,8 @@ func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
 			all = append(all, SubJSON(*s))
 		}
 		writeList(w, r, "/v1/subscriptions", all)
+	case r.Method == http.MethodGet && path == "events":
+		f.listEvents(w, r)
 	case r.Method == http.MethodGet && len(parts) == 4 && parts[0] == "checkout" && parts[1] == "sessions" && parts[3] == "line_items":
 		items, ok := f.lines[parts[2]]
 		if !ok {
@@ -175,6 +190,42 @@ func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
 	default:
 		writeErr(w, http.StatusNotFound, "invalid_request_error", "", "unrecognized request URL")
 	}
+}
+
+// listEvents answers GET /v1/events as Stripe does: newest first (ties:
+// the later put first), filtered by types[] and created[gte].
+func (f *Fake) listEvents(w http.ResponseWriter, r *http.Request) {
+	types := map[string]bool{}
+	for k, v := range r.Form {
+		if k == "types" || strings.HasPrefix(k, "types[") {
+			for _, t := range v {
+				types[t] = true
+			}
+		}
+	}
+	gte := int64(0)
+	if v := r.Form.Get("created[gte]"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			writeErr(w, http.StatusBadRequest, "invalid_request_error", "", "created[gte] is not an integer")
+			return
+		}
+		gte = n
+	}
+	var all []any
+	for i := len(f.events) - 1; i >= 0; i-- {
+		e := f.events[i]
+		created, _ := e["created"].(float64)
+		if len(types) > 0 && !types[e["type"].(string)] || int64(created) < gte {
+			continue
+		}
+		all = append(all, e)
+	}
+	slices.SortStableFunc(all, func(a, b any) int {
+		ca, cb := a.(map[string]any)["created"].(float64), b.(map[string]any)["created"].(float64)
+		return int(cb - ca)
+	})
+	writeList(w, r, "/v1/events", all)
 }
 
 func (f *Fake) createCustomer(w http.ResponseWriter, r *http.Request) {
