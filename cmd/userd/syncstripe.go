@@ -22,7 +22,7 @@ type syncStripeCmd struct {
 	config.Users    `embed:""`
 	config.Stripe   `embed:""`
 
-	DryRun   bool          `name:"dry-run" help:"Change nothing: print what would change, one line per customer (link, plan), and the counts."`
+	DryRun   bool          `name:"dry-run" help:"Change nothing: print what would change, one line per customer (link, plan) and per event not applied yet, and the counts."`
 	Progress string        `default:"auto" enum:"auto,lines,none" help:"Progress report on stderr: lines (one every 10 s), none, or auto (lines)."`
 	Since    time.Duration `default:"720h" help:"Replay Stripe's events of the handled types created this far back (at most 720h: Stripe keeps events 30 days), as their webhook deliveries would have applied them; 0 replays none."`
 }
@@ -70,7 +70,7 @@ func (c *syncStripeCmd) Run() error {
 	if err != nil {
 		return err
 	}
-	svc := billing.NewService(st.Billing(), api, us, billing.Options{Log: log})
+	svc := billing.NewService(st.Billing(), api, us, billing.Options{Log: log, MaxLocked: billing.MaxLockedFor(int(c.MaxConns))})
 	out := bufio.NewWriter(os.Stdout)
 	defer out.Flush()
 	var progress func(billing.SyncSummary)

@@ -161,7 +161,7 @@ func (s *Service) ApplyEvent(ctx context.Context, ev Event) (string, error) {
 		return "", err
 	}
 	outcome := OutcomeApplied
-	err = s.store.WithCustomerLock(ctx, ev.CustomerID, func(ctx context.Context, tx Locked) error {
+	err = s.withCustomerLock(ctx, ev.CustomerID, func(ctx context.Context, tx Locked) error {
 		// Again under the lock: a concurrent delivery of the same event
 		// may have applied it while this one waited.
 		if seen, err := tx.EventSeen(ctx, ev.ID); err != nil || seen {

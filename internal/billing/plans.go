@@ -158,7 +158,7 @@ func statusSummary(subs []Subscription) string {
 func (s *Service) SyncCustomer(ctx context.Context, customerID string, dryRun bool) (string, users.Plan, error) {
 	var what string
 	var plan users.Plan
-	err := s.store.WithCustomerLock(ctx, customerID, func(ctx context.Context, tx Locked) error {
+	err := s.withCustomerLock(ctx, customerID, func(ctx context.Context, tx Locked) error {
 		link, err := tx.Customer(ctx)
 		if err != nil {
 			return fmt.Errorf("read stripe customer: %w", err)

@@ -50,8 +50,14 @@ type env struct {
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
-	pool := testdb.Pool(t)
-	st := store.New(pool, store.Options{AcquireTimeout: 5 * time.Second})
+	return newEnvWith(t, testdb.Pool(t), 5*time.Second, billing.Options{})
+}
+
+// newEnvWith is newEnv over pool, with the store's acquire timeout and
+// billing's options.
+func newEnvWith(t testing.TB, pool *pgxpool.Pool, acquireTimeout time.Duration, opts billing.Options) *env {
+	t.Helper()
+	st := store.New(pool, store.Options{AcquireTimeout: acquireTimeout})
 	us := users.NewService(st, users.Options{InitialCredits: initialCredits})
 	t.Cleanup(func() { _ = us.Stop(context.Background()) })
 	fake := stripetest.New(t)
@@ -60,7 +66,7 @@ func newEnv(t testing.TB) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bs := billing.NewService(st.Billing(), api, us, billing.Options{})
+	bs := billing.NewService(st.Billing(), api, us, opts)
 	e := &env{t: t, users: us, billing: bs, fake: fake, api: api, st: st, pool: pool}
 	e.mapPrices()
 	e.serve(bs)

@@ -61,6 +61,49 @@ type Fake struct {
 	// Requests counts API requests; BadRequests those refused for their
 	// shape (missing key or API version).
 	Requests, BadRequests atomic.Int64
+	// Hanging counts requests held by Hang now.
+	Hanging atomic.Int64
+
+	hangMu sync.Mutex
+	hang   map[string]chan struct{} // path → closed on release
+}
+
+// Hang makes every request to path (e.g. "/v1/subscriptions") wait, as a
+// Stripe that stopped answering, until the returned release is called (or
+// the request is canceled; at the test's end at the latest).
+func (f *Fake) Hang(path string) (release func()) {
+	ch := make(chan struct{})
+	f.hangMu.Lock()
+	if f.hang == nil {
+		f.hang = map[string]chan struct{}{}
+	}
+	f.hang[path] = ch
+	f.hangMu.Unlock()
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			f.hangMu.Lock()
+			delete(f.hang, path)
+			f.hangMu.Unlock()
+			close(ch)
+		})
+	}
+	return release
+}
+
+func (f *Fake) hold(r *http.Request) {
+	f.hangMu.Lock()
+	ch := f.hang[r.URL.Path]
+	f.hangMu.Unlock()
+	if ch == nil {
+		return
+	}
+	f.Hanging.Add(1)
+	defer f.Hanging.Add(-1)
+	select {
+	case <-ch:
+	case <-r.Context().Done():
+	}
 }
 
 // New starts a fake on a loopback port (closed at the test's end).
@@ -125,6 +168,7 @@ func (f *Fake) PutCheckoutLines(sessionID string, items []Item) {
 
 func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
 	f.Requests.Add(1)
+	f.hold(r)
 	if !strings.HasPrefix(r.Header.Get("Authorization"), "Bearer sk_test_") || r.Header.Get("Stripe-Version") != stripe.APIVersion {
 		f.BadRequests.Add(1)
 		writeErr(w, http.StatusUnauthorized, "invalid_request_error", "", "missing key or wrong Stripe-Version")
