@@ -51,7 +51,7 @@ func (c *syncStripeCmd) Run() error {
 		}
 	}
 	if c.Since < 0 || c.Since > billing.EventRetention {
-		return fmt.Errorf("--since must be between 0 and %s (Stripe keeps events 30 days), got %s", billing.EventRetention, c.Since)
+		return fmt.Errorf("--since must be between 0 and 720h (Stripe keeps events 30 days), got %s", c.Since)
 	}
 	if c.StripeSecretKey == "" {
 		return errors.New("STRIPE_SECRET_KEY (--stripe-secret-key) is required: the sync lists customers and subscriptions with Stripe's API")

@@ -81,7 +81,7 @@ func (s *Service) Sync(ctx context.Context, lister Lister, opts SyncOptions) (Sy
 		return sum, errNoAPI()
 	}
 	if opts.Since < 0 || opts.Since > EventRetention {
-		return sum, fmt.Errorf("events can be replayed from up to %s back (Stripe keeps them 30 days), not %s", EventRetention, opts.Since)
+		return sum, fmt.Errorf("events can be replayed from up to 720h back (Stripe keeps them 30 days), not %s", opts.Since)
 	}
 	if err := s.syncCustomers(ctx, lister, opts, &sum); err != nil || opts.Since == 0 {
 		return sum, err
