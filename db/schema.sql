@@ -469,6 +469,13 @@ BEGIN
     -- (account, period): allowance_periods' primary key, under the
     -- account's row lock. Sets next_refill_at to the next period's start.
     -- A closed account gets nothing.
+    --
+    -- Stripe (issue 22, 00028): an account with a live Stripe subscription
+    -- (a linked customer whose subscription, as userd last fetched it, has
+    -- a status that gives a plan: active, trialing, past_due, as
+    -- billing.StatusGivesPlan) gets its allowance from invoice.paid, not
+    -- from the catalog: it is brought up to date (expiry, next_refill_at)
+    -- but granted nothing here, so one period is never paid for twice.
     SELECT * INTO v_account FROM accounts a WHERE a.id = p_account_id FOR UPDATE;
     IF NOT FOUND OR v_account.closed_at IS NOT NULL THEN
         RETURN 0;
@@ -477,6 +484,12 @@ BEGIN
         PERFORM userd_account_expire_due(p_account_id, p_now);
     END IF;
     SELECT * INTO v_catalog FROM plan_catalog c WHERE c.plan = v_account.plan;
+    IF v_catalog.allowance > 0 AND EXISTS (
+        SELECT 1 FROM stripe_customers sc
+        JOIN stripe_subscriptions ss ON ss.customer_id = sc.customer_id
+        WHERE sc.account_id = p_account_id AND ss.status IN ('active', 'trialing', 'past_due')) THEN
+        v_catalog.allowance := 0;
+    END IF;
     v_period := coalesce(v_catalog.period, 'month');
     v_n := greatest(userd_allowance_period_index(v_account.created_at, v_period, p_now), 0);
     v_start := userd_allowance_period_bound(v_account.created_at, v_period, v_n);

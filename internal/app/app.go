@@ -706,5 +706,6 @@ func (a *App) newBilling() (*billing.Service, error) {
 	} else {
 		a.log.Info("Stripe API calls are off: set STRIPE_SECRET_KEY to apply subscriptions and create customers")
 	}
-	return billing.NewService(a.store.Billing(), s, a.users, billing.Options{Log: a.log}), nil
+	return billing.NewService(a.store.Billing(), s, a.users, billing.Options{Log: a.log,
+		MaxLocked: billing.MaxLockedFor(int(a.cfg.Database.MaxConns))}), nil
 }

@@ -25,7 +25,9 @@ package billing
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -122,6 +124,9 @@ type Accounts interface {
 	GetAccount(ctx context.Context, ref users.AccountRef) (users.Account, error)
 	GrantCredits(ctx context.Context, c users.CreditChange) (users.CreditResult, error)
 	DeductCredits(ctx context.Context, c users.CreditChange) (users.CreditResult, error)
+	// DeductFromOrganizationForService deducts from an organization's
+	// account with no member acting (a refund has none).
+	DeductFromOrganizationForService(ctx context.Context, c users.CreditChange) (users.CreditResult, error)
 	SetPlan(ctx context.Context, in users.SetPlanInput) (users.SetPlanResult, error)
 }
 
@@ -143,6 +148,10 @@ type Store interface {
 	WithCustomerLock(ctx context.Context, customerID string, fn func(ctx context.Context, tx Locked) error) error
 	// EventSeen says whether an event id was applied.
 	EventSeen(ctx context.Context, eventID string) (bool, error)
+	// SaveSubscriptions records a customer's subscriptions as Stripe has
+	// them, committed at once (not in the lock's transaction): the
+	// catalog's refill reads them (db/migrations/00028_stripe_allowance.sql).
+	SaveSubscriptions(ctx context.Context, customerID string, subs []Subscription) error
 	// DeleteEventsBefore forgets up to limit applied events.
 	DeleteEventsBefore(ctx context.Context, before time.Time, limit int32) (int64, error)
 
@@ -159,7 +168,6 @@ type Locked interface {
 	// Customer re-reads the link under the lock.
 	Customer(ctx context.Context) (Link, error)
 	BumpPlanSeq(ctx context.Context) error
-	SaveSubscription(ctx context.Context, s Subscription) error
 	RecordEvent(ctx context.Context, eventID, eventType string, created time.Time, outcome string) error
 	EventSeen(ctx context.Context, eventID string) (bool, error)
 	RecordPayment(ctx context.Context, p Payment) error
@@ -179,7 +187,25 @@ type Options struct {
 	Log *slog.Logger
 	// Clock is the service's clock (tests); time.Now when nil.
 	Clock func() time.Time
+	// MaxLocked bounds the applies holding a customer's lock at once
+	// (DefaultMaxLocked when 0). Each holds a pool connection for the lock
+	// while it calls Stripe's API, and takes another for its writes: keep
+	// twice this well below the pool's size, so a slow Stripe cannot take
+	// every connection from the calls that need none of it. Applies beyond
+	// it wait, holding no connection.
+	MaxLocked int
+	// LockedTimeout bounds how long one apply holds a customer's lock, its
+	// Stripe API calls included (DefaultLockedTimeout when 0): past it the
+	// apply fails Unavailable (a delivery is answered 503 and retried by
+	// Stripe) and its connection returns to the pool.
+	LockedTimeout time.Duration
 }
+
+// Defaults of Options.
+const (
+	DefaultMaxLocked     = 4
+	DefaultLockedTimeout = 30 * time.Second
+)
 
 // Service applies Stripe's billing to accounts.
 type Service struct {
@@ -188,6 +214,11 @@ type Service struct {
 	accounts Accounts
 	log      *slog.Logger
 	now      func() time.Time
+
+	// slots is the semaphore of customer-locked applies (Options.MaxLocked).
+	slots         chan struct{}
+	lockedTimeout time.Duration
+	waiting       atomic.Int64
 }
 
 // NewService returns a Service. stripe may be nil when no Stripe API key is
@@ -201,7 +232,48 @@ func NewService(store Store, stripe Stripe, accounts Accounts, opts Options) *Se
 	if s.now == nil {
 		s.now = time.Now
 	}
+	if opts.MaxLocked <= 0 {
+		opts.MaxLocked = DefaultMaxLocked
+	}
+	s.slots = make(chan struct{}, opts.MaxLocked)
+	s.lockedTimeout = opts.LockedTimeout
+	if s.lockedTimeout <= 0 {
+		s.lockedTimeout = DefaultLockedTimeout
+	}
 	return s
+}
+
+// MaxLockedFor is Options.MaxLocked for a pool of poolSize connections:
+// a quarter of it (each apply may hold two), at least one.
+func MaxLockedFor(poolSize int) int { return max(1, poolSize/4) }
+
+// LockStats says how many applies hold a customer's lock now, and how many
+// wait for one of the Options.MaxLocked places (holding no connection).
+func (s *Service) LockStats() (held, waiting int) {
+	return len(s.slots), int(s.waiting.Load())
+}
+
+// withCustomerLock runs fn under the customer's lock (Store.WithCustomerLock)
+// in one of Options.MaxLocked places, for at most Options.LockedTimeout.
+// Every customer-locked apply goes through it: the lock holds a pool
+// connection while fn calls Stripe's API.
+func (s *Service) withCustomerLock(ctx context.Context, customerID string, fn func(context.Context, Locked) error) error {
+	s.waiting.Add(1)
+	select {
+	case s.slots <- struct{}{}:
+		s.waiting.Add(-1)
+	case <-ctx.Done():
+		s.waiting.Add(-1)
+		return apperr.Unavailable(fmt.Errorf("wait to apply stripe customer %s: %w", customerID, ctx.Err()))
+	}
+	defer func() { <-s.slots }()
+	lctx, cancel := context.WithTimeout(ctx, s.lockedTimeout)
+	defer cancel()
+	err := s.store.WithCustomerLock(lctx, customerID, fn)
+	if err != nil && ctx.Err() == nil && errors.Is(lctx.Err(), context.DeadlineExceeded) {
+		return apperr.Unavailable(fmt.Errorf("stripe customer %s held its lock longer than %s (Stripe's API slow?): %w", customerID, s.lockedTimeout, err))
+	}
+	return err
 }
 
 // errNoAPI is the error of work that needs Stripe's API without a key.

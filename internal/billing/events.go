@@ -77,6 +77,9 @@ type InvoiceLine struct {
 	Quantity  int64
 	PeriodEnd time.Time
 	Proration bool
+	// Amount is the line's signed amount in the smallest currency unit:
+	// a proration that credits unused time back is negative.
+	Amount int64
 }
 
 // Charge is the part of a charge billing reads (charge.refunded).
@@ -158,7 +161,7 @@ func (s *Service) ApplyEvent(ctx context.Context, ev Event) (string, error) {
 		return "", err
 	}
 	outcome := OutcomeApplied
-	err = s.store.WithCustomerLock(ctx, ev.CustomerID, func(ctx context.Context, tx Locked) error {
+	err = s.withCustomerLock(ctx, ev.CustomerID, func(ctx context.Context, tx Locked) error {
 		// Again under the lock: a concurrent delivery of the same event
 		// may have applied it while this one waited.
 		if seen, err := tx.EventSeen(ctx, ev.ID); err != nil || seen {
@@ -227,20 +230,32 @@ func invalidEvent(object string) error {
 	return apperr.InvalidArgument(apperr.FieldViolation{Field: "data.object", Description: "is not a " + object})
 }
 
-// grantInvoice grants a paid subscription invoice's allowance: for each
-// line of a PLAN price that is not a proration, the entry's credits per
-// unit, expiring at the end of the line's period; once per invoice (key
-// stripe:invoice:<id>). Upgrades change the plan at once; their prorated
-// invoice grants nothing, and the new allowance comes with the next
-// period's invoice.
+// grantInvoice grants a paid subscription invoice's allowance, once per
+// invoice (key stripe:invoice:<id>), expiring at the end of its lines'
+// period:
+//   - each line of a PLAN price that is not a proration: the entry's
+//     credits per unit (the period's allowance);
+//   - the proration lines of a mid-period change (an upgrade paid at once,
+//     proration_behavior=always_invoice, or prorations carried into the
+//     next invoice): the credits of the lines Stripe charges for (amount >
+//     0, the new plan for the rest of the period) minus those of the lines
+//     it credits back (amount < 0, the old plan's unused time), when that
+//     is positive: an upgrade grants the difference between the new and
+//     the old plan's credits; a downgrade grants nothing and takes nothing
+//     back.
+//
+// Lines whose period is over when the invoice is applied grant nothing
+// (their credits would expire as they are granted).
 func (s *Service) grantInvoice(ctx context.Context, link Link, inv Invoice) (string, error) {
 	if inv.SubscriptionID == "" {
 		return "not_a_subscription_invoice", nil
 	}
-	var credits int64
+	now := s.now()
+	var full, diff int64
 	var expires time.Time
+	over := false
 	for _, l := range inv.Lines {
-		if l.Proration || l.PriceID == "" {
+		if l.PriceID == "" {
 			continue
 		}
 		p, err := s.store.GetPrice(ctx, l.PriceID)
@@ -251,23 +266,36 @@ func (s *Service) grantInvoice(ctx context.Context, link Link, inv Invoice) (str
 		if err != nil {
 			return "", fmt.Errorf("read price map: %w", err)
 		}
-		if p.Kind != KindPlan {
+		if p.Kind != KindPlan || p.Credits == 0 {
 			continue
 		}
-		q := max(l.Quantity, 1)
-		credits += p.Credits * q
+		if !l.PeriodEnd.After(now) {
+			over = true
+			continue
+		}
+		n := p.Credits * max(l.Quantity, 1)
+		switch {
+		case !l.Proration:
+			full += n
+		case l.Amount > 0:
+			diff += n
+		case l.Amount < 0:
+			diff -= n
+		default:
+			continue
+		}
 		if l.PeriodEnd.After(expires) {
 			expires = l.PeriodEnd
 		}
 	}
+	credits := full + max(diff, 0)
 	if credits == 0 {
+		if over {
+			// Paid (or delivered) after its period ended. Not an error,
+			// or Stripe would retry it for days.
+			return "allowance_period_over", nil
+		}
 		return "no_allowance", nil
-	}
-	if !expires.After(s.now()) {
-		// Paid (or delivered) after its period ended: its credits would
-		// expire as they are granted. Nothing to grant; not an error, or
-		// Stripe would retry it for days.
-		return "allowance_period_over", nil
 	}
 	res, err := s.accounts.GrantCredits(ctx, users.CreditChange{
 		ClerkUserID: link.Ref.ClerkUserID, ClerkOrgID: link.Ref.ClerkOrgID, Amount: credits,
@@ -280,8 +308,11 @@ func (s *Service) grantInvoice(ctx context.Context, link Link, inv Invoice) (str
 	if err != nil {
 		return "", fmt.Errorf("grant invoice allowance: %w", err)
 	}
-	if res.Replayed {
+	switch {
+	case res.Replayed:
 		return "allowance_already_granted", nil
+	case full == 0:
+		return "upgrade_allowance_granted", nil
 	}
 	return "allowance_granted", nil
 }
@@ -361,11 +392,6 @@ func (s *Service) reversePurchase(ctx context.Context, tx Locked, link Link, pay
 	if p.Reversed {
 		return "already_reversed", nil
 	}
-	if link.Ref.ClerkOrgID != "" {
-		// A deduction from an organization's account names the member
-		// who spends; a refund has none. Recorded, not taken back.
-		return "organization_reversal_not_supported", nil
-	}
 	if err := s.deductUpTo(ctx, link, p.Credits, paymentID); err != nil {
 		return "", err
 	}
@@ -387,12 +413,20 @@ func (s *Service) deductUpTo(ctx context.Context, link Link, amount int64, payme
 		if n <= 0 {
 			return nil
 		}
-		_, err = s.accounts.DeductCredits(ctx, users.CreditChange{
+		c := users.CreditChange{
 			ClerkUserID: link.Ref.ClerkUserID, Amount: n,
 			IdempotencyKey: "stripe:reversal:" + paymentID,
 			Reason:         "stripe refund or dispute of " + paymentID,
 			Service:        ServiceName,
-		})
+		}
+		if link.Ref.ClerkOrgID != "" {
+			// An organization's purchase: no member spends, the service
+			// takes back (the ledger entry names the service alone).
+			c.ClerkUserID, c.ClerkOrgID = "", link.Ref.ClerkOrgID
+			_, err = s.accounts.DeductFromOrganizationForService(ctx, c)
+		} else {
+			_, err = s.accounts.DeductCredits(ctx, c)
+		}
 		switch kind := apperr.KindOf(err); {
 		case err == nil:
 			return nil

@@ -83,16 +83,21 @@ func (s *Service) syncPlan(ctx context.Context, tx Locked, link Link, dryRun boo
 	if err != nil {
 		return "", "", fmt.Errorf("read account: %w", err)
 	}
-	if acct.Plan == plan {
-		if !dryRun {
-			if err := saveSubscriptions(ctx, tx, subs); err != nil {
-				return "", "", err
-			}
-		}
-		return "plan_unchanged", plan, nil
-	}
 	if dryRun {
+		if acct.Plan == plan {
+			return "plan_unchanged", plan, nil
+		}
 		return "plan_changed", plan, nil
+	}
+	// Recorded and committed before the plan changes: the plan change's
+	// refill (a database trigger, in SetPlan's own transaction) reads them
+	// to leave a Stripe-billed account's allowance to invoice.paid. Under
+	// the customer's lock still, so two fetches never commit out of order.
+	if err := s.store.SaveSubscriptions(ctx, link.CustomerID, subs); err != nil {
+		return "", "", fmt.Errorf("record subscriptions of %s: %w", link.CustomerID, err)
+	}
+	if acct.Plan == plan {
+		return "plan_unchanged", plan, nil
 	}
 	// Each change gets a new key (the customer's count of changes and the
 	// plan): a retry after a crash replays the same change, and a later
@@ -119,19 +124,7 @@ func (s *Service) syncPlan(ctx context.Context, tx Locked, link Link, dryRun boo
 			break
 		}
 	}
-	if err := saveSubscriptions(ctx, tx, subs); err != nil {
-		return "", "", err
-	}
 	return "plan_changed", plan, nil
-}
-
-func saveSubscriptions(ctx context.Context, tx Locked, subs []Subscription) error {
-	for _, sub := range subs {
-		if err := tx.SaveSubscription(ctx, sub); err != nil {
-			return fmt.Errorf("record subscription %s: %w", sub.ID, err)
-		}
-	}
-	return nil
 }
 
 // statusSummary names the subscriptions' statuses for a plan change's
@@ -165,7 +158,7 @@ func statusSummary(subs []Subscription) string {
 func (s *Service) SyncCustomer(ctx context.Context, customerID string, dryRun bool) (string, users.Plan, error) {
 	var what string
 	var plan users.Plan
-	err := s.store.WithCustomerLock(ctx, customerID, func(ctx context.Context, tx Locked) error {
+	err := s.withCustomerLock(ctx, customerID, func(ctx context.Context, tx Locked) error {
 		link, err := tx.Customer(ctx)
 		if err != nil {
 			return fmt.Errorf("read stripe customer: %w", err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/userd/userd/internal/users"
 )
@@ -14,6 +15,23 @@ type CustomerLister interface {
 	ListCustomers(ctx context.Context, fn func(Customer) error) error
 }
 
+// EventLister lists the Stripe account's events of the handled types
+// created at or after since, oldest first; err is an event that cannot be
+// read (its ID and Type are set).
+type EventLister interface {
+	ListEvents(ctx context.Context, since time.Time, fn func(ev Event, err error) error) error
+}
+
+// Lister is what Sync lists from Stripe.
+type Lister interface {
+	CustomerLister
+	EventLister
+}
+
+// EventRetention is how long Stripe keeps events: the furthest back
+// Sync can replay.
+const EventRetention = 30 * 24 * time.Hour
+
 // SyncOptions configures Sync.
 type SyncOptions struct {
 	// DryRun changes nothing: it says what would change.
@@ -21,8 +39,12 @@ type SyncOptions struct {
 	// Out, if set, gets one line per customer whose account changes (or
 	// would), and per failure.
 	Out io.Writer
-	// Progress, if set, is called after each customer.
+	// Progress, if set, is called after each customer and event.
 	Progress func(SyncSummary)
+	// Since is how far back Stripe's events are replayed (ApplyEvent, as
+	// the webhook): events created at or after now - Since. 0 replays
+	// none; at most EventRetention.
+	Since time.Duration
 }
 
 // SyncSummary counts what Sync did.
@@ -32,6 +54,12 @@ type SyncSummary struct {
 	Listed, Unlinked int
 	// Changed and Unchanged accounts; Failed customers (logged).
 	Changed, Unchanged, Failed int
+	// Events listed; Replayed those applied now (in a dry run: not
+	// applied before, so they would be), AlreadyApplied those applied
+	// before (delivered, or a previous sync), EventsIgnored those that pay
+	// for no account, EventsFailed those that could not be applied
+	// (logged).
+	Events, Replayed, AlreadyApplied, EventsIgnored, EventsFailed int
 }
 
 // Sync lists every customer of the Stripe account and converges each
@@ -40,16 +68,90 @@ type SyncSummary struct {
 // hooking up Stripe, and the repair of events missed while userd was down.
 // Customers whose metadata names an account (made by EnsureBillingCustomer)
 // are linked first. A failed customer is counted, logged and skipped.
-func (s *Service) Sync(ctx context.Context, lister CustomerLister, opts SyncOptions) (SyncSummary, error) {
+//
+// Then, with opts.Since, it replays the events Stripe listed since then
+// (oldest first) through ApplyEvent, exactly as their webhook deliveries
+// would have applied them: events already applied change nothing (their
+// ids are recorded), and each effect is keyed, so a period's allowance, a
+// pack or a reversal missed while userd was down is applied once, and a
+// delivery after the replay is a duplicate.
+func (s *Service) Sync(ctx context.Context, lister Lister, opts SyncOptions) (SyncSummary, error) {
 	var sum SyncSummary
 	if s.stripe == nil {
 		return sum, errNoAPI()
 	}
-	err := lister.ListCustomers(ctx, func(c Customer) error {
-		sum.Listed++
+	if opts.Since < 0 || opts.Since > EventRetention {
+		return sum, fmt.Errorf("events can be replayed from up to 720h back (Stripe keeps them 30 days), not %s", opts.Since)
+	}
+	if err := s.syncCustomers(ctx, lister, opts, &sum); err != nil || opts.Since == 0 {
+		return sum, err
+	}
+	err := lister.ListEvents(ctx, s.now().Add(-opts.Since), func(ev Event, err error) error {
+		sum.Events++
 		defer func() {
 			if opts.Progress != nil {
 				opts.Progress(sum)
+			}
+		}()
+		if err == nil && opts.DryRun {
+			err = s.replayDry(ctx, ev, opts, &sum)
+		} else if err == nil {
+			err = s.replay(ctx, ev, opts, &sum)
+		}
+		if err != nil {
+			sum.EventsFailed++
+			s.line(opts.Out, "fail event %s %s: %v", ev.ID, ev.Type, err)
+			s.log.Warn("stripe sync: cannot replay event", "stripe_event", ev.ID, "type", ev.Type, "err", err)
+		}
+		return ctx.Err()
+	})
+	return sum, err
+}
+
+// replay applies one listed event as its delivery would.
+func (s *Service) replay(ctx context.Context, ev Event, opts SyncOptions, sum *SyncSummary) error {
+	outcome, err := s.ApplyEvent(ctx, ev)
+	if err != nil {
+		return err
+	}
+	switch outcome {
+	case OutcomeApplied:
+		sum.Replayed++
+		s.line(opts.Out, "event %s %s %s", ev.ID, ev.Type, ev.CustomerID)
+	case OutcomeDuplicate:
+		sum.AlreadyApplied++
+	default:
+		sum.EventsIgnored++
+	}
+	return nil
+}
+
+// replayDry says what replay would do, changing nothing.
+func (s *Service) replayDry(ctx context.Context, ev Event, opts SyncOptions, sum *SyncSummary) error {
+	if !Handled(ev.Type) || ev.CustomerID == "" && ev.Dispute == nil {
+		sum.EventsIgnored++
+		return nil
+	}
+	seen, err := s.store.EventSeen(ctx, ev.ID)
+	if err != nil {
+		return fmt.Errorf("read stripe event: %w", err)
+	}
+	if seen {
+		sum.AlreadyApplied++
+		return nil
+	}
+	sum.Replayed++
+	s.line(opts.Out, "event %s %s %s", ev.ID, ev.Type, ev.CustomerID)
+	return nil
+}
+
+// syncCustomers converges every listed customer's plan.
+func (s *Service) syncCustomers(ctx context.Context, lister CustomerLister, opts SyncOptions, sum *SyncSummary) error {
+	return lister.ListCustomers(ctx, func(c Customer) error {
+		sum.Listed++
+		defer func() {
+			if opts.Progress != nil {
+				opts.Progress(*sum)
 			}
 		}()
 		if c.Deleted {
@@ -91,7 +193,6 @@ func (s *Service) Sync(ctx context.Context, lister CustomerLister, opts SyncOpti
 		}
 		return nil
 	})
-	return sum, err
 }
 
 func (s *Service) line(w io.Writer, format string, args ...any) {

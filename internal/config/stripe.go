@@ -12,7 +12,7 @@ import (
 // with.
 type Stripe struct {
 	StripeWebhookSecrets string        `name:"stripe-webhook-secrets" env:"USERD_STRIPE_WEBHOOK_SECRETS" help:"Signing secret(s) of the Stripe webhook endpoint (whsec_...), comma-separated to rotate. Unset: POST /webhooks/stripe refuses every delivery. Prefer the environment variable over the flag."`
-	StripeSecretKey      string        `name:"stripe-secret-key" env:"STRIPE_SECRET_KEY" help:"Stripe secret key (sk_... or a restricted rk_... with read access to customers, subscriptions and Checkout Sessions, write access to customers). Unset: subscription events cannot be applied (answered 5xx, Stripe retries) and EnsureBillingCustomer fails."`
+	StripeSecretKey      string        `name:"stripe-secret-key" env:"STRIPE_SECRET_KEY" help:"Stripe secret key (sk_... or a restricted rk_... with read access to customers, subscriptions, Checkout Sessions and events, write access to customers). Unset: subscription events cannot be applied (answered 5xx, Stripe retries) and EnsureBillingCustomer fails."`
 	StripeAPIURL         string        `name:"stripe-api-url" env:"USERD_STRIPE_API_URL" default:"https://api.stripe.com" help:"Stripe API base URL (stripe-mock or a fake in tests)."`
 	StripeAPIRate        float64       `name:"stripe-api-rate" env:"USERD_STRIPE_API_RATE" default:"20" help:"Stripe API calls per second userd makes at most (Stripe allows 100 in live mode, 25 in test mode)."`
 	StripeMaxRetryTime   time.Duration `name:"stripe-api-max-retry-time" env:"USERD_STRIPE_API_MAX_RETRY_TIME" default:"1m" help:"Longest time one Stripe API call is retried (429, 5xx, network errors), attempts and waits together."`

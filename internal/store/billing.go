@@ -100,6 +100,25 @@ func (b Billing) EventSeen(ctx context.Context, eventID string) (bool, error) {
 	return seen, translate(err)
 }
 
+// SaveSubscriptions upserts each subscription in its own statement on the
+// pool (each commits at once; a retry rewrites the same rows).
+func (b Billing) SaveSubscriptions(ctx context.Context, customerID string, subs []billing.Subscription) error {
+	for _, s := range subs {
+		p := sqlcdb.UpsertStripeSubscriptionParams{SubscriptionID: s.ID, CustomerID: customerID, Status: s.Status}
+		if len(s.Items) > 0 {
+			p.PriceID = nullable(s.Items[0].PriceID)
+			if !s.Items[0].PeriodEnd.IsZero() {
+				end := s.Items[0].PeriodEnd
+				p.PeriodEnd = &end
+			}
+		}
+		if err := b.s.q.UpsertStripeSubscription(ctx, b.s.db, p); err != nil {
+			return translate(fmt.Errorf("record stripe subscription %s: %w", s.ID, err))
+		}
+	}
+	return nil
+}
+
 func (b Billing) DeleteEventsBefore(ctx context.Context, before time.Time, limit int32) (int64, error) {
 	n, err := b.s.q.DeleteStripeEventsBefore(ctx, b.s.db, sqlcdb.DeleteStripeEventsBeforeParams{Before: before, RowLimit: limit})
 	return n, translate(err)
@@ -183,18 +202,6 @@ func (l locked) Customer(ctx context.Context) (billing.Link, error) {
 
 func (l locked) BumpPlanSeq(ctx context.Context) error {
 	return translate(l.q.BumpStripePlanSeq(ctx, l.tx, l.customerID))
-}
-
-func (l locked) SaveSubscription(ctx context.Context, s billing.Subscription) error {
-	p := sqlcdb.UpsertStripeSubscriptionParams{SubscriptionID: s.ID, CustomerID: l.customerID, Status: s.Status}
-	if len(s.Items) > 0 {
-		p.PriceID = nullable(s.Items[0].PriceID)
-		if !s.Items[0].PeriodEnd.IsZero() {
-			end := s.Items[0].PeriodEnd
-			p.PeriodEnd = &end
-		}
-	}
-	return translate(l.q.UpsertStripeSubscription(ctx, l.tx, p))
 }
 
 func (l locked) RecordEvent(ctx context.Context, eventID, eventType string, created time.Time, outcome string) error {

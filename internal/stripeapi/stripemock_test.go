@@ -95,6 +95,19 @@ func TestRequestShapes(t *testing.T) {
 	if err := c.ListCustomers(ctx, func(billing.Customer) error { n++; return nil }); err != nil || n == 0 {
 		t.Errorf("ListCustomers: %d customers, %v", n, err)
 	}
+	// GET /v1/events with types[] and created[gte]: stripe-mock accepts the
+	// parameters and answers its fixture event (of its own spec's version,
+	// so it reaches fn as an error naming that version, or translated).
+	n = 0
+	if err := c.ListEvents(ctx, time.Now().Add(-24*time.Hour), func(ev billing.Event, err error) error {
+		n++
+		if !strings.HasPrefix(ev.ID, "evt_") || ev.Type == "" {
+			t.Errorf("listed event %+v, %v", ev, err)
+		}
+		return nil
+	}); err != nil || n == 0 {
+		t.Errorf("ListEvents: %d events, %v", n, err)
+	}
 }
 
 // TestNotFoundIsNotRetried: Stripe's "no such object" (here from the
@@ -112,5 +125,39 @@ func TestNotFoundIsNotRetried(t *testing.T) {
 	}
 	if waits != 0 || fake.Requests.Load() != 1 {
 		t.Errorf("%d retries, %d requests; want none and 1", waits, fake.Requests.Load())
+	}
+}
+
+// TestListEventsPagesOldestFirst: ListEvents pages through Stripe's
+// newest-first list with starting_after (here 250 events of the stateful
+// fake, three pages), leaves out events before since, and hands them over
+// oldest first.
+func TestListEventsPagesOldestFirst(t *testing.T) {
+	fake := stripetest.New(t)
+	c, err := stripeapi.New(stripeapi.Config{SecretKey: "sk_test_123", URL: fake.Server.URL, Rate: 10000, Retry: upstream.Policy{Attempts: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := time.Now().Add(-time.Hour).Unix()
+	for i := range 260 {
+		fake.PutEvent(stripetest.EventJSON(fmt.Sprintf("evt_page_%03d", i), billing.EventInvoicePaymentFailed, base+int64(i),
+			map[string]any{"id": fmt.Sprintf("in_page_%03d", i), "object": "invoice", "customer": "cus_page"}))
+	}
+	var got []string
+	err = c.ListEvents(context.Background(), time.Unix(base+10, 0), func(ev billing.Event, err error) error {
+		if err != nil {
+			t.Errorf("event %s: %v", ev.ID, err)
+		}
+		got = append(got, ev.ID)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 250 || got[0] != "evt_page_010" || got[249] != "evt_page_259" {
+		t.Errorf("%d events, first %v, last %v; want 250 from evt_page_010 to evt_page_259", len(got), got[:min(1, len(got))], got[max(0, len(got)-1):])
+	}
+	if r := fake.Requests.Load(); r != 3 {
+		t.Errorf("%d requests, want 3 pages", r)
 	}
 }

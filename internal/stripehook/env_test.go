@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/userd/userd/internal/billing"
 	"github.com/userd/userd/internal/store"
 	"github.com/userd/userd/internal/stripeapi"
@@ -41,14 +43,21 @@ type env struct {
 	fake    *stripetest.Fake
 	api     *stripeapi.Client
 	st      *store.Store
+	pool    *pgxpool.Pool
 	srv     *httptest.Server
 	handler *stripehook.Handler
 }
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
-	pool := testdb.Pool(t)
-	st := store.New(pool, store.Options{AcquireTimeout: 5 * time.Second})
+	return newEnvWith(t, testdb.Pool(t), 5*time.Second, billing.Options{})
+}
+
+// newEnvWith is newEnv over pool, with the store's acquire timeout and
+// billing's options.
+func newEnvWith(t testing.TB, pool *pgxpool.Pool, acquireTimeout time.Duration, opts billing.Options) *env {
+	t.Helper()
+	st := store.New(pool, store.Options{AcquireTimeout: acquireTimeout})
 	us := users.NewService(st, users.Options{InitialCredits: initialCredits})
 	t.Cleanup(func() { _ = us.Stop(context.Background()) })
 	fake := stripetest.New(t)
@@ -57,8 +66,8 @@ func newEnv(t testing.TB) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bs := billing.NewService(st.Billing(), api, us, billing.Options{})
-	e := &env{t: t, users: us, billing: bs, fake: fake, api: api, st: st}
+	bs := billing.NewService(st.Billing(), api, us, opts)
+	e := &env{t: t, users: us, billing: bs, fake: fake, api: api, st: st, pool: pool}
 	e.mapPrices()
 	e.serve(bs)
 	return e
@@ -143,4 +152,16 @@ func do(t testing.TB, req *http.Request) (int, map[string]string) {
 	out := map[string]string{}
 	_ = json.Unmarshal(b, &out)
 	return resp.StatusCode, out
+}
+
+// outcome is what applying an event recorded (stripe_events.outcome), ""
+// for an event never applied.
+func (e *env) outcome(eventID string) string {
+	e.t.Helper()
+	var out string
+	err := e.pool.QueryRow(context.Background(), "SELECT coalesce((SELECT outcome FROM stripe_events WHERE event_id = $1), '')", eventID).Scan(&out)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return out
 }

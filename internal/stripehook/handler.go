@@ -33,6 +33,7 @@ import (
 	"github.com/userd/userd/internal/apperr"
 	"github.com/userd/userd/internal/billing"
 	"github.com/userd/userd/internal/httpmw"
+	"github.com/userd/userd/internal/stripeapi"
 	"github.com/userd/userd/internal/webhookhttp"
 )
 
@@ -246,13 +247,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // CompatibleVersion says whether an event's API version is of the release
-// train userd is pinned to (Stripe makes no breaking change within one):
-// stripe-go's own rule.
-func CompatibleVersion(v string) bool {
-	_, train, ok := strings.Cut(v, ".")
-	_, pinned, _ := strings.Cut(APIVersion, ".")
-	return ok && train == pinned && pinned != "preview"
-}
+// train userd is pinned to (stripeapi.CompatibleVersion).
+func CompatibleVersion(v string) bool { return stripeapi.CompatibleVersion(v) }
 
 // versionMismatch logs a mismatched API version once per version (the
 // metric counts every delivery).

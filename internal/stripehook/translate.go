@@ -1,124 +1,13 @@
 package stripehook
 
 import (
-	"encoding/json"
-	"fmt"
-	"time"
-
 	"github.com/stripe/stripe-go/v82"
 
 	"github.com/userd/userd/internal/billing"
 	"github.com/userd/userd/internal/stripeapi"
 )
 
-// Translate turns a verified Stripe event into billing's terms, reading
-// the object with stripe-go's types (the pinned API version's shapes: an
-// invoice's subscription under parent.subscription_details, periods on
-// the lines). Types billing does not handle translate to their id and type
-// only.
-func Translate(e stripe.Event) (billing.Event, error) {
-	ev := billing.Event{ID: e.ID, Type: string(e.Type), Created: time.Unix(e.Created, 0).UTC()}
-	if !billing.Handled(ev.Type) {
-		return ev, nil
-	}
-	raw := e.Data.Raw
-	switch ev.Type {
-	case billing.EventCheckoutCompleted, billing.EventCheckoutAsyncSucceeded:
-		var cs stripe.CheckoutSession
-		if err := decode(raw, &cs, "checkout.session"); err != nil {
-			return ev, err
-		}
-		ev.CustomerID = customerID(cs.Customer)
-		ev.Checkout = &billing.CheckoutSession{
-			ID: cs.ID, Mode: string(cs.Mode), PaymentStatus: string(cs.PaymentStatus),
-			ClientReferenceID: cs.ClientReferenceID, Metadata: cs.Metadata,
-		}
-		if cs.PaymentIntent != nil {
-			ev.Checkout.PaymentIntentID = cs.PaymentIntent.ID
-		}
-	case billing.EventInvoicePaid:
-		var inv stripe.Invoice
-		if err := decode(raw, &inv, "invoice"); err != nil {
-			return ev, err
-		}
-		ev.CustomerID = customerID(inv.Customer)
-		ev.Invoice = &billing.Invoice{ID: inv.ID, BillingReason: string(inv.BillingReason)}
-		if inv.Parent != nil && inv.Parent.SubscriptionDetails != nil && inv.Parent.SubscriptionDetails.Subscription != nil {
-			ev.Invoice.SubscriptionID = inv.Parent.SubscriptionDetails.Subscription.ID
-		}
-		if inv.Lines != nil {
-			if inv.Lines.HasMore {
-				return ev, fmt.Errorf("invoice %s has more lines than its event carries", inv.ID)
-			}
-			for _, l := range inv.Lines.Data {
-				line := billing.InvoiceLine{Quantity: l.Quantity}
-				if l.Pricing != nil && l.Pricing.PriceDetails != nil {
-					line.PriceID = l.Pricing.PriceDetails.Price
-				}
-				if l.Period != nil && l.Period.End > 0 {
-					line.PeriodEnd = time.Unix(l.Period.End, 0).UTC()
-				}
-				if l.Parent != nil && l.Parent.SubscriptionItemDetails != nil {
-					line.Proration = l.Parent.SubscriptionItemDetails.Proration
-				}
-				ev.Invoice.Lines = append(ev.Invoice.Lines, line)
-			}
-		}
-	case billing.EventInvoicePaymentFailed:
-		var inv stripe.Invoice
-		if err := decode(raw, &inv, "invoice"); err != nil {
-			return ev, err
-		}
-		ev.CustomerID = customerID(inv.Customer)
-	case billing.EventChargeRefunded:
-		var ch stripe.Charge
-		if err := decode(raw, &ch, "charge"); err != nil {
-			return ev, err
-		}
-		ev.CustomerID = customerID(ch.Customer)
-		ev.Charge = &billing.Charge{ID: ch.ID, Refunded: ch.Refunded}
-		if ch.PaymentIntent != nil {
-			ev.Charge.PaymentIntentID = ch.PaymentIntent.ID
-		}
-	case billing.EventDisputeClosed:
-		var d stripe.Dispute
-		if err := decode(raw, &d, "dispute"); err != nil {
-			return ev, err
-		}
-		// A dispute names no customer: billing finds it by the payment.
-		ev.Dispute = &billing.Dispute{ID: d.ID, Status: string(d.Status)}
-		if d.PaymentIntent != nil {
-			ev.Dispute.PaymentIntentID = d.PaymentIntent.ID
-		}
-	default: // customer.subscription.*
-		var s stripe.Subscription
-		if err := decode(raw, &s, "subscription"); err != nil {
-			return ev, err
-		}
-		sub := stripeapi.Subscription(&s)
-		ev.CustomerID = sub.CustomerID
-		ev.Subscription = &sub
-	}
-	return ev, nil
-}
-
-func decode(raw json.RawMessage, v any, object string) error {
-	if err := json.Unmarshal(raw, v); err != nil {
-		return fmt.Errorf("data.object is not a %s: %w", object, err)
-	}
-	var o struct {
-		Object string `json:"object"`
-	}
-	_ = json.Unmarshal(raw, &o)
-	if o.Object != object {
-		return fmt.Errorf("data.object is a %q, not a %s", o.Object, object)
-	}
-	return nil
-}
-
-func customerID(c *stripe.Customer) string {
-	if c == nil {
-		return ""
-	}
-	return c.ID
-}
+// Translate turns a verified Stripe event into billing's terms
+// (stripeapi.TranslateEvent: shared with sync-stripe's replay of listed
+// events, so both read an event the same way).
+func Translate(e stripe.Event) (billing.Event, error) { return stripeapi.TranslateEvent(e) }

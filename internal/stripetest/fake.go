@@ -55,11 +55,55 @@ type Fake struct {
 	customers map[string]*Customer
 	subs      map[string]*Sub
 	lines     map[string][]Item // checkout session id → line items
+	events    []map[string]any  // in the order put (Stripe lists newest first)
 	idem      map[string]string // idempotency key → customer id
 	seq       int
 	// Requests counts API requests; BadRequests those refused for their
 	// shape (missing key or API version).
 	Requests, BadRequests atomic.Int64
+	// Hanging counts requests held by Hang now.
+	Hanging atomic.Int64
+
+	hangMu sync.Mutex
+	hang   map[string]chan struct{} // path → closed on release
+}
+
+// Hang makes every request to path (e.g. "/v1/subscriptions") wait, as a
+// Stripe that stopped answering, until the returned release is called (or
+// the request is canceled; at the test's end at the latest).
+func (f *Fake) Hang(path string) (release func()) {
+	ch := make(chan struct{})
+	f.hangMu.Lock()
+	if f.hang == nil {
+		f.hang = map[string]chan struct{}{}
+	}
+	f.hang[path] = ch
+	f.hangMu.Unlock()
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			f.hangMu.Lock()
+			delete(f.hang, path)
+			f.hangMu.Unlock()
+			close(ch)
+		})
+	}
+	return release
+}
+
+func (f *Fake) hold(r *http.Request) {
+	f.hangMu.Lock()
+	ch := f.hang[r.URL.Path]
+	f.hangMu.Unlock()
+	if ch == nil {
+		return
+	}
+	f.Hanging.Add(1)
+	defer f.Hanging.Add(-1)
+	select {
+	case <-ch:
+	case <-r.Context().Done():
+	}
 }
 
 // New starts a fake on a loopback port (closed at the test's end).
@@ -103,6 +147,18 @@ func (f *Fake) Sub(id string) Sub {
 	return s
 }
 
+// PutEvent stores an event (EventJSON's payload) for GET /v1/events:
+// Stripe keeps every event 30 days, whether or not a webhook delivered it.
+func (f *Fake) PutEvent(payload []byte) {
+	var e map[string]any
+	if err := json.Unmarshal(payload, &e); err != nil {
+		panic(err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.events = append(f.events, e)
+}
+
 // PutCheckoutLines sets the line items of a Checkout Session.
 func (f *Fake) PutCheckoutLines(sessionID string, items []Item) {
 	f.mu.Lock()
@@ -112,6 +168,7 @@ func (f *Fake) PutCheckoutLines(sessionID string, items []Item) {
 
 func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
 	f.Requests.Add(1)
+	f.hold(r)
 	if !strings.HasPrefix(r.Header.Get("Authorization"), "Bearer sk_test_") || r.Header.Get("Stripe-Version") != stripe.APIVersion {
 		f.BadRequests.Add(1)
 		writeErr(w, http.StatusUnauthorized, "invalid_request_error", "", "missing key or wrong Stripe-Version")
@@ -158,6 +215,8 @@ func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
 			all = append(all, SubJSON(*s))
 		}
 		writeList(w, r, "/v1/subscriptions", all)
+	case r.Method == http.MethodGet && path == "events":
+		f.listEvents(w, r)
 	case r.Method == http.MethodGet && len(parts) == 4 && parts[0] == "checkout" && parts[1] == "sessions" && parts[3] == "line_items":
 		items, ok := f.lines[parts[2]]
 		if !ok {
@@ -175,6 +234,42 @@ func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
 	default:
 		writeErr(w, http.StatusNotFound, "invalid_request_error", "", "unrecognized request URL")
 	}
+}
+
+// listEvents answers GET /v1/events as Stripe does: newest first (ties:
+// the later put first), filtered by types[] and created[gte].
+func (f *Fake) listEvents(w http.ResponseWriter, r *http.Request) {
+	types := map[string]bool{}
+	for k, v := range r.Form {
+		if k == "types" || strings.HasPrefix(k, "types[") {
+			for _, t := range v {
+				types[t] = true
+			}
+		}
+	}
+	gte := int64(0)
+	if v := r.Form.Get("created[gte]"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			writeErr(w, http.StatusBadRequest, "invalid_request_error", "", "created[gte] is not an integer")
+			return
+		}
+		gte = n
+	}
+	var all []any
+	for i := len(f.events) - 1; i >= 0; i-- {
+		e := f.events[i]
+		created, _ := e["created"].(float64)
+		if len(types) > 0 && !types[e["type"].(string)] || int64(created) < gte {
+			continue
+		}
+		all = append(all, e)
+	}
+	slices.SortStableFunc(all, func(a, b any) int {
+		ca, cb := a.(map[string]any)["created"].(float64), b.(map[string]any)["created"].(float64)
+		return int(cb - ca)
+	})
+	writeList(w, r, "/v1/events", all)
 }
 
 func (f *Fake) createCustomer(w http.ResponseWriter, r *http.Request) {
@@ -231,14 +326,33 @@ func SubJSON(s Sub) map[string]any {
 // shape: the subscription under parent.subscription_details, one line per
 // item with its period and price under pricing.price_details.
 func InvoiceJSON(id string, s Sub, billingReason string, proration bool) map[string]any {
-	var lines []any
+	lines := make([]Line, len(s.Items))
 	for i, it := range s.Items {
-		lines = append(lines, map[string]any{
-			"id": fmt.Sprintf("il_%s_%d", id, i), "object": "line_item", "invoice": id, "quantity": it.Quantity,
-			"period":  map[string]any{"start": it.PeriodEnd.AddDate(0, -1, 0).Unix(), "end": it.PeriodEnd.Unix()},
-			"pricing": map[string]any{"type": "price_details", "price_details": map[string]any{"price": it.PriceID, "product": "prod_x"}},
+		lines[i] = Line{Item: it, Proration: proration, Amount: 1000}
+	}
+	return InvoiceLinesJSON(id, s, billingReason, lines)
+}
+
+// Line is one line of an invoice: a price for a period, with its signed
+// amount (a proration crediting unused time is negative).
+type Line struct {
+	Item
+	Proration bool
+	Amount    int64
+}
+
+// InvoiceLinesJSON is a paid invoice of subscription s with the given
+// lines (a mid-period change's invoice: its proration lines).
+func InvoiceLinesJSON(id string, s Sub, billingReason string, lines []Line) map[string]any {
+	var data []any
+	for i, l := range lines {
+		data = append(data, map[string]any{
+			"id": fmt.Sprintf("il_%s_%d", id, i), "object": "line_item", "invoice": id, "quantity": l.Quantity,
+			"amount":  l.Amount,
+			"period":  map[string]any{"start": l.PeriodEnd.AddDate(0, -1, 0).Unix(), "end": l.PeriodEnd.Unix()},
+			"pricing": map[string]any{"type": "price_details", "price_details": map[string]any{"price": l.PriceID, "product": "prod_x"}},
 			"parent": map[string]any{"type": "subscription_item_details", "subscription_item_details": map[string]any{
-				"subscription": s.ID, "subscription_item": fmt.Sprintf("si_%s_%d", s.ID, i), "proration": proration,
+				"subscription": s.ID, "subscription_item": fmt.Sprintf("si_%s_%d", s.ID, i), "proration": l.Proration,
 			}},
 		})
 	}
@@ -247,7 +361,7 @@ func InvoiceJSON(id string, s Sub, billingReason string, proration bool) map[str
 		"parent": map[string]any{"type": "subscription_details", "subscription_details": map[string]any{
 			"subscription": s.ID, "metadata": map[string]string{},
 		}},
-		"lines": map[string]any{"object": "list", "data": lines, "has_more": false, "url": "/v1/invoices/" + id + "/lines"},
+		"lines": map[string]any{"object": "list", "data": data, "has_more": false, "url": "/v1/invoices/" + id + "/lines"},
 	}
 }
 

@@ -166,22 +166,63 @@ func (s *Service) grantToOrganization(ctx context.Context, c CreditChange) (Cred
 	if err := v.err(); err != nil {
 		return CreditResult{}, err
 	}
+	return s.orgChangeCredits(ctx, c, TxGrant, c.Amount, "grant credits to organization")
+}
+
+// DeductFromOrganizationForService deducts c.Amount from the account of
+// c.ClerkOrgID for the backend service c.Service, with no member acting:
+// no membership, permission or cap applies, and the ledger entry names the
+// service alone (no actor). It is for in-process callers taking back what a
+// service gave the organization — billing's refunds and lost disputes of a
+// credit pack (internal/billing) — and is not on the API, where a deduction
+// from an organization names the member who spends. Never below zero:
+// KindInsufficientCredits as DeductCredits.
+func (s *Service) DeductFromOrganizationForService(ctx context.Context, c CreditChange) (CreditResult, error) {
+	if err := checkAudit(ctx); err != nil {
+		return CreditResult{}, err
+	}
+	var v violations
+	v.clerkOrgID("clerk_org_id", c.ClerkOrgID)
+	if c.ClerkUserID != "" {
+		v.add("clerk_user_id", "must be empty: no member acts")
+	}
+	if c.Service == "" {
+		v.add("service", "is required: the ledger entry names it")
+	}
+	v.amount("amount", c.Amount, false)
+	if c.Action != "" {
+		v.add("action", "only amounts are deducted for a service")
+	}
+	if c.RequiredPermission != "" {
+		v.add("required_permission", "no member acts")
+	}
+	c.deductionHasNoGrantFields(&v)
+	v.idempotencyKey("idempotency_key", c.IdempotencyKey)
+	v.text("reason", c.Reason, MaxReason)
+	if err := v.err(); err != nil {
+		return CreditResult{}, err
+	}
+	return s.orgChangeCredits(ctx, c, TxDeduct, -c.Amount, "deduct credits from organization for a service")
+}
+
+// orgChangeCredits writes a validated grant or service deduction on an
+// organization's account.
+func (s *Service) orgChangeCredits(ctx context.Context, c CreditChange, kind TxKind, delta int64, op string) (CreditResult, error) {
 	res, err := s.store.OrgChangeCredits(ctx, OrgCreditWrite{
 		ClerkOrgID:       c.ClerkOrgID,
 		ActorClerkUserID: c.ClerkUserID,
 		Service:          c.Service,
-		Kind:             TxGrant,
-		Delta:            c.Amount,
+		Kind:             kind,
+		Delta:            delta,
 		Reason:           c.Reason,
 		IdempotencyKey:   c.IdempotencyKey,
 	})
-	const op = "grant credits to organization"
 	if err != nil {
 		return CreditResult{}, userErr(err, op)
 	}
 	switch res.Status {
 	case WriteApplied:
-		s.observer.CreditsMoved(TxGrant, c.Amount)
+		s.observer.CreditsMoved(kind, c.Amount)
 		return CreditResult{Transaction: res.Transaction}, nil
 	case WriteReplayed:
 		return CreditResult{Transaction: res.Transaction, Replayed: true}, nil
