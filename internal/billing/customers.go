@@ -135,8 +135,11 @@ func refFromHints(clientReferenceID string, meta map[string]string) (users.Accou
 // errNotLinked is the error of an event of a customer no account claims
 // (yet): Stripe retries it, and the Checkout Session's completion or an
 // EnsureBillingCustomer call may link it meanwhile.
+// reasonNotLinked is the reason of errNotLinked.
+const reasonNotLinked = "STRIPE_CUSTOMER_NOT_LINKED"
+
 func errNotLinked(customerID string) error {
-	return &apperr.Error{Kind: apperr.KindFailedPrecondition, Reason: "STRIPE_CUSTOMER_NOT_LINKED",
+	return &apperr.Error{Kind: apperr.KindFailedPrecondition, Reason: reasonNotLinked,
 		Message: fmt.Sprintf("Stripe customer %s is linked to no account (EnsureBillingCustomer, or a Checkout Session with client_reference_id)", customerID)}
 }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/userd/userd/internal/apperr"
 	"github.com/userd/userd/internal/users"
 )
 
@@ -111,6 +112,15 @@ func (s *Service) Sync(ctx context.Context, lister Lister, opts SyncOptions) (Sy
 // replay applies one listed event as its delivery would.
 func (s *Service) replay(ctx context.Context, ev Event, opts SyncOptions, sum *SyncSummary) error {
 	outcome, err := s.ApplyEvent(ctx, ev)
+	var ae *apperr.Error
+	if errors.As(err, &ae) && ae.Reason == reasonNotLinked {
+		// The customers were converged first, so a customer still linked
+		// to no account is another product's on the same Stripe account:
+		// its delivery is refused so that Stripe retries it (it may be
+		// linked later); the replay has nothing to apply.
+		sum.EventsIgnored++
+		return nil
+	}
 	if err != nil {
 		return err
 	}

@@ -18,7 +18,7 @@ import (
 // sync replays nothing; the webhook delivering the invoice afterwards is a
 // duplicate. An event already delivered is counted as applied before; one
 // older than --since is not listed; one rendered in another API version
-// fails, named.
+// fails, named; one of a customer no account claims is for no account.
 func TestSyncReplaysMissedEvents(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
@@ -79,6 +79,12 @@ func TestSyncReplaysMissedEvents(t *testing.T) {
 		t.Errorf("dry run does not name the other version's event:\n%s", out.String())
 	}
 
+	// A customer of another product on the same Stripe account: no
+	// account claims it, so its event is for no account, not a failure.
+	e.fake.PutEvent(stripetest.EventJSON("evt_replay_foreign", billing.EventInvoicePaid, created+6,
+		stripetest.InvoiceJSON("in_foreign", stripetest.Sub{ID: "sub_foreign", Customer: "cus_foreign", Status: "active",
+			Items: []stripetest.Item{{PriceID: pricePro, Quantity: 1, PeriodEnd: now.AddDate(0, 1, 0)}}}, "subscription_create", false)))
+
 	want := before + proCredits + packCredits
 	for run := range 2 {
 		sum, err = e.billing.Sync(ctx, e.api, opts)
@@ -89,8 +95,8 @@ func TestSyncReplaysMissedEvents(t *testing.T) {
 		if run == 1 {
 			replayed = 0
 		}
-		if sum.Replayed != replayed || sum.AlreadyApplied != 5-replayed || sum.EventsFailed != 1 {
-			t.Errorf("sync %d: %+v; want %d replayed, %d applied before, 1 failed", run, sum, replayed, 5-replayed)
+		if sum.Replayed != replayed || sum.AlreadyApplied != 5-replayed || sum.EventsFailed != 1 || sum.EventsIgnored != 1 {
+			t.Errorf("sync %d: %+v; want %d replayed, %d applied before, 1 failed, 1 for no account", run, sum, replayed, 5-replayed)
 		}
 		if c := e.accountOf("user_replay").Credits; c != want {
 			t.Errorf("sync %d: %d credits, want %d (the allowance and one pack, the refunded pack taken back)", run, c, want)
