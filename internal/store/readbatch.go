@@ -2,9 +2,11 @@ package store
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 
@@ -67,6 +69,13 @@ func newUserReads(db sqlcdb.DBTX, q *sqlcdb.Queries) *userReads {
 func (b *userReads) get(ctx context.Context, clerkUserID string) (sqlcdb.GetLiveUserByClerkIDRow, error) {
 	if err := ctx.Err(); err != nil {
 		return sqlcdb.GetLiveUserByClerkIDRow{}, err
+	}
+	if !utf8.ValidString(clerkUserID) || strings.IndexByte(clerkUserID, 0) >= 0 {
+		// PostgreSQL refuses such a text parameter, and would fail the
+		// whole batch: it goes alone, to its own error (the service
+		// validates Clerk ids before reading, so none should come).
+		row, err := b.q.GetUserByClerkIDIncludingDeleted(ctx, b.db, clerkUserID)
+		return sqlcdb.GetLiveUserByClerkIDRow(row), err
 	}
 	r := &userRead{ctx: ctx, clerkUserID: clerkUserID, done: make(chan struct{})}
 	b.mu.Lock()

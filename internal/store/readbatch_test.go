@@ -18,7 +18,8 @@ import (
 
 // TestUserReadsBatched: reads of users by Clerk id that queue while the
 // database is busy go as one statement, and each caller gets its own
-// answer: the user, deleted or not as it asked, or none.
+// answer: the user, deleted or not as it asked, or none; an id the
+// database refuses fails its own read, not the batch's.
 func TestUserReadsBatched(t *testing.T) {
 	url := testdb.URL(t)
 	sep := "?"
@@ -68,12 +69,18 @@ func TestUserReadsBatched(t *testing.T) {
 			}
 		})
 	}
+	// A Clerk id PostgreSQL refuses as text fails its own read only.
+	var badErr error
+	wg.Go(func() { _, badErr = st.GetLiveUserByClerkID(ctx, "user_rb\x00") })
 	// The first reads took the batches that may run (each waits for the
 	// held connection); the others queue behind them.
 	testwait.Until(t, 10*time.Second, "reads queued", func() bool { return store.UserReadsPending(st) >= len(answers)-8 })
 	held.Release()
 	wg.Wait()
 
+	if badErr == nil {
+		t.Error("read of a Clerk id with a NUL byte: no error")
+	}
 	for _, a := range answers {
 		switch {
 		case a.wantErr:
