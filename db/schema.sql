@@ -143,16 +143,21 @@ $$;
 --
 
 CREATE FUNCTION public.userd_account_due_credits(p_account_id uuid, p_expiring bigint) RETURNS bigint
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     AS $$
+BEGIN
     -- What a read must not count of an account holding p_expiring
     -- expiring credits: the remainder of its grants that are due but not
     -- yet expired by the ledger (the job or the next spend expires them).
-    -- An account without expiring credits reads no other row.
-    SELECT CASE WHEN p_expiring > 0 THEN coalesce(
-        (SELECT sum(g.remaining) FROM credit_grants g
-         WHERE g.account_id = p_account_id AND g.expired_at IS NULL AND g.expires_at <= now()), 0)::bigint
-        ELSE 0 END
+    -- An account without expiring credits (or none: NULL) reads no other
+    -- row.
+    IF p_expiring > 0 THEN
+        RETURN coalesce(
+            (SELECT sum(g.remaining) FROM credit_grants g
+             WHERE g.account_id = p_account_id AND g.expired_at IS NULL AND g.expires_at <= now()), 0)::bigint;
+    END IF;
+    RETURN 0;
+END
 $$;
 
 

@@ -27,6 +27,16 @@ SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a
 FROM users u JOIN accounts a ON a.id = u.id
 WHERE u.clerk_user_id = @clerk_user_id;
 
+-- GetUsersByClerkIDsIncludingDeleted is GetUserByClerkIDIncludingDeleted
+-- for several Clerk ids at once (no row for an id without a user): the
+-- store's read batcher answers the concurrent reads of a user by Clerk id
+-- with one statement (internal/store/readbatch.go).
+-- name: GetUsersByClerkIDsIncludingDeleted :many
+SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (a.credits - userd_account_due_credits(a.id, a.expiring_credits))::bigint AS credits,
+       u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at
+FROM users u JOIN accounts a ON a.id = u.id
+WHERE u.clerk_user_id = ANY(@clerk_user_ids::text[]);
+
 -- InsertUserWithInitialCredits creates the user, its personal account and
 -- the ledger entry of its initial credits in one round trip (see
 -- userd_create_user in db/schema.sql). Its u_id is NULL when the Clerk id

@@ -284,6 +284,65 @@ func (q *Queries) GetUserByClerkIDIncludingDeleted(ctx context.Context, db DBTX,
 	return i, err
 }
 
+const getUsersByClerkIDsIncludingDeleted = `-- name: GetUsersByClerkIDsIncludingDeleted :many
+SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (a.credits - userd_account_due_credits(a.id, a.expiring_credits))::bigint AS credits,
+       u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at
+FROM users u JOIN accounts a ON a.id = u.id
+WHERE u.clerk_user_id = ANY($1::text[])
+`
+
+type GetUsersByClerkIDsIncludingDeletedRow struct {
+	ID             uuid.UUID
+	ClerkUserID    string
+	Email          *string
+	FirstName      *string
+	LastName       *string
+	ImageURL       *string
+	Plan           string
+	Credits        int64
+	ClerkUpdatedAt *int64
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
+	DeletedAt      *time.Time
+}
+
+// GetUsersByClerkIDsIncludingDeleted is GetUserByClerkIDIncludingDeleted
+// for several Clerk ids at once (no row for an id without a user): the
+// store's read batcher answers the concurrent reads of a user by Clerk id
+// with one statement (internal/store/readbatch.go).
+func (q *Queries) GetUsersByClerkIDsIncludingDeleted(ctx context.Context, db DBTX, clerkUserIds []string) ([]GetUsersByClerkIDsIncludingDeletedRow, error) {
+	rows, err := db.Query(ctx, getUsersByClerkIDsIncludingDeleted, clerkUserIds)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []GetUsersByClerkIDsIncludingDeletedRow{}
+	for rows.Next() {
+		var i GetUsersByClerkIDsIncludingDeletedRow
+		if err := rows.Scan(
+			&i.ID,
+			&i.ClerkUserID,
+			&i.Email,
+			&i.FirstName,
+			&i.LastName,
+			&i.ImageURL,
+			&i.Plan,
+			&i.Credits,
+			&i.ClerkUpdatedAt,
+			&i.CreatedAt,
+			&i.UpdatedAt,
+			&i.DeletedAt,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const insertUserWithInitialCredits = `-- name: InsertUserWithInitialCredits :one
 SELECT u_id, u_clerk_user_id, u_email, u_first_name, u_last_name, u_image_url, u_plan, u_credits, u_clerk_updated_at, u_created_at, u_updated_at, u_deleted_at FROM userd_create_user($1::text, $2::text, $3::text,
     $4::text, $5::text, $6::bigint, $7::bigint)

@@ -36,6 +36,10 @@ type Store struct {
 	pool           *pgxpool.Pool
 	acquireTimeout time.Duration
 	q              *sqlcdb.Queries
+	// userReads batches the reads of a user by Clerk id (readbatch.go);
+	// nil with standbys, whose reads each go where their call's
+	// consistency allows.
+	userReads *userReads
 }
 
 var _ users.Store = (*Store)(nil)
@@ -65,6 +69,8 @@ func New(pool *pgxpool.Pool, opts Options) *Store {
 	if opts.Standbys != nil {
 		s.db = standby.Recording(db, s.acquire)
 		s.read = opts.Standbys.Reads(s.db)
+	} else {
+		s.userReads = newUserReads(db, s.q)
 	}
 	return s
 }
@@ -78,6 +84,9 @@ func (s *Store) acquire(ctx context.Context) (*pgxpool.Conn, error) {
 }
 
 func (s *Store) GetLiveUserByClerkID(ctx context.Context, clerkUserID string) (users.User, error) {
+	if s.userReads != nil {
+		return s.getUserByClerkID(ctx, clerkUserID, true)
+	}
 	row, err := s.q.GetLiveUserByClerkID(ctx, s.read, clerkUserID)
 	return userOut(row, err)
 }
@@ -93,6 +102,9 @@ func (s *Store) GetLiveUserByEmail(ctx context.Context, email string) (users.Use
 }
 
 func (s *Store) GetUserByClerkIDIncludingDeleted(ctx context.Context, clerkUserID string) (users.User, error) {
+	if s.userReads != nil {
+		return s.getUserByClerkID(ctx, clerkUserID, false)
+	}
 	row, err := s.q.GetUserByClerkIDIncludingDeleted(ctx, s.db, clerkUserID)
 	return userOut(sqlcdb.GetLiveUserByClerkIDRow(row), err)
 }

@@ -251,6 +251,21 @@ func TestDueGrantIsNeverCountedBeforeTheJob(t *testing.T) {
 	if got.Credits != 10 {
 		t.Errorf("GetUser credits = %d, want 10 (the due grant not counted)", got.Credits)
 	}
+	// Every read of a balance leaves it out (userd_account_due_credits).
+	acct, err := e.svc.GetAccount(ctx, users.AccountRef{ClerkUserID: "user_due"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if acct.Credits != 10 {
+		t.Errorf("GetAccount credits = %d, want 10 (the due grant not counted)", acct.Credits)
+	}
+	again, created, err := e.svc.EnsureUser(ctx, users.EnsureUserInput{ClerkUserID: "user_due"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if created || again.Credits != 10 {
+		t.Errorf("EnsureUser (existing) = created %v, credits %d; want false, 10 (the due grant not counted)", created, again.Credits)
+	}
 	aff, err := e.svc.CanAfford(ctx, "user_due", users.Cost{Amount: 50})
 	if err != nil {
 		t.Fatal(err)
