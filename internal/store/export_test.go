@@ -1,0 +1,22 @@
+package store
+
+import "github.com/userd/userd/gen/sqlcdb"
+
+// HoldWriteBatches makes s run one write batch at a time and hold every
+// batch until release is called, so that a test can queue calls into one
+// batch (QueuedWrites tells how many wait).
+func HoldWriteBatches(s *Store) (release func()) {
+	gate := make(chan struct{})
+	s.writes.gate, s.writes.maxInFlight = gate, 1
+	return func() { close(gate) }
+}
+
+// QueuedWrites is how many calls wait for a write batch.
+func QueuedWrites(s *Store) int {
+	s.writes.mu.Lock()
+	defer s.writes.mu.Unlock()
+	return len(s.writes.queue)
+}
+
+// BatchedDBTX is where a write keyed by lockKey runs (Store.batched).
+func BatchedDBTX(s *Store, lockKey string) sqlcdb.DBTX { return s.batched(lockKey) }
