@@ -7,16 +7,25 @@ import "github.com/userd/userd/gen/sqlcdb"
 // batch (QueuedWrites tells how many wait).
 func HoldWriteBatches(s *Store) (release func()) {
 	gate := make(chan struct{})
-	s.writes.gate, s.writes.maxInFlight = gate, 1
+	s.writes.gate, s.writes.lanes = gate, s.writes.lanes[:1]
 	return func() { close(gate) }
 }
 
 // QueuedWrites is how many calls wait for a write batch.
 func QueuedWrites(s *Store) int {
-	s.writes.mu.Lock()
-	defer s.writes.mu.Unlock()
-	return len(s.writes.queue)
+	n := 0
+	for _, l := range s.writes.lanes {
+		l.mu.Lock()
+		n += len(l.queue)
+		l.mu.Unlock()
+	}
+	return n
 }
 
 // BatchedDBTX is where a write keyed by lockKey runs (Store.batched).
 func BatchedDBTX(s *Store, lockKey string) sqlcdb.DBTX { return s.batched(lockKey) }
+
+// SetWriteLanes gives s n write lanes (benchmarks).
+func SetWriteLanes(s *Store, n int) {
+	s.writes = newWriteBatcher(s.db, s.acquire, n)
+}

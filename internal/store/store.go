@@ -60,6 +60,8 @@ type Options struct {
 	// transaction rather than group-committing concurrent ones
 	// (writebatch.go).
 	DisableWriteBatching bool
+	// WriteLanes is how many write batches may run at once (0: 4).
+	WriteLanes int
 }
 
 // New returns a Store over pool.
@@ -74,7 +76,11 @@ func New(pool *pgxpool.Pool, opts Options) *Store {
 		s.read = opts.Standbys.Reads(s.db)
 	}
 	if !opts.DisableWriteBatching {
-		s.writes = newWriteBatcher(s.db, s.acquire)
+		lanes := opts.WriteLanes
+		if lanes <= 0 {
+			lanes = writeLanes
+		}
+		s.writes = newWriteBatcher(s.db, s.acquire, lanes)
 	}
 	return s
 }

@@ -36,21 +36,24 @@ import (
 // runs again on its own so that it gets its own answer. Nothing is
 // answered before the batch's commit (the Sync's result) is read.
 //
-// Like the Clerk batcher (internal/users/batcher.go) it never waits to
-// fill a batch: a call that finds fewer than maxWriteBatchesInFlight
-// batches running starts one at once, and calls arriving meanwhile go
-// together in the next, up to maxWriteBatch.
+// Calls are spread over lanes by account (lockKey): a lane runs one batch
+// at a time, so the calls of one account never wait for another batch of
+// writes to commit (two batches in flight never share an account, and
+// one account's calls keep their order). A lane never waits to fill a
+// batch: a call that finds its lane idle starts a batch at once (a lone
+// call is as fast as without batching), and the calls arriving while it
+// runs go together in the next one, up to maxWriteBatch.
 const (
 	// maxWriteBatch bounds the calls of one transaction (the locks it
 	// holds, and the work redone one by one if it fails).
 	maxWriteBatch = 64
-	// maxWriteBatchesInFlight bounds the concurrent batch transactions,
-	// and so the pool connections writes hold.
-	maxWriteBatchesInFlight = 4
-	// maxWriteQueue bounds the calls waiting for a batch: when the
-	// database hangs, callers are refused (Unavailable) rather than
-	// queued without end.
-	maxWriteQueue = 4096
+	// writeLanes is how many batches may run at once by default (--db-write-lanes), and so the pool
+	// connections writes hold.
+	writeLanes = 4
+	// maxWriteQueue bounds the calls waiting in a lane: when the database
+	// hangs, callers are refused (Unavailable) rather than queued without
+	// end.
+	maxWriteQueue = 1024
 	// writeBatchTimeout bounds one batch transaction: it serves many
 	// calls, so no single caller's deadline may cut it (a caller whose
 	// context ends stops waiting; see batchRow.Scan).
@@ -68,23 +71,37 @@ type writeBatcher struct {
 	single sqlcdb.DBTX
 	// acquire takes the connection a batch runs on.
 	acquire func(context.Context) (*pgxpool.Conn, error)
-	// maxBatch and maxInFlight are maxWriteBatch and
-	// maxWriteBatchesInFlight, but for tests.
-	maxBatch, maxInFlight, maxQueue int
+	// maxBatch and maxQueue are maxWriteBatch and maxWriteQueue, but for
+	// tests.
+	maxBatch, maxQueue int
 	// gate, when set (tests), holds every flusher until it is closed, so
 	// that a test can queue calls into one batch.
-	gate chan struct{}
-
-	mu       sync.Mutex
-	queue    []*writeOp
-	inFlight int
+	gate  chan struct{}
+	lanes []*writeLane
 }
 
-func newWriteBatcher(single sqlcdb.DBTX, acquire func(context.Context) (*pgxpool.Conn, error)) *writeBatcher {
-	return &writeBatcher{
-		single: single, acquire: acquire,
-		maxBatch: maxWriteBatch, maxInFlight: maxWriteBatchesInFlight, maxQueue: maxWriteQueue,
+// writeLane is a queue of calls and at most one batch running them.
+type writeLane struct {
+	mu      sync.Mutex
+	queue   []*writeOp
+	running bool
+}
+
+func newWriteBatcher(single sqlcdb.DBTX, acquire func(context.Context) (*pgxpool.Conn, error), lanes int) *writeBatcher {
+	b := &writeBatcher{single: single, acquire: acquire, maxBatch: maxWriteBatch, maxQueue: maxWriteQueue}
+	for range lanes {
+		b.lanes = append(b.lanes, &writeLane{})
 	}
+	return b
+}
+
+// lane is the lane of the calls keyed by key (FNV-1a).
+func (b *writeBatcher) lane(key string) *writeLane {
+	h := uint32(2166136261)
+	for i := 0; i < len(key); i++ {
+		h = (h ^ uint32(key[i])) * 16777619
+	}
+	return b.lanes[h%uint32(len(b.lanes))]
 }
 
 // on returns the DBTX whose QueryRow joins a batch, for a write whose
@@ -132,7 +149,9 @@ type writeOp struct {
 	// done is closed once err (and into) are final.
 	done chan struct{}
 	err  error
-	// taken is set, under writeBatcher.mu, when a batch took the call.
+	// lane is where the call waits; taken is set, under lane.mu, when a
+	// batch took the call.
+	lane  *writeLane
 	taken bool
 }
 
@@ -152,7 +171,7 @@ func (r batchRow) Scan(dest ...any) error {
 	if err := r.ctx.Err(); err != nil {
 		return err
 	}
-	op := &writeOp{ctx: r.ctx, key: r.key, sql: r.sql, args: r.args, into: make([]any, len(dest)), done: make(chan struct{})}
+	op := &writeOp{ctx: r.ctx, key: r.key, lane: r.b.lane(r.key), sql: r.sql, args: r.args, into: make([]any, len(dest)), done: make(chan struct{})}
 	for i, d := range dest {
 		op.into[i] = reflect.New(reflect.TypeOf(d).Elem()).Interface()
 	}
@@ -181,56 +200,56 @@ func (r batchRow) Scan(dest ...any) error {
 }
 
 func (b *writeBatcher) enqueue(op *writeOp) error {
-	b.mu.Lock()
-	if len(b.queue) >= b.maxQueue {
-		b.mu.Unlock()
+	l := op.lane
+	l.mu.Lock()
+	if len(l.queue) >= b.maxQueue {
+		l.mu.Unlock()
 		return errWriteQueueFull
 	}
-	b.queue = append(b.queue, op)
-	start := b.inFlight < b.maxInFlight
+	l.queue = append(l.queue, op)
+	start := !l.running
+	l.running = true
+	l.mu.Unlock()
 	if start {
-		b.inFlight++
-	}
-	b.mu.Unlock()
-	if start {
-		go b.flush()
+		go b.flush(l)
 	}
 	return nil
 }
 
-// drop removes op from the queue if no batch took it yet.
+// drop removes op from its lane's queue if no batch took it yet.
 func (b *writeBatcher) drop(op *writeOp) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	l := op.lane
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	if op.taken {
 		return false
 	}
-	if i := slices.Index(b.queue, op); i >= 0 {
-		b.queue = slices.Delete(b.queue, i, i+1)
+	if i := slices.Index(l.queue, op); i >= 0 {
+		l.queue = slices.Delete(l.queue, i, i+1)
 	}
 	return true
 }
 
-// flush runs batches until the queue is empty.
-func (b *writeBatcher) flush() {
+// flush runs the lane's batches until its queue is empty.
+func (b *writeBatcher) flush(l *writeLane) {
 	if b.gate != nil {
 		<-b.gate
 	}
 	for {
-		b.mu.Lock()
-		n := min(len(b.queue), b.maxBatch)
+		l.mu.Lock()
+		n := min(len(l.queue), b.maxBatch)
 		if n == 0 {
-			b.inFlight--
-			b.mu.Unlock()
+			l.running = false
+			l.mu.Unlock()
 			return
 		}
-		batch := slices.Clone(b.queue[:n])
-		clear(b.queue[:n])
-		b.queue = b.queue[n:]
+		batch := slices.Clone(l.queue[:n])
+		clear(l.queue[:n])
+		l.queue = l.queue[n:]
 		for _, op := range batch {
 			op.taken = true
 		}
-		b.mu.Unlock()
+		l.mu.Unlock()
 		b.run(batch)
 	}
 }
@@ -250,6 +269,7 @@ func (b *writeBatcher) run(batch []*writeOp) {
 	if len(batch) == 0 {
 		return
 	}
+	// Deadlock-free: every batch locks its accounts in key order.
 	slices.SortStableFunc(batch, func(x, y *writeOp) int { return strings.Compare(x.key, y.key) })
 	if len(batch) > 1 && b.runTogether(batch) == nil {
 		for _, op := range batch {

@@ -94,6 +94,10 @@ func renderTable(b *strings.Builder, cur, prev *target, ceiling map[string]float
 			field(rs, func(r result) float64 { return r.clientPerCall }), rss, ceil, nofeed, ratio)
 		if prev != nil {
 			ps := prev.results[s.name]
+			if allFailed(ps) {
+				fmt.Fprintf(b, " n/a (every call failed: %d errors) | | | |\n", errorCount(ps))
+				continue
+			}
 			prps := median(rates(ps))
 			pratio, speedup := "", ""
 			if tps := ceiling[s.ceiling]; tps > 0 {
