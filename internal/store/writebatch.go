@@ -43,12 +43,19 @@ import (
 // batch: a call that finds its lane idle starts a batch at once (a lone
 // call is as fast as without batching), and the calls arriving while it
 // runs go together in the next one, up to maxWriteBatch.
+//
+// The price: a lane serves about 1/lanes of the accounts, so a row lock
+// held outside the batches (an operator's audited correction, the
+// allowance job, another replica's batch) delays the other accounts of
+// that lane as well, up to the session's lock_timeout (the batch then
+// fails and its calls run on their own). --db-write-lanes 0 turns group
+// commit off.
 const (
 	// maxWriteBatch bounds the calls of one transaction (the locks it
 	// holds, and the work redone one by one if it fails).
 	maxWriteBatch = 64
-	// writeLanes is how many batches may run at once by default (--db-write-lanes), and so the pool
-	// connections writes hold.
+	// writeLanes is how many batches may run at once by default
+	// (--db-write-lanes), and so the pool connections writes hold.
 	writeLanes = 4
 	// maxWriteQueue bounds the calls waiting in a lane: when the database
 	// hangs, callers are refused (Unavailable) rather than queued without
