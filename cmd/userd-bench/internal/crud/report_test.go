@@ -73,4 +73,7 @@ func TestRenderTableFailedBaseline(t *testing.T) {
 	if strings.Contains(out, "4000000") || strings.Contains(out, "no operation below") {
 		t.Errorf("the failed baseline counts as a rate:\n%s", out)
 	}
+	if !strings.Contains(out, "| p99 at half the peak rate (gRPC GetUser) < 10 ms | not measured | |") {
+		t.Errorf("a half-peak run that did not run reads as measured:\n%s", out)
+	}
 }
