@@ -249,15 +249,16 @@ func TestWriteBatchFallsBackOnError(t *testing.T) {
 
 // TestConcurrentBatchedWritesAnswerTheirOwnCall: many callers race
 // deductions and grants on a few personal and organization accounts,
-// with repeated keys; every answer is about the caller's own account,
-// amount and key (no cross-talk between the calls of a batch), and the
-// books add up.
+// with repeated keys, through two stores (as two replicas: their batches
+// of one account race for its row lock, which one store's lanes never
+// do); every answer is about the caller's own account, amount and key
+// (no cross-talk between the calls of a batch), and the books add up.
 func TestConcurrentBatchedWritesAnswerTheirOwnCall(t *testing.T) {
 	t.Parallel()
 	pool := testdb.Pool(t)
 	ctx := context.Background()
-	st := store.New(pool, store.Options{})
-	svc := users.NewService(st, users.Options{InitialCredits: 30})
+	stores := []*store.Store{store.New(pool, store.Options{}), store.New(pool, store.Options{})}
+	svc := users.NewService(stores[0], users.Options{InitialCredits: 30})
 	type account struct{ user, org string }
 	var accounts []account
 	for i := range 3 {
@@ -278,6 +279,7 @@ func TestConcurrentBatchedWritesAnswerTheirOwnCall(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			r := rand.New(rand.NewPCG(uint64(w), 2))
+			st := stores[w%len(stores)]
 			for range each {
 				a := accounts[r.IntN(len(accounts))]
 				delta := int64(1 + r.IntN(9))
