@@ -300,7 +300,8 @@ func (a *App) init(ctx context.Context) error {
 	if err := a.openStandbys(); err != nil {
 		return err
 	}
-	a.store = store.New(a.pool, store.Options{AcquireTimeout: a.cfg.DBAcquireTimeout, Standbys: a.standbys})
+	a.store = store.New(a.pool, store.Options{AcquireTimeout: a.cfg.DBAcquireTimeout, Standbys: a.standbys,
+		WriteLanes: a.cfg.Database.WriteLanes, DisableWriteBatching: a.cfg.Database.WriteLanes == 0})
 	a.users = users.NewService(a.store, users.Options{
 		InitialCredits:      a.cfg.InitialCredits,
 		KeepDeletedUserData: a.cfg.KeepDeletedUserData,

@@ -40,16 +40,17 @@ func accountID(id uuid.UUID) accountOf {
 	return func(context.Context, sqlcdb.DBTX) (uuid.UUID, error) { return id, nil }
 }
 
-// audited runs write, in one round trip on the pool, unless ctx carries
+// audited runs write, in one round trip on the pool (group-committed
+// with other writes under batchKey, see batched), unless ctx carries
 // an AuditEntry (an operator's correction): then in one transaction that
 // locks the account and reads its state, runs write, and, if write
 // applied a change, records the entry with the state before and after.
 // The correction and its audit row commit together or not at all; a
 // replay or a refusal (applied == false) records nothing.
-func (s *Store) audited(ctx context.Context, account accountOf, write func(db sqlcdb.DBTX) (applied bool, err error)) error {
+func (s *Store) audited(ctx context.Context, account accountOf, batchKey string, write func(db sqlcdb.DBTX) (applied bool, err error)) error {
 	e, ok := users.AuditFrom(ctx)
 	if !ok {
-		_, err := write(s.db)
+		_, err := write(s.batched(batchKey))
 		return err
 	}
 	details, err := e.DetailsJSON()
@@ -106,7 +107,7 @@ func refuseAudit(ctx context.Context, op string) error {
 }
 
 func (s *Store) CloseAccount(ctx context.Context, id uuid.UUID) (status string, err error) {
-	err = s.audited(ctx, accountID(id), func(db sqlcdb.DBTX) (bool, error) {
+	err = s.audited(ctx, accountID(id), "", func(db sqlcdb.DBTX) (bool, error) {
 		row, err := s.q.CloseAccount(ctx, db, id)
 		if err != nil {
 			return false, translate(fmt.Errorf("close account: %w", err))

@@ -1,5 +1,7 @@
 package store
 
+import "github.com/userd/userd/gen/sqlcdb"
+
 // UserReadsPending is how many reads of a user by Clerk id wait for a
 // batch, and UserReadsBatched how many were answered by a statement of
 // several ids (readbatch.go).
@@ -10,3 +12,31 @@ func UserReadsPending(s *Store) int {
 }
 
 func UserReadsBatched(s *Store) int64 { return s.userReads.batched.Load() }
+
+// HoldWriteBatches makes s run one write batch at a time and hold every
+// batch until release is called, so that a test can queue calls into one
+// batch (QueuedWrites tells how many wait).
+func HoldWriteBatches(s *Store) (release func()) {
+	gate := make(chan struct{})
+	s.writes.gate, s.writes.lanes = gate, s.writes.lanes[:1]
+	return func() { close(gate) }
+}
+
+// QueuedWrites is how many calls wait for a write batch.
+func QueuedWrites(s *Store) int {
+	n := 0
+	for _, l := range s.writes.lanes {
+		l.mu.Lock()
+		n += len(l.queue)
+		l.mu.Unlock()
+	}
+	return n
+}
+
+// BatchedDBTX is where a write keyed by lockKey runs (Store.batched).
+func BatchedDBTX(s *Store, lockKey string) sqlcdb.DBTX { return s.batched(lockKey) }
+
+// SetWriteLanes gives s n write lanes (benchmarks).
+func SetWriteLanes(s *Store, n int) {
+	s.writes = newWriteBatcher(s.db, s.acquire, n)
+}

@@ -14,7 +14,7 @@ import (
 
 // GrantExpiringCredits implements users.GrantStore in one round trip.
 func (s *Store) GrantExpiringCredits(ctx context.Context, w users.ExpiringGrantWrite) (users.CreditWriteResult, error) {
-	row, err := s.q.GrantExpiringCredits(ctx, s.db, sqlcdb.GrantExpiringCreditsParams{
+	row, err := s.q.GrantExpiringCredits(ctx, s.batched(accountBatchKey(w.ClerkUserID, w.ClerkOrgID)), sqlcdb.GrantExpiringCreditsParams{
 		ClerkUserID:    w.ClerkUserID,
 		ClerkOrgID:     w.ClerkOrgID,
 		Service:        w.Service,

@@ -15,7 +15,7 @@ func (s *Store) OrgSpend(ctx context.Context, w users.OrgSpendWrite) (users.OrgS
 	if err := refuseAudit(ctx, "a member's spend"); err != nil {
 		return users.OrgSpendResult{}, err
 	}
-	row, err := s.q.OrgSpend(ctx, s.db, sqlcdb.OrgSpendParams{
+	row, err := s.q.OrgSpend(ctx, s.batched(orgBatchKey(w.ClerkOrgID)), sqlcdb.OrgSpendParams{
 		ClerkOrgID:         w.ClerkOrgID,
 		MemberClerkUserID:  w.MemberClerkUserID,
 		Service:            w.Service,
@@ -135,7 +135,7 @@ func capWithPeriod(c users.MemberCap) *users.MemberCap {
 }
 
 func (s *Store) OrgChangeCredits(ctx context.Context, w users.OrgCreditWrite) (res users.OrgSpendResult, err error) {
-	err = s.audited(ctx, organizationAccount(w.ClerkOrgID), func(db sqlcdb.DBTX) (bool, error) {
+	err = s.audited(ctx, organizationAccount(w.ClerkOrgID), orgBatchKey(w.ClerkOrgID), func(db sqlcdb.DBTX) (bool, error) {
 		res, err = s.orgChangeCredits(ctx, db, w)
 		return res.Status == users.WriteApplied, err
 	})
@@ -242,7 +242,7 @@ func (s *Store) ListAccountCreditTransactions(ctx context.Context, accountID uui
 }
 
 func (s *Store) OrgSetPlan(ctx context.Context, w users.OrgPlanWrite) (res users.PlanWriteResult, err error) {
-	err = s.audited(ctx, organizationAccount(w.ClerkOrgID), func(db sqlcdb.DBTX) (bool, error) {
+	err = s.audited(ctx, organizationAccount(w.ClerkOrgID), orgBatchKey(w.ClerkOrgID), func(db sqlcdb.DBTX) (bool, error) {
 		res, err = s.orgSetPlan(ctx, db, w)
 		return res.Status == users.WriteApplied, err
 	})

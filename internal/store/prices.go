@@ -12,7 +12,7 @@ func (s *Store) DeductCreditsForAction(ctx context.Context, d users.ActionDeduct
 	if err := refuseAudit(ctx, "a deduction by action"); err != nil {
 		return users.CreditWriteResult{}, err
 	}
-	row, err := s.q.DeductCreditsForAction(ctx, s.db, sqlcdb.DeductCreditsForActionParams{
+	row, err := s.q.DeductCreditsForAction(ctx, s.batched(userBatchKey(d.ClerkUserID)), sqlcdb.DeductCreditsForActionParams{
 		ClerkUserID:    d.ClerkUserID,
 		Action:         d.Action,
 		IdempotencyKey: d.IdempotencyKey,

@@ -40,6 +40,9 @@ type Store struct {
 	// nil with standbys, whose reads each go where their call's
 	// consistency allows.
 	userReads *userReads
+	// writes group-commits the credit and plan writes (writebatch.go);
+	// nil when Options.DisableWriteBatching.
+	writes *writeBatcher
 }
 
 var _ users.Store = (*Store)(nil)
@@ -57,6 +60,12 @@ type Options struct {
 	// CheckAffordability, ListPrices, ListPriceChanges), and every write
 	// records its WAL position in the call's standby.Recorder, if any.
 	Standbys *standby.Router
+	// DisableWriteBatching runs every credit and plan write in its own
+	// transaction rather than group-committing concurrent ones
+	// (writebatch.go).
+	DisableWriteBatching bool
+	// WriteLanes is how many write batches may run at once (0: 4).
+	WriteLanes int
 }
 
 // New returns a Store over pool.
@@ -72,7 +81,39 @@ func New(pool *pgxpool.Pool, opts Options) *Store {
 	} else {
 		s.userReads = newUserReads(db, s.q)
 	}
+	if !opts.DisableWriteBatching {
+		lanes := opts.WriteLanes
+		if lanes <= 0 {
+			lanes = writeLanes
+		}
+		s.writes = newWriteBatcher(s.db, s.acquire, lanes)
+	}
 	return s
+}
+
+// batched is where a credit or plan write keyed by lockKey (userBatchKey,
+// orgBatchKey) runs: group-committed with the concurrent ones, or, for an
+// empty key or without batching, on its own.
+func (s *Store) batched(lockKey string) sqlcdb.DBTX {
+	if s.writes == nil || lockKey == "" {
+		return s.db
+	}
+	return s.writes.on(lockKey)
+}
+
+// userBatchKey and orgBatchKey key the writes of a personal account and
+// of an organization's account: a batch runs its calls in key order.
+func userBatchKey(clerkUserID string) string { return "u:" + clerkUserID }
+
+func orgBatchKey(clerkOrgID string) string { return "o:" + clerkOrgID }
+
+// accountBatchKey keys a write naming the organization clerkOrgID's
+// account, or when it is empty, clerkUserID's personal account.
+func accountBatchKey(clerkUserID, clerkOrgID string) string {
+	if clerkOrgID != "" {
+		return orgBatchKey(clerkOrgID)
+	}
+	return userBatchKey(clerkUserID)
 }
 
 // acquire takes a connection of the pool, within AcquireTimeout.
@@ -158,7 +199,7 @@ func (s *Store) InsertUserWithInitialCredits(ctx context.Context, u users.NewUse
 }
 
 func (s *Store) ChangeCredits(ctx context.Context, w users.CreditWrite) (res users.CreditWriteResult, err error) {
-	err = s.audited(ctx, personalAccount(w.ClerkUserID), func(db sqlcdb.DBTX) (bool, error) {
+	err = s.audited(ctx, personalAccount(w.ClerkUserID), userBatchKey(w.ClerkUserID), func(db sqlcdb.DBTX) (bool, error) {
 		res, err = s.changeCredits(ctx, db, w)
 		return res.Status == users.WriteApplied, err
 	})
@@ -187,7 +228,7 @@ func (s *Store) changeCredits(ctx context.Context, db sqlcdb.DBTX, w users.Credi
 }
 
 func (s *Store) SetPlan(ctx context.Context, w users.PlanWrite) (res users.PlanWriteResult, err error) {
-	err = s.audited(ctx, personalAccount(w.ClerkUserID), func(db sqlcdb.DBTX) (bool, error) {
+	err = s.audited(ctx, personalAccount(w.ClerkUserID), userBatchKey(w.ClerkUserID), func(db sqlcdb.DBTX) (bool, error) {
 		res, err = s.setPlan(ctx, db, w)
 		return res.Status == users.WriteApplied, err
 	})

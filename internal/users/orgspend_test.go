@@ -57,7 +57,7 @@ func setupOrgs(t testing.TB, start time.Time) orgEnv {
 
 // newOrgEnv returns an orgEnv with clock (nil: the database's clock, as
 // in production) and a pool of conns connections (0: pgxpool's default).
-func newOrgEnv(t testing.TB, clock *testClock, conns int) orgEnv {
+func newOrgEnv(t testing.TB, clock *testClock, conns int, storeOpts ...store.Options) orgEnv {
 	t.Helper()
 	url := testdb.URL(t)
 	if conns > 0 {
@@ -68,7 +68,11 @@ func newOrgEnv(t testing.TB, clock *testClock, conns int) orgEnv {
 		url += sep + "pool_max_conns=" + strconv.Itoa(conns)
 	}
 	pool := testdb.Connect(t, url)
-	st := store.New(pool, store.Options{})
+	var so store.Options
+	if len(storeOpts) > 0 {
+		so = storeOpts[0]
+	}
+	st := store.New(pool, so)
 	opts := users.Options{InitialCredits: users.DefaultInitialCredits}
 	if clock != nil {
 		opts.Clock = clock.Now
@@ -402,8 +406,10 @@ func TestOrgSpendRemovalRace(t *testing.T) {
 	ctx := context.Background()
 	const spends = 50
 	// A connection for each spend, the removal, the lock holder and the
-	// waiting check.
-	e := newOrgEnv(t, &testClock{t: day0}, spends+4)
+	// waiting check. Each spend in its own transaction, so that each
+	// waits for the account's lock in PostgreSQL, where the test sees it:
+	// group commit would queue one account's spends in userd instead.
+	e := newOrgEnv(t, &testClock{t: day0}, spends+4, store.Options{DisableWriteBatching: true})
 	acct := e.newOrg(t, "org_a", 1000, member{clerkUserID: "user_m"})
 	var (
 		wg      sync.WaitGroup

@@ -18,7 +18,7 @@ import (
 // or for callers that replace the addresses (apptest.Config).
 func Valid() config.Serve {
 	return config.Serve{
-		Database:      config.Database{URL: "postgres://u:secretpw@localhost:5432/userd", MaxConns: 16},
+		Database:      config.Database{URL: "postgres://u:secretpw@localhost:5432/userd", MaxConns: 16, WriteLanes: 4},
 		StandbyReads:  config.StandbyReads{ReadMaxConns: 16, ReadMaxLag: time.Second, ReadTokenWait: 100 * time.Millisecond},
 		Log:           config.Log{LogFormat: "json", LogLevel: "info"},
 		GRPCAddr:      ":9090",

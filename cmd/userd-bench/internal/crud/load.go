@@ -70,6 +70,9 @@ type result struct {
 	cpu, cpuPerCall, clientPerCall float64
 	rssMiB                         float64
 	errs                           int64
+	// failed: every call failed (a baseline without the operation), so
+	// rps counts errors, not work.
+	failed bool
 }
 
 // load runs op from -c workers for -d (after -warmup), optionally paced
@@ -131,6 +134,7 @@ func (in *instance) load(ctx context.Context, op func(*instance, int) error, lim
 		return float64(lat[int(float64(len(lat)-1)*p)].Microseconds()) / 1000
 	}
 	res := result{rps: float64(len(lat)) / elapsed.Seconds(), p50: pct(.5), p99: pct(.99), cpu: cpu, rssMiB: peak, errs: errs.Load()}
+	res.failed = res.errs > 0 && res.errs == int64(len(lat))
 	if len(lat) > 0 {
 		res.cpuPerCall = cpu / float64(len(lat)) * 1e6
 		res.clientPerCall = client / float64(len(lat)) * 1e6

@@ -94,6 +94,10 @@ func renderTable(b *strings.Builder, cur, prev *target, ceiling map[string]float
 			field(rs, func(r result) float64 { return r.clientPerCall }), rss, ceil, nofeed, ratio)
 		if prev != nil {
 			ps := prev.results[s.name]
+			if allFailed(ps) {
+				fmt.Fprintf(b, " n/a (every call failed: %d errors) | | | |\n", errorCount(ps))
+				continue
+			}
 			prps := median(rates(ps))
 			pratio, speedup := "", ""
 			if tps := ceiling[s.ceiling]; tps > 0 {
@@ -154,7 +158,11 @@ func renderTargets(b *strings.Builder, cur, prev *target, ceiling map[string]flo
 	if prev != nil {
 		renderNoRegression(b, cur, prev, check)
 	}
-	fmt.Fprintf(b, "| p99 at half the peak rate (gRPC GetUser) < 10 ms | %.2f ms | %s |\n", halfP99, check(halfP99 < 10))
+	if len(cur.results[halfPeak]) == 0 {
+		b.WriteString("| p99 at half the peak rate (gRPC GetUser) < 10 ms | not measured | |\n")
+	} else {
+		fmt.Fprintf(b, "| p99 at half the peak rate (gRPC GetUser) < 10 ms | %.2f ms | %s |\n", halfP99, check(halfP99 < 10))
+	}
 	fmt.Fprintf(b, "| userd RSS < 100 MiB | %.0f MiB peak | %s |\n", maxRSS, check(maxRSS < 100))
 	ratioRow("REST DeductCredits ≥ 0.8 of gRPC DeductCredits", rate(cur, restDeduct), rate(cur, grpcDeduct), .8)
 	ratioRow("REST GetUser ≥ 0.6 of gRPC GetUser", rate(cur, restGetUser), get, .6)

@@ -60,3 +60,23 @@ func TestRenderTable(t *testing.T) {
 		}
 	}
 }
+
+// TestRenderTableFailedBaseline: a scenario every call of which failed on
+// the previous release reads n/a there, not a rate of errors, and counts
+// neither as a regression nor as a speed-up.
+func TestRenderTableFailedBaseline(t *testing.T) {
+	ok := []result{{rps: 1500, p50: 1, p99: 2, cpuPerCall: 50, rssMiB: 30}}
+	failed := []result{{rps: 4_000_000, errs: 12_000_000, failed: true}}
+	cur := &target{name: "userd", results: map[string][]result{grpcOrgDeduct: ok}}
+	prev := &target{name: "previous (abc1234)", results: map[string][]result{grpcOrgDeduct: failed}}
+	out := render([]*target{cur, prev}, nil)
+	if !strings.Contains(out, "| "+grpcOrgDeduct+" | 1500 |") || !strings.Contains(out, "n/a (every call failed: 12000000 errors)") {
+		t.Errorf("organization row not n/a on the previous release:\n%s", out)
+	}
+	if strings.Contains(out, "4000000") || strings.Contains(out, "no operation below") {
+		t.Errorf("the failed baseline counts as a rate:\n%s", out)
+	}
+	if !strings.Contains(out, "| p99 at half the peak rate (gRPC GetUser) < 10 ms | not measured | |") {
+		t.Errorf("a half-peak run that did not run reads as measured:\n%s", out)
+	}
+}

@@ -78,8 +78,25 @@ func median(xs []float64) float64 {
 	return s[len(s)/2]
 }
 
+// rates are the results' rates; a failed result (every call an error)
+// counts as 0, not as a rate of errors.
 func rates(rs []result) []float64 {
-	return fields(rs, func(r result) float64 { return r.rps })
+	return fields(rs, func(r result) float64 {
+		if r.failed {
+			return 0
+		}
+		return r.rps
+	})
+}
+
+// allFailed reports results of which every one failed.
+func allFailed(rs []result) bool {
+	for _, r := range rs {
+		if !r.failed {
+			return false
+		}
+	}
+	return len(rs) > 0
 }
 
 func fields(rs []result, f func(result) float64) []float64 {
