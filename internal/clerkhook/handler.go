@@ -170,19 +170,19 @@ var (
 // ServeHTTP verifies, parses and applies one delivery.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := h.now()
-	msgID, _, _ := deliveryHeaders(r.Header)
-	body, rej, ok := h.verify(w, r)
+	msgID, ts, sig := deliveryHeaders(r.Header)
+	body, rej, ok := h.verify(w, r, msgID, ts, sig)
 	if !ok {
 		h.cfg.Recorder.WebhookRejected(rej.Reason)
 		h.rejections.Write(rej, msgID, r.RemoteAddr)
-		writeJSON(w, rej.Status, map[string]string{"error": rej.Reason})
+		writeField(w, rej.Status, "error", rej.Reason)
 		return
 	}
 	ev, err := parseEvent(body)
 	if err != nil {
 		h.log.Warn("webhook rejected", "reason", "bad_payload", "status", http.StatusBadRequest, "svix_id", msgID, "err", err)
 		h.cfg.Recorder.WebhookEvent("unparsed", "bad_payload")
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "bad_payload"})
+		writeField(w, http.StatusBadRequest, "error", "bad_payload")
 		return
 	}
 
@@ -205,7 +205,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		h.log.Info("webhook ignored", "svix_id", msgID, "type", ev.Type)
 		h.cfg.Recorder.WebhookEvent(ev.Type, "ignored")
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ignored"})
+		writeField(w, http.StatusOK, "status", "ignored")
 		return
 	}
 	if err != nil {
@@ -215,20 +215,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.log.Info("webhook applied", "svix_id", msgID, "type", ev.Type, "outcome", string(outcome),
 		"duration_ms", float64(h.now().Sub(start).Microseconds())/1000)
 	h.cfg.Recorder.WebhookEvent(ev.Type, string(outcome))
-	writeJSON(w, http.StatusOK, map[string]string{"status": string(outcome)})
+	writeField(w, http.StatusOK, "status", string(outcome))
 }
 
 // verify checks headers and timestamp, then reads the body and checks its
 // signature: what can be refused without reading a body (up to 1 MiB) and
-// hashing it is refused first, as the Svix library does.
-func (h *Handler) verify(w http.ResponseWriter, r *http.Request) ([]byte, rejection, bool) {
+// hashing it is refused first, as the Svix library does. id, ts and sig
+// are the delivery's headers (deliveryHeaders).
+func (h *Handler) verify(w http.ResponseWriter, r *http.Request, id, ts, sig string) ([]byte, rejection, bool) {
 	if len(h.verifiers) == 0 {
 		return nil, rejectNoSecret, false
 	}
 	if r.ContentLength > httpmw.MaxBodyBytes {
 		return nil, rejectTooLarge, false
 	}
-	id, ts, sig := deliveryHeaders(r.Header)
 	if id == "" || ts == "" || sig == "" {
 		return nil, rejectNoHeaders, false
 	}
@@ -284,15 +284,15 @@ func (h *Handler) fail(w http.ResponseWriter, msgID, typ string, err error) {
 	case apperr.KindInvalidArgument:
 		h.log.Warn("webhook rejected", "reason", "invalid_event", "status", http.StatusBadRequest, "svix_id", msgID, "type", typ, "err", err)
 		h.cfg.Recorder.WebhookEvent(typ, "invalid_event")
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_event"})
+		writeField(w, http.StatusBadRequest, "error", "invalid_event")
 	case apperr.KindUnavailable, apperr.KindCanceled:
 		h.log.Warn("webhook failed; Svix will retry", "status", http.StatusServiceUnavailable, "svix_id", msgID, "type", typ, "err", err)
 		h.cfg.Recorder.WebhookEvent(typ, "unavailable")
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "unavailable"})
+		writeField(w, http.StatusServiceUnavailable, "error", "unavailable")
 	default:
 		h.log.Error("webhook failed; Svix will retry", "status", http.StatusInternalServerError, "svix_id", msgID, "type", typ, "err", err)
 		h.cfg.Recorder.WebhookEvent(typ, "internal")
-		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "internal"})
+		writeField(w, http.StatusInternalServerError, "error", "internal")
 	}
 }
 
@@ -309,4 +309,6 @@ func deliveryHeaders(h http.Header) (id, ts, sig string) {
 	return h.Get("webhook-id"), h.Get("webhook-timestamp"), h.Get("webhook-signature")
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) { webhookhttp.WriteJSON(w, status, v) }
+func writeField(w http.ResponseWriter, status int, key, value string) {
+	webhookhttp.WriteField(w, status, key, value)
+}

@@ -1,10 +1,18 @@
 package clerkhook
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
+
+	// encoding/json's semantics (case-insensitive names, unknown fields
+	// ignored, invalid UTF-8 replaced, first type error reported) on the
+	// v2 engine — the code Go's own encoding/json runs under
+	// GOEXPERIMENT=jsonv2 — which scans the body once where v1 validates
+	// it, skips the data, then validates and decodes the data again. The
+	// parse was the largest part of a delivery's CPU (see
+	// BenchmarkParseEvent).
+	json "github.com/go-json-experiment/json/v1"
 
 	"github.com/userd/userd/internal/clerk"
 	"github.com/userd/userd/internal/users"

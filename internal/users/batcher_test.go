@@ -7,9 +7,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/userd/userd/internal/apperr"
 	"github.com/userd/userd/internal/store"
 	"github.com/userd/userd/internal/testdb"
+	"github.com/userd/userd/internal/testwait"
 	"github.com/userd/userd/internal/users"
 )
 
@@ -97,6 +101,99 @@ func TestGroupCommit(t *testing.T) {
 	}
 }
 
+// lockUserRow locks a user's row in a transaction of its own, which the
+// test rolls back (at the latest when it ends).
+func lockUserRow(t *testing.T, pool *pgxpool.Pool, clerkUserID string) pgx.Tx {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(ctx) })
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM users WHERE clerk_user_id = $1 FOR UPDATE`, clerkUserID); err != nil {
+		t.Fatal(err)
+	}
+	return tx
+}
+
+// applyStuckUpdate applies a user.updated of user_batch0 (created by
+// clerkEvent(0)), whose batch waits while lockUserRow holds its row.
+func applyStuckUpdate(ctx context.Context, svc *users.Service) error {
+	ev := clerkEvent(0)
+	ev.MessageID, ev.Type, ev.User.FirstName, ev.User.UpdatedAt = "msg_stuck", "user.updated", "Stuck", 2
+	_, err := svc.ApplyClerkUser(ctx, ev)
+	return err
+}
+
+// waitForLockWaiter waits until a session of the test's database waits
+// for a lock.
+func waitForLockWaiter(t *testing.T, pool *pgxpool.Pool) {
+	t.Helper()
+	testwait.Until(t, 30*time.Second, "a batch waiting on the lock", func() bool {
+		var n int
+		if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n > 0
+	})
+}
+
+// TestParallelBatchWaitsForCompany: while a batch runs, deliveries queue
+// for it rather than each starting a batch of one beside it; a second batch
+// starts beside it once minParallelBatch (8) wait, and takes them all. The
+// running batch is held by a row lock, so the order is deterministic.
+func TestParallelBatchWaitsForCompany(t *testing.T) {
+	t.Parallel()
+	pool := testdb.Pool(t)
+	rec := &batchRecorder{}
+	svc := users.NewService(store.New(pool, store.Options{}), users.Options{InitialCredits: users.DefaultInitialCredits, Observer: rec})
+	t.Cleanup(func() { _ = svc.Stop(context.Background()) })
+	ctx := context.Background()
+	if _, err := svc.ApplyClerkUser(ctx, clerkEvent(0)); err != nil {
+		t.Fatal(err)
+	}
+	rec.take()
+	tx := lockUserRow(t, pool, "user_batch0")
+	stuck := make(chan error, 1)
+	go func() {
+		stuck <- applyStuckUpdate(ctx, svc)
+	}()
+	waitForLockWaiter(t, pool)
+
+	const waiting = 8
+	done := make(chan error, waiting)
+	for i := range waiting {
+		go func() {
+			out, err := svc.ApplyClerkUser(ctx, clerkEvent(200+i))
+			if err == nil && out != users.OutcomeCreated {
+				err = fmt.Errorf("outcome %s", out)
+			}
+			done <- err
+		}()
+	}
+	for range waiting {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("the waiting deliveries never got a batch of their own beside the stuck one")
+		}
+	}
+	if sizes := rec.take(); len(sizes) != 1 || sizes[0] != waiting {
+		t.Errorf("%d deliveries waiting behind a running batch went in batches %v, want one of %d", waiting, sizes, waiting)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-stuck; err != nil {
+		t.Errorf("the held event: %v", err)
+	}
+}
+
 // TestStopCancelsBatchesInFlight: Stop ends a batch stuck behind a row
 // lock (rolled back: the event is not applied), waits for it, and answers
 // every later event Unavailable at once — so that userd's shutdown can
@@ -109,35 +206,12 @@ func TestStopCancelsBatchesInFlight(t *testing.T) {
 	if _, err := svc.ApplyClerkUser(ctx, clerkEvent(0)); err != nil {
 		t.Fatal(err)
 	}
-	tx, err := pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = tx.Rollback(ctx) }()
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM users WHERE clerk_user_id = 'user_batch0' FOR UPDATE`); err != nil {
-		t.Fatal(err)
-	}
+	tx := lockUserRow(t, pool, "user_batch0")
 	stuck := make(chan error, 1)
 	go func() {
-		ev := clerkEvent(0)
-		ev.MessageID, ev.Type, ev.User.FirstName, ev.User.UpdatedAt = "msg_stuck", "user.updated", "Stuck", 2
-		_, err := svc.ApplyClerkUser(ctx, ev)
-		stuck <- err
+		stuck <- applyStuckUpdate(ctx, svc)
 	}()
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		var n int
-		if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
-			WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		if n > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the batch never waited on the lock")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitForLockWaiter(t, pool)
 	stopCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := svc.Stop(stopCtx); err != nil {
