@@ -122,7 +122,10 @@ func TestSlowStripeCannotStarveThePool(t *testing.T) {
 // answers, it applies.
 func TestSlowStripeCallIsCut(t *testing.T) {
 	pool := smallPool(t, 4)
-	e := newEnvWith(t, pool, 2*time.Second, billing.Options{LockedTimeout: 300 * time.Millisecond})
+	// The bound must also let the redelivery's whole apply (lock, Stripe
+	// call, plan change, record) finish on a loaded CI machine: 300 ms
+	// did not, once.
+	e := newEnvWith(t, pool, 2*time.Second, billing.Options{LockedTimeout: 2 * time.Second})
 	cust := e.account("user_cut")
 	payload := subscriptionEvent(e, cust, "evt_cut")
 	release := e.fake.Hang("/v1/subscriptions")
