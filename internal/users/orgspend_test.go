@@ -680,6 +680,83 @@ func TestOrgSpendReplayAfterRemoval(t *testing.T) {
 	}
 }
 
+// TestOrgSpendEitherPath: a capped member's spend applies the same from an
+// account without expiring grants (userd_org_spend's one statement after
+// the lock, 00031) and from one holding some (00020's steps: the grants
+// expire and are taken first): the entry names the member and the
+// service, the cap's counter moves, the credits.changed event is on the
+// organization's stream with the member as actor. A member whose user is
+// deleted is no member, and its spend changes nothing.
+func TestOrgSpendEitherPath(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newOrgEnv(t, nil, 0)
+	for _, c := range []struct {
+		org      string
+		expiring bool
+	}{{"org_plain", false}, {"org_expiring", true}} {
+		t.Run(c.org, func(t *testing.T) {
+			acct := e.newOrg(t, c.org, 100, member{clerkUserID: "user_" + c.org}, member{clerkUserID: "user_gone_" + c.org})
+			if c.expiring {
+				if _, err := e.svc.GrantCredits(ctx, users.CreditChange{ClerkOrgID: c.org, Service: "seed", Amount: 10,
+					IdempotencyKey: "grant", ExpiresAt: time.Now().Add(24 * time.Hour)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := e.svc.SetMemberSpendingCap(ctx, users.SetMemberCapInput{ClerkOrgID: c.org, MemberClerkUserID: "user_" + c.org,
+				Period: users.CapPeriodMonth, Cap: 50, ChangedBy: "user_admin"}); err != nil {
+				t.Fatal(err)
+			}
+			res, err := e.svc.DeductCredits(ctx, users.CreditChange{ClerkOrgID: c.org, ClerkUserID: "user_" + c.org,
+				Service: "render-svc", Amount: 30, IdempotencyKey: "k1"})
+			if err != nil || res.Replayed || res.Delta != -30 {
+				t.Fatalf("DeductCredits = %+v, %v; want -30 applied", res, err)
+			}
+			var (
+				kind, stream, actor string
+				eventEntry          int64
+			)
+			if err := e.pool.QueryRow(ctx, `SELECT kind, clerk_org_id, actor_clerk_user_id, (payload->>'id')::bigint
+				FROM feed_events WHERE account_id = $1 AND kind = 'credits.changed' ORDER BY order_xid DESC, id DESC LIMIT 1`, acct).Scan(&kind, &stream, &actor, &eventEntry); err != nil {
+				t.Fatal(err)
+			}
+			if kind != "credits.changed" || stream != c.org || actor != "user_"+c.org || eventEntry != res.ID {
+				t.Errorf("event = %s on %s by %s for entry %d, want credits.changed on %s by user_%s for %d",
+					kind, stream, actor, eventEntry, c.org, c.org, res.ID)
+			}
+			// 20 left of the cap: 25 is refused, and so is a member
+			// whose user was deleted.
+			_, err = e.svc.DeductCredits(ctx, orgDeduct(c.org, "user_"+c.org, 25, "k2"))
+			wantKind(t, err, apperr.KindInsufficientCredits)
+			if _, err := e.pool.Exec(ctx, `SELECT userd_delete_clerk_user(NULL, 'user.deleted', $1, false)`, "user_gone_"+c.org); err != nil {
+				t.Fatal(err)
+			}
+			_, err = e.svc.DeductCredits(ctx, orgDeduct(c.org, "user_gone_"+c.org, 1, "k3"))
+			if got := wantKind(t, err, apperr.KindPermissionDenied); got.Reason != apperr.ReasonNotOrganizationMember {
+				t.Errorf("deleted user's spend: reason %q, want %q", got.Reason, apperr.ReasonNotOrganizationMember)
+			}
+			b := e.books(t, acct)
+			b.check(t)
+			last := b.entries[len(b.entries)-1]
+			if last.id != res.ID || last.actor != "user_"+c.org || last.service != "render-svc" || last.key != "k1" {
+				t.Errorf("last entry = %+v, want entry %d by user_%s through render-svc", last, res.ID, c.org)
+			}
+			if got := b.counters["user_"+c.org]; got.spent != 30 {
+				t.Errorf("counter = %+v, want 30 spent", got)
+			}
+			if c.expiring {
+				var remaining int64
+				if err := e.pool.QueryRow(ctx, `SELECT coalesce(sum(remaining), 0) FROM credit_grants WHERE account_id = $1`, acct).Scan(&remaining); err != nil {
+					t.Fatal(err)
+				}
+				if remaining != 0 {
+					t.Errorf("grants keep %d, want 0: the spend takes them first", remaining)
+				}
+			}
+		})
+	}
+}
+
 // TestSetMemberSpendingCap: caps are set, changed and removed with an
 // audit trail and a feed event; a new cap counts the period's spending
 // so far; bad input changes nothing.
