@@ -186,28 +186,21 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		_ = s.stopRunning()
 	}
 
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	s.URL, s.port = url(password, port), port
-	s.ep = embeddedpostgres.NewDatabase(embeddedpostgres.DefaultConfig().
-		Version(version).
-		Port(port).
-		Username(dbUser).
-		Password(password).
-		Database(dbName).
-		DataPath(s.dataDir).
-		RuntimePath(filepath.Join(dataDir, "runtime")).
-		CachePath(filepath.Join(dataDir, "cache")).
-		BinariesPath(binariesPath).
-		Locale("C").
-		Encoding("UTF8").
-		StartParameters(map[string]string{"listen_addresses": "127.0.0.1", "unix_socket_directories": ""}).
-		StartTimeout(60 * time.Second).
-		Logger(cfg.Log))
-	if err := s.ep.Start(); err != nil {
-		return nil, fmt.Errorf("start embedded PostgreSQL in %s: %w", s.dataDir, err)
+	// The port was free when freePort looked; something else (another
+	// test's listener, a client) may take it before the server binds it.
+	// embedded-postgres then refuses to start: try another port.
+	for attempt := 1; ; attempt++ {
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		err = s.startOn(port, version, password, binariesPath, dataDir, cfg.Log)
+		if err == nil {
+			break
+		}
+		if attempt == 3 || !strings.Contains(err.Error(), "process already listening on port") {
+			return nil, fmt.Errorf("start embedded PostgreSQL in %s: %w", s.dataDir, err)
+		}
 	}
 	if err := s.secure(ctx, password, acct); err != nil {
 		_ = s.Stop()
@@ -278,6 +271,27 @@ func (s *Server) stopRunning() error {
 }
 
 // url is the server's URL; without a password when password is "".
+// startOn starts the server of s on port.
+func (s *Server) startOn(port uint32, version embeddedpostgres.PostgresVersion, password, binariesPath, dataDir string, log io.Writer) error {
+	s.URL, s.port = url(password, port), port
+	s.ep = embeddedpostgres.NewDatabase(embeddedpostgres.DefaultConfig().
+		Version(version).
+		Port(port).
+		Username(dbUser).
+		Password(password).
+		Database(dbName).
+		DataPath(s.dataDir).
+		RuntimePath(filepath.Join(dataDir, "runtime")).
+		CachePath(filepath.Join(dataDir, "cache")).
+		BinariesPath(binariesPath).
+		Locale("C").
+		Encoding("UTF8").
+		StartParameters(map[string]string{"listen_addresses": "127.0.0.1", "unix_socket_directories": ""}).
+		StartTimeout(60 * time.Second).
+		Logger(log))
+	return s.ep.Start()
+}
+
 func url(password string, port uint32) string {
 	if password == "" {
 		return fmt.Sprintf("postgres://%s@127.0.0.1:%d/%s?sslmode=disable", dbUser, port, dbName)
