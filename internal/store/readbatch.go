@@ -86,7 +86,11 @@ func (b *userReads) get(ctx context.Context, clerkUserID string) (sqlcdb.GetLive
 	}
 	b.mu.Unlock()
 	if lead {
-		b.runNext()
+		// On a goroutine of its own, not the caller's: the batch's
+		// statement ignores each caller's cancellation (batchContext), and
+		// this caller, like every other, must stop waiting when its
+		// context ends.
+		go b.runNext()
 	}
 	select {
 	case <-r.done:
@@ -98,25 +102,21 @@ func (b *userReads) get(ctx context.Context, clerkUserID string) (sqlcdb.GetLive
 	}
 }
 
-// runNext runs one batch of the pending reads (the caller's among them:
-// a read is pending until a batch takes it, and batches take the oldest
-// first), then hands what arrived meanwhile to a new goroutine, so that
-// no caller waits for other callers' batches.
+// runNext runs batches of the pending reads (oldest first) until none is
+// pending, then frees its place in flight.
 func (b *userReads) runNext() {
-	b.mu.Lock()
-	n := min(len(b.pending), userReadsMaxBatch)
-	batch := b.pending[:n:n]
-	b.pending = append([]*userRead(nil), b.pending[n:]...)
-	b.mu.Unlock()
-	b.run(batch)
-	b.mu.Lock()
-	more := len(b.pending) > 0
-	if !more {
-		b.inFlight--
-	}
-	b.mu.Unlock()
-	if more {
-		go b.runNext()
+	for {
+		b.mu.Lock()
+		n := min(len(b.pending), userReadsMaxBatch)
+		if n == 0 {
+			b.inFlight--
+			b.mu.Unlock()
+			return
+		}
+		batch := b.pending[:n:n]
+		b.pending = append([]*userRead(nil), b.pending[n:]...)
+		b.mu.Unlock()
+		b.run(batch)
 	}
 }
 
