@@ -80,17 +80,18 @@ func (b *userReads) get(ctx context.Context, clerkUserID string) (sqlcdb.GetLive
 	r := &userRead{ctx: ctx, clerkUserID: clerkUserID, done: make(chan struct{})}
 	b.mu.Lock()
 	b.pending = append(b.pending, r)
-	lead := b.inFlight < userReadsInFlight
-	if lead {
+	var batch []*userRead
+	if b.inFlight < userReadsInFlight {
 		b.inFlight++
+		batch = b.take()
 	}
 	b.mu.Unlock()
-	if lead {
+	if batch != nil {
 		// On a goroutine of its own, not the caller's: the batch's
 		// statement ignores each caller's cancellation (batchContext), and
 		// this caller, like every other, must stop waiting when its
 		// context ends.
-		go b.runNext()
+		go b.runFrom(batch)
 	}
 	select {
 	case <-r.done:
@@ -102,21 +103,28 @@ func (b *userReads) get(ctx context.Context, clerkUserID string) (sqlcdb.GetLive
 	}
 }
 
-// runNext runs batches of the pending reads (oldest first) until none is
-// pending, then frees its place in flight.
-func (b *userReads) runNext() {
+// take removes the oldest pending reads, at most userReadsMaxBatch, and
+// returns them; b.mu is held.
+func (b *userReads) take() []*userRead {
+	n := min(len(b.pending), userReadsMaxBatch)
+	batch := b.pending[:n:n]
+	b.pending = append([]*userRead(nil), b.pending[n:]...)
+	return batch
+}
+
+// runFrom runs batch, then batches of the reads that arrived meanwhile
+// until none is pending, then frees its place in flight.
+func (b *userReads) runFrom(batch []*userRead) {
 	for {
+		b.run(batch)
 		b.mu.Lock()
-		n := min(len(b.pending), userReadsMaxBatch)
-		if n == 0 {
+		batch = b.take()
+		if len(batch) == 0 {
 			b.inFlight--
 			b.mu.Unlock()
 			return
 		}
-		batch := b.pending[:n:n]
-		b.pending = append([]*userRead(nil), b.pending[n:]...)
 		b.mu.Unlock()
-		b.run(batch)
 	}
 }
 

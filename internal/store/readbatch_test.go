@@ -45,6 +45,11 @@ func TestUserReadsBatched(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Should the test fail while it holds the connection, the pool's
+	// close at cleanup would wait for it for ever: released first.
+	var releaseOnce sync.Once
+	release := func() { releaseOnce.Do(held.Release) }
+	t.Cleanup(release)
 	type answer struct {
 		id      string
 		live    bool
@@ -75,7 +80,7 @@ func TestUserReadsBatched(t *testing.T) {
 	// The first reads took the batches that may run (each waits for the
 	// held connection); the others queue behind them.
 	testwait.Until(t, 10*time.Second, "reads queued", func() bool { return store.UserReadsPending(st) >= len(answers)-8 })
-	held.Release()
+	release()
 	wg.Wait()
 
 	if badErr == nil {
