@@ -17,10 +17,14 @@ import (
 // that must run once per fleet takes a database lock, as the Clerk sync
 // does (store.RunClerkSync).
 //
-// They stop in the reverse order: the Clerk event batches, which requests
-// start, are added first so that they end last.
+// They stop in the reverse order: the credit write batches and the Clerk
+// event batches, which requests start, are added first so that they end
+// last.
 func (a *App) backgroundTasks() *lifecycle.Group {
 	g := lifecycle.NewGroup(a.log)
+	// First, so that it stops last: every task below, and every call the
+	// servers took, may still queue credit and plan writes.
+	g.Add("credit write batches", lifecycle.OnStop(a.store.Stop))
 	g.Add("Clerk event batches", lifecycle.OnStop(a.users.Stop))
 	g.Add("database monitor", lifecycle.Loop(a.monitorDatabase))
 	if a.standbys != nil {

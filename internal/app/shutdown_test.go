@@ -145,7 +145,9 @@ func (o *outcomes) add(what string, ok bool) {
 // handler may be running any more (the background group says so, and no
 // goroutine is in code that uses the pool), and no caller may have been
 // told anything but OK, UNAVAILABLE or CANCELED — in particular never
-// INTERNAL from a closed pool.
+// INTERNAL from a closed pool — and every credit write answered OK is
+// committed (the write batcher stops, and is waited for, before the pool
+// closes).
 func TestShutdownUnderLoad(t *testing.T) {
 	// Not parallel: it looks for goroutines of pool users in the whole
 	// process when the pool closes, and another test's App (the other
@@ -284,6 +286,8 @@ func TestShutdownUnderLoad(t *testing.T) {
 		t.Fatal("the periodic Clerk sync never listed users")
 	}
 
+	// The keys of the credit writes answered OK: each must be committed.
+	var acked ackedKeys
 	var load atomic.Bool
 	load.Store(true)
 	for w := range workers {
@@ -298,9 +302,11 @@ func TestShutdownUnderLoad(t *testing.T) {
 				case 1:
 					_, err := client.GrantCredits(authed(callCtx), &userdv1.GrantCreditsRequest{ClerkUserId: id, Amount: 1, IdempotencyKey: key})
 					grpcOutcome("GrantCredits", err)
+					acked.add(key, err)
 				case 2:
 					_, err := client.DeductCredits(authed(callCtx), &userdv1.DeductCreditsRequest{ClerkUserId: id, Amount: 1, IdempotencyKey: key})
 					grpcOutcome("DeductCredits", err)
+					acked.add(key, err)
 				case 3:
 					req, _ := http.NewRequestWithContext(callCtx, http.MethodGet, "http://"+a.HTTPAddr().String()+"/v1/users/"+id, nil)
 					req.Header.Set("Authorization", "Bearer "+apptest.ServiceToken)
@@ -345,11 +351,36 @@ func TestShutdownUnderLoad(t *testing.T) {
 			t.Errorf("%d calls answered %s", n, what)
 		}
 	}
+	for _, key := range acked.keys {
+		var n int
+		if err := direct.QueryRow(context.Background(), `SELECT count(*) FROM credit_transactions WHERE idempotency_key = $1`, key).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n != 1 {
+			t.Errorf("credit write %s answered OK, %d ledger entries", key, n)
+		}
+	}
+	t.Logf("%d credit writes answered OK, each committed", len(acked.keys))
 	for line := range strings.Lines(logs.String()) {
 		if strings.Contains(line, "closed pool") || strings.Contains(line, "internal error") {
 			t.Errorf("logged: %s", line)
 		}
 	}
+}
+
+// ackedKeys are the idempotency keys of the writes answered OK.
+type ackedKeys struct {
+	mu   sync.Mutex
+	keys []string
+}
+
+func (a *ackedKeys) add(key string, err error) {
+	if err != nil {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.keys = append(a.keys, key)
 }
 
 // allowedOutcome: success, or what tells a client to retry: UNAVAILABLE,

@@ -80,13 +80,18 @@ func (b *userReads) get(ctx context.Context, clerkUserID string) (sqlcdb.GetLive
 	r := &userRead{ctx: ctx, clerkUserID: clerkUserID, done: make(chan struct{})}
 	b.mu.Lock()
 	b.pending = append(b.pending, r)
-	lead := b.inFlight < userReadsInFlight
-	if lead {
+	var batch []*userRead
+	if b.inFlight < userReadsInFlight {
 		b.inFlight++
+		batch = b.take()
 	}
 	b.mu.Unlock()
-	if lead {
-		b.runNext()
+	if batch != nil {
+		// On a goroutine of its own, not the caller's: the batch's
+		// statement ignores each caller's cancellation (batchContext), and
+		// this caller, like every other, must stop waiting when its
+		// context ends.
+		go b.runFrom(batch)
 	}
 	select {
 	case <-r.done:
@@ -98,25 +103,28 @@ func (b *userReads) get(ctx context.Context, clerkUserID string) (sqlcdb.GetLive
 	}
 }
 
-// runNext runs one batch of the pending reads (the caller's among them:
-// a read is pending until a batch takes it, and batches take the oldest
-// first), then hands what arrived meanwhile to a new goroutine, so that
-// no caller waits for other callers' batches.
-func (b *userReads) runNext() {
-	b.mu.Lock()
+// take removes the oldest pending reads, at most userReadsMaxBatch, and
+// returns them; b.mu is held.
+func (b *userReads) take() []*userRead {
 	n := min(len(b.pending), userReadsMaxBatch)
 	batch := b.pending[:n:n]
 	b.pending = append([]*userRead(nil), b.pending[n:]...)
-	b.mu.Unlock()
-	b.run(batch)
-	b.mu.Lock()
-	more := len(b.pending) > 0
-	if !more {
-		b.inFlight--
-	}
-	b.mu.Unlock()
-	if more {
-		go b.runNext()
+	return batch
+}
+
+// runFrom runs batch, then batches of the reads that arrived meanwhile
+// until none is pending, then frees its place in flight.
+func (b *userReads) runFrom(batch []*userRead) {
+	for {
+		b.run(batch)
+		b.mu.Lock()
+		batch = b.take()
+		if len(batch) == 0 {
+			b.inFlight--
+			b.mu.Unlock()
+			return
+		}
+		b.mu.Unlock()
 	}
 }
 

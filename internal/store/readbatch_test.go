@@ -45,6 +45,11 @@ func TestUserReadsBatched(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Should the test fail while it holds the connection, the pool's
+	// close at cleanup would wait for it for ever: released first.
+	var releaseOnce sync.Once
+	release := func() { releaseOnce.Do(held.Release) }
+	t.Cleanup(release)
 	type answer struct {
 		id      string
 		live    bool
@@ -75,7 +80,7 @@ func TestUserReadsBatched(t *testing.T) {
 	// The first reads took the batches that may run (each waits for the
 	// held connection); the others queue behind them.
 	testwait.Until(t, 10*time.Second, "reads queued", func() bool { return store.UserReadsPending(st) >= len(answers)-8 })
-	held.Release()
+	release()
 	wg.Wait()
 
 	if badErr == nil {
@@ -177,5 +182,49 @@ func TestUserReadsSeeOwnWrites(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+}
+
+// TestUserReadLeaderStopsWaitingWhenCancelled: the read that starts a
+// batch is answered its context's error as soon as its caller gives up,
+// though the batch's statement (which no one caller may cancel) still
+// waits, here on a lock held on the users table; once the lock goes, the
+// reads work again.
+func TestUserReadLeaderStopsWaitingWhenCancelled(t *testing.T) {
+	t.Parallel()
+	pool := testdb.Pool(t)
+	st := store.New(pool, store.Options{})
+	svc := users.NewService(st, users.Options{InitialCredits: 10})
+	ctx := context.Background()
+	if _, _, err := svc.EnsureUser(ctx, users.EnsureUserInput{ClerkUserID: "user_rb_leader"}); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, `LOCK TABLE users IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		_, err := st.GetLiveUserByClerkID(rctx, "user_rb_leader")
+		done <- err
+	}()
+	lockWaiter(t, pool) // the read's statement waits on the table lock
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("cancelled read: %v, want canceled", err)
+		}
+	case <-time.After(hangGuard):
+		t.Fatalf("the cancelled read still waits %s later, behind its batch's statement", hangGuard)
+	}
+	_ = tx.Rollback(ctx)
+	if u, err := st.GetLiveUserByClerkID(ctx, "user_rb_leader"); err != nil || u.ClerkUserID != "user_rb_leader" {
+		t.Errorf("read once the lock is gone: %+v %v", u, err)
 	}
 }

@@ -91,6 +91,19 @@ func New(pool *pgxpool.Pool, opts Options) *Store {
 	return s
 }
 
+// Stop ends group commit at shutdown (writebatch.go): credit and plan
+// writes that come after it are refused Unavailable, and it waits until
+// those already queued are answered, each after its commit (or with an
+// error). If ctx ends first, the calls still queued are answered
+// Unavailable and the error says batches may still run. Call it after
+// everything that writes has stopped and before the pool closes.
+func (s *Store) Stop(ctx context.Context) error {
+	if s.writes == nil {
+		return nil
+	}
+	return s.writes.stop(ctx)
+}
+
 // batched is where a credit or plan write keyed by lockKey (userBatchKey,
 // orgBatchKey) runs: group-committed with the concurrent ones, or, for an
 // empty key or without batching, on its own.

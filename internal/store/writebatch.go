@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -46,10 +47,22 @@ import (
 //
 // The price: a lane serves about 1/lanes of the accounts, so a row lock
 // held outside the batches (an operator's audited correction, the
-// allowance job, another replica's batch) delays the other accounts of
-// that lane as well, up to the session's lock_timeout (the batch then
-// fails and its calls run on their own). --db-write-lanes 0 turns group
-// commit off.
+// allowance job, the Clerk webhook, another replica's batch) would delay
+// the other accounts of that lane as well, for as long as the lock is
+// held. Two bounds keep that short: a batch's statements wait at most
+// batchLockWait for a lock (less than the session's lock_timeout, never
+// more), and the account whose statement waited that long is set aside
+// (runAside): its calls, those queued and those to come until it is free,
+// run one by one on their own, each within the session's lock_timeout as
+// without batching, while the lane goes on with the other accounts. So a
+// lock held outside delays the lane's other accounts by at most
+// batchLockWait, once per batch that meets it. --db-write-lanes 0 turns
+// group commit off.
+//
+// Stop ends the batcher at shutdown (internal/app stops it after the
+// servers and the background tasks that write, before the pool closes):
+// new calls are refused Unavailable, the calls already queued still run,
+// and Stop waits for their batches to end.
 const (
 	// maxWriteBatch bounds the calls of one transaction (the locks it
 	// holds, and the work redone one by one if it fails).
@@ -65,10 +78,27 @@ const (
 	// calls, so no single caller's deadline may cut it (a caller whose
 	// context ends stops waiting; see batchRow.Scan).
 	writeBatchTimeout = 10 * time.Second
+	// batchLockWait bounds how long a batch's statements wait for a row
+	// lock held outside the batch, and so how long a lock held by someone
+	// else delays the lane's other accounts. Far beyond what one account's
+	// lock is held by a batch (one round trip), far below lock_timeout.
+	batchLockWait = 200 * time.Millisecond
 )
 
-// errWriteQueueFull answers a write that finds the queue full.
-var errWriteQueueFull = apperr.Unavailable(errors.New("too many writes waiting for the database"))
+var (
+	// errWriteQueueFull answers a write that finds the queue full.
+	errWriteQueueFull = apperr.Unavailable(errors.New("too many writes waiting for the database"))
+	// errWritesStopped answers a write that comes once Stop was called,
+	// or that was still queued when Stop's wait ended.
+	errWritesStopped = apperr.Unavailable(errors.New("shutting down: writes are no longer taken"))
+)
+
+// batchLockWaitSQL sets the batch transaction's lock_timeout to $1, or
+// leaves the session's when it is shorter (0 is no bound at all).
+const batchLockWaitSQL = `SELECT set_config('lock_timeout', CASE
+	WHEN current_setting('lock_timeout')::interval = interval '0'
+	  OR current_setting('lock_timeout')::interval > $1::text::interval THEN $1::text
+	ELSE current_setting('lock_timeout') END, true)`
 
 // writeBatcher group-commits single-row statement calls (QueryRow of a
 // :one sqlc query) made through the DBTX that on returns.
@@ -85,6 +115,12 @@ type writeBatcher struct {
 	// that a test can queue calls into one batch.
 	gate  chan struct{}
 	lanes []*writeLane
+	// lockWait is batchLockWait, as PostgreSQL reads an interval.
+	lockWait string
+	// running counts the goroutines that run calls (flush, runAside), so
+	// that Stop can wait for them. Add is called under a lane's mu while
+	// it is not stopped, so never after Stop began to wait.
+	running sync.WaitGroup
 }
 
 // writeLane is a queue of calls and at most one batch running them.
@@ -92,14 +128,69 @@ type writeLane struct {
 	mu      sync.Mutex
 	queue   []*writeOp
 	running bool
+	// aside holds the calls of the accounts set aside (runAside), by
+	// key, in arrival order; a key is present while its runner runs.
+	aside map[string][]*writeOp
+	// stopped: Stop was called, no call is taken any more.
+	stopped bool
+}
+
+// waiting is how many calls wait in l, queued or set aside; l.mu is held.
+func (l *writeLane) waiting() int {
+	n := len(l.queue)
+	for _, q := range l.aside {
+		n += len(q)
+	}
+	return n
 }
 
 func newWriteBatcher(single sqlcdb.DBTX, acquire func(context.Context) (*pgxpool.Conn, error), lanes int) *writeBatcher {
-	b := &writeBatcher{single: single, acquire: acquire, maxBatch: maxWriteBatch, maxQueue: maxWriteQueue}
+	b := &writeBatcher{single: single, acquire: acquire, maxBatch: maxWriteBatch, maxQueue: maxWriteQueue,
+		lockWait: fmt.Sprintf("%dms", batchLockWait.Milliseconds())}
 	for range lanes {
-		b.lanes = append(b.lanes, &writeLane{})
+		b.lanes = append(b.lanes, &writeLane{aside: map[string][]*writeOp{}})
 	}
 	return b
+}
+
+// stop refuses new calls and waits until every call already queued has
+// been answered. If ctx ends first, the calls still queued are answered
+// errWritesStopped (nobody is left waiting for them) and the batches
+// running go on: their callers get their answer, or an error once the
+// pool closes under them; none is answered before its commit.
+func (b *writeBatcher) stop(ctx context.Context) error {
+	for _, l := range b.lanes {
+		l.mu.Lock()
+		l.stopped = true
+		l.mu.Unlock()
+	}
+	idle := make(chan struct{})
+	go func() {
+		b.running.Wait()
+		close(idle)
+	}()
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+	}
+	for _, l := range b.lanes {
+		l.mu.Lock()
+		for _, op := range l.queue {
+			op.taken = true
+			op.answer(errWritesStopped)
+		}
+		l.queue = nil
+		for key, q := range l.aside {
+			for _, op := range q {
+				op.taken = true
+				op.answer(errWritesStopped)
+			}
+			l.aside[key] = nil
+		}
+		l.mu.Unlock()
+	}
+	return fmt.Errorf("write batches still running: %w", ctx.Err())
 }
 
 // lane is the lane of the calls keyed by key (FNV-1a).
@@ -153,13 +244,20 @@ type writeOp struct {
 	// and the caller copies them to dest once done is closed, so that a
 	// caller that stopped waiting never shares memory with the batch.
 	into []any
-	// done is closed once err (and into) are final.
+	// done is closed once err (and into) are final (answer).
 	done chan struct{}
 	err  error
 	// lane is where the call waits; taken is set, under lane.mu, when a
 	// batch took the call.
 	lane  *writeLane
 	taken bool
+}
+
+// answer gives op its final error (nil: into holds its row) and wakes
+// its caller. Each op is answered exactly once, by whoever took it.
+func (op *writeOp) answer(err error) {
+	op.err = err
+	close(op.done)
 }
 
 type batchRow struct {
@@ -209,13 +307,26 @@ func (r batchRow) Scan(dest ...any) error {
 func (b *writeBatcher) enqueue(op *writeOp) error {
 	l := op.lane
 	l.mu.Lock()
-	if len(l.queue) >= b.maxQueue {
+	if l.stopped {
+		l.mu.Unlock()
+		return errWritesStopped
+	}
+	if l.waiting() >= b.maxQueue {
 		l.mu.Unlock()
 		return errWriteQueueFull
+	}
+	if q, ok := l.aside[op.key]; ok {
+		// Its account is set aside: it waits behind that account's calls.
+		l.aside[op.key] = append(q, op)
+		l.mu.Unlock()
+		return nil
 	}
 	l.queue = append(l.queue, op)
 	start := !l.running
 	l.running = true
+	if start {
+		b.running.Add(1)
+	}
 	l.mu.Unlock()
 	if start {
 		go b.flush(l)
@@ -223,7 +334,7 @@ func (b *writeBatcher) enqueue(op *writeOp) error {
 	return nil
 }
 
-// drop removes op from its lane's queue if no batch took it yet.
+// drop removes op from its lane if no batch took it yet.
 func (b *writeBatcher) drop(op *writeOp) bool {
 	l := op.lane
 	l.mu.Lock()
@@ -234,11 +345,17 @@ func (b *writeBatcher) drop(op *writeOp) bool {
 	if i := slices.Index(l.queue, op); i >= 0 {
 		l.queue = slices.Delete(l.queue, i, i+1)
 	}
+	if q := l.aside[op.key]; q != nil {
+		if i := slices.Index(q, op); i >= 0 {
+			l.aside[op.key] = slices.Delete(q, i, i+1)
+		}
+	}
 	return true
 }
 
 // flush runs the lane's batches until its queue is empty.
 func (b *writeBatcher) flush(l *writeLane) {
+	defer b.running.Done()
 	if b.gate != nil {
 		<-b.gate
 	}
@@ -257,63 +374,159 @@ func (b *writeBatcher) flush(l *writeLane) {
 			op.taken = true
 		}
 		l.mu.Unlock()
-		b.run(batch)
+		b.run(l, batch)
 	}
 }
 
-// run commits batch as one transaction and answers each call; if that
-// fails, each call runs again on its own.
-func (b *writeBatcher) run(batch []*writeOp) {
+// run commits batch as one transaction and answers each call. If a
+// statement waited batchLockWait for a lock, its account is set aside and
+// the rest runs again together; on any other error each call runs again
+// on its own; when no connection comes, each call gets that error.
+func (b *writeBatcher) run(l *writeLane, batch []*writeOp) {
 	// Calls whose caller stopped waiting before the batch formed: drop.
 	batch = slices.DeleteFunc(batch, func(op *writeOp) bool {
 		if err := op.ctx.Err(); err != nil {
-			op.err = err
-			close(op.done)
+			op.answer(err)
 			return true
 		}
 		return false
 	})
-	if len(batch) == 0 {
-		return
-	}
 	// Deadlock-free: every batch locks its accounts in key order.
 	slices.SortStableFunc(batch, func(x, y *writeOp) int { return strings.Compare(x.key, y.key) })
-	if len(batch) > 1 && b.runTogether(batch) == nil {
-		for _, op := range batch {
-			close(op.done)
+	for len(batch) > 0 {
+		failed, err := b.runTogether(batch)
+		var noConn *batchConnError
+		switch {
+		case err == nil:
+			for _, op := range batch {
+				op.answer(nil)
+			}
+			return
+		case errors.As(err, &noConn):
+			// Nothing was sent. Running each call again would wait for a
+			// connection once per call, the lane stalled meanwhile: the
+			// pool is saturated or closed, and each caller is told so.
+			for _, op := range batch {
+				op.answer(noConn.err)
+			}
+			return
+		case failed >= 0 && isLockWait(err):
+			key := batch[failed].key
+			var blocked []*writeOp
+			batch = slices.DeleteFunc(batch, func(op *writeOp) bool {
+				if op.key == key {
+					blocked = append(blocked, op)
+					return true
+				}
+				return false
+			})
+			b.setAside(l, key, blocked)
+		default:
+			for _, op := range batch {
+				b.runAlone(op)
+			}
+			return
 		}
-		return
 	}
-	for _, op := range batch {
+}
+
+// isLockWait reports a statement ended by lock_timeout.
+func isLockWait(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == pgerrcode.LockNotAvailable
+}
+
+// setAside takes key's account out of the lane: blocked (its calls of the
+// failed batch), then its calls still queued, then those to come, run one
+// by one in arrival order by runAside, until none is left.
+func (b *writeBatcher) setAside(l *writeLane, key string, blocked []*writeOp) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	q, running := l.aside[key]
+	q = append(q, blocked...)
+	l.queue = slices.DeleteFunc(l.queue, func(op *writeOp) bool {
+		if op.key == key {
+			q = append(q, op)
+			return true
+		}
+		return false
+	})
+	l.aside[key] = q
+	for _, op := range blocked {
+		// Taken by the batch, now back in a queue: a caller giving up
+		// may drop it again.
+		op.taken = false
+	}
+	if !running {
+		b.running.Add(1) // within flush's count: never after Stop's Wait
+		go b.runAside(l, key)
+	}
+}
+
+// runAside runs the calls of an account set aside, each on its own (within
+// the session's lock_timeout, as without batching), until none is left;
+// then the account's calls go to the lane again.
+func (b *writeBatcher) runAside(l *writeLane, key string) {
+	defer b.running.Done()
+	for {
+		l.mu.Lock()
+		q := l.aside[key]
+		if len(q) == 0 {
+			delete(l.aside, key)
+			l.mu.Unlock()
+			return
+		}
+		op := q[0]
+		l.aside[key] = q[1:]
+		op.taken = true
+		l.mu.Unlock()
+		if err := op.ctx.Err(); err != nil {
+			op.answer(err)
+			continue
+		}
 		b.runAlone(op)
 	}
 }
 
+// batchConnError is runTogether's failure to get a connection.
+type batchConnError struct{ err error }
+
+func (e *batchConnError) Error() string { return e.err.Error() }
+func (e *batchConnError) Unwrap() error { return e.err }
+
 // runTogether sends batch as one pipeline (one implicit transaction) and
-// scans each call's row; nil means the transaction committed.
-func (b *writeBatcher) runTogether(batch []*writeOp) (err error) {
+// scans each call's row; nil means the transaction committed. failed is
+// the index of the call whose statement failed, if one did.
+func (b *writeBatcher) runTogether(batch []*writeOp) (failed int, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), writeBatchTimeout)
 	defer cancel()
 	conn, err := b.acquire(ctx)
 	if err != nil {
-		return err
+		return -1, &batchConnError{fmt.Errorf("no database connection for the write batch: %w", err)}
 	}
 	defer conn.Release()
-	pb := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, len(batch))}
+	pb := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, len(batch)+1)}
+	pb.Queue(batchLockWaitSQL, b.lockWait)
 	for _, op := range batch {
 		pb.Queue(op.sql, op.args...)
 	}
 	br := conn.SendBatch(ctx, pb)
-	for _, op := range batch {
-		if err = br.QueryRow().Scan(op.into...); err != nil {
+	failed = -1
+	var setting string
+	err = br.QueryRow().Scan(&setting)
+	for i, op := range batch {
+		if err != nil {
 			break
+		}
+		if err = br.QueryRow().Scan(op.into...); err != nil {
+			failed = i
 		}
 	}
 	// Close reads up to the Sync: the implicit transaction's commit.
 	if cerr := br.Close(); err == nil {
 		err = cerr
 	}
-	return err
+	return failed, err
 }
 
 // runAlone runs op as its own statement, within its caller's context and
@@ -321,6 +534,5 @@ func (b *writeBatcher) runTogether(batch []*writeOp) (err error) {
 func (b *writeBatcher) runAlone(op *writeOp) {
 	ctx, cancel := context.WithTimeout(op.ctx, writeBatchTimeout)
 	defer cancel()
-	op.err = b.single.QueryRow(ctx, op.sql, op.args...).Scan(op.into...)
-	close(op.done)
+	op.answer(b.single.QueryRow(ctx, op.sql, op.args...).Scan(op.into...))
 }
