@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"reflect"
 	"slices"
 	"strings"
@@ -115,6 +116,7 @@ type writeBatcher struct {
 	// that a test can queue calls into one batch.
 	gate  chan struct{}
 	lanes []*writeLane
+	seed  maphash.Seed
 	// lockWait is batchLockWait, as PostgreSQL reads an interval.
 	lockWait string
 	// running counts the goroutines that run calls (flush, runAside), so
@@ -146,7 +148,7 @@ func (l *writeLane) waiting() int {
 
 func newWriteBatcher(single sqlcdb.DBTX, acquire func(context.Context) (*pgxpool.Conn, error), lanes int) *writeBatcher {
 	b := &writeBatcher{single: single, acquire: acquire, maxBatch: maxWriteBatch, maxQueue: maxWriteQueue,
-		lockWait: fmt.Sprintf("%dms", batchLockWait.Milliseconds())}
+		lockWait: fmt.Sprintf("%dms", batchLockWait.Milliseconds()), seed: maphash.MakeSeed()}
 	for range lanes {
 		b.lanes = append(b.lanes, &writeLane{aside: map[string][]*writeOp{}})
 	}
@@ -193,13 +195,10 @@ func (b *writeBatcher) stop(ctx context.Context) error {
 	return fmt.Errorf("write batches still running: %w", ctx.Err())
 }
 
-// lane is the lane of the calls keyed by key (FNV-1a).
+// lane is the lane of the calls keyed by key. Lanes live in one process,
+// so the hash only needs to be stable within it: maphash's.
 func (b *writeBatcher) lane(key string) *writeLane {
-	h := uint32(2166136261)
-	for i := 0; i < len(key); i++ {
-		h = (h ^ uint32(key[i])) * 16777619
-	}
-	return b.lanes[h%uint32(len(b.lanes))]
+	return b.lanes[maphash.String(b.seed, key)%uint64(len(b.lanes))]
 }
 
 // on returns the DBTX whose QueryRow joins a batch, for a write whose
