@@ -125,6 +125,10 @@ func (c *Client) ListEvents(ctx context.Context, since time.Time, fn func(billin
 		err error
 	}
 	var all []listed
+	// A listing that hands back an event it already listed (a page that
+	// ignores starting_after) would page forever, holding every event it
+	// read: it fails instead, before anything is applied.
+	seen := map[string]bool{}
 	after := ""
 	for {
 		page, err := call(ctx, c, func(ctx context.Context) ([]*stripe.Event, error) {
@@ -150,6 +154,10 @@ func (c *Client) ListEvents(ctx context.Context, since time.Time, fn func(billin
 			return err
 		}
 		for _, e := range page {
+			if seen[e.ID] {
+				return fmt.Errorf("the event listing loops (Stripe listed event %s twice, paging after %q): nothing was replayed", e.ID, after)
+			}
+			seen[e.ID] = true
 			ev := billing.Event{ID: e.ID, Type: string(e.Type), Created: time.Unix(e.Created, 0).UTC()}
 			if !CompatibleVersion(e.APIVersion) {
 				all = append(all, listed{ev, fmt.Errorf("event %s is rendered in Stripe API version %q, not %s's release train: set the account's default API version (Stripe dashboard, Developers) or resend it to the webhook endpoint", e.ID, e.APIVersion, APIVersion)})

@@ -2,13 +2,17 @@ package stripeapi_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -159,5 +163,43 @@ func TestListEventsPagesOldestFirst(t *testing.T) {
 	}
 	if r := fake.Requests.Load(); r != 3 {
 		t.Errorf("%d requests, want 3 pages", r)
+	}
+}
+
+// TestListEventsRefusesALoopingListing: an upstream that answers every
+// page with the same full page (starting_after ignored, has_more always
+// true) would be paged forever; the listing fails once an event comes
+// back, and hands nothing to be applied.
+func TestListEventsRefusesALoopingListing(t *testing.T) {
+	var page []json.RawMessage
+	for i := range 100 {
+		page = append(page, stripetest.EventJSON(fmt.Sprintf("evt_loop_%03d", i), billing.EventInvoicePaymentFailed, time.Now().Unix(),
+			map[string]any{"id": fmt.Sprintf("in_loop_%03d", i), "object": "invoice", "customer": "cus_loop"}))
+	}
+	body, err := json.Marshal(map[string]any{"object": "list", "url": "/v1/events", "has_more": true, "data": page})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var requests atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(body)
+	}))
+	t.Cleanup(srv.Close)
+	c, err := stripeapi.New(stripeapi.Config{SecretKey: "sk_test_123", URL: srv.URL, Rate: 10000, Retry: upstream.Policy{Attempts: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	applied := 0
+	err = c.ListEvents(context.Background(), time.Now().Add(-time.Hour), func(billing.Event, error) error {
+		applied++
+		return nil
+	})
+	if err == nil || !strings.Contains(err.Error(), "loops") {
+		t.Errorf("a looping listing: %v, want an error naming the loop", err)
+	}
+	if applied != 0 || requests.Load() != 2 {
+		t.Errorf("%d events handed on after %d requests; want none after 2", applied, requests.Load())
 	}
 }
