@@ -61,3 +61,6 @@ func SetWriteLanes(s *Store, n int) {
 // ("0": as long as the session allows), so that a test can keep a batch
 // waiting on a lock it holds.
 func SetBatchLockWait(s *Store, wait string) { s.writes.lockWait = wait }
+
+// SetWriteQueueLimit bounds the calls waiting in each write lane (tests).
+func SetWriteQueueLimit(s *Store, n int) { s.writes.maxQueue = n }

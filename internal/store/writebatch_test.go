@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/userd/userd/internal/apperr"
 	"github.com/userd/userd/internal/store"
 	"github.com/userd/userd/internal/testdb"
 	"github.com/userd/userd/internal/testwait"
@@ -327,4 +328,44 @@ func TestConcurrentBatchedWritesAnswerTheirOwnCall(t *testing.T) {
 		t.Error(err)
 	}
 	checkBooks(t, pool)
+}
+
+// TestWriteQueueBound: while the database does not take batches (a held
+// batch stands for a frozen one), a lane queues up to its bound and then
+// refuses further writes at once with UNAVAILABLE, changing nothing; the
+// queued calls still apply once batches run again.
+func TestWriteQueueBound(t *testing.T) {
+	t.Parallel()
+	f := newBatchFixture(t)
+	store.SetWriteQueueLimit(f.st, 3)
+	ctx := context.Background()
+	before, err := f.st.GetLiveUserByClerkID(ctx, f.alice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	queued := make([]error, 3)
+	for i := range queued {
+		wg.Go(func() {
+			res, err := f.personal(f.alice, -1, fmt.Sprintf("q%d", i))(ctx)
+			queued[i] = wantStatus(users.WriteApplied, -1)(res, err)
+		})
+		testwait.Until(t, 10*time.Second, "call queued", func() bool { return store.QueuedWrites(f.st) == i+1 })
+	}
+	if _, err := f.personal(f.alice, -1, "over")(ctx); apperr.KindOf(err) != apperr.KindUnavailable {
+		t.Errorf("a write past the queue's bound: %v, want Unavailable", err)
+	}
+	if u, err := f.st.GetLiveUserByClerkID(ctx, f.alice); err != nil || u.Credits != before.Credits {
+		t.Errorf("balance %d (%v) with every write queued or refused, want %d", u.Credits, err, before.Credits)
+	}
+	f.release()
+	wg.Wait()
+	for i, err := range queued {
+		if err != nil {
+			t.Errorf("queued call %d: %v", i, err)
+		}
+	}
+	if u, err := f.st.GetLiveUserByClerkID(ctx, f.alice); err != nil || u.Credits != before.Credits-3 {
+		t.Errorf("balance %d (%v) after the queue ran, want %d (the refused write not applied)", u.Credits, err, before.Credits-3)
+	}
 }
