@@ -41,7 +41,8 @@ is safe while userd serves. Run it after hooking up Stripe, and after userd was 
 longer than Stripe retries (three days). Listed events must be in the pinned API
 version's release train (the account's default API version). Calls are rate limited
 (USERD_STRIPE_API_RATE) and retried (USERD_STRIPE_API_MAX_RETRY_TIME). Exit status: 0
-when every customer and event was applied.`
+when no customer and no event failed (events of customers no account claims are
+counted, not failed), 1 otherwise.`
 }
 
 func (c *syncStripeCmd) Run() error {
