@@ -3592,17 +3592,17 @@ CREATE INDEX credit_grants_transaction_idx ON public.credit_grants USING btree (
 
 
 --
--- Name: credit_transactions_account_actor_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX credit_transactions_account_actor_idx ON public.credit_transactions USING btree (user_id, actor_user_id, id);
-
-
---
 -- Name: credit_transactions_initial_once; Type: INDEX; Schema: public; Owner: -
 --
 
 CREATE UNIQUE INDEX credit_transactions_initial_once ON public.credit_transactions USING btree (user_id) WHERE (kind = 'INITIAL'::text);
+
+
+--
+-- Name: credit_transactions_member_actor_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX credit_transactions_member_actor_idx ON public.credit_transactions USING btree (user_id, actor_user_id, id) WHERE (actor_user_id <> user_id);
 
 
 --
@@ -3707,7 +3707,7 @@ CREATE INDEX webhook_events_processed_at_idx ON public.webhook_events USING btre
 -- Name: credit_transactions credit_transactions_feed; Type: TRIGGER; Schema: public; Owner: -
 --
 
-CREATE TRIGGER credit_transactions_feed AFTER INSERT ON public.credit_transactions FOR EACH ROW EXECUTE FUNCTION public.userd_credit_transactions_feed();
+CREATE TRIGGER credit_transactions_feed AFTER INSERT ON public.credit_transactions FOR EACH ROW WHEN ((current_setting('userd.writer_emits_events'::text, true) IS DISTINCT FROM 'on'::text)) EXECUTE FUNCTION public.userd_credit_transactions_feed();
 
 
 --
@@ -3756,14 +3756,14 @@ CREATE TRIGGER plan_changes_allowance AFTER INSERT ON public.plan_changes FOR EA
 -- Name: plan_changes plan_changes_feed; Type: TRIGGER; Schema: public; Owner: -
 --
 
-CREATE TRIGGER plan_changes_feed AFTER INSERT ON public.plan_changes FOR EACH ROW EXECUTE FUNCTION public.userd_plan_changes_feed();
+CREATE TRIGGER plan_changes_feed AFTER INSERT ON public.plan_changes FOR EACH ROW WHEN ((current_setting('userd.writer_emits_events'::text, true) IS DISTINCT FROM 'on'::text)) EXECUTE FUNCTION public.userd_plan_changes_feed();
 
 
 --
 -- Name: users users_feed_insert; Type: TRIGGER; Schema: public; Owner: -
 --
 
-CREATE TRIGGER users_feed_insert AFTER INSERT ON public.users FOR EACH ROW EXECUTE FUNCTION public.userd_users_feed();
+CREATE TRIGGER users_feed_insert AFTER INSERT ON public.users FOR EACH ROW WHEN ((current_setting('userd.writer_emits_events'::text, true) IS DISTINCT FROM 'on'::text)) EXECUTE FUNCTION public.userd_users_feed();
 
 
 --

@@ -116,17 +116,37 @@ ORDER BY t.id DESC
 LIMIT @row_limit::int;
 
 -- ListMemberCreditTransactions is ListAccountCreditTransactions of the
--- entries where the user member_clerk_user_id acted, read along the index
--- credit_transactions_account_actor_idx (00026).
+-- entries where the user member_clerk_user_id acted. Two disjoint branches:
+-- the entries a member made for another account than its own (an
+-- organization's), read along the partial index
+-- credit_transactions_member_actor_idx (00032), whose predicate the first
+-- branch repeats so that the planner may use it; and, only when the member
+-- is the account's owner (a personal account), the entries it made for its
+-- own account, read along (user_id, id). Each branch reads at most a page
+-- in id order; the page is the newest of both.
 -- name: ListMemberCreditTransactions :many
-SELECT t.id, t.user_id, t.delta, t.balance_after, t.kind, t.reason, t.idempotency_key, t.actor_user_id,
-       u.clerk_user_id AS actor_clerk_user_id, t.service, t.created_at
-FROM credit_transactions t
-LEFT JOIN users u ON u.id = t.actor_user_id
-WHERE t.user_id = @account_id::uuid
-  AND t.actor_user_id = (SELECT mu.id FROM users mu WHERE mu.clerk_user_id = @member_clerk_user_id::text)
-  AND (@before_id::bigint = 0 OR t.id < @before_id::bigint)
-ORDER BY t.id DESC
+(SELECT t.id, t.user_id, t.delta, t.balance_after, t.kind, t.reason, t.idempotency_key, t.actor_user_id,
+        u.clerk_user_id AS actor_clerk_user_id, t.service, t.created_at
+ FROM credit_transactions t
+ LEFT JOIN users u ON u.id = t.actor_user_id
+ WHERE t.user_id = @account_id::uuid
+   AND t.actor_user_id = (SELECT mu.id FROM users mu WHERE mu.clerk_user_id = @member_clerk_user_id::text)
+   AND t.actor_user_id <> t.user_id
+   AND (@before_id::bigint = 0 OR t.id < @before_id::bigint)
+ ORDER BY t.id DESC
+ LIMIT @row_limit::int)
+UNION ALL
+(SELECT t.id, t.user_id, t.delta, t.balance_after, t.kind, t.reason, t.idempotency_key, t.actor_user_id,
+        u.clerk_user_id AS actor_clerk_user_id, t.service, t.created_at
+ FROM credit_transactions t
+ LEFT JOIN users u ON u.id = t.actor_user_id
+ WHERE t.user_id = @account_id::uuid
+   AND t.actor_user_id = t.user_id
+   AND @account_id::uuid = (SELECT mu.id FROM users mu WHERE mu.clerk_user_id = @member_clerk_user_id::text)
+   AND (@before_id::bigint = 0 OR t.id < @before_id::bigint)
+ ORDER BY t.id DESC
+ LIMIT @row_limit::int)
+ORDER BY id DESC
 LIMIT @row_limit::int;
 
 -- SummarizeUsageByMember sums an account's entries with start_time <=

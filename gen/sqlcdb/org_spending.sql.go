@@ -291,22 +291,36 @@ func (q *Queries) ListMemberCaps(ctx context.Context, db DBTX, arg ListMemberCap
 }
 
 const listMemberCreditTransactions = `-- name: ListMemberCreditTransactions :many
-SELECT t.id, t.user_id, t.delta, t.balance_after, t.kind, t.reason, t.idempotency_key, t.actor_user_id,
-       u.clerk_user_id AS actor_clerk_user_id, t.service, t.created_at
-FROM credit_transactions t
-LEFT JOIN users u ON u.id = t.actor_user_id
-WHERE t.user_id = $1::uuid
-  AND t.actor_user_id = (SELECT mu.id FROM users mu WHERE mu.clerk_user_id = $2::text)
-  AND ($3::bigint = 0 OR t.id < $3::bigint)
-ORDER BY t.id DESC
-LIMIT $4::int
+(SELECT t.id, t.user_id, t.delta, t.balance_after, t.kind, t.reason, t.idempotency_key, t.actor_user_id,
+        u.clerk_user_id AS actor_clerk_user_id, t.service, t.created_at
+ FROM credit_transactions t
+ LEFT JOIN users u ON u.id = t.actor_user_id
+ WHERE t.user_id = $2::uuid
+   AND t.actor_user_id = (SELECT mu.id FROM users mu WHERE mu.clerk_user_id = $3::text)
+   AND t.actor_user_id <> t.user_id
+   AND ($4::bigint = 0 OR t.id < $4::bigint)
+ ORDER BY t.id DESC
+ LIMIT $1::int)
+UNION ALL
+(SELECT t.id, t.user_id, t.delta, t.balance_after, t.kind, t.reason, t.idempotency_key, t.actor_user_id,
+        u.clerk_user_id AS actor_clerk_user_id, t.service, t.created_at
+ FROM credit_transactions t
+ LEFT JOIN users u ON u.id = t.actor_user_id
+ WHERE t.user_id = $2::uuid
+   AND t.actor_user_id = t.user_id
+   AND $2::uuid = (SELECT mu.id FROM users mu WHERE mu.clerk_user_id = $3::text)
+   AND ($4::bigint = 0 OR t.id < $4::bigint)
+ ORDER BY t.id DESC
+ LIMIT $1::int)
+ORDER BY id DESC
+LIMIT $1::int
 `
 
 type ListMemberCreditTransactionsParams struct {
+	RowLimit          int32
 	AccountID         uuid.UUID
 	MemberClerkUserID string
 	BeforeID          int64
-	RowLimit          int32
 }
 
 type ListMemberCreditTransactionsRow struct {
@@ -324,14 +338,20 @@ type ListMemberCreditTransactionsRow struct {
 }
 
 // ListMemberCreditTransactions is ListAccountCreditTransactions of the
-// entries where the user member_clerk_user_id acted, read along the index
-// credit_transactions_account_actor_idx (00026).
+// entries where the user member_clerk_user_id acted. Two disjoint branches:
+// the entries a member made for another account than its own (an
+// organization's), read along the partial index
+// credit_transactions_member_actor_idx (00032), whose predicate the first
+// branch repeats so that the planner may use it; and, only when the member
+// is the account's owner (a personal account), the entries it made for its
+// own account, read along (user_id, id). Each branch reads at most a page
+// in id order; the page is the newest of both.
 func (q *Queries) ListMemberCreditTransactions(ctx context.Context, db DBTX, arg ListMemberCreditTransactionsParams) ([]ListMemberCreditTransactionsRow, error) {
 	rows, err := db.Query(ctx, listMemberCreditTransactions,
+		arg.RowLimit,
 		arg.AccountID,
 		arg.MemberClerkUserID,
 		arg.BeforeID,
-		arg.RowLimit,
 	)
 	if err != nil {
 		return nil, err
