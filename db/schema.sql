@@ -1573,9 +1573,13 @@ CREATE FUNCTION public.userd_insert_user(p_clerk_user_id text, p_email text, p_f
     AS $$
 DECLARE
     v_id uuid;
+    v_allowance boolean;
 BEGIN
     -- Writes its events itself (00020): the feed triggers skip them.
     PERFORM set_config('userd.writer_emits_events', 'on', true);
+    -- Grants the first allowance itself (00032), below: the trigger
+    -- credit_transactions_initial_allowance skips its INITIAL entry.
+    PERFORM set_config('userd.writer_grants_initial_allowance', 'on', true);
     -- 00020's body, but a live user's INITIAL entry is 0 when the plan
     -- catalog gives FREE an allowance (00022). Inserts a user with its
     -- personal account (plan FREE) and returns its id, or NULL when a row for the Clerk id exists already (concurrent
@@ -1586,7 +1590,9 @@ BEGIN
     -- credits.changed for the INITIAL entry. The user's stream is new (a
     -- users row is never removed, so no event names this Clerk id yet):
     -- their order_xid is the transaction's.
-    WITH new_user AS (
+    WITH catalog AS MATERIALIZED (
+        SELECT EXISTS (SELECT 1 FROM plan_catalog c WHERE c.plan = 'FREE' AND c.allowance > 0) AS free_allowance
+    ), new_user AS (
         INSERT INTO users (clerk_user_id, email, first_name, last_name, image_url, clerk_updated_at, deleted_at)
         VALUES (p_clerk_user_id, p_email, p_first_name, p_last_name, p_image_url, p_clerk_updated_at,
                 CASE WHEN p_deleted THEN now() END)
@@ -1597,12 +1603,12 @@ BEGIN
         SELECT new_user.id, new_user.id, 'FREE',
                CASE WHEN p_deleted THEN 0
                     -- Where the catalog gives FREE an allowance, the first
-                    -- allowance (granted with the INITIAL entry, see
-                    -- userd_initial_allowance) replaces the sign-up credits.
-                    WHEN EXISTS (SELECT 1 FROM plan_catalog c WHERE c.plan = 'FREE' AND c.allowance > 0) THEN 0
+                    -- allowance (granted below) replaces the sign-up
+                    -- credits.
+                    WHEN catalog.free_allowance THEN 0
                     ELSE p_initial_credits END,
                new_user.created_at, new_user.updated_at
-        FROM new_user
+        FROM new_user, catalog
         RETURNING id, plan, credits
     ), initial AS (
         INSERT INTO credit_transactions AS t (user_id, delta, balance_after, kind)
@@ -1628,7 +1634,13 @@ BEGIN
         ) x
         ORDER BY x.n
     )
-    SELECT account.id INTO v_id FROM account;
+    SELECT account.id, catalog.free_allowance INTO v_id, v_allowance FROM account, catalog;
+    PERFORM set_config('userd.writer_grants_initial_allowance', 'off', true);
+    -- The first allowance, in the transaction that creates the account,
+    -- after its INITIAL entry and events (where the trigger granted it).
+    IF v_id IS NOT NULL AND v_allowance AND NOT p_deleted THEN
+        PERFORM userd_account_refill(v_id, now());
+    END IF;
     RETURN v_id;
 END
 $$;
@@ -3300,14 +3312,6 @@ ALTER TABLE ONLY public.account_member_caps
 
 
 --
--- Name: accounts accounts_organization_id_key; Type: CONSTRAINT; Schema: public; Owner: -
---
-
-ALTER TABLE ONLY public.accounts
-    ADD CONSTRAINT accounts_organization_id_key UNIQUE (organization_id);
-
-
---
 -- Name: accounts accounts_owner_user_id_key; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -3578,6 +3582,13 @@ CREATE INDEX accounts_next_refill_idx ON public.accounts USING btree (next_refil
 
 
 --
+-- Name: accounts_organization_key; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE UNIQUE INDEX accounts_organization_key ON public.accounts USING btree (organization_id) WHERE (organization_id IS NOT NULL);
+
+
+--
 -- Name: credit_grants_account_expiry_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -3714,7 +3725,7 @@ CREATE TRIGGER credit_transactions_feed AFTER INSERT ON public.credit_transactio
 -- Name: credit_transactions credit_transactions_initial_allowance; Type: TRIGGER; Schema: public; Owner: -
 --
 
-CREATE TRIGGER credit_transactions_initial_allowance AFTER INSERT ON public.credit_transactions FOR EACH ROW WHEN ((new.kind = 'INITIAL'::text)) EXECUTE FUNCTION public.userd_initial_allowance();
+CREATE TRIGGER credit_transactions_initial_allowance AFTER INSERT ON public.credit_transactions FOR EACH ROW WHEN (((new.kind = 'INITIAL'::text) AND (current_setting('userd.writer_grants_initial_allowance'::text, true) IS DISTINCT FROM 'on'::text))) EXECUTE FUNCTION public.userd_initial_allowance();
 
 
 --

@@ -1,16 +1,25 @@
 -- userd:post-deploy
--- +goose NO TRANSACTION
+-- The contract half of 00032: apply it once no replica of the previous
+-- release runs (`userd migrate up`; `userd serve` leaves it pending, and
+-- applies it only on a new database). It drops what 00032 replaced with a
+-- partial index that personal accounts do not write:
+--   * 00026's full member index of the ledger, which the previous release's
+--     ListMemberCreditTransactions reads (this release's reads 00032's
+--     credit_transactions_member_actor_idx);
+--   * the constraint accounts_organization_id_key, whose uniqueness 00032's
+--     accounts_organization_key keeps.
+-- One short transaction: dropping a btree index or a unique constraint is
+-- a catalog change. Its locks (accounts, then credit_transactions, in the
+-- writers' order) wait at most 5 s and then it fails, to be run again.
+
 -- +goose Up
--- The contract half of 00032: drops 00026's full member index once no
--- replica of the previous release runs (`userd migrate up`; `userd serve`
--- leaves it pending, and applies it only on a new database). The previous
--- release's ListMemberCreditTransactions reads it; this release's reads
--- 00032's partial credit_transactions_member_actor_idx, so every personal
--- ledger write stops paying for an entry in it. CONCURRENTLY: the ledger
--- keeps taking writes meanwhile.
-DROP INDEX CONCURRENTLY IF EXISTS credit_transactions_account_actor_idx;
+SET LOCAL lock_timeout = '5s';
+LOCK TABLE accounts, credit_transactions IN ACCESS EXCLUSIVE MODE;
+ALTER TABLE accounts DROP CONSTRAINT IF EXISTS accounts_organization_id_key;
+DROP INDEX IF EXISTS credit_transactions_account_actor_idx;
 
 -- +goose Down
-DROP INDEX CONCURRENTLY IF EXISTS credit_transactions_account_actor_idx;
-CREATE INDEX CONCURRENTLY credit_transactions_account_actor_idx
-    ON credit_transactions (user_id, actor_user_id, id);
+SET LOCAL lock_timeout = '5s';
+LOCK TABLE accounts, credit_transactions IN ACCESS EXCLUSIVE MODE;
+ALTER TABLE accounts ADD CONSTRAINT accounts_organization_id_key UNIQUE (organization_id);
+CREATE INDEX IF NOT EXISTS credit_transactions_account_actor_idx ON credit_transactions (user_id, actor_user_id, id);
