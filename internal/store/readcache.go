@@ -40,6 +40,14 @@ import (
 //     slow) or the head stands still (a long transaction keeps the feed's
 //     horizon back), every read goes to the database.
 //
+// Two changes of a row write no event: a Clerk update that changes no
+// profile field (a sign-in) still moves update_time, and so does an
+// operator closing a personal account. A row is therefore kept at most
+// MaxAge (10s): such a change shows within it on every replica (on the
+// replica that made it, the write fence hides the row only until its hub
+// catches up). Balances, plans, profiles and deletions always come with
+// an event.
+//
 // A row is filled only from a read that started after the hub did, and
 // only if no eviction hit its shard between the read's start and its
 // answer (the shard's generation): a row read before a write committed
@@ -51,6 +59,7 @@ type ReadCache struct {
 	shards   [readCacheShards]readCacheShard
 	perShard int
 	freshFor time.Duration
+	maxAge   time.Duration
 	seed     maphash.Seed
 	base     time.Time // monotonic clock origin of the nanosecond times
 
@@ -97,8 +106,14 @@ func (c *ReadCache) breaks(rule uint32) bool { return c.broken.Load()&rule != 0 
 
 type readCacheShard struct {
 	mu  sync.Mutex
-	gen uint64
-	m   map[string]sqlcdb.GetUserByClerkIDIncludingDeletedRow
+	gen int64
+	m   map[string]readCacheEntry
+}
+
+type readCacheEntry struct {
+	row sqlcdb.GetUserByClerkIDIncludingDeletedRow
+	// readAt (ns since base) is when the read that found it began.
+	readAt int64
 }
 
 const (
@@ -108,6 +123,8 @@ const (
 	// DefaultReadCacheFreshFor is how far behind the hub may be for a
 	// read without a token to be served from the cache.
 	DefaultReadCacheFreshFor = time.Second
+	// DefaultReadCacheMaxAge bounds how long a row is kept.
+	DefaultReadCacheMaxAge = 10 * time.Second
 )
 
 // ReadCacheOptions configures a ReadCache; zero values take the defaults.
@@ -117,6 +134,8 @@ type ReadCacheOptions struct {
 	// FreshFor bounds how old a row a read without a token may see
 	// (DefaultReadCacheFreshFor).
 	FreshFor time.Duration
+	// MaxAge bounds how long a row is kept (DefaultReadCacheMaxAge).
+	MaxAge time.Duration
 }
 
 // NewReadCache returns an empty cache; it serves nothing until its feed
@@ -128,10 +147,13 @@ func NewReadCache(opts ReadCacheOptions) *ReadCache {
 	if opts.FreshFor <= 0 {
 		opts.FreshFor = DefaultReadCacheFreshFor
 	}
-	c := &ReadCache{perShard: max(1, opts.Entries/readCacheShards), freshFor: opts.FreshFor,
+	if opts.MaxAge <= 0 {
+		opts.MaxAge = DefaultReadCacheMaxAge
+	}
+	c := &ReadCache{perShard: max(1, opts.Entries/readCacheShards), freshFor: opts.FreshFor, maxAge: opts.MaxAge,
 		seed: maphash.MakeSeed(), base: time.Now()}
 	for i := range c.shards {
-		c.shards[i].m = map[string]sqlcdb.GetUserByClerkIDIncludingDeletedRow{}
+		c.shards[i].m = map[string]readCacheEntry{}
 	}
 	return c
 }
@@ -216,30 +238,42 @@ func (c *ReadCache) get(ctx context.Context, clerkUserID string) (sqlcdb.GetUser
 	}
 	sh := c.shard(clerkUserID)
 	sh.mu.Lock()
-	row, ok := sh.m[clerkUserID]
-	sh.mu.Unlock()
-	if ok {
-		c.hits.Add(1)
+	e, ok := sh.m[clerkUserID]
+	if ok && c.now()-e.readAt > int64(c.maxAge) {
+		delete(sh.m, clerkUserID)
+		ok = false
 	}
-	return row, ok
+	sh.mu.Unlock()
+	if !ok {
+		return sqlcdb.GetUserByClerkIDIncludingDeletedRow{}, false
+	}
+	c.hits.Add(1)
+	return e.row, true
 }
 
-// note returns what fill needs of a read about to start: its shard's
-// generation, and whether it may fill at all.
-func (c *ReadCache) note(clerkUserID string) (gen uint64, ok bool) {
+// fillTicket is what fill needs of the read it keeps: its shard's
+// generation, and when it began.
+type fillTicket struct {
+	gen, at int64
+}
+
+// note returns the ticket of a read about to start, false if it may not
+// fill at all.
+func (c *ReadCache) note(clerkUserID string) (fillTicket, bool) {
 	if !c.started.Load() {
-		return 0, false
+		return fillTicket{}, false
 	}
+	at := c.now()
 	sh := c.shard(clerkUserID)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	return sh.gen, true
+	return fillTicket{gen: sh.gen, at: at}, true
 }
 
 // fill keeps a row read by a statement that started after note returned
 // gen, unless an eviction hit the shard meanwhile (the row may predate a
 // write whose eviction is done) or its balance depends on the time.
-func (c *ReadCache) fill(clerkUserID string, gen uint64, row sqlcdb.GetUserByClerkIDIncludingDeletedRow) {
+func (c *ReadCache) fill(clerkUserID string, t fillTicket, row sqlcdb.GetUserByClerkIDIncludingDeletedRow) {
 	if row.ExpiringCredits > 0 {
 		c.notCached.Add(1)
 		return
@@ -250,7 +284,7 @@ func (c *ReadCache) fill(clerkUserID string, gen uint64, row sqlcdb.GetUserByCle
 	sh := c.shard(clerkUserID)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if gen != sh.gen && !c.breaks(BreakGenerations) {
+	if t.gen != sh.gen && !c.breaks(BreakGenerations) {
 		c.refused.Add(1)
 		return
 	}
@@ -260,7 +294,7 @@ func (c *ReadCache) fill(clerkUserID string, gen uint64, row sqlcdb.GetUserByCle
 			break
 		}
 	}
-	sh.m[clerkUserID] = row
+	sh.m[clerkUserID] = readCacheEntry{row: row, readAt: t.at}
 }
 
 // ReadCacheStats counts what the cache did.
