@@ -25,10 +25,11 @@ import (
 // a read that finds fewer than userReadsInFlight running goes at once,
 // alone, so that an idle server answers as before.
 //
-// Nothing is cached: every read runs a statement that starts after the
-// read arrived (a read joins only a batch that has not been sent), so it
-// sees every write committed before it was asked for, as its own statement
-// would.
+// The batcher caches nothing: every read runs a statement that starts
+// after the read arrived (a read joins only a batch that has not been
+// sent), so it sees every write committed before it was asked for, as its
+// own statement would. The read cache (readcache.go), when on, answers
+// some reads before they reach it, under its own rules.
 type userReads struct {
 	db sqlcdb.DBTX
 	q  *sqlcdb.Queries
