@@ -27,6 +27,15 @@ import (
 
 // replicas starts n instances with the read cache on, on one database.
 func replicas(t *testing.T, n int) []*apptest.Instance {
+	return replicasWith(t, n, nil)
+}
+
+// unbatched turns group commit off: every write then runs on its own, so
+// a personal write raises the write fence rather than evicting its user,
+// and its token is read after it.
+func unbatched(c *config.Serve) { c.Database.WriteLanes = 0 }
+
+func replicasWith(t *testing.T, n int, tweak func(*config.Serve)) []*apptest.Instance {
 	t.Helper()
 	url := testdb.URL(t)
 	out := make([]*apptest.Instance, n)
@@ -35,6 +44,9 @@ func replicas(t *testing.T, n int) []*apptest.Instance {
 			c.Database.URL = url
 			c.ReadCache = true
 			c.AllowanceInterval = 0 // no balance changes but the test's own
+			if tweak != nil {
+				tweak(c)
+			}
 		})
 		if out[i].App.ReadCache() == nil {
 			t.Fatal("read cache is off")
@@ -160,7 +172,12 @@ func readYourWrites(t *testing.T, writer, reader *apptest.Instance, ids []string
 }
 
 func TestReadCacheTokenAcrossReplicas(t *testing.T) {
-	rs := replicas(t, 2)
+	t.Run("Batched", func(t *testing.T) { tokenAcrossReplicas(t, nil) })
+	t.Run("Unbatched", func(t *testing.T) { tokenAcrossReplicas(t, unbatched) })
+}
+
+func tokenAcrossReplicas(t *testing.T, tweak func(*config.Serve)) {
+	rs := replicasWith(t, 2, tweak)
 	ids := ensureUsers(t, rs[0], "tok", 8)
 	waitServing(t, rs[1])
 	if n := readYourWrites(t, rs[0], rs[1], ids, 30, true); n != 0 {
@@ -178,8 +195,15 @@ func TestReadCacheTokenAcrossReplicas(t *testing.T) {
 	})
 }
 
+// TestReadCacheOwnWritesSameReplica: batched, a personal write evicts its
+// user; unbatched, it raises the write fence.
 func TestReadCacheOwnWritesSameReplica(t *testing.T) {
-	rs := replicas(t, 2)
+	t.Run("Batched", func(t *testing.T) { ownWritesSameReplica(t, nil) })
+	t.Run("Unbatched", func(t *testing.T) { ownWritesSameReplica(t, unbatched) })
+}
+
+func ownWritesSameReplica(t *testing.T, tweak func(*config.Serve)) {
+	rs := replicasWith(t, 2, tweak)
 	ids := ensureUsers(t, rs[0], "own", 8)
 	waitServing(t, rs[1])
 	if n := readYourWrites(t, rs[1], rs[1], ids, 30, false); n != 0 {
