@@ -19,10 +19,17 @@
 -- horizon, comes from a transaction a failover could lose
 -- (internal/store/feed.go). A page read on a standby is checked the same
 -- way, on the primary.
+--
+-- horizon_xmax is the snapshot's xmax: every transaction that had
+-- committed before the snapshot was taken (and every event it wrote, whose
+-- order_xid is its xid or an earlier event's) is below it. The read cache
+-- trusts a poll's time and the previous poll's page_lsn once the hub's
+-- head has passed it (internal/store/readcache.go).
 
 -- name: ReadUserEvents :many
 WITH horizon AS (
     SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon,
+           pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS horizon_xmax,
            p.order_xid AS pruned_xid, p.id AS pruned_id,
            pg_is_in_recovery() AS in_recovery,
            coalesce(CASE WHEN pg_is_in_recovery()
@@ -37,7 +44,7 @@ WITH horizon AS (
     ORDER BY ue.order_xid, ue.id
     LIMIT @row_limit::int
 )
-SELECT h.horizon, h.pruned_xid, h.pruned_id, h.in_recovery, h.page_lsn, h.sync_required,
+SELECT h.horizon, h.horizon_xmax, h.pruned_xid, h.pruned_id, h.in_recovery, h.page_lsn, h.sync_required,
        e.order_xid, e.id, e.kind, e.user_id, e.clerk_user_id, e.payload, e.created_at,
        e.account_id, e.clerk_org_id, e.actor_clerk_user_id
 FROM horizon h
@@ -47,6 +54,7 @@ ORDER BY e.order_xid, e.id;
 -- name: ReadUserEventsOfUser :many
 WITH horizon AS (
     SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon,
+           pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS horizon_xmax,
            p.order_xid AS pruned_xid, p.id AS pruned_id,
            pg_is_in_recovery() AS in_recovery,
            coalesce(CASE WHEN pg_is_in_recovery()
@@ -62,7 +70,7 @@ WITH horizon AS (
     ORDER BY ue.order_xid, ue.id
     LIMIT @row_limit::int
 )
-SELECT h.horizon, h.pruned_xid, h.pruned_id, h.in_recovery, h.page_lsn, h.sync_required,
+SELECT h.horizon, h.horizon_xmax, h.pruned_xid, h.pruned_id, h.in_recovery, h.page_lsn, h.sync_required,
        e.order_xid, e.id, e.kind, e.user_id, e.clerk_user_id, e.payload, e.created_at,
        e.account_id, e.clerk_org_id, e.actor_clerk_user_id
 FROM horizon h

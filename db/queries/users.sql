@@ -21,9 +21,13 @@ SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a
 FROM users u JOIN accounts a ON a.id = u.id
 WHERE lower(u.email) = lower(@email::text) AND u.deleted_at IS NULL;
 
+-- expiring_credits > 0 makes the balance read time-dependent (grants
+-- fall due without a write): the read cache never keeps such a row
+-- (internal/store/readcache.go).
 -- name: GetUserByClerkIDIncludingDeleted :one
 SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (a.credits - userd_account_due_credits(a.id, a.expiring_credits))::bigint AS credits,
-       u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at
+       u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at,
+       a.expiring_credits
 FROM users u JOIN accounts a ON a.id = u.id
 WHERE u.clerk_user_id = @clerk_user_id;
 
@@ -33,7 +37,8 @@ WHERE u.clerk_user_id = @clerk_user_id;
 -- with one statement (internal/store/readbatch.go).
 -- name: GetUsersByClerkIDsIncludingDeleted :many
 SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (a.credits - userd_account_due_credits(a.id, a.expiring_credits))::bigint AS credits,
-       u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at
+       u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at,
+       a.expiring_credits
 FROM users u JOIN accounts a ON a.id = u.id
 WHERE u.clerk_user_id = ANY(@clerk_user_ids::text[]);
 

@@ -34,6 +34,7 @@ const readUserEvents = `-- name: ReadUserEvents :many
 
 WITH horizon AS (
     SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon,
+           pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS horizon_xmax,
            p.order_xid AS pruned_xid, p.id AS pruned_id,
            pg_is_in_recovery() AS in_recovery,
            coalesce(CASE WHEN pg_is_in_recovery()
@@ -48,7 +49,7 @@ WITH horizon AS (
     ORDER BY ue.order_xid, ue.id
     LIMIT $3::int
 )
-SELECT h.horizon, h.pruned_xid, h.pruned_id, h.in_recovery, h.page_lsn, h.sync_required,
+SELECT h.horizon, h.horizon_xmax, h.pruned_xid, h.pruned_id, h.in_recovery, h.page_lsn, h.sync_required,
        e.order_xid, e.id, e.kind, e.user_id, e.clerk_user_id, e.payload, e.created_at,
        e.account_id, e.clerk_org_id, e.actor_clerk_user_id
 FROM horizon h
@@ -64,6 +65,7 @@ type ReadUserEventsParams struct {
 
 type ReadUserEventsRow struct {
 	Horizon          int64
+	HorizonXmax      int64
 	PrunedXid        int64
 	PrunedID         int64
 	InRecovery       bool
@@ -102,6 +104,12 @@ type ReadUserEventsRow struct {
 // horizon, comes from a transaction a failover could lose
 // (internal/store/feed.go). A page read on a standby is checked the same
 // way, on the primary.
+//
+// horizon_xmax is the snapshot's xmax: every transaction that had
+// committed before the snapshot was taken (and every event it wrote, whose
+// order_xid is its xid or an earlier event's) is below it. The read cache
+// trusts a poll's time and the previous poll's page_lsn once the hub's
+// head has passed it (internal/store/readcache.go).
 func (q *Queries) ReadUserEvents(ctx context.Context, db DBTX, arg ReadUserEventsParams) ([]ReadUserEventsRow, error) {
 	rows, err := db.Query(ctx, readUserEvents, arg.AfterXid, arg.AfterID, arg.RowLimit)
 	if err != nil {
@@ -113,6 +121,7 @@ func (q *Queries) ReadUserEvents(ctx context.Context, db DBTX, arg ReadUserEvent
 		var i ReadUserEventsRow
 		if err := rows.Scan(
 			&i.Horizon,
+			&i.HorizonXmax,
 			&i.PrunedXid,
 			&i.PrunedID,
 			&i.InRecovery,
@@ -142,6 +151,7 @@ func (q *Queries) ReadUserEvents(ctx context.Context, db DBTX, arg ReadUserEvent
 const readUserEventsOfUser = `-- name: ReadUserEventsOfUser :many
 WITH horizon AS (
     SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon,
+           pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS horizon_xmax,
            p.order_xid AS pruned_xid, p.id AS pruned_id,
            pg_is_in_recovery() AS in_recovery,
            coalesce(CASE WHEN pg_is_in_recovery()
@@ -157,7 +167,7 @@ WITH horizon AS (
     ORDER BY ue.order_xid, ue.id
     LIMIT $4::int
 )
-SELECT h.horizon, h.pruned_xid, h.pruned_id, h.in_recovery, h.page_lsn, h.sync_required,
+SELECT h.horizon, h.horizon_xmax, h.pruned_xid, h.pruned_id, h.in_recovery, h.page_lsn, h.sync_required,
        e.order_xid, e.id, e.kind, e.user_id, e.clerk_user_id, e.payload, e.created_at,
        e.account_id, e.clerk_org_id, e.actor_clerk_user_id
 FROM horizon h
@@ -174,6 +184,7 @@ type ReadUserEventsOfUserParams struct {
 
 type ReadUserEventsOfUserRow struct {
 	Horizon          int64
+	HorizonXmax      int64
 	PrunedXid        int64
 	PrunedID         int64
 	InRecovery       bool
@@ -207,6 +218,7 @@ func (q *Queries) ReadUserEventsOfUser(ctx context.Context, db DBTX, arg ReadUse
 		var i ReadUserEventsOfUserRow
 		if err := rows.Scan(
 			&i.Horizon,
+			&i.HorizonXmax,
 			&i.PrunedXid,
 			&i.PrunedID,
 			&i.InRecovery,

@@ -244,26 +244,31 @@ func (q *Queries) GetPersonalAccount(ctx context.Context, db DBTX, clerkUserID s
 
 const getUserByClerkIDIncludingDeleted = `-- name: GetUserByClerkIDIncludingDeleted :one
 SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (a.credits - userd_account_due_credits(a.id, a.expiring_credits))::bigint AS credits,
-       u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at
+       u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at,
+       a.expiring_credits
 FROM users u JOIN accounts a ON a.id = u.id
 WHERE u.clerk_user_id = $1
 `
 
 type GetUserByClerkIDIncludingDeletedRow struct {
-	ID             uuid.UUID
-	ClerkUserID    string
-	Email          *string
-	FirstName      *string
-	LastName       *string
-	ImageURL       *string
-	Plan           string
-	Credits        int64
-	ClerkUpdatedAt *int64
-	CreatedAt      time.Time
-	UpdatedAt      time.Time
-	DeletedAt      *time.Time
+	ID              uuid.UUID
+	ClerkUserID     string
+	Email           *string
+	FirstName       *string
+	LastName        *string
+	ImageURL        *string
+	Plan            string
+	Credits         int64
+	ClerkUpdatedAt  *int64
+	CreatedAt       time.Time
+	UpdatedAt       time.Time
+	DeletedAt       *time.Time
+	ExpiringCredits int64
 }
 
+// expiring_credits > 0 makes the balance read time-dependent (grants
+// fall due without a write): the read cache never keeps such a row
+// (internal/store/readcache.go).
 func (q *Queries) GetUserByClerkIDIncludingDeleted(ctx context.Context, db DBTX, clerkUserID string) (GetUserByClerkIDIncludingDeletedRow, error) {
 	row := db.QueryRow(ctx, getUserByClerkIDIncludingDeleted, clerkUserID)
 	var i GetUserByClerkIDIncludingDeletedRow
@@ -280,30 +285,33 @@ func (q *Queries) GetUserByClerkIDIncludingDeleted(ctx context.Context, db DBTX,
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.DeletedAt,
+		&i.ExpiringCredits,
 	)
 	return i, err
 }
 
 const getUsersByClerkIDsIncludingDeleted = `-- name: GetUsersByClerkIDsIncludingDeleted :many
 SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (a.credits - userd_account_due_credits(a.id, a.expiring_credits))::bigint AS credits,
-       u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at
+       u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at,
+       a.expiring_credits
 FROM users u JOIN accounts a ON a.id = u.id
 WHERE u.clerk_user_id = ANY($1::text[])
 `
 
 type GetUsersByClerkIDsIncludingDeletedRow struct {
-	ID             uuid.UUID
-	ClerkUserID    string
-	Email          *string
-	FirstName      *string
-	LastName       *string
-	ImageURL       *string
-	Plan           string
-	Credits        int64
-	ClerkUpdatedAt *int64
-	CreatedAt      time.Time
-	UpdatedAt      time.Time
-	DeletedAt      *time.Time
+	ID              uuid.UUID
+	ClerkUserID     string
+	Email           *string
+	FirstName       *string
+	LastName        *string
+	ImageURL        *string
+	Plan            string
+	Credits         int64
+	ClerkUpdatedAt  *int64
+	CreatedAt       time.Time
+	UpdatedAt       time.Time
+	DeletedAt       *time.Time
+	ExpiringCredits int64
 }
 
 // GetUsersByClerkIDsIncludingDeleted is GetUserByClerkIDIncludingDeleted
@@ -332,6 +340,7 @@ func (q *Queries) GetUsersByClerkIDsIncludingDeleted(ctx context.Context, db DBT
 			&i.CreatedAt,
 			&i.UpdatedAt,
 			&i.DeletedAt,
+			&i.ExpiringCredits,
 		); err != nil {
 			return nil, err
 		}

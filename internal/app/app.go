@@ -91,13 +91,15 @@ const (
 
 // App is a configured, listening userd.
 type App struct {
-	cfg    config.Serve
-	log    *slog.Logger
-	db     *database.DB
-	pool   *pgxpool.Pool
-	grpc   *grpc.Server
-	health *health.Server
-	grpcLn net.Listener
+	cfg config.Serve
+	log *slog.Logger
+	db  *database.DB
+	// readCache is the read cache, nil when off (USERD_READ_CACHE).
+	readCache *store.ReadCache
+	pool      *pgxpool.Pool
+	grpc      *grpc.Server
+	health    *health.Server
+	grpcLn    net.Listener
 	// api is nil when USERD_HTTP_ADDR is "off".
 	api   *http.Server
 	apiLn net.Listener
@@ -300,8 +302,17 @@ func (a *App) init(ctx context.Context) error {
 	if err := a.openStandbys(); err != nil {
 		return err
 	}
+	// The read cache (internal/store/readcache.go) serves the primary's
+	// rows only: off with standbys.
+	var cache *store.ReadCache
+	defer func() { a.readCache = cache }()
+	if a.cfg.ReadCache && a.standbys == nil && a.db != nil && a.db.Fence != nil {
+		cache = store.NewReadCache(store.ReadCacheOptions{Entries: a.cfg.ReadCacheEntries})
+		a.db.Fence.SetCache(cache)
+		a.metrics.Registry.MustRegister(readCacheMetrics(cache))
+	}
 	a.store = store.New(a.pool, store.Options{AcquireTimeout: a.cfg.DBAcquireTimeout, Standbys: a.standbys,
-		WriteLanes: a.cfg.Database.WriteLanes, DisableWriteBatching: a.cfg.Database.WriteLanes == 0})
+		WriteLanes: a.cfg.Database.WriteLanes, DisableWriteBatching: a.cfg.Database.WriteLanes == 0, ReadCache: cache})
 	a.users = users.NewService(a.store, users.Options{
 		InitialCredits:      a.cfg.InitialCredits,
 		KeepDeletedUserData: a.cfg.KeepDeletedUserData,
@@ -312,7 +323,7 @@ func (a *App) init(ctx context.Context) error {
 	if a.billing, err = a.newBilling(); err != nil {
 		return err
 	}
-	a.feed = feed.NewHub(a.store, feed.Options{
+	feedOpts := feed.Options{
 		PollInterval: a.cfg.FeedPollInterval,
 		Heartbeat:    a.cfg.FeedHeartbeat,
 		// Keys read from the database on first use: the schema may not
@@ -320,7 +331,11 @@ func (a *App) init(ctx context.Context) error {
 		Cursors:  feed.NewCursors(a.store.FeedCursorKeys),
 		Observer: a.metrics,
 		Log:      a.log,
-	})
+	}
+	if cache != nil {
+		feedOpts.Invalidator = cache
+	}
+	a.feed = feed.NewHub(a.store, feedOpts)
 	authn, profiles, err := a.authentication(ctx)
 	if err != nil {
 		return err
@@ -336,6 +351,9 @@ func (a *App) init(ctx context.Context) error {
 		Log: a.log, Authn: authn, RequestTimeout: a.cfg.RequestTimeout, AccessLogReads: a.cfg.AccessLogReads,
 		Metrics: a.metrics.GRPC.UnaryServerInterceptor(), StreamMetrics: a.metrics.GRPC.StreamServerInterceptor(),
 		StandbyReads: a.standbys != nil,
+	}
+	if cache != nil {
+		chain.ReadCache = a.store
 	}
 	interceptors, streamInterceptors := chain.Interceptors(), chain.StreamInterceptors()
 	healthLimit := grpcapi.HealthWatchLimit(authn, a.cfg.HealthWatchMax, a.metrics)
@@ -630,6 +648,9 @@ func (a *App) WebhookAddr() net.Addr {
 	}
 	return a.webhookLn.Addr()
 }
+
+// ReadCache is the read cache (USERD_READ_CACHE), nil when off.
+func (a *App) ReadCache() *store.ReadCache { return a.readCache }
 
 // GRPCAddr is the address the gRPC listener is bound to, or nil when it
 // is off.

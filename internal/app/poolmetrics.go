@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/userd/userd/internal/standby"
+	"github.com/userd/userd/internal/store"
 )
 
 // poolMetrics exports the pgx pool's statistics to Prometheus.
@@ -90,4 +91,39 @@ func (c standbyCollector) Collect(ch chan<- prometheus.Metric) {
 	c.r.Served(func(by, reason string, n uint64) {
 		ch <- prometheus.MustNewConstMetric(standbyReads, prometheus.CounterValue, float64(n), by, reason)
 	})
+}
+
+// readCacheMetrics exports what the read cache did
+// (internal/store/readcache.go).
+func readCacheMetrics(c *store.ReadCache) prometheus.Collector {
+	return readCacheCollector{c: c}
+}
+
+type readCacheCollector struct{ c *store.ReadCache }
+
+var (
+	readCacheReads = prometheus.NewDesc("userd_read_cache_reads_total",
+		"Reads of a user by Clerk id, by whether the read cache answered them (hit) or the database did (miss).", []string{"result"}, nil)
+	readCacheFills = prometheus.NewDesc("userd_read_cache_fills_skipped_total",
+		"Rows read from the database that the read cache did not keep: refused (an eviction hit the row's shard while it was read) or time_dependent (expiring credits).", []string{"reason"}, nil)
+	readCacheEvictions = prometheus.NewDesc("userd_read_cache_evictions_total",
+		"Rows the read cache dropped because their user changed.", nil, nil)
+	readCacheEntries = prometheus.NewDesc("userd_read_cache_entries",
+		"Rows the read cache keeps.", nil, nil)
+)
+
+func (readCacheCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{readCacheReads, readCacheFills, readCacheEvictions, readCacheEntries} {
+		ch <- d
+	}
+}
+
+func (c readCacheCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.c.Stats()
+	ch <- prometheus.MustNewConstMetric(readCacheReads, prometheus.CounterValue, float64(s.Hits), "hit")
+	ch <- prometheus.MustNewConstMetric(readCacheReads, prometheus.CounterValue, float64(s.Misses), "miss")
+	ch <- prometheus.MustNewConstMetric(readCacheFills, prometheus.CounterValue, float64(s.Refused), "refused")
+	ch <- prometheus.MustNewConstMetric(readCacheFills, prometheus.CounterValue, float64(s.NotCached), "time_dependent")
+	ch <- prometheus.MustNewConstMetric(readCacheEvictions, prometheus.CounterValue, float64(s.Evictions))
+	ch <- prometheus.MustNewConstMetric(readCacheEntries, prometheus.GaugeValue, float64(s.Entries))
 }

@@ -106,6 +106,9 @@ type Feed struct {
 	FeedMaxWatches           int           `name:"feed-max-watches" env:"USERD_FEED_MAX_WATCHES" default:"4096" help:"Most WatchUserEvents streams (gRPC and REST) open at once on this replica; beyond, RESOURCE_EXHAUSTED / 429 with a retry hint."`
 	FeedMaxWatchesPerUser    int           `name:"feed-max-watches-per-user" env:"USERD_FEED_MAX_WATCHES_PER_USER" default:"8" help:"Most WatchUserEvents streams one end user (one Clerk user id) may have open at once on this replica."`
 	FeedMaxWatchesPerService int           `name:"feed-max-watches-per-service" env:"USERD_FEED_MAX_WATCHES_PER_SERVICE" default:"256" help:"Most WatchUserEvents streams one service token name may have open at once on this replica."`
+	// ReadCache: see internal/store/readcache.go.
+	ReadCache        bool `name:"read-cache" env:"USERD_READ_CACHE" default:"false" help:"Keep users read by Clerk id (GetUser, EnsureUser of an existing user) in memory, invalidated by the change feed: a read never sees a write this replica answered before, nor one whose consistency token (userd-consistency-token, which every write then returns) it sends; other replicas' writes within 1s. Off with USERD_DATABASE_READ_URL."`
+	ReadCacheEntries int  `name:"read-cache-entries" env:"USERD_READ_CACHE_ENTRIES" default:"100000" help:"Most users the read cache keeps (USERD_READ_CACHE); beyond, random ones are dropped."`
 }
 
 // Validate checks the change feed settings.
@@ -115,6 +118,9 @@ func (f Feed) Validate() error {
 	}
 	if f.FeedHeartbeat < time.Second || f.FeedHeartbeat > 5*time.Minute {
 		return fmt.Errorf("USERD_FEED_HEARTBEAT (--feed-heartbeat) must be between 1s and 5m, got %s", f.FeedHeartbeat)
+	}
+	if f.ReadCacheEntries < 1 || f.ReadCacheEntries > 100_000_000 {
+		return fmt.Errorf("USERD_READ_CACHE_ENTRIES (--read-cache-entries) must be between 1 and 100000000, got %d", f.ReadCacheEntries)
 	}
 	if f.FeedRetention != 0 && f.FeedRetention < time.Hour {
 		return fmt.Errorf("USERD_FEED_RETENTION (--feed-retention) must be 0 (forever) or at least 1h, got %s", f.FeedRetention)

@@ -9,6 +9,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
+	"math"
 	"sync"
 )
 
@@ -21,20 +22,35 @@ const (
 )
 
 // tokenV1 is the first byte of a version-1 token: then 8 bytes of WAL
-// position, big-endian.
-const tokenV1 = 1
+// position, big-endian. tokenV2 is the first byte of a version-2 token:
+// then 8 bytes of transaction id, big-endian (Token.Xid).
+const (
+	tokenV1 = 1
+	tokenV2 = 2
+)
 
-// Token is a consistency token: a WAL position of the primary at or past
-// the commit of the writes it was issued for. Clients treat its text as
-// opaque.
-type Token struct{ LSN uint64 }
+// Token is a consistency token. Version 1 (LSN set): a WAL position of the
+// primary at or past the commit of the writes it was issued for, for
+// reads from standbys. Version 2 (Xid set): a transaction id above the
+// change-feed order (order_xid) of every event the writes wrote, for the
+// read cache (internal/store/readcache.go): a replica whose feed hub has
+// handed out every event below it has evicted every user they changed.
+// Clients treat its text as opaque.
+type Token struct {
+	LSN uint64
+	Xid uint64
+}
 
 // String is the token's text: unpadded base64url of a version byte and
 // the position.
 func (t Token) String() string {
 	var b [9]byte
 	b[0] = tokenV1
-	binary.BigEndian.PutUint64(b[1:], t.LSN)
+	v := t.LSN
+	if t.Xid != 0 {
+		b[0], v = tokenV2, t.Xid
+	}
+	binary.BigEndian.PutUint64(b[1:], v)
 	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
@@ -47,20 +63,56 @@ func ParseToken(s string) (Token, error) {
 		return Token{}, ErrBadToken
 	}
 	b, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil || len(b) != 9 || b[0] != tokenV1 {
+	if err != nil || len(b) != 9 {
 		return Token{}, ErrBadToken
 	}
-	t := Token{LSN: binary.BigEndian.Uint64(b[1:])}
-	if t.LSN == 0 {
-		return Token{}, ErrBadToken
+	v := binary.BigEndian.Uint64(b[1:])
+	switch {
+	case v == 0:
+	case b[0] == tokenV1:
+		return Token{LSN: v}, nil
+	case b[0] == tokenV2 && v <= math.MaxInt64: // an xid8, kept as bigint
+		return Token{Xid: v}, nil
 	}
-	return t, nil
+	return Token{}, ErrBadToken
 }
 
 type (
 	policyKey   struct{}
 	recorderKey struct{}
+	readKey     struct{}
+	unfencedKey struct{}
 )
+
+// WithReadToken records, for the read cache, the token a call sent (the
+// zero Token: none): its reads must see the writes the token was issued
+// for.
+func WithReadToken(ctx context.Context, t Token) context.Context {
+	return context.WithValue(ctx, readKey{}, t)
+}
+
+// ReadToken returns the token WithReadToken recorded (the zero Token if
+// none).
+func ReadToken(ctx context.Context) Token {
+	t, _ := ctx.Value(readKey{}).(Token)
+	return t
+}
+
+// Unfenced marks the statements of ctx as ones the read cache's write
+// fence ignores: reads, and writes that evict the users they change
+// themselves (internal/store/readcache.go).
+func Unfenced(ctx context.Context) context.Context {
+	if IsUnfenced(ctx) {
+		return ctx
+	}
+	return context.WithValue(ctx, unfencedKey{}, true)
+}
+
+// IsUnfenced reports whether Unfenced marked ctx.
+func IsUnfenced(ctx context.Context) bool {
+	v, _ := ctx.Value(unfencedKey{}).(bool)
+	return v
+}
 
 // AllowStandby lets the reads of ctx run on a standby that has replayed
 // at least min (the zero Token: any standby within the lag bound).
@@ -84,10 +136,38 @@ func StandbyAllowed(ctx context.Context) (Token, bool) {
 	return t, ok
 }
 
-// Recorder collects the WAL positions after the statements of one call.
+// Recorder collects the WAL positions after the statements of one call
+// or, for the read cache, the feed transaction ids of its writes.
 type Recorder struct {
 	mu  sync.Mutex
 	lsn uint64
+	xid uint64
+	// ran: a statement of the call ran without recording an xid (MarkRan).
+	ran bool
+}
+
+// ObserveXid records a transaction id above the feed order of the events
+// a statement of the call wrote.
+func (r *Recorder) ObserveXid(xid uint64) {
+	r.mu.Lock()
+	r.xid = max(r.xid, xid)
+	r.mu.Unlock()
+}
+
+// MarkRan records that a statement ran in the call's context: it may
+// have written without recording an xid.
+func (r *Recorder) MarkRan() {
+	r.mu.Lock()
+	r.ran = true
+	r.mu.Unlock()
+}
+
+// CacheToken returns the version-2 token of the xids recorded (false if
+// none), and whether a statement ran that recorded none.
+func (r *Recorder) CacheToken() (t Token, ok, ran bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return Token{Xid: r.xid}, r.xid != 0, r.ran
 }
 
 // WithRecorder returns ctx with a new Recorder: the primary's statements

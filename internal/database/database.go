@@ -18,6 +18,7 @@ import (
 
 	"github.com/exaring/otelpgx"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/multitracer"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -36,6 +37,9 @@ type DB struct {
 	log      *slog.Logger
 	// standbys are the pools OpenStandbys opened, closed with Pool.
 	standbys []*pgxpool.Pool
+	// Fence traces every statement of Pool for the read cache's write
+	// fence (internal/store/readcache.go); inert until given a cache.
+	Fence *store.FenceTracer
 }
 
 // Open connects to DATABASE_URL, or, when it is empty, to the embedded
@@ -128,8 +132,10 @@ func connect(ctx context.Context, db *DB, url string, cfg config.Database, sessi
 	pcfg.MaxConns = cfg.MaxConns
 	session.Apply(pcfg.ConnConfig)
 	store.ConfigureFailover(pcfg)
+	db.Fence = &store.FenceTracer{}
+	pcfg.ConnConfig.Tracer = db.Fence
 	if telemetry.TracingEnabled() {
-		pcfg.ConnConfig.Tracer = otelpgx.NewTracer()
+		pcfg.ConnConfig.Tracer = multitracer.New(otelpgx.NewTracer(), db.Fence)
 	}
 	if db.Pool, err = pgxpool.NewWithConfig(ctx, pcfg); err != nil {
 		db.Close()

@@ -134,6 +134,11 @@ type Page struct {
 	// the page was read: every event before Position{Horizon, 0} that will
 	// ever exist was already visible.
 	Horizon int64
+	// Xmax is the xmax of the same snapshot: every transaction that had
+	// committed when the page was read is below it, and so is every event
+	// it wrote (an event's order is its writer's xid or an earlier
+	// event's).
+	Xmax int64
 	// Pruned is the last position deleted by retention: every event at or
 	// before it is gone.
 	Pruned Position

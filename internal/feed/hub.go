@@ -30,6 +30,21 @@ func (noObserver) FeedPolled(int)         {}
 func (noObserver) FeedWatchers(int)       {}
 func (noObserver) FeedWatcherFellBehind() {}
 
+// Invalidator is told what the hub hands out, to keep a cache of users
+// correct (internal/store/readcache.go).
+type Invalidator interface {
+	// HubStarted reports the hub's starting head (an xid), before
+	// anything else.
+	HubStarted(head int64)
+	// Evict is called with the users of the events of a poll before the
+	// head moves past them.
+	Evict(clerkUserIDs ...string)
+	// HubAdvanced reports that every event whose order is below head has
+	// been handed out (and its users evicted), among them every event
+	// committed before coveredAt (the zero time: no news of that).
+	HubAdvanced(head int64, coveredAt time.Time)
+}
+
 // Options tune a Hub. Zero values take the defaults.
 type Options struct {
 	// PollInterval is how often the hub asks the database for new events
@@ -53,6 +68,9 @@ type Options struct {
 	Cursors  *Cursors
 	Observer Observer
 	Log      *slog.Logger
+	// Invalidator, if set, learns of every poll (the hub polls whether
+	// or not anyone watches).
+	Invalidator Invalidator
 }
 
 func (o *Options) defaults() {
@@ -84,6 +102,18 @@ func (o *Options) defaults() {
 
 // maxPollBackoff bounds the wait between polls while the database fails.
 const maxPollBackoff = 5 * time.Second
+
+// maxCoverage bounds the polls whose coverage waits for the head to pass
+// their xmax; past it the newest is replaced (a later time, a larger
+// xmax: only ever later coverage).
+const maxCoverage = 64
+
+// coverage is what one poll tells the Invalidator once the head is at or
+// past xmax: every event committed before sentAt is below xmax.
+type coverage struct {
+	xmax   int64
+	sentAt time.Time
+}
 
 // Hub is one replica's reader of the feed. One goroutine (Run) polls the
 // database and hands each batch of new events to the watchers it concerns,
@@ -249,14 +279,39 @@ func (h *Hub) Run(ctx context.Context) {
 		backoff = min(2*backoff, maxPollBackoff)
 		return wait(backoff)
 	}
+	var pending []coverage
+	covered := func(page Page, sentAt time.Time) {
+		inv := h.opts.Invalidator
+		if inv == nil {
+			return
+		}
+		c := coverage{xmax: page.Xmax, sentAt: sentAt}
+		if len(pending) < maxCoverage {
+			pending = append(pending, c)
+		} else {
+			pending[len(pending)-1] = c
+		}
+		head := h.headNow().Xid
+		var at time.Time
+		for len(pending) > 0 && pending[0].xmax <= head {
+			at = pending[0].sentAt
+			pending = pending[1:]
+		}
+		inv.HubAdvanced(head, at)
+	}
 	// Start at the present: watchers that want older events read them
 	// from the database.
 	for {
+		sentAt := time.Now()
 		page, err := h.store.ReadUserEvents(ctx, Position{Xid: math.MaxInt64}, "", 1)
 		if err == nil {
+			if h.opts.Invalidator != nil {
+				h.opts.Invalidator.HubStarted(page.Horizon)
+			}
 			h.mu.Lock()
 			h.head, h.headLSN = Position{Xid: page.Horizon}, page.LSN
 			h.mu.Unlock()
+			covered(page, sentAt)
 			close(h.ready)
 			break
 		}
@@ -265,6 +320,7 @@ func (h *Hub) Run(ctx context.Context) {
 		}
 	}
 	for {
+		sentAt := time.Now()
 		page, err := h.store.ReadUserEvents(ctx, h.head, "", h.opts.PollLimit)
 		if err != nil {
 			if !fail(err) {
@@ -288,6 +344,7 @@ func (h *Hub) Run(ctx context.Context) {
 		if h.head.Less(to) {
 			h.publish(&batch{to: to, lsn: page.LSN, events: page.Events})
 		}
+		covered(page, sentAt)
 		if !full && !wait(h.opts.PollInterval) {
 			return
 		}
@@ -297,6 +354,15 @@ func (h *Hub) Run(ctx context.Context) {
 // publish moves the head to b.to and queues b for every joined watcher
 // that wants one of its events; a watcher whose queue is full is dropped.
 func (h *Hub) publish(b *batch) {
+	if inv := h.opts.Invalidator; inv != nil && len(b.events) > 0 {
+		ids := make([]string, 0, len(b.events))
+		for i := range b.events {
+			if id := b.events[i].ClerkUserID; id != "" {
+				ids = append(ids, id)
+			}
+		}
+		inv.Evict(ids...)
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.head, h.headLSN = b.to, max(h.headLSN, b.lsn)

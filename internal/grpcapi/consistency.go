@@ -33,15 +33,56 @@ var standbyReadable = map[string]bool{
 // its response header. With them off, the token is checked and ignored:
 // the primary serves everything.
 func ConsistencyInterceptor(standbys bool) grpc.UnaryServerInterceptor {
+	return ConsistencyInterceptorWith(standbys, nil)
+}
+
+// CacheTokens is the read cache's side of the consistency tokens
+// (internal/store/readcache.go).
+type CacheTokens interface {
+	// FeedXidNow returns the version-2 token value of every write
+	// committed before the call.
+	FeedXidNow(ctx context.Context) (uint64, error)
+}
+
+// ConsistencyInterceptorWith is ConsistencyInterceptor with the read
+// cache on (cache not nil, and no standbys): every call's reads honour
+// the version-2 token it sends (a read-only method's statements never
+// raise the cache's write fence), and every other method answers with
+// the version-2 token of its writes: the one its write batch read, or
+// one read after the call when it ran statements of its own.
+func ConsistencyInterceptorWith(standbys bool, cache CacheTokens) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		min, err := incomingToken(ctx)
 		if err != nil {
 			return nil, err
 		}
+		if !standbys && cache != nil {
+			ctx = consistency.WithReadToken(ctx, min)
+			if standbyReadable[info.FullMethod] {
+				return handler(consistency.Unfenced(ctx), req)
+			}
+			ctx, rec := consistency.WithRecorder(ctx)
+			resp, err := handler(ctx, req)
+			t, ok, ran := rec.CacheToken()
+			if ran {
+				if x, xerr := cache.FeedXidNow(ctx); xerr == nil {
+					t.Xid, ok = max(t.Xid, x), true
+				}
+			}
+			if ok {
+				_ = grpc.SetHeader(ctx, metadata.Pairs(consistency.Header, t.String()))
+			}
+			return resp, err
+		}
 		if !standbys {
 			return handler(ctx, req)
 		}
 		if standbyReadable[info.FullMethod] {
+			if min.Xid != 0 {
+				// A read cache's token: no standby position is known to
+				// have the write; the primary serves.
+				return handler(ctx, req)
+			}
 			return handler(consistency.AllowStandby(ctx, min), req)
 		}
 		ctx, rec := consistency.WithRecorder(ctx)
@@ -81,7 +122,7 @@ func ConsistencyStreamInterceptor(standbys bool) grpc.StreamServerInterceptor {
 		if err != nil {
 			return err
 		}
-		if !standbys {
+		if !standbys || min.Xid != 0 {
 			return handler(srv, ss)
 		}
 		return handler(srv, withContext(ss, consistency.AllowStandby(ss.Context(), min)))

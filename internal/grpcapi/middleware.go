@@ -318,6 +318,9 @@ type Chain struct {
 	// StandbyReads: standbys may serve reads, and writes answer with a
 	// consistency token (ConsistencyInterceptor).
 	StandbyReads bool
+	// ReadCache, if set (and not StandbyReads), is the read cache whose
+	// tokens calls send and writes answer (ConsistencyInterceptorWith).
+	ReadCache CacheTokens
 }
 
 // Interceptors returns the unary chain, outermost first: errors from
@@ -332,7 +335,7 @@ func (c Chain) Interceptors() []grpc.UnaryServerInterceptor {
 		RecoveryInterceptor(c.Log),
 		ErrorInterceptor(c.Log),
 		AuthInterceptor(c.Authn),
-		ConsistencyInterceptor(c.StandbyReads),
+		ConsistencyInterceptorWith(c.StandbyReads, c.ReadCache),
 		BoundInterceptor(c.RequestTimeout),
 	)
 }

@@ -327,7 +327,7 @@ func TestBadTokensAreRefused(t *testing.T) {
 		{"Truncated", good[:11]},
 		{"TooLong", good + "A"},
 		{"NotBase64", "!!!!!!!!!!!!"},
-		{"UnknownVersion", "AgAAAABAAAAA"},
+		{"UnknownVersion", "AwAAAABAAAAA"}, // version 2 is the read cache's
 		{"ZeroPosition", "AQAAAAAAAAAA"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/userd/userd/gen/sqlcdb"
 	"github.com/userd/userd/internal/apperr"
+	"github.com/userd/userd/internal/consistency"
 	"github.com/userd/userd/internal/feed"
 	"github.com/userd/userd/internal/users"
 )
@@ -21,6 +22,7 @@ var _ feed.Store = (*Store)(nil)
 // (consistency.AllowStandby) may have a hot standby serve the read
 // (internal/standby); the page then says so.
 func (s *Store) ReadUserEvents(ctx context.Context, after feed.Position, clerkUserID string, limit int32) (feed.Page, error) {
+	ctx = consistency.Unfenced(ctx) // a read
 	var (
 		rows []sqlcdb.ReadUserEventsRow
 		err  error
@@ -57,6 +59,7 @@ func (s *Store) ReadUserEvents(ctx context.Context, after feed.Position, clerkUs
 	}
 	page := feed.Page{
 		Horizon: rows[0].Horizon,
+		Xmax:    rows[0].HorizonXmax,
 		Pruned:  feed.Position{Xid: rows[0].PrunedXid, ID: rows[0].PrunedID},
 		LSN:     uint64(max(rows[0].PageLsn, 0)),
 		Standby: rows[0].InRecovery,

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/userd/userd/gen/sqlcdb"
+	"github.com/userd/userd/internal/consistency"
 	"github.com/userd/userd/internal/users"
 )
 
@@ -24,10 +25,11 @@ import (
 // a read that finds fewer than userReadsInFlight running goes at once,
 // alone, so that an idle server answers as before.
 //
-// Nothing is cached: every read runs a statement that starts after the
-// read arrived (a read joins only a batch that has not been sent), so it
-// sees every write committed before it was asked for, as its own statement
-// would.
+// The batcher caches nothing: every read runs a statement that starts
+// after the read arrived (a read joins only a batch that has not been
+// sent), so it sees every write committed before it was asked for, as its
+// own statement would. The read cache (readcache.go), when on, answers
+// some reads before they reach it, under its own rules.
 type userReads struct {
 	db sqlcdb.DBTX
 	q  *sqlcdb.Queries
@@ -56,7 +58,7 @@ type userRead struct {
 	ctx         context.Context
 	clerkUserID string
 	done        chan struct{}
-	row         sqlcdb.GetLiveUserByClerkIDRow
+	row         sqlcdb.GetUserByClerkIDIncludingDeletedRow
 	err         error
 }
 
@@ -66,16 +68,15 @@ func newUserReads(db sqlcdb.DBTX, q *sqlcdb.Queries) *userReads {
 
 // get reads the user with the Clerk id, deleted or not (pgx.ErrNoRows if
 // none).
-func (b *userReads) get(ctx context.Context, clerkUserID string) (sqlcdb.GetLiveUserByClerkIDRow, error) {
+func (b *userReads) get(ctx context.Context, clerkUserID string) (sqlcdb.GetUserByClerkIDIncludingDeletedRow, error) {
 	if err := ctx.Err(); err != nil {
-		return sqlcdb.GetLiveUserByClerkIDRow{}, err
+		return sqlcdb.GetUserByClerkIDIncludingDeletedRow{}, err
 	}
 	if !utf8.ValidString(clerkUserID) || strings.IndexByte(clerkUserID, 0) >= 0 {
 		// PostgreSQL refuses such a text parameter, and would fail the
 		// whole batch: it goes alone, to its own error (the service
 		// validates Clerk ids before reading, so none should come).
-		row, err := b.q.GetUserByClerkIDIncludingDeleted(ctx, b.db, clerkUserID)
-		return sqlcdb.GetLiveUserByClerkIDRow(row), err
+		return b.q.GetUserByClerkIDIncludingDeleted(consistency.Unfenced(ctx), b.db, clerkUserID)
 	}
 	r := &userRead{ctx: ctx, clerkUserID: clerkUserID, done: make(chan struct{})}
 	b.mu.Lock()
@@ -99,7 +100,7 @@ func (b *userReads) get(ctx context.Context, clerkUserID string) (sqlcdb.GetLive
 	case <-ctx.Done():
 		// Its batch still runs for the others; this caller is answered
 		// as its own statement would be, with the context's error.
-		return sqlcdb.GetLiveUserByClerkIDRow{}, ctx.Err()
+		return sqlcdb.GetUserByClerkIDIncludingDeletedRow{}, ctx.Err()
 	}
 }
 
@@ -148,8 +149,7 @@ func (b *userReads) run(batch []*userRead) {
 	defer cancel()
 	if len(batch) == 1 {
 		r := batch[0]
-		row, err := b.q.GetUserByClerkIDIncludingDeleted(ctx, b.db, r.clerkUserID)
-		r.row, r.err = sqlcdb.GetLiveUserByClerkIDRow(row), err
+		r.row, r.err = b.q.GetUserByClerkIDIncludingDeleted(ctx, b.db, r.clerkUserID)
 		close(r.done)
 		return
 	}
@@ -170,7 +170,7 @@ func (b *userReads) run(batch []*userRead) {
 		case !ok:
 			r.err = pgx.ErrNoRows
 		default:
-			r.row = sqlcdb.GetLiveUserByClerkIDRow(rows[i])
+			r.row = sqlcdb.GetUserByClerkIDIncludingDeletedRow(rows[i])
 		}
 		close(r.done)
 	}
@@ -186,21 +186,49 @@ func batchContext(batch []*userRead) (context.Context, context.CancelFunc) {
 	for _, r := range batch {
 		d, ok := r.ctx.Deadline()
 		if !ok {
-			return context.WithCancel(context.WithoutCancel(batch[0].ctx))
+			return context.WithCancel(consistency.Unfenced(context.WithoutCancel(batch[0].ctx)))
 		}
 		if d.After(latest) {
 			latest = d
 		}
 	}
-	return context.WithDeadline(context.WithoutCancel(batch[0].ctx), latest)
+	return context.WithDeadline(consistency.Unfenced(context.WithoutCancel(batch[0].ctx)), latest)
 }
 
-// getUserByClerkID reads the user with the Clerk id through the batcher;
-// live reports only users not deleted.
+// getUserByClerkID reads the user with the Clerk id from the read cache
+// (readcache.go), if on and allowed, else through the batcher, keeping
+// the row in the cache when the rules allow; live reports only users not
+// deleted.
 func (s *Store) getUserByClerkID(ctx context.Context, clerkUserID string, live bool) (users.User, error) {
-	row, err := s.userReads.get(ctx, clerkUserID)
+	var (
+		row sqlcdb.GetUserByClerkIDIncludingDeletedRow
+		err error
+	)
+	if c := s.cache; c != nil {
+		var ok bool
+		if row, ok = c.get(ctx, clerkUserID); !ok {
+			c.misses.Add(1)
+			gen, fill := c.note(clerkUserID)
+			row, err = s.userReads.get(ctx, clerkUserID)
+			if err == nil && fill {
+				c.fill(clerkUserID, gen, row)
+			}
+		}
+	} else {
+		row, err = s.userReads.get(ctx, clerkUserID)
+	}
 	if err == nil && live && row.DeletedAt != nil {
 		err = pgx.ErrNoRows
 	}
-	return userOut(row, err)
+	return userOut(userRow(row), err)
+}
+
+// userRow is the row of a user read by Clerk id, as the other reads of a
+// user return it.
+func userRow(r sqlcdb.GetUserByClerkIDIncludingDeletedRow) sqlcdb.GetLiveUserByClerkIDRow {
+	return sqlcdb.GetLiveUserByClerkIDRow{
+		ID: r.ID, ClerkUserID: r.ClerkUserID, Email: r.Email, FirstName: r.FirstName, LastName: r.LastName,
+		ImageURL: r.ImageURL, Plan: r.Plan, Credits: r.Credits, ClerkUpdatedAt: r.ClerkUpdatedAt,
+		CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt, DeletedAt: r.DeletedAt,
+	}
 }

@@ -43,6 +43,9 @@ type Store struct {
 	// writes group-commits the credit and plan writes (writebatch.go);
 	// nil when Options.DisableWriteBatching.
 	writes *writeBatcher
+	// cache keeps users read by Clerk id (readcache.go); nil when off,
+	// and always with standbys.
+	cache *ReadCache
 }
 
 var _ users.Store = (*Store)(nil)
@@ -66,6 +69,10 @@ type Options struct {
 	DisableWriteBatching bool
 	// WriteLanes is how many write batches may run at once (0: 4).
 	WriteLanes int
+	// ReadCache, if set and without Standbys, keeps the users read by
+	// Clerk id (readcache.go). Its feed hub must run, and the pool's
+	// tracer must include its FenceTracer.
+	ReadCache *ReadCache
 }
 
 // New returns a Store over pool.
@@ -80,6 +87,7 @@ func New(pool *pgxpool.Pool, opts Options) *Store {
 		s.read = opts.Standbys.Reads(s.db)
 	} else {
 		s.userReads = newUserReads(db, s.q)
+		s.cache = opts.ReadCache
 	}
 	if !opts.DisableWriteBatching {
 		lanes := opts.WriteLanes
@@ -87,6 +95,8 @@ func New(pool *pgxpool.Pool, opts Options) *Store {
 			lanes = writeLanes
 		}
 		s.writes = newWriteBatcher(s.db, s.acquire, lanes)
+		s.writes.recording = opts.Standbys != nil
+		s.writes.cache = s.cache
 	}
 	return s
 }
@@ -160,7 +170,7 @@ func (s *Store) GetUserByClerkIDIncludingDeleted(ctx context.Context, clerkUserI
 		return s.getUserByClerkID(ctx, clerkUserID, false)
 	}
 	row, err := s.q.GetUserByClerkIDIncludingDeleted(ctx, s.db, clerkUserID)
-	return userOut(sqlcdb.GetLiveUserByClerkIDRow(row), err)
+	return userOut(userRow(row), err)
 }
 
 func (s *Store) GetPersonalAccount(ctx context.Context, clerkUserID string) (users.Account, error) {

@@ -123,7 +123,18 @@ type writeBatcher struct {
 	// that Stop can wait for them. Add is called under a lane's mu while
 	// it is not stopped, so never after Stop began to wait.
 	running sync.WaitGroup
+	// recording: single records each call's WAL position (standbys), so
+	// a call with a Recorder runs on its own. cache, if set, is the read
+	// cache (readcache.go): a personal write evicts its user once
+	// committed, and a batch reads the token of its writes.
+	recording bool
+	cache     *ReadCache
 }
+
+// personalKey reports whether key is a personal account's (userBatchKey):
+// its write evicts the user from the read cache itself, rather than
+// raising the cache's write fence.
+func personalKey(key string) bool { return strings.HasPrefix(key, "u:") }
 
 // writeLane is a queue of calls and at most one batch running them.
 type writeLane struct {
@@ -225,7 +236,7 @@ func (d batchDBTX) Query(ctx context.Context, sql string, args ...any) (pgx.Rows
 }
 
 func (d batchDBTX) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	if consistency.RecorderOf(ctx) != nil {
+	if d.b.recording && consistency.RecorderOf(ctx) != nil {
 		// The call records its commit's WAL position (internal/standby's
 		// recording DBTX, which single is then): it runs on its own.
 		return d.b.single.QueryRow(ctx, sql, args...)
@@ -250,13 +261,31 @@ type writeOp struct {
 	// batch took the call.
 	lane  *writeLane
 	taken bool
+	// cache, for a personal account's write with the read cache on: the
+	// user is evicted before the call is answered.
+	cache *ReadCache
 }
 
 // answer gives op its final error (nil: into holds its row) and wakes
-// its caller. Each op is answered exactly once, by whoever took it.
+// its caller. Each op is answered exactly once, by whoever took it, after
+// its batch's commit (or its failure): a personal write's user is evicted
+// from the read cache first, so that no read this replica starts after
+// the answer has the row from before the write.
 func (op *writeOp) answer(err error) {
+	if op.cache != nil && !op.cache.breaks(BreakLocalWrites) {
+		op.cache.Evict(strings.TrimPrefix(op.key, "u:"))
+	}
 	op.err = err
 	close(op.done)
+}
+
+// runCtx is the context op's own statement runs in: a personal write
+// with the read cache on does not raise the fence (answer evicts).
+func (op *writeOp) runCtx() context.Context {
+	if op.cache != nil {
+		return consistency.Unfenced(op.ctx)
+	}
+	return op.ctx
 }
 
 type batchRow struct {
@@ -276,6 +305,9 @@ func (r batchRow) Scan(dest ...any) error {
 		return err
 	}
 	op := &writeOp{ctx: r.ctx, key: r.key, lane: r.b.lane(r.key), sql: r.sql, args: r.args, into: make([]any, len(dest)), done: make(chan struct{})}
+	if r.b.cache != nil && personalKey(r.key) {
+		op.cache = r.b.cache
+	}
 	for i, d := range dest {
 		op.into[i] = reflect.New(reflect.TypeOf(d).Elem()).Interface()
 	}
@@ -499,15 +531,23 @@ func (e *batchConnError) Unwrap() error { return e.err }
 func (b *writeBatcher) runTogether(batch []*writeOp) (failed int, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), writeBatchTimeout)
 	defer cancel()
+	if b.cache != nil && !slices.ContainsFunc(batch, func(op *writeOp) bool { return op.cache == nil }) {
+		ctx = consistency.Unfenced(ctx) // every call evicts its user
+	}
 	conn, err := b.acquire(ctx)
 	if err != nil {
 		return -1, &batchConnError{fmt.Errorf("no database connection for the write batch: %w", err)}
 	}
 	defer conn.Release()
-	pb := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, len(batch)+1)}
+	pb := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, len(batch)+2)}
 	pb.Queue(batchLockWaitSQL, b.lockWait)
 	for _, op := range batch {
 		pb.Queue(op.sql, op.args...)
+	}
+	if b.cache != nil {
+		// The read cache's token of every call of the batch, read in its
+		// transaction after its writes: no extra round trip.
+		pb.Queue(stmtFeedXid)
 	}
 	br := conn.SendBatch(ctx, pb)
 	failed = -1
@@ -521,9 +561,20 @@ func (b *writeBatcher) runTogether(batch []*writeOp) (failed int, err error) {
 			failed = i
 		}
 	}
+	var xid int64
+	if b.cache != nil && err == nil {
+		err = br.QueryRow().Scan(&xid)
+	}
 	// Close reads up to the Sync: the implicit transaction's commit.
 	if cerr := br.Close(); err == nil {
 		err = cerr
+	}
+	if err == nil && xid > 0 {
+		for _, op := range batch {
+			if r := consistency.RecorderOf(op.ctx); r != nil {
+				r.ObserveXid(uint64(xid))
+			}
+		}
 	}
 	return failed, err
 }
@@ -531,7 +582,13 @@ func (b *writeBatcher) runTogether(batch []*writeOp) (failed int, err error) {
 // runAlone runs op as its own statement, within its caller's context and
 // the batch timeout, and answers it.
 func (b *writeBatcher) runAlone(op *writeOp) {
-	ctx, cancel := context.WithTimeout(op.ctx, writeBatchTimeout)
+	ctx, cancel := context.WithTimeout(op.runCtx(), writeBatchTimeout)
 	defer cancel()
-	op.answer(b.single.QueryRow(ctx, op.sql, op.args...).Scan(op.into...))
+	err := b.single.QueryRow(ctx, op.sql, op.args...).Scan(op.into...)
+	if r := consistency.RecorderOf(op.ctx); r != nil && op.cache != nil {
+		// Unfenced, so the tracer did not: the call's token is read
+		// after it (grpcapi.ConsistencyInterceptorWith).
+		r.MarkRan()
+	}
+	op.answer(err)
 }
