@@ -209,7 +209,12 @@ func ownWritesSameReplica(t *testing.T, tweak func(*config.Serve)) {
 	if n := readYourWrites(t, rs[1], rs[1], ids, 30, false); n != 0 {
 		t.Errorf("%d tokenless reads on the writing replica did not see the write", n)
 	}
-	if s := rs[1].App.ReadCache().Stats(); s.Hits == 0 || s.Evictions == 0 {
+	// Batched, the writes evict their users and the cache keeps serving
+	// between them, so it must have answered some reads. Unbatched, every
+	// write raises the fence, and on a busy shared server the read right
+	// after it may always miss: there the control below is what shows the
+	// test can see a stale read.
+	if s := rs[1].App.ReadCache().Stats(); s.Evictions == 0 || (tweak == nil && s.Hits == 0) {
 		t.Errorf("the cache never answered or never evicted (%+v): the test proves nothing", s)
 	}
 	t.Run("Control", func(t *testing.T) {

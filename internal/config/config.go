@@ -107,7 +107,7 @@ type Feed struct {
 	FeedMaxWatchesPerUser    int           `name:"feed-max-watches-per-user" env:"USERD_FEED_MAX_WATCHES_PER_USER" default:"8" help:"Most WatchUserEvents streams one end user (one Clerk user id) may have open at once on this replica."`
 	FeedMaxWatchesPerService int           `name:"feed-max-watches-per-service" env:"USERD_FEED_MAX_WATCHES_PER_SERVICE" default:"256" help:"Most WatchUserEvents streams one service token name may have open at once on this replica."`
 	// ReadCache: see internal/store/readcache.go.
-	ReadCache        bool `name:"read-cache" env:"USERD_READ_CACHE" default:"false" help:"Keep users read by Clerk id (GetUser, EnsureUser of an existing user) in memory, invalidated by the change feed: a read never sees a write this replica answered before, nor one whose consistency token (userd-consistency-token, which every write then returns) it sends; other replicas' writes within 1s. Off with USERD_DATABASE_READ_URL."`
+	ReadCache        bool `name:"read-cache" env:"USERD_READ_CACHE" default:"true" help:"Keep users read by Clerk id (GetUser, EnsureUser of an existing user) in memory, invalidated by the change feed: a read never sees a write this replica answered before, nor one whose consistency token (userd-consistency-token, which every write then returns) it sends; other replicas' writes within 1s. Off with USERD_DATABASE_READ_URL."`
 	ReadCacheEntries int  `name:"read-cache-entries" env:"USERD_READ_CACHE_ENTRIES" default:"100000" help:"Most users the read cache keeps (USERD_READ_CACHE); beyond, random ones are dropped."`
 }
 

@@ -306,11 +306,11 @@ func lagOf(t *testing.T, in *apptest.Instance, name string) float64 {
 
 // TestBadTokensAreRefused: a read or a write whose consistency token is
 // not one userd made fails INVALID_ARGUMENT naming the header and changes
-// nothing, with or without standbys; without them, writes return no
-// token.
+// nothing, with or without standbys; without them and without the read
+// cache, writes return no token.
 func TestBadTokensAreRefused(t *testing.T) {
 	t.Parallel()
-	in := apptest.Start(t, nil)
+	in := apptest.Start(t, func(c *config.Serve) { c.ReadCache = false })
 	ctx := context.Background()
 	const id = "user_badtoken"
 	var h metadata.MD
@@ -318,7 +318,7 @@ func TestBadTokensAreRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	if v := h.Get(consistency.Header); len(v) != 0 {
-		t.Fatalf("without standbys a write returned a token: %q", v)
+		t.Fatalf("without standbys or the read cache a write returned a token: %q", v)
 	}
 	good := consistency.Token{LSN: 1 << 30}.String()
 	for _, tc := range []struct{ name, token string }{

@@ -40,7 +40,7 @@ func Valid() config.Serve {
 			DBStatementTimeout: 5 * time.Second, DBLockTimeout: 2 * time.Second, DBIdleInTransactionTimeout: 10 * time.Second,
 		},
 		Feed: config.Feed{FeedPollInterval: 100 * time.Millisecond, FeedHeartbeat: 15 * time.Second, FeedRetention: 168 * time.Hour,
-			FeedMaxWatches: 4096, FeedMaxWatchesPerUser: 8, FeedMaxWatchesPerService: 256, ReadCacheEntries: 100000},
+			FeedMaxWatches: 4096, FeedMaxWatchesPerUser: 8, FeedMaxWatchesPerService: 256, ReadCache: true, ReadCacheEntries: 100000},
 		Limits:        config.DefaultLimits(),
 		Organizations: config.Organizations{OrgManagePermission: "org:credits:manage"},
 		Console:       config.Console{ConsoleAddr: config.Off, ConsoleSessionTTL: 30 * time.Minute},
