@@ -120,12 +120,13 @@ func (s *serveCmd) Run() error {
 // GOGC is not set: the heap may grow to three times what is live between
 // collections, where the runtime's default is twice. A call's allocations
 // are short-lived (about 10 KB a GetUser) and what stays live is small
-// (RSS 42 MiB under make bench at the default), so collections were
+// (RSS 42-45 MiB under make bench at the default), so collections were
 // mostly overhead: at 200, userd's CPU per call fell by about a fifth for
-// GetUser and the gRPC floor alike, for about 2 MiB more RSS (make bench,
-// issue 24). No memory limit is set by default: where the live heap grows
-// large (a flood of connections), a limit below it would have the
-// collector run back to back; GOMEMLIMIT sets one, GOGC another target.
+// GetUser and the gRPC floor alike, for a few MiB more RSS (peak 48 MiB
+// in make bench; issue 24). No memory limit is set by default: where the
+// live heap grows large (a flood of connections), a limit below it would
+// have the collector run back to back; GOMEMLIMIT sets one, GOGC another
+// target.
 const serveGCPercent = 200
 
 // applyServeGC sets the collector's target to serveGCPercent unless GOGC
