@@ -77,9 +77,10 @@ func TestUserReadsBatched(t *testing.T) {
 	// A Clerk id PostgreSQL refuses as text fails its own read only.
 	var badErr error
 	wg.Go(func() { _, badErr = st.GetLiveUserByClerkID(ctx, "user_rb\x00") })
-	// The first reads took the batches that may run (each waits for the
-	// held connection); the others queue behind them.
-	testwait.Until(t, 10*time.Second, "reads queued", func() bool { return store.UserReadsPending(st) >= len(answers)-8 })
+	// The first read and then the first 8 queued behind it took the
+	// batches that may run (each waits for the held connection); the
+	// others queue behind them.
+	testwait.Until(t, 10*time.Second, "reads queued", func() bool { return store.UserReadsPending(st) >= len(answers)-9 })
 	release()
 	wg.Wait()
 
@@ -226,5 +227,75 @@ func TestUserReadLeaderStopsWaitingWhenCancelled(t *testing.T) {
 	_ = tx.Rollback(ctx)
 	if u, err := st.GetLiveUserByClerkID(ctx, "user_rb_leader"); err != nil || u.ClerkUserID != "user_rb_leader" {
 		t.Errorf("read once the lock is gone: %+v %v", u, err)
+	}
+}
+
+// TestUserReadsWaitForTheRunningStatement: while one batch's statement
+// runs (here it waits on a lock on the users table), reads wait for it
+// and go together after it, rather than each starting a statement of its
+// own; once userReadsSecondAt (8) wait, a second statement takes them. All
+// are answered once the lock goes.
+func TestUserReadsWaitForTheRunningStatement(t *testing.T) {
+	t.Parallel()
+	pool := testdb.Pool(t)
+	st := store.New(pool, store.Options{})
+	svc := users.NewService(st, users.Options{InitialCredits: 10})
+	ctx := context.Background()
+	if _, _, err := svc.EnsureUser(ctx, users.EnsureUserInput{ClerkUserID: "user_rb_wait"}); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, `LOCK TABLE users IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 16)
+	read := func() {
+		go func() {
+			u, err := st.GetLiveUserByClerkID(ctx, "user_rb_wait")
+			if err == nil && u.Credits != 10 {
+				err = fmt.Errorf("read %+v, want 10 credits", u)
+			}
+			errs <- err
+		}()
+	}
+	lockWaiters := func() (n int) {
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	read()
+	lockWaiter(t, pool) // the first read's statement waits on the lock
+	for range 7 {
+		read()
+	}
+	// Seven wait behind it (a second statement for any one of them would
+	// have taken it from the queue).
+	testwait.Until(t, hangGuard, "7 reads queued", func() bool { return store.UserReadsPending(st) == 7 })
+	if n := lockWaiters(); n != 1 {
+		t.Errorf("%d statements wait on the lock with 7 reads queued, want 1", n)
+	}
+	read() // the eighth: a second statement takes the eight
+	testwait.Until(t, hangGuard, "a second statement", func() bool {
+		return store.UserReadsPending(st) == 0 && lockWaiters() == 2
+	})
+	_ = tx.Rollback(ctx)
+	for range 9 {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Error(err)
+			}
+		case <-time.After(hangGuard):
+			t.Fatalf("a read still waits %s after the lock went", hangGuard)
+		}
+	}
+	if n := store.UserReadsBatched(st); n != 8 {
+		t.Errorf("%d reads answered by a statement of several, want 8 (the queued ones, together)", n)
 	}
 }

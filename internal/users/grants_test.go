@@ -12,6 +12,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/userd/userd/gen/sqlcdb"
 	"github.com/userd/userd/internal/apperr"
 	"github.com/userd/userd/internal/users"
 )
@@ -286,6 +287,88 @@ func TestDueGrantIsNeverCountedBeforeTheJob(t *testing.T) {
 		t.Fatal(err)
 	}
 	readGrantBooks(t, e.pool, u.ID).check(t)
+}
+
+// TestEveryBalanceReadLeavesOutDueGrants: every statement that reads a
+// balance answers an account holding expiring credits (some due, some
+// not) without the due ones, and one holding none with its whole balance:
+// the reads decide from expiring_credits whether to look at the grants at
+// all (db/queries/users.sql), so each is checked on both kinds of
+// account, personal and organization's.
+func TestEveryBalanceReadLeavesOutDueGrants(t *testing.T) {
+	dbNow := time.Now().UTC()
+	e := newGrantEnv(t, dbNow.Add(-time.Hour))
+	ctx := context.Background()
+	// user_due: 10 initial, 100 due, 7 expiring tomorrow: reads show 17.
+	if _, _, err := e.svc.EnsureUser(ctx, users.EnsureUserInput{ClerkUserID: "user_due", Email: "due@example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	grantExpiring(t, e, "user_due", 100, dbNow.Add(-time.Minute), "g")
+	grantExpiring(t, e, "user_due", 7, dbNow.Add(24*time.Hour), "later")
+	// user_plain: 10 initial and 5 that never expire: reads show 15.
+	if _, _, err := e.svc.EnsureUser(ctx, users.EnsureUserInput{ClerkUserID: "user_plain", Email: "plain@example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.GrantCredits(ctx, users.CreditChange{ClerkUserID: "user_plain", Amount: 5, IdempotencyKey: "g", Service: "billing"}); err != nil {
+		t.Fatal(err)
+	}
+	// org_due: 20 that never expire and 50 due: reads show 20; org_plain:
+	// 30 that never expire.
+	e.newOrg(t, "org_due", 20, member{clerkUserID: "user_m"})
+	if _, err := e.svc.GrantCredits(ctx, users.CreditChange{ClerkOrgID: "org_due", Amount: 50, IdempotencyKey: "g",
+		Service: "billing", ExpiresAt: dbNow.Add(-time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	e.newOrg(t, "org_plain", 30, member{clerkUserID: "user_m"})
+
+	for _, c := range []struct {
+		clerkID string
+		want    int64
+	}{{"user_due", 17}, {"user_plain", 15}} {
+		u, err := e.svc.GetUser(ctx, users.Lookup{ClerkUserID: c.clerkID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if u.Credits != c.want {
+			t.Errorf("GetUser(%s) = %d credits, want %d", c.clerkID, u.Credits, c.want)
+		}
+		for name, l := range map[string]users.Lookup{"id": {ID: u.ID.String()}, "email": {Email: u.Email}} {
+			if got, err := e.svc.GetUser(ctx, l); err != nil || got.Credits != c.want {
+				t.Errorf("GetUser(%s by %s) = %d credits, %v; want %d", c.clerkID, name, got.Credits, err, c.want)
+			}
+		}
+		if a, err := e.svc.GetAccount(ctx, users.AccountRef{ClerkUserID: c.clerkID}); err != nil || a.Credits != c.want {
+			t.Errorf("GetAccount(%s) = %d credits, %v; want %d", c.clerkID, a.Credits, err, c.want)
+		}
+		if a, err := e.svc.CanAfford(ctx, c.clerkID, users.Cost{Amount: 1}); err != nil || a.Available != c.want {
+			t.Errorf("CanAfford(%s) = %+v, %v; want %d available", c.clerkID, a, err, c.want)
+		}
+	}
+	// The read batcher's statement of several users (what concurrent
+	// GetUser and EnsureUser calls share).
+	rows, err := sqlcdb.New().GetUsersByClerkIDsIncludingDeleted(ctx, e.pool, []string{"user_due", "user_plain"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int64{}
+	for _, r := range rows {
+		got[r.ClerkUserID] = r.Credits
+	}
+	if got["user_due"] != 17 || got["user_plain"] != 15 || len(got) != 2 {
+		t.Errorf("GetUsersByClerkIDsIncludingDeleted = %v, want user_due 17, user_plain 15", got)
+	}
+	for _, c := range []struct {
+		org  string
+		want int64
+	}{{"org_due", 20}, {"org_plain", 30}} {
+		if a, err := e.svc.GetAccount(ctx, users.AccountRef{ClerkOrgID: c.org}); err != nil || a.Credits != c.want {
+			t.Errorf("GetAccount(%s) = %d credits, %v; want %d", c.org, a.Credits, err, c.want)
+		}
+		a, err := e.svc.CanAffordFor(ctx, users.AffordQuery{ClerkUserID: "user_m", ClerkOrgID: c.org, Cost: users.Cost{Amount: 1}})
+		if err != nil || a.Available != c.want {
+			t.Errorf("CanAffordFor(%s) = %+v, %v; want %d available", c.org, a, err, c.want)
+		}
+	}
 }
 
 // TestExpiryJobOnTimeAndIdempotent: the job expires a grant once its
