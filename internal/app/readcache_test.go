@@ -3,11 +3,14 @@ package app_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
@@ -15,12 +18,18 @@ import (
 	"github.com/userd/userd/internal/apptest"
 	"github.com/userd/userd/internal/config"
 	"github.com/userd/userd/internal/consistency"
+	"github.com/userd/userd/internal/migrate"
+	"github.com/userd/userd/internal/pgembed"
 	"github.com/userd/userd/internal/store"
-	"github.com/userd/userd/internal/testdb"
 )
 
 // The read cache's multi-replica proofs (internal/store/readcache.go):
-// several userd instances on one database, the cache on in each. Each
+// several userd instances on one database, the cache on in each, on a
+// PostgreSQL server of the test's own: the feed's horizon is the server's
+// oldest running transaction, in any database, so on the shared test
+// server another package's long transaction (a test holding a row lock for
+// seconds) would hold every hub back, and the cache would serve nothing
+// (safe, but then the test proves nothing). Each
 // property is checked twice: as built, where no stale read may happen, and
 // with the rule it relies on broken (ReadCache.BreakForTest), where the
 // same workload must see a stale read, which shows the check can fail.
@@ -37,7 +46,7 @@ func unbatched(c *config.Serve) { c.Database.WriteLanes = 0 }
 
 func replicasWith(t *testing.T, n int, tweak func(*config.Serve)) []*apptest.Instance {
 	t.Helper()
-	url := testdb.URL(t)
+	url := privateServer(t)
 	out := make([]*apptest.Instance, n)
 	for i := range out {
 		out[i] = apptest.Start(t, func(c *config.Serve) {
@@ -53,6 +62,38 @@ func replicasWith(t *testing.T, n int, tweak func(*config.Serve)) []*apptest.Ins
 		}
 	}
 	return out
+}
+
+// privateServer starts a PostgreSQL of the test's own and returns the URL
+// of its migrated database.
+func privateServer(t *testing.T) string {
+	t.Helper()
+	base := t.TempDir()
+	for _, d := range []string{filepath.Dir(base), base} {
+		if err := os.Chmod(d, 0o755); err != nil { // the server may run as userd-pg
+			t.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	srv, err := pgembed.Start(ctx, pgembed.Config{DataDir: filepath.Join(base, "data")})
+	if err != nil {
+		t.Fatalf("start a private PostgreSQL: %v", err)
+	}
+	t.Cleanup(func() { _ = srv.Stop() })
+	pool, err := pgxpool.New(ctx, srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	m, err := migrate.New(pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if _, err := m.Up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return srv.URL
 }
 
 func ensureUsers(t *testing.T, in *apptest.Instance, prefix string, n int) []string {
