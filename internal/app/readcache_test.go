@@ -395,3 +395,38 @@ func TestReadCacheFillsRaceEvictions(t *testing.T) {
 		}
 	})
 }
+
+// TestReadCacheForgedToken: a well-formed version-2 token no write
+// returned, naming a transaction far in the future (a client's forgery or
+// a token from another deployment), is no error and no wait: the replica's
+// hub is not past it, so the read goes to the database and shows the
+// committed state; the cache answers nothing for it.
+func TestReadCacheForgedToken(t *testing.T) {
+	rs := replicas(t, 2)
+	ids := ensureUsers(t, rs[0], "forged", 1)
+	ctx := context.Background()
+	waitServing(t, rs[1])
+	if _, err := read(ctx, rs[1], ids[0], ""); err != nil { // fills B's cache
+		t.Fatal(err)
+	}
+	want, _, err := write(ctx, rs[0], ids[0], 0, userdv1.Plan_PLAN_FREE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := consistency.Token{Xid: 1 << 62}.String()
+	before := rs[1].App.ReadCache().Stats()
+	start := time.Now()
+	got, err := read(ctx, rs[1], ids[0], forged)
+	if err != nil {
+		t.Fatalf("read with a forged token: %v", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("read with a forged token took %s: it must not wait for the token", took)
+	}
+	if got != want {
+		t.Errorf("read with a forged token = %+v, want the committed %+v", got, want)
+	}
+	if after := rs[1].App.ReadCache().Stats(); after.Hits != before.Hits {
+		t.Errorf("the cache answered a read whose token its hub has not reached (%+v -> %+v)", before, after)
+	}
+}

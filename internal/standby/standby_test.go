@@ -329,6 +329,8 @@ func TestBadTokensAreRefused(t *testing.T) {
 		{"NotBase64", "!!!!!!!!!!!!"},
 		{"UnknownVersion", "AwAAAABAAAAA"}, // version 2 is the read cache's
 		{"ZeroPosition", "AQAAAAAAAAAA"},
+		{"ZeroXid", "AgAAAAAAAAAA"},       // a version-2 (read cache) token of transaction id 0
+		{"XidOutOfRange", "AoAAAAAAAAAA"}, // version 2 above 2^63-1, which no xid8 reaches
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tctx := metadata.AppendToOutgoingContext(ctx, consistency.Header, tc.token)
