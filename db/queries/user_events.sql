@@ -36,7 +36,9 @@ WITH horizon AS (
                          THEN greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) - '0/0'::pg_lsn
                          ELSE pg_current_wal_insert_lsn() - '0/0'::pg_lsn END, 0)::bigint AS page_lsn,
            (NOT pg_is_in_recovery() AND current_setting('synchronous_standby_names') <> '') AS sync_required
-    FROM user_events_pruned p
+    -- One row (the table's singleton): LIMIT 1 tells the planner so,
+    -- since autovacuum never analyzes a table this small.
+    FROM (SELECT * FROM user_events_pruned LIMIT 1) p
 ), page AS (
     SELECT ue.* FROM feed_events ue
     WHERE (ue.order_xid, ue.id) > (@after_xid::bigint, @after_id::bigint)
@@ -61,7 +63,9 @@ WITH horizon AS (
                          THEN greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) - '0/0'::pg_lsn
                          ELSE pg_current_wal_insert_lsn() - '0/0'::pg_lsn END, 0)::bigint AS page_lsn,
            (NOT pg_is_in_recovery() AND current_setting('synchronous_standby_names') <> '') AS sync_required
-    FROM user_events_pruned p
+    -- One row (the table's singleton): LIMIT 1 tells the planner so,
+    -- since autovacuum never analyzes a table this small.
+    FROM (SELECT * FROM user_events_pruned LIMIT 1) p
 ), page AS (
     SELECT ue.* FROM feed_events ue
     WHERE ue.clerk_user_id = @clerk_user_id::text

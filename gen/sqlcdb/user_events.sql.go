@@ -41,7 +41,9 @@ WITH horizon AS (
                          THEN greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) - '0/0'::pg_lsn
                          ELSE pg_current_wal_insert_lsn() - '0/0'::pg_lsn END, 0)::bigint AS page_lsn,
            (NOT pg_is_in_recovery() AND current_setting('synchronous_standby_names') <> '') AS sync_required
-    FROM user_events_pruned p
+    -- One row (the table's singleton): LIMIT 1 tells the planner so,
+    -- since autovacuum never analyzes a table this small.
+    FROM (SELECT singleton, order_xid, id, pruned_at FROM user_events_pruned LIMIT 1) p
 ), page AS (
     SELECT ue.id, ue.order_xid, ue.kind, ue.user_id, ue.clerk_user_id, ue.payload, ue.created_at, ue.account_id, ue.clerk_org_id, ue.actor_clerk_user_id FROM feed_events ue
     WHERE (ue.order_xid, ue.id) > ($1::bigint, $2::bigint)
@@ -158,7 +160,9 @@ WITH horizon AS (
                          THEN greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) - '0/0'::pg_lsn
                          ELSE pg_current_wal_insert_lsn() - '0/0'::pg_lsn END, 0)::bigint AS page_lsn,
            (NOT pg_is_in_recovery() AND current_setting('synchronous_standby_names') <> '') AS sync_required
-    FROM user_events_pruned p
+    -- One row (the table's singleton): LIMIT 1 tells the planner so,
+    -- since autovacuum never analyzes a table this small.
+    FROM (SELECT singleton, order_xid, id, pruned_at FROM user_events_pruned LIMIT 1) p
 ), page AS (
     SELECT ue.id, ue.order_xid, ue.kind, ue.user_id, ue.clerk_user_id, ue.payload, ue.created_at, ue.account_id, ue.clerk_org_id, ue.actor_clerk_user_id FROM feed_events ue
     WHERE ue.clerk_user_id = $1::text

@@ -131,6 +131,7 @@ func connect(ctx context.Context, db *DB, url string, cfg config.Database, sessi
 	}
 	pcfg.MaxConns = cfg.MaxConns
 	session.Apply(pcfg.ConnConfig)
+	store.DisableJIT(pcfg.ConnConfig)
 	store.ConfigureFailover(pcfg)
 	db.Fence = &store.FenceTracer{}
 	pcfg.ConnConfig.Tracer = db.Fence
@@ -202,6 +203,7 @@ func (db *DB) OpenStandbys(readURL string, maxConns int32, session store.Session
 	pcfg.MaxConns = maxConns
 	pcfg.ConnConfig.ValidateConnect = nil
 	session.Apply(pcfg.ConnConfig)
+	store.DisableJIT(pcfg.ConnConfig)
 	if telemetry.TracingEnabled() {
 		pcfg.ConnConfig.Tracer = otelpgx.NewTracer()
 	}
