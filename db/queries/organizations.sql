@@ -3,8 +3,8 @@
 
 -- ApplyClerkBatch applies a batch of Clerk deliveries (users,
 -- organizations, memberships) in one round trip, each in its own
--- subtransaction (see userd_apply_clerk_batch in db/schema.sql); one row
--- per event, in order.
+-- subtransaction, or a batch of sign-ups only all in one (see
+-- userd_apply_clerk_batch in db/schema.sql); one row per event, in order.
 -- name: ApplyClerkBatch :many
 SELECT r.ordinal::integer AS ordinal, r.outcome::text AS outcome, coalesce(r.error_code, '')::text AS error_code
 FROM userd_apply_clerk_batch(@events::jsonb, @initial_credits::bigint, @org_initial_credits::bigint,

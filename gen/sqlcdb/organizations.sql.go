@@ -36,8 +36,8 @@ type ApplyClerkBatchRow struct {
 // db/migrations/00011_organizations.sql).
 // ApplyClerkBatch applies a batch of Clerk deliveries (users,
 // organizations, memberships) in one round trip, each in its own
-// subtransaction (see userd_apply_clerk_batch in db/schema.sql); one row
-// per event, in order.
+// subtransaction, or a batch of sign-ups only all in one (see
+// userd_apply_clerk_batch in db/schema.sql); one row per event, in order.
 func (q *Queries) ApplyClerkBatch(ctx context.Context, db DBTX, arg ApplyClerkBatchParams) ([]ApplyClerkBatchRow, error) {
 	rows, err := db.Query(ctx, applyClerkBatch,
 		arg.Events,

@@ -24,7 +24,9 @@ import (
 // minParallelBatch deliveries wait.
 const (
 	// maxBatch bounds the events of one transaction. Each runs in its own
-	// subtransaction; PostgreSQL tracks up to 64 per transaction cheaply.
+	// subtransaction (PostgreSQL tracks up to 64 per transaction cheaply),
+	// but for a batch of sign-ups only, which one statement writes in one
+	// (userd_apply_clerk_batch, db/migrations/00034_webhook_create_batch.sql).
 	maxBatch = 32
 	// maxBatchesInFlight bounds the concurrent batch transactions (and so
 	// the connections webhook ingestion holds).
