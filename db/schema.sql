@@ -139,6 +139,17 @@ $$;
 
 
 --
+-- Name: userd_account_due(uuid, bigint); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.userd_account_due(p_account_id uuid, p_expiring bigint) RETURNS bigint
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT CASE WHEN p_expiring = 0 THEN 0::bigint ELSE userd_account_due_credits(p_account_id, p_expiring) END
+$$;
+
+
+--
 -- Name: userd_account_due_credits(uuid, bigint); Type: FUNCTION; Schema: public; Owner: -
 --
 

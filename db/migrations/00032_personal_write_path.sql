@@ -29,14 +29,14 @@
 --    CONCURRENTLY, outside a transaction, so the ledger keeps taking
 --    writes while it builds; a failed build leaves an invalid index that
 --    the DROP clears before the next attempt (as in 00026). The full index
---    of 00026 stays until 00035 (post-deploy): the previous release's
+--    of 00026 stays until 00036 (post-deploy): the previous release's
 --    query reads it.
 --
 -- 3. One account per organization, by a unique index of the organizations'
 --    accounts only: the constraint accounts_organization_id_key (00010)
 --    holds an entry for every personal account too (all NULL, all on the
 --    index's rightmost page, which every sign-up wrote). Nothing infers it
---    in ON CONFLICT (neither this release nor the previous one); 00035
+--    in ON CONFLICT (neither this release nor the previous one); 00036
 --    drops it post-deploy. Built CONCURRENTLY, as above.
 --
 -- 4. A new user's first allowance (00022) is granted by userd_insert_user

@@ -74,7 +74,7 @@ ORDER BY c.clerk_user_id;
 -- (the counter counts only if it started there or later).
 -- name: CheckOrgAffordability :one
 SELECT p.credits AS price, a.id AS account_id, a.credits AS available,
-       (CASE WHEN a.expiring_credits = 0 THEN 0 ELSE userd_account_due_credits(a.id, a.expiring_credits) END)::bigint AS due, a.closed_at,
+       userd_account_due(a.id, a.expiring_credits)::bigint AS due, a.closed_at,
        (m.clerk_membership_id IS NOT NULL)::boolean AS member,
        (m.clerk_membership_id IS NOT NULL AND (@required_permission::text = ''
            OR @required_permission::text = ANY (m.permissions)))::boolean AS permitted,

@@ -2,25 +2,24 @@
 -- deleted_at IS NULL. A user is read with its personal account's plan and
 -- balance (the account's id is the user's), and updated_at is the later of
 -- the profile's and the account's. The balance leaves out the due part of
--- expiring grants (userd_account_due_credits); an account holding no
--- expiring credits (expiring_credits = 0, most of them) has none, and the
--- CASE answers it without calling the function: a PL/pgSQL call per row
--- was about a tenth of the single-row read's cost in pgbench (issue 24).
+-- expiring grants (userd_account_due, db/migrations/00035_account_due.sql:
+-- inlined, it calls PL/pgSQL only for an account holding expiring
+-- credits).
 
 -- name: GetLiveUserByClerkID :one
-SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (CASE WHEN a.expiring_credits = 0 THEN a.credits ELSE a.credits - userd_account_due_credits(a.id, a.expiring_credits) END)::bigint AS credits,
+SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (a.credits - userd_account_due(a.id, a.expiring_credits))::bigint AS credits,
        u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at
 FROM users u JOIN accounts a ON a.id = u.id
 WHERE u.clerk_user_id = @clerk_user_id AND u.deleted_at IS NULL;
 
 -- name: GetLiveUserByID :one
-SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (CASE WHEN a.expiring_credits = 0 THEN a.credits ELSE a.credits - userd_account_due_credits(a.id, a.expiring_credits) END)::bigint AS credits,
+SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (a.credits - userd_account_due(a.id, a.expiring_credits))::bigint AS credits,
        u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at
 FROM users u JOIN accounts a ON a.id = u.id
 WHERE u.id = @id AND u.deleted_at IS NULL;
 
 -- name: GetLiveUserByEmail :one
-SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (CASE WHEN a.expiring_credits = 0 THEN a.credits ELSE a.credits - userd_account_due_credits(a.id, a.expiring_credits) END)::bigint AS credits,
+SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (a.credits - userd_account_due(a.id, a.expiring_credits))::bigint AS credits,
        u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at
 FROM users u JOIN accounts a ON a.id = u.id
 WHERE lower(u.email) = lower(@email::text) AND u.deleted_at IS NULL;
@@ -29,7 +28,7 @@ WHERE lower(u.email) = lower(@email::text) AND u.deleted_at IS NULL;
 -- fall due without a write): the read cache never keeps such a row
 -- (internal/store/readcache.go).
 -- name: GetUserByClerkIDIncludingDeleted :one
-SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (CASE WHEN a.expiring_credits = 0 THEN a.credits ELSE a.credits - userd_account_due_credits(a.id, a.expiring_credits) END)::bigint AS credits,
+SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (a.credits - userd_account_due(a.id, a.expiring_credits))::bigint AS credits,
        u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at,
        a.expiring_credits
 FROM users u JOIN accounts a ON a.id = u.id
@@ -51,7 +50,7 @@ SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, u
        u.clerk_updated_at, u.created_at, u.updated_at, u.deleted_at, u.expiring_credits
 FROM unnest(@clerk_user_ids::text[]) AS k (clerk_user_id)
 CROSS JOIN LATERAL (
-    SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (CASE WHEN a.expiring_credits = 0 THEN a.credits ELSE a.credits - userd_account_due_credits(a.id, a.expiring_credits) END)::bigint AS credits,
+    SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (a.credits - userd_account_due(a.id, a.expiring_credits))::bigint AS credits,
            u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at,
            a.expiring_credits
     FROM users u JOIN accounts a ON a.id = u.id
@@ -70,13 +69,13 @@ SELECT * FROM userd_create_user(@clerk_user_id::text, sqlc.narg(email)::text, sq
 
 -- GetPersonalAccount reads the personal account of a live user.
 -- name: GetPersonalAccount :one
-SELECT a.id, a.plan, (CASE WHEN a.expiring_credits = 0 THEN a.credits ELSE a.credits - userd_account_due_credits(a.id, a.expiring_credits) END)::bigint AS credits, a.created_at, a.updated_at, a.closed_at, u.clerk_user_id
+SELECT a.id, a.plan, (a.credits - userd_account_due(a.id, a.expiring_credits))::bigint AS credits, a.created_at, a.updated_at, a.closed_at, u.clerk_user_id
 FROM users u JOIN accounts a ON a.id = u.id
 WHERE u.clerk_user_id = @clerk_user_id::text AND u.deleted_at IS NULL;
 
 -- GetOrganizationAccount reads an organization's account (closed or not).
 -- name: GetOrganizationAccount :one
-SELECT a.id, a.plan, (CASE WHEN a.expiring_credits = 0 THEN a.credits ELSE a.credits - userd_account_due_credits(a.id, a.expiring_credits) END)::bigint AS credits, a.created_at, a.updated_at, a.closed_at, o.clerk_org_id
+SELECT a.id, a.plan, (a.credits - userd_account_due(a.id, a.expiring_credits))::bigint AS credits, a.created_at, a.updated_at, a.closed_at, o.clerk_org_id
 FROM organizations o JOIN accounts a ON a.organization_id = o.id
 WHERE o.clerk_org_id = @clerk_org_id::text;
 

@@ -14,7 +14,7 @@ import (
 
 const checkOrgAffordability = `-- name: CheckOrgAffordability :one
 SELECT p.credits AS price, a.id AS account_id, a.credits AS available,
-       (CASE WHEN a.expiring_credits = 0 THEN 0 ELSE userd_account_due_credits(a.id, a.expiring_credits) END)::bigint AS due, a.closed_at,
+       userd_account_due(a.id, a.expiring_credits)::bigint AS due, a.closed_at,
        (m.clerk_membership_id IS NOT NULL)::boolean AS member,
        (m.clerk_membership_id IS NOT NULL AND ($1::text = ''
            OR $1::text = ANY (m.permissions)))::boolean AS permitted,

@@ -12,7 +12,7 @@ import (
 
 const checkAffordability = `-- name: CheckAffordability :one
 SELECT p.credits AS price, a.credits AS available,
-       (CASE WHEN a.expiring_credits = 0 THEN 0 ELSE userd_account_due_credits(a.id, a.expiring_credits) END)::bigint AS due
+       userd_account_due(a.id, a.expiring_credits)::bigint AS due
 FROM (VALUES (1)) AS one (n)
 LEFT JOIN prices p ON p.action = $1::text
 LEFT JOIN users u ON u.clerk_user_id = $2::text AND u.deleted_at IS NULL

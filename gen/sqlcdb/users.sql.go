@@ -49,7 +49,7 @@ func (q *Queries) GetClerkVersions(ctx context.Context, db DBTX, clerkUserIds []
 
 const getLiveUserByClerkID = `-- name: GetLiveUserByClerkID :one
 
-SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (CASE WHEN a.expiring_credits = 0 THEN a.credits ELSE a.credits - userd_account_due_credits(a.id, a.expiring_credits) END)::bigint AS credits,
+SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (a.credits - userd_account_due(a.id, a.expiring_credits))::bigint AS credits,
        u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at
 FROM users u JOIN accounts a ON a.id = u.id
 WHERE u.clerk_user_id = $1 AND u.deleted_at IS NULL
@@ -74,10 +74,9 @@ type GetLiveUserByClerkIDRow struct {
 // deleted_at IS NULL. A user is read with its personal account's plan and
 // balance (the account's id is the user's), and updated_at is the later of
 // the profile's and the account's. The balance leaves out the due part of
-// expiring grants (userd_account_due_credits); an account holding no
-// expiring credits (expiring_credits = 0, most of them) has none, and the
-// CASE answers it without calling the function: a PL/pgSQL call per row
-// was about a tenth of the single-row read's cost in pgbench (issue 24).
+// expiring grants (userd_account_due, db/migrations/00035_account_due.sql:
+// inlined, it calls PL/pgSQL only for an account holding expiring
+// credits).
 func (q *Queries) GetLiveUserByClerkID(ctx context.Context, db DBTX, clerkUserID string) (GetLiveUserByClerkIDRow, error) {
 	row := db.QueryRow(ctx, getLiveUserByClerkID, clerkUserID)
 	var i GetLiveUserByClerkIDRow
@@ -99,7 +98,7 @@ func (q *Queries) GetLiveUserByClerkID(ctx context.Context, db DBTX, clerkUserID
 }
 
 const getLiveUserByEmail = `-- name: GetLiveUserByEmail :one
-SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (CASE WHEN a.expiring_credits = 0 THEN a.credits ELSE a.credits - userd_account_due_credits(a.id, a.expiring_credits) END)::bigint AS credits,
+SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (a.credits - userd_account_due(a.id, a.expiring_credits))::bigint AS credits,
        u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at
 FROM users u JOIN accounts a ON a.id = u.id
 WHERE lower(u.email) = lower($1::text) AND u.deleted_at IS NULL
@@ -141,7 +140,7 @@ func (q *Queries) GetLiveUserByEmail(ctx context.Context, db DBTX, email string)
 }
 
 const getLiveUserByID = `-- name: GetLiveUserByID :one
-SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (CASE WHEN a.expiring_credits = 0 THEN a.credits ELSE a.credits - userd_account_due_credits(a.id, a.expiring_credits) END)::bigint AS credits,
+SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (a.credits - userd_account_due(a.id, a.expiring_credits))::bigint AS credits,
        u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at
 FROM users u JOIN accounts a ON a.id = u.id
 WHERE u.id = $1 AND u.deleted_at IS NULL
@@ -183,7 +182,7 @@ func (q *Queries) GetLiveUserByID(ctx context.Context, db DBTX, id uuid.UUID) (G
 }
 
 const getOrganizationAccount = `-- name: GetOrganizationAccount :one
-SELECT a.id, a.plan, (CASE WHEN a.expiring_credits = 0 THEN a.credits ELSE a.credits - userd_account_due_credits(a.id, a.expiring_credits) END)::bigint AS credits, a.created_at, a.updated_at, a.closed_at, o.clerk_org_id
+SELECT a.id, a.plan, (a.credits - userd_account_due(a.id, a.expiring_credits))::bigint AS credits, a.created_at, a.updated_at, a.closed_at, o.clerk_org_id
 FROM organizations o JOIN accounts a ON a.organization_id = o.id
 WHERE o.clerk_org_id = $1::text
 `
@@ -215,7 +214,7 @@ func (q *Queries) GetOrganizationAccount(ctx context.Context, db DBTX, clerkOrgI
 }
 
 const getPersonalAccount = `-- name: GetPersonalAccount :one
-SELECT a.id, a.plan, (CASE WHEN a.expiring_credits = 0 THEN a.credits ELSE a.credits - userd_account_due_credits(a.id, a.expiring_credits) END)::bigint AS credits, a.created_at, a.updated_at, a.closed_at, u.clerk_user_id
+SELECT a.id, a.plan, (a.credits - userd_account_due(a.id, a.expiring_credits))::bigint AS credits, a.created_at, a.updated_at, a.closed_at, u.clerk_user_id
 FROM users u JOIN accounts a ON a.id = u.id
 WHERE u.clerk_user_id = $1::text AND u.deleted_at IS NULL
 `
@@ -247,7 +246,7 @@ func (q *Queries) GetPersonalAccount(ctx context.Context, db DBTX, clerkUserID s
 }
 
 const getUserByClerkIDIncludingDeleted = `-- name: GetUserByClerkIDIncludingDeleted :one
-SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (CASE WHEN a.expiring_credits = 0 THEN a.credits ELSE a.credits - userd_account_due_credits(a.id, a.expiring_credits) END)::bigint AS credits,
+SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (a.credits - userd_account_due(a.id, a.expiring_credits))::bigint AS credits,
        u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at,
        a.expiring_credits
 FROM users u JOIN accounts a ON a.id = u.id
@@ -299,7 +298,7 @@ SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, u
        u.clerk_updated_at, u.created_at, u.updated_at, u.deleted_at, u.expiring_credits
 FROM unnest($1::text[]) AS k (clerk_user_id)
 CROSS JOIN LATERAL (
-    SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (CASE WHEN a.expiring_credits = 0 THEN a.credits ELSE a.credits - userd_account_due_credits(a.id, a.expiring_credits) END)::bigint AS credits,
+    SELECT u.id, u.clerk_user_id, u.email, u.first_name, u.last_name, u.image_url, a.plan, (a.credits - userd_account_due(a.id, a.expiring_credits))::bigint AS credits,
            u.clerk_updated_at, u.created_at, greatest(u.updated_at, a.updated_at)::timestamptz AS updated_at, u.deleted_at,
            a.expiring_credits
     FROM users u JOIN accounts a ON a.id = u.id

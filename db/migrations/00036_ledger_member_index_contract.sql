@@ -1,8 +1,9 @@
 -- userd:post-deploy
--- The contract half of 00032 (numbered after 00034: `userd serve` applies
--- expand migrations only up to the first pending post-deploy one, so a
--- release's post-deploy migrations come after all its expand ones; a
--- database that applied it as 00033 runs it again, which changes nothing).
+-- The contract half of 00032 (numbered after this release's expand
+-- migrations: `userd serve` applies expand migrations only up to the first
+-- pending post-deploy one, so a release's post-deploy migrations come after
+-- all its expand ones; a database that applied it as 00033 runs it again,
+-- which changes nothing).
 -- Apply it once no replica of the previous release runs (`userd migrate up`; `userd serve` leaves it pending, and
 -- applies it only on a new database). It drops what 00032 replaced with a
 -- partial index that personal accounts do not write:
